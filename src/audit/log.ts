@@ -1,0 +1,191 @@
+import { createHmac, timingSafeEqual } from "node:crypto";
+import { desc } from "drizzle-orm";
+import type { Clock } from "../clock.js";
+import { type Db, inTransaction } from "../db/connection.js";
+import { auditLog } from "../db/schema.js";
+import type { KeyringStore } from "../vault/keyring.js";
+
+/**
+ * The tamper-evident audit log.
+ *
+ * Each entry's `mac` is HMAC-SHA256, under an audit key from the keyring, of the entry's content
+ * together with the previous entry's mac. Someone holding only the database can neither edit,
+ * delete nor reorder entries without `verify()` naming the first entry that no longer fits:
+ * recomputing the chain needs the key. SQLite triggers also refuse UPDATE and DELETE, so even the
+ * service itself cannot rewrite history by accident.
+ *
+ * What no chain can show is a cut-off tail (the newest entries removed together); `sekisho audit
+ * export` ships entries to an outside store, where the tail is kept (docs/operations.md).
+ */
+export type ActorType = "anonymous" | "member" | "admin" | "client" | "system" | "operator";
+export type Outcome = "success" | "failure" | "info";
+
+export interface AuditInput {
+  action: string;
+  outcome: Outcome;
+  actorType: ActorType;
+  actorId?: string | null;
+  /** The member the entry is about. */
+  memberId?: string | null;
+  reason?: string | null;
+  ip?: string | null;
+  requestId?: string | null;
+  /** Never secrets or profile values: ids, field names, counts, reasons. */
+  details?: Record<string, unknown>;
+}
+
+export interface AuditEntry {
+  seq: number;
+  at: number;
+  action: string;
+  outcome: Outcome;
+  actorType: string;
+  actorId: string | null;
+  memberId: string | null;
+  reason: string | null;
+  ip: string | null;
+  requestId: string | null;
+  details: string;
+  keyId: string;
+  prevMac: string;
+  mac: string;
+}
+
+export const GENESIS = "genesis";
+
+export interface VerifyResult {
+  ok: boolean;
+  entries: number;
+  head: { seq: number; mac: string } | null;
+  firstBad?: { seq: number; problem: string };
+}
+
+function macOf(key: Buffer, e: Omit<AuditEntry, "mac">): string {
+  const canonical = JSON.stringify([
+    e.seq,
+    e.at,
+    e.action,
+    e.outcome,
+    e.actorType,
+    e.actorId,
+    e.memberId,
+    e.reason,
+    e.ip,
+    e.requestId,
+    e.details,
+    e.keyId,
+    e.prevMac,
+  ]);
+  return createHmac("sha256", key).update(`sekisho-audit/v1\n${canonical}`, "utf8").digest("base64url");
+}
+
+export class AuditLog {
+  readonly #db: Db;
+  readonly #keys: KeyringStore;
+  readonly #clock: Clock;
+
+  constructor(deps: { db: Db; keys: KeyringStore; clock: Clock }) {
+    this.#db = deps.db;
+    this.#keys = deps.keys;
+    this.#clock = deps.clock;
+  }
+
+  /**
+   * Append one entry and return its seq. Runs in an IMMEDIATE transaction (or a savepoint of the
+   * caller's), so that two processes (server and CLI) never chain onto the same predecessor.
+   */
+  append(input: AuditInput): number {
+    const key = this.#keys.get().activeAuditKey();
+    return inTransaction(this.#db, () => {
+      const last = this.#db
+        .select({ seq: auditLog.seq, mac: auditLog.mac })
+        .from(auditLog)
+        .orderBy(desc(auditLog.seq))
+        .limit(1)
+        .get();
+      const row: Omit<AuditEntry, "mac"> = {
+        seq: (last?.seq ?? 0) + 1,
+        at: this.#clock.now().getTime(),
+        action: input.action,
+        outcome: input.outcome,
+        actorType: input.actorType,
+        actorId: input.actorId ?? null,
+        memberId: input.memberId ?? null,
+        reason: input.reason ?? null,
+        ip: input.ip ?? null,
+        requestId: input.requestId ?? null,
+        details: JSON.stringify(input.details ?? {}),
+        keyId: key.id,
+        prevMac: last?.mac ?? GENESIS,
+      };
+      this.#db
+        .insert(auditLog)
+        .values({ ...row, mac: macOf(key.key, row) })
+        .run();
+      return row.seq;
+    });
+  }
+
+  /** Walk the whole chain in order; stop at the first entry that does not fit. */
+  verify(): VerifyResult {
+    const keyring = this.#keys.reload();
+    let expectedSeq = 1;
+    let prev = GENESIS;
+    let entries = 0;
+    let head: VerifyResult["head"] = null;
+    for (const row of this.iterate(0)) {
+      const bad = (problem: string): VerifyResult => ({
+        ok: false,
+        entries,
+        head,
+        firstBad: { seq: row.seq, problem },
+      });
+      if (row.seq !== expectedSeq) {
+        return bad(
+          row.seq > expectedSeq
+            ? `entries ${expectedSeq}..${row.seq - 1} are missing`
+            : `out of order (expected ${expectedSeq})`,
+        );
+      }
+      if (row.prevMac !== prev) return bad("does not chain to the entry before it");
+      const key = keyring.auditKey(row.keyId);
+      if (!key) return bad(`unknown audit key ${row.keyId}`);
+      const { mac, ...rest } = row;
+      const expected = Buffer.from(macOf(key.key, rest));
+      const actual = Buffer.from(mac);
+      if (expected.length !== actual.length || !timingSafeEqual(expected, actual)) {
+        return bad("content does not match its MAC (edited)");
+      }
+      entries++;
+      prev = mac;
+      expectedSeq++;
+      head = { seq: row.seq, mac };
+    }
+    return { ok: true, entries, head };
+  }
+
+  /** Entries after `afterSeq`, oldest first, as they are stored (for `audit export`). */
+  *iterate(afterSeq = 0): Generator<AuditEntry> {
+    const rows = this.#db.$client
+      .prepare("SELECT * FROM audit_log WHERE seq > ? ORDER BY seq")
+      .iterate(afterSeq) as Iterable<Record<string, unknown>>;
+    for (const r of rows) {
+      yield {
+        seq: r.seq as number,
+        at: r.at as number,
+        action: r.action as string,
+        outcome: r.outcome as Outcome,
+        actorType: r.actor_type as string,
+        actorId: (r.actor_id as string | null) ?? null,
+        memberId: (r.member_id as string | null) ?? null,
+        reason: (r.reason as string | null) ?? null,
+        ip: (r.ip as string | null) ?? null,
+        requestId: (r.request_id as string | null) ?? null,
+        details: r.details as string,
+        keyId: r.key_id as string,
+        prevMac: r.prev_mac as string,
+        mac: r.mac as string,
+      };
+    }
+  }
+}

@@ -1,0 +1,139 @@
+import os from "node:os";
+import path from "node:path";
+import { z } from "zod";
+import { StartupError } from "./errors.js";
+
+/**
+ * Every environment variable Sekisho reads, in one zod schema parsed once at boot.
+ * Nothing else in the code base reads process.env. `.env.example` lists the same variables.
+ */
+const int = (def: number, min: number, max: number) => z.coerce.number().int().min(min).max(max).default(def);
+
+const schema = z
+  .object({
+    NODE_ENV: z.enum(["development", "production", "test"]).default("development"),
+    HOST: z.string().min(1).default("127.0.0.1"),
+    PORT: int(3000, 0, 65535),
+    LOG_LEVEL: z.enum(["fatal", "error", "warn", "info", "debug", "trace", "silent"]).default("info"),
+    SEKISHO_DATA_DIR: z.string().min(1).default("./data"),
+    SEKISHO_KEYRING_FILE: z.string().min(1).optional(),
+    SEKISHO_ISSUER: z
+      .url({ protocol: /^https?$/, error: "must be an http(s) URL such as http://localhost:3000" })
+      .default("http://localhost:3000")
+      .refine((u) => {
+        const url = new URL(u);
+        return url.search === "" && url.hash === "";
+      }, "must not have a query or fragment"),
+    SEKISHO_TRUST_PROXY: z.string().min(1).optional(),
+    SEKISHO_SMTP_URL: z.url({ protocol: /^smtps?$/ }).optional(),
+    SEKISHO_MAIL_FROM: z.string().min(3).default("Sekisho <no-reply@localhost>"),
+    SEKISHO_ARGON2_MEMORY_KIB: int(19456, 1024, 4 * 1024 * 1024),
+    SEKISHO_ARGON2_TIME_COST: int(2, 1, 100),
+    SEKISHO_ARGON2_PARALLELISM: int(1, 1, 16),
+    SEKISHO_HASH_CONCURRENCY: int(Math.max(1, os.availableParallelism()), 1, 256),
+    SEKISHO_HASH_QUEUE_MAX: int(256, 0, 100_000),
+    SEKISHO_PASSWORD_MIN_LENGTH: int(12, 8, 64),
+    SEKISHO_SESSION_IDLE_MINUTES: int(60, 1, 60 * 24 * 30),
+    SEKISHO_SESSION_ABSOLUTE_HOURS: int(12, 1, 24 * 90),
+  })
+  .superRefine((env, ctx) => {
+    if (env.SEKISHO_SESSION_IDLE_MINUTES > env.SEKISHO_SESSION_ABSOLUTE_HOURS * 60) {
+      ctx.addIssue({
+        code: "custom",
+        path: ["SEKISHO_SESSION_IDLE_MINUTES"],
+        message: "must not exceed SEKISHO_SESSION_ABSOLUTE_HOURS",
+      });
+    }
+  });
+
+export type Env = z.infer<typeof schema>;
+
+export interface Config {
+  readonly env: Env["NODE_ENV"];
+  readonly production: boolean;
+  readonly host: string;
+  readonly port: number;
+  readonly logLevel: Env["LOG_LEVEL"];
+  readonly dataDir: string;
+  readonly dbFile: string;
+  /** Where the keyring lives; in production it must be outside dataDir. */
+  readonly keyringFile: string;
+  /** True when the keyring path was not given and a development keyring may be generated. */
+  readonly devKeyring: boolean;
+  readonly issuer: string;
+  readonly issuerOrigin: string;
+  readonly secureCookies: boolean;
+  readonly trustProxy: string | undefined;
+  readonly smtpUrl: string | undefined;
+  readonly mailFrom: string;
+  readonly argon2: { readonly memoryCost: number; readonly timeCost: number; readonly parallelism: number };
+  readonly hashConcurrency: number;
+  readonly hashQueueMax: number;
+  readonly passwordMinLength: number;
+  readonly sessionIdleMs: number;
+  readonly sessionAbsoluteMs: number;
+}
+
+/** Parse the environment. Throws a StartupError naming each bad variable. */
+export function loadConfig(source: Record<string, string | undefined> = process.env): Config {
+  // An empty variable means "unset", as in most shells' `VAR= cmd`.
+  const cleaned = Object.fromEntries(Object.entries(source).filter(([, v]) => v !== undefined && v !== ""));
+  const parsed = schema.safeParse(cleaned);
+  if (!parsed.success) {
+    const lines = parsed.error.issues.map((i) => {
+      const name = String(i.path[0] ?? "environment");
+      return `  ${name}: ${i.message}${name in cleaned ? ` (got ${JSON.stringify(cleaned[name])})` : ""}`;
+    });
+    throw new StartupError(`invalid configuration:\n${lines.join("\n")}`);
+  }
+  const e = parsed.data;
+  const dataDir = path.resolve(e.SEKISHO_DATA_DIR);
+  const issuer = e.SEKISHO_ISSUER.replace(/\/+$/, "");
+  const url = new URL(issuer);
+  return Object.freeze({
+    env: e.NODE_ENV,
+    production: e.NODE_ENV === "production",
+    host: e.HOST,
+    port: e.PORT,
+    logLevel: e.LOG_LEVEL,
+    dataDir,
+    dbFile: path.join(dataDir, "sekisho.db"),
+    keyringFile: path.resolve(e.SEKISHO_KEYRING_FILE ?? path.join(dataDir, "keyring.dev.json")),
+    devKeyring: e.SEKISHO_KEYRING_FILE === undefined,
+    issuer,
+    issuerOrigin: url.origin,
+    secureCookies: url.protocol === "https:",
+    trustProxy: e.SEKISHO_TRUST_PROXY,
+    smtpUrl: e.SEKISHO_SMTP_URL,
+    mailFrom: e.SEKISHO_MAIL_FROM,
+    argon2: Object.freeze({
+      memoryCost: e.SEKISHO_ARGON2_MEMORY_KIB,
+      timeCost: e.SEKISHO_ARGON2_TIME_COST,
+      parallelism: e.SEKISHO_ARGON2_PARALLELISM,
+    }),
+    hashConcurrency: e.SEKISHO_HASH_CONCURRENCY,
+    hashQueueMax: e.SEKISHO_HASH_QUEUE_MAX,
+    passwordMinLength: e.SEKISHO_PASSWORD_MIN_LENGTH,
+    sessionIdleMs: e.SEKISHO_SESSION_IDLE_MINUTES * 60_000,
+    sessionAbsoluteMs: e.SEKISHO_SESSION_ABSOLUTE_HOURS * 3_600_000,
+  });
+}
+
+/** In production the keyring must not sit beside the database it protects. */
+export function checkKeyringPlacement(config: Config): void {
+  if (!config.production) return;
+  if (config.devKeyring) {
+    throw new StartupError(
+      "NODE_ENV=production needs SEKISHO_KEYRING_FILE: keys must come from a file outside the data " +
+        "directory, so that a copy of the data directory alone decrypts nothing. " +
+        "Create one with `npx sekisho keys generate --out /etc/sekisho/keyring.json`.",
+    );
+  }
+  const rel = path.relative(config.dataDir, config.keyringFile);
+  if (rel === "" || (!rel.startsWith("..") && !path.isAbsolute(rel))) {
+    throw new StartupError(
+      `SEKISHO_KEYRING_FILE (${config.keyringFile}) is inside SEKISHO_DATA_DIR (${config.dataDir}); ` +
+        "in production keys must live outside the data directory, so a stolen copy of it decrypts nothing.",
+    );
+  }
+}

@@ -1,0 +1,37 @@
+import fs from "node:fs";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+import Database from "better-sqlite3";
+import { type BetterSQLite3Database, drizzle } from "drizzle-orm/better-sqlite3";
+import { migrate } from "drizzle-orm/better-sqlite3/migrator";
+import * as schema from "./schema.js";
+
+export type Db = BetterSQLite3Database<typeof schema> & { $client: Database.Database };
+
+export const MIGRATIONS_DIR = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../../drizzle");
+
+/**
+ * Open the SQLite database. WAL so readers never block the writer; foreign keys on;
+ * secure_delete so freed pages are zeroed (old hashes and ciphertexts don't linger in free pages);
+ * synchronous=NORMAL: in WAL mode a crash of the process loses nothing committed, a power loss at
+ * most the last transactions (see docs/operations.md).
+ */
+export function openDatabase(file: string): Db {
+  if (file !== ":memory:") fs.mkdirSync(path.dirname(file), { recursive: true, mode: 0o700 });
+  const client = new Database(file);
+  client.pragma("journal_mode = WAL");
+  client.pragma("synchronous = NORMAL");
+  client.pragma("foreign_keys = ON");
+  client.pragma("secure_delete = ON");
+  client.pragma("busy_timeout = 5000");
+  return drizzle({ client, schema });
+}
+
+export function migrateDatabase(db: Db): void {
+  migrate(db, { migrationsFolder: MIGRATIONS_DIR });
+}
+
+/** Run fn in one `BEGIN IMMEDIATE` transaction: all of it lands, or none of it. */
+export function inTransaction<T>(db: Db, fn: () => T): T {
+  return db.$client.transaction(fn).immediate();
+}

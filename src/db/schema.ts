@@ -1,0 +1,117 @@
+import { index, integer, sqliteTable, text } from "drizzle-orm/sqlite-core";
+
+/**
+ * The database holds no readable personal data: profile fields are vault ciphertexts
+ * (see src/vault/fields.ts), passwords argon2id PHC strings, session tokens SHA-256 hashes.
+ * Times are integer milliseconds since the epoch.
+ */
+
+export const members = sqliteTable("members", {
+  /** Opaque member id used by our API (`member_id`). */
+  id: text("id").primaryKey(),
+  /** OIDC subject: a separate random id, never the login ID. */
+  sub: text("sub").notNull().unique(),
+  /** Normalised login ID (NFKC, lower case) or a generated member number. */
+  loginId: text("login_id").notNull().unique(),
+  loginIdKind: text("login_id_kind", { enum: ["chosen", "number"] }).notNull(),
+  passwordHash: text("password_hash"),
+  /** Which keyring pepper was argon2's secret for passwordHash (null: none). */
+  pepperId: text("pepper_id"),
+  role: text("role", { enum: ["member", "admin"] })
+    .notNull()
+    .default("member"),
+  status: text("status", { enum: ["active", "disabled"] })
+    .notNull()
+    .default("active"),
+  emailVerified: integer("email_verified", { mode: "boolean" }).notNull().default(false),
+  createdAt: integer("created_at").notNull(),
+  updatedAt: integer("updated_at").notNull(),
+  passwordChangedAt: integer("password_changed_at"),
+});
+
+/** One row per member; every value column is a vault ciphertext bound to (member, field). */
+export const profiles = sqliteTable(
+  "profiles",
+  {
+    memberId: text("member_id")
+      .primaryKey()
+      .references(() => members.id, { onDelete: "cascade" }),
+    name: text("name"),
+    email: text("email"),
+    phone: text("phone"),
+    postalCode: text("postal_code"),
+    address: text("address"),
+    birthDate: text("birth_date"),
+    gender: text("gender"),
+    /** HMAC of the normalised e-mail under the blind-index key: lookup without plaintext. */
+    emailIndex: text("email_bidx"),
+    /** The data key every field of this row is encrypted under (rotation finds stale rows by it). */
+    keyId: text("key_id").notNull(),
+    updatedAt: integer("updated_at").notNull(),
+  },
+  (t) => [index("profiles_email_bidx").on(t.emailIndex), index("profiles_key_id").on(t.keyId)],
+);
+
+export const sessions = sqliteTable(
+  "sessions",
+  {
+    /** Public id shown in GET /me/sessions; not the secret. */
+    id: text("id").primaryKey(),
+    /** SHA-256 of the cookie token: a copy of the table signs nobody in. */
+    tokenHash: text("token_hash").notNull().unique(),
+    memberId: text("member_id")
+      .notNull()
+      .references(() => members.id, { onDelete: "cascade" }),
+    kind: text("kind", { enum: ["full", "limited"] })
+      .notNull()
+      .default("full"),
+    acr: text("acr").notNull(),
+    /** JSON array of RFC 8176 method references. */
+    amr: text("amr").notNull(),
+    authTime: integer("auth_time").notNull(),
+    createdAt: integer("created_at").notNull(),
+    lastSeenAt: integer("last_seen_at").notNull(),
+    idleExpiresAt: integer("idle_expires_at").notNull(),
+    absoluteExpiresAt: integer("absolute_expires_at").notNull(),
+    revokedAt: integer("revoked_at"),
+    revokeReason: text("revoke_reason"),
+    ip: text("ip"),
+    userAgent: text("user_agent"),
+  },
+  (t) => [index("sessions_member").on(t.memberId)],
+);
+
+/**
+ * Append-only, hash-chained audit log. `mac` = HMAC(audit key, canonical(row) ‖ prev_mac);
+ * triggers (migration 0001) refuse UPDATE and DELETE. Details never hold secrets or PII values.
+ */
+export const auditLog = sqliteTable(
+  "audit_log",
+  {
+    seq: integer("seq").primaryKey({ autoIncrement: true }),
+    at: integer("at").notNull(),
+    action: text("action").notNull(),
+    outcome: text("outcome", { enum: ["success", "failure", "info"] }).notNull(),
+    actorType: text("actor_type").notNull(),
+    actorId: text("actor_id"),
+    /** The member the entry is about (for the member's own event list and investigations). */
+    memberId: text("member_id"),
+    reason: text("reason"),
+    ip: text("ip"),
+    requestId: text("request_id"),
+    details: text("details").notNull().default("{}"),
+    keyId: text("key_id").notNull(),
+    prevMac: text("prev_mac").notNull(),
+    mac: text("mac").notNull(),
+  },
+  (t) => [index("audit_member").on(t.memberId, t.seq), index("audit_action").on(t.action, t.seq)],
+);
+
+/** Progress of `sekisho keys rotate`, so an interrupted rotation resumes instead of restarting. */
+export const keyRotations = sqliteTable("key_rotations", {
+  id: integer("id").primaryKey({ autoIncrement: true }),
+  newKeyId: text("new_key_id").notNull(),
+  startedAt: integer("started_at").notNull(),
+  finishedAt: integer("finished_at"),
+  rowsDone: integer("rows_done").notNull().default(0),
+});

@@ -1,0 +1,63 @@
+import express from "express";
+import helmet from "helmet";
+import type { Services } from "../services.js";
+import {
+  accessLog,
+  errorHandler,
+  noStore,
+  notFound,
+  originGuard,
+  requestContext,
+  sessionLoader,
+} from "./middleware.js";
+import { healthRoutes } from "./routes/health.js";
+import { meRoutes } from "./routes/me.js";
+import { registrationAndLoginRoutes } from "./routes/members.js";
+
+export const BODY_LIMIT = "64kb";
+
+/** Parse a SEKISHO_TRUST_PROXY value into what express's `trust proxy` setting takes. */
+export function trustProxySetting(value: string | undefined): boolean | number | string {
+  if (value === undefined) return false;
+  if (value === "true" || value === "false") return value === "true";
+  if (/^\d+$/.test(value)) return Number(value);
+  return value;
+}
+
+/** The express app. No listen, no globals: tests build one per file on their own database. */
+export function createApp(s: Services): express.Express {
+  const app = express();
+  app.disable("x-powered-by");
+  app.set("trust proxy", trustProxySetting(s.config.trustProxy));
+  app.set("query parser", "simple");
+  app.use(requestContext());
+  app.use(accessLog(s.logger));
+  app.use(
+    helmet({
+      hsts: s.config.secureCookies,
+      contentSecurityPolicy: {
+        directives: { "upgrade-insecure-requests": s.config.secureCookies ? [] : null },
+      },
+    }),
+  );
+  app.use(healthRoutes(s));
+
+  const api = express.Router();
+  api.use(noStore);
+  api.use(originGuard(s.config.issuerOrigin));
+  api.use(
+    express.json({ limit: BODY_LIMIT, strict: true, type: ["application/json", "application/*+json"] }),
+  );
+  api.use(sessionLoader(s.sessions));
+  api.use(registrationAndLoginRoutes(s));
+  api.use(meRoutes(s));
+  api.use(notFound());
+  app.use("/api/v1", api);
+
+  app.get("/", (_req, res) => {
+    res.json({ service: "sekisho", issuer: s.config.issuer, docs: "see docs/api.md" });
+  });
+  app.use(notFound());
+  app.use(errorHandler(s.logger));
+  return app;
+}

@@ -1,0 +1,29 @@
+import { serialize } from "cookie";
+import type { Response } from "express";
+import { SESSION_COOKIE } from "../sessions/sessions.js";
+
+/**
+ * The session cookie: HttpOnly (no script reads it), SameSite=Lax (not sent on cross-site
+ * sub-requests or form posts), Secure whenever the issuer is https, host-only, whole-site path.
+ * It is a browser-session cookie; the server enforces idle and absolute timeouts.
+ */
+export function setSessionCookie(res: Response, token: string, secure: boolean): void {
+  res.append(
+    "Set-Cookie",
+    serialize(SESSION_COOKIE, token, { httpOnly: true, sameSite: "lax", secure, path: "/" }),
+  );
+}
+
+export function clearSessionCookie(res: Response, secure: boolean): void {
+  res.append(
+    "Set-Cookie",
+    serialize(SESSION_COOKIE, "", {
+      httpOnly: true,
+      sameSite: "lax",
+      secure,
+      path: "/",
+      maxAge: 0,
+      expires: new Date(0),
+    }),
+  );
+}

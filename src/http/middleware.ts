@@ -1,0 +1,184 @@
+import { randomBytes } from "node:crypto";
+import { parse as parseCookies } from "cookie";
+import type { NextFunction, Request, RequestHandler, Response } from "express";
+import type { Logger } from "pino";
+import { ZodError } from "zod";
+import { ApiError } from "../errors.js";
+import { SESSION_COOKIE, type Session, type SessionService } from "../sessions/sessions.js";
+
+/** Per-request values middleware leaves for the routes. */
+export interface RequestLocals {
+  requestId: string;
+  ip: string;
+  session: Session | null;
+  sessionToken: string | null;
+}
+
+export function locals(res: Response): RequestLocals {
+  return res.locals as RequestLocals;
+}
+
+/** The client IP as express computed it (honouring SEKISHO_TRUST_PROXY), IPv4-mapped IPv6 unwrapped. */
+export function clientIp(req: Request): string {
+  const ip = req.ip ?? req.socket.remoteAddress ?? "unknown";
+  return ip.startsWith("::ffff:") && ip.includes(".") ? ip.slice(7) : ip;
+}
+
+export function requestContext(): RequestHandler {
+  return (req, res, next) => {
+    const incoming = req.get("x-request-id");
+    const requestId =
+      incoming && /^[A-Za-z0-9._-]{8,64}$/.test(incoming) ? incoming : randomBytes(12).toString("base64url");
+    res.setHeader("X-Request-Id", requestId);
+    Object.assign(res.locals, { requestId, ip: clientIp(req), session: null, sessionToken: null });
+    next();
+  };
+}
+
+/** One access-log line per request: path without query string (queries may carry codes). */
+export function accessLog(logger: Logger): RequestHandler {
+  return (req, res, next) => {
+    const start = process.hrtime.bigint();
+    res.on("finish", () => {
+      const l = locals(res);
+      logger.info(
+        {
+          req_id: l.requestId,
+          method: req.method,
+          path: req.originalUrl.split("?")[0],
+          status: res.statusCode,
+          ms: Number((process.hrtime.bigint() - start) / 1000n) / 1000,
+          ip: l.ip,
+        },
+        "request",
+      );
+    });
+    next();
+  };
+}
+
+export const noStore: RequestHandler = (_req, res, next) => {
+  res.setHeader("Cache-Control", "no-store");
+  res.setHeader("Pragma", "no-cache");
+  next();
+};
+
+const UNSAFE = new Set(["POST", "PUT", "PATCH", "DELETE"]);
+
+/**
+ * CSRF defence for the JSON API: a state-changing call must come from our own origin (Origin or,
+ * without it, Sec-Fetch-Site), and must be JSON when it carries a cookie or a body — a cross-site
+ * form can't send application/json, and fetch can't without a CORS preflight we never grant.
+ */
+export function originGuard(issuerOrigin: string): RequestHandler {
+  return (req, _res, next) => {
+    if (!UNSAFE.has(req.method)) return next();
+    const origin = req.get("origin");
+    const site = req.get("sec-fetch-site");
+    if (
+      (origin !== undefined && origin !== issuerOrigin) ||
+      (origin === undefined && site && site !== "same-origin" && site !== "none")
+    ) {
+      return next(
+        new ApiError(403, "forbidden_origin", "Cross-origin requests are not allowed.", {
+          detail: `origin ${origin ?? "-"} site ${site ?? "-"}`,
+        }),
+      );
+    }
+    const hasBody = Number(req.get("content-length") ?? 0) > 0 || req.get("transfer-encoding") !== undefined;
+    const hasCookie = (req.get("cookie") ?? "").includes(`${SESSION_COOKIE}=`);
+    if ((hasBody || hasCookie) && !req.is("application/json")) {
+      return next(new ApiError(415, "unsupported_media_type", "Send the request as application/json."));
+    }
+    next();
+  };
+}
+
+/** Read the session cookie; routes decide whether they need one. */
+export function sessionLoader(sessions: SessionService): RequestHandler {
+  return (req, res, next) => {
+    const header = req.get("cookie");
+    if (header) {
+      let token: string | undefined;
+      try {
+        token = parseCookies(header)[SESSION_COOKIE];
+      } catch {
+        token = undefined;
+      }
+      if (token) {
+        const l = locals(res);
+        l.sessionToken = token;
+        l.session = sessions.authenticate(token);
+      }
+    }
+    next();
+  };
+}
+
+/** The signed-in member's full session, or 401. */
+export function requireSession(res: Response): Session {
+  const session = locals(res).session;
+  if (session?.kind !== "full") {
+    throw new ApiError(401, "unauthenticated", "Sign in first.");
+  }
+  return session;
+}
+
+interface BodyParserError {
+  type?: string;
+  status?: number;
+}
+
+export function notFound(): RequestHandler {
+  return (_req, _res, next) => next(new ApiError(404, "not_found", "No such endpoint."));
+}
+
+/** Every error becomes a contract error body; unexpected ones a bare 500 with the request id. */
+export function errorHandler(logger: Logger) {
+  return (err: unknown, _req: Request, res: Response, _next: NextFunction): void => {
+    const l = locals(res);
+    let api: ApiError;
+    if (err instanceof ApiError) {
+      api = err;
+    } else if (err instanceof ZodError) {
+      const where = err.issues
+        .slice(0, 5)
+        .map((i) => `${i.path.join(".") || "body"}: ${i.message}`)
+        .join("; ");
+      api = new ApiError(400, "invalid_request", where);
+    } else if (
+      typeof (err as BodyParserError)?.type === "string" &&
+      ((err as BodyParserError).status ?? 500) < 500
+    ) {
+      const e = err as BodyParserError;
+      api =
+        e.type === "entity.too.large"
+          ? new ApiError(413, "payload_too_large", "The request body is too large.")
+          : e.type === "entity.parse.failed"
+            ? new ApiError(400, "invalid_request", "The request body is not valid JSON.")
+            : e.type === "encoding.unsupported" || e.type === "charset.unsupported"
+              ? new ApiError(415, "unsupported_media_type", "Send the request as UTF-8 JSON.")
+              : new ApiError(400, "invalid_request", "The request could not be read.");
+    } else {
+      logger.error({ err, req_id: l.requestId }, "unhandled error");
+      if (res.headersSent) return;
+      res.status(500).json({
+        error: "server_error",
+        error_description: "Something went wrong on our side.",
+        request_id: l.requestId,
+      });
+      return;
+    }
+    if (api.detail || api.status >= 500) {
+      logger.warn(
+        { code: api.code, status: api.status, detail: api.detail, req_id: l.requestId },
+        "request refused",
+      );
+    }
+    if (res.headersSent) return;
+    for (const [k, v] of Object.entries(api.headers ?? {})) res.setHeader(k, v);
+    const body = api.toJSON();
+    if (api.status >= 500) body.request_id = l.requestId;
+    res.status(api.status).json(body);
+  };
+}

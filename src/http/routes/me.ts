@@ -1,0 +1,109 @@
+import { and, desc, eq, inArray } from "drizzle-orm";
+import { Router } from "express";
+import { z } from "zod";
+import { auditLog, members } from "../../db/schema.js";
+import { ApiError } from "../../errors.js";
+import { PROFILE_FIELDS } from "../../members/profile.js";
+import type { Services } from "../../services.js";
+import { locals, requireSession } from "../middleware.js";
+
+/** Audit actions a member sees as their own security events. */
+export const MEMBER_EVENT_ACTIONS = [
+  "member.registered",
+  "login.password",
+  "login.throttled",
+  "session.logout",
+  "session.revoked",
+] as const;
+
+const sessionIdParam = z.string().regex(/^s_[A-Za-z0-9_-]{16}$/);
+const iso = (ms: number | null) => (ms === null ? null : new Date(ms).toISOString());
+
+export function meRoutes(s: Services): Router {
+  const r = Router();
+
+  r.get("/me", (_req, res) => {
+    const session = requireSession(res);
+    const l = locals(res);
+    const member = s.db.select().from(members).where(eq(members.id, session.memberId)).get();
+    if (!member) throw new ApiError(401, "unauthenticated", "Sign in first.");
+    const profile = s.vault.read(member.id, PROFILE_FIELDS, {
+      actorType: "member",
+      actorId: member.id,
+      reason: "self_view",
+      ip: l.ip,
+      requestId: l.requestId,
+    });
+    res.json({
+      member_id: member.id,
+      login_id: member.loginId,
+      profile,
+      email_verified: member.emailVerified,
+      mfa: { totp: false, passkeys: [] },
+      session: { acr: session.acr, amr: session.amr, auth_time: iso(session.authTime) },
+    });
+  });
+
+  r.get("/me/sessions", (_req, res) => {
+    const session = requireSession(res);
+    res.json({
+      sessions: s.sessions.listActive(session.memberId).map((x) => ({
+        id: x.id,
+        current: x.id === session.id,
+        created_at: iso(x.createdAt),
+        last_seen_at: iso(x.lastSeenAt),
+        expires_at: iso(x.expiresAt),
+        auth_time: iso(x.authTime),
+        acr: x.acr,
+        amr: x.amr,
+        ip: x.ip,
+        user_agent: x.userAgent,
+      })),
+    });
+  });
+
+  r.delete("/me/sessions/:id", (req, res) => {
+    const session = requireSession(res);
+    const l = locals(res);
+    const id = sessionIdParam.safeParse(req.params.id);
+    if (!id.success || !s.sessions.revoke(session.memberId, id.data, "revoked_by_member")) {
+      throw new ApiError(404, "not_found", "No such session.");
+    }
+    s.audit.append({
+      action: "session.revoked",
+      outcome: "success",
+      actorType: "member",
+      actorId: session.memberId,
+      memberId: session.memberId,
+      ip: l.ip,
+      requestId: l.requestId,
+      details: { session_id: id.data, current: id.data === session.id },
+    });
+    res.status(204).end();
+  });
+
+  r.get("/me/events", (_req, res) => {
+    const session = requireSession(res);
+    const rows = s.db
+      .select()
+      .from(auditLog)
+      .where(
+        and(eq(auditLog.memberId, session.memberId), inArray(auditLog.action, [...MEMBER_EVENT_ACTIONS])),
+      )
+      .orderBy(desc(auditLog.seq))
+      .limit(100)
+      .all();
+    res.json({
+      events: rows.map((e) => ({
+        id: e.seq,
+        at: iso(e.at),
+        type: e.action,
+        outcome: e.outcome,
+        reason: e.reason,
+        ip: e.ip,
+      })),
+    });
+  });
+
+  return r;
+}

@@ -1,0 +1,78 @@
+import { Router } from "express";
+import { z } from "zod";
+import { profileInput } from "../../members/profile-input.js";
+import type { Services } from "../../services.js";
+import { clearSessionCookie, setSessionCookie } from "../cookies.js";
+import { locals } from "../middleware.js";
+
+const registrationBody = z.object({
+  login_id: z.string().max(256).optional(),
+  password: z.string().min(1).max(1024),
+  profile: profileInput,
+});
+
+const loginBody = z.object({
+  login_id: z.string().min(1).max(256),
+  password: z.string().min(1).max(1024),
+});
+
+/** The same bytes for an unknown login ID and a wrong password: nothing tells them apart. */
+const INVALID_CREDENTIALS = {
+  error: "invalid_credentials",
+  error_description: "The login ID or password is incorrect.",
+} as const;
+
+export function registrationAndLoginRoutes(s: Services): Router {
+  const r = Router();
+
+  r.post("/registrations", async (req, res) => {
+    const body = registrationBody.parse(req.body);
+    const l = locals(res);
+    const { memberId, loginId } = await s.registrations.register(
+      { loginId: body.login_id, password: body.password, profile: body.profile },
+      { ip: l.ip, requestId: l.requestId },
+    );
+    res.status(201).json({ member_id: memberId, login_id: loginId });
+  });
+
+  r.post("/login", async (req, res) => {
+    const body = loginBody.parse(req.body);
+    const l = locals(res);
+    const result = await s.signIn.signIn(
+      { loginId: body.login_id, password: body.password },
+      {
+        ip: l.ip,
+        requestId: l.requestId,
+        userAgent: req.get("user-agent") ?? null,
+        previousToken: l.sessionToken,
+      },
+    );
+    if (result.status === "failed") {
+      res.status(401).json(INVALID_CREDENTIALS);
+      return;
+    }
+    setSessionCookie(res, result.token, s.config.secureCookies);
+    res.status(200).json({ status: "authenticated" });
+  });
+
+  r.post("/logout", (_req, res) => {
+    const l = locals(res);
+    if (l.session) {
+      s.sessions.revoke(l.session.memberId, l.session.id, "logout");
+      s.audit.append({
+        action: "session.logout",
+        outcome: "success",
+        actorType: "member",
+        actorId: l.session.memberId,
+        memberId: l.session.memberId,
+        ip: l.ip,
+        requestId: l.requestId,
+        details: { session_id: l.session.id },
+      });
+    }
+    clearSessionCookie(res, s.config.secureCookies);
+    res.status(204).end();
+  });
+
+  return r;
+}

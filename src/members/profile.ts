@@ -1,0 +1,164 @@
+import { eq, inArray } from "drizzle-orm";
+import type { Logger } from "pino";
+import type { AuditLog } from "../audit/log.js";
+import type { Clock } from "../clock.js";
+import type { Db } from "../db/connection.js";
+import { profiles } from "../db/schema.js";
+import { DecryptionError } from "../errors.js";
+import { blindIndex, normaliseEmail } from "../vault/blind-index.js";
+import { decryptField, encryptField } from "../vault/fields.js";
+import type { KeyringStore } from "../vault/keyring.js";
+
+/** Profile fields as the API names them; each is stored encrypted in the column of the same name. */
+export const PROFILE_FIELDS = [
+  "name",
+  "email",
+  "phone",
+  "postal_code",
+  "address",
+  "birth_date",
+  "gender",
+] as const;
+export type ProfileField = (typeof PROFILE_FIELDS)[number];
+export type Profile = Partial<Record<ProfileField, string>>;
+
+type ProfileRow = typeof profiles.$inferSelect;
+const COLUMN: Record<ProfileField, keyof ProfileRow> = {
+  name: "name",
+  email: "email",
+  phone: "phone",
+  postal_code: "postalCode",
+  address: "address",
+  birth_date: "birthDate",
+  gender: "gender",
+};
+
+export const fieldContext = (memberId: string, field: ProfileField) => ({
+  table: "profiles",
+  column: field,
+  rowId: memberId,
+});
+
+/** Why a profile is being read; recorded with every decryption. */
+export interface PiiAccess {
+  actorType: "member" | "admin" | "client" | "system" | "operator";
+  actorId: string | null;
+  reason: string;
+  ip?: string | null;
+  requestId?: string | null;
+}
+
+/**
+ * The member profile vault: encrypts on write, decrypts only the fields asked for, and audits
+ * every read (who, whose, which fields, why; never the values). A value that fails to decrypt is
+ * an error, logged and audited, never an empty field.
+ */
+export class ProfileVault {
+  readonly #db: Db;
+  readonly #keys: KeyringStore;
+  readonly #audit: AuditLog;
+  readonly #clock: Clock;
+  readonly #log: Logger;
+
+  constructor(deps: { db: Db; keys: KeyringStore; audit: AuditLog; clock: Clock; logger: Logger }) {
+    this.#db = deps.db;
+    this.#keys = deps.keys;
+    this.#audit = deps.audit;
+    this.#clock = deps.clock;
+    this.#log = deps.logger;
+  }
+
+  /** The encrypted row for a member's profile (insert or replace it inside the caller's transaction). */
+  encryptRow(memberId: string, profile: Profile): typeof profiles.$inferInsert {
+    const row: typeof profiles.$inferInsert = {
+      memberId,
+      keyId: this.#keys.get().activeDataKey().id,
+      updatedAt: this.#clock.now().getTime(),
+      emailIndex: profile.email ? this.emailIndex(profile.email) : null,
+    };
+    for (const field of PROFILE_FIELDS) {
+      const value = profile[field];
+      (row as Record<string, unknown>)[COLUMN[field]] =
+        value === undefined || value === ""
+          ? null
+          : encryptField(this.#keys, fieldContext(memberId, field), value);
+    }
+    return row;
+  }
+
+  emailIndex(email: string): string {
+    return blindIndex(this.#keys, "email", normaliseEmail(email));
+  }
+
+  /** Member ids whose profile e-mail matches (normalised), found through the blind index. */
+  memberIdsByEmail(email: string): string[] {
+    return this.#db
+      .select({ id: profiles.memberId })
+      .from(profiles)
+      .where(eq(profiles.emailIndex, this.emailIndex(email)))
+      .all()
+      .map((r) => r.id);
+  }
+
+  /** Decrypt `fields` of one member's profile, auditing the read. */
+  read(memberId: string, fields: readonly ProfileField[], access: PiiAccess): Profile {
+    return this.readMany([memberId], fields, access).get(memberId) ?? {};
+  }
+
+  readMany(
+    memberIds: readonly string[],
+    fields: readonly ProfileField[],
+    access: PiiAccess,
+  ): Map<string, Profile> {
+    const out = new Map<string, Profile>();
+    if (memberIds.length === 0 || fields.length === 0) return out;
+    const rows = this.#db
+      .select()
+      .from(profiles)
+      .where(inArray(profiles.memberId, [...memberIds]))
+      .all();
+    for (const row of rows) {
+      const profile: Profile = {};
+      const present: ProfileField[] = [];
+      for (const field of fields) {
+        const stored = row[COLUMN[field]];
+        if (typeof stored !== "string") continue;
+        try {
+          profile[field] = decryptField(this.#keys, fieldContext(row.memberId, field), stored);
+          present.push(field);
+        } catch (err) {
+          if (err instanceof DecryptionError) this.#decryptFailed(row.memberId, field, access, err);
+          throw err;
+        }
+      }
+      this.#audit.append({
+        action: "pii.read",
+        outcome: "success",
+        actorType: access.actorType,
+        actorId: access.actorId,
+        memberId: row.memberId,
+        reason: access.reason,
+        ip: access.ip ?? null,
+        requestId: access.requestId ?? null,
+        details: { fields: present },
+      });
+      out.set(row.memberId, profile);
+    }
+    return out;
+  }
+
+  #decryptFailed(memberId: string, field: ProfileField, access: PiiAccess, err: DecryptionError): void {
+    this.#log.error({ err, memberId, field, reason: access.reason }, "profile field failed to decrypt");
+    this.#audit.append({
+      action: "pii.decrypt_failed",
+      outcome: "failure",
+      actorType: access.actorType,
+      actorId: access.actorId,
+      memberId,
+      reason: access.reason,
+      ip: access.ip ?? null,
+      requestId: access.requestId ?? null,
+      details: { field, error: err.message },
+    });
+  }
+}

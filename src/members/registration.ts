@@ -1,0 +1,142 @@
+import { randomBytes } from "node:crypto";
+import { eq } from "drizzle-orm";
+import type { AuditLog } from "../audit/log.js";
+import type { Clock } from "../clock.js";
+import { type Db, inTransaction } from "../db/connection.js";
+import { members, profiles } from "../db/schema.js";
+import { ApiError } from "../errors.js";
+import type { PasswordHasher } from "../passwords/hasher.js";
+import { checkPassword } from "../passwords/rules.js";
+import { checkChosenLoginId, LOGIN_ID_PROBLEM_TEXT } from "./login-id.js";
+import { generateMemberNumber } from "./member-number.js";
+import type { Profile, ProfileVault } from "./profile.js";
+import type { ProfileInput } from "./profile-input.js";
+
+export interface RegistrationInput {
+  loginId?: string | undefined;
+  password: string;
+  profile: ProfileInput;
+}
+
+export interface RequestContext {
+  ip: string | null;
+  requestId: string | null;
+}
+
+/** 128-bit random ids, base64url: `member_id` and the separate OIDC `sub`. */
+export const newMemberId = () => `m_${randomBytes(16).toString("base64url")}`;
+export const newSubject = () => randomBytes(16).toString("base64url");
+
+export class Registrations {
+  readonly #db: Db;
+  readonly #clock: Clock;
+  readonly #hasher: PasswordHasher;
+  readonly #vault: ProfileVault;
+  readonly #audit: AuditLog;
+  readonly #minLength: number;
+
+  constructor(deps: {
+    db: Db;
+    clock: Clock;
+    hasher: PasswordHasher;
+    vault: ProfileVault;
+    audit: AuditLog;
+    passwordMinLength: number;
+  }) {
+    this.#db = deps.db;
+    this.#clock = deps.clock;
+    this.#hasher = deps.hasher;
+    this.#vault = deps.vault;
+    this.#audit = deps.audit;
+    this.#minLength = deps.passwordMinLength;
+  }
+
+  #taken(loginId: string): boolean {
+    return !!this.#db.select({ id: members.id }).from(members).where(eq(members.loginId, loginId)).get();
+  }
+
+  /**
+   * Register a member: validate everything cheap first, hash the password, then write member,
+   * encrypted profile and audit entry in one transaction (a crash leaves no half member).
+   */
+  async register(
+    input: RegistrationInput,
+    ctx: RequestContext,
+    opts: { role?: "member" | "admin" } = {},
+  ): Promise<{ memberId: string; loginId: string }> {
+    let loginId: string | undefined;
+    if (input.loginId !== undefined) {
+      const checked = checkChosenLoginId(input.loginId);
+      if (!checked.ok) {
+        throw new ApiError(400, "invalid_login_id", LOGIN_ID_PROBLEM_TEXT[checked.problem], {
+          extra: { reason: checked.problem },
+        });
+      }
+      loginId = checked.loginId;
+    }
+    const reasons = checkPassword(input.password, { minLength: this.#minLength, loginId: loginId ?? null });
+    if (reasons.length > 0) {
+      throw new ApiError(400, "weak_password", "The password does not meet the password rules.", {
+        extra: { reasons },
+      });
+    }
+    const today = this.#clock.now().toISOString().slice(0, 10);
+    if (input.profile.birth_date && input.profile.birth_date > today) {
+      throw new ApiError(400, "invalid_request", "profile.birth_date: must not be in the future");
+    }
+    if (loginId && this.#taken(loginId)) {
+      throw new ApiError(409, "login_id_taken", "That login ID is already taken.");
+    }
+
+    const password = await this.#hasher.hash(input.password);
+    const memberId = newMemberId();
+    const profile: Profile = { ...input.profile };
+
+    for (let attempt = 0; ; attempt++) {
+      const id = loginId ?? generateMemberNumber();
+      try {
+        inTransaction(this.#db, () => {
+          const now = this.#clock.now().getTime();
+          this.#db
+            .insert(members)
+            .values({
+              id: memberId,
+              sub: newSubject(),
+              loginId: id,
+              loginIdKind: loginId ? "chosen" : "number",
+              passwordHash: password.hash,
+              pepperId: password.pepperId,
+              role: opts.role ?? "member",
+              createdAt: now,
+              updatedAt: now,
+              passwordChangedAt: now,
+            })
+            .run();
+          this.#db.insert(profiles).values(this.#vault.encryptRow(memberId, profile)).run();
+          this.#audit.append({
+            action: "member.registered",
+            outcome: "success",
+            actorType: opts.role === "admin" ? "operator" : "anonymous",
+            memberId,
+            ip: ctx.ip,
+            requestId: ctx.requestId,
+            details: {
+              login_id_kind: loginId ? "chosen" : "number",
+              role: opts.role ?? "member",
+              fields: Object.keys(profile).filter((k) => profile[k as keyof Profile]),
+            },
+          });
+        });
+        return { memberId, loginId: id };
+      } catch (err) {
+        if ((err as { code?: string }).code === "SQLITE_CONSTRAINT_UNIQUE" && /login_id/.test(String(err))) {
+          // A chosen ID taken by a parallel registration; a generated number colliding (2^-50): retry.
+          if (loginId || attempt >= 5)
+            throw new ApiError(409, "login_id_taken", "That login ID is already taken.");
+          continue;
+        }
+        throw err;
+      }
+    }
+  }
+}

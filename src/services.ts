@@ -1,0 +1,63 @@
+import type { Logger } from "pino";
+import { AuditLog } from "./audit/log.js";
+import type { Clock } from "./clock.js";
+import type { Config } from "./config.js";
+import type { Db } from "./db/connection.js";
+import { ProfileVault } from "./members/profile.js";
+import { Registrations } from "./members/registration.js";
+import { PasswordHasher } from "./passwords/hasher.js";
+import { HashQueue } from "./passwords/queue.js";
+import { PasswordSignIn } from "./sessions/sign-in.js";
+import { SessionService } from "./sessions/sessions.js";
+import { AttemptLimiter } from "./throttle/attempts.js";
+import type { KeyringStore } from "./vault/keyring.js";
+
+/** Everything the server and the CLI share, wired once from config, database, keys and clock. */
+export interface Services {
+  config: Config;
+  db: Db;
+  clock: Clock;
+  keys: KeyringStore;
+  logger: Logger;
+  audit: AuditLog;
+  hasher: PasswordHasher;
+  vault: ProfileVault;
+  registrations: Registrations;
+  sessions: SessionService;
+  signIn: PasswordSignIn;
+  throttle: AttemptLimiter;
+}
+
+export function buildServices(deps: {
+  config: Config;
+  db: Db;
+  clock: Clock;
+  keys: KeyringStore;
+  logger: Logger;
+}): Services {
+  const { config, db, clock, keys, logger } = deps;
+  const audit = new AuditLog({ db, keys, clock });
+  const hasher = new PasswordHasher({
+    params: config.argon2,
+    keys,
+    queue: new HashQueue(config.hashConcurrency, config.hashQueueMax),
+  });
+  const vault = new ProfileVault({ db, keys, audit, clock, logger });
+  const registrations = new Registrations({
+    db,
+    clock,
+    hasher,
+    vault,
+    audit,
+    passwordMinLength: config.passwordMinLength,
+  });
+  const sessions = new SessionService({
+    db,
+    clock,
+    idleMs: config.sessionIdleMs,
+    absoluteMs: config.sessionAbsoluteMs,
+  });
+  const throttle = new AttemptLimiter(clock);
+  const signIn = new PasswordSignIn({ db, hasher, sessions, audit, throttle, keys });
+  return { ...deps, audit, hasher, vault, registrations, sessions, signIn, throttle };
+}

@@ -1,0 +1,21 @@
+/** Authentication levels (acr) in increasing strength, and RFC 8176 method references (amr). */
+export const ACR = {
+  password: "urn:sekisho:acr:password",
+  mfa: "urn:sekisho:acr:mfa",
+  phishingResistant: "urn:sekisho:acr:phishing-resistant",
+} as const;
+export type Acr = (typeof ACR)[keyof typeof ACR];
+
+const ORDER: readonly Acr[] = [ACR.password, ACR.mfa, ACR.phishingResistant];
+
+export function acrRank(acr: string): number {
+  return ORDER.indexOf(acr as Acr);
+}
+
+export function satisfies(achieved: string, required: string): boolean {
+  const a = acrRank(achieved);
+  const r = acrRank(required);
+  return a >= 0 && r >= 0 && a >= r;
+}
+
+export type Amr = "pwd" | "otp" | "hwk" | "swk" | "user" | "mfa";

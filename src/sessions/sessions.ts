@@ -1,0 +1,152 @@
+import { createHash, randomBytes } from "node:crypto";
+import { and, desc, eq, gt, isNull } from "drizzle-orm";
+import type { Clock } from "../clock.js";
+import type { Db } from "../db/connection.js";
+import { sessions } from "../db/schema.js";
+import type { Acr, Amr } from "./levels.js";
+
+/**
+ * Member sessions. The cookie carries a 256-bit random token; the database stores only its
+ * SHA-256, so a copy of the sessions table signs nobody in. Each session has an idle and an
+ * absolute timeout; a new sign-in always makes a new session (never reuses a presented one).
+ */
+export const SESSION_COOKIE = "sekisho_session";
+/** last_seen_at is written at most this often, so reading a session isn't a write per request. */
+const TOUCH_EVERY_MS = 60_000;
+
+export type SessionRow = typeof sessions.$inferSelect;
+
+export interface Session {
+  id: string;
+  memberId: string;
+  kind: "full" | "limited";
+  acr: string;
+  amr: Amr[];
+  authTime: number;
+  createdAt: number;
+  lastSeenAt: number;
+  expiresAt: number;
+  ip: string | null;
+  userAgent: string | null;
+}
+
+export const hashToken = (token: string) => createHash("sha256").update(token, "utf8").digest("base64url");
+
+function toSession(row: SessionRow): Session {
+  return {
+    id: row.id,
+    memberId: row.memberId,
+    kind: row.kind,
+    acr: row.acr,
+    amr: JSON.parse(row.amr) as Amr[],
+    authTime: row.authTime,
+    createdAt: row.createdAt,
+    lastSeenAt: row.lastSeenAt,
+    expiresAt: Math.min(row.idleExpiresAt, row.absoluteExpiresAt),
+    ip: row.ip,
+    userAgent: row.userAgent,
+  };
+}
+
+export class SessionService {
+  readonly #db: Db;
+  readonly #clock: Clock;
+  readonly idleMs: number;
+  readonly absoluteMs: number;
+
+  constructor(deps: { db: Db; clock: Clock; idleMs: number; absoluteMs: number }) {
+    this.#db = deps.db;
+    this.#clock = deps.clock;
+    this.idleMs = deps.idleMs;
+    this.absoluteMs = deps.absoluteMs;
+  }
+
+  /** Create a session; call inside the sign-in transaction. Returns the cookie token once. */
+  create(input: {
+    memberId: string;
+    acr: Acr;
+    amr: Amr[];
+    kind?: "full" | "limited";
+    ip: string | null;
+    userAgent: string | null;
+  }): { token: string; session: Session } {
+    const now = this.#clock.now().getTime();
+    const token = randomBytes(32).toString("base64url");
+    const row: SessionRow = {
+      id: `s_${randomBytes(12).toString("base64url")}`,
+      tokenHash: hashToken(token),
+      memberId: input.memberId,
+      kind: input.kind ?? "full",
+      acr: input.acr,
+      amr: JSON.stringify(input.amr),
+      authTime: now,
+      createdAt: now,
+      lastSeenAt: now,
+      idleExpiresAt: now + this.idleMs,
+      absoluteExpiresAt: now + this.absoluteMs,
+      revokedAt: null,
+      revokeReason: null,
+      ip: input.ip,
+      userAgent: input.userAgent ? input.userAgent.slice(0, 256) : null,
+    };
+    this.#db.insert(sessions).values(row).run();
+    return { token, session: toSession(row) };
+  }
+
+  /** The live session for a cookie token, or null (unknown, revoked, idle or past its lifetime). */
+  authenticate(token: string): Session | null {
+    if (!/^[A-Za-z0-9_-]{43}$/.test(token)) return null;
+    const row = this.#db
+      .select()
+      .from(sessions)
+      .where(eq(sessions.tokenHash, hashToken(token)))
+      .get();
+    const now = this.#clock.now().getTime();
+    if (!row || row.revokedAt !== null || row.idleExpiresAt <= now || row.absoluteExpiresAt <= now)
+      return null;
+    if (now - row.lastSeenAt >= TOUCH_EVERY_MS) {
+      const idleExpiresAt = Math.min(now + this.idleMs, row.absoluteExpiresAt);
+      this.#db.update(sessions).set({ lastSeenAt: now, idleExpiresAt }).where(eq(sessions.id, row.id)).run();
+      row.lastSeenAt = now;
+      row.idleExpiresAt = idleExpiresAt;
+    }
+    return toSession(row);
+  }
+
+  listActive(memberId: string): Session[] {
+    const now = this.#clock.now().getTime();
+    return this.#db
+      .select()
+      .from(sessions)
+      .where(
+        and(
+          eq(sessions.memberId, memberId),
+          isNull(sessions.revokedAt),
+          gt(sessions.idleExpiresAt, now),
+          gt(sessions.absoluteExpiresAt, now),
+        ),
+      )
+      .orderBy(desc(sessions.createdAt))
+      .all()
+      .map(toSession);
+  }
+
+  /** Revoke one of a member's sessions; false when it isn't theirs or is already gone. */
+  revoke(memberId: string, sessionId: string, reason: string): boolean {
+    const result = this.#db
+      .update(sessions)
+      .set({ revokedAt: this.#clock.now().getTime(), revokeReason: reason })
+      .where(and(eq(sessions.id, sessionId), eq(sessions.memberId, memberId), isNull(sessions.revokedAt)))
+      .run();
+    return result.changes > 0;
+  }
+
+  /** Revoke every live session of a member (password change, admin action); returns how many. */
+  revokeAll(memberId: string, reason: string): number {
+    return this.#db
+      .update(sessions)
+      .set({ revokedAt: this.#clock.now().getTime(), revokeReason: reason })
+      .where(and(eq(sessions.memberId, memberId), isNull(sessions.revokedAt)))
+      .run().changes;
+  }
+}

@@ -1,0 +1,156 @@
+import { eq } from "drizzle-orm";
+import type { AuditLog } from "../audit/log.js";
+import { type Db, inTransaction } from "../db/connection.js";
+import { members } from "../db/schema.js";
+import { ApiError } from "../errors.js";
+import { resolveLoginInput } from "../members/login-id.js";
+import type { PasswordHasher } from "../passwords/hasher.js";
+import type { AttemptLimiter } from "../throttle/attempts.js";
+import { blindIndex } from "../vault/blind-index.js";
+import type { KeyringStore } from "../vault/keyring.js";
+import { ACR } from "./levels.js";
+import type { Session, SessionService } from "./sessions.js";
+
+export interface SignInContext {
+  ip: string;
+  requestId: string | null;
+  userAgent: string | null;
+  /** A session token the browser already had: it is revoked, never upgraded (no fixation). */
+  previousToken: string | null;
+}
+
+export type SignInResult =
+  | { status: "authenticated"; token: string; session: Session; memberId: string }
+  | { status: "failed" };
+
+/**
+ * Password sign-in: parse → throttle (before any hashing) → look up → verify (argon2, or a dummy
+ * verify for an unknown ID) → one transaction: rehash if needed, new session, audit → answer.
+ * The answer for an unknown login ID and a wrong password is the same value, so the HTTP layer
+ * can only send the same bytes.
+ */
+export class PasswordSignIn {
+  readonly #db: Db;
+  readonly #hasher: PasswordHasher;
+  readonly #sessions: SessionService;
+  readonly #audit: AuditLog;
+  readonly #throttle: AttemptLimiter;
+  readonly #keys: KeyringStore;
+
+  constructor(deps: {
+    db: Db;
+    hasher: PasswordHasher;
+    sessions: SessionService;
+    audit: AuditLog;
+    throttle: AttemptLimiter;
+    keys: KeyringStore;
+  }) {
+    this.#db = deps.db;
+    this.#hasher = deps.hasher;
+    this.#sessions = deps.sessions;
+    this.#audit = deps.audit;
+    this.#throttle = deps.throttle;
+    this.#keys = deps.keys;
+  }
+
+  async signIn(input: { loginId: string; password: string }, ctx: SignInContext): Promise<SignInResult> {
+    const loginId = resolveLoginInput(input.loginId);
+    if (loginId === null) {
+      throw new ApiError(
+        400,
+        "invalid_login_id",
+        "That is not a valid login ID or member number (check for a typo).",
+      );
+    }
+    const verdict = this.#throttle.check(ctx.ip, loginId);
+    if (!verdict.allowed) {
+      this.#audit.append({
+        action: "login.throttled",
+        outcome: "failure",
+        actorType: "anonymous",
+        ip: ctx.ip,
+        requestId: ctx.requestId,
+        reason: "too_many_attempts",
+        details: { by: verdict.key, login_id_fp: this.#fingerprint(loginId) },
+      });
+      throw new ApiError(429, "too_many_attempts", "Too many sign-in attempts; try again later.", {
+        headers: { "Retry-After": String(verdict.retryAfterSeconds) },
+      });
+    }
+
+    const member = this.#db
+      .select({
+        id: members.id,
+        passwordHash: members.passwordHash,
+        pepperId: members.pepperId,
+        status: members.status,
+      })
+      .from(members)
+      .where(eq(members.loginId, loginId))
+      .get();
+
+    const fail = (reason: string, memberId: string | null): SignInResult => {
+      this.#throttle.recordFailure(ctx.ip, loginId);
+      this.#audit.append({
+        action: "login.password",
+        outcome: "failure",
+        actorType: "anonymous",
+        memberId,
+        ip: ctx.ip,
+        requestId: ctx.requestId,
+        reason,
+        // Unknown IDs are recorded as a keyed fingerprint: a password typed into the ID field
+        // never lands in the log, yet an investigator can still ask "was ID x tried?".
+        details: memberId ? {} : { login_id_fp: this.#fingerprint(loginId) },
+      });
+      return { status: "failed" };
+    };
+
+    if (!member?.passwordHash) {
+      await this.#hasher.dummyVerify(input.password);
+      return fail(member ? "no_password" : "unknown_login_id", member?.id ?? null);
+    }
+    const stored = { hash: member.passwordHash, pepperId: member.pepperId };
+    if (!(await this.#hasher.verify(stored, input.password))) return fail("wrong_password", member.id);
+    if (member.status !== "active") return fail("account_disabled", member.id);
+
+    const rehashed = this.#hasher.needsRehash(stored) ? await this.#hasher.hash(input.password) : null;
+    return inTransaction(this.#db, () => {
+      if (ctx.previousToken) this.#revokePrevious(ctx.previousToken);
+      if (rehashed) {
+        this.#db
+          .update(members)
+          .set({ passwordHash: rehashed.hash, pepperId: rehashed.pepperId })
+          .where(eq(members.id, member.id))
+          .run();
+      }
+      const { token, session } = this.#sessions.create({
+        memberId: member.id,
+        acr: ACR.password,
+        amr: ["pwd"],
+        ip: ctx.ip,
+        userAgent: ctx.userAgent,
+      });
+      this.#audit.append({
+        action: "login.password",
+        outcome: "success",
+        actorType: "member",
+        actorId: member.id,
+        memberId: member.id,
+        ip: ctx.ip,
+        requestId: ctx.requestId,
+        details: { session_id: session.id, acr: session.acr, amr: session.amr, rehashed: !!rehashed },
+      });
+      return { status: "authenticated" as const, token, session, memberId: member.id };
+    });
+  }
+
+  #revokePrevious(token: string): void {
+    const previous = this.#sessions.authenticate(token);
+    if (previous) this.#sessions.revoke(previous.memberId, previous.id, "replaced_by_sign_in");
+  }
+
+  #fingerprint(loginId: string): string {
+    return blindIndex(this.#keys, "login_id", loginId).slice(0, 22);
+  }
+}

@@ -1,0 +1,27 @@
+import { z } from "zod";
+
+/**
+ * Shared zod building blocks. Every string the API accepts is well-formed Unicode (no lone
+ * surrogates, which would turn into U+FFFD on the way to UTF-8 and change the value silently) and
+ * free of control characters; lengths are bounded before anything else looks at it.
+ */
+// biome-ignore lint/suspicious/noControlCharactersInRegex: matching them is the point
+const CONTROL = /[\u0000-\u0008\u000b-\u001f\u007f-\u009f\u2028\u2029\u202a-\u202e\u2066-\u2069]/;
+// biome-ignore lint/suspicious/noControlCharactersInRegex: matching them is the point
+const CONTROL_OR_NEWLINE = /[\u0000-\u001f\u007f-\u009f\u2028\u2029\u202a-\u202e\u2066-\u2069]/;
+
+export const text = (max: number, opts: { min?: number; multiline?: boolean } = {}) =>
+  z
+    .string()
+    .max(max * 4) // cheap bound before any work on huge input
+    .refine((s) => s.isWellFormed(), "must be well-formed Unicode")
+    .transform((s) => s.normalize("NFC"))
+    .refine(
+      (s) => !(opts.multiline ? CONTROL : CONTROL_OR_NEWLINE).test(s),
+      "must not contain control characters",
+    )
+    .refine((s) => [...s].length <= max, `must be at most ${max} characters`)
+    .refine((s) => [...s.trim()].length >= (opts.min ?? 0), `must be at least ${opts.min ?? 0} characters`);
+
+/** A bounded string taken as typed (passwords: rules and normalisation are theirs). */
+export const rawString = (max: number) => z.string().min(1).max(max);
