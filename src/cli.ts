@@ -1,0 +1,149 @@
+import fs from "node:fs";
+import { Command, InvalidArgumentError } from "commander";
+import pino from "pino";
+import { AuditLog } from "./audit/log.js";
+import { systemClock } from "./clock.js";
+import { type Config, loadConfig } from "./config.js";
+import { type Db, migrateDatabase, openDatabase } from "./db/connection.js";
+import { StartupError } from "./errors.js";
+import { openKeyring } from "./vault/bootstrap.js";
+import { Keyring, type KeyringStore, writeKeyringFile } from "./vault/keyring.js";
+import { rotateKeys } from "./vault/rotation.js";
+
+/**
+ * `sekisho` command line. Same configuration (environment), keys and database as the server;
+ * safe to run while the server runs (SQLite WAL; the server re-reads a rotated keyring).
+ */
+interface Context {
+  config: Config;
+  db: Db;
+  keys: KeyringStore;
+  audit: AuditLog;
+}
+
+function open(): Context {
+  const config = loadConfig();
+  // Diagnostics go to stderr so that --json output on stdout stays machine-readable.
+  const logger = pino({ level: config.logLevel === "info" ? "warn" : config.logLevel }, pino.destination(2));
+  const keys = openKeyring(config, systemClock, logger);
+  const db = openDatabase(config.dbFile);
+  migrateDatabase(db);
+  return { config, db, keys, audit: new AuditLog({ db, keys, clock: systemClock }) };
+}
+
+const out = (line: string) => process.stdout.write(`${line}\n`);
+const positiveInt = (v: string) => {
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < 1) throw new InvalidArgumentError("must be a positive whole number");
+  return n;
+};
+
+export function buildCli(): Command {
+  const program = new Command("sekisho")
+    .description("Sekisho (関所): authentication hardening service")
+    .showHelpAfterError();
+
+  program
+    .command("migrate")
+    .description("apply the migrations in drizzle/ to the database")
+    .action(() => {
+      const config = loadConfig();
+      const db = openDatabase(config.dbFile);
+      migrateDatabase(db);
+      db.$client.close();
+      out(`database ${config.dbFile} is up to date`);
+    });
+
+  const keys = program.command("keys").description("the keyring");
+  keys
+    .command("generate")
+    .description("write a new keyring file (for SEKISHO_KEYRING_FILE); refuses to overwrite one")
+    .requiredOption("--out <file>", "where to write it (outside the data directory)")
+    .option("--no-pepper", "no argon2 pepper")
+    .action((opts: { out: string; pepper: boolean }) => {
+      if (fs.existsSync(opts.out))
+        throw new StartupError(`${opts.out} exists; refusing to overwrite a keyring`);
+      writeKeyringFile(opts.out, Keyring.generate(new Date(), { pepper: opts.pepper }));
+      out(`wrote ${opts.out} (mode 600). Keep it outside the data directory and back it up separately.`);
+    });
+  keys
+    .command("rotate")
+    .description(
+      "add new active keys and re-encrypt member data in batches (resumes an interrupted rotation)",
+    )
+    .option("--batch-size <n>", "members per transaction", positiveInt, 500)
+    .option("--json", "print a JSON summary")
+    .action(async (opts: { batchSize: number; json?: boolean }) => {
+      const ctx = open();
+      const result = await rotateKeys({
+        db: ctx.db,
+        keys: ctx.keys,
+        audit: ctx.audit,
+        clock: systemClock,
+        batchSize: opts.batchSize,
+        onProgress: (p) => {
+          if (!opts.json) process.stderr.write(`re-encrypted ${p.rowsDone}, ${p.remaining} to go\n`);
+        },
+      });
+      ctx.db.$client.close();
+      if (opts.json)
+        out(JSON.stringify({ key_id: result.newKeyId, rows: result.rowsDone, resumed: result.resumed }));
+      else
+        out(
+          `${result.resumed ? "resumed and finished" : "finished"} rotation to ${result.newKeyId}: ${result.rowsDone} rows re-encrypted`,
+        );
+    });
+
+  const audit = program.command("audit").description("the tamper-evident audit log");
+  audit
+    .command("verify")
+    .description("check the whole hash chain; exit 0 intact, 1 broken (naming the first bad entry)")
+    .option("--json", "print a JSON result")
+    .action((opts: { json?: boolean }) => {
+      const ctx = open();
+      const result = ctx.audit.verify();
+      ctx.db.$client.close();
+      if (opts.json) {
+        out(
+          JSON.stringify({
+            ok: result.ok,
+            entries: result.entries,
+            head: result.head,
+            ...(result.firstBad ? { first_bad: result.firstBad } : {}),
+          }),
+        );
+      } else if (result.ok) {
+        out(
+          `audit log intact: ${result.entries} entries; head #${result.head?.seq ?? 0} ${result.head?.mac ?? ""}`,
+        );
+      } else {
+        out(`audit log BROKEN at entry #${result.firstBad?.seq}: ${result.firstBad?.problem}`);
+      }
+      process.exitCode = result.ok ? 0 : 1;
+    });
+  audit
+    .command("export")
+    .description("stream entries as JSON lines to stdout, for shipping to an outside store")
+    .option("--after <seq>", "only entries after this sequence number", (v) => Number.parseInt(v, 10), 0)
+    .action(async (opts: { after: number }) => {
+      const ctx = open();
+      for (const e of ctx.audit.iterate(opts.after)) {
+        const line = `${JSON.stringify({ ...e, details: JSON.parse(e.details) })}\n`;
+        if (!process.stdout.write(line)) await new Promise((r) => process.stdout.once("drain", r));
+      }
+      ctx.db.$client.close();
+    });
+
+  return program;
+}
+
+export async function runCli(argv: string[]): Promise<void> {
+  try {
+    await buildCli().parseAsync(argv);
+  } catch (err) {
+    console.error(
+      `sekisho: ${err instanceof StartupError ? err.message : String((err as Error).stack ?? err)}`,
+    );
+    process.exitCode = 1;
+  }
+}

@@ -1,0 +1,146 @@
+import { and, eq, isNull, ne } from "drizzle-orm";
+import type { AuditLog } from "../audit/log.js";
+import type { Clock } from "../clock.js";
+import { type Db, inTransaction } from "../db/connection.js";
+import { keyRotations, profiles } from "../db/schema.js";
+import { fieldContext, PROFILE_FIELDS, type ProfileField } from "../members/profile.js";
+import { decryptField, encryptField } from "./fields.js";
+import type { KeyringStore } from "./keyring.js";
+
+const COLUMNS: Record<
+  ProfileField,
+  "name" | "email" | "phone" | "postalCode" | "address" | "birthDate" | "gender"
+> = {
+  name: "name",
+  email: "email",
+  phone: "phone",
+  postal_code: "postalCode",
+  address: "address",
+  birth_date: "birthDate",
+  gender: "gender",
+};
+
+export interface RotationProgress {
+  newKeyId: string;
+  resumed: boolean;
+  rowsDone: number;
+  remaining: number;
+}
+
+/**
+ * `sekisho keys rotate`: add a new active data (and audit, pepper) key to the keyring, then
+ * re-encrypt every profile row still under an older key, in batches of one transaction each.
+ *
+ * Resumable: progress is the set of rows whose key_id is not yet the new key, so a rotation
+ * killed between (or inside) batches loses nothing; running the command again finds the unfinished
+ * rotation in `key_rotations` and continues it instead of adding yet another key. Old keys stay in
+ * the keyring, so rows not yet re-encrypted keep decrypting meanwhile.
+ *
+ * Re-encryption decrypts every profile: it is audited per batch (which members, which fields,
+ * why), never per value, and the plaintext never leaves this function.
+ */
+export async function rotateKeys(deps: {
+  db: Db;
+  keys: KeyringStore;
+  audit: AuditLog;
+  clock: Clock;
+  batchSize?: number;
+  onProgress?: (p: RotationProgress) => void;
+  /** Test hook: called after each committed batch (throw to simulate a crash). */
+  afterBatch?: (batch: number) => void;
+}): Promise<RotationProgress> {
+  const { db, keys, audit, clock } = deps;
+  const batchSize = deps.batchSize ?? 500;
+  const unfinished = db.select().from(keyRotations).where(isNull(keyRotations.finishedAt)).get();
+
+  let rotationId: number;
+  let newKeyId: string;
+  const resumed = !!unfinished;
+  if (unfinished) {
+    rotationId = unfinished.id;
+    newKeyId = keys.reload().activeDataKey().id;
+    if (newKeyId !== unfinished.newKeyId) {
+      db.update(keyRotations).set({ newKeyId }).where(eq(keyRotations.id, rotationId)).run();
+    }
+  } else {
+    const next = keys.reload().rotated(clock.now());
+    keys.replace(next);
+    newKeyId = next.activeDataKey().id;
+    rotationId = inTransaction(db, () => {
+      const row = db
+        .insert(keyRotations)
+        .values({ newKeyId, startedAt: clock.now().getTime() })
+        .returning({ id: keyRotations.id })
+        .get();
+      audit.append({
+        action: "keys.rotation_started",
+        outcome: "info",
+        actorType: "operator",
+        details: {
+          data_key: newKeyId,
+          audit_key: next.activeAuditKey().id,
+          pepper: next.activePepper()?.id ?? null,
+        },
+      });
+      return row.id;
+    });
+  }
+
+  const remaining = () =>
+    db.$client.prepare("SELECT count(*) AS n FROM profiles WHERE key_id <> ?").get(newKeyId) as { n: number };
+  let rowsDone = unfinished?.rowsDone ?? 0;
+  let batch = 0;
+  for (;;) {
+    const rows = db.select().from(profiles).where(ne(profiles.keyId, newKeyId)).limit(batchSize).all();
+    if (rows.length === 0) break;
+    inTransaction(db, () => {
+      for (const row of rows) {
+        const update: Partial<typeof profiles.$inferInsert> = { keyId: newKeyId };
+        for (const field of PROFILE_FIELDS) {
+          const stored = row[COLUMNS[field]];
+          if (typeof stored !== "string") continue;
+          const ctx = fieldContext(row.memberId, field);
+          update[COLUMNS[field]] = encryptField(keys, ctx, decryptField(keys, ctx, stored));
+        }
+        db.update(profiles)
+          .set(update)
+          .where(and(eq(profiles.memberId, row.memberId), eq(profiles.keyId, row.keyId)))
+          .run();
+      }
+      rowsDone += rows.length;
+      db.update(keyRotations).set({ rowsDone }).where(eq(keyRotations.id, rotationId)).run();
+      audit.append({
+        action: "pii.reencrypted",
+        outcome: "success",
+        actorType: "operator",
+        reason: "key_rotation",
+        details: {
+          members: rows.length,
+          first_member: rows[0]?.memberId,
+          last_member: rows.at(-1)?.memberId,
+          fields: [...PROFILE_FIELDS],
+          to_key: newKeyId,
+        },
+      });
+    });
+    batch++;
+    deps.onProgress?.({ newKeyId, resumed, rowsDone, remaining: remaining().n });
+    deps.afterBatch?.(batch);
+    // Let the event loop breathe between batches when run beside other work.
+    await new Promise((resolve) => setImmediate(resolve));
+  }
+
+  inTransaction(db, () => {
+    db.update(keyRotations)
+      .set({ finishedAt: clock.now().getTime(), rowsDone })
+      .where(eq(keyRotations.id, rotationId))
+      .run();
+    audit.append({
+      action: "keys.rotated",
+      outcome: "success",
+      actorType: "operator",
+      details: { data_key: newKeyId, rows_reencrypted: rowsDone, resumed },
+    });
+  });
+  return { newKeyId, resumed, rowsDone, remaining: 0 };
+}
