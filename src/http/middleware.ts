@@ -63,6 +63,7 @@ export const noStore: RequestHandler = (_req, res, next) => {
   next();
 };
 
+const JSON_TYPE = /^\s*application\/(?:[\w.-]+\+)?json\s*(?:;|$)/i;
 const UNSAFE = new Set(["POST", "PUT", "PATCH", "DELETE"]);
 
 /**
@@ -87,7 +88,7 @@ export function originGuard(issuerOrigin: string): RequestHandler {
     }
     const hasBody = Number(req.get("content-length") ?? 0) > 0 || req.get("transfer-encoding") !== undefined;
     const hasCookie = (req.get("cookie") ?? "").includes(`${SESSION_COOKIE}=`);
-    if ((hasBody || hasCookie) && !req.is("application/json")) {
+    if ((hasBody || hasCookie) && !JSON_TYPE.test(req.get("content-type") ?? "")) {
       return next(new ApiError(415, "unsupported_media_type", "Send the request as application/json."));
     }
     next();

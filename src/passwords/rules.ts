@@ -37,8 +37,8 @@ export function checkPassword(
   if (length > MAX_PASSWORD_LENGTH) problems.push("too_long");
   const lower = pw.toLowerCase();
   const list = blocklist();
-  // A listed password with a few digits or symbols around it is as guessable as the password.
-  const core = lower.replace(/^[\d\W_]{1,4}/u, "").replace(/[\d\W_]{1,4}$/u, "");
+  // A listed password with up to six digits or symbols around it (a year, "!!") is as guessable as the password.
+  const core = lower.replace(/^[\d\W_]{1,6}/u, "").replace(/[\d\W_]{1,6}$/u, "");
   if (list.has(lower) || (core.length >= 4 && list.has(core))) problems.push("common_password");
   const loginId = ctx.loginId?.normalize("NFKC").toLowerCase();
   if (loginId && loginId.length >= 3 && lower.includes(loginId)) problems.push("contains_login_id");

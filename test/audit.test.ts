@@ -1,0 +1,117 @@
+import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import { makeApp, post, register, STRONG_PASSWORD, signIn, type TestApp } from "./support/app.js";
+import { runCli } from "./support/cli.js";
+
+/** An attacker with the database file can drop the triggers; these tests do, then edit. */
+function dropTriggers(t: TestApp) {
+  t.s.db.$client.exec("DROP TRIGGER audit_log_no_update; DROP TRIGGER audit_log_no_delete;");
+}
+
+describe("tamper-evident audit log", () => {
+  let t: TestApp;
+  beforeEach(async () => {
+    t = makeApp();
+    await register(t.app, { login_id: "audit.member" });
+    await post(t.app, "/api/v1/login", { login_id: "audit.member", password: "not the right one" });
+    await signIn(t.app, "audit.member");
+    t.s.audit.append({ action: "test.marker", outcome: "info", actorType: "system", details: { n: 4 } });
+    t.s.audit.append({ action: "test.marker", outcome: "info", actorType: "system", details: { n: 5 } });
+  });
+  afterEach(() => t.close());
+
+  it("records registration, failed and successful sign-ins in one intact chain", () => {
+    const actions = [...t.s.audit.iterate()].map((e) => `${e.action}:${e.outcome}`);
+    expect(actions).toEqual([
+      "member.registered:success",
+      "login.password:failure",
+      "login.password:success",
+      "test.marker:info",
+      "test.marker:info",
+    ]);
+    expect(t.s.audit.verify()).toMatchObject({ ok: true, entries: 5, head: { seq: 5 } });
+  });
+
+  it("SQLite refuses UPDATE and DELETE on the audit log", () => {
+    expect(() => t.s.db.$client.exec("UPDATE audit_log SET outcome = 'success' WHERE seq = 2")).toThrow(
+      /append-only/,
+    );
+    expect(() => t.s.db.$client.exec("DELETE FROM audit_log WHERE seq = 2")).toThrow(/append-only/);
+  });
+
+  it("an edited entry breaks verification, naming that entry", () => {
+    // Attack: turn the failed sign-in into a success to hide a break-in attempt.
+    dropTriggers(t);
+    t.s.db.$client.exec("UPDATE audit_log SET outcome = 'success', reason = NULL WHERE seq = 2");
+    expect(t.s.audit.verify()).toMatchObject({
+      ok: false,
+      firstBad: { seq: 2, problem: expect.stringMatching(/MAC/) },
+    });
+  });
+
+  it("an edit with the MAC recomputed without the key still breaks verification", () => {
+    // Attack: rewrite an entry and paste in a MAC computed with a guessed key.
+    dropTriggers(t);
+    t.s.db.$client.exec(
+      "UPDATE audit_log SET ip = '203.0.113.9', mac = 'AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA' WHERE seq = 3",
+    );
+    expect(t.s.audit.verify().firstBad?.seq).toBe(3);
+  });
+
+  it("a deleted entry breaks verification at the gap", () => {
+    dropTriggers(t);
+    t.s.db.$client.exec("DELETE FROM audit_log WHERE seq = 2");
+    expect(t.s.audit.verify()).toMatchObject({
+      ok: false,
+      firstBad: { seq: 3, problem: "entries 2..2 are missing" },
+    });
+  });
+
+  it("deleted and renumbered entries break verification (the chain links no longer fit)", () => {
+    dropTriggers(t);
+    t.s.db.$client.exec(
+      "DELETE FROM audit_log WHERE seq = 2; UPDATE audit_log SET seq = seq - 1 WHERE seq > 2;",
+    );
+    expect(t.s.audit.verify()).toMatchObject({ ok: false, firstBad: { seq: 2 } });
+  });
+
+  it("reordered entries break verification", () => {
+    // Attack: swap two entries' contents so events appear in another order.
+    dropTriggers(t);
+    t.s.db.$client.exec(`
+      UPDATE audit_log SET seq = -4 WHERE seq = 4;
+      UPDATE audit_log SET seq = 4 WHERE seq = 5;
+      UPDATE audit_log SET seq = 5 WHERE seq = -4;`);
+    expect(t.s.audit.verify()).toMatchObject({ ok: false, firstBad: { seq: 4 } });
+  });
+
+  it("`sekisho audit verify` exits 0 on an intact log and 1 naming the first bad entry", () => {
+    const good = runCli(t, ["audit", "verify"]);
+    expect(good.stderr).not.toMatch(/Error/);
+    expect(good.status).toBe(0);
+    expect(good.stdout).toMatch(/intact: 5 entries/);
+    dropTriggers(t);
+    t.s.db.$client.exec("UPDATE audit_log SET details = '{\"n\":99}' WHERE seq = 4");
+    const bad = runCli(t, ["audit", "verify", "--json"]);
+    expect(bad.status).toBe(1);
+    expect(JSON.parse(bad.stdout)).toMatchObject({ ok: false, first_bad: { seq: 4 } });
+  });
+
+  it("`sekisho audit export` streams every entry as a JSON line, after a given seq too", () => {
+    const all = runCli(t, ["audit", "export"]);
+    expect(all.status).toBe(0);
+    const lines = all.stdout
+      .trim()
+      .split("\n")
+      .map((l) => JSON.parse(l));
+    expect(lines.map((l) => l.seq)).toEqual([1, 2, 3, 4, 5]);
+    expect(lines[3].details).toEqual({ n: 4 });
+    const tail = runCli(t, ["audit", "export", "--after", "3"]);
+    expect(
+      tail.stdout
+        .trim()
+        .split("\n")
+        .map((l) => JSON.parse(l).seq),
+    ).toEqual([4, 5]);
+    expect(all.stdout).not.toContain(STRONG_PASSWORD);
+  });
+});

@@ -1,0 +1,123 @@
+import fs from "node:fs";
+import { eq } from "drizzle-orm";
+import supertest from "supertest";
+import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import { auditLog, profiles } from "../src/db/schema.js";
+import { makeApp, PROFILE, register, signIn, type TestApp } from "./support/app.js";
+
+function fileBytes(t: TestApp): Buffer {
+  const base = t.s.config.dbFile;
+  return Buffer.concat(
+    [base, `${base}-wal`, `${base}-shm`].filter((f) => fs.existsSync(f)).map((f) => fs.readFileSync(f)),
+  );
+}
+
+describe("member PII at rest", () => {
+  let t: TestApp;
+  beforeEach(() => {
+    t = makeApp();
+  });
+  afterEach(() => t.close());
+
+  it("a copy of the database file and its WAL contains none of the profile values", async () => {
+    // Attack: steal sekisho.db (+ -wal, -shm) and grep it for personal data.
+    expect((await register(t.app, { login_id: "taro.yamada" })).status).toBe(201);
+    const cookie = await signIn(t.app, "taro.yamada");
+    expect((await supertest(t.app).get("/api/v1/me").set("Cookie", cookie)).status).toBe(200);
+
+    const check = () => {
+      const bytes = fileBytes(t);
+      // Positive control: the search does find what is stored in clear (the login ID).
+      expect(bytes.includes(Buffer.from("taro.yamada"))).toBe(true);
+      for (const value of Object.values(PROFILE)) {
+        for (const encoding of ["utf8", "utf16le"] as const) {
+          expect(
+            bytes.includes(Buffer.from(value, encoding)),
+            `${value} (${encoding}) found in the file`,
+          ).toBe(false);
+        }
+      }
+      // The login ID is an identifier, not profile data; the e-mail's local part must not leak either.
+      expect(bytes.includes(Buffer.from("taro.yamada@"))).toBe(false);
+    };
+    check(); // while the data still sits in the WAL
+    t.s.db.$client.pragma("wal_checkpoint(TRUNCATE)");
+    check(); // and after it was copied into the main file
+  });
+
+  it("two members with the same name and e-mail get different ciphertexts", async () => {
+    const a = await register(t.app, { login_id: "member.one" });
+    const b = await register(t.app, { login_id: "member.two" });
+    const rows = t.s.db.select().from(profiles).all();
+    const ra = rows.find((r) => r.memberId === a.body.member_id);
+    const rb = rows.find((r) => r.memberId === b.body.member_id);
+    expect(ra?.name).toBeTruthy();
+    expect(ra?.name).not.toBe(rb?.name);
+    expect(ra?.email).not.toBe(rb?.email);
+    // The blind index is deterministic by design (it finds members by e-mail).
+    expect(ra?.emailIndex).toBe(rb?.emailIndex);
+    expect(t.s.vault.memberIdsByEmail(" TARO.YAMADA@example.jp ").sort()).toEqual(
+      [a.body.member_id, b.body.member_id].sort(),
+    );
+  });
+
+  it("a ciphertext moved to another member's row fails to decrypt, is audited, and is never shown empty", async () => {
+    // Attack: an insider with database access copies the victim's e-mail ciphertext into their own row.
+    const victim = await register(t.app, {
+      login_id: "victim.member",
+      profile: { ...PROFILE, email: "victim@example.jp" },
+    });
+    await register(t.app, { login_id: "thief.member", profile: { ...PROFILE, email: "thief@example.jp" } });
+    const thief = t.s.db
+      .select()
+      .from(profiles)
+      .all()
+      .find((r) => r.memberId !== victim.body.member_id);
+    const victimRow = t.s.db
+      .select()
+      .from(profiles)
+      .where(eq(profiles.memberId, victim.body.member_id))
+      .get();
+    t.s.db
+      .update(profiles)
+      .set({ email: victimRow?.email })
+      .where(eq(profiles.memberId, thief?.memberId as string))
+      .run();
+
+    const cookie = await signIn(t.app, "thief.member");
+    const res = await supertest(t.app).get("/api/v1/me").set("Cookie", cookie);
+    expect(res.status).toBe(500);
+    expect(res.body.error).toBe("server_error");
+    expect(res.text).not.toContain("victim@example.jp");
+    const failures = t.s.db.select().from(auditLog).where(eq(auditLog.action, "pii.decrypt_failed")).all();
+    expect(failures).toHaveLength(1);
+    expect(failures[0]?.memberId).toBe(thief?.memberId);
+    expect(JSON.parse(failures[0]?.details ?? "{}").field).toBe("email");
+    expect(t.logs.join("")).toContain("profile field failed to decrypt");
+  });
+
+  it("a ciphertext moved to another column of the same row fails to decrypt", async () => {
+    const res = await register(t.app, { login_id: "column.swap" });
+    const id = res.body.member_id as string;
+    const row = t.s.db.select().from(profiles).where(eq(profiles.memberId, id)).get();
+    t.s.db.update(profiles).set({ name: row?.address }).where(eq(profiles.memberId, id)).run();
+    expect(() =>
+      t.s.vault.read(id, ["name"], { actorType: "system", actorId: null, reason: "test" }),
+    ).toThrow(/authentication failed/);
+  });
+
+  it("every decryption is audited with who, whose, which fields and why, never the values", async () => {
+    await register(t.app, { login_id: "audited.member" });
+    const cookie = await signIn(t.app, "audited.member");
+    await supertest(t.app).get("/api/v1/me").set("Cookie", cookie);
+    const reads = t.s.db.select().from(auditLog).where(eq(auditLog.action, "pii.read")).all();
+    expect(reads).toHaveLength(1);
+    const read = reads[0];
+    expect(read?.actorType).toBe("member");
+    expect(read?.actorId).toBe(read?.memberId);
+    expect(read?.reason).toBe("self_view");
+    expect(JSON.parse(read?.details ?? "{}").fields).toEqual(Object.keys(PROFILE));
+    const everything = JSON.stringify(t.s.db.select().from(auditLog).all());
+    for (const value of Object.values(PROFILE)) expect(everything).not.toContain(value);
+  });
+});

@@ -1,0 +1,22 @@
+import { spawnSync } from "node:child_process";
+import path from "node:path";
+import type { TestApp } from "./app.js";
+
+const BIN = path.resolve(import.meta.dirname, "../../bin/sekisho.mjs");
+
+/** Run the real `sekisho` command against a test app's data dir and keyring. */
+export function runCli(t: TestApp, args: string[], env: Record<string, string> = {}) {
+  const run = spawnSync(process.execPath, [BIN, ...args], {
+    encoding: "utf8",
+    env: {
+      PATH: process.env.PATH ?? "",
+      NODE_ENV: "test",
+      SEKISHO_DATA_DIR: t.s.config.dataDir,
+      SEKISHO_KEYRING_FILE: t.s.config.keyringFile,
+      LOG_LEVEL: "warn",
+      ...env,
+    },
+    timeout: 60_000,
+  });
+  return { status: run.status, stdout: run.stdout, stderr: run.stderr };
+}
