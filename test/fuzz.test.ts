@@ -1,0 +1,90 @@
+import fc from "fast-check";
+import supertest from "supertest";
+import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
+import { makeApp, ORIGIN, register, signIn, type TestApp } from "./support/app.js";
+
+/**
+ * Property: whatever JSON (or not-JSON) arrives at any endpoint, the answer is a 2xx/4xx with a
+ * contract error body, never a 500 or a stack trace.
+ */
+const nasty = fc.oneof(
+  fc.string(),
+  fc.string({ unit: "grapheme" }),
+  fc.string({ unit: "binary" }), // lone surrogates included
+  fc.constantFrom("", "\u0000", "ａｄｍｉｎ", "\ud800", "__proto__", "constructor", "a".repeat(3000), "😀".repeat(40)),
+  fc.integer(),
+  fc.double(),
+  fc.boolean(),
+  fc.constant(null),
+  fc.array(fc.string(), { maxLength: 3 }),
+  fc.dictionary(fc.string(), fc.string(), { maxKeys: 3 }),
+);
+const shaped = fc.record(
+  {
+    login_id: nasty,
+    password: nasty,
+    profile: fc.oneof(
+      nasty,
+      fc.record(
+        { name: nasty, email: nasty, phone: nasty, postal_code: nasty, address: nasty, birth_date: nasty, gender: nasty },
+        { requiredKeys: [] },
+      ),
+    ),
+    __proto__: nasty,
+  },
+  { requiredKeys: [] },
+);
+const anyBody = fc.oneof(fc.jsonValue().map((v) => JSON.stringify(v)), shaped.map((v) => JSON.stringify(v)), fc.string());
+
+const ENDPOINTS: Array<["get" | "post" | "delete", string]> = [
+  ["post", "/api/v1/registrations"],
+  ["post", "/api/v1/login"],
+  ["post", "/api/v1/logout"],
+  ["get", "/api/v1/me"],
+  ["get", "/api/v1/me/sessions"],
+  ["get", "/api/v1/me/events"],
+  ["delete", "/api/v1/me/sessions/x"],
+];
+
+describe("arbitrary input at every endpoint", () => {
+  let t: TestApp;
+  let cookie: string;
+  beforeAll(async () => {
+    t = makeApp();
+    await register(t.app, { login_id: "fuzz.member" });
+  });
+  // A fresh session per endpoint: the logout fuzz ends the one it is given.
+  beforeEach(async () => {
+    cookie = await signIn(t.app, "fuzz.member");
+  });
+  afterAll(() => t.close());
+
+  for (const [method, path] of ENDPOINTS) {
+    it(`${method.toUpperCase()} ${path} never answers 5xx`, async () => {
+      await fc.assert(
+        fc.asyncProperty(anyBody, fc.boolean(), fc.string({ maxLength: 40 }), async (body, withCookie, suffix) => {
+          const url = path.endsWith("/x") ? path.replace(/x$/, encodeURIComponent(suffix) || "x") : path;
+          const req = supertest(t.app)[method](url).set("Origin", ORIGIN).set("Content-Type", "application/json");
+          if (withCookie) req.set("Cookie", cookie);
+          const res = await req.send(body);
+          expect(res.status, `${res.status} ${res.text}`).toBeLessThan(500);
+          if (res.status >= 400) {
+            expect(typeof res.body.error).toBe("string");
+            expect(res.text).not.toMatch(/\.ts:\d+|at [A-Z]\w+\./);
+          }
+        }),
+        { numRuns: path.endsWith("registrations") ? 150 : 100 },
+      );
+    });
+  }
+
+  it("hostile query strings and paths never answer 5xx", async () => {
+    await fc.assert(
+      fc.asyncProperty(fc.string({ unit: "binary", maxLength: 60 }), async (s) => {
+        const res = await supertest(t.app).get(`/api/v1/me/events?${encodeURIComponent(s)}=${encodeURIComponent(s)}`);
+        expect(res.status).toBeLessThan(500);
+      }),
+      { numRuns: 100 },
+    );
+  });
+});

@@ -1,0 +1,135 @@
+import supertest from "supertest";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { members } from "../src/db/schema.js";
+import { makeApp, ORIGIN, PROFILE, post, register, signIn, STRONG_PASSWORD, type TestApp } from "./support/app.js";
+
+describe("HTTP hardening", () => {
+  let t: TestApp;
+  let cookie: string;
+  beforeAll(async () => {
+    t = makeApp();
+    await register(t.app, { login_id: "hard.member" });
+    cookie = await signIn(t.app, "hard.member");
+  });
+  afterAll(() => t.close());
+
+  it("sends security headers and no-store on API answers", async () => {
+    const res = await supertest(t.app).get("/api/v1/me").set("Cookie", cookie);
+    expect(res.headers["cache-control"]).toBe("no-store");
+    expect(res.headers["x-content-type-options"]).toBe("nosniff");
+    expect(res.headers["content-security-policy"]).toContain("frame-ancestors 'self'");
+    expect(res.headers["x-powered-by"]).toBeUndefined();
+    expect(res.headers["x-request-id"]).toMatch(/^[\w-]{16}$/);
+  });
+
+  it("health and readiness answer JSON", async () => {
+    expect((await supertest(t.app).get("/healthz")).body).toEqual({ status: "ok" });
+    expect((await supertest(t.app).get("/readyz")).body).toEqual({
+      status: "ready",
+      checks: { database: "ok", keys: "ok" },
+    });
+  });
+
+  it("refuses a body over 64 KiB with 413 and writes nothing", async () => {
+    const before = t.s.db.select().from(members).all().length;
+    const res = await post(t.app, "/api/v1/registrations", {
+      password: STRONG_PASSWORD,
+      profile: { ...PROFILE, address: "あ".repeat(30_000) },
+    });
+    expect(res.status).toBe(413);
+    expect(res.body.error).toBe("payload_too_large");
+    expect(t.s.db.select().from(members).all().length).toBe(before);
+  });
+
+  it("answers malformed JSON, wrong types and missing fields with 400 invalid_request", async () => {
+    const raw = (body: string) =>
+      supertest(t.app)
+        .post("/api/v1/login")
+        .set("Origin", ORIGIN)
+        .set("Content-Type", "application/json")
+        .send(body);
+    for (const body of ['{"login_id":', "[1,2]", '"text"', "null", "{}", '{"login_id":1,"password":2}']) {
+      const res = await raw(body);
+      expect(res.status, body).toBe(400);
+      expect(res.body.error, body).toBe("invalid_request");
+      expect(res.text).not.toMatch(/at .*\.ts|stack/i);
+    }
+  });
+
+  it("refuses NUL bytes, lone surrogates and bidi controls in profile fields", async () => {
+    for (const name of ["Taro\u0000Yamada", "Taro \ud800", "Taro\u202eodamaY"]) {
+      const res = await register(t.app, { profile: { ...PROFILE, name } });
+      expect(res.status, JSON.stringify(name)).toBe(400);
+      expect(res.body.error).toBe("invalid_request");
+    }
+    const huge = await register(t.app, { profile: { ...PROFILE, name: "x".repeat(5000) } });
+    expect(huge.status).toBe(400);
+  });
+
+  it("refuses a future birth date and an impossible one", async () => {
+    for (const birth_date of ["2999-01-01", "2001-02-30", "1850-01-01", "01/02/2000"]) {
+      const res = await register(t.app, { profile: { ...PROFILE, birth_date } });
+      expect(res.status, birth_date).toBe(400);
+    }
+  });
+
+  it("refuses cross-origin state changes with 403 forbidden_origin (CSRF)", async () => {
+    // Attack: a page on another site posts to our API with the member's cookie.
+    const res = await supertest(t.app)
+      .post("/api/v1/logout")
+      .set("Origin", "https://evil.example")
+      .set("Content-Type", "application/json")
+      .set("Cookie", cookie)
+      .send("{}");
+    expect(res.status).toBe(403);
+    expect(res.body.error).toBe("forbidden_origin");
+    const viaFetchMetadata = await supertest(t.app)
+      .post("/api/v1/login")
+      .set("Sec-Fetch-Site", "cross-site")
+      .set("Content-Type", "application/json")
+      .send(JSON.stringify({ login_id: "hard.member", password: STRONG_PASSWORD }));
+    expect(viaFetchMetadata.status).toBe(403);
+    expect((await supertest(t.app).get("/api/v1/me").set("Cookie", cookie)).status).toBe(200);
+  });
+
+  it("refuses a cookie-carrying state change that is not JSON (a plain HTML form)", async () => {
+    const res = await supertest(t.app)
+      .delete("/api/v1/me/sessions/s_AAAAAAAAAAAAAAAA")
+      .set("Cookie", cookie)
+      .set("Content-Type", "application/x-www-form-urlencoded")
+      .send("a=b");
+    expect(res.status).toBe(415);
+    expect(res.body.error).toBe("unsupported_media_type");
+    const noType = await supertest(t.app).post("/api/v1/logout").set("Cookie", cookie);
+    expect(noType.status).toBe(415);
+  });
+
+  it("answers unknown paths with 404 not_found and unauthenticated calls with 401", async () => {
+    expect((await supertest(t.app).get("/api/v1/nope")).body.error).toBe("not_found");
+    expect((await supertest(t.app).get("/api/v1/me")).status).toBe(401);
+    expect((await supertest(t.app).get("/api/v1/me/sessions")).body.error).toBe("unauthenticated");
+  });
+
+  it("a crash in the middle of a registration leaves no half member", async () => {
+    // Simulate a failure after the member row is written but before the transaction commits.
+    const before = t.s.db.select().from(members).all().length;
+    const append = t.s.audit.append.bind(t.s.audit);
+    t.s.audit.append = (e) => {
+      if (e.action === "member.registered") throw new Error("disk full");
+      return append(e);
+    };
+    try {
+      const res = await register(t.app, { login_id: "half.member" });
+      expect(res.status).toBe(500);
+      expect(res.body).toEqual({
+        error: "server_error",
+        error_description: expect.any(String),
+        request_id: res.headers["x-request-id"],
+      });
+    } finally {
+      t.s.audit.append = append;
+    }
+    expect(t.s.db.select().from(members).all().length).toBe(before);
+    expect((await register(t.app, { login_id: "half.member" })).status).toBe(201);
+  });
+});
