@@ -1,0 +1,298 @@
+/**
+ * Sign-in throughput benchmark (`npm run bench`).
+ *
+ * Measures, one after the other in one run: (1) raw argon2id verifications per second, calling
+ * argon2.verify() directly with the server's parameters from C concurrent loops, and (2) password
+ * sign-ins per second through HTTP (POST /api/v1/login) against the real server in a child process
+ * with SEKISHO_HASH_CONCURRENCY=C, from C concurrent keep-alive clients. argon2 is the expensive
+ * part of a sign-in, so everything else the server does should cost little:
+ * target HTTP/raw >= 0.85. Exits 1 when the target is missed or any HTTP request failed.
+ * Env: BENCH_SECONDS (default 8), BENCH_CONCURRENCY (default os.availableParallelism()),
+ * SEKISHO_ARGON2_MEMORY_KIB / _TIME_COST / _PARALLELISM (default 19456 / 2 / 1).
+ */
+import { type ChildProcess, spawn } from "node:child_process";
+import { randomBytes } from "node:crypto";
+import fs from "node:fs/promises";
+import http from "node:http";
+import net from "node:net";
+import os from "node:os";
+import path from "node:path";
+import argon2 from "argon2";
+
+const TARGET = 0.85;
+const WARMUP_MS = 1000;
+const ROOT = path.resolve(import.meta.dirname, "..");
+const OUT_DIR = path.join(ROOT, "bench", "out");
+
+function envInt(name: string, def: number): number {
+  const raw = process.env[name];
+  if (raw === undefined || raw === "") return def;
+  const n = Number(raw);
+  if (!Number.isInteger(n) || n < 1) throw new Error(`${name} must be a positive integer (got ${raw})`);
+  return n;
+}
+
+const SECONDS = envInt("BENCH_SECONDS", 8);
+const C = envInt("BENCH_CONCURRENCY", Math.max(1, os.availableParallelism()));
+const PARAMS = {
+  memoryCost: envInt("SEKISHO_ARGON2_MEMORY_KIB", 19456),
+  timeCost: envInt("SEKISHO_ARGON2_TIME_COST", 2),
+  parallelism: envInt("SEKISHO_ARGON2_PARALLELISM", 1),
+};
+const LOGIN_ID = "bench.member";
+const PASSWORD = "correct horse battery staple 42";
+
+interface LoopResult {
+  ok: number;
+  errors: Map<string, number>;
+  latenciesMs: number[];
+  elapsedS: number;
+}
+
+/** Run `op` in C concurrent loops until `ms` have passed; an op returns "ok" or an error label. */
+async function runLoops(ms: number, op: () => Promise<string>): Promise<LoopResult> {
+  const result: LoopResult = { ok: 0, errors: new Map(), latenciesMs: [], elapsedS: 0 };
+  const start = performance.now();
+  const deadline = start + ms;
+  const loop = async () => {
+    while (performance.now() < deadline) {
+      const t0 = performance.now();
+      const outcome = await op().catch((err: unknown) => (err instanceof Error ? err.message : String(err)));
+      result.latenciesMs.push(performance.now() - t0);
+      if (outcome === "ok") result.ok++;
+      else result.errors.set(outcome, (result.errors.get(outcome) ?? 0) + 1);
+    }
+  };
+  await Promise.all(Array.from({ length: C }, loop));
+  result.elapsedS = (performance.now() - start) / 1000;
+  return result;
+}
+
+function percentile(sorted: readonly number[], p: number): number {
+  if (sorted.length === 0) return Number.NaN;
+  return sorted[Math.min(sorted.length - 1, Math.ceil((p / 100) * sorted.length) - 1)] ?? Number.NaN;
+}
+
+function request(
+  agent: http.Agent,
+  port: number,
+  method: string,
+  urlPath: string,
+  body?: string,
+): Promise<{ status: number; body: string }> {
+  return new Promise((resolve, reject) => {
+    const headers: http.OutgoingHttpHeaders = {};
+    if (body !== undefined) {
+      headers["content-type"] = "application/json";
+      headers["content-length"] = Buffer.byteLength(body);
+    }
+    const req = http.request({ host: "127.0.0.1", port, method, path: urlPath, agent, headers }, (res) => {
+      const chunks: Buffer[] = [];
+      res.on("data", (c: Buffer) => chunks.push(c));
+      res.on("end", () => resolve({ status: res.statusCode ?? 0, body: Buffer.concat(chunks).toString() }));
+      res.on("error", reject);
+    });
+    req.on("error", reject);
+    req.end(body);
+  });
+}
+
+function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const srv = net.createServer();
+    srv.on("error", reject);
+    srv.listen(0, "127.0.0.1", () => {
+      const addr = srv.address();
+      srv.close(() => (typeof addr === "object" && addr ? resolve(addr.port) : reject(new Error("no port"))));
+    });
+  });
+}
+
+async function waitHealthy(agent: http.Agent, port: number, child: ChildProcess, log: () => string) {
+  const deadline = Date.now() + 30_000;
+  while (Date.now() < deadline) {
+    if (child.exitCode !== null) throw new Error(`server exited (${child.exitCode}):\n${log()}`);
+    const res = await request(agent, port, "GET", "/healthz").catch(() => null);
+    if (res?.status === 200) return;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  throw new Error(`server not healthy after 30 s:\n${log()}`);
+}
+
+async function stopServer(child: ChildProcess): Promise<void> {
+  if (child.exitCode !== null || child.signalCode !== null) return;
+  const exited = new Promise<void>((resolve) => child.once("exit", () => resolve()));
+  child.kill("SIGTERM");
+  const timer = setTimeout(() => child.kill("SIGKILL"), 5000);
+  await exited;
+  clearTimeout(timer);
+}
+
+async function measureRaw(): Promise<LoopResult> {
+  // A 32-byte secret, as the server's dev keyring pepper adds to every hash.
+  const secret = randomBytes(32);
+  const hash = await argon2.hash(PASSWORD, { type: argon2.argon2id, ...PARAMS, secret });
+  const op = async () => ((await argon2.verify(hash, PASSWORD, { secret })) ? "ok" : "verify returned false");
+  await runLoops(WARMUP_MS, op);
+  return runLoops(SECONDS * 1000, op);
+}
+
+async function measureHttp(): Promise<LoopResult> {
+  const dataDir = await fs.mkdtemp(path.join(os.tmpdir(), "sekisho-bench-"));
+  const port = await freePort();
+  const agent = new http.Agent({ keepAlive: true, maxSockets: C });
+  const child = spawn(process.execPath, ["--import", "tsx", "src/main.ts"], {
+    cwd: ROOT,
+    env: {
+      ...process.env,
+      SEKISHO_DATA_DIR: dataDir,
+      PORT: String(port),
+      HOST: "127.0.0.1",
+      LOG_LEVEL: "warn",
+      NODE_ENV: "development",
+      SEKISHO_HASH_CONCURRENCY: String(C),
+    },
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  let output = "";
+  const keep = (chunk: Buffer) => {
+    output = (output + chunk.toString()).slice(-8000);
+  };
+  child.stdout?.on("data", keep);
+  child.stderr?.on("data", keep);
+  const onSignal = () => {
+    child.kill("SIGKILL");
+    void fs.rm(dataDir, { recursive: true, force: true }).finally(() => process.exit(130));
+  };
+  for (const sig of ["SIGINT", "SIGTERM"] as const) process.once(sig, onSignal);
+  try {
+    await waitHealthy(agent, port, child, () => output);
+    const profile = { email: "bench@example.com", name: "Bench" };
+    const reg = await request(
+      agent,
+      port,
+      "POST",
+      "/api/v1/registrations",
+      JSON.stringify({ login_id: LOGIN_ID, password: PASSWORD, profile }),
+    );
+    if (reg.status !== 201) throw new Error(`registration answered ${reg.status}: ${reg.body}`);
+    const login = JSON.stringify({ login_id: LOGIN_ID, password: PASSWORD });
+    const op = async () => {
+      const res = await request(agent, port, "POST", "/api/v1/login", login);
+      return res.status === 200 ? "ok" : `HTTP ${res.status}: ${res.body.slice(0, 120)}`;
+    };
+    await runLoops(WARMUP_MS, op);
+    return await runLoops(SECONDS * 1000, op);
+  } finally {
+    for (const sig of ["SIGINT", "SIGTERM"] as const) process.removeListener(sig, onSignal);
+    agent.destroy();
+    await stopServer(child);
+    await fs.rm(dataDir, { recursive: true, force: true });
+  }
+}
+
+function table(rows: ReadonlyArray<readonly string[]>): string {
+  const widths = rows[0]?.map((_, i) => Math.max(...rows.map((r) => (r[i] ?? "").length))) ?? [];
+  return rows
+    .map((r) =>
+      r.map((cell, i) => (i === 0 ? cell.padEnd(widths[i] ?? 0) : cell.padStart(widths[i] ?? 0))).join("   "),
+    )
+    .join("\n");
+}
+
+/** Warn when other work keeps the CPUs busy (e.g. a test run): it takes cores from argon2. */
+async function checkQuiet(phase: string): Promise<number> {
+  const sample = () => {
+    let idle = 0;
+    let all = 0;
+    for (const { times: t } of os.cpus()) {
+      idle += t.idle;
+      all += t.user + t.nice + t.sys + t.idle + t.irq;
+    }
+    return { idle, all };
+  };
+  const a = sample();
+  await new Promise((r) => setTimeout(r, 500));
+  const b = sample();
+  const busy = 1 - (b.idle - a.idle) / Math.max(1, b.all - a.all);
+  if (busy > 0.1)
+    console.warn(`warning: CPUs ${Math.round(busy * 100)}% busy before ${phase}; results will be noisy`);
+  return busy;
+}
+
+async function main(): Promise<number> {
+  const p = PARAMS;
+  process.stdout.write(
+    `sekisho bench: C=${C} (of ${os.availableParallelism()} CPUs), ${SECONDS} s per measurement + ${WARMUP_MS} ms warm-up, ` +
+      `argon2id m=${p.memoryCost} KiB t=${p.timeCost} p=${p.parallelism}\n`,
+  );
+  const busyBefore = { raw: await checkQuiet("raw"), http: 0 };
+  process.stdout.write("measuring raw argon2id verify...\n");
+  const raw = await measureRaw();
+  busyBefore.http = await checkQuiet("HTTP");
+  process.stdout.write("measuring POST /api/v1/login through HTTP...\n");
+  const web = await measureHttp();
+
+  const rawOps = raw.ok / raw.elapsedS;
+  const httpOps = web.ok / web.elapsedS;
+  const sorted = [...web.latenciesMs].sort((a, b) => a - b);
+  const p50 = percentile(sorted, 50);
+  const p99 = percentile(sorted, 99);
+  const httpErrors = [...web.errors.values()].reduce((a, b) => a + b, 0);
+  const rawErrors = [...raw.errors.values()].reduce((a, b) => a + b, 0);
+  const ratio = rawOps > 0 ? httpOps / rawOps : 0;
+  const pass = ratio >= TARGET && httpErrors === 0 && rawErrors === 0;
+
+  process.stdout.write(
+    `\n${table([
+      ["metric", "value", "unit"],
+      ["argon2id verify (raw)", rawOps.toFixed(1), "ops/s"],
+      ["POST /api/v1/login (HTTP)", httpOps.toFixed(1), "ops/s"],
+      ["HTTP latency p50", p50.toFixed(1), "ms"],
+      ["HTTP latency p99", p99.toFixed(1), "ms"],
+      ["HTTP errors", String(httpErrors), "requests"],
+      ["ratio HTTP/raw", ratio.toFixed(3), `target >= ${TARGET}`],
+    ])}\n\n`,
+  );
+  for (const [label, n] of [...raw.errors, ...web.errors]) process.stdout.write(`error x${n}: ${label}\n`);
+  process.stdout.write(
+    `${pass ? "PASS" : "FAIL"}: HTTP/raw ${ratio.toFixed(3)} (target >= ${TARGET}), ${httpErrors} HTTP errors\n`,
+  );
+
+  const results = {
+    at: new Date().toISOString(),
+    node: process.version,
+    cpus: os.availableParallelism(),
+    cpu_busy_before: busyBefore,
+    concurrency: C,
+    seconds: SECONDS,
+    argon2: p,
+    raw: { ok: raw.ok, errors: rawErrors, elapsed_s: raw.elapsedS, ops_per_s: rawOps },
+    http: {
+      ok: web.ok,
+      errors: httpErrors,
+      error_kinds: Object.fromEntries(web.errors),
+      elapsed_s: web.elapsedS,
+      ops_per_s: httpOps,
+      p50_ms: p50,
+      p99_ms: p99,
+    },
+    ratio,
+    target: TARGET,
+    pass,
+  };
+  await fs.mkdir(OUT_DIR, { recursive: true });
+  await fs.writeFile(path.join(OUT_DIR, "results.json"), `${JSON.stringify(results, null, 2)}\n`);
+  process.stdout.write(`results written to ${path.relative(ROOT, path.join(OUT_DIR, "results.json"))}\n`);
+  return pass ? 0 : 1;
+}
+
+main().then(
+  (code) => {
+    process.exitCode = code;
+  },
+  (err: unknown) => {
+    console.error("bench failed:", err);
+    process.exitCode = 1;
+  },
+);
