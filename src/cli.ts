@@ -1,7 +1,7 @@
 import fs from "node:fs";
 import { Command, InvalidArgumentError } from "commander";
 import pino from "pino";
-import { AuditLog } from "./audit/log.js";
+import { type AuditEntry, AuditLog } from "./audit/log.js";
 import { systemClock } from "./clock.js";
 import { type Config, loadConfig } from "./config.js";
 import { type Db, migrateDatabase, openDatabase } from "./db/connection.js";
@@ -37,6 +37,26 @@ const positiveInt = (v: string) => {
   if (!Number.isInteger(n) || n < 1) throw new InvalidArgumentError("must be a positive whole number");
   return n;
 };
+
+/** One exported entry: the stored columns, snake_case, exactly as chained (details as stored text). */
+function exportRow(e: AuditEntry) {
+  return {
+    seq: e.seq,
+    at: e.at,
+    action: e.action,
+    outcome: e.outcome,
+    actor_type: e.actorType,
+    actor_id: e.actorId,
+    member_id: e.memberId,
+    reason: e.reason,
+    ip: e.ip,
+    request_id: e.requestId,
+    details: e.details,
+    key_id: e.keyId,
+    prev_mac: e.prevMac,
+    mac: e.mac,
+  };
+}
 
 export function buildCli(): Command {
   const program = new Command("sekisho")
@@ -128,7 +148,7 @@ export function buildCli(): Command {
     .action(async (opts: { after: number }) => {
       const ctx = open();
       for (const e of ctx.audit.iterate(opts.after)) {
-        const line = `${JSON.stringify({ ...e, details: JSON.parse(e.details) })}\n`;
+        const line = `${JSON.stringify(exportRow(e))}\n`;
         if (!process.stdout.write(line)) await new Promise((r) => process.stdout.once("drain", r));
       }
       ctx.db.$client.close();

@@ -104,7 +104,23 @@ describe("tamper-evident audit log", () => {
       .split("\n")
       .map((l) => JSON.parse(l));
     expect(lines.map((l) => l.seq)).toEqual([1, 2, 3, 4, 5]);
-    expect(lines[3].details).toEqual({ n: 4 });
+    expect(lines[3]).toMatchObject({ action: "test.marker", actor_type: "system", details: '{"n":4}' });
+    expect(Object.keys(lines[0])).toEqual([
+      "seq",
+      "at",
+      "action",
+      "outcome",
+      "actor_type",
+      "actor_id",
+      "member_id",
+      "reason",
+      "ip",
+      "request_id",
+      "details",
+      "key_id",
+      "prev_mac",
+      "mac",
+    ]);
     const tail = runCli(t, ["audit", "export", "--after", "3"]);
     expect(
       tail.stdout

@@ -24,9 +24,9 @@ describe("configuration", () => {
     expect(() => loadConfig({ PORT: "eighty" })).toThrow(/PORT: .*\(got "eighty"\)/);
     expect(() => loadConfig({ SEKISHO_ISSUER: "ftp://x" })).toThrow(/SEKISHO_ISSUER/);
     expect(() => loadConfig({ SEKISHO_PASSWORD_MIN_LENGTH: "4" })).toThrow(/SEKISHO_PASSWORD_MIN_LENGTH/);
-    expect(() => loadConfig({ SEKISHO_SESSION_IDLE_MINUTES: "9999", SEKISHO_SESSION_ABSOLUTE_HOURS: "1" })).toThrow(
-      /SEKISHO_SESSION_IDLE_MINUTES/,
-    );
+    expect(() =>
+      loadConfig({ SEKISHO_SESSION_IDLE_MINUTES: "9999", SEKISHO_SESSION_ABSOLUTE_HOURS: "1" }),
+    ).toThrow(/SEKISHO_SESSION_IDLE_MINUTES/);
   });
 
   it("an https issuer makes cookies Secure", () => {
@@ -37,15 +37,25 @@ describe("configuration", () => {
   });
 
   it("in production refuses a missing keyring file setting and a keyring inside the data dir", () => {
-    expect(() => checkKeyringPlacement(loadConfig({ NODE_ENV: "production" }))).toThrow(/SEKISHO_KEYRING_FILE/);
+    expect(() => checkKeyringPlacement(loadConfig({ NODE_ENV: "production" }))).toThrow(
+      /SEKISHO_KEYRING_FILE/,
+    );
     expect(() =>
       checkKeyringPlacement(
-        loadConfig({ NODE_ENV: "production", SEKISHO_DATA_DIR: "/srv/sekisho", SEKISHO_KEYRING_FILE: "/srv/sekisho/k.json" }),
+        loadConfig({
+          NODE_ENV: "production",
+          SEKISHO_DATA_DIR: "/srv/sekisho",
+          SEKISHO_KEYRING_FILE: "/srv/sekisho/k.json",
+        }),
       ),
     ).toThrow(/inside SEKISHO_DATA_DIR/);
     expect(() =>
       checkKeyringPlacement(
-        loadConfig({ NODE_ENV: "production", SEKISHO_DATA_DIR: "/srv/sekisho", SEKISHO_KEYRING_FILE: "/etc/sekisho/k.json" }),
+        loadConfig({
+          NODE_ENV: "production",
+          SEKISHO_DATA_DIR: "/srv/sekisho",
+          SEKISHO_KEYRING_FILE: "/etc/sekisho/k.json",
+        }),
       ),
     ).not.toThrow();
   });

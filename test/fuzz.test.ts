@@ -11,7 +11,16 @@ const nasty = fc.oneof(
   fc.string(),
   fc.string({ unit: "grapheme" }),
   fc.string({ unit: "binary" }), // lone surrogates included
-  fc.constantFrom("", "\u0000", "ａｄｍｉｎ", "\ud800", "__proto__", "constructor", "a".repeat(3000), "😀".repeat(40)),
+  fc.constantFrom(
+    "",
+    "\u0000",
+    "ａｄｍｉｎ",
+    "\ud800",
+    "__proto__",
+    "constructor",
+    "a".repeat(3000),
+    "😀".repeat(40),
+  ),
   fc.integer(),
   fc.double(),
   fc.boolean(),
@@ -26,7 +35,15 @@ const shaped = fc.record(
     profile: fc.oneof(
       nasty,
       fc.record(
-        { name: nasty, email: nasty, phone: nasty, postal_code: nasty, address: nasty, birth_date: nasty, gender: nasty },
+        {
+          name: nasty,
+          email: nasty,
+          phone: nasty,
+          postal_code: nasty,
+          address: nasty,
+          birth_date: nasty,
+          gender: nasty,
+        },
         { requiredKeys: [] },
       ),
     ),
@@ -34,7 +51,11 @@ const shaped = fc.record(
   },
   { requiredKeys: [] },
 );
-const anyBody = fc.oneof(fc.jsonValue().map((v) => JSON.stringify(v)), shaped.map((v) => JSON.stringify(v)), fc.string());
+const anyBody = fc.oneof(
+  fc.jsonValue().map((v) => JSON.stringify(v)),
+  shaped.map((v) => JSON.stringify(v)),
+  fc.string(),
+);
 
 const ENDPOINTS: Array<["get" | "post" | "delete", string]> = [
   ["post", "/api/v1/registrations"],
@@ -63,17 +84,25 @@ describe("arbitrary input at every endpoint", () => {
   for (const [method, path] of ENDPOINTS) {
     it(`${method.toUpperCase()} ${path} never answers 5xx`, async () => {
       await fc.assert(
-        fc.asyncProperty(anyBody, fc.boolean(), fc.string({ maxLength: 40 }), async (body, withCookie, suffix) => {
-          const url = path.endsWith("/x") ? path.replace(/x$/, encodeURIComponent(suffix) || "x") : path;
-          const req = supertest(t.app)[method](url).set("Origin", ORIGIN).set("Content-Type", "application/json");
-          if (withCookie) req.set("Cookie", cookie);
-          const res = await req.send(body);
-          expect(res.status, `${res.status} ${res.text}`).toBeLessThan(500);
-          if (res.status >= 400) {
-            expect(typeof res.body.error).toBe("string");
-            expect(res.text).not.toMatch(/\.ts:\d+|at [A-Z]\w+\./);
-          }
-        }),
+        fc.asyncProperty(
+          anyBody,
+          fc.boolean(),
+          fc.string({ maxLength: 40 }),
+          async (body, withCookie, suffix) => {
+            const url = path.endsWith("/x") ? path.replace(/x$/, encodeURIComponent(suffix) || "x") : path;
+            const req = supertest(t.app)
+              [method](url)
+              .set("Origin", ORIGIN)
+              .set("Content-Type", "application/json");
+            if (withCookie) req.set("Cookie", cookie);
+            const res = await req.send(body);
+            expect(res.status, `${res.status} ${res.text}`).toBeLessThan(500);
+            if (res.status >= 400) {
+              expect(typeof res.body.error).toBe("string");
+              expect(res.text).not.toMatch(/\.ts:\d+|at [A-Z]\w+\./);
+            }
+          },
+        ),
         { numRuns: path.endsWith("registrations") ? 150 : 100 },
       );
     });
@@ -82,7 +111,9 @@ describe("arbitrary input at every endpoint", () => {
   it("hostile query strings and paths never answer 5xx", async () => {
     await fc.assert(
       fc.asyncProperty(fc.string({ unit: "binary", maxLength: 60 }), async (s) => {
-        const res = await supertest(t.app).get(`/api/v1/me/events?${encodeURIComponent(s)}=${encodeURIComponent(s)}`);
+        const res = await supertest(t.app).get(
+          `/api/v1/me/events?${encodeURIComponent(s)}=${encodeURIComponent(s)}`,
+        );
         expect(res.status).toBeLessThan(500);
       }),
       { numRuns: 100 },

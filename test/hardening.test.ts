@@ -1,7 +1,16 @@
 import supertest from "supertest";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { members } from "../src/db/schema.js";
-import { makeApp, ORIGIN, PROFILE, post, register, signIn, STRONG_PASSWORD, type TestApp } from "./support/app.js";
+import {
+  makeApp,
+  ORIGIN,
+  PROFILE,
+  post,
+  register,
+  signIn,
+  STRONG_PASSWORD,
+  type TestApp,
+} from "./support/app.js";
 
 describe("HTTP hardening", () => {
   let t: TestApp;

@@ -18,14 +18,23 @@ describe("logs", () => {
     const cookie = String(ok.headers["set-cookie"]).split(";")[0] as string;
     const token = cookie.split("=")[1] as string;
     await supertest(t.app).get("/api/v1/me").set("Cookie", cookie);
-    await post(t.app, "/api/v1/registrations", { password: STRONG_PASSWORD, profile: { ...PROFILE, email: 42 } });
+    await post(t.app, "/api/v1/registrations", {
+      password: STRONG_PASSWORD,
+      profile: { ...PROFILE, email: 42 },
+    });
     // An unexpected error path: the logger gets an error object carrying a secret-looking body.
     t.s.logger.error({ body: { password: STRONG_PASSWORD }, profile: PROFILE, token }, "synthetic");
 
     const text = t.logs.join("");
     expect(t.logs.length).toBeGreaterThan(8);
     expect(text).toContain(`"msg":"request"`);
-    for (const secret of [STRONG_PASSWORD, "a wrong password here", "password1234", token, ...Object.values(PROFILE)]) {
+    for (const secret of [
+      STRONG_PASSWORD,
+      "a wrong password here",
+      "password1234",
+      token,
+      ...Object.values(PROFILE),
+    ]) {
       expect(text.includes(secret), `log contains ${secret}`).toBe(false);
     }
     expect(text).toContain("[redacted]");

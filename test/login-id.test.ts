@@ -95,9 +95,12 @@ describe("login IDs", () => {
     }
     expect(checked).toBe(11 * 31);
     const typo = `${number.slice(0, -1)}${number.endsWith("0") ? "1" : "0"}`;
-    const res = await post(t.app, "/api/v1/login", { login_id: typo, password: STRONG_PASSWORD });
-    expect(res.status).toBe(400);
-    expect(res.body.error).toBe("invalid_login_id");
+    // Typed with or without separators, a typo is refused before any lookup.
+    for (const typed of [typo, typo.replace(/-/g, ""), typo.replace(/-/g, " ").toUpperCase()]) {
+      const res = await post(t.app, "/api/v1/login", { login_id: typed, password: STRONG_PASSWORD });
+      expect(res.status, typed).toBe(400);
+      expect(res.body.error).toBe("invalid_login_id");
+    }
   });
 
   it("reads Crockford look-alikes (I, L as 1; O as 0) in a typed member number", () => {
@@ -116,5 +119,9 @@ describe("login IDs", () => {
       problem: "looks_like_member_number",
     });
     expect(checkChosenLoginId("abcd-efgh-jkm")).toEqual({ ok: false, problem: "looks_like_member_number" });
+    // Eleven plain letters and digits are the plain form of a number, valid or not.
+    expect(checkChosenLoginId("hellokitty1")).toEqual({ ok: false, problem: "looks_like_member_number" });
+    expect(checkChosenLoginId("hello.kitty1").ok).toBe(true);
+    expect(checkChosenLoginId("hellokitty12").ok).toBe(true);
   });
 });

@@ -189,6 +189,11 @@ describe("interim sign-in throttle", () => {
     expect(res.body.error).toBe("too_many_attempts");
     expect(Number(res.headers["retry-after"])).toBeGreaterThan(0);
     expect(verify).not.toHaveBeenCalled();
+    // The member sees the throttled attempt among their own security events.
+    t.clock.advance(15 * 60_000);
+    const cookie = await signIn(t.app, "hanako");
+    const events = await supertest(t.app).get("/api/v1/me/events").set("Cookie", cookie);
+    expect(events.body.events.map((e: { type: string }) => e.type)).toContain("login.throttled");
     // The window passes: the member can sign in again (no permanent lock).
     t.clock.advance(15 * 60_000);
     expect(

@@ -43,6 +43,10 @@ describe("member PII at rest", () => {
     check(); // while the data still sits in the WAL
     t.s.db.$client.pragma("wal_checkpoint(TRUNCATE)");
     check(); // and after it was copied into the main file
+    // The files themselves are owner-only.
+    for (const f of [t.s.config.dbFile, `${t.s.config.dbFile}-wal`]) {
+      if (fs.existsSync(f)) expect(fs.statSync(f).mode & 0o077, f).toBe(0);
+    }
   });
 
   it("two members with the same name and e-mail get different ciphertexts", async () => {

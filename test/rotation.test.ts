@@ -70,6 +70,7 @@ describe("key rotation", () => {
         audit: t.s.audit,
         clock: t.clock,
         batchSize: 3,
+        settleMs: 0,
         afterBatch: () => {
           throw new Error("killed");
         },
@@ -113,6 +114,38 @@ describe("key rotation", () => {
     expect(me.status).toBe(200);
     expect(me.body.profile.name).toBe("会員 3");
     expect(t.s.keys.get().activeDataKey().id).toBe(keyId);
+  });
+
+  it("stops at a row that fails to decrypt, audits it, and never blanks or skips it", async () => {
+    // Attack (or corruption): a ciphertext moved between members before a rotation.
+    const [a, b] = t.s.db.select().from(profiles).limit(2).all();
+    t.s.db
+      .update(profiles)
+      .set({ phone: a?.phone })
+      .where(eq(profiles.memberId, b?.memberId as string))
+      .run();
+    await expect(
+      rotateKeys({
+        db: t.s.db,
+        keys: t.s.keys,
+        audit: t.s.audit,
+        clock: t.clock,
+        batchSize: 50,
+        settleMs: 0,
+      }),
+    ).rejects.toThrow(/key rotation stopped: .*authentication failed/);
+    const failures = [...t.s.audit.iterate()].filter((e) => e.action === "pii.decrypt_failed");
+    expect(failures).toHaveLength(1);
+    expect(failures[0]?.memberId).toBe(b?.memberId);
+    expect(JSON.parse(failures[0]?.details ?? "{}").field).toBe("phone");
+    // The whole batch rolled back: nothing half-rotated, the bad value is still there to inspect.
+    const after = t.s.db
+      .select()
+      .from(profiles)
+      .where(eq(profiles.memberId, b?.memberId as string))
+      .get();
+    expect(after?.phone).toBe(a?.phone);
+    expect(after?.keyId).toBe(b?.keyId);
   });
 
   it("a keyring that lacks the key a row needs gives an error, never empty data", () => {

@@ -1,8 +1,6 @@
 import { createHmac, timingSafeEqual } from "node:crypto";
-import { desc } from "drizzle-orm";
 import type { Clock } from "../clock.js";
-import { type Db, inTransaction } from "../db/connection.js";
-import { auditLog } from "../db/schema.js";
+import type { Db } from "../db/connection.js";
 import type { KeyringStore } from "../vault/keyring.js";
 
 /**
@@ -53,6 +51,8 @@ export interface AuditEntry {
 
 export const GENESIS = "genesis";
 
+type PartialEntry = Omit<AuditEntry, "mac" | "seq" | "prevMac">;
+
 export interface VerifyResult {
   ok: boolean;
   entries: number;
@@ -96,34 +96,51 @@ export class AuditLog {
    */
   append(input: AuditInput): number {
     const key = this.#keys.get().activeAuditKey();
-    return inTransaction(this.#db, () => {
-      const last = this.#db
-        .select({ seq: auditLog.seq, mac: auditLog.mac })
-        .from(auditLog)
-        .orderBy(desc(auditLog.seq))
-        .limit(1)
-        .get();
-      const row: Omit<AuditEntry, "mac"> = {
-        seq: (last?.seq ?? 0) + 1,
-        at: this.#clock.now().getTime(),
-        action: input.action,
-        outcome: input.outcome,
-        actorType: input.actorType,
-        actorId: input.actorId ?? null,
-        memberId: input.memberId ?? null,
-        reason: input.reason ?? null,
-        ip: input.ip ?? null,
-        requestId: input.requestId ?? null,
-        details: JSON.stringify(input.details ?? {}),
-        keyId: key.id,
-        prevMac: last?.mac ?? GENESIS,
-      };
-      this.#db
-        .insert(auditLog)
-        .values({ ...row, mac: macOf(key.key, row) })
-        .run();
-      return row.seq;
-    });
+    const row: PartialEntry = {
+      at: this.#clock.now().getTime(),
+      action: input.action,
+      outcome: input.outcome,
+      actorType: input.actorType,
+      actorId: input.actorId ?? null,
+      memberId: input.memberId ?? null,
+      reason: input.reason ?? null,
+      ip: input.ip ?? null,
+      requestId: input.requestId ?? null,
+      details: JSON.stringify(input.details ?? {}),
+      keyId: key.id,
+    };
+    return this.#append(row, key.key);
+  }
+
+  #appendTx: ((row: PartialEntry, key: Buffer) => number) | undefined;
+
+  /**
+   * The append transaction, prepared once (it is on every sign-in's path): read the head, chain
+   * onto it, insert. IMMEDIATE, or a savepoint inside the caller's transaction.
+   */
+  #append(row: PartialEntry, key: Buffer): number {
+    if (!this.#appendTx) {
+      const client = this.#db.$client;
+      const head = client.prepare("SELECT seq, mac FROM audit_log ORDER BY seq DESC LIMIT 1");
+      const insert = client.prepare(
+        `INSERT INTO audit_log (seq, at, action, outcome, actor_type, actor_id, member_id, reason, ip,
+           request_id, details, key_id, prev_mac, mac)
+         VALUES (@seq, @at, @action, @outcome, @actorType, @actorId, @memberId, @reason, @ip,
+           @requestId, @details, @keyId, @prevMac, @mac)`,
+      );
+      const tx = client.transaction((partial: PartialEntry, k: Buffer): number => {
+        const last = head.get() as { seq: number; mac: string } | undefined;
+        const entry: Omit<AuditEntry, "mac"> = {
+          ...partial,
+          seq: (last?.seq ?? 0) + 1,
+          prevMac: last?.mac ?? GENESIS,
+        };
+        insert.run({ ...entry, mac: macOf(k, entry) });
+        return entry.seq;
+      });
+      this.#appendTx = (r, k) => tx.immediate(r, k);
+    }
+    return this.#appendTx(row, key);
   }
 
   /** Walk the whole chain in order; stop at the first entry that does not fit. */

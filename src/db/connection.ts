@@ -17,7 +17,11 @@ export const MIGRATIONS_DIR = path.resolve(path.dirname(fileURLToPath(import.met
  * most the last transactions (see docs/operations.md).
  */
 export function openDatabase(file: string): Db {
-  if (file !== ":memory:") fs.mkdirSync(path.dirname(file), { recursive: true, mode: 0o700 });
+  if (file !== ":memory:") {
+    fs.mkdirSync(path.dirname(file), { recursive: true, mode: 0o700 });
+    // Create the file owner-only; SQLite gives -wal and -shm the main file's permissions.
+    if (!fs.existsSync(file)) fs.closeSync(fs.openSync(file, "a", 0o600));
+  }
   const client = new Database(file);
   client.pragma("journal_mode = WAL");
   client.pragma("synchronous = NORMAL");
@@ -34,4 +38,16 @@ export function migrateDatabase(db: Db): void {
 /** Run fn in one `BEGIN IMMEDIATE` transaction: all of it lands, or none of it. */
 export function inTransaction<T>(db: Db, fn: () => T): T {
   return db.$client.transaction(fn).immediate();
+}
+
+/**
+ * A statement prepared on first use and reused after (hot paths: the SQL is built and compiled
+ * once, not per request). First use, not construction, so that migrations have run by then.
+ */
+export function lazyPrepared<T>(prepare: () => T): () => T {
+  let stmt: T | undefined;
+  return () => {
+    stmt ??= prepare();
+    return stmt;
+  };
 }

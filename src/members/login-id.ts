@@ -84,7 +84,8 @@ export const LOGIN_ID_PROBLEM_TEXT: Record<LoginIdProblem, string> = {
   characters: "A login ID uses only a-z, 0-9, '.', '_' and '-', and starts and ends with a letter or digit.",
   email: "A login ID can't be an e-mail address.",
   reserved: "That login ID is reserved.",
-  looks_like_member_number: "A chosen login ID can't look like a generated member number.",
+  looks_like_member_number:
+    "A chosen login ID can't look like a member number (11 letters and digits, or xxxx-xxxx-xxx): add '.', '_' or '-', or choose another length.",
 };
 
 /**

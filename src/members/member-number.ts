@@ -39,7 +39,8 @@ export function generateMemberNumber(): string {
 
 /** Shaped like a member number when written with separators (`xxxx-xxxx-xxx`, spaces too). */
 const SEPARATED = /^[0-9a-z]{4}[- ][0-9a-z]{4}[- ][0-9a-z]{3}$/;
-const PLAIN = /^[0-9a-z]{11}$/;
+/** Eleven symbols of the alphabet (look-alikes i, l, o included): the plain form of a number. */
+const PLAIN = /^[0-9a-tv-z]{11}$/;
 
 export type MemberNumberParse =
   | { kind: "number"; value: string }
@@ -47,15 +48,13 @@ export type MemberNumberParse =
   | { kind: "not_a_number" };
 
 /**
- * Read what a member typed (already NFKC + lower case). Written with separators it must be a
- * valid number; eleven plain symbols count as a number only when the check symbol fits (otherwise
- * they may well be a chosen login ID).
+ * Read what a member typed (already NFKC + lower case). Anything shaped like a number (with or
+ * without separators) must be a valid one: chosen login IDs may not take that shape, so a typo in
+ * a number is caught here, before any lookup, and can never land on someone else's chosen ID.
  */
 export function parseMemberNumber(input: string): MemberNumberParse {
-  const separated = SEPARATED.test(input);
-  if (!separated && !PLAIN.test(input)) return { kind: "not_a_number" };
+  if (!SEPARATED.test(input) && !PLAIN.test(input)) return { kind: "not_a_number" };
   const codes = [...input.replace(/[- ]/g, "")].map(codeOf);
   const valid = codes.every((c) => c >= 0) && checkCode(codes.slice(0, BODY)) === codes[BODY];
-  if (valid) return { kind: "number", value: format(codes) };
-  return separated ? { kind: "invalid_number" } : { kind: "not_a_number" };
+  return valid ? { kind: "number", value: format(codes) } : { kind: "invalid_number" };
 }

@@ -70,9 +70,11 @@ export class ProfileVault {
 
   /** The encrypted row for a member's profile (insert or replace it inside the caller's transaction). */
   encryptRow(memberId: string, profile: Profile): typeof profiles.$inferInsert {
+    // One key for the whole row, so the row's key_id is true of every field in it.
+    const key = this.#keys.get().activeDataKey();
     const row: typeof profiles.$inferInsert = {
       memberId,
-      keyId: this.#keys.get().activeDataKey().id,
+      keyId: key.id,
       updatedAt: this.#clock.now().getTime(),
       emailIndex: profile.email ? this.emailIndex(profile.email) : null,
     };

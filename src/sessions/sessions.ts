@@ -1,7 +1,7 @@
 import { createHash, randomBytes } from "node:crypto";
-import { and, desc, eq, gt, isNull } from "drizzle-orm";
+import { and, desc, eq, gt, isNull, sql } from "drizzle-orm";
 import type { Clock } from "../clock.js";
-import type { Db } from "../db/connection.js";
+import { type Db, lazyPrepared } from "../db/connection.js";
 import { sessions } from "../db/schema.js";
 import type { Acr, Amr } from "./levels.js";
 
@@ -89,7 +89,7 @@ export class SessionService {
       ip: input.ip,
       userAgent: input.userAgent ? input.userAgent.slice(0, 256) : null,
     };
-    this.#db.insert(sessions).values(row).run();
+    this.#insert().run(row);
     return { token, session: toSession(row) };
   }
 
@@ -112,6 +112,23 @@ export class SessionService {
     }
     return toSession(row);
   }
+
+  // Prepared once: both run on every sign-in or every authenticated request.
+  readonly #insert = lazyPrepared(() =>
+    this.#db.$client.prepare(
+      `INSERT INTO sessions (id, token_hash, member_id, kind, acr, amr, auth_time, created_at, last_seen_at,
+         idle_expires_at, absolute_expires_at, revoked_at, revoke_reason, ip, user_agent)
+       VALUES (@id, @tokenHash, @memberId, @kind, @acr, @amr, @authTime, @createdAt, @lastSeenAt,
+         @idleExpiresAt, @absoluteExpiresAt, @revokedAt, @revokeReason, @ip, @userAgent)`,
+    ),
+  );
+  readonly #byTokenHash = lazyPrepared(() =>
+    this.#db
+      .select()
+      .from(sessions)
+      .where(eq(sessions.tokenHash, sql.placeholder("tokenHash")))
+      .prepare(),
+  );
 
   listActive(memberId: string): Session[] {
     const now = this.#clock.now().getTime();

@@ -1,6 +1,6 @@
-import { eq } from "drizzle-orm";
+import { eq, sql } from "drizzle-orm";
 import type { AuditLog } from "../audit/log.js";
-import { type Db, inTransaction } from "../db/connection.js";
+import { type Db, inTransaction, lazyPrepared } from "../db/connection.js";
 import { members } from "../db/schema.js";
 import { ApiError } from "../errors.js";
 import { resolveLoginInput } from "../members/login-id.js";
@@ -64,10 +64,13 @@ export class PasswordSignIn {
     }
     const verdict = this.#throttle.check(ctx.ip, loginId);
     if (!verdict.allowed) {
+      // The lookup is cheap (an index); it lets the member see the throttled attempts as their events.
+      const target = this.#findMember().get({ loginId });
       this.#audit.append({
         action: "login.throttled",
         outcome: "failure",
         actorType: "anonymous",
+        memberId: target?.id ?? null,
         ip: ctx.ip,
         requestId: ctx.requestId,
         reason: "too_many_attempts",
@@ -78,16 +81,7 @@ export class PasswordSignIn {
       });
     }
 
-    const member = this.#db
-      .select({
-        id: members.id,
-        passwordHash: members.passwordHash,
-        pepperId: members.pepperId,
-        status: members.status,
-      })
-      .from(members)
-      .where(eq(members.loginId, loginId))
-      .get();
+    const member = this.#findMember().get({ loginId });
 
     const fail = (reason: string, memberId: string | null): SignInResult => {
       this.#throttle.recordFailure(ctx.ip, loginId);
@@ -115,6 +109,7 @@ export class PasswordSignIn {
     if (member.status !== "active") return fail("account_disabled", member.id);
 
     const rehashed = this.#hasher.needsRehash(stored) ? await this.#hasher.hash(input.password) : null;
+    this.#throttle.recordSuccess(ctx.ip, loginId);
     return inTransaction(this.#db, () => {
       if (ctx.previousToken) this.#revokePrevious(ctx.previousToken);
       if (rehashed) {
@@ -144,6 +139,20 @@ export class PasswordSignIn {
       return { status: "authenticated" as const, token, session, memberId: member.id };
     });
   }
+
+  // Prepared once: the lookup is on every sign-in's path.
+  readonly #findMember = lazyPrepared(() =>
+    this.#db
+      .select({
+        id: members.id,
+        passwordHash: members.passwordHash,
+        pepperId: members.pepperId,
+        status: members.status,
+      })
+      .from(members)
+      .where(eq(members.loginId, sql.placeholder("loginId")))
+      .prepare(),
+  );
 
   #revokePrevious(token: string): void {
     const previous = this.#sessions.authenticate(token);

@@ -70,6 +70,11 @@ export class AttemptLimiter {
     }
   }
 
+  /** A correct password from this address clears its (IP, login ID) count; the per-IP count stays. */
+  recordSuccess(ip: string, loginId: string): void {
+    this.#windows.delete(`ip+login|${ip}|${loginId}`);
+  }
+
   #sweep(now: number): void {
     for (const [key, w] of this.#windows) if (now - w.start >= this.#windowMs) this.#windows.delete(key);
   }

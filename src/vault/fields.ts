@@ -1,6 +1,6 @@
 import { createCipheriv, createDecipheriv, randomBytes } from "node:crypto";
 import { DecryptionError } from "../errors.js";
-import type { KeyringStore } from "./keyring.js";
+import type { KeyringStore, VersionedKey } from "./keyring.js";
 
 /**
  * Field encryption: AES-256-GCM with a fresh 96-bit random nonce per value.
@@ -26,8 +26,13 @@ function aad(ctx: FieldContext, keyId: string): Buffer {
   return Buffer.from(`sekisho/${VERSION}|${ctx.table}.${ctx.column}|${ctx.rowId}|${keyId}`, "utf8");
 }
 
-export function encryptField(store: KeyringStore, ctx: FieldContext, plaintext: string): string {
-  const key = store.get().activeDataKey();
+/** Encrypt under the active key, or under `key` when the caller fixed one for a whole row. */
+export function encryptField(
+  store: KeyringStore,
+  ctx: FieldContext,
+  plaintext: string,
+  key: VersionedKey = store.get().activeDataKey(),
+): string {
   const nonce = randomBytes(NONCE_BYTES);
   const cipher = createCipheriv("aes-256-gcm", key.key, nonce, { authTagLength: TAG_BYTES });
   cipher.setAAD(aad(ctx, key.id));

@@ -5,7 +5,7 @@ import { type Db, inTransaction } from "../db/connection.js";
 import { keyRotations, profiles } from "../db/schema.js";
 import { fieldContext, PROFILE_FIELDS, type ProfileField } from "../members/profile.js";
 import { decryptField, encryptField } from "./fields.js";
-import type { KeyringStore } from "./keyring.js";
+import type { KeyringStore, VersionedKey } from "./keyring.js";
 
 const COLUMNS: Record<
   ProfileField,
@@ -48,9 +48,16 @@ export async function rotateKeys(deps: {
   onProgress?: (p: RotationProgress) => void;
   /** Test hook: called after each committed batch (throw to simulate a crash). */
   afterBatch?: (batch: number) => void;
+  /**
+   * How long to wait after writing the new keyring before re-encrypting: running servers re-read
+   * the keyring file within a second, so after this every new row is written under the new key and
+   * the batches below catch all that was written under the old one.
+   */
+  settleMs?: number;
 }): Promise<RotationProgress> {
   const { db, keys, audit, clock } = deps;
   const batchSize = deps.batchSize ?? 500;
+  const settleMs = deps.settleMs ?? 1500;
   const unfinished = db.select().from(keyRotations).where(isNull(keyRotations.finishedAt)).get();
 
   let rotationId: number;
@@ -85,6 +92,9 @@ export async function rotateKeys(deps: {
       return row.id;
     });
   }
+  if (settleMs > 0) await new Promise((resolve) => setTimeout(resolve, settleMs));
+  const newKey = keys.get().dataKey(newKeyId);
+  if (!newKey) throw new Error(`data key ${newKeyId} is not in the keyring`);
 
   const remaining = () =>
     db.$client.prepare("SELECT count(*) AS n FROM profiles WHERE key_id <> ?").get(newKeyId) as { n: number };
@@ -93,36 +103,39 @@ export async function rotateKeys(deps: {
   for (;;) {
     const rows = db.select().from(profiles).where(ne(profiles.keyId, newKeyId)).limit(batchSize).all();
     if (rows.length === 0) break;
-    inTransaction(db, () => {
-      for (const row of rows) {
-        const update: Partial<typeof profiles.$inferInsert> = { keyId: newKeyId };
-        for (const field of PROFILE_FIELDS) {
-          const stored = row[COLUMNS[field]];
-          if (typeof stored !== "string") continue;
-          const ctx = fieldContext(row.memberId, field);
-          update[COLUMNS[field]] = encryptField(keys, ctx, decryptField(keys, ctx, stored));
-        }
-        db.update(profiles)
-          .set(update)
-          .where(and(eq(profiles.memberId, row.memberId), eq(profiles.keyId, row.keyId)))
-          .run();
-      }
-      rowsDone += rows.length;
-      db.update(keyRotations).set({ rowsDone }).where(eq(keyRotations.id, rotationId)).run();
-      audit.append({
-        action: "pii.reencrypted",
-        outcome: "success",
-        actorType: "operator",
-        reason: "key_rotation",
-        details: {
-          members: rows.length,
-          first_member: rows[0]?.memberId,
-          last_member: rows.at(-1)?.memberId,
-          fields: [...PROFILE_FIELDS],
-          to_key: newKeyId,
-        },
+    try {
+      inTransaction(db, () => {
+        for (const row of rows) reencryptRow(db, keys, row, newKey);
+        rowsDone += rows.length;
+        db.update(keyRotations).set({ rowsDone }).where(eq(keyRotations.id, rotationId)).run();
+        audit.append({
+          action: "pii.reencrypted",
+          outcome: "success",
+          actorType: "operator",
+          reason: "key_rotation",
+          details: {
+            members: rows.length,
+            first_member: rows[0]?.memberId,
+            last_member: rows.at(-1)?.memberId,
+            fields: [...PROFILE_FIELDS],
+            to_key: newKeyId,
+          },
+        });
       });
-    });
+    } catch (err) {
+      if (!(err instanceof RowDecryptionFailed)) throw err;
+      // Never skip or blank a value: the batch rolled back; record what failed (outside the
+      // rolled-back transaction) and stop so the operator can look. Running again resumes.
+      audit.append({
+        action: "pii.decrypt_failed",
+        outcome: "failure",
+        actorType: "operator",
+        memberId: err.memberId,
+        reason: "key_rotation",
+        details: { field: err.field, error: err.message },
+      });
+      throw new Error(`key rotation stopped: ${err.message}`, { cause: err });
+    }
     batch++;
     deps.onProgress?.({ newKeyId, resumed, rowsDone, remaining: remaining().n });
     deps.afterBatch?.(batch);
@@ -143,4 +156,40 @@ export async function rotateKeys(deps: {
     });
   });
   return { newKeyId, resumed, rowsDone, remaining: 0 };
+}
+
+class RowDecryptionFailed extends Error {
+  constructor(
+    readonly memberId: string,
+    readonly field: ProfileField,
+    cause: unknown,
+  ) {
+    super((cause as Error).message, { cause });
+  }
+}
+
+/** Re-encrypt one profile row under `key`; the update only applies if nobody rewrote the row meanwhile. */
+function reencryptRow(
+  db: Db,
+  keys: KeyringStore,
+  row: typeof profiles.$inferSelect,
+  key: VersionedKey,
+): void {
+  const update: Partial<typeof profiles.$inferInsert> = { keyId: key.id };
+  for (const field of PROFILE_FIELDS) {
+    const stored = row[COLUMNS[field]];
+    if (typeof stored !== "string") continue;
+    const ctx = fieldContext(row.memberId, field);
+    let plaintext: string;
+    try {
+      plaintext = decryptField(keys, ctx, stored);
+    } catch (err) {
+      throw new RowDecryptionFailed(row.memberId, field, err);
+    }
+    update[COLUMNS[field]] = encryptField(keys, ctx, plaintext, key);
+  }
+  db.update(profiles)
+    .set(update)
+    .where(and(eq(profiles.memberId, row.memberId), eq(profiles.keyId, row.keyId)))
+    .run();
 }
