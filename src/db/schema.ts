@@ -1,4 +1,4 @@
-import { index, integer, sqliteTable, text } from "drizzle-orm/sqlite-core";
+import { index, integer, sqliteTable, text, uniqueIndex } from "drizzle-orm/sqlite-core";
 
 /**
  * The database holds no readable personal data: profile fields are vault ciphertexts
@@ -115,3 +115,31 @@ export const keyRotations = sqliteTable("key_rotations", {
   finishedAt: integer("finished_at"),
   rowsDone: integer("rows_done").notNull().default(0),
 });
+
+/**
+ * oidc-provider's models (codes, tokens, sessions, grants, interactions, …), one table.
+ * Insertion-ordered (integer rowid) with a unique (model, id_hash): rows are written and read by
+ * key, never scanned. The id of every row is stored as its SHA-256: for tokens and sessions the id
+ * *is* the bearer secret, so a copy of the table holds no usable token.
+ */
+export const oidcPayloads = sqliteTable(
+  "oidc_payloads",
+  {
+    rowid: integer("rowid").primaryKey(),
+    model: text("model").notNull(),
+    idHash: text("id_hash").notNull(),
+    payload: text("payload").notNull(),
+    grantId: text("grant_id"),
+    uidHash: text("uid_hash"),
+    userCodeHash: text("user_code_hash"),
+    expiresAt: integer("expires_at"),
+    consumedAt: integer("consumed_at"),
+  },
+  (t) => [
+    uniqueIndex("oidc_model_id").on(t.model, t.idHash),
+    index("oidc_grant").on(t.grantId),
+    index("oidc_uid").on(t.uidHash),
+    index("oidc_user_code").on(t.userCodeHash),
+    index("oidc_expires").on(t.expiresAt),
+  ],
+);

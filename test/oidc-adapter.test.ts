@@ -1,0 +1,104 @@
+import fs from "node:fs";
+import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import { OidcStore } from "../src/oidc/adapter.js";
+import { makeApp, type TestApp } from "./support/app.js";
+
+/**
+ * The storage-adapter contract oidc-provider relies on (modelled on its memory adapter):
+ * upsert/find round-trip, lookups by uid and user code, expiry, consume, destroy, revokeByGrantId.
+ */
+describe("OIDC storage adapter", () => {
+  let t: TestApp;
+  let store: OidcStore;
+  const adapter = (model: string) => store.adapterFactory()(model);
+  beforeEach(() => {
+    t = makeApp();
+    store = new OidcStore({ db: t.s.db, clock: t.clock, keys: t.s.keys });
+  });
+  afterEach(() => t.close());
+
+  it("round-trips a payload by model and id, and upsert replaces it", async () => {
+    const codes = adapter("AuthorizationCode");
+    await codes.upsert("code-1", { jti: "code-1", grantId: "g1", clientId: "c1" }, 60);
+    expect(await codes.find("code-1")).toEqual({ jti: "code-1", grantId: "g1", clientId: "c1" });
+    expect(await adapter("AccessToken").find("code-1")).toBeUndefined(); // models are separate
+    await codes.upsert("code-1", { jti: "code-1", grantId: "g1", clientId: "c2" }, 60);
+    expect((await codes.find("code-1"))?.clientId).toBe("c2");
+    expect(await codes.find("nope")).toBeUndefined();
+  });
+
+  it("finds a session by uid and a device code by user code", async () => {
+    await adapter("Session").upsert("sess-1", { uid: "uid-1", accountId: "sub-1" }, 3600);
+    expect((await adapter("Session").findByUid("uid-1"))?.accountId).toBe("sub-1");
+    await adapter("DeviceCode").upsert("dc-1", { userCode: "ABCD-EFGH", grantId: "g9" }, 600);
+    expect((await adapter("DeviceCode").findByUserCode("ABCD-EFGH"))?.grantId).toBe("g9");
+    expect(await adapter("Session").findByUid("uid-2")).toBeUndefined();
+  });
+
+  it("stops returning a payload once it expires, and deleteExpired removes it (clock moved, not slept)", async () => {
+    const codes = adapter("AuthorizationCode");
+    await codes.upsert("short", { jti: "short" }, 60);
+    await adapter("Grant").upsert("forever", { jti: "forever" });
+    t.clock.advance(59_000);
+    expect(await codes.find("short")).toBeDefined();
+    t.clock.advance(1_000);
+    expect(await codes.find("short")).toBeUndefined();
+    expect(store.deleteExpired()).toBe(1);
+    expect(await adapter("Grant").find("forever")).toBeDefined();
+  });
+
+  it("consume marks the payload consumed with a timestamp", async () => {
+    const codes = adapter("AuthorizationCode");
+    await codes.upsert("c", { jti: "c", grantId: "g" }, 60);
+    await codes.consume("c");
+    expect((await codes.find("c"))?.consumed).toBe(Math.floor(t.clock.now().getTime() / 1000));
+  });
+
+  it("a second consume of the same code fails and revokes everything issued under its grant", async () => {
+    // Attack: redeem one authorization code from two token requests at the same moment.
+    const codes = adapter("AuthorizationCode");
+    await codes.upsert("c", { jti: "c", grantId: "g" }, 60);
+    await adapter("AccessToken").upsert("at", { jti: "at", grantId: "g" }, 600);
+    const results = await Promise.allSettled([codes.consume("c"), codes.consume("c")]);
+    expect(results.map((r) => r.status).sort()).toEqual(["fulfilled", "rejected"]);
+    const rejected = results.find((r) => r.status === "rejected") as PromiseRejectedResult;
+    expect(rejected.reason).toMatchObject({ error: "invalid_grant" });
+    expect(await adapter("AccessToken").find("at")).toBeUndefined();
+    expect(await codes.find("c")).toBeUndefined();
+  });
+
+  it("revokeByGrantId removes every code and token of that grant and nothing else", async () => {
+    for (const model of ["AuthorizationCode", "AccessToken", "RefreshToken"]) {
+      await adapter(model).upsert(`${model}-g1`, { jti: `${model}-g1`, grantId: "g1" }, 600);
+      await adapter(model).upsert(`${model}-g2`, { jti: `${model}-g2`, grantId: "g2" }, 600);
+    }
+    await adapter("Grant").upsert("g1", { jti: "g1" }, 600);
+    await adapter("RefreshToken").revokeByGrantId("g1");
+    for (const model of ["AuthorizationCode", "AccessToken", "RefreshToken"]) {
+      expect(await adapter(model).find(`${model}-g1`)).toBeUndefined();
+      expect(await adapter(model).find(`${model}-g2`)).toBeDefined();
+    }
+    expect(await adapter("Grant").find("g1")).toBeDefined(); // the provider destroys the grant itself
+  });
+
+  it("destroy removes one payload", async () => {
+    await adapter("Interaction").upsert("i1", { uid: "i1" }, 600);
+    await adapter("Interaction").destroy("i1");
+    expect(await adapter("Interaction").find("i1")).toBeUndefined();
+  });
+
+  it("stores ids as hashes: a copy of the database holds no usable token or session id", async () => {
+    // Attack: read bearer tokens and session ids out of a stolen database file.
+    const token = "AT-secret-value-0123456789abcdefghijklmnop";
+    await adapter("AccessToken").upsert(token, { jti: token, grantId: "g" }, 600);
+    await adapter("Session").upsert("session-cookie-value-xyz", { uid: "uid-secret-value" }, 600);
+    t.s.db.$client.pragma("wal_checkpoint(TRUNCATE)");
+    const bytes = fs.readFileSync(t.s.config.dbFile);
+    for (const secret of [token, "session-cookie-value-xyz", "uid-secret-value"]) {
+      expect(bytes.includes(Buffer.from(secret)), secret).toBe(false);
+    }
+    // ...while the adapter still finds both by their ids.
+    expect((await adapter("AccessToken").find(token))?.jti).toBe(token);
+    expect(await adapter("Session").findByUid("uid-secret-value")).toBeDefined();
+  });
+});
