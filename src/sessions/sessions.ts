@@ -96,11 +96,7 @@ export class SessionService {
   /** The live session for a cookie token, or null (unknown, revoked, idle or past its lifetime). */
   authenticate(token: string): Session | null {
     if (!/^[A-Za-z0-9_-]{43}$/.test(token)) return null;
-    const row = this.#db
-      .select()
-      .from(sessions)
-      .where(eq(sessions.tokenHash, hashToken(token)))
-      .get();
+    const row = this.#byTokenHash().get({ tokenHash: hashToken(token) });
     const now = this.#clock.now().getTime();
     if (!row || row.revokedAt !== null || row.idleExpiresAt <= now || row.absoluteExpiresAt <= now)
       return null;
