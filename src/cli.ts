@@ -6,6 +6,7 @@ import { systemClock } from "./clock.js";
 import { type Config, loadConfig } from "./config.js";
 import { type Db, migrateDatabase, openDatabase } from "./db/connection.js";
 import { StartupError } from "./errors.js";
+import { Clients } from "./oidc/clients.js";
 import { openKeyring } from "./vault/bootstrap.js";
 import { Keyring, type KeyringStore, writeKeyringFile } from "./vault/keyring.js";
 import { rotateKeys } from "./vault/rotation.js";
@@ -113,6 +114,66 @@ export function buildCli(): Command {
           `${result.resumed ? "resumed and finished" : "finished"} rotation to ${result.newKeyId}: ${result.rowsDone} rows re-encrypted`,
         );
     });
+
+  const clients = program.command("clients").description("member sites (OIDC clients)");
+  clients
+    .command("add")
+    .description("register a member site; prints its client_id and (once) its client_secret")
+    .requiredOption("--name <name>", "shown to members on the sign-in page")
+    .requiredOption(
+      "--redirect-uri <uri>",
+      "exact redirect URI (repeat for several)",
+      (v: string, prev: string[]) => [...prev, v],
+      [] as string[],
+    )
+    .option("--public", "a public client (no secret; PKCE only)")
+    .option(
+      "--grant <grant>",
+      "extra grant type: client_credentials",
+      (v: string, prev: string[]) => [...prev, v],
+      [] as string[],
+    )
+    .option("--scope <scope>", "scopes the client may ask for")
+    .option("--third-party", "not first-party: members see a consent page")
+    .option("--logo-uri <uri>", "logo shown on the sign-in page (https)")
+    .option("--json", "print JSON")
+    .action(
+      (opts: {
+        name: string;
+        redirectUri: string[];
+        public?: boolean;
+        grant: string[];
+        scope?: string;
+        thirdParty?: boolean;
+        logoUri?: string;
+        json?: boolean;
+      }) => {
+        for (const g of opts.grant) {
+          if (g !== "client_credentials")
+            throw new StartupError(`unknown --grant ${g} (only client_credentials)`);
+        }
+        const ctx = open();
+        const created = new Clients({ db: ctx.db, clock: systemClock, audit: ctx.audit }).add({
+          name: opts.name,
+          redirectUris: opts.redirectUri,
+          public: !!opts.public,
+          grants: opts.grant as Array<"client_credentials">,
+          ...(opts.scope ? { scope: opts.scope } : {}),
+          firstParty: !opts.thirdParty,
+          ...(opts.logoUri ? { logoUri: opts.logoUri } : {}),
+        });
+        ctx.db.$client.close();
+        const out1 = opts.public
+          ? { client_id: created.clientId }
+          : { client_id: created.clientId, client_secret: created.clientSecret };
+        if (opts.json) out(JSON.stringify(out1));
+        else {
+          out(`client_id:     ${created.clientId}`);
+          if (created.clientSecret)
+            out(`client_secret: ${created.clientSecret}   (shown once; store it now)`);
+        }
+      },
+    );
 
   const audit = program.command("audit").description("the tamper-evident audit log");
   audit

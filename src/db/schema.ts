@@ -143,3 +143,16 @@ export const oidcPayloads = sqliteTable(
     index("oidc_expires").on(t.expiresAt),
   ],
 );
+
+/** Member sites (OIDC clients). Secrets are stored as SHA-256 of a 256-bit random value. */
+export const oidcClients = sqliteTable("oidc_clients", {
+  clientId: text("client_id").primaryKey(),
+  name: text("name").notNull(),
+  secretHash: text("secret_hash"),
+  redirectUris: text("redirect_uris").notNull(),
+  grantTypes: text("grant_types").notNull(),
+  scope: text("scope").notNull(),
+  firstParty: integer("first_party", { mode: "boolean" }).notNull().default(true),
+  logoUri: text("logo_uri"),
+  createdAt: integer("created_at").notNull(),
+});

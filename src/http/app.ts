@@ -10,7 +10,9 @@ import {
   requestContext,
   sessionLoader,
 } from "./middleware.js";
+import { createOidc, OIDC_ROUTES } from "../oidc/provider.js";
 import { healthRoutes } from "./routes/health.js";
+import { interactionRoutes } from "./routes/interactions.js";
 import { meRoutes } from "./routes/me.js";
 import { registrationAndLoginRoutes } from "./routes/members.js";
 
@@ -53,6 +55,22 @@ export function createApp(s: Services): express.Express {
   api.use(meRoutes(s));
   api.use(notFound());
   app.use("/api/v1", api);
+
+  const oidc = createOidc(s);
+  app.use(interactionRoutes(s, oidc));
+  const providerCallback = oidc.provider.callback();
+  const providerPaths = [...Object.values(OIDC_ROUTES), "/.well-known/"];
+  app.use((req, res, next) => {
+    if (
+      providerPaths.some(
+        (p) => req.path === p || req.path.startsWith(`${p}/`) || (p.endsWith("/") && req.path.startsWith(p)),
+      )
+    ) {
+      void providerCallback(req, res);
+      return;
+    }
+    next();
+  });
 
   app.get("/", (_req, res) => {
     res.json({ service: "sekisho", issuer: s.config.issuer, docs: "see docs/api.md" });

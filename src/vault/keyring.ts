@@ -1,4 +1,4 @@
-import { randomBytes } from "node:crypto";
+import { generateKeyPairSync, randomBytes } from "node:crypto";
 import fs from "node:fs";
 import path from "node:path";
 import { z } from "zod";
@@ -32,7 +32,42 @@ const fileSchema = z.object({
   audit_keys: z.array(versionedKey).min(1),
   /** argon2 secrets ("pepper"); optional: an empty list means no pepper. */
   peppers: z.array(versionedKey).default([]),
+  /** ES256 private JWKs signing ID tokens; old ones stay (public part in JWKS) until retired. */
+  signing_keys: z
+    .array(
+      z.object({
+        kid: z.string().min(8),
+        jwk: z.object({
+          kty: z.literal("EC"),
+          crv: z.literal("P-256"),
+          x: z.string(),
+          y: z.string(),
+          d: z.string(),
+        }),
+        created_at: z.string(),
+        active: z.boolean(),
+      }),
+    )
+    .default([]),
 });
+
+export interface SigningKey {
+  readonly kid: string;
+  readonly jwk: { kty: "EC"; crv: "P-256"; x: string; y: string; d: string };
+  readonly createdAt: string;
+  readonly active: boolean;
+}
+
+function newSigningKey(now: Date): SigningKey {
+  const { privateKey } = generateKeyPairSync("ec", { namedCurve: "P-256" });
+  const jwk = privateKey.export({ format: "jwk" }) as { x: string; y: string; d: string };
+  return {
+    kid: `sk_${randomBytes(8).toString("hex")}`,
+    jwk: { kty: "EC", crv: "P-256", x: jwk.x, y: jwk.y, d: jwk.d },
+    createdAt: now.toISOString(),
+    active: true,
+  };
+}
 
 export interface VersionedKey {
   readonly id: string;
@@ -58,12 +93,14 @@ export class Keyring {
   readonly blindIndexKey: { readonly id: string; readonly key: Buffer };
   readonly auditKeys: readonly VersionedKey[];
   readonly peppers: readonly VersionedKey[];
+  readonly signingKeys: readonly SigningKey[];
 
   constructor(parts: {
     dataKeys: readonly VersionedKey[];
     blindIndexKey: { id: string; key: Buffer };
     auditKeys: readonly VersionedKey[];
     peppers: readonly VersionedKey[];
+    signingKeys?: readonly SigningKey[];
   }) {
     for (const [name, list] of [
       ["data_keys", parts.dataKeys],
@@ -82,6 +119,7 @@ export class Keyring {
     this.blindIndexKey = parts.blindIndexKey;
     this.auditKeys = parts.auditKeys;
     this.peppers = parts.peppers;
+    this.signingKeys = parts.signingKeys ?? [];
   }
 
   static generate(now: Date, opts: { pepper?: boolean } = {}): Keyring {
@@ -90,6 +128,7 @@ export class Keyring {
       blindIndexKey: { id: `bi_${randomBytes(6).toString("hex")}`, key: randomBytes(32) },
       auditKeys: [newKey("audit", now)],
       peppers: opts.pepper === false ? [] : [newKey("pepper", now)],
+      signingKeys: [newSigningKey(now)],
     });
   }
 
@@ -116,6 +155,12 @@ export class Keyring {
       blindIndexKey: parsed.data.blind_index_key,
       auditKeys: parsed.data.audit_keys.map(toKey),
       peppers: parsed.data.peppers.map(toKey),
+      signingKeys: parsed.data.signing_keys.map((k) => ({
+        kid: k.kid,
+        jwk: k.jwk,
+        createdAt: k.created_at,
+        active: k.active,
+      })),
     });
   }
 
@@ -136,6 +181,12 @@ export class Keyring {
         },
         audit_keys: this.auditKeys.map(out),
         peppers: this.peppers.map(out),
+        signing_keys: this.signingKeys.map((k) => ({
+          kid: k.kid,
+          jwk: k.jwk,
+          created_at: k.createdAt,
+          active: k.active,
+        })),
       },
       null,
       2,
@@ -161,7 +212,12 @@ export class Keyring {
     return this.peppers.find((k) => k.id === id);
   }
 
-  /** A new keyring with a fresh active data, audit and pepper key; old keys stay for reading. */
+  /** Signing keys, the active one first (oidc-provider signs with the first matching key). */
+  signingKeysActiveFirst(): SigningKey[] {
+    return [...this.signingKeys].sort((a, b) => Number(b.active) - Number(a.active));
+  }
+
+  /** A new keyring with fresh active data, audit, pepper and signing keys; old keys stay for reading. */
   rotated(now: Date): Keyring {
     const demote = (list: readonly VersionedKey[]) => list.map((k) => ({ ...k, active: false }));
     return new Keyring({
@@ -169,6 +225,7 @@ export class Keyring {
       blindIndexKey: this.blindIndexKey,
       auditKeys: [...demote(this.auditKeys), newKey("audit", now)],
       peppers: this.peppers.length > 0 ? [...demote(this.peppers), newKey("pepper", now)] : [],
+      signingKeys: [...this.signingKeys.map((k) => ({ ...k, active: false })), newSigningKey(now)],
     });
   }
 }

@@ -29,7 +29,7 @@ export interface TestApp {
  * A Sekisho app on its own temp-dir database, with a movable clock and a keyring file in the
  * temp dir. argon2 is cheap here (m=1 MiB, t=1) except where a test says otherwise.
  */
-export function makeApp(env: Record<string, string> = {}): TestApp {
+export function makeApp(env: Record<string, string> = {}, opts: { clockStart?: Date } = {}): TestApp {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), "sekisho-test-"));
   const config = loadConfig({
     NODE_ENV: "test",
@@ -40,7 +40,7 @@ export function makeApp(env: Record<string, string> = {}): TestApp {
     LOG_LEVEL: "debug",
     ...env,
   });
-  const clock = new MovableClock("2026-06-01T09:00:00Z");
+  const clock = new MovableClock(opts.clockStart ?? "2026-06-01T09:00:00Z");
   writeKeyringFile(config.keyringFile, Keyring.generate(clock.now()));
   const keys = KeyringStore.fromFile(config.keyringFile);
   const logs: string[] = [];

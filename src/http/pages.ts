@@ -1,0 +1,107 @@
+import { escapeHtml as e } from "../oidc/provider.js";
+
+/**
+ * Hosted pages: server-rendered HTML, no scripts, Japanese first and English by Accept-Language
+ * (or `?lang=`). Forms post back to our own origin; CSP forbids inline scripts.
+ */
+export type Lang = "ja" | "en";
+
+export function pickLang(acceptLanguage: string | undefined, override?: unknown): Lang {
+  if (override === "ja" || override === "en") return override;
+  const first = (acceptLanguage ?? "").split(",")[0]?.trim().toLowerCase() ?? "";
+  return first.startsWith("en") ? "en" : "ja";
+}
+
+const T = {
+  ja: {
+    title: "サインイン",
+    lead: (client: string) => `${client} にサインインします`,
+    loginId: "ログインID または 会員番号",
+    password: "パスワード",
+    submit: "サインイン",
+    invalid: "ログインIDまたはパスワードが正しくありません。",
+    throttled: "試行回数が多すぎます。しばらくしてから再度お試しください。",
+    badRequest: "入力内容を確認してください。",
+    other: "English",
+    consentTitle: "アクセスの許可",
+    consentLead: (client: string) => `${client} が次の情報へのアクセスを求めています:`,
+    allow: "許可する",
+    deny: "許可しない",
+    footer: "関所 Sekisho によるサインイン",
+  },
+  en: {
+    title: "Sign in",
+    lead: (client: string) => `Sign in to ${client}`,
+    loginId: "Login ID or member number",
+    password: "Password",
+    submit: "Sign in",
+    invalid: "The login ID or password is incorrect.",
+    throttled: "Too many attempts. Please wait a while and try again.",
+    badRequest: "Please check what you entered.",
+    other: "日本語",
+    consentTitle: "Allow access",
+    consentLead: (client: string) => `${client} asks to access:`,
+    allow: "Allow",
+    deny: "Deny",
+    footer: "Sign-in by Sekisho (関所)",
+  },
+} as const;
+
+const STYLE = `
+body{margin:0;font-family:system-ui,-apple-system,"Hiragino Sans","Noto Sans JP",sans-serif;background:#f4f5f7;color:#1d2330}
+main{max-width:24rem;margin:8vh auto;background:#fff;border-radius:12px;box-shadow:0 2px 12px rgba(0,0,0,.08);padding:2rem}
+h1{font-size:1.4rem;margin:0 0 .25rem}p.lead{color:#4a5263;margin:0 0 1.5rem}
+label{display:block;font-weight:600;margin:1rem 0 .35rem}
+input[type=text],input[type=password]{box-sizing:border-box;width:100%;font-size:1rem;padding:.7rem;border:1px solid #c4c9d4;border-radius:8px}
+input:focus{outline:3px solid #9ec5ff;border-color:#3b78e7}
+button{margin-top:1.5rem;width:100%;font-size:1rem;padding:.75rem;border:0;border-radius:8px;background:#2456c9;color:#fff;font-weight:600;cursor:pointer}
+button.secondary{background:#e6e9ef;color:#1d2330}
+.error{background:#fdecec;color:#8a1c1c;border-radius:8px;padding:.75rem;margin-bottom:1rem}
+.client{display:flex;align-items:center;gap:.75rem;margin-bottom:1rem}.client img{width:40px;height:40px;border-radius:8px}
+footer{text-align:center;color:#6b7385;font-size:.85rem;margin-top:1.5rem}footer a{color:#2456c9}`;
+
+function layout(lang: Lang, title: string, body: string, switchHref: string): string {
+  return `<!doctype html><html lang="${lang}"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1"><title>${e(title)} — Sekisho</title>
+<style>${STYLE}</style></head><body><main>${body}</main>
+<footer>${e(T[lang].footer)} · <a href="${e(switchHref)}" lang="${lang === "ja" ? "en" : "ja"}">${e(T[lang].other)}</a></footer>
+</body></html>`;
+}
+
+export function loginPage(opts: {
+  lang: Lang;
+  action: string;
+  clientName: string;
+  logoUri?: string | undefined;
+  error?: "invalid" | "throttled" | "badRequest" | undefined;
+  loginId?: string | undefined;
+  switchHref: string;
+}): string {
+  const t = T[opts.lang];
+  const body = `<div class="client">${opts.logoUri ? `<img src="${e(opts.logoUri)}" alt="">` : ""}
+<div><h1>${e(t.title)}</h1><p class="lead">${e(t.lead(opts.clientName))}</p></div></div>
+${opts.error ? `<div class="error" role="alert">${e(t[opts.error])}</div>` : ""}
+<form method="post" action="${e(opts.action)}">
+<label for="login_id">${e(t.loginId)}</label>
+<input type="text" id="login_id" name="login_id" autocomplete="username" autocapitalize="none" spellcheck="false" required value="${e(opts.loginId ?? "")}">
+<label for="password">${e(t.password)}</label>
+<input type="password" id="password" name="password" autocomplete="current-password" required>
+<button type="submit">${e(t.submit)}</button>
+</form>`;
+  return layout(opts.lang, t.title, body, opts.switchHref);
+}
+
+export function consentPage(opts: {
+  lang: Lang;
+  action: string;
+  clientName: string;
+  scopes: string[];
+  switchHref: string;
+}): string {
+  const t = T[opts.lang];
+  const body = `<h1>${e(t.consentTitle)}</h1><p class="lead">${e(t.consentLead(opts.clientName))}</p>
+<ul>${opts.scopes.map((sc) => `<li>${e(sc)}</li>`).join("")}</ul>
+<form method="post" action="${e(opts.action)}"><button type="submit" name="decision" value="allow">${e(t.allow)}</button>
+<button type="submit" name="decision" value="deny" class="secondary">${e(t.deny)}</button></form>`;
+  return layout(opts.lang, t.consentTitle, body, opts.switchHref);
+}

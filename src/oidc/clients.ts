@@ -1,0 +1,116 @@
+import { createHash, randomBytes, timingSafeEqual } from "node:crypto";
+import { eq } from "drizzle-orm";
+import type { ClientMetadata } from "oidc-provider";
+import type { AuditLog } from "../audit/log.js";
+import type { Clock } from "../clock.js";
+import { type Db, inTransaction } from "../db/connection.js";
+import { oidcClients } from "../db/schema.js";
+
+/**
+ * Member sites. A confidential client gets a 256-bit random secret, shown once and stored as its
+ * SHA-256 (a random 256-bit value needs no slow hash). Public clients have no secret and must
+ * use PKCE (all clients must, in fact). Redirect URIs are matched exactly by oidc-provider.
+ */
+export const DEFAULT_CLIENT_SCOPE = "openid profile email phone address offline_access";
+
+export const hashSecret = (secret: string) => createHash("sha256").update(secret, "utf8").digest("base64url");
+
+export function secretMatches(storedHash: string, presented: string): boolean {
+  const a = Buffer.from(storedHash);
+  const b = Buffer.from(hashSecret(presented));
+  return a.length === b.length && timingSafeEqual(a, b);
+}
+
+export interface NewClient {
+  name: string;
+  redirectUris: string[];
+  public?: boolean;
+  grants?: Array<"client_credentials">;
+  scope?: string;
+  firstParty?: boolean;
+  logoUri?: string;
+}
+
+export function validateRedirectUri(uri: string): string | null {
+  let url: URL;
+  try {
+    url = new URL(uri);
+  } catch {
+    return "is not an absolute URL";
+  }
+  if (url.hash) return "must not have a fragment";
+  const local = url.hostname === "localhost" || url.hostname === "127.0.0.1" || url.hostname === "[::1]";
+  if (url.protocol !== "https:" && !(url.protocol === "http:" && local))
+    return "must be https (http only for localhost)";
+  return null;
+}
+
+export class Clients {
+  readonly #db: Db;
+  readonly #clock: Clock;
+  readonly #audit: AuditLog;
+
+  constructor(deps: { db: Db; clock: Clock; audit: AuditLog }) {
+    this.#db = deps.db;
+    this.#clock = deps.clock;
+    this.#audit = deps.audit;
+  }
+
+  add(input: NewClient): { clientId: string; clientSecret: string | null } {
+    if (input.redirectUris.length === 0) throw new Error("at least one --redirect-uri is needed");
+    for (const uri of input.redirectUris) {
+      const problem = validateRedirectUri(uri);
+      if (problem) throw new Error(`redirect URI ${uri} ${problem}`);
+    }
+    if (input.public && input.grants?.includes("client_credentials")) {
+      throw new Error("a public client cannot use client_credentials");
+    }
+    const clientId = `c_${randomBytes(12).toString("base64url")}`;
+    const clientSecret = input.public ? null : randomBytes(32).toString("base64url");
+    const grantTypes = ["authorization_code", "refresh_token", ...(input.grants ?? [])];
+    inTransaction(this.#db, () => {
+      this.#db
+        .insert(oidcClients)
+        .values({
+          clientId,
+          name: input.name,
+          secretHash: clientSecret ? hashSecret(clientSecret) : null,
+          redirectUris: JSON.stringify(input.redirectUris),
+          grantTypes: JSON.stringify(grantTypes),
+          scope: input.scope ?? DEFAULT_CLIENT_SCOPE,
+          firstParty: input.firstParty ?? true,
+          logoUri: input.logoUri ?? null,
+          createdAt: this.#clock.now().getTime(),
+        })
+        .run();
+      this.#audit.append({
+        action: "client.registered",
+        outcome: "success",
+        actorType: "operator",
+        details: { client_id: clientId, name: input.name, public: !!input.public, grant_types: grantTypes },
+      });
+    });
+    return { clientId, clientSecret };
+  }
+
+  /** Client metadata for oidc-provider; `client_secret` carries the hash (see compareClientSecret). */
+  metadata(clientId: string): ClientMetadata | undefined {
+    const row = this.#db.select().from(oidcClients).where(eq(oidcClients.clientId, clientId)).get();
+    if (!row) return undefined;
+    const grantTypes = JSON.parse(row.grantTypes) as string[];
+    return {
+      client_id: row.clientId,
+      client_name: row.name,
+      ...(row.secretHash
+        ? { client_secret: row.secretHash, token_endpoint_auth_method: "client_secret_basic" }
+        : { token_endpoint_auth_method: "none" }),
+      redirect_uris: JSON.parse(row.redirectUris) as string[],
+      grant_types: row.secretHash ? grantTypes : grantTypes.filter((g) => g !== "client_credentials"),
+      response_types: ["code"],
+      scope: row.scope,
+      id_token_signed_response_alg: "ES256",
+      first_party: row.firstParty,
+      ...(row.logoUri ? { logo_uri: row.logoUri } : {}),
+    };
+  }
+}

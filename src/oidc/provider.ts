@@ -1,0 +1,242 @@
+import { createHmac } from "node:crypto";
+import { eq } from "drizzle-orm";
+import Provider, { type Configuration, interactionPolicy, type KoaContextWithOIDC } from "oidc-provider";
+import { members } from "../db/schema.js";
+import { PROFILE_FIELDS, type ProfileField } from "../members/profile.js";
+import type { Services } from "../services.js";
+import { ACR, satisfies } from "../sessions/levels.js";
+import { SESSION_COOKIE, type Session } from "../sessions/sessions.js";
+import { OidcStore } from "./adapter.js";
+import { Clients, secretMatches } from "./clients.js";
+
+/**
+ * The OpenID provider: panva's oidc-provider, configured for Sekisho. Our parts are the storage
+ * (OidcStore), the clients (Clients), the signing keys (keyring), the accounts and claims (the
+ * vault, each read audited with the client as the reason), and the rule that the Sekisho session
+ * cookie is what decides whether a member is signed in (`sekisho_session` check below).
+ */
+export const OIDC_ROUTES = {
+  authorization: "/oidc/auth",
+  token: "/oidc/token",
+  userinfo: "/oidc/userinfo",
+  jwks: "/oidc/jwks",
+  revocation: "/oidc/token/revocation",
+  introspection: "/oidc/token/introspection",
+  end_session: "/oidc/session/end",
+} as const;
+
+/** Scope → profile fields decrypted for it (contract claims table). */
+const SCOPE_FIELDS: Record<string, ProfileField[]> = {
+  profile: ["name", "birth_date", "gender"],
+  email: ["email"],
+  phone: ["phone"],
+  address: ["address", "postal_code"],
+};
+
+export interface Oidc {
+  provider: Provider;
+  store: OidcStore;
+  clients: Clients;
+  /** The member's live full session from the request's cookie, if any. */
+  sessionOf(cookieHeader: string | undefined): Session | null;
+  subjectOf(memberId: string): string | null;
+}
+
+export function createOidc(s: Services): Oidc {
+  const store = new OidcStore({ db: s.db, clock: s.clock, keys: s.keys });
+  const clients = new Clients({ db: s.db, clock: s.clock, audit: s.audit });
+  const keyring = s.keys.get();
+
+  const subjectOf = (memberId: string) =>
+    s.db.select({ sub: members.sub }).from(members).where(eq(members.id, memberId)).get()?.sub ?? null;
+  const sessionOf = (cookieHeader: string | undefined): Session | null => {
+    const token = cookieHeader
+      ?.split(";")
+      .map((c) => c.trim())
+      .find((c) => c.startsWith(`${SESSION_COOKIE}=`))
+      ?.slice(SESSION_COOKIE.length + 1);
+    const session = token ? s.sessions.authenticate(token) : null;
+    return session?.kind === "full" ? session : null;
+  };
+
+  // The login prompt also asks whenever the Sekisho session is missing, belongs to someone else,
+  // or is below the requested level: our session, not oidc-provider's cookie, is the truth.
+  const policy = interactionPolicy.base();
+  const login = policy.get("login");
+  login?.checks.add(
+    new interactionPolicy.Check(
+      "sekisho_session",
+      "Sekisho session missing, changed or too weak",
+      "login_required",
+      (ctx) => {
+        const session = sessionOf(ctx.get("cookie"));
+        if (!session) return interactionPolicy.Check.REQUEST_PROMPT;
+        if (ctx.oidc.session?.accountId !== subjectOf(session.memberId))
+          return interactionPolicy.Check.REQUEST_PROMPT;
+        const wanted = requestedAcr(ctx);
+        if (wanted && !satisfies(session.acr, wanted)) return interactionPolicy.Check.REQUEST_PROMPT;
+        return interactionPolicy.Check.NO_NEED_TO_PROMPT;
+      },
+    ),
+  );
+
+  const cookieKey = (info: string) =>
+    createHmac("sha256", keyring.blindIndexKey.key).update(`oidc-cookie-key:${info}`).digest("base64url");
+
+  const configuration: Configuration = {
+    adapter: (model: string) =>
+      model === "Client"
+        ? {
+            ...store.adapterFactory()(model),
+            find: async (id: string) => clients.metadata(id),
+          }
+        : store.adapterFactory()(model),
+    jwks: {
+      keys: keyring.signingKeysActiveFirst().map((k) => ({ ...k.jwk, kid: k.kid, alg: "ES256", use: "sig" })),
+    },
+    cookies: { keys: [cookieKey("1")], long: { signed: true }, short: { signed: true } },
+    // acr, amr, auth_time and sid ride with `openid`, so every ID token reports the achieved level.
+    claims: {
+      acr: null,
+      amr: null,
+      auth_time: null,
+      sid: null,
+      openid: ["sub", "acr", "amr", "auth_time", "sid"],
+      profile: ["name", "preferred_username", "birthdate", "gender"],
+      email: ["email", "email_verified"],
+      phone: ["phone_number"],
+      address: ["address"],
+    },
+    scopes: ["openid", "offline_access", "profile", "email", "phone", "address", "members:read"],
+    acrValues: [ACR.password, ACR.mfa, ACR.phishingResistant],
+    responseTypes: ["code"],
+    clientAuthMethods: ["client_secret_basic", "client_secret_post", "none"],
+    enabledJWA: { idTokenSigningAlgValues: ["ES256"] },
+    extraClientMetadata: { properties: ["first_party"] },
+    pkce: { required: () => true },
+    routes: OIDC_ROUTES,
+    features: {
+      devInteractions: { enabled: false },
+      revocation: { enabled: true },
+      introspection: { enabled: true },
+      userinfo: { enabled: true },
+      clientCredentials: { enabled: true },
+      rpInitiatedLogout: { enabled: true },
+    },
+    ttl: {
+      AuthorizationCode: 60,
+      AccessToken: 600,
+      ClientCredentials: 600,
+      IdToken: 3600,
+      Interaction: 600,
+      Session: Math.floor(s.sessions.absoluteMs / 1000),
+      Grant: 14 * 24 * 3600,
+      RefreshToken: 14 * 24 * 3600,
+    },
+    rotateRefreshToken: true,
+    issueRefreshToken: async (_ctx, client, code) =>
+      client.grantTypeAllowed("refresh_token") &&
+      client.clientAuthMethod !== "none" &&
+      code.scopes.has("openid"),
+    interactions: {
+      policy,
+      url: (_ctx, interaction) => `/interaction/${interaction.uid}`,
+    },
+    // First-party member sites need no consent screen: the grant is made for what was asked.
+    loadExistingGrant: async (ctx) => {
+      const existing =
+        ctx.oidc.result?.consent?.grantId ?? ctx.oidc.session?.grantIdFor(ctx.oidc.client?.clientId ?? "");
+      if (existing) return ctx.oidc.provider.Grant.find(existing);
+      const client = ctx.oidc.client;
+      if (client?.metadata().first_party !== true || !ctx.oidc.session?.accountId) return undefined;
+      const grant = new ctx.oidc.provider.Grant({
+        clientId: client.clientId,
+        accountId: ctx.oidc.session.accountId,
+      });
+      grant.addOIDCScope([...(ctx.oidc.requestParamScopes ?? new Set<string>())].join(" "));
+      await grant.save();
+      return grant;
+    },
+    findAccount: async (ctx, sub) => {
+      const member = s.db.select().from(members).where(eq(members.sub, sub)).get();
+      if (member?.status !== "active") return undefined;
+      return {
+        accountId: sub,
+        claims: async (_use, scope) => {
+          const scopes = new Set(scope.split(" "));
+          const fields = [
+            ...new Set(PROFILE_FIELDS.filter((f) => [...scopes].some((sc) => SCOPE_FIELDS[sc]?.includes(f)))),
+          ];
+          const clientId = ctx.oidc.client?.clientId ?? "unknown";
+          const profile = s.vault.read(member.id, fields, {
+            actorType: "client",
+            actorId: clientId,
+            reason: `oidc_claims:${clientId}`,
+            ip: ctx.ip,
+          });
+          return {
+            sub,
+            ...(scopes.has("profile")
+              ? {
+                  name: profile.name,
+                  preferred_username: member.loginId,
+                  birthdate: profile.birth_date,
+                  gender: profile.gender,
+                }
+              : {}),
+            ...(scopes.has("email") ? { email: profile.email, email_verified: member.emailVerified } : {}),
+            ...(scopes.has("phone") ? { phone_number: profile.phone } : {}),
+            ...(scopes.has("address") && (profile.address || profile.postal_code)
+              ? { address: { formatted: profile.address, postal_code: profile.postal_code } }
+              : {}),
+          };
+        },
+      };
+    },
+    renderError: async (ctx, out) => {
+      ctx.type = "html";
+      ctx.body = errorPage(out.error ?? "error", out.error_description ?? "");
+    },
+  };
+
+  const provider = new Provider(s.config.issuer, configuration);
+  provider.proxy = s.config.trustProxy !== undefined;
+  // Client secrets are stored hashed: compare the presented secret's hash (constant time).
+  provider.Client.prototype.compareClientSecret = function (this: { clientSecret: string }, actual: string) {
+    return secretMatches(this.clientSecret, actual);
+  };
+  provider.on("grant.revoked", (ctx: KoaContextWithOIDC, grantId: string) => {
+    s.audit.append({
+      action: "oidc.grant_revoked",
+      outcome: "info",
+      actorType: "client",
+      actorId: ctx.oidc?.client?.clientId ?? null,
+      details: { grant_id: grantId },
+    });
+  });
+  provider.on("server_error", (_ctx: unknown, err: Error) => s.logger.error({ err }, "oidc server_error"));
+  return { provider, store, clients, sessionOf, subjectOf };
+}
+
+function requestedAcr(ctx: KoaContextWithOIDC): string | null {
+  const values = String(ctx.oidc.params?.acr_values ?? "")
+    .split(" ")
+    .filter(Boolean);
+  // The weakest requested level that we know is the one to satisfy (OIDC: acr_values are voluntary, in preference order).
+  const known = values.filter((v) => (Object.values(ACR) as string[]).includes(v));
+  return known[0] ?? null;
+}
+
+export const escapeHtml = (v: string) =>
+  v.replace(
+    /[&<>"']/g,
+    (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c] as string,
+  );
+
+export function errorPage(code: string, description: string): string {
+  return `<!doctype html><html lang="ja"><head><meta charset="utf-8"><title>エラー / Error — Sekisho</title>
+<meta name="viewport" content="width=device-width, initial-scale=1"></head>
+<body><main><h1>サインインを続けられません / We can't continue signing you in</h1>
+<p><code>${escapeHtml(code)}</code></p><p>${escapeHtml(description)}</p>
+<p>お手数ですが、元のサイトからやり直してください。 Please go back to the site and try again.</p></main></body></html>`;
+}

@@ -1,0 +1,234 @@
+import http from "node:http";
+import type { AddressInfo } from "node:net";
+import * as oidc from "openid-client";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { Clients } from "../src/oidc/clients.js";
+import { Jar } from "./support/browser-jar.js";
+import supertest from "supertest";
+import { makeApp, PROFILE, STRONG_PASSWORD, type TestApp } from "./support/app.js";
+
+const REDIRECT = "http://127.0.0.1:9/callback"; // never contacted: the flow stops at the redirect
+
+describe("OIDC code flow with a real relying party (openid-client)", () => {
+  let t: TestApp;
+  let server: http.Server;
+  let issuer: string;
+  let client: { clientId: string; clientSecret: string | null };
+  let config: oidc.Configuration;
+
+  beforeAll(async () => {
+    server = http.createServer();
+    await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+    issuer = `http://localhost:${(server.address() as AddressInfo).port}`;
+    t = makeApp({ SEKISHO_ISSUER: issuer }, { clockStart: new Date() });
+    server.on("request", t.app);
+    const reg = await supertest(t.app)
+      .post("/api/v1/registrations")
+      .set("Origin", issuer)
+      .set("Content-Type", "application/json")
+      .send(JSON.stringify({ login_id: "oidc.member", password: STRONG_PASSWORD, profile: PROFILE }));
+    expect(reg.status).toBe(201);
+    client = new Clients({ db: t.s.db, clock: t.clock, audit: t.s.audit }).add({
+      name: "カーナビ会員サイト",
+      redirectUris: [REDIRECT],
+    });
+    config = await oidc.discovery(
+      new URL(issuer),
+      client.clientId,
+      client.clientSecret ?? undefined,
+      undefined,
+      {
+        execute: [oidc.allowInsecureRequests],
+      },
+    );
+  });
+  afterAll(async () => {
+    await new Promise((resolve) => server.close(resolve));
+    t.close();
+  });
+
+  async function authorize(extra: Record<string, string> = {}) {
+    const verifier = oidc.randomPKCECodeVerifier();
+    const state = oidc.randomState();
+    const nonce = oidc.randomNonce();
+    const url = oidc.buildAuthorizationUrl(config, {
+      redirect_uri: REDIRECT,
+      scope: "openid profile email address",
+      code_challenge: await oidc.calculatePKCECodeChallenge(verifier),
+      code_challenge_method: "S256",
+      state,
+      nonce,
+      ...extra,
+    });
+    return { url: url.toString(), verifier, state, nonce };
+  }
+
+  async function signInThroughApi(jar: Jar) {
+    const res = await jar.fetch(`${issuer}/api/v1/login`, {
+      method: "POST",
+      headers: { "content-type": "application/json", origin: issuer },
+      body: JSON.stringify({ login_id: "oidc.member", password: STRONG_PASSWORD }),
+    });
+    expect(res.status, await res.clone().text()).toBe(200);
+  }
+
+  it("discovery names the issuer exactly and ES256 only", () => {
+    const meta = config.serverMetadata();
+    expect(meta.issuer).toBe(issuer);
+    expect(meta.id_token_signing_alg_values_supported).toEqual(["ES256"]);
+    expect(meta.response_types_supported).toEqual(["code"]);
+    expect(meta.code_challenge_methods_supported).toEqual(["S256"]);
+    expect(meta.authorization_response_iss_parameter_supported).toBe(true);
+  });
+
+  it("signs a member in: login page, POST /api/v1/login, code + PKCE, ID token, userinfo, refresh, revocation", async () => {
+    const jar = new Jar();
+    const req = await authorize();
+    // 1. No session: the authorization ends on the hosted login page.
+    const first = await jar.follow(req.url, issuer);
+    expect(first.res.status).toBe(200);
+    const page = await first.res.text();
+    expect(page).toContain("カーナビ会員サイト");
+    expect(page).toContain('name="password"');
+    // 2. Sign in through the JSON API.
+    await signInThroughApi(jar);
+    // 3. The same authorization URL again: redirects end at the redirect_uri with code, state, iss.
+    const second = await jar.follow(req.url, issuer);
+    const callback = new URL(second.url);
+    expect(`${callback.origin}${callback.pathname}`).toBe(REDIRECT);
+    expect(callback.searchParams.get("state")).toBe(req.state);
+    expect(callback.searchParams.get("iss")).toBe(issuer);
+
+    const tokens = await oidc.authorizationCodeGrant(config, callback, {
+      pkceCodeVerifier: req.verifier,
+      expectedState: req.state,
+      expectedNonce: req.nonce,
+    });
+    const claims = tokens.claims();
+    expect(claims?.sub).toMatch(/^[\w-]{22}$/);
+    expect(claims?.sub).not.toBe("oidc.member");
+    expect(claims?.acr).toBe("urn:sekisho:acr:password");
+    expect(claims?.amr).toEqual(["pwd"]);
+    expect(typeof claims?.auth_time).toBe("number");
+    expect(tokens.refresh_token).toBeTruthy();
+
+    const info = await oidc.fetchUserInfo(config, tokens.access_token, claims?.sub as string);
+    expect(info).toMatchObject({
+      sub: claims?.sub,
+      name: PROFILE.name,
+      preferred_username: "oidc.member",
+      birthdate: PROFILE.birth_date,
+      email: PROFILE.email,
+      email_verified: false,
+      address: { formatted: PROFILE.address, postal_code: PROFILE.postal_code },
+    });
+    expect(info.phone_number).toBeUndefined(); // phone scope not granted: not decrypted
+    const reads = [...t.s.audit.iterate()].filter((e) => e.action === "pii.read" && e.actorType === "client");
+    expect(reads.at(-1)?.reason).toBe(`oidc_claims:${client.clientId}`);
+    expect(JSON.parse(reads.at(-1)?.details ?? "{}").fields).not.toContain("phone");
+
+    const refreshed = await oidc.refreshTokenGrant(config, tokens.refresh_token as string);
+    expect(refreshed.refresh_token).not.toBe(tokens.refresh_token);
+    await oidc.tokenRevocation(config, refreshed.refresh_token as string);
+    await expect(oidc.refreshTokenGrant(config, refreshed.refresh_token as string)).rejects.toMatchObject({
+      error: "invalid_grant",
+    });
+  });
+
+  it("rejects a replayed authorization code and revokes the tokens it issued", async () => {
+    // Attack: an intercepted code is redeemed a second time.
+    const jar = new Jar();
+    const req = await authorize();
+    await signInThroughApi(jar);
+    const { url } = await jar.follow(req.url, issuer);
+    const checks = { pkceCodeVerifier: req.verifier, expectedState: req.state, expectedNonce: req.nonce };
+    const tokens = await oidc.authorizationCodeGrant(config, new URL(url), checks);
+    await expect(oidc.authorizationCodeGrant(config, new URL(url), checks)).rejects.toMatchObject({
+      error: "invalid_grant",
+    });
+    const introspected = await oidc.tokenIntrospection(config, tokens.access_token);
+    expect(introspected.active).toBe(false);
+  });
+
+  it("revokes the whole family when a rotated refresh token is presented again", async () => {
+    // Attack: a stolen refresh token is used after the legitimate client rotated it.
+    const jar = new Jar();
+    const req = await authorize();
+    await signInThroughApi(jar);
+    const { url } = await jar.follow(req.url, issuer);
+    const tokens = await oidc.authorizationCodeGrant(config, new URL(url), {
+      pkceCodeVerifier: req.verifier,
+      expectedState: req.state,
+      expectedNonce: req.nonce,
+    });
+    const rotated = await oidc.refreshTokenGrant(config, tokens.refresh_token as string);
+    await expect(oidc.refreshTokenGrant(config, tokens.refresh_token as string)).rejects.toMatchObject({
+      error: "invalid_grant",
+    });
+    await expect(oidc.refreshTokenGrant(config, rotated.refresh_token as string)).rejects.toMatchObject({
+      error: "invalid_grant",
+    });
+  });
+
+  it("refuses a swapped redirect_uri with an error page, never a redirect", async () => {
+    // Attack: send the code to the attacker's host or a look-alike of the registered URI.
+    for (const bad of [
+      `${REDIRECT}/`,
+      REDIRECT.replace("callback", "Callback"),
+      `${REDIRECT}?x=1`,
+      "https://evil.example/callback",
+    ]) {
+      const jar = new Jar();
+      const req = await authorize({ redirect_uri: bad });
+      const res = await jar.fetch(req.url);
+      expect(res.status, bad).toBe(400);
+      expect(res.headers.get("location")).toBeNull();
+      expect(await res.text()).toContain("redirect_uri");
+    }
+  });
+
+  it("refuses an authorization request without PKCE or with plain PKCE", async () => {
+    for (const params of [{ code_challenge_method: "plain", code_challenge: "x".repeat(43) }]) {
+      const jar = new Jar();
+      const req = await authorize(params);
+      const { url } = await jar.follow(req.url, issuer);
+      expect(new URL(url).searchParams.get("error")).toBe("invalid_request");
+    }
+    const noPkce = new URL(`${issuer}/oidc/auth`);
+    for (const [k, v] of Object.entries({
+      client_id: client.clientId,
+      redirect_uri: REDIRECT,
+      response_type: "code",
+      scope: "openid",
+      state: "s",
+    })) {
+      noPkce.searchParams.set(k, v);
+    }
+    const { url } = await new Jar().follow(noPkce.toString(), issuer);
+    expect(new URL(url).searchParams.get("error")).toBe("invalid_request");
+  });
+
+  it("answers prompt=none without a session with login_required", async () => {
+    const jar = new Jar();
+    const req = await authorize({ prompt: "none" });
+    const { url } = await jar.follow(req.url, issuer);
+    expect(new URL(url).searchParams.get("error")).toBe("login_required");
+  });
+
+  it("asks again when the Sekisho session ends (logout), even though oidc-provider had a session", async () => {
+    const jar = new Jar();
+    await signInThroughApi(jar);
+    const req = await authorize();
+    const ok = await jar.follow(req.url, issuer);
+    expect(new URL(ok.url).searchParams.get("code")).toBeTruthy();
+    const out = await jar.fetch(`${issuer}/api/v1/logout`, {
+      method: "POST",
+      headers: { "content-type": "application/json", origin: issuer },
+      body: "{}",
+    });
+    expect(out.status).toBe(204);
+    const again = await authorize({ prompt: "none" });
+    const { url } = await jar.follow(again.url, issuer);
+    expect(new URL(url).searchParams.get("error")).toBe("login_required");
+  });
+});
