@@ -231,4 +231,128 @@ describe("OIDC code flow with a real relying party (openid-client)", () => {
     const { url } = await jar.follow(again.url, issuer);
     expect(new URL(url).searchParams.get("error")).toBe("login_required");
   });
+
+  /** Sign in (API) and authorize: the callback URL with a fresh code. */
+  async function codeFor(jar: Jar, extra: Record<string, string> = {}) {
+    await signInThroughApi(jar);
+    const req = await authorize(extra);
+    const { url } = await jar.follow(req.url, issuer);
+    const checks = { pkceCodeVerifier: req.verifier, expectedState: req.state, expectedNonce: req.nonce };
+    return { callback: new URL(url), checks };
+  }
+
+  it("signs in through the hosted login form without JavaScript", async () => {
+    const jar = new Jar();
+    const req = await authorize();
+    const page = await jar.follow(req.url, issuer);
+    const html = await page.res.text();
+    const action = /<form method="post" action="([^"]+)"/.exec(html)?.[1]?.replace(/&amp;/g, "&");
+    expect(action).toMatch(/^\/interaction\/[\w-]+\/login/);
+    const wrong = await jar.fetch(`${issuer}${action}`, {
+      method: "POST",
+      headers: { "content-type": "application/x-www-form-urlencoded", origin: issuer },
+      body: new URLSearchParams({ login_id: "oidc.member", password: "not the password" }).toString(),
+    });
+    expect(wrong.status).toBe(401);
+    expect(await wrong.text()).toContain("ログインIDまたはパスワードが正しくありません");
+    const res = await jar.fetch(`${issuer}${action}`, {
+      method: "POST",
+      headers: { "content-type": "application/x-www-form-urlencoded", origin: issuer },
+      body: new URLSearchParams({ login_id: "oidc.member", password: STRONG_PASSWORD }).toString(),
+    });
+    expect(res.status).toBe(303);
+    const { url } = await jar.follow(
+      new URL(res.headers.get("location") as string, issuer).toString(),
+      issuer,
+    );
+    expect(new URL(url).searchParams.get("code")).toBeTruthy();
+  });
+
+  it("refuses a cross-site post to the hosted login form", async () => {
+    // Attack: login CSRF, a foreign page posts the attacker's credentials into the victim's browser.
+    const jar = new Jar();
+    const req = await authorize();
+    const page = await jar.follow(req.url, issuer);
+    const action = /<form method="post" action="([^"]+)"/
+      .exec(await page.res.text())?.[1]
+      ?.replace(/&amp;/g, "&");
+    const res = await jar.fetch(`${issuer}${action}`, {
+      method: "POST",
+      headers: { "content-type": "application/x-www-form-urlencoded", origin: "https://evil.example" },
+      body: new URLSearchParams({ login_id: "oidc.member", password: STRONG_PASSWORD }).toString(),
+    });
+    expect(res.status).toBe(403);
+    expect(jar.cookies.has("sekisho_session")).toBe(false);
+  });
+
+  it("a code issued to one client cannot be redeemed by another", async () => {
+    const other = new Clients({ db: t.s.db, clock: t.clock, audit: t.s.audit }).add({
+      name: "Other site",
+      redirectUris: [REDIRECT],
+    });
+    const otherConfig = await oidc.discovery(
+      new URL(issuer),
+      other.clientId,
+      other.clientSecret ?? undefined,
+      undefined,
+      {
+        execute: [oidc.allowInsecureRequests],
+      },
+    );
+    const { callback, checks } = await codeFor(new Jar());
+    await expect(oidc.authorizationCodeGrant(otherConfig, callback, checks)).rejects.toMatchObject({
+      error: "invalid_grant",
+    });
+  });
+
+  it("refuses a wrong code_verifier", async () => {
+    const { callback, checks } = await codeFor(new Jar());
+    await expect(
+      oidc.authorizationCodeGrant(config, callback, {
+        ...checks,
+        pkceCodeVerifier: oidc.randomPKCECodeVerifier(),
+      }),
+    ).rejects.toMatchObject({ error: "invalid_grant" });
+  });
+
+  it("refuses a code older than 60 seconds (clock moved, not slept)", async () => {
+    const { callback, checks } = await codeFor(new Jar());
+    t.clock.advance(61_000);
+    await expect(oidc.authorizationCodeGrant(config, callback, checks)).rejects.toMatchObject({
+      error: "invalid_grant",
+    });
+  });
+
+  it("asks for sign-in again when acr_values demands more than the session has", async () => {
+    const jar = new Jar();
+    await signInThroughApi(jar);
+    const req = await authorize({ acr_values: "urn:sekisho:acr:mfa" });
+    const { res, url } = await jar.follow(req.url, issuer);
+    expect(new URL(url).origin).toBe(issuer);
+    expect(res.status).toBe(200);
+    expect(await res.text()).toContain('name="password"');
+  });
+
+  it("RP-initiated logout ends the Sekisho session too", async () => {
+    const jar = new Jar();
+    const { callback, checks } = await codeFor(jar);
+    const tokens = await oidc.authorizationCodeGrant(config, callback, checks);
+    const before = jar.cookies.get("sekisho_session") as string;
+    const endUrl = oidc.buildEndSessionUrl(config, { id_token_hint: tokens.id_token as string });
+    const confirm = await jar.follow(endUrl.toString(), issuer);
+    const html = await confirm.res.text();
+    const action = /action="([^"]+)"/.exec(html)?.[1] as string;
+    const xsrf = /name="xsrf" value="([^"]+)"/.exec(html)?.[1] as string;
+    expect(xsrf).toBeTruthy();
+    const done = await jar.fetch(new URL(action, issuer).toString(), {
+      method: "POST",
+      headers: { "content-type": "application/x-www-form-urlencoded", origin: issuer },
+      body: new URLSearchParams({ xsrf, logout: "yes" }).toString(),
+    });
+    expect(done.status).toBe(303);
+    // Revoked server-side, not just forgotten by the browser: the old cookie no longer works.
+    const me = await fetch(`${issuer}/api/v1/me`, { headers: { cookie: `sekisho_session=${before}` } });
+    expect(me.status).toBe(401);
+    expect(jar.cookies.has("sekisho_session")).toBe(false);
+  });
 });

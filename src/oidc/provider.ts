@@ -121,7 +121,18 @@ export function createOidc(s: Services): Oidc {
       introspection: { enabled: true },
       userinfo: { enabled: true },
       clientCredentials: { enabled: true },
-      rpInitiatedLogout: { enabled: true },
+      rpInitiatedLogout: {
+        enabled: true,
+        // Confirmation page: the provider's form (hidden xsrf) plus our button; no script.
+        logoutSource: async (ctx, form) => {
+          ctx.type = "html";
+          ctx.body = logoutPage(form);
+        },
+        postLogoutSuccessSource: async (ctx) => {
+          ctx.type = "html";
+          ctx.body = loggedOutPage();
+        },
+      },
     },
     ttl: {
       AuthorizationCode: 60,
@@ -214,6 +225,27 @@ export function createOidc(s: Services): Oidc {
       details: { grant_id: grantId },
     });
   });
+  // RP-initiated logout ends the Sekisho session as well, not only oidc-provider's.
+  provider.on("end_session.success", (ctx: KoaContextWithOIDC) => {
+    const session = sessionOf(ctx.get("cookie"));
+    if (session) {
+      s.sessions.revoke(session.memberId, session.id, "rp_initiated_logout");
+      s.audit.append({
+        action: "session.logout",
+        outcome: "success",
+        actorType: "member",
+        actorId: session.memberId,
+        memberId: session.memberId,
+        ip: ctx.ip,
+        details: {
+          session_id: session.id,
+          via: "end_session",
+          client_id: ctx.oidc?.client?.clientId ?? null,
+        },
+      });
+    }
+    ctx.cookies.set(SESSION_COOKIE, null, { signed: false, path: "/", httpOnly: true, sameSite: "lax" });
+  });
   provider.on("server_error", (_ctx: unknown, err: Error) => s.logger.error({ err }, "oidc server_error"));
   return { provider, store, clients, sessionOf, subjectOf };
 }
@@ -239,4 +271,18 @@ export function errorPage(code: string, description: string): string {
 <body><main><h1>サインインを続けられません / We can't continue signing you in</h1>
 <p><code>${escapeHtml(code)}</code></p><p>${escapeHtml(description)}</p>
 <p>お手数ですが、元のサイトからやり直してください。 Please go back to the site and try again.</p></main></body></html>`;
+}
+
+function logoutPage(form: string): string {
+  return `<!doctype html><html lang="ja"><head><meta charset="utf-8"><title>サインアウト / Sign out — Sekisho</title>
+<meta name="viewport" content="width=device-width, initial-scale=1"></head>
+<body><main><h1>サインアウトしますか？ / Sign out?</h1>${form}
+<button type="submit" form="op.logoutForm" name="logout" value="yes">サインアウト / Sign out</button>
+</main></body></html>`;
+}
+
+function loggedOutPage(): string {
+  return `<!doctype html><html lang="ja"><head><meta charset="utf-8"><title>サインアウトしました / Signed out — Sekisho</title>
+<meta name="viewport" content="width=device-width, initial-scale=1"></head>
+<body><main><h1>サインアウトしました / You are signed out</h1></main></body></html>`;
 }
