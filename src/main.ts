@@ -4,6 +4,7 @@ import { migrateDatabase, openDatabase } from "./db/connection.js";
 import { StartupError } from "./errors.js";
 import { createApp } from "./http/app.js";
 import { createLogger } from "./logger.js";
+import { OidcStore } from "./oidc/adapter.js";
 import { buildServices } from "./services.js";
 import { openKeyring } from "./vault/bootstrap.js";
 
@@ -18,6 +19,17 @@ async function main(): Promise<void> {
   const services = buildServices({ config, db, clock, keys, logger });
   await services.hasher.warm();
   const app = createApp(services);
+  // Expired OIDC codes, tokens, sessions and interactions are deleted every ten minutes.
+  const oidcStore = new OidcStore({ db, clock, keys });
+  const sweep = setInterval(() => {
+    try {
+      const n = oidcStore.deleteExpired();
+      if (n > 0) logger.debug({ deleted: n }, "expired OIDC rows deleted");
+    } catch (err) {
+      logger.error({ err }, "OIDC clean-up failed");
+    }
+  }, 10 * 60_000);
+  sweep.unref();
   const server = app.listen(config.port, config.host, () => {
     logger.info(
       { url: `http://${config.host}:${config.port}`, issuer: config.issuer, data: config.dataDir },
