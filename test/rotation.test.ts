@@ -58,6 +58,13 @@ describe("key rotation", () => {
     expect(row?.keyId).toBe(result.newKeyId);
     // The old key stays in the keyring for anything still under it.
     expect(t.s.keys.get().dataKey(oldKey)?.active).toBe(false);
+    // A new ID-token signing key too; the old one stays, so tokens it signed keep verifying (JWKS).
+    const signing = t.s.keys.get().signingKeysActiveFirst();
+    expect(signing.map((k) => k.active)).toEqual([true, false]);
+    const { createApp } = await import("../src/http/app.js");
+    const jwks = await supertest(createApp(t.s)).get("/oidc/jwks");
+    expect(jwks.body.keys.map((k: { kid: string }) => k.kid)).toEqual(signing.map((k) => k.kid));
+    expect(JSON.stringify(jwks.body)).not.toMatch(/"d":/); // public parts only
     expect(t.s.audit.verify().ok).toBe(true);
   });
 

@@ -2,6 +2,7 @@ import { createHmac } from "node:crypto";
 import { eq } from "drizzle-orm";
 import Provider, { type Configuration, interactionPolicy, type KoaContextWithOIDC } from "oidc-provider";
 import { members } from "../db/schema.js";
+import { StartupError } from "../errors.js";
 import { PROFILE_FIELDS, type ProfileField } from "../members/profile.js";
 import type { Services } from "../services.js";
 import { ACR, satisfies } from "../sessions/levels.js";
@@ -46,6 +47,11 @@ export function createOidc(s: Services): Oidc {
   const store = new OidcStore({ db: s.db, clock: s.clock, keys: s.keys });
   const clients = new Clients({ db: s.db, clock: s.clock, audit: s.audit });
   const keyring = s.keys.get();
+  if (!keyring.signingKeys.some((k) => k.active)) {
+    throw new StartupError(
+      "the keyring has no active ID-token signing key (made before OIDC existed); run `npx sekisho keys rotate` once",
+    );
+  }
 
   const subjectOf = (memberId: string) =>
     s.db.select({ sub: members.sub }).from(members).where(eq(members.id, memberId)).get()?.sub ?? null;
