@@ -1,3 +1,4 @@
+import { sql } from "drizzle-orm";
 import { index, integer, sqliteTable, text, uniqueIndex } from "drizzle-orm/sqlite-core";
 
 /**
@@ -135,12 +136,14 @@ export const oidcPayloads = sqliteTable(
     expiresAt: integer("expires_at"),
     consumedAt: integer("consumed_at"),
   },
+  // Partial indexes: most rows have no uid or user code, and only tokens carry a grant id, so an
+  // insert touches the table and one or two index pages (each page is a WAL write). Expiry clean-up
+  // runs every ten minutes and may scan.
   (t) => [
     uniqueIndex("oidc_model_id").on(t.model, t.idHash),
-    index("oidc_grant").on(t.grantId),
-    index("oidc_uid").on(t.uidHash),
-    index("oidc_user_code").on(t.userCodeHash),
-    index("oidc_expires").on(t.expiresAt),
+    index("oidc_grant").on(t.grantId).where(sql`grant_id IS NOT NULL`),
+    index("oidc_uid").on(t.uidHash).where(sql`uid_hash IS NOT NULL`),
+    index("oidc_user_code").on(t.userCodeHash).where(sql`user_code_hash IS NOT NULL`),
   ],
 );
 

@@ -10,7 +10,7 @@ import {
   requestContext,
   sessionLoader,
 } from "./middleware.js";
-import { createOidc, OIDC_ROUTES } from "../oidc/provider.js";
+import { cachedProviderDocuments, createOidc, OIDC_ROUTES } from "../oidc/provider.js";
 import { healthRoutes } from "./routes/health.js";
 import { interactionRoutes } from "./routes/interactions.js";
 import { meRoutes } from "./routes/me.js";
@@ -30,10 +30,30 @@ export function trustProxySetting(value: string | undefined): boolean | number |
 export function createApp(s: Services): express.Express {
   const app = express();
   app.disable("x-powered-by");
+  app.set("etag", false);
   app.set("trust proxy", trustProxySetting(s.config.trustProxy));
   app.set("query parser", "simple");
   app.use(requestContext());
+  // Discovery and JWKS are fixed for the life of the process: answer them from a copy of the
+  // provider's own first answer (body and headers), without the rest of the stack.
+  const oidc = createOidc(s);
+  app.locals.oidc = oidc; // for tools (bench) that need the provider's models
+  const providerCallback = oidc.provider.callback();
+  app.use(cachedProviderDocuments(["/.well-known/openid-configuration", OIDC_ROUTES.jwks], providerCallback));
   app.use(accessLog(s.logger));
+  // The provider's JSON endpoints (token, userinfo, revocation, introspection) go straight to it:
+  // it sets its own no-store and CORS headers, and HTML-page headers add nothing to JSON answers.
+  const jsonEndpoints = new Set<string>([
+    OIDC_ROUTES.token,
+    OIDC_ROUTES.userinfo,
+    OIDC_ROUTES.revocation,
+    OIDC_ROUTES.introspection,
+  ]);
+  app.use((req, res, next) => {
+    if (!jsonEndpoints.has(req.path)) return next();
+    res.setHeader("X-Content-Type-Options", "nosniff");
+    void providerCallback(req, res);
+  });
   app.use(
     helmet({
       hsts: s.config.secureCookies,
@@ -56,9 +76,7 @@ export function createApp(s: Services): express.Express {
   api.use(notFound());
   app.use("/api/v1", api);
 
-  const oidc = createOidc(s);
   app.use(interactionRoutes(s, oidc));
-  const providerCallback = oidc.provider.callback();
   const providerPaths = [...Object.values(OIDC_ROUTES), "/.well-known/"];
   app.use((req, res, next) => {
     if (

@@ -1,10 +1,10 @@
-import { randomBytes } from "node:crypto";
 import { parse as parseCookies } from "cookie";
 import type { NextFunction, Request, RequestHandler, Response } from "express";
 import type { Logger } from "pino";
 import { ZodError } from "zod";
 import { ApiError } from "../errors.js";
 import { SESSION_COOKIE, type Session, type SessionService } from "../sessions/sessions.js";
+import { randomBytesPooled } from "../vault/random.js";
 
 /** Per-request values middleware leaves for the routes. */
 export interface RequestLocals {
@@ -28,7 +28,9 @@ export function requestContext(): RequestHandler {
   return (req, res, next) => {
     const incoming = req.get("x-request-id");
     const requestId =
-      incoming && /^[A-Za-z0-9._-]{8,64}$/.test(incoming) ? incoming : randomBytes(12).toString("base64url");
+      incoming && /^[A-Za-z0-9._-]{8,64}$/.test(incoming)
+        ? incoming
+        : randomBytesPooled(12).toString("base64url");
     res.setHeader("X-Request-Id", requestId);
     Object.assign(res.locals, { requestId, ip: clientIp(req), session: null, sessionToken: null });
     next();

@@ -1,9 +1,9 @@
 import { createHash, randomBytes, timingSafeEqual } from "node:crypto";
-import { eq } from "drizzle-orm";
+import { eq, sql } from "drizzle-orm";
 import type { ClientMetadata } from "oidc-provider";
 import type { AuditLog } from "../audit/log.js";
 import type { Clock } from "../clock.js";
-import { type Db, inTransaction } from "../db/connection.js";
+import { type Db, inTransaction, lazyPrepared } from "../db/connection.js";
 import { oidcClients } from "../db/schema.js";
 
 /**
@@ -56,6 +56,15 @@ export class Clients {
     this.#audit = deps.audit;
   }
 
+  // Prepared once: oidc-provider looks the client up on every token and authorization request.
+  readonly #byId = lazyPrepared(() =>
+    this.#db
+      .select()
+      .from(oidcClients)
+      .where(eq(oidcClients.clientId, sql.placeholder("clientId")))
+      .prepare(),
+  );
+
   add(input: NewClient): { clientId: string; clientSecret: string | null } {
     if (input.redirectUris.length === 0) throw new Error("at least one --redirect-uri is needed");
     for (const uri of input.redirectUris) {
@@ -95,7 +104,7 @@ export class Clients {
 
   /** Client metadata for oidc-provider; `client_secret` carries the hash (see compareClientSecret). */
   metadata(clientId: string): ClientMetadata | undefined {
-    const row = this.#db.select().from(oidcClients).where(eq(oidcClients.clientId, clientId)).get();
+    const row = this.#byId().get({ clientId });
     if (!row) return undefined;
     const grantTypes = JSON.parse(row.grantTypes) as string[];
     return {

@@ -1,6 +1,9 @@
 import { createHmac } from "node:crypto";
-import { eq } from "drizzle-orm";
+import type { IncomingMessage, ServerResponse } from "node:http";
+import { eq, sql } from "drizzle-orm";
+import type { RequestHandler } from "express";
 import Provider, { type Configuration, interactionPolicy, type KoaContextWithOIDC } from "oidc-provider";
+import { lazyPrepared } from "../db/connection.js";
 import { members } from "../db/schema.js";
 import { StartupError } from "../errors.js";
 import { PROFILE_FIELDS, type ProfileField } from "../members/profile.js";
@@ -53,6 +56,13 @@ export function createOidc(s: Services): Oidc {
     );
   }
 
+  const memberBySub = lazyPrepared(() =>
+    s.db
+      .select()
+      .from(members)
+      .where(eq(members.sub, sql.placeholder("sub")))
+      .prepare(),
+  );
   const subjectOf = (memberId: string) =>
     s.db.select({ sub: members.sub }).from(members).where(eq(members.id, memberId)).get()?.sub ?? null;
   const sessionOf = (cookieHeader: string | undefined): Session | null => {
@@ -175,7 +185,7 @@ export function createOidc(s: Services): Oidc {
       return grant;
     },
     findAccount: async (ctx, sub) => {
-      const member = s.db.select().from(members).where(eq(members.sub, sub)).get();
+      const member = memberBySub().get({ sub });
       if (member?.status !== "active") return undefined;
       return {
         accountId: sub,
@@ -291,4 +301,37 @@ function loggedOutPage(): string {
   return `<!doctype html><html lang="ja"><head><meta charset="utf-8"><title>サインアウトしました / Signed out — Sekisho</title>
 <meta name="viewport" content="width=device-width, initial-scale=1"></head>
 <body><main><h1>サインアウトしました / You are signed out</h1></main></body></html>`;
+}
+
+/**
+ * Serve GET `paths` from a copy of the provider's first 200 answer to each (body and headers).
+ * The documents depend only on configuration and keys, both fixed for the life of the process.
+ */
+export function cachedProviderDocuments(
+  paths: readonly string[],
+  callback: (req: IncomingMessage, res: ServerResponse) => unknown,
+): RequestHandler {
+  const cache = new Map<string, { headers: Record<string, string | number | string[]>; body: Buffer }>();
+  return (req, res, next) => {
+    if (req.method !== "GET" || !paths.includes(req.path)) return next();
+    const hit = cache.get(req.path);
+    if (hit) {
+      for (const [k, v] of Object.entries(hit.headers)) res.setHeader(k, v);
+      res.end(hit.body);
+      return;
+    }
+    const key = req.path;
+    const end = res.end.bind(res);
+    res.end = ((chunk?: unknown, ...rest: unknown[]) => {
+      if (res.statusCode === 200 && (typeof chunk === "string" || Buffer.isBuffer(chunk))) {
+        const headers: Record<string, string | number | string[]> = {};
+        for (const [k, v] of Object.entries(res.getHeaders())) {
+          if (v !== undefined && k !== "date" && k !== "x-request-id" && k !== "set-cookie") headers[k] = v;
+        }
+        cache.set(key, { headers, body: Buffer.from(chunk) });
+      }
+      return end(chunk as never, ...(rest as []));
+    }) as typeof res.end;
+    void callback(req, res);
+  };
 }

@@ -1,6 +1,7 @@
-import { createCipheriv, createDecipheriv, randomBytes } from "node:crypto";
+import { createCipheriv, createDecipheriv } from "node:crypto";
 import { DecryptionError } from "../errors.js";
 import type { KeyringStore, VersionedKey } from "./keyring.js";
+import { randomBytesPooled } from "./random.js";
 
 /**
  * Field encryption: AES-256-GCM with a fresh 96-bit random nonce per value.
@@ -33,7 +34,7 @@ export function encryptField(
   plaintext: string,
   key: VersionedKey = store.get().activeDataKey(),
 ): string {
-  const nonce = randomBytes(NONCE_BYTES);
+  const nonce = randomBytesPooled(NONCE_BYTES);
   const cipher = createCipheriv("aes-256-gcm", key.key, nonce, { authTagLength: TAG_BYTES });
   cipher.setAAD(aad(ctx, key.id));
   const body = Buffer.concat([cipher.update(plaintext, "utf8"), cipher.final(), cipher.getAuthTag()]);

@@ -1,0 +1,347 @@
+/**
+ * OIDC benchmark (part of `npm run bench`).
+ *
+ * Side by side in one run, each server in its own child process on loopback:
+ *   - "sekisho": the real app (createApp: express, our SQLite adapter, vault, audit),
+ *   - "bare":    oidc-provider alone with its in-memory adapter and the same ES256 key type.
+ * Measured from this process with keep-alive clients:
+ *   1. refresh-token grants per second over many rotating grants (each loop owns grants and
+ *      rotates them; 100 grants), target Sekisho/bare >= 0.8;
+ *   2. GET discovery and JWKS through Sekisho vs the same JSON from a bare express route,
+ *      target >= 0.8 each.
+ * Exits 1 when a target is missed or a request fails. Env: BENCH_SECONDS (default 5 per
+ * measurement), BENCH_CLIENTS (default 8).
+ */
+import { type ChildProcess, spawn } from "node:child_process";
+import { generateKeyPairSync } from "node:crypto";
+import fs from "node:fs";
+import http from "node:http";
+import type { AddressInfo } from "node:net";
+import os from "node:os";
+import path from "node:path";
+import express from "express";
+import Provider from "oidc-provider";
+
+const ROOT = path.resolve(import.meta.dirname, "..");
+const SECONDS = Number(process.env.BENCH_SECONDS ?? 5);
+const CLIENTS = Number(process.env.BENCH_CLIENTS ?? 8);
+// 100: oidc-provider's memory adapter is an LRU of 1,000 entries; more grants get evicted mid-run.
+const GRANTS = 100;
+const TARGET = 0.8;
+const CLIENT_ID = "bench-client";
+const CLIENT_SECRET = "bench-secret-0123456789abcdefghijklmnopqrstuvwxyz";
+
+interface Ready {
+  port: number;
+  refreshTokens: string[];
+}
+
+// ---------------------------------------------------------------- server side (child process)
+
+async function seed(provider: Provider, accountId: string): Promise<string[]> {
+  const client = await provider.Client.find(CLIENT_ID);
+  if (!client) throw new Error("bench client missing");
+  const tokens: string[] = [];
+  for (let i = 0; i < GRANTS; i++) {
+    const grant = new provider.Grant({ clientId: CLIENT_ID, accountId });
+    grant.addOIDCScope("openid");
+    const grantId = await grant.save();
+    const rt = new provider.RefreshToken({
+      accountId,
+      client,
+      grantId,
+      gty: "authorization_code",
+      scope: "openid",
+      authTime: Math.floor(Date.now() / 1000),
+      rotations: 0,
+    });
+    tokens.push(await rt.save());
+  }
+  return tokens;
+}
+
+async function serveBare(): Promise<Ready> {
+  const { privateKey } = generateKeyPairSync("ec", { namedCurve: "P-256" });
+  const jwk = { ...privateKey.export({ format: "jwk" }), alg: "ES256", use: "sig", kid: "bare" };
+  const provider = new Provider("http://localhost", {
+    clients: [
+      {
+        client_id: CLIENT_ID,
+        client_secret: CLIENT_SECRET,
+        redirect_uris: ["http://127.0.0.1:9/cb"],
+        grant_types: ["authorization_code", "refresh_token"],
+        id_token_signed_response_alg: "ES256",
+      },
+    ],
+    jwks: { keys: [jwk as never] },
+    findAccount: async (_ctx, sub) => ({ accountId: sub, claims: async () => ({ sub }) }),
+    rotateRefreshToken: true,
+    features: { devInteractions: { enabled: false } },
+    enabledJWA: { idTokenSigningAlgValues: ["ES256"] },
+  });
+  if (process.env.BENCH_DEBUG) {
+    provider.on("grant.error", (_ctx: unknown, err: { error_detail?: string }) =>
+      console.error("bare:", err.error_detail),
+    );
+  }
+  const server = http.createServer(provider.callback());
+  await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+  return {
+    port: (server.address() as AddressInfo).port,
+    refreshTokens: await seed(provider, "bare-account"),
+  };
+}
+
+async function serveSekisho(): Promise<Ready> {
+  const { loadConfig } = await import("../src/config.js");
+  const { systemClock } = await import("../src/clock.js");
+  const { migrateDatabase, openDatabase } = await import("../src/db/connection.js");
+  const { createApp } = await import("../src/http/app.js");
+  const { createLogger } = await import("../src/logger.js");
+  const { buildServices } = await import("../src/services.js");
+  const { Keyring, KeyringStore, writeKeyringFile } = await import("../src/vault/keyring.js");
+  const { hashSecret } = await import("../src/oidc/clients.js");
+  const { oidcClients, members } = await import("../src/db/schema.js");
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "sekisho-oidc-bench-"));
+  process.on("exit", () => fs.rmSync(dir, { recursive: true, force: true }));
+  const config = loadConfig({
+    SEKISHO_DATA_DIR: dir,
+    SEKISHO_KEYRING_FILE: path.join(dir, "keyring.json"),
+    SEKISHO_ISSUER: "http://localhost",
+    SEKISHO_ARGON2_MEMORY_KIB: "1024",
+    SEKISHO_ARGON2_TIME_COST: "1",
+    LOG_LEVEL: "warn",
+  });
+  writeKeyringFile(config.keyringFile, Keyring.generate(new Date()));
+  const keys = KeyringStore.fromFile(config.keyringFile);
+  const db = openDatabase(config.dbFile);
+  migrateDatabase(db);
+  const s = buildServices({
+    config,
+    db,
+    clock: systemClock,
+    keys,
+    logger: createLogger("warn", process.stderr),
+  });
+  const reg = await s.registrations.register(
+    {
+      loginId: "bench.member",
+      password: "correct horse battery staple 42",
+      profile: { email: "b@example.com" },
+    },
+    { ip: null, requestId: null },
+  );
+  const sub = db
+    .select()
+    .from(members)
+    .all()
+    .find((m) => m.id === reg.memberId)?.sub as string;
+  db.insert(oidcClients)
+    .values({
+      clientId: CLIENT_ID,
+      name: "bench",
+      secretHash: hashSecret(CLIENT_SECRET),
+      redirectUris: JSON.stringify(["http://127.0.0.1:9/cb"]),
+      grantTypes: JSON.stringify(["authorization_code", "refresh_token"]),
+      scope: "openid",
+      firstParty: true,
+      createdAt: Date.now(),
+    })
+    .run();
+  const app = createApp(s);
+  const server = http.createServer(app);
+  await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+  const oidc = app.locals.oidc as { provider: Provider };
+  if (process.env.BENCH_DEBUG) {
+    oidc.provider.on("grant.error", (_ctx: unknown, err: { error_detail?: string }) =>
+      console.error("sekisho:", err.error_detail),
+    );
+  }
+  return { port: (server.address() as AddressInfo).port, refreshTokens: await seed(oidc.provider, sub) };
+}
+
+async function serveExpressJson(): Promise<Ready> {
+  const doc = JSON.parse(process.env.BENCH_JSON ?? "{}") as unknown;
+  const app = express();
+  app.get("/doc", (_req, res) => {
+    res.json(doc);
+  });
+  const server = http.createServer(app);
+  await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+  return { port: (server.address() as AddressInfo).port, refreshTokens: [] };
+}
+
+// ---------------------------------------------------------------- load side
+
+function start(
+  kind: string,
+  env: Record<string, string> = {},
+): Promise<{ child: ChildProcess; ready: Ready }> {
+  const prof =
+    process.env.BENCH_PROFILE === kind
+      ? ["--cpu-prof", "--cpu-prof-dir", path.join(ROOT, "bench", "out")]
+      : [];
+  const child = spawn(
+    process.execPath,
+    [...prof, "--import", "tsx", path.join(ROOT, "bench", "oidc.ts"), "--serve", kind],
+    {
+      cwd: ROOT,
+      env: { ...process.env, ...env },
+      stdio: ["ignore", "pipe", "inherit"],
+    },
+  );
+  return new Promise((resolve, reject) => {
+    let out = "";
+    child.stdout?.on("data", (chunk: Buffer) => {
+      out += chunk.toString();
+      const line = out.split("\n").find((l) => l.startsWith("READY "));
+      if (line) resolve({ child, ready: JSON.parse(line.slice(6)) as Ready });
+    });
+    child.on("exit", (code) => reject(new Error(`${kind} server exited (${code})`)));
+  });
+}
+
+const agent = new http.Agent({ keepAlive: true, maxSockets: CLIENTS });
+
+function request(
+  port: number,
+  method: string,
+  urlPath: string,
+  body?: string,
+  headers: Record<string, string> = {},
+): Promise<{ status: number; body: string }> {
+  return new Promise((resolve, reject) => {
+    const req = http.request(
+      { host: "127.0.0.1", port, method, path: urlPath, agent, headers: { host: "localhost", ...headers } },
+      (res) => {
+        const chunks: Buffer[] = [];
+        res.on("data", (c: Buffer) => chunks.push(c));
+        res.on("end", () => resolve({ status: res.statusCode ?? 0, body: Buffer.concat(chunks).toString() }));
+      },
+    );
+    req.on("error", reject);
+    req.end(body);
+  });
+}
+
+async function measure(
+  op: (loop: number) => Promise<boolean>,
+): Promise<{ perSecond: number; errors: number }> {
+  let ok = 0;
+  let errors = 0;
+  const deadline = performance.now() + SECONDS * 1000;
+  const started = performance.now();
+  await Promise.all(
+    Array.from({ length: CLIENTS }, async (_, loop) => {
+      while (performance.now() < deadline) {
+        if (await op(loop).catch(() => false)) ok++;
+        else errors++;
+      }
+    }),
+  );
+  return { perSecond: ok / ((performance.now() - started) / 1000), errors };
+}
+
+/** Rotate the grants in `current` (updated in place with each new refresh token). */
+async function refreshLoad(port: number, tokenPath: string, current: string[]) {
+  const basic = `Basic ${Buffer.from(`${CLIENT_ID}:${CLIENT_SECRET}`).toString("base64")}`;
+  let next = 0;
+  return measure(async () => {
+    // Take the next grant round-robin, so each request rotates a different grant (many-grant workload).
+    const i = next++ % current.length;
+    const rt = current[i] as string;
+    const res = await request(
+      port,
+      "POST",
+      tokenPath,
+      new URLSearchParams({ grant_type: "refresh_token", refresh_token: rt }).toString(),
+      {
+        authorization: basic,
+        "content-type": "application/x-www-form-urlencoded",
+      },
+    );
+    if (res.status !== 200) {
+      if (process.env.BENCH_DEBUG) console.error(res.status, res.body);
+      return false;
+    }
+    current[i] = (JSON.parse(res.body) as { refresh_token: string }).refresh_token;
+    return true;
+  });
+}
+
+async function main(): Promise<number> {
+  const bare = await start("bare");
+  const sekisho = await start("sekisho");
+  const children = [bare.child, sekisho.child];
+  try {
+    process.stdout.write(
+      `oidc bench: ${CLIENTS} clients, ${SECONDS} s per measurement, ${GRANTS} grants each\n`,
+    );
+    // Warm both (rotating every grant), then measure, bare first.
+    const bareTokens = bare.ready.refreshTokens;
+    const sekTokens = sekisho.ready.refreshTokens;
+    await refreshLoad(bare.ready.port, "/token", bareTokens);
+    await refreshLoad(sekisho.ready.port, "/oidc/token", sekTokens);
+    const bareRt = await refreshLoad(bare.ready.port, "/token", bareTokens);
+    const sekRt = await refreshLoad(sekisho.ready.port, "/oidc/token", sekTokens);
+
+    const discovery = await request(sekisho.ready.port, "GET", "/.well-known/openid-configuration");
+    const jwks = await request(sekisho.ready.port, "GET", "/oidc/jwks");
+    const plainDiscovery = await start("json", { BENCH_JSON: discovery.body });
+    const plainJwks = await start("json", { BENCH_JSON: jwks.body });
+    children.push(plainDiscovery.child, plainJwks.child);
+    const get = (port: number, p: string) =>
+      measure(async () => (await request(port, "GET", p)).status === 200);
+    const sekDisc = await get(sekisho.ready.port, "/.well-known/openid-configuration");
+    const plainDisc = await get(plainDiscovery.ready.port, "/doc");
+    const sekJwks = await get(sekisho.ready.port, "/oidc/jwks");
+    const plainJw = await get(plainJwks.ready.port, "/doc");
+
+    const rows: Array<[string, number, number, number]> = [
+      ["refresh_token grant", sekRt.perSecond, bareRt.perSecond, sekRt.errors + bareRt.errors],
+      ["discovery", sekDisc.perSecond, plainDisc.perSecond, sekDisc.errors + plainDisc.errors],
+      ["JWKS", sekJwks.perSecond, plainJw.perSecond, sekJwks.errors + plainJw.errors],
+    ];
+    process.stdout.write(
+      `\n${"metric".padEnd(22)}${"sekisho/s".padStart(12)}${"baseline/s".padStart(12)}${"ratio".padStart(8)}  target\n`,
+    );
+    let pass = true;
+    for (const [name, a, b, errors] of rows) {
+      const ratio = a / b;
+      const ok = ratio >= TARGET && errors === 0;
+      pass &&= ok;
+      process.stdout.write(
+        `${name.padEnd(22)}${a.toFixed(0).padStart(12)}${b.toFixed(0).padStart(12)}${ratio.toFixed(2).padStart(8)}  >= ${TARGET} ${ok ? "PASS" : "FAIL"}${errors ? ` (${errors} errors)` : ""}\n`,
+      );
+    }
+    process.stdout.write(
+      "(baseline: bare oidc-provider with its memory adapter for grants; a bare express route for discovery/JWKS)\n",
+    );
+    return pass ? 0 : 1;
+  } finally {
+    agent.destroy();
+    for (const c of children) c.kill(process.env.BENCH_PROFILE ? "SIGINT" : "SIGKILL");
+  }
+}
+
+const serveIndex = process.argv.indexOf("--serve");
+if (serveIndex >= 0) {
+  const kind = process.argv[serveIndex + 1];
+  process.on("SIGINT", () => process.exit(0)); // lets --cpu-prof write its profile
+  const serve = kind === "bare" ? serveBare : kind === "sekisho" ? serveSekisho : serveExpressJson;
+  serve().then(
+    (ready) => process.stdout.write(`READY ${JSON.stringify(ready)}\n`),
+    (err: unknown) => {
+      console.error(err);
+      process.exit(1);
+    },
+  );
+} else {
+  main().then(
+    (code) => process.exit(code),
+    (err: unknown) => {
+      console.error("oidc bench failed:", err);
+      process.exit(1);
+    },
+  );
+}
