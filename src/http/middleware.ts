@@ -76,8 +76,9 @@ const UNSAFE = new Set(["POST", "PUT", "PATCH", "DELETE"]);
 export function originGuard(issuerOrigin: string): RequestHandler {
   return (req, _res, next) => {
     if (!UNSAFE.has(req.method)) return next();
-    const origin = req.get("origin");
     const site = req.get("sec-fetch-site");
+    // `Origin: null` (strict referrer policy, sandboxed frame) proves nothing: Fetch Metadata decides.
+    const origin = req.get("origin") === "null" && site === "same-origin" ? undefined : req.get("origin");
     if (
       (origin !== undefined && origin !== issuerOrigin) ||
       (origin === undefined && site && site !== "same-origin" && site !== "none")

@@ -22,8 +22,10 @@ export function interactionRoutes(s: Services, oidc: Oidc): Router {
   const { provider } = oidc;
 
   const sameOrigin = (req: Request) => {
-    const origin = req.get("origin");
     const site = req.get("sec-fetch-site");
+    // A browser may send `Origin: null` for a form post under a strict referrer policy; then the
+    // Fetch Metadata header decides.
+    const origin = req.get("origin") === "null" && site === "same-origin" ? undefined : req.get("origin");
     if (origin !== undefined && origin !== s.config.issuerOrigin) return false;
     if (origin === undefined && site && site !== "same-origin" && site !== "none") return false;
     return true;
@@ -63,6 +65,8 @@ export function interactionRoutes(s: Services, oidc: Oidc): Router {
   /** Pages are framed by nothing, cached by nobody, and may post to us and redirect to the client. */
   const pageHeaders = (res: Response, redirects: string[]) => {
     res.setHeader("Cache-Control", "no-store");
+    // Same-origin referrers let the browser send our Origin on the form post (no-referrer makes it "null").
+    res.setHeader("Referrer-Policy", "same-origin");
     const origins = [...new Set(redirects.map((u) => new URL(u).origin))].join(" ");
     res.setHeader(
       "Content-Security-Policy",

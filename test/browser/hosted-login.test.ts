@@ -1,0 +1,146 @@
+import fs from "node:fs";
+import http from "node:http";
+import type { AddressInfo } from "node:net";
+import path from "node:path";
+import * as oidc from "openid-client";
+import { type Browser, chromium } from "playwright-core";
+import supertest from "supertest";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { Clients } from "../../src/oidc/clients.js";
+import { makeApp, PROFILE, STRONG_PASSWORD, type TestApp } from "../support/app.js";
+
+/**
+ * End to end in Debian's Chromium (playwright-core, no browser download): a tiny relying-party
+ * page on localhost sends the member to Sekisho's hosted login page, the member signs in there,
+ * and the relying party receives the code and the ID token. Screenshots of the login page in
+ * Japanese and English are kept in test/browser/artifacts/ (not committed).
+ */
+const CHROMIUM = "/usr/bin/chromium";
+const ARTIFACTS = path.resolve(import.meta.dirname, "artifacts");
+const available = fs.existsSync(CHROMIUM);
+
+describe.skipIf(!available && !process.env.CI)("hosted sign-in in a real browser", () => {
+  let t: TestApp;
+  let sekisho: http.Server;
+  let rp: http.Server;
+  let browser: Browser;
+  let rpUrl: string;
+
+  beforeAll(async () => {
+    expect(available, "Debian chromium is needed (installed by .ci/run)").toBe(true);
+    sekisho = http.createServer();
+    await new Promise<void>((r) => sekisho.listen(0, "127.0.0.1", r));
+    const issuer = `http://localhost:${(sekisho.address() as AddressInfo).port}`;
+    t = makeApp({ SEKISHO_ISSUER: issuer }, { clockStart: new Date() });
+    sekisho.on("request", t.app);
+    const reg = await supertest(t.app)
+      .post("/api/v1/registrations")
+      .set("Origin", issuer)
+      .set("Content-Type", "application/json")
+      .send(JSON.stringify({ login_id: "browser.member", password: STRONG_PASSWORD, profile: PROFILE }));
+    expect(reg.status).toBe(201);
+
+    // The relying party: one page with a sign-in link, one callback.
+    rp = http.createServer();
+    await new Promise<void>((r) => rp.listen(0, "127.0.0.1", r));
+    rpUrl = `http://127.0.0.1:${(rp.address() as AddressInfo).port}`;
+    const client = new Clients({ db: t.s.db, clock: t.clock, audit: t.s.audit }).add({
+      name: "カーナビ会員サイト",
+      redirectUris: [`${rpUrl}/callback`],
+    });
+    const config = await oidc.discovery(
+      new URL(issuer),
+      client.clientId,
+      client.clientSecret ?? undefined,
+      undefined,
+      {
+        execute: [oidc.allowInsecureRequests],
+      },
+    );
+    const verifier = oidc.randomPKCECodeVerifier();
+    const state = oidc.randomState();
+    const authUrl = oidc.buildAuthorizationUrl(config, {
+      redirect_uri: `${rpUrl}/callback`,
+      scope: "openid profile",
+      code_challenge: await oidc.calculatePKCECodeChallenge(verifier),
+      code_challenge_method: "S256",
+      state,
+    });
+    rp.on("request", async (req, res) => {
+      const url = new URL(req.url ?? "/", rpUrl);
+      if (url.pathname === "/callback") {
+        try {
+          const tokens = await oidc.authorizationCodeGrant(config, url, {
+            pkceCodeVerifier: verifier,
+            expectedState: state,
+          });
+          const info = await oidc.fetchUserInfo(config, tokens.access_token, tokens.claims()?.sub as string);
+          res.writeHead(200, { "content-type": "text/html; charset=utf-8" });
+          res.end(
+            `<h1 id="who">signed in as ${info.preferred_username}</h1><p id="acr">${tokens.claims()?.acr}</p>`,
+          );
+        } catch (err) {
+          res.writeHead(500, { "content-type": "text/plain" });
+          res.end(String(err));
+        }
+        return;
+      }
+      res.writeHead(200, { "content-type": "text/html; charset=utf-8" });
+      res.end(`<a id="signin" href="${authUrl.toString().replace(/&/g, "&amp;")}">Sign in with Sekisho</a>`);
+    });
+
+    browser = await chromium.launch({
+      executablePath: CHROMIUM,
+      args: [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+      ],
+    });
+    fs.mkdirSync(ARTIFACTS, { recursive: true });
+  }, 60_000);
+
+  afterAll(async () => {
+    await browser?.close();
+    await new Promise((r) => rp?.close(r));
+    await new Promise((r) => sekisho?.close(r));
+    t?.close();
+  });
+
+  for (const [locale, lang, submit] of [
+    ["ja-JP", "ja", "サインイン"],
+    ["en-US", "en", "Sign in"],
+  ] as const) {
+    it(`signs in from a relying-party page through the hosted login page (${lang})`, async () => {
+      const context = await browser.newContext({ locale });
+      const page = await context.newPage();
+      await page.goto(rpUrl);
+      await page.click("#signin");
+      await page.waitForSelector("input[name=login_id]", { timeout: 5000 }).catch(async (err) => {
+        throw new Error(`no login form at ${page.url()}: ${(await page.content()).slice(0, 500)}`, {
+          cause: err,
+        });
+      });
+      expect(await page.getAttribute("html", "lang")).toBe(lang);
+      expect(await page.textContent("body")).toContain("カーナビ会員サイト");
+      await page.screenshot({ path: path.join(ARTIFACTS, `login-${lang}.png`), fullPage: true });
+      // No script runs on the page: the form works without JavaScript.
+      expect(await page.locator("script").count()).toBe(0);
+      await page.fill("input[name=login_id]", "browser.member");
+      await page.fill("input[name=password]", STRONG_PASSWORD);
+      await page.click(`button:has-text("${submit}")`);
+      await page.waitForSelector("#who", { timeout: 5000 }).catch(async (err) => {
+        throw new Error(`no callback page at ${page.url()}: ${(await page.content()).slice(0, 500)}`, {
+          cause: err,
+        });
+      });
+      expect(await page.textContent("#who")).toBe("signed in as browser.member");
+      expect(await page.textContent("#acr")).toBe("urn:sekisho:acr:password");
+      await context.close();
+    });
+  }
+});
