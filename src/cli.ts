@@ -136,6 +136,7 @@ export function buildCli(): Command {
     .option("--scope <scope>", "scopes the client may ask for")
     .option("--third-party", "not first-party: members see a consent page")
     .option("--logo-uri <uri>", "logo shown on the sign-in page (https)")
+    .option("--auth-method <method>", "client_secret_basic (default) or client_secret_post")
     .option("--json", "print JSON")
     .action(
       (opts: {
@@ -146,8 +147,16 @@ export function buildCli(): Command {
         scope?: string;
         thirdParty?: boolean;
         logoUri?: string;
+        authMethod?: string;
         json?: boolean;
       }) => {
+        if (
+          opts.authMethod &&
+          opts.authMethod !== "client_secret_basic" &&
+          opts.authMethod !== "client_secret_post"
+        ) {
+          throw new StartupError("--auth-method is client_secret_basic or client_secret_post");
+        }
         for (const g of opts.grant) {
           if (g !== "client_credentials")
             throw new StartupError(`unknown --grant ${g} (only client_credentials)`);
@@ -161,6 +170,9 @@ export function buildCli(): Command {
           ...(opts.scope ? { scope: opts.scope } : {}),
           firstParty: !opts.thirdParty,
           ...(opts.logoUri ? { logoUri: opts.logoUri } : {}),
+          ...(opts.authMethod
+            ? { authMethod: opts.authMethod as "client_secret_basic" | "client_secret_post" }
+            : {}),
         });
         ctx.db.$client.close();
         const out1 = opts.public

@@ -355,4 +355,61 @@ describe("OIDC code flow with a real relying party (openid-client)", () => {
     expect(me.status).toBe(401);
     expect(jar.cookies.has("sekisho_session")).toBe(false);
   });
+
+  it("accepts client_secret_post for a client registered with it, and refuses a wrong secret", async () => {
+    const post = new Clients({ db: t.s.db, clock: t.clock, audit: t.s.audit }).add({
+      name: "Post site",
+      redirectUris: [REDIRECT],
+      authMethod: "client_secret_post",
+    });
+    const postConfig = await oidc.discovery(
+      new URL(issuer),
+      post.clientId,
+      undefined,
+      oidc.ClientSecretPost(post.clientSecret as string),
+      { execute: [oidc.allowInsecureRequests] },
+    );
+    const jar = new Jar();
+    await signInThroughApi(jar);
+    const verifier = oidc.randomPKCECodeVerifier();
+    const url = oidc.buildAuthorizationUrl(postConfig, {
+      redirect_uri: REDIRECT,
+      scope: "openid",
+      code_challenge: await oidc.calculatePKCECodeChallenge(verifier),
+      code_challenge_method: "S256",
+    });
+    const { url: cb } = await jar.follow(url.toString(), issuer);
+    const tokens = await oidc.authorizationCodeGrant(postConfig, new URL(cb), { pkceCodeVerifier: verifier });
+    expect(tokens.id_token).toBeTruthy();
+    // Attack: guess the secret; the stored hash itself is not the secret either.
+    const wrong = await oidc.discovery(
+      new URL(issuer),
+      post.clientId,
+      undefined,
+      oidc.ClientSecretPost("guess"),
+      {
+        execute: [oidc.allowInsecureRequests],
+      },
+    );
+    await expect(oidc.refreshTokenGrant(wrong, tokens.refresh_token as string)).rejects.toMatchObject({
+      error: "invalid_client",
+    });
+    const stored = t.s.db.$client
+      .prepare("SELECT secret_hash FROM oidc_clients WHERE client_id = ?")
+      .get(post.clientId) as {
+      secret_hash: string;
+    };
+    const withHash = await oidc.discovery(
+      new URL(issuer),
+      post.clientId,
+      undefined,
+      oidc.ClientSecretPost(stored.secret_hash),
+      {
+        execute: [oidc.allowInsecureRequests],
+      },
+    );
+    await expect(oidc.refreshTokenGrant(withHash, tokens.refresh_token as string)).rejects.toMatchObject({
+      error: "invalid_client",
+    });
+  });
 });

@@ -152,6 +152,8 @@ export const oidcClients = sqliteTable("oidc_clients", {
   clientId: text("client_id").primaryKey(),
   name: text("name").notNull(),
   secretHash: text("secret_hash"),
+  /** client_secret_basic or client_secret_post for confidential clients; none for public ones. */
+  tokenAuthMethod: text("token_auth_method").notNull().default("client_secret_basic"),
   redirectUris: text("redirect_uris").notNull(),
   grantTypes: text("grant_types").notNull(),
   scope: text("scope").notNull(),

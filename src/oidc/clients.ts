@@ -1,6 +1,6 @@
 import { createHash, randomBytes, timingSafeEqual } from "node:crypto";
 import { eq, sql } from "drizzle-orm";
-import type { ClientMetadata } from "oidc-provider";
+import type { ClientAuthMethod, ClientMetadata } from "oidc-provider";
 import type { AuditLog } from "../audit/log.js";
 import type { Clock } from "../clock.js";
 import { type Db, inTransaction, lazyPrepared } from "../db/connection.js";
@@ -29,6 +29,7 @@ export interface NewClient {
   scope?: string;
   firstParty?: boolean;
   logoUri?: string;
+  authMethod?: "client_secret_basic" | "client_secret_post";
 }
 
 export function validateRedirectUri(uri: string): string | null {
@@ -84,6 +85,7 @@ export class Clients {
           clientId,
           name: input.name,
           secretHash: clientSecret ? hashSecret(clientSecret) : null,
+          tokenAuthMethod: clientSecret ? (input.authMethod ?? "client_secret_basic") : "none",
           redirectUris: JSON.stringify(input.redirectUris),
           grantTypes: JSON.stringify(grantTypes),
           scope: input.scope ?? DEFAULT_CLIENT_SCOPE,
@@ -111,7 +113,10 @@ export class Clients {
       client_id: row.clientId,
       client_name: row.name,
       ...(row.secretHash
-        ? { client_secret: row.secretHash, token_endpoint_auth_method: "client_secret_basic" }
+        ? {
+            client_secret: row.secretHash,
+            token_endpoint_auth_method: row.tokenAuthMethod as ClientAuthMethod,
+          }
         : { token_endpoint_auth_method: "none" }),
       redirect_uris: JSON.parse(row.redirectUris) as string[],
       grant_types: row.secretHash ? grantTypes : grantTypes.filter((g) => g !== "client_credentials"),
