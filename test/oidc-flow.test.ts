@@ -168,6 +168,9 @@ describe("OIDC code flow with a real relying party (openid-client)", () => {
     await expect(oidc.refreshTokenGrant(config, rotated.refresh_token as string)).rejects.toMatchObject({
       error: "invalid_grant",
     });
+    // ...and the revocation is on record as a security event.
+    const revoked = [...t.s.audit.iterate()].filter((e) => e.action === "oidc.grant_revoked");
+    expect(revoked.length).toBeGreaterThan(0);
   });
 
   it("refuses a swapped redirect_uri with an error page, never a redirect", async () => {
@@ -411,5 +414,72 @@ describe("OIDC code flow with a real relying party (openid-client)", () => {
     await expect(oidc.refreshTokenGrant(withHash, tokens.refresh_token as string)).rejects.toMatchObject({
       error: "invalid_client",
     });
+  });
+
+  it("shows a consent page to a third-party client, and issues a code only after Allow", async () => {
+    const third = new Clients({ db: t.s.db, clock: t.clock, audit: t.s.audit }).add({
+      name: "Partner shop",
+      redirectUris: [REDIRECT],
+      firstParty: false,
+    });
+    const thirdConfig = await oidc.discovery(
+      new URL(issuer),
+      third.clientId,
+      third.clientSecret ?? undefined,
+      undefined,
+      {
+        execute: [oidc.allowInsecureRequests],
+      },
+    );
+    const jar = new Jar();
+    await signInThroughApi(jar);
+    const verifier = oidc.randomPKCECodeVerifier();
+    const url = oidc.buildAuthorizationUrl(thirdConfig, {
+      redirect_uri: REDIRECT,
+      scope: "openid email",
+      code_challenge: await oidc.calculatePKCECodeChallenge(verifier),
+      code_challenge_method: "S256",
+    });
+    const page = await jar.follow(url.toString(), issuer);
+    const html = await page.res.text();
+    expect(html).toContain("Partner shop");
+    expect(html).toContain('value="allow"');
+    const action = /<form method="post" action="([^"]+)"/.exec(html)?.[1] as string;
+    const denied = await jar.fetch(`${issuer}${action}`, {
+      method: "POST",
+      headers: { "content-type": "application/x-www-form-urlencoded", origin: issuer },
+      body: "decision=deny",
+    });
+    const deniedEnd = await jar.follow(
+      new URL(denied.headers.get("location") as string, issuer).toString(),
+      issuer,
+    );
+    expect(new URL(deniedEnd.url).searchParams.get("error")).toBe("access_denied");
+
+    const again = await jar.follow(url.toString(), issuer);
+    const action2 = /<form method="post" action="([^"]+)"/.exec(await again.res.text())?.[1] as string;
+    const allowed = await jar.fetch(`${issuer}${action2}`, {
+      method: "POST",
+      headers: { "content-type": "application/x-www-form-urlencoded", origin: issuer },
+      body: "decision=allow",
+    });
+    const end = await jar.follow(
+      new URL(allowed.headers.get("location") as string, issuer).toString(),
+      issuer,
+    );
+    expect(new URL(end.url).searchParams.get("code")).toBeTruthy();
+  });
+
+  it("honours max_age: an older sign-in is asked again", async () => {
+    const jar = new Jar();
+    await signInThroughApi(jar);
+    t.clock.advance(120_000);
+    const req = await authorize({ max_age: "60" });
+    const { res, url } = await jar.follow(req.url, issuer);
+    expect(new URL(url).origin).toBe(issuer);
+    expect(await res.text()).toContain('name="password"');
+    const fresh = await authorize({ max_age: "600" });
+    const ok = await jar.follow(fresh.url, issuer);
+    expect(new URL(ok.url).searchParams.get("code")).toBeTruthy();
   });
 });
