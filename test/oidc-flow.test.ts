@@ -171,6 +171,10 @@ describe("OIDC code flow with a real relying party (openid-client)", () => {
     // ...and the revocation is on record as a security event.
     const revoked = [...t.s.audit.iterate()].filter((e) => e.action === "oidc.grant_revoked");
     expect(revoked.length).toBeGreaterThan(0);
+    // A first-party site signs the member in again without a consent page (a new grant is made).
+    const next = await authorize();
+    const { url: after } = await jar.follow(next.url, issuer);
+    expect(new URL(after).searchParams.get("code")).toBeTruthy();
   });
 
   it("refuses a swapped redirect_uri with an error page, never a redirect", async () => {

@@ -137,6 +137,7 @@ export function createOidc(s: Services): Oidc {
       introspection: { enabled: true },
       userinfo: { enabled: true },
       clientCredentials: { enabled: true },
+      pushedAuthorizationRequests: { enabled: false },
       rpInitiatedLogout: {
         enabled: true,
         // Confirmation page: the provider's form (hidden xsrf) plus our button; no script.
@@ -161,6 +162,9 @@ export function createOidc(s: Services): Oidc {
       RefreshToken: 14 * 24 * 3600,
     },
     rotateRefreshToken: true,
+    // Member sites are first-party: their refresh tokens live their own lifetime (no offline_access
+    // dance), independent of the browser session; logout and revocation still end them.
+    expiresWithSession: async () => false,
     issueRefreshToken: async (_ctx, client, code) =>
       client.grantTypeAllowed("refresh_token") &&
       client.clientAuthMethod !== "none" &&
@@ -171,9 +175,11 @@ export function createOidc(s: Services): Oidc {
     },
     // First-party member sites need no consent screen: the grant is made for what was asked.
     loadExistingGrant: async (ctx) => {
-      const existing =
+      const existingId =
         ctx.oidc.result?.consent?.grantId ?? ctx.oidc.session?.grantIdFor(ctx.oidc.client?.clientId ?? "");
-      if (existing) return ctx.oidc.provider.Grant.find(existing);
+      // A grant revoked meanwhile (token revocation, refresh reuse) is gone: make a new one below.
+      const existing = existingId ? await ctx.oidc.provider.Grant.find(existingId) : undefined;
+      if (existing) return existing;
       const client = ctx.oidc.client;
       if (client?.metadata().first_party !== true || !ctx.oidc.session?.accountId) return undefined;
       const grant = new ctx.oidc.provider.Grant({
