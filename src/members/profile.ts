@@ -22,8 +22,11 @@ export const PROFILE_FIELDS = [
 export type ProfileField = (typeof PROFILE_FIELDS)[number];
 export type Profile = Partial<Record<ProfileField, string>>;
 
-type ProfileRow = typeof profiles.$inferSelect;
-const COLUMN: Record<ProfileField, keyof ProfileRow> = {
+/** The profiles column (drizzle property) holding each field's ciphertext. */
+export const PROFILE_COLUMN: Record<
+  ProfileField,
+  "name" | "email" | "phone" | "postalCode" | "address" | "birthDate" | "gender"
+> = {
   name: "name",
   email: "email",
   phone: "phone",
@@ -80,7 +83,7 @@ export class ProfileVault {
     };
     for (const field of PROFILE_FIELDS) {
       const value = profile[field];
-      (row as Record<string, unknown>)[COLUMN[field]] =
+      (row as Record<string, unknown>)[PROFILE_COLUMN[field]] =
         value === undefined || value === ""
           ? null
           : encryptField(this.#keys, fieldContext(memberId, field), value);
@@ -123,7 +126,7 @@ export class ProfileVault {
       const profile: Profile = {};
       const present: ProfileField[] = [];
       for (const field of fields) {
-        const stored = row[COLUMN[field]];
+        const stored = row[PROFILE_COLUMN[field]];
         if (typeof stored !== "string") continue;
         try {
           profile[field] = decryptField(this.#keys, fieldContext(row.memberId, field), stored);

@@ -3,22 +3,9 @@ import type { AuditLog } from "../audit/log.js";
 import type { Clock } from "../clock.js";
 import { type Db, inTransaction } from "../db/connection.js";
 import { keyRotations, profiles } from "../db/schema.js";
-import { fieldContext, PROFILE_FIELDS, type ProfileField } from "../members/profile.js";
+import { fieldContext, PROFILE_COLUMN, PROFILE_FIELDS, type ProfileField } from "../members/profile.js";
 import { decryptField, encryptField } from "./fields.js";
 import type { KeyringStore, VersionedKey } from "./keyring.js";
-
-const COLUMNS: Record<
-  ProfileField,
-  "name" | "email" | "phone" | "postalCode" | "address" | "birthDate" | "gender"
-> = {
-  name: "name",
-  email: "email",
-  phone: "phone",
-  postal_code: "postalCode",
-  address: "address",
-  birth_date: "birthDate",
-  gender: "gender",
-};
 
 export interface RotationProgress {
   newKeyId: string;
@@ -177,7 +164,7 @@ function reencryptRow(
 ): void {
   const update: Partial<typeof profiles.$inferInsert> = { keyId: key.id };
   for (const field of PROFILE_FIELDS) {
-    const stored = row[COLUMNS[field]];
+    const stored = row[PROFILE_COLUMN[field]];
     if (typeof stored !== "string") continue;
     const ctx = fieldContext(row.memberId, field);
     let plaintext: string;
@@ -186,7 +173,7 @@ function reencryptRow(
     } catch (err) {
       throw new RowDecryptionFailed(row.memberId, field, err);
     }
-    update[COLUMNS[field]] = encryptField(keys, ctx, plaintext, key);
+    update[PROFILE_COLUMN[field]] = encryptField(keys, ctx, plaintext, key);
   }
   db.update(profiles)
     .set(update)
