@@ -1,33 +1,23 @@
-import http from "node:http";
-import type { AddressInfo } from "node:net";
+
 import * as oidc from "openid-client";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { Clients } from "../src/oidc/clients.js";
 import { Jar } from "./support/browser-jar.js";
-import supertest from "supertest";
-import { makeApp, PROFILE, STRONG_PASSWORD, type TestApp } from "./support/app.js";
+import { type ListeningApp, listenWithMember } from "./support/oidc.js";
+import { PROFILE, STRONG_PASSWORD, type TestApp } from "./support/app.js";
 
 const REDIRECT = "http://127.0.0.1:9/callback"; // never contacted: the flow stops at the redirect
 
 describe("OIDC code flow with a real relying party (openid-client)", () => {
   let t: TestApp;
-  let server: http.Server;
+  let listening: ListeningApp;
   let issuer: string;
   let client: { clientId: string; clientSecret: string | null };
   let config: oidc.Configuration;
 
   beforeAll(async () => {
-    server = http.createServer();
-    await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
-    issuer = `http://localhost:${(server.address() as AddressInfo).port}`;
-    t = makeApp({ SEKISHO_ISSUER: issuer }, { clockStart: new Date() });
-    server.on("request", t.app);
-    const reg = await supertest(t.app)
-      .post("/api/v1/registrations")
-      .set("Origin", issuer)
-      .set("Content-Type", "application/json")
-      .send(JSON.stringify({ login_id: "oidc.member", password: STRONG_PASSWORD, profile: PROFILE }));
-    expect(reg.status).toBe(201);
+    listening = await listenWithMember("oidc.member");
+    ({ t, issuer } = listening);
     client = new Clients({ db: t.s.db, clock: t.clock, audit: t.s.audit }).add({
       name: "カーナビ会員サイト",
       redirectUris: [REDIRECT],
@@ -42,10 +32,7 @@ describe("OIDC code flow with a real relying party (openid-client)", () => {
       },
     );
   });
-  afterAll(async () => {
-    await new Promise((resolve) => server.close(resolve));
-    t.close();
-  });
+  afterAll(() => listening.close());
 
   async function authorize(extra: Record<string, string> = {}) {
     const verifier = oidc.randomPKCECodeVerifier();

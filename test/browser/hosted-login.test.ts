@@ -4,10 +4,10 @@ import type { AddressInfo } from "node:net";
 import path from "node:path";
 import * as oidc from "openid-client";
 import { type Browser, chromium } from "playwright-core";
-import supertest from "supertest";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { Clients } from "../../src/oidc/clients.js";
-import { makeApp, PROFILE, STRONG_PASSWORD, type TestApp } from "../support/app.js";
+import { STRONG_PASSWORD } from "../support/app.js";
+import { type ListeningApp, listenWithMember } from "../support/oidc.js";
 
 /**
  * End to end in Debian's Chromium (playwright-core, no browser download): a tiny relying-party
@@ -20,25 +20,15 @@ const ARTIFACTS = path.resolve(import.meta.dirname, "artifacts");
 const available = fs.existsSync(CHROMIUM);
 
 describe.skipIf(!available && !process.env.CI)("hosted sign-in in a real browser", () => {
-  let t: TestApp;
-  let sekisho: http.Server;
+  let sekisho: ListeningApp;
   let rp: http.Server;
   let browser: Browser;
   let rpUrl: string;
 
   beforeAll(async () => {
     expect(available, "Debian chromium is needed (installed by .ci/run)").toBe(true);
-    sekisho = http.createServer();
-    await new Promise<void>((r) => sekisho.listen(0, "127.0.0.1", r));
-    const issuer = `http://localhost:${(sekisho.address() as AddressInfo).port}`;
-    t = makeApp({ SEKISHO_ISSUER: issuer }, { clockStart: new Date() });
-    sekisho.on("request", t.app);
-    const reg = await supertest(t.app)
-      .post("/api/v1/registrations")
-      .set("Origin", issuer)
-      .set("Content-Type", "application/json")
-      .send(JSON.stringify({ login_id: "browser.member", password: STRONG_PASSWORD, profile: PROFILE }));
-    expect(reg.status).toBe(201);
+    sekisho = await listenWithMember("browser.member");
+    const { t, issuer } = sekisho;
 
     // The relying party: one page with a sign-in link, one callback.
     rp = http.createServer();
@@ -107,8 +97,7 @@ describe.skipIf(!available && !process.env.CI)("hosted sign-in in a real browser
   afterAll(async () => {
     await browser?.close();
     await new Promise((r) => rp?.close(r));
-    await new Promise((r) => sekisho?.close(r));
-    t?.close();
+    await sekisho?.close();
   });
 
   for (const [locale, lang, submit] of [
