@@ -472,4 +472,16 @@ describe("OIDC code flow with a real relying party (openid-client)", () => {
     const ok = await jar.follow(fresh.url, issuer);
     expect(new URL(ok.url).searchParams.get("code")).toBeTruthy();
   });
+
+  it("prompt=none signs in silently from a Sekisho session alone, and never shows a page", async () => {
+    const jar = new Jar();
+    await signInThroughApi(jar); // no earlier authorization in this browser
+    const req = await authorize({ prompt: "none" });
+    const { url } = await jar.follow(req.url, issuer);
+    expect(new URL(url).searchParams.get("code")).toBeTruthy();
+    // A level the session lacks: the prompt=none error, not the login page.
+    const strong = await authorize({ prompt: "none", acr_values: "urn:sekisho:acr:mfa" });
+    const { url: refused } = await jar.follow(strong.url, issuer);
+    expect(new URL(refused).searchParams.get("error")).toBe("login_required");
+  });
 });

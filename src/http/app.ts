@@ -12,7 +12,7 @@ import {
 } from "./middleware.js";
 import { cachedProviderDocuments, createOidc, OIDC_ROUTES } from "../oidc/provider.js";
 import { healthRoutes } from "./routes/health.js";
-import { interactionRoutes } from "./routes/interactions.js";
+import { interactionRoutes, silentAuthorization } from "./routes/interactions.js";
 import { meRoutes } from "./routes/me.js";
 import { registrationAndLoginRoutes } from "./routes/members.js";
 
@@ -77,6 +77,7 @@ export function createApp(s: Services): express.Express {
   app.use("/api/v1", api);
 
   app.use(interactionRoutes(s, oidc));
+  app.use(silentAuthorization(oidc, OIDC_ROUTES.authorization));
   const providerPaths = [...Object.values(OIDC_ROUTES), "/.well-known/"];
   app.use((req, res, next) => {
     if (

@@ -126,6 +126,7 @@ export function createOidc(s: Services): Oidc {
     scopes: ["openid", "offline_access", "profile", "email", "phone", "address", "members:read"],
     acrValues: [ACR.password, ACR.mfa, ACR.phishingResistant],
     responseTypes: ["code"],
+    extraParams: ["sekisho_silent"],
     clientAuthMethods: ["client_secret_basic", "client_secret_post", "none"],
     enabledJWA: { idTokenSigningAlgValues: ["ES256"] },
     extraClientMetadata: { properties: ["first_party"] },

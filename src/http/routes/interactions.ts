@@ -10,6 +10,29 @@ import { setSessionCookie } from "../cookies.js";
 import { locals } from "../middleware.js";
 import { consentPage, type Lang, loginPage, pickLang } from "../pages.js";
 
+/** Marks an authorization that came in with prompt=none (see silentAuthorization). */
+export const SILENT_PARAM = "sekisho_silent";
+
+/**
+ * prompt=none with a live Sekisho session but no oidc-provider session yet (the member signed in
+ * through our own pages or API) would be answered login_required by oidc-provider, which can't
+ * sign anyone in without an interaction. Such a request is passed on without `prompt=none` and
+ * marked, so the interaction completes it from the Sekisho session, or answers the prompt=none
+ * error, but never shows a page.
+ */
+export function silentAuthorization(oidc: Oidc, authorizationPath: string) {
+  return (req: Request, _res: Response, next: () => void) => {
+    if (req.method !== "GET" || req.path !== authorizationPath) return next();
+    const url = new URL(req.originalUrl, "http://internal");
+    if (url.searchParams.get("prompt") !== "none" || url.searchParams.has(SILENT_PARAM)) return next();
+    if (!oidc.sessionOf(req.get("cookie"))) return next();
+    url.searchParams.delete("prompt");
+    url.searchParams.set(SILENT_PARAM, "1");
+    req.url = `${url.pathname}${url.search}`;
+    next();
+  };
+}
+
 const loginForm = z.object({ login_id: z.string().min(1).max(256), password: z.string().min(1).max(1024) });
 
 /**
@@ -129,6 +152,12 @@ export function interactionRoutes(s: Services, oidc: Oidc): Router {
     if (details.prompt.name === "login") {
       const session = oidc.sessionOf(req.get("cookie"));
       if (sessionSatisfies(session, details) && session) return finishLogin(req, res, session);
+    }
+    // A prompt=none request (see silentAuthorization) never shows a page: answer the error instead.
+    if (details.params[SILENT_PARAM]) {
+      const error = details.prompt.name === "consent" ? "consent_required" : "login_required";
+      await provider.interactionFinished(req, res, { error }, { mergeWithLastSubmission: false });
+      return;
     }
     return render(req, res, 200);
   });
