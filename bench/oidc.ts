@@ -10,7 +10,9 @@
  *   2. GET discovery and JWKS through Sekisho vs the same JSON from a bare express route,
  *      target >= 0.8 each.
  * Exits 1 when a target is missed or a request fails. Env: BENCH_SECONDS (default 5 per
- * measurement), BENCH_CLIENTS (default 8).
+ * measurement), BENCH_CLIENTS (default 8). Diagnostics: BENCH_DIRECT=1 serves Sekisho's provider
+ * without express in front (to split express's share from the provider's), BENCH_PROFILE=sekisho
+ * (or bare) writes a CPU profile of that server to bench/out/, BENCH_DEBUG=1 prints failures.
  */
 import { type ChildProcess, spawn } from "node:child_process";
 import { generateKeyPairSync } from "node:crypto";
@@ -149,7 +151,8 @@ async function serveSekisho(): Promise<Ready> {
     })
     .run();
   const app = createApp(s);
-  const server = http.createServer(app);
+  const oidcForDirect = app.locals.oidc as { provider: Provider };
+  const server = http.createServer(process.env.BENCH_DIRECT ? oidcForDirect.provider.callback() : app);
   await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
   const oidc = app.locals.oidc as { provider: Provider };
   if (process.env.BENCH_DEBUG) {
