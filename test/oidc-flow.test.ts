@@ -484,4 +484,31 @@ describe("OIDC code flow with a real relying party (openid-client)", () => {
     const { url: refused } = await jar.follow(strong.url, issuer);
     expect(new URL(refused).searchParams.get("error")).toBe("login_required");
   });
+
+  it("client_credentials works only for a client registered with it", async () => {
+    // Attack: a member site's ordinary credentials used for a machine token it was never given.
+    const refused = await oidc.clientCredentialsGrant(config, { scope: "openid" }).catch((e: unknown) => e);
+    expect(refused).toMatchObject({
+      error: "invalid_request",
+      error_description: expect.stringMatching(/grant type is not allowed/),
+    });
+    const backend = new Clients({ db: t.s.db, clock: t.clock, audit: t.s.audit }).add({
+      name: "Site backend",
+      redirectUris: [REDIRECT],
+      grants: ["client_credentials"],
+      scope: "openid members:read",
+    });
+    const backendConfig = await oidc.discovery(
+      new URL(issuer),
+      backend.clientId,
+      backend.clientSecret ?? undefined,
+      undefined,
+      {
+        execute: [oidc.allowInsecureRequests],
+      },
+    );
+    const token = await oidc.clientCredentialsGrant(backendConfig, { scope: "members:read" });
+    expect(token.access_token).toBeTruthy();
+    expect(token.refresh_token).toBeUndefined();
+  });
 });
