@@ -1,0 +1,44 @@
+import { describe, expect, it } from "vitest";
+import { makeApp } from "./support/app.js";
+import { runCli } from "./support/cli.js";
+
+describe("sekisho clients add", () => {
+  it("prints a client_id and, once, a secret that is stored only as a hash; public clients get none", () => {
+    const t = makeApp();
+    try {
+      const run = runCli(t, [
+        "clients",
+        "add",
+        "--name",
+        "会員サイト",
+        "--redirect-uri",
+        "https://shop.example.jp/cb",
+        "--json",
+      ]);
+      expect(run.status, run.stderr).toBe(0);
+      const out = JSON.parse(run.stdout) as { client_id: string; client_secret: string };
+      expect(out.client_id).toMatch(/^c_[\w-]{16}$/);
+      expect(out.client_secret).toMatch(/^[\w-]{43}$/); // 256 bits
+      const row = t.s.db.$client.prepare("SELECT secret_hash FROM oidc_clients").get() as {
+        secret_hash: string;
+      };
+      expect(row.secret_hash).not.toBe(out.client_secret);
+      const pub = runCli(t, [
+        "clients",
+        "add",
+        "--name",
+        "App",
+        "--redirect-uri",
+        "http://localhost:5173/cb",
+        "--public",
+        "--json",
+      ]);
+      expect(Object.keys(JSON.parse(pub.stdout))).toEqual(["client_id"]);
+      const bad = runCli(t, ["clients", "add", "--name", "X", "--redirect-uri", "http://shop.example.jp/cb"]);
+      expect(bad.status).toBe(1);
+      expect(bad.stderr).toMatch(/must be https/);
+    } finally {
+      t.close();
+    }
+  });
+});
