@@ -33,6 +33,21 @@ describe("OIDC code flow with a real relying party (openid-client)", () => {
   });
   afterAll(() => listening.close());
 
+  /** Register another member site and discover the provider for it. */
+  async function newClient(input: Parameters<Clients["add"]>[0]) {
+    const created = new Clients({ db: t.s.db, clock: t.clock, audit: t.s.audit }).add(input);
+    const cfg = await oidc.discovery(
+      new URL(issuer),
+      created.clientId,
+      created.clientSecret ?? undefined,
+      undefined,
+      {
+        execute: [oidc.allowInsecureRequests],
+      },
+    );
+    return { client: created, config: cfg };
+  }
+
   async function authorize(extra: Record<string, string> = {}) {
     const verifier = oidc.randomPKCECodeVerifier();
     const state = oidc.randomState();
@@ -279,19 +294,10 @@ describe("OIDC code flow with a real relying party (openid-client)", () => {
   });
 
   it("a code issued to one client cannot be redeemed by another", async () => {
-    const other = new Clients({ db: t.s.db, clock: t.clock, audit: t.s.audit }).add({
+    const { config: otherConfig } = await newClient({
       name: "Other site",
       redirectUris: [REDIRECT],
     });
-    const otherConfig = await oidc.discovery(
-      new URL(issuer),
-      other.clientId,
-      other.clientSecret ?? undefined,
-      undefined,
-      {
-        execute: [oidc.allowInsecureRequests],
-      },
-    );
     const { callback, checks } = await codeFor(new Jar());
     await expect(oidc.authorizationCodeGrant(otherConfig, callback, checks)).rejects.toMatchObject({
       error: "invalid_grant",
@@ -407,20 +413,11 @@ describe("OIDC code flow with a real relying party (openid-client)", () => {
   });
 
   it("shows a consent page to a third-party client, and issues a code only after Allow", async () => {
-    const third = new Clients({ db: t.s.db, clock: t.clock, audit: t.s.audit }).add({
+    const { config: thirdConfig } = await newClient({
       name: "Partner shop",
       redirectUris: [REDIRECT],
       firstParty: false,
     });
-    const thirdConfig = await oidc.discovery(
-      new URL(issuer),
-      third.clientId,
-      third.clientSecret ?? undefined,
-      undefined,
-      {
-        execute: [oidc.allowInsecureRequests],
-      },
-    );
     const jar = new Jar();
     await signInThroughApi(jar);
     const verifier = oidc.randomPKCECodeVerifier();
@@ -492,21 +489,12 @@ describe("OIDC code flow with a real relying party (openid-client)", () => {
       error: "invalid_request",
       error_description: expect.stringMatching(/grant type is not allowed/),
     });
-    const backend = new Clients({ db: t.s.db, clock: t.clock, audit: t.s.audit }).add({
+    const { config: backendConfig } = await newClient({
       name: "Site backend",
       redirectUris: [REDIRECT],
       grants: ["client_credentials"],
       scope: "openid members:read",
     });
-    const backendConfig = await oidc.discovery(
-      new URL(issuer),
-      backend.clientId,
-      backend.clientSecret ?? undefined,
-      undefined,
-      {
-        execute: [oidc.allowInsecureRequests],
-      },
-    );
     const token = await oidc.clientCredentialsGrant(backendConfig, { scope: "members:read" });
     expect(token.access_token).toBeTruthy();
     expect(token.refresh_token).toBeUndefined();
