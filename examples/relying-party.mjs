@@ -125,7 +125,8 @@ const routes = {
 
   // RP-initiated logout: forget the local session, then send the browser to Sekisho's end-session
   // endpoint, which asks the member to confirm and ends the Sekisho session too.
-  // No post_logout_redirect_uri: Sekisho cannot register one for a client yet.
+  // (Register a post_logout_redirect_uri with `clients add --post-logout-redirect-uri` to be sent
+  // back here afterwards; this example leaves the member on Sekisho's signed-out page.)
   "POST /logout": async ({ res, s }) => {
     const idToken = s.tokens?.id_token;
     for (const k of Object.keys(s)) delete s[k];

@@ -137,6 +137,12 @@ export function buildCli(): Command {
     .option("--third-party", "not first-party: members see a consent page")
     .option("--logo-uri <uri>", "logo shown on the sign-in page (https)")
     .option("--auth-method <method>", "client_secret_basic (default) or client_secret_post")
+    .option(
+      "--post-logout-redirect-uri <uri>",
+      "where RP-initiated logout may return the member (repeat for several)",
+      (v: string, prev: string[]) => [...prev, v],
+      [] as string[],
+    )
     .option("--json", "print JSON")
     .action(
       (opts: {
@@ -148,6 +154,7 @@ export function buildCli(): Command {
         thirdParty?: boolean;
         logoUri?: string;
         authMethod?: string;
+        postLogoutRedirectUri: string[];
         json?: boolean;
       }) => {
         if (
@@ -173,6 +180,7 @@ export function buildCli(): Command {
           ...(opts.authMethod
             ? { authMethod: opts.authMethod as "client_secret_basic" | "client_secret_post" }
             : {}),
+          postLogoutRedirectUris: opts.postLogoutRedirectUri,
         });
         ctx.db.$client.close();
         const out1 = opts.public

@@ -499,4 +499,50 @@ describe("OIDC code flow with a real relying party (openid-client)", () => {
     expect(token.access_token).toBeTruthy();
     expect(token.refresh_token).toBeUndefined();
   });
+
+  it("returns the member to a registered post_logout_redirect_uri, and refuses an unregistered one", async () => {
+    const AFTER = "http://127.0.0.1:9/signed-out";
+    const { config: cfg } = await newClient({
+      name: "Logout site",
+      redirectUris: [REDIRECT],
+      postLogoutRedirectUris: [AFTER],
+    });
+    const jar = new Jar();
+    await signInThroughApi(jar);
+    const verifier = oidc.randomPKCECodeVerifier();
+    const authUrl = oidc.buildAuthorizationUrl(cfg, {
+      redirect_uri: REDIRECT,
+      scope: "openid",
+      code_challenge: await oidc.calculatePKCECodeChallenge(verifier),
+      code_challenge_method: "S256",
+    });
+    const { url: cb } = await jar.follow(authUrl.toString(), issuer);
+    const tokens = await oidc.authorizationCodeGrant(cfg, new URL(cb), { pkceCodeVerifier: verifier });
+    // Attack: an open redirect through the logout endpoint.
+    const evil = oidc.buildEndSessionUrl(cfg, {
+      id_token_hint: tokens.id_token as string,
+      post_logout_redirect_uri: "https://evil.example/",
+    });
+    const refused = await jar.fetch(evil.toString());
+    expect(refused.status).toBe(400);
+    expect(refused.headers.get("location")).toBeNull();
+
+    const end = oidc.buildEndSessionUrl(cfg, {
+      id_token_hint: tokens.id_token as string,
+      post_logout_redirect_uri: AFTER,
+      state: "bye",
+    });
+    const confirm = await jar.follow(end.toString(), issuer);
+    const html = await confirm.res.text();
+    const action = /action="([^"]+)"/.exec(html)?.[1] as string;
+    const xsrf = /name="xsrf" value="([^"]+)"/.exec(html)?.[1] as string;
+    const done = await jar.fetch(new URL(action, issuer).toString(), {
+      method: "POST",
+      headers: { "content-type": "application/x-www-form-urlencoded", origin: issuer },
+      body: new URLSearchParams({ xsrf, logout: "yes" }).toString(),
+    });
+    const back = new URL(done.headers.get("location") as string);
+    expect(`${back.origin}${back.pathname}`).toBe(AFTER);
+    expect(back.searchParams.get("state")).toBe("bye");
+  });
 });

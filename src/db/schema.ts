@@ -155,6 +155,8 @@ export const oidcClients = sqliteTable("oidc_clients", {
   /** client_secret_basic or client_secret_post for confidential clients; none for public ones. */
   tokenAuthMethod: text("token_auth_method").notNull().default("client_secret_basic"),
   redirectUris: text("redirect_uris").notNull(),
+  /** JSON array; where RP-initiated logout may send the member afterwards (exact match). */
+  postLogoutRedirectUris: text("post_logout_redirect_uris").notNull().default("[]"),
   grantTypes: text("grant_types").notNull(),
   scope: text("scope").notNull(),
   firstParty: integer("first_party", { mode: "boolean" }).notNull().default(true),

@@ -30,6 +30,7 @@ export interface NewClient {
   firstParty?: boolean;
   logoUri?: string;
   authMethod?: "client_secret_basic" | "client_secret_post";
+  postLogoutRedirectUris?: string[];
 }
 
 export function validateRedirectUri(uri: string): string | null {
@@ -68,7 +69,7 @@ export class Clients {
 
   add(input: NewClient): { clientId: string; clientSecret: string | null } {
     if (input.redirectUris.length === 0) throw new Error("at least one --redirect-uri is needed");
-    for (const uri of input.redirectUris) {
+    for (const uri of [...input.redirectUris, ...(input.postLogoutRedirectUris ?? [])]) {
       const problem = validateRedirectUri(uri);
       if (problem) throw new Error(`redirect URI ${uri} ${problem}`);
     }
@@ -87,6 +88,7 @@ export class Clients {
           secretHash: clientSecret ? hashSecret(clientSecret) : null,
           tokenAuthMethod: clientSecret ? (input.authMethod ?? "client_secret_basic") : "none",
           redirectUris: JSON.stringify(input.redirectUris),
+          postLogoutRedirectUris: JSON.stringify(input.postLogoutRedirectUris ?? []),
           grantTypes: JSON.stringify(grantTypes),
           scope: input.scope ?? DEFAULT_CLIENT_SCOPE,
           firstParty: input.firstParty ?? true,
@@ -119,6 +121,7 @@ export class Clients {
           }
         : { token_endpoint_auth_method: "none" }),
       redirect_uris: JSON.parse(row.redirectUris) as string[],
+      post_logout_redirect_uris: JSON.parse(row.postLogoutRedirectUris) as string[],
       grant_types: row.secretHash ? grantTypes : grantTypes.filter((g) => g !== "client_credentials"),
       response_types: ["code"],
       scope: row.scope,

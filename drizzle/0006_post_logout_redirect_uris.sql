@@ -1,0 +1,1 @@
+ALTER TABLE `oidc_clients` ADD `post_logout_redirect_uris` text DEFAULT '[]' NOT NULL;
