@@ -545,4 +545,18 @@ describe("OIDC code flow with a real relying party (openid-client)", () => {
     expect(`${back.origin}${back.pathname}`).toBe(AFTER);
     expect(back.searchParams.get("state")).toBe("bye");
   });
+
+  it("response_mode=form_post answers a self-submitting form whose CSP lets it post to the site", async () => {
+    const jar = new Jar();
+    await signInThroughApi(jar);
+    const req = await authorize({ response_mode: "form_post" });
+    const { res } = await jar.follow(req.url, issuer);
+    expect(res.status).toBe(200);
+    const html = await res.text();
+    expect(html).toContain(`action="${REDIRECT}"`);
+    expect(html).toMatch(/name="code" value="[\w-]+"/);
+    const csp = res.headers.get("content-security-policy") ?? "";
+    expect(csp).not.toContain("form-action");
+    expect(csp).toMatch(/script-src[^;]*'sha256-/); // only the provider's own inline script, by hash
+  });
 });

@@ -85,6 +85,12 @@ export function createApp(s: Services): express.Express {
         (p) => req.path === p || req.path.startsWith(`${p}/`) || (p.endsWith("/") && req.path.startsWith(p)),
       )
     ) {
+      // The provider's own pages end in a cross-origin form post (response_mode=form_post) or a
+      // redirect after a form post (logout → post_logout_redirect_uri), which `form-action 'self'`
+      // would block in browsers. Their HTML holds no member-supplied markup (all escaped).
+      const csp = res.getHeader("Content-Security-Policy");
+      if (typeof csp === "string")
+        res.setHeader("Content-Security-Policy", csp.replace(/form-action [^;]*;?/, ""));
       void providerCallback(req, res);
       return;
     }
