@@ -37,6 +37,7 @@ describe.skipIf(!available && !process.env.CI)("hosted sign-in in a real browser
     const client = new Clients({ db: t.s.db, clock: t.clock, audit: t.s.audit }).add({
       name: "カーナビ会員サイト",
       redirectUris: [`${rpUrl}/callback`],
+      postLogoutRedirectUris: [`${rpUrl}/bye`],
     });
     const config = await oidc.discovery(
       new URL(issuer),
@@ -66,13 +67,23 @@ describe.skipIf(!available && !process.env.CI)("hosted sign-in in a real browser
           });
           const info = await oidc.fetchUserInfo(config, tokens.access_token, tokens.claims()?.sub as string);
           res.writeHead(200, { "content-type": "text/html; charset=utf-8" });
+          const logout = oidc.buildEndSessionUrl(config, {
+            id_token_hint: tokens.id_token as string,
+            post_logout_redirect_uri: `${rpUrl}/bye`,
+          });
           res.end(
-            `<h1 id="who">signed in as ${info.preferred_username}</h1><p id="acr">${tokens.claims()?.acr}</p>`,
+            `<h1 id="who">signed in as ${info.preferred_username}</h1><p id="acr">${tokens.claims()?.acr}</p>` +
+              `<a id="signout" href="${logout.toString().replace(/&/g, "&amp;")}">Sign out</a>`,
           );
         } catch (err) {
           res.writeHead(500, { "content-type": "text/plain" });
           res.end(String(err));
         }
+        return;
+      }
+      if (url.pathname === "/bye") {
+        res.writeHead(200, { "content-type": "text/html; charset=utf-8" });
+        res.end(`<h1 id="bye">signed out</h1>`);
         return;
       }
       res.writeHead(200, { "content-type": "text/html; charset=utf-8" });
@@ -129,6 +140,12 @@ describe.skipIf(!available && !process.env.CI)("hosted sign-in in a real browser
       });
       expect(await page.textContent("#who")).toBe("signed in as browser.member");
       expect(await page.textContent("#acr")).toBe("urn:sekisho:acr:password");
+      // RP-initiated logout: confirm on Sekisho's page, land back on the site (a redirect after a
+      // form post, which a CSP form-action would block in a browser).
+      await page.click("#signout");
+      await page.click("button[name=logout]");
+      await page.waitForSelector("#bye", { timeout: 5000 });
+      expect(new URL(page.url()).pathname).toBe("/bye");
       await context.close();
     });
   }
