@@ -73,19 +73,25 @@ const UNSAFE = new Set(["POST", "PUT", "PATCH", "DELETE"]);
  * without it, Sec-Fetch-Site), and must be JSON when it carries a cookie or a body — a cross-site
  * form can't send application/json, and fetch can't without a CORS preflight we never grant.
  */
+/**
+ * Did this request come from our own origin? `Origin` decides when present; without it (or when
+ * it is `null`, as under a strict referrer policy) Fetch Metadata's `Sec-Fetch-Site` does; a
+ * request with neither (curl, a server) is not a browser's cross-site request.
+ */
+export function fromOwnOrigin(req: Request, issuerOrigin: string): boolean {
+  const site = req.get("sec-fetch-site");
+  const origin = req.get("origin") === "null" && site === "same-origin" ? undefined : req.get("origin");
+  if (origin !== undefined) return origin === issuerOrigin;
+  return !site || site === "same-origin" || site === "none";
+}
+
 export function originGuard(issuerOrigin: string): RequestHandler {
   return (req, _res, next) => {
     if (!UNSAFE.has(req.method)) return next();
-    const site = req.get("sec-fetch-site");
-    // `Origin: null` (strict referrer policy, sandboxed frame) proves nothing: Fetch Metadata decides.
-    const origin = req.get("origin") === "null" && site === "same-origin" ? undefined : req.get("origin");
-    if (
-      (origin !== undefined && origin !== issuerOrigin) ||
-      (origin === undefined && site && site !== "same-origin" && site !== "none")
-    ) {
+    if (!fromOwnOrigin(req, issuerOrigin)) {
       return next(
         new ApiError(403, "forbidden_origin", "Cross-origin requests are not allowed.", {
-          detail: `origin ${origin ?? "-"} site ${site ?? "-"}`,
+          detail: `origin ${req.get("origin") ?? "-"} site ${req.get("sec-fetch-site") ?? "-"}`,
         }),
       );
     }

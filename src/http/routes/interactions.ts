@@ -7,7 +7,7 @@ import type { Services } from "../../services.js";
 import { satisfies } from "../../sessions/levels.js";
 import type { Session } from "../../sessions/sessions.js";
 import { setSessionCookie } from "../cookies.js";
-import { locals } from "../middleware.js";
+import { fromOwnOrigin, locals } from "../middleware.js";
 import { consentPage, type Lang, loginPage, pickLang } from "../pages.js";
 
 /** Marks an authorization that came in with prompt=none (see silentAuthorization). */
@@ -44,15 +44,7 @@ export function interactionRoutes(s: Services, oidc: Oidc): Router {
   const r = Router();
   const { provider } = oidc;
 
-  const sameOrigin = (req: Request) => {
-    const site = req.get("sec-fetch-site");
-    // A browser may send `Origin: null` for a form post under a strict referrer policy; then the
-    // Fetch Metadata header decides.
-    const origin = req.get("origin") === "null" && site === "same-origin" ? undefined : req.get("origin");
-    if (origin !== undefined && origin !== s.config.issuerOrigin) return false;
-    if (origin === undefined && site && site !== "same-origin" && site !== "none") return false;
-    return true;
-  };
+  const sameOrigin = (req: Request) => fromOwnOrigin(req, s.config.issuerOrigin);
 
   const clientView = async (clientId: string | undefined) => {
     const client = clientId ? await provider.Client.find(clientId) : undefined;
