@@ -119,4 +119,41 @@ describe("arbitrary input at every endpoint", () => {
       { numRuns: 100 },
     );
   });
+
+  it("hostile input at the OIDC endpoints and hosted pages never answers 5xx", async () => {
+    const paths = [
+      ["get", "/oidc/auth"],
+      ["post", "/oidc/token"],
+      ["post", "/oidc/token/revocation"],
+      ["post", "/oidc/token/introspection"],
+      ["get", "/oidc/userinfo"],
+      ["get", "/oidc/session/end"],
+      ["get", "/interaction/x"],
+      ["post", "/interaction/x/login"],
+      ["post", "/interaction/x/consent"],
+    ] as const;
+    await fc.assert(
+      fc.asyncProperty(
+        fc.constantFrom(...paths),
+        fc.dictionary(fc.string({ maxLength: 12 }), fc.string({ unit: "binary", maxLength: 40 }), {
+          maxKeys: 4,
+        }),
+        fc.string({ maxLength: 30 }),
+        async ([method, path], params, uid) => {
+          const url = path.replace("/x", `/${encodeURIComponent(uid) || "x"}`);
+          const form = new URLSearchParams(params).toString();
+          const res =
+            method === "get"
+              ? await supertest(t.app).get(`${url}?${form}`)
+              : await supertest(t.app)
+                  .post(url)
+                  .set("Origin", ORIGIN)
+                  .set("Content-Type", "application/x-www-form-urlencoded")
+                  .send(form);
+          expect(res.status, `${method} ${url} ${res.status} ${res.text.slice(0, 200)}`).toBeLessThan(500);
+        },
+      ),
+      { numRuns: 150 },
+    );
+  });
 });

@@ -28,6 +28,10 @@ describe("key rotation", () => {
   });
   afterEach(() => t.close());
 
+  // Rotation as the tests run it: on this app's database and keys, without the settle wait.
+  const rotate = (opts: Partial<Parameters<typeof rotateKeys>[0]> = {}) =>
+    rotateKeys({ db: t.s.db, keys: t.s.keys, audit: t.s.audit, clock: t.clock, settleMs: 0, ...opts });
+
   const rowKeys = () =>
     t.s.db
       .select({ keyId: profiles.keyId })
@@ -37,13 +41,7 @@ describe("key rotation", () => {
 
   it("re-encrypts every row under the new key; all rows decrypt and new writes use the new key", async () => {
     const oldKey = t.s.keys.get().activeDataKey().id;
-    const result = await rotateKeys({
-      db: t.s.db,
-      keys: t.s.keys,
-      audit: t.s.audit,
-      clock: t.clock,
-      batchSize: 3,
-    });
+    const result = await rotate({ batchSize: 3 });
     expect(result).toMatchObject({ resumed: false, rowsDone: 7 });
     expect(result.newKeyId).not.toBe(oldKey);
     expect(new Set(rowKeys())).toEqual(new Set([result.newKeyId]));
@@ -71,13 +69,8 @@ describe("key rotation", () => {
   it("an interrupted rotation resumes where it stopped instead of adding another key", async () => {
     // Simulate a crash after the first committed batch.
     await expect(
-      rotateKeys({
-        db: t.s.db,
-        keys: t.s.keys,
-        audit: t.s.audit,
-        clock: t.clock,
+      rotate({
         batchSize: 3,
-        settleMs: 0,
         afterBatch: () => {
           throw new Error("killed");
         },
@@ -89,13 +82,7 @@ describe("key rotation", () => {
     expect(t.s.vault.readMany(ids, ["email"], system).size).toBe(7);
     const dataKeysBefore = t.s.keys.get().dataKeys.length;
 
-    const resumed = await rotateKeys({
-      db: t.s.db,
-      keys: t.s.keys,
-      audit: t.s.audit,
-      clock: t.clock,
-      batchSize: 3,
-    });
+    const resumed = await rotate({ batchSize: 3 });
     expect(resumed).toMatchObject({ resumed: true, newKeyId: newKey, rowsDone: 7 });
     expect(t.s.keys.get().dataKeys.length).toBe(dataKeysBefore);
     expect(new Set(rowKeys())).toEqual(new Set([newKey]));
@@ -131,16 +118,7 @@ describe("key rotation", () => {
       .set({ phone: a?.phone })
       .where(eq(profiles.memberId, b?.memberId as string))
       .run();
-    await expect(
-      rotateKeys({
-        db: t.s.db,
-        keys: t.s.keys,
-        audit: t.s.audit,
-        clock: t.clock,
-        batchSize: 50,
-        settleMs: 0,
-      }),
-    ).rejects.toThrow(/key rotation stopped: .*authentication failed/);
+    await expect(rotate({ batchSize: 50 })).rejects.toThrow(/key rotation stopped: .*authentication failed/);
     const failures = [...t.s.audit.iterate()].filter((e) => e.action === "pii.decrypt_failed");
     expect(failures).toHaveLength(1);
     expect(failures[0]?.memberId).toBe(b?.memberId);

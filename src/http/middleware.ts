@@ -1,9 +1,8 @@
-import { parse as parseCookies } from "cookie";
 import type { NextFunction, Request, RequestHandler, Response } from "express";
 import type { Logger } from "pino";
 import { ZodError } from "zod";
 import { ApiError } from "../errors.js";
-import { SESSION_COOKIE, type Session, type SessionService } from "../sessions/sessions.js";
+import { SESSION_COOKIE, type Session, type SessionService, sessionTokenFrom } from "../sessions/sessions.js";
 import { randomBytesPooled } from "../vault/random.js";
 
 /** Per-request values middleware leaves for the routes. */
@@ -107,19 +106,11 @@ export function originGuard(issuerOrigin: string): RequestHandler {
 /** Read the session cookie; routes decide whether they need one. */
 export function sessionLoader(sessions: SessionService): RequestHandler {
   return (req, res, next) => {
-    const header = req.get("cookie");
-    if (header) {
-      let token: string | undefined;
-      try {
-        token = parseCookies(header)[SESSION_COOKIE];
-      } catch {
-        token = undefined;
-      }
-      if (token) {
-        const l = locals(res);
-        l.sessionToken = token;
-        l.session = sessions.authenticate(token);
-      }
+    const token = sessionTokenFrom(req.get("cookie"));
+    if (token) {
+      const l = locals(res);
+      l.sessionToken = token;
+      l.session = sessions.authenticate(token);
     }
     next();
   };

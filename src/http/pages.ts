@@ -1,4 +1,10 @@
-import { escapeHtml as e } from "../oidc/provider.js";
+/** HTML-escape text for element content and double-quoted attributes. */
+export const escapeHtml = (v: string) =>
+  v.replace(
+    /[&<>"']/g,
+    (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c] as string,
+  );
+const e = escapeHtml;
 
 /**
  * Hosted pages: server-rendered HTML, no scripts, Japanese first and English by Accept-Language
@@ -28,6 +34,11 @@ const T = {
     allow: "許可する",
     deny: "許可しない",
     footer: "関所 Sekisho によるサインイン",
+    errorTitle: "サインインを続けられません",
+    errorLead: "お手数ですが、元のサイトからやり直してください。",
+    logoutTitle: "サインアウトしますか？",
+    logout: "サインアウト",
+    loggedOut: "サインアウトしました",
   },
   en: {
     title: "Sign in",
@@ -44,6 +55,11 @@ const T = {
     allow: "Allow",
     deny: "Deny",
     footer: "Sign-in by Sekisho (関所)",
+    errorTitle: "We can't continue signing you in",
+    errorLead: "Please go back to the site and try again.",
+    logoutTitle: "Sign out?",
+    logout: "Sign out",
+    loggedOut: "You are signed out",
   },
 } as const;
 
@@ -60,12 +76,43 @@ button.secondary{background:#e6e9ef;color:#1d2330}
 .client{display:flex;align-items:center;gap:.75rem;margin-bottom:1rem}.client img{width:40px;height:40px;border-radius:8px}
 footer{text-align:center;color:#6b7385;font-size:.85rem;margin-top:1.5rem}footer a{color:#2456c9}`;
 
-function layout(lang: Lang, title: string, body: string, switchHref: string): string {
+/** The page frame; `switchHref` (the other language) is left out where a page can't be re-requested. */
+function layout(lang: Lang, title: string, body: string, switchHref?: string): string {
+  const other = switchHref
+    ? ` · <a href="${e(switchHref)}" lang="${lang === "ja" ? "en" : "ja"}">${e(T[lang].other)}</a>`
+    : "";
   return `<!doctype html><html lang="${lang}"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1"><title>${e(title)} — Sekisho</title>
 <style>${STYLE}</style></head><body><main>${body}</main>
-<footer>${e(T[lang].footer)} · <a href="${e(switchHref)}" lang="${lang === "ja" ? "en" : "ja"}">${e(T[lang].other)}</a></footer>
+<footer>${e(T[lang].footer)}${other}</footer>
 </body></html>`;
+}
+
+/** Protocol errors (bad client, bad redirect_uri, expired interaction): shown, never redirected. */
+export function errorPage(lang: Lang, code: string, description: string): string {
+  const t = T[lang];
+  return layout(
+    lang,
+    t.errorTitle,
+    `<h1>${e(t.errorTitle)}</h1><div class="error" role="alert"><code>${e(code)}</code><br>${e(description)}</div>
+<p class="lead">${e(t.errorLead)}</p>`,
+  );
+}
+
+/** RP-initiated logout confirmation: oidc-provider's form (hidden xsrf) and our button. */
+export function logoutPage(lang: Lang, providerForm: string): string {
+  const t = T[lang];
+  return layout(
+    lang,
+    t.logoutTitle,
+    `<h1>${e(t.logoutTitle)}</h1>${providerForm}
+<button type="submit" form="op.logoutForm" name="logout" value="yes">${e(t.logout)}</button>`,
+  );
+}
+
+export function loggedOutPage(lang: Lang): string {
+  const t = T[lang];
+  return layout(lang, t.loggedOut, `<h1>${e(t.loggedOut)}</h1>`);
 }
 
 export function loginPage(opts: {

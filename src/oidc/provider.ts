@@ -5,11 +5,12 @@ import type { RequestHandler } from "express";
 import Provider, { type Configuration, interactionPolicy, type KoaContextWithOIDC } from "oidc-provider";
 import { lazyPrepared } from "../db/connection.js";
 import { members } from "../db/schema.js";
+import { errorPage, loggedOutPage, logoutPage, pickLang } from "../http/pages.js";
 import { StartupError } from "../errors.js";
 import { PROFILE_FIELDS, type ProfileField } from "../members/profile.js";
 import type { Services } from "../services.js";
 import { ACR, satisfies } from "../sessions/levels.js";
-import { SESSION_COOKIE, type Session } from "../sessions/sessions.js";
+import { SESSION_COOKIE, type Session, sessionTokenFrom } from "../sessions/sessions.js";
 import { OidcStore } from "./adapter.js";
 import { Clients, secretMatches } from "./clients.js";
 
@@ -66,11 +67,7 @@ export function createOidc(s: Services): Oidc {
   const subjectOf = (memberId: string) =>
     s.db.select({ sub: members.sub }).from(members).where(eq(members.id, memberId)).get()?.sub ?? null;
   const sessionOf = (cookieHeader: string | undefined): Session | null => {
-    const token = cookieHeader
-      ?.split(";")
-      .map((c) => c.trim())
-      .find((c) => c.startsWith(`${SESSION_COOKIE}=`))
-      ?.slice(SESSION_COOKIE.length + 1);
+    const token = sessionTokenFrom(cookieHeader);
     const session = token ? s.sessions.authenticate(token) : null;
     return session?.kind === "full" ? session : null;
   };
@@ -144,11 +141,11 @@ export function createOidc(s: Services): Oidc {
         // Confirmation page: the provider's form (hidden xsrf) plus our button; no script.
         logoutSource: async (ctx, form) => {
           ctx.type = "html";
-          ctx.body = logoutPage(form);
+          ctx.body = logoutPage(pickLang(ctx.get("accept-language")), form);
         },
         postLogoutSuccessSource: async (ctx) => {
           ctx.type = "html";
-          ctx.body = loggedOutPage();
+          ctx.body = loggedOutPage(pickLang(ctx.get("accept-language")));
         },
       },
     },
@@ -229,7 +226,11 @@ export function createOidc(s: Services): Oidc {
     },
     renderError: async (ctx, out) => {
       ctx.type = "html";
-      ctx.body = errorPage(out.error ?? "error", out.error_description ?? "");
+      ctx.body = errorPage(
+        pickLang(ctx.get("accept-language")),
+        out.error ?? "error",
+        out.error_description ?? "",
+      );
     },
   };
 
@@ -280,34 +281,6 @@ function requestedAcr(ctx: KoaContextWithOIDC): string | null {
   // The weakest requested level that we know is the one to satisfy (OIDC: acr_values are voluntary, in preference order).
   const known = values.filter((v) => (Object.values(ACR) as string[]).includes(v));
   return known[0] ?? null;
-}
-
-export const escapeHtml = (v: string) =>
-  v.replace(
-    /[&<>"']/g,
-    (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c] as string,
-  );
-
-export function errorPage(code: string, description: string): string {
-  return `<!doctype html><html lang="ja"><head><meta charset="utf-8"><title>エラー / Error — Sekisho</title>
-<meta name="viewport" content="width=device-width, initial-scale=1"></head>
-<body><main><h1>サインインを続けられません / We can't continue signing you in</h1>
-<p><code>${escapeHtml(code)}</code></p><p>${escapeHtml(description)}</p>
-<p>お手数ですが、元のサイトからやり直してください。 Please go back to the site and try again.</p></main></body></html>`;
-}
-
-function logoutPage(form: string): string {
-  return `<!doctype html><html lang="ja"><head><meta charset="utf-8"><title>サインアウト / Sign out — Sekisho</title>
-<meta name="viewport" content="width=device-width, initial-scale=1"></head>
-<body><main><h1>サインアウトしますか？ / Sign out?</h1>${form}
-<button type="submit" form="op.logoutForm" name="logout" value="yes">サインアウト / Sign out</button>
-</main></body></html>`;
-}
-
-function loggedOutPage(): string {
-  return `<!doctype html><html lang="ja"><head><meta charset="utf-8"><title>サインアウトしました / Signed out — Sekisho</title>
-<meta name="viewport" content="width=device-width, initial-scale=1"></head>
-<body><main><h1>サインアウトしました / You are signed out</h1></main></body></html>`;
 }
 
 /**

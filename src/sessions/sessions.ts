@@ -1,4 +1,5 @@
 import { createHash, randomBytes } from "node:crypto";
+import { parse as parseCookies } from "cookie";
 import { and, desc, eq, gt, isNull, sql } from "drizzle-orm";
 import type { Clock } from "../clock.js";
 import { type Db, lazyPrepared } from "../db/connection.js";
@@ -28,6 +29,16 @@ export interface Session {
   expiresAt: number;
   ip: string | null;
   userAgent: string | null;
+}
+
+/** The session token in a Cookie header, if any (a malformed header counts as none). */
+export function sessionTokenFrom(cookieHeader: string | undefined): string | null {
+  if (!cookieHeader) return null;
+  try {
+    return parseCookies(cookieHeader)[SESSION_COOKIE] ?? null;
+  } catch {
+    return null;
+  }
 }
 
 export const hashToken = (token: string) => createHash("sha256").update(token, "utf8").digest("base64url");

@@ -2,13 +2,13 @@ import express, { type Request, type Response, Router } from "express";
 import { z } from "zod";
 import { ApiError } from "../../errors.js";
 import { errors } from "oidc-provider";
-import { errorPage, type Oidc } from "../../oidc/provider.js";
+import type { Oidc } from "../../oidc/provider.js";
 import type { Services } from "../../services.js";
 import { satisfies } from "../../sessions/levels.js";
 import type { Session } from "../../sessions/sessions.js";
 import { setSessionCookie } from "../cookies.js";
 import { fromOwnOrigin, locals } from "../middleware.js";
-import { consentPage, type Lang, loginPage, pickLang } from "../pages.js";
+import { consentPage, errorPage, type Lang, loginPage, pickLang } from "../pages.js";
 
 /** Marks an authorization that came in with prompt=none (see silentAuthorization). */
 export const SILENT_PARAM = "sekisho_silent";
@@ -44,7 +44,24 @@ export function interactionRoutes(s: Services, oidc: Oidc): Router {
   const r = Router();
   const { provider } = oidc;
 
-  const sameOrigin = (req: Request) => fromOwnOrigin(req, s.config.issuerOrigin);
+  /** A hosted page's form post: from our own origin only (login CSRF), small, urlencoded. */
+  const hostedForm = [
+    (req: Request, res: Response, next: () => void) => {
+      if (fromOwnOrigin(req, s.config.issuerOrigin)) return next();
+      pageHeaders(res, []);
+      res
+        .status(403)
+        .type("html")
+        .send(
+          errorPage(
+            pickLang(req.get("accept-language")),
+            "forbidden_origin",
+            "Cross-origin requests are not allowed.",
+          ),
+        );
+    },
+    express.urlencoded({ extended: false, limit: "8kb" }),
+  ];
 
   const clientView = async (clientId: string | undefined) => {
     const client = clientId ? await provider.Client.find(clientId) : undefined;
@@ -154,80 +171,69 @@ export function interactionRoutes(s: Services, oidc: Oidc): Router {
     return render(req, res, 200);
   });
 
-  r.post(
-    "/interaction/:uid/login",
-    express.urlencoded({ extended: false, limit: "8kb" }),
-    async (req, res) => {
-      if (!sameOrigin(req))
-        throw new ApiError(403, "forbidden_origin", "Cross-origin requests are not allowed.");
-      const details = await provider.interactionDetails(req, res);
-      if (details.prompt.name !== "login") return render(req, res, 400, "badRequest");
-      const form = loginForm.safeParse(req.body);
-      if (!form.success) return render(req, res, 400, "badRequest");
-      const l = locals(res);
-      try {
-        const result = await s.signIn.signIn(
-          { loginId: form.data.login_id, password: form.data.password },
-          { ip: l.ip, requestId: l.requestId, userAgent: req.get("user-agent") ?? null, previousToken: null },
-        );
-        if (result.status !== "authenticated") return render(req, res, 401, "invalid", form.data.login_id);
-        setSessionCookie(res, result.token, s.config.secureCookies);
-        return finishLogin(req, res, result.session);
-      } catch (err) {
-        if (err instanceof ApiError && err.status === 429) {
-          for (const [k, v] of Object.entries(err.headers ?? {})) res.setHeader(k, v);
-          return render(req, res, 429, "throttled", form.data.login_id);
-        }
-        if (err instanceof ApiError && err.status === 400)
-          return render(req, res, 400, "invalid", form.data.login_id);
-        throw err;
+  r.post("/interaction/:uid/login", ...hostedForm, async (req, res) => {
+    const details = await provider.interactionDetails(req, res);
+    if (details.prompt.name !== "login") return render(req, res, 400, "badRequest");
+    const form = loginForm.safeParse(req.body);
+    if (!form.success) return render(req, res, 400, "badRequest");
+    const l = locals(res);
+    try {
+      const result = await s.signIn.signIn(
+        { loginId: form.data.login_id, password: form.data.password },
+        { ip: l.ip, requestId: l.requestId, userAgent: req.get("user-agent") ?? null, previousToken: null },
+      );
+      if (result.status !== "authenticated") return render(req, res, 401, "invalid", form.data.login_id);
+      setSessionCookie(res, result.token, s.config.secureCookies);
+      return finishLogin(req, res, result.session);
+    } catch (err) {
+      if (err instanceof ApiError && err.status === 429) {
+        for (const [k, v] of Object.entries(err.headers ?? {})) res.setHeader(k, v);
+        return render(req, res, 429, "throttled", form.data.login_id);
       }
-    },
-  );
+      if (err instanceof ApiError && err.status === 400)
+        return render(req, res, 400, "invalid", form.data.login_id);
+      throw err;
+    }
+  });
 
-  r.post(
-    "/interaction/:uid/consent",
-    express.urlencoded({ extended: false, limit: "8kb" }),
-    async (req, res) => {
-      if (!sameOrigin(req))
-        throw new ApiError(403, "forbidden_origin", "Cross-origin requests are not allowed.");
-      const details = await provider.interactionDetails(req, res);
-      if (details.prompt.name !== "consent" || !details.session?.accountId)
-        return render(req, res, 400, "badRequest");
-      if ((req.body as { decision?: string }).decision !== "allow") {
-        await provider.interactionFinished(
-          req,
-          res,
-          { error: "access_denied", error_description: "The member declined." },
-          { mergeWithLastSubmission: false },
-        );
-        return;
-      }
-      const grant = new provider.Grant({
-        accountId: details.session.accountId,
-        clientId: details.params.client_id as string,
-      });
-      const missing = details.prompt.details as { missingOIDCScope?: string[]; missingOIDCClaims?: string[] };
-      if (missing.missingOIDCScope) grant.addOIDCScope(missing.missingOIDCScope.join(" "));
-      if (missing.missingOIDCClaims) grant.addOIDCClaims(missing.missingOIDCClaims);
-      const grantId = await grant.save();
+  r.post("/interaction/:uid/consent", ...hostedForm, async (req, res) => {
+    const details = await provider.interactionDetails(req, res);
+    if (details.prompt.name !== "consent" || !details.session?.accountId)
+      return render(req, res, 400, "badRequest");
+    if ((req.body as { decision?: string }).decision !== "allow") {
       await provider.interactionFinished(
         req,
         res,
-        { consent: { grantId } },
-        { mergeWithLastSubmission: true },
+        { error: "access_denied", error_description: "The member declined." },
+        { mergeWithLastSubmission: false },
       );
-    },
-  );
+      return;
+    }
+    const grant = new provider.Grant({
+      accountId: details.session.accountId,
+      clientId: details.params.client_id as string,
+    });
+    const missing = details.prompt.details as { missingOIDCScope?: string[]; missingOIDCClaims?: string[] };
+    if (missing.missingOIDCScope) grant.addOIDCScope(missing.missingOIDCScope.join(" "));
+    if (missing.missingOIDCClaims) grant.addOIDCClaims(missing.missingOIDCClaims);
+    const grantId = await grant.save();
+    await provider.interactionFinished(req, res, { consent: { grantId } }, { mergeWithLastSubmission: true });
+  });
 
   // Protocol errors on these pages (expired interaction, missing cookie) are shown, never redirected.
-  r.use("/interaction", (err: unknown, _req: Request, res: Response, next: (err?: unknown) => void) => {
+  r.use("/interaction", (err: unknown, req: Request, res: Response, next: (err?: unknown) => void) => {
     if (!(err instanceof errors.OIDCProviderError)) return next(err);
     pageHeaders(res, []);
     res
       .status(err.statusCode ?? 400)
       .type("html")
-      .send(errorPage(err.error, err.error_description ?? ""));
+      .send(
+        errorPage(
+          pickLang(req.get("accept-language"), req.query.lang),
+          err.error,
+          err.error_description ?? "",
+        ),
+      );
   });
 
   return r;
