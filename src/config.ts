@@ -35,6 +35,25 @@ const schema = z
     SEKISHO_PASSWORD_MIN_LENGTH: int(12, 8, 64),
     SEKISHO_SESSION_IDLE_MINUTES: int(60, 1, 60 * 24 * 30),
     SEKISHO_SESSION_ABSOLUTE_HOURS: int(12, 1, 24 * 90),
+    SEKISHO_REAUTH_MINUTES: int(10, 1, 24 * 60),
+    SEKISHO_TOTP_ISSUER: z.string().min(1).max(64).default("Sekisho"),
+    SEKISHO_WEBAUTHN_RP_NAME: z.string().min(1).max(64).default("Sekisho"),
+    SEKISHO_WEBAUTHN_EXTRA_ORIGINS: z
+      .string()
+      .default("")
+      .transform((v) =>
+        v
+          .split(",")
+          .map((o) => o.trim())
+          .filter(Boolean),
+      )
+      .pipe(
+        z.array(
+          z
+            .url({ protocol: /^https?$/ })
+            .refine((o) => new URL(o).origin === o, "must be a bare origin (scheme://host[:port])"),
+        ),
+      ),
   })
   .superRefine((env, ctx) => {
     if (env.SEKISHO_SESSION_IDLE_MINUTES > env.SEKISHO_SESSION_ABSOLUTE_HOURS * 60) {
@@ -72,6 +91,11 @@ export interface Config {
   readonly passwordMinLength: number;
   readonly sessionIdleMs: number;
   readonly sessionAbsoluteMs: number;
+  /** How recent a sign-in must be for sensitive changes (removing a factor). */
+  readonly reauthMs: number;
+  readonly totpIssuer: string;
+  /** WebAuthn relying party: RP ID is the issuer's host name; origins the issuer's plus extras. */
+  readonly webauthn: { readonly rpId: string; readonly rpName: string; readonly origins: readonly string[] };
 }
 
 /** Parse the environment. Throws a StartupError naming each bad variable. */
@@ -116,6 +140,13 @@ export function loadConfig(source: Record<string, string | undefined> = process.
     passwordMinLength: e.SEKISHO_PASSWORD_MIN_LENGTH,
     sessionIdleMs: e.SEKISHO_SESSION_IDLE_MINUTES * 60_000,
     sessionAbsoluteMs: e.SEKISHO_SESSION_ABSOLUTE_HOURS * 3_600_000,
+    reauthMs: e.SEKISHO_REAUTH_MINUTES * 60_000,
+    totpIssuer: e.SEKISHO_TOTP_ISSUER,
+    webauthn: Object.freeze({
+      rpId: url.hostname,
+      rpName: e.SEKISHO_WEBAUTHN_RP_NAME,
+      origins: Object.freeze([url.origin, ...e.SEKISHO_WEBAUTHN_EXTRA_ORIGINS]),
+    }),
   });
 }
 

@@ -19,12 +19,13 @@ async function main(): Promise<void> {
   const services = buildServices({ config, db, clock, keys, logger });
   await services.hasher.warm();
   const app = createApp(services);
-  // Expired OIDC codes, tokens, sessions and interactions are deleted every ten minutes.
+  // Expired OIDC codes, tokens, sessions, interactions and mfa_tokens are deleted every ten minutes.
   const oidcStore = new OidcStore({ db, clock, keys });
   const sweep = setInterval(() => {
     try {
       const n = oidcStore.deleteExpired();
       if (n > 0) logger.debug({ deleted: n }, "expired OIDC rows deleted");
+      services.mfaTokens.sweep();
     } catch (err) {
       logger.error({ err }, "OIDC clean-up failed");
     }

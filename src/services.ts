@@ -7,6 +7,13 @@ import { ProfileVault } from "./members/profile.js";
 import { Registrations } from "./members/registration.js";
 import { PasswordHasher } from "./passwords/hasher.js";
 import { HashQueue } from "./passwords/queue.js";
+import { Factors } from "./factors/methods.js";
+import { Passkeys } from "./factors/passkeys.js";
+import { RecoveryCodes } from "./factors/recovery-codes.js";
+import { TotpService } from "./factors/totp.js";
+import { DeviceRegistry } from "./sessions/devices.js";
+import { MfaTokens } from "./sessions/mfa-tokens.js";
+import { SecondFactorSignIn } from "./sessions/second-factor.js";
 import { PasswordSignIn } from "./sessions/sign-in.js";
 import { SessionService } from "./sessions/sessions.js";
 import { AttemptLimiter } from "./throttle/attempts.js";
@@ -26,6 +33,10 @@ export interface Services {
   sessions: SessionService;
   signIn: PasswordSignIn;
   throttle: AttemptLimiter;
+  factors: Factors;
+  mfaTokens: MfaTokens;
+  devices: DeviceRegistry;
+  secondFactor: SecondFactorSignIn;
 }
 
 export function buildServices(deps: {
@@ -58,6 +69,36 @@ export function buildServices(deps: {
     absoluteMs: config.sessionAbsoluteMs,
   });
   const throttle = new AttemptLimiter(clock);
-  const signIn = new PasswordSignIn({ db, hasher, sessions, audit, throttle, keys });
-  return { ...deps, audit, hasher, vault, registrations, sessions, signIn, throttle };
+  const factors = new Factors(
+    new TotpService({ db, keys, clock, issuer: config.totpIssuer }),
+    new RecoveryCodes({ db, clock }),
+    new Passkeys({ db, clock, rp: config.webauthn }),
+  );
+  const mfaTokens = new MfaTokens({ db, clock });
+  const devices = new DeviceRegistry({ db, clock });
+  const signIn = new PasswordSignIn({ db, hasher, sessions, audit, throttle, keys, factors, mfaTokens });
+  const secondFactor = new SecondFactorSignIn({
+    db,
+    clock,
+    sessions,
+    tokens: mfaTokens,
+    factors,
+    devices,
+    audit,
+    throttle,
+  });
+  return {
+    ...deps,
+    audit,
+    hasher,
+    vault,
+    registrations,
+    sessions,
+    signIn,
+    throttle,
+    factors,
+    mfaTokens,
+    devices,
+    secondFactor,
+  };
 }

@@ -28,6 +28,8 @@ export const members = sqliteTable("members", {
   createdAt: integer("created_at").notNull(),
   updatedAt: integer("updated_at").notNull(),
   passwordChangedAt: integer("password_changed_at"),
+  /** WebAuthn user handle (base64url of 32 random bytes), made at the first passkey; never the login ID. */
+  webauthnUserId: text("webauthn_user_id").unique(),
 });
 
 /** One row per member; every value column is a vault ciphertext bound to (member, field). */
@@ -163,3 +165,126 @@ export const oidcClients = sqliteTable("oidc_clients", {
   logoUri: text("logo_uri"),
   createdAt: integer("created_at").notNull(),
 });
+
+/**
+ * A member's TOTP factor. `secret` (active) and `pending_secret` (enrolment not yet verified) are
+ * vault ciphertexts bound to (member, column). `last_step` is the newest RFC 6238 time step ever
+ * accepted: a code for that step or an earlier one is refused (replay), and it only moves forward
+ * through a compare-and-swap UPDATE.
+ */
+export const totpFactors = sqliteTable("totp_factors", {
+  memberId: text("member_id")
+    .primaryKey()
+    .references(() => members.id, { onDelete: "cascade" }),
+  secret: text("secret"),
+  pendingSecret: text("pending_secret"),
+  pendingCreatedAt: integer("pending_created_at"),
+  lastStep: integer("last_step").notNull().default(0),
+  enabledAt: integer("enabled_at"),
+  updatedAt: integer("updated_at").notNull(),
+});
+
+/** Recovery codes: SHA-256 of a 80-bit random code; each row is spent once (used_at, by CAS). */
+export const recoveryCodes = sqliteTable(
+  "recovery_codes",
+  {
+    id: integer("id").primaryKey({ autoIncrement: true }),
+    memberId: text("member_id")
+      .notNull()
+      .references(() => members.id, { onDelete: "cascade" }),
+    codeHash: text("code_hash").notNull().unique(),
+    createdAt: integer("created_at").notNull(),
+    usedAt: integer("used_at"),
+  },
+  (t) => [index("recovery_codes_member").on(t.memberId)],
+);
+
+/**
+ * Passkeys (WebAuthn credentials). Nothing here is secret: a public key, a counter, and the
+ * member-given label (plain text, at most 64 characters; the pages say not to put a name in it).
+ */
+export const webauthnCredentials = sqliteTable(
+  "webauthn_credentials",
+  {
+    /** Public id used by the API (`pk_…`); not the credential ID. */
+    id: text("id").primaryKey(),
+    memberId: text("member_id")
+      .notNull()
+      .references(() => members.id, { onDelete: "cascade" }),
+    /** base64url credential ID: unique across all members. */
+    credentialId: text("credential_id").notNull().unique(),
+    publicKey: text("public_key").notNull(),
+    counter: integer("counter").notNull().default(0),
+    transports: text("transports").notNull().default("[]"),
+    aaguid: text("aaguid").notNull(),
+    backupEligible: integer("backup_eligible", { mode: "boolean" }).notNull(),
+    backedUp: integer("backed_up", { mode: "boolean" }).notNull(),
+    name: text("name").notNull(),
+    createdAt: integer("created_at").notNull(),
+    lastUsedAt: integer("last_used_at"),
+    /** Set when a signature counter failed to increase: the credential may have been cloned. */
+    suspectedCloneAt: integer("suspected_clone_at"),
+  },
+  (t) => [index("webauthn_credentials_member").on(t.memberId)],
+);
+
+/**
+ * WebAuthn challenges: random, single-use, short-lived, and bound to their ceremony — the member
+ * (registration, second factor, step-up), the mfa_token or session that asked, or nobody
+ * (passwordless). Stored as SHA-256 of the challenge; consumed by one CAS UPDATE.
+ */
+export const webauthnChallenges = sqliteTable(
+  "webauthn_challenges",
+  {
+    challengeHash: text("challenge_hash").primaryKey(),
+    ceremony: text("ceremony", { enum: ["registration", "authentication"] }).notNull(),
+    memberId: text("member_id").references(() => members.id, { onDelete: "cascade" }),
+    mfaTokenHash: text("mfa_token_hash"),
+    sessionId: text("session_id"),
+    userVerification: text("user_verification").notNull(),
+    createdAt: integer("created_at").notNull(),
+    expiresAt: integer("expires_at").notNull(),
+    consumedAt: integer("consumed_at"),
+  },
+  (t) => [index("webauthn_challenges_expiry").on(t.expiresAt)],
+);
+
+/**
+ * The state between a correct password and the second factor: a random mfa_token (stored hashed),
+ * short-lived, single-use, with its own attempt limit.
+ */
+export const mfaTokens = sqliteTable(
+  "mfa_tokens",
+  {
+    tokenHash: text("token_hash").primaryKey(),
+    memberId: text("member_id")
+      .notNull()
+      .references(() => members.id, { onDelete: "cascade" }),
+    createdAt: integer("created_at").notNull(),
+    expiresAt: integer("expires_at").notNull(),
+    failures: integer("failures").notNull().default(0),
+    consumedAt: integer("consumed_at"),
+  },
+  (t) => [index("mfa_tokens_expiry").on(t.expiresAt)],
+);
+
+/**
+ * Known devices: the `sekisho_device` cookie (random token, stored hashed), issued after a sign-in
+ * with a second factor or a passkey, bound to one member, kept across logout, revocable.
+ */
+export const devices = sqliteTable(
+  "devices",
+  {
+    id: text("id").primaryKey(),
+    memberId: text("member_id")
+      .notNull()
+      .references(() => members.id, { onDelete: "cascade" }),
+    tokenHash: text("token_hash").notNull().unique(),
+    createdAt: integer("created_at").notNull(),
+    lastSeenAt: integer("last_seen_at").notNull(),
+    expiresAt: integer("expires_at").notNull(),
+    revokedAt: integer("revoked_at"),
+    userAgent: text("user_agent"),
+  },
+  (t) => [index("devices_member").on(t.memberId)],
+);

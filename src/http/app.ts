@@ -11,7 +11,9 @@ import {
   sessionLoader,
 } from "./middleware.js";
 import { cachedProviderDocuments, createOidc, OIDC_ROUTES } from "../oidc/provider.js";
+import { factorRoutes } from "./routes/factors.js";
 import { healthRoutes } from "./routes/health.js";
+import { secondFactorRoutes } from "./routes/second-factor.js";
 import { interactionRoutes, silentAuthorization } from "./routes/interactions.js";
 import { meRoutes } from "./routes/me.js";
 import { registrationAndLoginRoutes } from "./routes/members.js";
@@ -72,7 +74,9 @@ export function createApp(s: Services): express.Express {
   );
   api.use(sessionLoader(s.sessions));
   api.use(registrationAndLoginRoutes(s));
+  api.use(secondFactorRoutes(s));
   api.use(meRoutes(s));
+  api.use(factorRoutes(s));
   api.use(notFound());
   app.use("/api/v1", api);
 

@@ -5,10 +5,12 @@ import { members } from "../db/schema.js";
 import { ApiError } from "../errors.js";
 import { resolveLoginInput } from "../members/login-id.js";
 import type { PasswordHasher } from "../passwords/hasher.js";
+import type { Factors, FactorMethod } from "../factors/methods.js";
 import type { AttemptLimiter } from "../throttle/attempts.js";
 import { blindIndex } from "../vault/blind-index.js";
 import type { KeyringStore } from "../vault/keyring.js";
 import { ACR } from "./levels.js";
+import type { MfaTokens } from "./mfa-tokens.js";
 import type { Session, SessionService } from "./sessions.js";
 
 export interface SignInContext {
@@ -21,6 +23,7 @@ export interface SignInContext {
 
 export type SignInResult =
   | { status: "authenticated"; token: string; session: Session; memberId: string }
+  | { status: "mfa_required"; mfaToken: string; methods: FactorMethod[]; memberId: string }
   | { status: "failed" };
 
 /**
@@ -36,6 +39,8 @@ export class PasswordSignIn {
   readonly #audit: AuditLog;
   readonly #throttle: AttemptLimiter;
   readonly #keys: KeyringStore;
+  readonly #factors: Factors;
+  readonly #mfaTokens: MfaTokens;
 
   constructor(deps: {
     db: Db;
@@ -44,6 +49,8 @@ export class PasswordSignIn {
     audit: AuditLog;
     throttle: AttemptLimiter;
     keys: KeyringStore;
+    factors: Factors;
+    mfaTokens: MfaTokens;
   }) {
     this.#db = deps.db;
     this.#hasher = deps.hasher;
@@ -51,6 +58,8 @@ export class PasswordSignIn {
     this.#audit = deps.audit;
     this.#throttle = deps.throttle;
     this.#keys = deps.keys;
+    this.#factors = deps.factors;
+    this.#mfaTokens = deps.mfaTokens;
   }
 
   async signIn(input: { loginId: string; password: string }, ctx: SignInContext): Promise<SignInResult> {
@@ -109,9 +118,12 @@ export class PasswordSignIn {
     if (member.status !== "active") return fail("account_disabled", member.id);
 
     const rehashed = this.#hasher.needsRehash(stored) ? await this.#hasher.hash(input.password) : null;
-    this.#throttle.recordSuccess(ctx.ip, loginId);
-    return inTransaction(this.#db, () => {
-      if (ctx.previousToken) this.#revokePrevious(ctx.previousToken);
+    const methods = this.#factors.methods(member.id);
+    // A right password clears this address's count for the login ID only when it completes the
+    // sign-in: with a second factor due, the count stays until that passes too — otherwise each
+    // password step would buy an attacker who has the password five fresh guesses at the code.
+    if (methods.length === 0) this.#throttle.recordSuccess(ctx.ip, loginId);
+    return inTransaction(this.#db, (): SignInResult => {
       if (rehashed) {
         this.#db
           .update(members)
@@ -119,6 +131,22 @@ export class PasswordSignIn {
           .where(eq(members.id, member.id))
           .run();
       }
+      if (methods.length > 0) {
+        // The password was right; the second step is due. No session yet, not even a limited one.
+        const mfaToken = this.#mfaTokens.issue(member.id);
+        this.#audit.append({
+          action: "login.password",
+          outcome: "success",
+          actorType: "member",
+          actorId: member.id,
+          memberId: member.id,
+          ip: ctx.ip,
+          requestId: ctx.requestId,
+          details: { next: "second_factor", methods, rehashed: !!rehashed },
+        });
+        return { status: "mfa_required", mfaToken, methods, memberId: member.id };
+      }
+      if (ctx.previousToken) this.#revokePrevious(ctx.previousToken);
       const { token, session } = this.#sessions.create({
         memberId: member.id,
         acr: ACR.password,

@@ -2,7 +2,8 @@ import { and, eq, isNull, ne } from "drizzle-orm";
 import type { AuditLog } from "../audit/log.js";
 import type { Clock } from "../clock.js";
 import { type Db, inTransaction } from "../db/connection.js";
-import { keyRotations, profiles } from "../db/schema.js";
+import { keyRotations, profiles, totpFactors } from "../db/schema.js";
+import { reencryptTotpRow, TotpService } from "../factors/totp.js";
 import { fieldContext, PROFILE_COLUMN, PROFILE_FIELDS, type ProfileField } from "../members/profile.js";
 import { decryptField, encryptField } from "./fields.js";
 import type { KeyringStore, VersionedKey } from "./keyring.js";
@@ -130,6 +131,8 @@ export async function rotateKeys(deps: {
     await new Promise((resolve) => setImmediate(resolve));
   }
 
+  rowsDone += reencryptTotpSecrets(db, keys, newKeyId, batchSize);
+
   inTransaction(db, () => {
     db.update(keyRotations)
       .set({ finishedAt: clock.now().getTime(), rowsDone })
@@ -143,6 +146,37 @@ export async function rotateKeys(deps: {
     });
   });
   return { newKeyId, resumed, rowsDone, remaining: 0 };
+}
+
+/**
+ * TOTP secrets are vault ciphertexts too: re-encrypt those not under the new key, batch by batch,
+ * each row only if nobody rewrote it meanwhile (an enrolment or activation in between wins).
+ */
+function reencryptTotpSecrets(db: Db, keys: KeyringStore, newKeyId: string, batchSize: number): number {
+  const totp = new TotpService({ db, keys, clock: { now: () => new Date() }, issuer: "" });
+  let done = 0;
+  for (;;) {
+    const rows = totp.staleRows(newKeyId, batchSize);
+    if (rows.length === 0) return done;
+    inTransaction(db, () => {
+      for (const row of rows) {
+        const next = reencryptTotpRow(keys, row);
+        db.update(totpFactors)
+          .set(next)
+          .where(
+            and(
+              eq(totpFactors.memberId, row.memberId),
+              row.secret === null ? isNull(totpFactors.secret) : eq(totpFactors.secret, row.secret),
+              row.pendingSecret === null
+                ? isNull(totpFactors.pendingSecret)
+                : eq(totpFactors.pendingSecret, row.pendingSecret),
+            ),
+          )
+          .run();
+      }
+    });
+    done += rows.length;
+  }
 }
 
 class RowDecryptionFailed extends Error {

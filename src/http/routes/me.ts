@@ -5,18 +5,61 @@ import { auditLog, members } from "../../db/schema.js";
 import { ApiError } from "../../errors.js";
 import { PROFILE_FIELDS } from "../../members/profile.js";
 import type { Services } from "../../services.js";
+import { deviceTokenFrom } from "../../sessions/devices.js";
 import { locals, requireSession } from "../middleware.js";
+
+/** What of an audit entry's details a member sees: the method and ids, never fingerprints. */
+const SHOWN_DETAILS = ["method", "acr", "amr", "session_id", "passkey_id", "device_id", "remaining", "next"];
+function eventDetails(stored: string): Record<string, unknown> {
+  try {
+    const d = JSON.parse(stored) as Record<string, unknown>;
+    return Object.fromEntries(Object.entries(d).filter(([k]) => SHOWN_DETAILS.includes(k)));
+  } catch {
+    return {};
+  }
+}
 
 /** Audit actions a member sees as their own security events. */
 export const MEMBER_EVENT_ACTIONS = [
   "member.registered",
   "login.password",
+  "login.second_factor",
+  "login.passkey",
+  "login.new_device",
   "login.throttled",
+  "session.step_up",
   "session.logout",
   "session.revoked",
+  "factor.totp_added",
+  "factor.totp_removed",
+  "factor.passkey_added",
+  "factor.passkey_renamed",
+  "factor.passkey_removed",
+  "factor.recovery_codes_generated",
+  "mfa.recovery_code_used",
+  "mfa.passkey_clone_suspected",
+  "device.revoked",
 ] as const;
 
 const sessionIdParam = z.string().regex(/^s_[A-Za-z0-9_-]{16}$/);
+const deviceIdParam = z.string().regex(/^d_[A-Za-z0-9_-]{16}$/);
+
+/** The member's factors as GET /me shows them (no secrets: names, dates, counts). */
+export function mfaView(s: Services, memberId: string) {
+  const f = s.factors.of(memberId);
+  return {
+    totp: f.totp,
+    passkeys: s.factors.passkeys.list(memberId).map((p) => ({
+      id: p.id,
+      name: p.name,
+      created_at: iso(p.createdAt),
+      last_used_at: iso(p.lastUsedAt),
+      synced: p.backupEligible,
+      suspected_clone: p.suspectedCloneAt !== null,
+    })),
+    recovery_codes_remaining: f.recoveryCodes,
+  };
+}
 const iso = (ms: number | null) => (ms === null ? null : new Date(ms).toISOString());
 
 export function meRoutes(s: Services): Router {
@@ -39,7 +82,7 @@ export function meRoutes(s: Services): Router {
       login_id: member.loginId,
       profile,
       email_verified: member.emailVerified,
-      mfa: { totp: false, passkeys: [] },
+      mfa: mfaView(s, member.id),
       session: { acr: session.acr, amr: session.amr, auth_time: iso(session.authTime) },
     });
   });
@@ -82,6 +125,40 @@ export function meRoutes(s: Services): Router {
     res.status(204).end();
   });
 
+  r.get("/me/devices", (req, res) => {
+    const session = requireSession(res);
+    const current = s.devices.recognise(deviceTokenFrom(req.get("cookie")), session.memberId);
+    res.json({
+      devices: s.devices.list(session.memberId).map((d) => ({
+        id: d.id,
+        current: d.id === current?.id,
+        created_at: iso(d.createdAt),
+        last_seen_at: iso(d.lastSeenAt),
+        user_agent: d.userAgent,
+      })),
+    });
+  });
+
+  r.delete("/me/devices/:id", (req, res) => {
+    const session = requireSession(res);
+    const l = locals(res);
+    const id = deviceIdParam.safeParse(req.params.id);
+    if (!id.success || !s.devices.revoke(session.memberId, id.data)) {
+      throw new ApiError(404, "not_found", "No such device.");
+    }
+    s.audit.append({
+      action: "device.revoked",
+      outcome: "success",
+      actorType: "member",
+      actorId: session.memberId,
+      memberId: session.memberId,
+      ip: l.ip,
+      requestId: l.requestId,
+      details: { device_id: id.data },
+    });
+    res.status(204).end();
+  });
+
   r.get("/me/events", (_req, res) => {
     const session = requireSession(res);
     const rows = s.db
@@ -101,6 +178,7 @@ export function meRoutes(s: Services): Router {
         outcome: e.outcome,
         reason: e.reason,
         ip: e.ip,
+        details: eventDetails(e.details),
       })),
     });
   });

@@ -51,6 +51,10 @@ export function registrationAndLoginRoutes(s: Services): Router {
       res.status(401).json(INVALID_CREDENTIALS);
       return;
     }
+    if (result.status === "mfa_required") {
+      res.status(200).json({ status: "mfa_required", mfa_token: result.mfaToken, methods: result.methods });
+      return;
+    }
     setSessionCookie(res, result.token, s.config.secureCookies);
     res.status(200).json({ status: "authenticated" });
   });

@@ -1,0 +1,117 @@
+import { parse as parseCookies } from "cookie";
+import { and, desc, eq, gt, isNull } from "drizzle-orm";
+import type { Clock } from "../clock.js";
+import type { Db } from "../db/connection.js";
+import { devices } from "../db/schema.js";
+import { randomBytesPooled } from "../vault/random.js";
+import { hashToken } from "./sessions.js";
+
+/**
+ * Known devices. A browser that completed a sign-in with a second factor or a passkey gets the
+ * `sekisho_device` cookie: 256 random bits, stored as SHA-256, bound to that one member, kept
+ * across logout, revocable by the member. Sekisho uses it to tell "a sign-in from a new device"
+ * (a security event) and, in the throttle, to keep trusting a member's own device.
+ */
+export const DEVICE_COOKIE = "sekisho_device";
+export const DEVICE_TTL_MS = 365 * 24 * 3_600_000;
+
+export function deviceTokenFrom(cookieHeader: string | undefined): string | null {
+  if (!cookieHeader) return null;
+  try {
+    return parseCookies(cookieHeader)[DEVICE_COOKIE] ?? null;
+  } catch {
+    return null;
+  }
+}
+
+export interface Device {
+  id: string;
+  createdAt: number;
+  lastSeenAt: number;
+  userAgent: string | null;
+}
+
+export class DeviceRegistry {
+  readonly #db: Db;
+  readonly #clock: Clock;
+
+  constructor(deps: { db: Db; clock: Clock }) {
+    this.#db = deps.db;
+    this.#clock = deps.clock;
+  }
+
+  /** The live device of this member that the token names, or null (another member's device counts as none). */
+  recognise(token: string | null, memberId: string): Device | null {
+    if (!token || !/^[A-Za-z0-9_-]{43}$/.test(token)) return null;
+    const now = this.#clock.now().getTime();
+    const row = this.#db
+      .select()
+      .from(devices)
+      .where(
+        and(
+          eq(devices.tokenHash, hashToken(token)),
+          eq(devices.memberId, memberId),
+          isNull(devices.revokedAt),
+          gt(devices.expiresAt, now),
+        ),
+      )
+      .get();
+    return row
+      ? { id: row.id, createdAt: row.createdAt, lastSeenAt: row.lastSeenAt, userAgent: row.userAgent }
+      : null;
+  }
+
+  touch(deviceId: string): void {
+    this.#db
+      .update(devices)
+      .set({ lastSeenAt: this.#clock.now().getTime() })
+      .where(eq(devices.id, deviceId))
+      .run();
+  }
+
+  /** Call inside the sign-in transaction; returns the cookie token once. */
+  issue(memberId: string, userAgent: string | null): { token: string; id: string } {
+    const now = this.#clock.now().getTime();
+    const token = randomBytesPooled(32).toString("base64url");
+    const id = `d_${randomBytesPooled(12).toString("base64url")}`;
+    this.#db
+      .insert(devices)
+      .values({
+        id,
+        memberId,
+        tokenHash: hashToken(token),
+        createdAt: now,
+        lastSeenAt: now,
+        expiresAt: now + DEVICE_TTL_MS,
+        userAgent: userAgent ? userAgent.slice(0, 256) : null,
+      })
+      .run();
+    return { token, id };
+  }
+
+  list(memberId: string): Device[] {
+    return this.#db
+      .select()
+      .from(devices)
+      .where(
+        and(
+          eq(devices.memberId, memberId),
+          isNull(devices.revokedAt),
+          gt(devices.expiresAt, this.#clock.now().getTime()),
+        ),
+      )
+      .orderBy(desc(devices.lastSeenAt))
+      .all()
+      .map((r) => ({ id: r.id, createdAt: r.createdAt, lastSeenAt: r.lastSeenAt, userAgent: r.userAgent }));
+  }
+
+  revoke(memberId: string, deviceId: string): boolean {
+    return (
+      this.#db
+        .update(devices)
+        .set({ revokedAt: this.#clock.now().getTime() })
+        .where(and(eq(devices.id, deviceId), eq(devices.memberId, memberId), isNull(devices.revokedAt)))
+        .run().changes > 0
+    );
+  }
+}
