@@ -7,6 +7,7 @@ import { ProfileVault } from "./members/profile.js";
 import { Registrations } from "./members/registration.js";
 import { PasswordHasher } from "./passwords/hasher.js";
 import { HashQueue } from "./passwords/queue.js";
+import { FactorEnrolment } from "./factors/enrolment.js";
 import { Factors } from "./factors/methods.js";
 import { Passkeys } from "./factors/passkeys.js";
 import { RecoveryCodes } from "./factors/recovery-codes.js";
@@ -37,6 +38,7 @@ export interface Services {
   mfaTokens: MfaTokens;
   devices: DeviceRegistry;
   secondFactor: SecondFactorSignIn;
+  enrolment: FactorEnrolment;
 }
 
 export function buildServices(deps: {
@@ -87,8 +89,10 @@ export function buildServices(deps: {
     audit,
     throttle,
   });
+  const enrolment = new FactorEnrolment({ db, clock, factors, audit, reauthMs: config.reauthMs });
   return {
     ...deps,
+    enrolment,
     audit,
     hasher,
     vault,

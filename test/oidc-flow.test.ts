@@ -322,14 +322,18 @@ describe("OIDC code flow with a real relying party (openid-client)", () => {
     });
   });
 
-  it("asks for sign-in again when acr_values demands more than the session has", async () => {
+  it("stops on the step-up page when acr_values demands more than the session has", async () => {
     const jar = new Jar();
     await signInThroughApi(jar);
     const req = await authorize({ acr_values: "urn:sekisho:acr:mfa" });
     const { res, url } = await jar.follow(req.url, issuer);
     expect(new URL(url).origin).toBe(issuer);
     expect(res.status).toBe(200);
-    expect(await res.text()).toContain('name="password"');
+    // This member has no second factor yet: the page says so and links to the account page.
+    const html = await res.text();
+    expect(html).toContain("2段階認証");
+    expect(html).toContain('href="/account"');
+    expect(url).not.toContain("code=");
   });
 
   it("RP-initiated logout ends the Sekisho session too", async () => {

@@ -97,6 +97,15 @@ export class TotpService {
     return { secret, otpauthUri: generateURI({ issuer: this.#issuer, label, secret }) };
   }
 
+  /** The pending enrolment's secret and URI (to show the QR code again), or null. */
+  pending(memberId: string, label: string): { secret: string; otpauthUri: string } | null {
+    const row = this.#db.select().from(totpFactors).where(eq(totpFactors.memberId, memberId)).get();
+    if (!row?.pendingSecret || row.pendingCreatedAt === null) return null;
+    if (this.#clock.now().getTime() - row.pendingCreatedAt > PENDING_TTL_MS) return null;
+    const secret = decryptField(this.#keys, ctx(memberId, "pending_secret"), row.pendingSecret);
+    return { secret, otpauthUri: generateURI({ issuer: this.#issuer, label, secret }) };
+  }
+
   /**
    * Verify the pending secret with a code and make it the active one (replacing any earlier
    * secret). Compare-and-swap on the exact pending ciphertext: a restarted enrolment in between

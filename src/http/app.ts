@@ -11,6 +11,8 @@ import {
   sessionLoader,
 } from "./middleware.js";
 import { cachedProviderDocuments, createOidc, OIDC_ROUTES } from "../oidc/provider.js";
+import { assetRoutes } from "./hosted.js";
+import { accountRoutes } from "./routes/account.js";
 import { factorRoutes } from "./routes/factors.js";
 import { healthRoutes } from "./routes/health.js";
 import { secondFactorRoutes } from "./routes/second-factor.js";
@@ -80,6 +82,8 @@ export function createApp(s: Services): express.Express {
   api.use(notFound());
   app.use("/api/v1", api);
 
+  app.use(assetRoutes());
+  app.use(accountRoutes(s));
   app.use(interactionRoutes(s, oidc));
   app.use(silentAuthorization(oidc, OIDC_ROUTES.authorization));
   const providerPaths = [...Object.values(OIDC_ROUTES), "/.well-known/"];

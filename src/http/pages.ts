@@ -4,11 +4,12 @@ export const escapeHtml = (v: string) =>
     /[&<>"']/g,
     (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c] as string,
   );
-const e = escapeHtml;
+export const e = escapeHtml;
 
 /**
- * Hosted pages: server-rendered HTML, no scripts, Japanese first and English by Accept-Language
- * (or `?lang=`). Forms post back to our own origin; CSP forbids inline scripts.
+ * Hosted pages: server-rendered HTML, Japanese first and English by Accept-Language (or `?lang=`).
+ * Forms post back to our own origin and work without JavaScript; the only script is the passkey
+ * one, served as a file (CSP `script-src 'self'`, never inline).
  */
 export type Lang = "ja" | "en";
 
@@ -39,6 +40,13 @@ const T = {
     logoutTitle: "サインアウトしますか？",
     logout: "サインアウト",
     loggedOut: "サインアウトしました",
+    or: "または",
+    passkey: "パスキーでサインイン",
+    passkeyCancelled: "パスキーの操作が取り消されました。",
+    passkeyFailed: "パスキーを確認できませんでした。もう一度お試しください。",
+    passkeyReauth: "もう一度サインインしてからお試しください。",
+    passkeyExists: "このパスキーはすでに登録されています。",
+    expired: "サインインの有効期限が切れました。もう一度サインインしてください。",
   },
   en: {
     title: "Sign in",
@@ -60,6 +68,13 @@ const T = {
     logoutTitle: "Sign out?",
     logout: "Sign out",
     loggedOut: "You are signed out",
+    or: "or",
+    passkey: "Sign in with a passkey",
+    passkeyCancelled: "The passkey request was cancelled.",
+    passkeyFailed: "The passkey could not be verified. Please try again.",
+    passkeyReauth: "Please sign in again and retry.",
+    passkeyExists: "This passkey is already registered.",
+    expired: "The sign-in expired. Please sign in again.",
   },
 } as const;
 
@@ -68,22 +83,47 @@ body{margin:0;font-family:system-ui,-apple-system,"Hiragino Sans","Noto Sans JP"
 main{max-width:24rem;margin:8vh auto;background:#fff;border-radius:12px;box-shadow:0 2px 12px rgba(0,0,0,.08);padding:2rem}
 h1{font-size:1.4rem;margin:0 0 .25rem}p.lead{color:#4a5263;margin:0 0 1.5rem}
 label{display:block;font-weight:600;margin:1rem 0 .35rem}
-input[type=text],input[type=password]{box-sizing:border-box;width:100%;font-size:1rem;padding:.7rem;border:1px solid #c4c9d4;border-radius:8px}
+input[type=text],input[type=password],input[type=tel]{box-sizing:border-box;width:100%;font-size:1rem;padding:.7rem;border:1px solid #c4c9d4;border-radius:8px}
 input:focus{outline:3px solid #9ec5ff;border-color:#3b78e7}
 button{margin-top:1.5rem;width:100%;font-size:1rem;padding:.75rem;border:0;border-radius:8px;background:#2456c9;color:#fff;font-weight:600;cursor:pointer}
 button.secondary{background:#e6e9ef;color:#1d2330}
 .error{background:#fdecec;color:#8a1c1c;border-radius:8px;padding:.75rem;margin-bottom:1rem}
 .client{display:flex;align-items:center;gap:.75rem;margin-bottom:1rem}.client img{width:40px;height:40px;border-radius:8px}
+.sep{text-align:center;color:#6b7385;margin:1.25rem 0 0}details{margin-top:1.25rem}summary{cursor:pointer;color:#2456c9}
+section{border-top:1px solid #e6e9ef;margin-top:1.5rem;padding-top:1rem}h2{font-size:1.1rem;margin:0 0 .5rem}
+ul.plain{list-style:none;padding:0;margin:0}ul.plain li{padding:.5rem 0;border-bottom:1px solid #f0f1f4}
+.inline{display:inline}.inline button{width:auto;margin:0 0 0 .5rem;padding:.35rem .75rem;font-size:.9rem}
+.muted{color:#6b7385;font-size:.9rem}.ok{background:#e8f5ec;color:#1d5c2e;border-radius:8px;padding:.75rem;margin-bottom:1rem}
+code.secret{word-break:break-all;font-size:1.05rem}.qr svg{width:220px;height:220px;display:block;margin:1rem auto}
+ol.codes{columns:2;font-family:ui-monospace,monospace;font-size:1.05rem}
 footer{text-align:center;color:#6b7385;font-size:.85rem;margin-top:1.5rem}footer a{color:#2456c9}`;
 
-/** The page frame; `switchHref` (the other language) is left out where a page can't be re-requested. */
-function layout(lang: Lang, title: string, body: string, switchHref?: string): string {
+/** The passkey script and its messages (the script reads them from data attributes). */
+export function passkeySupport(lang: Lang): string {
+  const t = T[lang];
+  return `<div data-passkey-messages hidden data-msg-cancelled="${e(t.passkeyCancelled)}" data-msg-failed="${e(t.passkeyFailed)}" data-msg-reauth="${e(t.passkeyReauth)}" data-msg-exists="${e(t.passkeyExists)}" data-msg-throttled="${e(t.throttled)}"></div>
+<div class="error" role="alert" data-passkey-error hidden></div>`;
+}
+
+export const PASSKEY_SCRIPTS = `<script src="/assets/simplewebauthn-browser.js" defer></script><script src="/assets/passkeys.js" defer></script>`;
+
+/**
+ * The page frame; `switchHref` (the other language) is left out where a page can't be
+ * re-requested; `scripts` adds the passkey script files.
+ */
+export function layout(
+  lang: Lang,
+  title: string,
+  body: string,
+  switchHref?: string,
+  scripts = false,
+): string {
   const other = switchHref
     ? ` · <a href="${e(switchHref)}" lang="${lang === "ja" ? "en" : "ja"}">${e(T[lang].other)}</a>`
     : "";
   return `<!doctype html><html lang="${lang}"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1"><title>${e(title)} — Sekisho</title>
-<style>${STYLE}</style></head><body><main>${body}</main>
+<style>${STYLE}</style>${scripts ? PASSKEY_SCRIPTS : ""}</head><body><main>${body}</main>
 <footer>${e(T[lang].footer)}${other}</footer>
 </body></html>`;
 }
@@ -115,27 +155,39 @@ export function loggedOutPage(lang: Lang): string {
   return layout(lang, t.loggedOut, `<h1>${e(t.loggedOut)}</h1>`);
 }
 
+export type LoginError = "invalid" | "throttled" | "badRequest" | "expired";
+
+/**
+ * The sign-in page: login ID and password (works without JavaScript), and passkeys — a button for
+ * passwordless sign-in and the browser's autofill on the login ID field (conditional UI). After a
+ * passkey sign-in the script goes to `next`.
+ */
 export function loginPage(opts: {
   lang: Lang;
   action: string;
   clientName: string;
   logoUri?: string | undefined;
-  error?: "invalid" | "throttled" | "badRequest" | undefined;
+  error?: LoginError | undefined;
+  notice?: string | undefined;
   loginId?: string | undefined;
   switchHref: string;
+  next: string;
 }): string {
   const t = T[opts.lang];
   const body = `<div class="client">${opts.logoUri ? `<img src="${e(opts.logoUri)}" alt="">` : ""}
 <div><h1>${e(t.title)}</h1><p class="lead">${e(t.lead(opts.clientName))}</p></div></div>
-${opts.error ? `<div class="error" role="alert">${e(t[opts.error])}</div>` : ""}
+${opts.error ? `<div class="error" role="alert">${e(t[opts.error])}</div>` : ""}${opts.notice ? `<div class="ok" role="status">${e(opts.notice)}</div>` : ""}
+${passkeySupport(opts.lang)}
 <form method="post" action="${e(opts.action)}">
 <label for="login_id">${e(t.loginId)}</label>
-<input type="text" id="login_id" name="login_id" autocomplete="username" autocapitalize="none" spellcheck="false" required value="${e(opts.loginId ?? "")}">
+<input type="text" id="login_id" name="login_id" autocomplete="username webauthn" autocapitalize="none" spellcheck="false" required value="${e(opts.loginId ?? "")}">
 <label for="password">${e(t.password)}</label>
 <input type="password" id="password" name="password" autocomplete="current-password" required>
 <button type="submit">${e(t.submit)}</button>
-</form>`;
-  return layout(opts.lang, t.title, body, opts.switchHref);
+</form>
+<p class="sep">${e(t.or)}</p>
+<button type="button" class="secondary" data-passkey-login data-next="${e(opts.next)}">${e(t.passkey)}</button>`;
+  return layout(opts.lang, t.title, body, opts.switchHref, true);
 }
 
 export function consentPage(opts: {

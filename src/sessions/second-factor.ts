@@ -317,9 +317,4 @@ export class SecondFactorSignIn {
     });
     return { status: "failed" };
   }
-
-  /** A session whose last sign-in is recent enough for sensitive changes. */
-  recent(session: Session, withinMs: number): boolean {
-    return this.#clock.now().getTime() - session.authTime <= withinMs;
-  }
 }

@@ -1,14 +1,19 @@
-import express, { type Request, type Response, Router } from "express";
+import { type Request, type Response, Router } from "express";
 import { z } from "zod";
 import { ApiError } from "../../errors.js";
 import { errors } from "oidc-provider";
 import type { Oidc } from "../../oidc/provider.js";
 import type { Services } from "../../services.js";
-import { satisfies } from "../../sessions/levels.js";
+import { ACR, satisfies } from "../../sessions/levels.js";
+import { deviceTokenFrom } from "../../sessions/devices.js";
+import type { FactorMethod } from "../../factors/methods.js";
+import type { Subject } from "../../sessions/second-factor.js";
 import type { Session } from "../../sessions/sessions.js";
-import { setSessionCookie } from "../cookies.js";
-import { fromOwnOrigin, locals } from "../middleware.js";
-import { consentPage, errorPage, type Lang, loginPage, pickLang } from "../pages.js";
+import { setDeviceCookie, setSessionCookie } from "../cookies.js";
+import { mfaPage } from "../account-pages.js";
+import { hostedForm as hostedFormGuard, pageHeaders } from "../hosted.js";
+import { locals } from "../middleware.js";
+import { consentPage, errorPage, type Lang, type LoginError, loginPage, pickLang } from "../pages.js";
 
 /** Marks an authorization that came in with prompt=none (see silentAuthorization). */
 export const SILENT_PARAM = "sekisho_silent";
@@ -34,6 +39,18 @@ export function silentAuthorization(oidc: Oidc, authorizationPath: string) {
 }
 
 const loginForm = z.object({ login_id: z.string().min(1).max(256), password: z.string().min(1).max(1024) });
+const mfaForm = z.object({
+  mfa_token: z.string().min(1).max(128).optional(),
+  method: z.enum(["totp", "recovery_code"]),
+  code: z.string().min(1).max(64),
+});
+
+/** The level an authorization asks for through acr_values (the first Sekisho value), if any. */
+export function requestedAcr(params: Record<string, unknown>): string | undefined {
+  return String(params.acr_values ?? "")
+    .split(" ")
+    .find((v) => v.startsWith("urn:sekisho:acr:"));
+}
 
 /**
  * The interaction pages oidc-provider sends members to. A member whose Sekisho session already
@@ -44,24 +61,7 @@ export function interactionRoutes(s: Services, oidc: Oidc): Router {
   const r = Router();
   const { provider } = oidc;
 
-  /** A hosted page's form post: from our own origin only (login CSRF), small, urlencoded. */
-  const hostedForm = [
-    (req: Request, res: Response, next: () => void) => {
-      if (fromOwnOrigin(req, s.config.issuerOrigin)) return next();
-      pageHeaders(res, []);
-      res
-        .status(403)
-        .type("html")
-        .send(
-          errorPage(
-            pickLang(req.get("accept-language")),
-            "forbidden_origin",
-            "Cross-origin requests are not allowed.",
-          ),
-        );
-    },
-    express.urlencoded({ extended: false, limit: "8kb" }),
-  ];
+  const hostedForm = hostedFormGuard(s.config.issuerOrigin);
 
   const clientView = async (clientId: string | undefined) => {
     const client = clientId ? await provider.Client.find(clientId) : undefined;
@@ -75,16 +75,15 @@ export function interactionRoutes(s: Services, oidc: Oidc): Router {
     };
   };
 
+  type Details = { params: Record<string, unknown>; prompt: { reasons: string[] }; iat?: number };
   /** Is this session good enough for the interaction? */
-  const sessionSatisfies = (
-    session: Session | null,
-    details: { params: Record<string, unknown>; prompt: { reasons: string[] }; iat?: number },
-  ) => {
+  const sessionSatisfies = (session: Session | null, details: Details) => {
+    const acr = requestedAcr(details.params);
+    return fresh(session, details) && !(acr && session && !satisfies(session.acr, acr));
+  };
+  /** Is the session recent enough (max_age, prompt=login), whatever its level? */
+  const fresh = (session: Session | null, details: Details) => {
     if (!session) return false;
-    const acr = String(details.params.acr_values ?? "")
-      .split(" ")
-      .find((v) => v.startsWith("urn:sekisho:acr:"));
-    if (acr && !satisfies(session.acr, acr)) return false;
     const now = s.clock.now().getTime();
     const maxAge = details.params.max_age;
     if (maxAge !== undefined && now - session.authTime > Number(maxAge) * 1000) return false;
@@ -94,23 +93,11 @@ export function interactionRoutes(s: Services, oidc: Oidc): Router {
     return true;
   };
 
-  /** Pages are framed by nothing, cached by nobody, and may post to us and redirect to the client. */
-  const pageHeaders = (res: Response, redirects: string[]) => {
-    res.setHeader("Cache-Control", "no-store");
-    // Same-origin referrers let the browser send our Origin on the form post (no-referrer makes it "null").
-    res.setHeader("Referrer-Policy", "same-origin");
-    const origins = [...new Set(redirects.map((u) => new URL(u).origin))].join(" ");
-    res.setHeader(
-      "Content-Security-Policy",
-      `default-src 'none'; style-src 'unsafe-inline'; img-src https: data:; form-action 'self' ${origins}; frame-ancestors 'none'; base-uri 'none'`,
-    );
-  };
-
   const render = async (
     req: Request,
     res: Response,
     status: number,
-    error?: "invalid" | "throttled" | "badRequest",
+    error?: LoginError,
     loginId?: string,
   ) => {
     const details = await provider.interactionDetails(req, res);
@@ -141,6 +128,7 @@ export function interactionRoutes(s: Services, oidc: Oidc): Router {
           error,
           loginId,
           switchHref,
+          next: base,
         }),
       );
   };
@@ -156,11 +144,51 @@ export function interactionRoutes(s: Services, oidc: Oidc): Router {
     );
   };
 
+  /** The second-step page: after the password (with an mfa_token) or as a step-up (session cookie). */
+  const renderMfa = async (
+    req: Request,
+    res: Response,
+    status: number,
+    opts: { methods: FactorMethod[]; mfaToken?: string; stepUp?: boolean; error?: boolean },
+  ) => {
+    const details = await provider.interactionDetails(req, res);
+    const client = await clientView(details.params.client_id as string | undefined);
+    const lang: Lang = pickLang(req.get("accept-language"), req.query.lang);
+    pageHeaders(res, client.redirects);
+    const base = `/interaction/${encodeURIComponent(details.uid)}`;
+    res
+      .status(status)
+      .type("html")
+      .send(
+        mfaPage({
+          lang,
+          methods: opts.methods,
+          mfaToken: opts.mfaToken,
+          action: `${base}/mfa?lang=${lang}`,
+          next: base,
+          clientName: client.name,
+          stepUp: opts.stepUp ?? false,
+          error: opts.error ?? false,
+        }),
+      );
+  };
+
+  /** Methods that can lift a session to the level asked for (only passkeys reach phishing-resistant). */
+  const stepUpMethods = (memberId: string, acr: string | undefined): FactorMethod[] => {
+    const methods = s.factors.methods(memberId);
+    return acr === ACR.phishingResistant ? methods.filter((m) => m === "webauthn") : methods;
+  };
+
   r.get("/interaction/:uid", async (req, res) => {
     const details = await provider.interactionDetails(req, res);
     if (details.prompt.name === "login") {
       const session = oidc.sessionOf(req.get("cookie"));
       if (sessionSatisfies(session, details) && session) return finishLogin(req, res, session);
+      // Signed in recently enough but at too low a level: step up instead of a new password.
+      if (session && fresh(session, details) && !details.params[SILENT_PARAM]) {
+        const methods = stepUpMethods(session.memberId, requestedAcr(details.params));
+        return renderMfa(req, res, 200, { methods, stepUp: true });
+      }
     }
     // A prompt=none request (see silentAuthorization) never shows a page: answer the error instead.
     if (details.params[SILENT_PARAM]) {
@@ -182,7 +210,10 @@ export function interactionRoutes(s: Services, oidc: Oidc): Router {
         { loginId: form.data.login_id, password: form.data.password },
         { ip: l.ip, requestId: l.requestId, userAgent: req.get("user-agent") ?? null, previousToken: null },
       );
-      if (result.status !== "authenticated") return render(req, res, 401, "invalid", form.data.login_id);
+      if (result.status === "failed") return render(req, res, 401, "invalid", form.data.login_id);
+      if (result.status === "mfa_required") {
+        return renderMfa(req, res, 200, { methods: result.methods, mfaToken: result.mfaToken });
+      }
       setSessionCookie(res, result.token, s.config.secureCookies);
       return finishLogin(req, res, result.session);
     } catch (err) {
@@ -192,6 +223,60 @@ export function interactionRoutes(s: Services, oidc: Oidc): Router {
       }
       if (err instanceof ApiError && err.status === 400)
         return render(req, res, 400, "invalid", form.data.login_id);
+      throw err;
+    }
+  });
+
+  r.post("/interaction/:uid/mfa", ...hostedForm, async (req, res) => {
+    const details = await provider.interactionDetails(req, res);
+    if (details.prompt.name !== "login") return render(req, res, 400, "badRequest");
+    const form = mfaForm.safeParse(req.body);
+    if (!form.success) return render(req, res, 400, "badRequest");
+    const l = locals(res);
+    const session = oidc.sessionOf(req.get("cookie"));
+    const subject: Subject | null = form.data.mfa_token
+      ? { mfaToken: form.data.mfa_token }
+      : session
+        ? { session }
+        : null;
+    if (!subject) return render(req, res, 401, "expired");
+    try {
+      const result = await s.secondFactor.complete(
+        subject,
+        {
+          method: form.data.method,
+          code: form.data.method === "totp" ? form.data.code.replace(/\s/g, "") : form.data.code,
+        },
+        {
+          ip: l.ip,
+          requestId: l.requestId,
+          userAgent: req.get("user-agent") ?? null,
+          deviceToken: deviceTokenFrom(req.get("cookie")),
+        },
+      );
+      if (result.status !== "authenticated") {
+        const memberId =
+          "session" in subject ? subject.session.memberId : s.mfaTokens.find(subject.mfaToken)?.memberId;
+        if (!memberId) return render(req, res, 401, "expired");
+        const methods =
+          "session" in subject
+            ? stepUpMethods(memberId, requestedAcr(details.params))
+            : s.factors.methods(memberId);
+        return renderMfa(req, res, 401, {
+          methods,
+          ...("mfaToken" in subject ? { mfaToken: subject.mfaToken } : { stepUp: true }),
+          error: true,
+        });
+      }
+      setSessionCookie(res, result.token, s.config.secureCookies);
+      if (result.deviceToken) setDeviceCookie(res, result.deviceToken, s.config.secureCookies);
+      return finishLogin(req, res, result.session);
+    } catch (err) {
+      if (err instanceof ApiError && err.status === 429) {
+        for (const [k, v] of Object.entries(err.headers ?? {})) res.setHeader(k, v);
+        return render(req, res, 429, "throttled");
+      }
+      if (err instanceof ApiError && err.status === 401) return render(req, res, 401, "expired");
       throw err;
     }
   });

@@ -1,0 +1,164 @@
+import type { RegistrationResponseJSON } from "@simplewebauthn/server";
+import { eq } from "drizzle-orm";
+import type { AuditLog } from "../audit/log.js";
+import type { Clock } from "../clock.js";
+import { type Db, inTransaction } from "../db/connection.js";
+import { members } from "../db/schema.js";
+import { ApiError } from "../errors.js";
+import type { Session } from "../sessions/sessions.js";
+import type { Factors } from "./methods.js";
+
+export interface ActionContext {
+  ip: string;
+  requestId: string | null;
+}
+
+/**
+ * A signed-in member adding, renaming and removing their own factors. The JSON API and the hosted
+ * account page both call these, so the rules (a recent sign-in to remove anything or to make new
+ * recovery codes; one transaction per change; every change audited as the member's security
+ * event) live in one place.
+ */
+export class FactorEnrolment {
+  readonly #db: Db;
+  readonly #clock: Clock;
+  readonly #factors: Factors;
+  readonly #audit: AuditLog;
+  readonly #reauthMs: number;
+
+  constructor(deps: { db: Db; clock: Clock; factors: Factors; audit: AuditLog; reauthMs: number }) {
+    this.#db = deps.db;
+    this.#clock = deps.clock;
+    this.#factors = deps.factors;
+    this.#audit = deps.audit;
+    this.#reauthMs = deps.reauthMs;
+  }
+
+  member(session: Session): { id: string; loginId: string; role: "member" | "admin" } {
+    const m = this.#db
+      .select({ id: members.id, loginId: members.loginId, role: members.role })
+      .from(members)
+      .where(eq(members.id, session.memberId))
+      .get();
+    if (!m) throw new ApiError(401, "unauthenticated", "Sign in first.");
+    return m;
+  }
+
+  /** Is the session's last sign-in (or step-up) recent enough for sensitive changes? */
+  isRecent(session: Session): boolean {
+    return this.#clock.now().getTime() - session.authTime <= this.#reauthMs;
+  }
+
+  /** Removing a factor needs a recent sign-in: a stolen, old session can't strip a member's MFA. */
+  requireRecent(session: Session): void {
+    if (!this.isRecent(session)) {
+      throw new ApiError(401, "reauthentication_required", "Sign in again to make this change.", {
+        extra: { max_age: Math.floor(this.#reauthMs / 1000) },
+      });
+    }
+  }
+
+  #event(session: Session, ctx: ActionContext, action: string, details: Record<string, unknown>): void {
+    this.#audit.append({
+      action,
+      outcome: "success",
+      actorType: "member",
+      actorId: session.memberId,
+      memberId: session.memberId,
+      ip: ctx.ip,
+      requestId: ctx.requestId,
+      details: { session_id: session.id, ...details },
+    });
+  }
+
+  beginTotp(session: Session): { secret: string; otpauthUri: string } {
+    const m = this.member(session);
+    return this.#factors.totp.begin(m.id, m.loginId);
+  }
+
+  /** The pending enrolment again (to re-show the QR code after a mistyped code), or null. */
+  pendingTotp(session: Session): { secret: string; otpauthUri: string } | null {
+    const m = this.member(session);
+    return this.#factors.totp.pending(m.id, m.loginId);
+  }
+
+  /** Verify the pending secret; the new recovery codes, or null for a wrong code. */
+  activateTotp(session: Session, code: string, ctx: ActionContext): string[] | null {
+    const replaced = this.#factors.totp.enabled(session.memberId);
+    return inTransaction(this.#db, () => {
+      if (!this.#factors.totp.activate(session.memberId, code.replace(/\s/g, ""))) return null;
+      const fresh = this.#factors.recovery.replace(session.memberId);
+      this.#event(session, ctx, "factor.totp_added", { replaced });
+      this.#event(session, ctx, "factor.recovery_codes_generated", { count: fresh.length });
+      return fresh;
+    });
+  }
+
+  removeTotp(session: Session, ctx: ActionContext): boolean {
+    this.requireRecent(session);
+    return inTransaction(this.#db, () => {
+      if (!this.#factors.totp.remove(session.memberId)) return false;
+      const dropped = this.#factors.dropRecoveryCodesIfNoFactorLeft(session.memberId);
+      this.#event(session, ctx, "factor.totp_removed", { recovery_codes_removed: dropped });
+      return true;
+    });
+  }
+
+  regenerateRecoveryCodes(session: Session, ctx: ActionContext): string[] {
+    this.requireRecent(session);
+    const f = this.#factors.of(session.memberId);
+    if (!f.totp && f.passkeys === 0) {
+      throw new ApiError(409, "no_second_factor", "Set up an authenticator app or a passkey first.");
+    }
+    return inTransaction(this.#db, () => {
+      const fresh = this.#factors.recovery.replace(session.memberId);
+      this.#event(session, ctx, "factor.recovery_codes_generated", { count: fresh.length });
+      return fresh;
+    });
+  }
+
+  async passkeyOptions(session: Session) {
+    const m = this.member(session);
+    // Admins' passkeys must verify the user (PIN or biometrics); members' should.
+    return this.#factors.passkeys.registrationOptions(m, session.id, {
+      requireUserVerification: m.role === "admin",
+    });
+  }
+
+  async addPasskey(
+    session: Session,
+    response: RegistrationResponseJSON,
+    name: string,
+    ctx: ActionContext,
+  ): Promise<string> {
+    const result = await this.#factors.passkeys.register(session.memberId, session.id, response, name);
+    if (!result.ok) {
+      if (result.reason === "credential_exists")
+        throw new ApiError(409, "passkey_exists", "This passkey is already registered.");
+      throw new ApiError(400, "invalid_passkey", "The passkey could not be verified; start again.", {
+        detail: result.reason,
+      });
+    }
+    this.#event(session, ctx, "factor.passkey_added", { passkey_id: result.passkeyId });
+    return result.passkeyId;
+  }
+
+  renamePasskey(session: Session, passkeyId: string, name: string, ctx: ActionContext): boolean {
+    if (!this.#factors.passkeys.rename(session.memberId, passkeyId, name)) return false;
+    this.#event(session, ctx, "factor.passkey_renamed", { passkey_id: passkeyId });
+    return true;
+  }
+
+  removePasskey(session: Session, passkeyId: string, ctx: ActionContext): boolean {
+    this.requireRecent(session);
+    return inTransaction(this.#db, () => {
+      if (!this.#factors.passkeys.remove(session.memberId, passkeyId)) return false;
+      const dropped = this.#factors.dropRecoveryCodesIfNoFactorLeft(session.memberId);
+      this.#event(session, ctx, "factor.passkey_removed", {
+        passkey_id: passkeyId,
+        recovery_codes_removed: dropped,
+      });
+      return true;
+    });
+  }
+}

@@ -1,0 +1,280 @@
+import type { FactorMethod } from "../factors/methods.js";
+import { e, type Lang, layout, passkeySupport } from "./pages.js";
+
+/** Strings of the second-step and account pages, Japanese first. */
+const A = {
+  ja: {
+    mfaTitle: "2段階認証",
+    mfaLead: "登録済みの方法で本人確認を完了してください。",
+    stepUpLead: (client: string) => `${client} はより強い本人確認を求めています。`,
+    passkey: "パスキーで確認",
+    totpLabel: "認証アプリの6桁のコード",
+    verify: "確認",
+    useRecovery: "リカバリーコードを使う",
+    recoveryLabel: "リカバリーコード",
+    wrongCode: "コードが正しくありません。",
+    noFactor:
+      "このサイトへのサインインには2段階認証（パスキー、または必要に応じて認証アプリ）が必要です。アカウントページで設定してから、もう一度お試しください。",
+    toAccount: "アカウントページを開く",
+    accountTitle: "アカウントのセキュリティ",
+    signedInAs: (id: string) => `ログインID: ${id}`,
+    level: "現在のサインインの強さ",
+    totpHeading: "認証アプリ (TOTP)",
+    totpOn: "設定済み",
+    totpOff: "未設定",
+    totpSetup: "認証アプリを設定",
+    totpReplace: "別の認証アプリに変更",
+    remove: "削除",
+    passkeysHeading: "パスキー",
+    noPasskeys: "パスキーはまだありません。",
+    passkeyName: "パスキーの名前（任意。氏名は入れないでください）",
+    addPasskey: "パスキーを追加",
+    rename: "名前を変更",
+    lastUsed: "最終使用",
+    never: "未使用",
+    synced: "同期パスキー",
+    deviceBound: "この端末のみ",
+    suspected: "複製の疑いがあるため停止中",
+    recoveryHeading: "リカバリーコード",
+    recoveryRemaining: (n: number) => `未使用のコード: ${n} 個`,
+    recoveryNew: "新しいコードを発行（古いコードは無効になります）",
+    sessionsHeading: "サインイン中のセッション",
+    current: "この端末",
+    end: "終了",
+    devicesHeading: "信頼済みの端末",
+    noDevices: "信頼済みの端末はありません。",
+    eventsHeading: "最近のセキュリティイベント",
+    signOut: "サインアウト",
+    totpTitle: "認証アプリの設定",
+    totpStep1: "認証アプリでこのQRコードを読み取るか、キーを入力してください。",
+    totpKey: "セットアップキー",
+    totpStep2: "アプリに表示された6桁のコードを入力してください。",
+    codesTitle: "リカバリーコード",
+    codesLead:
+      "端末をなくしたときに使うコードです。この画面を離れると二度と表示されません。安全な場所に保管してください。各コードは1回だけ使えます。",
+    done: "保管しました",
+    reauth: "この変更には、直近のサインインが必要です。もう一度サインインしてください。",
+    added: {
+      passkey: "パスキーを追加しました。",
+      totp: "認証アプリを設定しました。",
+      removed: "削除しました。",
+      renamed: "名前を変更しました。",
+    },
+  },
+  en: {
+    mfaTitle: "Two-step verification",
+    mfaLead: "Confirm it's you with one of your registered methods.",
+    stepUpLead: (client: string) => `${client} asks for a stronger sign-in.`,
+    passkey: "Use a passkey",
+    totpLabel: "6-digit code from your authenticator app",
+    verify: "Verify",
+    useRecovery: "Use a recovery code",
+    recoveryLabel: "Recovery code",
+    wrongCode: "That code is not valid.",
+    noFactor:
+      "Signing in to this site needs two-step verification (a passkey, or an authenticator app where that is enough). Set one up on your account page, then try again.",
+    toAccount: "Open your account page",
+    accountTitle: "Account security",
+    signedInAs: (id: string) => `Login ID: ${id}`,
+    level: "Strength of this sign-in",
+    totpHeading: "Authenticator app (TOTP)",
+    totpOn: "On",
+    totpOff: "Off",
+    totpSetup: "Set up an authenticator app",
+    totpReplace: "Move to another authenticator app",
+    remove: "Remove",
+    passkeysHeading: "Passkeys",
+    noPasskeys: "No passkeys yet.",
+    passkeyName: "Passkey name (optional; don't use your name)",
+    addPasskey: "Add a passkey",
+    rename: "Rename",
+    lastUsed: "Last used",
+    never: "never",
+    synced: "synced passkey",
+    deviceBound: "this device only",
+    suspected: "suspended: it may have been copied",
+    recoveryHeading: "Recovery codes",
+    recoveryRemaining: (n: number) => `Unused codes: ${n}`,
+    recoveryNew: "Make new codes (the old ones stop working)",
+    sessionsHeading: "Where you're signed in",
+    current: "this device",
+    end: "Sign out",
+    devicesHeading: "Trusted devices",
+    noDevices: "No trusted devices.",
+    eventsHeading: "Recent security events",
+    signOut: "Sign out",
+    totpTitle: "Set up an authenticator app",
+    totpStep1: "Scan this QR code with your authenticator app, or type in the key.",
+    totpKey: "Setup key",
+    totpStep2: "Enter the 6-digit code the app shows.",
+    codesTitle: "Recovery codes",
+    codesLead:
+      "Use these if you lose your device. They are shown only now: keep them somewhere safe. Each code works once.",
+    done: "I have saved them",
+    reauth: "This change needs a recent sign-in. Please sign in again.",
+    added: {
+      passkey: "Passkey added.",
+      totp: "Authenticator app set up.",
+      removed: "Removed.",
+      renamed: "Renamed.",
+    },
+  },
+} as const;
+
+export type Notice = keyof (typeof A)["ja"]["added"];
+
+export function mfaPage(opts: {
+  lang: Lang;
+  methods: FactorMethod[];
+  /** The pending sign-in; absent for a step-up (the session cookie is the subject). */
+  mfaToken?: string | undefined;
+  action: string;
+  next: string;
+  clientName?: string | undefined;
+  stepUp?: boolean;
+  error?: boolean;
+  switchHref?: string | undefined;
+}): string {
+  const a = A[opts.lang];
+  const hidden = opts.mfaToken ? `<input type="hidden" name="mfa_token" value="${e(opts.mfaToken)}">` : "";
+  const parts: string[] = [];
+  if (opts.methods.includes("webauthn")) {
+    parts.push(
+      `<button type="button" data-passkey-mfa${opts.mfaToken ? ` data-mfa-token="${e(opts.mfaToken)}"` : ""} data-next="${e(opts.next)}">${e(a.passkey)}</button>`,
+    );
+  }
+  if (opts.methods.includes("totp")) {
+    parts.push(`<form method="post" action="${e(opts.action)}">${hidden}<input type="hidden" name="method" value="totp">
+<label for="code">${e(a.totpLabel)}</label>
+<input type="tel" id="code" name="code" inputmode="numeric" autocomplete="one-time-code" pattern="[0-9 ]{6,7}" maxlength="7" required${opts.methods[0] === "totp" ? " autofocus" : ""}>
+<button type="submit">${e(a.verify)}</button></form>`);
+  }
+  if (opts.methods.includes("recovery_code")) {
+    parts.push(`<details><summary>${e(a.useRecovery)}</summary>
+<form method="post" action="${e(opts.action)}">${hidden}<input type="hidden" name="method" value="recovery_code">
+<label for="recovery">${e(a.recoveryLabel)}</label>
+<input type="text" id="recovery" name="code" autocomplete="off" autocapitalize="none" spellcheck="false" required>
+<button type="submit">${e(a.verify)}</button></form></details>`);
+  }
+  const lead = opts.stepUp && opts.clientName ? a.stepUpLead(opts.clientName) : a.mfaLead;
+  const body =
+    parts.length === 0
+      ? `<h1>${e(a.mfaTitle)}</h1><div class="error" role="alert">${e(a.noFactor)}</div><p><a href="/account">${e(a.toAccount)}</a></p>`
+      : `<h1>${e(a.mfaTitle)}</h1><p class="lead">${e(lead)}</p>
+${opts.error ? `<div class="error" role="alert">${e(a.wrongCode)}</div>` : ""}${passkeySupport(opts.lang)}
+${parts.join(`\n`)}`;
+  return layout(opts.lang, a.mfaTitle, body, opts.switchHref, opts.methods.includes("webauthn"));
+}
+
+export interface AccountView {
+  loginId: string;
+  acr: string;
+  totp: boolean;
+  passkeys: Array<{
+    id: string;
+    name: string;
+    createdAt: string;
+    lastUsedAt: string | null;
+    synced: boolean;
+    suspected: boolean;
+  }>;
+  recoveryCodes: number;
+  sessions: Array<{
+    id: string;
+    current: boolean;
+    lastSeenAt: string;
+    userAgent: string | null;
+    ip: string | null;
+  }>;
+  devices: Array<{ id: string; current: boolean; lastSeenAt: string; userAgent: string | null }>;
+  events: Array<{ at: string; type: string; outcome: string; ip: string | null }>;
+}
+
+const ACR_LABEL: Record<string, { ja: string; en: string }> = {
+  "urn:sekisho:acr:password": { ja: "パスワード", en: "password" },
+  "urn:sekisho:acr:mfa": { ja: "2段階認証", en: "two-step" },
+  "urn:sekisho:acr:phishing-resistant": {
+    ja: "フィッシング耐性（パスキー）",
+    en: "phishing-resistant (passkey)",
+  },
+};
+
+const postButton = (action: string, label: string, cls = "secondary") =>
+  `<form method="post" action="${e(action)}" class="inline"><button type="submit" class="${cls}">${e(label)}</button></form>`;
+
+export function accountPage(lang: Lang, v: AccountView, notice?: Notice, reauth?: boolean): string {
+  const a = A[lang];
+  const when = (iso: string | null) => (iso ? iso.replace("T", " ").slice(0, 16) : a.never);
+  const passkeys =
+    v.passkeys.length === 0
+      ? `<p class="muted">${e(a.noPasskeys)}</p>`
+      : `<ul class="plain">${v.passkeys
+          .map(
+            (
+              p,
+            ) => `<li><strong>${e(p.name)}</strong> <span class="muted">(${e(p.synced ? a.synced : a.deviceBound)}; ${e(a.lastUsed)}: ${e(when(p.lastUsedAt))})</span>
+${p.suspected ? `<div class="error">${e(a.suspected)}</div>` : ""}
+<form method="post" action="/account/passkeys/${e(p.id)}/rename"><label class="muted" for="n_${e(p.id)}">${e(a.rename)}</label><input type="text" id="n_${e(p.id)}" name="name" maxlength="64" value="${e(p.name)}" required><button type="submit" class="secondary">${e(a.rename)}</button></form>
+${postButton(`/account/passkeys/${p.id}/remove`, a.remove)}</li>`,
+          )
+          .join("")}</ul>`;
+  const body = `<h1>${e(a.accountTitle)}</h1><p class="lead">${e(a.signedInAs(v.loginId))}<br><span class="muted">${e(a.level)}: ${e(ACR_LABEL[v.acr]?.[lang] ?? v.acr)}</span></p>
+${notice ? `<div class="ok" role="status">${e(a.added[notice])}</div>` : ""}${reauth ? `<div class="error" role="alert">${e(a.reauth)}</div>` : ""}
+${passkeySupport(lang)}
+<section><h2>${e(a.passkeysHeading)}</h2>${passkeys}
+<label for="passkey_name">${e(a.passkeyName)}</label><input type="text" id="passkey_name" maxlength="64">
+<button type="button" data-passkey-register>${e(a.addPasskey)}</button></section>
+<section><h2>${e(a.totpHeading)}</h2><p>${e(v.totp ? a.totpOn : a.totpOff)}</p>
+${postButton("/account/totp", v.totp ? a.totpReplace : a.totpSetup, "")}
+${v.totp ? postButton("/account/totp/remove", a.remove) : ""}</section>
+${
+  v.totp || v.passkeys.length > 0
+    ? `<section><h2>${e(a.recoveryHeading)}</h2><p>${e(a.recoveryRemaining(v.recoveryCodes))}</p>${postButton("/account/recovery-codes", a.recoveryNew)}</section>`
+    : ""
+}
+<section><h2>${e(a.sessionsHeading)}</h2><ul class="plain">${v.sessions
+    .map(
+      (x) =>
+        `<li>${e(x.userAgent ?? "?")} <span class="muted">${e(x.ip ?? "")} · ${e(when(x.lastSeenAt))}${x.current ? ` · ${e(a.current)}` : ""}</span>${x.current ? "" : postButton(`/account/sessions/${x.id}/end`, a.end)}</li>`,
+    )
+    .join("")}</ul></section>
+<section><h2>${e(a.devicesHeading)}</h2>${
+    v.devices.length === 0
+      ? `<p class="muted">${e(a.noDevices)}</p>`
+      : `<ul class="plain">${v.devices
+          .map(
+            (d) =>
+              `<li>${e(d.userAgent ?? "?")} <span class="muted">${e(when(d.lastSeenAt))}${d.current ? ` · ${e(a.current)}` : ""}</span>${postButton(`/account/devices/${d.id}/remove`, a.remove)}</li>`,
+          )
+          .join("")}</ul>`
+  }</section>
+<section><h2>${e(a.eventsHeading)}</h2><ul class="plain">${v.events
+    .map(
+      (x) =>
+        `<li><code>${e(x.type)}</code> <span class="muted">${e(x.outcome)} · ${e(when(x.at))}${x.ip ? ` · ${e(x.ip)}` : ""}</span></li>`,
+    )
+    .join("")}</ul></section>
+<section>${postButton("/account/logout", a.signOut)}</section>`;
+  return layout(lang, a.accountTitle, body, `/account?lang=${lang === "ja" ? "en" : "ja"}`, true);
+}
+
+export function totpEnrolPage(lang: Lang, opts: { qrSvg: string; secret: string; error?: boolean }): string {
+  const a = A[lang];
+  const grouped = opts.secret.match(/.{1,4}/g)?.join(" ") ?? opts.secret;
+  const body = `<h1>${e(a.totpTitle)}</h1>
+${opts.error ? `<div class="error" role="alert">${e(a.wrongCode)}</div>` : ""}
+<p>${e(a.totpStep1)}</p><div class="qr">${opts.qrSvg}</div>
+<p>${e(a.totpKey)}: <code class="secret">${e(grouped)}</code></p>
+<form method="post" action="/account/totp/verify"><label for="code">${e(a.totpStep2)}</label>
+<input type="tel" id="code" name="code" inputmode="numeric" autocomplete="one-time-code" pattern="[0-9 ]{6,7}" maxlength="7" required autofocus>
+<button type="submit">${e(a.verify)}</button></form>`;
+  return layout(lang, a.totpTitle, body);
+}
+
+export function recoveryCodesPage(lang: Lang, codes: string[]): string {
+  const a = A[lang];
+  const body = `<h1>${e(a.codesTitle)}</h1><p class="lead">${e(a.codesLead)}</p>
+<ol class="codes">${codes.map((c) => `<li><code>${e(c)}</code></li>`).join("")}</ol>
+<p><a href="/account">${e(a.done)}</a></p>`;
+  return layout(lang, a.codesTitle, body);
+}

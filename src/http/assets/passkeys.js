@@ -1,0 +1,92 @@
+// Sekisho hosted pages: passkey ceremonies. Served as a file (CSP `script-src 'self'`, no inline
+// script). Talks only to Sekisho's own JSON API; what to do is read from data-* attributes:
+//   [data-passkey-login]     passwordless sign-in button (and browser autofill on the page's
+//                            `autocomplete="username webauthn"` input); data-next: where to go after
+//   [data-passkey-mfa]       passkey as the second step; data-mfa-token (absent: step-up by cookie)
+//   [data-passkey-register]  add a passkey from the account page; the name from #passkey_name
+// Messages come from data-msg-* attributes of the element marked [data-passkey-messages].
+/* global SimpleWebAuthnBrowser */
+(() => {
+  const { startAuthentication, startRegistration, browserSupportsWebAuthn, browserSupportsWebAuthnAutofill } =
+    window.SimpleWebAuthnBrowser;
+  const messages = document.querySelector("[data-passkey-messages]");
+  const errorBox = document.querySelector("[data-passkey-error]");
+
+  function say(kind) {
+    if (!errorBox) return;
+    errorBox.textContent = messages?.getAttribute(`data-msg-${kind}`) || kind;
+    errorBox.hidden = false;
+  }
+
+  async function api(path, body) {
+    const res = await fetch(path, {
+      method: "POST",
+      credentials: "same-origin",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify(body || {}),
+    });
+    let data = null;
+    try {
+      data = await res.json();
+    } catch {
+      data = null;
+    }
+    return { ok: res.ok, status: res.status, data };
+  }
+
+  function failed(err) {
+    // The member closing the dialog is not an error worth shouting about.
+    if (err && (err.name === "NotAllowedError" || err.name === "AbortError")) return say("cancelled");
+    say("failed");
+  }
+
+  async function signIn(token, next, autofill) {
+    const opts = await api("/api/v1/login/webauthn/options", token ? { mfa_token: token } : {});
+    if (!opts.ok) return say("failed");
+    const response = await startAuthentication({ optionsJSON: opts.data, useBrowserAutofill: autofill });
+    const done = await api("/api/v1/login/webauthn", token ? { mfa_token: token, response } : { response });
+    if (!done.ok) return say(done.status === 429 ? "throttled" : "failed");
+    window.location.assign(next || "/account");
+  }
+
+  for (const button of document.querySelectorAll("[data-passkey-login], [data-passkey-mfa]")) {
+    if (!browserSupportsWebAuthn()) {
+      button.hidden = true;
+      continue;
+    }
+    button.addEventListener("click", () => {
+      const token = button.getAttribute("data-mfa-token");
+      signIn(token, button.getAttribute("data-next"), false).catch(failed);
+    });
+  }
+
+  const loginButton = document.querySelector("[data-passkey-login]");
+  if (loginButton && document.querySelector('input[autocomplete~="webauthn"]')) {
+    browserSupportsWebAuthnAutofill().then((supported) => {
+      if (!supported) return;
+      // Conditional UI: passkeys offered in the login ID field's autofill; quietly ignored if unused.
+      signIn(null, loginButton.getAttribute("data-next"), true).catch((err) => {
+        if (err && err.name !== "AbortError" && err.name !== "NotAllowedError") failed(err);
+      });
+    });
+  }
+
+  const register = document.querySelector("[data-passkey-register]");
+  if (register) {
+    if (!browserSupportsWebAuthn()) register.hidden = true;
+    register.addEventListener("click", async () => {
+      try {
+        const opts = await api("/api/v1/me/passkeys/options");
+        if (!opts.ok) return say(opts.status === 401 ? "reauth" : "failed");
+        const response = await startRegistration({ optionsJSON: opts.data });
+        const nameInput = document.getElementById("passkey_name");
+        const name = nameInput?.value.trim() || undefined;
+        const done = await api("/api/v1/me/passkeys", name ? { response, name } : { response });
+        if (!done.ok) return say(done.status === 409 ? "exists" : "failed");
+        window.location.assign("/account?notice=passkey");
+      } catch (err) {
+        failed(err);
+      }
+    });
+  }
+})();

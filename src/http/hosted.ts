@@ -1,0 +1,70 @@
+import fs from "node:fs";
+import { createRequire } from "node:module";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+import express, { type Request, type Response, Router } from "express";
+import { fromOwnOrigin } from "./middleware.js";
+import { errorPage, pickLang } from "./pages.js";
+
+/**
+ * What every hosted page shares: its headers (strict CSP: scripts only from our own files,
+ * fetch only to our own origin, framed by nobody, cached by nobody) and the guard on its form posts.
+ */
+export function pageHeaders(res: Response, redirects: string[] = []): void {
+  res.setHeader("Cache-Control", "no-store");
+  // Same-origin referrers let the browser send our Origin on the form post (no-referrer makes it "null").
+  res.setHeader("Referrer-Policy", "same-origin");
+  const origins = [...new Set(redirects.map((u) => new URL(u).origin))].join(" ");
+  res.setHeader(
+    "Content-Security-Policy",
+    `default-src 'none'; script-src 'self'; connect-src 'self'; style-src 'unsafe-inline'; img-src https: data:; form-action 'self'${origins ? ` ${origins}` : ""}; frame-ancestors 'none'; base-uri 'none'`,
+  );
+}
+
+/** A hosted page's form post: from our own origin only (login CSRF), small, urlencoded. */
+export function hostedForm(issuerOrigin: string) {
+  return [
+    (req: Request, res: Response, next: () => void) => {
+      if (fromOwnOrigin(req, issuerOrigin)) return next();
+      pageHeaders(res);
+      res
+        .status(403)
+        .type("html")
+        .send(
+          errorPage(
+            pickLang(req.get("accept-language")),
+            "forbidden_origin",
+            "Cross-origin requests are not allowed.",
+          ),
+        );
+    },
+    express.urlencoded({ extended: false, limit: "8kb" }),
+  ];
+}
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+const require = createRequire(import.meta.url);
+
+/**
+ * The two script files of the hosted pages: SimpleWebAuthn's browser bundle (from the installed
+ * package, so it always matches the server library) and our passkey glue. Read once at start.
+ */
+export function assetRoutes(): Router {
+  const files: Record<string, Buffer> = {
+    "/assets/simplewebauthn-browser.js": fs.readFileSync(
+      // require.resolve gives <pkg>/script/index.js; the bundle sits beside it in dist/bundle.
+      path.join(path.dirname(require.resolve("@simplewebauthn/browser")), "../dist/bundle/index.umd.min.js"),
+    ),
+    "/assets/passkeys.js": fs.readFileSync(path.join(here, "assets/passkeys.js")),
+  };
+  const r = Router();
+  for (const [route, body] of Object.entries(files)) {
+    r.get(route, (_req, res) => {
+      res.setHeader("Content-Type", "text/javascript; charset=utf-8");
+      res.setHeader("Cache-Control", "no-cache");
+      res.setHeader("X-Content-Type-Options", "nosniff");
+      res.send(body);
+    });
+  }
+  return r;
+}

@@ -1,0 +1,377 @@
+import { and, desc, eq, inArray } from "drizzle-orm";
+import { type Request, type Response, Router } from "express";
+import QRCode from "qrcode";
+import { z } from "zod";
+import { auditLog } from "../../db/schema.js";
+import { ApiError } from "../../errors.js";
+import { cleanPasskeyName } from "../../factors/passkeys.js";
+import type { Services } from "../../services.js";
+import { deviceTokenFrom } from "../../sessions/devices.js";
+import type { Subject } from "../../sessions/second-factor.js";
+import { type Session, sessionTokenFrom } from "../../sessions/sessions.js";
+import { accountPage, mfaPage, type Notice, recoveryCodesPage, totpEnrolPage } from "../account-pages.js";
+import { clearSessionCookie, setDeviceCookie, setSessionCookie } from "../cookies.js";
+import { hostedForm, pageHeaders } from "../hosted.js";
+import { locals } from "../middleware.js";
+import { type Lang, type LoginError, loginPage, pickLang } from "../pages.js";
+import { passkeyIdParam } from "./factors.js";
+import { MEMBER_EVENT_ACTIONS } from "./me.js";
+
+const loginForm = z.object({ login_id: z.string().min(1).max(256), password: z.string().min(1).max(1024) });
+const mfaForm = z.object({
+  mfa_token: z.string().min(1).max(128).optional(),
+  method: z.enum(["totp", "recovery_code"]),
+  code: z.string().min(1).max(64),
+});
+const codeForm = z.object({ code: z.string().min(1).max(64) });
+const nameForm = z.object({ name: z.string().max(256) });
+const NOTICES = new Set<string>(["passkey", "totp", "removed", "renamed"]);
+const iso = (ms: number | null) => (ms === null ? null : new Date(ms).toISOString());
+
+/**
+ * The hosted account pages (`/account`): sign in (password, passkey, second step), see and manage
+ * factors, sessions, devices and recent security events. Forms work without JavaScript; adding a
+ * passkey needs the passkey script. Every change goes through the same services as the JSON API.
+ */
+export function accountRoutes(s: Services): Router {
+  const r = Router();
+  const form = hostedForm(s.config.issuerOrigin);
+  const lang = (req: Request): Lang => pickLang(req.get("accept-language"), req.query.lang);
+  const ctx = (res: Response) => ({ ip: locals(res).ip, requestId: locals(res).requestId });
+  const html = (res: Response, status: number, body: string) => {
+    pageHeaders(res);
+    res.status(status).type("html").send(body);
+  };
+  const sessionOf = (req: Request): Session | null => {
+    const token = sessionTokenFrom(req.get("cookie"));
+    const session = token ? s.sessions.authenticate(token) : null;
+    return session?.kind === "full" ? session : null;
+  };
+  const backTo = (res: Response, where: string) => res.redirect(303, where);
+
+  const showLogin = (req: Request, res: Response, status: number, error?: LoginError, loginId?: string) => {
+    const l = lang(req);
+    html(
+      res,
+      status,
+      loginPage({
+        lang: l,
+        action: `/account/login?lang=${l}`,
+        clientName: l === "ja" ? "Sekisho アカウント" : "your Sekisho account",
+        error,
+        notice: req.query.reauth
+          ? l === "ja"
+            ? "もう一度サインインしてください。"
+            : "Please sign in again."
+          : undefined,
+        loginId,
+        switchHref: `/account/login?lang=${l === "ja" ? "en" : "ja"}`,
+        next: "/account",
+      }),
+    );
+  };
+
+  const showMfa = (
+    req: Request,
+    res: Response,
+    status: number,
+    memberId: string,
+    token?: string,
+    error = false,
+  ) => {
+    const l = lang(req);
+    html(
+      res,
+      status,
+      mfaPage({
+        lang: l,
+        methods: s.factors.methods(memberId),
+        mfaToken: token,
+        action: `/account/mfa?lang=${l}`,
+        next: "/account",
+        error,
+      }),
+    );
+  };
+
+  r.get("/account/login", (req, res) => showLogin(req, res, 200));
+
+  r.post("/account/login", ...form, async (req, res) => {
+    const body = loginForm.safeParse(req.body);
+    if (!body.success) return showLogin(req, res, 400, "badRequest");
+    const l = locals(res);
+    try {
+      const result = await s.signIn.signIn(
+        { loginId: body.data.login_id, password: body.data.password },
+        {
+          ip: l.ip,
+          requestId: l.requestId,
+          userAgent: req.get("user-agent") ?? null,
+          previousToken: sessionTokenFrom(req.get("cookie")),
+        },
+      );
+      if (result.status === "failed") return showLogin(req, res, 401, "invalid", body.data.login_id);
+      if (result.status === "mfa_required") return showMfa(req, res, 200, result.memberId, result.mfaToken);
+      setSessionCookie(res, result.token, s.config.secureCookies);
+      return backTo(res, "/account");
+    } catch (err) {
+      if (err instanceof ApiError && err.status === 429) {
+        for (const [k, v] of Object.entries(err.headers ?? {})) res.setHeader(k, v);
+        return showLogin(req, res, 429, "throttled", body.data.login_id);
+      }
+      if (err instanceof ApiError && err.status === 400)
+        return showLogin(req, res, 400, "invalid", body.data.login_id);
+      throw err;
+    }
+  });
+
+  r.post("/account/mfa", ...form, async (req, res) => {
+    const body = mfaForm.safeParse(req.body);
+    if (!body.success) return showLogin(req, res, 400, "badRequest");
+    const session = sessionOf(req);
+    const subject: Subject | null = body.data.mfa_token
+      ? { mfaToken: body.data.mfa_token }
+      : session
+        ? { session }
+        : null;
+    if (!subject) return showLogin(req, res, 401, "expired");
+    try {
+      const result = await s.secondFactor.complete(
+        subject,
+        {
+          method: body.data.method,
+          code: body.data.method === "totp" ? body.data.code.replace(/\s/g, "") : body.data.code,
+        },
+        {
+          ...ctx(res),
+          userAgent: req.get("user-agent") ?? null,
+          deviceToken: deviceTokenFrom(req.get("cookie")),
+        },
+      );
+      if (result.status === "authenticated") {
+        setSessionCookie(res, result.token, s.config.secureCookies);
+        if (result.deviceToken) setDeviceCookie(res, result.deviceToken, s.config.secureCookies);
+        return backTo(res, "/account");
+      }
+      const memberId =
+        session?.memberId ?? (body.data.mfa_token ? s.mfaTokens.find(body.data.mfa_token)?.memberId : null);
+      if (!memberId) return showLogin(req, res, 401, "expired");
+      return showMfa(req, res, 401, memberId, body.data.mfa_token, true);
+    } catch (err) {
+      if (err instanceof ApiError && err.status === 429) {
+        for (const [k, v] of Object.entries(err.headers ?? {})) res.setHeader(k, v);
+        return showLogin(req, res, 429, "throttled");
+      }
+      if (err instanceof ApiError && err.status === 401) return showLogin(req, res, 401, "expired");
+      throw err;
+    }
+  });
+
+  r.get("/account", (req, res) => {
+    const session = sessionOf(req);
+    if (!session) return backTo(res, `/account/login?lang=${lang(req)}`);
+    const member = s.enrolment.member(session);
+    const f = s.factors.of(session.memberId);
+    const device = s.devices.recognise(deviceTokenFrom(req.get("cookie")), session.memberId);
+    const events = s.db
+      .select()
+      .from(auditLog)
+      .where(
+        and(eq(auditLog.memberId, session.memberId), inArray(auditLog.action, [...MEMBER_EVENT_ACTIONS])),
+      )
+      .orderBy(desc(auditLog.seq))
+      .limit(20)
+      .all();
+    const notice =
+      typeof req.query.notice === "string" && NOTICES.has(req.query.notice) ? req.query.notice : undefined;
+    html(
+      res,
+      200,
+      accountPage(
+        lang(req),
+        {
+          loginId: member.loginId,
+          acr: session.acr,
+          totp: f.totp,
+          passkeys: s.factors.passkeys.list(session.memberId).map((p) => ({
+            id: p.id,
+            name: p.name,
+            createdAt: iso(p.createdAt) as string,
+            lastUsedAt: iso(p.lastUsedAt),
+            synced: p.backupEligible,
+            suspected: p.suspectedCloneAt !== null,
+          })),
+          recoveryCodes: f.recoveryCodes,
+          sessions: s.sessions.listActive(session.memberId).map((x) => ({
+            id: x.id,
+            current: x.id === session.id,
+            lastSeenAt: iso(x.lastSeenAt) as string,
+            userAgent: x.userAgent,
+            ip: x.ip,
+          })),
+          devices: s.devices.list(session.memberId).map((d) => ({
+            id: d.id,
+            current: d.id === device?.id,
+            lastSeenAt: iso(d.lastSeenAt) as string,
+            userAgent: d.userAgent,
+          })),
+          events: events.map((x) => ({
+            at: iso(x.at) as string,
+            type: x.action,
+            outcome: x.outcome,
+            ip: x.ip,
+          })),
+        },
+        notice as Notice | undefined,
+      ),
+    );
+  });
+
+  /** A signed-in form post; an old sign-in is sent to sign in again for sensitive changes. */
+  const signedIn =
+    (handler: (req: Request, res: Response, session: Session) => Promise<void> | void) =>
+    async (req: Request, res: Response) => {
+      const session = sessionOf(req);
+      if (!session) return backTo(res, "/account/login");
+      try {
+        await handler(req, res, session);
+      } catch (err) {
+        if (err instanceof ApiError && err.code === "reauthentication_required") {
+          return backTo(res, `/account/login?reauth=1&lang=${lang(req)}`);
+        }
+        if (err instanceof ApiError && err.status < 500) return backTo(res, "/account");
+        throw err;
+      }
+    };
+
+  const qr = (uri: string) => QRCode.toString(uri, { type: "svg", errorCorrectionLevel: "M", margin: 2 });
+
+  r.post(
+    "/account/totp",
+    ...form,
+    signedIn(async (req, res, session) => {
+      const { secret, otpauthUri } = s.enrolment.beginTotp(session);
+      html(res, 200, totpEnrolPage(lang(req), { qrSvg: await qr(otpauthUri), secret }));
+    }),
+  );
+
+  r.post(
+    "/account/totp/verify",
+    ...form,
+    signedIn(async (req, res, session) => {
+      const body = codeForm.safeParse(req.body);
+      const codes = body.success ? s.enrolment.activateTotp(session, body.data.code, ctx(res)) : null;
+      if (codes) return html(res, 200, recoveryCodesPage(lang(req), codes));
+      const pending = s.enrolment.pendingTotp(session);
+      if (!pending) return backTo(res, "/account");
+      html(
+        res,
+        400,
+        totpEnrolPage(lang(req), {
+          qrSvg: await qr(pending.otpauthUri),
+          secret: pending.secret,
+          error: true,
+        }),
+      );
+    }),
+  );
+
+  r.post(
+    "/account/totp/remove",
+    ...form,
+    signedIn((_req, res, session) => {
+      s.enrolment.removeTotp(session, ctx(res));
+      backTo(res, "/account?notice=removed");
+    }),
+  );
+
+  r.post(
+    "/account/recovery-codes",
+    ...form,
+    signedIn((req, res, session) => {
+      html(res, 200, recoveryCodesPage(lang(req), s.enrolment.regenerateRecoveryCodes(session, ctx(res))));
+    }),
+  );
+
+  r.post(
+    "/account/passkeys/:id/rename",
+    ...form,
+    signedIn((req, res, session) => {
+      const id = passkeyIdParam.safeParse(req.params.id);
+      const body = nameForm.safeParse(req.body);
+      const name = body.success ? cleanPasskeyName(body.data.name) : null;
+      if (id.success && name) s.enrolment.renamePasskey(session, id.data, name, ctx(res));
+      backTo(res, "/account?notice=renamed");
+    }),
+  );
+
+  r.post(
+    "/account/passkeys/:id/remove",
+    ...form,
+    signedIn((req, res, session) => {
+      const id = passkeyIdParam.safeParse(req.params.id);
+      if (id.success) s.enrolment.removePasskey(session, id.data, ctx(res));
+      backTo(res, "/account?notice=removed");
+    }),
+  );
+
+  r.post(
+    "/account/sessions/:id/end",
+    ...form,
+    signedIn((req, res, session) => {
+      const id = String(req.params.id);
+      if (/^s_[A-Za-z0-9_-]{16}$/.test(id) && s.sessions.revoke(session.memberId, id, "revoked_by_member")) {
+        s.audit.append({
+          action: "session.revoked",
+          outcome: "success",
+          actorType: "member",
+          actorId: session.memberId,
+          memberId: session.memberId,
+          ...ctx(res),
+          details: { session_id: id, current: id === session.id },
+        });
+      }
+      backTo(res, "/account");
+    }),
+  );
+
+  r.post(
+    "/account/devices/:id/remove",
+    ...form,
+    signedIn((req, res, session) => {
+      const id = String(req.params.id);
+      if (/^d_[A-Za-z0-9_-]{16}$/.test(id) && s.devices.revoke(session.memberId, id)) {
+        s.audit.append({
+          action: "device.revoked",
+          outcome: "success",
+          actorType: "member",
+          actorId: session.memberId,
+          memberId: session.memberId,
+          ...ctx(res),
+          details: { device_id: id },
+        });
+      }
+      backTo(res, "/account?notice=removed");
+    }),
+  );
+
+  r.post("/account/logout", ...form, (req, res) => {
+    const session = sessionOf(req);
+    if (session) {
+      s.sessions.revoke(session.memberId, session.id, "logout");
+      s.audit.append({
+        action: "session.logout",
+        outcome: "success",
+        actorType: "member",
+        actorId: session.memberId,
+        memberId: session.memberId,
+        ...ctx(res),
+        details: { session_id: session.id },
+      });
+    }
+    clearSessionCookie(res, s.config.secureCookies);
+    backTo(res, "/account/login");
+  });
+
+  return r;
+}
