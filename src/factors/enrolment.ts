@@ -125,12 +125,16 @@ export class FactorEnrolment {
     });
   }
 
+  /**
+   * Register a passkey. When it is the member's first factor, recovery codes come with it (as with
+   * TOTP): a member whose only passkey is lost must still have a way in that doesn't skip MFA.
+   */
   async addPasskey(
     session: Session,
     response: RegistrationResponseJSON,
     name: string,
     ctx: ActionContext,
-  ): Promise<string> {
+  ): Promise<{ id: string; recoveryCodes: string[] | null }> {
     const result = await this.#factors.passkeys.register(session.memberId, session.id, response, name);
     if (!result.ok) {
       if (result.reason === "credential_exists")
@@ -139,8 +143,15 @@ export class FactorEnrolment {
         detail: result.reason,
       });
     }
-    this.#event(session, ctx, "factor.passkey_added", { passkey_id: result.passkeyId });
-    return result.passkeyId;
+    return inTransaction(this.#db, () => {
+      this.#event(session, ctx, "factor.passkey_added", { passkey_id: result.passkeyId });
+      let codes: string[] | null = null;
+      if (this.#factors.recovery.remaining(session.memberId) === 0) {
+        codes = this.#factors.recovery.replace(session.memberId);
+        this.#event(session, ctx, "factor.recovery_codes_generated", { count: codes.length });
+      }
+      return { id: result.passkeyId, recoveryCodes: codes };
+    });
   }
 
   renamePasskey(session: Session, passkeyId: string, name: string, ctx: ActionContext): boolean {

@@ -123,6 +123,33 @@ const A = {
 
 export type Notice = keyof (typeof A)["ja"]["added"];
 
+/** What the member's security events say, in their language (unknown types show their code). */
+const EVENT_LABEL: Record<string, { ja: string; en: string }> = {
+  "member.registered": { ja: "会員登録", en: "Registered" },
+  "login.password": { ja: "パスワードでサインイン", en: "Password sign-in" },
+  "login.second_factor": { ja: "2段階認証", en: "Two-step verification" },
+  "login.passkey": { ja: "パスキーでサインイン", en: "Passkey sign-in" },
+  "login.new_device": { ja: "新しい端末からのサインイン", en: "Sign-in from a new device" },
+  "login.throttled": { ja: "試行回数の制限", en: "Sign-in attempts limited" },
+  "session.step_up": { ja: "追加の本人確認", en: "Extra verification (step-up)" },
+  "session.logout": { ja: "サインアウト", en: "Signed out" },
+  "session.revoked": { ja: "セッションを終了", en: "Session ended" },
+  "factor.totp_added": { ja: "認証アプリを設定", en: "Authenticator app added" },
+  "factor.totp_removed": { ja: "認証アプリを削除", en: "Authenticator app removed" },
+  "factor.passkey_added": { ja: "パスキーを追加", en: "Passkey added" },
+  "factor.passkey_renamed": { ja: "パスキーの名前を変更", en: "Passkey renamed" },
+  "factor.passkey_removed": { ja: "パスキーを削除", en: "Passkey removed" },
+  "factor.recovery_codes_generated": { ja: "リカバリーコードを発行", en: "Recovery codes made" },
+  "mfa.recovery_code_used": { ja: "リカバリーコードを使用", en: "Recovery code used" },
+  "mfa.passkey_clone_suspected": { ja: "パスキーの複製の疑い", en: "Possible copied passkey" },
+  "device.revoked": { ja: "信頼済み端末を削除", en: "Trusted device removed" },
+};
+const OUTCOME_LABEL: Record<string, { ja: string; en: string }> = {
+  success: { ja: "成功", en: "succeeded" },
+  failure: { ja: "失敗", en: "failed" },
+  info: { ja: "通知", en: "notice" },
+};
+
 export function mfaPage(opts: {
   lang: Lang;
   methods: FactorMethod[];
@@ -223,7 +250,8 @@ ${notice ? `<div class="ok" role="status">${e(a.added[notice])}</div>` : ""}${re
 ${passkeySupport(lang)}
 <section><h2>${e(a.passkeysHeading)}</h2>${passkeys}
 <label for="passkey_name">${e(a.passkeyName)}</label><input type="text" id="passkey_name" maxlength="64">
-<button type="button" data-passkey-register>${e(a.addPasskey)}</button></section>
+<button type="button" data-passkey-register>${e(a.addPasskey)}</button>
+<div data-recovery-codes hidden><div class="ok" role="status">${e(a.added.passkey)}</div><h2>${e(a.codesTitle)}</h2><p>${e(a.codesLead)}</p><ol class="codes"></ol><p><a href="/account?notice=passkey">${e(a.done)}</a></p></div></section>
 <section><h2>${e(a.totpHeading)}</h2><p>${e(v.totp ? a.totpOn : a.totpOff)}</p>
 ${postButton("/account/totp", v.totp ? a.totpReplace : a.totpSetup, "")}
 ${v.totp ? postButton("/account/totp/remove", a.remove) : ""}</section>
@@ -251,7 +279,7 @@ ${
 <section><h2>${e(a.eventsHeading)}</h2><ul class="plain">${v.events
     .map(
       (x) =>
-        `<li><code>${e(x.type)}</code> <span class="muted">${e(x.outcome)} · ${e(when(x.at))}${x.ip ? ` · ${e(x.ip)}` : ""}</span></li>`,
+        `<li>${e(EVENT_LABEL[x.type]?.[lang] ?? x.type)} <span class="muted">${e(OUTCOME_LABEL[x.outcome]?.[lang] ?? x.outcome)} · ${e(when(x.at))}${x.ip ? ` · ${e(x.ip)}` : ""}</span></li>`,
     )
     .join("")}</ul></section>
 <section>${postButton("/account/logout", a.signOut)}</section>`;

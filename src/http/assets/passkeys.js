@@ -83,6 +83,23 @@
         const name = nameInput?.value.trim() || undefined;
         const done = await api("/api/v1/me/passkeys", name ? { response, name } : { response });
         if (!done.ok) return say(done.status === 409 ? "exists" : "failed");
+        const codes = done.data?.recovery_codes;
+        const box = document.querySelector("[data-recovery-codes]");
+        if (Array.isArray(codes) && box) {
+          // First factor: its recovery codes, shown once, before anything else happens.
+          const list = box.querySelector("ol");
+          for (const code of codes) {
+            const li = document.createElement("li");
+            const c = document.createElement("code");
+            c.textContent = code;
+            li.appendChild(c);
+            list.appendChild(li);
+          }
+          box.hidden = false;
+          register.hidden = true;
+          box.scrollIntoView();
+          return;
+        }
         window.location.assign("/account?notice=passkey");
       } catch (err) {
         failed(err);

@@ -56,8 +56,10 @@ export function factorRoutes(s: Services): Router {
     const body = passkeyBody.parse(req.body);
     const name = body.name === undefined ? "Passkey" : cleanPasskeyName(body.name);
     if (name === null) throw badName();
-    const id = await e.addPasskey(session, body.response as never, name, ctx(res));
-    res.status(201).json({ id });
+    const added = await e.addPasskey(session, body.response as never, name, ctx(res));
+    res
+      .status(201)
+      .json(added.recoveryCodes ? { id: added.id, recovery_codes: added.recoveryCodes } : { id: added.id });
   });
 
   r.patch("/me/passkeys/:id", (req, res) => {
