@@ -48,6 +48,43 @@ const shaped = fc.record(
       ),
     ),
     __proto__: nasty,
+    mfa_token: nasty,
+    code: nasty,
+    name: nasty,
+    response: fc.oneof(
+      nasty,
+      fc.record(
+        {
+          id: nasty,
+          rawId: nasty,
+          type: fc.oneof(nasty, fc.constant("public-key")),
+          response: fc.oneof(
+            nasty,
+            fc.record(
+              {
+                clientDataJSON: fc.oneof(
+                  nasty,
+                  fc.jsonValue().map((v) => Buffer.from(JSON.stringify(v)).toString("base64url")),
+                  fc.constant(
+                    Buffer.from('{"challenge":"AAAAAAAAAAAAAAAAAAAAAA","type":"webauthn.get"}').toString(
+                      "base64url",
+                    ),
+                  ),
+                ),
+                attestationObject: nasty,
+                authenticatorData: nasty,
+                signature: nasty,
+                userHandle: nasty,
+                transports: nasty,
+              },
+              { requiredKeys: [] },
+            ),
+          ),
+          clientExtensionResults: nasty,
+        },
+        { requiredKeys: [] },
+      ),
+    ),
   },
   { requiredKeys: [] },
 );
@@ -57,14 +94,28 @@ const anyBody = fc.oneof(
   fc.string(),
 );
 
-const ENDPOINTS: Array<["get" | "post" | "delete", string]> = [
+const ENDPOINTS: Array<["get" | "post" | "delete" | "patch", string]> = [
   ["post", "/api/v1/registrations"],
   ["post", "/api/v1/login"],
+  ["post", "/api/v1/login/totp"],
+  ["post", "/api/v1/login/recovery-code"],
+  ["post", "/api/v1/login/webauthn/options"],
+  ["post", "/api/v1/login/webauthn"],
   ["post", "/api/v1/logout"],
   ["get", "/api/v1/me"],
   ["get", "/api/v1/me/sessions"],
   ["get", "/api/v1/me/events"],
+  ["get", "/api/v1/me/devices"],
   ["delete", "/api/v1/me/sessions/x"],
+  ["delete", "/api/v1/me/devices/x"],
+  ["post", "/api/v1/me/totp"],
+  ["post", "/api/v1/me/totp/verify"],
+  ["delete", "/api/v1/me/totp"],
+  ["post", "/api/v1/me/recovery-codes"],
+  ["post", "/api/v1/me/passkeys/options"],
+  ["post", "/api/v1/me/passkeys"],
+  ["patch", "/api/v1/me/passkeys/x"],
+  ["delete", "/api/v1/me/passkeys/x"],
 ];
 
 describe("arbitrary input at every endpoint", () => {
@@ -103,7 +154,7 @@ describe("arbitrary input at every endpoint", () => {
             }
           },
         ),
-        { numRuns: path.endsWith("registrations") ? 150 : 100 },
+        { numRuns: path.endsWith("registrations") ? 150 : 60 },
       );
     });
   }
@@ -131,6 +182,15 @@ describe("arbitrary input at every endpoint", () => {
       ["get", "/interaction/x"],
       ["post", "/interaction/x/login"],
       ["post", "/interaction/x/consent"],
+      ["post", "/interaction/x/mfa"],
+      ["get", "/account"],
+      ["get", "/account/login"],
+      ["post", "/account/login"],
+      ["post", "/account/mfa"],
+      ["post", "/account/totp/verify"],
+      ["post", "/account/passkeys/x/rename"],
+      ["post", "/account/passkeys/x/remove"],
+      ["post", "/account/sessions/x/end"],
     ] as const;
     await fc.assert(
       fc.asyncProperty(
@@ -139,15 +199,18 @@ describe("arbitrary input at every endpoint", () => {
           maxKeys: 4,
         }),
         fc.string({ maxLength: 30 }),
-        async ([method, path], params, uid) => {
+        fc.boolean(),
+        async ([method, path], params, uid, withCookie) => {
           const url = path.replace("/x", `/${encodeURIComponent(uid) || "x"}`);
           const form = new URLSearchParams(params).toString();
+          const jar = withCookie ? cookie : "";
           const res =
             method === "get"
-              ? await supertest(t.app).get(`${url}?${form}`)
+              ? await supertest(t.app).get(`${url}?${form}`).set("Cookie", jar)
               : await supertest(t.app)
                   .post(url)
                   .set("Origin", ORIGIN)
+                  .set("Cookie", jar)
                   .set("Content-Type", "application/x-www-form-urlencoded")
                   .send(form);
           expect(res.status, `${method} ${url} ${res.status} ${res.text.slice(0, 200)}`).toBeLessThan(500);

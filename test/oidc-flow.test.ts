@@ -1,7 +1,9 @@
 import * as oidc from "openid-client";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { Clients } from "../src/oidc/clients.js";
+import { generateSync } from "otplib";
 import { Jar } from "./support/browser-jar.js";
+import { SoftAuthenticator } from "./support/soft-authenticator.js";
 import { type ListeningApp, listenWithMember } from "./support/oidc.js";
 import { PROFILE, STRONG_PASSWORD, type TestApp } from "./support/app.js";
 
@@ -562,5 +564,128 @@ describe("OIDC code flow with a real relying party (openid-client)", () => {
     const csp = res.headers.get("content-security-policy") ?? "";
     expect(csp).not.toContain("form-action");
     expect(csp).toMatch(/script-src[^;]*'sha256-/); // only the provider's own inline script, by hash
+  });
+
+  describe("second factors and step-up, without a browser", () => {
+    const LOGIN = "oidc.factors";
+    const authenticator = new SoftAuthenticator();
+    let totpSecret = "";
+    const totp = () =>
+      generateSync({ secret: totpSecret, epoch: Math.floor(t.clock.now().getTime() / 1000) });
+    const api = (jar: Jar, path: string, body: unknown) =>
+      jar.fetch(`${issuer}/api/v1${path}`, {
+        method: "POST",
+        headers: { "content-type": "application/json", origin: issuer },
+        body: JSON.stringify(body),
+      });
+
+    beforeAll(async () => {
+      // A member with TOTP and a passkey, enrolled through the API.
+      const jar = new Jar();
+      expect(
+        (await api(jar, "/registrations", { login_id: LOGIN, password: STRONG_PASSWORD, profile: PROFILE }))
+          .status,
+      ).toBe(201);
+      expect((await api(jar, "/login", { login_id: LOGIN, password: STRONG_PASSWORD })).status).toBe(200);
+      const begin = (await (await api(jar, "/me/totp", {})).json()) as { secret: string };
+      totpSecret = begin.secret;
+      expect((await api(jar, "/me/totp/verify", { code: totp() })).status).toBe(200);
+      const options = await (await api(jar, "/me/passkeys/options", {})).json();
+      const added = await api(jar, "/me/passkeys", {
+        response: authenticator.register(options, { origin: issuer }),
+      });
+      expect(added.status).toBe(201);
+      t.clock.advance(30_000); // the enrolment code's time step is spent
+    });
+
+    it("acr_values=mfa: password, then TOTP through the API, then the authorization completes at acr mfa", async () => {
+      const jar = new Jar();
+      const login = await api(jar, "/login", { login_id: LOGIN, password: STRONG_PASSWORD });
+      const step = (await login.json()) as { status: string; mfa_token: string; methods: string[] };
+      expect(step.status).toBe("mfa_required");
+      expect(step.methods).toEqual(["totp", "webauthn", "recovery_code"]);
+      expect(jar.cookies.has("sekisho_session")).toBe(false);
+      expect((await api(jar, "/login/totp", { mfa_token: step.mfa_token, code: totp() })).status).toBe(200);
+      const req = await authorize({ acr_values: "urn:sekisho:acr:mfa" });
+      const { url } = await jar.follow(req.url, issuer);
+      const tokens = await oidc.authorizationCodeGrant(config, new URL(url), {
+        pkceCodeVerifier: req.verifier,
+        expectedState: req.state,
+        expectedNonce: req.nonce,
+      });
+      expect(tokens.claims()?.acr).toBe("urn:sekisho:acr:mfa");
+      expect(tokens.claims()?.amr).toEqual(["pwd", "otp", "mfa"]);
+      t.clock.advance(30_000);
+    });
+
+    it("acr_values=phishing-resistant on a TOTP session: the step-up page, a passkey by cookie, then the code", async () => {
+      const jar = new Jar();
+      const step = (await (
+        await api(jar, "/login", { login_id: LOGIN, password: STRONG_PASSWORD })
+      ).json()) as {
+        mfa_token: string;
+      };
+      expect((await api(jar, "/login/totp", { mfa_token: step.mfa_token, code: totp() })).status).toBe(200);
+      const req = await authorize({ acr_values: "urn:sekisho:acr:phishing-resistant" });
+      const first = await jar.follow(req.url, issuer);
+      expect(new URL(first.url).origin).toBe(issuer); // stopped on the step-up page
+      const html = await first.res.text();
+      expect(html).toContain("data-passkey-mfa");
+      expect(html).not.toContain('name="code"'); // TOTP can't reach phishing-resistant
+      const options = await (await api(jar, "/login/webauthn/options", {})).json();
+      const stepUp = await api(jar, "/login/webauthn", {
+        response: authenticator.assert(options, { origin: issuer }),
+      });
+      expect(stepUp.status).toBe(200);
+      const second = await jar.follow(req.url, issuer);
+      const tokens = await oidc.authorizationCodeGrant(config, new URL(second.url), {
+        pkceCodeVerifier: req.verifier,
+        expectedState: req.state,
+        expectedNonce: req.nonce,
+      });
+      expect(tokens.claims()?.acr).toBe("urn:sekisho:acr:phishing-resistant");
+      expect(tokens.claims()?.amr).toEqual(["pwd", "otp", "mfa", "hwk", "user"]);
+      t.clock.advance(30_000);
+    });
+
+    it("the hosted form's second step works without JavaScript (password page, then the TOTP form)", async () => {
+      const jar = new Jar();
+      const req = await authorize();
+      const page = await jar.follow(req.url, issuer);
+      const action = /<form method="post" action="([^"]+)"/
+        .exec(await page.res.text())?.[1]
+        ?.replace(/&amp;/g, "&");
+      const form = (body: Record<string, string>, path: string) =>
+        jar.fetch(`${issuer}${path}`, {
+          method: "POST",
+          headers: { "content-type": "application/x-www-form-urlencoded", origin: issuer },
+          body: new URLSearchParams(body).toString(),
+        });
+      const mfa = await form({ login_id: LOGIN, password: STRONG_PASSWORD }, action as string);
+      expect(mfa.status).toBe(200);
+      const mfaHtml = await mfa.text();
+      const mfaAction = /<form method="post" action="([^"]+)">/
+        .exec(mfaHtml)?.[1]
+        ?.replace(/&amp;/g, "&") as string;
+      const token = /name="mfa_token" value="([^"]+)"/.exec(mfaHtml)?.[1] as string;
+      expect(mfaAction).toMatch(/^\/interaction\/[\w-]+\/mfa/);
+      const wrong = await form({ mfa_token: token, method: "totp", code: "000000" }, mfaAction);
+      expect(wrong.status).toBe(401);
+      expect(await wrong.text()).toContain("コードが正しくありません");
+      const ok = await form({ mfa_token: token, method: "totp", code: totp() }, mfaAction);
+      expect(ok.status).toBe(303);
+      const { url } = await jar.follow(
+        new URL(ok.headers.get("location") as string, issuer).toString(),
+        issuer,
+      );
+      const tokens = await oidc.authorizationCodeGrant(config, new URL(url), {
+        pkceCodeVerifier: req.verifier,
+        expectedState: req.state,
+        expectedNonce: req.nonce,
+      });
+      expect(tokens.claims()?.amr).toEqual(["pwd", "otp", "mfa"]);
+      expect(jar.cookies.has("sekisho_device")).toBe(true);
+      t.clock.advance(30_000);
+    });
   });
 });
