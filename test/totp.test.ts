@@ -1,4 +1,5 @@
 import { generateSync } from "otplib";
+import QRCode from "qrcode";
 import supertest from "supertest";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { totpFactors } from "../src/db/schema.js";
@@ -342,5 +343,86 @@ describe("TOTP enrolment and sign-in", () => {
     expect(types).toContain("factor.totp_removed");
     expect(types).toContain("factor.totp_added");
     expect(types).toContain("session.step_up");
+  });
+
+  it("knows a device after its first second-factor sign-in, and the member can revoke it", async () => {
+    const first = await post(t.app, "/api/v1/login/totp", { mfa_token: await passwordStep(), code: code() });
+    const device = String(first.headers["set-cookie"]).match(/sekisho_device=([\w-]{43})/)?.[1];
+    expect(device).toBeTruthy();
+    t.clock.advance(30_000);
+    const token = await passwordStep();
+    const second = await post(
+      t.app,
+      "/api/v1/login/totp",
+      { mfa_token: token, code: code() },
+      `sekisho_device=${device}`,
+    );
+    expect(second.status).toBe(200);
+    expect(String(second.headers["set-cookie"])).not.toContain("sekisho_device="); // already known
+    const c = `${sessionCookie(second)}; sekisho_device=${device}`;
+    const events = (await supertest(t.app).get("/api/v1/me/events").set("Cookie", c)).body.events;
+    expect(events.filter((e: { type: string }) => e.type === "login.new_device")).toHaveLength(1);
+    const list = await supertest(t.app).get("/api/v1/me/devices").set("Cookie", c);
+    expect(list.body.devices).toHaveLength(1);
+    expect(list.body.devices[0].current).toBe(true);
+    const del = await supertest(t.app)
+      .delete(`/api/v1/me/devices/${list.body.devices[0].id}`)
+      .set("Origin", "http://localhost:3000")
+      .set("Content-Type", "application/json")
+      .set("Cookie", c);
+    expect(del.status).toBe(204);
+    // A revoked device is a new device again.
+    t.clock.advance(30_000);
+    const third = await post(
+      t.app,
+      "/api/v1/login/totp",
+      { mfa_token: await passwordStep(), code: code() },
+      `sekisho_device=${device}`,
+    );
+    expect(String(third.headers["set-cookie"])).toContain("sekisho_device=");
+  });
+});
+
+describe("hosted TOTP enrolment (account page, no JavaScript)", () => {
+  it("shows the otpauth URI as a server-rendered QR code and the key as text, then the recovery codes once", async () => {
+    const t = makeApp();
+    try {
+      await register(t.app, { login_id: "qr.member" });
+      const cookie = await signIn(t.app, "qr.member");
+      const form = (path: string, body: Record<string, string> = {}) =>
+        supertest(t.app)
+          .post(path)
+          .set("Origin", "http://localhost:3000")
+          .set("Cookie", cookie)
+          .set("Content-Type", "application/x-www-form-urlencoded")
+          .send(new URLSearchParams(body).toString());
+      const page = await form("/account/totp");
+      expect(page.status).toBe(200);
+      expect(page.headers["content-security-policy"]).toContain("script-src 'self'");
+      const secret = (/<code class="secret">([A-Z2-7 ]+)<\/code>/.exec(page.text)?.[1] ?? "").replace(
+        / /g,
+        "",
+      );
+      expect(secret).toMatch(/^[A-Z2-7]{32}$/);
+      const uri = `otpauth://totp/Sekisho:qr.member?secret=${secret}&issuer=Sekisho`;
+      const svg = await QRCode.toString(uri, { type: "svg", errorCorrectionLevel: "M", margin: 2 });
+      expect(page.text).toContain(svg);
+      const wrong = await form("/account/totp/verify", { code: "000000" });
+      expect(wrong.status).toBe(400);
+      expect(wrong.text).toContain(svg); // the same pending secret, shown again
+      const code = generateSync({ secret, epoch: Math.floor(t.clock.now().getTime() / 1000) });
+      const done = await form("/account/totp/verify", { code });
+      expect(done.status).toBe(200);
+      expect(done.text.match(/<li><code>[0-9a-z-]{19}<\/code><\/li>/g)).toHaveLength(10);
+      const cross = await supertest(t.app)
+        .post("/account/totp")
+        .set("Origin", "https://evil.example")
+        .set("Cookie", cookie)
+        .set("Content-Type", "application/x-www-form-urlencoded")
+        .send("");
+      expect(cross.status).toBe(403); // a foreign page can't restart the member's enrolment
+    } finally {
+      t.close();
+    }
   });
 });
