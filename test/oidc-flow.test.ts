@@ -590,7 +590,7 @@ describe("OIDC code flow with a real relying party (openid-client)", () => {
       const begin = (await (await api(jar, "/me/totp", {})).json()) as { secret: string };
       totpSecret = begin.secret;
       expect((await api(jar, "/me/totp/verify", { code: totp() })).status).toBe(200);
-      const options = await (await api(jar, "/me/passkeys/options", {})).json();
+      const options = (await (await api(jar, "/me/passkeys/options", {})).json()) as never;
       const added = await api(jar, "/me/passkeys", {
         response: authenticator.register(options, { origin: issuer }),
       });
@@ -632,7 +632,7 @@ describe("OIDC code flow with a real relying party (openid-client)", () => {
       const html = await first.res.text();
       expect(html).toContain("data-passkey-mfa");
       expect(html).not.toContain('name="code"'); // TOTP can't reach phishing-resistant
-      const options = await (await api(jar, "/login/webauthn/options", {})).json();
+      const options = (await (await api(jar, "/login/webauthn/options", {})).json()) as never;
       const stepUp = await api(jar, "/login/webauthn", {
         response: authenticator.assert(options, { origin: issuer }),
       });
