@@ -49,6 +49,47 @@ describe("member PII at rest", () => {
     }
   });
 
+  it("a copy of the database holds no TOTP secret, recovery code or session, mfa or device token", async () => {
+    // Attack: steal the files and sign in as a member with their second factor.
+    const { generateSync } = await import("otplib");
+    await register(t.app, { login_id: "factor.owner" });
+    const cookie = await signIn(t.app, "factor.owner");
+    const post = (url: string, body: unknown, c = cookie) =>
+      supertest(t.app)
+        .post(url)
+        .set("Origin", "http://localhost:3000")
+        .set("Content-Type", "application/json")
+        .set("Cookie", c)
+        .send(JSON.stringify(body));
+    const secret = (await post("/api/v1/me/totp", {})).body.secret as string;
+    const code = () => generateSync({ secret, epoch: Math.floor(t.clock.now().getTime() / 1000) });
+    const codes = (await post("/api/v1/me/totp/verify", { code: code() })).body.recovery_codes as string[];
+    t.clock.advance(30_000);
+    const token = (
+      await post(
+        "/api/v1/login",
+        { login_id: "factor.owner", password: "correct horse battery staple 42" },
+        "",
+      )
+    ).body.mfa_token as string;
+    const done = await post("/api/v1/login/totp", { mfa_token: token, code: code() }, "");
+    const cookies = String(done.headers["set-cookie"]);
+    const session = /sekisho_session=([\w-]{43})/.exec(cookies)?.[1] as string;
+    const device = /sekisho_device=([\w-]{43})/.exec(cookies)?.[1] as string;
+    const secretBytes = Buffer.from(secret.replace(/=+$/, ""), "utf8");
+    const inWal = fileBytes(t);
+    t.s.db.$client.pragma("wal_checkpoint(TRUNCATE)");
+    for (const bytes of [inWal, fileBytes(t)]) {
+      expect(bytes.includes(Buffer.from("factor.owner"))).toBe(true); // positive control
+      expect(bytes.includes(secretBytes)).toBe(false);
+      for (const c of codes) {
+        expect(bytes.includes(Buffer.from(c))).toBe(false);
+        expect(bytes.includes(Buffer.from(c.replace(/-/g, "")))).toBe(false);
+      }
+      for (const tok of [session, device, token]) expect(bytes.includes(Buffer.from(tok))).toBe(false);
+    }
+  });
+
   it("two members with the same name and e-mail get different ciphertexts", async () => {
     const a = await register(t.app, { login_id: "member.one" });
     const b = await register(t.app, { login_id: "member.two" });

@@ -2,7 +2,7 @@ import fs from "node:fs";
 import { eq } from "drizzle-orm";
 import supertest from "supertest";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
-import { keyRotations, profiles } from "../src/db/schema.js";
+import { keyRotations, profiles, totpFactors } from "../src/db/schema.js";
 import { PROFILE_FIELDS, ProfileVault } from "../src/members/profile.js";
 import { keyIdOf } from "../src/vault/fields.js";
 import { Keyring, KeyringStore } from "../src/vault/keyring.js";
@@ -38,6 +38,28 @@ describe("key rotation", () => {
       .from(profiles)
       .all()
       .map((r) => r.keyId);
+
+  it("re-encrypts TOTP secrets (active and pending) too; codes still verify afterwards", async () => {
+    const { generateSync } = await import("otplib");
+    const cookie = await signIn(t.app, "rotate.0");
+    const post = (url: string, body: unknown) =>
+      supertest(t.app)
+        .post(url)
+        .set("Origin", "http://localhost:3000")
+        .set("Content-Type", "application/json")
+        .set("Cookie", cookie)
+        .send(JSON.stringify(body));
+    const secret = (await post("/api/v1/me/totp", {})).body.secret as string;
+    const code = () => generateSync({ secret, epoch: Math.floor(t.clock.now().getTime() / 1000) });
+    expect((await post("/api/v1/me/totp/verify", { code: code() })).status).toBe(200);
+    await post("/api/v1/me/totp", {}); // a pending re-enrolment beside the active secret
+    const result = await rotate();
+    const row = t.s.db.select().from(totpFactors).get();
+    expect(keyIdOf(row?.secret ?? "")).toBe(result.newKeyId);
+    expect(keyIdOf(row?.pendingSecret ?? "")).toBe(result.newKeyId);
+    t.clock.advance(30_000);
+    expect(t.s.factors.totp.verify(row?.memberId as string, code())).toBe(true);
+  });
 
   it("re-encrypts every row under the new key; all rows decrypt and new writes use the new key", async () => {
     const oldKey = t.s.keys.get().activeDataKey().id;
