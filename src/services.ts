@@ -81,7 +81,6 @@ export function buildServices(deps: {
   const signIn = new PasswordSignIn({ db, hasher, sessions, audit, throttle, keys, factors, mfaTokens });
   const secondFactor = new SecondFactorSignIn({
     db,
-    clock,
     sessions,
     tokens: mfaTokens,
     factors,

@@ -590,6 +590,9 @@ describe("OIDC code flow with a real relying party (openid-client)", () => {
       const begin = (await (await api(jar, "/me/totp", {})).json()) as { secret: string };
       totpSecret = begin.secret;
       expect((await api(jar, "/me/totp/verify", { code: totp() })).status).toBe(200);
+      // With a factor set up, adding another needs a sign-in that used it: step up first.
+      t.clock.advance(30_000);
+      expect((await api(jar, "/login/totp", { code: totp() })).status).toBe(200);
       const options = (await (await api(jar, "/me/passkeys/options", {})).json()) as never;
       const added = await api(jar, "/me/passkeys", {
         response: authenticator.register(options, { origin: issuer }),

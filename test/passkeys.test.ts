@@ -263,3 +263,147 @@ describe("passkeys through the JSON API (software authenticator, real signatures
     expect(other.status).toBe(404);
   });
 });
+
+describe("second factors: the review's attacks", () => {
+  let t: TestApp;
+  let alice: SoftAuthenticator;
+  const from = (ip: string, url: string, body: unknown, cookie?: string) => {
+    const req = supertest(t.app)
+      .post(url)
+      .set("Origin", ORIGIN)
+      .set("Content-Type", "application/json")
+      .set("X-Forwarded-For", ip);
+    if (cookie) req.set("Cookie", cookie);
+    return req.send(JSON.stringify(body));
+  };
+  const passwordStep = async (ip = "192.0.2.1") =>
+    (await from(ip, "/api/v1/login", { login_id: "alice.pk", password: STRONG_PASSWORD })).body;
+  async function passkeySignIn(cookie?: string, body: Record<string, unknown> = {}) {
+    const options = await post(t.app, "/api/v1/login/webauthn/options", body, cookie);
+    return post(
+      t.app,
+      "/api/v1/login/webauthn",
+      { response: alice.assert(options.body, { origin: ORIGIN }) },
+      cookie,
+    );
+  }
+
+  beforeEach(async () => {
+    t = makeApp({ SEKISHO_TRUST_PROXY: "loopback" });
+    await register(t.app, { login_id: "alice.pk" });
+    await register(t.app, { login_id: "bob.pk" });
+    alice = new SoftAuthenticator();
+    const cookie = await signIn(t.app, "alice.pk");
+    const options = await post(t.app, "/api/v1/me/passkeys/options", {}, cookie);
+    const added = await post(
+      t.app,
+      "/api/v1/me/passkeys",
+      { response: alice.register(options.body, { origin: ORIGIN }) },
+      cookie,
+    );
+    expect(added.status).toBe(201);
+  });
+  afterEach(() => t.close());
+
+  it("refuses adding a factor with an old session, or with a password-only session once a factor exists", async () => {
+    // Attack: a stolen session adds the thief's own passkey or authenticator app and keeps the account.
+    const old = await signIn(t.app, "bob.pk");
+    t.clock.advance(11 * 60_000);
+    for (const path of ["/api/v1/me/passkeys/options", "/api/v1/me/totp"]) {
+      const res = await post(t.app, path, {}, old);
+      expect(res.status, path).toBe(401);
+      expect(res.body.error).toBe("reauthentication_required");
+    }
+    // alice has a passkey; a recent session at the password level (made before enrolling) is not enough
+    const enrolledButWeak = t.s.sessions.create({
+      memberId: (await memberId("alice.pk")) as string,
+      acr: "urn:sekisho:acr:password",
+      amr: ["pwd"],
+      ip: null,
+      userAgent: null,
+    });
+    const weak = `sekisho_session=${enrolledButWeak.token}`;
+    expect((await post(t.app, "/api/v1/me/totp", {}, weak)).body.error).toBe("reauthentication_required");
+    expect((await post(t.app, "/api/v1/me/passkeys/options", {}, weak)).body.error).toBe(
+      "reauthentication_required",
+    );
+  });
+
+  async function memberId(loginId: string) {
+    return t.s.db.$client.prepare("SELECT id FROM members WHERE login_id = ?").pluck().get(loginId) as
+      | string
+      | undefined;
+  }
+
+  it("a disabled member can't sign in with a passkey either", async () => {
+    t.s.db.$client.prepare("UPDATE members SET status = 'disabled' WHERE login_id = 'alice.pk'").run();
+    const res = await passkeySignIn();
+    expect(res.status).toBe(401);
+  });
+
+  it("a suspended only passkey never turns MFA off: the password alone still isn't enough", async () => {
+    t.s.db.$client.prepare("UPDATE webauthn_credentials SET suspected_clone_at = 1").run();
+    const step = await passwordStep();
+    expect(step.status).toBe("mfa_required");
+    expect(step.methods).toEqual(["recovery_code"]);
+  });
+
+  it("caps second-step guesses per member across addresses; the member's own device is exempt", async () => {
+    // Attack: the password is known; fresh mfa_tokens from ever new addresses to guess the code.
+    const own = await passkeySignIn(); // alice's own browser: it signed in with her passkey before
+    const device = String(own.headers["set-cookie"]).match(/sekisho_device=[\w-]{43}/)?.[0] as string;
+    for (let i = 0; i < 10; i++) {
+      const token = (await passwordStep(`198.51.100.${i}`)).mfa_token;
+      const wrong = await from(`198.51.100.${i}`, "/api/v1/login/recovery-code", {
+        mfa_token: token,
+        code: "0000-0000-0000-0000",
+      });
+      expect(wrong.status).toBe(401);
+    }
+    const token = (await passwordStep("203.0.113.7")).mfa_token;
+    const capped = await from("203.0.113.7", "/api/v1/login/recovery-code", {
+      mfa_token: token,
+      code: "0000-0000-0000-0000",
+    });
+    expect(capped.status).toBe(429);
+    // From her own browser (known device), alice still gets in.
+    const mine = await from(
+      "203.0.113.8",
+      "/api/v1/login/webauthn/options",
+      { mfa_token: (await passwordStep("203.0.113.8")).mfa_token },
+      device,
+    );
+    expect(mine.status).toBe(200);
+  });
+
+  it("limits passwordless option requests per address (each one stores a challenge)", async () => {
+    let last = 0;
+    for (let i = 0; i < 301; i++)
+      last = (await from("192.0.2.50", "/api/v1/login/webauthn/options", {})).status;
+    expect(last).toBe(429);
+    expect((await from("192.0.2.51", "/api/v1/login/webauthn/options", {})).status).toBe(200);
+  });
+
+  it("a passwordless sign-in in a browser holding another member's session signs in the new member and ends the old session", async () => {
+    const bobCookie = await signIn(t.app, "bob.pk");
+    const res = await passkeySignIn(bobCookie, { passwordless: true });
+    expect(res.status).toBe(200);
+    expect(res.body.amr).toEqual(["hwk", "user", "mfa"]);
+    const me = await supertest(t.app).get("/api/v1/me").set("Cookie", sessionCookie(res));
+    expect(me.body.login_id).toBe("alice.pk");
+    expect((await supertest(t.app).get("/api/v1/me").set("Cookie", bobCookie)).status).toBe(401);
+  });
+
+  it("a step-up of a passwordless session with a code does not claim a password (amr)", async () => {
+    const { generateSync } = await import("otplib");
+    const pwless = sessionCookie(await passkeySignIn());
+    const secret = (await post(t.app, "/api/v1/me/totp", {}, pwless)).body.secret as string;
+    const code = () => generateSync({ secret, epoch: Math.floor(t.clock.now().getTime() / 1000) });
+    expect((await post(t.app, "/api/v1/me/totp/verify", { code: code() }, pwless)).status).toBe(200);
+    t.clock.advance(30_000);
+    const stepped = await post(t.app, "/api/v1/login/totp", { code: code() }, pwless);
+    expect(stepped.status).toBe(200);
+    expect(stepped.body.amr).toEqual(["hwk", "user", "mfa", "otp"]);
+    expect(stepped.body.acr).toBe(PR);
+  });
+});

@@ -41,7 +41,7 @@ describe("key rotation", () => {
 
   it("re-encrypts TOTP secrets (active and pending) too; codes still verify afterwards", async () => {
     const { generateSync } = await import("otplib");
-    const cookie = await signIn(t.app, "rotate.0");
+    let cookie = await signIn(t.app, "rotate.0");
     const post = (url: string, body: unknown) =>
       supertest(t.app)
         .post(url)
@@ -52,7 +52,10 @@ describe("key rotation", () => {
     const secret = (await post("/api/v1/me/totp", {})).body.secret as string;
     const code = () => generateSync({ secret, epoch: Math.floor(t.clock.now().getTime() / 1000) });
     expect((await post("/api/v1/me/totp/verify", { code: code() })).status).toBe(200);
-    await post("/api/v1/me/totp", {}); // a pending re-enrolment beside the active secret
+    t.clock.advance(30_000);
+    const stepUp = await post("/api/v1/login/totp", { code: code() }); // a session that used the factor
+    cookie = String(stepUp.headers["set-cookie"]).match(/sekisho_session=[\w-]{43}/)?.[0] as string;
+    expect((await post("/api/v1/me/totp", {})).status).toBe(200); // a pending re-enrolment beside the active secret
     const result = await rotate();
     const row = t.s.db.select().from(totpFactors).get();
     expect(keyIdOf(row?.secret ?? "")).toBe(result.newKeyId);

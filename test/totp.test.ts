@@ -269,8 +269,15 @@ describe("TOTP enrolment and sign-in", () => {
     expect(me.body.mfa.recovery_codes_remaining).toBe(8);
   });
 
-  it("regenerating recovery codes invalidates the old set", async () => {
-    const fresh = await post(t.app, "/api/v1/me/recovery-codes", {}, cookie);
+  it("regenerating recovery codes invalidates the old set (and needs a sign-in that used the factor)", async () => {
+    // The enrolling session is recent but at the password level: not enough once a factor exists.
+    const weak = await post(t.app, "/api/v1/me/recovery-codes", {}, cookie);
+    expect(weak.status).toBe(401);
+    expect(weak.body.error).toBe("reauthentication_required");
+    const mfaCookie = sessionCookie(
+      await post(t.app, "/api/v1/login/totp", { mfa_token: await passwordStep(), code: code() }),
+    );
+    const fresh = await post(t.app, "/api/v1/me/recovery-codes", {}, mfaCookie);
     expect(fresh.status).toBe(200);
     const next = fresh.body.recovery_codes as string[];
     expect(next).toHaveLength(10);

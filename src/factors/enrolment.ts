@@ -5,6 +5,7 @@ import type { Clock } from "../clock.js";
 import { type Db, inTransaction } from "../db/connection.js";
 import { members } from "../db/schema.js";
 import { ApiError } from "../errors.js";
+import { ACR, satisfies } from "../sessions/levels.js";
 import type { Session } from "../sessions/sessions.js";
 import type { Factors } from "./methods.js";
 
@@ -71,7 +72,27 @@ export class FactorEnrolment {
     });
   }
 
+  /**
+   * Adding a factor is as sensitive as removing one: a stolen session that could add the thief's
+   * passkey or authenticator app would keep the account even after a password change. So it needs
+   * a recent sign-in, and, for a member who already has a factor, one that used it (acr ≥ mfa).
+   */
+  requireStrongRecent(session: Session): void {
+    this.requireRecent(session);
+    if (this.#factors.enrolled(session.memberId) && !satisfies(session.acr, ACR.mfa)) {
+      throw new ApiError(
+        401,
+        "reauthentication_required",
+        "Sign in again with your second factor to make this change.",
+        {
+          extra: { max_age: Math.floor(this.#reauthMs / 1000), acr: ACR.mfa },
+        },
+      );
+    }
+  }
+
   beginTotp(session: Session): { secret: string; otpauthUri: string } {
+    this.requireStrongRecent(session);
     const m = this.member(session);
     return this.#factors.totp.begin(m.id, m.loginId);
   }
@@ -84,6 +105,7 @@ export class FactorEnrolment {
 
   /** Verify the pending secret; the new recovery codes, or null for a wrong code. */
   activateTotp(session: Session, code: string, ctx: ActionContext): string[] | null {
+    this.requireStrongRecent(session);
     const replaced = this.#factors.totp.enabled(session.memberId);
     return inTransaction(this.#db, () => {
       if (!this.#factors.totp.activate(session.memberId, code.replace(/\s/g, ""))) return null;
@@ -95,7 +117,7 @@ export class FactorEnrolment {
   }
 
   removeTotp(session: Session, ctx: ActionContext): boolean {
-    this.requireRecent(session);
+    this.requireStrongRecent(session);
     return inTransaction(this.#db, () => {
       if (!this.#factors.totp.remove(session.memberId)) return false;
       const dropped = this.#factors.dropRecoveryCodesIfNoFactorLeft(session.memberId);
@@ -105,7 +127,7 @@ export class FactorEnrolment {
   }
 
   regenerateRecoveryCodes(session: Session, ctx: ActionContext): string[] {
-    this.requireRecent(session);
+    this.requireStrongRecent(session);
     const f = this.#factors.of(session.memberId);
     if (!f.totp && f.passkeys === 0) {
       throw new ApiError(409, "no_second_factor", "Set up an authenticator app or a passkey first.");
@@ -118,6 +140,7 @@ export class FactorEnrolment {
   }
 
   async passkeyOptions(session: Session) {
+    this.requireStrongRecent(session);
     const m = this.member(session);
     // Admins' passkeys must verify the user (PIN or biometrics); members' should.
     return this.#factors.passkeys.registrationOptions(m, session.id, {
@@ -135,6 +158,7 @@ export class FactorEnrolment {
     name: string,
     ctx: ActionContext,
   ): Promise<{ id: string; recoveryCodes: string[] | null }> {
+    this.requireStrongRecent(session);
     const result = await this.#factors.passkeys.register(session.memberId, session.id, response, name);
     if (!result.ok) {
       if (result.reason === "credential_exists")
@@ -161,7 +185,7 @@ export class FactorEnrolment {
   }
 
   removePasskey(session: Session, passkeyId: string, ctx: ActionContext): boolean {
-    this.requireRecent(session);
+    this.requireStrongRecent(session);
     return inTransaction(this.#db, () => {
       if (!this.#factors.passkeys.remove(session.memberId, passkeyId)) return false;
       const dropped = this.#factors.dropRecoveryCodesIfNoFactorLeft(session.memberId);

@@ -27,10 +27,20 @@ export class Factors {
     };
   }
 
-  /** Methods to offer after the password; empty when the member has no second factor. */
+  /**
+   * Has the member set up a second factor (TOTP, or any passkey, a suspended one included)? Such a
+   * member never signs in with the password alone, even when no factor is usable right now: a
+   * passkey suspended as a possible clone must not turn MFA off (fail closed).
+   */
+  enrolled(memberId: string): boolean {
+    return this.totp.enabled(memberId) || this.passkeys.list(memberId).length > 0;
+  }
+
+  /** Methods to offer after the password: what is usable now (possibly none of an enrolled member's). */
   methods(memberId: string): FactorMethod[] {
     const f = this.of(memberId);
-    if (!f.totp && f.passkeys === 0) return [];
+    if (!f.totp && f.passkeys === 0)
+      return f.recoveryCodes > 0 && this.enrolled(memberId) ? ["recovery_code"] : [];
     const out: FactorMethod[] = [];
     if (f.totp) out.push("totp");
     if (f.passkeys > 0) out.push("webauthn");
@@ -40,7 +50,7 @@ export class Factors {
 
   /** Recovery codes only make sense beside a factor they stand in for. */
   dropRecoveryCodesIfNoFactorLeft(memberId: string): boolean {
-    if (this.totp.enabled(memberId) || this.passkeys.list(memberId).length > 0) return false;
+    if (this.enrolled(memberId)) return false;
     this.recovery.removeAll(memberId);
     return true;
   }

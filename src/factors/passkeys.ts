@@ -85,6 +85,8 @@ export type AssertionFailure =
 export type AssertionResult =
   | {
       ok: true;
+      /** Which of the accepted ceremonies the challenge was issued for. */
+      binding: CeremonyBinding;
       memberId: string;
       passkeyId: string;
       userVerified: boolean;
@@ -182,10 +184,7 @@ export class Passkeys {
   ): void {
     const now = this.#clock.now().getTime();
     // Expired challenges are worthless; drop them as we go (the table stays small).
-    this.#db
-      .delete(webauthnChallenges)
-      .where(lt(webauthnChallenges.expiresAt, now - 3_600_000))
-      .run();
+    this.#db.delete(webauthnChallenges).where(lt(webauthnChallenges.expiresAt, now)).run();
     this.#db
       .insert(webauthnChallenges)
       .values({
@@ -358,23 +357,27 @@ export class Passkeys {
     return options;
   }
 
+  /**
+   * Verify an assertion. `accept` lists the ceremonies the request may be completing (a request
+   * with neither mfa_token nor session accepts only passwordless; one with a session cookie accepts
+   * a step-up of that session or a passwordless sign-in); the stored challenge decides which.
+   */
   async authenticate(
     response: AuthenticationResponseJSON,
-    binding: CeremonyBinding,
+    accept: CeremonyBinding[],
   ): Promise<AssertionResult> {
     const consumed = this.#consume(response.response.clientDataJSON, "authentication");
     if (consumed.error) return { ok: false, reason: consumed.error };
     const { row, challenge } = consumed;
-    // The challenge must have been issued for exactly this ceremony.
-    const sameCeremony =
-      binding.kind === "second_factor"
-        ? row.mfaTokenHash === binding.mfaTokenHash && row.memberId === binding.memberId
-        : binding.kind === "step_up"
-          ? row.sessionId === binding.sessionId &&
-            row.memberId === binding.memberId &&
-            row.mfaTokenHash === null
-          : row.memberId === null && row.mfaTokenHash === null && row.sessionId === null;
-    if (!sameCeremony) return { ok: false, reason: "wrong_ceremony" };
+    // The challenge must have been issued for exactly one of these ceremonies.
+    const binding = accept.find((b) =>
+      b.kind === "second_factor"
+        ? row.mfaTokenHash === b.mfaTokenHash && row.memberId === b.memberId
+        : b.kind === "step_up"
+          ? row.sessionId === b.sessionId && row.memberId === b.memberId && row.mfaTokenHash === null
+          : row.memberId === null && row.mfaTokenHash === null && row.sessionId === null,
+    );
+    if (!binding) return { ok: false, reason: "wrong_ceremony" };
 
     const cred = this.#db
       .select()
@@ -437,6 +440,7 @@ export class Passkeys {
     if (!moved) return { ok: false, reason: "counter_race", ...who };
     return {
       ok: true,
+      binding,
       ...who,
       userVerified: info.userVerified,
       amr: cred.backupEligible ? "swk" : "hwk",

@@ -1,7 +1,6 @@
-import { eq } from "drizzle-orm";
 import type { AuthenticationResponseJSON } from "@simplewebauthn/server";
+import { eq } from "drizzle-orm";
 import type { AuditLog } from "../audit/log.js";
-import type { Clock } from "../clock.js";
 import { type Db, inTransaction } from "../db/connection.js";
 import { members } from "../db/schema.js";
 import { ApiError } from "../errors.js";
@@ -14,14 +13,16 @@ import type { MfaTokens, PendingMfa } from "./mfa-tokens.js";
 import type { Session, SessionService } from "./sessions.js";
 
 /**
- * The second step of a sign-in, and step-up of an existing session.
+ * The second step of a sign-in, step-up of an existing session, and passwordless passkeys.
  *
  * Who is signing in comes from exactly one of: an `mfa_token` (the password was right a moment
  * ago), the session cookie (step-up: raise a live session's level), or — for passkeys only —
- * nobody (passwordless: the discoverable credential names its member). The order is the house
- * order: identify → throttle → verify → one transaction (spend the token or retire the old
- * session, new session, device, audit) → answer. A step-up never edits a session in place: it
- * issues a new token and revokes the old one, so a token that leaked at the lower level stays low.
+ * nobody (passwordless: the discoverable credential names its member; with a session cookie
+ * present, the stored challenge says whether it was a step-up or a passwordless ceremony). The
+ * order is the house order: identify → throttle → verify → one transaction (spend the code, the
+ * token or the old session; check the member is still active; new session; device; audit) →
+ * answer. A step-up never edits a session in place: it issues a new token and revokes the old
+ * one, so a token that leaked at the lower level stays low.
  */
 export interface FactorContext {
   ip: string;
@@ -29,6 +30,8 @@ export interface FactorContext {
   userAgent: string | null;
   /** The `sekisho_device` cookie, if any. */
   deviceToken: string | null;
+  /** A session token the browser already had: revoked by a new sign-in (not by a step-up of it). */
+  previousToken?: string | null;
 }
 
 export type Subject = { mfaToken: string } | { session: Session } | { passwordless: true };
@@ -51,10 +54,24 @@ export type FactorResult =
 
 /** Failures of one session's step-up before it is revoked (the mfa_token has its own limit). */
 const STEP_UP_MAX_FAILURES = 5;
+/**
+ * Second-step failures per member (any address) in the throttle's window. An attacker who has
+ * the password gets fresh mfa_tokens and addresses at will; this caps their guesses at the code
+ * per member. It can only be filled by someone who has the password, and the member's own known
+ * device (`sekisho_device`) is exempt, so it can't lock the member out of their own browser.
+ */
+export const MEMBER_SECOND_STEP_MAX_FAILURES = 10;
+/** Passwordless option requests per client IP in the throttle's window (each writes a challenge row). */
+const PASSWORDLESS_OPTIONS_PER_IP = 300;
+
+class Rollback extends Error {
+  constructor(readonly why: "wrong" | "race" | "disabled") {
+    super(why);
+  }
+}
 
 export class SecondFactorSignIn {
   readonly #db: Db;
-  readonly #clock: Clock;
   readonly #sessions: SessionService;
   readonly #tokens: MfaTokens;
   readonly #factors: Factors;
@@ -65,7 +82,6 @@ export class SecondFactorSignIn {
 
   constructor(deps: {
     db: Db;
-    clock: Clock;
     sessions: SessionService;
     tokens: MfaTokens;
     factors: Factors;
@@ -74,7 +90,6 @@ export class SecondFactorSignIn {
     throttle: AttemptLimiter;
   }) {
     this.#db = deps.db;
-    this.#clock = deps.clock;
     this.#sessions = deps.sessions;
     this.#tokens = deps.tokens;
     this.#factors = deps.factors;
@@ -105,15 +120,19 @@ export class SecondFactorSignIn {
     return { memberId: null, pending: null, session: null };
   }
 
-  #loginIdOf(memberId: string): string {
-    return (
-      this.#db.select({ l: members.loginId }).from(members).where(eq(members.id, memberId)).get()?.l ?? ""
-    );
+  #member(memberId: string): { loginId: string; status: string } | undefined {
+    return this.#db
+      .select({ loginId: members.loginId, status: members.status })
+      .from(members)
+      .where(eq(members.id, memberId))
+      .get();
   }
 
-  #throttleCheck(ip: string, memberId: string): void {
-    const verdict = this.#throttle.check(ip, this.#loginIdOf(memberId));
-    if (verdict.allowed) return;
+  #loginIdOf(memberId: string): string {
+    return this.#member(memberId)?.loginId ?? "";
+  }
+
+  #throttled(ip: string, memberId: string, by: string, retryAfterSeconds: number): never {
     this.#audit.append({
       action: "login.throttled",
       outcome: "failure",
@@ -121,24 +140,46 @@ export class SecondFactorSignIn {
       memberId,
       ip,
       reason: "too_many_attempts",
-      details: { by: verdict.key, step: "second_factor" },
+      details: { by, step: "second_factor" },
     });
     throw new ApiError(429, "too_many_attempts", "Too many sign-in attempts; try again later.", {
-      headers: { "Retry-After": String(verdict.retryAfterSeconds) },
+      headers: { "Retry-After": String(retryAfterSeconds) },
     });
   }
 
-  /** Options for a passkey ceremony: second factor, step-up, or passwordless. */
-  async passkeyOptions(subject: Subject) {
-    const { memberId, pending, session } = this.#resolve(subject);
-    return this.#factors.passkeys.authenticationOptions(this.#binding(memberId, pending, session));
+  #throttleCheck(ctx: FactorContext, memberId: string): void {
+    const verdict = this.#throttle.check(ctx.ip, this.#loginIdOf(memberId));
+    if (!verdict.allowed) this.#throttled(ctx.ip, memberId, verdict.key ?? "ip", verdict.retryAfterSeconds);
+    if (this.#devices.recognise(ctx.deviceToken, memberId)) return; // the member's own device
+    const perMember = this.#throttle.checkKey(
+      `member_second_step|${memberId}`,
+      MEMBER_SECOND_STEP_MAX_FAILURES,
+    );
+    if (!perMember.allowed) this.#throttled(ctx.ip, memberId, "member", perMember.retryAfterSeconds);
   }
 
-  #binding(memberId: string | null, pending: PendingMfa | null, session: Session | null): CeremonyBinding {
-    if (pending)
-      return { kind: "second_factor", memberId: pending.memberId, mfaTokenHash: pending.tokenHash };
-    if (session && memberId) return { kind: "step_up", memberId, sessionId: session.id };
-    return { kind: "passwordless" };
+  /**
+   * Options for a passkey ceremony: the second step (mfa_token), a step-up (session cookie), or
+   * passwordless (neither, or `passwordless` asked for explicitly, as the login pages do: a
+   * member signing in there may be switching accounts in a browser that has a session).
+   */
+  async passkeyOptions(subject: Subject, ip: string) {
+    const { pending, session } = this.#resolve(subject);
+    if (!pending && !session) {
+      const verdict = this.#throttle.checkKey(`passwordless_options|${ip}`, PASSWORDLESS_OPTIONS_PER_IP);
+      if (!verdict.allowed) {
+        throw new ApiError(429, "too_many_attempts", "Too many sign-in attempts; try again later.", {
+          headers: { "Retry-After": String(verdict.retryAfterSeconds) },
+        });
+      }
+      this.#throttle.recordKey(`passwordless_options|${ip}`);
+    }
+    const binding: CeremonyBinding = pending
+      ? { kind: "second_factor", memberId: pending.memberId, mfaTokenHash: pending.tokenHash }
+      : session
+        ? { kind: "step_up", memberId: session.memberId, sessionId: session.id }
+        : { kind: "passwordless" };
+    return this.#factors.passkeys.authenticationOptions(binding);
   }
 
   async complete(subject: Subject, proof: FactorProof, ctx: FactorContext): Promise<FactorResult> {
@@ -150,146 +191,179 @@ export class SecondFactorSignIn {
         "Send the mfa_token from the password step, or sign in first.",
       );
     }
-    if (memberId) this.#throttleCheck(ctx.ip, memberId);
+    if (memberId) this.#throttleCheck(ctx, memberId);
 
+    // What this proof adds. `pwd` only when the password was part of this sign-in (the mfa_token).
+    const pwd: Amr[] = pending ? ["pwd"] : [];
     let level: { acr: Acr; amr: Amr[] };
-    let who = memberId;
+    let who: string;
+    let stepUp: Session | null = session;
     let passkeyId: string | undefined;
-    let recoveryLeft: number | undefined;
     if (proof.method === "webauthn") {
-      const result = await this.#factors.passkeys.authenticate(
-        proof.response,
-        this.#binding(memberId, pending, session),
-      );
+      const accept: CeremonyBinding[] = pending
+        ? [{ kind: "second_factor", memberId: pending.memberId, mfaTokenHash: pending.tokenHash }]
+        : session
+          ? [{ kind: "step_up", memberId: session.memberId, sessionId: session.id }, { kind: "passwordless" }]
+          : [{ kind: "passwordless" }];
+      const result = await this.#factors.passkeys.authenticate(proof.response, accept);
       if (!result.ok) return this.#fail(result, memberId, pending, session, proof.method, ctx);
       who = result.memberId;
       passkeyId = result.passkeyId;
-      const passwordless = memberId === null;
-      if (passwordless) this.#throttleCheck(ctx.ip, who);
-      level = {
-        acr: ACR.phishingResistant,
-        amr: [
-          ...(passwordless ? [] : (["pwd"] as Amr[])),
-          result.amr,
-          ...(result.userVerified ? (["user"] as Amr[]) : []),
-          "mfa",
-        ],
-      };
+      if (result.binding.kind === "passwordless") {
+        stepUp = null; // a passwordless sign-in, even in a browser that had a session
+        this.#throttleCheck(ctx, who);
+      }
+      const uv: Amr[] = result.userVerified ? ["user"] : [];
+      level = { acr: ACR.phishingResistant, amr: [...pwd, result.amr, ...uv, "mfa"] };
     } else {
-      const ok =
-        proof.method === "totp"
-          ? this.#factors.totp.verify(memberId as string, proof.code)
-          : this.#factors.recovery.consume(memberId as string, proof.code);
-      if (!ok) return this.#fail(null, memberId, pending, session, proof.method, ctx);
-      if (proof.method === "recovery_code")
-        recoveryLeft = this.#factors.recovery.remaining(memberId as string);
-      level = { acr: ACR.mfa, amr: ["pwd", "otp", "mfa"] };
+      who = memberId as string;
+      level = { acr: ACR.mfa, amr: [...pwd, "otp", "mfa"] };
     }
-    const memberOf = who as string;
 
     // A step-up keeps what the session already proved and adds what was just proved.
-    if (session) {
-      const amr = [...new Set<Amr>([...session.amr, ...level.amr])];
-      const acr = acrRank(session.acr) > acrRank(level.acr) ? (session.acr as Acr) : level.acr;
+    if (stepUp) {
+      const amr = [...new Set<Amr>([...stepUp.amr, ...level.amr])];
+      const acr = acrRank(stepUp.acr) > acrRank(level.acr) ? (stepUp.acr as Acr) : level.acr;
       level = { acr, amr };
     }
+    const kind = stepUp ? "step_up" : pending ? "second_factor" : "passwordless";
 
-    const outcome = inTransaction(this.#db, () => {
-      if (pending && !this.#tokens.consume(pending.tokenHash)) return null;
-      if (session && !this.#sessions.revoke(session.memberId, session.id, "stepped_up")) return null;
-      const { token, session: created } = this.#sessions.create({
-        memberId: memberOf,
-        acr: level.acr,
-        amr: level.amr,
-        ip: ctx.ip,
-        userAgent: ctx.userAgent,
+    let outcome: { token: string; session: Session; deviceToken: string | null };
+    try {
+      outcome = inTransaction(this.#db, () => {
+        // Codes are spent inside the transaction: if the sign-in loses a race below, the code
+        // stays unspent for the member.
+        if (proof.method === "totp" && !this.#factors.totp.verify(who, proof.code))
+          throw new Rollback("wrong");
+        if (proof.method === "recovery_code" && !this.#factors.recovery.consume(who, proof.code))
+          throw new Rollback("wrong");
+        if (this.#member(who)?.status !== "active") throw new Rollback("disabled");
+        if (pending && !this.#tokens.consume(pending.tokenHash)) throw new Rollback("race");
+        if (stepUp && !this.#sessions.revoke(stepUp.memberId, stepUp.id, "stepped_up"))
+          throw new Rollback("race");
+        if (!stepUp && ctx.previousToken) this.#revokePrevious(ctx.previousToken);
+        return this.#establish(who, level, kind, proof, ctx, { stepUp, passkeyId });
       });
-      const known = this.#devices.recognise(ctx.deviceToken, memberOf);
-      let deviceToken: string | null = null;
-      if (known) {
-        this.#devices.touch(known.id);
-      } else {
-        const device = this.#devices.issue(memberOf, ctx.userAgent);
-        deviceToken = device.token;
-        this.#audit.append({
-          action: "login.new_device",
-          outcome: "info",
-          actorType: "member",
-          actorId: memberOf,
-          memberId: memberOf,
-          ip: ctx.ip,
-          requestId: ctx.requestId,
-          details: { device_id: device.id, session_id: created.id },
-        });
+    } catch (err) {
+      if (!(err instanceof Rollback)) throw err;
+      if (err.why === "race") {
+        // The token was spent, or the session revoked, by a parallel request that won.
+        throw new ApiError(
+          401,
+          "invalid_mfa_token",
+          "The sign-in expired or was already completed; sign in again.",
+        );
       }
-      if (proof.method === "recovery_code") {
-        this.#audit.append({
-          action: "mfa.recovery_code_used",
-          outcome: "info",
-          actorType: "member",
-          actorId: memberOf,
-          memberId: memberOf,
-          ip: ctx.ip,
-          requestId: ctx.requestId,
-          details: { remaining: recoveryLeft },
-        });
-      }
-      this.#audit.append({
-        action: memberId === null ? "login.passkey" : session ? "session.step_up" : "login.second_factor",
-        outcome: "success",
-        actorType: "member",
-        actorId: memberOf,
-        memberId: memberOf,
-        ip: ctx.ip,
-        requestId: ctx.requestId,
-        details: {
-          method: proof.method,
-          session_id: created.id,
-          ...(session ? { replaced_session_id: session.id } : {}),
-          ...(passkeyId ? { passkey_id: passkeyId } : {}),
-          acr: created.acr,
-          amr: created.amr,
-        },
-      });
-      return { token, session: created, deviceToken };
-    });
-    if (!outcome) {
-      // The token was spent, or the session revoked, by a parallel request that won.
-      throw new ApiError(
-        401,
-        "invalid_mfa_token",
-        "The sign-in expired or was already completed; sign in again.",
-      );
+      const reason = err.why === "disabled" ? "account_disabled" : `wrong_${proof.method}`;
+      return this.#fail({ ok: false, reason } as never, memberId, pending, stepUp, proof.method, ctx, who);
     }
-    this.#throttle.recordSuccess(ctx.ip, this.#loginIdOf(memberOf));
-    if (session) this.#stepUpFailures.delete(session.id);
-    return { status: "authenticated", memberId: memberOf, ...outcome };
+    this.#throttle.recordSuccess(ctx.ip, this.#loginIdOf(who));
+    this.#throttle.clearKey(`member_second_step|${who}`);
+    if (stepUp) this.#stepUpFailures.delete(stepUp.id);
+    return { status: "authenticated", memberId: who, ...outcome };
+  }
+
+  #revokePrevious(token: string): void {
+    const previous = this.#sessions.authenticate(token);
+    if (previous) this.#sessions.revoke(previous.memberId, previous.id, "replaced_by_sign_in");
+  }
+
+  /** Inside the transaction: the session, the device, and the audit entries. */
+  #establish(
+    who: string,
+    level: { acr: Acr; amr: Amr[] },
+    kind: "passwordless" | "step_up" | "second_factor",
+    proof: FactorProof,
+    ctx: FactorContext,
+    extra: { stepUp: Session | null; passkeyId: string | undefined },
+  ) {
+    const { token, session: created } = this.#sessions.create({
+      memberId: who,
+      acr: level.acr,
+      amr: level.amr,
+      ip: ctx.ip,
+      userAgent: ctx.userAgent,
+    });
+    const base = {
+      actorType: "member" as const,
+      actorId: who,
+      memberId: who,
+      ip: ctx.ip,
+      requestId: ctx.requestId,
+    };
+    const known = this.#devices.recognise(ctx.deviceToken, who);
+    let deviceToken: string | null = null;
+    if (known) {
+      this.#devices.touch(known.id);
+    } else {
+      const device = this.#devices.issue(who, ctx.userAgent);
+      deviceToken = device.token;
+      this.#audit.append({
+        ...base,
+        action: "login.new_device",
+        outcome: "info",
+        details: { device_id: device.id, session_id: created.id },
+      });
+    }
+    if (proof.method === "recovery_code") {
+      this.#audit.append({
+        ...base,
+        action: "mfa.recovery_code_used",
+        outcome: "info",
+        details: { remaining: this.#factors.recovery.remaining(who) },
+      });
+    }
+    this.#audit.append({
+      ...base,
+      action:
+        kind === "passwordless"
+          ? "login.passkey"
+          : kind === "step_up"
+            ? "session.step_up"
+            : "login.second_factor",
+      outcome: "success",
+      details: {
+        method: proof.method,
+        session_id: created.id,
+        ...(extra.stepUp ? { replaced_session_id: extra.stepUp.id } : {}),
+        ...(extra.passkeyId ? { passkey_id: extra.passkeyId } : {}),
+        acr: created.acr,
+        amr: created.amr,
+      },
+    });
+    return { token, session: created, deviceToken };
   }
 
   #fail(
-    assertion: Extract<AssertionResult, { ok: false }> | null,
+    assertion:
+      | Extract<AssertionResult, { ok: false }>
+      | { ok: false; reason: string; memberId?: string; passkeyId?: string },
     memberId: string | null,
     pending: PendingMfa | null,
     session: Session | null,
     method: FactorProof["method"],
     ctx: FactorContext,
+    credentialOwner?: string,
   ): FactorResult {
-    const target = memberId ?? assertion?.memberId ?? null;
+    const target = memberId ?? assertion.memberId ?? credentialOwner ?? null;
     if (target) this.#throttle.recordFailure(ctx.ip, this.#loginIdOf(target));
+    // Only a member named by the token or the session (someone who had the password or a session)
+    // fills that member's second-step counter; a stray credential ID can't.
+    if (memberId) this.#throttle.recordKey(`member_second_step|${memberId}`);
     let remaining: number | undefined;
     if (pending) remaining = this.#tokens.recordFailure(pending.tokenHash);
-    if (session) {
+    if (session && assertion.reason !== "wrong_ceremony") {
       const n = (this.#stepUpFailures.get(session.id) ?? 0) + 1;
       this.#stepUpFailures.set(session.id, n);
       if (this.#stepUpFailures.size > 10_000) this.#stepUpFailures.clear();
       if (n >= STEP_UP_MAX_FAILURES) {
-        // Someone holding a password-level session is guessing codes: end the session.
+        // Someone holding a session is guessing codes: end the session.
         this.#sessions.revoke(session.memberId, session.id, "step_up_failures");
         this.#stepUpFailures.delete(session.id);
         remaining = 0;
       } else remaining = STEP_UP_MAX_FAILURES - n;
     }
-    if (assertion?.reason === "possible_clone") {
+    if (assertion.reason === "possible_clone") {
       this.#audit.append({
         action: "mfa.passkey_clone_suspected",
         outcome: "failure",
@@ -308,10 +382,10 @@ export class SecondFactorSignIn {
       memberId: target,
       ip: ctx.ip,
       requestId: ctx.requestId,
-      reason: assertion?.reason ?? `wrong_${method}`,
+      reason: assertion.reason,
       details: {
         method,
-        ...(assertion?.passkeyId ? { passkey_id: assertion.passkeyId } : {}),
+        ...(assertion.passkeyId ? { passkey_id: assertion.passkeyId } : {}),
         ...(remaining !== undefined ? { attempts_left: remaining } : {}),
       },
     });

@@ -118,11 +118,12 @@ export class PasswordSignIn {
     if (member.status !== "active") return fail("account_disabled", member.id);
 
     const rehashed = this.#hasher.needsRehash(stored) ? await this.#hasher.hash(input.password) : null;
-    const methods = this.#factors.methods(member.id);
+    const enrolled = this.#factors.enrolled(member.id);
+    const methods = enrolled ? this.#factors.methods(member.id) : [];
     // A right password clears this address's count for the login ID only when it completes the
     // sign-in: with a second factor due, the count stays until that passes too — otherwise each
     // password step would buy an attacker who has the password five fresh guesses at the code.
-    if (methods.length === 0) this.#throttle.recordSuccess(ctx.ip, loginId);
+    if (!enrolled) this.#throttle.recordSuccess(ctx.ip, loginId);
     return inTransaction(this.#db, (): SignInResult => {
       if (rehashed) {
         this.#db
@@ -131,8 +132,10 @@ export class PasswordSignIn {
           .where(eq(members.id, member.id))
           .run();
       }
-      if (methods.length > 0) {
+      if (enrolled) {
         // The password was right; the second step is due. No session yet, not even a limited one.
+        // (`methods` may be empty: every factor suspended and no recovery code left; then only
+        // account recovery helps, never the password alone.)
         const mfaToken = this.#mfaTokens.issue(member.id);
         this.#audit.append({
           action: "login.password",

@@ -75,6 +75,35 @@ export class AttemptLimiter {
     this.#windows.delete(`ip+login|${ip}|${loginId}`);
   }
 
+  /**
+   * A counter for any other key (a member's second-step failures, passwordless option requests
+   * per IP), in the same windows: is `key` under `limit`?
+   */
+  checkKey(key: string, limit: number): ThrottleVerdict {
+    const now = this.#clock.now().getTime();
+    const w = this.#live(`k|${key}`, now);
+    if (w && w.failures >= limit) {
+      return {
+        allowed: false,
+        retryAfterSeconds: Math.max(1, Math.ceil((w.start + this.#windowMs - now) / 1000)),
+        key: key.split("|")[0] as string,
+      };
+    }
+    return { allowed: true, retryAfterSeconds: 0 };
+  }
+
+  recordKey(key: string): void {
+    const now = this.#clock.now().getTime();
+    if (this.#windows.size > 100_000) this.#sweep(now);
+    const w = this.#live(`k|${key}`, now) ?? { start: now, failures: 0 };
+    w.failures++;
+    this.#windows.set(`k|${key}`, w);
+  }
+
+  clearKey(key: string): void {
+    this.#windows.delete(`k|${key}`);
+  }
+
   #sweep(now: number): void {
     for (const [key, w] of this.#windows) if (now - w.start >= this.#windowMs) this.#windows.delete(key);
   }

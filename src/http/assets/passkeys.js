@@ -40,8 +40,12 @@
     say("failed");
   }
 
-  async function signIn(token, next, autofill) {
-    const opts = await api("/api/v1/login/webauthn/options", token ? { mfa_token: token } : {});
+  async function signIn(token, next, autofill, passwordless) {
+    // On a login page (no token) ask for a passwordless ceremony explicitly: the member may be
+    // switching accounts in a browser that still has a session. The second-step and step-up
+    // buttons carry a token or rely on the session cookie.
+    const body = token ? { mfa_token: token } : passwordless ? { passwordless: true } : {};
+    const opts = await api("/api/v1/login/webauthn/options", body);
     if (!opts.ok) return say("failed");
     const response = await startAuthentication({ optionsJSON: opts.data, useBrowserAutofill: autofill });
     const done = await api("/api/v1/login/webauthn", token ? { mfa_token: token, response } : { response });
@@ -56,7 +60,8 @@
     }
     button.addEventListener("click", () => {
       const token = button.getAttribute("data-mfa-token");
-      signIn(token, button.getAttribute("data-next"), false).catch(failed);
+      const passwordless = button.hasAttribute("data-passkey-login");
+      signIn(token, button.getAttribute("data-next"), false, passwordless).catch(failed);
     });
   }
 
@@ -65,7 +70,7 @@
     browserSupportsWebAuthnAutofill().then((supported) => {
       if (!supported) return;
       // Conditional UI: passkeys offered in the login ID field's autofill; quietly ignored if unused.
-      signIn(null, loginButton.getAttribute("data-next"), true).catch((err) => {
+      signIn(null, loginButton.getAttribute("data-next"), true, true).catch((err) => {
         if (err && err.name !== "AbortError" && err.name !== "NotAllowedError") failed(err);
       });
     });

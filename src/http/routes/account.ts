@@ -146,6 +146,7 @@ export function accountRoutes(s: Services): Router {
           ...ctx(res),
           userAgent: req.get("user-agent") ?? null,
           deviceToken: deviceTokenFrom(req.get("cookie")),
+          previousToken: sessionTokenFrom(req.get("cookie")),
         },
       );
       if (result.status === "authenticated") {

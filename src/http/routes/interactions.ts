@@ -8,7 +8,7 @@ import { ACR, satisfies } from "../../sessions/levels.js";
 import { deviceTokenFrom } from "../../sessions/devices.js";
 import type { FactorMethod } from "../../factors/methods.js";
 import type { Subject } from "../../sessions/second-factor.js";
-import type { Session } from "../../sessions/sessions.js";
+import { type Session, sessionTokenFrom } from "../../sessions/sessions.js";
 import { setDeviceCookie, setSessionCookie } from "../cookies.js";
 import { mfaPage } from "../account-pages.js";
 import { hostedForm as hostedFormGuard, pageHeaders } from "../hosted.js";
@@ -252,6 +252,7 @@ export function interactionRoutes(s: Services, oidc: Oidc): Router {
           requestId: l.requestId,
           userAgent: req.get("user-agent") ?? null,
           deviceToken: deviceTokenFrom(req.get("cookie")),
+          previousToken: sessionTokenFrom(req.get("cookie")),
         },
       );
       if (result.status !== "authenticated") {

@@ -9,7 +9,7 @@ import { locals } from "../middleware.js";
 
 const mfaToken = z.string().min(1).max(128);
 const codeBody = z.object({ mfa_token: mfaToken.optional(), code: z.string().min(1).max(64) });
-const optionsBody = z.object({ mfa_token: mfaToken.optional() });
+const optionsBody = z.object({ mfa_token: mfaToken.optional(), passwordless: z.boolean().optional() });
 const webauthnBody = z.object({ mfa_token: mfaToken.optional(), response: authenticationResponse });
 
 const INVALID_CODE = { error: "invalid_code", error_description: "The code is not valid." } as const;
@@ -35,6 +35,7 @@ export function secondFactorRoutes(s: Services): Router {
       requestId: l.requestId,
       userAgent: req.get("user-agent") ?? null,
       deviceToken: deviceTokenFrom(req.get("cookie")),
+      previousToken: locals(res).sessionToken,
     });
     if (result.status !== "authenticated") {
       res
@@ -64,7 +65,11 @@ export function secondFactorRoutes(s: Services): Router {
 
   r.post("/login/webauthn/options", async (req, res) => {
     const body = optionsBody.parse(req.body ?? {});
-    res.json(await s.secondFactor.passkeyOptions(subjectOf(res, body.mfa_token)));
+    const subject: Subject =
+      body.passwordless && body.mfa_token === undefined
+        ? { passwordless: true }
+        : subjectOf(res, body.mfa_token);
+    res.json(await s.secondFactor.passkeyOptions(subject, locals(res).ip));
   });
 
   r.post("/login/webauthn", async (req, res) => {
