@@ -232,4 +232,54 @@ describe.skipIf(!available && !process.env.CI)("passkeys in a real browser (virt
     await waitFor("[data-passkey-error]:not([hidden])");
     expect((await me()).status).toBe(401);
   });
+
+  it("enrols an authenticator app on the account page (QR and key), then signs in with password and code (en)", async () => {
+    const { generateSync } = await import("otplib");
+    const { t } = sekisho;
+    await t.s.registrations.register(
+      { loginId: "totp.browser", password: STRONG_PASSWORD, profile: { email: "totp@example.jp" } },
+      { ip: "127.0.0.1", requestId: null },
+    );
+    const ctx = await browser.newContext({ locale: "en-US" });
+    const p = await ctx.newPage();
+    const wait = (sel: string) =>
+      p.waitForSelector(sel, { timeout: 8000 }).catch(async (err) => {
+        throw new Error(`no ${sel} at ${p.url()}: ${(await p.content()).slice(0, 800)}`, { cause: err });
+      });
+    await p.goto(`${issuer}/account/login`);
+    await wait("input[name=login_id]");
+    await p.fill("input[name=login_id]", "totp.browser");
+    await p.fill("input[name=password]", STRONG_PASSWORD);
+    await p.click("button[type=submit]");
+    await wait('form[action="/account/totp"] button');
+    await p.click('form[action="/account/totp"] button');
+    await wait(".qr svg");
+    await p.screenshot({ path: path.join(ARTIFACTS, "totp-en.png"), fullPage: true });
+    const secret = ((await p.textContent("code.secret")) ?? "").replace(/\s/g, "");
+    // Sekisho's clock (the test's movable one), not the wall clock: time travels, nobody sleeps.
+    const code = () => generateSync({ secret, epoch: Math.floor(t.clock.now().getTime() / 1000) });
+    await p.fill("input[name=code]", code());
+    await p.click("button[type=submit]");
+    await wait("ol.codes");
+    expect(await p.locator("ol.codes li").count()).toBe(10);
+    await p.click('a[href="/account"]');
+    await wait('form[action="/account/logout"] button');
+    expect(await p.textContent("body")).toContain("Authenticator app (TOTP)");
+    await p.click('form[action="/account/logout"] button');
+    await wait("input[name=login_id]");
+    // Password, then the second step asks for the app's code (the enrolment's code is spent: the
+    // next time step's code it is).
+    await p.fill("input[name=login_id]", "totp.browser");
+    await p.fill("input[name=password]", STRONG_PASSWORD);
+    await p.click("button[type=submit]");
+    await wait("input[name=code]");
+    t.clock.advance(30_000);
+    await p.fill("input[name=code]", code());
+    await p.click("form:has(input[value=totp]) button[type=submit]");
+    await wait('form[action="/account/logout"] button');
+    const me = await (await p.request.get(`${issuer}/api/v1/me`)).json();
+    expect(me.session.acr).toBe("urn:sekisho:acr:mfa");
+    expect(me.session.amr).toEqual(["pwd", "otp", "mfa"]);
+    await ctx.close();
+  });
 });
