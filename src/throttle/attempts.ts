@@ -46,16 +46,22 @@ export class AttemptLimiter {
   }
 
   check(ip: string, loginId: string): ThrottleVerdict {
-    const now = this.#clock.now().getTime();
     for (const [key, limit] of this.#keys(ip, loginId)) {
-      const w = this.#live(key, now);
-      if (w && w.failures >= limit) {
-        return {
-          allowed: false,
-          retryAfterSeconds: Math.max(1, Math.ceil((w.start + this.#windowMs - now) / 1000)),
-          key: key.split("|")[0] as string,
-        };
-      }
+      const verdict = this.#verdict(key, limit, key.split("|")[0] as string);
+      if (!verdict.allowed) return verdict;
+    }
+    return { allowed: true, retryAfterSeconds: 0 };
+  }
+
+  #verdict(key: string, limit: number, name: string): ThrottleVerdict {
+    const now = this.#clock.now().getTime();
+    const w = this.#live(key, now);
+    if (w && w.failures >= limit) {
+      return {
+        allowed: false,
+        retryAfterSeconds: Math.max(1, Math.ceil((w.start + this.#windowMs - now) / 1000)),
+        key: name,
+      };
     }
     return { allowed: true, retryAfterSeconds: 0 };
   }
@@ -80,16 +86,7 @@ export class AttemptLimiter {
    * per IP), in the same windows: is `key` under `limit`?
    */
   checkKey(key: string, limit: number): ThrottleVerdict {
-    const now = this.#clock.now().getTime();
-    const w = this.#live(`k|${key}`, now);
-    if (w && w.failures >= limit) {
-      return {
-        allowed: false,
-        retryAfterSeconds: Math.max(1, Math.ceil((w.start + this.#windowMs - now) / 1000)),
-        key: key.split("|")[0] as string,
-      };
-    }
-    return { allowed: true, retryAfterSeconds: 0 };
+    return this.#verdict(`k|${key}`, limit, key.split("|")[0] as string);
   }
 
   recordKey(key: string): void {

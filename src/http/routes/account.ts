@@ -1,8 +1,6 @@
-import { and, desc, eq, inArray } from "drizzle-orm";
 import { type Request, type Response, Router } from "express";
 import QRCode from "qrcode";
 import { z } from "zod";
-import { auditLog } from "../../db/schema.js";
 import { ApiError } from "../../errors.js";
 import { cleanPasskeyName } from "../../factors/passkeys.js";
 import type { Services } from "../../services.js";
@@ -15,7 +13,7 @@ import { hostedForm, pageHeaders } from "../hosted.js";
 import { locals } from "../middleware.js";
 import { type Lang, type LoginError, loginPage, pickLang } from "../pages.js";
 import { passkeyIdParam } from "./factors.js";
-import { MEMBER_EVENT_ACTIONS } from "./me.js";
+import { endOwnSession, forgetOwnDevice, logOut, memberEventRows } from "./me.js";
 
 const loginForm = z.object({ login_id: z.string().min(1).max(256), password: z.string().min(1).max(1024) });
 const mfaForm = z.object({
@@ -174,15 +172,7 @@ export function accountRoutes(s: Services): Router {
     const member = s.enrolment.member(session);
     const f = s.factors.of(session.memberId);
     const device = s.devices.recognise(deviceTokenFrom(req.get("cookie")), session.memberId);
-    const events = s.db
-      .select()
-      .from(auditLog)
-      .where(
-        and(eq(auditLog.memberId, session.memberId), inArray(auditLog.action, [...MEMBER_EVENT_ACTIONS])),
-      )
-      .orderBy(desc(auditLog.seq))
-      .limit(20)
-      .all();
+    const events = memberEventRows(s, session.memberId, 20);
     const notice =
       typeof req.query.notice === "string" && NOTICES.has(req.query.notice) ? req.query.notice : undefined;
     html(
@@ -320,18 +310,7 @@ export function accountRoutes(s: Services): Router {
     "/account/sessions/:id/end",
     ...form,
     signedIn((req, res, session) => {
-      const id = String(req.params.id);
-      if (/^s_[A-Za-z0-9_-]{16}$/.test(id) && s.sessions.revoke(session.memberId, id, "revoked_by_member")) {
-        s.audit.append({
-          action: "session.revoked",
-          outcome: "success",
-          actorType: "member",
-          actorId: session.memberId,
-          memberId: session.memberId,
-          ...ctx(res),
-          details: { session_id: id, current: id === session.id },
-        });
-      }
+      endOwnSession(s, session, String(req.params.id), ctx(res));
       backTo(res, "/account");
     }),
   );
@@ -340,36 +319,14 @@ export function accountRoutes(s: Services): Router {
     "/account/devices/:id/remove",
     ...form,
     signedIn((req, res, session) => {
-      const id = String(req.params.id);
-      if (/^d_[A-Za-z0-9_-]{16}$/.test(id) && s.devices.revoke(session.memberId, id)) {
-        s.audit.append({
-          action: "device.revoked",
-          outcome: "success",
-          actorType: "member",
-          actorId: session.memberId,
-          memberId: session.memberId,
-          ...ctx(res),
-          details: { device_id: id },
-        });
-      }
+      forgetOwnDevice(s, session, String(req.params.id), ctx(res));
       backTo(res, "/account?notice=removed");
     }),
   );
 
   r.post("/account/logout", ...form, (req, res) => {
     const session = sessionOf(req);
-    if (session) {
-      s.sessions.revoke(session.memberId, session.id, "logout");
-      s.audit.append({
-        action: "session.logout",
-        outcome: "success",
-        actorType: "member",
-        actorId: session.memberId,
-        memberId: session.memberId,
-        ...ctx(res),
-        details: { session_id: session.id },
-      });
-    }
+    if (session) logOut(s, session, ctx(res));
     clearSessionCookie(res, s.config.secureCookies);
     backTo(res, "/account/login");
   });

@@ -6,6 +6,7 @@ import { ApiError } from "../../errors.js";
 import { PROFILE_FIELDS } from "../../members/profile.js";
 import type { Services } from "../../services.js";
 import { deviceTokenFrom } from "../../sessions/devices.js";
+import type { Session } from "../../sessions/sessions.js";
 import { locals, requireSession } from "../middleware.js";
 
 /** What of an audit entry's details a member sees: the method and ids, never fingerprints. */
@@ -43,6 +44,65 @@ export const MEMBER_EVENT_ACTIONS = [
 
 const sessionIdParam = z.string().regex(/^s_[A-Za-z0-9_-]{16}$/);
 const deviceIdParam = z.string().regex(/^d_[A-Za-z0-9_-]{16}$/);
+
+type Ctx = { ip: string; requestId: string | null };
+
+/** The member's own security events, newest first (the API and the account page). */
+export function memberEventRows(s: Services, memberId: string, limit: number) {
+  return s.db
+    .select()
+    .from(auditLog)
+    .where(and(eq(auditLog.memberId, memberId), inArray(auditLog.action, [...MEMBER_EVENT_ACTIONS])))
+    .orderBy(desc(auditLog.seq))
+    .limit(limit)
+    .all();
+}
+
+/** End one of the member's own sessions (the current one included); false if it isn't theirs or is gone. */
+export function endOwnSession(s: Services, session: Session, id: string, ctx: Ctx): boolean {
+  const parsed = sessionIdParam.safeParse(id);
+  if (!parsed.success || !s.sessions.revoke(session.memberId, parsed.data, "revoked_by_member")) return false;
+  s.audit.append({
+    action: "session.revoked",
+    outcome: "success",
+    actorType: "member",
+    actorId: session.memberId,
+    memberId: session.memberId,
+    ...ctx,
+    details: { session_id: parsed.data, current: parsed.data === session.id },
+  });
+  return true;
+}
+
+/** Forget one of the member's trusted devices. */
+export function forgetOwnDevice(s: Services, session: Session, id: string, ctx: Ctx): boolean {
+  const parsed = deviceIdParam.safeParse(id);
+  if (!parsed.success || !s.devices.revoke(session.memberId, parsed.data)) return false;
+  s.audit.append({
+    action: "device.revoked",
+    outcome: "success",
+    actorType: "member",
+    actorId: session.memberId,
+    memberId: session.memberId,
+    ...ctx,
+    details: { device_id: parsed.data },
+  });
+  return true;
+}
+
+/** Sign out: revoke the session and audit it. */
+export function logOut(s: Services, session: Session, ctx: Ctx): void {
+  s.sessions.revoke(session.memberId, session.id, "logout");
+  s.audit.append({
+    action: "session.logout",
+    outcome: "success",
+    actorType: "member",
+    actorId: session.memberId,
+    memberId: session.memberId,
+    ...ctx,
+    details: { session_id: session.id },
+  });
+}
 
 /** The member's factors as GET /me shows them (no secrets: names, dates, counts). */
 export function mfaView(s: Services, memberId: string) {
@@ -108,20 +168,9 @@ export function meRoutes(s: Services): Router {
   r.delete("/me/sessions/:id", (req, res) => {
     const session = requireSession(res);
     const l = locals(res);
-    const id = sessionIdParam.safeParse(req.params.id);
-    if (!id.success || !s.sessions.revoke(session.memberId, id.data, "revoked_by_member")) {
+    if (!endOwnSession(s, session, String(req.params.id), { ip: l.ip, requestId: l.requestId })) {
       throw new ApiError(404, "not_found", "No such session.");
     }
-    s.audit.append({
-      action: "session.revoked",
-      outcome: "success",
-      actorType: "member",
-      actorId: session.memberId,
-      memberId: session.memberId,
-      ip: l.ip,
-      requestId: l.requestId,
-      details: { session_id: id.data, current: id.data === session.id },
-    });
     res.status(204).end();
   });
 
@@ -142,34 +191,15 @@ export function meRoutes(s: Services): Router {
   r.delete("/me/devices/:id", (req, res) => {
     const session = requireSession(res);
     const l = locals(res);
-    const id = deviceIdParam.safeParse(req.params.id);
-    if (!id.success || !s.devices.revoke(session.memberId, id.data)) {
+    if (!forgetOwnDevice(s, session, String(req.params.id), { ip: l.ip, requestId: l.requestId })) {
       throw new ApiError(404, "not_found", "No such device.");
     }
-    s.audit.append({
-      action: "device.revoked",
-      outcome: "success",
-      actorType: "member",
-      actorId: session.memberId,
-      memberId: session.memberId,
-      ip: l.ip,
-      requestId: l.requestId,
-      details: { device_id: id.data },
-    });
     res.status(204).end();
   });
 
   r.get("/me/events", (_req, res) => {
     const session = requireSession(res);
-    const rows = s.db
-      .select()
-      .from(auditLog)
-      .where(
-        and(eq(auditLog.memberId, session.memberId), inArray(auditLog.action, [...MEMBER_EVENT_ACTIONS])),
-      )
-      .orderBy(desc(auditLog.seq))
-      .limit(100)
-      .all();
+    const rows = memberEventRows(s, session.memberId, 100);
     res.json({
       events: rows.map((e) => ({
         id: e.seq,

@@ -4,6 +4,7 @@ import { profileInput } from "../../members/profile-input.js";
 import type { Services } from "../../services.js";
 import { clearSessionCookie, setSessionCookie } from "../cookies.js";
 import { locals } from "../middleware.js";
+import { logOut } from "./me.js";
 
 const registrationBody = z.object({
   login_id: z.string().max(256).optional(),
@@ -61,19 +62,7 @@ export function registrationAndLoginRoutes(s: Services): Router {
 
   r.post("/logout", (_req, res) => {
     const l = locals(res);
-    if (l.session) {
-      s.sessions.revoke(l.session.memberId, l.session.id, "logout");
-      s.audit.append({
-        action: "session.logout",
-        outcome: "success",
-        actorType: "member",
-        actorId: l.session.memberId,
-        memberId: l.session.memberId,
-        ip: l.ip,
-        requestId: l.requestId,
-        details: { session_id: l.session.id },
-      });
-    }
+    if (l.session) logOut(s, l.session, { ip: l.ip, requestId: l.requestId });
     clearSessionCookie(res, s.config.secureCookies);
     res.status(204).end();
   });
