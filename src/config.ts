@@ -38,6 +38,45 @@ const schema = z
     SEKISHO_REAUTH_MINUTES: int(10, 1, 24 * 60),
     SEKISHO_TOTP_ISSUER: z.string().min(1).max(64).default("Sekisho"),
     SEKISHO_WEBAUTHN_RP_NAME: z.string().min(1).max(64).default("Sekisho"),
+    SEKISHO_THROTTLE_POLICY: z
+      .string()
+      .default("{}")
+      .transform((v, ctx) => {
+        try {
+          return JSON.parse(v) as unknown;
+        } catch {
+          ctx.addIssue({ code: "custom", message: "must be a JSON object" });
+          return z.NEVER;
+        }
+      })
+      .pipe(
+        z
+          .object({
+            ipSlow: z.number().int().min(1),
+            ipBlock: z.number().int().min(1),
+            netSlow: z.number().int().min(1),
+            netBlock: z.number().int().min(1),
+            blockMinutes: z
+              .number()
+              .int()
+              .min(1)
+              .max(7 * 24 * 60),
+            ipLoginSlow: z.number().int().min(1),
+            accountSlow: z.number().int().min(1),
+            accountProtect: z.number().int().min(1).max(100),
+            protectMinutes: z
+              .number()
+              .int()
+              .min(1)
+              .max(7 * 24 * 60),
+            sprayAccounts: z.number().int().min(2),
+            attackFloorPerMinute: z.number().int().min(1),
+            attackFactor: z.number().min(1),
+            maxKeys: z.number().int().min(1000).max(10_000_000),
+          })
+          .partial()
+          .strict(),
+      ),
     SEKISHO_WEBAUTHN_EXTRA_ORIGINS: z
       .string()
       .default("")
@@ -96,6 +135,8 @@ export interface Config {
   readonly totpIssuer: string;
   /** WebAuthn relying party: RP ID is the issuer's host name; origins the issuer's plus extras. */
   readonly webauthn: { readonly rpId: string; readonly rpName: string; readonly origins: readonly string[] };
+  /** Overrides of the login-anomaly engine's thresholds (src/throttle/engine.ts DEFAULT_POLICY). */
+  readonly throttle: Readonly<Record<string, number>>;
 }
 
 /** Parse the environment. Throws a StartupError naming each bad variable. */
@@ -141,6 +182,7 @@ export function loadConfig(source: Record<string, string | undefined> = process.
     sessionIdleMs: e.SEKISHO_SESSION_IDLE_MINUTES * 60_000,
     sessionAbsoluteMs: e.SEKISHO_SESSION_ABSOLUTE_HOURS * 3_600_000,
     reauthMs: e.SEKISHO_REAUTH_MINUTES * 60_000,
+    throttle: Object.freeze({ ...e.SEKISHO_THROTTLE_POLICY }) as Readonly<Record<string, number>>,
     totpIssuer: e.SEKISHO_TOTP_ISSUER,
     webauthn: Object.freeze({
       rpId: url.hostname,

@@ -17,7 +17,9 @@ import { MfaTokens } from "./sessions/mfa-tokens.js";
 import { SecondFactorSignIn } from "./sessions/second-factor.js";
 import { PasswordSignIn } from "./sessions/sign-in.js";
 import { SessionService } from "./sessions/sessions.js";
-import { AttemptLimiter } from "./throttle/attempts.js";
+import { Alerts } from "./audit/alerts.js";
+import { LoginGuard } from "./throttle/engine.js";
+import { blindIndex } from "./vault/blind-index.js";
 import type { KeyringStore } from "./vault/keyring.js";
 
 /** Everything the server and the CLI share, wired once from config, database, keys and clock. */
@@ -33,7 +35,8 @@ export interface Services {
   registrations: Registrations;
   sessions: SessionService;
   signIn: PasswordSignIn;
-  throttle: AttemptLimiter;
+  alerts: Alerts;
+  guard: LoginGuard;
   factors: Factors;
   mfaTokens: MfaTokens;
   devices: DeviceRegistry;
@@ -70,7 +73,14 @@ export function buildServices(deps: {
     idleMs: config.sessionIdleMs,
     absoluteMs: config.sessionAbsoluteMs,
   });
-  const throttle = new AttemptLimiter(clock);
+  const alerts = new Alerts({ db, clock, audit });
+  const guard = new LoginGuard({
+    db,
+    clock,
+    alerts,
+    loginKey: (loginId) => blindIndex(keys, "login_key", loginId),
+    policy: config.throttle,
+  });
   const factors = new Factors(
     new TotpService({ db, keys, clock, issuer: config.totpIssuer }),
     new RecoveryCodes({ db, clock }),
@@ -78,7 +88,17 @@ export function buildServices(deps: {
   );
   const mfaTokens = new MfaTokens({ db, clock });
   const devices = new DeviceRegistry({ db, clock });
-  const signIn = new PasswordSignIn({ db, hasher, sessions, audit, throttle, keys, factors, mfaTokens });
+  const signIn = new PasswordSignIn({
+    db,
+    hasher,
+    sessions,
+    audit,
+    guard,
+    devices,
+    keys,
+    factors,
+    mfaTokens,
+  });
   const secondFactor = new SecondFactorSignIn({
     db,
     sessions,
@@ -86,7 +106,7 @@ export function buildServices(deps: {
     factors,
     devices,
     audit,
-    throttle,
+    guard,
   });
   const enrolment = new FactorEnrolment({ db, clock, factors, audit, reauthMs: config.reauthMs });
   return {
@@ -98,7 +118,8 @@ export function buildServices(deps: {
     registrations,
     sessions,
     signIn,
-    throttle,
+    alerts,
+    guard,
     factors,
     mfaTokens,
     devices,

@@ -360,20 +360,33 @@ describe("second factors: the review's attacks", () => {
       });
       expect(wrong.status).toBe(401);
     }
-    const token = (await passwordStep("203.0.113.7")).mfa_token;
-    const capped = await from("203.0.113.7", "/api/v1/login/recovery-code", {
-      mfa_token: token,
-      code: "0000-0000-0000-0000",
+    // Ten failures on the account from untrusted devices: a new address is slowed at once.
+    const capped = await from("203.0.113.7", "/api/v1/login", {
+      login_id: "alice.pk",
+      password: STRONG_PASSWORD,
     });
     expect(capped.status).toBe(429);
     // From her own browser (known device), alice still gets in.
     const mine = await from(
       "203.0.113.8",
-      "/api/v1/login/webauthn/options",
-      { mfa_token: (await passwordStep("203.0.113.8")).mfa_token },
+      "/api/v1/login",
+      { login_id: "alice.pk", password: STRONG_PASSWORD },
       device,
     );
-    expect(mine.status).toBe(200);
+    expect(mine.body.status).toBe("mfa_required");
+    const options = await from(
+      "203.0.113.8",
+      "/api/v1/login/webauthn/options",
+      { mfa_token: mine.body.mfa_token },
+      device,
+    );
+    const done = await from(
+      "203.0.113.8",
+      "/api/v1/login/webauthn",
+      { mfa_token: mine.body.mfa_token, response: alice.assert(options.body, { origin: ORIGIN }) },
+      device,
+    );
+    expect(done.status).toBe(200);
   });
 
   it("limits passwordless option requests per address (each one stores a challenge)", async () => {

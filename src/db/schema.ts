@@ -288,3 +288,41 @@ export const devices = sqliteTable(
   },
   (t) => [index("devices_member").on(t.memberId)],
 );
+
+/**
+ * Account protection (the login-anomaly engine): after repeated failures from untrusted devices a
+ * login ID refuses password sign-in from untrusted devices until `until`. Keyed by a keyed hash of
+ * the normalised login ID, so unknown IDs are protected exactly like known ones (no enumeration)
+ * and the table names nobody. Never permanent; an admin can lift it (`lifted_at`).
+ */
+export const accountProtections = sqliteTable("account_protections", {
+  loginKey: text("login_key").primaryKey(),
+  until: integer("until").notNull(),
+  reason: text("reason").notNull(),
+  createdAt: integer("created_at").notNull(),
+  liftedAt: integer("lifted_at"),
+});
+
+/** Temporary blocks of a client IP or subnet (`ip:…` or `net:…`). */
+export const networkBlocks = sqliteTable("network_blocks", {
+  network: text("network").primaryKey(),
+  until: integer("until").notNull(),
+  reason: text("reason").notNull(),
+  createdAt: integer("created_at").notNull(),
+  liftedAt: integer("lifted_at"),
+});
+
+/** Security alerts for admins (attacks detected, honeytokens touched, budgets exceeded, …). */
+export const alerts = sqliteTable(
+  "alerts",
+  {
+    id: integer("id").primaryKey({ autoIncrement: true }),
+    at: integer("at").notNull(),
+    kind: text("kind").notNull(),
+    severity: text("severity", { enum: ["info", "warning", "critical"] }).notNull(),
+    /** JSON: counts, networks, reasons; never a password, token or profile value. */
+    details: text("details").notNull().default("{}"),
+    acknowledgedAt: integer("acknowledged_at"),
+  },
+  (t) => [index("alerts_at").on(t.at)],
+);

@@ -6,11 +6,12 @@ import { members } from "../db/schema.js";
 import { ApiError } from "../errors.js";
 import type { Factors } from "../factors/methods.js";
 import type { AssertionResult, CeremonyBinding } from "../factors/passkeys.js";
-import type { AttemptLimiter } from "../throttle/attempts.js";
+import type { Attempt, LoginGuard } from "../throttle/engine.js";
 import type { DeviceRegistry } from "./devices.js";
 import { ACR, type Acr, type Amr, acrRank } from "./levels.js";
 import type { MfaTokens, PendingMfa } from "./mfa-tokens.js";
 import type { Session, SessionService } from "./sessions.js";
+import { tooManyAttempts } from "./sign-in.js";
 
 /**
  * The second step of a sign-in, step-up of an existing session, and passwordless passkeys.
@@ -54,14 +55,7 @@ export type FactorResult =
 
 /** Failures of one session's step-up before it is revoked (the mfa_token has its own limit). */
 const STEP_UP_MAX_FAILURES = 5;
-/**
- * Second-step failures per member (any address) in the throttle's window. An attacker who has
- * the password gets fresh mfa_tokens and addresses at will; this caps their guesses at the code
- * per member. It can only be filled by someone who has the password, and the member's own known
- * device (`sekisho_device`) is exempt, so it can't lock the member out of their own browser.
- */
-export const MEMBER_SECOND_STEP_MAX_FAILURES = 10;
-/** Passwordless option requests per client IP in the throttle's window (each writes a challenge row). */
+/** Passwordless option requests per client IP in 10 minutes (each writes a challenge row). */
 const PASSWORDLESS_OPTIONS_PER_IP = 300;
 
 class Rollback extends Error {
@@ -77,7 +71,7 @@ export class SecondFactorSignIn {
   readonly #factors: Factors;
   readonly #devices: DeviceRegistry;
   readonly #audit: AuditLog;
-  readonly #throttle: AttemptLimiter;
+  readonly #guard: LoginGuard;
   readonly #stepUpFailures = new Map<string, number>();
 
   constructor(deps: {
@@ -87,7 +81,7 @@ export class SecondFactorSignIn {
     factors: Factors;
     devices: DeviceRegistry;
     audit: AuditLog;
-    throttle: AttemptLimiter;
+    guard: LoginGuard;
   }) {
     this.#db = deps.db;
     this.#sessions = deps.sessions;
@@ -95,7 +89,7 @@ export class SecondFactorSignIn {
     this.#factors = deps.factors;
     this.#devices = deps.devices;
     this.#audit = deps.audit;
-    this.#throttle = deps.throttle;
+    this.#guard = deps.guard;
   }
 
   /** Resolve the subject of a TOTP / recovery-code / passkey second step. */
@@ -132,30 +126,30 @@ export class SecondFactorSignIn {
     return this.#member(memberId)?.loginId ?? "";
   }
 
-  #throttled(ip: string, memberId: string, by: string, retryAfterSeconds: number): never {
+  /**
+   * Ask the login-anomaly engine (the same counters as the password step: wrong codes count with
+   * wrong passwords, per address and per account; the member's own device is trusted).
+   */
+  #admit(ctx: FactorContext, memberId: string | null, kind: Attempt["kind"]): Attempt {
+    const attempt: Attempt = {
+      ip: ctx.ip,
+      loginId: memberId ? this.#loginIdOf(memberId) : null,
+      trustedDevice: memberId ? this.#devices.recognise(ctx.deviceToken, memberId) !== null : false,
+      kind,
+    };
+    const decision = this.#guard.assess(attempt);
+    if (decision.action === "allow") return attempt;
     this.#audit.append({
       action: "login.throttled",
       outcome: "failure",
       actorType: "anonymous",
       memberId,
-      ip,
-      reason: "too_many_attempts",
-      details: { by, step: "second_factor" },
+      ip: ctx.ip,
+      requestId: ctx.requestId,
+      reason: decision.action,
+      details: { reasons: decision.reasons, step: kind },
     });
-    throw new ApiError(429, "too_many_attempts", "Too many sign-in attempts; try again later.", {
-      headers: { "Retry-After": String(retryAfterSeconds) },
-    });
-  }
-
-  #throttleCheck(ctx: FactorContext, memberId: string): void {
-    const verdict = this.#throttle.check(ctx.ip, this.#loginIdOf(memberId));
-    if (!verdict.allowed) this.#throttled(ctx.ip, memberId, verdict.key ?? "ip", verdict.retryAfterSeconds);
-    if (this.#devices.recognise(ctx.deviceToken, memberId)) return; // the member's own device
-    const perMember = this.#throttle.checkKey(
-      `member_second_step|${memberId}`,
-      MEMBER_SECOND_STEP_MAX_FAILURES,
-    );
-    if (!perMember.allowed) this.#throttled(ctx.ip, memberId, "member", perMember.retryAfterSeconds);
+    throw tooManyAttempts(decision.retryAfterSeconds);
   }
 
   /**
@@ -166,13 +160,8 @@ export class SecondFactorSignIn {
   async passkeyOptions(subject: Subject, ip: string) {
     const { pending, session } = this.#resolve(subject);
     if (!pending && !session) {
-      const verdict = this.#throttle.checkKey(`passwordless_options|${ip}`, PASSWORDLESS_OPTIONS_PER_IP);
-      if (!verdict.allowed) {
-        throw new ApiError(429, "too_many_attempts", "Too many sign-in attempts; try again later.", {
-          headers: { "Retry-After": String(verdict.retryAfterSeconds) },
-        });
-      }
-      this.#throttle.recordKey(`passwordless_options|${ip}`);
+      const rate = this.#guard.overRate(`passwordless_options|${ip}`, PASSWORDLESS_OPTIONS_PER_IP);
+      if (rate.over) throw tooManyAttempts(rate.retryAfterSeconds);
     }
     const binding: CeremonyBinding = pending
       ? { kind: "second_factor", memberId: pending.memberId, mfaTokenHash: pending.tokenHash }
@@ -191,8 +180,27 @@ export class SecondFactorSignIn {
         "Send the mfa_token from the password step, or sign in first.",
       );
     }
-    if (memberId) this.#throttleCheck(ctx, memberId);
+    const attempt = this.#admit(ctx, memberId, memberId ? "second_factor" : "passkey");
+    let settled = false;
+    const settle = (outcome: "success" | "failure" | "neither") => {
+      if (!settled) this.#guard.settle(attempt, outcome);
+      settled = true;
+    };
+    try {
+      return await this.#complete(memberId, pending, session, proof, ctx, settle);
+    } finally {
+      settle("neither");
+    }
+  }
 
+  async #complete(
+    memberId: string | null,
+    pending: PendingMfa | null,
+    session: Session | null,
+    proof: FactorProof,
+    ctx: FactorContext,
+    settle: (outcome: "success" | "failure" | "neither") => void,
+  ): Promise<FactorResult> {
     // What this proof adds. `pwd` only when the password was part of this sign-in (the mfa_token).
     const pwd: Amr[] = pending ? ["pwd"] : [];
     let level: { acr: Acr; amr: Amr[] };
@@ -206,12 +214,14 @@ export class SecondFactorSignIn {
           ? [{ kind: "step_up", memberId: session.memberId, sessionId: session.id }, { kind: "passwordless" }]
           : [{ kind: "passwordless" }];
       const result = await this.#factors.passkeys.authenticate(proof.response, accept);
-      if (!result.ok) return this.#fail(result, memberId, pending, session, proof.method, ctx);
+      if (!result.ok) {
+        settle("failure");
+        return this.#fail(result, memberId, pending, session, proof.method, ctx);
+      }
       who = result.memberId;
       passkeyId = result.passkeyId;
       if (result.binding.kind === "passwordless") {
         stepUp = null; // a passwordless sign-in, even in a browser that had a session
-        this.#throttleCheck(ctx, who);
       }
       const uv: Amr[] = result.userVerified ? ["user"] : [];
       level = { acr: ACR.phishingResistant, amr: [...pwd, result.amr, ...uv, "mfa"] };
@@ -255,10 +265,10 @@ export class SecondFactorSignIn {
         );
       }
       const reason = err.why === "disabled" ? "account_disabled" : `wrong_${proof.method}`;
+      settle("failure");
       return this.#fail({ ok: false, reason } as never, memberId, pending, stepUp, proof.method, ctx, who);
     }
-    this.#throttle.recordSuccess(ctx.ip, this.#loginIdOf(who));
-    this.#throttle.clearKey(`member_second_step|${who}`);
+    settle("success");
     if (stepUp) this.#stepUpFailures.delete(stepUp.id);
     return { status: "authenticated", memberId: who, ...outcome };
   }
@@ -346,10 +356,6 @@ export class SecondFactorSignIn {
     credentialOwner?: string,
   ): FactorResult {
     const target = memberId ?? assertion.memberId ?? credentialOwner ?? null;
-    if (target) this.#throttle.recordFailure(ctx.ip, this.#loginIdOf(target));
-    // Only a member named by the token or the session (someone who had the password or a session)
-    // fills that member's second-step counter; a stray credential ID can't.
-    if (memberId) this.#throttle.recordKey(`member_second_step|${memberId}`);
     let remaining: number | undefined;
     if (pending) remaining = this.#tokens.recordFailure(pending.tokenHash);
     if (session && assertion.reason !== "wrong_ceremony") {

@@ -6,7 +6,8 @@ import { ApiError } from "../errors.js";
 import { resolveLoginInput } from "../members/login-id.js";
 import type { PasswordHasher } from "../passwords/hasher.js";
 import type { Factors, FactorMethod } from "../factors/methods.js";
-import type { AttemptLimiter } from "../throttle/attempts.js";
+import type { Attempt, LoginGuard } from "../throttle/engine.js";
+import type { DeviceRegistry } from "./devices.js";
 import { blindIndex } from "../vault/blind-index.js";
 import type { KeyringStore } from "../vault/keyring.js";
 import { ACR } from "./levels.js";
@@ -19,6 +20,8 @@ export interface SignInContext {
   userAgent: string | null;
   /** A session token the browser already had: it is revoked, never upgraded (no fixation). */
   previousToken: string | null;
+  /** The `sekisho_device` cookie: a member's own device is trusted by the throttle. */
+  deviceToken?: string | null;
 }
 
 export type SignInResult =
@@ -32,12 +35,20 @@ export type SignInResult =
  * The answer for an unknown login ID and a wrong password is the same value, so the HTTP layer
  * can only send the same bytes.
  */
+/** The answer to every throttled credential check. */
+export function tooManyAttempts(retryAfterSeconds: number): ApiError {
+  return new ApiError(429, "too_many_attempts", "Too many sign-in attempts; try again later.", {
+    headers: { "Retry-After": String(retryAfterSeconds) },
+  });
+}
+
 export class PasswordSignIn {
   readonly #db: Db;
   readonly #hasher: PasswordHasher;
   readonly #sessions: SessionService;
   readonly #audit: AuditLog;
-  readonly #throttle: AttemptLimiter;
+  readonly #guard: LoginGuard;
+  readonly #devices: DeviceRegistry;
   readonly #keys: KeyringStore;
   readonly #factors: Factors;
   readonly #mfaTokens: MfaTokens;
@@ -47,7 +58,8 @@ export class PasswordSignIn {
     hasher: PasswordHasher;
     sessions: SessionService;
     audit: AuditLog;
-    throttle: AttemptLimiter;
+    guard: LoginGuard;
+    devices: DeviceRegistry;
     keys: KeyringStore;
     factors: Factors;
     mfaTokens: MfaTokens;
@@ -56,7 +68,8 @@ export class PasswordSignIn {
     this.#hasher = deps.hasher;
     this.#sessions = deps.sessions;
     this.#audit = deps.audit;
-    this.#throttle = deps.throttle;
+    this.#guard = deps.guard;
+    this.#devices = deps.devices;
     this.#keys = deps.keys;
     this.#factors = deps.factors;
     this.#mfaTokens = deps.mfaTokens;
@@ -71,29 +84,50 @@ export class PasswordSignIn {
         "That is not a valid login ID or member number (check for a typo).",
       );
     }
-    const verdict = this.#throttle.check(ctx.ip, loginId);
-    if (!verdict.allowed) {
-      // The lookup is cheap (an index); it lets the member see the throttled attempts as their events.
-      const target = this.#findMember().get({ loginId });
+    // The lookup is cheap (an index), and the engine needs to know whose device this is.
+    const member = this.#findMember().get({ loginId });
+    const attempt: Attempt = {
+      ip: ctx.ip,
+      loginId,
+      trustedDevice: member ? this.#devices.recognise(ctx.deviceToken ?? null, member.id) !== null : false,
+      kind: "password",
+      password: input.password,
+    };
+    const decision = this.#guard.assess(attempt);
+    if (decision.action !== "allow") {
       this.#audit.append({
         action: "login.throttled",
         outcome: "failure",
         actorType: "anonymous",
-        memberId: target?.id ?? null,
+        memberId: member?.id ?? null,
         ip: ctx.ip,
         requestId: ctx.requestId,
-        reason: "too_many_attempts",
-        details: { by: verdict.key, login_id_fp: this.#fingerprint(loginId) },
+        reason: decision.action,
+        details: { reasons: decision.reasons, login_id_fp: this.#fingerprint(loginId) },
       });
-      throw new ApiError(429, "too_many_attempts", "Too many sign-in attempts; try again later.", {
-        headers: { "Retry-After": String(verdict.retryAfterSeconds) },
-      });
+      throw tooManyAttempts(decision.retryAfterSeconds);
     }
+    let settled = false;
+    const settle = (outcome: "success" | "failure" | "neither") => {
+      if (!settled) this.#guard.settle(attempt, outcome);
+      settled = true;
+    };
+    try {
+      return await this.#verify(input, ctx, loginId, member, settle);
+    } finally {
+      settle("neither"); // an exception (a full hash queue, a bug): free the slot, count nothing
+    }
+  }
 
-    const member = this.#findMember().get({ loginId });
-
+  async #verify(
+    input: { loginId: string; password: string },
+    ctx: SignInContext,
+    loginId: string,
+    member: { id: string; passwordHash: string | null; pepperId: string | null; status: string } | undefined,
+    settle: (outcome: "success" | "failure" | "neither") => void,
+  ): Promise<SignInResult> {
     const fail = (reason: string, memberId: string | null): SignInResult => {
-      this.#throttle.recordFailure(ctx.ip, loginId);
+      settle("failure");
       this.#audit.append({
         action: "login.password",
         outcome: "failure",
@@ -120,10 +154,10 @@ export class PasswordSignIn {
     const rehashed = this.#hasher.needsRehash(stored) ? await this.#hasher.hash(input.password) : null;
     const enrolled = this.#factors.enrolled(member.id);
     const methods = enrolled ? this.#factors.methods(member.id) : [];
-    // A right password clears this address's count for the login ID only when it completes the
-    // sign-in: with a second factor due, the count stays until that passes too — otherwise each
-    // password step would buy an attacker who has the password five fresh guesses at the code.
-    if (!enrolled) this.#throttle.recordSuccess(ctx.ip, loginId);
+    // A right password clears the counts only when it completes the sign-in: with a second
+    // factor due they stay until that passes too — otherwise each password step would buy an
+    // attacker who has the password fresh guesses at the code.
+    settle(enrolled ? "neither" : "success");
     return inTransaction(this.#db, (): SignInResult => {
       if (rehashed) {
         this.#db

@@ -106,6 +106,7 @@ export function accountRoutes(s: Services): Router {
           requestId: l.requestId,
           userAgent: req.get("user-agent") ?? null,
           previousToken: sessionTokenFrom(req.get("cookie")),
+          deviceToken: deviceTokenFrom(req.get("cookie")),
         },
       );
       if (result.status === "failed") return showLogin(req, res, 401, "invalid", body.data.login_id);

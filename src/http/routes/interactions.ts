@@ -208,7 +208,13 @@ export function interactionRoutes(s: Services, oidc: Oidc): Router {
     try {
       const result = await s.signIn.signIn(
         { loginId: form.data.login_id, password: form.data.password },
-        { ip: l.ip, requestId: l.requestId, userAgent: req.get("user-agent") ?? null, previousToken: null },
+        {
+          ip: l.ip,
+          requestId: l.requestId,
+          userAgent: req.get("user-agent") ?? null,
+          previousToken: null,
+          deviceToken: deviceTokenFrom(req.get("cookie")),
+        },
       );
       if (result.status === "failed") return render(req, res, 401, "invalid", form.data.login_id);
       if (result.status === "mfa_required") {

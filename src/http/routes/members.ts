@@ -3,6 +3,7 @@ import { z } from "zod";
 import { profileInput } from "../../members/profile-input.js";
 import type { Services } from "../../services.js";
 import { clearSessionCookie, setSessionCookie } from "../cookies.js";
+import { deviceTokenFrom } from "../../sessions/devices.js";
 import { locals } from "../middleware.js";
 import { logOut } from "./me.js";
 
@@ -46,6 +47,7 @@ export function registrationAndLoginRoutes(s: Services): Router {
         requestId: l.requestId,
         userAgent: req.get("user-agent") ?? null,
         previousToken: l.sessionToken,
+        deviceToken: deviceTokenFrom(req.get("cookie")),
       },
     );
     if (result.status === "failed") {

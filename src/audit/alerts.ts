@@ -1,0 +1,51 @@
+import { desc } from "drizzle-orm";
+import type { Clock } from "../clock.js";
+import type { Db } from "../db/connection.js";
+import { alerts } from "../db/schema.js";
+import type { AuditLog } from "./log.js";
+
+export type Severity = "info" | "warning" | "critical";
+
+/**
+ * Security alerts for admins: stored (the admin API lists them), audited (`alert.raised`), and
+ * logged. The same alert (kind and subject) is raised at most once per ten minutes, so an attack
+ * makes one alert, not one per attempt.
+ */
+export class Alerts {
+  readonly #db: Db;
+  readonly #clock: Clock;
+  readonly #audit: AuditLog;
+  readonly #recent = new Map<string, number>();
+
+  constructor(deps: { db: Db; clock: Clock; audit: AuditLog }) {
+    this.#db = deps.db;
+    this.#clock = deps.clock;
+    this.#audit = deps.audit;
+  }
+
+  raise(kind: string, severity: Severity, details: Record<string, unknown>, subject = ""): boolean {
+    const now = this.#clock.now().getTime();
+    const key = `${kind}|${subject}`;
+    const last = this.#recent.get(key);
+    if (last !== undefined && now - last < 10 * 60_000) return false;
+    if (this.#recent.size > 10_000) this.#recent.clear();
+    this.#recent.set(key, now);
+    const row = this.#db
+      .insert(alerts)
+      .values({ at: now, kind, severity, details: JSON.stringify(details) })
+      .returning({ id: alerts.id })
+      .get();
+    this.#audit.append({
+      action: "alert.raised",
+      outcome: "info",
+      actorType: "system",
+      reason: kind,
+      details: { alert_id: row.id, severity, ...details },
+    });
+    return true;
+  }
+
+  list(limit = 100) {
+    return this.#db.select().from(alerts).orderBy(desc(alerts.id)).limit(limit).all();
+  }
+}

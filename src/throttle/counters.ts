@@ -1,0 +1,86 @@
+import { LRUCache } from "lru-cache";
+
+/**
+ * Failure counters over several windows at once (10 minutes, an hour, a day by default), so a
+ * few tries an hour from one address still add up. Each window is a sliding-window estimate from
+ * two fixed buckets (this one and the previous one, weighted by how much of it still overlaps):
+ * constant memory per key, no per-event timestamps.
+ *
+ * The store is one interface so that a shared store (Redis) can stand in for several instances;
+ * the embedded one keeps keys in an LRU of bounded size: a flood of a million distinct addresses
+ * evicts the least recently touched keys instead of exhausting memory.
+ */
+export interface CounterStore {
+  /** Add `n` to `key`'s windows and return the estimated counts, one per window. */
+  add(key: string, n: number, now: number): number[];
+  /** The estimated counts without adding. */
+  peek(key: string, now: number): number[];
+  delete(key: string): void;
+  readonly size: number;
+}
+
+interface Buckets {
+  start: number[];
+  count: number[];
+  prev: number[];
+}
+
+export class MemoryCounterStore implements CounterStore {
+  readonly #windows: readonly number[];
+  readonly #lru: LRUCache<string, Buckets>;
+
+  constructor(windowsMs: readonly number[], maxKeys: number) {
+    this.#windows = windowsMs;
+    this.#lru = new LRUCache<string, Buckets>({ max: maxKeys });
+  }
+
+  get size(): number {
+    return this.#lru.size;
+  }
+
+  #roll(b: Buckets, now: number): void {
+    for (let i = 0; i < this.#windows.length; i++) {
+      const w = this.#windows[i] as number;
+      const start = now - (now % w);
+      const current = b.start[i] as number;
+      if (start === current) continue;
+      // One window later: the current bucket becomes the previous one; more: both are stale.
+      b.prev[i] = start - current === w ? (b.count[i] as number) : 0;
+      b.count[i] = 0;
+      b.start[i] = start;
+    }
+  }
+
+  #estimate(b: Buckets, now: number): number[] {
+    return this.#windows.map((w, i) => {
+      const overlap = 1 - (now - (b.start[i] as number)) / w;
+      return (b.count[i] as number) + (b.prev[i] as number) * overlap;
+    });
+  }
+
+  add(key: string, n: number, now: number): number[] {
+    let b = this.#lru.get(key);
+    if (!b) {
+      b = {
+        start: this.#windows.map((w) => now - (now % w)),
+        count: this.#windows.map(() => 0),
+        prev: this.#windows.map(() => 0),
+      };
+      this.#lru.set(key, b);
+    }
+    this.#roll(b, now);
+    for (let i = 0; i < this.#windows.length; i++) b.count[i] = (b.count[i] as number) + n;
+    return this.#estimate(b, now);
+  }
+
+  peek(key: string, now: number): number[] {
+    const b = this.#lru.get(key);
+    if (!b) return this.#windows.map(() => 0);
+    this.#roll(b, now);
+    return this.#estimate(b, now);
+  }
+
+  delete(key: string): void {
+    this.#lru.delete(key);
+  }
+}
