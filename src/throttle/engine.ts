@@ -238,7 +238,9 @@ export class LoginGuard {
     if (outcome === "neither") return;
     if (outcome === "success") {
       if (k.ipLogin) this.#counters.delete(k.ipLogin);
-      if (k.account) this.#counters.delete(k.account);
+      // The account's count is of failures from untrusted devices; the member signing in from
+      // their own device says nothing about those (an attacker elsewhere may still be at it).
+      if (k.account && !a.trustedDevice) this.#counters.delete(k.account);
       return;
     }
     this.#countGlobal(now);

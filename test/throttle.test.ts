@@ -1,0 +1,272 @@
+import v8 from "node:v8";
+import vm from "node:vm";
+import supertest from "supertest";
+import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
+import { Alerts } from "../src/audit/alerts.js";
+import { auditLog } from "../src/db/schema.js";
+import { MemoryCounterStore } from "../src/throttle/counters.js";
+import { type Attempt, LoginGuard } from "../src/throttle/engine.js";
+import { subnetOf } from "../src/throttle/network.js";
+import { makeApp, ORIGIN, register, STRONG_PASSWORD, type TestApp } from "./support/app.js";
+
+describe("login-anomaly engine (LoginGuard)", () => {
+  let t: TestApp;
+  let guard: LoginGuard;
+  beforeEach(() => {
+    t = makeApp();
+    guard = t.s.guard;
+  });
+  afterEach(() => t.close());
+
+  const attempt = (over: Partial<Attempt> = {}): Attempt => ({
+    ip: "192.0.2.10",
+    loginId: "victim",
+    trustedDevice: false,
+    kind: "password",
+    password: "some password",
+    ...over,
+  });
+  /** An admitted attempt that failed. */
+  const fail = (a: Attempt) => {
+    const d = guard.assess(a);
+    if (d.action === "allow") guard.settle(a, "failure");
+    return d;
+  };
+
+  it("allows, then slows one address on one account with a growing Retry-After", () => {
+    for (let i = 0; i < 5; i++) expect(fail(attempt()).action).toBe("allow");
+    const first = guard.assess(attempt());
+    expect(first).toMatchObject({ action: "slow", reasons: ["ip_login_failures"] });
+    expect(first.retryAfterSeconds).toBe(30);
+    // Failures that still land (another path, the pause over) make the pause grow.
+    for (let i = 0; i < 2; i++) guard.settle(attempt(), "failure");
+    expect(guard.assess(attempt()).retryAfterSeconds).toBe(120);
+    // A success clears the address's count for that account.
+    guard.settle(attempt(), "success");
+    expect(guard.assess(attempt()).action).toBe("allow");
+  });
+
+  it("slows an account tried from many addresses (untrusted devices), by its login ID", () => {
+    for (let i = 0; i < 10; i++) expect(fail(attempt({ ip: `198.51.100.${i}` })).action).toBe("allow");
+    const d = guard.assess(attempt({ ip: "203.0.113.9" }));
+    expect(d.action).toBe("slow");
+    expect(d.reasons).toContain("account_failures");
+  });
+
+  it("counts unknown login IDs exactly like known ones (the answer never says which exists)", async () => {
+    await register(t.app, { login_id: "known.member" });
+    for (const loginId of ["known.member", "no.such.member"]) {
+      for (let i = 0; i < 10; i++) fail(attempt({ ip: `198.51.100.${i}`, loginId }));
+    }
+    const known = guard.assess(attempt({ ip: "203.0.113.1", loginId: "known.member" }));
+    const unknown = guard.assess(attempt({ ip: "203.0.113.1", loginId: "no.such.member" }));
+    expect(unknown).toEqual(known);
+  });
+
+  it("slows a busy address and its network, and blocks them after a day's worth of failures", () => {
+    for (let i = 0; i < 30; i++) fail(attempt({ loginId: `account${i}`, password: `guess ${i}` }));
+    expect(guard.assess(attempt({ loginId: "fresh", password: "another" }))).toMatchObject({
+      action: "slow",
+      reasons: ["ip_failures"],
+    });
+    // Another address of the same /24 is not slowed by the address's count, only by the network's.
+    expect(guard.assess(attempt({ ip: "192.0.2.11", loginId: "fresh", password: "another" })).action).toBe(
+      "allow",
+    );
+    for (let i = 0; i < 300; i++)
+      guard.settle(attempt({ loginId: `account${i}`, password: `guess ${i}` }), "failure");
+    const d = guard.assess(attempt({ loginId: "fresh" }));
+    expect(d.action).toBe("block");
+    expect(d.reasons).toContain("ip_failures_day");
+    expect(t.s.alerts.list().map((a) => a.kind)).toContain("network_blocked");
+  });
+
+  it("protects an account after repeated failures: password sign-in refused from untrusted devices, persisted across a restart, lifted by an admin", () => {
+    for (let i = 0; i < 30; i++) guard.settle(attempt({ ip: `198.51.100.${i}` }), "failure");
+    const d = guard.assess(attempt({ ip: "203.0.113.50" }));
+    expect(d.action).toBe("protect");
+    expect(d.reasons).toContain("account_protected");
+    // Restart: a fresh engine on the same database still protects the account.
+    const restarted = new LoginGuard({
+      db: t.s.db,
+      clock: t.clock,
+      alerts: new Alerts({ db: t.s.db, clock: t.clock, audit: t.s.audit }),
+      loginKey: (l) => t.s.guard.loginKey(l),
+    });
+    expect(restarted.assess(attempt({ ip: "203.0.113.51" })).action).toBe("protect");
+    // The member's own device is never refused, and passkeys aren't refused by protection.
+    expect(restarted.assess(attempt({ ip: "203.0.113.51", trustedDevice: true })).action).toBe("allow");
+    expect(restarted.assess(attempt({ ip: "203.0.113.52", kind: "passkey", loginId: null })).action).toBe(
+      "allow",
+    );
+    expect(restarted.lift("victim")).toBe(true);
+    expect(restarted.assess(attempt({ ip: "203.0.113.53" })).action).toBe("allow");
+    // Never permanent: without an admin it expires.
+    for (let i = 0; i < 30; i++) guard.settle(attempt({ ip: `198.51.100.${i}` }), "failure");
+    t.clock.advance(61 * 60_000 + 24 * 3_600_000);
+    expect(guard.assess(attempt({ ip: "203.0.113.54" })).action).toBe("allow");
+  });
+
+  it("detects one password tried on many accounts (spraying), alerts, and slows that password", () => {
+    for (let i = 0; i < 20; i++)
+      fail(attempt({ ip: `198.51.100.${i % 7}`, loginId: `member${i}`, password: "Summer2026!" }));
+    expect(t.s.alerts.list().map((a) => a.kind)).toContain("password_spraying");
+    const d = guard.assess(attempt({ ip: "203.0.113.9", loginId: "member999", password: "Summer2026!" }));
+    expect(d.action).toBe("slow");
+    expect(d.reasons).toContain("password_spraying");
+    // Another password for the same new account is not affected.
+    expect(
+      guard.assess(attempt({ ip: "203.0.113.9", loginId: "member998", password: "something else" })).action,
+    ).toBe("allow");
+    // The fingerprint is never stored: no audit entry or alert holds the password or its HMAC.
+    const stored = JSON.stringify([t.s.db.select().from(auditLog).all(), t.s.alerts.list()]);
+    expect(stored).not.toContain("Summer2026");
+  });
+
+  it("raises an under-attack alert when the service-wide failure rate leaves its baseline", () => {
+    for (let i = 0; i < 100; i++) guard.settle(attempt({ ip: `10.${i}.0.1`, loginId: `m${i}` }), "failure");
+    expect(guard.underAttack()).toBe(true);
+    expect(t.s.alerts.list().map((a) => a.kind)).toContain("under_attack");
+    // One alert per attack, not one per attempt.
+    for (let i = 0; i < 200; i++) guard.settle(attempt({ ip: `10.${i}.0.2`, loginId: `n${i}` }), "failure");
+    expect(t.s.alerts.list().filter((a) => a.kind === "under_attack")).toHaveLength(1);
+  });
+
+  it("single flight: of two parallel attempts on the last free slot, only one is admitted", () => {
+    for (let i = 0; i < 4; i++) fail(attempt());
+    const a = guard.assess(attempt());
+    const b = guard.assess(attempt());
+    expect([a.action, b.action]).toEqual(["allow", "slow"]);
+    guard.settle(attempt(), "neither");
+    expect(guard.assess(attempt()).action).toBe("allow");
+  });
+
+  it("keeps its memory bounded with a million distinct keys", () => {
+    v8.setFlagsFromString("--expose-gc");
+    const gc = vm.runInNewContext("gc") as () => void;
+    const store = new MemoryCounterStore([600_000, 3_600_000, 86_400_000], 50_000);
+    gc();
+    const before = process.memoryUsage().heapUsed;
+    for (let i = 0; i < 1_000_000; i++) store.add(`ip|${i}`, 1, 1_000_000);
+    gc();
+    expect(store.size).toBe(50_000);
+    // 50,000 keys of three small arrays (a few MB): a million would be twenty times that.
+    expect(process.memoryUsage().heapUsed - before).toBeLessThan(40 * 1024 * 1024);
+  });
+
+  it("groups addresses by /24 (IPv4) and /56 (IPv6)", () => {
+    expect(subnetOf("192.0.2.77")).toBe("192.0.2.0/24");
+    expect(subnetOf("::ffff:192.0.2.77")).toBe("192.0.2.0/24");
+    expect(subnetOf("2001:db8:abcd:12ff:1::5")).toBe("2001:db8:abcd:1200::/56");
+  });
+});
+
+describe("the engine behind the HTTP API", () => {
+  let t: TestApp;
+  afterEach(() => t.close());
+
+  it("ignores X-Forwarded-For when SEKISHO_TRUST_PROXY is unset (no spoofed fresh addresses)", async () => {
+    // Attack: a new X-Forwarded-For on every request to look like a thousand addresses.
+    t = makeApp();
+    await register(t.app, { login_id: "hanako" });
+    let last = 0;
+    for (let i = 0; i < 6; i++) {
+      last = (
+        await supertest(t.app)
+          .post("/api/v1/login")
+          .set("Origin", ORIGIN)
+          .set("Content-Type", "application/json")
+          .set("X-Forwarded-For", `198.51.100.${i}`)
+          .send(JSON.stringify({ login_id: "hanako", password: `wrong guess ${i}` }))
+      ).status;
+    }
+    expect(last).toBe(429);
+  });
+
+  it("the victim of a lockout attack, on their trusted device, is never refused", async () => {
+    // Attack: fail on purpose against the victim's login ID from many addresses until the account
+    // is protected; the victim keeps signing in from their own (trusted) browser.
+    t = makeApp({ SEKISHO_TRUST_PROXY: "loopback" });
+    await register(t.app, { login_id: "victim.member" });
+    const { SoftAuthenticator } = await import("./support/soft-authenticator.js");
+    const auth = new SoftAuthenticator();
+    const api = (ip: string, url: string, body: unknown, cookie = "") =>
+      supertest(t.app)
+        .post(url)
+        .set("Origin", ORIGIN)
+        .set("Content-Type", "application/json")
+        .set("X-Forwarded-For", ip)
+        .set("Cookie", cookie)
+        .send(JSON.stringify(body));
+    // The victim sets up a passkey and signs in with it once: their browser becomes a known device.
+    const first = await api("192.0.2.1", "/api/v1/login", {
+      login_id: "victim.member",
+      password: STRONG_PASSWORD,
+    });
+    const cookie = String(first.headers["set-cookie"]).match(/sekisho_session=[\w-]{43}/)?.[0] as string;
+    const regOptions = await api("192.0.2.1", "/api/v1/me/passkeys/options", {}, cookie);
+    const added = await api(
+      "192.0.2.1",
+      "/api/v1/me/passkeys",
+      { response: auth.register(regOptions.body, { origin: ORIGIN }) },
+      cookie,
+    );
+    expect(added.status, added.text).toBe(201);
+    const pk = async (device: string) => {
+      const step = await api(
+        "192.0.2.1",
+        "/api/v1/login",
+        { login_id: "victim.member", password: STRONG_PASSWORD },
+        device,
+      );
+      if (step.status !== 200) return step.status;
+      const options = await api(
+        "192.0.2.1",
+        "/api/v1/login/webauthn/options",
+        { mfa_token: step.body.mfa_token },
+        device,
+      );
+      const done = await api(
+        "192.0.2.1",
+        "/api/v1/login/webauthn",
+        { mfa_token: step.body.mfa_token, response: auth.assert(options.body, { origin: ORIGIN }) },
+        device,
+      );
+      return done.status;
+    };
+    const signedIn = await (async () => {
+      const step = await api("192.0.2.1", "/api/v1/login", {
+        login_id: "victim.member",
+        password: STRONG_PASSWORD,
+      });
+      const options = await api("192.0.2.1", "/api/v1/login/webauthn/options", {
+        mfa_token: step.body.mfa_token,
+      });
+      return api("192.0.2.1", "/api/v1/login/webauthn", {
+        mfa_token: step.body.mfa_token,
+        response: auth.assert(options.body, { origin: ORIGIN }),
+      });
+    })();
+    const device = String(signedIn.headers["set-cookie"]).match(/sekisho_device=[\w-]{43}/)?.[0] as string;
+    expect(device).toBeTruthy();
+
+    const verify = vi.spyOn(t.s.hasher, "verify");
+    let refusedAttacker = 0;
+    for (let hour = 0; hour < 6; hour++) {
+      for (let i = 0; i < 40; i++) {
+        const res = await api(`198.51.100.${(hour * 40 + i) % 250}`, "/api/v1/login", {
+          login_id: "victim.member",
+          password: `attacker guess ${hour}-${i}`,
+        });
+        if (res.status === 429) refusedAttacker++;
+      }
+      expect(await pk(device), `victim at hour ${hour}`).toBe(200);
+      t.clock.advance(3_600_000);
+    }
+    expect(refusedAttacker).toBeGreaterThan(150);
+    // Throttled attempts never reached argon2: verifies are far fewer than the attacker's tries.
+    expect(verify.mock.calls.length).toBeLessThan(240 - refusedAttacker + 20);
+    const protectedEvent = t.s.alerts.list().find((a) => a.kind === "account_protected");
+    expect(protectedEvent).toBeTruthy();
+  });
+});
