@@ -73,6 +73,7 @@ const schema = z
             attackFloorPerMinute: z.number().int().min(1),
             attackFactor: z.number().min(1),
             maxKeys: z.number().int().min(1000).max(10_000_000),
+            challengeMaxNumber: z.number().int().min(10).max(10_000_000),
           })
           .partial()
           .strict(),

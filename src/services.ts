@@ -19,6 +19,7 @@ import { PasswordSignIn } from "./sessions/sign-in.js";
 import { SessionService } from "./sessions/sessions.js";
 import { Alerts } from "./audit/alerts.js";
 import { LoginGuard } from "./throttle/engine.js";
+import { ProofOfWork } from "./throttle/proof-of-work.js";
 import { blindIndex } from "./vault/blind-index.js";
 import type { KeyringStore } from "./vault/keyring.js";
 
@@ -37,6 +38,7 @@ export interface Services {
   signIn: PasswordSignIn;
   alerts: Alerts;
   guard: LoginGuard;
+  pow: ProofOfWork;
   factors: Factors;
   mfaTokens: MfaTokens;
   devices: DeviceRegistry;
@@ -88,6 +90,7 @@ export function buildServices(deps: {
   );
   const mfaTokens = new MfaTokens({ db, clock });
   const devices = new DeviceRegistry({ db, clock });
+  const pow = new ProofOfWork({ clock, maxNumber: guard.policy.challengeMaxNumber });
   const signIn = new PasswordSignIn({
     db,
     hasher,
@@ -95,6 +98,7 @@ export function buildServices(deps: {
     audit,
     guard,
     devices,
+    pow,
     keys,
     factors,
     mfaTokens,
@@ -120,6 +124,7 @@ export function buildServices(deps: {
     signIn,
     alerts,
     guard,
+    pow,
     factors,
     mfaTokens,
     devices,

@@ -112,8 +112,13 @@ describe("login-anomaly engine (LoginGuard)", () => {
       fail(attempt({ ip: `198.51.100.${i % 7}`, loginId: `member${i}`, password: "Summer2026!" }));
     expect(t.s.alerts.list().map((a) => a.kind)).toContain("password_spraying");
     const d = guard.assess(attempt({ ip: "203.0.113.9", loginId: "member999", password: "Summer2026!" }));
-    expect(d.action).toBe("slow");
+    expect(d.action).toBe("challenge");
     expect(d.reasons).toContain("password_spraying");
+    // With a solved proof-of-work the attempt goes ahead (and still counts as a failure if wrong).
+    const solved = guard.assess(
+      attempt({ ip: "203.0.113.9", loginId: "member999", password: "Summer2026!", challengeSolved: true }),
+    );
+    expect(solved.action).toBe("allow");
     // Another password for the same new account is not affected.
     expect(
       guard.assess(attempt({ ip: "203.0.113.9", loginId: "member998", password: "something else" })).action,
@@ -158,6 +163,102 @@ describe("login-anomaly engine (LoginGuard)", () => {
     expect(subnetOf("192.0.2.77")).toBe("192.0.2.0/24");
     expect(subnetOf("::ffff:192.0.2.77")).toBe("192.0.2.0/24");
     expect(subnetOf("2001:db8:abcd:12ff:1::5")).toBe("2001:db8:abcd:1200::/56");
+  });
+});
+
+describe("proof-of-work challenges (ALTCHA) through the JSON API", () => {
+  let t: TestApp;
+  afterEach(() => t.close());
+
+  async function solve(challenge: {
+    algorithm: string;
+    challenge: string;
+    salt: string;
+    signature: string;
+    maxnumber: number;
+  }) {
+    const { solveChallenge } = await import("altcha-lib/v1");
+    const solution = await solveChallenge(
+      challenge.challenge,
+      challenge.salt,
+      challenge.algorithm,
+      challenge.maxnumber,
+    ).promise;
+    return Buffer.from(
+      JSON.stringify({
+        algorithm: challenge.algorithm,
+        challenge: challenge.challenge,
+        number: solution?.number,
+        salt: challenge.salt,
+        signature: challenge.signature,
+      }),
+    ).toString("base64");
+  }
+  const login = (ip: string, body: Record<string, unknown>) =>
+    supertest(t.app)
+      .post("/api/v1/login")
+      .set("Origin", ORIGIN)
+      .set("Content-Type", "application/json")
+      .set("X-Forwarded-For", ip)
+      .send(JSON.stringify(body));
+
+  it("under attack, an untrusted password sign-in must solve a challenge first; a solution works once, for its login ID, until it expires", async () => {
+    t = makeApp({
+      SEKISHO_TRUST_PROXY: "loopback",
+      SEKISHO_THROTTLE_POLICY: JSON.stringify({ attackFloorPerMinute: 20, challengeMaxNumber: 2000 }),
+    });
+    await register(t.app, { login_id: "hanako" });
+    // A credential-stuffing wave: many addresses, many IDs, one try each.
+    for (let i = 0; i < 20; i++)
+      await login(`198.51.100.${i}`, { login_id: `stuffed${i}`, password: `leaked pw ${i}` });
+    expect(t.s.alerts.list().map((a) => a.kind)).toContain("under_attack");
+
+    const verify = vi.spyOn(t.s.hasher, "verify");
+    const first = await login("192.0.2.1", { login_id: "hanako", password: STRONG_PASSWORD });
+    expect(first.status).toBe(403);
+    expect(first.body.error).toBe("challenge_required");
+    expect(first.body.challenge).toMatchObject({ algorithm: "SHA-256", maxnumber: 2000 });
+    expect(verify).not.toHaveBeenCalled(); // the challenge comes before any argon2 work
+    // Unknown login IDs get the same answer.
+    const unknown = await login("192.0.2.1", { login_id: "nobody.here", password: STRONG_PASSWORD });
+    expect(unknown.status).toBe(403);
+    expect(Object.keys(unknown.body).sort()).toEqual(Object.keys(first.body).sort());
+
+    const solution = await solve(first.body.challenge);
+    // Bound to its login ID: no good for another account.
+    expect(
+      (await login("192.0.2.1", { login_id: "nobody.here", password: "x", challenge_solution: solution }))
+        .status,
+    ).toBe(403);
+    const ok = await login("192.0.2.1", {
+      login_id: "hanako",
+      password: STRONG_PASSWORD,
+      challenge_solution: solution,
+    });
+    expect(ok.status).toBe(200);
+    // Spent: the same solution again is a new challenge.
+    const again = await login("192.0.2.1", {
+      login_id: "hanako",
+      password: STRONG_PASSWORD,
+      challenge_solution: solution,
+    });
+    expect(again.status).toBe(403);
+    // Expired after five minutes (Sekisho's clock).
+    const late = await solve(again.body.challenge);
+    t.clock.advance(5 * 60_000 + 1);
+    const expired = await login("192.0.2.1", {
+      login_id: "hanako",
+      password: STRONG_PASSWORD,
+      challenge_solution: late,
+    });
+    expect(expired.status).toBe(403);
+    // A garbage solution is just "not solved".
+    const garbage = await login("192.0.2.1", {
+      login_id: "hanako",
+      password: STRONG_PASSWORD,
+      challenge_solution: "!!not base64 json",
+    });
+    expect(garbage.status).toBe(403);
   });
 });
 

@@ -7,6 +7,7 @@ import { resolveLoginInput } from "../members/login-id.js";
 import type { PasswordHasher } from "../passwords/hasher.js";
 import type { Factors, FactorMethod } from "../factors/methods.js";
 import type { Attempt, LoginGuard } from "../throttle/engine.js";
+import type { ProofOfWork } from "../throttle/proof-of-work.js";
 import type { DeviceRegistry } from "./devices.js";
 import { blindIndex } from "../vault/blind-index.js";
 import type { KeyringStore } from "../vault/keyring.js";
@@ -49,6 +50,7 @@ export class PasswordSignIn {
   readonly #audit: AuditLog;
   readonly #guard: LoginGuard;
   readonly #devices: DeviceRegistry;
+  readonly #pow: ProofOfWork;
   readonly #keys: KeyringStore;
   readonly #factors: Factors;
   readonly #mfaTokens: MfaTokens;
@@ -60,6 +62,7 @@ export class PasswordSignIn {
     audit: AuditLog;
     guard: LoginGuard;
     devices: DeviceRegistry;
+    pow: ProofOfWork;
     keys: KeyringStore;
     factors: Factors;
     mfaTokens: MfaTokens;
@@ -70,12 +73,16 @@ export class PasswordSignIn {
     this.#audit = deps.audit;
     this.#guard = deps.guard;
     this.#devices = deps.devices;
+    this.#pow = deps.pow;
     this.#keys = deps.keys;
     this.#factors = deps.factors;
     this.#mfaTokens = deps.mfaTokens;
   }
 
-  async signIn(input: { loginId: string; password: string }, ctx: SignInContext): Promise<SignInResult> {
+  async signIn(
+    input: { loginId: string; password: string; challengeSolution?: string | undefined },
+    ctx: SignInContext,
+  ): Promise<SignInResult> {
     const loginId = resolveLoginInput(input.loginId);
     if (loginId === null) {
       throw new ApiError(
@@ -92,6 +99,10 @@ export class PasswordSignIn {
       trustedDevice: member ? this.#devices.recognise(ctx.deviceToken ?? null, member.id) !== null : false,
       kind: "password",
       password: input.password,
+      // Checking a solution is a few SHA-256s: cheap enough to do before deciding.
+      challengeSolved: input.challengeSolution
+        ? await this.#pow.verify(input.challengeSolution, loginId)
+        : false,
     };
     const decision = this.#guard.assess(attempt);
     if (decision.action !== "allow") {
@@ -105,6 +116,16 @@ export class PasswordSignIn {
         reason: decision.action,
         details: { reasons: decision.reasons, login_id_fp: this.#fingerprint(loginId) },
       });
+      if (decision.action === "challenge") {
+        throw new ApiError(
+          403,
+          "challenge_required",
+          "Solve the challenge and send the solution as challenge_solution.",
+          {
+            extra: { challenge: await this.#pow.issue(loginId) },
+          },
+        );
+      }
       throw tooManyAttempts(decision.retryAfterSeconds);
     }
     let settled = false;

@@ -27,7 +27,7 @@ import { subnetOf } from "./network.js";
  * password sign-in from untrusted devices, expires by itself, and a member's own device
  * (`sekisho_device`), passkeys and recovery keep working.
  */
-export type Action = "allow" | "slow" | "protect" | "block";
+export type Action = "allow" | "challenge" | "slow" | "protect" | "block";
 
 export interface Decision {
   action: Action;
@@ -52,6 +52,8 @@ export interface Attempt {
   kind: "password" | "second_factor" | "passkey";
   /** The attempted password, for the spraying fingerprint (never stored). */
   password?: string;
+  /** The request carried a valid, unspent proof-of-work solution for this login ID. */
+  challengeSolved?: boolean;
 }
 
 /** Every threshold, with the defaults docs/throttling.md explains. */
@@ -77,6 +79,8 @@ export interface ThrottlePolicy {
   attackFactor: number;
   /** Keys the in-memory counters keep (least recently used go first). */
   maxKeys: number;
+  /** Proof-of-work difficulty: the largest number a solver may have to try (SHA-256 each). */
+  challengeMaxNumber: number;
 }
 
 export const DEFAULT_POLICY: ThrottlePolicy = {
@@ -93,6 +97,7 @@ export const DEFAULT_POLICY: ThrottlePolicy = {
   attackFloorPerMinute: 100,
   attackFactor: 10,
   maxKeys: 250_000,
+  challengeMaxNumber: 500_000,
 };
 
 const MINUTE = 60_000;
@@ -172,7 +177,7 @@ export class LoginGuard {
     let action: Action = "allow";
     let retry = 0;
     const raise = (to: Action, reason: string, seconds: number) => {
-      const rank = { allow: 0, slow: 1, protect: 2, block: 3 } as const;
+      const rank = { allow: 0, challenge: 1, slow: 2, protect: 3, block: 4 } as const;
       reasons.push(reason);
       if (rank[to] > rank[action]) action = to;
       retry = Math.max(retry, Math.ceil(seconds));
@@ -211,9 +216,12 @@ export class LoginGuard {
           const fp = this.#fingerprint(a.password, now);
           const tried = this.#sprayAccounts.get(fp);
           if (tried && tried.size >= this.policy.sprayAccounts && !tried.has(a.loginId as string)) {
-            raise("slow", "password_spraying", 5 * 60);
+            // A sprayed password: every further try of it costs a proof-of-work.
+            if (!a.challengeSolved) raise("challenge", "password_spraying", 0);
           }
         }
+        // The whole service is under attack: every untrusted password sign-in costs a proof-of-work.
+        if (this.underAttack() && !a.challengeSolved) raise("challenge", "under_attack", 0);
       }
     }
     if (action === "allow" && k.account)

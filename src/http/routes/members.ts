@@ -16,6 +16,8 @@ const registrationBody = z.object({
 const loginBody = z.object({
   login_id: z.string().min(1).max(256),
   password: z.string().min(1).max(1024),
+  /** The solved proof-of-work (ALTCHA payload, base64) after a 403 challenge_required. */
+  challenge_solution: z.string().min(1).max(4096).optional(),
 });
 
 /** The same bytes for an unknown login ID and a wrong password: nothing tells them apart. */
@@ -41,7 +43,7 @@ export function registrationAndLoginRoutes(s: Services): Router {
     const body = loginBody.parse(req.body);
     const l = locals(res);
     const result = await s.signIn.signIn(
-      { loginId: body.login_id, password: body.password },
+      { loginId: body.login_id, password: body.password, challengeSolution: body.challenge_solution },
       {
         ip: l.ip,
         requestId: l.requestId,
