@@ -17,7 +17,7 @@ export function pageHeaders(res: Response, redirects: string[] = []): void {
   const origins = [...new Set(redirects.map((u) => new URL(u).origin))].join(" ");
   res.setHeader(
     "Content-Security-Policy",
-    `default-src 'none'; script-src 'self'; connect-src 'self'; style-src 'unsafe-inline'; img-src https: data:; form-action 'self'${origins ? ` ${origins}` : ""}; frame-ancestors 'none'; base-uri 'none'`,
+    `default-src 'none'; script-src 'self'; worker-src 'self'; connect-src 'self'; style-src 'self' 'unsafe-inline'; img-src https: data:; form-action 'self'${origins ? ` ${origins}` : ""}; frame-ancestors 'none'; base-uri 'none'`,
   );
 }
 
@@ -50,7 +50,14 @@ const require = createRequire(import.meta.url);
  * package, so it always matches the server library) and our passkey glue. Read once at start.
  */
 export function assetRoutes(): Router {
+  const altcha = path.join(path.dirname(require.resolve("altcha")), "..");
   const files: Record<string, Buffer> = {
+    // ALTCHA's widget without inline workers or styles (its CSP-friendly build), the SHA-256
+    // worker as a same-origin file, its stylesheet, and our set-up (worker, Japanese strings).
+    "/assets/altcha.js": fs.readFileSync(path.join(altcha, "external/altcha.umd.min.cjs")),
+    "/assets/altcha-sha-worker.js": fs.readFileSync(path.join(altcha, "workers/sha.js")),
+    "/assets/altcha.css": fs.readFileSync(path.join(altcha, "external/altcha.css")),
+    "/assets/altcha-setup.js": fs.readFileSync(path.join(here, "assets/altcha-setup.js")),
     "/assets/simplewebauthn-browser.js": fs.readFileSync(
       // require.resolve gives <pkg>/script/index.js; the bundle sits beside it in dist/bundle.
       path.join(path.dirname(require.resolve("@simplewebauthn/browser")), "../dist/bundle/index.umd.min.js"),
@@ -60,7 +67,10 @@ export function assetRoutes(): Router {
   const r = Router();
   for (const [route, body] of Object.entries(files)) {
     r.get(route, (_req, res) => {
-      res.setHeader("Content-Type", "text/javascript; charset=utf-8");
+      res.setHeader(
+        "Content-Type",
+        route.endsWith(".css") ? "text/css; charset=utf-8" : "text/javascript; charset=utf-8",
+      );
       res.setHeader("Cache-Control", "no-cache");
       res.setHeader("X-Content-Type-Options", "nosniff");
       res.send(body);

@@ -47,6 +47,7 @@ const T = {
     passkeyReauth: "もう一度サインインしてからお試しください。",
     passkeyExists: "このパスキーはすでに登録されています。",
     expired: "サインインの有効期限が切れました。もう一度サインインしてください。",
+    challenge: "安全のため、自動確認（数秒の計算）のあとにもう一度パスワードを入力してください。",
   },
   en: {
     title: "Sign in",
@@ -75,6 +76,8 @@ const T = {
     passkeyReauth: "Please sign in again and retry.",
     passkeyExists: "This passkey is already registered.",
     expired: "The sign-in expired. Please sign in again.",
+    challenge:
+      "For your safety, please enter your password again after the automatic check (a few seconds of computing).",
   },
 } as const;
 
@@ -117,13 +120,14 @@ export function layout(
   body: string,
   switchHref?: string,
   scripts = false,
+  head = "",
 ): string {
   const other = switchHref
     ? ` · <a href="${e(switchHref)}" lang="${lang === "ja" ? "en" : "ja"}">${e(T[lang].other)}</a>`
     : "";
   return `<!doctype html><html lang="${lang}"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1"><title>${e(title)} — Sekisho</title>
-<style>${STYLE}</style>${scripts ? PASSKEY_SCRIPTS : ""}</head><body><main>${body}</main>
+<style>${STYLE}</style>${scripts ? PASSKEY_SCRIPTS : ""}${head}</head><body><main>${body}</main>
 <footer>${e(T[lang].footer)}${other}</footer>
 </body></html>`;
 }
@@ -155,7 +159,10 @@ export function loggedOutPage(lang: Lang): string {
   return layout(lang, t.loggedOut, `<h1>${e(t.loggedOut)}</h1>`);
 }
 
-export type LoginError = "invalid" | "throttled" | "badRequest" | "expired";
+export type LoginError = "invalid" | "throttled" | "badRequest" | "expired" | "challenge";
+
+/** The ALTCHA widget's files (proof-of-work), for a login page that carries a challenge. */
+const ALTCHA_HEAD = `<link rel="stylesheet" href="/assets/altcha.css"><script src="/assets/altcha.js" defer></script><script src="/assets/altcha-setup.js" defer></script>`;
 
 /**
  * The sign-in page: login ID and password (works without JavaScript), and passkeys — a button for
@@ -172,6 +179,8 @@ export function loginPage(opts: {
   loginId?: string | undefined;
   switchHref: string;
   next: string;
+  /** A proof-of-work the throttle asks for: the widget solves it and posts `challenge_solution`. */
+  challenge?: object | undefined;
 }): string {
   const t = T[opts.lang];
   const body = `<div class="client">${opts.logoUri ? `<img src="${e(opts.logoUri)}" alt="">` : ""}
@@ -183,11 +192,12 @@ ${passkeySupport(opts.lang)}
 <input type="text" id="login_id" name="login_id" autocomplete="username webauthn" autocapitalize="none" spellcheck="false" required value="${e(opts.loginId ?? "")}">
 <label for="password">${e(t.password)}</label>
 <input type="password" id="password" name="password" autocomplete="current-password" required>
+${opts.challenge ? `<altcha-widget challenge="${e(JSON.stringify(opts.challenge))}" name="challenge_solution" language="${opts.lang}"></altcha-widget>` : ""}
 <button type="submit">${e(t.submit)}</button>
 </form>
 <p class="sep">${e(t.or)}</p>
 <button type="button" class="secondary" data-passkey-login data-next="${e(opts.next)}">${e(t.passkey)}</button>`;
-  return layout(opts.lang, t.title, body, opts.switchHref, true);
+  return layout(opts.lang, t.title, body, opts.switchHref, true, opts.challenge ? ALTCHA_HEAD : "");
 }
 
 export function consentPage(opts: {

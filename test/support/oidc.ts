@@ -10,12 +10,15 @@ export interface ListeningApp {
   close(): Promise<void>;
 }
 
-export async function listenWithMember(loginId: string): Promise<ListeningApp> {
+export async function listenWithMember(
+  loginId: string,
+  env: Record<string, string> = {},
+): Promise<ListeningApp> {
   const server = http.createServer();
   await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
   const issuer = `http://localhost:${(server.address() as AddressInfo).port}`;
   // The real clock's time: oidc-provider stamps tokens with the system clock.
-  const t = makeApp({ SEKISHO_ISSUER: issuer }, { clockStart: new Date() });
+  const t = makeApp({ SEKISHO_ISSUER: issuer, ...env }, { clockStart: new Date() });
   server.on("request", t.app);
   const reg = await supertest(t.app)
     .post("/api/v1/registrations")

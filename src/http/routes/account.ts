@@ -15,7 +15,11 @@ import { type Lang, type LoginError, loginPage, pickLang } from "../pages.js";
 import { passkeyIdParam } from "./factors.js";
 import { endOwnSession, forgetOwnDevice, logOut, memberEventRows } from "./me.js";
 
-const loginForm = z.object({ login_id: z.string().min(1).max(256), password: z.string().min(1).max(1024) });
+const loginForm = z.object({
+  login_id: z.string().min(1).max(256),
+  password: z.string().min(1).max(1024),
+  challenge_solution: z.string().min(1).max(4096).optional(),
+});
 const mfaForm = z.object({
   mfa_token: z.string().min(1).max(128).optional(),
   method: z.enum(["totp", "recovery_code"]),
@@ -47,7 +51,14 @@ export function accountRoutes(s: Services): Router {
   };
   const backTo = (res: Response, where: string) => res.redirect(303, where);
 
-  const showLogin = (req: Request, res: Response, status: number, error?: LoginError, loginId?: string) => {
+  const showLogin = (
+    req: Request,
+    res: Response,
+    status: number,
+    error?: LoginError,
+    loginId?: string,
+    challenge?: object,
+  ) => {
     const l = lang(req);
     html(
       res,
@@ -65,6 +76,7 @@ export function accountRoutes(s: Services): Router {
         loginId,
         switchHref: `/account/login?lang=${l === "ja" ? "en" : "ja"}`,
         next: "/account",
+        challenge,
       }),
     );
   };
@@ -100,7 +112,11 @@ export function accountRoutes(s: Services): Router {
     const l = locals(res);
     try {
       const result = await s.signIn.signIn(
-        { loginId: body.data.login_id, password: body.data.password },
+        {
+          loginId: body.data.login_id,
+          password: body.data.password,
+          challengeSolution: body.data.challenge_solution,
+        },
         {
           ip: l.ip,
           requestId: l.requestId,
@@ -117,6 +133,9 @@ export function accountRoutes(s: Services): Router {
       if (err instanceof ApiError && err.status === 429) {
         for (const [k, v] of Object.entries(err.headers ?? {})) res.setHeader(k, v);
         return showLogin(req, res, 429, "throttled", body.data.login_id);
+      }
+      if (err instanceof ApiError && err.code === "challenge_required") {
+        return showLogin(req, res, 403, "challenge", body.data.login_id, err.extra?.challenge as object);
       }
       if (err instanceof ApiError && err.status === 400)
         return showLogin(req, res, 400, "invalid", body.data.login_id);

@@ -38,7 +38,11 @@ export function silentAuthorization(oidc: Oidc, authorizationPath: string) {
   };
 }
 
-const loginForm = z.object({ login_id: z.string().min(1).max(256), password: z.string().min(1).max(1024) });
+const loginForm = z.object({
+  login_id: z.string().min(1).max(256),
+  password: z.string().min(1).max(1024),
+  challenge_solution: z.string().min(1).max(4096).optional(),
+});
 const mfaForm = z.object({
   mfa_token: z.string().min(1).max(128).optional(),
   method: z.enum(["totp", "recovery_code"]),
@@ -99,6 +103,7 @@ export function interactionRoutes(s: Services, oidc: Oidc): Router {
     status: number,
     error?: LoginError,
     loginId?: string,
+    challenge?: object,
   ) => {
     const details = await provider.interactionDetails(req, res);
     const client = await clientView(details.params.client_id as string | undefined);
@@ -129,6 +134,7 @@ export function interactionRoutes(s: Services, oidc: Oidc): Router {
           loginId,
           switchHref,
           next: base,
+          challenge,
         }),
       );
   };
@@ -207,7 +213,11 @@ export function interactionRoutes(s: Services, oidc: Oidc): Router {
     const l = locals(res);
     try {
       const result = await s.signIn.signIn(
-        { loginId: form.data.login_id, password: form.data.password },
+        {
+          loginId: form.data.login_id,
+          password: form.data.password,
+          challengeSolution: form.data.challenge_solution,
+        },
         {
           ip: l.ip,
           requestId: l.requestId,
@@ -226,6 +236,9 @@ export function interactionRoutes(s: Services, oidc: Oidc): Router {
       if (err instanceof ApiError && err.status === 429) {
         for (const [k, v] of Object.entries(err.headers ?? {})) res.setHeader(k, v);
         return render(req, res, 429, "throttled", form.data.login_id);
+      }
+      if (err instanceof ApiError && err.code === "challenge_required") {
+        return render(req, res, 403, "challenge", form.data.login_id, err.extra?.challenge as object);
       }
       if (err instanceof ApiError && err.status === 400)
         return render(req, res, 400, "invalid", form.data.login_id);
