@@ -13,7 +13,8 @@ describe("login-anomaly engine (LoginGuard)", () => {
   let t: TestApp;
   let guard: LoginGuard;
   beforeEach(() => {
-    t = makeApp();
+    // A high floor for the service-wide detector: these tests look at one decision at a time.
+    t = makeApp({ SEKISHO_THROTTLE_POLICY: JSON.stringify({ attackFloorPerMinute: 1000 }) });
     guard = t.s.guard;
   });
   afterEach(() => t.close());
@@ -129,6 +130,13 @@ describe("login-anomaly engine (LoginGuard)", () => {
   });
 
   it("raises an under-attack alert when the service-wide failure rate leaves its baseline", () => {
+    guard = new LoginGuard({
+      db: t.s.db,
+      clock: t.clock,
+      alerts: t.s.alerts,
+      loginKey: (l) => t.s.guard.loginKey(l),
+      policy: { attackFloorPerMinute: 100 },
+    });
     for (let i = 0; i < 100; i++) guard.settle(attempt({ ip: `10.${i}.0.1`, loginId: `m${i}` }), "failure");
     expect(guard.underAttack()).toBe(true);
     expect(t.s.alerts.list().map((a) => a.kind)).toContain("under_attack");

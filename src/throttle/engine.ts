@@ -94,7 +94,7 @@ export const DEFAULT_POLICY: ThrottlePolicy = {
   accountProtect: 30,
   protectMinutes: 60,
   sprayAccounts: 20,
-  attackFloorPerMinute: 100,
+  attackFloorPerMinute: 10,
   attackFactor: 10,
   maxKeys: 250_000,
   challengeMaxNumber: 500_000,
@@ -290,10 +290,14 @@ export class LoginGuard {
   #countGlobal(now: number): void {
     const minute = Math.floor(now / MINUTE);
     if (minute !== this.#minute) {
-      // Fold the finished minute(s) into the baseline (an exponentially weighted mean over ~an hour).
+      // Fold the finished minute(s) into the baseline (an exponentially weighted mean over about
+      // half an hour) — but not while under attack: a baseline that learned the attack would soon
+      // call it normal and stop the challenges halfway through a slow, long stuffing run.
       const gap = this.#minute < 0 ? 0 : Math.min(60, minute - this.#minute);
-      for (let i = 0; i < gap; i++)
-        this.#baseline += ((i === 0 ? this.#minuteFailures : 0) - this.#baseline) / 30;
+      if (now >= this.underAttackUntil) {
+        for (let i = 0; i < gap; i++)
+          this.#baseline += ((i === 0 ? this.#minuteFailures : 0) - this.#baseline) / 30;
+      }
       this.#minute = minute;
       this.#minuteFailures = 0;
     }
