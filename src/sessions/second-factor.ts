@@ -139,6 +139,8 @@ export class SecondFactorSignIn {
     };
     const decision = this.#guard.assess(attempt);
     if (decision.action === "allow") return attempt;
+    if (this.#guard.recordRefusal(attempt, decision.action) === null)
+      throw tooManyAttempts(decision.retryAfterSeconds);
     this.#audit.append({
       action: "login.throttled",
       outcome: "failure",

@@ -106,16 +106,19 @@ export class PasswordSignIn {
     };
     const decision = this.#guard.assess(attempt);
     if (decision.action !== "allow") {
-      this.#audit.append({
-        action: "login.throttled",
-        outcome: "failure",
-        actorType: "anonymous",
-        memberId: member?.id ?? null,
-        ip: ctx.ip,
-        requestId: ctx.requestId,
-        reason: decision.action,
-        details: { reasons: decision.reasons, login_id_fp: this.#fingerprint(loginId) },
-      });
+      const repeats = this.#guard.recordRefusal(attempt, decision.action);
+      if (repeats !== null) {
+        this.#audit.append({
+          action: "login.throttled",
+          outcome: "failure",
+          actorType: "anonymous",
+          memberId: member?.id ?? null,
+          ip: ctx.ip,
+          requestId: ctx.requestId,
+          reason: decision.action,
+          details: { reasons: decision.reasons, login_id_fp: this.#fingerprint(loginId), repeats },
+        });
+      }
       if (decision.action === "challenge") {
         throw new ApiError(
           403,

@@ -19,11 +19,12 @@ export interface CounterStore {
   readonly size: number;
 }
 
-interface Buckets {
-  start: number[];
-  count: number[];
-  prev: number[];
-}
+/**
+ * Per key one Float64Array: for window i, [start, count, previous count] at 3i. One small object
+ * per key (its numbers live outside the garbage-collected heap), so a hundred thousand tracked
+ * keys add little to each garbage collection's work.
+ */
+type Buckets = Float64Array;
 
 export class MemoryCounterStore implements CounterStore {
   readonly #windows: readonly number[];
@@ -42,34 +43,34 @@ export class MemoryCounterStore implements CounterStore {
     for (let i = 0; i < this.#windows.length; i++) {
       const w = this.#windows[i] as number;
       const start = now - (now % w);
-      const current = b.start[i] as number;
+      const current = b[3 * i] as number;
       if (start === current) continue;
       // One window later: the current bucket becomes the previous one; more: both are stale.
-      b.prev[i] = start - current === w ? (b.count[i] as number) : 0;
-      b.count[i] = 0;
-      b.start[i] = start;
+      b[3 * i + 2] = start - current === w ? (b[3 * i + 1] as number) : 0;
+      b[3 * i + 1] = 0;
+      b[3 * i] = start;
     }
   }
 
   #estimate(b: Buckets, now: number): number[] {
     return this.#windows.map((w, i) => {
-      const overlap = 1 - (now - (b.start[i] as number)) / w;
-      return (b.count[i] as number) + (b.prev[i] as number) * overlap;
+      const overlap = 1 - (now - (b[3 * i] as number)) / w;
+      return (b[3 * i + 1] as number) + (b[3 * i + 2] as number) * overlap;
     });
   }
 
   add(key: string, n: number, now: number): number[] {
     let b = this.#lru.get(key);
     if (!b) {
-      b = {
-        start: this.#windows.map((w) => now - (now % w)),
-        count: this.#windows.map(() => 0),
-        prev: this.#windows.map(() => 0),
-      };
+      b = new Float64Array(3 * this.#windows.length);
+      for (let i = 0; i < this.#windows.length; i++) {
+        const w = this.#windows[i] as number;
+        b[3 * i] = now - (now % w);
+      }
       this.#lru.set(key, b);
     }
     this.#roll(b, now);
-    for (let i = 0; i < this.#windows.length; i++) b.count[i] = (b.count[i] as number) + n;
+    for (let i = 0; i < this.#windows.length; i++) b[3 * i + 1] = (b[3 * i + 1] as number) + n;
     return this.#estimate(b, now);
   }
 

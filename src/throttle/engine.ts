@@ -1,9 +1,10 @@
 import { createHmac, randomBytes } from "node:crypto";
-import { and, eq, gt, inArray, isNull } from "drizzle-orm";
+import { and, eq, isNull } from "drizzle-orm";
 import type { Clock } from "../clock.js";
-import type { Db } from "../db/connection.js";
+import { type Db, lazyPrepared } from "../db/connection.js";
 import { accountProtections, networkBlocks } from "../db/schema.js";
 import type { Alerts } from "../audit/alerts.js";
+import { LRUCache } from "lru-cache";
 import { type CounterStore, MemoryCounterStore } from "./counters.js";
 import { subnetOf } from "./network.js";
 
@@ -124,6 +125,7 @@ export class LoginGuard {
   underAttackUntil = 0;
 
   readonly #loginKey: (loginId: string) => string;
+  readonly #refusals = new LRUCache<string, { at: number; repeats: number }>({ max: 50_000 });
 
   constructor(deps: {
     db: Db;
@@ -267,6 +269,24 @@ export class LoginGuard {
     if (a.password !== undefined && a.kind === "password" && a.loginId !== null) this.#trackSpray(a, now);
   }
 
+  /**
+   * Should this refusal be written to the audit log? The first refusal of an address for a login
+   * ID and decision in a minute is; repeats within that minute are only counted (and reported with
+   * the next entry as `repeats`), so a flood of refused attempts is not also a flood of database
+   * writes. Returns null to skip, or the number of repeats skipped since the last entry.
+   */
+  recordRefusal(a: Attempt, action: Action): number | null {
+    const now = this.#clock.now().getTime();
+    const key = `${a.ip}|${a.loginId ?? ""}|${action}`;
+    const seen = this.#refusals.get(key);
+    if (seen && now - seen.at < MINUTE) {
+      seen.repeats++;
+      return null;
+    }
+    this.#refusals.set(key, { at: now, repeats: 0 });
+    return seen?.repeats ?? 0;
+  }
+
   /** Count a request (not a failure) under `key` and say whether it is past `limit` in 10 minutes. */
   overRate(key: string, limit: number): ThrottleLimit {
     const count = this.#counters.add(`rate|${key}`, 1, this.#clock.now().getTime())[TEN_MIN] as number;
@@ -312,33 +332,26 @@ export class LoginGuard {
     }
   }
 
-  // Persisted decisions: account protection and blocks survive a restart.
+  // Persisted decisions: account protection and blocks survive a restart. Both are read on every
+  // attempt, so the statements are prepared once (building them per call showed up as the largest
+  // cost, and most of the garbage, of a refused attempt).
+  readonly #protectionStmt = lazyPrepared(() =>
+    this.#db.$client.prepare<[string, number], { until: number; reason: string }>(
+      "SELECT until, reason FROM account_protections WHERE login_key = ? AND until > ? AND lifted_at IS NULL",
+    ),
+  );
+  readonly #blockStmt = lazyPrepared(() =>
+    this.#db.$client.prepare<[string, string, number], { until: number; reason: string }>(
+      "SELECT until, reason FROM network_blocks WHERE network IN (?, ?) AND until > ? AND lifted_at IS NULL LIMIT 1",
+    ),
+  );
+
   #protection(loginId: string, now: number) {
-    return this.#db
-      .select({ until: accountProtections.until, reason: accountProtections.reason })
-      .from(accountProtections)
-      .where(
-        and(
-          eq(accountProtections.loginKey, this.loginKey(loginId)),
-          gt(accountProtections.until, now),
-          isNull(accountProtections.liftedAt),
-        ),
-      )
-      .get();
+    return this.#protectionStmt().get(this.loginKey(loginId), now);
   }
 
-  #blocked(networks: string[], now: number) {
-    return this.#db
-      .select({ until: networkBlocks.until, reason: networkBlocks.reason })
-      .from(networkBlocks)
-      .where(
-        and(
-          inArray(networkBlocks.network, networks),
-          gt(networkBlocks.until, now),
-          isNull(networkBlocks.liftedAt),
-        ),
-      )
-      .get();
+  #blocked(networks: [string, string], now: number) {
+    return this.#blockStmt().get(networks[0], networks[1], now);
   }
 
   #protect(loginId: string, now: number): void {
@@ -359,7 +372,7 @@ export class LoginGuard {
   }
 
   #block(network: string, reason: string, now: number): void {
-    if (this.#blocked([network], now)) return;
+    if (this.#blocked([network, network], now)) return;
     const row = {
       network,
       until: now + this.policy.blockMinutes * MINUTE,
