@@ -81,6 +81,21 @@ export function buildServices(deps: {
     clock,
     alerts,
     loginKey: (loginId) => blindIndex(keys, "login_key", loginId),
+    // The member (if the login ID is one) sees the protection among their security events.
+    onProtect: (loginId, until) => {
+      const memberId = db.$client.prepare("SELECT id FROM members WHERE login_id = ?").pluck().get(loginId) as
+        | string
+        | undefined;
+      if (!memberId) return;
+      audit.append({
+        action: "account.protected",
+        outcome: "info",
+        actorType: "system",
+        memberId,
+        reason: "account_failures_day",
+        details: { until: new Date(until).toISOString() },
+      });
+    },
     policy: config.throttle,
   });
   const factors = new Factors(

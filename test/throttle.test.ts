@@ -377,5 +377,13 @@ describe("the engine behind the HTTP API", () => {
     expect(verify.mock.calls.length).toBeLessThan(240 - refusedAttacker + 20);
     const protectedEvent = t.s.alerts.list().find((a) => a.kind === "account_protected");
     expect(protectedEvent).toBeTruthy();
+    // The victim is told: the protection is among their own security events.
+    const events = t.s.db
+      .select()
+      .from(auditLog)
+      .all()
+      .filter((e) => e.action === "account.protected");
+    expect(events.length).toBeGreaterThanOrEqual(1);
+    expect(events[0]?.memberId).toBeTruthy();
   });
 });

@@ -131,6 +131,10 @@ const EVENT_LABEL: Record<string, { ja: string; en: string }> = {
   "login.passkey": { ja: "パスキーでサインイン", en: "Passkey sign-in" },
   "login.new_device": { ja: "新しい端末からのサインイン", en: "Sign-in from a new device" },
   "login.throttled": { ja: "試行回数の制限", en: "Sign-in attempts limited" },
+  "account.protected": {
+    ja: "不正なサインインの試みが続いたため、新しい端末からのパスワードでのサインインを一時停止",
+    en: "Password sign-in from new devices paused after repeated failed attempts",
+  },
   "session.step_up": { ja: "追加の本人確認", en: "Extra verification (step-up)" },
   "session.logout": { ja: "サインアウト", en: "Signed out" },
   "session.revoked": { ja: "セッションを終了", en: "Session ended" },

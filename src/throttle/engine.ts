@@ -125,6 +125,7 @@ export class LoginGuard {
   underAttackUntil = 0;
 
   readonly #loginKey: (loginId: string) => string;
+  readonly #onProtect: ((loginId: string, until: number) => void) | undefined;
   readonly #refusals = new LRUCache<string, { at: number; repeats: number }>({ max: 50_000 });
 
   constructor(deps: {
@@ -133,6 +134,8 @@ export class LoginGuard {
     alerts: Alerts;
     /** A keyed hash of a login ID (the keyring's blind-index key): how protections are stored. */
     loginKey: (loginId: string) => string;
+    /** Called when an account becomes protected (to tell the member, if the ID is a member's). */
+    onProtect?: (loginId: string, until: number) => void;
     policy?: Partial<ThrottlePolicy>;
     store?: CounterStore;
   }) {
@@ -140,6 +143,7 @@ export class LoginGuard {
     this.#clock = deps.clock;
     this.#alerts = deps.alerts;
     this.#loginKey = deps.loginKey;
+    this.#onProtect = deps.onProtect;
     this.policy = { ...DEFAULT_POLICY, ...deps.policy };
     this.#counters = deps.store ?? new MemoryCounterStore(WINDOWS, this.policy.maxKeys);
   }
@@ -369,6 +373,7 @@ export class LoginGuard {
       .onConflictDoUpdate({ target: accountProtections.loginKey, set: row })
       .run();
     this.#alerts.raise("account_protected", "warning", { login_key: row.loginKey }, `acct:${row.loginKey}`);
+    this.#onProtect?.(loginId, row.until);
   }
 
   #block(network: string, reason: string, now: number): void {

@@ -10,7 +10,17 @@ import type { Session } from "../../sessions/sessions.js";
 import { locals, requireSession } from "../middleware.js";
 
 /** What of an audit entry's details a member sees: the method and ids, never fingerprints. */
-const SHOWN_DETAILS = ["method", "acr", "amr", "session_id", "passkey_id", "device_id", "remaining", "next"];
+const SHOWN_DETAILS = [
+  "method",
+  "acr",
+  "amr",
+  "session_id",
+  "passkey_id",
+  "device_id",
+  "remaining",
+  "next",
+  "until",
+];
 function eventDetails(stored: string): Record<string, unknown> {
   try {
     const d = JSON.parse(stored) as Record<string, unknown>;
@@ -28,6 +38,7 @@ export const MEMBER_EVENT_ACTIONS = [
   "login.passkey",
   "login.new_device",
   "login.throttled",
+  "account.protected",
   "session.step_up",
   "session.logout",
   "session.revoked",
