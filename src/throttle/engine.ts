@@ -102,6 +102,8 @@ export const DEFAULT_POLICY: ThrottlePolicy = {
 };
 
 const MINUTE = 60_000;
+/** Refused attempts written to the audit log per second at most (the rest are counted). */
+const REFUSALS_AUDITED_PER_SECOND = 20;
 // The counters' windows: [10 minutes, an hour, a day].
 const WINDOWS = [10 * MINUTE, 60 * MINUTE, 24 * 60 * MINUTE] as const;
 const [TEN_MIN, HOUR, DAY] = [0, 1, 2] as const;
@@ -127,6 +129,9 @@ export class LoginGuard {
   readonly #loginKey: (loginId: string) => string;
   readonly #onProtect: ((loginId: string, until: number) => void) | undefined;
   readonly #refusals = new LRUCache<string, { at: number; repeats: number }>({ max: 50_000 });
+  #refusalSecond = -1;
+  #refusalsThisSecond = 0;
+  #refusalsUnrecorded = 0;
 
   constructor(deps: {
     db: Db;
@@ -287,8 +292,22 @@ export class LoginGuard {
       seen.repeats++;
       return null;
     }
+    // And at most REFUSALS_AUDITED_PER_SECOND entries a second service-wide: a flood from ever new
+    // addresses must not become a flood of audit writes (the alerts say what is going on).
+    const second = Math.floor(now / 1000);
+    if (second !== this.#refusalSecond) {
+      this.#refusalSecond = second;
+      this.#refusalsThisSecond = 0;
+    }
+    if (this.#refusalsThisSecond >= REFUSALS_AUDITED_PER_SECOND) {
+      this.#refusalsUnrecorded++;
+      return null;
+    }
+    this.#refusalsThisSecond++;
     this.#refusals.set(key, { at: now, repeats: 0 });
-    return seen?.repeats ?? 0;
+    const skipped = (seen?.repeats ?? 0) + this.#refusalsUnrecorded;
+    this.#refusalsUnrecorded = 0;
+    return skipped;
   }
 
   /** Count a request (not a failure) under `key` and say whether it is past `limit` in 10 minutes. */
