@@ -34,17 +34,33 @@ describe("login-anomaly engine (LoginGuard)", () => {
     return d;
   };
 
-  it("allows, then slows one address on one account with a growing Retry-After", () => {
+  it("allows, then slows one address on one account; Retry-After says truly when it may try again", () => {
     for (let i = 0; i < 5; i++) expect(fail(attempt()).action).toBe("allow");
     const first = guard.assess(attempt());
     expect(first).toMatchObject({ action: "slow", reasons: ["ip_login_failures"] });
-    expect(first.retryAfterSeconds).toBe(30);
-    // Failures that still land (another path, the pause over) make the pause grow.
+    // More failures landing (from another path) make the pause longer.
     for (let i = 0; i < 2; i++) guard.settle(attempt(), "failure");
-    expect(guard.assess(attempt()).retryAfterSeconds).toBe(120);
-    // A success clears the address's count for that account.
-    guard.settle(attempt(), "success");
+    const longer = guard.assess(attempt());
+    expect(longer.retryAfterSeconds).toBeGreaterThan(first.retryAfterSeconds);
+    // Honest: a second before Retry-After it is still refused; at Retry-After it is allowed.
+    t.clock.advance((longer.retryAfterSeconds - 1) * 1000);
+    expect(guard.assess(attempt()).action).toBe("slow");
+    t.clock.advance(1000);
     expect(guard.assess(attempt()).action).toBe("allow");
+    guard.settle(attempt(), "success");
+    // A success clears the address's count for that account — not the account's own count of
+    // failures, which an attacker elsewhere may be filling (clearing it would hand them guesses).
+    expect(guard.assess(attempt()).reasons).not.toContain("ip_login_failures");
+    guard.settle(attempt(), "neither");
+  });
+
+  it("a member's sign-in does not hand an attacker fresh guesses at the account", () => {
+    for (let i = 0; i < 9; i++) fail(attempt({ ip: `198.51.100.${i}` }));
+    const member = attempt({ ip: "192.0.2.200", password: "the right one" });
+    expect(guard.assess(member).action).toBe("allow");
+    guard.settle(member, "success");
+    fail(attempt({ ip: "198.51.100.50" }));
+    expect(guard.assess(attempt({ ip: "198.51.100.51" })).reasons).toContain("account_failures");
   });
 
   it("slows an account tried from many addresses (untrusted devices), by its login ID", () => {
@@ -135,8 +151,9 @@ describe("login-anomaly engine (LoginGuard)", () => {
       clock: t.clock,
       alerts: t.s.alerts,
       loginKey: (l) => t.s.guard.loginKey(l),
-      policy: { attackFloorPerMinute: 100 },
+      policy: { attackFloorPerMinute: 10 },
     });
+    // Ten minutes at the floor: 100 failures.
     for (let i = 0; i < 100; i++) guard.settle(attempt({ ip: `10.${i}.0.1`, loginId: `m${i}` }), "failure");
     expect(guard.underAttack()).toBe(true);
     expect(t.s.alerts.list().map((a) => a.kind)).toContain("under_attack");
@@ -152,6 +169,43 @@ describe("login-anomaly engine (LoginGuard)", () => {
     expect([a.action, b.action]).toEqual(["allow", "slow"]);
     guard.settle(attempt(), "neither");
     expect(guard.assess(attempt()).action).toBe("allow");
+  });
+
+  it("a member without a trusted device is kept out for at most an hour, not day after day", () => {
+    // Attack: fail 30 times, then once an hour, to keep a password-only member protected forever.
+    for (let i = 0; i < 30; i++) guard.settle(attempt({ ip: `198.51.100.${i}` }), "failure");
+    expect(guard.assess(attempt({ ip: "192.0.2.1" })).action).toBe("protect");
+    let refusedHours = 0;
+    for (let hour = 1; hour <= 24; hour++) {
+      t.clock.advance(3_600_000);
+      const bad = attempt({ ip: `203.0.113.${hour}` });
+      if (guard.assess(bad).action === "allow") guard.settle(bad, "failure");
+      const member = attempt({ ip: "192.0.2.1", password: "the member's own" });
+      const d = guard.assess(member);
+      if (d.action === "protect") refusedHours++;
+      else if (d.action === "allow") guard.settle(member, "success");
+    }
+    expect(refusedHours).toBe(0);
+  });
+
+  it("counts IPv6 addresses by their /64 (one host has 2^64 of them)", () => {
+    for (let i = 0; i < 5; i++) fail(attempt({ ip: `2001:db8:1:2::${(i + 1).toString(16)}` }));
+    const d = guard.assess(attempt({ ip: "2001:db8:1:2:ffff::9" }));
+    expect(d.reasons).toContain("ip_login_failures");
+  });
+
+  it("attempts in flight count against an address's limit (a burst can't slip past it)", () => {
+    for (let i = 0; i < 29; i++) guard.settle(attempt({ loginId: `id${i}`, password: `p${i}` }), "failure");
+    const burst = Array.from({ length: 50 }, (_, i) =>
+      guard.assess(attempt({ loginId: `new${i}`, password: `q${i}` })),
+    );
+    expect(burst.filter((d) => d.action === "allow")).toHaveLength(1);
+  });
+
+  it("a flood of one kind of key does not evict the others' counts", () => {
+    for (let i = 0; i < 10; i++) fail(attempt({ ip: `198.51.100.${i}` }));
+    for (let i = 0; i < 300_000; i++) guard.overRate(`passwordless_options|10.${i}`, 300);
+    expect(guard.assess(attempt({ ip: "203.0.113.1" })).reasons).toContain("account_failures");
   });
 
   it("keeps its memory bounded with a million distinct keys", () => {
@@ -213,7 +267,7 @@ describe("proof-of-work challenges (ALTCHA) through the JSON API", () => {
   it("under attack, an untrusted password sign-in must solve a challenge first; a solution works once, for its login ID, until it expires", async () => {
     t = makeApp({
       SEKISHO_TRUST_PROXY: "loopback",
-      SEKISHO_THROTTLE_POLICY: JSON.stringify({ attackFloorPerMinute: 20, challengeMaxNumber: 2000 }),
+      SEKISHO_THROTTLE_POLICY: JSON.stringify({ attackFloorPerMinute: 2, challengeMaxNumber: 2000 }),
     });
     await register(t.app, { login_id: "hanako" });
     // A credential-stuffing wave: many addresses, many IDs, one try each.
@@ -233,6 +287,19 @@ describe("proof-of-work challenges (ALTCHA) through the JSON API", () => {
     expect(Object.keys(unknown.body).sort()).toEqual(Object.keys(first.body).sort());
 
     const solution = await solve(first.body.challenge);
+    // Parallel requests carrying one solution: only one gets past the challenge.
+    const other = await login("192.0.2.2", { login_id: "racer", password: "not it at all" });
+    const shared = await solve(other.body.challenge);
+    const parallel = await Promise.all(
+      [1, 2, 3, 4].map((i) =>
+        login(`192.0.2.${10 + i}`, {
+          login_id: "racer",
+          password: "not it at all",
+          challenge_solution: shared,
+        }),
+      ),
+    );
+    expect(parallel.map((r) => r.status).sort()).toEqual([401, 403, 403, 403]);
     // Bound to its login ID: no good for another account.
     expect(
       (await login("192.0.2.1", { login_id: "nobody.here", password: "x", challenge_solution: solution }))

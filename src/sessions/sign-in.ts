@@ -93,16 +93,17 @@ export class PasswordSignIn {
     }
     // The lookup is cheap (an index), and the engine needs to know whose device this is.
     const member = this.#findMember().get({ loginId });
+    // Checking a solution is a few SHA-256s: cheap enough to do before deciding.
+    const solution = input.challengeSolution ? await this.#pow.check(input.challengeSolution, loginId) : null;
     const attempt: Attempt = {
       ip: ctx.ip,
       loginId,
       trustedDevice: member ? this.#devices.recognise(ctx.deviceToken ?? null, member.id) !== null : false,
       kind: "password",
       password: input.password,
-      // Checking a solution is a few SHA-256s: cheap enough to do before deciding.
-      challengeSolved: input.challengeSolution
-        ? await this.#pow.verify(input.challengeSolution, loginId)
-        : false,
+      // Spent here, synchronously with the decision below: of parallel requests carrying one
+      // solution, only the first counts it as solved.
+      challengeSolved: solution !== null && this.#pow.spend(solution),
     };
     const decision = this.#guard.assess(attempt);
     if (decision.action !== "allow") {

@@ -15,6 +15,8 @@ export interface CounterStore {
   add(key: string, n: number, now: number): number[];
   /** The estimated counts without adding. */
   peek(key: string, now: number): number[];
+  /** Milliseconds until window `i`'s estimate falls below `limit`, if nothing more is added. */
+  until(key: string, i: number, limit: number, now: number): number;
   delete(key: string): void;
   readonly size: number;
 }
@@ -79,6 +81,23 @@ export class MemoryCounterStore implements CounterStore {
     if (!b) return this.#windows.map(() => 0);
     this.#roll(b, now);
     return this.#estimate(b, now);
+  }
+
+  until(key: string, i: number, limit: number, now: number): number {
+    const b = this.#lru.get(key);
+    if (!b) return 0;
+    this.#roll(b, now);
+    const w = this.#windows[i] as number;
+    const start = b[3 * i] as number;
+    const count = b[3 * i + 1] as number;
+    const prev = b[3 * i + 2] as number;
+    if (count >= limit) {
+      // Only the next bucket can bring it down: there `count` becomes the weighted previous one.
+      return start + w - now + w * (1 - limit / count);
+    }
+    if (prev <= 0) return 0;
+    // count + prev × (1 − (t − start)/w) < limit
+    return Math.max(0, start + w * (1 - (limit - count) / prev) - now);
   }
 
   delete(key: string): void {

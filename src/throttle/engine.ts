@@ -6,7 +6,7 @@ import { accountProtections, networkBlocks } from "../db/schema.js";
 import type { Alerts } from "../audit/alerts.js";
 import { LRUCache } from "lru-cache";
 import { type CounterStore, MemoryCounterStore } from "./counters.js";
-import { subnetOf } from "./network.js";
+import { addressOf, subnetOf } from "./network.js";
 
 /**
  * The login-anomaly engine: every credential check (password, TOTP, recovery code, passkey; API,
@@ -108,16 +108,33 @@ const REFUSALS_AUDITED_PER_SECOND = 20;
 const WINDOWS = [10 * MINUTE, 60 * MINUTE, 24 * 60 * MINUTE] as const;
 const [TEN_MIN, HOUR, DAY] = [0, 1, 2] as const;
 
+interface Keys {
+  ip: string;
+  net: string;
+  ipLogin: string | null;
+  account: string | null;
+}
+
+/** The service-wide detector looks at the last ten minutes, so a short burst alone isn't an attack. */
+const GLOBAL_WINDOW = 10 * 60_000;
+
 export class LoginGuard {
   readonly #db: Db;
   readonly #clock: Clock;
   readonly #alerts: Alerts;
   readonly policy: ThrottlePolicy;
-  readonly #counters: CounterStore;
+  /** One counter store per kind of key, so a flood of one kind can't evict another's. */
+  readonly #counters: {
+    ip: CounterStore;
+    net: CounterStore;
+    ipl: CounterStore;
+    acct: CounterStore;
+    rate: CounterStore;
+  };
   /** Per login ID: attempts admitted and not settled yet (single flight: parallel attempts count). */
   readonly #inFlight = new Map<string, number>();
   /** Password fingerprint → login IDs it was tried on (bounded), for spraying. */
-  readonly #sprayAccounts = new Map<string, Set<string>>();
+  readonly #sprayAccounts = new LRUCache<string, Set<string>>({ max: 100_000 });
   #fpKey = randomBytes(32);
   #fpKeyDay = -1;
   /** Service-wide failures per minute, and the baseline (EWMA of past minutes). */
@@ -125,6 +142,7 @@ export class LoginGuard {
   #minuteFailures = 0;
   #baseline = 0;
   underAttackUntil = 0;
+  readonly #global: MemoryCounterStore;
 
   readonly #loginKey: (loginId: string) => string;
   readonly #onProtect: ((loginId: string, until: number) => void) | undefined;
@@ -142,7 +160,8 @@ export class LoginGuard {
     /** Called when an account becomes protected (to tell the member, if the ID is a member's). */
     onProtect?: (loginId: string, until: number) => void;
     policy?: Partial<ThrottlePolicy>;
-    store?: CounterStore;
+    /** A counter store factory (one store per kind of key); default: in memory, LRU-bounded. */
+    store?: () => CounterStore;
   }) {
     this.#db = deps.db;
     this.#clock = deps.clock;
@@ -150,11 +169,14 @@ export class LoginGuard {
     this.#loginKey = deps.loginKey;
     this.#onProtect = deps.onProtect;
     this.policy = { ...DEFAULT_POLICY, ...deps.policy };
-    this.#counters = deps.store ?? new MemoryCounterStore(WINDOWS, this.policy.maxKeys);
+    const store = () => deps.store?.() ?? new MemoryCounterStore(WINDOWS, this.policy.maxKeys);
+    this.#counters = { ip: store(), net: store(), ipl: store(), acct: store(), rate: store() };
+    this.#global = new MemoryCounterStore([GLOBAL_WINDOW], 1);
   }
 
   get trackedKeys(): number {
-    return this.#counters.size;
+    const c = this.#counters;
+    return c.ip.size + c.net.size + c.ipl.size + c.acct.size + c.rate.size;
   }
 
   /**
@@ -164,20 +186,31 @@ export class LoginGuard {
   #fingerprint(password: string, now: number): string {
     const day = Math.floor(now / (24 * 60 * MINUTE));
     if (day !== this.#fpKeyDay) {
+      // A new key each day (yesterday's fingerprints mean nothing any more, and age out of the LRU).
       this.#fpKey = randomBytes(32);
       this.#fpKeyDay = day;
-      this.#sprayAccounts.clear();
     }
     return createHmac("sha256", this.#fpKey).update(password, "utf8").digest("base64url").slice(0, 22);
   }
 
-  #keys(a: Attempt) {
+  #keys(a: Attempt): Keys {
+    const address = addressOf(a.ip);
     return {
-      ip: `ip|${a.ip}`,
-      net: `net|${subnetOf(a.ip)}`,
-      ipLogin: a.loginId === null ? null : `ipl|${a.ip}|${a.loginId}`,
-      account: a.loginId === null ? null : `acct|${a.loginId}`,
+      ip: address,
+      net: subnetOf(a.ip),
+      ipLogin: a.loginId === null ? null : `${address}|${a.loginId}`,
+      account: a.loginId,
     };
+  }
+
+  #flight(key: string): number {
+    return this.#inFlight.get(key) ?? 0;
+  }
+
+  #hold(key: string, delta: 1 | -1): void {
+    const n = this.#flight(key) + delta;
+    if (n <= 0) this.#inFlight.delete(key);
+    else this.#inFlight.set(key, n);
   }
 
   /** Decide, before any expensive work. An `allow` reserves a single-flight slot: call settle(). */
@@ -196,29 +229,21 @@ export class LoginGuard {
 
     // A member on their own device is never refused: the attacker can't have that cookie.
     if (!a.trustedDevice) {
-      const block = this.#blocked([`ip:${a.ip}`, `net:${subnetOf(a.ip)}`], now);
+      const block = this.#blocked([`ip:${k.ip}`, `net:${k.net}`], now);
       if (block) raise("block", block.reason, (block.until - now) / 1000);
 
-      const ip = this.#counters.peek(k.ip, now);
-      if ((ip[TEN_MIN] as number) >= this.policy.ipSlow) raise("slow", "ip_failures", 60);
-      const net = this.#counters.peek(k.net, now);
-      if ((net[TEN_MIN] as number) >= this.policy.netSlow) raise("slow", "network_failures", 60);
-
+      // Attempts admitted and not settled yet count as failures everywhere: parallel attempts
+      // can't slip past the last free slot of an address, a network or an account.
+      const c = this.#counters;
+      const check = (store: CounterStore, key: string, w: number, limit: number, reason: string) => {
+        const count = (store.peek(key, now)[w] as number) + this.#flight(`${reason}|${key}`);
+        if (count >= limit) raise("slow", reason, Math.max(1, store.until(key, w, limit, now) / 1000));
+      };
+      check(c.ip, k.ip, TEN_MIN, this.policy.ipSlow, "ip_failures");
+      check(c.net, k.net, TEN_MIN, this.policy.netSlow, "network_failures");
       if (k.ipLogin && k.account) {
-        const ipLogin = this.#counters.peek(k.ipLogin, now)[TEN_MIN] as number;
-        // Attempts admitted and not settled yet count as failures: two parallel attempts on one
-        // account can't both slip past the last free slot (single flight per account).
-        const flight = this.#inFlight.get(k.account) ?? 0;
-        if (ipLogin + flight >= this.policy.ipLoginSlow) {
-          // 30 s, doubling with each further failure, at most 15 minutes.
-          const over = Math.max(0, Math.floor(ipLogin) - this.policy.ipLoginSlow);
-          raise("slow", "ip_login_failures", Math.min(15 * 60, 30 * 2 ** over));
-        }
-        const account = this.#counters.peek(k.account, now)[HOUR] as number;
-        if (account + flight >= this.policy.accountSlow) {
-          const over = Math.max(0, Math.floor(account) - this.policy.accountSlow);
-          raise("slow", "account_failures", Math.min(15 * 60, 60 * 2 ** over));
-        }
+        check(c.ipl, k.ipLogin, TEN_MIN, this.policy.ipLoginSlow, "ip_login_failures");
+        check(c.acct, k.account, HOUR, this.policy.accountSlow, "account_failures");
       }
       if (a.kind === "password" && a.loginId !== null) {
         const protection = this.#protection(a.loginId, now);
@@ -235,9 +260,15 @@ export class LoginGuard {
         if (this.underAttack() && !a.challengeSolved) raise("challenge", "under_attack", 0);
       }
     }
-    if (action === "allow" && k.account)
-      this.#inFlight.set(k.account, (this.#inFlight.get(k.account) ?? 0) + 1);
+    if (action === "allow") this.#holdAll(k, 1);
     return { action, reasons, retryAfterSeconds: action === "allow" ? 0 : Math.max(1, retry) };
+  }
+
+  #holdAll(k: Keys, delta: 1 | -1): void {
+    this.#hold(`ip_failures|${k.ip}`, delta);
+    this.#hold(`network_failures|${k.net}`, delta);
+    if (k.ipLogin) this.#hold(`ip_login_failures|${k.ipLogin}`, delta);
+    if (k.account) this.#hold(`account_failures|${k.account}`, delta);
   }
 
   /**
@@ -249,32 +280,36 @@ export class LoginGuard {
   settle(a: Attempt, outcome: "success" | "failure" | "neither"): void {
     const now = this.#clock.now().getTime();
     const k = this.#keys(a);
-    if (k.account) {
-      const left = (this.#inFlight.get(k.account) ?? 1) - 1;
-      if (left <= 0) this.#inFlight.delete(k.account);
-      else this.#inFlight.set(k.account, left);
-    }
+    this.#holdAll(k, -1);
     if (outcome === "neither") return;
+    const c = this.#counters;
     if (outcome === "success") {
-      if (k.ipLogin) this.#counters.delete(k.ipLogin);
-      // The account's count is of failures from untrusted devices; the member signing in from
-      // their own device says nothing about those (an attacker elsewhere may still be at it).
-      if (k.account && !a.trustedDevice) this.#counters.delete(k.account);
+      // The member got in from this address: its pause for this login ID ends. The account's
+      // count stays: it counts failures from anywhere, and a member signing in says nothing about
+      // an attacker elsewhere (clearing it would hand that attacker fresh guesses).
+      if (k.ipLogin) c.ipl.delete(k.ipLogin);
       return;
     }
     this.#countGlobal(now);
-    const ip = this.#counters.add(k.ip, 1, now);
-    const net = this.#counters.add(k.net, 1, now);
-    if (k.ipLogin) this.#counters.add(k.ipLogin, 1, now);
+    const ip = c.ip.add(k.ip, 1, now);
+    const net = c.net.add(k.net, 1, now);
+    if (k.ipLogin) c.ipl.add(k.ipLogin, 1, now);
     if (k.account && !a.trustedDevice) {
-      const account = this.#counters.add(k.account, 1, now);
-      if (a.kind === "password" && (account[DAY] as number) >= this.policy.accountProtect) {
+      const before = c.acct.peek(k.account, now)[DAY] as number;
+      const after = c.acct.add(k.account, 1, now)[DAY] as number;
+      // Protect when the day's count *crosses* the threshold, not on every failure past it: an
+      // attacker can't keep a member without a trusted device out by one failure an hour.
+      if (
+        a.kind === "password" &&
+        before < this.policy.accountProtect &&
+        after >= this.policy.accountProtect
+      ) {
         this.#protect(a.loginId as string, now);
       }
     }
-    if ((ip[DAY] as number) >= this.policy.ipBlock) this.#block(`ip:${a.ip}`, "ip_failures_day", now);
+    if ((ip[DAY] as number) >= this.policy.ipBlock) this.#block(`ip:${k.ip}`, "ip_failures_day", now);
     if ((net[DAY] as number) >= this.policy.netBlock)
-      this.#block(`net:${subnetOf(a.ip)}`, "network_failures_day", now);
+      this.#block(`net:${k.net}`, "network_failures_day", now);
     if (a.password !== undefined && a.kind === "password" && a.loginId !== null) this.#trackSpray(a, now);
   }
 
@@ -312,7 +347,7 @@ export class LoginGuard {
 
   /** Count a request (not a failure) under `key` and say whether it is past `limit` in 10 minutes. */
   overRate(key: string, limit: number): ThrottleLimit {
-    const count = this.#counters.add(`rate|${key}`, 1, this.#clock.now().getTime())[TEN_MIN] as number;
+    const count = this.#counters.rate.add(key, 1, this.#clock.now().getTime())[TEN_MIN] as number;
     return { over: count > limit, retryAfterSeconds: 60 };
   }
 
@@ -320,36 +355,41 @@ export class LoginGuard {
     const fp = this.#fingerprint(a.password as string, now);
     let tried = this.#sprayAccounts.get(fp);
     if (!tried) {
-      if (this.#sprayAccounts.size > 50_000) this.#sprayAccounts.clear();
       tried = new Set();
       this.#sprayAccounts.set(fp, tried);
     }
     if (tried.size < this.policy.sprayAccounts * 2) tried.add(a.loginId as string);
     if (tried.size === this.policy.sprayAccounts) {
-      this.#alerts.raise("password_spraying", "warning", { accounts: tried.size, window: "1h" });
+      this.#alerts.raise("password_spraying", "warning", { accounts: tried.size, window: "1d" });
     }
   }
 
+  /**
+   * The service-wide detector. Failures in the last ten minutes are compared with ten times
+   * `max(floor, factor × baseline)`, the baseline being an exponentially weighted mean of failures
+   * a minute with a six-hour memory. Sustained ten minutes, so that keeping the service "under
+   * attack" costs an attacker as much as a real attack; a six-hour memory, so that a slow ramp
+   * can't teach the baseline that an attack is normal; and the baseline stops learning while under
+   * attack, so a long, slow stuffing run stays challenged to its end.
+   */
   #countGlobal(now: number): void {
     const minute = Math.floor(now / MINUTE);
     if (minute !== this.#minute) {
-      // Fold the finished minute(s) into the baseline (an exponentially weighted mean over about
-      // half an hour) — but not while under attack: a baseline that learned the attack would soon
-      // call it normal and stop the challenges halfway through a slow, long stuffing run.
-      const gap = this.#minute < 0 ? 0 : Math.min(60, minute - this.#minute);
+      const gap = this.#minute < 0 ? 0 : Math.min(6 * 60, minute - this.#minute);
       if (now >= this.underAttackUntil) {
         for (let i = 0; i < gap; i++)
-          this.#baseline += ((i === 0 ? this.#minuteFailures : 0) - this.#baseline) / 30;
+          this.#baseline += ((i === 0 ? this.#minuteFailures : 0) - this.#baseline) / 360;
       }
       this.#minute = minute;
       this.#minuteFailures = 0;
     }
     this.#minuteFailures++;
-    const threshold = Math.max(this.policy.attackFloorPerMinute, this.#baseline * this.policy.attackFactor);
-    if (this.#minuteFailures === Math.ceil(threshold)) {
+    const recent = this.#global.add("all", 1, now)[0] as number;
+    const perMinute = Math.max(this.policy.attackFloorPerMinute, this.#baseline * this.policy.attackFactor);
+    if (recent >= perMinute * (GLOBAL_WINDOW / MINUTE)) {
       this.underAttackUntil = now + 15 * MINUTE;
       this.#alerts.raise("under_attack", "critical", {
-        failures_this_minute: this.#minuteFailures,
+        failures_last_10_minutes: Math.round(recent),
         baseline_per_minute: Math.round(this.#baseline * 10) / 10,
       });
     }
@@ -420,7 +460,7 @@ export class LoginGuard {
   /** Lift an account's protection and the counters behind it (admin action; member unlock). */
   lift(loginId: string): boolean {
     const now = this.#clock.now().getTime();
-    this.#counters.delete(`acct|${loginId}`);
+    this.#counters.acct.delete(loginId);
     return (
       this.#db
         .update(accountProtections)

@@ -22,3 +22,21 @@ export function subnetOf(ip: string): string {
     return `other:${ip}`;
   }
 }
+
+/**
+ * The address as the per-address counters see it: IPv4 as is; IPv6 by its /64, the smallest
+ * block a provider hands out (one host gets 2^64 addresses, so counting per /128 counts nothing).
+ */
+export function addressOf(ip: string): string {
+  try {
+    let addr = ipaddr.parse(ip);
+    if (addr.kind() === "ipv6" && (addr as ipaddr.IPv6).isIPv4MappedAddress()) {
+      addr = (addr as ipaddr.IPv6).toIPv4Address();
+    }
+    if (addr.kind() === "ipv4") return addr.toString();
+    const parts = (addr as ipaddr.IPv6).parts;
+    return `${new ipaddr.IPv6([parts[0], parts[1], parts[2], parts[3], 0, 0, 0, 0] as number[]).toString()}/64`;
+  } catch {
+    return `other:${ip}`;
+  }
+}

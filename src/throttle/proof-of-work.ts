@@ -53,26 +53,36 @@ export class ProofOfWork {
     };
   }
 
-  /** Check a solution (the widget's base64 payload) for this login ID; true once per solution. */
-  async verify(solution: string, loginId: string): Promise<boolean> {
+  /**
+   * Check a solution (the widget's base64 payload) for this login ID. Returns its signature (the
+   * handle to spend it with) or null. Checking does not spend: the caller spends it with `spend()`
+   * synchronously when it decides, so parallel requests can't all use one solution.
+   */
+  async check(solution: string, loginId: string): Promise<string | null> {
     let payload: { signature?: unknown };
     try {
       payload = JSON.parse(Buffer.from(solution, "base64").toString("utf8")) as { signature?: unknown };
     } catch {
-      return false;
+      return null;
     }
-    if (typeof payload?.signature !== "string") return false;
+    if (typeof payload?.signature !== "string") return null;
     let params: Record<string, string>;
     try {
       params = extractParams(payload as never);
     } catch {
-      return false;
+      return null;
     }
-    if (params.lid !== this.#bind(loginId)) return false;
-    if (!(Number(params.exp) > this.#clock.now().getTime())) return false;
-    if (this.#spent.has(payload.signature)) return false;
-    if (!(await verifySolution(payload as never, this.#hmacKey, false))) return false;
-    this.#spent.set(payload.signature, true);
+    if (params.lid !== this.#bind(loginId)) return null;
+    if (!(Number(params.exp) > this.#clock.now().getTime())) return null;
+    if (this.#spent.has(payload.signature)) return null;
+    if (!(await verifySolution(payload as never, this.#hmacKey, false))) return null;
+    return payload.signature;
+  }
+
+  /** Spend a checked solution: true once (call with no await between this and the decision). */
+  spend(signature: string): boolean {
+    if (this.#spent.has(signature)) return false;
+    this.#spent.set(signature, true);
     return true;
   }
 }

@@ -21,7 +21,7 @@ describe.skipIf(!available && !process.env.CI)("proof-of-work challenge in a rea
 
   beforeAll(async () => {
     sekisho = await listenWithMember("challenged.member", {
-      SEKISHO_THROTTLE_POLICY: JSON.stringify({ attackFloorPerMinute: 20, challengeMaxNumber: 20_000 }),
+      SEKISHO_THROTTLE_POLICY: JSON.stringify({ attackFloorPerMinute: 2, challengeMaxNumber: 20_000 }),
     });
     browser = await chromium.launch({
       executablePath: CHROMIUM,
