@@ -216,13 +216,13 @@ async function bruteForce(manyIps: boolean): Promise<Row> {
   return {
     scenario: manyIps ? "2. brute force, 1 account, 1,000 IPs" : "1. brute force, 1 account, 1 IP",
     attempts: t.attempts,
-    attackerSuccesses: `${t.success} (${reached} reached argon2)`,
+    attackerSuccesses: `${t.success} (${reached} reached argon2, ${t.solved} after solving a challenge)`,
     legit: "-",
     firstAlert: alert === null ? "none" : `${alert} min`,
-    // NIST SP 800-63B allows up to 100 failures per account; the engine lets about 30 a day plus
-    // one an hour after each protection expires reach argon2 from untrusted devices.
-    target: "no success; ≤ 60 attempts a day reach argon2",
-    met: t.success === 0 && reached <= 60,
+    // NIST SP 800-63B: at most 100 consecutive failures per account without further checks. Here
+    // 30 a day reach argon2 freely; past that each one needs a solved proof-of-work first.
+    target: "no success; ≤ 60 a day reach argon2 without a solved proof-of-work",
+    met: t.success === 0 && reached - t.solved <= 60,
   };
 }
 

@@ -120,7 +120,7 @@ describe("login-anomaly engine (LoginGuard)", () => {
     expect(restarted.assess(attempt({ ip: "203.0.113.53" })).action).toBe("allow");
     // Never permanent: without an admin it expires.
     for (let i = 0; i < 30; i++) guard.settle(attempt({ ip: `198.51.100.${i}` }), "failure");
-    t.clock.advance(61 * 60_000 + 24 * 3_600_000);
+    t.clock.advance(48 * 3_600_000); // (the day window has slid past the failures too)
     expect(guard.assess(attempt({ ip: "203.0.113.54" })).action).toBe("allow");
   });
 

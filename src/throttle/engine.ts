@@ -248,6 +248,13 @@ export class LoginGuard {
       if (a.kind === "password" && a.loginId !== null) {
         const protection = this.#protection(a.loginId, now);
         if (protection) raise("protect", "account_protected", (protection.until - now) / 1000);
+        // Past a day's worth of failures, every further password try on the account costs a
+        // proof-of-work (NIST SP 800-63B's alternative to locking: the member pays a second once,
+        // a guesser pays for every guess).
+        if (k.account && !a.challengeSolved) {
+          const day = this.#counters.acct.peek(k.account, now)[DAY] as number;
+          if (day >= this.policy.accountProtect) raise("challenge", "account_failures_day", 0);
+        }
         if (a.password !== undefined) {
           const fp = this.#fingerprint(a.password, now);
           const tried = this.#sprayAccounts.get(fp);
@@ -297,12 +304,12 @@ export class LoginGuard {
     if (k.account && !a.trustedDevice) {
       const before = c.acct.peek(k.account, now)[DAY] as number;
       const after = c.acct.add(k.account, 1, now)[DAY] as number;
-      // Protect when the day's count *crosses* the threshold, not on every failure past it: an
-      // attacker can't keep a member without a trusted device out by one failure an hour.
+      // Protect when the day's count *crosses* a multiple of the threshold (30, 60, 90, …), not on
+      // every failure past it: one failure an hour can't keep a member without a trusted device
+      // out, while a persistent guesser is stopped again every 30 failures.
       if (
         a.kind === "password" &&
-        before < this.policy.accountProtect &&
-        after >= this.policy.accountProtect
+        Math.floor(after / this.policy.accountProtect) > Math.floor(before / this.policy.accountProtect)
       ) {
         this.#protect(a.loginId as string, now);
       }
