@@ -1,8 +1,8 @@
-import fs from "node:fs";
 import path from "node:path";
-import { type Browser, chromium } from "playwright-core";
+import type { Browser } from "playwright-core";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { STRONG_PASSWORD } from "../support/app.js";
+import { ARTIFACTS, chromiumAvailable, launchChromium } from "../support/chromium.js";
 import { type ListeningApp, listenWithMember } from "../support/oidc.js";
 
 /**
@@ -11,9 +11,7 @@ import { type ListeningApp, listenWithMember } from "../support/oidc.js";
  * files under a strict CSP, its solver in a same-origin worker); the widget solves the challenge,
  * the member enters the password again, and is signed in.
  */
-const CHROMIUM = "/usr/bin/chromium";
-const ARTIFACTS = path.resolve(import.meta.dirname, "artifacts");
-const available = fs.existsSync(CHROMIUM);
+const available = chromiumAvailable;
 
 describe.skipIf(!available && !process.env.CI)("proof-of-work challenge in a real browser", () => {
   let sekisho: ListeningApp;
@@ -23,19 +21,7 @@ describe.skipIf(!available && !process.env.CI)("proof-of-work challenge in a rea
     sekisho = await listenWithMember("challenged.member", {
       SEKISHO_THROTTLE_POLICY: JSON.stringify({ attackFloorPerMinute: 2, challengeMaxNumber: 20_000 }),
     });
-    browser = await chromium.launch({
-      executablePath: CHROMIUM,
-      args: [
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-first-run",
-      ],
-    });
-    fs.mkdirSync(ARTIFACTS, { recursive: true });
+    browser = await launchChromium();
   }, 60_000);
 
   afterAll(async () => {

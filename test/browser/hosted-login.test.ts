@@ -1,12 +1,12 @@
-import fs from "node:fs";
 import http from "node:http";
 import type { AddressInfo } from "node:net";
 import path from "node:path";
 import * as oidc from "openid-client";
-import { type Browser, chromium } from "playwright-core";
+import type { Browser } from "playwright-core";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { Clients } from "../../src/oidc/clients.js";
 import { STRONG_PASSWORD } from "../support/app.js";
+import { ARTIFACTS, chromiumAvailable, launchChromium } from "../support/chromium.js";
 import { type ListeningApp, listenWithMember } from "../support/oidc.js";
 
 /**
@@ -15,9 +15,7 @@ import { type ListeningApp, listenWithMember } from "../support/oidc.js";
  * and the relying party receives the code and the ID token. Screenshots of the login page in
  * Japanese and English are kept in test/browser/artifacts/ (not committed).
  */
-const CHROMIUM = "/usr/bin/chromium";
-const ARTIFACTS = path.resolve(import.meta.dirname, "artifacts");
-const available = fs.existsSync(CHROMIUM);
+const available = chromiumAvailable;
 
 describe.skipIf(!available && !process.env.CI)("hosted sign-in in a real browser", () => {
   let sekisho: ListeningApp;
@@ -90,19 +88,7 @@ describe.skipIf(!available && !process.env.CI)("hosted sign-in in a real browser
       res.end(`<a id="signin" href="${authUrl.toString().replace(/&/g, "&amp;")}">Sign in with Sekisho</a>`);
     });
 
-    browser = await chromium.launch({
-      executablePath: CHROMIUM,
-      args: [
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-first-run",
-      ],
-    });
-    fs.mkdirSync(ARTIFACTS, { recursive: true });
+    browser = await launchChromium();
   }, 60_000);
 
   afterAll(async () => {

@@ -1,14 +1,14 @@
-import fs from "node:fs";
 import http from "node:http";
 import type { AddressInfo } from "node:net";
 import path from "node:path";
 import { eq } from "drizzle-orm";
 import * as oidc from "openid-client";
-import { type Browser, type BrowserContext, type CDPSession, chromium, type Page } from "playwright-core";
+import type { Browser, BrowserContext, CDPSession, Page } from "playwright-core";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { auditLog, webauthnCredentials } from "../../src/db/schema.js";
 import { Clients } from "../../src/oidc/clients.js";
 import { STRONG_PASSWORD } from "../support/app.js";
+import { ARTIFACTS, chromiumAvailable, launchChromium } from "../support/chromium.js";
 import { type ListeningApp, listenWithMember } from "../support/oidc.js";
 
 /**
@@ -18,9 +18,7 @@ import { type ListeningApp, listenWithMember } from "../support/oidc.js";
  * `acr_values=…phishing-resistant`; the ID token's acr/amr show it. Then the attacks a browser can
  * make: a signature counter that went backwards (a cloned authenticator) is refused.
  */
-const CHROMIUM = "/usr/bin/chromium";
-const ARTIFACTS = path.resolve(import.meta.dirname, "artifacts");
-const available = fs.existsSync(CHROMIUM);
+const available = chromiumAvailable;
 const PR = "urn:sekisho:acr:phishing-resistant";
 
 describe.skipIf(!available && !process.env.CI)("passkeys in a real browser (virtual authenticator)", () => {
@@ -88,19 +86,7 @@ describe.skipIf(!available && !process.env.CI)("passkeys in a real browser (virt
       }
     });
 
-    browser = await chromium.launch({
-      executablePath: CHROMIUM,
-      args: [
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-first-run",
-      ],
-    });
-    fs.mkdirSync(ARTIFACTS, { recursive: true });
+    browser = await launchChromium();
     context = await browser.newContext({ locale: "ja-JP" });
     page = await context.newPage();
     cdp = await context.newCDPSession(page);

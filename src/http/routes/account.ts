@@ -10,21 +10,12 @@ import { type Session, sessionTokenFrom } from "../../sessions/sessions.js";
 import { accountPage, mfaPage, type Notice, recoveryCodesPage, totpEnrolPage } from "../account-pages.js";
 import { clearSessionCookie, setDeviceCookie, setSessionCookie } from "../cookies.js";
 import { hostedForm, pageHeaders } from "../hosted.js";
+import { loginForm, mfaForm, passwordStep, secondStep } from "../hosted-sign-in.js";
 import { locals } from "../middleware.js";
 import { type Lang, type LoginError, loginPage, pickLang } from "../pages.js";
 import { passkeyIdParam } from "./factors.js";
 import { endOwnSession, forgetOwnDevice, logOut, memberEventRows } from "./me.js";
 
-const loginForm = z.object({
-  login_id: z.string().min(1).max(256),
-  password: z.string().min(1).max(1024),
-  challenge_solution: z.string().min(1).max(4096).optional(),
-});
-const mfaForm = z.object({
-  mfa_token: z.string().min(1).max(128).optional(),
-  method: z.enum(["totp", "recovery_code"]),
-  code: z.string().min(1).max(64),
-});
 const codeForm = z.object({ code: z.string().min(1).max(64) });
 const nameForm = z.object({ name: z.string().max(256) });
 const NOTICES = new Set<string>(["passkey", "totp", "removed", "renamed"]);
@@ -109,38 +100,13 @@ export function accountRoutes(s: Services): Router {
   r.post("/account/login", ...form, async (req, res) => {
     const body = loginForm.safeParse(req.body);
     if (!body.success) return showLogin(req, res, 400, "badRequest");
-    const l = locals(res);
-    try {
-      const result = await s.signIn.signIn(
-        {
-          loginId: body.data.login_id,
-          password: body.data.password,
-          challengeSolution: body.data.challenge_solution,
-        },
-        {
-          ip: l.ip,
-          requestId: l.requestId,
-          userAgent: req.get("user-agent") ?? null,
-          previousToken: sessionTokenFrom(req.get("cookie")),
-          deviceToken: deviceTokenFrom(req.get("cookie")),
-        },
-      );
-      if (result.status === "failed") return showLogin(req, res, 401, "invalid", body.data.login_id);
-      if (result.status === "mfa_required") return showMfa(req, res, 200, result.memberId, result.mfaToken);
-      setSessionCookie(res, result.token, s.config.secureCookies);
-      return backTo(res, "/account");
-    } catch (err) {
-      if (err instanceof ApiError && err.status === 429) {
-        for (const [k, v] of Object.entries(err.headers ?? {})) res.setHeader(k, v);
-        return showLogin(req, res, 429, "throttled", body.data.login_id);
-      }
-      if (err instanceof ApiError && err.code === "challenge_required") {
-        return showLogin(req, res, 403, "challenge", body.data.login_id, err.extra?.challenge as object);
-      }
-      if (err instanceof ApiError && err.status === 400)
-        return showLogin(req, res, 400, "invalid", body.data.login_id);
-      throw err;
-    }
+    const step = await passwordStep(s, req, res, body.data);
+    if (!step.ok) return showLogin(req, res, step.status, step.error, body.data.login_id, step.challenge);
+    const result = step.value;
+    if (result.status === "failed") return showLogin(req, res, 401, "invalid", body.data.login_id);
+    if (result.status === "mfa_required") return showMfa(req, res, 200, result.memberId, result.mfaToken);
+    setSessionCookie(res, result.token, s.config.secureCookies);
+    return backTo(res, "/account");
   });
 
   r.post("/account/mfa", ...form, async (req, res) => {
@@ -153,37 +119,18 @@ export function accountRoutes(s: Services): Router {
         ? { session }
         : null;
     if (!subject) return showLogin(req, res, 401, "expired");
-    try {
-      const result = await s.secondFactor.complete(
-        subject,
-        {
-          method: body.data.method,
-          code: body.data.method === "totp" ? body.data.code.replace(/\s/g, "") : body.data.code,
-        },
-        {
-          ...ctx(res),
-          userAgent: req.get("user-agent") ?? null,
-          deviceToken: deviceTokenFrom(req.get("cookie")),
-          previousToken: sessionTokenFrom(req.get("cookie")),
-        },
-      );
-      if (result.status === "authenticated") {
-        setSessionCookie(res, result.token, s.config.secureCookies);
-        if (result.deviceToken) setDeviceCookie(res, result.deviceToken, s.config.secureCookies);
-        return backTo(res, "/account");
-      }
-      const memberId =
-        session?.memberId ?? (body.data.mfa_token ? s.mfaTokens.find(body.data.mfa_token)?.memberId : null);
-      if (!memberId) return showLogin(req, res, 401, "expired");
-      return showMfa(req, res, 401, memberId, body.data.mfa_token, true);
-    } catch (err) {
-      if (err instanceof ApiError && err.status === 429) {
-        for (const [k, v] of Object.entries(err.headers ?? {})) res.setHeader(k, v);
-        return showLogin(req, res, 429, "throttled");
-      }
-      if (err instanceof ApiError && err.status === 401) return showLogin(req, res, 401, "expired");
-      throw err;
+    const step = await secondStep(s, req, res, subject, body.data);
+    if (!step.ok) return showLogin(req, res, step.status, step.error);
+    const result = step.value;
+    if (result.status === "authenticated") {
+      setSessionCookie(res, result.token, s.config.secureCookies);
+      if (result.deviceToken) setDeviceCookie(res, result.deviceToken, s.config.secureCookies);
+      return backTo(res, "/account");
     }
+    const memberId =
+      session?.memberId ?? (body.data.mfa_token ? s.mfaTokens.find(body.data.mfa_token)?.memberId : null);
+    if (!memberId) return showLogin(req, res, 401, "expired");
+    return showMfa(req, res, 401, memberId, body.data.mfa_token, true);
   });
 
   r.get("/account", (req, res) => {

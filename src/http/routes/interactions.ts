@@ -1,18 +1,16 @@
 import { type Request, type Response, Router } from "express";
-import { z } from "zod";
 import { ApiError } from "../../errors.js";
 import { errors } from "oidc-provider";
 import type { Oidc } from "../../oidc/provider.js";
 import type { Services } from "../../services.js";
 import { ACR, satisfies } from "../../sessions/levels.js";
-import { deviceTokenFrom } from "../../sessions/devices.js";
 import type { FactorMethod } from "../../factors/methods.js";
 import type { Subject } from "../../sessions/second-factor.js";
-import { type Session, sessionTokenFrom } from "../../sessions/sessions.js";
+import type { Session, } from "../../sessions/sessions.js";
 import { setDeviceCookie, setSessionCookie } from "../cookies.js";
 import { mfaPage } from "../account-pages.js";
 import { hostedForm as hostedFormGuard, pageHeaders } from "../hosted.js";
-import { locals } from "../middleware.js";
+import { loginForm, mfaForm, passwordStep, secondStep } from "../hosted-sign-in.js";
 import { consentPage, errorPage, type Lang, type LoginError, loginPage, pickLang } from "../pages.js";
 
 /** Marks an authorization that came in with prompt=none (see silentAuthorization). */
@@ -37,17 +35,6 @@ export function silentAuthorization(oidc: Oidc, authorizationPath: string) {
     next();
   };
 }
-
-const loginForm = z.object({
-  login_id: z.string().min(1).max(256),
-  password: z.string().min(1).max(1024),
-  challenge_solution: z.string().min(1).max(4096).optional(),
-});
-const mfaForm = z.object({
-  mfa_token: z.string().min(1).max(128).optional(),
-  method: z.enum(["totp", "recovery_code"]),
-  code: z.string().min(1).max(64),
-});
 
 /** The level an authorization asks for through acr_values (the first Sekisho value), if any. */
 export function requestedAcr(params: Record<string, unknown>): string | undefined {
@@ -210,40 +197,15 @@ export function interactionRoutes(s: Services, oidc: Oidc): Router {
     if (details.prompt.name !== "login") return render(req, res, 400, "badRequest");
     const form = loginForm.safeParse(req.body);
     if (!form.success) return render(req, res, 400, "badRequest");
-    const l = locals(res);
-    try {
-      const result = await s.signIn.signIn(
-        {
-          loginId: form.data.login_id,
-          password: form.data.password,
-          challengeSolution: form.data.challenge_solution,
-        },
-        {
-          ip: l.ip,
-          requestId: l.requestId,
-          userAgent: req.get("user-agent") ?? null,
-          previousToken: null,
-          deviceToken: deviceTokenFrom(req.get("cookie")),
-        },
-      );
-      if (result.status === "failed") return render(req, res, 401, "invalid", form.data.login_id);
-      if (result.status === "mfa_required") {
-        return renderMfa(req, res, 200, { methods: result.methods, mfaToken: result.mfaToken });
-      }
-      setSessionCookie(res, result.token, s.config.secureCookies);
-      return finishLogin(req, res, result.session);
-    } catch (err) {
-      if (err instanceof ApiError && err.status === 429) {
-        for (const [k, v] of Object.entries(err.headers ?? {})) res.setHeader(k, v);
-        return render(req, res, 429, "throttled", form.data.login_id);
-      }
-      if (err instanceof ApiError && err.code === "challenge_required") {
-        return render(req, res, 403, "challenge", form.data.login_id, err.extra?.challenge as object);
-      }
-      if (err instanceof ApiError && err.status === 400)
-        return render(req, res, 400, "invalid", form.data.login_id);
-      throw err;
+    const step = await passwordStep(s, req, res, { ...form.data });
+    if (!step.ok) return render(req, res, step.status, step.error, form.data.login_id, step.challenge);
+    const result = step.value;
+    if (result.status === "failed") return render(req, res, 401, "invalid", form.data.login_id);
+    if (result.status === "mfa_required") {
+      return renderMfa(req, res, 200, { methods: result.methods, mfaToken: result.mfaToken });
     }
+    setSessionCookie(res, result.token, s.config.secureCookies);
+    return finishLogin(req, res, result.session);
   });
 
   r.post("/interaction/:uid/mfa", ...hostedForm, async (req, res) => {
@@ -251,7 +213,6 @@ export function interactionRoutes(s: Services, oidc: Oidc): Router {
     if (details.prompt.name !== "login") return render(req, res, 400, "badRequest");
     const form = mfaForm.safeParse(req.body);
     if (!form.success) return render(req, res, 400, "badRequest");
-    const l = locals(res);
     const session = oidc.sessionOf(req.get("cookie"));
     const subject: Subject | null = form.data.mfa_token
       ? { mfaToken: form.data.mfa_token }
@@ -259,46 +220,26 @@ export function interactionRoutes(s: Services, oidc: Oidc): Router {
         ? { session }
         : null;
     if (!subject) return render(req, res, 401, "expired");
-    try {
-      const result = await s.secondFactor.complete(
-        subject,
-        {
-          method: form.data.method,
-          code: form.data.method === "totp" ? form.data.code.replace(/\s/g, "") : form.data.code,
-        },
-        {
-          ip: l.ip,
-          requestId: l.requestId,
-          userAgent: req.get("user-agent") ?? null,
-          deviceToken: deviceTokenFrom(req.get("cookie")),
-          previousToken: sessionTokenFrom(req.get("cookie")),
-        },
-      );
-      if (result.status !== "authenticated") {
-        const memberId =
-          "session" in subject ? subject.session.memberId : s.mfaTokens.find(subject.mfaToken)?.memberId;
-        if (!memberId) return render(req, res, 401, "expired");
-        const methods =
-          "session" in subject
-            ? stepUpMethods(memberId, requestedAcr(details.params))
-            : s.factors.methods(memberId);
-        return renderMfa(req, res, 401, {
-          methods,
-          ...("mfaToken" in subject ? { mfaToken: subject.mfaToken } : { stepUp: true }),
-          error: true,
-        });
-      }
-      setSessionCookie(res, result.token, s.config.secureCookies);
-      if (result.deviceToken) setDeviceCookie(res, result.deviceToken, s.config.secureCookies);
-      return finishLogin(req, res, result.session);
-    } catch (err) {
-      if (err instanceof ApiError && err.status === 429) {
-        for (const [k, v] of Object.entries(err.headers ?? {})) res.setHeader(k, v);
-        return render(req, res, 429, "throttled");
-      }
-      if (err instanceof ApiError && err.status === 401) return render(req, res, 401, "expired");
-      throw err;
+    const step = await secondStep(s, req, res, subject, form.data);
+    if (!step.ok) return render(req, res, step.status, step.error);
+    const result = step.value;
+    if (result.status !== "authenticated") {
+      const memberId =
+        "session" in subject ? subject.session.memberId : s.mfaTokens.find(subject.mfaToken)?.memberId;
+      if (!memberId) return render(req, res, 401, "expired");
+      const methods =
+        "session" in subject
+          ? stepUpMethods(memberId, requestedAcr(details.params))
+          : s.factors.methods(memberId);
+      return renderMfa(req, res, 401, {
+        methods,
+        ...("mfaToken" in subject ? { mfaToken: subject.mfaToken } : { stepUp: true }),
+        error: true,
+      });
     }
+    setSessionCookie(res, result.token, s.config.secureCookies);
+    if (result.deviceToken) setDeviceCookie(res, result.deviceToken, s.config.secureCookies);
+    return finishLogin(req, res, result.session);
   });
 
   r.post("/interaction/:uid/consent", ...hostedForm, async (req, res) => {

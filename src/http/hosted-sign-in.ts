@@ -1,0 +1,90 @@
+import type { Request, Response } from "express";
+import { z } from "zod";
+import { ApiError } from "../errors.js";
+import type { Services } from "../services.js";
+import { deviceTokenFrom } from "../sessions/devices.js";
+import type { FactorResult, Subject } from "../sessions/second-factor.js";
+import { sessionTokenFrom } from "../sessions/sessions.js";
+import type { SignInResult } from "../sessions/sign-in.js";
+import { locals } from "./middleware.js";
+import type { LoginError } from "./pages.js";
+
+/**
+ * The sign-in steps as the hosted pages (OIDC interaction, account) run them: the same services
+ * as the JSON API, with the throttle's answers turned into what a page shows. The routes only
+ * decide which page to render next.
+ */
+export const loginForm = z.object({
+  login_id: z.string().min(1).max(256),
+  password: z.string().min(1).max(1024),
+  challenge_solution: z.string().min(1).max(4096).optional(),
+});
+
+export const mfaForm = z.object({
+  mfa_token: z.string().min(1).max(128).optional(),
+  method: z.enum(["totp", "recovery_code"]),
+  code: z.string().min(1).max(64),
+});
+
+export type Refusal = { ok: false; status: number; error: LoginError; challenge?: object };
+export type Outcome<T> = { ok: true; value: T } | Refusal;
+
+function context(req: Request, res: Response) {
+  const l = locals(res);
+  const cookie = req.get("cookie");
+  return {
+    ip: l.ip,
+    requestId: l.requestId,
+    userAgent: req.get("user-agent") ?? null,
+    deviceToken: deviceTokenFrom(cookie),
+    previousToken: sessionTokenFrom(cookie),
+  };
+}
+
+/** Throttle and protocol answers as a page shows them (Retry-After kept on the response). */
+function refusal(err: unknown, res: Response): Refusal {
+  if (!(err instanceof ApiError)) throw err;
+  if (err.status === 429) {
+    for (const [k, v] of Object.entries(err.headers ?? {})) res.setHeader(k, v);
+    return { ok: false, status: 429, error: "throttled" };
+  }
+  if (err.code === "challenge_required") {
+    return { ok: false, status: 403, error: "challenge", challenge: err.extra?.challenge as object };
+  }
+  if (err.status === 400) return { ok: false, status: 400, error: "invalid" };
+  if (err.status === 401) return { ok: false, status: 401, error: "expired" };
+  throw err;
+}
+
+export async function passwordStep(
+  s: Services,
+  req: Request,
+  res: Response,
+  form: z.infer<typeof loginForm>,
+): Promise<Outcome<SignInResult>> {
+  try {
+    const value = await s.signIn.signIn(
+      { loginId: form.login_id, password: form.password, challengeSolution: form.challenge_solution },
+      context(req, res),
+    );
+    return { ok: true, value };
+  } catch (err) {
+    return refusal(err, res);
+  }
+}
+
+export async function secondStep(
+  s: Services,
+  req: Request,
+  res: Response,
+  subject: Subject,
+  form: z.infer<typeof mfaForm>,
+): Promise<Outcome<FactorResult>> {
+  try {
+    const code = form.method === "totp" ? form.code.replace(/\s/g, "") : form.code;
+    const value = await s.secondFactor.complete(subject, { method: form.method, code }, context(req, res));
+    return { ok: true, value };
+  } catch (err) {
+    return refusal(err, res);
+  }
+}
