@@ -5,8 +5,9 @@ import { type AuditEntry, AuditLog } from "./audit/log.js";
 import { systemClock } from "./clock.js";
 import { type Config, loadConfig } from "./config.js";
 import { type Db, migrateDatabase, openDatabase } from "./db/connection.js";
-import { StartupError } from "./errors.js";
+import { ApiError, StartupError } from "./errors.js";
 import { Clients } from "./oidc/clients.js";
+import { buildServices } from "./services.js";
 import { openKeyring } from "./vault/bootstrap.js";
 import { Keyring, type KeyringStore, writeKeyringFile } from "./vault/keyring.js";
 import { rotateKeys } from "./vault/rotation.js";
@@ -33,6 +34,13 @@ function open(): Context {
 }
 
 const out = (line: string) => process.stdout.write(`${line}\n`);
+
+async function readStdin(): Promise<string> {
+  if (process.stdin.isTTY) return "";
+  const chunks: Buffer[] = [];
+  for await (const chunk of process.stdin) chunks.push(chunk as Buffer);
+  return Buffer.concat(chunks).toString("utf8");
+}
 const positiveInt = (v: string) => {
   const n = Number(v);
   if (!Number.isInteger(n) || n < 1) throw new InvalidArgumentError("must be a positive whole number");
@@ -194,6 +202,43 @@ export function buildCli(): Command {
         }
       },
     );
+
+  const admins = program.command("admins").description("administrators");
+  admins
+    .command("add")
+    .description("create an admin member; the password is read from standard input")
+    .requiredOption("--login-id <id>", "the admin's login ID")
+    .option("--json", "print JSON")
+    .action(async (opts: { loginId: string; json?: boolean }) => {
+      const password = (await readStdin()).replace(/\r?\n$/, "");
+      if (!password) throw new StartupError("give the password on standard input");
+      const ctx = open();
+      const services = buildServices({
+        config: ctx.config,
+        db: ctx.db,
+        clock: systemClock,
+        keys: ctx.keys,
+        logger: pino({ level: "silent" }),
+      });
+      try {
+        const created = await services.registrations.register(
+          { loginId: opts.loginId, password, profile: {} },
+          { ip: null, requestId: null },
+          { role: "admin" },
+        );
+        const result = { member_id: created.memberId, login_id: created.loginId };
+        if (opts.json) out(JSON.stringify(result));
+        else {
+          out(`admin ${created.loginId} (${created.memberId}) created.`);
+          out("At the first sign-in, add a passkey on /account: the admin API needs a passkey sign-in.");
+        }
+      } catch (err) {
+        if (err instanceof ApiError) throw new StartupError(`${err.code}: ${err.description}`);
+        throw err;
+      } finally {
+        ctx.db.$client.close();
+      }
+    });
 
   const audit = program.command("audit").description("the tamper-evident audit log");
   audit

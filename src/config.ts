@@ -38,6 +38,7 @@ const schema = z
     SEKISHO_REAUTH_MINUTES: int(10, 1, 24 * 60),
     SEKISHO_TOTP_ISSUER: z.string().min(1).max(64).default("Sekisho"),
     SEKISHO_WEBAUTHN_RP_NAME: z.string().min(1).max(64).default("Sekisho"),
+    SEKISHO_ADMIN_ACR: z.enum(["phishing-resistant", "mfa"]).default("phishing-resistant"),
     SEKISHO_THROTTLE_POLICY: z
       .string()
       .default("{}")
@@ -136,6 +137,8 @@ export interface Config {
   readonly totpIssuer: string;
   /** WebAuthn relying party: RP ID is the issuer's host name; origins the issuer's plus extras. */
   readonly webauthn: { readonly rpId: string; readonly rpName: string; readonly origins: readonly string[] };
+  /** The sign-in level the admin API needs (phishing-resistant; `mfa` is allowed with a warning). */
+  readonly adminAcr: string;
   /** Overrides of the login-anomaly engine's thresholds (src/throttle/engine.ts DEFAULT_POLICY). */
   readonly throttle: Readonly<Record<string, number>>;
 }
@@ -183,6 +186,7 @@ export function loadConfig(source: Record<string, string | undefined> = process.
     sessionIdleMs: e.SEKISHO_SESSION_IDLE_MINUTES * 60_000,
     sessionAbsoluteMs: e.SEKISHO_SESSION_ABSOLUTE_HOURS * 3_600_000,
     reauthMs: e.SEKISHO_REAUTH_MINUTES * 60_000,
+    adminAcr: `urn:sekisho:acr:${e.SEKISHO_ADMIN_ACR}`,
     throttle: Object.freeze({ ...e.SEKISHO_THROTTLE_POLICY }) as Readonly<Record<string, number>>,
     totpIssuer: e.SEKISHO_TOTP_ISSUER,
     webauthn: Object.freeze({

@@ -17,6 +17,12 @@ async function main(): Promise<void> {
   const db = openDatabase(config.dbFile);
   migrateDatabase(db);
   const services = buildServices({ config, db, clock, keys, logger });
+  if (config.adminAcr !== "urn:sekisho:acr:phishing-resistant") {
+    logger.warn(
+      { admin_acr: config.adminAcr },
+      "SEKISHO_ADMIN_ACR is below phishing-resistant: a phished admin password and one-time code open the admin API",
+    );
+  }
   await services.hasher.warm();
   const app = createApp(services);
   // Expired OIDC codes, tokens, sessions, interactions and mfa_tokens are deleted every ten minutes.

@@ -116,6 +116,8 @@ const ENDPOINTS: Array<["get" | "post" | "delete" | "patch", string]> = [
   ["post", "/api/v1/me/passkeys"],
   ["patch", "/api/v1/me/passkeys/x"],
   ["delete", "/api/v1/me/passkeys/x"],
+  ["get", "/api/v1/admin/alerts"],
+  ["post", "/api/v1/admin/members/x/unlock"],
 ];
 
 describe("arbitrary input at every endpoint", () => {

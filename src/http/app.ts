@@ -13,6 +13,7 @@ import {
 import { cachedProviderDocuments, createOidc, OIDC_ROUTES } from "../oidc/provider.js";
 import { assetRoutes } from "./hosted.js";
 import { accountRoutes } from "./routes/account.js";
+import { adminRoutes } from "./routes/admin.js";
 import { factorRoutes } from "./routes/factors.js";
 import { healthRoutes } from "./routes/health.js";
 import { secondFactorRoutes } from "./routes/second-factor.js";
@@ -79,6 +80,7 @@ export function createApp(s: Services): express.Express {
   api.use(secondFactorRoutes(s));
   api.use(meRoutes(s));
   api.use(factorRoutes(s));
+  api.use(adminRoutes(s));
   api.use(notFound());
   app.use("/api/v1", api);
 

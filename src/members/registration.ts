@@ -15,7 +15,8 @@ import type { ProfileInput } from "./profile-input.js";
 export interface RegistrationInput {
   loginId?: string | undefined;
   password: string;
-  profile: ProfileInput;
+  /** Validated by the caller (the API requires an e-mail; `admins add` gives none). */
+  profile: ProfileInput | Profile;
 }
 
 export interface RequestContext {

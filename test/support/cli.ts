@@ -5,9 +5,10 @@ import type { TestApp } from "./app.js";
 const BIN = path.resolve(import.meta.dirname, "../../bin/sekisho.mjs");
 
 /** Run the real `sekisho` command against a test app's data dir and keyring. */
-export function runCli(t: TestApp, args: string[], env: Record<string, string> = {}) {
+export function runCli(t: TestApp, args: string[], env: Record<string, string> = {}, input?: string) {
   const run = spawnSync(process.execPath, [BIN, ...args], {
     encoding: "utf8",
+    ...(input !== undefined ? { input } : {}),
     env: {
       PATH: process.env.PATH ?? "",
       NODE_ENV: "test",

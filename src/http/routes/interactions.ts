@@ -6,7 +6,7 @@ import type { Services } from "../../services.js";
 import { ACR, satisfies } from "../../sessions/levels.js";
 import type { FactorMethod } from "../../factors/methods.js";
 import type { Subject } from "../../sessions/second-factor.js";
-import type { Session, } from "../../sessions/sessions.js";
+import type { Session } from "../../sessions/sessions.js";
 import { setDeviceCookie, setSessionCookie } from "../cookies.js";
 import { mfaPage } from "../account-pages.js";
 import { hostedForm as hostedFormGuard, pageHeaders } from "../hosted.js";

@@ -1,0 +1,141 @@
+import { eq } from "drizzle-orm";
+import supertest from "supertest";
+import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import { auditLog, members } from "../src/db/schema.js";
+import {
+  makeApp,
+  ORIGIN,
+  post,
+  register,
+  STRONG_PASSWORD,
+  sessionCookie,
+  signIn,
+  type TestApp,
+} from "./support/app.js";
+import { runCli } from "./support/cli.js";
+import { SoftAuthenticator } from "./support/soft-authenticator.js";
+
+describe("admins: `sekisho admins add` and the admin API of the login-anomaly engine", () => {
+  let t: TestApp;
+  beforeEach(() => {
+    t = makeApp();
+  });
+  afterEach(() => t.close());
+
+  it("admins add reads the password from stdin, applies the password rules, and makes an admin member", () => {
+    const made = runCli(
+      t,
+      ["admins", "add", "--login-id", "ops.admin", "--json"],
+      {},
+      `${STRONG_PASSWORD}\n`,
+    );
+    expect(made.status, made.stderr).toBe(0);
+    const out = JSON.parse(made.stdout) as { member_id: string; login_id: string };
+    expect(out.login_id).toBe("ops.admin");
+    const row = t.s.db.select().from(members).where(eq(members.id, out.member_id)).get();
+    expect(row?.role).toBe("admin");
+    const weak = runCli(t, ["admins", "add", "--login-id", "weak.admin"], {}, "password123\n");
+    expect(weak.status).not.toBe(0);
+    expect(weak.stderr).toContain("weak_password");
+  });
+
+  async function adminWithPasskey() {
+    await t.s.registrations.register(
+      { loginId: "ops.admin", password: STRONG_PASSWORD, profile: {} },
+      { ip: null, requestId: null },
+      { role: "admin" },
+    );
+    const auth = new SoftAuthenticator();
+    const first = await signIn(t.app, "ops.admin");
+    const options = await post(t.app, "/api/v1/me/passkeys/options", {}, first);
+    // Admins' passkeys must verify the user.
+    expect(options.body.authenticatorSelection.userVerification).toBe("required");
+    expect(
+      (
+        await post(
+          t.app,
+          "/api/v1/me/passkeys",
+          { response: auth.register(options.body, { origin: ORIGIN }) },
+          first,
+        )
+      ).status,
+    ).toBe(201);
+    return { auth, passwordSession: first };
+  }
+
+  async function passkeySession(auth: SoftAuthenticator) {
+    const step = await post(t.app, "/api/v1/login", { login_id: "ops.admin", password: STRONG_PASSWORD });
+    const options = await post(t.app, "/api/v1/login/webauthn/options", { mfa_token: step.body.mfa_token });
+    const done = await post(t.app, "/api/v1/login/webauthn", {
+      mfa_token: step.body.mfa_token,
+      response: auth.assert(options.body, { origin: ORIGIN }),
+    });
+    expect(done.body.acr).toBe("urn:sekisho:acr:phishing-resistant");
+    return sessionCookie(done);
+  }
+
+  it("GET /admin/alerts needs an admin signed in with a passkey; members and weaker sessions are refused", async () => {
+    const { auth, passwordSession } = await adminWithPasskey();
+    t.s.alerts.raise("under_attack", "critical", { failures_last_10_minutes: 123 });
+    const get = (cookie?: string) => {
+      const req = supertest(t.app).get("/api/v1/admin/alerts");
+      if (cookie) req.set("Cookie", cookie);
+      return req;
+    };
+    expect((await get()).status).toBe(401);
+    const weak = await get(passwordSession); // the admin's password-only session
+    expect(weak.status).toBe(401);
+    expect(weak.body).toMatchObject({ error: "step_up_required", acr: "urn:sekisho:acr:phishing-resistant" });
+    await register(t.app, { login_id: "plain.member" });
+    expect((await get(await signIn(t.app, "plain.member"))).status).toBe(403);
+    const ok = await get(await passkeySession(auth));
+    expect(ok.status).toBe(200);
+    expect(ok.body.alerts[0]).toMatchObject({
+      kind: "under_attack",
+      severity: "critical",
+      details: { failures_last_10_minutes: 123 },
+    });
+    expect(
+      t.s.db.select().from(auditLog).where(eq(auditLog.action, "admin.alerts_viewed")).all(),
+    ).toHaveLength(1);
+  });
+
+  it("an admin lifts an account's protection (audited with the reason)", async () => {
+    const { auth } = await adminWithPasskey();
+    const victim = await register(t.app, { login_id: "protected.member" });
+    for (let i = 0; i < 30; i++) {
+      t.s.guard.settle(
+        { ip: `198.51.100.${i}`, loginId: "protected.member", trustedDevice: false, kind: "password" },
+        "failure",
+      );
+    }
+    const attempt = {
+      ip: "192.0.2.9",
+      loginId: "protected.member",
+      trustedDevice: false,
+      kind: "password" as const,
+    };
+    expect(t.s.guard.assess(attempt).action).toBe("protect");
+    const cookie = await passkeySession(auth);
+    const res = await post(
+      t.app,
+      `/api/v1/admin/members/${victim.body.member_id}/unlock`,
+      { reason: "member called support" },
+      cookie,
+    );
+    expect(res.status).toBe(200);
+    expect(res.body).toEqual({ member_id: victim.body.member_id, protection_lifted: true });
+    const d = t.s.guard.assess(attempt);
+    expect(d.action).toBe("allow");
+    t.s.guard.settle(attempt, "neither");
+    const entry = t.s.db.select().from(auditLog).where(eq(auditLog.action, "admin.member_unlocked")).get();
+    expect(entry).toMatchObject({
+      actorType: "admin",
+      memberId: victim.body.member_id,
+      reason: "member called support",
+    });
+    expect(
+      (await post(t.app, "/api/v1/admin/members/m_nobodyAAAAAAAAAAAAAAAA/unlock", {}, cookie)).status,
+    ).toBe(404);
+  });
+});
