@@ -158,3 +158,18 @@ describe("argon2id hashing", () => {
     expect(queue.inFlight).toBe(0);
   });
 });
+
+describe("HashQueue priority line", () => {
+  it("serves a member's own device before the work already waiting (a flood can't starve them)", async () => {
+    const { HashQueue } = await import("../src/passwords/queue.js");
+    const q = new HashQueue(1, 100);
+    const order: string[] = [];
+    let release!: () => void;
+    const first = q.run(() => new Promise<void>((r) => (release = r)).then(() => void order.push("running")));
+    const flood = Array.from({ length: 5 }, (_, i) => q.run(async () => void order.push(`flood${i}`)));
+    const member = q.run(async () => void order.push("member"), { priority: true });
+    release();
+    await Promise.all([first, member, ...flood]);
+    expect(order).toEqual(["running", "member", "flood0", "flood1", "flood2", "flood3", "flood4"]);
+  });
+});

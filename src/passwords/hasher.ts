@@ -53,7 +53,11 @@ export class PasswordHasher {
   }
 
   /** False for a wrong password and for a stored value that is not a usable argon2 hash. */
-  async verify(stored: StoredPassword, password: string): Promise<boolean> {
+  async verify(
+    stored: StoredPassword,
+    password: string,
+    opts: { priority?: boolean } = {},
+  ): Promise<boolean> {
     if (!parseArgon2Phc(stored.hash)) return false;
     let secret: Buffer | undefined;
     if (stored.pepperId) {
@@ -61,8 +65,9 @@ export class PasswordHasher {
       secret = (keyring.pepper(stored.pepperId) ?? this.#keys.reload().pepper(stored.pepperId))?.key;
       if (!secret) throw new Error(`password hash needs pepper ${stored.pepperId}, which the keyring lacks`);
     }
-    return this.#queue.run(() =>
-      argon2.verify(stored.hash, normalisePassword(password), secret ? { secret } : {}),
+    return this.#queue.run(
+      () => argon2.verify(stored.hash, normalisePassword(password), secret ? { secret } : {}),
+      opts,
     );
   }
 

@@ -5,12 +5,17 @@ import { ApiError } from "../errors.js";
  * core per verify); running more at once than there are cores only adds latency, and an unbounded
  * backlog lets a flood of sign-ins exhaust memory. Past `maxQueued` waiting jobs, new work is
  * refused at once with `503 server_busy` instead of waiting.
+ *
+ * Two lines: work for a member's own (trusted) device waits in a priority line that is served
+ * first, so a flood of attempts that got past the throttle before it caught on can't make real
+ * members wait behind it (each line has its own bound).
  */
 export class HashQueue {
   readonly concurrency: number;
   readonly maxQueued: number;
   #running = 0;
   #waiting: Array<() => void> = [];
+  #priority: Array<() => void> = [];
 
   constructor(concurrency: number, maxQueued: number) {
     this.concurrency = Math.max(1, concurrency);
@@ -18,28 +23,29 @@ export class HashQueue {
   }
 
   get depth(): number {
-    return this.#waiting.length;
+    return this.#waiting.length + this.#priority.length;
   }
   get inFlight(): number {
     return this.#running;
   }
 
-  async run<T>(job: () => Promise<T>): Promise<T> {
+  async run<T>(job: () => Promise<T>, opts: { priority?: boolean } = {}): Promise<T> {
     if (this.#running >= this.concurrency) {
-      if (this.#waiting.length >= this.maxQueued) {
+      const line = opts.priority ? this.#priority : this.#waiting;
+      if (line.length >= this.maxQueued) {
         throw new ApiError(503, "server_busy", "The service is busy; try again shortly.", {
           headers: { "Retry-After": "1" },
-          detail: `hash queue full (${this.#waiting.length} waiting)`,
+          detail: `hash queue full (${line.length} waiting)`,
         });
       }
-      await new Promise<void>((resolve) => this.#waiting.push(resolve));
+      await new Promise<void>((resolve) => line.push(resolve));
     } else {
       this.#running++;
     }
     try {
       return await job();
     } finally {
-      const next = this.#waiting.shift();
+      const next = this.#priority.shift() ?? this.#waiting.shift();
       // Hand the slot straight to the next waiter (running count unchanged), or free it.
       if (next) next();
       else this.#running--;

@@ -138,7 +138,7 @@ export class PasswordSignIn {
       settled = true;
     };
     try {
-      return await this.#verify(input, ctx, loginId, member, settle);
+      return await this.#verify(input, ctx, loginId, member, settle, attempt.trustedDevice);
     } finally {
       settle("neither"); // an exception (a full hash queue, a bug): free the slot, count nothing
     }
@@ -150,6 +150,7 @@ export class PasswordSignIn {
     loginId: string,
     member: { id: string; passwordHash: string | null; pepperId: string | null; status: string } | undefined,
     settle: (outcome: "success" | "failure" | "neither") => void,
+    trusted: boolean,
   ): Promise<SignInResult> {
     const fail = (reason: string, memberId: string | null): SignInResult => {
       settle("failure");
@@ -173,7 +174,9 @@ export class PasswordSignIn {
       return fail(member ? "no_password" : "unknown_login_id", member?.id ?? null);
     }
     const stored = { hash: member.passwordHash, pepperId: member.pepperId };
-    if (!(await this.#hasher.verify(stored, input.password))) return fail("wrong_password", member.id);
+    // A member's own device goes first in the hashing queue (see HashQueue).
+    if (!(await this.#hasher.verify(stored, input.password, { priority: trusted })))
+      return fail("wrong_password", member.id);
     if (member.status !== "active") return fail("account_disabled", member.id);
 
     const rehashed = this.#hasher.needsRehash(stored) ? await this.#hasher.hash(input.password) : null;
