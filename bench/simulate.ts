@@ -15,19 +15,10 @@
  * attacker's cost at the real difficulty is `solved × challengeMaxNumber / 2` hashes.
  * SIM_SCALE (default 1) scales the scenario sizes down for a quick run.
  */
-import fs from "node:fs";
-import os from "node:os";
-import path from "node:path";
-import { Writable } from "node:stream";
 import { solveChallenge } from "altcha-lib/v1";
 import { generateSync } from "otplib";
-import { MovableClock } from "../src/clock.js";
-import { loadConfig } from "../src/config.js";
-import { migrateDatabase, openDatabase } from "../src/db/connection.js";
 import { ApiError } from "../src/errors.js";
-import { createLogger } from "../src/logger.js";
-import { buildServices, type Services } from "../src/services.js";
-import { Keyring, KeyringStore, writeKeyringFile } from "../src/vault/keyring.js";
+import { world as makeWorld, type World } from "./world.js";
 
 const SCALE = Number(process.env.SIM_SCALE ?? 1);
 const n = (x: number) => Math.max(1, Math.round(x * SCALE));
@@ -36,38 +27,9 @@ const HOUR = 60 * MIN;
 const START = Date.parse("2026-11-02T00:00:00Z");
 const PROFILE = { email: "member@example.jp" };
 
-interface World {
-  s: Services;
-  clock: MovableClock;
-  close(): void;
-}
-
-function world(): World {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "sekisho-sim-"));
-  const config = loadConfig({
-    NODE_ENV: "test",
-    SEKISHO_DATA_DIR: dir,
-    SEKISHO_KEYRING_FILE: path.join(dir, "keyring.json"),
-    SEKISHO_ARGON2_MEMORY_KIB: "1024",
-    SEKISHO_ARGON2_TIME_COST: "1",
-    LOG_LEVEL: "silent",
-    SEKISHO_THROTTLE_POLICY: JSON.stringify({ challengeMaxNumber: 50 }),
-  });
-  const clock = new MovableClock(START);
-  writeKeyringFile(config.keyringFile, Keyring.generate(clock.now()));
-  const db = openDatabase(config.dbFile);
-  migrateDatabase(db);
-  const logger = createLogger("silent", new Writable({ write: (_c, _e, cb) => cb() }));
-  const s = buildServices({ config, db, clock, keys: KeyringStore.fromFile(config.keyringFile), logger });
-  return {
-    s,
-    clock,
-    close() {
-      db.$client.close();
-      fs.rmSync(dir, { recursive: true, force: true });
-    },
-  };
-}
+/** Attackers here solve every challenge; a low difficulty keeps the run short (see the header). */
+const world = () =>
+  makeWorld({ start: START, env: { SEKISHO_THROTTLE_POLICY: JSON.stringify({ challengeMaxNumber: 50 }) } });
 
 async function registerMembers(w: World, prefix: string, count: number, password: (i: number) => string) {
   for (let i = 0; i < count; i++) {

@@ -99,6 +99,7 @@ export function buildServices(deps: {
     policy: config.throttle,
   });
   const factors = new Factors(
+    db,
     new TotpService({ db, keys, clock, issuer: config.totpIssuer }),
     new RecoveryCodes({ db, clock }),
     new Passkeys({ db, clock, rp: config.webauthn }),

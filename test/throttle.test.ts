@@ -208,6 +208,17 @@ describe("login-anomaly engine (LoginGuard)", () => {
     expect(guard.assess(attempt({ ip: "203.0.113.1" })).reasons).toContain("account_failures");
   });
 
+  it("a device cookie is trusted only for its own member, and not once revoked", async () => {
+    // Attack: carry your own trusted-device cookie into an attack on someone else's account.
+    const a = (await register(t.app, { login_id: "device.owner" })).body.member_id as string;
+    const b = (await register(t.app, { login_id: "device.victim" })).body.member_id as string;
+    const { token, id } = t.s.devices.issue(a, "browser");
+    expect(t.s.devices.recognise(token, a)?.id).toBe(id);
+    expect(t.s.devices.recognise(token, b)).toBeNull();
+    t.s.devices.revoke(a, id);
+    expect(t.s.devices.recognise(token, a)).toBeNull();
+  });
+
   it("keeps its memory bounded with a million distinct keys", () => {
     v8.setFlagsFromString("--expose-gc");
     const gc = vm.runInNewContext("gc") as () => void;

@@ -171,11 +171,6 @@ export class Passkeys {
       }));
   }
 
-  /** Passkeys that can still sign in (a suspected clone can't). */
-  usableCount(memberId: string): number {
-    return this.list(memberId).filter((p) => p.suspectedCloneAt === null).length;
-  }
-
   #store(
     challenge: string,
     ceremony: "registration" | "authentication",

@@ -4,7 +4,7 @@ import { ApiError } from "../errors.js";
 import type { Services } from "../services.js";
 import { deviceTokenFrom } from "../sessions/devices.js";
 import type { FactorResult, Subject } from "../sessions/second-factor.js";
-import { sessionTokenFrom } from "../sessions/sessions.js";
+import { type Session, sessionTokenFrom } from "../sessions/sessions.js";
 import type { SignInResult } from "../sessions/sign-in.js";
 import { locals } from "./middleware.js";
 import type { LoginError } from "./pages.js";
@@ -25,6 +25,15 @@ export const mfaForm = z.object({
   method: z.enum(["totp", "recovery_code"]),
   code: z.string().min(1).max(64),
 });
+
+/** Whose second step a hosted form completes: the pending sign-in's token, else the session (step-up). */
+export function subjectFor(
+  mfaToken: string | undefined,
+  session: Session | null,
+): { mfaToken: string } | { session: Session } | null {
+  if (mfaToken) return { mfaToken };
+  return session ? { session } : null;
+}
 
 export type Refusal = { ok: false; status: number; error: LoginError; challenge?: object };
 export type Outcome<T> = { ok: true; value: T } | Refusal;

@@ -10,6 +10,7 @@ import { StartupError } from "../errors.js";
 import { PROFILE_FIELDS, type ProfileField } from "../members/profile.js";
 import type { Services } from "../services.js";
 import { ACR, satisfies } from "../sessions/levels.js";
+import { logOut } from "../sessions/member-actions.js";
 import { SESSION_COOKIE, type Session, sessionTokenFrom } from "../sessions/sessions.js";
 import { OidcStore } from "./adapter.js";
 import { Clients, secretMatches } from "./clients.js";
@@ -253,20 +254,15 @@ export function createOidc(s: Services): Oidc {
   provider.on("end_session.success", (ctx: KoaContextWithOIDC) => {
     const session = sessionOf(ctx.get("cookie"));
     if (session) {
-      s.sessions.revoke(session.memberId, session.id, "rp_initiated_logout");
-      s.audit.append({
-        action: "session.logout",
-        outcome: "success",
-        actorType: "member",
-        actorId: session.memberId,
-        memberId: session.memberId,
-        ip: ctx.ip,
-        details: {
-          session_id: session.id,
-          via: "end_session",
-          client_id: ctx.oidc?.client?.clientId ?? null,
+      logOut(
+        s,
+        session,
+        { ip: ctx.ip, requestId: null },
+        {
+          reason: "rp_initiated_logout",
+          details: { via: "end_session", client_id: ctx.oidc?.client?.clientId ?? null },
         },
-      });
+      );
     }
     ctx.cookies.set(SESSION_COOKIE, null, { signed: false, path: "/", httpOnly: true, sameSite: "lax" });
   });

@@ -1,10 +1,9 @@
-import { parse as parseCookies } from "cookie";
 import { and, desc, eq, gt, isNull } from "drizzle-orm";
 import type { Clock } from "../clock.js";
-import type { Db } from "../db/connection.js";
+import { type Db, lazyPrepared } from "../db/connection.js";
 import { devices } from "../db/schema.js";
 import { randomBytesPooled } from "../vault/random.js";
-import { hashToken } from "./sessions.js";
+import { cookieValue, hashToken } from "./sessions.js";
 
 /**
  * Known devices. A browser that completed a sign-in with a second factor or a passkey gets the
@@ -15,14 +14,7 @@ import { hashToken } from "./sessions.js";
 export const DEVICE_COOKIE = "sekisho_device";
 export const DEVICE_TTL_MS = 365 * 24 * 3_600_000;
 
-export function deviceTokenFrom(cookieHeader: string | undefined): string | null {
-  if (!cookieHeader) return null;
-  try {
-    return parseCookies(cookieHeader)[DEVICE_COOKIE] ?? null;
-  } catch {
-    return null;
-  }
-}
+export const deviceTokenFrom = (cookieHeader: string | undefined) => cookieValue(cookieHeader, DEVICE_COOKIE);
 
 export interface Device {
   id: string;
@@ -43,23 +35,17 @@ export class DeviceRegistry {
   /** The live device of this member that the token names, or null (another member's device counts as none). */
   recognise(token: string | null, memberId: string): Device | null {
     if (!token || !/^[A-Za-z0-9_-]{43}$/.test(token)) return null;
-    const now = this.#clock.now().getTime();
-    const row = this.#db
-      .select()
-      .from(devices)
-      .where(
-        and(
-          eq(devices.tokenHash, hashToken(token)),
-          eq(devices.memberId, memberId),
-          isNull(devices.revokedAt),
-          gt(devices.expiresAt, now),
-        ),
-      )
-      .get();
-    return row
-      ? { id: row.id, createdAt: row.createdAt, lastSeenAt: row.lastSeenAt, userAgent: row.userAgent }
-      : null;
+    const row = this.#byToken().get(hashToken(token), memberId, this.#clock.now().getTime());
+    return row ?? null;
   }
+
+  // Prepared once: it runs on every sign-in of a known member and every second step.
+  readonly #byToken = lazyPrepared(() =>
+    this.#db.$client.prepare<[string, string, number], Device>(
+      `SELECT id, created_at AS createdAt, last_seen_at AS lastSeenAt, user_agent AS userAgent FROM devices
+       WHERE token_hash = ? AND member_id = ? AND revoked_at IS NULL AND expires_at > ?`,
+    ),
+  );
 
   touch(deviceId: string): void {
     this.#db

@@ -31,15 +31,19 @@ export interface Session {
   userAgent: string | null;
 }
 
-/** The session token in a Cookie header, if any (a malformed header counts as none). */
-export function sessionTokenFrom(cookieHeader: string | undefined): string | null {
+/** One cookie's value from a Cookie header, if any (a malformed header counts as none). */
+export function cookieValue(cookieHeader: string | undefined, name: string): string | null {
   if (!cookieHeader) return null;
   try {
-    return parseCookies(cookieHeader)[SESSION_COOKIE] ?? null;
+    return parseCookies(cookieHeader)[name] ?? null;
   } catch {
     return null;
   }
 }
+
+/** The session token in a Cookie header, if any. */
+export const sessionTokenFrom = (cookieHeader: string | undefined) =>
+  cookieValue(cookieHeader, SESSION_COOKIE);
 
 export const hashToken = (token: string) => createHash("sha256").update(token, "utf8").digest("base64url");
 

@@ -5,7 +5,7 @@ import { members } from "../db/schema.js";
 import { ApiError } from "../errors.js";
 import { resolveLoginInput } from "../members/login-id.js";
 import type { PasswordHasher } from "../passwords/hasher.js";
-import type { Factors, FactorMethod } from "../factors/methods.js";
+import { type FactorMethod, type Factors, methodsOf } from "../factors/methods.js";
 import type { Attempt, LoginGuard } from "../throttle/engine.js";
 import type { ProofOfWork } from "../throttle/proof-of-work.js";
 import type { DeviceRegistry } from "./devices.js";
@@ -180,8 +180,9 @@ export class PasswordSignIn {
     if (member.status !== "active") return fail("account_disabled", member.id);
 
     const rehashed = this.#hasher.needsRehash(stored) ? await this.#hasher.hash(input.password) : null;
-    const enrolled = this.#factors.enrolled(member.id);
-    const methods = enrolled ? this.#factors.methods(member.id) : [];
+    const factors = this.#factors.of(member.id);
+    const enrolled = factors.enrolled;
+    const methods = methodsOf(factors);
     // A right password clears the counts only when it completes the sign-in: with a second
     // factor due they stay until that passes too — otherwise each password step would buy an
     // attacker who has the password fresh guesses at the code.

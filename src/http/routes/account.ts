@@ -5,16 +5,15 @@ import { ApiError } from "../../errors.js";
 import { cleanPasskeyName } from "../../factors/passkeys.js";
 import type { Services } from "../../services.js";
 import { deviceTokenFrom } from "../../sessions/devices.js";
-import type { Subject } from "../../sessions/second-factor.js";
 import { type Session, sessionTokenFrom } from "../../sessions/sessions.js";
 import { accountPage, mfaPage, type Notice, recoveryCodesPage, totpEnrolPage } from "../account-pages.js";
 import { clearSessionCookie, setDeviceCookie, setSessionCookie } from "../cookies.js";
 import { hostedForm, pageHeaders } from "../hosted.js";
-import { loginForm, mfaForm, passwordStep, secondStep } from "../hosted-sign-in.js";
+import { loginForm, mfaForm, passwordStep, secondStep, subjectFor } from "../hosted-sign-in.js";
 import { locals } from "../middleware.js";
 import { type Lang, type LoginError, loginPage, pickLang } from "../pages.js";
 import { passkeyIdParam } from "./factors.js";
-import { endOwnSession, forgetOwnDevice, logOut, memberEventRows } from "./me.js";
+import { endOwnSession, forgetOwnDevice, logOut, memberEventRows } from "../../sessions/member-actions.js";
 
 const codeForm = z.object({ code: z.string().min(1).max(64) });
 const nameForm = z.object({ name: z.string().max(256) });
@@ -113,11 +112,7 @@ export function accountRoutes(s: Services): Router {
     const body = mfaForm.safeParse(req.body);
     if (!body.success) return showLogin(req, res, 400, "badRequest");
     const session = sessionOf(req);
-    const subject: Subject | null = body.data.mfa_token
-      ? { mfaToken: body.data.mfa_token }
-      : session
-        ? { session }
-        : null;
+    const subject = subjectFor(body.data.mfa_token, session);
     if (!subject) return showLogin(req, res, 401, "expired");
     const step = await secondStep(s, req, res, subject, body.data);
     if (!step.ok) return showLogin(req, res, step.status, step.error);

@@ -5,12 +5,11 @@ import type { Oidc } from "../../oidc/provider.js";
 import type { Services } from "../../services.js";
 import { ACR, satisfies } from "../../sessions/levels.js";
 import type { FactorMethod } from "../../factors/methods.js";
-import type { Subject } from "../../sessions/second-factor.js";
 import type { Session } from "../../sessions/sessions.js";
 import { setDeviceCookie, setSessionCookie } from "../cookies.js";
 import { mfaPage } from "../account-pages.js";
 import { hostedForm as hostedFormGuard, pageHeaders } from "../hosted.js";
-import { loginForm, mfaForm, passwordStep, secondStep } from "../hosted-sign-in.js";
+import { loginForm, mfaForm, passwordStep, secondStep, subjectFor } from "../hosted-sign-in.js";
 import { consentPage, errorPage, type Lang, type LoginError, loginPage, pickLang } from "../pages.js";
 
 /** Marks an authorization that came in with prompt=none (see silentAuthorization). */
@@ -214,11 +213,7 @@ export function interactionRoutes(s: Services, oidc: Oidc): Router {
     const form = mfaForm.safeParse(req.body);
     if (!form.success) return render(req, res, 400, "badRequest");
     const session = oidc.sessionOf(req.get("cookie"));
-    const subject: Subject | null = form.data.mfa_token
-      ? { mfaToken: form.data.mfa_token }
-      : session
-        ? { session }
-        : null;
+    const subject = subjectFor(form.data.mfa_token, session);
     if (!subject) return render(req, res, 401, "expired");
     const step = await secondStep(s, req, res, subject, form.data);
     if (!step.ok) return render(req, res, step.status, step.error);

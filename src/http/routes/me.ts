@@ -1,12 +1,11 @@
-import { and, desc, eq, inArray } from "drizzle-orm";
+import { eq } from "drizzle-orm";
 import { Router } from "express";
-import { z } from "zod";
-import { auditLog, members } from "../../db/schema.js";
+import { members } from "../../db/schema.js";
 import { ApiError } from "../../errors.js";
 import { PROFILE_FIELDS } from "../../members/profile.js";
 import type { Services } from "../../services.js";
 import { deviceTokenFrom } from "../../sessions/devices.js";
-import type { Session } from "../../sessions/sessions.js";
+import { endOwnSession, forgetOwnDevice, memberEventRows } from "../../sessions/member-actions.js";
 import { locals, requireSession } from "../middleware.js";
 
 /** What of an audit entry's details a member sees: the method and ids, never fingerprints. */
@@ -28,91 +27,6 @@ function eventDetails(stored: string): Record<string, unknown> {
   } catch {
     return {};
   }
-}
-
-/** Audit actions a member sees as their own security events. */
-export const MEMBER_EVENT_ACTIONS = [
-  "member.registered",
-  "login.password",
-  "login.second_factor",
-  "login.passkey",
-  "login.new_device",
-  "login.throttled",
-  "account.protected",
-  "session.step_up",
-  "session.logout",
-  "session.revoked",
-  "factor.totp_added",
-  "factor.totp_removed",
-  "factor.passkey_added",
-  "factor.passkey_renamed",
-  "factor.passkey_removed",
-  "factor.recovery_codes_generated",
-  "mfa.recovery_code_used",
-  "mfa.passkey_clone_suspected",
-  "device.revoked",
-] as const;
-
-const sessionIdParam = z.string().regex(/^s_[A-Za-z0-9_-]{16}$/);
-const deviceIdParam = z.string().regex(/^d_[A-Za-z0-9_-]{16}$/);
-
-type Ctx = { ip: string; requestId: string | null };
-
-/** The member's own security events, newest first (the API and the account page). */
-export function memberEventRows(s: Services, memberId: string, limit: number) {
-  return s.db
-    .select()
-    .from(auditLog)
-    .where(and(eq(auditLog.memberId, memberId), inArray(auditLog.action, [...MEMBER_EVENT_ACTIONS])))
-    .orderBy(desc(auditLog.seq))
-    .limit(limit)
-    .all();
-}
-
-/** End one of the member's own sessions (the current one included); false if it isn't theirs or is gone. */
-export function endOwnSession(s: Services, session: Session, id: string, ctx: Ctx): boolean {
-  const parsed = sessionIdParam.safeParse(id);
-  if (!parsed.success || !s.sessions.revoke(session.memberId, parsed.data, "revoked_by_member")) return false;
-  s.audit.append({
-    action: "session.revoked",
-    outcome: "success",
-    actorType: "member",
-    actorId: session.memberId,
-    memberId: session.memberId,
-    ...ctx,
-    details: { session_id: parsed.data, current: parsed.data === session.id },
-  });
-  return true;
-}
-
-/** Forget one of the member's trusted devices. */
-export function forgetOwnDevice(s: Services, session: Session, id: string, ctx: Ctx): boolean {
-  const parsed = deviceIdParam.safeParse(id);
-  if (!parsed.success || !s.devices.revoke(session.memberId, parsed.data)) return false;
-  s.audit.append({
-    action: "device.revoked",
-    outcome: "success",
-    actorType: "member",
-    actorId: session.memberId,
-    memberId: session.memberId,
-    ...ctx,
-    details: { device_id: parsed.data },
-  });
-  return true;
-}
-
-/** Sign out: revoke the session and audit it. */
-export function logOut(s: Services, session: Session, ctx: Ctx): void {
-  s.sessions.revoke(session.memberId, session.id, "logout");
-  s.audit.append({
-    action: "session.logout",
-    outcome: "success",
-    actorType: "member",
-    actorId: session.memberId,
-    memberId: session.memberId,
-    ...ctx,
-    details: { session_id: session.id },
-  });
 }
 
 /** The member's factors as GET /me shows them (no secrets: names, dates, counts). */

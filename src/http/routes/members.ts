@@ -5,7 +5,7 @@ import type { Services } from "../../services.js";
 import { clearSessionCookie, setSessionCookie } from "../cookies.js";
 import { deviceTokenFrom } from "../../sessions/devices.js";
 import { locals } from "../middleware.js";
-import { logOut } from "./me.js";
+import { logOut } from "../../sessions/member-actions.js";
 
 const registrationBody = z.object({
   login_id: z.string().max(256).optional(),
