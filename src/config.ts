@@ -75,6 +75,11 @@ const schema = z
             attackFactor: z.number().min(1),
             maxKeys: z.number().int().min(1000).max(10_000_000),
             challengeMaxNumber: z.number().int().min(10).max(10_000_000),
+            mailIp: z.number().int().min(1),
+            mailNet: z.number().int().min(1),
+            mailTarget: z.number().int().min(1),
+            mailTargetDay: z.number().int().min(1),
+            mailGlobal: z.number().int().min(1),
           })
           .partial()
           .strict(),
@@ -212,6 +217,19 @@ export function checkKeyringPlacement(config: Config): void {
     throw new StartupError(
       `SEKISHO_KEYRING_FILE (${config.keyringFile}) is inside SEKISHO_DATA_DIR (${config.dataDir}); ` +
         "in production keys must live outside the data directory, so a stolen copy of it decrypts nothing.",
+    );
+  }
+}
+
+/**
+ * In production, mail must really go out: the development fallback writes reset links to files in
+ * the data directory, which is neither delivery nor safe to leave on a server.
+ */
+export function checkMailSetting(config: Config): void {
+  if (config.production && !config.smtpUrl) {
+    throw new StartupError(
+      "NODE_ENV=production needs SEKISHO_SMTP_URL (e.g. smtp://user:pass@mail.example.jp:587): " +
+        "verification and password-reset mail must be delivered, not written to the data directory.",
     );
   }
 }

@@ -1,10 +1,9 @@
 import { systemClock } from "./clock.js";
-import { loadConfig } from "./config.js";
+import { checkMailSetting, loadConfig } from "./config.js";
 import { migrateDatabase, openDatabase } from "./db/connection.js";
 import { StartupError } from "./errors.js";
 import { createApp } from "./http/app.js";
 import { createLogger } from "./logger.js";
-import { OidcStore } from "./oidc/adapter.js";
 import { buildServices } from "./services.js";
 import { openKeyring } from "./vault/bootstrap.js";
 
@@ -14,6 +13,7 @@ async function main(): Promise<void> {
   const logger = createLogger(config.logLevel);
   const clock = systemClock;
   const keys = openKeyring(config, clock, logger);
+  checkMailSetting(config);
   const db = openDatabase(config.dbFile);
   migrateDatabase(db);
   const services = buildServices({ config, db, clock, keys, logger });
@@ -23,15 +23,26 @@ async function main(): Promise<void> {
       "SEKISHO_ADMIN_ACR is below phishing-resistant: a phished admin password and one-time code open the admin API",
     );
   }
+  if (config.smtpUrl) {
+    logger.info({ mail: services.mailer.sender.describe }, "mail goes out by SMTP");
+  } else {
+    logger.warn(
+      { outbox: services.mailer.sender.describe },
+      "no SEKISHO_SMTP_URL: mail (verification and reset links) is written as .eml files, not sent",
+    );
+  }
   await services.hasher.warm();
+  services.mailer.start();
   const app = createApp(services);
   // Expired OIDC codes, tokens, sessions, interactions and mfa_tokens are deleted every ten minutes.
-  const oidcStore = new OidcStore({ db, clock, keys });
+  const oidcStore = services.oidcStore;
   const sweep = setInterval(() => {
     try {
       const n = oidcStore.deleteExpired();
       if (n > 0) logger.debug({ deleted: n }, "expired OIDC rows deleted");
       services.mfaTokens.sweep();
+      services.memberTokens.sweep();
+      services.mailer.sweep();
     } catch (err) {
       logger.error({ err }, "OIDC clean-up failed");
     }
@@ -50,8 +61,14 @@ async function main(): Promise<void> {
   const stop = (signal: string) => {
     logger.info({ signal }, "shutting down");
     server.close(() => {
-      db.$client.close();
-      process.exit(0);
+      // Answered recovery requests finish their mail; a send in progress completes.
+      void services.recovery
+        .settled()
+        .then(() => services.mailer.stop())
+        .finally(() => {
+          db.$client.close();
+          process.exit(0);
+        });
     });
     setTimeout(() => process.exit(0), 10_000).unref();
   };

@@ -22,6 +22,14 @@ import { LoginGuard } from "./throttle/engine.js";
 import { ProofOfWork } from "./throttle/proof-of-work.js";
 import { blindIndex } from "./vault/blind-index.js";
 import type { KeyringStore } from "./vault/keyring.js";
+import path from "node:path";
+import { Mailer } from "./mail/outbox.js";
+import { FileSender, type MailSender, SmtpSender } from "./mail/sender.js";
+import { OidcStore } from "./oidc/adapter.js";
+import { EmailAddresses } from "./recovery/email.js";
+import { PasswordChange } from "./recovery/password-change.js";
+import { PasswordRecovery } from "./recovery/password-reset.js";
+import { MemberTokens } from "./recovery/tokens.js";
 
 /** Everything the server and the CLI share, wired once from config, database, keys and clock. */
 export interface Services {
@@ -44,6 +52,20 @@ export interface Services {
   devices: DeviceRegistry;
   secondFactor: SecondFactorSignIn;
   enrolment: FactorEnrolment;
+  oidcStore: OidcStore;
+  mailer: Mailer;
+  memberTokens: MemberTokens;
+  emails: EmailAddresses;
+  recovery: PasswordRecovery;
+  passwordChange: PasswordChange;
+}
+
+/** SMTP when configured; otherwise (development) `.eml` files in `<data dir>/outbox/`. */
+export function mailSenderFor(config: Config, clock: Clock): MailSender {
+  const domain = new URL(config.issuer).hostname;
+  return config.smtpUrl
+    ? new SmtpSender(config.smtpUrl, domain)
+    : new FileSender(path.join(config.dataDir, "outbox"), domain, clock);
 }
 
 export function buildServices(deps: {
@@ -52,6 +74,8 @@ export function buildServices(deps: {
   clock: Clock;
   keys: KeyringStore;
   logger: Logger;
+  /** Where mail goes (default: from config); tests pass their own. */
+  mailSender?: MailSender;
 }): Services {
   const { config, db, clock, keys, logger } = deps;
   const audit = new AuditLog({ db, keys, clock });
@@ -61,14 +85,7 @@ export function buildServices(deps: {
     queue: new HashQueue(config.hashConcurrency, config.hashQueueMax),
   });
   const vault = new ProfileVault({ db, keys, audit, clock, logger });
-  const registrations = new Registrations({
-    db,
-    clock,
-    hasher,
-    vault,
-    audit,
-    passwordMinLength: config.passwordMinLength,
-  });
+  const oidcStore = new OidcStore({ db, clock, keys });
   const sessions = new SessionService({
     db,
     clock,
@@ -129,8 +146,80 @@ export function buildServices(deps: {
     guard,
   });
   const enrolment = new FactorEnrolment({ db, clock, factors, audit, reauthMs: config.reauthMs });
+  const mailer = new Mailer({
+    db,
+    keys,
+    clock,
+    logger,
+    alerts,
+    from: config.mailFrom,
+    sender: deps.mailSender ?? mailSenderFor(config, clock),
+  });
+  const memberTokens = new MemberTokens({ db, clock });
+  const emails = new EmailAddresses({
+    db,
+    keys,
+    vault,
+    tokens: memberTokens,
+    mailer,
+    audit,
+    guard,
+    issuer: config.issuer,
+    requireStrongRecent: (session) => enrolment.requireStrongRecent(session),
+  });
+  const registrations = new Registrations({
+    db,
+    clock,
+    hasher,
+    vault,
+    audit,
+    passwordMinLength: config.passwordMinLength,
+    emails,
+  });
+  const recovery = new PasswordRecovery({
+    db,
+    clock,
+    keys,
+    logger,
+    hasher,
+    vault,
+    tokens: memberTokens,
+    mailer,
+    audit,
+    guard,
+    pow,
+    sessions,
+    devices,
+    factors,
+    oidc: oidcStore,
+    issuer: config.issuer,
+    passwordMinLength: config.passwordMinLength,
+  });
+  const passwordChange = new PasswordChange({
+    db,
+    clock,
+    hasher,
+    vault,
+    mailer,
+    audit,
+    guard,
+    sessions,
+    devices,
+    oidc: oidcStore,
+    passwordMinLength: config.passwordMinLength,
+  });
   return {
-    ...deps,
+    config,
+    db,
+    clock,
+    keys,
+    logger,
+    oidcStore,
+    mailer,
+    memberTokens,
+    emails,
+    recovery,
+    passwordChange,
     enrolment,
     audit,
     hasher,

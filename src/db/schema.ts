@@ -30,6 +30,10 @@ export const members = sqliteTable("members", {
   passwordChangedAt: integer("password_changed_at"),
   /** WebAuthn user handle (base64url of 32 random bytes), made at the first passkey; never the login ID. */
   webauthnUserId: text("webauthn_user_id").unique(),
+  /** The member's language for mail (and the default of the hosted pages). */
+  locale: text("locale", { enum: ["ja", "en"] })
+    .notNull()
+    .default("ja"),
 });
 
 /** One row per member; every value column is a vault ciphertext bound to (member, field). */
@@ -137,6 +141,9 @@ export const oidcPayloads = sqliteTable(
     userCodeHash: text("user_code_hash"),
     expiresAt: integer("expires_at"),
     consumedAt: integer("consumed_at"),
+    /** The member's OIDC subject for rows that belong to one (grants, tokens, codes, sessions), so
+     * that a password reset can revoke everything a member holds. Opaque, not personal data. */
+    accountId: text("account_id"),
   },
   // Partial indexes: most rows have no uid or user code, and only tokens carry a grant id, so an
   // insert touches the table and one or two index pages (each page is a WAL write). Expiry clean-up
@@ -146,6 +153,7 @@ export const oidcPayloads = sqliteTable(
     index("oidc_grant").on(t.grantId).where(sql`grant_id IS NOT NULL`),
     index("oidc_uid").on(t.uidHash).where(sql`uid_hash IS NOT NULL`),
     index("oidc_user_code").on(t.userCodeHash).where(sql`user_code_hash IS NOT NULL`),
+    index("oidc_account").on(t.accountId).where(sql`account_id IS NOT NULL`),
   ],
 );
 
@@ -325,4 +333,59 @@ export const alerts = sqliteTable(
     acknowledgedAt: integer("acknowledged_at"),
   },
   (t) => [index("alerts_at").on(t.at)],
+);
+
+
+/**
+ * Single-use tokens mailed to a member: e-mail verification (24 h), e-mail change (24 h, carries
+ * the new address) and password reset (30 min). Stored as SHA-256 of 256 random bits; spent by a
+ * compare-and-swap on `consumed_at`. `email_bidx` is the blind index of the address the link was
+ * sent to: a verification link proves that address, not whatever the profile holds later.
+ */
+export const memberTokens = sqliteTable(
+  "member_tokens",
+  {
+    tokenHash: text("token_hash").primaryKey(),
+    purpose: text("purpose", { enum: ["verify_email", "change_email", "reset_password"] }).notNull(),
+    memberId: text("member_id")
+      .notNull()
+      .references(() => members.id, { onDelete: "cascade" }),
+    emailIndex: text("email_bidx"),
+    /** change_email: the new address, a vault ciphertext bound to (member_tokens.new_email, token hash). */
+    newEmail: text("new_email"),
+    createdAt: integer("created_at").notNull(),
+    expiresAt: integer("expires_at").notNull(),
+    consumedAt: integer("consumed_at"),
+    /** reset_password: when the member passed their second factor for this reset. */
+    mfaPassedAt: integer("mfa_passed_at"),
+    /** reset_password: wrong second-factor codes; the token dies at five. */
+    failures: integer("failures").notNull().default(0),
+  },
+  (t) => [index("member_tokens_member").on(t.memberId, t.purpose), index("member_tokens_expiry").on(t.expiresAt)],
+);
+
+/**
+ * The mail outbox: every message is written here (inside the transaction that caused it) and sent
+ * by the mail worker with retries, so neither a restart nor an SMTP outage loses one. `message`
+ * (recipient, subject, bodies) is a vault ciphertext bound to its row, wiped once sent: the table
+ * keeps when and what kind of mail went out, never to whom or what it said.
+ */
+export const outbox = sqliteTable(
+  "outbox",
+  {
+    id: text("id").primaryKey(),
+    memberId: text("member_id").references(() => members.id, { onDelete: "cascade" }),
+    template: text("template").notNull(),
+    message: text("message"),
+    status: text("status", { enum: ["pending", "sent", "failed"] })
+      .notNull()
+      .default("pending"),
+    attempts: integer("attempts").notNull().default(0),
+    nextAttemptAt: integer("next_attempt_at").notNull(),
+    /** An error code (e.g. ECONNREFUSED, 451), never the server's text (it may name the address). */
+    lastError: text("last_error"),
+    createdAt: integer("created_at").notNull(),
+    sentAt: integer("sent_at"),
+  },
+  (t) => [index("outbox_due").on(t.status, t.nextAttemptAt)],
 );

@@ -147,6 +147,15 @@ const EVENT_LABEL: Record<string, { ja: string; en: string }> = {
   "mfa.recovery_code_used": { ja: "リカバリーコードを使用", en: "Recovery code used" },
   "mfa.passkey_clone_suspected": { ja: "パスキーの複製の疑い", en: "Possible copied passkey" },
   "device.revoked": { ja: "信頼済み端末を削除", en: "Trusted device removed" },
+  "email.verification_sent": { ja: "確認メールを送信", en: "Verification mail sent" },
+  "email.verified": { ja: "メールアドレスを確認", en: "E-mail address verified" },
+  "email.change_requested": { ja: "メールアドレスの変更を申請", en: "E-mail change requested" },
+  "email.changed": { ja: "メールアドレスを変更", en: "E-mail address changed" },
+  "password.changed": { ja: "パスワードの変更", en: "Password change" },
+  "password.reset": { ja: "パスワードを再設定", en: "Password reset" },
+  "recovery.password_requested": { ja: "パスワード再設定メールの送信", en: "Password reset mail requested" },
+  "recovery.login_id_requested": { ja: "ログインIDのお知らせメールの送信", en: "Login ID reminder requested" },
+  "recovery.second_factor": { ja: "パスワード再設定での2段階認証", en: "Two-step verification for a reset" },
 };
 const OUTCOME_LABEL: Record<string, { ja: string; en: string }> = {
   success: { ja: "成功", en: "succeeded" },

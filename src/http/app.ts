@@ -20,6 +20,7 @@ import { secondFactorRoutes } from "./routes/second-factor.js";
 import { interactionRoutes, silentAuthorization } from "./routes/interactions.js";
 import { meRoutes } from "./routes/me.js";
 import { registrationAndLoginRoutes } from "./routes/members.js";
+import { recoveryRoutes } from "./routes/recovery.js";
 
 export const BODY_LIMIT = "64kb";
 
@@ -81,6 +82,7 @@ export function createApp(s: Services): express.Express {
   api.use(meRoutes(s));
   api.use(factorRoutes(s));
   api.use(adminRoutes(s));
+  api.use(recoveryRoutes(s));
   api.use(notFound());
   app.use("/api/v1", api);
 

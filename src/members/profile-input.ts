@@ -4,14 +4,17 @@ import { text } from "../validation.js";
 /** What a member may put in a profile. Formats are loose enough for Japanese and other addresses. */
 const isoDate = /^(\d{4})-(\d{2})-(\d{2})$/;
 
+/** An e-mail address as members type it (full-width characters folded, spaces trimmed). */
+export const emailInput = z
+  .string()
+  .max(254)
+  .transform((s) => s.normalize("NFKC").trim())
+  .pipe(z.email({ error: "must be an e-mail address" }));
+
 export const profileInput = z
   .object({
     name: text(100, { min: 1 }).optional(),
-    email: z
-      .string()
-      .max(254)
-      .transform((s) => s.normalize("NFKC").trim())
-      .pipe(z.email({ error: "must be an e-mail address" })),
+    email: emailInput,
     phone: text(32)
       .transform((s) => s.normalize("NFKC").trim())
       .refine((s) => /^\+?[0-9][0-9 ()-]{4,30}$/.test(s), "must be a phone number")

@@ -91,6 +91,50 @@ export class ProfileVault {
     return row;
   }
 
+  /**
+   * Replace some fields of a member's profile (inside the caller's transaction), keeping the row
+   * under one key: fields go under the row's key while it is the active one; otherwise the whole
+   * row is re-encrypted under the active key (as rotation would; the values never leave the vault,
+   * so this is not a read).
+   */
+  updateFields(memberId: string, changes: Profile): void {
+    const row = this.#db.select().from(profiles).where(eq(profiles.memberId, memberId)).get();
+    const active = this.#keys.get().activeDataKey();
+    if (!row || row.keyId !== active.id) {
+      const current: Profile = {};
+      for (const field of PROFILE_FIELDS) {
+        const stored = row?.[PROFILE_COLUMN[field]];
+        if (typeof stored === "string")
+          current[field] = decryptField(this.#keys, fieldContext(memberId, field), stored);
+      }
+      const next = this.encryptRow(memberId, { ...current, ...changes });
+      this.#db.insert(profiles).values(next).onConflictDoUpdate({ target: profiles.memberId, set: next }).run();
+      return;
+    }
+    const set: Partial<typeof profiles.$inferInsert> = { updatedAt: this.#clock.now().getTime() };
+    for (const field of PROFILE_FIELDS) {
+      if (!(field in changes)) continue;
+      const value = changes[field];
+      (set as Record<string, unknown>)[PROFILE_COLUMN[field]] =
+        value === undefined || value === ""
+          ? null
+          : encryptField(this.#keys, fieldContext(memberId, field), value, active);
+    }
+    if ("email" in changes) set.emailIndex = changes.email ? this.emailIndex(changes.email) : null;
+    this.#db.update(profiles).set(set).where(eq(profiles.memberId, memberId)).run();
+  }
+
+  /** The blind index of the member's current e-mail (null: none). */
+  currentEmailIndex(memberId: string): string | null {
+    return (
+      this.#db
+        .select({ idx: profiles.emailIndex })
+        .from(profiles)
+        .where(eq(profiles.memberId, memberId))
+        .get()?.idx ?? null
+    );
+  }
+
   emailIndex(email: string): string {
     return blindIndex(this.#keys, "email", normaliseEmail(email));
   }

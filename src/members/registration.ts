@@ -11,12 +11,16 @@ import { checkChosenLoginId, LOGIN_ID_PROBLEM_TEXT } from "./login-id.js";
 import { generateMemberNumber } from "./member-number.js";
 import type { Profile, ProfileVault } from "./profile.js";
 import type { ProfileInput } from "./profile-input.js";
+import type { Locale } from "../mail/templates.js";
+import type { EmailAddresses } from "../recovery/email.js";
 
 export interface RegistrationInput {
   loginId?: string | undefined;
   password: string;
   /** Validated by the caller (the API requires an e-mail; `admins add` gives none). */
   profile: ProfileInput | Profile;
+  /** The member's language for mail (default Japanese). */
+  locale?: Locale | undefined;
 }
 
 export interface RequestContext {
@@ -35,6 +39,7 @@ export class Registrations {
   readonly #vault: ProfileVault;
   readonly #audit: AuditLog;
   readonly #minLength: number;
+  readonly #emails: EmailAddresses | undefined;
 
   constructor(deps: {
     db: Db;
@@ -43,7 +48,10 @@ export class Registrations {
     vault: ProfileVault;
     audit: AuditLog;
     passwordMinLength: number;
+    /** Sends the verification mail (inside the registration transaction). */
+    emails?: EmailAddresses;
   }) {
+    this.#emails = deps.emails;
     this.#db = deps.db;
     this.#clock = deps.clock;
     this.#hasher = deps.hasher;
@@ -58,7 +66,8 @@ export class Registrations {
 
   /**
    * Register a member: validate everything cheap first, hash the password, then write member,
-   * encrypted profile and audit entry in one transaction (a crash leaves no half member).
+   * encrypted profile, the verification mail and the audit entry in one transaction (a crash
+   * leaves no half member, and no member without their mail).
    */
   async register(
     input: RegistrationInput,
@@ -111,9 +120,13 @@ export class Registrations {
               createdAt: now,
               updatedAt: now,
               passwordChangedAt: now,
+              locale: input.locale ?? "ja",
             })
             .run();
           this.#db.insert(profiles).values(this.#vault.encryptRow(memberId, profile)).run();
+          if (profile.email && (opts.role ?? "member") === "member") {
+            this.#emails?.sendVerification(memberId, profile.email, input.locale ?? "ja");
+          }
           this.#audit.append({
             action: "member.registered",
             outcome: "success",

@@ -17,7 +17,8 @@ import type { KeyringStore } from "../vault/keyring.js";
  * - `consume` is a compare-and-swap: the first caller marks the row consumed; a second one (two
  *   token requests racing with the same code or refresh token) finds it already marked, revokes
  *   the whole grant and fails with `invalid_grant`, so a race can't yield two token sets.
- * - `revokeByGrantId` deletes every code and token issued under the grant.
+ * - `revokeByGrantId` deletes every code and token issued under the grant; `revokeAccount` deletes
+ *   every grant, token, code and provider session of one member (rows carry the opaque `sub`).
  */
 const GRANTABLE = new Set([
   "AccessToken",
@@ -27,6 +28,9 @@ const GRANTABLE = new Set([
   "BackchannelAuthenticationRequest",
   "PreAuthorizedCode",
 ]);
+
+/** Models whose rows belong to a member without being issued under a grant. */
+const ACCOUNT_MODELS = ["Grant", "Session"];
 
 const sha256 = (value: string) => createHash("sha256").update(value, "utf8").digest("base64url");
 
@@ -54,11 +58,11 @@ export class OidcStore {
 
   readonly #upsert = lazyPrepared(() =>
     this.#db.$client.prepare(
-      `INSERT INTO oidc_payloads (model, id_hash, payload, grant_id, uid_hash, user_code_hash, expires_at, consumed_at)
-       VALUES (@model, @idHash, @payload, @grantId, @uidHash, @userCodeHash, @expiresAt, NULL)
+      `INSERT INTO oidc_payloads (model, id_hash, payload, grant_id, uid_hash, user_code_hash, expires_at, consumed_at, account_id)
+       VALUES (@model, @idHash, @payload, @grantId, @uidHash, @userCodeHash, @expiresAt, NULL, @accountId)
        ON CONFLICT (model, id_hash) DO UPDATE SET payload = excluded.payload, grant_id = excluded.grant_id,
          uid_hash = excluded.uid_hash, user_code_hash = excluded.user_code_hash,
-         expires_at = excluded.expires_at, consumed_at = NULL`,
+         expires_at = excluded.expires_at, consumed_at = NULL, account_id = excluded.account_id`,
     ),
   );
   readonly #find = lazyPrepared(() =>
@@ -90,6 +94,11 @@ export class OidcStore {
       `DELETE FROM oidc_payloads WHERE grant_id = ? AND model IN (${[...GRANTABLE].map((m) => `'${m}'`).join(",")})`,
     ),
   );
+  readonly #revokeAccount = lazyPrepared(() =>
+    this.#db.$client.prepare(
+      `DELETE FROM oidc_payloads WHERE account_id = ? AND model IN (${[...GRANTABLE, ...ACCOUNT_MODELS].map((m) => `'${m}'`).join(",")})`,
+    ),
+  );
   readonly #expired = lazyPrepared(() =>
     this.#db.$client.prepare("DELETE FROM oidc_payloads WHERE expires_at IS NOT NULL AND expires_at <= ?"),
   );
@@ -113,6 +122,7 @@ export class OidcStore {
       uidHash: payload.uid ? sha256(payload.uid) : null,
       userCodeHash: payload.userCode ? sha256(payload.userCode) : null,
       expiresAt: typeof expiresIn === "number" ? this.#clock.now().getTime() + expiresIn * 1000 : null,
+      accountId: typeof payload.accountId === "string" ? payload.accountId : null,
     });
   }
 
@@ -145,6 +155,14 @@ export class OidcStore {
 
   revokeByGrantId(grantId: string): number {
     return this.#revokeGrant().run(grantId).changes;
+  }
+
+  /**
+   * Everything a member holds at the provider — grants, refresh and access tokens, codes, provider
+   * sessions — deleted at once (a password reset or an admin's revoke). Returns how many rows.
+   */
+  revokeAccount(sub: string): number {
+    return this.#revokeAccount().run(sub).changes;
   }
 
   /** Delete every expired row; returns how many. */

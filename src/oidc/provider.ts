@@ -12,7 +12,7 @@ import type { Services } from "../services.js";
 import { ACR, satisfies } from "../sessions/levels.js";
 import { logOut } from "../sessions/member-actions.js";
 import { SESSION_COOKIE, type Session, sessionTokenFrom } from "../sessions/sessions.js";
-import { OidcStore } from "./adapter.js";
+import type { OidcStore } from "./adapter.js";
 import { Clients, secretMatches } from "./clients.js";
 
 /**
@@ -49,7 +49,7 @@ export interface Oidc {
 }
 
 export function createOidc(s: Services): Oidc {
-  const store = new OidcStore({ db: s.db, clock: s.clock, keys: s.keys });
+  const store = s.oidcStore;
   const clients = new Clients({ db: s.db, clock: s.clock, audit: s.audit });
   const keyring = s.keys.get();
   if (!keyring.signingKeys.some((k) => k.active)) {

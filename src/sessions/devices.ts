@@ -1,4 +1,4 @@
-import { and, desc, eq, gt, isNull } from "drizzle-orm";
+import { and, desc, eq, gt, isNull, ne } from "drizzle-orm";
 import type { Clock } from "../clock.js";
 import { type Db, lazyPrepared } from "../db/connection.js";
 import { devices } from "../db/schema.js";
@@ -99,5 +99,16 @@ export class DeviceRegistry {
         .where(and(eq(devices.id, deviceId), eq(devices.memberId, memberId), isNull(devices.revokedAt)))
         .run().changes > 0
     );
+  }
+
+  /** Revoke every trusted device of the member except `keepId` (the one that did a reset). */
+  revokeAllExcept(memberId: string, keepId: string | null): number {
+    return this.#db
+      .update(devices)
+      .set({ revokedAt: this.#clock.now().getTime() })
+      .where(
+        and(eq(devices.memberId, memberId), isNull(devices.revokedAt), keepId ? ne(devices.id, keepId) : undefined),
+      )
+      .run().changes;
   }
 }

@@ -38,6 +38,15 @@ export const MEMBER_EVENT_ACTIONS = [
   "mfa.recovery_code_used",
   "mfa.passkey_clone_suspected",
   "device.revoked",
+  "email.verification_sent",
+  "email.verified",
+  "email.change_requested",
+  "email.changed",
+  "password.changed",
+  "password.reset",
+  "recovery.password_requested",
+  "recovery.login_id_requested",
+  "recovery.second_factor",
 ] as const;
 
 const sessionIdParam = z.string().regex(/^s_[A-Za-z0-9_-]{16}$/);

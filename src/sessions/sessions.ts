@@ -1,6 +1,6 @@
 import { createHash, randomBytes } from "node:crypto";
 import { parse as parseCookies } from "cookie";
-import { and, desc, eq, gt, isNull, sql } from "drizzle-orm";
+import { and, desc, eq, gt, isNull, ne, sql } from "drizzle-orm";
 import type { Clock } from "../clock.js";
 import { type Db, lazyPrepared } from "../db/connection.js";
 import { sessions } from "../db/schema.js";
@@ -170,11 +170,18 @@ export class SessionService {
   }
 
   /** Revoke every live session of a member (password change, admin action); returns how many. */
-  revokeAll(memberId: string, reason: string): number {
+  /** Revoke every live session of the member, except `keepId` when given. */
+  revokeAll(memberId: string, reason: string, keepId?: string): number {
     return this.#db
       .update(sessions)
       .set({ revokedAt: this.#clock.now().getTime(), revokeReason: reason })
-      .where(and(eq(sessions.memberId, memberId), isNull(sessions.revokedAt)))
+      .where(
+        and(
+          eq(sessions.memberId, memberId),
+          isNull(sessions.revokedAt),
+          keepId ? ne(sessions.id, keepId) : undefined,
+        ),
+      )
       .run().changes;
   }
 }

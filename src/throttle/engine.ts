@@ -82,6 +82,14 @@ export interface ThrottlePolicy {
   maxKeys: number;
   /** Proof-of-work difficulty: the largest number a solver may have to try (SHA-256 each). */
   challengeMaxNumber: number;
+  /** Requests that mail a member (recovery): per IP and per network in 10 minutes… */
+  mailIp: number;
+  mailNet: number;
+  /** …per target (login ID or e-mail, known or not) an hour and a day… */
+  mailTarget: number;
+  mailTargetDay: number;
+  /** …and service-wide in 10 minutes, past which each one costs a proof-of-work. */
+  mailGlobal: number;
 }
 
 export const DEFAULT_POLICY: ThrottlePolicy = {
@@ -99,6 +107,11 @@ export const DEFAULT_POLICY: ThrottlePolicy = {
   attackFactor: 10,
   maxKeys: 250_000,
   challengeMaxNumber: 500_000,
+  mailIp: 10,
+  mailNet: 50,
+  mailTarget: 3,
+  mailTargetDay: 10,
+  mailGlobal: 300,
 };
 
 const MINUTE = 60_000;
@@ -143,6 +156,7 @@ export class LoginGuard {
   #baseline = 0;
   underAttackUntil = 0;
   readonly #global: MemoryCounterStore;
+  readonly #mailGlobal: MemoryCounterStore;
 
   readonly #loginKey: (loginId: string) => string;
   readonly #onProtect: ((loginId: string, until: number) => void) | undefined;
@@ -172,6 +186,7 @@ export class LoginGuard {
     const store = () => deps.store?.() ?? new MemoryCounterStore(WINDOWS, this.policy.maxKeys);
     this.#counters = { ip: store(), net: store(), ipl: store(), acct: store(), rate: store() };
     this.#global = new MemoryCounterStore([GLOBAL_WINDOW], 1);
+    this.#mailGlobal = new MemoryCounterStore([GLOBAL_WINDOW], 1);
   }
 
   get trackedKeys(): number {
@@ -356,6 +371,42 @@ export class LoginGuard {
   overRate(key: string, limit: number): ThrottleLimit {
     const count = this.#counters.rate.add(key, 1, this.#clock.now().getTime())[TEN_MIN] as number;
     return { over: count > limit, retryAfterSeconds: 60 };
+  }
+
+  /**
+   * A request that makes us mail someone (forgotten password or login ID). Counted — every request,
+   * not only failures — per address and network (one client can't flood many mailboxes or walk the
+   * member base), per target (a login ID or an e-mail's blind index, whether or not anyone has it,
+   * so the answer says nothing about existence; one mailbox gets at most a few mails an hour), and
+   * service-wide (past `mailGlobal` in ten minutes, or while the service is under attack, each
+   * request costs a proof-of-work). An allowed request is counted at once.
+   */
+  assessMailRequest(a: { ip: string; target: string; challengeSolved?: boolean }): Decision {
+    const now = this.#clock.now().getTime();
+    const address = addressOf(a.ip);
+    const net = subnetOf(a.ip);
+    const store = this.#counters.rate;
+    const reasons: string[] = [];
+    let retry = 0;
+    const check = (key: string, w: number, limit: number, reason: string) => {
+      if ((store.peek(key, now)[w] as number) >= limit) {
+        reasons.push(reason);
+        retry = Math.max(retry, Math.ceil(store.until(key, w, limit, now) / 1000));
+      }
+    };
+    check(`mail_ip|${address}`, TEN_MIN, this.policy.mailIp, "ip_requests");
+    check(`mail_net|${net}`, TEN_MIN, this.policy.mailNet, "network_requests");
+    check(`mail_target|${a.target}`, HOUR, this.policy.mailTarget, "target_requests");
+    check(`mail_target|${a.target}`, DAY, this.policy.mailTargetDay, "target_requests_day");
+    if (reasons.length > 0) return { action: "slow", reasons, retryAfterSeconds: Math.max(1, retry) };
+    const busy =
+      (this.#mailGlobal.peek("all", now)[0] as number) >= this.policy.mailGlobal || this.underAttack();
+    if (busy && !a.challengeSolved) return { action: "challenge", reasons: ["mail_requests_global"], retryAfterSeconds: 1 };
+    store.add(`mail_ip|${address}`, 1, now);
+    store.add(`mail_net|${net}`, 1, now);
+    store.add(`mail_target|${a.target}`, 1, now);
+    this.#mailGlobal.add("all", 1, now);
+    return { action: "allow", reasons: [], retryAfterSeconds: 0 };
   }
 
   #trackSpray(a: Attempt, now: number): void {

@@ -6,11 +6,14 @@ import { clearSessionCookie, setSessionCookie } from "../cookies.js";
 import { deviceTokenFrom } from "../../sessions/devices.js";
 import { locals } from "../middleware.js";
 import { logOut } from "../../sessions/member-actions.js";
+import { pickLang } from "../pages.js";
 
 const registrationBody = z.object({
   login_id: z.string().max(256).optional(),
   password: z.string().min(1).max(1024),
   profile: profileInput,
+  /** The member's language for mail; default: the request's Accept-Language (Japanese first). */
+  locale: z.enum(["ja", "en"]).optional(),
 });
 
 const loginBody = z.object({
@@ -33,7 +36,12 @@ export function registrationAndLoginRoutes(s: Services): Router {
     const body = registrationBody.parse(req.body);
     const l = locals(res);
     const { memberId, loginId } = await s.registrations.register(
-      { loginId: body.login_id, password: body.password, profile: body.profile },
+      {
+        loginId: body.login_id,
+        password: body.password,
+        profile: body.profile,
+        locale: body.locale ?? pickLang(req.get("accept-language")),
+      },
       { ip: l.ip, requestId: l.requestId },
     );
     res.status(201).json({ member_id: memberId, login_id: loginId });

@@ -1,0 +1,251 @@
+import { and, asc, eq, lte, lt, sql } from "drizzle-orm";
+import type { Logger } from "pino";
+import type { Alerts } from "../audit/alerts.js";
+import type { Clock } from "../clock.js";
+import type { Db } from "../db/connection.js";
+import { outbox } from "../db/schema.js";
+import { randomBytesPooled } from "../vault/random.js";
+import { decryptField, encryptField } from "../vault/fields.js";
+import type { KeyringStore } from "../vault/keyring.js";
+import { MailSendError, type MailSender } from "./sender.js";
+import { type Locale, type MailTemplate, renderMail } from "./templates.js";
+
+/**
+ * The persistent outbox and its worker.
+ *
+ * `enqueue` is synchronous and meant to run inside the transaction that has something to say (the
+ * registration, the reset): the mail exists exactly when the change does. The message (recipient,
+ * subject, bodies) is rendered then and stored as one vault ciphertext bound to its row; the row
+ * keeps only the template name, the member and the delivery state. Once sent the ciphertext is
+ * wiped, so the table never accumulates reset links or addresses.
+ *
+ * The worker sends due messages one at a time. A send is leased first (next attempt pushed out), so
+ * a crash mid-send retries later instead of losing the message (delivery is at least once; the
+ * Message-ID is the row id, so a duplicate is recognisable). Failures back off exponentially
+ * (30 s, 1 min, 2 min, … capped at an hour); a permanent SMTP refusal (5xx) or the last attempt
+ * marks the row `failed` and raises an alert.
+ */
+export const MAX_ATTEMPTS = 15;
+const LEASE_MS = 5 * 60_000;
+const BATCH = 20;
+
+export function backoffMs(attempts: number): number {
+  return Math.min(30_000 * 2 ** Math.max(0, attempts - 1), 3_600_000);
+}
+
+export interface Enqueue {
+  memberId: string | null;
+  to: string;
+  locale: Locale;
+  mail: MailTemplate;
+}
+
+interface Stored {
+  to: string;
+  subject: string;
+  text: string;
+  html: string;
+  locale: Locale;
+}
+
+export class Mailer {
+  readonly #db: Db;
+  readonly #keys: KeyringStore;
+  readonly #clock: Clock;
+  readonly #log: Logger;
+  readonly #alerts: Alerts;
+  readonly #from: string;
+  readonly sender: MailSender;
+  #running: Promise<number> | null = null;
+  #again = false;
+  #timer: NodeJS.Timeout | null = null;
+  #started = false;
+
+  constructor(deps: {
+    db: Db;
+    keys: KeyringStore;
+    clock: Clock;
+    logger: Logger;
+    alerts: Alerts;
+    from: string;
+    sender: MailSender;
+  }) {
+    this.#db = deps.db;
+    this.#keys = deps.keys;
+    this.#clock = deps.clock;
+    this.#log = deps.logger;
+    this.#alerts = deps.alerts;
+    this.#from = deps.from;
+    this.sender = deps.sender;
+  }
+
+  #context(id: string) {
+    return { table: "outbox", column: "message", rowId: id };
+  }
+
+  /** Queue a message (inside the caller's transaction). Returns the outbox id. */
+  enqueue(m: Enqueue): string {
+    const id = `ob_${randomBytesPooled(16).toString("base64url")}`;
+    const now = this.#clock.now().getTime();
+    const rendered = renderMail(m.locale, m.mail);
+    const stored: Stored = { to: m.to, locale: m.locale, ...rendered };
+    this.#db
+      .insert(outbox)
+      .values({
+        id,
+        memberId: m.memberId,
+        template: m.mail.template,
+        message: encryptField(this.#keys, this.#context(id), JSON.stringify(stored)),
+        nextAttemptAt: now,
+        createdAt: now,
+      })
+      .run();
+    // After the caller's transaction: better-sqlite3 commits synchronously, before this runs.
+    if (this.#started) setImmediate(() => void this.runDue());
+    return id;
+  }
+
+  /** Start sending: now, on every enqueue, and every `intervalMs` for retries. */
+  start(intervalMs = 5_000): void {
+    this.#started = true;
+    this.#timer = setInterval(() => void this.runDue(), intervalMs);
+    this.#timer.unref();
+    void this.runDue();
+  }
+
+  /** Stop the timer and wait for a send in progress (graceful shutdown). */
+  async stop(): Promise<void> {
+    this.#started = false;
+    if (this.#timer) clearInterval(this.#timer);
+    this.#timer = null;
+    await this.#running;
+    this.sender.close();
+  }
+
+  /**
+   * Send everything due now; resolves with how many were sent. One run at a time: a call during a
+   * run makes that run look again before it ends, and returns its promise.
+   */
+  runDue(): Promise<number> {
+    if (this.#running) {
+      this.#again = true;
+      return this.#running;
+    }
+    const run = this.#drain().finally(() => {
+      if (this.#running === run) this.#running = null;
+    });
+    this.#running = run;
+    return run;
+  }
+
+  async #drain(): Promise<number> {
+    let sent = 0;
+    do {
+      this.#again = false;
+      for (;;) {
+        const due = this.#claim();
+        if (due.length === 0) break;
+        for (const row of due) if (await this.#deliver(row)) sent++;
+      }
+    } while (this.#again);
+    return sent;
+  }
+
+  /** Lease up to BATCH due rows: their next attempt moves out, so a crash mid-send retries them. */
+  #claim(): { id: string; message: string | null; attempts: number }[] {
+    const now = this.#clock.now().getTime();
+    return this.#db.$client.transaction(() => {
+      const rows = this.#db
+        .select({ id: outbox.id, message: outbox.message, attempts: outbox.attempts })
+        .from(outbox)
+        .where(and(eq(outbox.status, "pending"), lte(outbox.nextAttemptAt, now)))
+        .orderBy(asc(outbox.nextAttemptAt))
+        .limit(BATCH)
+        .all();
+      for (const r of rows) {
+        this.#db
+          .update(outbox)
+          .set({ nextAttemptAt: now + LEASE_MS })
+          .where(eq(outbox.id, r.id))
+          .run();
+      }
+      return rows;
+    })();
+  }
+
+  async #deliver(row: { id: string; message: string | null; attempts: number }): Promise<boolean> {
+    const attempts = row.attempts + 1;
+    let stored: Stored;
+    try {
+      stored = JSON.parse(decryptField(this.#keys, this.#context(row.id), row.message ?? "")) as Stored;
+    } catch (err) {
+      this.#log.error({ err, outbox_id: row.id }, "outbox message failed to decrypt");
+      this.#finish(row.id, attempts, "failed", "DECRYPT");
+      return false;
+    }
+    try {
+      await this.sender.send({ id: row.id, from: this.#from, ...stored });
+    } catch (err) {
+      const failure = err instanceof MailSendError ? err : MailSendError.from(err);
+      const giveUp = failure.permanent || attempts >= MAX_ATTEMPTS;
+      this.#log.warn(
+        { outbox_id: row.id, attempts, error_code: failure.code, give_up: giveUp },
+        "mail not sent; will retry unless given up",
+      );
+      if (giveUp) {
+        this.#finish(row.id, attempts, "failed", failure.code);
+        this.#alerts.raise("mail_undeliverable", "warning", { outbox_id: row.id, code: failure.code });
+      } else {
+        this.#db
+          .update(outbox)
+          .set({
+            attempts,
+            lastError: failure.code,
+            nextAttemptAt: this.#clock.now().getTime() + backoffMs(attempts),
+          })
+          .where(eq(outbox.id, row.id))
+          .run();
+      }
+      return false;
+    }
+    this.#finish(row.id, attempts, "sent", null);
+    this.#log.info({ outbox_id: row.id, attempts }, "mail sent");
+    return true;
+  }
+
+  /** Sent or given up: the message itself (recipient, links, text) is wiped either way. */
+  #finish(id: string, attempts: number, status: "sent" | "failed", error: string | null): void {
+    this.#db
+      .update(outbox)
+      .set({
+        status,
+        attempts,
+        lastError: error,
+        message: null,
+        sentAt: status === "sent" ? this.#clock.now().getTime() : null,
+      })
+      .where(eq(outbox.id, id))
+      .run();
+  }
+
+  /** Counts by state, for operators (`pending` includes retries waiting). */
+  stats(): { pending: number; sent: number; failed: number } {
+    const rows = this.#db
+      .select({ status: outbox.status, n: sql<number>`count(*)` })
+      .from(outbox)
+      .groupBy(outbox.status)
+      .all();
+    const out = { pending: 0, sent: 0, failed: 0 };
+    for (const r of rows) out[r.status] = r.n;
+    return out;
+  }
+
+  /** Forget rows sent or failed more than 30 days ago (their content is already gone). */
+  sweep(): number {
+    const cutoff = this.#clock.now().getTime() - 30 * 24 * 3_600_000;
+    return this.#db
+      .delete(outbox)
+      .where(and(sql`${outbox.status} != 'pending'`, lt(outbox.createdAt, cutoff)))
+      .run().changes;
+  }
+}

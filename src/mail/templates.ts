@@ -1,0 +1,149 @@
+import { escapeHtml as e } from "../http/pages.js";
+
+/**
+ * Mail to members, Japanese and English (the member's `locale`), each as plain text and HTML.
+ * No images, no tracking pixels, no redirecting links: every link is to the issuer and is printed
+ * in full in both parts, so a member can see where it goes before following it. Every mail says
+ * what to do if the member did not ask for it.
+ */
+export type Locale = "ja" | "en";
+
+export type MailTemplate =
+  | { template: "verify_email"; link: string; hours: number }
+  | { template: "verify_new_email"; link: string; hours: number }
+  | { template: "email_changed"; maskedNewEmail: string }
+  | { template: "password_reset"; link: string; minutes: number; loginId: string }
+  | { template: "password_changed"; how: "reset" | "change"; loginId: string }
+  | { template: "login_ids"; loginIds: string[] };
+
+export interface RenderedMail {
+  subject: string;
+  text: string;
+  html: string;
+}
+
+interface Parts {
+  subject: string;
+  /** Paragraphs; a `{ link }` item is a link printed in full. */
+  body: (string | { link: string; label: string } | { code: string[] })[];
+}
+
+const NOT_YOU = {
+  ja: "お心当たりがない場合は、このメールを無視してください。ほかの方があなたのメールアドレスを入力した可能性があります。",
+  en: "If you didn't ask for this, you can ignore this mail: someone may have typed your address by mistake.",
+};
+const SECURE_NOW = {
+  ja: "お心当たりがない場合は、すぐにパスワードを再設定し、アカウントページでサインイン中のセッションを確認してください。",
+  en: "If this wasn't you, reset your password now and check the signed-in sessions on your account page.",
+};
+
+function parts(locale: Locale, m: MailTemplate): Parts {
+  const ja = locale === "ja";
+  switch (m.template) {
+    case "verify_email":
+    case "verify_new_email":
+      return {
+        subject: ja ? "メールアドレスの確認" : "Confirm your e-mail address",
+        body: [
+          ja
+            ? m.template === "verify_email"
+              ? "Sekisho へのご登録ありがとうございます。次のリンクを開いて、メールアドレスを確認してください。"
+              : "メールアドレスの変更を受け付けました。次のリンクを開いて新しいメールアドレスを確認すると、変更が有効になります。"
+            : m.template === "verify_email"
+              ? "Thank you for registering. Open this link to confirm your e-mail address:"
+              : "We received a request to change your e-mail address to this one. Open this link to confirm it; the change takes effect once you do:",
+          { link: m.link, label: ja ? "メールアドレスを確認する" : "Confirm this address" },
+          ja ? `このリンクの有効期限は ${m.hours} 時間で、1回だけ使えます。` : `The link works once and expires in ${m.hours} hours.`,
+          NOT_YOU[locale],
+        ],
+      };
+    case "email_changed":
+      return {
+        subject: ja ? "メールアドレスが変更されました" : "Your e-mail address was changed",
+        body: [
+          ja
+            ? `アカウントのメールアドレスが ${m.maskedNewEmail} に変更されました。今後のお知らせは新しいアドレスに届きます。`
+            : `The e-mail address of your account was changed to ${m.maskedNewEmail}. From now on, mail goes to the new address.`,
+          SECURE_NOW[locale],
+        ],
+      };
+    case "password_reset":
+      return {
+        subject: ja ? "パスワードの再設定" : "Reset your password",
+        body: [
+          ja
+            ? `ログインID「${m.loginId}」のパスワード再設定を受け付けました。次のリンクから新しいパスワードを設定してください。`
+            : `We received a request to reset the password of login ID "${m.loginId}". Set a new password here:`,
+          { link: m.link, label: ja ? "パスワードを再設定する" : "Reset the password" },
+          ja
+            ? `このリンクの有効期限は ${m.minutes} 分で、1回だけ使えます。2段階認証を設定している場合は、その確認も求められます。`
+            : `The link works once and expires in ${m.minutes} minutes. If you use two-step verification, you will be asked for it too.`,
+          NOT_YOU[locale],
+        ],
+      };
+    case "password_changed":
+      return {
+        subject: ja ? "パスワードが変更されました" : "Your password was changed",
+        body: [
+          ja
+            ? `ログインID「${m.loginId}」のパスワードが${m.how === "reset" ? "再設定" : "変更"}されました。${m.how === "reset" ? "すべての端末でサインアウトしました。" : "ほかの端末のセッションは終了しました。"}`
+            : `The password of login ID "${m.loginId}" was ${m.how === "reset" ? "reset; every device was signed out" : "changed; your other sessions were ended"}.`,
+          SECURE_NOW[locale],
+        ],
+      };
+    case "login_ids":
+      return {
+        subject: ja ? "ログインIDのお知らせ" : "Your login ID",
+        body: [
+          ja
+            ? "このメールアドレスで登録されているログインIDは次のとおりです。"
+            : m.loginIds.length > 1
+              ? "These login IDs are registered with this e-mail address:"
+              : "This login ID is registered with this e-mail address:",
+          { code: m.loginIds },
+          ja
+            ? "パスワードをお忘れの場合は、サインイン画面の「パスワードをお忘れの方」から再設定できます。"
+            : 'If you also forgot the password, use "Forgot your password?" on the sign-in page.',
+          NOT_YOU[locale],
+        ],
+      };
+  }
+}
+
+const SIGNATURE = { ja: "—\n関所 Sekisho（このメールは送信専用です）", en: "—\nSekisho (this address does not receive replies)" };
+
+export function renderMail(locale: Locale, m: MailTemplate): RenderedMail {
+  const p = parts(locale, m);
+  const text = [
+    ...p.body.map((b) =>
+      typeof b === "string" ? b : "link" in b ? b.link : b.code.map((c) => `    ${c}`).join("\n"),
+    ),
+    SIGNATURE[locale],
+  ].join("\n\n");
+  const html = `<!doctype html><html lang="${locale}"><head><meta charset="utf-8"><title>${e(p.subject)}</title></head>
+<body style="font-family:system-ui,sans-serif;color:#1d2330;line-height:1.6;max-width:36rem;margin:0 auto;padding:1rem">
+${p.body
+  .map((b) =>
+    typeof b === "string"
+      ? `<p>${e(b)}</p>`
+      : "link" in b
+        ? `<p><a href="${e(b.link)}" style="display:inline-block;background:#2456c9;color:#fff;padding:.6rem 1rem;border-radius:6px;text-decoration:none">${e(b.label)}</a></p><p style="word-break:break-all;font-size:.9rem;color:#4a5263">${e(b.link)}</p>`
+        : `<ul>${b.code.map((c) => `<li><code style="font-size:1.1rem">${e(c)}</code></li>`).join("")}</ul>`,
+  )
+  .join("\n")}
+<p style="color:#6b7385;font-size:.85rem;white-space:pre-line">${e(SIGNATURE[locale])}</p>
+</body></html>`;
+  return { subject: `${p.subject} — Sekisho`, text, html };
+}
+
+/** `t***@e***.jp`: enough for a member to recognise their address, not enough to read it off. */
+export function maskEmail(email: string): string {
+  const at = email.lastIndexOf("@");
+  if (at < 1) return "***";
+  const local = email.slice(0, at);
+  const domain = email.slice(at + 1);
+  const dot = domain.lastIndexOf(".");
+  const host = dot > 0 ? domain.slice(0, dot) : domain;
+  const tld = dot > 0 ? domain.slice(dot) : "";
+  return `${[...local][0]}***@${[...host][0] ?? ""}***${tld}`;
+}

@@ -1,0 +1,232 @@
+import { eq } from "drizzle-orm";
+import type { AuditLog } from "../audit/log.js";
+import { type Db, inTransaction } from "../db/connection.js";
+import { members } from "../db/schema.js";
+import { ApiError } from "../errors.js";
+import type { Mailer } from "../mail/outbox.js";
+import { type Locale, maskEmail } from "../mail/templates.js";
+import type { ProfileVault } from "../members/profile.js";
+import type { Session } from "../sessions/sessions.js";
+import type { LoginGuard } from "../throttle/engine.js";
+import { decryptField, encryptField } from "../vault/fields.js";
+import type { KeyringStore } from "../vault/keyring.js";
+import { type MemberToken, type MemberTokens, TOKEN_TTL_MS } from "./tokens.js";
+
+export interface Ctx {
+  ip: string | null;
+  requestId: string | null;
+}
+
+/** Verification mails a member may ask for in ten minutes. */
+const RESENDS_PER_10_MIN = 3;
+/** E-mail change requests a member may make in ten minutes. */
+const CHANGES_PER_10_MIN = 5;
+
+export const invalidToken = () =>
+  new ApiError(400, "invalid_token", "This link is not valid any more: it was used, replaced or has expired.");
+
+const newEmailContext = (tokenHash: string) => ({ table: "member_tokens", column: "new_email", rowId: tokenHash });
+
+/**
+ * A member's e-mail address: verification at registration (and on request), and changing it. A
+ * verification link proves the address it was sent to — it carries that address's blind index,
+ * and verifies nothing once the profile holds another. A change needs a recent sign-in (with the
+ * second factor, for a member who has one), takes effect only when the new address follows its
+ * link, and the old address is told.
+ */
+export class EmailAddresses {
+  readonly #db: Db;
+  readonly #keys: KeyringStore;
+  readonly #vault: ProfileVault;
+  readonly #tokens: MemberTokens;
+  readonly #mailer: Mailer;
+  readonly #audit: AuditLog;
+  readonly #guard: LoginGuard;
+  readonly #issuer: string;
+  readonly #requireStrongRecent: (session: Session) => void;
+
+  constructor(deps: {
+    db: Db;
+    keys: KeyringStore;
+    vault: ProfileVault;
+    tokens: MemberTokens;
+    mailer: Mailer;
+    audit: AuditLog;
+    guard: LoginGuard;
+    issuer: string;
+    requireStrongRecent: (session: Session) => void;
+  }) {
+    this.#db = deps.db;
+    this.#keys = deps.keys;
+    this.#vault = deps.vault;
+    this.#tokens = deps.tokens;
+    this.#mailer = deps.mailer;
+    this.#audit = deps.audit;
+    this.#guard = deps.guard;
+    this.#issuer = deps.issuer;
+    this.#requireStrongRecent = deps.requireStrongRecent;
+  }
+
+  link(token: string): string {
+    return `${this.#issuer}/email/verify?token=${token}`;
+  }
+
+  /** Mail a verification link to `email` (inside the caller's transaction: registration, resend). */
+  sendVerification(memberId: string, email: string, locale: Locale): void {
+    const { token } = this.#tokens.issue("verify_email", memberId, { emailIndex: this.#vault.emailIndex(email) });
+    this.#mailer.enqueue({
+      memberId,
+      to: email,
+      locale,
+      mail: { template: "verify_email", link: this.link(token), hours: TOKEN_TTL_MS.verify_email / 3_600_000 },
+    });
+  }
+
+  #member(memberId: string) {
+    const m = this.#db
+      .select({ id: members.id, locale: members.locale, emailVerified: members.emailVerified, status: members.status })
+      .from(members)
+      .where(eq(members.id, memberId))
+      .get();
+    if (!m) throw new ApiError(401, "unauthenticated", "Sign in first.");
+    return m;
+  }
+
+  #email(memberId: string, template: string, ctx: Ctx): string | undefined {
+    return this.#vault.read(memberId, ["email"], {
+      actorType: "system",
+      actorId: null,
+      reason: `mail:${template}`,
+      ip: ctx.ip,
+      requestId: ctx.requestId,
+    }).email;
+  }
+
+  /** A new verification mail for the signed-in member (rate-limited). */
+  resend(session: Session, ctx: Ctx): void {
+    const m = this.#member(session.memberId);
+    if (m.emailVerified) throw new ApiError(409, "already_verified", "Your e-mail address is already verified.");
+    const rate = this.#guard.overRate(`verify_resend|${m.id}`, RESENDS_PER_10_MIN);
+    if (rate.over) {
+      throw new ApiError(429, "too_many_attempts", "Too many verification mails; try again later.", {
+        headers: { "Retry-After": String(rate.retryAfterSeconds) },
+      });
+    }
+    const email = this.#email(m.id, "verify_email", ctx);
+    if (!email) throw new ApiError(400, "no_email", "Your profile has no e-mail address.");
+    inTransaction(this.#db, () => {
+      this.sendVerification(m.id, email, m.locale);
+      this.#audit.append({
+        action: "email.verification_sent",
+        outcome: "info",
+        actorType: "member",
+        actorId: m.id,
+        memberId: m.id,
+        ip: ctx.ip,
+        requestId: ctx.requestId,
+      });
+    });
+  }
+
+  /** Ask to change the address: the new one gets a link; nothing changes until it is followed. */
+  requestChange(session: Session, newEmail: string, ctx: Ctx): void {
+    this.#requireStrongRecent(session);
+    const m = this.#member(session.memberId);
+    const index = this.#vault.emailIndex(newEmail);
+    if (index === this.#vault.currentEmailIndex(m.id) && m.emailVerified) {
+      throw new ApiError(400, "invalid_request", "That is already your e-mail address.");
+    }
+    const rate = this.#guard.overRate(`email_change|${m.id}`, CHANGES_PER_10_MIN);
+    if (rate.over) {
+      throw new ApiError(429, "too_many_attempts", "Too many requests; try again later.", {
+        headers: { "Retry-After": String(rate.retryAfterSeconds) },
+      });
+    }
+    inTransaction(this.#db, () => {
+      const { token } = this.#tokens.issue("change_email", m.id, {
+        emailIndex: index,
+        newEmail: (hash) => encryptField(this.#keys, newEmailContext(hash), newEmail),
+      });
+      this.#mailer.enqueue({
+        memberId: m.id,
+        to: newEmail,
+        locale: m.locale,
+        mail: {
+          template: "verify_new_email",
+          link: this.link(token),
+          hours: TOKEN_TTL_MS.change_email / 3_600_000,
+        },
+      });
+      this.#audit.append({
+        action: "email.change_requested",
+        outcome: "info",
+        actorType: "member",
+        actorId: m.id,
+        memberId: m.id,
+        ip: ctx.ip,
+        requestId: ctx.requestId,
+        details: { session_id: session.id },
+      });
+    });
+  }
+
+  /** Follow a link from a verification or change mail. */
+  verify(token: string, ctx: Ctx): { memberId: string; changed: boolean } {
+    const row = this.#tokens.find(token, "verify_email") ?? this.#tokens.find(token, "change_email");
+    if (!row) throw invalidToken();
+    if (this.#member(row.memberId).status !== "active") throw invalidToken();
+    return row.purpose === "change_email" ? this.#confirmChange(row, ctx) : this.#confirm(row, ctx);
+  }
+
+  #confirm(row: MemberToken, ctx: Ctx): { memberId: string; changed: boolean } {
+    inTransaction(this.#db, () => {
+      // The link proves the address it was sent to; if the profile holds another one now, it proves nothing.
+      if (row.emailIndex === null || row.emailIndex !== this.#vault.currentEmailIndex(row.memberId))
+        throw invalidToken();
+      if (!this.#tokens.consume(row.tokenHash)) throw invalidToken();
+      this.#db.update(members).set({ emailVerified: true }).where(eq(members.id, row.memberId)).run();
+      this.#audit.append({
+        action: "email.verified",
+        outcome: "success",
+        actorType: "member",
+        actorId: row.memberId,
+        memberId: row.memberId,
+        ip: ctx.ip,
+        requestId: ctx.requestId,
+      });
+    });
+    return { memberId: row.memberId, changed: false };
+  }
+
+  #confirmChange(row: MemberToken, ctx: Ctx): { memberId: string; changed: boolean } {
+    const m = this.#member(row.memberId);
+    const newEmail = decryptField(this.#keys, newEmailContext(row.tokenHash), row.newEmail ?? "");
+    const oldEmail = this.#email(m.id, "email_changed", ctx);
+    inTransaction(this.#db, () => {
+      if (!this.#tokens.consume(row.tokenHash)) throw invalidToken();
+      this.#vault.updateFields(m.id, { email: newEmail });
+      this.#db.update(members).set({ emailVerified: true }).where(eq(members.id, m.id)).run();
+      // Links to the old address verify nothing any more (they are bound to it anyway).
+      this.#tokens.voidAll(m.id, "verify_email");
+      if (oldEmail && this.#vault.emailIndex(oldEmail) !== this.#vault.emailIndex(newEmail)) {
+        this.#mailer.enqueue({
+          memberId: m.id,
+          to: oldEmail,
+          locale: m.locale,
+          mail: { template: "email_changed", maskedNewEmail: maskEmail(newEmail) },
+        });
+      }
+      this.#audit.append({
+        action: "email.changed",
+        outcome: "success",
+        actorType: "member",
+        actorId: m.id,
+        memberId: m.id,
+        ip: ctx.ip,
+        requestId: ctx.requestId,
+        details: { old_address_notified: !!oldEmail },
+      });
+    });
+    return { memberId: m.id, changed: true };
+  }
+}

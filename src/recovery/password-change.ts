@@ -1,0 +1,149 @@
+import { eq } from "drizzle-orm";
+import type { AuditLog } from "../audit/log.js";
+import type { Clock } from "../clock.js";
+import { type Db, inTransaction } from "../db/connection.js";
+import { members } from "../db/schema.js";
+import { ApiError } from "../errors.js";
+import type { Mailer } from "../mail/outbox.js";
+import type { ProfileVault } from "../members/profile.js";
+import type { OidcStore } from "../oidc/adapter.js";
+import type { PasswordHasher } from "../passwords/hasher.js";
+import { checkPassword } from "../passwords/rules.js";
+import type { DeviceRegistry } from "../sessions/devices.js";
+import type { Session, SessionService } from "../sessions/sessions.js";
+import { tooManyAttempts } from "../sessions/sign-in.js";
+import type { Attempt, LoginGuard } from "../throttle/engine.js";
+
+export interface ChangeContext {
+  ip: string;
+  requestId: string | null;
+  deviceToken: string | null;
+}
+
+/**
+ * A signed-in member changing their password: the current one is required (a stolen session alone
+ * can't take the account over) and checked through the login-anomaly engine like any password
+ * (wrong guesses count per address and account; the session stands in for a proof-of-work). The
+ * new one follows the registration rules. In one transaction: the new hash, every other session
+ * and every member-site grant and refresh token revoked (a member changes a password when they
+ * fear someone else is in); then a mail tells the member.
+ */
+export class PasswordChange {
+  readonly #db: Db;
+  readonly #clock: Clock;
+  readonly #hasher: PasswordHasher;
+  readonly #vault: ProfileVault;
+  readonly #mailer: Mailer;
+  readonly #audit: AuditLog;
+  readonly #guard: LoginGuard;
+  readonly #sessions: SessionService;
+  readonly #devices: DeviceRegistry;
+  readonly #oidc: OidcStore;
+  readonly #minLength: number;
+
+  constructor(deps: {
+    db: Db;
+    clock: Clock;
+    hasher: PasswordHasher;
+    vault: ProfileVault;
+    mailer: Mailer;
+    audit: AuditLog;
+    guard: LoginGuard;
+    sessions: SessionService;
+    devices: DeviceRegistry;
+    oidc: OidcStore;
+    passwordMinLength: number;
+  }) {
+    this.#db = deps.db;
+    this.#clock = deps.clock;
+    this.#hasher = deps.hasher;
+    this.#vault = deps.vault;
+    this.#mailer = deps.mailer;
+    this.#audit = deps.audit;
+    this.#guard = deps.guard;
+    this.#sessions = deps.sessions;
+    this.#devices = deps.devices;
+    this.#oidc = deps.oidc;
+    this.#minLength = deps.passwordMinLength;
+  }
+
+  async change(session: Session, current: string, next: string, ctx: ChangeContext): Promise<void> {
+    const m = this.#db.select().from(members).where(eq(members.id, session.memberId)).get();
+    if (!m) throw new ApiError(401, "unauthenticated", "Sign in first.");
+    // The rules first: they are cheap and say nothing about the current password.
+    const reasons = checkPassword(next, { minLength: this.#minLength, loginId: m.loginId });
+    if (reasons.length > 0) {
+      throw new ApiError(400, "weak_password", "The password does not meet the password rules.", {
+        extra: { reasons },
+      });
+    }
+    const attempt: Attempt = {
+      ip: ctx.ip,
+      loginId: m.loginId,
+      trustedDevice: this.#devices.recognise(ctx.deviceToken, m.id) !== null,
+      kind: "password",
+      challengeSolved: true,
+    };
+    const decision = this.#guard.assess(attempt);
+    if (decision.action !== "allow") throw tooManyAttempts(decision.retryAfterSeconds);
+    let outcome: "success" | "failure" | "neither" = "neither";
+    try {
+      const right =
+        m.passwordHash !== null &&
+        (await this.#hasher.verify({ hash: m.passwordHash, pepperId: m.pepperId }, current));
+      if (!right) {
+        outcome = "failure";
+        this.#audit.append({
+          action: "password.changed",
+          outcome: "failure",
+          actorType: "member",
+          actorId: m.id,
+          memberId: m.id,
+          ip: ctx.ip,
+          requestId: ctx.requestId,
+          reason: "wrong_current_password",
+          details: { session_id: session.id },
+        });
+        throw new ApiError(401, "invalid_credentials", "The current password is incorrect.");
+      }
+      const hashed = await this.#hasher.hash(next);
+      const email = this.#vault.read(m.id, ["email"], {
+        actorType: "system",
+        actorId: null,
+        reason: "mail:password_changed",
+        ip: ctx.ip,
+        requestId: ctx.requestId,
+      }).email;
+      inTransaction(this.#db, () => {
+        this.#db
+          .update(members)
+          .set({ passwordHash: hashed.hash, pepperId: hashed.pepperId, passwordChangedAt: this.#clock.now().getTime() })
+          .where(eq(members.id, m.id))
+          .run();
+        const sessions = this.#sessions.revokeAll(m.id, "password_changed", session.id);
+        const grants = this.#oidc.revokeAccount(m.sub);
+        if (email) {
+          this.#mailer.enqueue({
+            memberId: m.id,
+            to: email,
+            locale: m.locale,
+            mail: { template: "password_changed", how: "change", loginId: m.loginId },
+          });
+        }
+        this.#audit.append({
+          action: "password.changed",
+          outcome: "success",
+          actorType: "member",
+          actorId: m.id,
+          memberId: m.id,
+          ip: ctx.ip,
+          requestId: ctx.requestId,
+          details: { session_id: session.id, sessions_revoked: sessions, oidc_rows_revoked: grants },
+        });
+      });
+      outcome = "success";
+    } finally {
+      this.#guard.settle(attempt, outcome);
+    }
+  }
+}

@@ -1,0 +1,479 @@
+import { eq, inArray } from "drizzle-orm";
+import type { Logger } from "pino";
+import type { AuditLog } from "../audit/log.js";
+import type { Clock } from "../clock.js";
+import { type Db, inTransaction } from "../db/connection.js";
+import { members } from "../db/schema.js";
+import { ApiError } from "../errors.js";
+import { type FactorMethod, type Factors, methodsOf } from "../factors/methods.js";
+import type { CeremonyBinding } from "../factors/passkeys.js";
+import type { Mailer } from "../mail/outbox.js";
+import { resolveLoginInput } from "../members/login-id.js";
+import type { ProfileVault } from "../members/profile.js";
+import type { OidcStore } from "../oidc/adapter.js";
+import type { PasswordHasher } from "../passwords/hasher.js";
+import { checkPassword } from "../passwords/rules.js";
+import type { DeviceRegistry } from "../sessions/devices.js";
+import type { FactorProof } from "../sessions/second-factor.js";
+import type { SessionService } from "../sessions/sessions.js";
+import { tooManyAttempts } from "../sessions/sign-in.js";
+import type { Attempt, Decision, LoginGuard } from "../throttle/engine.js";
+import type { ProofOfWork } from "../throttle/proof-of-work.js";
+import { blindIndex } from "../vault/blind-index.js";
+import type { KeyringStore } from "../vault/keyring.js";
+import { invalidToken } from "./email.js";
+import { type MemberToken, type MemberTokens, TOKEN_TTL_MS } from "./tokens.js";
+
+export interface RecoveryContext {
+  ip: string;
+  requestId: string | null;
+  /** The `sekisho_device` cookie: the device doing a reset keeps its trust; no other does. */
+  deviceToken?: string | null;
+}
+
+export type RecoveryTarget = { loginId: string } | { email: string };
+
+/** Mails to one member a day from recovery requests, whatever the targets and addresses used. */
+const MAILS_PER_MEMBER_10_MIN = 3;
+/** Members one e-mail address can name in a forgotten-login-ID or reset mail. */
+const MAX_MEMBERS_PER_ADDRESS = 10;
+
+/**
+ * Forgotten password and forgotten login ID.
+ *
+ * Asking (`request`) answers the same whether or not anyone matches, in the same time: the caller
+ * checks the input's shape and asks the throttle (both independent of existence), then answers
+ * 202; looking the target up and writing any mail happen after the answer has gone.
+ *
+ * Following a reset link: the link (30 minutes, single use) proves the mailbox; a member with a
+ * second factor must pass it too (TOTP, passkey or a recovery code) — recovery never bypasses MFA.
+ * Then the new password (same rules as registration) is set and, in the same transaction, every
+ * session, every member-site grant and refresh token, and every trusted device but the one doing
+ * the reset are revoked; the member is mailed and the event audited.
+ */
+export class PasswordRecovery {
+  readonly #db: Db;
+  readonly #clock: Clock;
+  readonly #keys: KeyringStore;
+  readonly #log: Logger;
+  readonly #hasher: PasswordHasher;
+  readonly #vault: ProfileVault;
+  readonly #tokens: MemberTokens;
+  readonly #mailer: Mailer;
+  readonly #audit: AuditLog;
+  readonly #guard: LoginGuard;
+  readonly #pow: ProofOfWork;
+  readonly #sessions: SessionService;
+  readonly #devices: DeviceRegistry;
+  readonly #factors: Factors;
+  readonly #oidc: OidcStore;
+  readonly #issuer: string;
+  readonly #minLength: number;
+  readonly #pending = new Set<Promise<void>>();
+
+  constructor(deps: {
+    db: Db;
+    clock: Clock;
+    keys: KeyringStore;
+    logger: Logger;
+    hasher: PasswordHasher;
+    vault: ProfileVault;
+    tokens: MemberTokens;
+    mailer: Mailer;
+    audit: AuditLog;
+    guard: LoginGuard;
+    pow: ProofOfWork;
+    sessions: SessionService;
+    devices: DeviceRegistry;
+    factors: Factors;
+    oidc: OidcStore;
+    issuer: string;
+    passwordMinLength: number;
+  }) {
+    this.#db = deps.db;
+    this.#clock = deps.clock;
+    this.#keys = deps.keys;
+    this.#log = deps.logger;
+    this.#hasher = deps.hasher;
+    this.#vault = deps.vault;
+    this.#tokens = deps.tokens;
+    this.#mailer = deps.mailer;
+    this.#audit = deps.audit;
+    this.#guard = deps.guard;
+    this.#pow = deps.pow;
+    this.#sessions = deps.sessions;
+    this.#devices = deps.devices;
+    this.#factors = deps.factors;
+    this.#oidc = deps.oidc;
+    this.#issuer = deps.issuer;
+    this.#minLength = deps.passwordMinLength;
+  }
+
+  /** Resolves when every request answered so far has done its mailing (tests, shutdown). */
+  async settled(): Promise<void> {
+    while (this.#pending.size > 0) await Promise.all([...this.#pending]);
+  }
+
+  // ---------------------------------------------------------------- asking
+
+  /**
+   * A forgotten password (by login ID or e-mail) or login ID (by e-mail). Throws only for what
+   * does not depend on whether anyone matches: a malformed login ID, the throttle.
+   */
+  async request(
+    kind: "password" | "login_id",
+    target: RecoveryTarget,
+    ctx: RecoveryContext & { challengeSolution?: string | undefined },
+  ): Promise<void> {
+    let key: string;
+    if ("loginId" in target) {
+      const loginId = resolveLoginInput(target.loginId);
+      if (loginId === null) {
+        throw new ApiError(400, "invalid_login_id", "That is not a valid login ID or member number.");
+      }
+      target = { loginId };
+      key = `login:${loginId}`;
+    } else {
+      key = `email:${this.#vault.emailIndex(target.email)}`;
+    }
+    const solution = ctx.challengeSolution ? await this.#pow.check(ctx.challengeSolution, key) : null;
+    const decision = this.#guard.assessMailRequest({
+      ip: ctx.ip,
+      target: key,
+      challengeSolved: solution !== null && this.#pow.spend(solution),
+    });
+    if (decision.action !== "allow") await this.#refuse(kind, key, decision, ctx);
+    const job = new Promise<void>((resolve) => setImmediate(resolve))
+      .then(() => (kind === "password" ? this.#mailResets(target, ctx) : this.#mailLoginIds(target, ctx)))
+      .catch((err: unknown) => this.#log.error({ err, kind }, "recovery request failed after answering"))
+      .finally(() => this.#pending.delete(job));
+    this.#pending.add(job);
+  }
+
+  async #refuse(kind: string, key: string, decision: Decision, ctx: RecoveryContext): Promise<never> {
+    const fp = blindIndex(this.#keys, "recovery_target", key).slice(0, 22);
+    const attempt: Attempt = { ip: ctx.ip, loginId: key, trustedDevice: false, kind: "password" };
+    if (this.#guard.recordRefusal(attempt, decision.action) !== null) {
+      this.#audit.append({
+        action: "recovery.throttled",
+        outcome: "failure",
+        actorType: "anonymous",
+        ip: ctx.ip,
+        requestId: ctx.requestId,
+        reason: decision.action,
+        details: { kind, reasons: decision.reasons, target_fp: fp },
+      });
+    }
+    if (decision.action === "challenge") {
+      throw new ApiError(403, "challenge_required", "Solve the challenge and send the solution as challenge_solution.", {
+        extra: { challenge: await this.#pow.issue(key) },
+      });
+    }
+    throw tooManyAttempts(decision.retryAfterSeconds);
+  }
+
+  /** Active members the target names (a login ID names at most one; an address possibly several). */
+  #matches(target: RecoveryTarget) {
+    const ids =
+      "loginId" in target
+        ? this.#db
+            .select({ id: members.id })
+            .from(members)
+            .where(eq(members.loginId, target.loginId))
+            .all()
+            .map((r) => r.id)
+        : this.#vault.memberIdsByEmail(target.email).slice(0, MAX_MEMBERS_PER_ADDRESS);
+    if (ids.length === 0) return [];
+    return this.#db
+      .select({ id: members.id, loginId: members.loginId, locale: members.locale, status: members.status })
+      .from(members)
+      .where(inArray(members.id, ids))
+      .all()
+      .filter((m) => m.status === "active");
+  }
+
+  /** One mailbox gets a few recovery mails per ten minutes, however the requests named it. */
+  #mailboxFull(memberId: string): boolean {
+    return this.#guard.overRate(`recovery_mail|${memberId}`, MAILS_PER_MEMBER_10_MIN).over;
+  }
+
+  #emailOf(memberId: string, template: string, ctx: RecoveryContext): string | undefined {
+    return this.#vault.read(memberId, ["email"], {
+      actorType: "system",
+      actorId: null,
+      reason: `mail:${template}`,
+      ip: ctx.ip,
+      requestId: ctx.requestId,
+    }).email;
+  }
+
+  #mailResets(target: RecoveryTarget, ctx: RecoveryContext): void {
+    const found = this.#matches(target);
+    if (found.length === 0) return this.#unmatched("password", target, ctx);
+    for (const m of found) {
+      const email = this.#emailOf(m.id, "password_reset", ctx);
+      const skipped = !email ? "no_address" : this.#mailboxFull(m.id) ? "mailbox_limit" : null;
+      inTransaction(this.#db, () => {
+        if (!skipped && email) {
+          const { token } = this.#tokens.issue("reset_password", m.id, { emailIndex: this.#vault.emailIndex(email) });
+          this.#mailer.enqueue({
+            memberId: m.id,
+            to: email,
+            locale: m.locale,
+            mail: {
+              template: "password_reset",
+              link: `${this.#issuer}/recovery/reset?token=${token}`,
+              minutes: TOKEN_TTL_MS.reset_password / 60_000,
+              loginId: m.loginId,
+            },
+          });
+        }
+        this.#audit.append({
+          action: "recovery.password_requested",
+          outcome: skipped ? "failure" : "info",
+          actorType: "anonymous",
+          memberId: m.id,
+          ip: ctx.ip,
+          requestId: ctx.requestId,
+          reason: skipped,
+          details: { by: "loginId" in target ? "login_id" : "email" },
+        });
+      });
+    }
+  }
+
+  #mailLoginIds(target: RecoveryTarget, ctx: RecoveryContext): void {
+    const found = this.#matches(target).filter((m) => !this.#mailboxFull(m.id));
+    const first = found[0];
+    if (!first) return this.#unmatched("login_id", target, ctx);
+    const email = this.#emailOf(first.id, "login_ids", ctx);
+    if (!email) return;
+    inTransaction(this.#db, () => {
+      this.#mailer.enqueue({
+        memberId: first.id,
+        to: email,
+        locale: first.locale,
+        mail: { template: "login_ids", loginIds: found.map((m) => m.loginId) },
+      });
+      for (const m of found) {
+        this.#audit.append({
+          action: "recovery.login_id_requested",
+          outcome: "info",
+          actorType: "anonymous",
+          memberId: m.id,
+          ip: ctx.ip,
+          requestId: ctx.requestId,
+        });
+      }
+    });
+  }
+
+  /** Nobody matched: recorded (as a keyed fingerprint of the target), nothing sent. */
+  #unmatched(kind: string, target: RecoveryTarget, ctx: RecoveryContext): void {
+    const key = "loginId" in target ? `login:${target.loginId}` : `email:${this.#vault.emailIndex(target.email)}`;
+    this.#audit.append({
+      action: "recovery.requested_unknown",
+      outcome: "info",
+      actorType: "anonymous",
+      ip: ctx.ip,
+      requestId: ctx.requestId,
+      details: { kind, target_fp: blindIndex(this.#keys, "recovery_target", key).slice(0, 22) },
+    });
+  }
+
+  // ---------------------------------------------------------------- following the link
+
+  #live(token: unknown): { row: MemberToken; loginId: string } {
+    const row = this.#tokens.find(token, "reset_password");
+    if (!row) throw invalidToken();
+    const m = this.#db
+      .select({ loginId: members.loginId, status: members.status })
+      .from(members)
+      .where(eq(members.id, row.memberId))
+      .get();
+    if (!m || m.status !== "active") throw invalidToken();
+    return { row, loginId: m.loginId };
+  }
+
+  /**
+   * What the link holder must do next: pass a second factor (`mfa_required`, with the methods
+   * usable now), or set the password (`ready`). Does not spend the link.
+   */
+  check(token: unknown): { status: "mfa_required" | "ready"; methods: FactorMethod[]; memberId: string } {
+    const { row } = this.#live(token);
+    const f = this.#factors.of(row.memberId);
+    const due = f.enrolled && row.mfaPassedAt === null;
+    return { status: due ? "mfa_required" : "ready", methods: due ? methodsOf(f) : [], memberId: row.memberId };
+  }
+
+  /** A passkey ceremony bound to this reset (its challenge is accepted by nothing else). */
+  #binding(row: MemberToken): CeremonyBinding {
+    return { kind: "second_factor", memberId: row.memberId, mfaTokenHash: `reset:${row.tokenHash}` };
+  }
+
+  async passkeyOptions(token: unknown) {
+    const { row } = this.#live(token);
+    return this.#factors.passkeys.authenticationOptions(this.#binding(row));
+  }
+
+  /**
+   * The reset's second step. Wrong codes count in the sign-in throttle (per address and account)
+   * and against the link (five and it dies).
+   */
+  async passFactor(
+    token: unknown,
+    proof: FactorProof,
+    ctx: RecoveryContext,
+  ): Promise<{ status: "ready" } | { status: "failed"; attemptsLeft: number }> {
+    const { row, loginId } = this.#live(token);
+    if (!this.#factors.of(row.memberId).enrolled || row.mfaPassedAt !== null) return { status: "ready" };
+    const attempt: Attempt = {
+      ip: ctx.ip,
+      loginId,
+      trustedDevice: this.#devices.recognise(ctx.deviceToken ?? null, row.memberId) !== null,
+      kind: "second_factor",
+    };
+    const decision = this.#guard.assess(attempt);
+    if (decision.action !== "allow") {
+      if (this.#guard.recordRefusal(attempt, decision.action) !== null) {
+        this.#audit.append({
+          action: "recovery.throttled",
+          outcome: "failure",
+          actorType: "anonymous",
+          memberId: row.memberId,
+          ip: ctx.ip,
+          requestId: ctx.requestId,
+          reason: decision.action,
+          details: { reasons: decision.reasons, step: "second_factor" },
+        });
+      }
+      throw tooManyAttempts(decision.retryAfterSeconds);
+    }
+    let outcome: "success" | "failure" | "neither" = "neither";
+    try {
+      let ok: boolean;
+      let passkeyId: string | undefined;
+      if (proof.method === "webauthn") {
+        const result = await this.#factors.passkeys.authenticate(proof.response, [this.#binding(row)]);
+        ok = result.ok && result.memberId === row.memberId;
+        passkeyId = result.ok ? result.passkeyId : undefined;
+        if (ok && !this.#tokens.markMfaPassed(row.tokenHash)) throw invalidToken();
+      } else {
+        ok = inTransaction(this.#db, () => {
+          const right =
+            proof.method === "totp"
+              ? this.#factors.totp.verify(row.memberId, proof.code)
+              : this.#factors.recovery.consume(row.memberId, proof.code);
+          if (!right) return false;
+          if (!this.#tokens.markMfaPassed(row.tokenHash)) throw invalidToken(); // rolls the code back
+          if (proof.method === "recovery_code") {
+            this.#audit.append({
+              action: "mfa.recovery_code_used",
+              outcome: "info",
+              actorType: "member",
+              actorId: row.memberId,
+              memberId: row.memberId,
+              ip: ctx.ip,
+              requestId: ctx.requestId,
+              details: { remaining: this.#factors.recovery.remaining(row.memberId) },
+            });
+          }
+          return true;
+        });
+      }
+      outcome = ok ? "success" : "failure";
+      const attemptsLeft = ok ? undefined : this.#tokens.recordFailure(row.tokenHash);
+      this.#audit.append({
+        action: "recovery.second_factor",
+        outcome: ok ? "success" : "failure",
+        actorType: ok ? "member" : "anonymous",
+        actorId: ok ? row.memberId : null,
+        memberId: row.memberId,
+        ip: ctx.ip,
+        requestId: ctx.requestId,
+        reason: ok ? null : `wrong_${proof.method}`,
+        details: {
+          method: proof.method,
+          ...(passkeyId ? { passkey_id: passkeyId } : {}),
+          ...(attemptsLeft !== undefined ? { attempts_left: attemptsLeft } : {}),
+        },
+      });
+      return ok ? { status: "ready" } : { status: "failed", attemptsLeft: attemptsLeft ?? 0 };
+    } finally {
+      this.#guard.settle(attempt, outcome);
+    }
+  }
+
+  /** Set the new password and end everything the old one opened. */
+  async reset(token: unknown, password: string, ctx: RecoveryContext): Promise<{ loginId: string }> {
+    const { row, loginId } = this.#live(token);
+    const f = this.#factors.of(row.memberId);
+    if (f.enrolled && row.mfaPassedAt === null) {
+      throw new ApiError(403, "mfa_required", "Confirm it's you with your second factor first.", {
+        extra: { methods: methodsOf(f) },
+      });
+    }
+    const reasons = checkPassword(password, { minLength: this.#minLength, loginId });
+    if (reasons.length > 0) {
+      throw new ApiError(400, "weak_password", "The password does not meet the password rules.", {
+        extra: { reasons },
+      });
+    }
+    const hashed = await this.#hasher.hash(password);
+    const email = this.#emailOf(row.memberId, "password_changed", ctx);
+    const member = this.#db
+      .select({ sub: members.sub, locale: members.locale })
+      .from(members)
+      .where(eq(members.id, row.memberId))
+      .get();
+    if (!member) throw invalidToken();
+    const keep = this.#devices.recognise(ctx.deviceToken ?? null, row.memberId);
+    inTransaction(this.#db, () => {
+      if (!this.#tokens.consume(row.tokenHash, { requireMfa: f.enrolled })) throw invalidToken();
+      // Following the link proved the mailbox: if it is still the profile's address, it is verified.
+      const verified = row.emailIndex !== null && row.emailIndex === this.#vault.currentEmailIndex(row.memberId);
+      this.#db
+        .update(members)
+        .set({
+          passwordHash: hashed.hash,
+          pepperId: hashed.pepperId,
+          passwordChangedAt: this.#clock.now().getTime(),
+          ...(verified ? { emailVerified: true } : {}),
+        })
+        .where(eq(members.id, row.memberId))
+        .run();
+      const sessions = this.#sessions.revokeAll(row.memberId, "password_reset");
+      const grants = this.#oidc.revokeAccount(member.sub);
+      const devices = this.#devices.revokeAllExcept(row.memberId, keep?.id ?? null);
+      this.#tokens.voidAll(row.memberId, "reset_password");
+      if (email) {
+        this.#mailer.enqueue({
+          memberId: row.memberId,
+          to: email,
+          locale: member.locale,
+          mail: { template: "password_changed", how: "reset", loginId },
+        });
+      }
+      this.#audit.append({
+        action: "password.reset",
+        outcome: "success",
+        actorType: "member",
+        actorId: row.memberId,
+        memberId: row.memberId,
+        ip: ctx.ip,
+        requestId: ctx.requestId,
+        details: {
+          mfa: f.enrolled,
+          sessions_revoked: sessions,
+          oidc_rows_revoked: grants,
+          devices_revoked: devices,
+          ...(keep ? { device_id: keep.id } : {}),
+        },
+      });
+    });
+    // The old password's failures say nothing about the new one: lift any protection.
+    this.#guard.lift(loginId);
+    return { loginId };
+  }
+
+}

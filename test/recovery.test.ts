@@ -1,0 +1,573 @@
+import fs from "node:fs";
+import path from "node:path";
+import * as oidc from "openid-client";
+import { generateSync } from "otplib";
+import supertest from "supertest";
+import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from "vitest";
+import { outbox } from "../src/db/schema.js";
+import { backoffMs } from "../src/mail/outbox.js";
+import { Clients } from "../src/oidc/clients.js";
+import { RECOVERY_ACCEPTED } from "../src/http/routes/recovery.js";
+import { Jar } from "./support/browser-jar.js";
+import { SoftAuthenticator } from "./support/soft-authenticator.js";
+import { type ListeningApp, listenWithMember } from "./support/oidc.js";
+import { linkIn, type ReceivedMail, TestSmtp } from "./support/smtp.js";
+import {
+  makeApp,
+  ORIGIN,
+  PROFILE,
+  post,
+  register,
+  STRONG_PASSWORD,
+  signIn,
+  type TestApp,
+} from "./support/app.js";
+
+const NEW_PASSWORD = "a brand new passphrase 77";
+
+/** Everything answered so far has been mailed (deferred recovery work, then the outbox). */
+async function deliver(t: TestApp): Promise<void> {
+  await t.s.recovery.settled();
+  await t.s.mailer.runDue();
+}
+
+function lastTo(smtp: TestSmtp, address: string): ReceivedMail {
+  const mail = smtp.to(address).at(-1);
+  if (!mail) throw new Error(`no mail to ${address}`);
+  return mail;
+}
+
+async function enrolTotp(t: TestApp, cookie: string): Promise<{ secret: string; codes: string[] }> {
+  const begin = await post(t.app, "/api/v1/me/totp", {}, cookie);
+  const secret = begin.body.secret as string;
+  const done = await post(t.app, "/api/v1/me/totp/verify", { code: totpCode(t, secret) }, cookie);
+  expect(done.status).toBe(200);
+  t.clock.advance(31_000); // the enrolment code's step is spent
+  return { secret, codes: done.body.recovery_codes };
+}
+
+const totpCode = (t: TestApp, secret: string) =>
+  generateSync({ secret, epoch: Math.floor(t.clock.now().getTime() / 1000) });
+
+describe("mail, verification and recovery against a real SMTP server", () => {
+  const smtp = new TestSmtp();
+  let t: TestApp;
+
+  beforeAll(() => smtp.start());
+  afterAll(() => smtp.stop());
+  beforeEach(() => {
+    smtp.inbox.length = 0;
+    t = makeApp({ SEKISHO_SMTP_URL: smtp.url, SEKISHO_TRUST_PROXY: "loopback" });
+  });
+  afterEach(() => t.close());
+
+  async function resetLink(loginId: string, ip = "198.51.100.7"): Promise<string> {
+    const res = await post(t.app, "/api/v1/recovery/password", { login_id: loginId }).set("X-Forwarded-For", ip);
+    expect(res.status).toBe(202);
+    await deliver(t);
+    return linkIn(lastTo(smtp, PROFILE.email), "/recovery/reset").token;
+  }
+
+  it("registration mails a verification link (Japanese by default, English on request); following it verifies the address", async () => {
+    const res = await register(t.app, { login_id: "taro.verify" });
+    expect(res.status).toBe(201);
+    await post(t.app, "/api/v1/registrations", {
+      login_id: "jane.verify",
+      password: STRONG_PASSWORD,
+      profile: { ...PROFILE, email: "jane@example.com" },
+      locale: "en",
+    });
+    await deliver(t);
+    const ja = lastTo(smtp, PROFILE.email);
+    expect(ja.subject).toContain("メールアドレスの確認");
+    expect(ja.from).toBe("no-reply@localhost");
+    expect(ja.html).toContain("<a href=");
+    expect(ja.html).not.toMatch(/<img/i); // no tracking pixels
+    expect(ja.headers.get("auto-submitted")).toBe("auto-generated");
+    const en = lastTo(smtp, "jane@example.com");
+    expect(en.subject).toContain("Confirm your e-mail address");
+
+    const cookie = await signIn(t.app, "taro.verify");
+    expect((await supertest(t.app).get("/api/v1/me").set("Cookie", cookie)).body.email_verified).toBe(false);
+    const { token } = linkIn(ja, "/email/verify");
+    const verified = await post(t.app, "/api/v1/email/verify", { token });
+    expect(verified.status).toBe(200);
+    expect(verified.body.status).toBe("verified");
+    expect((await supertest(t.app).get("/api/v1/me").set("Cookie", cookie)).body.email_verified).toBe(true);
+    // used twice: refused
+    const again = await post(t.app, "/api/v1/email/verify", { token });
+    expect(again.status).toBe(400);
+    expect(again.body.error).toBe("invalid_token");
+  });
+
+  it("refuses an expired verification link, and a resend is rate-limited", async () => {
+    await register(t.app, { login_id: "taro.late" });
+    await deliver(t);
+    const { token } = linkIn(lastTo(smtp, PROFILE.email), "/email/verify");
+    t.clock.advance(24 * 3_600_000 + 1000);
+    expect((await post(t.app, "/api/v1/email/verify", { token })).body.error).toBe("invalid_token");
+
+    const cookie = await signIn(t.app, "taro.late");
+    const statuses: number[] = [];
+    for (let i = 0; i < 4; i++)
+      statuses.push((await post(t.app, "/api/v1/me/email/verification", {}, cookie)).status);
+    expect(statuses).toEqual([202, 202, 202, 429]);
+    await deliver(t);
+    // only the newest link works
+    const links = smtp.to(PROFILE.email).slice(-3).map((m) => linkIn(m, "/email/verify").token);
+    expect((await post(t.app, "/api/v1/email/verify", { token: links[0] })).status).toBe(400);
+    expect((await post(t.app, "/api/v1/email/verify", { token: links[2] })).status).toBe(200);
+  });
+
+  it("forgotten password without a second factor: link, new password, every session ended, member told", async () => {
+    await register(t.app, { login_id: "taro.reset" });
+    const cookie = await signIn(t.app, "taro.reset");
+    const token = await resetLink("taro.reset");
+    const mail = lastTo(smtp, PROFILE.email);
+    expect(mail.subject).toContain("パスワードの再設定");
+    expect(mail.text).toContain("taro.reset");
+    expect(mail.text).toContain("30 分");
+
+    const check = await post(t.app, "/api/v1/recovery/password/check", { token });
+    expect(check.body).toEqual({ status: "ready", methods: [] });
+    const weak = await post(t.app, "/api/v1/recovery/password/reset", { token, password: "short" });
+    expect(weak.status).toBe(400);
+    expect(weak.body.error).toBe("weak_password");
+    const done = await post(t.app, "/api/v1/recovery/password/reset", { token, password: NEW_PASSWORD });
+    expect(done.status).toBe(200);
+    expect(done.body).toEqual({ status: "password_reset", login_id: "taro.reset" });
+
+    expect((await supertest(t.app).get("/api/v1/me").set("Cookie", cookie)).status).toBe(401);
+    expect((await post(t.app, "/api/v1/login", { login_id: "taro.reset", password: STRONG_PASSWORD })).status).toBe(401);
+    const fresh = await signIn(t.app, "taro.reset", NEW_PASSWORD);
+    // following the link proved the mailbox
+    expect((await supertest(t.app).get("/api/v1/me").set("Cookie", fresh)).body.email_verified).toBe(true);
+    // the link is spent
+    const twice = await post(t.app, "/api/v1/recovery/password/reset", { token, password: "yet another passphrase 9" });
+    expect(twice.status).toBe(400);
+    expect(twice.body.error).toBe("invalid_token");
+    await deliver(t);
+    expect(lastTo(smtp, PROFILE.email).subject).toContain("パスワードが変更されました");
+    const events = (await supertest(t.app).get("/api/v1/me/events").set("Cookie", fresh)).body.events;
+    expect(events.map((e: { type: string }) => e.type)).toContain("password.reset");
+  });
+
+  it("forgotten password with TOTP: the second factor is demanded before the password can be set", async () => {
+    await register(t.app, { login_id: "taro.totp" });
+    const { secret, codes } = await enrolTotp(t, await signIn(t.app, "taro.totp"));
+    const token = await resetLink("taro.totp");
+
+    const check = await post(t.app, "/api/v1/recovery/password/check", { token });
+    expect(check.body.status).toBe("mfa_required");
+    expect(check.body.methods).toEqual(["totp", "recovery_code"]);
+    // Attack: skip the second factor.
+    const skipped = await post(t.app, "/api/v1/recovery/password/reset", { token, password: NEW_PASSWORD });
+    expect(skipped.status).toBe(403);
+    expect(skipped.body.error).toBe("mfa_required");
+    const wrong = await post(t.app, "/api/v1/recovery/password/totp", { token, code: "000000" });
+    expect(wrong.status).toBe(401);
+    expect(wrong.body.attempts_left).toBe(4);
+    const code = totpCode(t, secret);
+    const right = await post(t.app, "/api/v1/recovery/password/totp", { token, code });
+    expect(right.body).toEqual({ status: "ready" });
+    const done = await post(t.app, "/api/v1/recovery/password/reset", { token, password: NEW_PASSWORD });
+    expect(done.status).toBe(200);
+
+    // The TOTP code just used can't be replayed at the next sign-in's second step.
+    const login = await post(t.app, "/api/v1/login", { login_id: "taro.totp", password: NEW_PASSWORD });
+    expect(login.body.status).toBe("mfa_required");
+    const replay = await post(t.app, "/api/v1/login/totp", { mfa_token: login.body.mfa_token, code });
+    expect(replay.status).toBe(401);
+    // A recovery code passes a reset's second step too, once.
+    const second = await resetLink("taro.totp");
+    expect((await post(t.app, "/api/v1/recovery/password/recovery-code", { token: second, code: codes[0] })).body).toEqual({
+      status: "ready",
+    });
+    const third = await resetLink("taro.totp", "198.51.100.8");
+    expect((await post(t.app, "/api/v1/recovery/password/recovery-code", { token: third, code: codes[0] })).status).toBe(401);
+  });
+
+  it("forgotten password with a passkey: the reset's ceremony passes it, a sign-in ceremony's assertion doesn't", async () => {
+    await register(t.app, { login_id: "taro.pk" });
+    const cookie = await signIn(t.app, "taro.pk");
+    const key = new SoftAuthenticator();
+    const options = await post(t.app, "/api/v1/me/passkeys/options", {}, cookie);
+    expect((await post(t.app, "/api/v1/me/passkeys", { response: key.register(options.body, { origin: ORIGIN }) }, cookie)).status).toBe(201);
+    const token = await resetLink("taro.pk");
+    expect((await post(t.app, "/api/v1/recovery/password/check", { token })).body.methods).toContain("webauthn");
+    // Attack: an assertion made for a sign-in's challenge is replayed into the reset.
+    const login = await post(t.app, "/api/v1/login", { login_id: "taro.pk", password: STRONG_PASSWORD });
+    const signInOptions = await post(t.app, "/api/v1/login/webauthn/options", { mfa_token: login.body.mfa_token });
+    const foreign = key.assert(signInOptions.body, { origin: ORIGIN });
+    expect((await post(t.app, "/api/v1/recovery/password/webauthn", { token, response: foreign })).status).toBe(401);
+    const resetOptions = await post(t.app, "/api/v1/recovery/password/webauthn/options", { token });
+    expect(resetOptions.status).toBe(200);
+    const response = key.assert(resetOptions.body, { origin: ORIGIN });
+    expect((await post(t.app, "/api/v1/recovery/password/webauthn", { token, response })).body).toEqual({ status: "ready" });
+    expect((await post(t.app, "/api/v1/recovery/password/reset", { token, password: NEW_PASSWORD })).status).toBe(200);
+  });
+
+  it("keeps device trust only for the device that did the reset", async () => {
+    await register(t.app, { login_id: "taro.devices" });
+    const { secret } = await enrolTotp(t, await signIn(t.app, "taro.devices"));
+    const deviceCookie = async () => {
+      const login = await post(t.app, "/api/v1/login", { login_id: "taro.devices", password: STRONG_PASSWORD });
+      const done = await post(t.app, "/api/v1/login/totp", { mfa_token: login.body.mfa_token, code: totpCode(t, secret) });
+      t.clock.advance(31_000);
+      const raw = (done.headers["set-cookie"] as unknown as string[]).find((c) => c.startsWith("sekisho_device="));
+      return (raw as string).split(";")[0] as string;
+    };
+    const mine = await deviceCookie();
+    const other = await deviceCookie();
+    const token = await resetLink("taro.devices");
+    expect((await post(t.app, "/api/v1/recovery/password/totp", { token, code: totpCode(t, secret) }, mine)).status).toBe(200);
+    expect((await post(t.app, "/api/v1/recovery/password/reset", { token, password: NEW_PASSWORD }, mine)).status).toBe(200);
+    const member = t.s.db.$client.prepare("SELECT id FROM members WHERE login_id = 'taro.devices'").pluck().get() as string;
+    const live = t.s.devices.list(member).map((d) => d.id);
+    expect(live).toHaveLength(1);
+    expect(t.s.devices.recognise(mine.split("=")[1] as string, member)?.id).toBe(live[0]);
+    expect(t.s.devices.recognise(other.split("=")[1] as string, member)).toBeNull();
+  });
+
+  it("a reset link dies after five wrong codes", async () => {
+    await register(t.app, { login_id: "taro.guess" });
+    const { secret } = await enrolTotp(t, await signIn(t.app, "taro.guess"));
+    const token = await resetLink("taro.guess");
+    for (let i = 0; i < 5; i++) {
+      expect((await post(t.app, "/api/v1/recovery/password/totp", { token, code: String(100000 + i) })).status).toBe(401);
+    }
+    const late = await post(t.app, "/api/v1/recovery/password/totp", { token, code: totpCode(t, secret) });
+    expect(late.status).toBe(400);
+    expect(late.body.error).toBe("invalid_token");
+  });
+
+  it("refuses an expired reset link, a verification link used as a reset link, and a link after a newer one", async () => {
+    await register(t.app, { login_id: "taro.expired" });
+    await deliver(t);
+    const verify = linkIn(lastTo(smtp, PROFILE.email), "/email/verify").token;
+    const reset = await resetLink("taro.expired");
+    // another purpose's token
+    expect((await post(t.app, "/api/v1/recovery/password/check", { token: verify })).body.error).toBe("invalid_token");
+    expect((await post(t.app, "/api/v1/email/verify", { token: reset })).body.error).toBe("invalid_token");
+    // 30 minutes on
+    t.clock.advance(30 * 60_000 + 1000);
+    const late = await post(t.app, "/api/v1/recovery/password/reset", { token: reset, password: NEW_PASSWORD });
+    expect(late.status).toBe(400);
+    expect(late.body.error).toBe("invalid_token");
+    // only the newest link of a member works
+    const older = await resetLink("taro.expired");
+    const newer = await resetLink("taro.expired");
+    expect((await post(t.app, "/api/v1/recovery/password/check", { token: older })).status).toBe(400);
+    expect((await post(t.app, "/api/v1/recovery/password/check", { token: newer })).status).toBe(200);
+    // a made-up or altered token
+    const altered = `${newer.slice(0, -1)}${newer.endsWith("A") ? "B" : "A"}`;
+    expect((await post(t.app, "/api/v1/recovery/password/check", { token: altered })).status).toBe(400);
+  });
+
+  it("a reset link resets its own member only, and another member's second factor doesn't pass it", async () => {
+    await register(t.app, { login_id: "taro.one" });
+    await register(t.app, { login_id: "hanako.two", profile: { ...PROFILE, email: "hanako@example.jp" } });
+    await enrolTotp(t, await signIn(t.app, "taro.one"));
+    const hanako = await enrolTotp(t, await signIn(t.app, "hanako.two"));
+    const token = await resetLink("taro.one");
+    // Hanako's valid code does not pass Taro's reset.
+    expect((await post(t.app, "/api/v1/recovery/password/totp", { token, code: totpCode(t, hanako.secret) })).status).toBe(401);
+    expect((await post(t.app, "/api/v1/recovery/password/recovery-code", { token, code: hanako.codes[0] })).status).toBe(401);
+    // Hanako's password is untouched by anything done with Taro's link.
+    expect((await post(t.app, "/api/v1/login", { login_id: "hanako.two", password: STRONG_PASSWORD })).body.status).toBe(
+      "mfa_required",
+    );
+  });
+
+  it("answers the same 202 body for known and unknown login IDs and e-mails, in similar time", async () => {
+    // Limits raised so that every request is answered 202 and the known ones all mail.
+    t.close();
+    t = makeApp({
+      SEKISHO_SMTP_URL: smtp.url,
+      SEKISHO_TRUST_PROXY: "loopback",
+      SEKISHO_THROTTLE_POLICY: JSON.stringify({ mailTarget: 1000, mailTargetDay: 1000, mailIp: 1000 }),
+    });
+    await register(t.app, { login_id: "taro.exists" });
+    await deliver(t);
+    const sent = smtp.inbox.length;
+    const known: number[] = [];
+    const unknown: number[] = [];
+    const bodies = new Set<string>();
+    // Interleaved, so that drift over the run (warm-up, garbage collection) falls on both alike.
+    for (let i = 0; i < 24; i++) {
+      const pairs: Array<[Record<string, string>, number[]]> = [
+        [i % 2 ? { login_id: "taro.exists" } : { email: PROFILE.email }, known],
+        [i % 2 ? { login_id: `nobody.${i}` } : { email: `nobody${i}@example.jp` }, unknown],
+      ];
+      for (const [body, times] of pairs) {
+        const start = process.hrtime.bigint();
+        const res = await post(t.app, "/api/v1/recovery/password", body).set("X-Forwarded-For", "203.0.113.9");
+        times.push(Number(process.hrtime.bigint() - start) / 1e6);
+        expect(res.status).toBe(202);
+        bodies.add(res.text);
+      }
+    }
+    expect([...bodies]).toEqual([JSON.stringify(RECOVERY_ACCEPTED)]);
+    const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)] as number;
+    // The lookup and any mail happen after the answer: the difference is noise, not work.
+    expect(Math.abs(median(known) - median(unknown))).toBeLessThan(Math.max(3, median(unknown)));
+    await deliver(t);
+    // every known request mailed (the per-member mailbox limit allows three in ten minutes)
+    expect(smtp.inbox.length - sent).toBe(3);
+  });
+
+  it("a burst of recovery requests for one account is throttled from any address, known or not", async () => {
+    await register(t.app, { login_id: "taro.burst" });
+    for (const id of ["taro.burst", "nobody.burst"]) {
+      const statuses: number[] = [];
+      for (let i = 0; i < 5; i++) {
+        const res = await post(t.app, "/api/v1/recovery/password", { login_id: id }).set("X-Forwarded-For", `192.0.2.${i + 1}`);
+        statuses.push(res.status);
+        if (res.status === 429) expect(Number(res.headers["retry-after"])).toBeGreaterThan(0);
+      }
+      expect(statuses).toEqual([202, 202, 202, 429, 429]);
+    }
+    await deliver(t);
+    // the mailbox got at most three reset mails
+    expect(smtp.to(PROFILE.email).filter((m) => m.subject.includes("パスワードの再設定"))).toHaveLength(3);
+    // one address asking about many accounts is slowed too
+    const statuses: number[] = [];
+    for (let i = 0; i < 11; i++) {
+      statuses.push(
+        (await post(t.app, "/api/v1/recovery/login-id", { email: `walk${i}@example.jp` }).set("X-Forwarded-For", "192.0.2.99"))
+          .status,
+      );
+    }
+    expect(statuses.at(-1)).toBe(429);
+    expect(statuses.filter((s) => s === 202)).toHaveLength(10);
+  });
+
+  it("forgotten login ID: every login ID registered with the address, in one mail", async () => {
+    await register(t.app, { login_id: "taro.first" });
+    const second = await register(t.app, {}); // a generated member number
+    await deliver(t);
+    const res = await post(t.app, "/api/v1/recovery/login-id", { email: "TARO.YAMADA@example.jp" });
+    expect(res.status).toBe(202);
+    expect(res.body).toEqual(RECOVERY_ACCEPTED);
+    await deliver(t);
+    const mail = lastTo(smtp, PROFILE.email);
+    expect(mail.subject).toContain("ログインID");
+    expect(mail.text).toContain("taro.first");
+    expect(mail.text).toContain(second.body.login_id);
+    // unknown address: same answer, no mail
+    const before = smtp.inbox.length;
+    expect((await post(t.app, "/api/v1/recovery/login-id", { email: "nobody@example.jp" })).body).toEqual(RECOVERY_ACCEPTED);
+    await deliver(t);
+    expect(smtp.inbox.length).toBe(before);
+    // malformed input is a 400 (it says nothing about anyone)
+    expect((await post(t.app, "/api/v1/recovery/login-id", { email: "not-an-address" })).status).toBe(400);
+    expect((await post(t.app, "/api/v1/recovery/password", { login_id: "x", email: PROFILE.email })).status).toBe(400);
+  });
+
+  it("SMTP down during a request, then up: the message is delivered afterwards", async () => {
+    await register(t.app, { login_id: "taro.outage" });
+    await deliver(t);
+    await smtp.stop();
+    try {
+      expect((await post(t.app, "/api/v1/recovery/password", { login_id: "taro.outage" })).status).toBe(202);
+      await deliver(t);
+      const row = t.s.db.select().from(outbox).all().find((r) => r.template === "password_reset");
+      expect(row?.status).toBe("pending");
+      expect(row?.attempts).toBe(1);
+      expect(row?.lastError).toMatch(/ECONNREFUSED|ESOCKET|ECONNECTION/);
+    } finally {
+      await smtp.start();
+    }
+    // Not before its back-off…
+    expect(await t.s.mailer.runDue()).toBe(0);
+    t.clock.advance(backoffMs(1));
+    expect(await t.s.mailer.runDue()).toBe(1);
+    const mail = lastTo(smtp, PROFILE.email);
+    const { token } = linkIn(mail, "/recovery/reset");
+    expect((await post(t.app, "/api/v1/recovery/password/check", { token })).status).toBe(200);
+    const row = t.s.db.select().from(outbox).all().find((r) => r.template === "password_reset");
+    expect(row?.status).toBe("sent");
+    expect(row?.message).toBeNull(); // the sent message (address, link) is wiped
+  });
+
+  it("keeps queued mail encrypted: the database holds no address or link in clear", async () => {
+    await register(t.app, { login_id: "taro.secret" });
+    expect((await post(t.app, "/api/v1/recovery/password", { login_id: "taro.secret" })).status).toBe(202);
+    await t.s.recovery.settled(); // queued, not sent
+    t.s.db.$client.pragma("wal_checkpoint(TRUNCATE)");
+    const file = fs.readFileSync(t.s.config.dbFile).toString("latin1");
+    expect(file).not.toContain("taro.yamada@example.jp");
+    expect(file).not.toContain("/recovery/reset?token=");
+    await t.s.mailer.runDue();
+    const { token } = linkIn(lastTo(smtp, PROFILE.email), "/recovery/reset");
+    expect(t.logs.join("")).not.toContain(token);
+  });
+
+  it("password change needs the current password, ends the other sessions, keeps this one, and tells the member", async () => {
+    await register(t.app, { login_id: "taro.change" });
+    const here = await signIn(t.app, "taro.change");
+    const elsewhere = await signIn(t.app, "taro.change");
+    const wrong = await post(t.app, "/api/v1/me/password", { current_password: "not it at all 123", new_password: NEW_PASSWORD }, here);
+    expect(wrong.status).toBe(401);
+    expect(wrong.body.error).toBe("invalid_credentials");
+    const weak = await post(t.app, "/api/v1/me/password", { current_password: STRONG_PASSWORD, new_password: "password" }, here);
+    expect(weak.body.error).toBe("weak_password");
+    const ok = await post(t.app, "/api/v1/me/password", { current_password: STRONG_PASSWORD, new_password: NEW_PASSWORD }, here);
+    expect(ok.status).toBe(204);
+    expect((await supertest(t.app).get("/api/v1/me").set("Cookie", here)).status).toBe(200);
+    expect((await supertest(t.app).get("/api/v1/me").set("Cookie", elsewhere)).status).toBe(401);
+    await signIn(t.app, "taro.change", NEW_PASSWORD);
+    await deliver(t);
+    expect(lastTo(smtp, PROFILE.email).subject).toContain("パスワードが変更されました");
+  });
+
+  it("wrong current passwords are throttled like sign-in failures", async () => {
+    await register(t.app, { login_id: "taro.guessing" });
+    const cookie = await signIn(t.app, "taro.guessing");
+    const statuses: number[] = [];
+    for (let i = 0; i < 7; i++) {
+      statuses.push(
+        (await post(t.app, "/api/v1/me/password", { current_password: `guess number ${i} x`, new_password: NEW_PASSWORD }, cookie))
+          .status,
+      );
+    }
+    expect(statuses.slice(0, 5)).toEqual([401, 401, 401, 401, 401]);
+    expect(statuses.slice(5)).toEqual([429, 429]);
+  });
+
+  it("changing the e-mail needs a recent sign-in, takes effect only when the new address confirms, and tells the old one", async () => {
+    await register(t.app, { login_id: "taro.move" });
+    const cookie = await signIn(t.app, "taro.move");
+    t.clock.advance(11 * 60_000);
+    const stale = await post(t.app, "/api/v1/me/email", { email: "taro.new@example.com" }, cookie);
+    expect(stale.status).toBe(401);
+    expect(stale.body.error).toBe("reauthentication_required");
+    const fresh = await signIn(t.app, "taro.move");
+    expect((await post(t.app, "/api/v1/me/email", { email: "taro.new@example.com" }, fresh)).status).toBe(202);
+    await deliver(t);
+    const confirm = linkIn(lastTo(smtp, "taro.new@example.com"), "/email/verify").token;
+    // nothing changed yet
+    const me = async () => (await supertest(t.app).get("/api/v1/me").set("Cookie", fresh)).body;
+    expect((await me()).profile.email).toBe(PROFILE.email);
+    const oldVerify = linkIn(smtp.to(PROFILE.email)[0] as ReceivedMail, "/email/verify").token;
+    const done = await post(t.app, "/api/v1/email/verify", { token: confirm });
+    expect(done.body.status).toBe("email_changed");
+    expect((await me()).profile.email).toBe("taro.new@example.com");
+    expect((await me()).email_verified).toBe(true);
+    await deliver(t);
+    const notice = lastTo(smtp, PROFILE.email);
+    expect(notice.subject).toContain("メールアドレスが変更されました");
+    expect(notice.text).toContain("t***@e***.com");
+    expect(notice.text).not.toContain("taro.new@example.com");
+    // the old address's verification link verifies nothing now
+    expect((await post(t.app, "/api/v1/email/verify", { token: oldVerify })).status).toBe(400);
+    // and recovery by the new address finds the member
+    await post(t.app, "/api/v1/recovery/login-id", { email: "taro.new@example.com" });
+    await deliver(t);
+    expect(lastTo(smtp, "taro.new@example.com").text).toContain("taro.move");
+  });
+});
+
+describe("development mail: .eml files in the data directory", () => {
+  it("writes each message as one .eml file in <data dir>/outbox, readable only by the service", async () => {
+    const t = makeApp();
+    try {
+      await register(t.app, { login_id: "taro.files" });
+      expect(await t.s.mailer.runDue()).toBe(1);
+      const dir = path.join(t.dir, "outbox");
+      const files = fs.readdirSync(dir).filter((f) => f.endsWith(".eml"));
+      expect(files).toHaveLength(1);
+      const file = path.join(dir, files[0] as string);
+      expect(fs.statSync(file).mode & 0o077).toBe(0);
+      const raw = fs.readFileSync(file, "utf8");
+      expect(raw).toMatch(/^To: taro\.yamada@example\.jp$/m);
+      expect(raw).toContain("/email/verify?token=");
+    } finally {
+      t.close();
+    }
+  });
+});
+
+describe("recovery and OIDC: a reset revokes member sites' tokens; verification shows in claims", () => {
+  const smtp = new TestSmtp();
+  let listening: ListeningApp;
+  const REDIRECT = "http://127.0.0.1:9/callback";
+
+  beforeAll(async () => {
+    await smtp.start();
+    listening = await listenWithMember("oidc.reset", { SEKISHO_SMTP_URL: smtp.url });
+  });
+  afterAll(async () => {
+    await listening.close();
+    await smtp.stop();
+  });
+
+  async function codeFlow(config: oidc.Configuration, issuer: string) {
+    const jar = new Jar();
+    const verifier = oidc.randomPKCECodeVerifier();
+    const state = oidc.randomState();
+    const url = oidc.buildAuthorizationUrl(config, {
+      redirect_uri: REDIRECT,
+      scope: "openid email",
+      code_challenge: await oidc.calculatePKCECodeChallenge(verifier),
+      code_challenge_method: "S256",
+      state,
+    });
+    await jar.follow(url.toString(), issuer);
+    const login = await jar.fetch(`${issuer}/api/v1/login`, {
+      method: "POST",
+      headers: { "content-type": "application/json", origin: issuer },
+      body: JSON.stringify({ login_id: "oidc.reset", password: STRONG_PASSWORD }),
+    });
+    expect(login.status).toBe(200);
+    const back = await jar.follow(url.toString(), issuer);
+    return oidc.authorizationCodeGrant(config, new URL(back.url), { pkceCodeVerifier: verifier, expectedState: state });
+  }
+
+  it("email_verified follows verification, and a reset kills refresh tokens", async () => {
+    const { t, issuer } = listening;
+    const client = new Clients({ db: t.s.db, clock: t.clock, audit: t.s.audit }).add({
+      name: "会員サイト",
+      redirectUris: [REDIRECT],
+    });
+    const config = await oidc.discovery(new URL(issuer), client.clientId, client.clientSecret ?? undefined, undefined, {
+      execute: [oidc.allowInsecureRequests],
+    });
+    const before = await codeFlow(config, issuer);
+    const sub = before.claims()?.sub as string;
+    expect((await oidc.fetchUserInfo(config, before.access_token, sub)).email_verified).toBe(false);
+
+    await t.s.mailer.runDue();
+    const verify = linkIn(lastTo(smtp, PROFILE.email), "/email/verify").token;
+    const verified = await supertest(t.app)
+      .post("/api/v1/email/verify")
+      .set("Origin", issuer)
+      .set("Content-Type", "application/json")
+      .send({ token: verify });
+    expect(verified.status).toBe(200);
+    const after = await codeFlow(config, issuer);
+    expect((await oidc.fetchUserInfo(config, after.access_token, sub)).email_verified).toBe(true);
+
+    // The refresh tokens work… until the password is reset.
+    const rotated = await oidc.refreshTokenGrant(config, after.refresh_token as string);
+    const ask = await supertest(t.app)
+      .post("/api/v1/recovery/password")
+      .set("Origin", issuer)
+      .set("Content-Type", "application/json")
+      .send({ email: PROFILE.email });
+    expect(ask.status).toBe(202);
+    await t.s.recovery.settled();
+    await t.s.mailer.runDue();
+    const token = linkIn(lastTo(smtp, PROFILE.email), "/recovery/reset").token;
+    const reset = await supertest(t.app)
+      .post("/api/v1/recovery/password/reset")
+      .set("Origin", issuer)
+      .set("Content-Type", "application/json")
+      .send({ token, password: NEW_PASSWORD });
+    expect(reset.status).toBe(200);
+    for (const rt of [rotated.refresh_token, before.refresh_token]) {
+      await expect(oidc.refreshTokenGrant(config, rt as string)).rejects.toMatchObject({ error: "invalid_grant" });
+    }
+    await expect(oidc.fetchUserInfo(config, rotated.access_token, sub)).rejects.toBeTruthy();
+  });
+});
