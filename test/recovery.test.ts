@@ -62,7 +62,10 @@ describe("mail, verification and recovery against a real SMTP server", () => {
   afterEach(() => t.close());
 
   async function resetLink(loginId: string, ip = "198.51.100.7"): Promise<string> {
-    const res = await post(t.app, "/api/v1/recovery/password", { login_id: loginId }).set("X-Forwarded-For", ip);
+    const res = await post(t.app, "/api/v1/recovery/password", { login_id: loginId }).set(
+      "X-Forwarded-For",
+      ip,
+    );
     expect(res.status).toBe(202);
     await deliver(t);
     return linkIn(lastTo(smtp, PROFILE.email), "/recovery/reset").token;
@@ -114,7 +117,10 @@ describe("mail, verification and recovery against a real SMTP server", () => {
     expect(statuses).toEqual([202, 202, 202, 429]);
     await deliver(t);
     // only the newest link works
-    const links = smtp.to(PROFILE.email).slice(-3).map((m) => linkIn(m, "/email/verify").token);
+    const links = smtp
+      .to(PROFILE.email)
+      .slice(-3)
+      .map((m) => linkIn(m, "/email/verify").token);
     expect((await post(t.app, "/api/v1/email/verify", { token: links[0] })).status).toBe(400);
     expect((await post(t.app, "/api/v1/email/verify", { token: links[2] })).status).toBe(200);
   });
@@ -138,12 +144,17 @@ describe("mail, verification and recovery against a real SMTP server", () => {
     expect(done.body).toEqual({ status: "password_reset", login_id: "taro.reset" });
 
     expect((await supertest(t.app).get("/api/v1/me").set("Cookie", cookie)).status).toBe(401);
-    expect((await post(t.app, "/api/v1/login", { login_id: "taro.reset", password: STRONG_PASSWORD })).status).toBe(401);
+    expect(
+      (await post(t.app, "/api/v1/login", { login_id: "taro.reset", password: STRONG_PASSWORD })).status,
+    ).toBe(401);
     const fresh = await signIn(t.app, "taro.reset", NEW_PASSWORD);
     // following the link proved the mailbox
     expect((await supertest(t.app).get("/api/v1/me").set("Cookie", fresh)).body.email_verified).toBe(true);
     // the link is spent
-    const twice = await post(t.app, "/api/v1/recovery/password/reset", { token, password: "yet another passphrase 9" });
+    const twice = await post(t.app, "/api/v1/recovery/password/reset", {
+      token,
+      password: "yet another passphrase 9",
+    });
     expect(twice.status).toBe(400);
     expect(twice.body.error).toBe("invalid_token");
     await deliver(t);
@@ -180,11 +191,15 @@ describe("mail, verification and recovery against a real SMTP server", () => {
     expect(replay.status).toBe(401);
     // A recovery code passes a reset's second step too, once.
     const second = await resetLink("taro.totp");
-    expect((await post(t.app, "/api/v1/recovery/password/recovery-code", { token: second, code: codes[0] })).body).toEqual({
+    expect(
+      (await post(t.app, "/api/v1/recovery/password/recovery-code", { token: second, code: codes[0] })).body,
+    ).toEqual({
       status: "ready",
     });
     const third = await resetLink("taro.totp", "198.51.100.8");
-    expect((await post(t.app, "/api/v1/recovery/password/recovery-code", { token: third, code: codes[0] })).status).toBe(401);
+    expect(
+      (await post(t.app, "/api/v1/recovery/password/recovery-code", { token: third, code: codes[0] })).status,
+    ).toBe(401);
   });
 
   it("forgotten password with a passkey: the reset's ceremony passes it, a sign-in ceremony's assertion doesn't", async () => {
@@ -192,37 +207,72 @@ describe("mail, verification and recovery against a real SMTP server", () => {
     const cookie = await signIn(t.app, "taro.pk");
     const key = new SoftAuthenticator();
     const options = await post(t.app, "/api/v1/me/passkeys/options", {}, cookie);
-    expect((await post(t.app, "/api/v1/me/passkeys", { response: key.register(options.body, { origin: ORIGIN }) }, cookie)).status).toBe(201);
+    expect(
+      (
+        await post(
+          t.app,
+          "/api/v1/me/passkeys",
+          { response: key.register(options.body, { origin: ORIGIN }) },
+          cookie,
+        )
+      ).status,
+    ).toBe(201);
     const token = await resetLink("taro.pk");
-    expect((await post(t.app, "/api/v1/recovery/password/check", { token })).body.methods).toContain("webauthn");
+    expect((await post(t.app, "/api/v1/recovery/password/check", { token })).body.methods).toContain(
+      "webauthn",
+    );
     // Attack: an assertion made for a sign-in's challenge is replayed into the reset.
     const login = await post(t.app, "/api/v1/login", { login_id: "taro.pk", password: STRONG_PASSWORD });
-    const signInOptions = await post(t.app, "/api/v1/login/webauthn/options", { mfa_token: login.body.mfa_token });
+    const signInOptions = await post(t.app, "/api/v1/login/webauthn/options", {
+      mfa_token: login.body.mfa_token,
+    });
     const foreign = key.assert(signInOptions.body, { origin: ORIGIN });
-    expect((await post(t.app, "/api/v1/recovery/password/webauthn", { token, response: foreign })).status).toBe(401);
+    expect(
+      (await post(t.app, "/api/v1/recovery/password/webauthn", { token, response: foreign })).status,
+    ).toBe(401);
     const resetOptions = await post(t.app, "/api/v1/recovery/password/webauthn/options", { token });
     expect(resetOptions.status).toBe(200);
     const response = key.assert(resetOptions.body, { origin: ORIGIN });
-    expect((await post(t.app, "/api/v1/recovery/password/webauthn", { token, response })).body).toEqual({ status: "ready" });
-    expect((await post(t.app, "/api/v1/recovery/password/reset", { token, password: NEW_PASSWORD })).status).toBe(200);
+    expect((await post(t.app, "/api/v1/recovery/password/webauthn", { token, response })).body).toEqual({
+      status: "ready",
+    });
+    expect(
+      (await post(t.app, "/api/v1/recovery/password/reset", { token, password: NEW_PASSWORD })).status,
+    ).toBe(200);
   });
 
   it("keeps device trust only for the device that did the reset", async () => {
     await register(t.app, { login_id: "taro.devices" });
     const { secret } = await enrolTotp(t, await signIn(t.app, "taro.devices"));
     const deviceCookie = async () => {
-      const login = await post(t.app, "/api/v1/login", { login_id: "taro.devices", password: STRONG_PASSWORD });
-      const done = await post(t.app, "/api/v1/login/totp", { mfa_token: login.body.mfa_token, code: totpCode(t, secret) });
+      const login = await post(t.app, "/api/v1/login", {
+        login_id: "taro.devices",
+        password: STRONG_PASSWORD,
+      });
+      const done = await post(t.app, "/api/v1/login/totp", {
+        mfa_token: login.body.mfa_token,
+        code: totpCode(t, secret),
+      });
       t.clock.advance(31_000);
-      const raw = (done.headers["set-cookie"] as unknown as string[]).find((c) => c.startsWith("sekisho_device="));
+      const raw = (done.headers["set-cookie"] as unknown as string[]).find((c) =>
+        c.startsWith("sekisho_device="),
+      );
       return (raw as string).split(";")[0] as string;
     };
     const mine = await deviceCookie();
     const other = await deviceCookie();
     const token = await resetLink("taro.devices");
-    expect((await post(t.app, "/api/v1/recovery/password/totp", { token, code: totpCode(t, secret) }, mine)).status).toBe(200);
-    expect((await post(t.app, "/api/v1/recovery/password/reset", { token, password: NEW_PASSWORD }, mine)).status).toBe(200);
-    const member = t.s.db.$client.prepare("SELECT id FROM members WHERE login_id = 'taro.devices'").pluck().get() as string;
+    expect(
+      (await post(t.app, "/api/v1/recovery/password/totp", { token, code: totpCode(t, secret) }, mine))
+        .status,
+    ).toBe(200);
+    expect(
+      (await post(t.app, "/api/v1/recovery/password/reset", { token, password: NEW_PASSWORD }, mine)).status,
+    ).toBe(200);
+    const member = t.s.db.$client
+      .prepare("SELECT id FROM members WHERE login_id = 'taro.devices'")
+      .pluck()
+      .get() as string;
     const live = t.s.devices.list(member).map((d) => d.id);
     expect(live).toHaveLength(1);
     expect(t.s.devices.recognise(mine.split("=")[1] as string, member)?.id).toBe(live[0]);
@@ -234,7 +284,9 @@ describe("mail, verification and recovery against a real SMTP server", () => {
     const { secret } = await enrolTotp(t, await signIn(t.app, "taro.guess"));
     const token = await resetLink("taro.guess");
     for (let i = 0; i < 5; i++) {
-      expect((await post(t.app, "/api/v1/recovery/password/totp", { token, code: String(100000 + i) })).status).toBe(401);
+      expect(
+        (await post(t.app, "/api/v1/recovery/password/totp", { token, code: String(100000 + i) })).status,
+      ).toBe(401);
     }
     const late = await post(t.app, "/api/v1/recovery/password/totp", { token, code: totpCode(t, secret) });
     expect(late.status).toBe(400);
@@ -247,11 +299,16 @@ describe("mail, verification and recovery against a real SMTP server", () => {
     const verify = linkIn(lastTo(smtp, PROFILE.email), "/email/verify").token;
     const reset = await resetLink("taro.expired");
     // another purpose's token
-    expect((await post(t.app, "/api/v1/recovery/password/check", { token: verify })).body.error).toBe("invalid_token");
+    expect((await post(t.app, "/api/v1/recovery/password/check", { token: verify })).body.error).toBe(
+      "invalid_token",
+    );
     expect((await post(t.app, "/api/v1/email/verify", { token: reset })).body.error).toBe("invalid_token");
     // 30 minutes on
     t.clock.advance(30 * 60_000 + 1000);
-    const late = await post(t.app, "/api/v1/recovery/password/reset", { token: reset, password: NEW_PASSWORD });
+    const late = await post(t.app, "/api/v1/recovery/password/reset", {
+      token: reset,
+      password: NEW_PASSWORD,
+    });
     expect(late.status).toBe(400);
     expect(late.body.error).toBe("invalid_token");
     // only the newest link of a member works
@@ -271,12 +328,17 @@ describe("mail, verification and recovery against a real SMTP server", () => {
     const hanako = await enrolTotp(t, await signIn(t.app, "hanako.two"));
     const token = await resetLink("taro.one");
     // Hanako's valid code does not pass Taro's reset.
-    expect((await post(t.app, "/api/v1/recovery/password/totp", { token, code: totpCode(t, hanako.secret) })).status).toBe(401);
-    expect((await post(t.app, "/api/v1/recovery/password/recovery-code", { token, code: hanako.codes[0] })).status).toBe(401);
+    expect(
+      (await post(t.app, "/api/v1/recovery/password/totp", { token, code: totpCode(t, hanako.secret) }))
+        .status,
+    ).toBe(401);
+    expect(
+      (await post(t.app, "/api/v1/recovery/password/recovery-code", { token, code: hanako.codes[0] })).status,
+    ).toBe(401);
     // Hanako's password is untouched by anything done with Taro's link.
-    expect((await post(t.app, "/api/v1/login", { login_id: "hanako.two", password: STRONG_PASSWORD })).body.status).toBe(
-      "mfa_required",
-    );
+    expect(
+      (await post(t.app, "/api/v1/login", { login_id: "hanako.two", password: STRONG_PASSWORD })).body.status,
+    ).toBe("mfa_required");
   });
 
   it("answers the same 202 body for known and unknown login IDs and e-mails, in similar time", async () => {
@@ -301,7 +363,10 @@ describe("mail, verification and recovery against a real SMTP server", () => {
       ];
       for (const [body, times] of pairs) {
         const start = process.hrtime.bigint();
-        const res = await post(t.app, "/api/v1/recovery/password", body).set("X-Forwarded-For", "203.0.113.9");
+        const res = await post(t.app, "/api/v1/recovery/password", body).set(
+          "X-Forwarded-For",
+          "203.0.113.9",
+        );
         times.push(Number(process.hrtime.bigint() - start) / 1e6);
         expect(res.status).toBe(202);
         bodies.add(res.text);
@@ -321,7 +386,10 @@ describe("mail, verification and recovery against a real SMTP server", () => {
     for (const id of ["taro.burst", "nobody.burst"]) {
       const statuses: number[] = [];
       for (let i = 0; i < 5; i++) {
-        const res = await post(t.app, "/api/v1/recovery/password", { login_id: id }).set("X-Forwarded-For", `192.0.2.${i + 1}`);
+        const res = await post(t.app, "/api/v1/recovery/password", { login_id: id }).set(
+          "X-Forwarded-For",
+          `192.0.2.${i + 1}`,
+        );
         statuses.push(res.status);
         if (res.status === 429) expect(Number(res.headers["retry-after"])).toBeGreaterThan(0);
       }
@@ -334,8 +402,12 @@ describe("mail, verification and recovery against a real SMTP server", () => {
     const statuses: number[] = [];
     for (let i = 0; i < 11; i++) {
       statuses.push(
-        (await post(t.app, "/api/v1/recovery/login-id", { email: `walk${i}@example.jp` }).set("X-Forwarded-For", "192.0.2.99"))
-          .status,
+        (
+          await post(t.app, "/api/v1/recovery/login-id", { email: `walk${i}@example.jp` }).set(
+            "X-Forwarded-For",
+            "192.0.2.99",
+          )
+        ).status,
       );
     }
     expect(statuses.at(-1)).toBe(429);
@@ -356,12 +428,16 @@ describe("mail, verification and recovery against a real SMTP server", () => {
     expect(mail.text).toContain(second.body.login_id);
     // unknown address: same answer, no mail
     const before = smtp.inbox.length;
-    expect((await post(t.app, "/api/v1/recovery/login-id", { email: "nobody@example.jp" })).body).toEqual(RECOVERY_ACCEPTED);
+    expect((await post(t.app, "/api/v1/recovery/login-id", { email: "nobody@example.jp" })).body).toEqual(
+      RECOVERY_ACCEPTED,
+    );
     await deliver(t);
     expect(smtp.inbox.length).toBe(before);
     // malformed input is a 400 (it says nothing about anyone)
     expect((await post(t.app, "/api/v1/recovery/login-id", { email: "not-an-address" })).status).toBe(400);
-    expect((await post(t.app, "/api/v1/recovery/password", { login_id: "x", email: PROFILE.email })).status).toBe(400);
+    expect(
+      (await post(t.app, "/api/v1/recovery/password", { login_id: "x", email: PROFILE.email })).status,
+    ).toBe(400);
   });
 
   it("SMTP down during a request, then up: the message is delivered afterwards", async () => {
@@ -371,7 +447,11 @@ describe("mail, verification and recovery against a real SMTP server", () => {
     try {
       expect((await post(t.app, "/api/v1/recovery/password", { login_id: "taro.outage" })).status).toBe(202);
       await deliver(t);
-      const row = t.s.db.select().from(outbox).all().find((r) => r.template === "password_reset");
+      const row = t.s.db
+        .select()
+        .from(outbox)
+        .all()
+        .find((r) => r.template === "password_reset");
       expect(row?.status).toBe("pending");
       expect(row?.attempts).toBe(1);
       expect(row?.lastError).toMatch(/ECONNREFUSED|ESOCKET|ECONNECTION/);
@@ -385,7 +465,11 @@ describe("mail, verification and recovery against a real SMTP server", () => {
     const mail = lastTo(smtp, PROFILE.email);
     const { token } = linkIn(mail, "/recovery/reset");
     expect((await post(t.app, "/api/v1/recovery/password/check", { token })).status).toBe(200);
-    const row = t.s.db.select().from(outbox).all().find((r) => r.template === "password_reset");
+    const row = t.s.db
+      .select()
+      .from(outbox)
+      .all()
+      .find((r) => r.template === "password_reset");
     expect(row?.status).toBe("sent");
     expect(row?.message).toBeNull(); // the sent message (address, link) is wiped
   });
@@ -407,12 +491,27 @@ describe("mail, verification and recovery against a real SMTP server", () => {
     await register(t.app, { login_id: "taro.change" });
     const here = await signIn(t.app, "taro.change");
     const elsewhere = await signIn(t.app, "taro.change");
-    const wrong = await post(t.app, "/api/v1/me/password", { current_password: "not it at all 123", new_password: NEW_PASSWORD }, here);
+    const wrong = await post(
+      t.app,
+      "/api/v1/me/password",
+      { current_password: "not it at all 123", new_password: NEW_PASSWORD },
+      here,
+    );
     expect(wrong.status).toBe(401);
     expect(wrong.body.error).toBe("invalid_credentials");
-    const weak = await post(t.app, "/api/v1/me/password", { current_password: STRONG_PASSWORD, new_password: "password" }, here);
+    const weak = await post(
+      t.app,
+      "/api/v1/me/password",
+      { current_password: STRONG_PASSWORD, new_password: "password" },
+      here,
+    );
     expect(weak.body.error).toBe("weak_password");
-    const ok = await post(t.app, "/api/v1/me/password", { current_password: STRONG_PASSWORD, new_password: NEW_PASSWORD }, here);
+    const ok = await post(
+      t.app,
+      "/api/v1/me/password",
+      { current_password: STRONG_PASSWORD, new_password: NEW_PASSWORD },
+      here,
+    );
     expect(ok.status).toBe(204);
     expect((await supertest(t.app).get("/api/v1/me").set("Cookie", here)).status).toBe(200);
     expect((await supertest(t.app).get("/api/v1/me").set("Cookie", elsewhere)).status).toBe(401);
@@ -427,8 +526,14 @@ describe("mail, verification and recovery against a real SMTP server", () => {
     const statuses: number[] = [];
     for (let i = 0; i < 7; i++) {
       statuses.push(
-        (await post(t.app, "/api/v1/me/password", { current_password: `guess number ${i} x`, new_password: NEW_PASSWORD }, cookie))
-          .status,
+        (
+          await post(
+            t.app,
+            "/api/v1/me/password",
+            { current_password: `guess number ${i} x`, new_password: NEW_PASSWORD },
+            cookie,
+          )
+        ).status,
       );
     }
     expect(statuses.slice(0, 5)).toEqual([401, 401, 401, 401, 401]);
@@ -443,7 +548,9 @@ describe("mail, verification and recovery against a real SMTP server", () => {
     expect(stale.status).toBe(401);
     expect(stale.body.error).toBe("reauthentication_required");
     const fresh = await signIn(t.app, "taro.move");
-    expect((await post(t.app, "/api/v1/me/email", { email: "taro.new@example.com" }, fresh)).status).toBe(202);
+    expect((await post(t.app, "/api/v1/me/email", { email: "taro.new@example.com" }, fresh)).status).toBe(
+      202,
+    );
     await deliver(t);
     const confirm = linkIn(lastTo(smtp, "taro.new@example.com"), "/email/verify").token;
     // nothing changed yet
@@ -521,7 +628,10 @@ describe("recovery and OIDC: a reset revokes member sites' tokens; verification 
     });
     expect(login.status).toBe(200);
     const back = await jar.follow(url.toString(), issuer);
-    return oidc.authorizationCodeGrant(config, new URL(back.url), { pkceCodeVerifier: verifier, expectedState: state });
+    return oidc.authorizationCodeGrant(config, new URL(back.url), {
+      pkceCodeVerifier: verifier,
+      expectedState: state,
+    });
   }
 
   it("email_verified follows verification, and a reset kills refresh tokens", async () => {
@@ -530,9 +640,15 @@ describe("recovery and OIDC: a reset revokes member sites' tokens; verification 
       name: "会員サイト",
       redirectUris: [REDIRECT],
     });
-    const config = await oidc.discovery(new URL(issuer), client.clientId, client.clientSecret ?? undefined, undefined, {
-      execute: [oidc.allowInsecureRequests],
-    });
+    const config = await oidc.discovery(
+      new URL(issuer),
+      client.clientId,
+      client.clientSecret ?? undefined,
+      undefined,
+      {
+        execute: [oidc.allowInsecureRequests],
+      },
+    );
     const before = await codeFlow(config, issuer);
     const sub = before.claims()?.sub as string;
     expect((await oidc.fetchUserInfo(config, before.access_token, sub)).email_verified).toBe(false);
@@ -566,7 +682,9 @@ describe("recovery and OIDC: a reset revokes member sites' tokens; verification 
       .send({ token, password: NEW_PASSWORD });
     expect(reset.status).toBe(200);
     for (const rt of [rotated.refresh_token, before.refresh_token]) {
-      await expect(oidc.refreshTokenGrant(config, rt as string)).rejects.toMatchObject({ error: "invalid_grant" });
+      await expect(oidc.refreshTokenGrant(config, rt as string)).rejects.toMatchObject({
+        error: "invalid_grant",
+      });
     }
     await expect(oidc.fetchUserInfo(config, rotated.access_token, sub)).rejects.toBeTruthy();
   });

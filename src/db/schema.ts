@@ -335,7 +335,6 @@ export const alerts = sqliteTable(
   (t) => [index("alerts_at").on(t.at)],
 );
 
-
 /**
  * Single-use tokens mailed to a member: e-mail verification (24 h), e-mail change (24 h, carries
  * the new address) and password reset (30 min). Stored as SHA-256 of 256 random bits; spent by a
@@ -361,7 +360,10 @@ export const memberTokens = sqliteTable(
     /** reset_password: wrong second-factor codes; the token dies at five. */
     failures: integer("failures").notNull().default(0),
   },
-  (t) => [index("member_tokens_member").on(t.memberId, t.purpose), index("member_tokens_expiry").on(t.expiresAt)],
+  (t) => [
+    index("member_tokens_member").on(t.memberId, t.purpose),
+    index("member_tokens_expiry").on(t.expiresAt),
+  ],
 );
 
 /**

@@ -154,7 +154,10 @@ const EVENT_LABEL: Record<string, { ja: string; en: string }> = {
   "password.changed": { ja: "パスワードの変更", en: "Password change" },
   "password.reset": { ja: "パスワードを再設定", en: "Password reset" },
   "recovery.password_requested": { ja: "パスワード再設定メールの送信", en: "Password reset mail requested" },
-  "recovery.login_id_requested": { ja: "ログインIDのお知らせメールの送信", en: "Login ID reminder requested" },
+  "recovery.login_id_requested": {
+    ja: "ログインIDのお知らせメールの送信",
+    en: "Login ID reminder requested",
+  },
   "recovery.second_factor": { ja: "パスワード再設定での2段階認証", en: "Two-step verification for a reset" },
 };
 const OUTCOME_LABEL: Record<string, { ja: string; en: string }> = {

@@ -114,7 +114,10 @@ export class FileSender implements MailSender {
     try {
       const info = await this.#transport.sendMail(message(mail, this.#domain));
       fs.mkdirSync(this.#dir, { recursive: true, mode: 0o700 });
-      const file = path.join(this.#dir, `${this.#clock.now().toISOString().replace(/[:.]/g, "-")}-${mail.id}.eml`);
+      const file = path.join(
+        this.#dir,
+        `${this.#clock.now().toISOString().replace(/[:.]/g, "-")}-${mail.id}.eml`,
+      );
       // Written whole, then renamed: a reader never sees half a message.
       fs.writeFileSync(`${file}.tmp`, info.message as Buffer, { mode: 0o600 });
       fs.renameSync(`${file}.tmp`, file);

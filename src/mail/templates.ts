@@ -53,7 +53,9 @@ function parts(locale: Locale, m: MailTemplate): Parts {
               ? "Thank you for registering. Open this link to confirm your e-mail address:"
               : "We received a request to change your e-mail address to this one. Open this link to confirm it; the change takes effect once you do:",
           { link: m.link, label: ja ? "メールアドレスを確認する" : "Confirm this address" },
-          ja ? `このリンクの有効期限は ${m.hours} 時間で、1回だけ使えます。` : `The link works once and expires in ${m.hours} hours.`,
+          ja
+            ? `このリンクの有効期限は ${m.hours} 時間で、1回だけ使えます。`
+            : `The link works once and expires in ${m.hours} hours.`,
           NOT_YOU[locale],
         ],
       };
@@ -110,7 +112,10 @@ function parts(locale: Locale, m: MailTemplate): Parts {
   }
 }
 
-const SIGNATURE = { ja: "—\n関所 Sekisho（このメールは送信専用です）", en: "—\nSekisho (this address does not receive replies)" };
+const SIGNATURE = {
+  ja: "—\n関所 Sekisho（このメールは送信専用です）",
+  en: "—\nSekisho (this address does not receive replies)",
+};
 
 export function renderMail(locale: Locale, m: MailTemplate): RenderedMail {
   const p = parts(locale, m);

@@ -108,7 +108,11 @@ export class ProfileVault {
           current[field] = decryptField(this.#keys, fieldContext(memberId, field), stored);
       }
       const next = this.encryptRow(memberId, { ...current, ...changes });
-      this.#db.insert(profiles).values(next).onConflictDoUpdate({ target: profiles.memberId, set: next }).run();
+      this.#db
+        .insert(profiles)
+        .values(next)
+        .onConflictDoUpdate({ target: profiles.memberId, set: next })
+        .run();
       return;
     }
     const set: Partial<typeof profiles.$inferInsert> = { updatedAt: this.#clock.now().getTime() };

@@ -23,9 +23,17 @@ const RESENDS_PER_10_MIN = 3;
 const CHANGES_PER_10_MIN = 5;
 
 export const invalidToken = () =>
-  new ApiError(400, "invalid_token", "This link is not valid any more: it was used, replaced or has expired.");
+  new ApiError(
+    400,
+    "invalid_token",
+    "This link is not valid any more: it was used, replaced or has expired.",
+  );
 
-const newEmailContext = (tokenHash: string) => ({ table: "member_tokens", column: "new_email", rowId: tokenHash });
+const newEmailContext = (tokenHash: string) => ({
+  table: "member_tokens",
+  column: "new_email",
+  rowId: tokenHash,
+});
 
 /**
  * A member's e-mail address: verification at registration (and on request), and changing it. A
@@ -73,18 +81,29 @@ export class EmailAddresses {
 
   /** Mail a verification link to `email` (inside the caller's transaction: registration, resend). */
   sendVerification(memberId: string, email: string, locale: Locale): void {
-    const { token } = this.#tokens.issue("verify_email", memberId, { emailIndex: this.#vault.emailIndex(email) });
+    const { token } = this.#tokens.issue("verify_email", memberId, {
+      emailIndex: this.#vault.emailIndex(email),
+    });
     this.#mailer.enqueue({
       memberId,
       to: email,
       locale,
-      mail: { template: "verify_email", link: this.link(token), hours: TOKEN_TTL_MS.verify_email / 3_600_000 },
+      mail: {
+        template: "verify_email",
+        link: this.link(token),
+        hours: TOKEN_TTL_MS.verify_email / 3_600_000,
+      },
     });
   }
 
   #member(memberId: string) {
     const m = this.#db
-      .select({ id: members.id, locale: members.locale, emailVerified: members.emailVerified, status: members.status })
+      .select({
+        id: members.id,
+        locale: members.locale,
+        emailVerified: members.emailVerified,
+        status: members.status,
+      })
       .from(members)
       .where(eq(members.id, memberId))
       .get();
@@ -105,7 +124,8 @@ export class EmailAddresses {
   /** A new verification mail for the signed-in member (rate-limited). */
   resend(session: Session, ctx: Ctx): void {
     const m = this.#member(session.memberId);
-    if (m.emailVerified) throw new ApiError(409, "already_verified", "Your e-mail address is already verified.");
+    if (m.emailVerified)
+      throw new ApiError(409, "already_verified", "Your e-mail address is already verified.");
     const rate = this.#guard.overRate(`verify_resend|${m.id}`, RESENDS_PER_10_MIN);
     if (rate.over) {
       throw new ApiError(429, "too_many_attempts", "Too many verification mails; try again later.", {

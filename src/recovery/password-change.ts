@@ -117,7 +117,11 @@ export class PasswordChange {
       inTransaction(this.#db, () => {
         this.#db
           .update(members)
-          .set({ passwordHash: hashed.hash, pepperId: hashed.pepperId, passwordChangedAt: this.#clock.now().getTime() })
+          .set({
+            passwordHash: hashed.hash,
+            pepperId: hashed.pepperId,
+            passwordChangedAt: this.#clock.now().getTime(),
+          })
           .where(eq(members.id, m.id))
           .run();
         const sessions = this.#sessions.revokeAll(m.id, "password_changed", session.id);

@@ -165,9 +165,14 @@ export class PasswordRecovery {
       });
     }
     if (decision.action === "challenge") {
-      throw new ApiError(403, "challenge_required", "Solve the challenge and send the solution as challenge_solution.", {
-        extra: { challenge: await this.#pow.issue(key) },
-      });
+      throw new ApiError(
+        403,
+        "challenge_required",
+        "Solve the challenge and send the solution as challenge_solution.",
+        {
+          extra: { challenge: await this.#pow.issue(key) },
+        },
+      );
     }
     throw tooManyAttempts(decision.retryAfterSeconds);
   }
@@ -209,13 +214,18 @@ export class PasswordRecovery {
 
   #mailResets(target: RecoveryTarget, ctx: RecoveryContext): void {
     const found = this.#matches(target);
-    if (found.length === 0) return this.#unmatched("password", target, ctx);
+    if (found.length === 0) {
+      this.#unmatched("password", target, ctx);
+      return;
+    }
     for (const m of found) {
       const email = this.#emailOf(m.id, "password_reset", ctx);
       const skipped = !email ? "no_address" : this.#mailboxFull(m.id) ? "mailbox_limit" : null;
       inTransaction(this.#db, () => {
         if (!skipped && email) {
-          const { token } = this.#tokens.issue("reset_password", m.id, { emailIndex: this.#vault.emailIndex(email) });
+          const { token } = this.#tokens.issue("reset_password", m.id, {
+            emailIndex: this.#vault.emailIndex(email),
+          });
           this.#mailer.enqueue({
             memberId: m.id,
             to: email,
@@ -245,7 +255,10 @@ export class PasswordRecovery {
   #mailLoginIds(target: RecoveryTarget, ctx: RecoveryContext): void {
     const found = this.#matches(target).filter((m) => !this.#mailboxFull(m.id));
     const first = found[0];
-    if (!first) return this.#unmatched("login_id", target, ctx);
+    if (!first) {
+      this.#unmatched("login_id", target, ctx);
+      return;
+    }
     const email = this.#emailOf(first.id, "login_ids", ctx);
     if (!email) return;
     inTransaction(this.#db, () => {
@@ -270,7 +283,8 @@ export class PasswordRecovery {
 
   /** Nobody matched: recorded (as a keyed fingerprint of the target), nothing sent. */
   #unmatched(kind: string, target: RecoveryTarget, ctx: RecoveryContext): void {
-    const key = "loginId" in target ? `login:${target.loginId}` : `email:${this.#vault.emailIndex(target.email)}`;
+    const key =
+      "loginId" in target ? `login:${target.loginId}` : `email:${this.#vault.emailIndex(target.email)}`;
     this.#audit.append({
       action: "recovery.requested_unknown",
       outcome: "info",
@@ -291,7 +305,7 @@ export class PasswordRecovery {
       .from(members)
       .where(eq(members.id, row.memberId))
       .get();
-    if (!m || m.status !== "active") throw invalidToken();
+    if (m?.status !== "active") throw invalidToken();
     return { row, loginId: m.loginId };
   }
 
@@ -303,7 +317,11 @@ export class PasswordRecovery {
     const { row } = this.#live(token);
     const f = this.#factors.of(row.memberId);
     const due = f.enrolled && row.mfaPassedAt === null;
-    return { status: due ? "mfa_required" : "ready", methods: due ? methodsOf(f) : [], memberId: row.memberId };
+    return {
+      status: due ? "mfa_required" : "ready",
+      methods: due ? methodsOf(f) : [],
+      memberId: row.memberId,
+    };
   }
 
   /** A passkey ceremony bound to this reset (its challenge is accepted by nothing else). */
@@ -431,7 +449,8 @@ export class PasswordRecovery {
     inTransaction(this.#db, () => {
       if (!this.#tokens.consume(row.tokenHash, { requireMfa: f.enrolled })) throw invalidToken();
       // Following the link proved the mailbox: if it is still the profile's address, it is verified.
-      const verified = row.emailIndex !== null && row.emailIndex === this.#vault.currentEmailIndex(row.memberId);
+      const verified =
+        row.emailIndex !== null && row.emailIndex === this.#vault.currentEmailIndex(row.memberId);
       this.#db
         .update(members)
         .set({
@@ -475,5 +494,4 @@ export class PasswordRecovery {
     this.#guard.lift(loginId);
     return { loginId };
   }
-
 }

@@ -24,7 +24,8 @@ export const RESET_MAX_FAILURES = 5;
 export type MemberToken = typeof memberTokens.$inferSelect;
 
 const TOKEN_SHAPE = /^[A-Za-z0-9_-]{43}$/;
-export const hashMailToken = (token: string) => createHash("sha256").update(token, "utf8").digest("base64url");
+export const hashMailToken = (token: string) =>
+  createHash("sha256").update(token, "utf8").digest("base64url");
 
 export class MemberTokens {
   readonly #db: Db;

@@ -107,7 +107,11 @@ export class DeviceRegistry {
       .update(devices)
       .set({ revokedAt: this.#clock.now().getTime() })
       .where(
-        and(eq(devices.memberId, memberId), isNull(devices.revokedAt), keepId ? ne(devices.id, keepId) : undefined),
+        and(
+          eq(devices.memberId, memberId),
+          isNull(devices.revokedAt),
+          keepId ? ne(devices.id, keepId) : undefined,
+        ),
       )
       .run().changes;
   }

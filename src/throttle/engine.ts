@@ -401,7 +401,8 @@ export class LoginGuard {
     if (reasons.length > 0) return { action: "slow", reasons, retryAfterSeconds: Math.max(1, retry) };
     const busy =
       (this.#mailGlobal.peek("all", now)[0] as number) >= this.policy.mailGlobal || this.underAttack();
-    if (busy && !a.challengeSolved) return { action: "challenge", reasons: ["mail_requests_global"], retryAfterSeconds: 1 };
+    if (busy && !a.challengeSolved)
+      return { action: "challenge", reasons: ["mail_requests_global"], retryAfterSeconds: 1 };
     store.add(`mail_ip|${address}`, 1, now);
     store.add(`mail_net|${net}`, 1, now);
     store.add(`mail_target|${a.target}`, 1, now);

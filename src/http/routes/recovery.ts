@@ -12,8 +12,15 @@ const token = z.string().min(1).max(128);
 const solution = z.string().min(1).max(4096).optional();
 
 const passwordRequest = z
-  .object({ login_id: z.string().min(1).max(256).optional(), email: emailInput.optional(), challenge_solution: solution })
-  .refine((b) => (b.login_id === undefined) !== (b.email === undefined), "send exactly one of login_id and email");
+  .object({
+    login_id: z.string().min(1).max(256).optional(),
+    email: emailInput.optional(),
+    challenge_solution: solution,
+  })
+  .refine(
+    (b) => (b.login_id === undefined) !== (b.email === undefined),
+    "send exactly one of login_id and email",
+  );
 const loginIdRequest = z.object({ email: emailInput, challenge_solution: solution });
 const tokenBody = z.object({ token });
 const codeBody = z.object({ token, code: z.string().min(1).max(64) });
@@ -68,7 +75,12 @@ export function recoveryRoutes(s: Services): Router {
     res.json({ status, methods });
   });
 
-  const factor = async (res: Response, tokenValue: string, proof: FactorProof, cookie: string | undefined) => {
+  const factor = async (
+    res: Response,
+    tokenValue: string,
+    proof: FactorProof,
+    cookie: string | undefined,
+  ) => {
     const result = await s.recovery.passFactor(tokenValue, proof, ctx(res, cookie));
     if (result.status === "ready") {
       res.json({ status: "ready" });
@@ -76,7 +88,8 @@ export function recoveryRoutes(s: Services): Router {
     }
     res.status(401).json({
       error: "invalid_code",
-      error_description: proof.method === "webauthn" ? "The passkey could not be verified." : "The code is not valid.",
+      error_description:
+        proof.method === "webauthn" ? "The passkey could not be verified." : "The code is not valid.",
       attempts_left: result.attemptsLeft,
     });
   };
@@ -97,7 +110,12 @@ export function recoveryRoutes(s: Services): Router {
 
   r.post("/recovery/password/webauthn", async (req, res) => {
     const body = webauthnBody.parse(req.body);
-    await factor(res, body.token, { method: "webauthn", response: body.response as never }, req.get("cookie"));
+    await factor(
+      res,
+      body.token,
+      { method: "webauthn", response: body.response as never },
+      req.get("cookie"),
+    );
   });
 
   r.post("/recovery/password/reset", async (req, res) => {
@@ -108,7 +126,10 @@ export function recoveryRoutes(s: Services): Router {
 
   r.post("/email/verify", (req, res) => {
     const l = locals(res);
-    const { changed } = s.emails.verify(tokenBody.parse(req.body).token, { ip: l.ip, requestId: l.requestId });
+    const { changed } = s.emails.verify(tokenBody.parse(req.body).token, {
+      ip: l.ip,
+      requestId: l.requestId,
+    });
     res.json({ status: changed ? "email_changed" : "verified" });
   });
 
