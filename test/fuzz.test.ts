@@ -118,6 +118,18 @@ const ENDPOINTS: Array<["get" | "post" | "delete" | "patch", string]> = [
   ["delete", "/api/v1/me/passkeys/x"],
   ["get", "/api/v1/admin/alerts"],
   ["post", "/api/v1/admin/members/x/unlock"],
+  ["post", "/api/v1/recovery/password"],
+  ["post", "/api/v1/recovery/login-id"],
+  ["post", "/api/v1/recovery/password/check"],
+  ["post", "/api/v1/recovery/password/totp"],
+  ["post", "/api/v1/recovery/password/recovery-code"],
+  ["post", "/api/v1/recovery/password/webauthn/options"],
+  ["post", "/api/v1/recovery/password/webauthn"],
+  ["post", "/api/v1/recovery/password/reset"],
+  ["post", "/api/v1/email/verify"],
+  ["post", "/api/v1/me/email/verification"],
+  ["post", "/api/v1/me/email"],
+  ["post", "/api/v1/me/password"],
 ];
 
 describe("arbitrary input at every endpoint", () => {
@@ -193,6 +205,18 @@ describe("arbitrary input at every endpoint", () => {
       ["post", "/account/passkeys/x/rename"],
       ["post", "/account/passkeys/x/remove"],
       ["post", "/account/sessions/x/end"],
+      ["post", "/account/email"],
+      ["post", "/account/email/resend"],
+      ["post", "/account/password"],
+      ["get", "/recovery/password"],
+      ["post", "/recovery/password"],
+      ["get", "/recovery/login-id"],
+      ["post", "/recovery/login-id"],
+      ["get", "/recovery/reset"],
+      ["post", "/recovery/reset/mfa"],
+      ["post", "/recovery/reset"],
+      ["get", "/email/verify"],
+      ["post", "/email/verify"],
     ] as const;
     await fc.assert(
       fc.asyncProperty(

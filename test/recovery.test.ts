@@ -9,6 +9,7 @@ import { backoffMs } from "../src/mail/outbox.js";
 import { Clients } from "../src/oidc/clients.js";
 import { RECOVERY_ACCEPTED } from "../src/http/routes/recovery.js";
 import { Jar } from "./support/browser-jar.js";
+import { solveChallenge } from "./support/pow.js";
 import { SoftAuthenticator } from "./support/soft-authenticator.js";
 import { type ListeningApp, listenWithMember } from "./support/oidc.js";
 import { linkIn, type ReceivedMail, TestSmtp } from "./support/smtp.js";
@@ -412,6 +413,37 @@ describe("mail, verification and recovery against a real SMTP server", () => {
     }
     expect(statuses.at(-1)).toBe(429);
     expect(statuses.filter((s) => s === 202)).toHaveLength(10);
+  });
+
+  it("past the service-wide rate, each recovery request costs a proof-of-work bound to its target", async () => {
+    t.close();
+    t = makeApp({
+      SEKISHO_SMTP_URL: smtp.url,
+      SEKISHO_TRUST_PROXY: "loopback",
+      SEKISHO_THROTTLE_POLICY: JSON.stringify({ mailGlobal: 3, challengeMaxNumber: 2000 }),
+    });
+    await register(t.app, { login_id: "taro.busy" });
+    const ask = (body: Record<string, unknown>, ip: string) =>
+      post(t.app, "/api/v1/recovery/password", body).set("X-Forwarded-For", ip);
+    for (let i = 0; i < 3; i++)
+      expect((await ask({ login_id: `someone.${i}` }, `192.0.2.${i + 1}`)).status).toBe(202);
+    const refused = await ask({ login_id: "taro.busy" }, "192.0.2.50");
+    expect(refused.status).toBe(403);
+    expect(refused.body.error).toBe("challenge_required");
+    const solution = await solveChallenge(refused.body.challenge);
+    // bound to its target: it doesn't buy a request for another account
+    expect((await ask({ login_id: "someone.else", challenge_solution: solution }, "192.0.2.50")).status).toBe(
+      403,
+    );
+    expect((await ask({ login_id: "taro.busy", challenge_solution: solution }, "192.0.2.50")).status).toBe(
+      202,
+    );
+    // and works once
+    expect((await ask({ login_id: "taro.busy", challenge_solution: solution }, "192.0.2.50")).status).toBe(
+      403,
+    );
+    await deliver(t);
+    expect(smtp.to(PROFILE.email).some((m) => m.subject.includes("パスワードの再設定"))).toBe(true);
   });
 
   it("forgotten login ID: every login ID registered with the address, in one mail", async () => {

@@ -1,4 +1,5 @@
 import v8 from "node:v8";
+import { solveChallenge } from "./support/pow.js";
 import vm from "node:vm";
 import supertest from "supertest";
 import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
@@ -243,30 +244,7 @@ describe("proof-of-work challenges (ALTCHA) through the JSON API", () => {
   let t: TestApp;
   afterEach(() => t.close());
 
-  async function solve(challenge: {
-    algorithm: string;
-    challenge: string;
-    salt: string;
-    signature: string;
-    maxnumber: number;
-  }) {
-    const { solveChallenge } = await import("altcha-lib/v1");
-    const solution = await solveChallenge(
-      challenge.challenge,
-      challenge.salt,
-      challenge.algorithm,
-      challenge.maxnumber,
-    ).promise;
-    return Buffer.from(
-      JSON.stringify({
-        algorithm: challenge.algorithm,
-        challenge: challenge.challenge,
-        number: solution?.number,
-        salt: challenge.salt,
-        signature: challenge.signature,
-      }),
-    ).toString("base64");
-  }
+  const solve = solveChallenge;
   const login = (ip: string, body: Record<string, unknown>) =>
     supertest(t.app)
       .post("/api/v1/login")

@@ -54,11 +54,32 @@ const A = {
       "端末をなくしたときに使うコードです。この画面を離れると二度と表示されません。安全な場所に保管してください。各コードは1回だけ使えます。",
     done: "保管しました",
     reauth: "この変更には、直近のサインインが必要です。もう一度サインインしてください。",
+    emailHeading: "メールアドレス",
+    verified: "確認済み",
+    unverified: "未確認",
+    resend: "確認メールを再送",
+    newEmail: "新しいメールアドレス",
+    changeEmail: "変更する（新しいアドレスに確認メールを送ります）",
+    passwordHeading: "パスワード",
+    currentPassword: "現在のパスワード",
+    newPassword: (n: number) => `新しいパスワード（${n}文字以上）`,
+    changePassword: "パスワードを変更（ほかの端末はサインアウトします）",
+    forgot: "パスワードをお忘れの方",
     added: {
       passkey: "パスキーを追加しました。",
       totp: "認証アプリを設定しました。",
       removed: "削除しました。",
       renamed: "名前を変更しました。",
+      email_sent: "確認メールを送りました。",
+      email_change: "新しいメールアドレスに確認メールを送りました。リンクを開くと変更が有効になります。",
+      password: "パスワードを変更しました。ほかの端末のセッションは終了しました。",
+    },
+    errors: {
+      wrong_password: "現在のパスワードが正しくありません。",
+      weak_password:
+        "新しいパスワードが条件を満たしていません（短すぎるもの、よく使われるもの、ログインIDを含むものは使えません）。",
+      throttled: "試行回数が多すぎます。しばらくしてから再度お試しください。",
+      invalid: "入力内容を確認してください。",
     },
   },
   en: {
@@ -112,16 +133,38 @@ const A = {
       "Use these if you lose your device. They are shown only now: keep them somewhere safe. Each code works once.",
     done: "I have saved them",
     reauth: "This change needs a recent sign-in. Please sign in again.",
+    emailHeading: "E-mail address",
+    verified: "verified",
+    unverified: "not verified",
+    resend: "Send the verification mail again",
+    newEmail: "New e-mail address",
+    changeEmail: "Change it (we'll mail the new address a link)",
+    passwordHeading: "Password",
+    currentPassword: "Current password",
+    newPassword: (n: number) => `New password (${n} characters or more)`,
+    changePassword: "Change the password (other devices are signed out)",
+    forgot: "Forgot your password?",
     added: {
       passkey: "Passkey added.",
       totp: "Authenticator app set up.",
       removed: "Removed.",
       renamed: "Renamed.",
+      email_sent: "We sent the verification mail.",
+      email_change: "We mailed a link to the new address; the change takes effect when you open it.",
+      password: "Password changed. Your other sessions were ended.",
+    },
+    errors: {
+      wrong_password: "The current password is incorrect.",
+      weak_password:
+        "The new password doesn't meet the rules (not too short, not a common password, not containing your login ID).",
+      throttled: "Too many attempts. Please wait a while and try again.",
+      invalid: "Please check what you entered.",
     },
   },
 } as const;
 
 export type Notice = keyof (typeof A)["ja"]["added"];
+export type AccountError = keyof (typeof A)["ja"]["errors"];
 
 /** What the member's security events say, in their language (unknown types show their code). */
 const EVENT_LABEL: Record<string, { ja: string; en: string }> = {
@@ -211,6 +254,9 @@ ${parts.join(`\n`)}`;
 
 export interface AccountView {
   loginId: string;
+  email: string | null;
+  emailVerified: boolean;
+  passwordMinLength: number;
   acr: string;
   totp: boolean;
   passkeys: Array<{
@@ -245,7 +291,7 @@ const ACR_LABEL: Record<string, { ja: string; en: string }> = {
 const postButton = (action: string, label: string, cls = "secondary") =>
   `<form method="post" action="${e(action)}" class="inline"><button type="submit" class="${cls}">${e(label)}</button></form>`;
 
-export function accountPage(lang: Lang, v: AccountView, notice?: Notice, reauth?: boolean): string {
+export function accountPage(lang: Lang, v: AccountView, notice?: Notice, error?: AccountError): string {
   const a = A[lang];
   const when = (iso: string | null) => (iso ? iso.replace("T", " ").slice(0, 16) : a.never);
   const passkeys =
@@ -262,7 +308,7 @@ ${postButton(`/account/passkeys/${p.id}/remove`, a.remove)}</li>`,
           )
           .join("")}</ul>`;
   const body = `<h1>${e(a.accountTitle)}</h1><p class="lead">${e(a.signedInAs(v.loginId))}<br><span class="muted">${e(a.level)}: ${e(ACR_LABEL[v.acr]?.[lang] ?? v.acr)}</span></p>
-${notice ? `<div class="ok" role="status">${e(a.added[notice])}</div>` : ""}${reauth ? `<div class="error" role="alert">${e(a.reauth)}</div>` : ""}
+${notice ? `<div class="ok" role="status">${e(a.added[notice])}</div>` : ""}${error ? `<div class="error" role="alert">${e(a.errors[error])}</div>` : ""}
 ${passkeySupport(lang)}
 <section><h2>${e(a.passkeysHeading)}</h2>${passkeys}
 <label for="passkey_name">${e(a.passkeyName)}</label><input type="text" id="passkey_name" maxlength="64">
@@ -276,6 +322,15 @@ ${
     ? `<section><h2>${e(a.recoveryHeading)}</h2><p>${e(a.recoveryRemaining(v.recoveryCodes))}</p>${postButton("/account/recovery-codes", a.recoveryNew)}</section>`
     : ""
 }
+<section><h2>${e(a.emailHeading)}</h2><p>${v.email ? `${e(v.email)} <span class="muted">(${e(v.emailVerified ? a.verified : a.unverified)})</span>` : "—"}</p>
+${v.email && !v.emailVerified ? postButton("/account/email/resend", a.resend) : ""}
+<form method="post" action="/account/email"><label for="new_email">${e(a.newEmail)}</label><input type="text" id="new_email" name="email" inputmode="email" autocomplete="email" autocapitalize="none" spellcheck="false" maxlength="254" required><button type="submit" class="secondary">${e(a.changeEmail)}</button></form></section>
+<section><h2>${e(a.passwordHeading)}</h2>
+<form method="post" action="/account/password"><input type="text" name="username" autocomplete="username" value="${e(v.loginId)}" hidden>
+<label for="current_password">${e(a.currentPassword)}</label><input type="password" id="current_password" name="current_password" autocomplete="current-password" required>
+<label for="new_password">${e(a.newPassword(v.passwordMinLength))}</label><input type="password" id="new_password" name="new_password" autocomplete="new-password" required>
+<button type="submit" class="secondary">${e(a.changePassword)}</button></form>
+<p class="muted"><a href="/recovery/password?lang=${lang}">${e(a.forgot)}</a></p></section>
 <section><h2>${e(a.sessionsHeading)}</h2><ul class="plain">${v.sessions
     .map(
       (x) =>

@@ -21,6 +21,7 @@ import { interactionRoutes, silentAuthorization } from "./routes/interactions.js
 import { meRoutes } from "./routes/me.js";
 import { registrationAndLoginRoutes } from "./routes/members.js";
 import { recoveryRoutes } from "./routes/recovery.js";
+import { recoveryPageRoutes } from "./routes/recovery-hosted.js";
 
 export const BODY_LIMIT = "64kb";
 
@@ -88,6 +89,7 @@ export function createApp(s: Services): express.Express {
 
   app.use(assetRoutes());
   app.use(accountRoutes(s));
+  app.use(recoveryPageRoutes(s));
   app.use(interactionRoutes(s, oidc));
   app.use(silentAuthorization(oidc, OIDC_ROUTES.authorization));
   const providerPaths = [...Object.values(OIDC_ROUTES), "/.well-known/"];

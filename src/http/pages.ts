@@ -48,6 +48,8 @@ const T = {
     passkeyExists: "このパスキーはすでに登録されています。",
     expired: "サインインの有効期限が切れました。もう一度サインインしてください。",
     challenge: "安全のため、自動確認（数秒の計算）のあとにもう一度パスワードを入力してください。",
+    forgotPassword: "パスワードをお忘れの方",
+    forgotLoginId: "ログインIDをお忘れの方",
   },
   en: {
     title: "Sign in",
@@ -78,6 +80,8 @@ const T = {
     expired: "The sign-in expired. Please sign in again.",
     challenge:
       "For your safety, please enter your password again after the automatic check (a few seconds of computing).",
+    forgotPassword: "Forgot your password?",
+    forgotLoginId: "Forgot your login ID?",
   },
 } as const;
 
@@ -162,7 +166,7 @@ export function loggedOutPage(lang: Lang): string {
 export type LoginError = "invalid" | "throttled" | "badRequest" | "expired" | "challenge";
 
 /** The ALTCHA widget's files (proof-of-work), for a login page that carries a challenge. */
-const ALTCHA_HEAD = `<link rel="stylesheet" href="/assets/altcha.css"><script src="/assets/altcha.js" defer></script><script src="/assets/altcha-setup.js" defer></script>`;
+export const ALTCHA_HEAD = `<link rel="stylesheet" href="/assets/altcha.css"><script src="/assets/altcha.js" defer></script><script src="/assets/altcha-setup.js" defer></script>`;
 
 /**
  * The sign-in page: login ID and password (works without JavaScript), and passkeys — a button for
@@ -195,6 +199,7 @@ ${passkeySupport(opts.lang)}
 ${opts.challenge ? `<altcha-widget challenge="${e(JSON.stringify(opts.challenge))}" name="challenge_solution" language="${opts.lang}"></altcha-widget>` : ""}
 <button type="submit">${e(t.submit)}</button>
 </form>
+<p class="muted"><a href="/recovery/password?lang=${opts.lang}">${e(t.forgotPassword)}</a> · <a href="/recovery/login-id?lang=${opts.lang}">${e(t.forgotLoginId)}</a></p>
 <p class="sep">${e(t.or)}</p>
 <button type="button" class="secondary" data-passkey-login data-next="${e(opts.next)}">${e(t.passkey)}</button>`;
   return layout(opts.lang, t.title, body, opts.switchHref, true, opts.challenge ? ALTCHA_HEAD : "");

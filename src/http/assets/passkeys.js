@@ -4,6 +4,7 @@
 //                            `autocomplete="username webauthn"` input); data-next: where to go after
 //   [data-passkey-mfa]       passkey as the second step; data-mfa-token (absent: step-up by cookie)
 //   [data-passkey-register]  add a passkey from the account page; the name from #passkey_name
+//   [data-passkey-reset]     passkey as the second step of a password reset; data-reset-token
 // Messages come from data-msg-* attributes of the element marked [data-passkey-messages].
 /* global SimpleWebAuthnBrowser */
 (() => {
@@ -62,6 +63,26 @@
       const token = button.getAttribute("data-mfa-token");
       const passwordless = button.hasAttribute("data-passkey-login");
       signIn(token, button.getAttribute("data-next"), false, passwordless).catch(failed);
+    });
+  }
+
+  for (const button of document.querySelectorAll("[data-passkey-reset]")) {
+    if (!browserSupportsWebAuthn()) {
+      button.hidden = true;
+      continue;
+    }
+    button.addEventListener("click", async () => {
+      try {
+        const token = button.getAttribute("data-reset-token");
+        const opts = await api("/api/v1/recovery/password/webauthn/options", { token });
+        if (!opts.ok) return say("failed");
+        const response = await startAuthentication({ optionsJSON: opts.data });
+        const done = await api("/api/v1/recovery/password/webauthn", { token, response });
+        if (!done.ok) return say(done.status === 429 ? "throttled" : "failed");
+        window.location.assign(button.getAttribute("data-next"));
+      } catch (err) {
+        failed(err);
+      }
     });
   }
 

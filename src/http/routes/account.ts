@@ -6,7 +6,17 @@ import { cleanPasskeyName } from "../../factors/passkeys.js";
 import type { Services } from "../../services.js";
 import { deviceTokenFrom } from "../../sessions/devices.js";
 import { type Session, sessionTokenFrom } from "../../sessions/sessions.js";
-import { accountPage, mfaPage, type Notice, recoveryCodesPage, totpEnrolPage } from "../account-pages.js";
+import {
+  type AccountError,
+  accountPage,
+  mfaPage,
+  type Notice,
+  recoveryCodesPage,
+  totpEnrolPage,
+} from "../account-pages.js";
+import { eq } from "drizzle-orm";
+import { members } from "../../db/schema.js";
+import { emailInput } from "../../members/profile-input.js";
 import { clearSessionCookie, setDeviceCookie, setSessionCookie } from "../cookies.js";
 import { hostedForm, pageHeaders } from "../hosted.js";
 import { loginForm, mfaForm, passwordStep, secondStep, subjectFor } from "../hosted-sign-in.js";
@@ -17,7 +27,21 @@ import { endOwnSession, forgetOwnDevice, logOut, memberEventRows } from "../../s
 
 const codeForm = z.object({ code: z.string().min(1).max(64) });
 const nameForm = z.object({ name: z.string().max(256) });
-const NOTICES = new Set<string>(["passkey", "totp", "removed", "renamed"]);
+const NOTICES = new Set<string>([
+  "passkey",
+  "totp",
+  "removed",
+  "renamed",
+  "email_sent",
+  "email_change",
+  "password",
+]);
+const ERRORS = new Set<string>(["wrong_password", "weak_password", "throttled", "invalid"]);
+const emailForm = z.object({ email: emailInput });
+const passwordForm = z.object({
+  current_password: z.string().min(1).max(1024),
+  new_password: z.string().min(1).max(1024),
+});
 const iso = (ms: number | null) => (ms === null ? null : new Date(ms).toISOString());
 
 /**
@@ -137,6 +161,15 @@ export function accountRoutes(s: Services): Router {
     const events = memberEventRows(s, session.memberId, 20);
     const notice =
       typeof req.query.notice === "string" && NOTICES.has(req.query.notice) ? req.query.notice : undefined;
+    const error =
+      typeof req.query.error === "string" && ERRORS.has(req.query.error) ? req.query.error : undefined;
+    const email =
+      s.vault.read(session.memberId, ["email"], {
+        actorType: "member",
+        actorId: session.memberId,
+        reason: "self_view",
+        ...ctx(res),
+      }).email ?? null;
     html(
       res,
       200,
@@ -144,6 +177,14 @@ export function accountRoutes(s: Services): Router {
         lang(req),
         {
           loginId: member.loginId,
+          email,
+          passwordMinLength: s.config.passwordMinLength,
+          emailVerified:
+            s.db
+              .select({ v: members.emailVerified })
+              .from(members)
+              .where(eq(members.id, session.memberId))
+              .get()?.v ?? false,
           acr: session.acr,
           totp: f.totp,
           passkeys: s.factors.passkeys.list(session.memberId).map((p) => ({
@@ -176,6 +217,7 @@ export function accountRoutes(s: Services): Router {
           })),
         },
         notice as Notice | undefined,
+        error as AccountError | undefined,
       ),
     );
   });
@@ -283,6 +325,60 @@ export function accountRoutes(s: Services): Router {
     signedIn((req, res, session) => {
       forgetOwnDevice(s, session, String(req.params.id), ctx(res));
       backTo(res, "/account?notice=removed");
+    }),
+  );
+
+  r.post(
+    "/account/email/resend",
+    ...form,
+    signedIn((_req, res, session) => {
+      try {
+        s.emails.resend(session, ctx(res));
+      } catch (err) {
+        if (err instanceof ApiError && err.status === 429) return backTo(res, "/account?error=throttled");
+        throw err;
+      }
+      backTo(res, "/account?notice=email_sent");
+    }),
+  );
+
+  r.post(
+    "/account/email",
+    ...form,
+    signedIn((req, res, session) => {
+      const body = emailForm.safeParse(req.body);
+      if (!body.success) return backTo(res, "/account?error=invalid");
+      try {
+        s.emails.requestChange(session, body.data.email, ctx(res));
+      } catch (err) {
+        if (err instanceof ApiError && err.status === 429) return backTo(res, "/account?error=throttled");
+        if (err instanceof ApiError && err.code === "invalid_request")
+          return backTo(res, "/account?error=invalid");
+        throw err;
+      }
+      backTo(res, "/account?notice=email_change");
+    }),
+  );
+
+  r.post(
+    "/account/password",
+    ...form,
+    signedIn(async (req, res, session) => {
+      const body = passwordForm.safeParse(req.body);
+      if (!body.success) return backTo(res, "/account?error=invalid");
+      try {
+        await s.passwordChange.change(session, body.data.current_password, body.data.new_password, {
+          ...ctx(res),
+          deviceToken: deviceTokenFrom(req.get("cookie")),
+        });
+      } catch (err) {
+        if (!(err instanceof ApiError)) throw err;
+        if (err.status === 429) return backTo(res, "/account?error=throttled");
+        if (err.code === "invalid_credentials") return backTo(res, "/account?error=wrong_password");
+        if (err.code === "weak_password") return backTo(res, "/account?error=weak_password");
+        throw err;
+      }
+      backTo(res, "/account?notice=password");
     }),
   );
 

@@ -1,0 +1,262 @@
+import type { FactorMethod } from "../factors/methods.js";
+import type { PasswordProblem } from "../passwords/rules.js";
+import { ALTCHA_HEAD, e, type Lang, layout, passkeySupport } from "./pages.js";
+
+/** Strings of the recovery and e-mail pages, Japanese first. */
+const R = {
+  ja: {
+    forgotTitle: "パスワードの再設定",
+    forgotLead:
+      "ログインID（会員番号）またはメールアドレスを入力してください。再設定用のリンクをメールでお送りします。",
+    identifier: "ログインID・会員番号 または メールアドレス",
+    send: "メールを送る",
+    forgotIdTitle: "ログインIDのお知らせ",
+    forgotIdLead:
+      "登録したメールアドレスを入力してください。そのアドレスで登録されたログインIDをメールでお送りします。",
+    email: "メールアドレス",
+    sentTitle: "メールをご確認ください",
+    sentLead:
+      "入力された情報に一致するアカウントがある場合、メールを送信しました。数分たっても届かない場合は、迷惑メールフォルダをご確認のうえ、もう一度お試しください。",
+    backToLogin: "サインイン画面へ戻る",
+    throttled: "リクエストが多すぎます。しばらくしてから再度お試しください。",
+    invalid: "入力内容を確認してください。",
+    challenge: "安全のため、自動確認（数秒の計算）のあとにもう一度送信してください。",
+    linkInvalidTitle: "このリンクは使えません",
+    linkInvalid: "リンクの有効期限が切れているか、すでに使われているか、新しいリンクが発行されています。",
+    requestAgain: "もう一度メールを送る",
+    mfaTitle: "本人確認",
+    mfaLead: "パスワードを再設定する前に、2段階認証で本人確認をしてください。",
+    passkey: "パスキーで確認",
+    totpLabel: "認証アプリの6桁のコード",
+    verify: "確認",
+    useRecovery: "リカバリーコードを使う",
+    recoveryLabel: "リカバリーコード",
+    wrongCode: (left: number) => `コードが正しくありません（残り ${left} 回）。`,
+    noFactor:
+      "使える2段階認証の方法がありません。パスキーの停止などでお困りの場合は、サポートにお問い合わせください。",
+    newTitle: "新しいパスワード",
+    newLead: "新しいパスワードを設定してください。設定すると、すべての端末でサインアウトします。",
+    newPassword: (n: number) => `新しいパスワード（${n}文字以上）`,
+    confirm: "新しいパスワード（確認）",
+    save: "パスワードを設定",
+    mismatch: "確認用のパスワードが一致しません。",
+    doneTitle: "パスワードを再設定しました",
+    doneLead: (id: string) => `ログインID「${id}」と新しいパスワードでサインインしてください。`,
+    signIn: "サインイン",
+    verifyTitle: "メールアドレスの確認",
+    verifyLead: "下のボタンを押すと、このメールアドレスの確認が完了します。",
+    verifyButton: "確認する",
+    verifiedTitle: "メールアドレスを確認しました",
+    changedTitle: "メールアドレスを変更しました",
+    toAccount: "アカウントページへ",
+  },
+  en: {
+    forgotTitle: "Reset your password",
+    forgotLead:
+      "Enter your login ID (member number) or your e-mail address. We'll mail you a link to set a new password.",
+    identifier: "Login ID, member number or e-mail address",
+    send: "Send the mail",
+    forgotIdTitle: "Forgot your login ID?",
+    forgotIdLead:
+      "Enter the e-mail address you registered with. We'll mail the login IDs registered with it.",
+    email: "E-mail address",
+    sentTitle: "Check your mail",
+    sentLead:
+      "If an account matches what you entered, we have sent it an e-mail. If nothing arrives within a few minutes, check your spam folder and try again.",
+    backToLogin: "Back to sign-in",
+    throttled: "Too many requests. Please wait a while and try again.",
+    invalid: "Please check what you entered.",
+    challenge: "For your safety, please send again after the automatic check (a few seconds of computing).",
+    linkInvalidTitle: "This link can't be used",
+    linkInvalid: "The link has expired, was already used, or a newer one was sent.",
+    requestAgain: "Send a new mail",
+    mfaTitle: "Confirm it's you",
+    mfaLead: "Before you set a new password, confirm it's you with two-step verification.",
+    passkey: "Use a passkey",
+    totpLabel: "6-digit code from your authenticator app",
+    verify: "Verify",
+    useRecovery: "Use a recovery code",
+    recoveryLabel: "Recovery code",
+    wrongCode: (left: number) => `That code is not valid (${left} tries left).`,
+    noFactor: "No two-step method is usable. If a passkey was suspended or lost, please contact support.",
+    newTitle: "New password",
+    newLead: "Choose a new password. Setting it signs you out everywhere.",
+    newPassword: (n: number) => `New password (${n} characters or more)`,
+    confirm: "New password again",
+    save: "Set the password",
+    mismatch: "The two passwords differ.",
+    doneTitle: "Your password was reset",
+    doneLead: (id: string) => `Sign in with login ID "${id}" and your new password.`,
+    signIn: "Sign in",
+    verifyTitle: "Confirm your e-mail address",
+    verifyLead: "Press the button to finish confirming this address.",
+    verifyButton: "Confirm",
+    verifiedTitle: "Your e-mail address is confirmed",
+    changedTitle: "Your e-mail address was changed",
+    toAccount: "To your account page",
+  },
+} as const;
+
+/** Password rule problems, in words. */
+export const PASSWORD_PROBLEM: Record<PasswordProblem, { ja: string; en: string }> = {
+  too_short: { ja: "短すぎます。", en: "Too short." },
+  too_long: { ja: "長すぎます。", en: "Too long." },
+  invalid_characters: {
+    ja: "使えない文字が含まれています。",
+    en: "It contains characters that can't be used.",
+  },
+  common_password: {
+    ja: "よく使われる（漏えいしている）パスワードです。",
+    en: "It is a common (leaked) password.",
+  },
+  contains_login_id: { ja: "ログインIDを含んでいます。", en: "It contains your login ID." },
+  contains_service_name: { ja: "サービス名を含んでいます。", en: "It contains the service's name." },
+  repetitive: { ja: "同じ文字の繰り返しです。", en: "It is too repetitive." },
+};
+
+export type RecoveryError = "throttled" | "invalid" | "challenge";
+
+const errorBox = (lang: Lang, error?: RecoveryError) =>
+  error ? `<div class="error" role="alert">${e(R[lang][error])}</div>` : "";
+
+function requestPage(
+  lang: Lang,
+  kind: "password" | "login_id",
+  opts: { error?: RecoveryError; challenge?: object; value?: string },
+): string {
+  const r = R[lang];
+  const title = kind === "password" ? r.forgotTitle : r.forgotIdTitle;
+  const path = kind === "password" ? "/recovery/password" : "/recovery/login-id";
+  const field =
+    kind === "password"
+      ? `<label for="identifier">${e(r.identifier)}</label><input type="text" id="identifier" name="identifier" autocomplete="username" autocapitalize="none" spellcheck="false" required value="${e(opts.value ?? "")}">`
+      : `<label for="email">${e(r.email)}</label><input type="text" id="email" name="email" inputmode="email" autocomplete="email" autocapitalize="none" spellcheck="false" required value="${e(opts.value ?? "")}">`;
+  const body = `<h1>${e(title)}</h1><p class="lead">${e(kind === "password" ? r.forgotLead : r.forgotIdLead)}</p>
+${errorBox(lang, opts.error)}
+<form method="post" action="${path}?lang=${lang}">${field}
+${opts.challenge ? `<altcha-widget challenge="${e(JSON.stringify(opts.challenge))}" name="challenge_solution" language="${lang}"></altcha-widget>` : ""}
+<button type="submit">${e(r.send)}</button></form>
+<p class="sep"><a href="/account/login?lang=${lang}">${e(r.backToLogin)}</a></p>`;
+  return layout(
+    lang,
+    title,
+    body,
+    `${path}?lang=${lang === "ja" ? "en" : "ja"}`,
+    false,
+    opts.challenge ? ALTCHA_HEAD : "",
+  );
+}
+
+export const forgotPasswordPage = (
+  lang: Lang,
+  opts: { error?: RecoveryError; challenge?: object; value?: string } = {},
+) => requestPage(lang, "password", opts);
+export const forgotLoginIdPage = (
+  lang: Lang,
+  opts: { error?: RecoveryError; challenge?: object; value?: string } = {},
+) => requestPage(lang, "login_id", opts);
+
+export function mailSentPage(lang: Lang): string {
+  const r = R[lang];
+  return layout(
+    lang,
+    r.sentTitle,
+    `<h1>${e(r.sentTitle)}</h1><p class="lead">${e(r.sentLead)}</p><p><a href="/account/login?lang=${lang}">${e(r.backToLogin)}</a></p>`,
+  );
+}
+
+export function linkInvalidPage(lang: Lang, kind: "reset" | "verify"): string {
+  const r = R[lang];
+  const again =
+    kind === "reset"
+      ? `<p><a href="/recovery/password?lang=${lang}">${e(r.requestAgain)}</a></p>`
+      : `<p><a href="/account?lang=${lang}">${e(r.toAccount)}</a></p>`;
+  return layout(
+    lang,
+    r.linkInvalidTitle,
+    `<h1>${e(r.linkInvalidTitle)}</h1><div class="error" role="alert">${e(r.linkInvalid)}</div>${again}`,
+  );
+}
+
+/** The reset's second step: TOTP and recovery code as forms, passkey through the script. */
+export function resetMfaPage(
+  lang: Lang,
+  opts: { token: string; methods: FactorMethod[]; attemptsLeft?: number | undefined },
+): string {
+  const r = R[lang];
+  const hidden = `<input type="hidden" name="token" value="${e(opts.token)}">`;
+  const action = `/recovery/reset/mfa?lang=${lang}`;
+  const parts: string[] = [];
+  if (opts.methods.includes("webauthn")) {
+    parts.push(
+      `<button type="button" data-passkey-reset data-reset-token="${e(opts.token)}" data-next="/recovery/reset?token=${e(encodeURIComponent(opts.token))}&amp;lang=${lang}">${e(r.passkey)}</button>`,
+    );
+  }
+  if (opts.methods.includes("totp")) {
+    parts.push(`<form method="post" action="${action}">${hidden}<input type="hidden" name="method" value="totp">
+<label for="code">${e(r.totpLabel)}</label>
+<input type="tel" id="code" name="code" inputmode="numeric" autocomplete="one-time-code" pattern="[0-9 ]{6,7}" maxlength="7" required>
+<button type="submit">${e(r.verify)}</button></form>`);
+  }
+  if (opts.methods.includes("recovery_code")) {
+    parts.push(`<details><summary>${e(r.useRecovery)}</summary>
+<form method="post" action="${action}">${hidden}<input type="hidden" name="method" value="recovery_code">
+<label for="recovery">${e(r.recoveryLabel)}</label>
+<input type="text" id="recovery" name="code" autocomplete="off" autocapitalize="none" spellcheck="false" required>
+<button type="submit">${e(r.verify)}</button></form></details>`);
+  }
+  const body =
+    parts.length === 0
+      ? `<h1>${e(r.mfaTitle)}</h1><div class="error" role="alert">${e(r.noFactor)}</div>`
+      : `<h1>${e(r.mfaTitle)}</h1><p class="lead">${e(r.mfaLead)}</p>
+${opts.attemptsLeft !== undefined ? `<div class="error" role="alert">${e(r.wrongCode(opts.attemptsLeft))}</div>` : ""}${passkeySupport(lang)}
+${parts.join("\n")}`;
+  return layout(lang, r.mfaTitle, body, undefined, opts.methods.includes("webauthn"));
+}
+
+export function newPasswordPage(
+  lang: Lang,
+  opts: { token: string; minLength: number; problems?: PasswordProblem[]; mismatch?: boolean },
+): string {
+  const r = R[lang];
+  const problems = opts.problems?.length
+    ? `<div class="error" role="alert">${opts.problems.map((p) => e(PASSWORD_PROBLEM[p][lang])).join("<br>")}</div>`
+    : "";
+  const body = `<h1>${e(r.newTitle)}</h1><p class="lead">${e(r.newLead)}</p>${problems}${opts.mismatch ? `<div class="error" role="alert">${e(r.mismatch)}</div>` : ""}
+<form method="post" action="/recovery/reset?lang=${lang}"><input type="hidden" name="token" value="${e(opts.token)}">
+<label for="password">${e(r.newPassword(opts.minLength))}</label><input type="password" id="password" name="password" autocomplete="new-password" minlength="${opts.minLength}" required>
+<label for="password_confirm">${e(r.confirm)}</label><input type="password" id="password_confirm" name="password_confirm" autocomplete="new-password" required>
+<button type="submit">${e(r.save)}</button></form>`;
+  return layout(lang, r.newTitle, body);
+}
+
+export function resetDonePage(lang: Lang, loginId: string): string {
+  const r = R[lang];
+  return layout(
+    lang,
+    r.doneTitle,
+    `<h1>${e(r.doneTitle)}</h1><div class="ok" role="status">${e(r.doneLead(loginId))}</div>
+<p><a href="/account/login?lang=${lang}">${e(r.signIn)}</a></p>`,
+  );
+}
+
+/** The verification link's page: a button, so that a mail scanner fetching the link confirms nothing. */
+export function verifyEmailPage(lang: Lang, token: string): string {
+  const r = R[lang];
+  return layout(
+    lang,
+    r.verifyTitle,
+    `<h1>${e(r.verifyTitle)}</h1><p class="lead">${e(r.verifyLead)}</p>
+<form method="post" action="/email/verify?lang=${lang}"><input type="hidden" name="token" value="${e(token)}"><button type="submit">${e(r.verifyButton)}</button></form>`,
+  );
+}
+
+export function emailVerifiedPage(lang: Lang, changed: boolean): string {
+  const r = R[lang];
+  const title = changed ? r.changedTitle : r.verifiedTitle;
+  return layout(
+    lang,
+    title,
+    `<h1>${e(title)}</h1><p><a href="/account?lang=${lang}">${e(r.toAccount)}</a></p>`,
+  );
+}
