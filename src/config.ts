@@ -80,6 +80,7 @@ const schema = z
             mailTarget: z.number().int().min(1),
             mailTargetDay: z.number().int().min(1),
             mailGlobal: z.number().int().min(1),
+            mailMember: z.number().int().min(1),
           })
           .partial()
           .strict(),

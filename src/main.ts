@@ -17,6 +17,9 @@ async function main(): Promise<void> {
   const db = openDatabase(config.dbFile);
   migrateDatabase(db);
   const services = buildServices({ config, db, clock, keys, logger });
+  // Rows from before member-level revocation existed learn whose they are (once; cheap after).
+  const backfilled = services.oidcStore.backfillAccountIds();
+  if (backfilled > 0) logger.info({ rows: backfilled }, "OIDC rows linked to their members");
   if (config.adminAcr !== "urn:sekisho:acr:phishing-resistant") {
     logger.warn(
       { admin_acr: config.adminAcr },

@@ -196,6 +196,7 @@ export function buildServices(deps: {
     passwordMinLength: config.passwordMinLength,
   });
   const passwordChange = new PasswordChange({
+    tokens: memberTokens,
     db,
     clock,
     hasher,

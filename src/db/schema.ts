@@ -355,8 +355,10 @@ export const memberTokens = sqliteTable(
     createdAt: integer("created_at").notNull(),
     expiresAt: integer("expires_at").notNull(),
     consumedAt: integer("consumed_at"),
-    /** reset_password: when the member passed their second factor for this reset. */
+    /** reset_password: when the member passed their second factor for this reset… */
     mfaPassedAt: integer("mfa_passed_at"),
+    /** …and SHA-256 of the proof handed to the browser that passed it (the reset needs both). */
+    mfaProofHash: text("mfa_proof_hash"),
     /** reset_password: wrong second-factor codes; the token dies at five. */
     failures: integer("failures").notNull().default(0),
   },

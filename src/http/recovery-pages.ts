@@ -189,7 +189,8 @@ export function resetMfaPage(
   const parts: string[] = [];
   if (opts.methods.includes("webauthn")) {
     parts.push(
-      `<button type="button" data-passkey-reset data-reset-token="${e(opts.token)}" data-next="/recovery/reset?token=${e(encodeURIComponent(opts.token))}&amp;lang=${lang}">${e(r.passkey)}</button>`,
+      `<button type="button" data-passkey-reset data-reset-token="${e(opts.token)}">${e(r.passkey)}</button>
+<form method="post" action="/recovery/reset/continue?lang=${lang}" data-reset-continue hidden>${hidden}<input type="hidden" name="reset_proof"></form>`,
     );
   }
   if (opts.methods.includes("totp")) {
@@ -216,14 +217,21 @@ ${parts.join("\n")}`;
 
 export function newPasswordPage(
   lang: Lang,
-  opts: { token: string; minLength: number; problems?: PasswordProblem[]; mismatch?: boolean },
+  opts: {
+    token: string;
+    /** The proof of a passed second factor (members who have one). */
+    proof?: string | null | undefined;
+    minLength: number;
+    problems?: PasswordProblem[];
+    mismatch?: boolean;
+  },
 ): string {
   const r = R[lang];
   const problems = opts.problems?.length
     ? `<div class="error" role="alert">${opts.problems.map((p) => e(PASSWORD_PROBLEM[p][lang])).join("<br>")}</div>`
     : "";
   const body = `<h1>${e(r.newTitle)}</h1><p class="lead">${e(r.newLead)}</p>${problems}${opts.mismatch ? `<div class="error" role="alert">${e(r.mismatch)}</div>` : ""}
-<form method="post" action="/recovery/reset?lang=${lang}"><input type="hidden" name="token" value="${e(opts.token)}">
+<form method="post" action="/recovery/reset?lang=${lang}"><input type="hidden" name="token" value="${e(opts.token)}">${opts.proof ? `<input type="hidden" name="reset_proof" value="${e(opts.proof)}">` : ""}
 <label for="password">${e(r.newPassword(opts.minLength))}</label><input type="password" id="password" name="password" autocomplete="new-password" minlength="${opts.minLength}" required>
 <label for="password_confirm">${e(r.confirm)}</label><input type="password" id="password_confirm" name="password_confirm" autocomplete="new-password" required>
 <button type="submit">${e(r.save)}</button></form>`;

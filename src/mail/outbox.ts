@@ -2,7 +2,7 @@ import { and, asc, eq, lte, lt, sql } from "drizzle-orm";
 import type { Logger } from "pino";
 import type { Alerts } from "../audit/alerts.js";
 import type { Clock } from "../clock.js";
-import type { Db } from "../db/connection.js";
+import { type Db, inTransaction } from "../db/connection.js";
 import { outbox } from "../db/schema.js";
 import { randomBytesPooled } from "../vault/random.js";
 import { decryptField, encryptField } from "../vault/fields.js";
@@ -19,15 +19,16 @@ import { type Locale, type MailTemplate, renderMail } from "./templates.js";
  * keeps only the template name, the member and the delivery state. Once sent the ciphertext is
  * wiped, so the table never accumulates reset links or addresses.
  *
- * The worker sends due messages one at a time. A send is leased first (next attempt pushed out), so
- * a crash mid-send retries later instead of losing the message (delivery is at least once; the
- * Message-ID is the row id, so a duplicate is recognisable). Failures back off exponentially
- * (30 s, 1 min, 2 min, … capped at an hour); a permanent SMTP refusal (5xx) or the last attempt
- * marks the row `failed` and raises an alert.
+ * The worker sends due messages one at a time. Each is leased first (next attempt pushed out,
+ * attempt counted), so a crash mid-send retries it later instead of losing it (delivery is at
+ * least once; the Message-ID is the row id, so a duplicate is recognisable), and a message that
+ * crashes the process every time runs out of attempts. Failures back off exponentially (30 s,
+ * 1 min, 2 min, … capped at an hour, about a day in all); a refusal of the recipient (SMTP
+ * 550–553) or the last attempt marks the row `failed` and raises an alert. A server that refuses
+ * us (authentication, relaying: a configuration problem) raises an alert at once and is retried.
  */
-export const MAX_ATTEMPTS = 15;
+export const MAX_ATTEMPTS = 30;
 const LEASE_MS = 5 * 60_000;
-const BATCH = 20;
 
 export function backoffMs(attempts: number): number {
   return Math.min(30_000 * 2 ** Math.max(0, attempts - 1), 3_600_000);
@@ -60,6 +61,7 @@ export class Mailer {
   #again = false;
   #timer: NodeJS.Timeout | null = null;
   #started = false;
+  #stopping = false;
 
   constructor(deps: {
     db: Db;
@@ -108,6 +110,7 @@ export class Mailer {
   /** Start sending: now, on every enqueue, and every `intervalMs` for retries. */
   start(intervalMs = 5_000): void {
     this.#started = true;
+    this.#stopping = false;
     this.#timer = setInterval(() => void this.runDue(), intervalMs);
     this.#timer.unref();
     void this.runDue();
@@ -116,10 +119,14 @@ export class Mailer {
   /** Stop the timer and wait for a send in progress (graceful shutdown). */
   async stop(): Promise<void> {
     this.#started = false;
+    this.#stopping = true; // the run in progress ends after its current message
     if (this.#timer) clearInterval(this.#timer);
     this.#timer = null;
-    await this.#running;
-    this.sender.close();
+    try {
+      await this.#running;
+    } finally {
+      this.sender.close();
+    }
   }
 
   /**
@@ -131,9 +138,15 @@ export class Mailer {
       this.#again = true;
       return this.#running;
     }
-    const run = this.#drain().finally(() => {
-      if (this.#running === run) this.#running = null;
-    });
+    const run = this.#drain()
+      .catch((err: unknown) => {
+        // A database error (busy, full) ends this run; the next tick tries again.
+        this.#log.error({ err }, "mail worker run failed");
+        return 0;
+      })
+      .finally(() => {
+        if (this.#running === run) this.#running = null;
+      });
     this.#running = run;
     return run;
   }
@@ -143,38 +156,39 @@ export class Mailer {
     do {
       this.#again = false;
       for (;;) {
-        const due = this.#claim();
-        if (due.length === 0) break;
-        for (const row of due) if (await this.#deliver(row)) sent++;
+        if (this.#stopping) return sent;
+        const row = this.#claim();
+        if (!row) break;
+        if (await this.#deliver(row)) sent++;
       }
     } while (this.#again);
     return sent;
   }
 
-  /** Lease up to BATCH due rows: their next attempt moves out, so a crash mid-send retries them. */
-  #claim(): { id: string; message: string | null; attempts: number }[] {
+  /** Lease the next due message: its next attempt moves out and the attempt is counted. */
+  #claim(): { id: string; message: string | null; attempts: number } | undefined {
     const now = this.#clock.now().getTime();
-    return this.#db.$client.transaction(() => {
-      const rows = this.#db
+    return inTransaction(this.#db, () => {
+      const row = this.#db
         .select({ id: outbox.id, message: outbox.message, attempts: outbox.attempts })
         .from(outbox)
         .where(and(eq(outbox.status, "pending"), lte(outbox.nextAttemptAt, now)))
         .orderBy(asc(outbox.nextAttemptAt))
-        .limit(BATCH)
-        .all();
-      for (const r of rows) {
-        this.#db
-          .update(outbox)
-          .set({ nextAttemptAt: now + LEASE_MS })
-          .where(eq(outbox.id, r.id))
-          .run();
-      }
-      return rows;
-    })();
+        .limit(1)
+        .get();
+      if (!row) return undefined;
+      const attempts = row.attempts + 1;
+      this.#db
+        .update(outbox)
+        .set({ nextAttemptAt: now + LEASE_MS, attempts })
+        .where(eq(outbox.id, row.id))
+        .run();
+      return { ...row, attempts };
+    });
   }
 
   async #deliver(row: { id: string; message: string | null; attempts: number }): Promise<boolean> {
-    const attempts = row.attempts + 1;
+    const attempts = row.attempts;
     let stored: Stored;
     try {
       stored = JSON.parse(decryptField(this.#keys, this.#context(row.id), row.message ?? "")) as Stored;
@@ -188,6 +202,9 @@ export class Mailer {
     } catch (err) {
       const failure = err instanceof MailSendError ? err : MailSendError.from(err);
       const giveUp = failure.permanent || attempts >= MAX_ATTEMPTS;
+      if (failure.refusedUs) {
+        this.#alerts.raise("mail_failing", "critical", { code: failure.code, sender: this.sender.describe });
+      }
       this.#log.warn(
         { outbox_id: row.id, attempts, error_code: failure.code, give_up: giveUp },
         "mail not sent; will retry unless given up",

@@ -24,13 +24,16 @@ export interface MailSender {
 
 /**
  * A failed send, reduced to what may be stored and logged: an error code (`ECONNREFUSED`, `EAUTH`)
- * or the SMTP reply code, never the server's text (it can repeat the recipient's address). A 5xx
- * reply is permanent: retrying won't help.
+ * or the SMTP reply code, never the server's text (it can repeat the recipient's address).
+ * `permanent`: the recipient was refused (550–553) and retrying won't help. `refusedUs`: the server
+ * refuses us (authentication, relaying): a configuration problem an operator must hear of now;
+ * it is retried, so mail sent meanwhile is not lost once the setting is fixed.
  */
 export class MailSendError extends Error {
   constructor(
     readonly code: string,
     readonly permanent: boolean,
+    readonly refusedUs = false,
   ) {
     super(`mail not sent: ${code}`);
     this.name = "MailSendError";
@@ -40,7 +43,9 @@ export class MailSendError extends Error {
     const e = err as { code?: unknown; responseCode?: unknown };
     const reply = typeof e.responseCode === "number" ? e.responseCode : null;
     const code = reply !== null ? String(reply) : typeof e.code === "string" ? e.code : "ERROR";
-    return new MailSendError(code, reply !== null && reply >= 500 && reply < 600);
+    const permanent = reply !== null && reply >= 550 && reply <= 553;
+    const refusedUs = code === "EAUTH" || code === "ENOAUTH" || [530, 535, 554].includes(reply ?? 0);
+    return new MailSendError(code, permanent, refusedUs);
   }
 }
 

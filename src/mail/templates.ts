@@ -11,6 +11,7 @@ export type Locale = "ja" | "en";
 export type MailTemplate =
   | { template: "verify_email"; link: string; hours: number }
   | { template: "verify_new_email"; link: string; hours: number }
+  | { template: "email_change_requested"; maskedNewEmail: string }
   | { template: "email_changed"; maskedNewEmail: string }
   | { template: "password_reset"; link: string; minutes: number; loginId: string }
   | { template: "password_changed"; how: "reset" | "change"; loginId: string }
@@ -57,6 +58,18 @@ function parts(locale: Locale, m: MailTemplate): Parts {
             ? `このリンクの有効期限は ${m.hours} 時間で、1回だけ使えます。`
             : `The link works once and expires in ${m.hours} hours.`,
           NOT_YOU[locale],
+        ],
+      };
+    case "email_change_requested":
+      return {
+        subject: ja ? "メールアドレスの変更手続き" : "A change of your e-mail address was requested",
+        body: [
+          ja
+            ? `アカウントのメールアドレスを ${m.maskedNewEmail} に変更する手続きが始まりました。新しいアドレスで確認が済むと変更が有効になります。`
+            : `Someone signed in to your account asked to change its e-mail address to ${m.maskedNewEmail}. The change takes effect once the new address confirms it.`,
+          ja
+            ? "お心当たりがない場合は、すぐにパスワードを再設定してください。再設定すると、この変更手続きは無効になります。"
+            : "If this wasn't you, reset your password now: that also cancels this change.",
         ],
       };
     case "email_changed":

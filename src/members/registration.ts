@@ -99,6 +99,12 @@ export class Registrations {
     }
 
     const password = await this.#hasher.hash(input.password);
+    // The verification mail goes out unless the mail limits say this address has had enough
+    // (registration must not be a way to flood someone's mailbox); the member can ask again later.
+    const mailVerification =
+      !!input.profile.email &&
+      (opts.role ?? "member") === "member" &&
+      (this.#emails?.mayMail(ctx.ip, input.profile.email) ?? false);
     const memberId = newMemberId();
     const profile: Profile = { ...input.profile };
 
@@ -124,7 +130,7 @@ export class Registrations {
             })
             .run();
           this.#db.insert(profiles).values(this.#vault.encryptRow(memberId, profile)).run();
-          if (profile.email && (opts.role ?? "member") === "member") {
+          if (mailVerification && profile.email) {
             this.#emails?.sendVerification(memberId, profile.email, input.locale ?? "ja");
           }
           this.#audit.append({
@@ -137,6 +143,7 @@ export class Registrations {
             details: {
               login_id_kind: loginId ? "chosen" : "number",
               role: opts.role ?? "member",
+              verification_mail: mailVerification,
               fields: Object.keys(profile).filter((k) => profile[k as keyof Profile]),
             },
           });

@@ -165,6 +165,40 @@ export class OidcStore {
     return this.#revokeAccount().run(sub).changes;
   }
 
+  /**
+   * Fill `account_id` on rows written before it existed (migration 0009): their payloads are
+   * encrypted, so SQL alone can't. Rows without an account get '' (never looked at again).
+   * Idempotent; run at start.
+   */
+  backfillAccountIds(batch = 500): number {
+    const models = [...GRANTABLE, ...ACCOUNT_MODELS].map((m) => `'${m}'`).join(",");
+    const select = this.#db.$client.prepare<[number], Row & { rowid: number; model: string }>(
+      `SELECT rowid, model, id_hash, payload, expires_at, consumed_at FROM oidc_payloads
+        WHERE account_id IS NULL AND model IN (${models}) LIMIT ?`,
+    );
+    const update = this.#db.$client.prepare("UPDATE oidc_payloads SET account_id = ? WHERE rowid = ?");
+    let total = 0;
+    for (;;) {
+      const rows = select.all(batch);
+      if (rows.length === 0) return total;
+      this.#db.$client.transaction(() => {
+        for (const row of rows) {
+          let account = "";
+          try {
+            const payload = JSON.parse(
+              decryptField(this.#keys, this.#context(row.model, row.id_hash), row.payload),
+            ) as AdapterPayload;
+            if (typeof payload.accountId === "string") account = payload.accountId;
+          } catch {
+            // undecryptable: it can't be used either; leave it to expire
+          }
+          update.run(account, row.rowid);
+        }
+      })();
+      total += rows.length;
+    }
+  }
+
   /** Delete every expired row; returns how many. */
   deleteExpired(): number {
     return this.#expired().run(this.#clock.now().getTime()).changes;

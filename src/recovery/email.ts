@@ -121,19 +121,37 @@ export class EmailAddresses {
     }).email;
   }
 
+  /**
+   * May we mail `email` now, unasked by its owner (registration, a change's confirmation)? The
+   * login-anomaly engine's mail limits per address, network, target address and service-wide: a
+   * form that mails any address must not become a way to flood one.
+   */
+  mayMail(ip: string | null, email: string): boolean {
+    return (
+      this.#guard.assessMailRequest({
+        ip: ip ?? "0.0.0.0",
+        target: `email:${this.#vault.emailIndex(email)}`,
+        challengeable: false,
+      }).action === "allow"
+    );
+  }
+
+  #tooMany(retryAfterSeconds: number): ApiError {
+    return new ApiError(429, "too_many_attempts", "Too many mails asked for; try again later.", {
+      headers: { "Retry-After": String(retryAfterSeconds) },
+    });
+  }
+
   /** A new verification mail for the signed-in member (rate-limited). */
   resend(session: Session, ctx: Ctx): void {
     const m = this.#member(session.memberId);
     if (m.emailVerified)
       throw new ApiError(409, "already_verified", "Your e-mail address is already verified.");
     const rate = this.#guard.overRate(`verify_resend|${m.id}`, RESENDS_PER_10_MIN);
-    if (rate.over) {
-      throw new ApiError(429, "too_many_attempts", "Too many verification mails; try again later.", {
-        headers: { "Retry-After": String(rate.retryAfterSeconds) },
-      });
-    }
+    if (rate.over) throw this.#tooMany(rate.retryAfterSeconds);
     const email = this.#email(m.id, "verify_email", ctx);
     if (!email) throw new ApiError(400, "no_email", "Your profile has no e-mail address.");
+    if (!this.mayMail(ctx.ip, email)) throw this.#tooMany(600);
     inTransaction(this.#db, () => {
       this.sendVerification(m.id, email, m.locale);
       this.#audit.append({
@@ -157,11 +175,9 @@ export class EmailAddresses {
       throw new ApiError(400, "invalid_request", "That is already your e-mail address.");
     }
     const rate = this.#guard.overRate(`email_change|${m.id}`, CHANGES_PER_10_MIN);
-    if (rate.over) {
-      throw new ApiError(429, "too_many_attempts", "Too many requests; try again later.", {
-        headers: { "Retry-After": String(rate.retryAfterSeconds) },
-      });
-    }
+    if (rate.over) throw this.#tooMany(rate.retryAfterSeconds);
+    if (!this.mayMail(ctx.ip, newEmail)) throw this.#tooMany(600);
+    const oldEmail = this.#email(m.id, "email_change_requested", ctx);
     inTransaction(this.#db, () => {
       const { token } = this.#tokens.issue("change_email", m.id, {
         emailIndex: index,
@@ -177,6 +193,16 @@ export class EmailAddresses {
           hours: TOKEN_TTL_MS.change_email / 3_600_000,
         },
       });
+      // The current address hears of it at once: a change started with a stolen session is
+      // noticed (and a password reset cancels it) before it can take effect.
+      if (oldEmail && this.#vault.emailIndex(oldEmail) !== index) {
+        this.#mailer.enqueue({
+          memberId: m.id,
+          to: oldEmail,
+          locale: m.locale,
+          mail: { template: "email_change_requested", maskedNewEmail: maskEmail(newEmail) },
+        });
+      }
       this.#audit.append({
         action: "email.change_requested",
         outcome: "info",
@@ -226,8 +252,9 @@ export class EmailAddresses {
       if (!this.#tokens.consume(row.tokenHash)) throw invalidToken();
       this.#vault.updateFields(m.id, { email: newEmail });
       this.#db.update(members).set({ emailVerified: true }).where(eq(members.id, m.id)).run();
-      // Links to the old address verify nothing any more (they are bound to it anyway).
-      this.#tokens.voidAll(m.id, "verify_email");
+      // Links mailed to the old address open nothing any more: its verification links, and its
+      // reset links (the member may be changing address because the old mailbox is lost).
+      this.#tokens.voidAll(m.id, "verify_email", "reset_password");
       if (oldEmail && this.#vault.emailIndex(oldEmail) !== this.#vault.emailIndex(newEmail)) {
         this.#mailer.enqueue({
           memberId: m.id,

@@ -1,4 +1,4 @@
-import { eq } from "drizzle-orm";
+import { and, eq } from "drizzle-orm";
 import type { AuditLog } from "../audit/log.js";
 import type { Clock } from "../clock.js";
 import { type Db, inTransaction } from "../db/connection.js";
@@ -13,6 +13,7 @@ import type { DeviceRegistry } from "../sessions/devices.js";
 import type { Session, SessionService } from "../sessions/sessions.js";
 import { tooManyAttempts } from "../sessions/sign-in.js";
 import type { Attempt, LoginGuard } from "../throttle/engine.js";
+import type { MemberTokens } from "./tokens.js";
 
 export interface ChangeContext {
   ip: string;
@@ -26,7 +27,8 @@ export interface ChangeContext {
  * (wrong guesses count per address and account; the session stands in for a proof-of-work). The
  * new one follows the registration rules. In one transaction: the new hash, every other session
  * and every member-site grant and refresh token revoked (a member changes a password when they
- * fear someone else is in); then a mail tells the member.
+ * fear someone else is in), and every pending reset link or e-mail change (someone with the old
+ * password may have started it); then a mail tells the member.
  */
 export class PasswordChange {
   readonly #db: Db;
@@ -40,8 +42,10 @@ export class PasswordChange {
   readonly #devices: DeviceRegistry;
   readonly #oidc: OidcStore;
   readonly #minLength: number;
+  readonly #tokens: MemberTokens;
 
   constructor(deps: {
+    tokens: MemberTokens;
     db: Db;
     clock: Clock;
     hasher: PasswordHasher;
@@ -65,6 +69,7 @@ export class PasswordChange {
     this.#devices = deps.devices;
     this.#oidc = deps.oidc;
     this.#minLength = deps.passwordMinLength;
+    this.#tokens = deps.tokens;
   }
 
   async change(session: Session, current: string, next: string, ctx: ChangeContext): Promise<void> {
@@ -115,15 +120,21 @@ export class PasswordChange {
         requestId: ctx.requestId,
       }).email;
       inTransaction(this.#db, () => {
-        this.#db
+        // Compare-and-swap on the hash verified above: a reset (or another change) that landed
+        // meanwhile wins, and this change fails instead of overwriting it.
+        const swapped = this.#db
           .update(members)
           .set({
             passwordHash: hashed.hash,
             pepperId: hashed.pepperId,
             passwordChangedAt: this.#clock.now().getTime(),
           })
-          .where(eq(members.id, m.id))
-          .run();
+          .where(and(eq(members.id, m.id), eq(members.passwordHash, m.passwordHash as string)))
+          .run().changes;
+        if (swapped !== 1)
+          throw new ApiError(409, "conflict", "The password changed meanwhile; sign in again.");
+        // Links someone may have started with the old password die with it.
+        this.#tokens.voidAll(m.id, "reset_password", "change_email");
         const sessions = this.#sessions.revokeAll(m.id, "password_changed", session.id);
         const grants = this.#oidc.revokeAccount(m.sub);
         if (email) {

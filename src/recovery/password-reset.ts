@@ -33,8 +33,6 @@ export interface RecoveryContext {
 
 export type RecoveryTarget = { loginId: string } | { email: string };
 
-/** Mails to one member a day from recovery requests, whatever the targets and addresses used. */
-const MAILS_PER_MEMBER_10_MIN = 3;
 /** Members one e-mail address can name in a forgotten-login-ID or reset mail. */
 const MAX_MEMBERS_PER_ADDRESS = 10;
 
@@ -187,19 +185,21 @@ export class PasswordRecovery {
             .where(eq(members.loginId, target.loginId))
             .all()
             .map((r) => r.id)
-        : this.#vault.memberIdsByEmail(target.email).slice(0, MAX_MEMBERS_PER_ADDRESS);
+        : this.#vault.memberIdsByEmail(target.email);
     if (ids.length === 0) return [];
     return this.#db
       .select({ id: members.id, loginId: members.loginId, locale: members.locale, status: members.status })
       .from(members)
       .where(inArray(members.id, ids))
+      .orderBy(members.createdAt)
       .all()
-      .filter((m) => m.status === "active");
+      .filter((m) => m.status === "active")
+      .slice(0, MAX_MEMBERS_PER_ADDRESS);
   }
 
   /** One mailbox gets a few recovery mails per ten minutes, however the requests named it. */
   #mailboxFull(memberId: string): boolean {
-    return this.#guard.overRate(`recovery_mail|${memberId}`, MAILS_PER_MEMBER_10_MIN).over;
+    return this.#guard.mailboxFull(memberId);
   }
 
   #emailOf(memberId: string, template: string, ctx: RecoveryContext): string | undefined {
@@ -306,22 +306,30 @@ export class PasswordRecovery {
       .where(eq(members.id, row.memberId))
       .get();
     if (m?.status !== "active") throw invalidToken();
+    // The link was mailed to an address; once the profile holds another, it opens nothing.
+    if (row.emailIndex !== this.#vault.currentEmailIndex(row.memberId)) throw invalidToken();
     return { row, loginId: m.loginId };
   }
 
   /**
    * What the link holder must do next: pass a second factor (`mfa_required`, with the methods
-   * usable now), or set the password (`ready`). Does not spend the link.
+   * usable now; passing it hands out the proof that `reset` needs), or set the password (`ready`).
+   * Does not spend the link.
    */
   check(token: unknown): { status: "mfa_required" | "ready"; methods: FactorMethod[]; memberId: string } {
     const { row } = this.#live(token);
     const f = this.#factors.of(row.memberId);
-    const due = f.enrolled && row.mfaPassedAt === null;
     return {
-      status: due ? "mfa_required" : "ready",
-      methods: due ? methodsOf(f) : [],
+      status: f.enrolled ? "mfa_required" : "ready",
+      methods: f.enrolled ? methodsOf(f) : [],
       memberId: row.memberId,
     };
+  }
+
+  /** Does `proof` (from a passed second factor) still hold for this link? (The hosted pages' next step.) */
+  proofHolds(token: unknown, proof: unknown): boolean {
+    const { row } = this.#live(token);
+    return this.#tokens.proofHolds(row, proof);
   }
 
   /** A passkey ceremony bound to this reset (its challenge is accepted by nothing else). */
@@ -336,15 +344,17 @@ export class PasswordRecovery {
 
   /**
    * The reset's second step. Wrong codes count in the sign-in throttle (per address and account)
-   * and against the link (five and it dies).
+   * and against the link (five and it dies). Passing returns a proof, good for ten minutes, that
+   * only the browser that passed holds: the link alone (from a mailbox, or a shared computer's
+   * history) sets no password.
    */
   async passFactor(
     token: unknown,
     proof: FactorProof,
     ctx: RecoveryContext,
-  ): Promise<{ status: "ready" } | { status: "failed"; attemptsLeft: number }> {
+  ): Promise<{ status: "ready"; resetProof: string | null } | { status: "failed"; attemptsLeft: number }> {
     const { row, loginId } = this.#live(token);
-    if (!this.#factors.of(row.memberId).enrolled || row.mfaPassedAt !== null) return { status: "ready" };
+    if (!this.#factors.of(row.memberId).enrolled) return { status: "ready", resetProof: null };
     const attempt: Attempt = {
       ip: ctx.ip,
       loginId,
@@ -371,11 +381,15 @@ export class PasswordRecovery {
     try {
       let ok: boolean;
       let passkeyId: string | undefined;
+      let resetProof: string | null = null;
       if (proof.method === "webauthn") {
         const result = await this.#factors.passkeys.authenticate(proof.response, [this.#binding(row)]);
         ok = result.ok && result.memberId === row.memberId;
         passkeyId = result.ok ? result.passkeyId : undefined;
-        if (ok && !this.#tokens.markMfaPassed(row.tokenHash)) throw invalidToken();
+        if (ok) {
+          resetProof = this.#tokens.markMfaPassed(row.tokenHash);
+          if (!resetProof) throw invalidToken();
+        }
       } else {
         ok = inTransaction(this.#db, () => {
           const right =
@@ -383,7 +397,8 @@ export class PasswordRecovery {
               ? this.#factors.totp.verify(row.memberId, proof.code)
               : this.#factors.recovery.consume(row.memberId, proof.code);
           if (!right) return false;
-          if (!this.#tokens.markMfaPassed(row.tokenHash)) throw invalidToken(); // rolls the code back
+          resetProof = this.#tokens.markMfaPassed(row.tokenHash);
+          if (!resetProof) throw invalidToken(); // rolls the code back
           if (proof.method === "recovery_code") {
             this.#audit.append({
               action: "mfa.recovery_code_used",
@@ -416,17 +431,24 @@ export class PasswordRecovery {
           ...(attemptsLeft !== undefined ? { attempts_left: attemptsLeft } : {}),
         },
       });
-      return ok ? { status: "ready" } : { status: "failed", attemptsLeft: attemptsLeft ?? 0 };
+      return ok ? { status: "ready", resetProof } : { status: "failed", attemptsLeft: attemptsLeft ?? 0 };
     } finally {
       this.#guard.settle(attempt, outcome);
     }
   }
 
-  /** Set the new password and end everything the old one opened. */
-  async reset(token: unknown, password: string, ctx: RecoveryContext): Promise<{ loginId: string }> {
+  /**
+   * Set the new password and end everything the old one opened. A member with a second factor
+   * must send the proof `passFactor` handed out.
+   */
+  async reset(
+    token: unknown,
+    password: string,
+    ctx: RecoveryContext & { resetProof?: string | undefined },
+  ): Promise<{ loginId: string }> {
     const { row, loginId } = this.#live(token);
     const f = this.#factors.of(row.memberId);
-    if (f.enrolled && row.mfaPassedAt === null) {
+    if (f.enrolled && !this.#tokens.proofHolds(row, ctx.resetProof)) {
       throw new ApiError(403, "mfa_required", "Confirm it's you with your second factor first.", {
         extra: { methods: methodsOf(f) },
       });
@@ -447,7 +469,10 @@ export class PasswordRecovery {
     if (!member) throw invalidToken();
     const keep = this.#devices.recognise(ctx.deviceToken ?? null, row.memberId);
     inTransaction(this.#db, () => {
-      if (!this.#tokens.consume(row.tokenHash, { requireMfa: f.enrolled })) throw invalidToken();
+      const spent = f.enrolled
+        ? this.#tokens.consume(row.tokenHash, { mfaProof: ctx.resetProof ?? null })
+        : this.#tokens.consume(row.tokenHash);
+      if (!spent) throw invalidToken();
       // Following the link proved the mailbox: if it is still the profile's address, it is verified.
       const verified =
         row.emailIndex !== null && row.emailIndex === this.#vault.currentEmailIndex(row.memberId);
@@ -464,7 +489,9 @@ export class PasswordRecovery {
       const sessions = this.#sessions.revokeAll(row.memberId, "password_reset");
       const grants = this.#oidc.revokeAccount(member.sub);
       const devices = this.#devices.revokeAllExcept(row.memberId, keep?.id ?? null);
-      this.#tokens.voidAll(row.memberId, "reset_password");
+      // Every other link dies too: other resets, and an e-mail change someone with the old
+      // password may have started (confirming it after the reset would hand them the account).
+      this.#tokens.voidAll(row.memberId, "reset_password", "change_email", "verify_email");
       if (email) {
         this.#mailer.enqueue({
           memberId: row.memberId,

@@ -1,5 +1,5 @@
 import { createHash, timingSafeEqual } from "node:crypto";
-import { and, eq, gt, isNull, lt, sql } from "drizzle-orm";
+import { and, eq, gt, inArray, isNull, lt, sql } from "drizzle-orm";
 import type { Clock } from "../clock.js";
 import type { Db } from "../db/connection.js";
 import { memberTokens } from "../db/schema.js";
@@ -20,6 +20,10 @@ export const TOKEN_TTL_MS: Record<TokenPurpose, number> = {
 };
 /** Wrong second-factor codes during one reset before its link dies. */
 export const RESET_MAX_FAILURES = 5;
+/** How long a passed second factor stays good for setting the password. */
+export const RESET_MFA_WINDOW_MS = 10 * 60_000;
+/** Reset links of one member alive at once: a stranger asking again can't kill the member's link. */
+const LIVE_RESET_LINKS = 3;
 
 export type MemberToken = typeof memberTokens.$inferSelect;
 
@@ -37,8 +41,10 @@ export class MemberTokens {
   }
 
   /**
-   * A new token (inside the caller's transaction). Earlier unspent tokens of the same purpose for
-   * the member stop working: only the newest link counts.
+   * A new token (inside the caller's transaction). For verification and e-mail change only the
+   * newest link counts; for password resets the newest three stay alive (and one whose second
+   * factor was passed is never voided by a newer one), so someone else asking for resets can't
+   * kill the link the member is using.
    */
   issue(
     purpose: TokenPurpose,
@@ -48,17 +54,16 @@ export class MemberTokens {
     const token = randomBytesPooled(32).toString("base64url");
     const tokenHash = hashMailToken(token);
     const now = this.#clock.now().getTime();
-    this.#db
-      .update(memberTokens)
-      .set({ consumedAt: now })
-      .where(
-        and(
-          eq(memberTokens.memberId, memberId),
-          eq(memberTokens.purpose, purpose),
-          isNull(memberTokens.consumedAt),
-        ),
+    const keep = purpose === "reset_password" ? LIVE_RESET_LINKS - 1 : 0;
+    this.#db.$client
+      .prepare(
+        `UPDATE member_tokens SET consumed_at = ?
+          WHERE member_id = ? AND purpose = ? AND consumed_at IS NULL AND mfa_passed_at IS NULL
+            AND token_hash NOT IN (SELECT token_hash FROM member_tokens
+                                    WHERE member_id = ? AND purpose = ? AND consumed_at IS NULL AND expires_at > ?
+                                    ORDER BY created_at DESC, rowid DESC LIMIT ?)`,
       )
-      .run();
+      .run(now, memberId, purpose, memberId, purpose, now, keep);
     this.#db
       .insert(memberTokens)
       .values({
@@ -86,9 +91,15 @@ export class MemberTokens {
     return row;
   }
 
-  /** Spend the token (CAS, inside the transaction that acts on it): true exactly once. */
-  consume(tokenHash: string, opts: { requireMfa?: boolean } = {}): boolean {
+  /**
+   * Spend the token (CAS, inside the transaction that acts on it): true exactly once. With
+   * `mfaProof`, only if that proof is the one handed out when the second factor passed, at most
+   * RESET_MFA_WINDOW_MS ago.
+   */
+  consume(tokenHash: string, opts: { mfaProof?: string | null } = {}): boolean {
     const now = this.#clock.now().getTime();
+    const proof = opts.mfaProof;
+    if (proof !== undefined && (typeof proof !== "string" || !TOKEN_SHAPE.test(proof))) return false;
     return (
       this.#db
         .update(memberTokens)
@@ -99,30 +110,42 @@ export class MemberTokens {
             isNull(memberTokens.consumedAt),
             gt(memberTokens.expiresAt, now),
             lt(memberTokens.failures, RESET_MAX_FAILURES),
-            opts.requireMfa ? sql`${memberTokens.mfaPassedAt} IS NOT NULL` : undefined,
+            proof !== undefined ? eq(memberTokens.mfaProofHash, hashMailToken(proof as string)) : undefined,
+            proof !== undefined ? gt(memberTokens.mfaPassedAt, now - RESET_MFA_WINDOW_MS) : undefined,
           ),
         )
         .run().changes === 1
     );
   }
 
-  /** Record that the reset's second factor passed (CAS on a live token). */
-  markMfaPassed(tokenHash: string): boolean {
+  /**
+   * Record that the reset's second factor passed (CAS on a live token) and return the proof for
+   * the browser that passed it (null if the token is no longer live).
+   */
+  markMfaPassed(tokenHash: string): string | null {
     const now = this.#clock.now().getTime();
-    return (
-      this.#db
-        .update(memberTokens)
-        .set({ mfaPassedAt: now })
-        .where(
-          and(
-            eq(memberTokens.tokenHash, tokenHash),
-            isNull(memberTokens.consumedAt),
-            gt(memberTokens.expiresAt, now),
-            lt(memberTokens.failures, RESET_MAX_FAILURES),
-          ),
-        )
-        .run().changes === 1
-    );
+    const proof = randomBytesPooled(32).toString("base64url");
+    const changed = this.#db
+      .update(memberTokens)
+      .set({ mfaPassedAt: now, mfaProofHash: hashMailToken(proof) })
+      .where(
+        and(
+          eq(memberTokens.tokenHash, tokenHash),
+          isNull(memberTokens.consumedAt),
+          gt(memberTokens.expiresAt, now),
+          lt(memberTokens.failures, RESET_MAX_FAILURES),
+        ),
+      )
+      .run().changes;
+    return changed === 1 ? proof : null;
+  }
+
+  /** Is `proof` the current proof of this token's passed second factor (still in its window)? */
+  proofHolds(row: MemberToken, proof: unknown): boolean {
+    if (typeof proof !== "string" || !TOKEN_SHAPE.test(proof) || row.mfaProofHash === null) return false;
+    if (row.mfaPassedAt === null || row.mfaPassedAt <= this.#clock.now().getTime() - RESET_MFA_WINDOW_MS)
+      return false;
+    return timingSafeEqual(Buffer.from(row.mfaProofHash), Buffer.from(hashMailToken(proof)));
   }
 
   /** Count a wrong code against the token; returns how many tries remain. */
@@ -136,15 +159,15 @@ export class MemberTokens {
     return Math.max(0, RESET_MAX_FAILURES - (row?.failures ?? RESET_MAX_FAILURES));
   }
 
-  /** Void every unspent token of the member (e.g. all reset links once the password was reset). */
-  voidAll(memberId: string, purpose: TokenPurpose): void {
+  /** Void every unspent token of the member of these purposes (e.g. all links once the password was reset). */
+  voidAll(memberId: string, ...purposes: TokenPurpose[]): void {
     this.#db
       .update(memberTokens)
       .set({ consumedAt: this.#clock.now().getTime() })
       .where(
         and(
           eq(memberTokens.memberId, memberId),
-          eq(memberTokens.purpose, purpose),
+          inArray(memberTokens.purpose, purposes),
           isNull(memberTokens.consumedAt),
         ),
       )

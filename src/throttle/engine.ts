@@ -88,8 +88,10 @@ export interface ThrottlePolicy {
   /** …per target (login ID or e-mail, known or not) an hour and a day… */
   mailTarget: number;
   mailTargetDay: number;
-  /** …and service-wide in 10 minutes, past which each one costs a proof-of-work. */
+  /** …and service-wide in 10 minutes, past which (as past a target's limit) each costs a proof-of-work. */
   mailGlobal: number;
+  /** Recovery mails to one member in 10 minutes, however they were asked for. */
+  mailMember: number;
 }
 
 export const DEFAULT_POLICY: ThrottlePolicy = {
@@ -112,6 +114,7 @@ export const DEFAULT_POLICY: ThrottlePolicy = {
   mailTarget: 3,
   mailTargetDay: 10,
   mailGlobal: 300,
+  mailMember: 3,
 };
 
 const MINUTE = 60_000;
@@ -374,40 +377,56 @@ export class LoginGuard {
   }
 
   /**
-   * A request that makes us mail someone (forgotten password or login ID). Counted — every request,
-   * not only failures — per address and network (one client can't flood many mailboxes or walk the
-   * member base), per target (a login ID or an e-mail's blind index, whether or not anyone has it,
-   * so the answer says nothing about existence; one mailbox gets at most a few mails an hour), and
-   * service-wide (past `mailGlobal` in ten minutes, or while the service is under attack, each
-   * request costs a proof-of-work). An allowed request is counted at once.
+   * A request that makes us mail someone (forgotten password or login ID; with `challengeable:
+   * false`, a mail nobody asked for by hand, such as the verification mail of a registration).
+   * Counted — every request, not only failures — per address and network (one client can't flood
+   * many mailboxes or walk the member base: `slow`), per target (a login ID or an e-mail's blind
+   * index, whether or not anyone has it, so the answer says nothing about existence) and
+   * service-wide. Past a target's limit, or service-wide past `mailGlobal` (or while the service
+   * is under attack), each request costs a proof-of-work: an attacker can't lock a member out of
+   * recovery by using up the target's requests, because the member can still pay the second of
+   * computing. An allowed request is counted at once.
    */
-  assessMailRequest(a: { ip: string; target: string; challengeSolved?: boolean }): Decision {
+  assessMailRequest(a: {
+    ip: string;
+    target: string;
+    challengeSolved?: boolean;
+    challengeable?: boolean;
+  }): Decision {
     const now = this.#clock.now().getTime();
     const address = addressOf(a.ip);
     const net = subnetOf(a.ip);
     const store = this.#counters.rate;
-    const reasons: string[] = [];
+    const slow: string[] = [];
+    const costly: string[] = [];
     let retry = 0;
-    const check = (key: string, w: number, limit: number, reason: string) => {
+    const over = (key: string, w: number, limit: number, reason: string, into: string[]) => {
       if ((store.peek(key, now)[w] as number) >= limit) {
-        reasons.push(reason);
+        into.push(reason);
         retry = Math.max(retry, Math.ceil(store.until(key, w, limit, now) / 1000));
       }
     };
-    check(`mail_ip|${address}`, TEN_MIN, this.policy.mailIp, "ip_requests");
-    check(`mail_net|${net}`, TEN_MIN, this.policy.mailNet, "network_requests");
-    check(`mail_target|${a.target}`, HOUR, this.policy.mailTarget, "target_requests");
-    check(`mail_target|${a.target}`, DAY, this.policy.mailTargetDay, "target_requests_day");
-    if (reasons.length > 0) return { action: "slow", reasons, retryAfterSeconds: Math.max(1, retry) };
-    const busy =
-      (this.#mailGlobal.peek("all", now)[0] as number) >= this.policy.mailGlobal || this.underAttack();
-    if (busy && !a.challengeSolved)
-      return { action: "challenge", reasons: ["mail_requests_global"], retryAfterSeconds: 1 };
+    over(`mail_ip|${address}`, TEN_MIN, this.policy.mailIp, "ip_requests", slow);
+    over(`mail_net|${net}`, TEN_MIN, this.policy.mailNet, "network_requests", slow);
+    over(`mail_target|${a.target}`, HOUR, this.policy.mailTarget, "target_requests", costly);
+    over(`mail_target|${a.target}`, DAY, this.policy.mailTargetDay, "target_requests_day", costly);
+    if ((this.#mailGlobal.peek("all", now)[0] as number) >= this.policy.mailGlobal || this.underAttack())
+      costly.push("mail_requests_global");
+    if (slow.length > 0 || (costly.length > 0 && a.challengeable === false)) {
+      return { action: "slow", reasons: [...slow, ...costly], retryAfterSeconds: Math.max(1, retry) };
+    }
+    if (costly.length > 0 && !a.challengeSolved)
+      return { action: "challenge", reasons: costly, retryAfterSeconds: 1 };
     store.add(`mail_ip|${address}`, 1, now);
     store.add(`mail_net|${net}`, 1, now);
     store.add(`mail_target|${a.target}`, 1, now);
     this.#mailGlobal.add("all", 1, now);
     return { action: "allow", reasons: [], retryAfterSeconds: 0 };
+  }
+
+  /** Recovery mails one member may be sent in ten minutes, however they were asked for. */
+  mailboxFull(memberId: string): boolean {
+    return this.overRate(`member_mail|${memberId}`, this.policy.mailMember).over;
   }
 
   #trackSpray(a: Attempt, now: number): void {

@@ -20,6 +20,8 @@ export interface ReceivedMail {
 export class TestSmtp {
   readonly inbox: ReceivedMail[] = [];
   port = 0;
+  /** Refuse every message with this SMTP reply code: at MAIL FROM (the server refuses us) or RCPT TO. */
+  refuse: { stage: "mail" | "rcpt"; code: number } | null = null;
   #server: SMTPServer | null = null;
 
   #make(): SMTPServer {
@@ -27,6 +29,14 @@ export class TestSmtp {
       authOptional: true,
       disabledCommands: ["STARTTLS", "AUTH"],
       logger: false,
+      onMailFrom: (_address, _session, callback) => {
+        if (this.refuse?.stage === "mail") return callback(this.#refusal(this.refuse.code));
+        callback();
+      },
+      onRcptTo: (_address, _session, callback) => {
+        if (this.refuse?.stage === "rcpt") return callback(this.#refusal(this.refuse.code));
+        callback();
+      },
       onData: (stream, _session, callback) => {
         const chunks: Buffer[] = [];
         stream.on("data", (c: Buffer) => chunks.push(c));
@@ -50,6 +60,10 @@ export class TestSmtp {
         });
       },
     });
+  }
+
+  #refusal(code: number): Error {
+    return Object.assign(new Error("refused by the test server"), { responseCode: code });
   }
 
   async start(): Promise<void> {

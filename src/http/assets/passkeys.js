@@ -79,7 +79,10 @@
         const response = await startAuthentication({ optionsJSON: opts.data });
         const done = await api("/api/v1/recovery/password/webauthn", { token, response });
         if (!done.ok) return say(done.status === 429 ? "throttled" : "failed");
-        window.location.assign(button.getAttribute("data-next"));
+        // The proof goes on by form post (never in a URL) to the new-password page.
+        const next = document.querySelector("[data-reset-continue]");
+        next.querySelector('input[name="reset_proof"]').value = done.data.reset_proof;
+        next.submit();
       } catch (err) {
         failed(err);
       }

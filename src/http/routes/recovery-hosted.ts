@@ -32,10 +32,13 @@ const mfaForm = tokenForm.extend({
   method: z.enum(["totp", "recovery_code"]),
   code: z.string().min(1).max(64),
 });
+const proof = z.string().min(1).max(128).optional();
 const resetForm = tokenForm.extend({
   password: z.string().min(1).max(1024),
   password_confirm: z.string().max(1024),
+  reset_proof: proof,
 });
+const continueForm = tokenForm.extend({ reset_proof: z.string().min(1).max(128) });
 
 /**
  * The hosted recovery pages (forgotten password and login ID, the reset link with its second
@@ -147,9 +150,11 @@ export function recoveryPageRoutes(s: Services): Router {
     if (!body.success) return html(res, 400, linkInvalidPage(l, "reset"));
     const { token, method } = body.data;
     const code = method === "totp" ? body.data.code.replace(/\s/g, "") : body.data.code;
+    let resetProof: string | null;
     try {
       const result = await s.recovery.passFactor(token, { method, code }, ctx(req, res));
       if (result.status === "failed") return showReset(req, res, token, result.attemptsLeft);
+      resetProof = result.resetProof;
     } catch (err) {
       if (err instanceof ApiError && err.code === "invalid_token")
         return html(res, 400, linkInvalidPage(l, "reset"));
@@ -159,18 +164,38 @@ export function recoveryPageRoutes(s: Services): Router {
       }
       throw err;
     }
-    html(res, 200, newPasswordPage(l, { token, minLength }));
+    // The proof rides in the form (never in a URL or the history): only this page can use it.
+    html(res, 200, newPasswordPage(l, { token, proof: resetProof, minLength }));
+  });
+
+  /** After a passkey passed (the script posts the proof it got): the new-password form. */
+  r.post("/recovery/reset/continue", ...form, (req, res) => {
+    const l = lang(req);
+    const body = continueForm.safeParse(req.body);
+    if (!body.success) return html(res, 400, linkInvalidPage(l, "reset"));
+    try {
+      if (!s.recovery.proofHolds(body.data.token, body.data.reset_proof))
+        return showReset(req, res, body.data.token);
+    } catch (err) {
+      if (err instanceof ApiError && err.code === "invalid_token")
+        return html(res, 400, linkInvalidPage(l, "reset"));
+      throw err;
+    }
+    html(res, 200, newPasswordPage(l, { token: body.data.token, proof: body.data.reset_proof, minLength }));
   });
 
   r.post("/recovery/reset", ...form, async (req, res) => {
     const l = lang(req);
     const body = resetForm.safeParse(req.body);
     if (!body.success) return html(res, 400, linkInvalidPage(l, "reset"));
-    const { token, password, password_confirm } = body.data;
+    const { token, password, password_confirm, reset_proof } = body.data;
     if (password !== password_confirm)
-      return html(res, 400, newPasswordPage(l, { token, minLength, mismatch: true }));
+      return html(res, 400, newPasswordPage(l, { token, proof: reset_proof, minLength, mismatch: true }));
     try {
-      const { loginId } = await s.recovery.reset(token, password, ctx(req, res));
+      const { loginId } = await s.recovery.reset(token, password, {
+        ...ctx(req, res),
+        resetProof: reset_proof,
+      });
       return html(res, 200, resetDonePage(l, loginId));
     } catch (err) {
       if (!(err instanceof ApiError)) throw err;
@@ -178,7 +203,12 @@ export function recoveryPageRoutes(s: Services): Router {
         return html(
           res,
           400,
-          newPasswordPage(l, { token, minLength, problems: err.extra?.reasons as PasswordProblem[] }),
+          newPasswordPage(l, {
+            token,
+            proof: reset_proof,
+            minLength,
+            problems: err.extra?.reasons as PasswordProblem[],
+          }),
         );
       }
       if (err.code === "mfa_required") return showReset(req, res, token);

@@ -25,7 +25,7 @@ const loginIdRequest = z.object({ email: emailInput, challenge_solution: solutio
 const tokenBody = z.object({ token });
 const codeBody = z.object({ token, code: z.string().min(1).max(64) });
 const webauthnBody = z.object({ token, response: authenticationResponse });
-const resetBody = z.object({ token, password: z.string().min(1).max(1024) });
+const resetBody = z.object({ token, password: z.string().min(1).max(1024), reset_proof: token.optional() });
 const emailBody = z.object({ email: emailInput });
 const passwordChangeBody = z.object({
   current_password: z.string().min(1).max(1024),
@@ -83,7 +83,7 @@ export function recoveryRoutes(s: Services): Router {
   ) => {
     const result = await s.recovery.passFactor(tokenValue, proof, ctx(res, cookie));
     if (result.status === "ready") {
-      res.json({ status: "ready" });
+      res.json({ status: "ready", ...(result.resetProof ? { reset_proof: result.resetProof } : {}) });
       return;
     }
     res.status(401).json({
@@ -120,7 +120,10 @@ export function recoveryRoutes(s: Services): Router {
 
   r.post("/recovery/password/reset", async (req, res) => {
     const body = resetBody.parse(req.body);
-    const { loginId } = await s.recovery.reset(body.token, body.password, ctx(res, req.get("cookie")));
+    const { loginId } = await s.recovery.reset(body.token, body.password, {
+      ...ctx(res, req.get("cookie")),
+      resetProof: body.reset_proof,
+    });
     res.json({ status: "password_reset", login_id: loginId });
   });
 

@@ -1,0 +1,1 @@
+ALTER TABLE `member_tokens` ADD `mfa_proof_hash` text;
