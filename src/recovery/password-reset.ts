@@ -253,12 +253,14 @@ export class PasswordRecovery {
   }
 
   #mailLoginIds(target: RecoveryTarget, ctx: RecoveryContext): void {
-    const found = this.#matches(target).filter((m) => !this.#mailboxFull(m.id));
-    const first = found[0];
-    if (!first) {
+    const matched = this.#matches(target);
+    if (matched.length === 0) {
       this.#unmatched("login_id", target, ctx);
       return;
     }
+    const found = matched.filter((m) => !this.#mailboxFull(m.id));
+    const first = found[0];
+    if (!first) return; // every member's mailbox has had enough for now
     const email = this.#emailOf(first.id, "login_ids", ctx);
     if (!email) return;
     inTransaction(this.#db, () => {
