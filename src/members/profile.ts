@@ -153,6 +153,21 @@ export class ProfileVault {
       .map((r) => r.id);
   }
 
+  /** The member's e-mail address, decrypted to send them `template` (audited as `mail:<template>`). */
+  mailAddress(
+    memberId: string,
+    template: string,
+    ctx: { ip?: string | null; requestId?: string | null },
+  ): string | undefined {
+    return this.read(memberId, ["email"], {
+      actorType: "system",
+      actorId: null,
+      reason: `mail:${template}`,
+      ip: ctx.ip ?? null,
+      requestId: ctx.requestId ?? null,
+    }).email;
+  }
+
   /** Decrypt `fields` of one member's profile, auditing the read. */
   read(memberId: string, fields: readonly ProfileField[], access: PiiAccess): Profile {
     return this.readMany([memberId], fields, access).get(memberId) ?? {};

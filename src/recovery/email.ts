@@ -111,16 +111,6 @@ export class EmailAddresses {
     return m;
   }
 
-  #email(memberId: string, template: string, ctx: Ctx): string | undefined {
-    return this.#vault.read(memberId, ["email"], {
-      actorType: "system",
-      actorId: null,
-      reason: `mail:${template}`,
-      ip: ctx.ip,
-      requestId: ctx.requestId,
-    }).email;
-  }
-
   /**
    * May we mail `email` now, unasked by its owner (registration, a change's confirmation)? The
    * login-anomaly engine's mail limits per address, network, target address and service-wide: a
@@ -149,7 +139,7 @@ export class EmailAddresses {
       throw new ApiError(409, "already_verified", "Your e-mail address is already verified.");
     const rate = this.#guard.overRate(`verify_resend|${m.id}`, RESENDS_PER_10_MIN);
     if (rate.over) throw this.#tooMany(rate.retryAfterSeconds);
-    const email = this.#email(m.id, "verify_email", ctx);
+    const email = this.#vault.mailAddress(m.id, "verify_email", ctx);
     if (!email) throw new ApiError(400, "no_email", "Your profile has no e-mail address.");
     if (!this.mayMail(ctx.ip, email)) throw this.#tooMany(600);
     inTransaction(this.#db, () => {
@@ -177,7 +167,7 @@ export class EmailAddresses {
     const rate = this.#guard.overRate(`email_change|${m.id}`, CHANGES_PER_10_MIN);
     if (rate.over) throw this.#tooMany(rate.retryAfterSeconds);
     if (!this.mayMail(ctx.ip, newEmail)) throw this.#tooMany(600);
-    const oldEmail = this.#email(m.id, "email_change_requested", ctx);
+    const oldEmail = this.#vault.mailAddress(m.id, "email_change_requested", ctx);
     inTransaction(this.#db, () => {
       const { token } = this.#tokens.issue("change_email", m.id, {
         emailIndex: index,
@@ -195,14 +185,7 @@ export class EmailAddresses {
       });
       // The current address hears of it at once: a change started with a stolen session is
       // noticed (and a password reset cancels it) before it can take effect.
-      if (oldEmail && this.#vault.emailIndex(oldEmail) !== index) {
-        this.#mailer.enqueue({
-          memberId: m.id,
-          to: oldEmail,
-          locale: m.locale,
-          mail: { template: "email_change_requested", maskedNewEmail: maskEmail(newEmail) },
-        });
-      }
+      this.#tellOldAddress(m, oldEmail, newEmail, "email_change_requested");
       this.#audit.append({
         action: "email.change_requested",
         outcome: "info",
@@ -213,6 +196,22 @@ export class EmailAddresses {
         requestId: ctx.requestId,
         details: { session_id: session.id },
       });
+    });
+  }
+
+  /** Tell the current address about a change to `newEmail` (masked), inside the caller's transaction. */
+  #tellOldAddress(
+    m: { id: string; locale: Locale },
+    oldEmail: string | undefined,
+    newEmail: string,
+    template: "email_change_requested" | "email_changed",
+  ): void {
+    if (!oldEmail || this.#vault.emailIndex(oldEmail) === this.#vault.emailIndex(newEmail)) return;
+    this.#mailer.enqueue({
+      memberId: m.id,
+      to: oldEmail,
+      locale: m.locale,
+      mail: { template, maskedNewEmail: maskEmail(newEmail) },
     });
   }
 
@@ -247,7 +246,7 @@ export class EmailAddresses {
   #confirmChange(row: MemberToken, ctx: Ctx): { memberId: string; changed: boolean } {
     const m = this.#member(row.memberId);
     const newEmail = decryptField(this.#keys, newEmailContext(row.tokenHash), row.newEmail ?? "");
-    const oldEmail = this.#email(m.id, "email_changed", ctx);
+    const oldEmail = this.#vault.mailAddress(m.id, "email_changed", ctx);
     inTransaction(this.#db, () => {
       if (!this.#tokens.consume(row.tokenHash)) throw invalidToken();
       this.#vault.updateFields(m.id, { email: newEmail });
@@ -255,14 +254,7 @@ export class EmailAddresses {
       // Links mailed to the old address open nothing any more: its verification links, and its
       // reset links (the member may be changing address because the old mailbox is lost).
       this.#tokens.voidAll(m.id, "verify_email", "reset_password");
-      if (oldEmail && this.#vault.emailIndex(oldEmail) !== this.#vault.emailIndex(newEmail)) {
-        this.#mailer.enqueue({
-          memberId: m.id,
-          to: oldEmail,
-          locale: m.locale,
-          mail: { template: "email_changed", maskedNewEmail: maskEmail(newEmail) },
-        });
-      }
+      this.#tellOldAddress(m, oldEmail, newEmail, "email_changed");
       this.#audit.append({
         action: "email.changed",
         outcome: "success",

@@ -112,13 +112,7 @@ export class PasswordChange {
         throw new ApiError(401, "invalid_credentials", "The current password is incorrect.");
       }
       const hashed = await this.#hasher.hash(next);
-      const email = this.#vault.read(m.id, ["email"], {
-        actorType: "system",
-        actorId: null,
-        reason: "mail:password_changed",
-        ip: ctx.ip,
-        requestId: ctx.requestId,
-      }).email;
+      const email = this.#vault.mailAddress(m.id, "password_changed", ctx);
       inTransaction(this.#db, () => {
         // Compare-and-swap on the hash verified above: a reset (or another change) that landed
         // meanwhile wins, and this change fails instead of overwriting it.

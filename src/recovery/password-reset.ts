@@ -202,16 +202,6 @@ export class PasswordRecovery {
     return this.#guard.mailboxFull(memberId);
   }
 
-  #emailOf(memberId: string, template: string, ctx: RecoveryContext): string | undefined {
-    return this.#vault.read(memberId, ["email"], {
-      actorType: "system",
-      actorId: null,
-      reason: `mail:${template}`,
-      ip: ctx.ip,
-      requestId: ctx.requestId,
-    }).email;
-  }
-
   #mailResets(target: RecoveryTarget, ctx: RecoveryContext): void {
     const found = this.#matches(target);
     if (found.length === 0) {
@@ -219,7 +209,7 @@ export class PasswordRecovery {
       return;
     }
     for (const m of found) {
-      const email = this.#emailOf(m.id, "password_reset", ctx);
+      const email = this.#vault.mailAddress(m.id, "password_reset", ctx);
       const skipped = !email ? "no_address" : this.#mailboxFull(m.id) ? "mailbox_limit" : null;
       inTransaction(this.#db, () => {
         if (!skipped && email) {
@@ -261,7 +251,7 @@ export class PasswordRecovery {
     const found = matched.filter((m) => !this.#mailboxFull(m.id));
     const first = found[0];
     if (!first) return; // every member's mailbox has had enough for now
-    const email = this.#emailOf(first.id, "login_ids", ctx);
+    const email = this.#vault.mailAddress(first.id, "login_ids", ctx);
     if (!email) return;
     inTransaction(this.#db, () => {
       this.#mailer.enqueue({
@@ -462,7 +452,7 @@ export class PasswordRecovery {
       });
     }
     const hashed = await this.#hasher.hash(password);
-    const email = this.#emailOf(row.memberId, "password_changed", ctx);
+    const email = this.#vault.mailAddress(row.memberId, "password_changed", ctx);
     const member = this.#db
       .select({ sub: members.sub, locale: members.locale })
       .from(members)
