@@ -85,6 +85,28 @@ const schema = z
           .partial()
           .strict(),
       ),
+    SEKISHO_PII_BUDGETS: z
+      .string()
+      .default("{}")
+      .transform((v, ctx) => {
+        try {
+          return JSON.parse(v) as unknown;
+        } catch {
+          ctx.addIssue({ code: "custom", message: "must be a JSON object" });
+          return z.NEVER;
+        }
+      })
+      .pipe(
+        z
+          .object({
+            adminHour: z.number().int().min(1),
+            adminDay: z.number().int().min(1),
+            clientHour: z.number().int().min(1),
+            clientDay: z.number().int().min(1),
+          })
+          .partial()
+          .strict(),
+      ),
     SEKISHO_WEBAUTHN_EXTRA_ORIGINS: z
       .string()
       .default("")
@@ -147,6 +169,8 @@ export interface Config {
   readonly adminAcr: string;
   /** Overrides of the login-anomaly engine's thresholds (src/throttle/engine.ts DEFAULT_POLICY). */
   readonly throttle: Readonly<Record<string, number>>;
+  /** Overrides of the PII read budgets (src/audit/pii-budget.ts DEFAULT_PII_BUDGETS). */
+  readonly piiBudgets: Readonly<Record<string, number>>;
 }
 
 /** Parse the environment. Throws a StartupError naming each bad variable. */
@@ -194,6 +218,7 @@ export function loadConfig(source: Record<string, string | undefined> = process.
     reauthMs: e.SEKISHO_REAUTH_MINUTES * 60_000,
     adminAcr: `urn:sekisho:acr:${e.SEKISHO_ADMIN_ACR}`,
     throttle: Object.freeze({ ...e.SEKISHO_THROTTLE_POLICY }) as Readonly<Record<string, number>>,
+    piiBudgets: Object.freeze({ ...e.SEKISHO_PII_BUDGETS }) as Readonly<Record<string, number>>,
     totpIssuer: e.SEKISHO_TOTP_ISSUER,
     webauthn: Object.freeze({
       rpId: url.hostname,

@@ -18,6 +18,8 @@ import { SecondFactorSignIn } from "./sessions/second-factor.js";
 import { PasswordSignIn } from "./sessions/sign-in.js";
 import { SessionService } from "./sessions/sessions.js";
 import { Alerts } from "./audit/alerts.js";
+import { MemberSupport } from "./admin/member-support.js";
+import { PiiBudgets } from "./audit/pii-budget.js";
 import { LoginGuard } from "./throttle/engine.js";
 import { ProofOfWork } from "./throttle/proof-of-work.js";
 import { blindIndex } from "./vault/blind-index.js";
@@ -45,6 +47,7 @@ export interface Services {
   sessions: SessionService;
   signIn: PasswordSignIn;
   alerts: Alerts;
+  budgets: PiiBudgets;
   guard: LoginGuard;
   pow: ProofOfWork;
   factors: Factors;
@@ -58,6 +61,7 @@ export interface Services {
   emails: EmailAddresses;
   recovery: PasswordRecovery;
   passwordChange: PasswordChange;
+  support: MemberSupport;
 }
 
 /** SMTP when configured; otherwise (development) `.eml` files in `<data dir>/outbox/`. */
@@ -84,7 +88,9 @@ export function buildServices(deps: {
     keys,
     queue: new HashQueue(config.hashConcurrency, config.hashQueueMax),
   });
-  const vault = new ProfileVault({ db, keys, audit, clock, logger });
+  const alerts = new Alerts({ db, clock, audit });
+  const budgets = new PiiBudgets({ clock, alerts, limits: config.piiBudgets });
+  const vault = new ProfileVault({ db, keys, audit, clock, logger, budgets });
   const oidcStore = new OidcStore({ db, clock, keys });
   const sessions = new SessionService({
     db,
@@ -92,7 +98,6 @@ export function buildServices(deps: {
     idleMs: config.sessionIdleMs,
     absoluteMs: config.sessionAbsoluteMs,
   });
-  const alerts = new Alerts({ db, clock, audit });
   const guard = new LoginGuard({
     db,
     clock,
@@ -209,13 +214,25 @@ export function buildServices(deps: {
     oidc: oidcStore,
     passwordMinLength: config.passwordMinLength,
   });
+  const support = new MemberSupport({
+    db,
+    sessions,
+    devices,
+    oidc: oidcStore,
+    tokens: memberTokens,
+    mailer,
+    vault,
+    audit,
+  });
   return {
+    support,
     config,
     db,
     clock,
     keys,
     logger,
     oidcStore,
+    budgets,
     mailer,
     memberTokens,
     emails,

@@ -2,18 +2,10 @@ import { eq } from "drizzle-orm";
 import supertest from "supertest";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { auditLog, members } from "../src/db/schema.js";
-import {
-  makeApp,
-  ORIGIN,
-  post,
-  register,
-  STRONG_PASSWORD,
-  sessionCookie,
-  signIn,
-  type TestApp,
-} from "./support/app.js";
+import { makeApp, post, register, STRONG_PASSWORD, signIn, type TestApp } from "./support/app.js";
 import { runCli } from "./support/cli.js";
-import { SoftAuthenticator } from "./support/soft-authenticator.js";
+import { adminPasskeySession, adminWithPasskey as adminWithPasskeyOf } from "./support/admin.js";
+import type { SoftAuthenticator } from "./support/soft-authenticator.js";
 
 describe("admins: `sekisho admins add` and the admin API of the login-anomaly engine", () => {
   let t: TestApp;
@@ -39,40 +31,8 @@ describe("admins: `sekisho admins add` and the admin API of the login-anomaly en
     expect(weak.stderr).toContain("weak_password");
   });
 
-  async function adminWithPasskey() {
-    await t.s.registrations.register(
-      { loginId: "ops.admin", password: STRONG_PASSWORD, profile: {} },
-      { ip: null, requestId: null },
-      { role: "admin" },
-    );
-    const auth = new SoftAuthenticator();
-    const first = await signIn(t.app, "ops.admin");
-    const options = await post(t.app, "/api/v1/me/passkeys/options", {}, first);
-    // Admins' passkeys must verify the user.
-    expect(options.body.authenticatorSelection.userVerification).toBe("required");
-    expect(
-      (
-        await post(
-          t.app,
-          "/api/v1/me/passkeys",
-          { response: auth.register(options.body, { origin: ORIGIN }) },
-          first,
-        )
-      ).status,
-    ).toBe(201);
-    return { auth, passwordSession: first };
-  }
-
-  async function passkeySession(auth: SoftAuthenticator) {
-    const step = await post(t.app, "/api/v1/login", { login_id: "ops.admin", password: STRONG_PASSWORD });
-    const options = await post(t.app, "/api/v1/login/webauthn/options", { mfa_token: step.body.mfa_token });
-    const done = await post(t.app, "/api/v1/login/webauthn", {
-      mfa_token: step.body.mfa_token,
-      response: auth.assert(options.body, { origin: ORIGIN }),
-    });
-    expect(done.body.acr).toBe("urn:sekisho:acr:phishing-resistant");
-    return sessionCookie(done);
-  }
+  const adminWithPasskey = () => adminWithPasskeyOf(t);
+  const passkeySession = (auth: SoftAuthenticator) => adminPasskeySession(t, auth);
 
   it("GET /admin/alerts needs an admin signed in with a passkey; members and weaker sessions are refused", async () => {
     const { auth, passwordSession } = await adminWithPasskey();

@@ -201,6 +201,10 @@ const EVENT_LABEL: Record<string, { ja: string; en: string }> = {
     ja: "ログインIDのお知らせメールの送信",
     en: "Login ID reminder requested",
   },
+  "mfa.reset_by_admin": {
+    ja: "サポートによる2段階認証のリセット",
+    en: "Two-step verification reset by support",
+  },
   "recovery.second_factor": { ja: "パスワード再設定での2段階認証", en: "Two-step verification for a reset" },
 };
 const OUTCOME_LABEL: Record<string, { ja: string; en: string }> = {

@@ -15,7 +15,8 @@ export type MailTemplate =
   | { template: "email_changed"; maskedNewEmail: string }
   | { template: "password_reset"; link: string; minutes: number; loginId: string }
   | { template: "password_changed"; how: "reset" | "change"; loginId: string }
-  | { template: "login_ids"; loginIds: string[] };
+  | { template: "login_ids"; loginIds: string[] }
+  | { template: "mfa_reset"; loginId: string };
 
 export interface RenderedMail {
   subject: string;
@@ -104,6 +105,18 @@ function parts(locale: Locale, m: MailTemplate): Parts {
             ? `ログインID「${m.loginId}」のパスワードが${m.how === "reset" ? "再設定" : "変更"}されました。${m.how === "reset" ? "すべての端末でサインアウトしました。" : "ほかの端末のセッションは終了しました。"}`
             : `The password of login ID "${m.loginId}" was ${m.how === "reset" ? "reset; every device was signed out" : "changed; your other sessions were ended"}.`,
           SECURE_NOW[locale],
+        ],
+      };
+    case "mfa_reset":
+      return {
+        subject: ja ? "2段階認証がリセットされました" : "Your two-step verification was reset",
+        body: [
+          ja
+            ? `サポートへのご依頼により、ログインID「${m.loginId}」の2段階認証（認証アプリ・パスキー・リカバリーコード）をリセットし、すべての端末でサインアウトしました。サインイン後、アカウントページで設定し直してください。`
+            : `At a request to support, the two-step verification of login ID "${m.loginId}" (authenticator app, passkeys, recovery codes) was reset and every device signed out. After signing in, set it up again on your account page.`,
+          ja
+            ? "お心当たりがない場合は、すぐにパスワードを再設定し、サポートにご連絡ください。"
+            : "If you didn't ask for this, reset your password now and contact support.",
         ],
       };
     case "login_ids":

@@ -7,6 +7,7 @@ import { profiles } from "../db/schema.js";
 import { DecryptionError } from "../errors.js";
 import { blindIndex, normaliseEmail } from "../vault/blind-index.js";
 import { decryptField, encryptField } from "../vault/fields.js";
+import type { PiiBudgets } from "../audit/pii-budget.js";
 import type { KeyringStore } from "../vault/keyring.js";
 
 /** Profile fields as the API names them; each is stored encrypted in the column of the same name. */
@@ -49,6 +50,8 @@ export interface PiiAccess {
   reason: string;
   ip?: string | null;
   requestId?: string | null;
+  /** Admins: when the session last signed in or stepped up (a fresh one re-arms a spent budget). */
+  freshSince?: number;
 }
 
 /**
@@ -62,8 +65,18 @@ export class ProfileVault {
   readonly #audit: AuditLog;
   readonly #clock: Clock;
   readonly #log: Logger;
+  readonly #budgets: PiiBudgets | undefined;
 
-  constructor(deps: { db: Db; keys: KeyringStore; audit: AuditLog; clock: Clock; logger: Logger }) {
+  constructor(deps: {
+    db: Db;
+    keys: KeyringStore;
+    audit: AuditLog;
+    clock: Clock;
+    logger: Logger;
+    /** Read budgets for admins and member sites (see src/audit/pii-budget.ts). */
+    budgets?: PiiBudgets;
+  }) {
+    this.#budgets = deps.budgets;
     this.#db = deps.db;
     this.#keys = deps.keys;
     this.#audit = deps.audit;
@@ -180,6 +193,14 @@ export class ProfileVault {
   ): Map<string, Profile> {
     const out = new Map<string, Profile>();
     if (memberIds.length === 0 || fields.length === 0) return out;
+    // Admins and member sites spend their budget before anything is decrypted.
+    if (this.#budgets && (access.actorType === "admin" || access.actorType === "client")) {
+      this.#budgets.charge(
+        { kind: access.actorType, id: access.actorId ?? "unknown" },
+        new Set(memberIds).size,
+        access.freshSince !== undefined ? { freshSince: access.freshSince } : {},
+      );
+    }
     const rows = this.#db
       .select()
       .from(profiles)

@@ -6,8 +6,8 @@ import Provider, { type Configuration, interactionPolicy, type KoaContextWithOID
 import { lazyPrepared } from "../db/connection.js";
 import { members } from "../db/schema.js";
 import { errorPage, loggedOutPage, logoutPage, pickLang } from "../http/pages.js";
-import { StartupError } from "../errors.js";
-import { PROFILE_FIELDS, type ProfileField } from "../members/profile.js";
+import { ApiError, StartupError } from "../errors.js";
+import { PROFILE_FIELDS, type Profile, type ProfileField } from "../members/profile.js";
 import type { Services } from "../services.js";
 import { ACR, satisfies } from "../sessions/levels.js";
 import { logOut } from "../sessions/member-actions.js";
@@ -200,12 +200,19 @@ export function createOidc(s: Services): Oidc {
             ...new Set(PROFILE_FIELDS.filter((f) => [...scopes].some((sc) => SCOPE_FIELDS[sc]?.includes(f)))),
           ];
           const clientId = ctx.oidc.client?.clientId ?? "unknown";
-          const profile = s.vault.read(member.id, fields, {
-            actorType: "client",
-            actorId: clientId,
-            reason: `oidc_claims:${clientId}`,
-            ip: ctx.ip,
-          });
+          let profile: Profile;
+          try {
+            profile = s.vault.read(member.id, fields, {
+              actorType: "client",
+              actorId: clientId,
+              reason: `oidc_claims:${clientId}`,
+              ip: ctx.ip,
+            });
+          } catch (err) {
+            // Past the member site's PII budget (alerted): sign-in still works, without profile claims.
+            if (!(err instanceof ApiError && err.code === "pii_budget_exceeded")) throw err;
+            profile = {};
+          }
           return {
             sub,
             ...(scopes.has("profile")

@@ -47,6 +47,7 @@ export const MEMBER_EVENT_ACTIONS = [
   "recovery.password_requested",
   "recovery.login_id_requested",
   "recovery.second_factor",
+  "mfa.reset_by_admin",
 ] as const;
 
 const sessionIdParam = z.string().regex(/^s_[A-Za-z0-9_-]{16}$/);

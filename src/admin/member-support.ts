@@ -1,0 +1,109 @@
+import { eq } from "drizzle-orm";
+import type { AuditLog } from "../audit/log.js";
+import { type Db, inTransaction } from "../db/connection.js";
+import { members, recoveryCodes, totpFactors, webauthnCredentials } from "../db/schema.js";
+import type { Mailer } from "../mail/outbox.js";
+import type { ProfileVault } from "../members/profile.js";
+import type { OidcStore } from "../oidc/adapter.js";
+import type { MemberTokens } from "../recovery/tokens.js";
+import type { DeviceRegistry } from "../sessions/devices.js";
+import type { SessionService } from "../sessions/sessions.js";
+
+export interface SupportContext {
+  adminId: string;
+  reason: string;
+  ip: string | null;
+  requestId: string | null;
+}
+
+/**
+ * What support may do to a member's account: start a recovery. Never see or set a password — the
+ * member sets one through the mailed reset link or signs in with the one they have.
+ */
+export class MemberSupport {
+  readonly #db: Db;
+  readonly #sessions: SessionService;
+  readonly #devices: DeviceRegistry;
+  readonly #oidc: OidcStore;
+  readonly #tokens: MemberTokens;
+  readonly #mailer: Mailer;
+  readonly #vault: ProfileVault;
+  readonly #audit: AuditLog;
+
+  constructor(deps: {
+    db: Db;
+    sessions: SessionService;
+    devices: DeviceRegistry;
+    oidc: OidcStore;
+    tokens: MemberTokens;
+    mailer: Mailer;
+    vault: ProfileVault;
+    audit: AuditLog;
+  }) {
+    this.#db = deps.db;
+    this.#sessions = deps.sessions;
+    this.#devices = deps.devices;
+    this.#oidc = deps.oidc;
+    this.#tokens = deps.tokens;
+    this.#mailer = deps.mailer;
+    this.#vault = deps.vault;
+    this.#audit = deps.audit;
+  }
+
+  /**
+   * Reset a member's second factors (a lost phone, a lost passkey): every factor and recovery code
+   * removed, and — since whoever asked support might not be the member — every session,
+   * member-site token, trusted device and pending link revoked, in one transaction; the member is
+   * mailed and sees it among their security events.
+   */
+  resetMfa(
+    memberId: string,
+    ctx: SupportContext,
+  ): {
+    factors_removed: number;
+    sessions_revoked: number;
+    oidc_rows_revoked: number;
+    devices_revoked: number;
+  } {
+    const member = this.#db
+      .select({ sub: members.sub, locale: members.locale, loginId: members.loginId })
+      .from(members)
+      .where(eq(members.id, memberId))
+      .get();
+    if (!member) throw new Error(`no member ${memberId}`);
+    const email = this.#vault.mailAddress(memberId, "mfa_reset", ctx);
+    return inTransaction(this.#db, () => {
+      const factors =
+        this.#db.delete(totpFactors).where(eq(totpFactors.memberId, memberId)).run().changes +
+        this.#db.delete(webauthnCredentials).where(eq(webauthnCredentials.memberId, memberId)).run().changes;
+      this.#db.delete(recoveryCodes).where(eq(recoveryCodes.memberId, memberId)).run();
+      const result = {
+        factors_removed: factors,
+        sessions_revoked: this.#sessions.revokeAll(memberId, "admin_mfa_reset"),
+        oidc_rows_revoked: this.#oidc.revokeAccount(member.sub),
+        devices_revoked: this.#devices.revokeAllExcept(memberId, null),
+      };
+      this.#tokens.voidAll(memberId, "reset_password", "change_email");
+      if (email) {
+        this.#mailer.enqueue({
+          memberId,
+          to: email,
+          locale: member.locale,
+          mail: { template: "mfa_reset", loginId: member.loginId },
+        });
+      }
+      this.#audit.append({
+        action: "mfa.reset_by_admin",
+        outcome: "info",
+        actorType: "admin",
+        actorId: ctx.adminId,
+        memberId,
+        reason: ctx.reason,
+        ip: ctx.ip,
+        requestId: ctx.requestId,
+        details: result,
+      });
+      return result;
+    });
+  }
+}

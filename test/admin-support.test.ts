@@ -1,0 +1,163 @@
+import supertest from "supertest";
+import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import { Clients } from "../src/oidc/clients.js";
+import { makeApp, PROFILE, post, register, STRONG_PASSWORD, signIn, type TestApp } from "./support/app.js";
+import { adminPasskeySession, adminWithPasskey } from "./support/admin.js";
+
+describe("admin member support and PII read budgets", () => {
+  let t: TestApp;
+  let admin: string;
+  let auth: Awaited<ReturnType<typeof adminWithPasskey>>["auth"];
+
+  beforeEach(async () => {
+    t = makeApp({ SEKISHO_PII_BUDGETS: JSON.stringify({ adminHour: 5, adminDay: 8 }) });
+    ({ auth } = await adminWithPasskey(t));
+    admin = await adminPasskeySession(t, auth);
+  });
+  afterEach(() => t.close());
+
+  const get = (url: string, cookie = admin) => supertest(t.app).get(url).set("Cookie", cookie);
+
+  it("looks members up by login ID or e-mail with masked PII, and shows the full profile only with a reason", async () => {
+    const id = (await register(t.app, { login_id: "taro.support" })).body.member_id as string;
+    const byId = await get("/api/v1/admin/members?login_id=TARO.SUPPORT");
+    expect(byId.status).toBe(200);
+    expect(byId.body.members).toHaveLength(1);
+    expect(byId.body.members[0]).toMatchObject({
+      member_id: id,
+      login_id: "taro.support",
+      profile: { name: "山***", email: "t***@e***.jp", phone: "***5678" },
+    });
+    expect(JSON.stringify(byId.body)).not.toContain(PROFILE.email);
+    const byEmail = await get(`/api/v1/admin/members?email=${encodeURIComponent(PROFILE.email)}`);
+    expect(byEmail.body.members.map((m: { member_id: string }) => m.member_id)).toEqual([id]);
+
+    const noReason = await get(`/api/v1/admin/members/${id}`);
+    expect(noReason.status).toBe(400);
+    const full = await get(
+      `/api/v1/admin/members/${id}?reason=${encodeURIComponent("ticket 4711: address check")}`,
+    );
+    expect(full.status).toBe(200);
+    expect(full.body.profile).toMatchObject({ email: PROFILE.email, address: PROFILE.address });
+    // Never a password or its hash.
+    expect(JSON.stringify(full.body)).not.toMatch(/argon2|password/i);
+    const reads = [...t.s.audit.iterate()].filter((e) => e.action === "pii.read" && e.actorType === "admin");
+    expect(reads.at(-1)?.reason).toBe("ticket 4711: address check");
+    const viewed = [...t.s.audit.iterate()].filter((e) => e.action === "admin.member_viewed");
+    expect(viewed.at(-1)).toMatchObject({ memberId: id, reason: "ticket 4711: address check" });
+  });
+
+  it("stops an admin reading members one by one at the budget, alerts, and re-arms only after a fresh sign-in", async () => {
+    const ids: string[] = [];
+    for (let i = 0; i < 7; i++) ids.push((await register(t.app, { login_id: `member.${i}` })).body.member_id);
+    const statuses: number[] = [];
+    for (const id of ids)
+      statuses.push((await get(`/api/v1/admin/members/${id}?reason=export+check`)).status);
+    expect(statuses).toEqual([200, 200, 200, 200, 200, 429, 429]);
+    const refused = await get(`/api/v1/admin/members/${ids[0]}?reason=export+check`);
+    expect(refused.body.error).toBe("pii_budget_exceeded");
+    const alert = t.s.alerts.list().find((a) => a.kind === "pii_budget_exceeded");
+    expect(alert?.severity).toBe("critical");
+    expect(JSON.parse(alert?.details ?? "{}")).toMatchObject({ principal: "admin", window: "1h" });
+    // The same (perhaps stolen) session stays refused however long it waits: only a fresh sign-in
+    // with the passkey re-arms the budget.
+    t.clock.advance(55 * 60_000);
+    expect((await get(`/api/v1/admin/members/${ids[5]}?reason=again`)).status).toBe(429);
+    t.clock.advance(1000);
+    admin = await adminPasskeySession(t, auth);
+    expect((await get(`/api/v1/admin/members/${ids[5]}?reason=again`)).status).toBe(200);
+    expect((await get(`/api/v1/admin/members/${ids[6]}?reason=again`)).status).toBe(200);
+  });
+
+  it("a member site past its budget gets no profile claims and an alert, until an admin approves it", async () => {
+    const client = new Clients({ db: t.s.db, clock: t.clock, audit: t.s.audit }).add({
+      name: "site",
+      redirectUris: ["https://site.example/cb"],
+    });
+    const id = (await register(t.app, { login_id: "taro.claims" })).body.member_id as string;
+    const read = () =>
+      t.s.vault.read(id, ["email"], { actorType: "client", actorId: client.clientId, reason: "test" });
+    t.s.budgets.charge({ kind: "client", id: client.clientId }, t.s.budgets.limits.clientHour - 1);
+    expect(read().email).toBe(PROFILE.email);
+    expect(() => read()).toThrow(/pii_budget_exceeded/);
+    expect(t.s.alerts.list().some((a) => a.kind === "pii_budget_exceeded")).toBe(true);
+    const approved = await post(
+      t.app,
+      `/api/v1/admin/clients/${client.clientId}/pii-approval`,
+      { reason: "checked with the site's operator" },
+      admin,
+    );
+    expect(approved.body).toEqual({ client_id: client.clientId, was_blocked: true });
+    expect(read().email).toBe(PROFILE.email);
+  });
+
+  it("reset-mfa removes every factor, ends every session and tells the member; it needs a reason", async () => {
+    const id = (await register(t.app, { login_id: "taro.lostphone" })).body.member_id as string;
+    const cookie = await signIn(t.app, "taro.lostphone");
+    await post(t.app, "/api/v1/me/totp", {}, cookie);
+    t.s.db.$client
+      .prepare("UPDATE totp_factors SET secret = pending_secret, enabled_at = 1 WHERE member_id = ?")
+      .run(id);
+    expect(t.s.factors.of(id).enrolled).toBe(true);
+    expect((await post(t.app, `/api/v1/admin/members/${id}/reset-mfa`, {}, admin)).status).toBe(400);
+    const done = await post(
+      t.app,
+      `/api/v1/admin/members/${id}/reset-mfa`,
+      { reason: "lost phone, ID checked" },
+      admin,
+    );
+    expect(done.status).toBe(200);
+    expect(done.body).toMatchObject({ factors_removed: 1, sessions_revoked: 1 });
+    expect(t.s.factors.of(id).enrolled).toBe(false);
+    expect((await supertest(t.app).get("/api/v1/me").set("Cookie", cookie)).status).toBe(401);
+    const fresh = await signIn(t.app, "taro.lostphone");
+    const events = (await supertest(t.app).get("/api/v1/me/events").set("Cookie", fresh)).body.events;
+    expect(events.map((e: { type: string }) => e.type)).toContain("mfa.reset_by_admin");
+    expect(await t.s.mailer.runDue()).toBeGreaterThan(0);
+  });
+
+  it("revoke-sessions ends a member's sessions; the audit API lists it and the chain verifies", async () => {
+    const id = (await register(t.app, { login_id: "taro.revoke" })).body.member_id as string;
+    const cookie = await signIn(t.app, "taro.revoke");
+    const done = await post(
+      t.app,
+      `/api/v1/admin/members/${id}/revoke-sessions`,
+      { reason: "suspicious" },
+      admin,
+    );
+    expect(done.body.sessions_revoked).toBe(1);
+    expect((await supertest(t.app).get("/api/v1/me").set("Cookie", cookie)).status).toBe(401);
+    const entries = await get(`/api/v1/admin/audit?member_id=${id}`);
+    expect(entries.body.entries[0]).toMatchObject({
+      action: "admin.member_sessions_revoked",
+      reason: "suspicious",
+    });
+    const verify = await get("/api/v1/admin/audit/verify");
+    expect(verify.body).toMatchObject({ ok: true });
+    // Attack: edit an entry; the admin API names it.
+    const seq = entries.body.entries[0].seq as number;
+    t.s.db.$client.exec("DROP TRIGGER IF EXISTS audit_log_no_update");
+    t.s.db.$client.prepare("UPDATE audit_log SET reason = 'routine' WHERE seq = ?").run(seq);
+    const broken = await get("/api/v1/admin/audit/verify");
+    expect(broken.body.ok).toBe(false);
+    expect(broken.body.first_bad.seq).toBe(seq);
+  });
+
+  it("members, and admins without a passkey sign-in, are refused by every new admin call", async () => {
+    await register(t.app, { login_id: "plain.member" });
+    const member = await signIn(t.app, "plain.member");
+    const adminPassword = await post(t.app, "/api/v1/login", {
+      login_id: "ops.admin",
+      password: STRONG_PASSWORD,
+    });
+    expect(adminPassword.body.status).toBe("mfa_required"); // an admin's password alone is nothing
+    for (const url of [
+      "/api/v1/admin/members?login_id=x",
+      "/api/v1/admin/audit",
+      "/api/v1/admin/audit/verify",
+    ]) {
+      expect((await get(url, member)).status, url).toBe(403);
+      expect((await get(url, "")).status, url).toBe(401);
+    }
+  });
+});
