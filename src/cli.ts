@@ -240,6 +240,39 @@ export function buildCli(): Command {
       }
     });
 
+  const honeytokens = program.command("honeytokens").description("decoy members that raise alarms");
+  honeytokens
+    .command("add")
+    .description("create decoy members; any touch of one raises a critical alert")
+    .option("--count <n>", "how many (1-1000)", (v) => Number.parseInt(v, 10), 10)
+    .option("--json", "print JSON")
+    .action(async (opts: { count: number; json?: boolean }) => {
+      if (!Number.isInteger(opts.count) || opts.count < 1 || opts.count > 1000)
+        throw new StartupError("--count must be 1 to 1000");
+      const ctx = open();
+      const services = buildServices({
+        config: ctx.config,
+        db: ctx.db,
+        clock: systemClock,
+        keys: ctx.keys,
+        logger: pino({ level: "silent" }),
+      });
+      try {
+        const loginIds = await services.decoys.add(opts.count, { ip: null });
+        // The login IDs are printed once for the operator's sealed record (to seed them where a
+        // thief would look, e.g. a staging copy); they are stored nowhere else.
+        if (opts.json) out(JSON.stringify({ added: loginIds.length, login_ids: loginIds }));
+        else {
+          out(
+            `${loginIds.length} decoy members added. Their login IDs (keep them sealed; they are not stored):`,
+          );
+          for (const id of loginIds) out(`  ${id}`);
+        }
+      } finally {
+        ctx.db.$client.close();
+      }
+    });
+
   const audit = program.command("audit").description("the tamper-evident audit log");
   audit
     .command("verify")

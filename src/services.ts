@@ -19,6 +19,8 @@ import { PasswordSignIn } from "./sessions/sign-in.js";
 import { SessionService } from "./sessions/sessions.js";
 import { Alerts } from "./audit/alerts.js";
 import { MemberSupport } from "./admin/member-support.js";
+import { Decoys } from "./admin/decoys.js";
+import { Honeytokens } from "./audit/honeytokens.js";
 import { PiiBudgets } from "./audit/pii-budget.js";
 import { LoginGuard } from "./throttle/engine.js";
 import { ProofOfWork } from "./throttle/proof-of-work.js";
@@ -62,6 +64,8 @@ export interface Services {
   recovery: PasswordRecovery;
   passwordChange: PasswordChange;
   support: MemberSupport;
+  decoys: Decoys;
+  honeytokens: Honeytokens;
 }
 
 /** SMTP when configured; otherwise (development) `.eml` files in `<data dir>/outbox/`. */
@@ -90,7 +94,8 @@ export function buildServices(deps: {
   });
   const alerts = new Alerts({ db, clock, audit });
   const budgets = new PiiBudgets({ clock, alerts, limits: config.piiBudgets });
-  const vault = new ProfileVault({ db, keys, audit, clock, logger, budgets });
+  const honeytokens = new Honeytokens({ keys, alerts });
+  const vault = new ProfileVault({ db, keys, audit, clock, logger, budgets, honeytokens });
   const oidcStore = new OidcStore({ db, clock, keys });
   const sessions = new SessionService({
     db,
@@ -130,6 +135,7 @@ export function buildServices(deps: {
   const devices = new DeviceRegistry({ db, clock });
   const pow = new ProofOfWork({ clock, maxNumber: guard.policy.challengeMaxNumber });
   const signIn = new PasswordSignIn({
+    honeytokens,
     db,
     hasher,
     sessions,
@@ -159,6 +165,7 @@ export function buildServices(deps: {
     alerts,
     from: config.mailFrom,
     sender: deps.mailSender ?? mailSenderFor(config, clock),
+    honeytokens,
   });
   const memberTokens = new MemberTokens({ db, clock });
   const emails = new EmailAddresses({
@@ -182,6 +189,7 @@ export function buildServices(deps: {
     emails,
   });
   const recovery = new PasswordRecovery({
+    honeytokens,
     db,
     clock,
     keys,
@@ -214,6 +222,7 @@ export function buildServices(deps: {
     oidc: oidcStore,
     passwordMinLength: config.passwordMinLength,
   });
+  const decoys = new Decoys({ db, clock, hasher, vault, audit, honeytokens });
   const support = new MemberSupport({
     db,
     sessions,
@@ -226,6 +235,8 @@ export function buildServices(deps: {
   });
   return {
     support,
+    decoys,
+    honeytokens,
     config,
     db,
     clock,

@@ -8,6 +8,7 @@ import { randomBytesPooled } from "../vault/random.js";
 import { decryptField, encryptField } from "../vault/fields.js";
 import type { KeyringStore } from "../vault/keyring.js";
 import { MailSendError, type MailSender } from "./sender.js";
+import type { Honeytokens } from "../audit/honeytokens.js";
 import { type Locale, type MailTemplate, renderMail } from "./templates.js";
 
 /**
@@ -57,6 +58,7 @@ export class Mailer {
   readonly #alerts: Alerts;
   readonly #from: string;
   readonly sender: MailSender;
+  readonly #honeytokens: Honeytokens | undefined;
   #running: Promise<number> | null = null;
   #again = false;
   #timer: NodeJS.Timeout | null = null;
@@ -71,7 +73,10 @@ export class Mailer {
     alerts: Alerts;
     from: string;
     sender: MailSender;
+    /** Decoy members get no mail: their addresses may be real people's. */
+    honeytokens?: Honeytokens;
   }) {
+    this.#honeytokens = deps.honeytokens;
     this.#db = deps.db;
     this.#keys = deps.keys;
     this.#clock = deps.clock;
@@ -85,8 +90,9 @@ export class Mailer {
     return { table: "outbox", column: "message", rowId: id };
   }
 
-  /** Queue a message (inside the caller's transaction). Returns the outbox id. */
-  enqueue(m: Enqueue): string {
+  /** Queue a message (inside the caller's transaction). Returns the outbox id (null: a decoy's, dropped). */
+  enqueue(m: Enqueue): string | null {
+    if (this.#honeytokens?.isDecoy(m.memberId)) return null;
     const id = `ob_${randomBytesPooled(16).toString("base64url")}`;
     const now = this.#clock.now().getTime();
     const rendered = renderMail(m.locale, m.mail);

@@ -8,6 +8,7 @@ import { DecryptionError } from "../errors.js";
 import { blindIndex, normaliseEmail } from "../vault/blind-index.js";
 import { decryptField, encryptField } from "../vault/fields.js";
 import type { PiiBudgets } from "../audit/pii-budget.js";
+import type { Honeytokens, Toucher } from "../audit/honeytokens.js";
 import type { KeyringStore } from "../vault/keyring.js";
 
 /** Profile fields as the API names them; each is stored encrypted in the column of the same name. */
@@ -66,6 +67,7 @@ export class ProfileVault {
   readonly #clock: Clock;
   readonly #log: Logger;
   readonly #budgets: PiiBudgets | undefined;
+  readonly #honeytokens: Honeytokens | undefined;
 
   constructor(deps: {
     db: Db;
@@ -75,8 +77,11 @@ export class ProfileVault {
     logger: Logger;
     /** Read budgets for admins and member sites (see src/audit/pii-budget.ts). */
     budgets?: PiiBudgets;
+    /** Decoy members: touching one raises an alert (see src/audit/honeytokens.ts). */
+    honeytokens?: Honeytokens;
   }) {
     this.#budgets = deps.budgets;
+    this.#honeytokens = deps.honeytokens;
     this.#db = deps.db;
     this.#keys = deps.keys;
     this.#audit = deps.audit;
@@ -156,14 +161,19 @@ export class ProfileVault {
     return blindIndex(this.#keys, "email", normaliseEmail(email));
   }
 
-  /** Member ids whose profile e-mail matches (normalised), found through the blind index. */
-  memberIdsByEmail(email: string): string[] {
-    return this.#db
+  /**
+   * Member ids whose profile e-mail matches (normalised), found through the blind index. `who`
+   * is named in the alert if a decoy's address is looked up.
+   */
+  memberIdsByEmail(email: string, who: Toucher = {}): string[] {
+    const ids = this.#db
       .select({ id: profiles.memberId })
       .from(profiles)
       .where(eq(profiles.emailIndex, this.emailIndex(email)))
       .all()
       .map((r) => r.id);
+    this.#honeytokens?.check(ids, "email_lookup", who);
+    return ids;
   }
 
   /** The member's e-mail address, decrypted to send them `template` (audited as `mail:<template>`). */
@@ -201,6 +211,7 @@ export class ProfileVault {
         access.freshSince !== undefined ? { freshSince: access.freshSince } : {},
       );
     }
+    this.#honeytokens?.check(memberIds, "pii_read", access);
     const rows = this.#db
       .select()
       .from(profiles)

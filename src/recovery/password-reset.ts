@@ -1,6 +1,7 @@
 import { eq, inArray } from "drizzle-orm";
 import type { Logger } from "pino";
 import type { AuditLog } from "../audit/log.js";
+import type { Honeytokens } from "../audit/honeytokens.js";
 import type { Clock } from "../clock.js";
 import { type Db, inTransaction } from "../db/connection.js";
 import { members } from "../db/schema.js";
@@ -68,8 +69,10 @@ export class PasswordRecovery {
   readonly #issuer: string;
   readonly #minLength: number;
   readonly #pending = new Set<Promise<void>>();
+  readonly #honeytokens: Honeytokens | undefined;
 
   constructor(deps: {
+    honeytokens?: Honeytokens;
     db: Db;
     clock: Clock;
     keys: KeyringStore;
@@ -105,6 +108,7 @@ export class PasswordRecovery {
     this.#oidc = deps.oidc;
     this.#issuer = deps.issuer;
     this.#minLength = deps.passwordMinLength;
+    this.#honeytokens = deps.honeytokens;
   }
 
   /** Resolves when every request answered so far has done its mailing (tests, shutdown). */
@@ -176,7 +180,7 @@ export class PasswordRecovery {
   }
 
   /** Active members the target names (a login ID names at most one; an address possibly several). */
-  #matches(target: RecoveryTarget) {
+  #matches(target: RecoveryTarget, ctx: RecoveryContext) {
     const ids =
       "loginId" in target
         ? this.#db
@@ -185,7 +189,9 @@ export class PasswordRecovery {
             .where(eq(members.loginId, target.loginId))
             .all()
             .map((r) => r.id)
-        : this.#vault.memberIdsByEmail(target.email);
+        : this.#vault.memberIdsByEmail(target.email, { ip: ctx.ip, requestId: ctx.requestId });
+    if ("loginId" in target)
+      this.#honeytokens?.check(ids, "recovery", { ip: ctx.ip, requestId: ctx.requestId });
     if (ids.length === 0) return [];
     return this.#db
       .select({ id: members.id, loginId: members.loginId, locale: members.locale, status: members.status })
@@ -203,7 +209,7 @@ export class PasswordRecovery {
   }
 
   #mailResets(target: RecoveryTarget, ctx: RecoveryContext): void {
-    const found = this.#matches(target);
+    const found = this.#matches(target, ctx);
     if (found.length === 0) {
       this.#unmatched("password", target, ctx);
       return;
@@ -243,7 +249,7 @@ export class PasswordRecovery {
   }
 
   #mailLoginIds(target: RecoveryTarget, ctx: RecoveryContext): void {
-    const matched = this.#matches(target);
+    const matched = this.#matches(target, ctx);
     if (matched.length === 0) {
       this.#unmatched("login_id", target, ctx);
       return;

@@ -1,5 +1,6 @@
 import { eq, sql } from "drizzle-orm";
 import type { AuditLog } from "../audit/log.js";
+import type { Honeytokens } from "../audit/honeytokens.js";
 import { type Db, inTransaction, lazyPrepared } from "../db/connection.js";
 import { members } from "../db/schema.js";
 import { ApiError } from "../errors.js";
@@ -54,8 +55,10 @@ export class PasswordSignIn {
   readonly #keys: KeyringStore;
   readonly #factors: Factors;
   readonly #mfaTokens: MfaTokens;
+  readonly #honeytokens: Honeytokens | undefined;
 
   constructor(deps: {
+    honeytokens?: Honeytokens;
     db: Db;
     hasher: PasswordHasher;
     sessions: SessionService;
@@ -77,6 +80,7 @@ export class PasswordSignIn {
     this.#keys = deps.keys;
     this.#factors = deps.factors;
     this.#mfaTokens = deps.mfaTokens;
+    this.#honeytokens = deps.honeytokens;
   }
 
   async signIn(
@@ -93,6 +97,7 @@ export class PasswordSignIn {
     }
     // The lookup is cheap (an index), and the engine needs to know whose device this is.
     const member = this.#findMember().get({ loginId });
+    if (member) this.#honeytokens?.check([member.id], "sign_in", { ip: ctx.ip, requestId: ctx.requestId });
     // Checking a solution is a few SHA-256s: cheap enough to do before deciding.
     const solution = input.challengeSolution ? await this.#pow.check(input.challengeSolution, loginId) : null;
     const attempt: Attempt = {

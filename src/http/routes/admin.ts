@@ -147,7 +147,14 @@ export function adminRoutes(s: Services): Router {
                 .all()
                 .map((r) => r.id),
             )
-        : s.vault.memberIdsByEmail(q.data.email as string).slice(0, 20);
+        : s.vault
+            .memberIdsByEmail(q.data.email as string, {
+              actorType: "admin",
+              actorId: admin.memberId,
+              ip: locals(res).ip,
+              requestId: locals(res).requestId,
+            })
+            .slice(0, 20);
     const rows = ids
       .map((id) => s.db.select().from(members).where(eq(members.id, id)).get())
       .filter((m) => !!m);

@@ -1,0 +1,124 @@
+import { randomBytes, randomInt } from "node:crypto";
+import { fakerEN, fakerJA } from "@faker-js/faker";
+import type { AuditLog } from "../audit/log.js";
+import type { Honeytokens } from "../audit/honeytokens.js";
+import type { Clock } from "../clock.js";
+import { type Db, inTransaction } from "../db/connection.js";
+import { members, profiles } from "../db/schema.js";
+import { generateMemberNumber } from "../members/member-number.js";
+import type { Profile, ProfileVault } from "../members/profile.js";
+import { newSubject } from "../members/registration.js";
+import type { PasswordHasher } from "../passwords/hasher.js";
+
+/**
+ * `sekisho honeytokens add`: decoy members that look like everyone else — a Japanese name,
+ * address, phone and birth date, an e-mail at a common provider, a chosen login ID or a member
+ * number, an argon2id hash of a random password nobody knows, registered at a random moment of
+ * the past two years (like members brought in by an import, they have no registration entry of
+ * their own in the audit log). Their only mark is their member id (see src/audit/honeytokens.ts).
+ */
+export class Decoys {
+  readonly #db: Db;
+  readonly #clock: Clock;
+  readonly #hasher: PasswordHasher;
+  readonly #vault: ProfileVault;
+  readonly #audit: AuditLog;
+  readonly #honeytokens: Honeytokens;
+
+  constructor(deps: {
+    db: Db;
+    clock: Clock;
+    hasher: PasswordHasher;
+    vault: ProfileVault;
+    audit: AuditLog;
+    honeytokens: Honeytokens;
+  }) {
+    this.#db = deps.db;
+    this.#clock = deps.clock;
+    this.#hasher = deps.hasher;
+    this.#vault = deps.vault;
+    this.#audit = deps.audit;
+    this.#honeytokens = deps.honeytokens;
+  }
+
+  #profile(): Profile {
+    const f = fakerJA;
+    const sex = randomInt(2) === 0 ? "female" : "male";
+    const family = f.person.lastName();
+    const given = f.person.firstName(sex);
+    const birth = f.date.birthdate({ mode: "age", min: 19, max: 78, refDate: this.#clock.now() });
+    return {
+      name: `${family} ${given}`,
+      email: f.internet.email().toLowerCase(),
+      phone: `0${randomInt(7, 10)}0-${randomInt(1000, 10000)}-${randomInt(1000, 10000)}`,
+      postal_code: f.location.zipCode(),
+      address: `${f.location.state()}${f.location.city()}${f.location.streetAddress()}`,
+      birth_date: birth.toISOString().slice(0, 10),
+      gender: sex,
+    };
+  }
+
+  #loginId(): { id: string; kind: "chosen" | "number" } {
+    if (randomInt(3) === 0) return { id: generateMemberNumber(), kind: "number" };
+    const base = fakerEN.internet
+      .username()
+      .toLowerCase()
+      .replace(/[^a-z0-9._-]/g, "")
+      .slice(0, 24);
+    const id = base.length >= 4 ? base : `${base}${randomInt(1000, 10000)}`;
+    return { id, kind: "chosen" };
+  }
+
+  /** Make `count` decoys; returns their login IDs (for the operator's sealed record, never logged). */
+  async add(count: number, operator: { ip: string | null }): Promise<string[]> {
+    const made: string[] = [];
+    const now = this.#clock.now().getTime();
+    for (let i = 0; i < count; i++) {
+      const password = await this.#hasher.hash(randomBytes(24).toString("base64url"));
+      const createdAt = now - randomInt(7 * 24 * 3_600_000, 2 * 365 * 24 * 3_600_000);
+      for (let attempt = 0; ; attempt++) {
+        const login = this.#loginId();
+        const taken = this.#db.$client.prepare("SELECT 1 FROM members WHERE login_id = ?").get(login.id);
+        if (taken) {
+          if (attempt > 20) throw new Error("could not find a free login ID for a decoy");
+          continue;
+        }
+        const id = this.#honeytokens.newId();
+        inTransaction(this.#db, () => {
+          this.#db
+            .insert(members)
+            .values({
+              id,
+              sub: newSubject(),
+              loginId: login.id,
+              loginIdKind: login.kind,
+              passwordHash: password.hash,
+              pepperId: password.pepperId,
+              role: "member",
+              createdAt,
+              updatedAt: createdAt,
+              passwordChangedAt: createdAt,
+              emailVerified: randomInt(10) < 7,
+              locale: "ja",
+            })
+            .run();
+          this.#db
+            .insert(profiles)
+            .values({ ...this.#vault.encryptRow(id, this.#profile()), updatedAt: createdAt })
+            .run();
+        });
+        made.push(login.id);
+        break;
+      }
+    }
+    // One entry for the batch: how many, when, by whom — not which.
+    this.#audit.append({
+      action: "honeytokens.added",
+      outcome: "success",
+      actorType: "operator",
+      ip: operator.ip,
+      details: { count },
+    });
+    return made;
+  }
+}

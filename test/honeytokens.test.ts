@@ -1,0 +1,139 @@
+import fs from "node:fs";
+import supertest from "supertest";
+import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import { members, outbox } from "../src/db/schema.js";
+import { Clients } from "../src/oidc/clients.js";
+import { makeApp, post, register, type TestApp } from "./support/app.js";
+import { adminPasskeySession, adminWithPasskey } from "./support/admin.js";
+import { runCli } from "./support/cli.js";
+
+describe("honeytokens: decoy members that raise the alarm when touched", () => {
+  let t: TestApp;
+  let decoys: string[];
+  let real: string;
+
+  beforeEach(async () => {
+    t = makeApp({ SEKISHO_TRUST_PROXY: "loopback" });
+    real = (await register(t.app, { login_id: "taro.real" })).body.member_id;
+    const made = runCli(t, ["honeytokens", "add", "--count", "3", "--json"]);
+    expect(made.status, made.stderr).toBe(0);
+    decoys = (JSON.parse(made.stdout) as { login_ids: string[] }).login_ids;
+    expect(decoys).toHaveLength(3);
+  });
+  afterEach(() => t.close());
+
+  const decoyRow = (loginId: string) =>
+    t.s.db
+      .select()
+      .from(members)
+      .all()
+      .find((m) => m.loginId === loginId) as typeof members.$inferSelect;
+  const touches = () =>
+    t.s.alerts
+      .list()
+      .filter((a) => a.kind === "honeytoken_touched")
+      .map((a) => ({ severity: a.severity, ...(JSON.parse(a.details) as Record<string, unknown>) }));
+
+  it("are stored like every other member: nothing in the database tells them apart", () => {
+    const rows = t.s.db.select().from(members).all();
+    expect(rows).toHaveLength(4);
+    for (const m of rows) {
+      expect(m.id).toMatch(/^m_[A-Za-z0-9_-]{22}$/);
+      expect(m.passwordHash).toMatch(/^\$argon2id\$/);
+      expect(m.role).toBe("member");
+    }
+    const decoyIds = decoys.map((d) => decoyRow(d).id);
+    expect(decoyIds.every((id) => t.s.honeytokens.isDecoy(id))).toBe(true);
+    expect(t.s.honeytokens.isDecoy(real)).toBe(false);
+    // registered over the past years, not all at once
+    const created = decoys.map((d) => decoyRow(d).createdAt);
+    expect(new Set(created).size).toBe(3);
+    expect(Math.max(...created)).toBeLessThan(t.clock.now().getTime() - 24 * 3_600_000);
+    // no table or column names them; their profiles are ciphertexts like the real one's
+    t.s.db.$client.pragma("wal_checkpoint(TRUNCATE)");
+    const file = fs.readFileSync(t.s.config.dbFile, "latin1");
+    expect(file).not.toMatch(/decoy/i);
+    const tables = t.s.db.$client.prepare("SELECT name FROM sqlite_master").pluck().all() as string[];
+    expect(tables.join(" ")).not.toMatch(/honey|decoy/i);
+  });
+
+  it("a sign-in attempt with a decoy's login ID fails like any wrong password and raises a critical alert with the address", async () => {
+    const res = await post(t.app, "/api/v1/login", {
+      login_id: decoys[0],
+      password: "some guessed password",
+    }).set("X-Forwarded-For", "203.0.113.66");
+    const unknown = await post(t.app, "/api/v1/login", { login_id: "nobody.here", password: "x" });
+    expect(res.status).toBe(401);
+    expect(res.text).toBe(unknown.text);
+    expect(touches()).toEqual([
+      expect.objectContaining({
+        severity: "critical",
+        trigger: "sign_in",
+        ip: "203.0.113.66",
+        principal: "anonymous",
+      }),
+    ]);
+  });
+
+  it("an admin viewing or looking up a decoy raises an alert naming the admin", async () => {
+    const { auth } = await adminWithPasskey(t);
+    const admin = await adminPasskeySession(t, auth);
+    const adminId = t.s.db
+      .select()
+      .from(members)
+      .all()
+      .find((m) => m.loginId === "ops.admin")?.id;
+    const lookup = await supertest(t.app)
+      .get(`/api/v1/admin/members?login_id=${decoys[1]}`)
+      .set("Cookie", admin);
+    expect(lookup.status).toBe(200);
+    expect(lookup.body.members).toHaveLength(1); // shown like anyone else
+    expect(touches()).toEqual([
+      expect.objectContaining({
+        trigger: "pii_read",
+        principal: "admin",
+        principal_id: adminId,
+        reason: "admin_lookup_masked",
+      }),
+    ]);
+  });
+
+  it("a member site reading a decoy's claims, or anyone asking recovery for a decoy's address, raises an alert; no mail goes to a decoy", async () => {
+    const client = new Clients({ db: t.s.db, clock: t.clock, audit: t.s.audit }).add({
+      name: "site",
+      redirectUris: ["https://site.example/cb"],
+    });
+    const decoy = decoyRow(decoys[2] as string);
+    const email = t.s.vault.read(decoy.id, ["email"], {
+      actorType: "client",
+      actorId: client.clientId,
+      reason: "oidc_claims",
+    }).email as string;
+    expect(touches()[0]).toMatchObject({
+      trigger: "pii_read",
+      principal: "client",
+      principal_id: client.clientId,
+    });
+
+    const asked = await post(t.app, "/api/v1/recovery/password", { email }).set(
+      "X-Forwarded-For",
+      "198.51.100.23",
+    );
+    expect(asked.status).toBe(202);
+    await t.s.recovery.settled();
+    expect(touches().map((x) => x.trigger)).toContain("email_lookup");
+    expect(touches().find((x) => x.trigger === "email_lookup")?.ip).toBe("198.51.100.23");
+    const queued = t.s.db
+      .select()
+      .from(outbox)
+      .all()
+      .filter((r) => r.memberId === decoy.id);
+    expect(queued).toHaveLength(0);
+  });
+
+  it("touching real members raises nothing", async () => {
+    await post(t.app, "/api/v1/login", { login_id: "taro.real", password: "wrong password here" });
+    t.s.vault.read(real, ["email"], { actorType: "client", actorId: "c_x", reason: "test" });
+    expect(touches()).toEqual([]);
+  });
+});
