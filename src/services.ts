@@ -28,6 +28,7 @@ import { blindIndex } from "./vault/blind-index.js";
 import type { KeyringStore } from "./vault/keyring.js";
 import path from "node:path";
 import { Mailer } from "./mail/outbox.js";
+import { SecurityNotices } from "./mail/notices.js";
 import { FileSender, type MailSender, SmtpSender } from "./mail/sender.js";
 import { OidcStore } from "./oidc/adapter.js";
 import { EmailAddresses } from "./recovery/email.js";
@@ -97,6 +98,17 @@ export function buildServices(deps: {
   const honeytokens = new Honeytokens({ keys, alerts });
   const vault = new ProfileVault({ db, keys, audit, clock, logger, budgets, honeytokens });
   const oidcStore = new OidcStore({ db, clock, keys });
+  const mailer = new Mailer({
+    db,
+    keys,
+    clock,
+    logger,
+    alerts,
+    from: config.mailFrom,
+    sender: deps.mailSender ?? mailSenderFor(config, clock),
+    honeytokens,
+  });
+  const notices = new SecurityNotices({ db, clock, vault, mailer });
   const sessions = new SessionService({
     db,
     clock,
@@ -122,6 +134,7 @@ export function buildServices(deps: {
         reason: "account_failures_day",
         details: { until: new Date(until).toISOString() },
       });
+      notices.send(memberId, "account_protected", {});
     },
     policy: config.throttle,
   });
@@ -148,6 +161,7 @@ export function buildServices(deps: {
     mfaTokens,
   });
   const secondFactor = new SecondFactorSignIn({
+    notices,
     db,
     sessions,
     tokens: mfaTokens,
@@ -156,17 +170,7 @@ export function buildServices(deps: {
     audit,
     guard,
   });
-  const enrolment = new FactorEnrolment({ db, clock, factors, audit, reauthMs: config.reauthMs });
-  const mailer = new Mailer({
-    db,
-    keys,
-    clock,
-    logger,
-    alerts,
-    from: config.mailFrom,
-    sender: deps.mailSender ?? mailSenderFor(config, clock),
-    honeytokens,
-  });
+  const enrolment = new FactorEnrolment({ db, clock, factors, audit, reauthMs: config.reauthMs, notices });
   const memberTokens = new MemberTokens({ db, clock });
   const emails = new EmailAddresses({
     db,

@@ -32,7 +32,7 @@ describe("honeytokens: decoy members that raise the alarm when touched", () => {
     t.s.alerts
       .list()
       .filter((a) => a.kind === "honeytoken_touched")
-      .map((a) => ({ severity: a.severity, ...(JSON.parse(a.details) as Record<string, unknown>) }));
+      .map((a): Record<string, unknown> => ({ severity: a.severity, ...(JSON.parse(a.details) as object) }));
 
   it("are stored like every other member: nothing in the database tells them apart", () => {
     const rows = t.s.db.select().from(members).all();

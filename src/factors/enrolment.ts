@@ -8,6 +8,17 @@ import { ApiError } from "../errors.js";
 import { ACR, satisfies } from "../sessions/levels.js";
 import type { Session } from "../sessions/sessions.js";
 import type { Factors } from "./methods.js";
+import type { SecurityNotices } from "../mail/notices.js";
+import type { SecurityNoticeKind } from "../mail/templates.js";
+
+/** Factor changes a member is mailed about. */
+const NOTICE_OF: Record<string, SecurityNoticeKind> = {
+  "factor.totp_added": "totp_added",
+  "factor.totp_removed": "totp_removed",
+  "factor.passkey_added": "passkey_added",
+  "factor.passkey_removed": "passkey_removed",
+  "factor.recovery_codes_generated": "recovery_codes_generated",
+};
 
 export interface ActionContext {
   ip: string;
@@ -27,7 +38,17 @@ export class FactorEnrolment {
   readonly #audit: AuditLog;
   readonly #reauthMs: number;
 
-  constructor(deps: { db: Db; clock: Clock; factors: Factors; audit: AuditLog; reauthMs: number }) {
+  readonly #notices: SecurityNotices | undefined;
+
+  constructor(deps: {
+    db: Db;
+    clock: Clock;
+    factors: Factors;
+    audit: AuditLog;
+    reauthMs: number;
+    notices?: SecurityNotices;
+  }) {
+    this.#notices = deps.notices;
     this.#db = deps.db;
     this.#clock = deps.clock;
     this.#factors = deps.factors;
@@ -60,6 +81,9 @@ export class FactorEnrolment {
   }
 
   #event(session: Session, ctx: ActionContext, action: string, details: Record<string, unknown>): void {
+    // The member hears of every change to their factors (renames excepted), by mail.
+    const notice = NOTICE_OF[action];
+    if (notice) this.#notices?.send(session.memberId, notice, ctx);
     this.#audit.append({
       action,
       outcome: "success",

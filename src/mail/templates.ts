@@ -8,6 +8,70 @@ import { escapeHtml as e } from "../http/pages.js";
  */
 export type Locale = "ja" | "en";
 
+export type SecurityNoticeKind =
+  | "new_device"
+  | "totp_added"
+  | "totp_removed"
+  | "passkey_added"
+  | "passkey_removed"
+  | "recovery_codes_generated"
+  | "account_protected";
+
+const NOTICE_TEXT: Record<
+  SecurityNoticeKind,
+  { subject: { ja: string; en: string }; what: { ja: string; en: string } }
+> = {
+  new_device: {
+    subject: { ja: "新しい端末からのサインイン", en: "Sign-in from a new device" },
+    what: {
+      ja: "新しい端末からアカウントにサインインがありました。",
+      en: "Your account was signed in to from a new device.",
+    },
+  },
+  totp_added: {
+    subject: { ja: "認証アプリが設定されました", en: "An authenticator app was added" },
+    what: {
+      ja: "2段階認証の認証アプリが設定されました。",
+      en: "An authenticator app was set up for two-step verification.",
+    },
+  },
+  totp_removed: {
+    subject: { ja: "認証アプリが削除されました", en: "An authenticator app was removed" },
+    what: {
+      ja: "2段階認証の認証アプリが削除されました。",
+      en: "The authenticator app was removed from two-step verification.",
+    },
+  },
+  passkey_added: {
+    subject: { ja: "パスキーが追加されました", en: "A passkey was added" },
+    what: { ja: "アカウントにパスキーが追加されました。", en: "A passkey was added to your account." },
+  },
+  passkey_removed: {
+    subject: { ja: "パスキーが削除されました", en: "A passkey was removed" },
+    what: { ja: "アカウントからパスキーが削除されました。", en: "A passkey was removed from your account." },
+  },
+  recovery_codes_generated: {
+    subject: { ja: "リカバリーコードが再発行されました", en: "New recovery codes were made" },
+    what: {
+      ja: "新しいリカバリーコードが発行され、以前のコードは使えなくなりました。",
+      en: "New recovery codes were made; the old ones no longer work.",
+    },
+  },
+  account_protected: {
+    subject: { ja: "不正なサインインの試みを検知しました", en: "Repeated failed sign-ins on your account" },
+    what: {
+      ja: "あなたのアカウントに対して、パスワードでのサインインの失敗が続いています。安全のため、しばらくの間、新しい端末からのパスワードでのサインインを止めています。いつもお使いの端末、パスキー、パスワードの再設定はこれまでどおり使えます。",
+      en: "There have been many failed password sign-ins on your account. For a while, password sign-in from new devices is paused; your usual devices, passkeys and password reset keep working.",
+    },
+  },
+};
+
+function when(locale: Locale, iso: string): string {
+  return locale === "ja"
+    ? `${new Intl.DateTimeFormat("ja-JP", { dateStyle: "long", timeStyle: "short", timeZone: "Asia/Tokyo" }).format(new Date(iso))}（日本時間）`
+    : `${new Intl.DateTimeFormat("en-GB", { dateStyle: "long", timeStyle: "short", timeZone: "UTC" }).format(new Date(iso))} UTC`;
+}
+
 export type MailTemplate =
   | { template: "verify_email"; link: string; hours: number }
   | { template: "verify_new_email"; link: string; hours: number }
@@ -16,7 +80,15 @@ export type MailTemplate =
   | { template: "password_reset"; link: string; minutes: number; loginId: string }
   | { template: "password_changed"; how: "reset" | "change"; loginId: string }
   | { template: "login_ids"; loginIds: string[] }
-  | { template: "mfa_reset"; loginId: string };
+  | { template: "mfa_reset"; loginId: string }
+  | {
+      template: "security_notice";
+      kind: SecurityNoticeKind;
+      at: string;
+      where: string;
+      device: string;
+      detail?: string;
+    };
 
 export interface RenderedMail {
   subject: string;
@@ -107,6 +179,30 @@ function parts(locale: Locale, m: MailTemplate): Parts {
           SECURE_NOW[locale],
         ],
       };
+    case "security_notice": {
+      const text = NOTICE_TEXT[m.kind];
+      const facts = [
+        `${ja ? "日時" : "When"}: ${when(locale, m.at)}`,
+        ...(m.where
+          ? [`${ja ? "接続元のネットワーク（おおよそ）" : "From (approximate network)"}: ${m.where}`]
+          : []),
+        ...(m.device ? [`${ja ? "ブラウザ" : "Browser"}: ${m.device}`] : []),
+        ...(m.detail ? [`${ja ? "詳細" : "Details"}: ${m.detail}`] : []),
+      ];
+      return {
+        subject: text.subject[locale],
+        body: [
+          text.what[locale],
+          facts.join("\n"),
+          ja ? "ご自身の操作であれば、対応は不要です。" : "If this was you, there is nothing to do.",
+          m.kind === "account_protected"
+            ? ja
+              ? "ご自身の操作でない場合、パスワードが推測されようとしている可能性があります。推測されにくいパスワードに変更し、パスキーか認証アプリを設定してください。"
+              : "If it wasn't you, someone may be guessing your password: change it to one that is hard to guess, and add a passkey or an authenticator app."
+            : SECURE_NOW[locale],
+        ],
+      };
+    }
     case "mfa_reset":
       return {
         subject: ja ? "2段階認証がリセットされました" : "Your two-step verification was reset",

@@ -1,6 +1,7 @@
 import type { AuthenticationResponseJSON } from "@simplewebauthn/server";
 import { eq } from "drizzle-orm";
 import type { AuditLog } from "../audit/log.js";
+import type { SecurityNotices } from "../mail/notices.js";
 import { type Db, inTransaction } from "../db/connection.js";
 import { members } from "../db/schema.js";
 import { ApiError } from "../errors.js";
@@ -73,8 +74,10 @@ export class SecondFactorSignIn {
   readonly #audit: AuditLog;
   readonly #guard: LoginGuard;
   readonly #stepUpFailures = new Map<string, number>();
+  readonly #notices: SecurityNotices | undefined;
 
   constructor(deps: {
+    notices?: SecurityNotices;
     db: Db;
     sessions: SessionService;
     tokens: MfaTokens;
@@ -90,6 +93,7 @@ export class SecondFactorSignIn {
     this.#devices = deps.devices;
     this.#audit = deps.audit;
     this.#guard = deps.guard;
+    this.#notices = deps.notices;
   }
 
   /** Resolve the subject of a TOTP / recovery-code / passkey second step. */
@@ -316,6 +320,7 @@ export class SecondFactorSignIn {
         outcome: "info",
         details: { device_id: device.id, session_id: created.id },
       });
+      this.#notices?.send(who, "new_device", ctx);
     }
     if (proof.method === "recovery_code") {
       this.#audit.append({

@@ -1,0 +1,73 @@
+import { generateSync } from "otplib";
+import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from "vitest";
+import { makeApp, PROFILE, post, register, STRONG_PASSWORD, signIn, type TestApp } from "./support/app.js";
+import { TestSmtp } from "./support/smtp.js";
+
+/** Security notices to members, delivered through a real SMTP server on loopback. */
+describe("security notices by mail", () => {
+  const smtp = new TestSmtp();
+  let t: TestApp;
+  beforeAll(() => smtp.start());
+  afterAll(() => smtp.stop());
+  beforeEach(async () => {
+    smtp.inbox.length = 0;
+    t = makeApp({
+      SEKISHO_SMTP_URL: smtp.url,
+      SEKISHO_TRUST_PROXY: "loopback",
+      SEKISHO_THROTTLE_POLICY: JSON.stringify({ accountProtect: 3, accountSlow: 100, ipLoginSlow: 100 }),
+    });
+    await register(t.app, { login_id: "taro.notice" });
+  });
+  afterEach(() => t.close());
+
+  const subjects = async () => {
+    await t.s.mailer.runDue();
+    return smtp.to(PROFILE.email).map((m) => m.subject);
+  };
+
+  it("tells the member of a new authenticator app, and of the first sign-in from a new device, with when, where and what browser", async () => {
+    const cookie = await signIn(t.app, "taro.notice");
+    const begin = await post(t.app, "/api/v1/me/totp", {}, cookie);
+    const code = () =>
+      generateSync({ secret: begin.body.secret, epoch: Math.floor(t.clock.now().getTime() / 1000) });
+    expect((await post(t.app, "/api/v1/me/totp/verify", { code: code() }, cookie)).status).toBe(200);
+    t.clock.advance(31_000);
+    expect(await subjects()).toEqual(
+      expect.arrayContaining([
+        "認証アプリが設定されました — Sekisho",
+        "リカバリーコードが再発行されました — Sekisho",
+      ]),
+    );
+
+    const step = await post(t.app, "/api/v1/login", { login_id: "taro.notice", password: STRONG_PASSWORD })
+      .set("X-Forwarded-For", "203.0.113.77")
+      .set(
+        "User-Agent",
+        "Mozilla/5.0 (Linux; Android 14) AppleWebKit/537.36 Chrome/130.0 Mobile Safari/537.36",
+      );
+    const done = await post(t.app, "/api/v1/login/totp", { mfa_token: step.body.mfa_token, code: code() })
+      .set("X-Forwarded-For", "203.0.113.77")
+      .set(
+        "User-Agent",
+        "Mozilla/5.0 (Linux; Android 14) AppleWebKit/537.36 Chrome/130.0 Mobile Safari/537.36",
+      );
+    expect(done.status).toBe(200);
+    await t.s.mailer.runDue();
+    const notice = smtp.to(PROFILE.email).find((m) => m.subject.startsWith("新しい端末からのサインイン"));
+    expect(notice?.text).toContain("203.0.113.0/24"); // the network, not the address
+    expect(notice?.text).not.toContain("203.0.113.77");
+    expect(notice?.text).toContain("Chrome / Android");
+    expect(notice?.text).toMatch(/2026年6月1日 18:0\d（日本時間）/); // the clock's 09:0x UTC, in Japan time
+    expect(notice?.text).toContain("パスワードを再設定");
+  });
+
+  it("tells the member when their account is protected after repeated failures", async () => {
+    for (let i = 0; i < 3; i++) {
+      await post(t.app, "/api/v1/login", {
+        login_id: "taro.notice",
+        password: `wrong guess ${i} abcdef`,
+      }).set("X-Forwarded-For", `198.51.100.${i + 1}`);
+    }
+    expect(await subjects()).toContain("不正なサインインの試みを検知しました — Sekisho");
+  });
+});
