@@ -50,7 +50,14 @@ function enableTotp(w: World, loginId: string): void {
   if (!w.s.factors.totp.activate(memberId, code)) throw new Error("TOTP activation failed");
 }
 
-type Outcome = "authenticated" | "mfa_required" | "failed" | "slowed" | "challenged" | "busy";
+type Outcome =
+  | "authenticated"
+  | "mfa_required"
+  | "mfa_enrollment_required"
+  | "failed"
+  | "slowed"
+  | "challenged"
+  | "busy";
 
 interface Tally {
   attempts: number;

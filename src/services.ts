@@ -29,6 +29,7 @@ import type { KeyringStore } from "./vault/keyring.js";
 import path from "node:path";
 import { Mailer } from "./mail/outbox.js";
 import { SecurityNotices } from "./mail/notices.js";
+import { MfaPolicies } from "./policy/mfa-policy.js";
 import { FileSender, type MailSender, SmtpSender } from "./mail/sender.js";
 import { OidcStore } from "./oidc/adapter.js";
 import { EmailAddresses } from "./recovery/email.js";
@@ -65,6 +66,7 @@ export interface Services {
   recovery: PasswordRecovery;
   passwordChange: PasswordChange;
   support: MemberSupport;
+  policy: MfaPolicies;
   decoys: Decoys;
   honeytokens: Honeytokens;
 }
@@ -109,6 +111,7 @@ export function buildServices(deps: {
     honeytokens,
   });
   const notices = new SecurityNotices({ db, clock, vault, mailer });
+  const policy = new MfaPolicies({ db, clock, audit });
   const sessions = new SessionService({
     db,
     clock,
@@ -148,6 +151,7 @@ export function buildServices(deps: {
   const devices = new DeviceRegistry({ db, clock });
   const pow = new ProofOfWork({ clock, maxNumber: guard.policy.challengeMaxNumber });
   const signIn = new PasswordSignIn({
+    policy,
     honeytokens,
     db,
     hasher,
@@ -161,6 +165,7 @@ export function buildServices(deps: {
     mfaTokens,
   });
   const secondFactor = new SecondFactorSignIn({
+    policy,
     notices,
     db,
     sessions,
@@ -170,7 +175,16 @@ export function buildServices(deps: {
     audit,
     guard,
   });
-  const enrolment = new FactorEnrolment({ db, clock, factors, audit, reauthMs: config.reauthMs, notices });
+  const enrolment = new FactorEnrolment({
+    db,
+    clock,
+    factors,
+    audit,
+    reauthMs: config.reauthMs,
+    notices,
+    policy,
+    sessions,
+  });
   const memberTokens = new MemberTokens({ db, clock });
   const emails = new EmailAddresses({
     db,
@@ -238,6 +252,7 @@ export function buildServices(deps: {
     audit,
   });
   return {
+    policy,
     support,
     decoys,
     honeytokens,

@@ -94,7 +94,7 @@ const anyBody = fc.oneof(
   fc.string(),
 );
 
-const ENDPOINTS: Array<["get" | "post" | "delete" | "patch", string]> = [
+const ENDPOINTS: Array<["get" | "post" | "put" | "delete" | "patch", string]> = [
   ["post", "/api/v1/registrations"],
   ["post", "/api/v1/login"],
   ["post", "/api/v1/login/totp"],
@@ -125,6 +125,12 @@ const ENDPOINTS: Array<["get" | "post" | "delete" | "patch", string]> = [
   ["get", "/api/v1/admin/audit"],
   ["get", "/api/v1/admin/audit/verify"],
   ["post", "/api/v1/admin/clients/x/pii-approval"],
+  ["get", "/api/v1/admin/mfa-policy"],
+  ["put", "/api/v1/admin/mfa-policy"],
+  ["get", "/api/v1/admin/clients/x/mfa-policy"],
+  ["put", "/api/v1/admin/clients/x/mfa-policy"],
+  ["delete", "/api/v1/admin/clients/x/mfa-policy"],
+  ["get", "/api/v1/admin/mfa-adoption"],
   ["post", "/api/v1/recovery/password"],
   ["post", "/api/v1/recovery/login-id"],
   ["post", "/api/v1/recovery/password/check"],

@@ -393,3 +393,20 @@ export const outbox = sqliteTable(
   },
   (t) => [index("outbox_due").on(t.status, t.nextAttemptAt)],
 );
+
+/**
+ * MFA policy: one row for all members (`global`) and one per member site that overrides it
+ * (`client:<client_id>`). `required_since` is when `mode` last became `required`: the grace
+ * period of a member without a factor runs from it or from their registration, whichever is later.
+ */
+export const mfaPolicies = sqliteTable("mfa_policies", {
+  scope: text("scope").primaryKey(),
+  mode: text("mode", { enum: ["off", "optional", "required"] }).notNull(),
+  graceDays: integer("grace_days").notNull(),
+  /** JSON array of "totp" and/or "webauthn". */
+  methods: text("methods").notNull(),
+  phishingResistant: integer("phishing_resistant", { mode: "boolean" }).notNull(),
+  requiredSince: integer("required_since"),
+  updatedAt: integer("updated_at").notNull(),
+  updatedBy: text("updated_by"),
+});

@@ -8,6 +8,9 @@ import { ApiError } from "../errors.js";
 import { ACR, satisfies } from "../sessions/levels.js";
 import type { Session } from "../sessions/sessions.js";
 import type { Factors } from "./methods.js";
+import type { MfaPolicies, PolicyMethod } from "../policy/mfa-policy.js";
+import type { SessionService } from "../sessions/sessions.js";
+import type { Amr } from "../sessions/levels.js";
 import type { SecurityNotices } from "../mail/notices.js";
 import type { SecurityNoticeKind } from "../mail/templates.js";
 
@@ -39,6 +42,8 @@ export class FactorEnrolment {
   readonly #reauthMs: number;
 
   readonly #notices: SecurityNotices | undefined;
+  readonly #policy: MfaPolicies | undefined;
+  readonly #sessions: SessionService | undefined;
 
   constructor(deps: {
     db: Db;
@@ -47,8 +52,12 @@ export class FactorEnrolment {
     audit: AuditLog;
     reauthMs: number;
     notices?: SecurityNotices;
+    policy?: MfaPolicies;
+    sessions?: SessionService;
   }) {
     this.#notices = deps.notices;
+    this.#policy = deps.policy;
+    this.#sessions = deps.sessions;
     this.#db = deps.db;
     this.#clock = deps.clock;
     this.#factors = deps.factors;
@@ -115,7 +124,55 @@ export class FactorEnrolment {
     }
   }
 
+  /** The MFA policy may restrict which factors can be added (`methods`), or all of them (`off`). */
+  #allowed(method: PolicyMethod): void {
+    if (this.#policy && !this.#policy.enrolmentAllowed(method)) {
+      throw new ApiError(
+        403,
+        "method_not_allowed",
+        "The MFA policy doesn't allow adding this kind of factor.",
+      );
+    }
+  }
+
+  /**
+   * A limited session (a sign-in that had to add a factor first) that just added one becomes a
+   * full session at the level of the factor it proved: the old token is revoked, a new one issued.
+   */
+  upgradeLimited(session: Session, via: "totp" | "webauthn"): { token: string; session: Session } | null {
+    if (session.kind !== "limited" || !this.#sessions) return null;
+    const level =
+      via === "totp"
+        ? { acr: ACR.mfa, amr: [...new Set<Amr>([...session.amr, "otp", "mfa"])] }
+        : { acr: ACR.phishingResistant, amr: [...new Set<Amr>([...session.amr, "hwk", "user", "mfa"])] };
+    return inTransaction(this.#db, () => {
+      this.#sessions?.revoke(session.memberId, session.id, "enrolled");
+      const created = this.#sessions?.create({
+        memberId: session.memberId,
+        acr: level.acr,
+        amr: level.amr,
+        ip: session.ip,
+        userAgent: session.userAgent,
+      }) as { token: string; session: Session };
+      this.#audit.append({
+        action: "session.enrolled",
+        outcome: "success",
+        actorType: "member",
+        actorId: session.memberId,
+        memberId: session.memberId,
+        details: {
+          replaced_session_id: session.id,
+          session_id: created.session.id,
+          acr: level.acr,
+          amr: level.amr,
+        },
+      });
+      return created;
+    });
+  }
+
   beginTotp(session: Session): { secret: string; otpauthUri: string } {
+    this.#allowed("totp");
     this.requireStrongRecent(session);
     const m = this.member(session);
     return this.#factors.totp.begin(m.id, m.loginId);
@@ -164,6 +221,7 @@ export class FactorEnrolment {
   }
 
   async passkeyOptions(session: Session) {
+    this.#allowed("webauthn");
     this.requireStrongRecent(session);
     const m = this.member(session);
     // Admins' passkeys must verify the user (PIN or biometrics); members' should.

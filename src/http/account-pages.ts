@@ -54,6 +54,9 @@ const A = {
       "端末をなくしたときに使うコードです。この画面を離れると二度と表示されません。安全な場所に保管してください。各コードは1回だけ使えます。",
     done: "保管しました",
     reauth: "この変更には、直近のサインインが必要です。もう一度サインインしてください。",
+    enrolTitle: "2段階認証の設定が必要です",
+    enrolLead:
+      "このサービスでは2段階認証が必須になりました。続けるには、パスキー（おすすめ）または認証アプリを設定してください。",
     emailHeading: "メールアドレス",
     verified: "確認済み",
     unverified: "未確認",
@@ -133,6 +136,9 @@ const A = {
       "Use these if you lose your device. They are shown only now: keep them somewhere safe. Each code works once.",
     done: "I have saved them",
     reauth: "This change needs a recent sign-in. Please sign in again.",
+    enrolTitle: "Set up two-step verification",
+    enrolLead:
+      "Two-step verification is now required. To continue, add a passkey (recommended) or an authenticator app.",
     emailHeading: "E-mail address",
     verified: "verified",
     unverified: "not verified",
@@ -359,6 +365,24 @@ ${v.email && !v.emailVerified ? postButton("/account/email/resend", a.resend) : 
     .join("")}</ul></section>
 <section>${postButton("/account/logout", a.signOut)}</section>`;
   return layout(lang, a.accountTitle, body, `/account?lang=${lang === "ja" ? "en" : "ja"}`, true);
+}
+
+/** A limited session (the MFA policy wants a factor first): only adding one is possible. */
+export function enrolPage(lang: Lang, allowed: { totp: boolean; passkey: boolean }): string {
+  const a = A[lang];
+  const body = `<h1>${e(a.enrolTitle)}</h1><p class="lead">${e(a.enrolLead)}</p>
+${passkeySupport(lang)}
+${
+  allowed.passkey
+    ? `<section><h2>${e(a.passkeysHeading)}</h2>
+<label for="passkey_name">${e(a.passkeyName)}</label><input type="text" id="passkey_name" maxlength="64">
+<button type="button" data-passkey-register>${e(a.addPasskey)}</button>
+<div data-recovery-codes hidden><div class="ok" role="status">${e(a.added.passkey)}</div><h2>${e(a.codesTitle)}</h2><p>${e(a.codesLead)}</p><ol class="codes"></ol><p><a href="/account?notice=passkey">${e(a.done)}</a></p></div></section>`
+    : ""
+}
+${allowed.totp ? `<section><h2>${e(a.totpHeading)}</h2>${postButton("/account/totp", a.totpSetup, "")}</section>` : ""}
+<section>${postButton("/account/logout", a.signOut)}</section>`;
+  return layout(lang, a.enrolTitle, body, `/account?lang=${lang === "ja" ? "en" : "ja"}`, true);
 }
 
 export function totpEnrolPage(lang: Lang, opts: { qrSvg: string; secret: string; error?: boolean }): string {

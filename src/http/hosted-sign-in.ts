@@ -70,11 +70,12 @@ export async function passwordStep(
   req: Request,
   res: Response,
   form: z.infer<typeof loginForm>,
+  site: { clientId?: string | null; acrValues?: string | null } = {},
 ): Promise<Outcome<SignInResult>> {
   try {
     const value = await s.signIn.signIn(
       { loginId: form.login_id, password: form.password, challengeSolution: form.challenge_solution },
-      context(req, res),
+      { ...context(req, res), ...site },
     );
     return { ok: true, value };
   } catch (err) {

@@ -116,10 +116,13 @@ export function sessionLoader(sessions: SessionService): RequestHandler {
   };
 }
 
-/** The signed-in member's full session, or 401. */
-export function requireSession(res: Response): Session {
+/**
+ * The signed-in member's full session, or 401. With `limited`, also a limited one (a sign-in that
+ * must add a factor first: only reading /me and adding a factor accept it).
+ */
+export function requireSession(res: Response, opts: { limited?: boolean } = {}): Session {
   const session = locals(res).session;
-  if (session?.kind !== "full") {
+  if (!session || (session.kind !== "full" && !(opts.limited && session.kind === "limited"))) {
     throw new ApiError(401, "unauthenticated", "Sign in first.");
   }
   return session;

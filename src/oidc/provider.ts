@@ -45,6 +45,7 @@ export interface Oidc {
   clients: Clients;
   /** The member's live full session from the request's cookie, if any. */
   sessionOf(cookieHeader: string | undefined): Session | null;
+  requiredAcr(memberId: string, clientId: string | null, acrValues: string | null): string;
   subjectOf(memberId: string): string | null;
 }
 
@@ -73,6 +74,17 @@ export function createOidc(s: Services): Oidc {
     return session?.kind === "full" ? session : null;
   };
 
+  /** The level this member's sign-in to this site must reach: MFA policies and acr_values. */
+  const requiredAcr = (memberId: string, clientId: string | null, acrValues: string | null): string => {
+    const member = s.db
+      .select({ createdAt: members.createdAt })
+      .from(members)
+      .where(eq(members.id, memberId))
+      .get();
+    if (!member) return ACR.phishingResistant;
+    return s.policy.requirement(member, s.factors.of(memberId), { clientId, acrValues }).acr;
+  };
+
   // The login prompt also asks whenever the Sekisho session is missing, belongs to someone else,
   // or is below the requested level: our session, not oidc-provider's cookie, is the truth.
   const policy = interactionPolicy.base();
@@ -87,8 +99,8 @@ export function createOidc(s: Services): Oidc {
         if (!session) return interactionPolicy.Check.REQUEST_PROMPT;
         if (ctx.oidc.session?.accountId !== subjectOf(session.memberId))
           return interactionPolicy.Check.REQUEST_PROMPT;
-        const wanted = requestedAcr(ctx);
-        if (wanted && !satisfies(session.acr, wanted)) return interactionPolicy.Check.REQUEST_PROMPT;
+        const wanted = requiredAcr(session.memberId, ctx.oidc.client?.clientId ?? null, requestedAcr(ctx));
+        if (!satisfies(session.acr, wanted)) return interactionPolicy.Check.REQUEST_PROMPT;
         return interactionPolicy.Check.NO_NEED_TO_PROMPT;
       },
     ),
@@ -274,7 +286,7 @@ export function createOidc(s: Services): Oidc {
     ctx.cookies.set(SESSION_COOKIE, null, { signed: false, path: "/", httpOnly: true, sameSite: "lax" });
   });
   provider.on("server_error", (_ctx: unknown, err: Error) => s.logger.error({ err }, "oidc server_error"));
-  return { provider, store, clients, sessionOf, subjectOf };
+  return { provider, store, clients, sessionOf, subjectOf, requiredAcr };
 }
 
 function requestedAcr(ctx: KoaContextWithOIDC): string | null {

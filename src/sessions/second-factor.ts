@@ -9,7 +9,8 @@ import type { Factors } from "../factors/methods.js";
 import type { AssertionResult, CeremonyBinding } from "../factors/passkeys.js";
 import type { Attempt, LoginGuard } from "../throttle/engine.js";
 import type { DeviceRegistry } from "./devices.js";
-import { ACR, type Acr, type Amr, acrRank } from "./levels.js";
+import { ACR, type Acr, type Amr, acrRank, satisfies } from "./levels.js";
+import type { MfaPolicies, PolicyMethod } from "../policy/mfa-policy.js";
 import type { MfaTokens, PendingMfa } from "./mfa-tokens.js";
 import type { Session, SessionService } from "./sessions.js";
 import { tooManyAttempts } from "./sign-in.js";
@@ -51,6 +52,11 @@ export type FactorResult =
       memberId: string;
       /** A new `sekisho_device` cookie to set (first factor sign-in from this device). */
       deviceToken: string | null;
+      /**
+       * The MFA policy wants a factor this sign-in didn't use (only passkeys are phishing-resistant):
+       * the session is limited to adding one of these.
+       */
+      enrolmentRequired?: PolicyMethod[];
     }
   | { status: "failed" };
 
@@ -75,9 +81,11 @@ export class SecondFactorSignIn {
   readonly #guard: LoginGuard;
   readonly #stepUpFailures = new Map<string, number>();
   readonly #notices: SecurityNotices | undefined;
+  readonly #policy: MfaPolicies | undefined;
 
   constructor(deps: {
     notices?: SecurityNotices;
+    policy?: MfaPolicies;
     db: Db;
     sessions: SessionService;
     tokens: MfaTokens;
@@ -94,6 +102,7 @@ export class SecondFactorSignIn {
     this.#audit = deps.audit;
     this.#guard = deps.guard;
     this.#notices = deps.notices;
+    this.#policy = deps.policy;
   }
 
   /** Resolve the subject of a TOTP / recovery-code / passkey second step. */
@@ -243,6 +252,18 @@ export class SecondFactorSignIn {
       level = { acr, amr };
     }
     const kind = stepUp ? "step_up" : pending ? "second_factor" : "passwordless";
+    // The global MFA policy may want more than this factor gives (a passkey where TOTP was used):
+    // the member passed a factor, so a limited session that can add the one wanted is safe.
+    let enrolmentRequired: PolicyMethod[] | undefined;
+    if (kind === "second_factor" && this.#policy) {
+      const m = this.#db
+        .select({ createdAt: members.createdAt })
+        .from(members)
+        .where(eq(members.id, who))
+        .get();
+      const need = m ? this.#policy.requirement(m, this.#factors.of(who)) : null;
+      if (need && !satisfies(level.acr, need.acr)) enrolmentRequired = need.methods;
+    }
 
     let outcome: { token: string; session: Session; deviceToken: string | null };
     try {
@@ -258,7 +279,11 @@ export class SecondFactorSignIn {
         if (stepUp && !this.#sessions.revoke(stepUp.memberId, stepUp.id, "stepped_up"))
           throw new Rollback("race");
         if (!stepUp && ctx.previousToken) this.#revokePrevious(ctx.previousToken);
-        return this.#establish(who, level, kind, proof, ctx, { stepUp, passkeyId });
+        return this.#establish(who, level, kind, proof, ctx, {
+          stepUp,
+          passkeyId,
+          limited: !!enrolmentRequired,
+        });
       });
     } catch (err) {
       if (!(err instanceof Rollback)) throw err;
@@ -276,7 +301,12 @@ export class SecondFactorSignIn {
     }
     settle("success");
     if (stepUp) this.#stepUpFailures.delete(stepUp.id);
-    return { status: "authenticated", memberId: who, ...outcome };
+    return {
+      status: "authenticated",
+      memberId: who,
+      ...outcome,
+      ...(enrolmentRequired ? { enrolmentRequired } : {}),
+    };
   }
 
   #revokePrevious(token: string): void {
@@ -291,7 +321,7 @@ export class SecondFactorSignIn {
     kind: "passwordless" | "step_up" | "second_factor",
     proof: FactorProof,
     ctx: FactorContext,
-    extra: { stepUp: Session | null; passkeyId: string | undefined },
+    extra: { stepUp: Session | null; passkeyId: string | undefined; limited?: boolean },
   ) {
     const { token, session: created } = this.#sessions.create({
       memberId: who,
@@ -299,6 +329,7 @@ export class SecondFactorSignIn {
       amr: level.amr,
       ip: ctx.ip,
       userAgent: ctx.userAgent,
+      ...(extra.limited ? { kind: "limited" as const } : {}),
     });
     const base = {
       actorType: "member" as const,

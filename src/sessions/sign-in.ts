@@ -13,6 +13,7 @@ import type { DeviceRegistry } from "./devices.js";
 import { blindIndex } from "../vault/blind-index.js";
 import type { KeyringStore } from "../vault/keyring.js";
 import { ACR } from "./levels.js";
+import type { MfaPolicies, PolicyMethod } from "../policy/mfa-policy.js";
 import type { MfaTokens } from "./mfa-tokens.js";
 import type { Session, SessionService } from "./sessions.js";
 
@@ -24,10 +25,22 @@ export interface SignInContext {
   previousToken: string | null;
   /** The `sekisho_device` cookie: a member's own device is trusted by the throttle. */
   deviceToken?: string | null;
+  /** The member site the sign-in is for (an OIDC interaction), for its MFA policy. */
+  clientId?: string | null;
+  /** The level the site asked for (`acr_values`). */
+  acrValues?: string | null;
 }
 
 export type SignInResult =
-  | { status: "authenticated"; token: string; session: Session; memberId: string }
+  | { status: "authenticated"; token: string; session: Session; memberId: string; graceEndsAt: number | null }
+  | {
+      status: "mfa_enrollment_required";
+      /** A limited session: it can add a factor (and read /me), nothing else. */
+      token: string;
+      session: Session;
+      memberId: string;
+      methods: PolicyMethod[];
+    }
   | { status: "mfa_required"; mfaToken: string; methods: FactorMethod[]; memberId: string }
   | { status: "failed" };
 
@@ -56,9 +69,11 @@ export class PasswordSignIn {
   readonly #factors: Factors;
   readonly #mfaTokens: MfaTokens;
   readonly #honeytokens: Honeytokens | undefined;
+  readonly #policy: MfaPolicies | undefined;
 
   constructor(deps: {
     honeytokens?: Honeytokens;
+    policy?: MfaPolicies;
     db: Db;
     hasher: PasswordHasher;
     sessions: SessionService;
@@ -81,6 +96,7 @@ export class PasswordSignIn {
     this.#factors = deps.factors;
     this.#mfaTokens = deps.mfaTokens;
     this.#honeytokens = deps.honeytokens;
+    this.#policy = deps.policy;
   }
 
   async signIn(
@@ -153,7 +169,15 @@ export class PasswordSignIn {
     input: { loginId: string; password: string },
     ctx: SignInContext,
     loginId: string,
-    member: { id: string; passwordHash: string | null; pepperId: string | null; status: string } | undefined,
+    member:
+      | {
+          id: string;
+          passwordHash: string | null;
+          pepperId: string | null;
+          status: string;
+          createdAt: number;
+        }
+      | undefined,
     settle: (outcome: "success" | "failure" | "neither") => void,
     trusted: boolean,
   ): Promise<SignInResult> {
@@ -187,7 +211,14 @@ export class PasswordSignIn {
     const rehashed = this.#hasher.needsRehash(stored) ? await this.#hasher.hash(input.password) : null;
     const factors = this.#factors.of(member.id);
     const enrolled = factors.enrolled;
-    const methods = methodsOf(factors);
+    const need = this.#policy?.requirement(member, factors, {
+      clientId: ctx.clientId,
+      acrValues: ctx.acrValues,
+    });
+    // Where only a passkey satisfies the policy and the member has one, only it is offered.
+    const methods = methodsOf(factors).filter(
+      (m) => need?.acr !== ACR.phishingResistant || factors.passkeys === 0 || m === "webauthn",
+    );
     // A right password clears the counts only when it completes the sign-in: with a second
     // factor due they stay until that passes too — otherwise each password step would buy an
     // attacker who has the password fresh guesses at the code.
@@ -218,12 +249,15 @@ export class PasswordSignIn {
         return { status: "mfa_required", mfaToken, methods, memberId: member.id };
       }
       if (ctx.previousToken) this.#revokePrevious(ctx.previousToken);
+      // No factor, and the MFA policy's grace period is over: a session that can only add one.
+      const enrol = need?.enrol === true;
       const { token, session } = this.#sessions.create({
         memberId: member.id,
         acr: ACR.password,
         amr: ["pwd"],
         ip: ctx.ip,
         userAgent: ctx.userAgent,
+        ...(enrol ? { kind: "limited" as const } : {}),
       });
       this.#audit.append({
         action: "login.password",
@@ -233,9 +267,30 @@ export class PasswordSignIn {
         memberId: member.id,
         ip: ctx.ip,
         requestId: ctx.requestId,
-        details: { session_id: session.id, acr: session.acr, amr: session.amr, rehashed: !!rehashed },
+        details: {
+          session_id: session.id,
+          acr: session.acr,
+          amr: session.amr,
+          rehashed: !!rehashed,
+          ...(enrol ? { next: "mfa_enrollment" } : {}),
+        },
       });
-      return { status: "authenticated" as const, token, session, memberId: member.id };
+      if (enrol) {
+        return {
+          status: "mfa_enrollment_required" as const,
+          token,
+          session,
+          memberId: member.id,
+          methods: need?.methods ?? ["totp", "webauthn"],
+        };
+      }
+      return {
+        status: "authenticated" as const,
+        token,
+        session,
+        memberId: member.id,
+        graceEndsAt: need?.graceEndsAt ?? null,
+      };
     });
   }
 
@@ -247,6 +302,7 @@ export class PasswordSignIn {
         passwordHash: members.passwordHash,
         pepperId: members.pepperId,
         status: members.status,
+        createdAt: members.createdAt,
       })
       .from(members)
       .where(eq(members.loginId, sql.placeholder("loginId")))

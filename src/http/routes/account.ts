@@ -9,6 +9,7 @@ import { type Session, sessionTokenFrom } from "../../sessions/sessions.js";
 import {
   type AccountError,
   accountPage,
+  enrolPage,
   mfaPage,
   type Notice,
   recoveryCodesPage,
@@ -58,10 +59,10 @@ export function accountRoutes(s: Services): Router {
     pageHeaders(res);
     res.status(status).type("html").send(body);
   };
-  const sessionOf = (req: Request): Session | null => {
+  const sessionOf = (req: Request, opts: { limited?: boolean } = {}): Session | null => {
     const token = sessionTokenFrom(req.get("cookie"));
     const session = token ? s.sessions.authenticate(token) : null;
-    return session?.kind === "full" ? session : null;
+    return session?.kind === "full" || (opts.limited && session?.kind === "limited") ? session : null;
   };
   const backTo = (res: Response, where: string) => res.redirect(303, where);
 
@@ -128,6 +129,7 @@ export function accountRoutes(s: Services): Router {
     const result = step.value;
     if (result.status === "failed") return showLogin(req, res, 401, "invalid", body.data.login_id);
     if (result.status === "mfa_required") return showMfa(req, res, 200, result.memberId, result.mfaToken);
+    // (mfa_enrollment_required: a limited session; the account page shows only adding a factor.)
     setSessionCookie(res, result.token, s.config.secureCookies);
     return backTo(res, "/account");
   });
@@ -153,8 +155,19 @@ export function accountRoutes(s: Services): Router {
   });
 
   r.get("/account", (req, res) => {
-    const session = sessionOf(req);
+    const session = sessionOf(req, { limited: true });
     if (!session) return backTo(res, `/account/login?lang=${lang(req)}`);
+    if (session.kind === "limited") {
+      // The MFA policy wants a factor before anything else.
+      return html(
+        res,
+        200,
+        enrolPage(lang(req), {
+          totp: s.policy.enrolmentAllowed("totp"),
+          passkey: s.policy.enrolmentAllowed("webauthn"),
+        }),
+      );
+    }
     const member = s.enrolment.member(session);
     const f = s.factors.of(session.memberId);
     const device = s.devices.recognise(deviceTokenFrom(req.get("cookie")), session.memberId);
@@ -224,9 +237,12 @@ export function accountRoutes(s: Services): Router {
 
   /** A signed-in form post; an old sign-in is sent to sign in again for sensitive changes. */
   const signedIn =
-    (handler: (req: Request, res: Response, session: Session) => Promise<void> | void) =>
+    (
+      handler: (req: Request, res: Response, session: Session) => Promise<void> | void,
+      opts: { limited?: boolean } = {},
+    ) =>
     async (req: Request, res: Response) => {
-      const session = sessionOf(req);
+      const session = sessionOf(req, opts);
       if (!session) return backTo(res, "/account/login");
       try {
         await handler(req, res, session);
@@ -244,31 +260,41 @@ export function accountRoutes(s: Services): Router {
   r.post(
     "/account/totp",
     ...form,
-    signedIn(async (req, res, session) => {
-      const { secret, otpauthUri } = s.enrolment.beginTotp(session);
-      html(res, 200, totpEnrolPage(lang(req), { qrSvg: await qr(otpauthUri), secret }));
-    }),
+    signedIn(
+      async (req, res, session) => {
+        const { secret, otpauthUri } = s.enrolment.beginTotp(session);
+        html(res, 200, totpEnrolPage(lang(req), { qrSvg: await qr(otpauthUri), secret }));
+      },
+      { limited: true },
+    ),
   );
 
   r.post(
     "/account/totp/verify",
     ...form,
-    signedIn(async (req, res, session) => {
-      const body = codeForm.safeParse(req.body);
-      const codes = body.success ? s.enrolment.activateTotp(session, body.data.code, ctx(res)) : null;
-      if (codes) return html(res, 200, recoveryCodesPage(lang(req), codes));
-      const pending = s.enrolment.pendingTotp(session);
-      if (!pending) return backTo(res, "/account");
-      html(
-        res,
-        400,
-        totpEnrolPage(lang(req), {
-          qrSvg: await qr(pending.otpauthUri),
-          secret: pending.secret,
-          error: true,
-        }),
-      );
-    }),
+    signedIn(
+      async (req, res, session) => {
+        const body = codeForm.safeParse(req.body);
+        const codes = body.success ? s.enrolment.activateTotp(session, body.data.code, ctx(res)) : null;
+        if (codes) {
+          const upgraded = s.enrolment.upgradeLimited(session, "totp");
+          if (upgraded) setSessionCookie(res, upgraded.token, s.config.secureCookies);
+          return html(res, 200, recoveryCodesPage(lang(req), codes));
+        }
+        const pending = s.enrolment.pendingTotp(session);
+        if (!pending) return backTo(res, "/account");
+        html(
+          res,
+          400,
+          totpEnrolPage(lang(req), {
+            qrSvg: await qr(pending.otpauthUri),
+            secret: pending.secret,
+            error: true,
+          }),
+        );
+      },
+      { limited: true },
+    ),
   );
 
   r.post(
@@ -383,7 +409,7 @@ export function accountRoutes(s: Services): Router {
   );
 
   r.post("/account/logout", ...form, (req, res) => {
-    const session = sessionOf(req);
+    const session = sessionOf(req, { limited: true });
     if (session) logOut(s, session, ctx(res));
     clearSessionCookie(res, s.config.secureCookies);
     backTo(res, "/account/login");

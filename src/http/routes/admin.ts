@@ -14,6 +14,8 @@ import { emailInput } from "../../members/profile-input.js";
 import { PROFILE_FIELDS, type Profile } from "../../members/profile.js";
 import { resolveLoginInput } from "../../members/login-id.js";
 import { text } from "../../validation.js";
+import { Clients } from "../../oidc/clients.js";
+import { policyInput, toJson } from "../../policy/mfa-policy.js";
 
 const memberIdParam = z.string().regex(/^m_[A-Za-z0-9_-]{22}$/);
 const reasonText = text(500, { min: 3 });
@@ -284,6 +286,95 @@ export function adminRoutes(s: Services): Router {
       details: { client_id: id.data, was_blocked: was },
     });
     res.json({ client_id: id.data, was_blocked: was });
+  });
+
+  const by = (res: Response, admin: Session) => ({
+    adminId: admin.memberId,
+    ip: locals(res).ip,
+    requestId: locals(res).requestId,
+  });
+  const parsePolicy = (body: unknown) => {
+    const p = policyInput.safeParse(body);
+    if (!p.success) {
+      throw new ApiError(
+        400,
+        "invalid_request",
+        p.error.issues.map((i) => `${i.path.join(".") || "body"}: ${i.message}`).join("; "),
+      );
+    }
+    return p.data;
+  };
+  const knownClient = async (raw: unknown): Promise<string> => {
+    const id = clientIdParam.safeParse(raw);
+    const meta = id.success
+      ? await new Clients({ db: s.db, clock: s.clock, audit: s.audit }).metadata(id.data)
+      : undefined;
+    if (!id.success || !meta) throw new ApiError(404, "not_found", "No such client.");
+    return id.data;
+  };
+
+  r.get("/admin/mfa-policy", (_req, res) => {
+    requireAdmin(res);
+    res.json(toJson(s.policy.global()));
+  });
+
+  r.put("/admin/mfa-policy", (req, res) => {
+    const admin = requireAdmin(res);
+    res.json(toJson(s.policy.set(null, parsePolicy(req.body), by(res, admin))));
+  });
+
+  r.get("/admin/clients/:client_id/mfa-policy", async (req, res) => {
+    requireAdmin(res);
+    const clientId = await knownClient(req.params.client_id);
+    const own = s.policy.client(clientId);
+    res.json({ client_id: clientId, override: own ? toJson(own) : null, global: toJson(s.policy.global()) });
+  });
+
+  r.put("/admin/clients/:client_id/mfa-policy", async (req, res) => {
+    const admin = requireAdmin(res);
+    const clientId = await knownClient(req.params.client_id);
+    res.json({
+      client_id: clientId,
+      ...toJson(s.policy.set(clientId, parsePolicy(req.body), by(res, admin))),
+    });
+  });
+
+  r.delete("/admin/clients/:client_id/mfa-policy", async (req, res) => {
+    const admin = requireAdmin(res);
+    const clientId = await knownClient(req.params.client_id);
+    s.policy.clear(clientId, by(res, admin));
+    res.status(204).end();
+  });
+
+  // MFA adoption: how many members have what, and how many are past the grace period.
+  r.get("/admin/mfa-adoption", (_req, res) => {
+    const admin = requireAdmin(res);
+    const g = s.policy.global();
+    const now = s.clock.now().getTime();
+    const row = s.db.$client
+      .prepare<[number, number, number, number], Record<string, number | null>>(
+        `SELECT count(*) AS members, sum(t) AS totp, sum(p) AS passkeys, sum(t OR p) AS any_factor,
+                sum(NOT (t OR p)) AS none,
+                sum(NOT (t OR p) AND ? = 1 AND max(?, created_at) + ? <= ?) AS past_grace
+           FROM (SELECT m.created_at,
+                        EXISTS (SELECT 1 FROM totp_factors f WHERE f.member_id = m.id AND f.secret IS NOT NULL) AS t,
+                        EXISTS (SELECT 1 FROM webauthn_credentials w WHERE w.member_id = m.id) AS p
+                   FROM members m WHERE m.role = 'member')`,
+      )
+      .get(g.mode === "required" ? 1 : 0, g.requiredSince ?? 0, g.graceDays * 86_400_000, now) as Record<
+      string,
+      number | null
+    >;
+    audit(res, admin, "admin.mfa_adoption_viewed", {});
+    res.json({
+      members: row.members ?? 0,
+      with_totp: row.totp ?? 0,
+      with_passkeys: row.passkeys ?? 0,
+      with_any_factor: row.any_factor ?? 0,
+      without_factor: row.none ?? 0,
+      past_grace: row.past_grace ?? 0,
+      policy: toJson(g),
+    });
   });
 
   r.post("/admin/members/:member_id/unlock", (req, res) => {

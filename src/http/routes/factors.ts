@@ -4,6 +4,7 @@ import { ApiError } from "../../errors.js";
 import { cleanPasskeyName, registrationResponse } from "../../factors/passkeys.js";
 import type { Services } from "../../services.js";
 import { locals, requireSession } from "../middleware.js";
+import { setSessionCookie } from "../cookies.js";
 
 const codeBody = z.object({ code: z.string().min(1).max(64) });
 const passkeyBody = z.object({ response: registrationResponse, name: z.string().max(256).optional() });
@@ -19,12 +20,12 @@ export function factorRoutes(s: Services): Router {
   const ctx = (res: Response) => ({ ip: locals(res).ip, requestId: locals(res).requestId });
 
   r.post("/me/totp", (_req, res) => {
-    const { secret, otpauthUri } = e.beginTotp(requireSession(res));
+    const { secret, otpauthUri } = e.beginTotp(requireSession(res, { limited: true }));
     res.status(200).json({ secret, otpauth_uri: otpauthUri });
   });
 
   r.post("/me/totp/verify", (req, res) => {
-    const session = requireSession(res);
+    const session = requireSession(res, { limited: true });
     const { code } = codeBody.parse(req.body);
     const codes = e.activateTotp(session, code, ctx(res));
     if (!codes)
@@ -33,7 +34,9 @@ export function factorRoutes(s: Services): Router {
         "invalid_code",
         "The code does not match; check the app's clock and try again.",
       );
-    res.status(200).json({ recovery_codes: codes });
+    const upgraded = e.upgradeLimited(session, "totp");
+    if (upgraded) setSessionCookie(res, upgraded.token, s.config.secureCookies);
+    res.status(200).json({ recovery_codes: codes, ...(upgraded ? { status: "authenticated" } : {}) });
   });
 
   r.delete("/me/totp", (_req, res) => {
@@ -48,18 +51,22 @@ export function factorRoutes(s: Services): Router {
   });
 
   r.post("/me/passkeys/options", async (_req, res) => {
-    res.json(await e.passkeyOptions(requireSession(res)));
+    res.json(await e.passkeyOptions(requireSession(res, { limited: true })));
   });
 
   r.post("/me/passkeys", async (req, res) => {
-    const session = requireSession(res);
+    const session = requireSession(res, { limited: true });
     const body = passkeyBody.parse(req.body);
     const name = body.name === undefined ? "Passkey" : cleanPasskeyName(body.name);
     if (name === null) throw badName();
     const added = await e.addPasskey(session, body.response as never, name, ctx(res));
-    res
-      .status(201)
-      .json(added.recoveryCodes ? { id: added.id, recovery_codes: added.recoveryCodes } : { id: added.id });
+    const upgraded = e.upgradeLimited(session, "webauthn");
+    if (upgraded) setSessionCookie(res, upgraded.token, s.config.secureCookies);
+    res.status(201).json({
+      id: added.id,
+      ...(added.recoveryCodes ? { recovery_codes: added.recoveryCodes } : {}),
+      ...(upgraded ? { status: "authenticated" } : {}),
+    });
   });
 
   r.patch("/me/passkeys/:id", (req, res) => {

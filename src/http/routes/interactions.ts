@@ -66,11 +66,16 @@ export function interactionRoutes(s: Services, oidc: Oidc): Router {
   };
 
   type Details = { params: Record<string, unknown>; prompt: { reasons: string[] }; iat?: number };
+  /** The level this member's sign-in must reach here: the MFA policies (global, site) and acr_values. */
+  const neededAcr = (memberId: string, details: Details) =>
+    oidc.requiredAcr(
+      memberId,
+      (details.params.client_id as string | undefined) ?? null,
+      requestedAcr(details.params) ?? null,
+    );
   /** Is this session good enough for the interaction? */
-  const sessionSatisfies = (session: Session | null, details: Details) => {
-    const acr = requestedAcr(details.params);
-    return fresh(session, details) && !(acr && session && !satisfies(session.acr, acr));
-  };
+  const sessionSatisfies = (session: Session | null, details: Details) =>
+    !!session && fresh(session, details) && satisfies(session.acr, neededAcr(session.memberId, details));
   /** Is the session recent enough (max_age, prompt=login), whatever its level? */
   const fresh = (session: Session | null, details: Details) => {
     if (!session) return false;
@@ -178,7 +183,8 @@ export function interactionRoutes(s: Services, oidc: Oidc): Router {
       if (sessionSatisfies(session, details) && session) return finishLogin(req, res, session);
       // Signed in recently enough but at too low a level: step up instead of a new password.
       if (session && fresh(session, details) && !details.params[SILENT_PARAM]) {
-        const methods = stepUpMethods(session.memberId, requestedAcr(details.params));
+        // (No usable method: the page says to add a factor on the account page first.)
+        const methods = stepUpMethods(session.memberId, neededAcr(session.memberId, details));
         return renderMfa(req, res, 200, { methods, stepUp: true });
       }
     }
@@ -196,7 +202,16 @@ export function interactionRoutes(s: Services, oidc: Oidc): Router {
     if (details.prompt.name !== "login") return render(req, res, 400, "badRequest");
     const form = loginForm.safeParse(req.body);
     if (!form.success) return render(req, res, 400, "badRequest");
-    const step = await passwordStep(s, req, res, { ...form.data });
+    const step = await passwordStep(
+      s,
+      req,
+      res,
+      { ...form.data },
+      {
+        clientId: (details.params.client_id as string | undefined) ?? null,
+        acrValues: requestedAcr(details.params) ?? null,
+      },
+    );
     if (!step.ok) return render(req, res, step.status, step.error, form.data.login_id, step.challenge);
     const result = step.value;
     if (result.status === "failed") return render(req, res, 401, "invalid", form.data.login_id);
@@ -204,6 +219,15 @@ export function interactionRoutes(s: Services, oidc: Oidc): Router {
       return renderMfa(req, res, 200, { methods: result.methods, mfaToken: result.mfaToken });
     }
     setSessionCookie(res, result.token, s.config.secureCookies);
+    // The site's MFA policy wants a factor this member doesn't have yet: the page sends them to the
+    // account page, where the limited session can add one.
+    if (result.status === "mfa_enrollment_required") return renderMfa(req, res, 200, { methods: [] });
+    // A password session where the site's policy needs more (a member in the grace period of the
+    // global policy signing in to a stricter site): step up, or add a factor.
+    if (!satisfies(result.session.acr, neededAcr(result.session.memberId, details))) {
+      const methods = stepUpMethods(result.session.memberId, neededAcr(result.session.memberId, details));
+      return renderMfa(req, res, 200, { methods, stepUp: true });
+    }
     return finishLogin(req, res, result.session);
   });
 
@@ -224,7 +248,7 @@ export function interactionRoutes(s: Services, oidc: Oidc): Router {
       if (!memberId) return render(req, res, 401, "expired");
       const methods =
         "session" in subject
-          ? stepUpMethods(memberId, requestedAcr(details.params))
+          ? stepUpMethods(memberId, neededAcr(memberId, details))
           : s.factors.methods(memberId);
       return renderMfa(req, res, 401, {
         methods,
@@ -234,6 +258,14 @@ export function interactionRoutes(s: Services, oidc: Oidc): Router {
     }
     setSessionCookie(res, result.token, s.config.secureCookies);
     if (result.deviceToken) setDeviceCookie(res, result.deviceToken, s.config.secureCookies);
+    // Still below what the site needs (e.g. TOTP where only a passkey will do): step up again.
+    const needed = neededAcr(result.session.memberId, details);
+    if (!satisfies(result.session.acr, needed)) {
+      return renderMfa(req, res, 200, {
+        methods: stepUpMethods(result.session.memberId, needed),
+        stepUp: true,
+      });
+    }
     return finishLogin(req, res, result.session);
   });
 

@@ -51,7 +51,7 @@ export function meRoutes(s: Services): Router {
   const r = Router();
 
   r.get("/me", (_req, res) => {
-    const session = requireSession(res);
+    const session = requireSession(res, { limited: true });
     const l = locals(res);
     const member = s.db.select().from(members).where(eq(members.id, session.memberId)).get();
     if (!member) throw new ApiError(401, "unauthenticated", "Sign in first.");

@@ -69,7 +69,18 @@ export function registrationAndLoginRoutes(s: Services): Router {
       return;
     }
     setSessionCookie(res, result.token, s.config.secureCookies);
-    res.status(200).json({ status: "authenticated" });
+    if (result.status === "mfa_enrollment_required") {
+      // The cookie is a limited session: it can add a factor (POST /me/totp, /me/passkeys…) and
+      // read /me; adding one turns it into a full session.
+      res.status(200).json({ status: "mfa_enrollment_required", methods: result.methods });
+      return;
+    }
+    res.status(200).json({
+      status: "authenticated",
+      ...(result.graceEndsAt !== null
+        ? { mfa_enrollment_due: new Date(result.graceEndsAt).toISOString() }
+        : {}),
+    });
   });
 
   r.post("/logout", (_req, res) => {

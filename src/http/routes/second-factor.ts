@@ -49,6 +49,10 @@ export function secondFactorRoutes(s: Services): Router {
     }
     setSessionCookie(res, result.token, s.config.secureCookies);
     if (result.deviceToken) setDeviceCookie(res, result.deviceToken, s.config.secureCookies);
+    if (result.enrolmentRequired) {
+      res.status(200).json({ status: "mfa_enrollment_required", methods: result.enrolmentRequired });
+      return;
+    }
     res.status(200).json({ status: "authenticated", acr: result.session.acr, amr: result.session.amr });
   };
 
