@@ -103,6 +103,9 @@ const schema = z
             adminDay: z.number().int().min(1),
             clientHour: z.number().int().min(1),
             clientDay: z.number().int().min(1),
+            adminWeekDistinct: z.number().int().min(1),
+            clientDayFactor: z.number().min(1),
+            clientDayFloor: z.number().int().min(1),
           })
           .partial()
           .strict(),

@@ -77,7 +77,10 @@ describe("admin member support and PII read budgets", () => {
     const id = (await register(t.app, { login_id: "taro.claims" })).body.member_id as string;
     const read = () =>
       t.s.vault.read(id, ["email"], { actorType: "client", actorId: client.clientId, reason: "test" });
-    t.s.budgets.charge({ kind: "client", id: client.clientId }, t.s.budgets.limits.clientHour - 1);
+    t.s.budgets.charge(
+      { kind: "client", id: client.clientId },
+      Array.from({ length: t.s.budgets.limits.clientHour - 1 }, (_, i) => `m_other${i}`),
+    );
     expect(read().email).toBe(PROFILE.email);
     expect(() => read()).toThrow(/pii_budget_exceeded/);
     expect(t.s.alerts.list().some((a) => a.kind === "pii_budget_exceeded")).toBe(true);
@@ -159,5 +162,80 @@ describe("admin member support and PII read budgets", () => {
       expect((await get(url, member)).status, url).toBe(403);
       expect((await get(url, "")).status, url).toBe(401);
     }
+  });
+});
+
+describe("bulk-read detection: the slow exfiltration below every budget", () => {
+  let t: TestApp;
+  afterEach(() => t.close());
+
+  it("a stolen admin session reading three members an hour for days raises bulk_read_suspected", async () => {
+    t = makeApp();
+    const { auth } = await adminWithPasskey(t);
+    const ids: string[] = [];
+    for (let i = 0; i < 170; i++) {
+      ids.push(
+        (
+          await t.s.registrations.register(
+            {
+              loginId: `victim.${i}`,
+              password: "a long enough password 123",
+              profile: { email: `v${i}@example.jp` },
+            },
+            { ip: null, requestId: null },
+          )
+        ).memberId,
+      );
+    }
+    let hour = 0;
+    let alertedAtHour: number | null = null;
+    while (ids.length > 0 && hour < 60) {
+      // The thief keeps the session alive (signing in again as needed) and reads a few an hour:
+      // never near the budgets (30 an hour, 100 a day).
+      const cookie = await adminPasskeySession(t, auth);
+      for (const id of ids.splice(0, 3)) {
+        const res = await supertest(t.app)
+          .get(`/api/v1/admin/members/${id}?reason=routine+check`)
+          .set("Cookie", cookie);
+        expect(res.status).toBe(200);
+      }
+      if (alertedAtHour === null && t.s.alerts.list().some((a) => a.kind === "bulk_read_suspected"))
+        alertedAtHour = hour;
+      t.clock.advance(3_600_000);
+      hour++;
+    }
+    expect(t.s.alerts.list().some((a) => a.kind === "pii_budget_exceeded")).toBe(false);
+    expect(alertedAtHour).not.toBeNull();
+    expect(alertedAtHour).toBeLessThanOrEqual(51); // past 150 distinct members in the week
+    const alert = t.s.alerts.list().find((a) => a.kind === "bulk_read_suspected");
+    expect(alert?.severity).toBe("critical");
+    const details = JSON.parse(alert?.details ?? "{}");
+    expect(details.principal).toBe("admin");
+    expect(details.distinct_members_7d).toBeGreaterThan(150);
+    expect(details.distinct_members_7d).toBeLessThanOrEqual(153);
+  });
+
+  it("a member site reading far more distinct members than usual in a day raises it, below its budget", () => {
+    t = makeApp();
+    const read = (n: number, offset: number) =>
+      t.s.budgets.charge(
+        { kind: "client", id: "c_site" },
+        Array.from({ length: n }, (_, i) => `m_${offset + i}`),
+      );
+    for (let day = 0; day < 8; day++) {
+      for (let h = 0; h < 4; h++) read(50, day * 1000 + h * 50); // 200 distinct members a day, usual
+      t.clock.advance(24 * 3_600_000);
+    }
+    expect(t.s.alerts.list().some((a) => a.kind === "bulk_read_suspected")).toBe(false);
+    for (let h = 0; h < 8; h++) {
+      read(90, 100_000 + h * 90); // 720 in a day: over 3× the usual, under the 2,000-an-hour budget
+      t.clock.advance(3_600_000);
+    }
+    const alert = t.s.alerts.list().find((a) => a.kind === "bulk_read_suspected");
+    expect(JSON.parse(alert?.details ?? "{}")).toMatchObject({
+      principal: "client",
+      principal_id: "c_site",
+      usual_per_day: 200,
+    });
   });
 });

@@ -16,6 +16,12 @@ export interface PiiBudgetLimits {
   adminDay: number;
   clientHour: number;
   clientDay: number;
+  /** Distinct members one admin may read in 7 days before a slow bulk read is suspected. */
+  adminWeekDistinct: number;
+  /** A member site reading this many times its usual number of distinct members a day… */
+  clientDayFactor: number;
+  /** …and at least this many, is reading unusually. */
+  clientDayFloor: number;
 }
 
 export const DEFAULT_PII_BUDGETS: PiiBudgetLimits = {
@@ -23,7 +29,21 @@ export const DEFAULT_PII_BUDGETS: PiiBudgetLimits = {
   adminDay: 100,
   clientHour: 2_000,
   clientDay: 20_000,
+  adminWeekDistinct: 150,
+  clientDayFactor: 3,
+  clientDayFloor: 500,
 };
+
+/** Distinct members tracked per principal and day (beyond it, the day counts as "at least"). */
+const MAX_TRACKED_PER_DAY = 100_000;
+
+interface Reader {
+  /** Day number → the distinct members read that day. */
+  days: Map<number, Set<string>>;
+  /** Usual distinct members a day (mean of completed days, up to the last 28). */
+  history: number[];
+  lastDay: number;
+}
 
 export type Principal = { kind: "admin" | "client"; id: string };
 
@@ -45,6 +65,9 @@ export class PiiBudgets {
   readonly #counts = new MemoryCounterStore([HOUR, DAY], 100_000);
   /** Principals refused since (ms): until a fresh step-up (admins) or an approval (clients). */
   readonly #blocked = new Map<string, number>();
+  readonly #readers = new Map<string, Reader>();
+  /** When a principal's bulk-read alert was last raised: at most one a day each. */
+  readonly #suspected = new Map<string, number>();
 
   constructor(deps: { clock: Clock; alerts: Alerts; limits?: Partial<PiiBudgetLimits> }) {
     this.#clock = deps.clock;
@@ -60,7 +83,8 @@ export class PiiBudgets {
    * Charge `members` profile reads to the principal, or throw `pii_budget_exceeded`. `freshSince`:
    * for an admin, when the session last signed in or stepped up; one after the refusal re-arms.
    */
-  charge(p: Principal, members: number, opts: { freshSince?: number } = {}): void {
+  charge(p: Principal, memberIds: readonly string[], opts: { freshSince?: number } = {}): void {
+    const members = memberIds.length;
     const now = this.#clock.now().getTime();
     const key = this.#key(p);
     const blockedAt = this.#blocked.get(key);
@@ -92,6 +116,82 @@ export class PiiBudgets {
       throw piiBudgetExceeded();
     }
     this.#counts.add(key, members, now);
+    this.#watch(p, key, memberIds, now);
+  }
+
+  /**
+   * The slow reader: below every budget, but many distinct members over a week (an admin), or far
+   * more distinct members in a day than the principal usually reads (a member site). Either raises
+   * a `bulk_read_suspected` alert; the reads themselves go on (the budgets refuse; this tells).
+   */
+  #watch(p: Principal, key: string, memberIds: readonly string[], now: number): void {
+    const day = Math.floor(now / DAY);
+    let r = this.#readers.get(key);
+    if (!r) {
+      r = { days: new Map(), history: [], lastDay: day };
+      this.#readers.set(key, r);
+      if (this.#readers.size > 10_000) this.#readers.delete(this.#readers.keys().next().value as string);
+    }
+    // Days that ended go into the history (days without reads count as 0).
+    for (let d = r.lastDay; d < day; d++) {
+      r.history.push(r.days.get(d)?.size ?? 0);
+      if (r.history.length > 28) r.history.shift();
+    }
+    r.lastDay = day;
+    for (const d of r.days.keys()) if (d <= day - 7) r.days.delete(d);
+    let today = r.days.get(day);
+    if (!today) {
+      today = new Set();
+      r.days.set(day, today);
+    }
+    for (const id of memberIds) if (today.size < MAX_TRACKED_PER_DAY) today.add(id);
+
+    if (p.kind === "admin") {
+      const week = new Set<string>();
+      for (const set of r.days.values()) for (const id of set) week.add(id);
+      if (week.size > this.limits.adminWeekDistinct && this.#firstToday(key, now)) {
+        this.#alerts.raise(
+          "bulk_read_suspected",
+          "critical",
+          {
+            principal: p.kind,
+            principal_id: p.id,
+            distinct_members_7d: week.size,
+            limit: this.limits.adminWeekDistinct,
+          },
+          `${key}|week`,
+        );
+      }
+      return;
+    }
+    // A member site is compared with itself, once it has a week of history (a new site's first
+    // busy days are its normal).
+    if (r.history.length < 7) return;
+    const usual = r.history.reduce((a, b) => a + b, 0) / r.history.length;
+    if (
+      today.size >= this.limits.clientDayFloor &&
+      today.size > usual * this.limits.clientDayFactor &&
+      this.#firstToday(key, now)
+    ) {
+      this.#alerts.raise(
+        "bulk_read_suspected",
+        "critical",
+        {
+          principal: p.kind,
+          principal_id: p.id,
+          distinct_members_today: today.size,
+          usual_per_day: Math.round(usual),
+        },
+        `${key}|day`,
+      );
+    }
+  }
+
+  #firstToday(key: string, now: number): boolean {
+    const last = this.#suspected.get(key);
+    if (last !== undefined && now - last < DAY) return false;
+    this.#suspected.set(key, now);
+    return true;
   }
 
   /** An admin lets a member site read again (its counts start over). */

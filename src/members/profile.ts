@@ -207,7 +207,7 @@ export class ProfileVault {
     if (this.#budgets && (access.actorType === "admin" || access.actorType === "client")) {
       this.#budgets.charge(
         { kind: access.actorType, id: access.actorId ?? "unknown" },
-        new Set(memberIds).size,
+        [...new Set(memberIds)],
         access.freshSince !== undefined ? { freshSince: access.freshSince } : {},
       );
     }
