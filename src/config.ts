@@ -85,6 +85,8 @@ const schema = z
           .partial()
           .strict(),
       ),
+    SEKISHO_ALERT_WEBHOOK_URL: z.url({ protocol: /^https?$/ }).optional(),
+    SEKISHO_ALERT_WEBHOOK_SECRET: z.string().min(32, "must be at least 32 characters").optional(),
     SEKISHO_PII_BUDGETS: z
       .string()
       .default("{}")
@@ -128,6 +130,13 @@ const schema = z
       ),
   })
   .superRefine((env, ctx) => {
+    if ((env.SEKISHO_ALERT_WEBHOOK_URL === undefined) !== (env.SEKISHO_ALERT_WEBHOOK_SECRET === undefined)) {
+      ctx.addIssue({
+        code: "custom",
+        path: ["SEKISHO_ALERT_WEBHOOK_SECRET"],
+        message: "set both SEKISHO_ALERT_WEBHOOK_URL and SEKISHO_ALERT_WEBHOOK_SECRET, or neither",
+      });
+    }
     if (env.SEKISHO_SESSION_IDLE_MINUTES > env.SEKISHO_SESSION_ABSOLUTE_HOURS * 60) {
       ctx.addIssue({
         code: "custom",
@@ -172,6 +181,8 @@ export interface Config {
   readonly adminAcr: string;
   /** Overrides of the login-anomaly engine's thresholds (src/throttle/engine.ts DEFAULT_POLICY). */
   readonly throttle: Readonly<Record<string, number>>;
+  /** Where alerts are POSTed, signed with the secret (HMAC-SHA256), if anywhere. */
+  readonly alertWebhook: { readonly url: string; readonly secret: string } | undefined;
   /** Overrides of the PII read budgets (src/audit/pii-budget.ts DEFAULT_PII_BUDGETS). */
   readonly piiBudgets: Readonly<Record<string, number>>;
 }
@@ -222,6 +233,10 @@ export function loadConfig(source: Record<string, string | undefined> = process.
     adminAcr: `urn:sekisho:acr:${e.SEKISHO_ADMIN_ACR}`,
     throttle: Object.freeze({ ...e.SEKISHO_THROTTLE_POLICY }) as Readonly<Record<string, number>>,
     piiBudgets: Object.freeze({ ...e.SEKISHO_PII_BUDGETS }) as Readonly<Record<string, number>>,
+    alertWebhook:
+      e.SEKISHO_ALERT_WEBHOOK_URL && e.SEKISHO_ALERT_WEBHOOK_SECRET
+        ? Object.freeze({ url: e.SEKISHO_ALERT_WEBHOOK_URL, secret: e.SEKISHO_ALERT_WEBHOOK_SECRET })
+        : undefined,
     totpIssuer: e.SEKISHO_TOTP_ISSUER,
     webauthn: Object.freeze({
       rpId: url.hostname,

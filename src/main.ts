@@ -36,6 +36,7 @@ async function main(): Promise<void> {
   }
   await services.hasher.warm();
   services.mailer.start();
+  services.alertHooks?.start();
   const app = createApp(services);
   // Expired OIDC codes, tokens, sessions, interactions and mfa_tokens are deleted every ten minutes.
   const oidcStore = services.oidcStore;
@@ -67,7 +68,7 @@ async function main(): Promise<void> {
       // Answered recovery requests finish their mail; a send in progress completes.
       void services.recovery
         .settled()
-        .then(() => services.mailer.stop())
+        .then(() => Promise.all([services.mailer.stop(), services.alertHooks?.stop()]))
         .finally(() => {
           db.$client.close();
           process.exit(0);

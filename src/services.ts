@@ -18,6 +18,7 @@ import { SecondFactorSignIn } from "./sessions/second-factor.js";
 import { PasswordSignIn } from "./sessions/sign-in.js";
 import { SessionService } from "./sessions/sessions.js";
 import { Alerts } from "./audit/alerts.js";
+import { AlertHooks } from "./audit/alert-hooks.js";
 import { MemberSupport } from "./admin/member-support.js";
 import { Decoys } from "./admin/decoys.js";
 import { Honeytokens } from "./audit/honeytokens.js";
@@ -67,6 +68,7 @@ export interface Services {
   passwordChange: PasswordChange;
   support: MemberSupport;
   policy: MfaPolicies;
+  alertHooks: AlertHooks | undefined;
   decoys: Decoys;
   honeytokens: Honeytokens;
 }
@@ -95,7 +97,10 @@ export function buildServices(deps: {
     keys,
     queue: new HashQueue(config.hashConcurrency, config.hashQueueMax),
   });
-  const alerts = new Alerts({ db, clock, audit });
+  const alertHooks = config.alertWebhook
+    ? new AlertHooks({ db, clock, logger, url: config.alertWebhook.url, secret: config.alertWebhook.secret })
+    : undefined;
+  const alerts = new Alerts({ db, clock, audit, logger, ...(alertHooks ? { hooks: alertHooks } : {}) });
   const budgets = new PiiBudgets({ clock, alerts, limits: config.piiBudgets });
   const honeytokens = new Honeytokens({ keys, alerts });
   const vault = new ProfileVault({ db, keys, audit, clock, logger, budgets, honeytokens });
@@ -252,6 +257,7 @@ export function buildServices(deps: {
     audit,
   });
   return {
+    alertHooks,
     policy,
     support,
     decoys,

@@ -1,14 +1,16 @@
 import { desc } from "drizzle-orm";
 import type { Clock } from "../clock.js";
-import type { Db } from "../db/connection.js";
+import { type Db, inTransaction } from "../db/connection.js";
+import type { Logger } from "pino";
+import type { AlertHooks } from "./alert-hooks.js";
 import { alerts } from "../db/schema.js";
 import type { AuditLog } from "./log.js";
 
 export type Severity = "info" | "warning" | "critical";
 
 /**
- * Security alerts for admins: stored (the admin API lists them), audited (`alert.raised`), and
- * logged. The same alert (kind and subject) is raised at most once per ten minutes, so an attack
+ * Security alerts for admins: stored (the admin API lists them), audited (`alert.raised`), logged,
+ * and sent to the configured webhook (src/audit/alert-hooks.ts). The same alert (kind and subject) is raised at most once per ten minutes, so an attack
  * makes one alert, not one per attempt.
  */
 export class Alerts {
@@ -16,11 +18,16 @@ export class Alerts {
   readonly #clock: Clock;
   readonly #audit: AuditLog;
   readonly #recent = new Map<string, number>();
+  readonly #log: Logger | undefined;
+  /** Where alerts are also sent (the configured webhook), if anywhere. */
+  hooks: AlertHooks | undefined;
 
-  constructor(deps: { db: Db; clock: Clock; audit: AuditLog }) {
+  constructor(deps: { db: Db; clock: Clock; audit: AuditLog; logger?: Logger; hooks?: AlertHooks }) {
     this.#db = deps.db;
     this.#clock = deps.clock;
     this.#audit = deps.audit;
+    this.#log = deps.logger;
+    this.hooks = deps.hooks;
   }
 
   raise(kind: string, severity: Severity, details: Record<string, unknown>, subject = ""): boolean {
@@ -30,11 +37,18 @@ export class Alerts {
     if (last !== undefined && now - last < 10 * 60_000) return false;
     if (this.#recent.size > 10_000) this.#recent.clear();
     this.#recent.set(key, now);
-    const row = this.#db
-      .insert(alerts)
-      .values({ at: now, kind, severity, details: JSON.stringify(details) })
-      .returning({ id: alerts.id })
-      .get();
+    const row = inTransaction(this.#db, () => {
+      const inserted = this.#db
+        .insert(alerts)
+        .values({ at: now, kind, severity, details: JSON.stringify(details) })
+        .returning({ id: alerts.id })
+        .get();
+      this.hooks?.enqueue(inserted.id);
+      return inserted;
+    });
+    const line = { alert_id: row.id, alert: kind, severity, details };
+    if (severity === "critical") this.#log?.error(line, "security alert");
+    else this.#log?.warn(line, "security alert");
     this.#audit.append({
       action: "alert.raised",
       outcome: "info",

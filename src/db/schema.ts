@@ -410,3 +410,26 @@ export const mfaPolicies = sqliteTable("mfa_policies", {
   updatedAt: integer("updated_at").notNull(),
   updatedBy: text("updated_by"),
 });
+
+/**
+ * Alerts on their way to the configured webhook: written with the alert, sent by a worker with
+ * retries and back-off, so none is lost across restarts or while the receiver is down.
+ */
+export const alertDeliveries = sqliteTable(
+  "alert_deliveries",
+  {
+    id: integer("id").primaryKey({ autoIncrement: true }),
+    alertId: integer("alert_id")
+      .notNull()
+      .references(() => alerts.id, { onDelete: "cascade" }),
+    status: text("status", { enum: ["pending", "sent", "failed"] })
+      .notNull()
+      .default("pending"),
+    attempts: integer("attempts").notNull().default(0),
+    nextAttemptAt: integer("next_attempt_at").notNull(),
+    lastError: text("last_error"),
+    createdAt: integer("created_at").notNull(),
+    sentAt: integer("sent_at"),
+  },
+  (t) => [index("alert_deliveries_due").on(t.status, t.nextAttemptAt)],
+);
