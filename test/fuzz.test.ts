@@ -131,6 +131,7 @@ const ENDPOINTS: Array<["get" | "post" | "put" | "delete" | "patch", string]> = 
   ["put", "/api/v1/admin/clients/x/mfa-policy"],
   ["delete", "/api/v1/admin/clients/x/mfa-policy"],
   ["get", "/api/v1/admin/mfa-adoption"],
+  ["get", "/api/v1/members/x"],
   ["post", "/api/v1/recovery/password"],
   ["post", "/api/v1/recovery/login-id"],
   ["post", "/api/v1/recovery/password/check"],

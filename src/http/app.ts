@@ -21,6 +21,7 @@ import { interactionRoutes, silentAuthorization } from "./routes/interactions.js
 import { meRoutes } from "./routes/me.js";
 import { registrationAndLoginRoutes } from "./routes/members.js";
 import { recoveryRoutes } from "./routes/recovery.js";
+import { serviceRoutes } from "./routes/service.js";
 import { recoveryPageRoutes } from "./routes/recovery-hosted.js";
 
 export const BODY_LIMIT = "64kb";
@@ -84,6 +85,7 @@ export function createApp(s: Services): express.Express {
   api.use(factorRoutes(s));
   api.use(adminRoutes(s));
   api.use(recoveryRoutes(s));
+  api.use(serviceRoutes(s, oidc));
   api.use(notFound());
   app.use("/api/v1", api);
 

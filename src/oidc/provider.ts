@@ -32,7 +32,7 @@ export const OIDC_ROUTES = {
 } as const;
 
 /** Scope → profile fields decrypted for it (contract claims table). */
-const SCOPE_FIELDS: Record<string, ProfileField[]> = {
+export const SCOPE_FIELDS: Record<string, ProfileField[]> = {
   profile: ["name", "birth_date", "gender"],
   email: ["email"],
   phone: ["phone"],
