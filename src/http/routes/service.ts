@@ -45,7 +45,7 @@ export function serviceRoutes(s: Services, oidc: Oidc): Router {
     const member = sub.success
       ? s.db.select().from(members).where(eq(members.sub, sub.data)).get()
       : undefined;
-    if (!member || member.status !== "active") throw new ApiError(404, "not_found", "No such member.");
+    if (member?.status !== "active") throw new ApiError(404, "not_found", "No such member.");
     const l = locals(res);
     const profile = s.vault.read(member.id, fields, {
       actorType: "client",
