@@ -54,6 +54,7 @@ type Outcome =
   | "authenticated"
   | "mfa_required"
   | "mfa_enrollment_required"
+  | "password_reset_required"
   | "failed"
   | "slowed"
   | "challenged"

@@ -119,6 +119,54 @@ describe("admin member support and PII read budgets", () => {
     expect(await t.s.mailer.runDue()).toBeGreaterThan(0);
   });
 
+  it("require-password-reset: the password stops signing in, the member is mailed a link, and setting a new one clears it", async () => {
+    const id = (await register(t.app, { login_id: "taro.forced" })).body.member_id as string;
+    const cookie = await signIn(t.app, "taro.forced");
+    const done = await post(
+      t.app,
+      `/api/v1/admin/members/${id}/require-password-reset`,
+      { reason: "password seen in a paste" },
+      admin,
+    );
+    expect(done.body).toMatchObject({ mailed: true, sessions_revoked: 1 });
+    expect((await supertest(t.app).get("/api/v1/me").set("Cookie", cookie)).status).toBe(401);
+    const refused = await post(t.app, "/api/v1/login", {
+      login_id: "taro.forced",
+      password: STRONG_PASSWORD,
+    });
+    expect(refused.status).toBe(403);
+    expect(refused.body.error).toBe("password_reset_required");
+    // a wrong password still answers exactly like any wrong password
+    const wrong = await post(t.app, "/api/v1/login", {
+      login_id: "taro.forced",
+      password: "not the password 1",
+    });
+    expect(wrong.status).toBe(401);
+    // the mailed link sets a new password (the admin never saw or set one)
+    const token = t.s.db.$client
+      .prepare(
+        "SELECT count(*) FROM member_tokens WHERE member_id = ? AND purpose = 'reset_password' AND consumed_at IS NULL",
+      )
+      .pluck()
+      .get(id);
+    expect(token).toBe(1);
+    const row = t.s.memberTokens;
+    const issued = row.issue("reset_password", id, { emailIndex: t.s.vault.currentEmailIndex(id) });
+    const reset = await post(t.app, "/api/v1/recovery/password/reset", {
+      token: issued.token,
+      password: "a completely new passphrase 7",
+    });
+    expect(reset.status).toBe(200);
+    expect(
+      (
+        await post(t.app, "/api/v1/login", {
+          login_id: "taro.forced",
+          password: "a completely new passphrase 7",
+        })
+      ).status,
+    ).toBe(200);
+  });
+
   it("revoke-sessions ends a member's sessions; the audit API lists it and the chain verifies", async () => {
     const id = (await register(t.app, { login_id: "taro.revoke" })).body.member_id as string;
     const cookie = await signIn(t.app, "taro.revoke");

@@ -122,6 +122,7 @@ const ENDPOINTS: Array<["get" | "post" | "put" | "delete" | "patch", string]> = 
   ["get", "/api/v1/admin/members/x"],
   ["post", "/api/v1/admin/members/x/reset-mfa"],
   ["post", "/api/v1/admin/members/x/revoke-sessions"],
+  ["post", "/api/v1/admin/members/x/require-password-reset"],
   ["get", "/api/v1/admin/audit"],
   ["get", "/api/v1/admin/audit/verify"],
   ["post", "/api/v1/admin/clients/x/pii-approval"],

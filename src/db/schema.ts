@@ -34,6 +34,8 @@ export const members = sqliteTable("members", {
   locale: text("locale", { enum: ["ja", "en"] })
     .notNull()
     .default("ja"),
+  /** Set by support: the password no longer signs in; the member sets a new one by the mailed link. */
+  passwordResetRequired: integer("password_reset_required", { mode: "boolean" }).notNull().default(false),
 });
 
 /** One row per member; every value column is a vault ciphertext bound to (member, field). */

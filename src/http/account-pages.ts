@@ -207,6 +207,10 @@ const EVENT_LABEL: Record<string, { ja: string; en: string }> = {
     ja: "ログインIDのお知らせメールの送信",
     en: "Login ID reminder requested",
   },
+  "password.reset_required": {
+    ja: "サポートによるパスワード再設定の要求",
+    en: "New password required by support",
+  },
   "mfa.reset_by_admin": {
     ja: "サポートによる2段階認証のリセット",
     en: "Two-step verification reset by support",

@@ -48,6 +48,8 @@ const T = {
     passkeyExists: "このパスキーはすでに登録されています。",
     expired: "サインインの有効期限が切れました。もう一度サインインしてください。",
     challenge: "安全のため、自動確認（数秒の計算）のあとにもう一度パスワードを入力してください。",
+    resetRequired:
+      "パスワードの再設定が必要です。メールでお送りしたリンク、または「パスワードをお忘れの方」から新しいパスワードを設定してください。",
     forgotPassword: "パスワードをお忘れの方",
     forgotLoginId: "ログインIDをお忘れの方",
   },
@@ -80,6 +82,8 @@ const T = {
     expired: "The sign-in expired. Please sign in again.",
     challenge:
       "For your safety, please enter your password again after the automatic check (a few seconds of computing).",
+    resetRequired:
+      "A new password is required. Set one with the link we mailed you, or through “Forgot your password?”.",
     forgotPassword: "Forgot your password?",
     forgotLoginId: "Forgot your login ID?",
   },
@@ -163,7 +167,7 @@ export function loggedOutPage(lang: Lang): string {
   return layout(lang, t.loggedOut, `<h1>${e(t.loggedOut)}</h1>`);
 }
 
-export type LoginError = "invalid" | "throttled" | "badRequest" | "expired" | "challenge";
+export type LoginError = "invalid" | "throttled" | "badRequest" | "expired" | "challenge" | "resetRequired";
 
 /** The ALTCHA widget's files (proof-of-work), for a login page that carries a challenge. */
 export const ALTCHA_HEAD = `<link rel="stylesheet" href="/assets/altcha.css"><script src="/assets/altcha.js" defer></script><script src="/assets/altcha-setup.js" defer></script>`;

@@ -293,6 +293,61 @@ export class PasswordRecovery {
     });
   }
 
+  /**
+   * Support requires a new password: the current one stops signing in, every session and
+   * member-site token is revoked, and the member is mailed a reset link (the second factor is
+   * still demanded when they follow it). Support never sees or sets the password.
+   */
+  requireNewPassword(
+    memberId: string,
+    by: { adminId: string; reason: string; ip: string | null; requestId: string | null },
+  ): { mailed: boolean; sessions_revoked: number; oidc_rows_revoked: number } {
+    const m = this.#db
+      .select({ sub: members.sub, loginId: members.loginId, locale: members.locale })
+      .from(members)
+      .where(eq(members.id, memberId))
+      .get();
+    if (!m) throw new ApiError(404, "not_found", "No such member.");
+    const email = this.#vault.mailAddress(memberId, "password_reset", by);
+    return inTransaction(this.#db, () => {
+      this.#db.update(members).set({ passwordResetRequired: true }).where(eq(members.id, memberId)).run();
+      const result = {
+        mailed: false,
+        sessions_revoked: this.#sessions.revokeAll(memberId, "admin_password_reset"),
+        oidc_rows_revoked: this.#oidc.revokeAccount(m.sub),
+      };
+      if (email) {
+        const { token } = this.#tokens.issue("reset_password", memberId, {
+          emailIndex: this.#vault.emailIndex(email),
+        });
+        this.#mailer.enqueue({
+          memberId,
+          to: email,
+          locale: m.locale,
+          mail: {
+            template: "password_reset",
+            link: `${this.#issuer}/recovery/reset?token=${token}`,
+            minutes: TOKEN_TTL_MS.reset_password / 60_000,
+            loginId: m.loginId,
+          },
+        });
+        result.mailed = true;
+      }
+      this.#audit.append({
+        action: "password.reset_required",
+        outcome: "info",
+        actorType: "admin",
+        actorId: by.adminId,
+        memberId,
+        reason: by.reason,
+        ip: by.ip,
+        requestId: by.requestId,
+        details: result,
+      });
+      return result;
+    });
+  }
+
   // ---------------------------------------------------------------- following the link
 
   #live(token: unknown): { row: MemberToken; loginId: string } {
@@ -480,6 +535,7 @@ export class PasswordRecovery {
           passwordHash: hashed.hash,
           pepperId: hashed.pepperId,
           passwordChangedAt: this.#clock.now().getTime(),
+          passwordResetRequired: false,
           ...(verified ? { emailVerified: true } : {}),
         })
         .where(eq(members.id, row.memberId))

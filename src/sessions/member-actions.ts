@@ -48,6 +48,7 @@ export const MEMBER_EVENT_ACTIONS = [
   "recovery.login_id_requested",
   "recovery.second_factor",
   "mfa.reset_by_admin",
+  "password.reset_required",
 ] as const;
 
 const sessionIdParam = z.string().regex(/^s_[A-Za-z0-9_-]{16}$/);

@@ -42,7 +42,9 @@ export type SignInResult =
       methods: PolicyMethod[];
     }
   | { status: "mfa_required"; mfaToken: string; methods: FactorMethod[]; memberId: string }
-  | { status: "failed" };
+  | { status: "failed" }
+  /** The password is right, but support requires a new one first (set through the mailed link). */
+  | { status: "password_reset_required" };
 
 /**
  * Password sign-in: parse → throttle (before any hashing) → look up → verify (argon2, or a dummy
@@ -176,6 +178,7 @@ export class PasswordSignIn {
           pepperId: string | null;
           status: string;
           createdAt: number;
+          passwordResetRequired: boolean;
         }
       | undefined,
     settle: (outcome: "success" | "failure" | "neither") => void,
@@ -207,6 +210,20 @@ export class PasswordSignIn {
     if (!(await this.#hasher.verify(stored, input.password, { priority: trusted })))
       return fail("wrong_password", member.id);
     if (member.status !== "active") return fail("account_disabled", member.id);
+    if (member.passwordResetRequired) {
+      settle("neither");
+      this.#audit.append({
+        action: "login.password",
+        outcome: "failure",
+        actorType: "member",
+        actorId: member.id,
+        memberId: member.id,
+        ip: ctx.ip,
+        requestId: ctx.requestId,
+        reason: "password_reset_required",
+      });
+      return { status: "password_reset_required" };
+    }
 
     const rehashed = this.#hasher.needsRehash(stored) ? await this.#hasher.hash(input.password) : null;
     const factors = this.#factors.of(member.id);
@@ -303,6 +320,7 @@ export class PasswordSignIn {
         pepperId: members.pepperId,
         status: members.status,
         createdAt: members.createdAt,
+        passwordResetRequired: members.passwordResetRequired,
       })
       .from(members)
       .where(eq(members.loginId, sql.placeholder("loginId")))

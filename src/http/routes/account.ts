@@ -128,6 +128,8 @@ export function accountRoutes(s: Services): Router {
     if (!step.ok) return showLogin(req, res, step.status, step.error, body.data.login_id, step.challenge);
     const result = step.value;
     if (result.status === "failed") return showLogin(req, res, 401, "invalid", body.data.login_id);
+    if (result.status === "password_reset_required")
+      return showLogin(req, res, 403, "resetRequired", body.data.login_id);
     if (result.status === "mfa_required") return showMfa(req, res, 200, result.memberId, result.mfaToken);
     // (mfa_enrollment_required: a limited session; the account page shows only adding a factor.)
     setSessionCookie(res, result.token, s.config.secureCookies);

@@ -210,6 +210,26 @@ export function adminRoutes(s: Services): Router {
     res.json({ member_id: member.id, ...result });
   });
 
+  // Require a new password: the current one stops working, the member is mailed a reset link.
+  r.post("/admin/members/:member_id/require-password-reset", (req, res) => {
+    const admin = requireAdmin(res);
+    const body = reasonBody.safeParse(req.body ?? {});
+    if (!body.success) throw new ApiError(400, "invalid_request", "A reason is required.");
+    const member = memberOr404(req.params.member_id);
+    const result = s.recovery.requireNewPassword(member.id, {
+      adminId: admin.memberId,
+      reason: body.data.reason,
+      ip: locals(res).ip,
+      requestId: locals(res).requestId,
+    });
+    audit(res, admin, "admin.member_password_reset_required", {
+      memberId: member.id,
+      reason: body.data.reason,
+      details: result,
+    });
+    res.json({ member_id: member.id, ...result });
+  });
+
   r.post("/admin/members/:member_id/revoke-sessions", (req, res) => {
     const admin = requireAdmin(res);
     const body = optionalReasonBody.safeParse(req.body ?? {});

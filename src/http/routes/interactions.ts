@@ -215,6 +215,8 @@ export function interactionRoutes(s: Services, oidc: Oidc): Router {
     if (!step.ok) return render(req, res, step.status, step.error, form.data.login_id, step.challenge);
     const result = step.value;
     if (result.status === "failed") return render(req, res, 401, "invalid", form.data.login_id);
+    if (result.status === "password_reset_required")
+      return render(req, res, 403, "resetRequired", form.data.login_id);
     if (result.status === "mfa_required") {
       return renderMfa(req, res, 200, { methods: result.methods, mfaToken: result.mfaToken });
     }

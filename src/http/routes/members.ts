@@ -64,6 +64,14 @@ export function registrationAndLoginRoutes(s: Services): Router {
       res.status(401).json(INVALID_CREDENTIALS);
       return;
     }
+    if (result.status === "password_reset_required") {
+      res.status(403).json({
+        error: "password_reset_required",
+        error_description:
+          "A new password is required: use the link we mailed you, or “forgot your password”.",
+      });
+      return;
+    }
     if (result.status === "mfa_required") {
       res.status(200).json({ status: "mfa_required", mfa_token: result.mfaToken, methods: result.methods });
       return;

@@ -1,0 +1,1 @@
+ALTER TABLE `members` ADD `password_reset_required` integer DEFAULT false NOT NULL;
