@@ -1,0 +1,290 @@
+import { and, desc, eq, lt } from "drizzle-orm";
+import { z } from "zod";
+import { auditLog, members } from "../db/schema.js";
+import { ApiError } from "../errors.js";
+import { maskEmail } from "../mail/templates.js";
+import { resolveLoginInput } from "../members/login-id.js";
+import { PROFILE_FIELDS, type Profile } from "../members/profile.js";
+import { toJson } from "../policy/mfa-policy.js";
+import type { Services } from "../services.js";
+import { satisfies } from "../sessions/levels.js";
+import type { Session } from "../sessions/sessions.js";
+
+/**
+ * What an admin can do, once, for both the admin JSON API and the admin console pages: who may
+ * (an admin's full session at SEKISHO_ADMIN_ACR), and every read and action with its audit entry
+ * (the admin, the member, the reason, the result).
+ */
+export interface AdminCtx {
+  admin: Session;
+  ip: string | null;
+  requestId: string | null;
+}
+
+export const memberIdParam = z.string().regex(/^m_[A-Za-z0-9_-]{22}$/);
+
+/** `山田 太郎` → `山***`, `taro@example.jp` → `t***@e***.jp`, `090-1234-5678` → `***5678`. */
+export function maskProfile(p: Profile): { name: string | null; email: string | null; phone: string | null } {
+  return {
+    name: p.name ? `${[...p.name][0]}***` : null,
+    email: p.email ? maskEmail(p.email) : null,
+    phone: p.phone ? `***${p.phone.replace(/\D/g, "").slice(-4)}` : null,
+  };
+}
+
+const iso = (ms: number | null) => (ms === null ? null : new Date(ms).toISOString());
+
+export type MemberRow = typeof members.$inferSelect;
+
+export class AdminOps {
+  constructor(readonly s: Services) {}
+
+  /** The admin behind a session, or the reason they can't be one now. */
+  authorize(session: Session | null): Session {
+    if (session?.kind !== "full") throw new ApiError(401, "unauthenticated", "Sign in first.");
+    const role = this.s.db
+      .select({ role: members.role })
+      .from(members)
+      .where(eq(members.id, session.memberId))
+      .get()?.role;
+    if (role !== "admin") throw new ApiError(403, "forbidden", "This needs an administrator.");
+    if (!satisfies(session.acr, this.s.config.adminAcr)) {
+      throw new ApiError(401, "step_up_required", "Sign in with your passkey to use the admin API.", {
+        extra: { acr: this.s.config.adminAcr },
+      });
+    }
+    return session;
+  }
+
+  record(
+    c: AdminCtx,
+    action: string,
+    extra: { memberId?: string; reason?: string | null; details?: object } = {},
+  ) {
+    this.s.audit.append({
+      action,
+      outcome: "success",
+      actorType: "admin",
+      actorId: c.admin.memberId,
+      ip: c.ip,
+      requestId: c.requestId,
+      ...(extra.memberId ? { memberId: extra.memberId } : {}),
+      ...(extra.reason !== undefined ? { reason: extra.reason } : {}),
+      ...(extra.details ? { details: extra.details as Record<string, unknown> } : {}),
+    });
+  }
+
+  #access(c: AdminCtx, reason: string) {
+    return {
+      actorType: "admin" as const,
+      actorId: c.admin.memberId,
+      reason,
+      ip: c.ip,
+      requestId: c.requestId,
+      freshSince: c.admin.authTime,
+    };
+  }
+
+  member(raw: unknown): MemberRow {
+    const id = memberIdParam.safeParse(raw);
+    const member = id.success
+      ? this.s.db.select().from(members).where(eq(members.id, id.data)).get()
+      : undefined;
+    if (!member) throw new ApiError(404, "not_found", "No such member.");
+    return member;
+  }
+
+  summary(m: MemberRow) {
+    const f = this.s.factors.of(m.id);
+    return {
+      member_id: m.id,
+      login_id: m.loginId,
+      role: m.role,
+      status: m.status,
+      created_at: iso(m.createdAt),
+      email_verified: m.emailVerified,
+      mfa: { totp: f.totp, passkeys: f.passkeysTotal, recovery_codes: f.recoveryCodes },
+    };
+  }
+
+  alerts(c: AdminCtx, limit = 200) {
+    const rows = this.s.alerts.list(limit);
+    this.record(c, "admin.alerts_viewed", { details: { count: rows.length } });
+    return rows.map((a) => ({
+      id: a.id,
+      at: new Date(a.at).toISOString(),
+      kind: a.kind,
+      severity: a.severity,
+      details: JSON.parse(a.details) as Record<string, unknown>,
+      acknowledged_at: iso(a.acknowledgedAt),
+    }));
+  }
+
+  /** Find members by login ID or e-mail (blind index); masked profiles (masking decrypts: budgeted). */
+  lookup(c: AdminCtx, q: { loginId?: string | undefined; email?: string | undefined }) {
+    const ids =
+      q.loginId !== undefined
+        ? [resolveLoginInput(q.loginId)]
+            .filter((x): x is string => x !== null)
+            .flatMap((loginId) =>
+              this.s.db
+                .select({ id: members.id })
+                .from(members)
+                .where(eq(members.loginId, loginId))
+                .all()
+                .map((r) => r.id),
+            )
+        : this.s.vault
+            .memberIdsByEmail(q.email as string, {
+              actorType: "admin",
+              actorId: c.admin.memberId,
+              ip: c.ip,
+              requestId: c.requestId,
+            })
+            .slice(0, 20);
+    const rows = ids
+      .map((id) => this.s.db.select().from(members).where(eq(members.id, id)).get())
+      .filter((m): m is MemberRow => !!m);
+    const profiles = this.s.vault.readMany(
+      rows.map((m) => m.id),
+      ["name", "email", "phone"],
+      this.#access(c, "admin_lookup_masked"),
+    );
+    this.record(c, "admin.members_looked_up", {
+      details: { by: q.loginId !== undefined ? "login_id" : "email", found: rows.length },
+    });
+    return rows.map((m) => ({ ...this.summary(m), profile: maskProfile(profiles.get(m.id) ?? {}) }));
+  }
+
+  /** The full profile, for a stated reason (recorded, budgeted). */
+  view(c: AdminCtx, member: MemberRow, reason: string) {
+    const profile = this.s.vault.read(member.id, PROFILE_FIELDS, this.#access(c, reason));
+    this.record(c, "admin.member_viewed", { memberId: member.id, reason });
+    return {
+      ...this.summary(member),
+      profile,
+      sessions: this.s.sessions.listActive(member.id).length,
+      devices: this.s.devices.list(member.id).length,
+    };
+  }
+
+  resetMfa(c: AdminCtx, member: MemberRow, reason: string) {
+    const result = this.s.support.resetMfa(member.id, {
+      adminId: c.admin.memberId,
+      reason,
+      ip: c.ip,
+      requestId: c.requestId,
+    });
+    this.record(c, "admin.member_mfa_reset", { memberId: member.id, reason, details: result });
+    return result;
+  }
+
+  requirePasswordReset(c: AdminCtx, member: MemberRow, reason: string) {
+    const result = this.s.recovery.requireNewPassword(member.id, {
+      adminId: c.admin.memberId,
+      reason,
+      ip: c.ip,
+      requestId: c.requestId,
+    });
+    this.record(c, "admin.member_password_reset_required", { memberId: member.id, reason, details: result });
+    return result;
+  }
+
+  revokeSessions(c: AdminCtx, member: MemberRow, reason: string | null) {
+    const result = {
+      sessions_revoked: this.s.sessions.revokeAll(member.id, "admin_revoked"),
+      oidc_rows_revoked: this.s.oidcStore.revokeAccount(member.sub),
+    };
+    this.record(c, "admin.member_sessions_revoked", { memberId: member.id, reason, details: result });
+    return result;
+  }
+
+  unlock(c: AdminCtx, member: MemberRow, reason: string | null) {
+    const lifted = this.s.guard.lift(member.loginId);
+    this.record(c, "admin.member_unlocked", {
+      memberId: member.id,
+      reason,
+      details: { protection_lifted: lifted },
+    });
+    return lifted;
+  }
+
+  audit(
+    c: AdminCtx,
+    q: {
+      memberId?: string | undefined;
+      action?: string | undefined;
+      before?: number | undefined;
+      limit: number;
+    },
+  ) {
+    const rows = this.s.db
+      .select()
+      .from(auditLog)
+      .where(
+        and(
+          q.memberId ? eq(auditLog.memberId, q.memberId) : undefined,
+          q.action ? eq(auditLog.action, q.action) : undefined,
+          q.before ? lt(auditLog.seq, q.before) : undefined,
+        ),
+      )
+      .orderBy(desc(auditLog.seq))
+      .limit(q.limit)
+      .all();
+    this.record(c, "admin.audit_viewed", { details: { count: rows.length, ...q } });
+    return rows.map((e) => ({
+      seq: e.seq,
+      at: iso(e.at) as string,
+      action: e.action,
+      outcome: e.outcome,
+      actor_type: e.actorType,
+      actor_id: e.actorId,
+      member_id: e.memberId,
+      reason: e.reason,
+      ip: e.ip,
+      request_id: e.requestId,
+      details: JSON.parse(e.details) as Record<string, unknown>,
+      mac: e.mac,
+    }));
+  }
+
+  verifyAudit(c: AdminCtx) {
+    const result = this.s.audit.verify();
+    this.record(c, "admin.audit_verified", { details: { ok: result.ok, entries: result.entries } });
+    return {
+      ok: result.ok,
+      entries: result.entries,
+      head: result.head,
+      ...(result.firstBad ? { first_bad: result.firstBad } : {}),
+    };
+  }
+
+  adoption(c: AdminCtx) {
+    const g = this.s.policy.global();
+    const now = this.s.clock.now().getTime();
+    const row = this.s.db.$client
+      .prepare<[number, number, number, number], Record<string, number | null>>(
+        `SELECT count(*) AS members, sum(t) AS totp, sum(p) AS passkeys, sum(t OR p) AS any_factor,
+                sum(NOT (t OR p)) AS none,
+                sum(NOT (t OR p) AND ? = 1 AND max(?, created_at) + ? <= ?) AS past_grace
+           FROM (SELECT m.created_at,
+                        EXISTS (SELECT 1 FROM totp_factors f WHERE f.member_id = m.id AND f.secret IS NOT NULL) AS t,
+                        EXISTS (SELECT 1 FROM webauthn_credentials w WHERE w.member_id = m.id) AS p
+                   FROM members m WHERE m.role = 'member')`,
+      )
+      .get(g.mode === "required" ? 1 : 0, g.requiredSince ?? 0, g.graceDays * 86_400_000, now) as Record<
+      string,
+      number | null
+    >;
+    this.record(c, "admin.mfa_adoption_viewed");
+    return {
+      members: row.members ?? 0,
+      with_totp: row.totp ?? 0,
+      with_passkeys: row.passkeys ?? 0,
+      with_any_factor: row.any_factor ?? 0,
+      without_factor: row.none ?? 0,
+      past_grace: row.past_grace ?? 0,
+      policy: toJson(g),
+    };
+  }
+}
