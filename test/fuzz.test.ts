@@ -232,6 +232,15 @@ describe("arbitrary input at every endpoint", () => {
       ["post", "/recovery/reset"],
       ["get", "/email/verify"],
       ["post", "/email/verify"],
+      ["get", "/admin"],
+      ["get", "/admin/members"],
+      ["get", "/admin/members/x"],
+      ["post", "/admin/members/x/reset-mfa"],
+      ["get", "/admin/policy"],
+      ["post", "/admin/policy"],
+      ["get", "/admin/audit"],
+      ["post", "/admin/login"],
+      ["post", "/admin/mfa"],
     ] as const;
     await fc.assert(
       fc.asyncProperty(

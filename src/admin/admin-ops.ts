@@ -214,6 +214,7 @@ export class AdminOps {
     q: {
       memberId?: string | undefined;
       action?: string | undefined;
+      requestId?: string | undefined;
       before?: number | undefined;
       limit: number;
     },
@@ -225,6 +226,7 @@ export class AdminOps {
         and(
           q.memberId ? eq(auditLog.memberId, q.memberId) : undefined,
           q.action ? eq(auditLog.action, q.action) : undefined,
+          q.requestId ? eq(auditLog.requestId, q.requestId) : undefined,
           q.before ? lt(auditLog.seq, q.before) : undefined,
         ),
       )

@@ -23,6 +23,7 @@ import { registrationAndLoginRoutes } from "./routes/members.js";
 import { recoveryRoutes } from "./routes/recovery.js";
 import { serviceRoutes } from "./routes/service.js";
 import { recoveryPageRoutes } from "./routes/recovery-hosted.js";
+import { adminConsoleRoutes } from "./routes/admin-console.js";
 
 export const BODY_LIMIT = "64kb";
 
@@ -92,6 +93,7 @@ export function createApp(s: Services): express.Express {
   app.use(assetRoutes());
   app.use(accountRoutes(s));
   app.use(recoveryPageRoutes(s));
+  app.use(adminConsoleRoutes(s));
   app.use(interactionRoutes(s, oidc));
   app.use(silentAuthorization(oidc, OIDC_ROUTES.authorization));
   const providerPaths = [...Object.values(OIDC_ROUTES), "/.well-known/"];

@@ -28,6 +28,10 @@ export const auditQuery = z.object({
     .string()
     .regex(/^[a-z_.]{1,64}$/)
     .optional(),
+  request_id: z
+    .string()
+    .regex(/^[A-Za-z0-9._-]{8,64}$/)
+    .optional(),
   before: z.coerce.number().int().min(1).optional(),
   limit: z.coerce.number().int().min(1).max(500).default(100),
 });
@@ -121,6 +125,7 @@ export function adminRoutes(s: Services): Router {
       entries: ops.audit(c, {
         memberId: q.data.member_id,
         action: q.data.action,
+        requestId: q.data.request_id,
         before: q.data.before,
         limit: q.data.limit,
       }),

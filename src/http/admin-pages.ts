@@ -1,0 +1,348 @@
+import { e, type Lang, layout } from "./pages.js";
+
+/** The admin console's pages (`/admin`), Japanese first; server-rendered, no script but the passkey one. */
+const C = {
+  ja: {
+    console: "管理コンソール",
+    dashboard: "ダッシュボード",
+    alerts: "アラート",
+    members: "会員検索",
+    policy: "MFAポリシー",
+    audit: "監査ログ",
+    signOut: "サインアウト",
+    status: "攻撃の状況",
+    underAttack:
+      "攻撃を検知中: すべての新しい端末からのパスワードでのサインインに計算による確認を求めています。",
+    calm: "サービス全体への攻撃は検知されていません。",
+    recentAlerts: "最近のアラート",
+    noAlerts: "アラートはありません。",
+    adoption: "2段階認証の普及状況",
+    membersCount: "会員数",
+    withTotp: "認証アプリ",
+    withPasskeys: "パスキー",
+    withoutFactor: "未設定",
+    pastGrace: "猶予期間切れ",
+    lookupLabel: "ログインID または メールアドレス",
+    search: "検索",
+    noResults: "該当する会員はいません。",
+    view: "詳細",
+    memberTitle: (id: string) => `会員 ${id}`,
+    reasonLabel: "理由（必須・記録されます）",
+    showProfile: "個人情報を表示（閲覧は記録され、予算に数えられます）",
+    profile: "個人情報",
+    factors: "2段階認証",
+    actions: "操作",
+    revoke: "すべてのセッションを終了",
+    resetMfa: "2段階認証をリセット",
+    requireReset: "パスワードの再設定を要求",
+    unlock: "アカウント保護を解除",
+    done: "実行しました。",
+    needReason: "理由を入力してください（3文字以上）。",
+    budget:
+      "個人情報の閲覧予算を超えました。パスキーでサインインし直すと再開できます（アラートが送信されました）。",
+    policyTitle: "MFAポリシー（全会員）",
+    mode: "モード",
+    modeOff: "オフ",
+    modeOptional: "任意",
+    modeRequired: "必須",
+    grace: "猶予期間（日）",
+    methods: "使える方法",
+    phishing: "フィッシング耐性（パスキーのみ）",
+    save: "保存",
+    saved: "保存しました。次回のサインインから適用されます。",
+    invalid: "入力内容を確認してください。",
+    chainOk: (n: number) => `監査ログの改ざん検証: 正常（${n} 件）`,
+    chainBad: (seq: number, problem: string) => `監査ログの改ざん検証: 異常 — エントリ #${seq}: ${problem}`,
+    filter: "絞り込み",
+    action: "操作",
+    memberId: "会員ID",
+    older: "さらに古いエントリ",
+    when: "日時",
+    kind: "種類",
+    severity: "重要度",
+    details: "詳細",
+    who: "実行者",
+    result: "結果",
+    stepUp: "管理コンソールにはパスキーでのサインインが必要です。",
+    forbidden: "管理者のみが利用できます。",
+  },
+  en: {
+    console: "Admin console",
+    dashboard: "Dashboard",
+    alerts: "Alerts",
+    members: "Members",
+    policy: "MFA policy",
+    audit: "Audit log",
+    signOut: "Sign out",
+    status: "Attack status",
+    underAttack: "Under attack: every password sign-in from a new device must solve a proof-of-work.",
+    calm: "No service-wide attack detected.",
+    recentAlerts: "Recent alerts",
+    noAlerts: "No alerts.",
+    adoption: "Two-step verification adoption",
+    membersCount: "Members",
+    withTotp: "Authenticator app",
+    withPasskeys: "Passkeys",
+    withoutFactor: "None",
+    pastGrace: "Past the grace period",
+    lookupLabel: "Login ID or e-mail address",
+    search: "Search",
+    noResults: "No member found.",
+    view: "Open",
+    memberTitle: (id: string) => `Member ${id}`,
+    reasonLabel: "Reason (required, recorded)",
+    showProfile: "Show personal data (recorded, counts against your budget)",
+    profile: "Personal data",
+    factors: "Two-step verification",
+    actions: "Actions",
+    revoke: "End every session",
+    resetMfa: "Reset two-step verification",
+    requireReset: "Require a new password",
+    unlock: "Lift account protection",
+    done: "Done.",
+    needReason: "Give a reason (3 characters or more).",
+    budget:
+      "You went past your PII read budget. Sign in again with your passkey to continue (an alert was sent).",
+    policyTitle: "MFA policy (all members)",
+    mode: "Mode",
+    modeOff: "Off",
+    modeOptional: "Optional",
+    modeRequired: "Required",
+    grace: "Grace period (days)",
+    methods: "Methods",
+    phishing: "Phishing-resistant (passkeys only)",
+    save: "Save",
+    saved: "Saved. It applies from each member's next sign-in.",
+    invalid: "Please check what you entered.",
+    chainOk: (n: number) => `Audit chain verified: intact (${n} entries)`,
+    chainBad: (seq: number, problem: string) => `Audit chain verified: BROKEN at entry #${seq}: ${problem}`,
+    filter: "Filter",
+    action: "Action",
+    memberId: "Member id",
+    older: "Older entries",
+    when: "When",
+    kind: "Kind",
+    severity: "Severity",
+    details: "Details",
+    who: "Actor",
+    result: "Outcome",
+    stepUp: "The admin console needs a sign-in with your passkey.",
+    forbidden: "Only administrators can use this.",
+  },
+} as const;
+
+export type ConsoleText = (typeof C)["ja"];
+export const consoleText = (lang: Lang): ConsoleText => C[lang] as ConsoleText;
+
+const WIDE = `<style>main{max-width:64rem}table{width:100%;border-collapse:collapse;font-size:.9rem}th,td{text-align:left;padding:.4rem;border-bottom:1px solid #e6e9ef;vertical-align:top}
+nav.admin{display:flex;gap:1rem;flex-wrap:wrap;margin-bottom:1rem}nav.admin a{color:#2456c9}.critical{color:#8a1c1c;font-weight:600}.warning{color:#8a5a00}
+.stats{display:grid;grid-template-columns:repeat(auto-fit,minmax(9rem,1fr));gap:.75rem}.stat{background:#f4f5f7;border-radius:8px;padding:.75rem}.stat b{display:block;font-size:1.4rem}
+code.small{font-size:.8rem;word-break:break-all}form.row{display:flex;gap:.5rem;align-items:end;flex-wrap:wrap}form.row button{width:auto;margin:0}form.row label{margin:0}</style>`;
+
+const when = (iso: string) => iso.replace("T", " ").slice(0, 19);
+
+/** The console frame: navigation, and the page. */
+export function consolePage(lang: Lang, title: string, body: string, path: string): string {
+  const c = C[lang];
+  const nav = `<nav class="admin"><strong>${e(c.console)}</strong>
+<a href="/admin">${e(c.dashboard)}</a><a href="/admin/alerts">${e(c.alerts)}</a><a href="/admin/members">${e(c.members)}</a>
+<a href="/admin/policy">${e(c.policy)}</a><a href="/admin/audit">${e(c.audit)}</a>
+<form method="post" action="/account/logout" class="inline"><button type="submit" class="secondary">${e(c.signOut)}</button></form></nav>`;
+  const sep = path.includes("?") ? "&" : "?";
+  return layout(
+    lang,
+    title,
+    `${nav}<h1>${e(title)}</h1>${body}`,
+    `${path}${sep}lang=${lang === "ja" ? "en" : "ja"}`,
+    false,
+    WIDE,
+  );
+}
+
+export interface AlertView {
+  id: number;
+  at: string;
+  kind: string;
+  severity: string;
+  details: Record<string, unknown>;
+}
+
+export function alertsTable(lang: Lang, alerts: AlertView[]): string {
+  const c = C[lang];
+  if (alerts.length === 0) return `<p class="muted">${e(c.noAlerts)}</p>`;
+  return `<table><tr><th>${e(c.when)}</th><th>${e(c.kind)}</th><th>${e(c.severity)}</th><th>${e(c.details)}</th></tr>${alerts
+    .map((a) => {
+      const d = a.details;
+      const member =
+        typeof d.decoy_member_id === "string"
+          ? d.decoy_member_id
+          : typeof d.principal_id === "string" && d.principal === "admin"
+            ? d.principal_id
+            : null;
+      const link = member
+        ? ` <a href="/admin/audit?member_id=${e(encodeURIComponent(member))}">${e(c.audit)}</a>`
+        : "";
+      const req =
+        typeof d.request_id === "string"
+          ? ` <a href="/admin/audit?request_id=${e(encodeURIComponent(d.request_id))}">request</a>`
+          : "";
+      return `<tr><td>${e(when(a.at))}</td><td>${e(a.kind)}</td><td class="${e(a.severity)}">${e(a.severity)}</td><td><code class="small">${e(JSON.stringify(d))}</code>${link}${req}</td></tr>`;
+    })
+    .join("")}</table>`;
+}
+
+export function dashboardPage(
+  lang: Lang,
+  v: {
+    underAttack: boolean;
+    alerts: AlertView[];
+    adoption: {
+      members: number;
+      with_totp: number;
+      with_passkeys: number;
+      without_factor: number;
+      past_grace: number;
+    };
+    policyMode: string;
+  },
+): string {
+  const c = C[lang];
+  const a = v.adoption;
+  const stat = (label: string, n: number) => `<div class="stat">${e(label)}<b>${n}</b></div>`;
+  const body = `<section><h2>${e(c.status)}</h2><div class="${v.underAttack ? "error" : "ok"}" role="status">${e(v.underAttack ? c.underAttack : c.calm)}</div></section>
+<section><h2>${e(c.adoption)} <span class="muted">(${e(c.policy)}: ${e(v.policyMode)})</span></h2><div class="stats">
+${stat(c.membersCount, a.members)}${stat(c.withTotp, a.with_totp)}${stat(c.withPasskeys, a.with_passkeys)}${stat(c.withoutFactor, a.without_factor)}${stat(c.pastGrace, a.past_grace)}</div></section>
+<section><h2>${e(c.recentAlerts)}</h2>${alertsTable(lang, v.alerts)}<p><a href="/admin/alerts">${e(c.alerts)} →</a></p></section>`;
+  return consolePage(lang, c.dashboard, body, "/admin");
+}
+
+export interface MemberSummary {
+  member_id: string;
+  login_id: string;
+  role: string;
+  status: string;
+  created_at: string | null;
+  email_verified: boolean;
+  mfa: { totp: boolean; passkeys: number; recovery_codes: number };
+  profile?: Record<string, string | null | undefined>;
+}
+
+export function membersPage(
+  lang: Lang,
+  v: { query: string; results: MemberSummary[] | null; error?: string },
+): string {
+  const c = C[lang];
+  const results =
+    v.results === null
+      ? ""
+      : v.results.length === 0
+        ? `<p class="muted">${e(c.noResults)}</p>`
+        : `<table><tr><th>${e(c.memberId)}</th><th>login ID</th><th>${e(c.profile)}</th><th>${e(c.factors)}</th><th></th></tr>${v.results
+            .map(
+              (m) =>
+                `<tr><td><code class="small">${e(m.member_id)}</code></td><td>${e(m.login_id)}</td><td>${e(
+                  Object.values(m.profile ?? {})
+                    .filter(Boolean)
+                    .join(" / "),
+                )}</td><td>${m.mfa.totp ? "TOTP " : ""}${m.mfa.passkeys ? `passkey×${m.mfa.passkeys}` : ""}</td><td><a href="/admin/members/${e(m.member_id)}">${e(c.view)}</a></td></tr>`,
+            )
+            .join("")}</table>`;
+  const body = `${v.error ? `<div class="error" role="alert">${e(v.error)}</div>` : ""}
+<form method="get" action="/admin/members" class="row"><div><label for="q">${e(c.lookupLabel)}</label><input type="text" id="q" name="q" value="${e(v.query)}" required></div><button type="submit">${e(c.search)}</button></form>
+${results}`;
+  return consolePage(lang, c.members, body, "/admin/members");
+}
+
+export function memberPage(
+  lang: Lang,
+  v: { member: MemberSummary; profile: Record<string, string> | null; notice?: string; error?: string },
+): string {
+  const c = C[lang];
+  const m = v.member;
+  const id = e(m.member_id);
+  const reasonForm = (action: string, label: string) =>
+    `<form method="post" action="/admin/members/${id}/${action}" class="row"><div><label for="r_${action}">${e(c.reasonLabel)}</label><input type="text" id="r_${action}" name="reason" minlength="3" maxlength="500" required></div><button type="submit" class="secondary">${e(label)}</button></form>`;
+  const profile = v.profile
+    ? `<table>${Object.entries(v.profile)
+        .map(([k, val]) => `<tr><th>${e(k)}</th><td>${e(val)}</td></tr>`)
+        .join("")}</table>`
+    : `<form method="get" action="/admin/members/${id}" class="row"><div><label for="reason">${e(c.reasonLabel)}</label><input type="text" id="reason" name="reason" minlength="3" maxlength="500" required></div><button type="submit">${e(c.showProfile)}</button></form>`;
+  const body = `${v.notice ? `<div class="ok" role="status">${e(v.notice)}</div>` : ""}${v.error ? `<div class="error" role="alert">${e(v.error)}</div>` : ""}
+<table><tr><th>login ID</th><td>${e(m.login_id)}</td></tr><tr><th>status</th><td>${e(m.status)} / ${e(m.role)}</td></tr>
+<tr><th>created</th><td>${e(m.created_at ?? "")}</td></tr><tr><th>e-mail verified</th><td>${m.email_verified ? "✓" : "—"}</td></tr>
+<tr><th>${e(c.factors)}</th><td>${m.mfa.totp ? "TOTP " : ""}${m.mfa.passkeys ? `passkey×${m.mfa.passkeys} ` : ""}recovery codes: ${m.mfa.recovery_codes}</td></tr></table>
+<section><h2>${e(c.profile)}</h2>${profile}</section>
+<section><h2>${e(c.actions)}</h2>
+${reasonForm("revoke-sessions", c.revoke)}${reasonForm("reset-mfa", c.resetMfa)}${reasonForm("require-password-reset", c.requireReset)}${reasonForm("unlock", c.unlock)}
+<p><a href="/admin/audit?member_id=${id}">${e(c.audit)} →</a></p></section>`;
+  return consolePage(lang, c.memberTitle(m.login_id), body, `/admin/members/${m.member_id}`);
+}
+
+export function policyPage(
+  lang: Lang,
+  v: {
+    mode: string;
+    grace_days: number;
+    methods: string[];
+    phishing_resistant: boolean;
+    notice?: string;
+    error?: string;
+  },
+): string {
+  const c = C[lang];
+  const opt = (value: string, label: string) =>
+    `<option value="${value}"${v.mode === value ? " selected" : ""}>${e(label)}</option>`;
+  const check = (name: string, value: string, on: boolean, label: string) =>
+    `<label><input type="checkbox" name="${name}" value="${value}"${on ? " checked" : ""}> ${e(label)}</label>`;
+  const body = `${v.notice ? `<div class="ok" role="status">${e(v.notice)}</div>` : ""}${v.error ? `<div class="error" role="alert">${e(v.error)}</div>` : ""}
+<form method="post" action="/admin/policy">
+<label for="mode">${e(c.mode)}</label><select id="mode" name="mode">${opt("off", c.modeOff)}${opt("optional", c.modeOptional)}${opt("required", c.modeRequired)}</select>
+<label for="grace_days">${e(c.grace)}</label><input type="text" inputmode="numeric" id="grace_days" name="grace_days" value="${v.grace_days}" pattern="[0-9]{1,3}" required>
+<fieldset><legend>${e(c.methods)}</legend>${check("methods", "totp", v.methods.includes("totp"), c.withTotp)}${check("methods", "webauthn", v.methods.includes("webauthn"), c.withPasskeys)}</fieldset>
+${check("phishing_resistant", "true", v.phishing_resistant, c.phishing)}
+<button type="submit">${e(c.save)}</button></form>`;
+  return consolePage(lang, c.policyTitle, body, "/admin/policy");
+}
+
+export function auditPage(
+  lang: Lang,
+  v: {
+    entries: Array<{
+      seq: number;
+      at: string;
+      action: string;
+      outcome: string;
+      actor_type: string;
+      actor_id: string | null;
+      member_id: string | null;
+      reason: string | null;
+      ip: string | null;
+      details: Record<string, unknown>;
+    }>;
+    verify: { ok: boolean; entries: number; first_bad?: { seq: number; problem: string } };
+    filters: { member_id?: string | undefined; action?: string | undefined; request_id?: string | undefined };
+    olderHref: string | null;
+  },
+): string {
+  const c = C[lang];
+  const f = v.filters;
+  const chain = v.verify.ok
+    ? `<div class="ok" role="status">${e(c.chainOk(v.verify.entries))}</div>`
+    : `<div class="error" role="alert">${e(c.chainBad(v.verify.first_bad?.seq ?? 0, v.verify.first_bad?.problem ?? ""))}</div>`;
+  const body = `${chain}
+<form method="get" action="/admin/audit" class="row"><div><label for="member_id">${e(c.memberId)}</label><input type="text" id="member_id" name="member_id" value="${e(f.member_id ?? "")}"></div>
+<div><label for="action">${e(c.action)}</label><input type="text" id="action" name="action" value="${e(f.action ?? "")}"></div><button type="submit" class="secondary">${e(c.filter)}</button></form>
+<table><tr><th>#</th><th>${e(c.when)}</th><th>${e(c.action)}</th><th>${e(c.result)}</th><th>${e(c.who)}</th><th>${e(c.memberId)}</th><th>${e(c.details)}</th></tr>${v.entries
+    .map(
+      (x) =>
+        `<tr><td>${x.seq}</td><td>${e(when(x.at))}</td><td>${e(x.action)}</td><td>${e(x.outcome)}</td><td>${e(x.actor_type)} <code class="small">${e(x.actor_id ?? "")}</code><br><span class="muted">${e(x.ip ?? "")}</span></td><td>${x.member_id ? `<a href="/admin/members/${e(x.member_id)}"><code class="small">${e(x.member_id)}</code></a>` : ""}</td><td>${x.reason ? `<strong>${e(x.reason)}</strong> ` : ""}<code class="small">${e(JSON.stringify(x.details))}</code></td></tr>`,
+    )
+    .join("")}</table>
+${v.olderHref ? `<p><a href="${e(v.olderHref)}">${e(c.older)} →</a></p>` : ""}`;
+  return consolePage(lang, c.audit, body, "/admin/audit");
+}
+
+export function alertsPage(lang: Lang, alerts: AlertView[]): string {
+  const c = C[lang];
+  return consolePage(lang, c.alerts, alertsTable(lang, alerts), "/admin/alerts");
+}
