@@ -116,7 +116,7 @@ export function buildServices(deps: {
     honeytokens,
   });
   const notices = new SecurityNotices({ db, clock, vault, mailer });
-  const policy = new MfaPolicies({ db, clock, audit });
+  const policy = new MfaPolicies({ db, clock, audit, adminAcr: config.adminAcr });
   const sessions = new SessionService({
     db,
     clock,

@@ -41,6 +41,17 @@ describe("admin member support and PII read budgets", () => {
     expect(full.body.profile).toMatchObject({ email: PROFILE.email, address: PROFILE.address });
     // Never a password or its hash.
     expect(JSON.stringify(full.body)).not.toMatch(/argon2|password/i);
+    // …and no way to set one: there is no such call.
+    for (const path of [`/api/v1/admin/members/${id}/password`, `/api/v1/admin/members/${id}/set-password`]) {
+      expect((await post(t.app, path, { password: "chosen by the admin 123" }, admin)).status).toBe(404);
+    }
+    const hash = t.s.db.$client.prepare("SELECT password_hash FROM members WHERE id = ?").pluck().get(id);
+    expect(
+      (await post(t.app, "/api/v1/login", { login_id: "taro.support", password: STRONG_PASSWORD })).status,
+    ).toBe(200);
+    expect(t.s.db.$client.prepare("SELECT password_hash FROM members WHERE id = ?").pluck().get(id)).toBe(
+      hash,
+    );
     const reads = [...t.s.audit.iterate()].filter((e) => e.action === "pii.read" && e.actorType === "admin");
     expect(reads.at(-1)?.reason).toBe("ticket 4711: address check");
     const viewed = [...t.s.audit.iterate()].filter((e) => e.action === "admin.member_viewed");

@@ -43,9 +43,10 @@ describe("admins: `sekisho admins add` and the admin API of the login-anomaly en
       return req;
     };
     expect((await get()).status).toBe(401);
-    const weak = await get(passwordSession); // the admin's password-only session
+    // The admin's first sign-in was only a limited session (admins need a passkey from the start),
+    // replaced when the passkey was added.
+    const weak = await get(passwordSession);
     expect(weak.status).toBe(401);
-    expect(weak.body).toMatchObject({ error: "step_up_required", acr: "urn:sekisho:acr:phishing-resistant" });
     await register(t.app, { login_id: "plain.member" });
     expect((await get(await signIn(t.app, "plain.member"))).status).toBe(403);
     const ok = await get(await passkeySession(auth));

@@ -125,8 +125,8 @@ export class FactorEnrolment {
   }
 
   /** The MFA policy may restrict which factors can be added (`methods`), or all of them (`off`). */
-  #allowed(method: PolicyMethod): void {
-    if (this.#policy && !this.#policy.enrolmentAllowed(method)) {
+  #allowed(session: Session, method: PolicyMethod): void {
+    if (this.#policy && !this.#policy.enrolmentAllowed(method, this.member(session).role)) {
       throw new ApiError(
         403,
         "method_not_allowed",
@@ -172,7 +172,7 @@ export class FactorEnrolment {
   }
 
   beginTotp(session: Session): { secret: string; otpauthUri: string } {
-    this.#allowed("totp");
+    this.#allowed(session, "totp");
     this.requireStrongRecent(session);
     const m = this.member(session);
     return this.#factors.totp.begin(m.id, m.loginId);
@@ -221,7 +221,7 @@ export class FactorEnrolment {
   }
 
   async passkeyOptions(session: Session) {
-    this.#allowed("webauthn");
+    this.#allowed(session, "webauthn");
     this.requireStrongRecent(session);
     const m = this.member(session);
     // Admins' passkeys must verify the user (PIN or biometrics); members' should.

@@ -77,7 +77,7 @@ export function createOidc(s: Services): Oidc {
   /** The level this member's sign-in to this site must reach: MFA policies and acr_values. */
   const requiredAcr = (memberId: string, clientId: string | null, acrValues: string | null): string => {
     const member = s.db
-      .select({ createdAt: members.createdAt })
+      .select({ createdAt: members.createdAt, role: members.role })
       .from(members)
       .where(eq(members.id, memberId))
       .get();

@@ -88,10 +88,22 @@ export class MfaPolicies {
   readonly #clock: Clock;
   readonly #audit: AuditLog;
 
-  constructor(deps: { db: Db; clock: Clock; audit: AuditLog }) {
+  readonly #adminPolicy: MfaPolicy;
+
+  constructor(deps: { db: Db; clock: Clock; audit: AuditLog; adminAcr?: string }) {
     this.#db = deps.db;
     this.#clock = deps.clock;
     this.#audit = deps.audit;
+    // Admins have their own policy, always in force: a factor from the first sign-in (no grace),
+    // a passkey where the admin API needs phishing resistance (the default).
+    const phishing = (deps.adminAcr ?? ACR.phishingResistant) === ACR.phishingResistant;
+    this.#adminPolicy = {
+      mode: "required",
+      graceDays: 0,
+      methods: phishing ? ["webauthn"] : ["totp", "webauthn"],
+      phishingResistant: phishing,
+      requiredSince: 0,
+    };
   }
 
   #read(scope: string): MfaPolicy | null {
@@ -180,8 +192,9 @@ export class MfaPolicies {
     return removed;
   }
 
-  /** May members add factors at all (the global mode is not `off`, or a site requires them)? */
-  enrolmentAllowed(method: PolicyMethod): boolean {
+  /** May this member add a factor of this kind (the global policy, or the admins' one)? */
+  enrolmentAllowed(method: PolicyMethod, role: "member" | "admin" = "member"): boolean {
+    if (role === "admin") return this.#adminPolicy.methods.includes(method);
     const g = this.global();
     return g.mode !== "off" && g.methods.includes(method);
   }
@@ -191,14 +204,16 @@ export class MfaPolicies {
    * site's (if the sign-in is for one) and the site's `acr_values`.
    */
   requirement(
-    member: { createdAt: number },
+    member: { createdAt: number; role?: "member" | "admin" },
     factors: MemberFactors,
     opts: { clientId?: string | null; acrValues?: string | null } = {},
   ): Requirement {
     const now = this.#clock.now().getTime();
-    const policies = [this.global(), ...(opts.clientId ? [this.client(opts.clientId)] : [])].filter(
-      (p): p is MfaPolicy => p !== null,
-    );
+    const policies = [
+      this.global(),
+      ...(opts.clientId ? [this.client(opts.clientId)] : []),
+      ...(member.role === "admin" ? [this.#adminPolicy] : []),
+    ].filter((p): p is MfaPolicy => p !== null);
     const required = policies.filter((p) => p.mode === "required");
     let methods = policies
       .map((p) => p.methods)

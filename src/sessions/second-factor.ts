@@ -257,7 +257,7 @@ export class SecondFactorSignIn {
     let enrolmentRequired: PolicyMethod[] | undefined;
     if (kind === "second_factor" && this.#policy) {
       const m = this.#db
-        .select({ createdAt: members.createdAt })
+        .select({ createdAt: members.createdAt, role: members.role })
         .from(members)
         .where(eq(members.id, who))
         .get();

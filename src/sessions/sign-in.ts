@@ -179,6 +179,7 @@ export class PasswordSignIn {
           status: string;
           createdAt: number;
           passwordResetRequired: boolean;
+          role: "member" | "admin";
         }
       | undefined,
     settle: (outcome: "success" | "failure" | "neither") => void,
@@ -321,6 +322,7 @@ export class PasswordSignIn {
         status: members.status,
         createdAt: members.createdAt,
         passwordResetRequired: members.passwordResetRequired,
+        role: members.role,
       })
       .from(members)
       .where(eq(members.loginId, sql.placeholder("loginId")))
