@@ -101,7 +101,7 @@ export function buildServices(deps: {
     ? new AlertHooks({ db, clock, logger, url: config.alertWebhook.url, secret: config.alertWebhook.secret })
     : undefined;
   const alerts = new Alerts({ db, clock, audit, logger, ...(alertHooks ? { hooks: alertHooks } : {}) });
-  const budgets = new PiiBudgets({ clock, alerts, limits: config.piiBudgets });
+  const budgets = new PiiBudgets({ clock, alerts, limits: config.piiBudgets, db });
   const honeytokens = new Honeytokens({ keys, alerts });
   const vault = new ProfileVault({ db, keys, audit, clock, logger, budgets, honeytokens });
   const oidcStore = new OidcStore({ db, clock, keys });

@@ -1,6 +1,7 @@
 import supertest from "supertest";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { Clients } from "../src/oidc/clients.js";
+import { PiiBudgets } from "../src/audit/pii-budget.js";
 import { makeApp, PROFILE, post, register, STRONG_PASSWORD, signIn, type TestApp } from "./support/app.js";
 import { adminPasskeySession, adminWithPasskey } from "./support/admin.js";
 
@@ -75,9 +76,26 @@ describe("admin member support and PII read budgets", () => {
     t.clock.advance(55 * 60_000);
     expect((await get(`/api/v1/admin/members/${ids[5]}?reason=again`)).status).toBe(429);
     t.clock.advance(1000);
+    const stale = admin;
+    const adminId = t.s.db.$client
+      .prepare("SELECT id FROM members WHERE login_id = 'ops.admin'")
+      .pluck()
+      .get() as string;
     admin = await adminPasskeySession(t, auth);
     expect((await get(`/api/v1/admin/members/${ids[5]}?reason=again`)).status).toBe(200);
     expect((await get(`/api/v1/admin/members/${ids[6]}?reason=again`)).status).toBe(200);
+    // The session that ran into the block stays refused, even now that the admin re-armed it.
+    expect((await get(`/api/v1/admin/members/${ids[6]}?reason=again`, stale)).status).toBe(429);
+    // And a restart (new services on the same database) lifts nothing.
+    const again = new PiiBudgets({
+      clock: t.clock,
+      alerts: t.s.alerts,
+      db: t.s.db,
+      limits: t.s.budgets.limits,
+    });
+    expect(() => again.charge({ kind: "admin", id: adminId }, ["m_x"], { freshSince: 0 })).toThrow(
+      /pii_budget_exceeded/,
+    );
   });
 
   it("a member site past its budget gets no profile claims and an alert, until an admin approves it", async () => {
@@ -176,6 +194,39 @@ describe("admin member support and PII read budgets", () => {
         })
       ).status,
     ).toBe(200);
+  });
+
+  it("an admin's reset of another admin is refused, and an admin can't use a recovery code", async () => {
+    const other = await t.s.registrations.register(
+      { loginId: "other.admin", password: STRONG_PASSWORD, profile: {} },
+      { ip: null, requestId: null },
+      { role: "admin" },
+    );
+    const reset = await post(
+      t.app,
+      `/api/v1/admin/members/${other.memberId}/reset-mfa`,
+      { reason: "takeover" },
+      admin,
+    );
+    expect(reset.status).toBe(403);
+    const forced = await post(
+      t.app,
+      `/api/v1/admin/members/${other.memberId}/require-password-reset`,
+      { reason: "takeover" },
+      admin,
+    );
+    expect(forced.status).toBe(403);
+    // ops.admin has a passkey and recovery codes: the password plus a code buys nothing.
+    const codes = t.s.factors.recovery.replace(
+      t.s.db.$client.prepare("SELECT id FROM members WHERE login_id = 'ops.admin'").pluck().get() as string,
+    );
+    const step = await post(t.app, "/api/v1/login", { login_id: "ops.admin", password: STRONG_PASSWORD });
+    const viaCode = await post(t.app, "/api/v1/login/recovery-code", {
+      mfa_token: step.body.mfa_token,
+      code: codes[0],
+    });
+    expect(viaCode.status).toBe(403);
+    expect(viaCode.headers["set-cookie"]).toBeUndefined();
   });
 
   it("revoke-sessions ends a member's sessions; the audit API lists it and the chain verifies", async () => {

@@ -133,6 +133,62 @@ describe("MFA policy: admin API and enforcement at sign-in", () => {
     expect(totp.text).toContain("<svg");
   });
 
+  it("a limited session can't swap the member's authenticator app for the attacker's, nor read the profile", async () => {
+    await register(t.app, { login_id: "taro.swap" });
+    const { code } = await enrolTotp(t, await signIn(t.app, "taro.swap"));
+    // Both methods listed, but phishing-resistant: only passkeys count.
+    await put({ mode: "required", grace_days: 0, methods: ["totp", "webauthn"], phishing_resistant: true });
+    const step = await login("taro.swap");
+    const limited = await post(t.app, "/api/v1/login/totp", { mfa_token: step.body.mfa_token, code: code() });
+    expect(limited.body.status).toBe("mfa_enrollment_required");
+    const cookie = sessionCookie(limited);
+    // Attack: with a phished password and code, replace the member's app by the attacker's.
+    expect((await post(t.app, "/api/v1/me/totp", {}, cookie)).status).toBe(403);
+    const me = await supertest(t.app).get("/api/v1/me").set("Cookie", cookie);
+    expect(me.status).toBe(200);
+    expect(me.body.profile).toBeUndefined(); // no personal data behind a limited session
+    expect(me.body.session.kind).toBe("limited");
+  });
+
+  it("where only passkeys count, a member who has one can't sign in with a code (TOTP or recovery) at all", async () => {
+    await register(t.app, { login_id: "taro.both" });
+    const first = await signIn(t.app, "taro.both");
+    const { code, done } = await enrolTotp(t, first);
+    const mfaStep = await login("taro.both");
+    const mfa = sessionCookie(
+      await post(t.app, "/api/v1/login/totp", { mfa_token: mfaStep.body.mfa_token, code: code() }),
+    );
+    t.clock.advance(31_000);
+    const key = new SoftAuthenticator();
+    const options = await post(t.app, "/api/v1/me/passkeys/options", {}, mfa);
+    const added = await post(
+      t.app,
+      "/api/v1/me/passkeys",
+      { response: key.register(options.body, { origin: ORIGIN }) },
+      mfa,
+    );
+    expect(added.status).toBe(201);
+    await put({ mode: "required", grace_days: 0, methods: ["webauthn"], phishing_resistant: false });
+    const step = await login("taro.both");
+    expect(step.body.methods).toEqual(["webauthn"]);
+    const viaTotp = await post(t.app, "/api/v1/login/totp", { mfa_token: step.body.mfa_token, code: code() });
+    expect(viaTotp.status).toBe(403);
+    expect(viaTotp.body.error).toBe("method_not_allowed");
+    const recovery = done.body.recovery_codes[0] as string;
+    const viaCode = await post(t.app, "/api/v1/login/recovery-code", {
+      mfa_token: step.body.mfa_token,
+      code: recovery,
+    });
+    expect(viaCode.status).toBe(403);
+    expect(viaCode.headers["set-cookie"]).toBeUndefined();
+    // (the code was not spent)
+    const id = t.s.db.$client
+      .prepare("SELECT id FROM members WHERE login_id = 'taro.both'")
+      .pluck()
+      .get() as string;
+    expect(t.s.factors.of(id).recoveryCodes).toBe(10);
+  });
+
   it("counts the grace period from registration for members who join after the policy took effect", async () => {
     await put(REQUIRED);
     t.clock.advance(10 * DAY);

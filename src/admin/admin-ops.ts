@@ -168,7 +168,22 @@ export class AdminOps {
     };
   }
 
+  /**
+   * Admins are not reset by admins: a reset admin's password alone would enrol a new passkey and
+   * sign in (an attacker with one admin account would take over another). The operator does it.
+   */
+  #notAdmin(member: MemberRow): void {
+    if (member.role === "admin") {
+      throw new ApiError(
+        403,
+        "forbidden",
+        "Administrators are reset by the operator (npx sekisho), not through the admin API.",
+      );
+    }
+  }
+
   resetMfa(c: AdminCtx, member: MemberRow, reason: string) {
+    this.#notAdmin(member);
     const result = this.s.support.resetMfa(member.id, {
       adminId: c.admin.memberId,
       reason,
@@ -180,6 +195,7 @@ export class AdminOps {
   }
 
   requirePasswordReset(c: AdminCtx, member: MemberRow, reason: string) {
+    this.#notAdmin(member);
     const result = this.s.recovery.requireNewPassword(member.id, {
       adminId: c.admin.memberId,
       reason,

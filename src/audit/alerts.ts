@@ -35,8 +35,7 @@ export class Alerts {
     const key = `${kind}|${subject}`;
     const last = this.#recent.get(key);
     if (last !== undefined && now - last < 10 * 60_000) return false;
-    if (this.#recent.size > 10_000) this.#recent.clear();
-    this.#recent.set(key, now);
+
     const row = inTransaction(this.#db, () => {
       const inserted = this.#db
         .insert(alerts)
@@ -46,6 +45,9 @@ export class Alerts {
       this.hooks?.enqueue(inserted.id);
       return inserted;
     });
+    // Remembered only once stored (an alert lost with a rolled-back transaction isn't muted).
+    if (this.#recent.size > 10_000) this.#recent.clear();
+    this.#recent.set(key, now);
     const line = { alert_id: row.id, alert: kind, severity, details };
     if (severity === "critical") this.#log?.error(line, "security alert");
     else this.#log?.warn(line, "security alert");

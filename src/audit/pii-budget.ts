@@ -1,4 +1,7 @@
+import { eq } from "drizzle-orm";
 import type { Clock } from "../clock.js";
+import type { Db } from "../db/connection.js";
+import { piiBlocks } from "../db/schema.js";
 import { ApiError } from "../errors.js";
 import { MemoryCounterStore } from "../throttle/counters.js";
 import type { Alerts } from "./alerts.js";
@@ -63,13 +66,13 @@ export class PiiBudgets {
   readonly #clock: Clock;
   readonly #alerts: Alerts;
   readonly #counts = new MemoryCounterStore([HOUR, DAY], 100_000);
-  /** Principals refused since (ms): until a fresh step-up (admins) or an approval (clients). */
-  readonly #blocked = new Map<string, number>();
+  readonly #db: Db | undefined;
   readonly #readers = new Map<string, Reader>();
   /** When a principal's bulk-read alert was last raised: at most one a day each. */
   readonly #suspected = new Map<string, number>();
 
-  constructor(deps: { clock: Clock; alerts: Alerts; limits?: Partial<PiiBudgetLimits> }) {
+  constructor(deps: { clock: Clock; alerts: Alerts; limits?: Partial<PiiBudgetLimits>; db?: Db }) {
+    this.#db = deps.db;
     this.#clock = deps.clock;
     this.#alerts = deps.alerts;
     this.limits = { ...DEFAULT_PII_BUDGETS, ...deps.limits };
@@ -87,10 +90,14 @@ export class PiiBudgets {
     const members = memberIds.length;
     const now = this.#clock.now().getTime();
     const key = this.#key(p);
-    const blockedAt = this.#blocked.get(key);
-    if (blockedAt !== undefined) {
-      if (p.kind === "admin" && (opts.freshSince ?? 0) > blockedAt) {
-        this.#blocked.delete(key);
+    const block = this.#block(key);
+    if (block) {
+      const fresh = opts.freshSince ?? 0;
+      if (block.rearmedAfter !== null) {
+        // Re-armed by a sign-in after the block: sessions from before it stay refused.
+        if (p.kind !== "admin" || fresh <= block.rearmedAfter) throw piiBudgetExceeded();
+      } else if (p.kind === "admin" && fresh > block.blockedAt) {
+        this.#setBlock(key, block.blockedAt, block.blockedAt);
         this.#counts.delete(key);
       } else {
         throw piiBudgetExceeded();
@@ -100,7 +107,7 @@ export class PiiBudgets {
     const hourLimit = p.kind === "admin" ? this.limits.adminHour : this.limits.clientHour;
     const dayLimit = p.kind === "admin" ? this.limits.adminDay : this.limits.clientDay;
     if (hour + members > hourLimit || day + members > dayLimit) {
-      this.#blocked.set(key, now);
+      this.#setBlock(key, now, null);
       this.#alerts.raise(
         "pii_budget_exceeded",
         "critical",
@@ -198,11 +205,37 @@ export class PiiBudgets {
   approve(p: Principal): boolean {
     const key = this.#key(p);
     this.#counts.delete(key);
-    return this.#blocked.delete(key);
+    const was = this.#block(key) !== null;
+    this.#memory.delete(key);
+    this.#db?.delete(piiBlocks).where(eq(piiBlocks.principal, key)).run();
+    return was;
   }
 
   status(p: Principal): { readLastHour: number; readLastDay: number; blocked: boolean } {
     const [hour, day] = this.#counts.peek(this.#key(p), this.#clock.now().getTime()) as [number, number];
-    return { readLastHour: hour, readLastDay: day, blocked: this.#blocked.has(this.#key(p)) };
+    const block = this.#block(this.#key(p));
+    return { readLastHour: hour, readLastDay: day, blocked: block !== null && block.rearmedAfter === null };
+  }
+
+  // Blocks are kept in the database (a restart must not lift them); in memory without one (tests
+  // of the counting alone).
+  readonly #memory = new Map<string, { blockedAt: number; rearmedAfter: number | null }>();
+
+  #block(key: string): { blockedAt: number; rearmedAfter: number | null } | null {
+    if (!this.#db) return this.#memory.get(key) ?? null;
+    return this.#db.select().from(piiBlocks).where(eq(piiBlocks.principal, key)).get() ?? null;
+  }
+
+  #setBlock(key: string, blockedAt: number, rearmedAfter: number | null): void {
+    if (!this.#db) {
+      this.#memory.set(key, { blockedAt, rearmedAfter });
+      return;
+    }
+    const row = { principal: key, blockedAt, rearmedAfter };
+    this.#db
+      .insert(piiBlocks)
+      .values(row)
+      .onConflictDoUpdate({ target: piiBlocks.principal, set: row })
+      .run();
   }
 }

@@ -435,3 +435,14 @@ export const alertDeliveries = sqliteTable(
   },
   (t) => [index("alert_deliveries_due").on(t.status, t.nextAttemptAt)],
 );
+
+/**
+ * Principals (`admin:<member id>`, `client:<client id>`) refused for going past their PII read
+ * budget. An admin's block is lifted for sessions signed in after it (`rearmed_after`), never for
+ * the session that ran into it; a member site's by an admin's approval (the row goes).
+ */
+export const piiBlocks = sqliteTable("pii_blocks", {
+  principal: text("principal").primaryKey(),
+  blockedAt: integer("blocked_at").notNull(),
+  rearmedAfter: integer("rearmed_after"),
+});

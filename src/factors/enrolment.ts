@@ -8,7 +8,7 @@ import { ApiError } from "../errors.js";
 import { ACR, satisfies } from "../sessions/levels.js";
 import type { Session } from "../sessions/sessions.js";
 import type { Factors } from "./methods.js";
-import type { MfaPolicies, PolicyMethod } from "../policy/mfa-policy.js";
+import { type MfaPolicies, meets, type PolicyMethod } from "../policy/mfa-policy.js";
 import type { SessionService } from "../sessions/sessions.js";
 import type { Amr } from "../sessions/levels.js";
 import type { SecurityNotices } from "../mail/notices.js";
@@ -65,9 +65,9 @@ export class FactorEnrolment {
     this.#reauthMs = deps.reauthMs;
   }
 
-  member(session: Session): { id: string; loginId: string; role: "member" | "admin" } {
+  member(session: Session): { id: string; loginId: string; role: "member" | "admin"; createdAt: number } {
     const m = this.#db
-      .select({ id: members.id, loginId: members.loginId, role: members.role })
+      .select({ id: members.id, loginId: members.loginId, role: members.role, createdAt: members.createdAt })
       .from(members)
       .where(eq(members.id, session.memberId))
       .get();
@@ -124,14 +124,22 @@ export class FactorEnrolment {
     }
   }
 
-  /** The MFA policy may restrict which factors can be added (`methods`), or all of them (`off`). */
+  /**
+   * The MFA policy may restrict which factors can be added (`methods`), or all of them (`off`).
+   * A limited session (one that must add a factor before anything else) may only add a factor
+   * the policy counts, and never replace one the member has: it exists to add what is missing.
+   */
   #allowed(session: Session, method: PolicyMethod): void {
-    if (this.#policy && !this.#policy.enrolmentAllowed(method, this.member(session).role)) {
-      throw new ApiError(
-        403,
-        "method_not_allowed",
-        "The MFA policy doesn't allow adding this kind of factor.",
-      );
+    const refuse = () =>
+      new ApiError(403, "method_not_allowed", "The MFA policy doesn't allow adding this kind of factor.");
+    if (!this.#policy) return;
+    const m = this.member(session);
+    if (!this.#policy.enrolmentAllowed(method, m.role)) throw refuse();
+    if (session.kind === "limited") {
+      const factors = this.#factors.of(m.id);
+      if (method === "totp" && factors.totp) throw refuse();
+      const need = this.#policy.requirement(m, factors);
+      if (method === "totp" && !need.methods.includes("totp")) throw refuse();
     }
   }
 
@@ -145,6 +153,11 @@ export class FactorEnrolment {
       via === "totp"
         ? { acr: ACR.mfa, amr: [...new Set<Amr>([...session.amr, "otp", "mfa"])] }
         : { acr: ACR.phishingResistant, amr: [...new Set<Amr>([...session.amr, "hwk", "user", "mfa"])] };
+    // Only if the new level is what the policy wants; otherwise the session stays limited.
+    if (this.#policy) {
+      const m = this.member(session);
+      if (!meets(this.#policy.requirement(m, this.#factors.of(m.id)), level.acr, level.amr)) return null;
+    }
     return inTransaction(this.#db, () => {
       this.#sessions?.revoke(session.memberId, session.id, "enrolled");
       const created = this.#sessions?.create({
@@ -186,6 +199,7 @@ export class FactorEnrolment {
 
   /** Verify the pending secret; the new recovery codes, or null for a wrong code. */
   activateTotp(session: Session, code: string, ctx: ActionContext): string[] | null {
+    this.#allowed(session, "totp"); // again: the policy may have changed since the enrolment began
     this.requireStrongRecent(session);
     const replaced = this.#factors.totp.enabled(session.memberId);
     return inTransaction(this.#db, () => {

@@ -266,7 +266,7 @@ export function memberPage(
     ? `<table>${Object.entries(v.profile)
         .map(([k, val]) => `<tr><th>${e(k)}</th><td>${e(val)}</td></tr>`)
         .join("")}</table>`
-    : `<form method="get" action="/admin/members/${id}" class="row"><div><label for="reason">${e(c.reasonLabel)}</label><input type="text" id="reason" name="reason" minlength="3" maxlength="500" required></div><button type="submit">${e(c.showProfile)}</button></form>`;
+    : `<form method="post" action="/admin/members/${id}/view" class="row"><div><label for="reason">${e(c.reasonLabel)}</label><input type="text" id="reason" name="reason" minlength="3" maxlength="500" required></div><button type="submit">${e(c.showProfile)}</button></form>`;
   const body = `${v.notice ? `<div class="ok" role="status">${e(v.notice)}</div>` : ""}${v.error ? `<div class="error" role="alert">${e(v.error)}</div>` : ""}
 <table><tr><th>login ID</th><td>${e(m.login_id)}</td></tr><tr><th>status</th><td>${e(m.status)} / ${e(m.role)}</td></tr>
 <tr><th>created</th><td>${e(m.created_at ?? "")}</td></tr><tr><th>e-mail verified</th><td>${m.email_verified ? "✓" : "—"}</td></tr>

@@ -202,7 +202,7 @@ export class ProfileVault {
     access: PiiAccess,
   ): Map<string, Profile> {
     const out = new Map<string, Profile>();
-    if (memberIds.length === 0 || fields.length === 0) return out;
+    if (memberIds.length === 0) return out;
     // Admins and member sites spend their budget before anything is decrypted.
     if (this.#budgets && (access.actorType === "admin" || access.actorType === "client")) {
       this.#budgets.charge(
@@ -212,6 +212,7 @@ export class ProfileVault {
       );
     }
     this.#honeytokens?.check(memberIds, "pii_read", access);
+    if (fields.length === 0) return out; // (counted and watched all the same: it says who exists)
     const rows = this.#db
       .select()
       .from(profiles)

@@ -199,6 +199,28 @@ export class OidcStore {
     }
   }
 
+  /**
+   * The OpenID scopes a member granted a member site (every live grant of theirs to it), or null
+   * when there is none: a member-site backend reads only members who signed in to that site.
+   */
+  grantedScopes(sub: string, clientId: string): Set<string> | null {
+    const rows = this.#db.$client
+      .prepare<[string], Row>(
+        "SELECT id_hash, payload, expires_at, consumed_at FROM oidc_payloads WHERE account_id = ? AND model = 'Grant'",
+      )
+      .all(sub);
+    let scopes: Set<string> | null = null;
+    for (const row of rows) {
+      const grant = this.#live("Grant", row) as
+        | { clientId?: string; openid?: { scope?: string } }
+        | undefined;
+      if (grant?.clientId !== clientId) continue;
+      scopes ??= new Set();
+      for (const sc of String(grant.openid?.scope ?? "").split(" ")) if (sc) scopes.add(sc);
+    }
+    return scopes;
+  }
+
   /** Delete every expired row; returns how many. */
   deleteExpired(): number {
     return this.#expired().run(this.#clock.now().getTime()).changes;

@@ -9,7 +9,8 @@ import { errorPage, loggedOutPage, logoutPage, pickLang } from "../http/pages.js
 import { ApiError, StartupError } from "../errors.js";
 import { PROFILE_FIELDS, type Profile, type ProfileField } from "../members/profile.js";
 import type { Services } from "../services.js";
-import { ACR, satisfies } from "../sessions/levels.js";
+import { ACR } from "../sessions/levels.js";
+import { meets, type Requirement } from "../policy/mfa-policy.js";
 import { logOut } from "../sessions/member-actions.js";
 import { SESSION_COOKIE, type Session, sessionTokenFrom } from "../sessions/sessions.js";
 import type { OidcStore } from "./adapter.js";
@@ -45,7 +46,7 @@ export interface Oidc {
   clients: Clients;
   /** The member's live full session from the request's cookie, if any. */
   sessionOf(cookieHeader: string | undefined): Session | null;
-  requiredAcr(memberId: string, clientId: string | null, acrValues: string | null): string;
+  requirementFor(memberId: string, clientId: string | null, acrValues: string | null): Requirement;
   subjectOf(memberId: string): string | null;
 }
 
@@ -74,15 +75,19 @@ export function createOidc(s: Services): Oidc {
     return session?.kind === "full" ? session : null;
   };
 
-  /** The level this member's sign-in to this site must reach: MFA policies and acr_values. */
-  const requiredAcr = (memberId: string, clientId: string | null, acrValues: string | null): string => {
+  /** What this member's sign-in to this site must reach: the MFA policies and acr_values. */
+  const requirementFor = (
+    memberId: string,
+    clientId: string | null,
+    acrValues: string | null,
+  ): Requirement => {
     const member = s.db
       .select({ createdAt: members.createdAt, role: members.role })
       .from(members)
       .where(eq(members.id, memberId))
       .get();
-    if (!member) return ACR.phishingResistant;
-    return s.policy.requirement(member, s.factors.of(memberId), { clientId, acrValues }).acr;
+    if (!member) return { acr: ACR.phishingResistant, methods: ["webauthn"], enrol: true, graceEndsAt: null };
+    return s.policy.requirement(member, s.factors.of(memberId), { clientId, acrValues });
   };
 
   // The login prompt also asks whenever the Sekisho session is missing, belongs to someone else,
@@ -99,8 +104,8 @@ export function createOidc(s: Services): Oidc {
         if (!session) return interactionPolicy.Check.REQUEST_PROMPT;
         if (ctx.oidc.session?.accountId !== subjectOf(session.memberId))
           return interactionPolicy.Check.REQUEST_PROMPT;
-        const wanted = requiredAcr(session.memberId, ctx.oidc.client?.clientId ?? null, requestedAcr(ctx));
-        if (!satisfies(session.acr, wanted)) return interactionPolicy.Check.REQUEST_PROMPT;
+        const need = requirementFor(session.memberId, ctx.oidc.client?.clientId ?? null, requestedAcr(ctx));
+        if (!meets(need, session.acr, session.amr)) return interactionPolicy.Check.REQUEST_PROMPT;
         return interactionPolicy.Check.NO_NEED_TO_PROMPT;
       },
     ),
@@ -286,7 +291,7 @@ export function createOidc(s: Services): Oidc {
     ctx.cookies.set(SESSION_COOKIE, null, { signed: false, path: "/", httpOnly: true, sameSite: "lax" });
   });
   provider.on("server_error", (_ctx: unknown, err: Error) => s.logger.error({ err }, "oidc server_error"));
-  return { provider, store, clients, sessionOf, subjectOf, requiredAcr };
+  return { provider, store, clients, sessionOf, subjectOf, requirementFor };
 }
 
 function requestedAcr(ctx: KoaContextWithOIDC): string | null {

@@ -5,7 +5,7 @@ import type { Clock } from "../clock.js";
 import type { Db } from "../db/connection.js";
 import { mfaPolicies } from "../db/schema.js";
 import type { MemberFactors } from "../factors/methods.js";
-import { ACR, type Acr, acrRank } from "../sessions/levels.js";
+import { ACR, type Acr, acrRank, satisfies } from "../sessions/levels.js";
 
 /**
  * The MFA policy admins set: for all members, and per member site.
@@ -71,6 +71,18 @@ export interface Requirement {
   enrol: boolean;
   /** Required, member without a factor, still in grace: when it ends. */
   graceEndsAt: number | null;
+}
+
+/**
+ * Does a session's level meet a requirement? The level (acr) must, and the factor it was reached
+ * with must be one the policies count: a passkey always counts (it is the strongest there is); a
+ * one-time code (TOTP or a recovery code) only where `totp` is among the methods.
+ */
+export function meets(need: Requirement, acr: string, amr: readonly string[]): boolean {
+  if (!satisfies(acr, need.acr)) return false;
+  if (need.acr === ACR.password) return true;
+  if (amr.includes("hwk") || amr.includes("swk")) return true;
+  return need.methods.includes("totp");
 }
 
 export function toJson(p: MfaPolicy) {
@@ -192,11 +204,15 @@ export class MfaPolicies {
     return removed;
   }
 
-  /** May this member add a factor of this kind (the global policy, or the admins' one)? */
+  /**
+   * May this member add a factor of this kind (the global policy, or the admins' one)? Where only
+   * passkeys satisfy the policy, no new authenticator app.
+   */
   enrolmentAllowed(method: PolicyMethod, role: "member" | "admin" = "member"): boolean {
-    if (role === "admin") return this.#adminPolicy.methods.includes(method);
-    const g = this.global();
-    return g.mode !== "off" && g.methods.includes(method);
+    const p = role === "admin" ? this.#adminPolicy : this.global();
+    if (role !== "admin" && p.mode === "off") return false;
+    if (method === "totp" && p.phishingResistant) return false;
+    return p.methods.includes(method);
   }
 
   /**

@@ -9,8 +9,8 @@ import type { Factors } from "../factors/methods.js";
 import type { AssertionResult, CeremonyBinding } from "../factors/passkeys.js";
 import type { Attempt, LoginGuard } from "../throttle/engine.js";
 import type { DeviceRegistry } from "./devices.js";
-import { ACR, type Acr, type Amr, acrRank, satisfies } from "./levels.js";
-import type { MfaPolicies, PolicyMethod } from "../policy/mfa-policy.js";
+import { ACR, type Acr, type Amr, acrRank } from "./levels.js";
+import { type MfaPolicies, meets, type PolicyMethod, type Requirement } from "../policy/mfa-policy.js";
 import type { MfaTokens, PendingMfa } from "./mfa-tokens.js";
 import type { Session, SessionService } from "./sessions.js";
 import { tooManyAttempts } from "./sign-in.js";
@@ -186,8 +186,43 @@ export class SecondFactorSignIn {
     return this.#factors.passkeys.authenticationOptions(binding);
   }
 
+  /**
+   * The policy in force for this second step, and refusal of a one-time code where the policy
+   * counts only passkeys and the member has one (otherwise a phished password and code — or a
+   * recovery code — would buy a session that can add the thief's passkey). Admins never recover
+   * with codes: another admin or the operator resets them.
+   */
+  #policyFor(memberId: string | null, pending: PendingMfa | null, proof: FactorProof): Requirement | null {
+    if (!pending || !memberId || !this.#policy) return null;
+    const m = this.#db
+      .select({ createdAt: members.createdAt, role: members.role })
+      .from(members)
+      .where(eq(members.id, memberId))
+      .get();
+    if (!m) return null;
+    const factors = this.#factors.of(memberId);
+    const need = this.#policy.requirement(m, factors);
+    const code = proof.method !== "webauthn";
+    if (code && need.acr !== ACR.password && !need.methods.includes("totp")) {
+      if (factors.passkeys > 0)
+        throw new ApiError(
+          403,
+          "method_not_allowed",
+          "Sign in with your passkey: a one-time code is not enough here.",
+        );
+      if (m.role === "admin" && proof.method === "recovery_code")
+        throw new ApiError(
+          403,
+          "method_not_allowed",
+          "Administrators can't sign in with recovery codes; ask another administrator.",
+        );
+    }
+    return need;
+  }
+
   async complete(subject: Subject, proof: FactorProof, ctx: FactorContext): Promise<FactorResult> {
     const { memberId, pending, session } = this.#resolve(subject);
+    const need = this.#policyFor(memberId, pending, proof);
     if (memberId === null && proof.method !== "webauthn") {
       throw new ApiError(
         401,
@@ -202,7 +237,7 @@ export class SecondFactorSignIn {
       settled = true;
     };
     try {
-      return await this.#complete(memberId, pending, session, proof, ctx, settle);
+      return await this.#complete(memberId, pending, session, proof, ctx, settle, need);
     } finally {
       settle("neither");
     }
@@ -215,6 +250,7 @@ export class SecondFactorSignIn {
     proof: FactorProof,
     ctx: FactorContext,
     settle: (outcome: "success" | "failure" | "neither") => void,
+    need: Requirement | null,
   ): Promise<FactorResult> {
     // What this proof adds. `pwd` only when the password was part of this sign-in (the mfa_token).
     const pwd: Amr[] = pending ? ["pwd"] : [];
@@ -252,18 +288,13 @@ export class SecondFactorSignIn {
       level = { acr, amr };
     }
     const kind = stepUp ? "step_up" : pending ? "second_factor" : "passwordless";
-    // The global MFA policy may want more than this factor gives (a passkey where TOTP was used):
-    // the member passed a factor, so a limited session that can add the one wanted is safe.
+    // The global MFA policy (or the admins' own) may want more than this factor gives (a passkey
+    // where TOTP was used). A member who can't give more yet gets a limited session to add it
+    // (they passed a factor); one who can — who has a passkey — must use it (checked before the
+    // code is spent, in #refuseWeakerFactor).
     let enrolmentRequired: PolicyMethod[] | undefined;
-    if (kind === "second_factor" && this.#policy) {
-      const m = this.#db
-        .select({ createdAt: members.createdAt, role: members.role })
-        .from(members)
-        .where(eq(members.id, who))
-        .get();
-      const need = m ? this.#policy.requirement(m, this.#factors.of(who)) : null;
-      if (need && !satisfies(level.acr, need.acr)) enrolmentRequired = need.methods;
-    }
+    if (kind === "second_factor" && need && !meets(need, level.acr, level.amr))
+      enrolmentRequired = need.methods;
 
     let outcome: { token: string; session: Session; deviceToken: string | null };
     try {

@@ -233,9 +233,14 @@ export class PasswordSignIn {
       clientId: ctx.clientId,
       acrValues: ctx.acrValues,
     });
-    // Where only a passkey satisfies the policy and the member has one, only it is offered.
+    // Where codes don't count (phishing-resistant, or passkeys only) and the member has a passkey,
+    // only it is offered (and a code is refused at the second step).
+    const codesCount =
+      !need ||
+      need.acr === ACR.password ||
+      (need.acr !== ACR.phishingResistant && need.methods.includes("totp"));
     const methods = methodsOf(factors).filter(
-      (m) => need?.acr !== ACR.phishingResistant || factors.passkeys === 0 || m === "webauthn",
+      (m) => codesCount || factors.passkeys === 0 || m === "webauthn",
     );
     // A right password clears the counts only when it completes the sign-in: with a second
     // factor due they stay until that passes too — otherwise each password step would buy an

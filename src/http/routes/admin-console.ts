@@ -171,36 +171,41 @@ export function adminConsoleRoutes(s: Services): Router {
     const l = lang(req);
     const member = ops.member(req.params.member_id);
     const notice = typeof req.query.done === "string" ? consoleText(l).done : undefined;
-    if (typeof req.query.reason === "string") {
-      const reason = reasonText.safeParse(req.query.reason);
-      if (!reason.success)
-        return html(
-          res,
-          400,
-          memberPage(l, { member: ops.summary(member), profile: null, error: consoleText(l).needReason }),
-        );
-      try {
-        const full = ops.view(c, member, reason.data);
-        return html(
-          res,
-          200,
-          memberPage(l, { member: full, profile: full.profile as Record<string, string> }),
-        );
-      } catch (err) {
-        if (err instanceof ApiError && err.code === "pii_budget_exceeded")
-          return html(
-            res,
-            429,
-            memberPage(l, { member: ops.summary(member), profile: null, error: consoleText(l).budget }),
-          );
-        throw err;
-      }
-    }
     html(
       res,
       200,
       memberPage(l, { member: ops.summary(member), profile: null, ...(notice ? { notice } : {}) }),
     );
+  });
+
+  // Personal data: a POST with the reason in the body (a GET could be triggered from another
+  // site, and would put the reason in logs, history and Referer).
+  r.post("/admin/members/:member_id/view", ...form, (req, res) => {
+    const c = admin(req, res);
+    if (!c) return;
+    const l = lang(req);
+    const member = ops.member(req.params.member_id);
+    const reason = reasonForm.safeParse(req.body);
+    if (!reason.success) {
+      return html(
+        res,
+        400,
+        memberPage(l, { member: ops.summary(member), profile: null, error: consoleText(l).needReason }),
+      );
+    }
+    try {
+      const full = ops.view(c, member, reason.data.reason);
+      html(res, 200, memberPage(l, { member: full, profile: full.profile as Record<string, string> }));
+    } catch (err) {
+      if (err instanceof ApiError && err.code === "pii_budget_exceeded") {
+        return html(
+          res,
+          429,
+          memberPage(l, { member: ops.summary(member), profile: null, error: consoleText(l).budget }),
+        );
+      }
+      throw err;
+    }
   });
 
   for (const action of ACTIONS) {

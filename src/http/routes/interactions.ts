@@ -3,7 +3,8 @@ import { ApiError } from "../../errors.js";
 import { errors } from "oidc-provider";
 import type { Oidc } from "../../oidc/provider.js";
 import type { Services } from "../../services.js";
-import { ACR, satisfies } from "../../sessions/levels.js";
+import { ACR } from "../../sessions/levels.js";
+import { meets, type Requirement } from "../../policy/mfa-policy.js";
 import type { FactorMethod } from "../../factors/methods.js";
 import type { Session } from "../../sessions/sessions.js";
 import { setDeviceCookie, setSessionCookie } from "../cookies.js";
@@ -66,16 +67,19 @@ export function interactionRoutes(s: Services, oidc: Oidc): Router {
   };
 
   type Details = { params: Record<string, unknown>; prompt: { reasons: string[] }; iat?: number };
-  /** The level this member's sign-in must reach here: the MFA policies (global, site) and acr_values. */
-  const neededAcr = (memberId: string, details: Details) =>
-    oidc.requiredAcr(
+  /** What this member's sign-in must reach here: the MFA policies (global, site, admins') and acr_values. */
+  const needed = (memberId: string, details: Details) =>
+    oidc.requirementFor(
       memberId,
       (details.params.client_id as string | undefined) ?? null,
       requestedAcr(details.params) ?? null,
     );
+  /** Does this session meet it (level, and a factor the policies count)? */
+  const meetsHere = (session: Session, details: Details) =>
+    meets(needed(session.memberId, details), session.acr, session.amr);
   /** Is this session good enough for the interaction? */
   const sessionSatisfies = (session: Session | null, details: Details) =>
-    !!session && fresh(session, details) && satisfies(session.acr, neededAcr(session.memberId, details));
+    !!session && fresh(session, details) && meetsHere(session, details);
   /** Is the session recent enough (max_age, prompt=login), whatever its level? */
   const fresh = (session: Session | null, details: Details) => {
     if (!session) return false;
@@ -170,10 +174,11 @@ export function interactionRoutes(s: Services, oidc: Oidc): Router {
       );
   };
 
-  /** Methods that can lift a session to the level asked for (only passkeys reach phishing-resistant). */
-  const stepUpMethods = (memberId: string, acr: string | undefined): FactorMethod[] => {
+  /** Methods that can lift a session to what is needed (where codes don't count, only passkeys). */
+  const stepUpMethods = (memberId: string, need: Requirement): FactorMethod[] => {
     const methods = s.factors.methods(memberId);
-    return acr === ACR.phishingResistant ? methods.filter((m) => m === "webauthn") : methods;
+    const codesCount = need.acr !== ACR.phishingResistant && need.methods.includes("totp");
+    return codesCount ? methods : methods.filter((m) => m === "webauthn");
   };
 
   r.get("/interaction/:uid", async (req, res) => {
@@ -184,7 +189,7 @@ export function interactionRoutes(s: Services, oidc: Oidc): Router {
       // Signed in recently enough but at too low a level: step up instead of a new password.
       if (session && fresh(session, details) && !details.params[SILENT_PARAM]) {
         // (No usable method: the page says to add a factor on the account page first.)
-        const methods = stepUpMethods(session.memberId, neededAcr(session.memberId, details));
+        const methods = stepUpMethods(session.memberId, needed(session.memberId, details));
         return renderMfa(req, res, 200, { methods, stepUp: true });
       }
     }
@@ -226,8 +231,8 @@ export function interactionRoutes(s: Services, oidc: Oidc): Router {
     if (result.status === "mfa_enrollment_required") return renderMfa(req, res, 200, { methods: [] });
     // A password session where the site's policy needs more (a member in the grace period of the
     // global policy signing in to a stricter site): step up, or add a factor.
-    if (!satisfies(result.session.acr, neededAcr(result.session.memberId, details))) {
-      const methods = stepUpMethods(result.session.memberId, neededAcr(result.session.memberId, details));
+    if (!meetsHere(result.session, details)) {
+      const methods = stepUpMethods(result.session.memberId, needed(result.session.memberId, details));
       return renderMfa(req, res, 200, { methods, stepUp: true });
     }
     return finishLogin(req, res, result.session);
@@ -250,7 +255,7 @@ export function interactionRoutes(s: Services, oidc: Oidc): Router {
       if (!memberId) return render(req, res, 401, "expired");
       const methods =
         "session" in subject
-          ? stepUpMethods(memberId, neededAcr(memberId, details))
+          ? stepUpMethods(memberId, needed(memberId, details))
           : s.factors.methods(memberId);
       return renderMfa(req, res, 401, {
         methods,
@@ -261,10 +266,9 @@ export function interactionRoutes(s: Services, oidc: Oidc): Router {
     setSessionCookie(res, result.token, s.config.secureCookies);
     if (result.deviceToken) setDeviceCookie(res, result.deviceToken, s.config.secureCookies);
     // Still below what the site needs (e.g. TOTP where only a passkey will do): step up again.
-    const needed = neededAcr(result.session.memberId, details);
-    if (!satisfies(result.session.acr, needed)) {
+    if (!meetsHere(result.session, details)) {
       return renderMfa(req, res, 200, {
-        methods: stepUpMethods(result.session.memberId, needed),
+        methods: stepUpMethods(result.session.memberId, needed(result.session.memberId, details)),
         stepUp: true,
       });
     }

@@ -55,6 +55,17 @@ export function meRoutes(s: Services): Router {
     const l = locals(res);
     const member = s.db.select().from(members).where(eq(members.id, session.memberId)).get();
     if (!member) throw new ApiError(401, "unauthenticated", "Sign in first.");
+    if (session.kind === "limited") {
+      // A limited session (the password alone, where the policy wants a factor first) sees what it
+      // needs to add one, not the member's personal data.
+      res.json({
+        member_id: member.id,
+        login_id: member.loginId,
+        mfa: mfaView(s, member.id),
+        session: { kind: "limited", acr: session.acr, amr: session.amr, auth_time: iso(session.authTime) },
+      });
+      return;
+    }
     const profile = s.vault.read(member.id, PROFILE_FIELDS, {
       actorType: "member",
       actorId: member.id,

@@ -17,9 +17,10 @@ const unauthorized = (description: string) =>
 
 /**
  * The service API for member-site backends: `GET /api/v1/members/:sub` with a client-credentials
- * access token holding `members:read`. It answers the profile fields the site's registered scopes
- * allow (profile, email, phone, address), decrypted for the site: audited, counted against the
- * site's PII budget (`429 pii_budget_exceeded` past it), and watched for bulk reads.
+ * access token holding `members:read`. It answers, for a member who signed in to that site, the
+ * profile fields both the site's registered scopes and the member's grant to it allow (profile,
+ * email, phone, address), decrypted for the site: audited, counted against the site's PII budget
+ * (`429 pii_budget_exceeded` past it), and watched for bulk reads. Other members: 404.
  */
 export function serviceRoutes(s: Services, oidc: Oidc): Router {
   const r = Router();
@@ -39,13 +40,17 @@ export function serviceRoutes(s: Services, oidc: Oidc): Router {
     const clientId = token.clientId as string;
     const client = oidc.clients.metadata(clientId);
     if (!client) throw unauthorized("The token's client no longer exists.");
-    const allowed = new Set(String(client.scope ?? "").split(" "));
-    const fields = PROFILE_FIELDS.filter((f) => [...allowed].some((sc) => SCOPE_FIELDS[sc]?.includes(f)));
+    const registered = new Set(String(client.scope ?? "").split(" "));
     const sub = subParam.safeParse(req.params.sub);
     const member = sub.success
       ? s.db.select().from(members).where(eq(members.sub, sub.data)).get()
       : undefined;
     if (member?.status !== "active") throw new ApiError(404, "not_found", "No such member.");
+    // Only members who signed in to this site, and only what they granted it (and it registered).
+    const granted = s.oidcStore.grantedScopes(member.sub, clientId);
+    if (!granted) throw new ApiError(404, "not_found", "No such member.");
+    const allowed = new Set([...registered].filter((sc) => granted.has(sc)));
+    const fields = PROFILE_FIELDS.filter((f) => [...allowed].some((sc) => SCOPE_FIELDS[sc]?.includes(f)));
     const l = locals(res);
     const profile = s.vault.read(member.id, fields, {
       actorType: "client",
