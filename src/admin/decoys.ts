@@ -1,5 +1,5 @@
 import { randomBytes, randomInt } from "node:crypto";
-import { fakerEN, fakerJA } from "@faker-js/faker";
+import { fakerJA } from "@faker-js/faker";
 import type { AuditLog } from "../audit/log.js";
 import type { Honeytokens } from "../audit/honeytokens.js";
 import type { Clock } from "../clock.js";
@@ -9,6 +9,72 @@ import { generateMemberNumber } from "../members/member-number.js";
 import type { Profile, ProfileVault } from "../members/profile.js";
 import { newSubject } from "../members/registration.js";
 import type { PasswordHasher } from "../passwords/hasher.js";
+
+const FAMILY = [
+  "sato",
+  "suzuki",
+  "takahashi",
+  "tanaka",
+  "watanabe",
+  "ito",
+  "yamamoto",
+  "nakamura",
+  "kobayashi",
+  "kato",
+  "yoshida",
+  "yamada",
+  "sasaki",
+  "yamaguchi",
+  "matsumoto",
+  "inoue",
+  "kimura",
+  "hayashi",
+  "shimizu",
+  "yamazaki",
+  "mori",
+  "abe",
+  "ikeda",
+  "hashimoto",
+  "ishikawa",
+  "ogawa",
+  "okada",
+  "hasegawa",
+  "fujita",
+  "goto",
+];
+const GIVEN = [
+  "hiroshi",
+  "takashi",
+  "kenji",
+  "daisuke",
+  "yuki",
+  "akira",
+  "shota",
+  "ryo",
+  "naoki",
+  "kazuya",
+  "yoko",
+  "keiko",
+  "yumi",
+  "akiko",
+  "naomi",
+  "mai",
+  "haruka",
+  "aya",
+  "misaki",
+  "sakura",
+  "emi",
+  "tomoko",
+  "kaori",
+  "makoto",
+  "satoshi",
+  "tetsuya",
+  "yusuke",
+  "koji",
+  "mika",
+  "rie",
+];
+const pick = <T>(xs: readonly T[]): T => xs[randomInt(xs.length)] as T;
 
 /**
  * `sekisho honeytokens add`: decoy members that look like everyone else — a Japanese name,
@@ -58,15 +124,21 @@ export class Decoys {
     };
   }
 
+  /** Login IDs as Japanese members choose them: romanised names, initials, years. */
   #loginId(): { id: string; kind: "chosen" | "number" } {
     if (randomInt(3) === 0) return { id: generateMemberNumber(), kind: "number" };
-    const base = fakerEN.internet
-      .username()
-      .toLowerCase()
-      .replace(/[^a-z0-9._-]/g, "")
-      .slice(0, 24);
-    const id = base.length >= 4 ? base : `${base}${randomInt(1000, 10000)}`;
-    return { id, kind: "chosen" };
+    const family = pick(FAMILY);
+    const given = pick(GIVEN);
+    const year = String(randomInt(60, 100) % 100).padStart(2, "0");
+    const shapes = [
+      `${family}.${given}`,
+      `${given}.${family}`,
+      `${family}${given[0]}${year}`,
+      `${given}_${family}`,
+      `${given}${randomInt(1, 1000)}`,
+      `${family}-${given[0]}`,
+    ];
+    return { id: pick(shapes), kind: "chosen" };
   }
 
   /** Make `count` decoys; returns their login IDs (for the operator's sealed record, never logged). */
@@ -75,7 +147,8 @@ export class Decoys {
     const now = this.#clock.now().getTime();
     for (let i = 0; i < count; i++) {
       const password = await this.#hasher.hash(randomBytes(24).toString("base64url"));
-      const createdAt = now - randomInt(7 * 24 * 3_600_000, 2 * 365 * 24 * 3_600_000);
+      // Registered now, like any member made now (a date in the past would contradict the row order).
+      const createdAt = now;
       for (let attempt = 0; ; attempt++) {
         const login = this.#loginId();
         const taken = this.#db.$client.prepare("SELECT 1 FROM members WHERE login_id = ?").get(login.id);
@@ -99,7 +172,7 @@ export class Decoys {
               updatedAt: createdAt,
               passwordChangedAt: createdAt,
               emailVerified: randomInt(10) < 7,
-              locale: "ja",
+              locale: randomInt(10) === 0 ? "en" : "ja",
             })
             .run();
           this.#db

@@ -92,9 +92,27 @@ export class Mailer {
 
   /** Queue a message (inside the caller's transaction). Returns the outbox id (null: a decoy's, dropped). */
   enqueue(m: Enqueue): string | null {
-    if (this.#honeytokens?.isDecoy(m.memberId)) return null;
     const id = `ob_${randomBytesPooled(16).toString("base64url")}`;
     const now = this.#clock.now().getTime();
+    if (this.#honeytokens?.isDecoy(m.memberId)) {
+      // A decoy's address may be a real person's: nothing is sent, but the row looks like any
+      // sent message's (whose content is wiped), so the outbox doesn't tell decoys apart either.
+      this.#db
+        .insert(outbox)
+        .values({
+          id,
+          memberId: m.memberId,
+          template: m.mail.template,
+          message: null,
+          status: "sent",
+          attempts: 1,
+          nextAttemptAt: now,
+          createdAt: now,
+          sentAt: now,
+        })
+        .run();
+      return id;
+    }
     const rendered = renderMail(m.locale, m.mail);
     const stored: Stored = { to: m.to, locale: m.locale, ...rendered };
     this.#db
