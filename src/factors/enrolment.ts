@@ -134,7 +134,8 @@ export class FactorEnrolment {
       new ApiError(403, "method_not_allowed", "The MFA policy doesn't allow adding this kind of factor.");
     if (!this.#policy) return;
     const m = this.member(session);
-    if (!this.#policy.enrolmentAllowed(method, m.role)) throw refuse();
+    if (!this.#policy.enrolmentAllowed(method, m.role, { required: session.kind === "limited" }))
+      throw refuse();
     if (session.kind === "limited") {
       const factors = this.#factors.of(m.id);
       if (method === "totp" && factors.totp) throw refuse();

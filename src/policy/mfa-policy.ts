@@ -208,9 +208,14 @@ export class MfaPolicies {
    * May this member add a factor of this kind (the global policy, or the admins' one)? Where only
    * passkeys satisfy the policy, no new authenticator app.
    */
-  enrolmentAllowed(method: PolicyMethod, role: "member" | "admin" = "member"): boolean {
+  enrolmentAllowed(
+    method: PolicyMethod,
+    role: "member" | "admin" = "member",
+    opts: { required?: boolean } = {},
+  ): boolean {
     const p = role === "admin" ? this.#adminPolicy : this.global();
-    if (role !== "admin" && p.mode === "off") return false;
+    // `off` stops new factors, except where a factor is required (a site's policy demands one).
+    if (role !== "admin" && p.mode === "off" && !opts.required) return false;
     if (method === "totp" && p.phishingResistant) return false;
     return p.methods.includes(method);
   }

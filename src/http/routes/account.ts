@@ -165,8 +165,10 @@ export function accountRoutes(s: Services): Router {
         res,
         200,
         enrolPage(lang(req), {
-          totp: s.policy.enrolmentAllowed("totp", s.enrolment.member(session).role),
-          passkey: s.policy.enrolmentAllowed("webauthn", s.enrolment.member(session).role),
+          totp: s.policy.enrolmentAllowed("totp", s.enrolment.member(session).role, { required: true }),
+          passkey: s.policy.enrolmentAllowed("webauthn", s.enrolment.member(session).role, {
+            required: true,
+          }),
         }),
       );
     }
