@@ -9,6 +9,21 @@ import { StartupError } from "./errors.js";
  */
 const int = (def: number, min: number, max: number) => z.coerce.number().int().min(min).max(max).default(def);
 
+/** A variable holding a JSON object of some of these fields (unknown ones refused). */
+const jsonObject = <T extends z.ZodRawShape>(shape: T) =>
+  z
+    .string()
+    .default("{}")
+    .transform((v, ctx) => {
+      try {
+        return JSON.parse(v) as unknown;
+      } catch {
+        ctx.addIssue({ code: "custom", message: "must be a JSON object" });
+        return z.NEVER;
+      }
+    })
+    .pipe(z.object(shape).partial().strict());
+
 const schema = z
   .object({
     NODE_ENV: z.enum(["development", "production", "test"]).default("development"),
@@ -39,79 +54,47 @@ const schema = z
     SEKISHO_TOTP_ISSUER: z.string().min(1).max(64).default("Sekisho"),
     SEKISHO_WEBAUTHN_RP_NAME: z.string().min(1).max(64).default("Sekisho"),
     SEKISHO_ADMIN_ACR: z.enum(["phishing-resistant", "mfa"]).default("phishing-resistant"),
-    SEKISHO_THROTTLE_POLICY: z
-      .string()
-      .default("{}")
-      .transform((v, ctx) => {
-        try {
-          return JSON.parse(v) as unknown;
-        } catch {
-          ctx.addIssue({ code: "custom", message: "must be a JSON object" });
-          return z.NEVER;
-        }
-      })
-      .pipe(
-        z
-          .object({
-            ipSlow: z.number().int().min(1),
-            ipBlock: z.number().int().min(1),
-            netSlow: z.number().int().min(1),
-            netBlock: z.number().int().min(1),
-            blockMinutes: z
-              .number()
-              .int()
-              .min(1)
-              .max(7 * 24 * 60),
-            ipLoginSlow: z.number().int().min(1),
-            accountSlow: z.number().int().min(1),
-            accountProtect: z.number().int().min(1).max(100),
-            protectMinutes: z
-              .number()
-              .int()
-              .min(1)
-              .max(7 * 24 * 60),
-            sprayAccounts: z.number().int().min(2),
-            attackFloorPerMinute: z.number().int().min(1),
-            attackFactor: z.number().min(1),
-            maxKeys: z.number().int().min(1000).max(10_000_000),
-            challengeMaxNumber: z.number().int().min(10).max(10_000_000),
-            mailIp: z.number().int().min(1),
-            mailNet: z.number().int().min(1),
-            mailTarget: z.number().int().min(1),
-            mailTargetDay: z.number().int().min(1),
-            mailGlobal: z.number().int().min(1),
-            mailMember: z.number().int().min(1),
-          })
-          .partial()
-          .strict(),
-      ),
+    SEKISHO_THROTTLE_POLICY: jsonObject({
+      ipSlow: z.number().int().min(1),
+      ipBlock: z.number().int().min(1),
+      netSlow: z.number().int().min(1),
+      netBlock: z.number().int().min(1),
+      blockMinutes: z
+        .number()
+        .int()
+        .min(1)
+        .max(7 * 24 * 60),
+      ipLoginSlow: z.number().int().min(1),
+      accountSlow: z.number().int().min(1),
+      accountProtect: z.number().int().min(1).max(100),
+      protectMinutes: z
+        .number()
+        .int()
+        .min(1)
+        .max(7 * 24 * 60),
+      sprayAccounts: z.number().int().min(2),
+      attackFloorPerMinute: z.number().int().min(1),
+      attackFactor: z.number().min(1),
+      maxKeys: z.number().int().min(1000).max(10_000_000),
+      challengeMaxNumber: z.number().int().min(10).max(10_000_000),
+      mailIp: z.number().int().min(1),
+      mailNet: z.number().int().min(1),
+      mailTarget: z.number().int().min(1),
+      mailTargetDay: z.number().int().min(1),
+      mailGlobal: z.number().int().min(1),
+      mailMember: z.number().int().min(1),
+    }),
     SEKISHO_ALERT_WEBHOOK_URL: z.url({ protocol: /^https?$/ }).optional(),
     SEKISHO_ALERT_WEBHOOK_SECRET: z.string().min(32, "must be at least 32 characters").optional(),
-    SEKISHO_PII_BUDGETS: z
-      .string()
-      .default("{}")
-      .transform((v, ctx) => {
-        try {
-          return JSON.parse(v) as unknown;
-        } catch {
-          ctx.addIssue({ code: "custom", message: "must be a JSON object" });
-          return z.NEVER;
-        }
-      })
-      .pipe(
-        z
-          .object({
-            adminHour: z.number().int().min(1),
-            adminDay: z.number().int().min(1),
-            clientHour: z.number().int().min(1),
-            clientDay: z.number().int().min(1),
-            adminWeekDistinct: z.number().int().min(1),
-            clientDayFactor: z.number().min(1),
-            clientDayFloor: z.number().int().min(1),
-          })
-          .partial()
-          .strict(),
-      ),
+    SEKISHO_PII_BUDGETS: jsonObject({
+      adminHour: z.number().int().min(1),
+      adminDay: z.number().int().min(1),
+      clientHour: z.number().int().min(1),
+      clientDay: z.number().int().min(1),
+      adminWeekDistinct: z.number().int().min(1),
+      clientDayFactor: z.number().min(1),
+      clientDayFloor: z.number().int().min(1),
+    }),
     SEKISHO_WEBAUTHN_EXTRA_ORIGINS: z
       .string()
       .default("")

@@ -5,6 +5,7 @@ import type { Clock } from "../clock.js";
 import { type Db, inTransaction } from "../db/connection.js";
 import { alertDeliveries, alerts } from "../db/schema.js";
 import { backoffMs } from "../mail/outbox.js";
+import { QueueWorker } from "../jobs/queue-worker.js";
 
 /**
  * Alert delivery to a webhook (`SEKISHO_ALERT_WEBHOOK_URL`): each alert is queued in
@@ -24,20 +25,16 @@ export function signWebhook(secret: string, body: string, unixSeconds: number): 
   return `t=${unixSeconds},v1=${mac}`;
 }
 
-export class AlertHooks {
+export class AlertHooks extends QueueWorker<{ id: number; alertId: number; attempts: number }> {
   readonly #db: Db;
   readonly #clock: Clock;
-  readonly #log: Logger;
   readonly #url: string;
   readonly #secret: string;
-  #running: Promise<number> | null = null;
-  #timer: NodeJS.Timeout | null = null;
-  #started = false;
 
   constructor(deps: { db: Db; clock: Clock; logger: Logger; url: string; secret: string }) {
+    super(deps.logger, "alert webhook");
     this.#db = deps.db;
     this.#clock = deps.clock;
-    this.#log = deps.logger;
     this.#url = deps.url;
     this.#secret = deps.secret;
   }
@@ -46,48 +43,10 @@ export class AlertHooks {
   enqueue(alertId: number): void {
     const now = this.#clock.now().getTime();
     this.#db.insert(alertDeliveries).values({ alertId, nextAttemptAt: now, createdAt: now }).run();
-    if (this.#started) setImmediate(() => void this.runDue());
+    this.kick();
   }
 
-  start(intervalMs = 5_000): void {
-    this.#started = true;
-    this.#timer = setInterval(() => void this.runDue(), intervalMs);
-    this.#timer.unref();
-    void this.runDue();
-  }
-
-  async stop(): Promise<void> {
-    this.#started = false;
-    if (this.#timer) clearInterval(this.#timer);
-    this.#timer = null;
-    await this.#running;
-  }
-
-  /** Deliver everything due; resolves with how many were delivered. One run at a time. */
-  runDue(): Promise<number> {
-    if (this.#running) return this.#running;
-    const run = this.#drain()
-      .catch((err: unknown) => {
-        this.#log.error({ err }, "alert webhook run failed");
-        return 0;
-      })
-      .finally(() => {
-        if (this.#running === run) this.#running = null;
-      });
-    this.#running = run;
-    return run;
-  }
-
-  async #drain(): Promise<number> {
-    let sent = 0;
-    for (;;) {
-      const job = this.#claim();
-      if (!job) return sent;
-      if (await this.#deliver(job)) sent++;
-    }
-  }
-
-  #claim() {
+  protected claim() {
     const now = this.#clock.now().getTime();
     return inTransaction(this.#db, () => {
       const row = this.#db
@@ -112,7 +71,7 @@ export class AlertHooks {
     });
   }
 
-  async #deliver(job: { id: number; alertId: number; attempts: number }): Promise<boolean> {
+  protected async deliver(job: { id: number; alertId: number; attempts: number }): Promise<boolean> {
     const alert = this.#db.select().from(alerts).where(eq(alerts.id, job.alertId)).get();
     if (!alert) return false;
     const body = JSON.stringify({
@@ -155,7 +114,7 @@ export class AlertHooks {
       return true;
     }
     const giveUp = job.attempts >= MAX_ATTEMPTS;
-    this.#log.warn(
+    this.log.warn(
       { alert_id: alert.id, attempts: job.attempts, error_code: error, give_up: giveUp },
       "alert webhook not delivered",
     );

@@ -8,6 +8,7 @@ import { randomBytesPooled } from "../vault/random.js";
 import { decryptField, encryptField } from "../vault/fields.js";
 import type { KeyringStore } from "../vault/keyring.js";
 import { MailSendError, type MailSender } from "./sender.js";
+import { QueueWorker } from "../jobs/queue-worker.js";
 import type { Honeytokens } from "../audit/honeytokens.js";
 import { type Locale, type MailTemplate, renderMail } from "./templates.js";
 
@@ -50,20 +51,14 @@ interface Stored {
   locale: Locale;
 }
 
-export class Mailer {
+export class Mailer extends QueueWorker<{ id: string; message: string | null; attempts: number }> {
   readonly #db: Db;
   readonly #keys: KeyringStore;
   readonly #clock: Clock;
-  readonly #log: Logger;
   readonly #alerts: Alerts;
   readonly #from: string;
   readonly sender: MailSender;
   readonly #honeytokens: Honeytokens | undefined;
-  #running: Promise<number> | null = null;
-  #again = false;
-  #timer: NodeJS.Timeout | null = null;
-  #started = false;
-  #stopping = false;
 
   constructor(deps: {
     db: Db;
@@ -76,14 +71,18 @@ export class Mailer {
     /** Decoy members get no mail: their addresses may be real people's. */
     honeytokens?: Honeytokens;
   }) {
+    super(deps.logger, "mail worker");
     this.#honeytokens = deps.honeytokens;
     this.#db = deps.db;
     this.#keys = deps.keys;
     this.#clock = deps.clock;
-    this.#log = deps.logger;
     this.#alerts = deps.alerts;
     this.#from = deps.from;
     this.sender = deps.sender;
+  }
+
+  protected override closed(): void {
+    this.sender.close();
   }
 
   #context(id: string) {
@@ -127,70 +126,12 @@ export class Mailer {
       })
       .run();
     // After the caller's transaction: better-sqlite3 commits synchronously, before this runs.
-    if (this.#started) setImmediate(() => void this.runDue());
+    this.kick();
     return id;
   }
 
-  /** Start sending: now, on every enqueue, and every `intervalMs` for retries. */
-  start(intervalMs = 5_000): void {
-    this.#started = true;
-    this.#stopping = false;
-    this.#timer = setInterval(() => void this.runDue(), intervalMs);
-    this.#timer.unref();
-    void this.runDue();
-  }
-
-  /** Stop the timer and wait for a send in progress (graceful shutdown). */
-  async stop(): Promise<void> {
-    this.#started = false;
-    this.#stopping = true; // the run in progress ends after its current message
-    if (this.#timer) clearInterval(this.#timer);
-    this.#timer = null;
-    try {
-      await this.#running;
-    } finally {
-      this.sender.close();
-    }
-  }
-
-  /**
-   * Send everything due now; resolves with how many were sent. One run at a time: a call during a
-   * run makes that run look again before it ends, and returns its promise.
-   */
-  runDue(): Promise<number> {
-    if (this.#running) {
-      this.#again = true;
-      return this.#running;
-    }
-    const run = this.#drain()
-      .catch((err: unknown) => {
-        // A database error (busy, full) ends this run; the next tick tries again.
-        this.#log.error({ err }, "mail worker run failed");
-        return 0;
-      })
-      .finally(() => {
-        if (this.#running === run) this.#running = null;
-      });
-    this.#running = run;
-    return run;
-  }
-
-  async #drain(): Promise<number> {
-    let sent = 0;
-    do {
-      this.#again = false;
-      for (;;) {
-        if (this.#stopping) return sent;
-        const row = this.#claim();
-        if (!row) break;
-        if (await this.#deliver(row)) sent++;
-      }
-    } while (this.#again);
-    return sent;
-  }
-
   /** Lease the next due message: its next attempt moves out and the attempt is counted. */
-  #claim(): { id: string; message: string | null; attempts: number } | undefined {
+  protected claim(): { id: string; message: string | null; attempts: number } | undefined {
     const now = this.#clock.now().getTime();
     return inTransaction(this.#db, () => {
       const row = this.#db
@@ -211,13 +152,13 @@ export class Mailer {
     });
   }
 
-  async #deliver(row: { id: string; message: string | null; attempts: number }): Promise<boolean> {
+  protected async deliver(row: { id: string; message: string | null; attempts: number }): Promise<boolean> {
     const attempts = row.attempts;
     let stored: Stored;
     try {
       stored = JSON.parse(decryptField(this.#keys, this.#context(row.id), row.message ?? "")) as Stored;
     } catch (err) {
-      this.#log.error({ err, outbox_id: row.id }, "outbox message failed to decrypt");
+      this.log.error({ err, outbox_id: row.id }, "outbox message failed to decrypt");
       this.#finish(row.id, attempts, "failed", "DECRYPT");
       return false;
     }
@@ -229,7 +170,7 @@ export class Mailer {
       if (failure.refusedUs) {
         this.#alerts.raise("mail_failing", "critical", { code: failure.code, sender: this.sender.describe });
       }
-      this.#log.warn(
+      this.log.warn(
         { outbox_id: row.id, attempts, error_code: failure.code, give_up: giveUp },
         "mail not sent; will retry unless given up",
       );
@@ -250,7 +191,7 @@ export class Mailer {
       return false;
     }
     this.#finish(row.id, attempts, "sent", null);
-    this.#log.info({ outbox_id: row.id, attempts }, "mail sent");
+    this.log.info({ outbox_id: row.id, attempts }, "mail sent");
     return true;
   }
 

@@ -9,6 +9,7 @@ import { ApiError } from "../errors.js";
 import { type FactorMethod, type Factors, methodsOf } from "../factors/methods.js";
 import type { CeremonyBinding } from "../factors/passkeys.js";
 import type { Mailer } from "../mail/outbox.js";
+import type { Locale } from "../mail/templates.js";
 import { resolveLoginInput } from "../members/login-id.js";
 import type { ProfileVault } from "../members/profile.js";
 import type { OidcStore } from "../oidc/adapter.js";
@@ -219,20 +220,7 @@ export class PasswordRecovery {
       const skipped = !email ? "no_address" : this.#mailboxFull(m.id) ? "mailbox_limit" : null;
       inTransaction(this.#db, () => {
         if (!skipped && email) {
-          const { token } = this.#tokens.issue("reset_password", m.id, {
-            emailIndex: this.#vault.emailIndex(email),
-          });
-          this.#mailer.enqueue({
-            memberId: m.id,
-            to: email,
-            locale: m.locale,
-            mail: {
-              template: "password_reset",
-              link: `${this.#issuer}/recovery/reset?token=${token}`,
-              minutes: TOKEN_TTL_MS.reset_password / 60_000,
-              loginId: m.loginId,
-            },
-          });
+          this.#mailResetLink({ id: m.id, loginId: m.loginId, locale: m.locale }, email);
         }
         this.#audit.append({
           action: "recovery.password_requested",
@@ -279,6 +267,24 @@ export class PasswordRecovery {
     });
   }
 
+  /** A new reset link for the member, mailed to `email` (inside the caller's transaction). */
+  #mailResetLink(m: { id: string; loginId: string; locale: Locale }, email: string): void {
+    const { token } = this.#tokens.issue("reset_password", m.id, {
+      emailIndex: this.#vault.emailIndex(email),
+    });
+    this.#mailer.enqueue({
+      memberId: m.id,
+      to: email,
+      locale: m.locale,
+      mail: {
+        template: "password_reset",
+        link: `${this.#issuer}/recovery/reset?token=${token}`,
+        minutes: TOKEN_TTL_MS.reset_password / 60_000,
+        loginId: m.loginId,
+      },
+    });
+  }
+
   /** Nobody matched: recorded (as a keyed fingerprint of the target), nothing sent. */
   #unmatched(kind: string, target: RecoveryTarget, ctx: RecoveryContext): void {
     const key =
@@ -317,20 +323,7 @@ export class PasswordRecovery {
         oidc_rows_revoked: this.#oidc.revokeAccount(m.sub),
       };
       if (email) {
-        const { token } = this.#tokens.issue("reset_password", memberId, {
-          emailIndex: this.#vault.emailIndex(email),
-        });
-        this.#mailer.enqueue({
-          memberId,
-          to: email,
-          locale: m.locale,
-          mail: {
-            template: "password_reset",
-            link: `${this.#issuer}/recovery/reset?token=${token}`,
-            minutes: TOKEN_TTL_MS.reset_password / 60_000,
-            loginId: m.loginId,
-          },
-        });
+        this.#mailResetLink({ id: memberId, loginId: m.loginId, locale: m.locale }, email);
         result.mailed = true;
       }
       this.#audit.append({
