@@ -1,9 +1,9 @@
 import path from "node:path";
-import type { Browser, BrowserContext, CDPSession, Page } from "playwright-core";
+import type { Browser, Page } from "playwright-core";
 import supertest from "supertest";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { PROFILE, STRONG_PASSWORD } from "../support/app.js";
-import { ARTIFACTS, chromiumAvailable, launchChromium } from "../support/chromium.js";
+import { ARTIFACTS, chromiumAvailable, launchChromium, pageWithAuthenticator } from "../support/chromium.js";
 import { type ListeningApp, listenWithMember } from "../support/oidc.js";
 
 /**
@@ -17,9 +17,7 @@ describe.skipIf(!chromiumAvailable && !process.env.CI)("admin console in a real 
   let sekisho: ListeningApp;
   let issuer: string;
   let browser: Browser;
-  let context: BrowserContext;
   let page: Page;
-  let cdp: CDPSession;
 
   beforeAll(async () => {
     expect(chromiumAvailable, "Debian chromium is needed (installed by .ci/run)").toBe(true);
@@ -33,20 +31,7 @@ describe.skipIf(!chromiumAvailable && !process.env.CI)("admin console in a real 
     // Something to investigate: someone tried to sign in as a decoy… (raised as the engine would)
     sekisho.t.s.alerts.raise("honeytoken_touched", "critical", { trigger: "sign_in", ip: "203.0.113.66" });
     browser = await launchChromium();
-    context = await browser.newContext({ locale: "ja-JP" });
-    page = await context.newPage();
-    cdp = await context.newCDPSession(page);
-    await cdp.send("WebAuthn.enable");
-    await cdp.send("WebAuthn.addVirtualAuthenticator", {
-      options: {
-        protocol: "ctap2",
-        transport: "internal",
-        hasResidentKey: true,
-        hasUserVerification: true,
-        isUserVerified: true,
-        automaticPresenceSimulation: true,
-      },
-    });
+    ({ page } = await pageWithAuthenticator(browser));
   }, 60_000);
 
   afterAll(async () => {

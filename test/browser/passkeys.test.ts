@@ -8,7 +8,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { auditLog, webauthnCredentials } from "../../src/db/schema.js";
 import { Clients } from "../../src/oidc/clients.js";
 import { STRONG_PASSWORD } from "../support/app.js";
-import { ARTIFACTS, chromiumAvailable, launchChromium } from "../support/chromium.js";
+import { ARTIFACTS, chromiumAvailable, launchChromium, pageWithAuthenticator } from "../support/chromium.js";
 import { type ListeningApp, listenWithMember } from "../support/oidc.js";
 
 /**
@@ -87,20 +87,7 @@ describe.skipIf(!available && !process.env.CI)("passkeys in a real browser (virt
     });
 
     browser = await launchChromium();
-    context = await browser.newContext({ locale: "ja-JP" });
-    page = await context.newPage();
-    cdp = await context.newCDPSession(page);
-    await cdp.send("WebAuthn.enable");
-    ({ authenticatorId } = await cdp.send("WebAuthn.addVirtualAuthenticator", {
-      options: {
-        protocol: "ctap2",
-        transport: "internal",
-        hasResidentKey: true,
-        hasUserVerification: true,
-        isUserVerified: true,
-        automaticPresenceSimulation: true,
-      },
-    }));
+    ({ context, page, cdp, authenticatorId } = await pageWithAuthenticator(browser));
   }, 60_000);
 
   afterAll(async () => {

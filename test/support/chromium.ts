@@ -25,3 +25,25 @@ export async function launchChromium(): Promise<Browser> {
     ],
   });
 }
+
+/**
+ * A page with Chrome's virtual authenticator (CDP `WebAuthn.addVirtualAuthenticator`): a platform
+ * authenticator with resident keys that verifies the user and answers at once.
+ */
+export async function pageWithAuthenticator(browser: Browser, locale = "ja-JP") {
+  const context = await browser.newContext({ locale });
+  const page = await context.newPage();
+  const cdp = await context.newCDPSession(page);
+  await cdp.send("WebAuthn.enable");
+  const { authenticatorId } = await cdp.send("WebAuthn.addVirtualAuthenticator", {
+    options: {
+      protocol: "ctap2",
+      transport: "internal",
+      hasResidentKey: true,
+      hasUserVerification: true,
+      isUserVerified: true,
+      automaticPresenceSimulation: true,
+    },
+  });
+  return { context, page, cdp, authenticatorId };
+}
