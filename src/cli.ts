@@ -240,6 +240,53 @@ export function buildCli(): Command {
       }
     });
 
+  const membersCmd = program.command("members").description("members brought in from a legacy system");
+  membersCmd
+    .command("import")
+    .description(
+      "import legacy members from JSON Lines or CSV (streamed; resumable; idempotent by legacy_id)",
+    )
+    .argument("<file>", "the legacy member file")
+    .option("--format <format>", "jsonl or csv (default: from the file name)")
+    .option("--batch-size <n>", "rows per transaction", (v) => Number.parseInt(v, 10), 500)
+    .option("--json", "print a JSON summary")
+    .action(async (file: string, opts: { format?: string; batchSize: number; json?: boolean }) => {
+      if (opts.format !== undefined && opts.format !== "jsonl" && opts.format !== "csv")
+        throw new StartupError("--format must be jsonl or csv");
+      if (!fs.existsSync(file)) throw new StartupError(`no such file: ${file}`);
+      const ctx = open();
+      const services = buildServices({
+        config: ctx.config,
+        db: ctx.db,
+        clock: systemClock,
+        keys: ctx.keys,
+        logger: pino({ level: "silent" }),
+      });
+      const started = Date.now();
+      try {
+        const summary = await services.legacyImport.importFile(file, {
+          ...(opts.format ? { format: opts.format as "jsonl" | "csv" } : {}),
+          batchSize: opts.batchSize,
+          onProgress: (c) => {
+            if (opts.json) return;
+            const rate = Math.round(c.read / Math.max(0.001, (Date.now() - started) / 1000));
+            process.stderr.write(
+              `read ${c.read} · imported ${c.imported} · rejected ${c.rejected} · skipped ${c.skipped} · ${rate} rows/s\n`,
+            );
+          },
+        });
+        if (opts.json) out(JSON.stringify(summary));
+        else {
+          out(`imported ${summary.imported}, rejected ${summary.rejected}, skipped ${summary.skipped}`);
+          if (summary.reject_file) out(`rejected rows (line and reason): ${summary.reject_file}`);
+          if (summary.mapping_file)
+            out(`generated member numbers (legacy_id → login_id): ${summary.mapping_file}`);
+        }
+      } finally {
+        ctx.db.$client.close();
+      }
+    });
+
   const honeytokens = program.command("honeytokens").description("decoy members that raise alarms");
   honeytokens
     .command("add")

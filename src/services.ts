@@ -29,6 +29,8 @@ import { blindIndex } from "./vault/blind-index.js";
 import type { KeyringStore } from "./vault/keyring.js";
 import path from "node:path";
 import { Mailer } from "./mail/outbox.js";
+import { LegacyPasswords } from "./members/legacy-passwords.js";
+import { LegacyImport } from "./members/import.js";
 import { SecurityNotices } from "./mail/notices.js";
 import { MfaPolicies } from "./policy/mfa-policy.js";
 import { FileSender, type MailSender, SmtpSender } from "./mail/sender.js";
@@ -69,6 +71,8 @@ export interface Services {
   support: MemberSupport;
   policy: MfaPolicies;
   alertHooks: AlertHooks | undefined;
+  legacyPasswords: LegacyPasswords;
+  legacyImport: LegacyImport;
   decoys: Decoys;
   honeytokens: Honeytokens;
 }
@@ -155,7 +159,9 @@ export function buildServices(deps: {
   const mfaTokens = new MfaTokens({ db, clock });
   const devices = new DeviceRegistry({ db, clock });
   const pow = new ProofOfWork({ clock, maxNumber: guard.policy.challengeMaxNumber });
+  const legacyPasswords = new LegacyPasswords({ db, keys, clock });
   const signIn = new PasswordSignIn({
+    legacy: legacyPasswords,
     policy,
     honeytokens,
     db,
@@ -256,7 +262,10 @@ export function buildServices(deps: {
     vault,
     audit,
   });
+  const legacyImport = new LegacyImport({ db, clock, vault, legacy: legacyPasswords, audit });
   return {
+    legacyImport,
+    legacyPasswords,
     alertHooks,
     policy,
     support,

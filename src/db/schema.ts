@@ -446,3 +446,33 @@ export const piiBlocks = sqliteTable("pii_blocks", {
   blockedAt: integer("blocked_at").notNull(),
   rearmedAfter: integer("rearmed_after"),
 });
+
+/** Members brought in by `sekisho members import`: the legacy system's id (the idempotency key). */
+export const legacyMembers = sqliteTable("legacy_members", {
+  legacyId: text("legacy_id").primaryKey(),
+  memberId: text("member_id")
+    .notNull()
+    .unique()
+    .references(() => members.id, { onDelete: "cascade" }),
+  importedAt: integer("imported_at").notNull(),
+});
+
+/**
+ * A legacy password hash awaiting the member's first sign-in (then replaced by argon2id and
+ * deleted). `secret` is a vault ciphertext of the scheme's parameters and hash, bound to the
+ * member: a copy of the database alone holds no hash of any kind. `weak` marks fast or unsalted
+ * schemes that `members wrap-weak` wraps in argon2id (`wrapped`).
+ */
+export const legacyPasswords = sqliteTable(
+  "legacy_passwords",
+  {
+    memberId: text("member_id")
+      .primaryKey()
+      .references(() => members.id, { onDelete: "cascade" }),
+    secret: text("secret").notNull(),
+    weak: integer("weak", { mode: "boolean" }).notNull(),
+    wrapped: integer("wrapped", { mode: "boolean" }).notNull().default(false),
+    updatedAt: integer("updated_at").notNull(),
+  },
+  (t) => [index("legacy_passwords_weak").on(t.weak, t.wrapped)],
+);

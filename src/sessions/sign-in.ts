@@ -1,5 +1,7 @@
 import { eq, sql } from "drizzle-orm";
 import type { AuditLog } from "../audit/log.js";
+import type { LegacyPasswords } from "../members/legacy-passwords.js";
+import { type LegacyHash, verifyLegacy } from "../passwords/legacy.js";
 import type { Honeytokens } from "../audit/honeytokens.js";
 import { type Db, inTransaction, lazyPrepared } from "../db/connection.js";
 import { members } from "../db/schema.js";
@@ -72,8 +74,10 @@ export class PasswordSignIn {
   readonly #mfaTokens: MfaTokens;
   readonly #honeytokens: Honeytokens | undefined;
   readonly #policy: MfaPolicies | undefined;
+  readonly #legacy: LegacyPasswords | undefined;
 
   constructor(deps: {
+    legacy?: LegacyPasswords;
     honeytokens?: Honeytokens;
     policy?: MfaPolicies;
     db: Db;
@@ -99,6 +103,7 @@ export class PasswordSignIn {
     this.#mfaTokens = deps.mfaTokens;
     this.#honeytokens = deps.honeytokens;
     this.#policy = deps.policy;
+    this.#legacy = deps.legacy;
   }
 
   async signIn(
@@ -202,14 +207,21 @@ export class PasswordSignIn {
       return { status: "failed" };
     };
 
-    if (!member?.passwordHash) {
+    // A member imported from a legacy system signs in with the legacy hash once; it is then
+    // replaced by argon2id (below, in the sign-in's transaction) and deleted.
+    const legacy = member && !member.passwordHash ? (this.#legacy?.find(member.id) ?? null) : null;
+    if (!member || (!member.passwordHash && !legacy)) {
       await this.#hasher.dummyVerify(input.password);
       return fail(member ? "no_password" : "unknown_login_id", member?.id ?? null);
     }
-    const stored = { hash: member.passwordHash, pepperId: member.pepperId };
+    const stored = member.passwordHash ? { hash: member.passwordHash, pepperId: member.pepperId } : null;
     // A member's own device goes first in the hashing queue (see HashQueue).
-    if (!(await this.#hasher.verify(stored, input.password, { priority: trusted })))
-      return fail("wrong_password", member.id);
+    const right = stored
+      ? await this.#hasher.verify(stored, input.password, { priority: trusted })
+      : await this.#hasher.queue.run(() => verifyLegacy(legacy as LegacyHash, input.password), {
+          priority: trusted,
+        });
+    if (!right) return fail("wrong_password", member.id);
     if (member.status !== "active") return fail("account_disabled", member.id);
     if (member.passwordResetRequired) {
       settle("neither");
@@ -226,7 +238,8 @@ export class PasswordSignIn {
       return { status: "password_reset_required" };
     }
 
-    const rehashed = this.#hasher.needsRehash(stored) ? await this.#hasher.hash(input.password) : null;
+    const rehashed =
+      !stored || this.#hasher.needsRehash(stored) ? await this.#hasher.hash(input.password) : null;
     const factors = this.#factors.of(member.id);
     const enrolled = factors.enrolled;
     const need = this.#policy?.requirement(member, factors, {
@@ -253,6 +266,7 @@ export class PasswordSignIn {
           .set({ passwordHash: rehashed.hash, pepperId: rehashed.pepperId })
           .where(eq(members.id, member.id))
           .run();
+        if (legacy) this.#legacy?.delete(member.id);
       }
       if (enrolled) {
         // The password was right; the second step is due. No session yet, not even a limited one.

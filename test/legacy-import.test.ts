@@ -1,0 +1,213 @@
+import { createHash, pbkdf2Sync } from "node:crypto";
+import fs from "node:fs";
+import path from "node:path";
+import argon2 from "argon2";
+import bcrypt from "bcryptjs";
+import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import { legacyPasswords, members } from "../src/db/schema.js";
+import { makeApp, post, type TestApp } from "./support/app.js";
+import { runCli } from "./support/cli.js";
+
+const PW = "kimi no na wa 2016!";
+const sha = (algo: string, s: string) => createHash(algo).update(s, "utf8").digest("hex");
+
+async function legacyRows() {
+  return [
+    {
+      legacy_id: "L-bcrypt",
+      login_id: "old.bcrypt",
+      hash_scheme: "bcrypt",
+      password_hash: bcrypt.hashSync(PW, 4),
+    },
+    {
+      legacy_id: "L-bcrypt-2y",
+      login_id: "old.bcrypt2y",
+      hash_scheme: "bcrypt",
+      password_hash: bcrypt.hashSync(PW, 4).replace(/^\$2b\$/, "$2y$"),
+    },
+    {
+      legacy_id: "L-argon2i",
+      login_id: "old.argon2i",
+      hash_scheme: "argon2",
+      password_hash: await argon2.hash(PW, { type: argon2.argon2i, memoryCost: 1024, timeCost: 1 }),
+    },
+    {
+      legacy_id: "L-pbkdf2-256",
+      login_id: "old.pbkdf2a",
+      hash_scheme: "pbkdf2-sha256",
+      salt: "a1b2c3d4e5f60718",
+      iterations: 1000,
+      password_hash: pbkdf2Sync(PW, Buffer.from("a1b2c3d4e5f60718", "hex"), 1000, 32, "sha256").toString(
+        "hex",
+      ),
+    },
+    {
+      legacy_id: "L-pbkdf2-512",
+      login_id: "old.pbkdf2b",
+      hash_scheme: "pbkdf2-sha512",
+      salt: "0011223344556677",
+      iterations: 500,
+      password_hash: pbkdf2Sync(PW, Buffer.from("0011223344556677", "hex"), 500, 64, "sha512").toString(
+        "hex",
+      ),
+    },
+    {
+      legacy_id: "L-sha256-pre",
+      login_id: "old.sha256pre",
+      hash_scheme: "sha256-salted",
+      salt: "s@lt",
+      password_hash: sha("sha256", `s@lt${PW}`),
+    },
+    {
+      legacy_id: "L-sha256-suf",
+      login_id: "old.sha256suf",
+      hash_scheme: "sha256-salted",
+      salt: "pepper!",
+      salt_position: "suffix",
+      password_hash: sha("sha256", `${PW}pepper!`).toUpperCase(),
+    },
+    {
+      legacy_id: "L-sha1-salted",
+      login_id: "old.sha1salt",
+      hash_scheme: "sha1-salted",
+      salt: "xyz",
+      password_hash: sha("sha1", `xyz${PW}`),
+    },
+    { legacy_id: "L-md5", login_id: "old.md5", hash_scheme: "md5", password_hash: sha("md5", PW) },
+    { legacy_id: "L-sha1", login_id: "old.sha1", hash_scheme: "sha1", password_hash: sha("sha1", PW) },
+  ].map((r, i) => ({
+    ...r,
+    profile: { name: `旧会員 ${i}`, email: `legacy${i}@example.jp`, address: `大阪府大阪市北区梅田${i}-1` },
+    created_at: "2014-04-01T00:00:00Z",
+  }));
+}
+
+describe("members import: legacy members and their password hashes", () => {
+  let t: TestApp;
+  let file: string;
+  beforeEach(() => {
+    t = makeApp();
+    file = path.join(t.dir, "legacy.jsonl");
+  });
+  afterEach(() => t.close());
+
+  const write = (rows: unknown[]) => fs.writeFileSync(file, rows.map((r) => JSON.stringify(r)).join("\n"));
+
+  it("every hash scheme verifies at the first sign-in and is replaced by argon2id; the legacy hash is gone", async () => {
+    const rows = await legacyRows();
+    write(rows);
+    const summary = await t.s.legacyImport.importFile(file);
+    expect(summary).toMatchObject({ imported: rows.length, rejected: 0, skipped: 0 });
+    for (const row of rows) {
+      const wrong = await post(t.app, "/api/v1/login", {
+        login_id: row.login_id,
+        password: "not the password 1",
+      });
+      expect(wrong.status, row.hash_scheme).toBe(401);
+      const ok = await post(t.app, "/api/v1/login", { login_id: row.login_id, password: PW });
+      expect(ok.status, `${row.legacy_id}: ${ok.text}`).toBe(200);
+      const m = t.s.db
+        .select()
+        .from(members)
+        .all()
+        .find((x) => x.loginId === row.login_id);
+      expect(m?.passwordHash).toMatch(/^\$argon2id\$/);
+      expect(
+        t.s.db
+          .select()
+          .from(legacyPasswords)
+          .all()
+          .some((l) => l.memberId === m?.id),
+      ).toBe(false);
+      // and the new hash signs in
+      expect((await post(t.app, "/api/v1/login", { login_id: row.login_id, password: PW })).status).toBe(200);
+    }
+    expect(t.s.db.select().from(legacyPasswords).all()).toHaveLength(0);
+  });
+
+  it("rejects bad rows with their line and reason, imports the rest, and is idempotent when run again", async () => {
+    const good = (await legacyRows()).slice(8); // md5, sha1
+    const lines = [
+      JSON.stringify(good[0]),
+      "{not json",
+      JSON.stringify({ legacy_id: "L-bad-md5", hash_scheme: "md5", password_hash: "xyz" }),
+      JSON.stringify({ legacy_id: "L-bad-scheme", hash_scheme: "crypt", password_hash: "abc" }),
+      JSON.stringify({
+        legacy_id: "L-bad-id",
+        login_id: "someone@example.jp",
+        hash_scheme: "sha1",
+        password_hash: sha("sha1", "x"),
+      }),
+      JSON.stringify({ ...good[1], login_id: undefined }), // a generated member number
+      JSON.stringify({
+        legacy_id: "L-dup-login",
+        login_id: good[0]?.login_id,
+        hash_scheme: "md5",
+        password_hash: sha("md5", "x"),
+      }),
+    ];
+    fs.writeFileSync(file, lines.join("\n"));
+    const first = await t.s.legacyImport.importFile(file);
+    expect(first).toMatchObject({ imported: 2, rejected: 5, skipped: 0 });
+    const rejects = fs
+      .readFileSync(first.reject_file as string, "utf8")
+      .trim()
+      .split("\n")
+      .map((l) => JSON.parse(l) as { line: number; reason: string });
+    expect(rejects.map((r) => r.line)).toEqual([2, 3, 4, 5, 7]);
+    expect(rejects[0]?.reason).toBe("not valid JSON");
+    expect(rejects[1]?.reason).toMatch(/32 hex digits/);
+    expect(rejects[3]?.reason).toMatch(/login_id: email/);
+    expect(rejects[4]?.reason).toMatch(/taken/);
+    const mapping = fs
+      .readFileSync(first.mapping_file as string, "utf8")
+      .trim()
+      .split("\n")
+      .map((l) => JSON.parse(l));
+    expect(mapping).toEqual([
+      { legacy_id: "L-sha1", login_id: expect.stringMatching(/^[0-9a-z]{4}-[0-9a-z]{4}-[0-9a-z]{3}$/) },
+    ]);
+    // Again: nothing twice.
+    const second = await t.s.legacyImport.importFile(file);
+    expect(second).toMatchObject({ imported: 0, skipped: 2 });
+    expect(t.s.db.select().from(members).all()).toHaveLength(2);
+    // The audit log records the import, not the rows.
+    const entry = [...t.s.audit.iterate()].filter((e) => e.action === "members.imported").at(-1);
+    expect(JSON.parse(entry?.details ?? "{}")).toMatchObject({
+      file_sha256: expect.stringMatching(/^[0-9a-f]{64}$/),
+      imported: 0,
+      skipped: 2,
+    });
+  });
+
+  it("reads CSV with a header row, through the command line", async () => {
+    const csv = path.join(t.dir, "legacy.csv");
+    fs.writeFileSync(
+      csv,
+      [
+        "legacy_id,login_id,hash_scheme,password_hash,salt,salt_position,iterations,name,email,phone,postal_code,address,birth_date,gender,totp_secret,created_at",
+        `C-1,csv.member,md5,${sha("md5", PW)},,,,佐藤 花子,hanako@example.jp,090-1111-2222,530-0001,"大阪府大阪市北区梅田1-1, 3F",1990-01-02,female,,2015-06-01T00:00:00Z`,
+        `C-2,csv.member2,sha256-salted,${sha("sha256", `${PW}zz`)},zz,suffix,,鈴木 一郎,ichiro@example.jp,,,,,,,`,
+      ].join("\n"),
+    );
+    const run = runCli(t, ["members", "import", csv, "--json"]);
+    expect(run.status, run.stderr).toBe(0);
+    expect(JSON.parse(run.stdout)).toMatchObject({ imported: 2, rejected: 0, skipped: 0 });
+    expect((await post(t.app, "/api/v1/login", { login_id: "csv.member", password: PW })).status).toBe(200);
+    expect((await post(t.app, "/api/v1/login", { login_id: "csv.member2", password: PW })).status).toBe(200);
+  });
+
+  it("leaves no imported profile value and no legacy hash in clear in the database", async () => {
+    const rows = await legacyRows();
+    write(rows);
+    await t.s.legacyImport.importFile(file);
+    t.s.db.$client.pragma("wal_checkpoint(TRUNCATE)");
+    const db = fs.readFileSync(t.s.config.dbFile).toString("latin1");
+    const utf8 = fs.readFileSync(t.s.config.dbFile).toString("utf8");
+    for (const row of rows) {
+      expect(db).not.toContain(row.profile.email);
+      expect(utf8).not.toContain(row.profile.address);
+      expect(db).not.toContain(row.password_hash.slice(0, 20));
+    }
+  });
+});
