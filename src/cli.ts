@@ -1,6 +1,8 @@
 import fs from "node:fs";
 import { Command, InvalidArgumentError } from "commander";
 import pino from "pino";
+import cliProgress from "cli-progress";
+import { wrapWeak } from "./members/wrap-weak.js";
 import { type AuditEntry, AuditLog } from "./audit/log.js";
 import { systemClock } from "./clock.js";
 import { type Config, loadConfig } from "./config.js";
@@ -264,17 +266,19 @@ export function buildCli(): Command {
       });
       const started = Date.now();
       try {
+        const progress = progressReporter(opts.json ? "silent" : undefined, "bytes");
         const summary = await services.legacyImport.importFile(file, {
           ...(opts.format ? { format: opts.format as "jsonl" | "csv" } : {}),
           batchSize: opts.batchSize,
-          onProgress: (c) => {
-            if (opts.json) return;
-            const rate = Math.round(c.read / Math.max(0.001, (Date.now() - started) / 1000));
-            process.stderr.write(
-              `read ${c.read} · imported ${c.imported} · rejected ${c.rejected} · skipped ${c.skipped} · ${rate} rows/s\n`,
-            );
-          },
+          onProgress: (c) =>
+            progress.update(c.bytes, c.totalBytes, {
+              rows: c.read,
+              rate: Math.round(c.read / Math.max(0.001, (Date.now() - started) / 1000)),
+              imported: c.imported,
+              rejected: c.rejected,
+            }),
         });
+        progress.stop();
         if (opts.json) out(JSON.stringify(summary));
         else {
           out(`imported ${summary.imported}, rejected ${summary.rejected}, skipped ${summary.skipped}`);
@@ -282,6 +286,55 @@ export function buildCli(): Command {
           if (summary.mapping_file)
             out(`generated member numbers (legacy_id → login_id): ${summary.mapping_file}`);
         }
+      } finally {
+        ctx.db.$client.close();
+      }
+    });
+
+  membersCmd
+    .command("wrap-weak")
+    .description("wrap imported fast/unsalted legacy hashes in argon2id (resumable, paced)")
+    .option(
+      "--rate <n>",
+      "rows a second at most (leave argon2 capacity for sign-ins)",
+      (v) => Number.parseFloat(v),
+      20,
+    )
+    .option("--json", "print a JSON summary")
+    .action(async (opts: { rate: number; json?: boolean }) => {
+      if (!(opts.rate > 0)) throw new StartupError("--rate must be a positive number");
+      const ctx = open();
+      const services = buildServices({
+        config: ctx.config,
+        db: ctx.db,
+        clock: systemClock,
+        keys: ctx.keys,
+        logger: pino({ level: "silent" }),
+      });
+      try {
+        const progress = progressReporter(opts.json ? "silent" : undefined, "rows");
+        const result = await wrapWeak({
+          legacy: services.legacyPasswords,
+          hasher: services.hasher,
+          audit: services.audit,
+          clock: systemClock,
+          ratePerSecond: opts.rate,
+          onProgress: (done, total) => progress.update(done, total, {}),
+        });
+        progress.stop();
+        const rate = result.seconds > 0 ? Math.round((result.wrapped / result.seconds) * 10) / 10 : 0;
+        if (opts.json)
+          out(
+            JSON.stringify({
+              wrapped: result.wrapped,
+              rows_per_second: rate,
+              argon2: services.hasher.params,
+            }),
+          );
+        else
+          out(
+            `wrapped ${result.wrapped} weak legacy hashes (${rate} rows/s, argon2id m=${services.hasher.params.memoryCost} t=${services.hasher.params.timeCost})`,
+          );
       } finally {
         ctx.db.$client.close();
       }
@@ -361,6 +414,48 @@ export function buildCli(): Command {
     });
 
   return program;
+}
+
+/**
+ * Progress for long commands: a bar with rate and ETA on a terminal (cli-progress), plain lines
+ * every few seconds otherwise (logs, CI), nothing with `--json`.
+ */
+function progressReporter(mode: "silent" | undefined, unit: "bytes" | "rows") {
+  if (mode === "silent") return { update: () => {}, stop: () => {} };
+  if (process.stderr.isTTY) {
+    const bar = new cliProgress.SingleBar(
+      {
+        stream: process.stderr,
+        format:
+          unit === "bytes"
+            ? "{bar} {percentage}% | {rows} rows | {rate} rows/s | imported {imported} rejected {rejected} | ETA {eta_formatted}"
+            : "{bar} {percentage}% | {value}/{total} | ETA {eta_formatted}",
+      },
+      cliProgress.Presets.shades_classic,
+    );
+    let started = false;
+    return {
+      update: (value: number, total: number, payload: Record<string, number>) => {
+        if (!started) {
+          bar.start(total, value, payload);
+          started = true;
+        } else bar.update(value, payload);
+      },
+      stop: () => bar.stop(),
+    };
+  }
+  let last = 0;
+  return {
+    update: (value: number, total: number, payload: Record<string, number>) => {
+      const now = Date.now();
+      if (now - last < 2000 && value < total) return;
+      last = now;
+      const pct = total > 0 ? Math.floor((value / total) * 100) : 100;
+      const parts = Object.entries(payload).map(([k, v]) => `${k} ${v}`);
+      process.stderr.write(`${pct}% ${parts.join(" · ")}\n`);
+    },
+    stop: () => {},
+  };
 }
 
 export async function runCli(argv: string[]): Promise<void> {

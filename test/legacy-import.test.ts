@@ -211,3 +211,99 @@ describe("members import: legacy members and their password hashes", () => {
     }
   });
 });
+
+describe("members wrap-weak, and an import killed mid-file", () => {
+  let t: TestApp;
+  beforeEach(() => {
+    t = makeApp();
+  });
+  afterEach(() => t.close());
+
+  it("wraps every fast or unsalted legacy hash in argon2id, resumably; wrapped hashes still sign in", async () => {
+    const file = path.join(t.dir, "weak.jsonl");
+    const rows = (await legacyRows()).filter((r) =>
+      ["md5", "sha1", "sha1-salted", "sha256-salted", "bcrypt"].includes(r.hash_scheme),
+    );
+    fs.writeFileSync(file, rows.map((r) => JSON.stringify(r)).join("\n"));
+    await t.s.legacyImport.importFile(file);
+    const weak = rows.filter((r) => r.hash_scheme !== "bcrypt").length;
+    const run = runCli(t, ["members", "wrap-weak", "--rate", "1000", "--json"], {
+      SEKISHO_ARGON2_MEMORY_KIB: "1024",
+      SEKISHO_ARGON2_TIME_COST: "1",
+    });
+    expect(run.status, run.stderr).toBe(0);
+    const result = JSON.parse(run.stdout) as { wrapped: number; rows_per_second: number; argon2: object };
+    expect(result.wrapped).toBe(weak);
+    expect(result.argon2).toMatchObject({ memoryCost: 1024, timeCost: 1 });
+    const stored = t.s.db.select().from(legacyPasswords).all();
+    expect(stored.filter((r) => r.wrapped)).toHaveLength(weak);
+    // the inner fast hash is gone
+    for (const r of stored.filter((x) => x.wrapped)) {
+      const h = t.s.legacyPasswords.find(r.memberId);
+      expect(h?.hash).toBe("");
+      expect(h?.wrapped).toMatch(/^\$argon2id\$/);
+    }
+    // again: nothing left to do
+    expect(JSON.parse(runCli(t, ["members", "wrap-weak", "--json"]).stdout).wrapped).toBe(0);
+    for (const r of rows) {
+      expect(
+        (await post(t.app, "/api/v1/login", { login_id: r.login_id, password: PW })).status,
+        r.legacy_id,
+      ).toBe(200);
+    }
+  });
+
+  it("an import killed (SIGKILL) mid-file and run again yields every member exactly once and no partial rows", async () => {
+    const file = path.join(t.dir, "big.jsonl");
+    const n = 6000;
+    const lines: string[] = [];
+    for (let i = 0; i < n; i++) {
+      lines.push(
+        JSON.stringify({
+          legacy_id: `K-${i}`,
+          hash_scheme: "md5",
+          password_hash: sha("md5", `pw-${i}`),
+          profile: { name: `会員 ${i}`, email: `k${i}@example.jp` },
+        }),
+      );
+    }
+    fs.writeFileSync(file, lines.join("\n"));
+    const { spawn } = await import("node:child_process");
+    const child = spawn(
+      process.execPath,
+      [path.resolve("bin/sekisho.mjs"), "members", "import", file, "--batch-size", "200", "--json"],
+      {
+        env: {
+          PATH: process.env.PATH ?? "",
+          NODE_ENV: "test",
+          SEKISHO_DATA_DIR: t.s.config.dataDir,
+          SEKISHO_KEYRING_FILE: t.s.config.keyringFile,
+          LOG_LEVEL: "warn",
+        },
+        stdio: "ignore",
+      },
+    );
+    const count = () => t.s.db.$client.prepare("SELECT count(*) FROM members").pluck().get() as number;
+    // Kill it once some batches have landed, long before the end.
+    for (let i = 0; i < 600 && count() < 400; i++) await new Promise((r) => setTimeout(r, 25));
+    child.kill("SIGKILL");
+    await new Promise((r) => child.once("exit", r));
+    const partial = count();
+    expect(partial).toBeGreaterThan(0);
+    expect(partial).toBeLessThan(n);
+    expect(partial % 200).toBe(0); // whole batches only
+    const again = runCli(t, ["members", "import", file, "--json"]);
+    expect(again.status, again.stderr).toBe(0);
+    expect(JSON.parse(again.stdout)).toMatchObject({ imported: n - partial, skipped: partial, rejected: 0 });
+    const q = (sql: string) => t.s.db.$client.prepare(sql).pluck().get() as number;
+    expect(count()).toBe(n);
+    expect(q("SELECT count(DISTINCT legacy_id) FROM legacy_members")).toBe(n);
+    expect(q("SELECT count(*) FROM profiles")).toBe(n);
+    expect(q("SELECT count(*) FROM legacy_passwords")).toBe(n);
+    expect(
+      q(
+        "SELECT count(*) FROM members m WHERE NOT EXISTS (SELECT 1 FROM profiles p WHERE p.member_id = m.id)",
+      ),
+    ).toBe(0);
+  }, 60_000);
+});

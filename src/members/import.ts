@@ -89,9 +89,17 @@ export class LegacyImport {
   }
 
   /** The rows of a file, one at a time, with their line numbers (never the whole file in memory). */
-  async *#rows(file: string, format: "jsonl" | "csv", hash: ReturnType<typeof createHash>) {
+  async *#rows(
+    file: string,
+    format: "jsonl" | "csv",
+    hash: ReturnType<typeof createHash>,
+    progress: { bytes: number },
+  ) {
     const input = fs.createReadStream(file);
-    input.on("data", (chunk) => hash.update(chunk));
+    input.on("data", (chunk) => {
+      hash.update(chunk);
+      progress.bytes += chunk.length;
+    });
     if (format === "csv") {
       const parser = input.pipe(
         parseCsv({ columns: true, bom: true, skip_empty_lines: true, relax_column_count: true, info: true }),
@@ -123,7 +131,14 @@ export class LegacyImport {
       batchSize?: number;
       rejectFile?: string;
       mappingFile?: string;
-      onProgress?: (done: { read: number; imported: number; rejected: number; skipped: number }) => void;
+      onProgress?: (done: {
+        read: number;
+        imported: number;
+        rejected: number;
+        skipped: number;
+        bytes: number;
+        totalBytes: number;
+      }) => void;
     } = {},
   ): Promise<ImportSummary> {
     const format = opts.format ?? (file.toLowerCase().endsWith(".csv") ? "csv" : "jsonl");
@@ -131,7 +146,14 @@ export class LegacyImport {
     const rejectPath = opts.rejectFile ?? `${file}.rejects.jsonl`;
     const mappingPath = opts.mappingFile ?? `${file}.mapping.jsonl`;
     const hash = createHash("sha256");
-    const counts = { read: 0, imported: 0, rejected: 0, skipped: 0 };
+    const counts = {
+      read: 0,
+      imported: 0,
+      rejected: 0,
+      skipped: 0,
+      bytes: 0,
+      totalBytes: fs.statSync(file).size,
+    };
     let rejects: fs.WriteStream | null = null;
     let mapping: fs.WriteStream | null = null;
     const reject = (line: number, legacyId: unknown, reason: string) => {
@@ -152,7 +174,7 @@ export class LegacyImport {
       batch = [];
       opts.onProgress?.(counts);
     };
-    for await (const { line, value, error } of this.#rows(file, format, hash)) {
+    for await (const { line, value, error } of this.#rows(file, format, hash, counts)) {
       counts.read++;
       if (error) {
         reject(line, undefined, error);

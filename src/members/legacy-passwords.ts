@@ -44,6 +44,41 @@ export class LegacyPasswords {
     return JSON.parse(decryptField(this.#keys, this.#context(memberId), row.secret)) as LegacyHash;
   }
 
+  /**
+   * Replace an unwrapped weak hash by its argon2id wrapping — only if it is still there and still
+   * unwrapped (a sign-in may have upgraded the member meanwhile: then there is nothing to wrap).
+   */
+  replaceWithWrapped(memberId: string, h: LegacyHash): boolean {
+    return (
+      this.#db.$client
+        .prepare(
+          "UPDATE legacy_passwords SET secret = ?, wrapped = 1, updated_at = ? WHERE member_id = ? AND wrapped = 0",
+        )
+        .run(
+          encryptField(this.#keys, this.#context(memberId), JSON.stringify(h)),
+          this.#clock.now().getTime(),
+          memberId,
+        ).changes === 1
+    );
+  }
+
+  /** Members whose weak legacy hash is not wrapped yet, after `afterId` (for a resumable walk). */
+  unwrappedWeak(afterId: string, limit: number): string[] {
+    return this.#db.$client
+      .prepare<[string, number], string>(
+        "SELECT member_id FROM legacy_passwords WHERE weak = 1 AND wrapped = 0 AND member_id > ? ORDER BY member_id LIMIT ?",
+      )
+      .pluck()
+      .all(afterId, limit);
+  }
+
+  countUnwrappedWeak(): number {
+    return this.#db.$client
+      .prepare("SELECT count(*) FROM legacy_passwords WHERE weak = 1 AND wrapped = 0")
+      .pluck()
+      .get() as number;
+  }
+
   /** Gone once the member has an argon2id hash (inside the upgrade's transaction). */
   delete(memberId: string): void {
     this.#db.delete(legacyPasswords).where(eq(legacyPasswords.memberId, memberId)).run();
