@@ -19,8 +19,10 @@ export interface World {
  * Sekisho's services in-process for the benchmarks and the simulation: a temp-dir database, a
  * fresh keyring, a movable clock, cheap argon2 (what is measured is not hashing), silent logs.
  */
-export function world(opts: { start: number; env?: Record<string, string> }): World {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "sekisho-bench-"));
+export function world(opts: { start: number; env?: Record<string, string>; dir?: string }): World {
+  // An existing data dir (with its keyring) is used as it is; otherwise a fresh temp dir.
+  const existing = opts.dir !== undefined;
+  const dir = opts.dir ?? fs.mkdtempSync(path.join(os.tmpdir(), "sekisho-bench-"));
   const config = loadConfig({
     NODE_ENV: "test",
     SEKISHO_DATA_DIR: dir,
@@ -31,7 +33,7 @@ export function world(opts: { start: number; env?: Record<string, string> }): Wo
     ...opts.env,
   });
   const clock = new MovableClock(opts.start);
-  writeKeyringFile(config.keyringFile, Keyring.generate(clock.now()));
+  if (!existing) writeKeyringFile(config.keyringFile, Keyring.generate(clock.now()));
   const db = openDatabase(config.dbFile);
   migrateDatabase(db);
   const logger = createLogger("silent", new Writable({ write: (_c, _e, cb) => cb() }));
@@ -41,7 +43,7 @@ export function world(opts: { start: number; env?: Record<string, string> }): Wo
     clock,
     close() {
       db.$client.close();
-      fs.rmSync(dir, { recursive: true, force: true });
+      if (!existing) fs.rmSync(dir, { recursive: true, force: true });
     },
   };
 }

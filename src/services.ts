@@ -262,7 +262,14 @@ export function buildServices(deps: {
     vault,
     audit,
   });
-  const legacyImport = new LegacyImport({ db, clock, vault, legacy: legacyPasswords, audit });
+  const legacyImport = new LegacyImport({
+    db,
+    clock,
+    vault,
+    legacy: legacyPasswords,
+    audit,
+    totp: factors.totp,
+  });
   return {
     legacyImport,
     legacyPasswords,

@@ -1,5 +1,5 @@
 import { randomBytes, randomInt } from "node:crypto";
-import { fakerJA } from "@faker-js/faker";
+import type { Faker } from "@faker-js/faker";
 import type { AuditLog } from "../audit/log.js";
 import type { Honeytokens } from "../audit/honeytokens.js";
 import type { Clock } from "../clock.js";
@@ -107,8 +107,7 @@ export class Decoys {
     this.#honeytokens = deps.honeytokens;
   }
 
-  #profile(): Profile {
-    const f = fakerJA;
+  #profile(f: Faker): Profile {
     const sex = randomInt(2) === 0 ? "female" : "male";
     const family = f.person.lastName();
     const given = f.person.firstName(sex);
@@ -143,6 +142,8 @@ export class Decoys {
 
   /** Make `count` decoys; returns their login IDs (for the operator's sealed record, never logged). */
   async add(count: number, operator: { ip: string | null }): Promise<string[]> {
+    // Loaded only here: faker's locale data is large, and nothing else needs it.
+    const { fakerJA } = await import("@faker-js/faker");
     const made: string[] = [];
     const now = this.#clock.now().getTime();
     for (let i = 0; i < count; i++) {
@@ -177,7 +178,7 @@ export class Decoys {
             .run();
           this.#db
             .insert(profiles)
-            .values({ ...this.#vault.encryptRow(id, this.#profile()), updatedAt: createdAt })
+            .values({ ...this.#vault.encryptRow(id, this.#profile(fakerJA)), updatedAt: createdAt })
             .run();
         });
         made.push(login.id);

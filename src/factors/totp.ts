@@ -140,6 +140,24 @@ export class TotpService {
     });
   }
 
+  /**
+   * An active secret brought in by `members import` (the member's app keeps working). Inside the
+   * import's transaction. Base32, at least 80 bits (16 characters).
+   */
+  importActive(memberId: string, secret: string): void {
+    const now = this.#clock.now().getTime();
+    this.#db
+      .insert(totpFactors)
+      .values({
+        memberId,
+        secret: encryptField(this.#keys, ctx(memberId, "secret"), secret),
+        lastStep: 0,
+        enabledAt: now,
+        updatedAt: now,
+      })
+      .run();
+  }
+
   /** Check a sign-in code against the active secret; accepted at most once per time step. */
   verify(memberId: string, code: string): boolean {
     if (!totpCode.test(code)) return false;

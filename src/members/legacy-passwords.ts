@@ -1,6 +1,6 @@
 import { eq } from "drizzle-orm";
 import type { Clock } from "../clock.js";
-import type { Db } from "../db/connection.js";
+import { type Db, lazyPrepared } from "../db/connection.js";
 import { legacyPasswords } from "../db/schema.js";
 import { type LegacyHash, WEAK_SCHEMES } from "../passwords/legacy.js";
 import { decryptField, encryptField } from "../vault/fields.js";
@@ -22,6 +22,14 @@ export class LegacyPasswords {
     return { table: "legacy_passwords", column: "secret", rowId: memberId };
   }
 
+  readonly #upsert = lazyPrepared(() =>
+    this.#db.$client.prepare(
+      `INSERT INTO legacy_passwords (member_id, secret, weak, wrapped, updated_at) VALUES (?, ?, ?, ?, ?)
+       ON CONFLICT (member_id) DO UPDATE SET secret = excluded.secret, weak = excluded.weak,
+         wrapped = excluded.wrapped, updated_at = excluded.updated_at`,
+    ),
+  );
+
   /** Store (inside the caller's transaction). */
   put(memberId: string, h: LegacyHash): void {
     const row = {
@@ -31,11 +39,7 @@ export class LegacyPasswords {
       wrapped: !!h.wrapped,
       updatedAt: this.#clock.now().getTime(),
     };
-    this.#db
-      .insert(legacyPasswords)
-      .values(row)
-      .onConflictDoUpdate({ target: legacyPasswords.memberId, set: row })
-      .run();
+    this.#upsert().run(row.memberId, row.secret, row.weak ? 1 : 0, row.wrapped ? 1 : 0, row.updatedAt);
   }
 
   find(memberId: string): LegacyHash | null {
