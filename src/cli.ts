@@ -251,45 +251,68 @@ export function buildCli(): Command {
     .argument("<file>", "the legacy member file")
     .option("--format <format>", "jsonl or csv (default: from the file name)")
     .option("--batch-size <n>", "rows per transaction", (v) => Number.parseInt(v, 10), 500)
+    .option(
+      "--require-password-change-after <date>",
+      "from this date (ISO 8601) a member still on a legacy hash is mailed a reset link instead of signing in",
+      (v) => {
+        const ms = Date.parse(v);
+        if (Number.isNaN(ms)) throw new InvalidArgumentError("an ISO 8601 date, e.g. 2027-03-31");
+        return ms;
+      },
+    )
+    .option("--require-mfa-enrollment", "imported members must add a second factor at their first sign-in")
     .option("--json", "print a JSON summary")
-    .action(async (file: string, opts: { format?: string; batchSize: number; json?: boolean }) => {
-      if (opts.format !== undefined && opts.format !== "jsonl" && opts.format !== "csv")
-        throw new StartupError("--format must be jsonl or csv");
-      if (!fs.existsSync(file)) throw new StartupError(`no such file: ${file}`);
-      const ctx = open();
-      const services = buildServices({
-        config: ctx.config,
-        db: ctx.db,
-        clock: systemClock,
-        keys: ctx.keys,
-        logger: pino({ level: "silent" }),
-      });
-      const started = Date.now();
-      try {
-        const progress = progressReporter(opts.json ? "silent" : undefined, "bytes");
-        const summary = await services.legacyImport.importFile(file, {
-          ...(opts.format ? { format: opts.format as "jsonl" | "csv" } : {}),
-          batchSize: opts.batchSize,
-          onProgress: (c) =>
-            progress.update(c.bytes, c.totalBytes, {
-              rows: c.read,
-              rate: Math.round(c.read / Math.max(0.001, (Date.now() - started) / 1000)),
-              imported: c.imported,
-              rejected: c.rejected,
-            }),
+    .action(
+      async (
+        file: string,
+        opts: {
+          format?: string;
+          batchSize: number;
+          json?: boolean;
+          requirePasswordChangeAfter?: number;
+          requireMfaEnrollment?: boolean;
+        },
+      ) => {
+        if (opts.format !== undefined && opts.format !== "jsonl" && opts.format !== "csv")
+          throw new StartupError("--format must be jsonl or csv");
+        if (!fs.existsSync(file)) throw new StartupError(`no such file: ${file}`);
+        const ctx = open();
+        const services = buildServices({
+          config: ctx.config,
+          db: ctx.db,
+          clock: systemClock,
+          keys: ctx.keys,
+          logger: pino({ level: "silent" }),
         });
-        progress.stop();
-        if (opts.json) out(JSON.stringify(summary));
-        else {
-          out(`imported ${summary.imported}, rejected ${summary.rejected}, skipped ${summary.skipped}`);
-          if (summary.reject_file) out(`rejected rows (line and reason): ${summary.reject_file}`);
-          if (summary.mapping_file)
-            out(`generated member numbers (legacy_id → login_id): ${summary.mapping_file}`);
+        const started = Date.now();
+        try {
+          const progress = progressReporter(opts.json ? "silent" : undefined, "bytes");
+          const summary = await services.legacyImport.importFile(file, {
+            ...(opts.format ? { format: opts.format as "jsonl" | "csv" } : {}),
+            batchSize: opts.batchSize,
+            requirePasswordChangeAfter: opts.requirePasswordChangeAfter ?? null,
+            requireMfaEnrollment: opts.requireMfaEnrollment === true,
+            onProgress: (c) =>
+              progress.update(c.bytes, c.totalBytes, {
+                rows: c.read,
+                rate: Math.round(c.read / Math.max(0.001, (Date.now() - started) / 1000)),
+                imported: c.imported,
+                rejected: c.rejected,
+              }),
+          });
+          progress.stop();
+          if (opts.json) out(JSON.stringify(summary));
+          else {
+            out(`imported ${summary.imported}, rejected ${summary.rejected}, skipped ${summary.skipped}`);
+            if (summary.reject_file) out(`rejected rows (line and reason): ${summary.reject_file}`);
+            if (summary.mapping_file)
+              out(`generated member numbers (legacy_id → login_id): ${summary.mapping_file}`);
+          }
+        } finally {
+          ctx.db.$client.close();
         }
-      } finally {
-        ctx.db.$client.close();
-      }
-    });
+      },
+    );
 
   membersCmd
     .command("wrap-weak")

@@ -162,6 +162,8 @@ export function buildServices(deps: {
   const legacyPasswords = new LegacyPasswords({ db, keys, clock });
   const signIn = new PasswordSignIn({
     legacy: legacyPasswords,
+    legacyExpired: (memberId, ctx) => recovery.legacyPasswordExpired(memberId, ctx),
+    clock,
     policy,
     honeytokens,
     db,

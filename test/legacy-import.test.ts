@@ -3,10 +3,12 @@ import fs from "node:fs";
 import path from "node:path";
 import argon2 from "argon2";
 import bcrypt from "bcryptjs";
-import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import supertest from "supertest";
+import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from "vitest";
 import { legacyPasswords, members } from "../src/db/schema.js";
 import { makeApp, post, type TestApp } from "./support/app.js";
 import { runCli } from "./support/cli.js";
+import { linkIn, TestSmtp } from "./support/smtp.js";
 
 const PW = "kimi no na wa 2016!";
 const sha = (algo: string, s: string) => createHash(algo).update(s, "utf8").digest("hex");
@@ -243,6 +245,147 @@ describe("members import: legacy members and their password hashes", () => {
   });
 });
 
+describe("import policies: a date after which legacy passwords stop signing in, and required MFA", () => {
+  const smtp = new TestSmtp();
+  let t: TestApp;
+  let file: string;
+  beforeAll(() => smtp.start());
+  afterAll(() => smtp.stop());
+  beforeEach(() => {
+    smtp.inbox.length = 0;
+    t = makeApp({ SEKISHO_SMTP_URL: smtp.url });
+    file = path.join(t.dir, "legacy.jsonl");
+  });
+  afterEach(() => t.close());
+
+  const row = (id: string, extra: Record<string, unknown> = {}) => ({
+    legacy_id: id,
+    login_id: `old.${id}`,
+    hash_scheme: "md5",
+    password_hash: sha("md5", PW),
+    profile: { name: "旧会員", email: `${id}@example.jp` },
+    ...extra,
+  });
+  const write = (rows: unknown[]) => fs.writeFileSync(file, rows.map((r) => JSON.stringify(r)).join("\n"));
+  const DAY = 24 * 3_600_000;
+
+  it("after the date a legacy password is refused (password_reset_required) and a reset link is mailed once; members who signed in before keep signing in", async () => {
+    write([row("early"), row("late")]);
+    const deadline = t.clock.now().getTime() + 30 * DAY;
+    await t.s.legacyImport.importFile(file, { requirePasswordChangeAfter: deadline });
+    // before the date: the legacy password signs in and is upgraded
+    expect((await post(t.app, "/api/v1/login", { login_id: "old.early", password: PW })).status).toBe(200);
+
+    t.clock.advance(31 * DAY);
+    // the upgraded member is no longer on a legacy hash: nothing changes for them
+    expect((await post(t.app, "/api/v1/login", { login_id: "old.early", password: PW })).status).toBe(200);
+    // the other is still on the old system's hash: the right password no longer signs in
+    const refused = await post(t.app, "/api/v1/login", { login_id: "old.late", password: PW });
+    expect(refused.status).toBe(403);
+    expect(refused.body.error).toBe("password_reset_required");
+    expect(refused.headers["set-cookie"]).toBeUndefined();
+    // a wrong password still says only "invalid credentials"
+    const wrong = await post(t.app, "/api/v1/login", { login_id: "old.late", password: "not it at all 1" });
+    expect(wrong.status).toBe(401);
+    // trying again does not mail again
+    expect((await post(t.app, "/api/v1/login", { login_id: "old.late", password: PW })).status).toBe(403);
+    await t.s.mailer.runDue();
+    const mails = smtp.to("late@example.jp");
+    expect(mails).toHaveLength(1);
+    const { token } = linkIn(mails[0] as (typeof mails)[number], "/recovery/reset");
+    const newPassword = "a brand new passphrase 77";
+    const reset = await post(t.app, "/api/v1/recovery/password/reset", { token, password: newPassword });
+    expect(reset.status, reset.text).toBe(200);
+    // the legacy hash is gone with the new password, and only the new password signs in
+    const late = t.s.db
+      .select()
+      .from(members)
+      .all()
+      .find((m) => m.loginId === "old.late");
+    expect(
+      t.s.db
+        .select()
+        .from(legacyPasswords)
+        .all()
+        .some((l) => l.memberId === late?.id),
+    ).toBe(false);
+    expect((await post(t.app, "/api/v1/login", { login_id: "old.late", password: PW })).status).toBe(401);
+    expect((await post(t.app, "/api/v1/login", { login_id: "old.late", password: newPassword })).status).toBe(
+      200,
+    );
+    const audited = t.s.db.$client
+      .prepare(
+        "SELECT count(*) FROM audit_log WHERE action = 'password.reset_required' AND reason = 'legacy_password_expired'",
+      )
+      .pluck()
+      .get();
+    expect(audited).toBe(1);
+  });
+
+  it("members imported with --require-mfa-enrollment must add a factor at their first sign-in; the others need not", async () => {
+    write([row("plain")]);
+    await t.s.legacyImport.importFile(file);
+    write([row("withapp", { totp_secret: "JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP" }), row("nofactor")]);
+    await t.s.legacyImport.importFile(file, { requireMfaEnrollment: true });
+
+    expect((await post(t.app, "/api/v1/login", { login_id: "old.plain", password: PW })).body.status).toBe(
+      "authenticated",
+    );
+    expect((await post(t.app, "/api/v1/login", { login_id: "old.withapp", password: PW })).body.status).toBe(
+      "mfa_required",
+    );
+    const limited = await post(t.app, "/api/v1/login", { login_id: "old.nofactor", password: PW });
+    expect(limited.body.status).toBe("mfa_enrollment_required");
+    const cookie = String(limited.headers["set-cookie"]).split(";")[0] as string;
+    // the limited session reads nothing else…
+    expect((await supertest(t.app).get("/api/v1/me/sessions").set("Cookie", cookie)).status).toBe(401);
+    // …but can add an authenticator app, which makes it a full session — even with the MFA policy off
+    t.s.policy.set(
+      null,
+      { mode: "off", grace_days: 0, methods: ["totp", "webauthn"], phishing_resistant: false },
+      { adminId: "test", ip: null, requestId: null },
+    );
+    const begin = await post(t.app, "/api/v1/me/totp", {}, cookie);
+    expect(begin.status, begin.text).toBe(200);
+    const { generateSync } = await import("otplib");
+    const code = generateSync({
+      secret: begin.body.secret,
+      epoch: Math.floor(t.clock.now().getTime() / 1000),
+    });
+    const done = await post(t.app, "/api/v1/me/totp/verify", { code }, cookie);
+    expect(done.status, done.text).toBe(200);
+  });
+
+  it("takes the policies on the command line, and refuses a date it can't read", () => {
+    write([row("cli")]);
+    const bad = runCli(t, ["members", "import", file, "--require-password-change-after", "next spring"]);
+    expect(bad.status).not.toBe(0);
+    expect(bad.stderr).toContain("ISO 8601");
+    const ok = runCli(t, [
+      "members",
+      "import",
+      file,
+      "--require-password-change-after",
+      "2027-03-31",
+      "--require-mfa-enrollment",
+      "--json",
+    ]);
+    expect(ok.status, ok.stderr).toBe(0);
+    const m = t.s.db
+      .select()
+      .from(members)
+      .all()
+      .find((x) => x.loginId === "old.cli");
+    expect(m?.mfaRequired).toBe(true);
+    const l = t.s.db
+      .select()
+      .from(legacyPasswords)
+      .all()
+      .find((x) => x.memberId === m?.id);
+    expect(l?.changeAfter).toBe(Date.parse("2027-03-31T00:00:00Z"));
+  });
+});
+
 describe("members wrap-weak, and an import killed mid-file", () => {
   let t: TestApp;
   beforeEach(() => {
@@ -335,5 +478,56 @@ describe("members wrap-weak, and an import killed mid-file", () => {
         "SELECT count(*) FROM members m WHERE NOT EXISTS (SELECT 1 FROM profiles p WHERE p.member_id = m.id)",
       ),
     ).toBe(0);
+  }, 60_000);
+
+  it("killing the `sekisho` command (SIGKILL) also stops the importer it runs under a heap limit", async () => {
+    const file = path.join(t.dir, "outer.jsonl");
+    const n = 6000;
+    const lines: string[] = [];
+    for (let i = 0; i < n; i++)
+      lines.push(
+        JSON.stringify({
+          legacy_id: `O-${i}`,
+          hash_scheme: "md5",
+          password_hash: sha("md5", `pw-${i}`),
+          profile: { name: `会員 ${i}` },
+        }),
+      );
+    fs.writeFileSync(file, lines.join("\n"));
+    const { spawn } = await import("node:child_process");
+    // No heap flag: bin/sekisho.mjs re-runs itself with one, and the re-run process does the work.
+    const outer = spawn(
+      process.execPath,
+      [path.resolve("bin/sekisho.mjs"), "members", "import", file, "--batch-size", "200"],
+      {
+        env: {
+          PATH: process.env.PATH ?? "",
+          NODE_ENV: "test",
+          SEKISHO_DATA_DIR: t.s.config.dataDir,
+          SEKISHO_KEYRING_FILE: t.s.config.keyringFile,
+          LOG_LEVEL: "warn",
+        },
+        stdio: "ignore",
+      },
+    );
+    const count = () => t.s.db.$client.prepare("SELECT count(*) FROM members").pluck().get() as number;
+    for (let i = 0; i < 600 && count() < 400; i++) await new Promise((r) => setTimeout(r, 25));
+    outer.kill("SIGKILL");
+    await new Promise((r) => outer.once("exit", r));
+    // Processes still working on this file (found by their command line).
+    const importers = () =>
+      fs.readdirSync("/proc").filter((pid) => {
+        if (!/^\d+$/.test(pid)) return false;
+        try {
+          return fs.readFileSync(`/proc/${pid}/cmdline`, "utf8").includes(file);
+        } catch {
+          return false;
+        }
+      });
+    for (let i = 0; i < 200 && importers().length > 0; i++) await new Promise((r) => setTimeout(r, 25));
+    expect(importers()).toEqual([]);
+    const stopped = count();
+    expect(stopped).toBeLessThan(n);
+    expect(stopped % 200).toBe(0);
   }, 60_000);
 });

@@ -36,6 +36,11 @@ export const members = sqliteTable("members", {
     .default("ja"),
   /** Set by support: the password no longer signs in; the member sets a new one by the mailed link. */
   passwordResetRequired: integer("password_reset_required", { mode: "boolean" }).notNull().default(false),
+  /**
+   * This member needs a second factor whatever the MFA policies say, from the first sign-in
+   * (`members import --require-mfa-enrollment`).
+   */
+  mfaRequired: integer("mfa_required", { mode: "boolean" }).notNull().default(false),
 });
 
 /** One row per member; every value column is a vault ciphertext bound to (member, field). */
@@ -472,6 +477,11 @@ export const legacyPasswords = sqliteTable(
     secret: text("secret").notNull(),
     weak: integer("weak", { mode: "boolean" }).notNull(),
     wrapped: integer("wrapped", { mode: "boolean" }).notNull().default(false),
+    /**
+     * After this time the legacy password no longer signs in by itself: it may be known from the
+     * old system, so the member sets a new one by a mailed link (`--require-password-change-after`).
+     */
+    changeAfter: integer("change_after"),
     updatedAt: integer("updated_at").notNull(),
   },
   (t) => [index("legacy_passwords_weak").on(t.weak, t.wrapped)],

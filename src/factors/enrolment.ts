@@ -65,9 +65,21 @@ export class FactorEnrolment {
     this.#reauthMs = deps.reauthMs;
   }
 
-  member(session: Session): { id: string; loginId: string; role: "member" | "admin"; createdAt: number } {
+  member(session: Session): {
+    id: string;
+    loginId: string;
+    role: "member" | "admin";
+    createdAt: number;
+    mfaRequired: boolean;
+  } {
     const m = this.#db
-      .select({ id: members.id, loginId: members.loginId, role: members.role, createdAt: members.createdAt })
+      .select({
+        id: members.id,
+        loginId: members.loginId,
+        role: members.role,
+        createdAt: members.createdAt,
+        mfaRequired: members.mfaRequired,
+      })
       .from(members)
       .where(eq(members.id, session.memberId))
       .get();
@@ -134,7 +146,11 @@ export class FactorEnrolment {
       new ApiError(403, "method_not_allowed", "The MFA policy doesn't allow adding this kind of factor.");
     if (!this.#policy) return;
     const m = this.member(session);
-    if (!this.#policy.enrolmentAllowed(method, m.role, { required: session.kind === "limited" }))
+    if (
+      !this.#policy.enrolmentAllowed(method, m.role, {
+        required: session.kind === "limited" || m.mfaRequired,
+      })
+    )
       throw refuse();
     if (session.kind === "limited") {
       const factors = this.#factors.of(m.id);

@@ -108,8 +108,8 @@ export class LegacyImport {
   #prepared() {
     this.#statements ??= {
       member: this.#db.$client.prepare(
-        `INSERT INTO members (id, sub, login_id, login_id_kind, password_hash, role, status, email_verified, created_at, updated_at, password_changed_at, locale)
-         VALUES (?, ?, ?, ?, NULL, 'member', 'active', 0, ?, ?, ?, 'ja')`,
+        `INSERT INTO members (id, sub, login_id, login_id_kind, password_hash, role, status, email_verified, created_at, updated_at, password_changed_at, locale, mfa_required)
+         VALUES (?, ?, ?, ?, NULL, 'member', 'active', 0, ?, ?, ?, 'ja', ?)`,
       ),
       profile: this.#db.$client.prepare(
         `INSERT INTO profiles (member_id, name, email, phone, postal_code, address, birth_date, gender, email_bidx, key_id, updated_at)
@@ -165,6 +165,13 @@ export class LegacyImport {
       batchSize?: number;
       rejectFile?: string;
       mappingFile?: string;
+      /**
+       * From this time (ms) a member still on their legacy hash can't sign in with it: they are
+       * mailed a reset link instead (the old system's hashes may be out there).
+       */
+      requirePasswordChangeAfter?: number | null;
+      /** Members imported now need a second factor from their first sign-in. */
+      requireMfaEnrollment?: boolean;
       onProgress?: (done: {
         read: number;
         imported: number;
@@ -202,10 +209,14 @@ export class LegacyImport {
     const client = this.#db.$client;
     const cacheBefore = client.pragma("cache_size", { simple: true }) as number;
     client.pragma("cache_size = -32768");
+    const policies = {
+      changeAfter: opts.requirePasswordChangeAfter ?? null,
+      mfaRequired: opts.requireMfaEnrollment === true,
+    };
     let batch: Array<{ line: number; row: Row }> = [];
     const flush = () => {
       if (batch.length === 0) return;
-      const generated = this.#writeBatch(batch, reject, counts);
+      const generated = this.#writeBatch(batch, reject, counts, policies);
       for (const g of generated) {
         mapping ??= fs.createWriteStream(mappingPath, { flags: "a", mode: 0o600 });
         mapping.write(`${JSON.stringify(g)}\n`);
@@ -245,6 +256,9 @@ export class LegacyImport {
         imported: counts.imported,
         rejected: counts.rejected,
         skipped: counts.skipped,
+        require_password_change_after:
+          policies.changeAfter === null ? null : new Date(policies.changeAfter).toISOString(),
+        require_mfa_enrollment: policies.mfaRequired,
       },
     });
     return {
@@ -265,6 +279,7 @@ export class LegacyImport {
     batch: Array<{ line: number; row: Row }>,
     reject: (line: number, legacyId: unknown, reason: string) => void,
     counts: { imported: number; skipped: number },
+    policies: { changeAfter: number | null; mfaRequired: boolean },
   ): Array<{ legacy_id: string; login_id: string }> {
     const generated: Array<{ legacy_id: string; login_id: string }> = [];
     const rejected: Array<{ line: number; legacyId: string; reason: string }> = [];
@@ -302,7 +317,16 @@ export class LegacyImport {
         const memberId = newMemberId();
         const created = row.created_at ?? now;
         const p = this.#prepared();
-        p.member.run(memberId, newSubject(), loginId, kind, created, now, created);
+        p.member.run(
+          memberId,
+          newSubject(),
+          loginId,
+          kind,
+          created,
+          now,
+          created,
+          policies.mfaRequired ? 1 : 0,
+        );
         const enc = this.#vault.encryptRow(memberId, row.profile as Profile);
         p.profile.run(
           enc.memberId,
@@ -317,7 +341,7 @@ export class LegacyImport {
           enc.keyId,
           enc.updatedAt,
         );
-        this.#legacy.put(memberId, toLegacyHash(row));
+        this.#legacy.put(memberId, toLegacyHash(row), policies.changeAfter);
         if (row.totp_secret) this.#totp?.importActive(memberId, row.totp_secret);
         p.legacy.run(row.legacy_id, memberId, now);
         imported++;

@@ -24,14 +24,17 @@ export class LegacyPasswords {
 
   readonly #upsert = lazyPrepared(() =>
     this.#db.$client.prepare(
-      `INSERT INTO legacy_passwords (member_id, secret, weak, wrapped, updated_at) VALUES (?, ?, ?, ?, ?)
+      `INSERT INTO legacy_passwords (member_id, secret, weak, wrapped, change_after, updated_at) VALUES (?, ?, ?, ?, ?, ?)
        ON CONFLICT (member_id) DO UPDATE SET secret = excluded.secret, weak = excluded.weak,
-         wrapped = excluded.wrapped, updated_at = excluded.updated_at`,
+         wrapped = excluded.wrapped, change_after = excluded.change_after, updated_at = excluded.updated_at`,
     ),
   );
 
-  /** Store (inside the caller's transaction). */
-  put(memberId: string, h: LegacyHash): void {
+  /**
+   * Store (inside the caller's transaction). `changeAfter`: from then on the legacy password no
+   * longer signs in by itself (see PasswordSignIn).
+   */
+  put(memberId: string, h: LegacyHash, changeAfter: number | null = null): void {
     const row = {
       memberId,
       secret: encryptField(this.#keys, this.#context(memberId), JSON.stringify(h)),
@@ -39,13 +42,28 @@ export class LegacyPasswords {
       wrapped: !!h.wrapped,
       updatedAt: this.#clock.now().getTime(),
     };
-    this.#upsert().run(row.memberId, row.secret, row.weak ? 1 : 0, row.wrapped ? 1 : 0, row.updatedAt);
+    this.#upsert().run(
+      row.memberId,
+      row.secret,
+      row.weak ? 1 : 0,
+      row.wrapped ? 1 : 0,
+      changeAfter,
+      row.updatedAt,
+    );
   }
 
   find(memberId: string): LegacyHash | null {
+    return this.entry(memberId)?.hash ?? null;
+  }
+
+  /** The hash and the date after which it no longer signs in by itself (null: none). */
+  entry(memberId: string): { hash: LegacyHash; changeAfter: number | null } | null {
     const row = this.#db.select().from(legacyPasswords).where(eq(legacyPasswords.memberId, memberId)).get();
     if (!row) return null;
-    return JSON.parse(decryptField(this.#keys, this.#context(memberId), row.secret)) as LegacyHash;
+    return {
+      hash: JSON.parse(decryptField(this.#keys, this.#context(memberId), row.secret)) as LegacyHash,
+      changeAfter: row.changeAfter,
+    };
   }
 
   /**

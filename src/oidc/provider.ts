@@ -82,7 +82,7 @@ export function createOidc(s: Services): Oidc {
     acrValues: string | null,
   ): Requirement => {
     const member = s.db
-      .select({ createdAt: members.createdAt, role: members.role })
+      .select({ createdAt: members.createdAt, role: members.role, mfaRequired: members.mfaRequired })
       .from(members)
       .where(eq(members.id, memberId))
       .get();

@@ -61,6 +61,18 @@ export const DEFAULT_POLICY: MfaPolicy = {
 
 const DAY = 24 * 3_600_000;
 
+/**
+ * A member flagged `mfa_required` (imported with `--require-mfa-enrollment`): a factor from the
+ * first sign-in, of any kind the other policies allow.
+ */
+const MEMBER_REQUIRED: MfaPolicy = {
+  mode: "required",
+  graceDays: 0,
+  methods: ["totp", "webauthn"],
+  phishingResistant: false,
+  requiredSince: 0,
+};
+
 /** What one sign-in must reach, given a member, the policies in force and the site's acr_values. */
 export interface Requirement {
   /** The level the session must reach (password: no second factor needed). */
@@ -225,7 +237,7 @@ export class MfaPolicies {
    * site's (if the sign-in is for one) and the site's `acr_values`.
    */
   requirement(
-    member: { createdAt: number; role?: "member" | "admin" },
+    member: { createdAt: number; role?: "member" | "admin"; mfaRequired?: boolean },
     factors: MemberFactors,
     opts: { clientId?: string | null; acrValues?: string | null } = {},
   ): Requirement {
@@ -234,6 +246,7 @@ export class MfaPolicies {
       this.global(),
       ...(opts.clientId ? [this.client(opts.clientId)] : []),
       ...(member.role === "admin" ? [this.#adminPolicy] : []),
+      ...(member.mfaRequired ? [MEMBER_REQUIRED] : []),
     ].filter((p): p is MfaPolicy => p !== null);
     const required = policies.filter((p) => p.mode === "required");
     let methods = policies

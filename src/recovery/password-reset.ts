@@ -308,6 +308,44 @@ export class PasswordRecovery {
     memberId: string,
     by: { adminId: string; reason: string; ip: string | null; requestId: string | null },
   ): { mailed: boolean; sessions_revoked: number; oidc_rows_revoked: number } {
+    return this.#requireNew(memberId, {
+      actorType: "admin",
+      actorId: by.adminId,
+      reason: by.reason,
+      ip: by.ip,
+      requestId: by.requestId,
+    });
+  }
+
+  /**
+   * An imported member signed in with a legacy password past the operator's date
+   * (`members import --require-password-change-after`). The old system's hashes may be in other
+   * hands, so that password alone proves little: as when support requires a new password, it
+   * stops signing in and a reset link goes to the member's mailbox (their second factor, if any,
+   * is still asked for when they follow it). Mailed once: later sign-ins only say so.
+   */
+  legacyPasswordExpired(
+    memberId: string,
+    ctx: { ip: string | null; requestId: string | null },
+  ): { mailed: boolean; sessions_revoked: number; oidc_rows_revoked: number } {
+    return this.#requireNew(memberId, {
+      actorType: "system",
+      actorId: null,
+      reason: "legacy_password_expired",
+      ...ctx,
+    });
+  }
+
+  #requireNew(
+    memberId: string,
+    by: {
+      actorType: "admin" | "system";
+      actorId: string | null;
+      reason: string;
+      ip: string | null;
+      requestId: string | null;
+    },
+  ): { mailed: boolean; sessions_revoked: number; oidc_rows_revoked: number } {
     const m = this.#db
       .select({ sub: members.sub, loginId: members.loginId, locale: members.locale })
       .from(members)
@@ -319,7 +357,10 @@ export class PasswordRecovery {
       this.#db.update(members).set({ passwordResetRequired: true }).where(eq(members.id, memberId)).run();
       const result = {
         mailed: false,
-        sessions_revoked: this.#sessions.revokeAll(memberId, "admin_password_reset"),
+        sessions_revoked: this.#sessions.revokeAll(
+          memberId,
+          by.actorType === "admin" ? "admin_password_reset" : by.reason,
+        ),
         oidc_rows_revoked: this.#oidc.revokeAccount(m.sub),
       };
       if (email) {
@@ -329,8 +370,8 @@ export class PasswordRecovery {
       this.#audit.append({
         action: "password.reset_required",
         outcome: "info",
-        actorType: "admin",
-        actorId: by.adminId,
+        actorType: by.actorType,
+        actorId: by.actorId,
         memberId,
         reason: by.reason,
         ip: by.ip,

@@ -195,7 +195,7 @@ export class SecondFactorSignIn {
   #policyFor(memberId: string | null, pending: PendingMfa | null, proof: FactorProof): Requirement | null {
     if (!pending || !memberId || !this.#policy) return null;
     const m = this.#db
-      .select({ createdAt: members.createdAt, role: members.role })
+      .select({ createdAt: members.createdAt, role: members.role, mfaRequired: members.mfaRequired })
       .from(members)
       .where(eq(members.id, memberId))
       .get();

@@ -1,5 +1,6 @@
 import { eq, sql } from "drizzle-orm";
 import type { AuditLog } from "../audit/log.js";
+import type { Clock } from "../clock.js";
 import type { LegacyPasswords } from "../members/legacy-passwords.js";
 import { type LegacyHash, verifyLegacy } from "../passwords/legacy.js";
 import type { Honeytokens } from "../audit/honeytokens.js";
@@ -61,6 +62,8 @@ export function tooManyAttempts(retryAfterSeconds: number): ApiError {
   });
 }
 
+type LegacyExpired = (memberId: string, ctx: { ip: string | null; requestId: string | null }) => void;
+
 export class PasswordSignIn {
   readonly #db: Db;
   readonly #hasher: PasswordHasher;
@@ -75,9 +78,14 @@ export class PasswordSignIn {
   readonly #honeytokens: Honeytokens | undefined;
   readonly #policy: MfaPolicies | undefined;
   readonly #legacy: LegacyPasswords | undefined;
+  readonly #legacyExpired: LegacyExpired | undefined;
+  readonly #clock: Clock;
 
   constructor(deps: {
     legacy?: LegacyPasswords;
+    /** Called when a legacy password past its date was right (requires a new one, mails a link). */
+    legacyExpired?: LegacyExpired;
+    clock: Clock;
     honeytokens?: Honeytokens;
     policy?: MfaPolicies;
     db: Db;
@@ -104,6 +112,8 @@ export class PasswordSignIn {
     this.#honeytokens = deps.honeytokens;
     this.#policy = deps.policy;
     this.#legacy = deps.legacy;
+    this.#legacyExpired = deps.legacyExpired;
+    this.#clock = deps.clock;
   }
 
   async signIn(
@@ -184,6 +194,7 @@ export class PasswordSignIn {
           status: string;
           createdAt: number;
           passwordResetRequired: boolean;
+          mfaRequired: boolean;
           role: "member" | "admin";
         }
       | undefined,
@@ -209,7 +220,8 @@ export class PasswordSignIn {
 
     // A member imported from a legacy system signs in with the legacy hash once; it is then
     // replaced by argon2id (below, in the sign-in's transaction) and deleted.
-    const legacy = member && !member.passwordHash ? (this.#legacy?.find(member.id) ?? null) : null;
+    const legacyEntry = member && !member.passwordHash ? (this.#legacy?.entry(member.id) ?? null) : null;
+    const legacy = legacyEntry?.hash ?? null;
     if (!member || (!member.passwordHash && !legacy)) {
       await this.#hasher.dummyVerify(input.password);
       return fail(member ? "no_password" : "unknown_login_id", member?.id ?? null);
@@ -223,7 +235,20 @@ export class PasswordSignIn {
         });
     if (!right) return fail("wrong_password", member.id);
     if (member.status !== "active") return fail("account_disabled", member.id);
-    if (member.passwordResetRequired) {
+    // Still on the old system's hash after the operator's date (`--require-password-change-after`):
+    // that password may be known from the old system, so it signs in no more; a reset link goes
+    // to the member's mailbox, once (the flag below answers every later try).
+    let resetRequired = member.passwordResetRequired;
+    if (
+      !resetRequired &&
+      legacyEntry?.changeAfter != null &&
+      this.#clock.now().getTime() >= legacyEntry.changeAfter &&
+      this.#legacyExpired
+    ) {
+      this.#legacyExpired(member.id, { ip: ctx.ip, requestId: ctx.requestId });
+      resetRequired = true;
+    }
+    if (resetRequired) {
       settle("neither");
       this.#audit.append({
         action: "login.password",
@@ -341,6 +366,7 @@ export class PasswordSignIn {
         status: members.status,
         createdAt: members.createdAt,
         passwordResetRequired: members.passwordResetRequired,
+        mfaRequired: members.mfaRequired,
         role: members.role,
       })
       .from(members)
