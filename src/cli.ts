@@ -1,8 +1,10 @@
 import fs from "node:fs";
+import path from "node:path";
 import { Command, InvalidArgumentError } from "commander";
 import pino from "pino";
 import cliProgress from "cli-progress";
 import { wrapWeak } from "./members/wrap-weak.js";
+import { backupDatabase, restoreDatabase } from "./ops/backup.js";
 import { type AuditEntry, AuditLog } from "./audit/log.js";
 import { systemClock } from "./clock.js";
 import { type Config, loadConfig } from "./config.js";
@@ -393,6 +395,93 @@ export function buildCli(): Command {
         }
       } finally {
         ctx.db.$client.close();
+      }
+    });
+
+  program
+    .command("backup")
+    .description(
+      "consistent online copy of the database (safe while the server runs); checked before it is kept",
+    )
+    .argument("<file>", "where to write the copy (refuses to overwrite)")
+    .option("--json", "print a JSON summary")
+    .action(async (file: string, opts: { json?: boolean }) => {
+      const ctx = open();
+      try {
+        const progress = progressReporter(opts.json ? "silent" : undefined, "rows");
+        const result = await backupDatabase(ctx.db, file, {
+          keys: ctx.keys,
+          clock: systemClock,
+          onProgress: (done, total) => progress.update(done, total, {}),
+        });
+        progress.stop();
+        ctx.audit.append({
+          action: "database.backed_up",
+          outcome: "success",
+          actorType: "operator",
+          details: { file: result.file, bytes: result.bytes, members: result.check.members },
+        });
+        if (opts.json)
+          out(
+            JSON.stringify({
+              file: result.file,
+              bytes: result.bytes,
+              pages: result.pages,
+              integrity: result.check.integrity,
+              audit: result.check.audit,
+              members: result.check.members,
+            }),
+          );
+        else {
+          out(`backed up to ${result.file} (${result.bytes} bytes, ${result.check.members} members)`);
+          out(
+            `checked: integrity ${result.check.integrity}; audit log ${result.check.audit.ok ? "intact" : "BROKEN"} (${result.check.audit.entries} entries)`,
+          );
+          out("The copy is useless without the keyring: keep the keyring's backup somewhere else.");
+        }
+      } finally {
+        ctx.db.$client.close();
+      }
+    });
+
+  program
+    .command("restore")
+    .description(
+      "replace the database by a backup (the server must be stopped); checks it against the keyring first",
+    )
+    .argument("<file>", "a file made by `sekisho backup`")
+    .option("--json", "print a JSON summary")
+    .action((file: string, opts: { json?: boolean }) => {
+      const config = loadConfig();
+      const logger = pino({ level: "warn" }, pino.destination(2));
+      const keys = openKeyring(config, systemClock, logger);
+      const result = restoreDatabase(file, {
+        dbFile: config.dbFile,
+        dataDir: config.dataDir,
+        keys,
+        clock: systemClock,
+      });
+      const db = openDatabase(config.dbFile);
+      new AuditLog({ db, keys, clock: systemClock }).append({
+        action: "database.restored",
+        outcome: "success",
+        actorType: "operator",
+        details: { from: path.resolve(file), previous: result.previous, members: result.check.members },
+      });
+      db.$client.close();
+      if (opts.json)
+        out(
+          JSON.stringify({
+            restored: result.restored,
+            previous: result.previous,
+            members: result.check.members,
+            audit: result.check.audit,
+          }),
+        );
+      else {
+        out(`restored ${result.restored} from ${path.resolve(file)} (${result.check.members} members)`);
+        if (result.previous) out(`the database it replaced is kept as ${result.previous}`);
+        out("Start the server; member sessions and tokens issued after the backup no longer exist.");
       }
     });
 

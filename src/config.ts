@@ -1,5 +1,6 @@
 import os from "node:os";
 import path from "node:path";
+import proxyaddr from "proxy-addr";
 import { z } from "zod";
 import { StartupError } from "./errors.js";
 
@@ -40,6 +41,24 @@ const schema = z
         return url.search === "" && url.hash === "";
       }, "must not have a query or fragment"),
     SEKISHO_TRUST_PROXY: z.string().min(1).optional(),
+    SEKISHO_METRICS_ALLOW: z
+      .string()
+      .default("loopback")
+      .transform((v) =>
+        v
+          .split(",")
+          .map((x) => x.trim())
+          .filter(Boolean),
+      )
+      .refine((list) => {
+        try {
+          proxyaddr.compile(list);
+          return true;
+        } catch {
+          return false;
+        }
+      }, "must be a comma-separated list of addresses, CIDR ranges, or loopback/linklocal/uniquelocal"),
+    SEKISHO_METRICS_PORT: z.coerce.number().int().min(1).max(65535).optional(),
     SEKISHO_SMTP_URL: z.url({ protocol: /^smtps?$/ }).optional(),
     SEKISHO_MAIL_FROM: z.string().min(3).default("Sekisho <no-reply@localhost>"),
     SEKISHO_ARGON2_MEMORY_KIB: int(19456, 1024, 4 * 1024 * 1024),
@@ -147,6 +166,10 @@ export interface Config {
   readonly issuerOrigin: string;
   readonly secureCookies: boolean;
   readonly trustProxy: string | undefined;
+  /** Who may read /metrics (addresses, CIDR ranges, loopback/linklocal/uniquelocal). */
+  readonly metricsAllow: readonly string[];
+  /** Serve /metrics on this port (on HOST) instead of the main one. */
+  readonly metricsPort: number | undefined;
   readonly smtpUrl: string | undefined;
   readonly mailFrom: string;
   readonly argon2: { readonly memoryCost: number; readonly timeCost: number; readonly parallelism: number };
@@ -200,6 +223,8 @@ export function loadConfig(source: Record<string, string | undefined> = process.
     issuerOrigin: url.origin,
     secureCookies: url.protocol === "https:",
     trustProxy: e.SEKISHO_TRUST_PROXY,
+    metricsAllow: Object.freeze([...e.SEKISHO_METRICS_ALLOW]),
+    metricsPort: e.SEKISHO_METRICS_PORT,
     smtpUrl: e.SEKISHO_SMTP_URL,
     mailFrom: e.SEKISHO_MAIL_FROM,
     argon2: Object.freeze({

@@ -1,4 +1,8 @@
+import { AsyncLocalStorage } from "node:async_hooks";
 import { type DestinationStream, type Logger, pino } from "pino";
+
+/** The id of the request being handled (set by requestContext): on every log line made for it. */
+export const requestIds = new AsyncLocalStorage<string>();
 
 /**
  * pino with a redaction list: passwords, codes, tokens, secrets, cookies and every profile field
@@ -45,6 +49,10 @@ export function createLogger(level: string, destination?: DestinationStream): Lo
   const options = {
     level,
     base: { service: "sekisho" },
+    mixin: () => {
+      const id = requestIds.getStore();
+      return id ? { req_id: id } : {};
+    },
     redact: { paths: [...REDACT_PATHS, ...HEADER_PATHS], censor: "[redacted]" },
   };
   if (destination) return pino(options, destination);

@@ -5,6 +5,8 @@ import { StartupError } from "./errors.js";
 import { createApp } from "./http/app.js";
 import { createLogger } from "./logger.js";
 import { buildServices } from "./services.js";
+import { startMetricsServer } from "./http/metrics-routes.js";
+import { removePidFile, writePidFile } from "./ops/pid-file.js";
 import { openKeyring } from "./vault/bootstrap.js";
 
 /** The only side effects: config → keys → database → migrate → app → listen. */
@@ -16,7 +18,7 @@ async function main(): Promise<void> {
   checkMailSetting(config);
   const db = openDatabase(config.dbFile);
   migrateDatabase(db);
-  const services = buildServices({ config, db, clock, keys, logger });
+  const services = buildServices({ config, db, clock, keys, logger, processMetrics: true });
   // Rows from before member-level revocation existed learn whose they are (once; cheap after).
   const backfilled = services.oidcStore.backfillAccountIds();
   if (backfilled > 0) logger.info({ rows: backfilled }, "OIDC rows linked to their members");
@@ -53,6 +55,7 @@ async function main(): Promise<void> {
   }, 10 * 60_000);
   sweep.unref();
   const server = app.listen(config.port, config.host, () => {
+    writePidFile(config.dataDir);
     logger.info(
       { url: `http://${config.host}:${config.port}`, issuer: config.issuer, data: config.dataDir },
       "Sekisho is listening",
@@ -62,23 +65,59 @@ async function main(): Promise<void> {
     logger.fatal({ err }, "server error");
     process.exit(1);
   });
+  const metricsServer =
+    config.metricsPort === undefined
+      ? null
+      : await startMetricsServer(services.metrics, {
+          host: config.host,
+          port: config.metricsPort,
+          allow: config.metricsAllow,
+        });
+  if (metricsServer) logger.info({ port: config.metricsPort }, "metrics served on their own port");
+
+  // Graceful stop (SIGTERM, SIGINT): stop accepting, let the requests in flight finish (at most
+  // SHUTDOWN_GRACE_MS, then their connections are cut), finish the mail that answered requests
+  // owe and the outbox send in progress, close the database, exit 0. Every write is a
+  // transaction, so a request cut at the deadline leaves nothing half-written.
+  let stopping = false;
   const stop = (signal: string) => {
-    logger.info({ signal }, "shutting down");
+    if (stopping) return;
+    stopping = true;
+    logger.info({ signal }, "shutting down: no new connections, finishing requests in flight");
+    app.locals.shuttingDown = true;
+    clearInterval(sweep);
+    const deadline = setTimeout(() => {
+      logger.warn({ grace_ms: SHUTDOWN_GRACE_MS }, "requests still in flight at the deadline: cutting them");
+      server.closeAllConnections();
+    }, SHUTDOWN_GRACE_MS);
+    deadline.unref();
+    metricsServer?.close();
     server.close(() => {
-      // Answered recovery requests finish their mail; a send in progress completes.
+      clearTimeout(deadline);
       void services.recovery
         .settled()
         .then(() => Promise.all([services.mailer.stop(), services.alertHooks?.stop()]))
+        .catch((err: unknown) => logger.error({ err }, "while finishing mail"))
         .finally(() => {
           db.$client.close();
+          removePidFile(config.dataDir);
+          logger.info("stopped");
           process.exit(0);
         });
     });
-    setTimeout(() => process.exit(0), 10_000).unref();
+    // Idle keep-alive connections would hold close() open: end them now (busy ones end after
+    // their answer, which says `Connection: close`).
+    server.closeIdleConnections();
+    setTimeout(() => {
+      logger.error("shutdown did not finish: exiting");
+      process.exit(1);
+    }, SHUTDOWN_GRACE_MS + 10_000).unref();
   };
   process.on("SIGTERM", () => stop("SIGTERM"));
   process.on("SIGINT", () => stop("SIGINT"));
 }
+
+const SHUTDOWN_GRACE_MS = 10_000;
 
 main().catch((err: unknown) => {
   if (err instanceof StartupError) {

@@ -30,6 +30,7 @@ import type { KeyringStore } from "./vault/keyring.js";
 import path from "node:path";
 import { Mailer } from "./mail/outbox.js";
 import { LegacyPasswords } from "./members/legacy-passwords.js";
+import { Metrics } from "./ops/metrics.js";
 import { LegacyImport } from "./members/import.js";
 import { SecurityNotices } from "./mail/notices.js";
 import { MfaPolicies } from "./policy/mfa-policy.js";
@@ -75,6 +76,7 @@ export interface Services {
   legacyImport: LegacyImport;
   decoys: Decoys;
   honeytokens: Honeytokens;
+  metrics: Metrics;
 }
 
 /** SMTP when configured; otherwise (development) `.eml` files in `<data dir>/outbox/`. */
@@ -93,6 +95,8 @@ export function buildServices(deps: {
   logger: Logger;
   /** Where mail goes (default: from config); tests pass their own. */
   mailSender?: MailSender;
+  /** Process metrics (CPU, memory, event loop, GC) in /metrics: the server turns them on. */
+  processMetrics?: boolean;
 }): Services {
   const { config, db, clock, keys, logger } = deps;
   const audit = new AuditLog({ db, keys, clock });
@@ -272,7 +276,10 @@ export function buildServices(deps: {
     audit,
     totp: factors.totp,
   });
+  const metrics = new Metrics({ processMetrics: deps.processMetrics === true });
+  metrics.attach({ audit, guard, queue: hasher.queue });
   return {
+    metrics,
     legacyImport,
     legacyPasswords,
     alertHooks,

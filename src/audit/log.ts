@@ -80,6 +80,8 @@ function macOf(key: Buffer, e: Omit<AuditEntry, "mac">): string {
 }
 
 export class AuditLog {
+  /** Told of each entry once it is appended (metrics count events from here). */
+  observer: ((entry: AuditInput) => void) | null = null;
   readonly #db: Db;
   readonly #keys: KeyringStore;
   readonly #clock: Clock;
@@ -109,7 +111,9 @@ export class AuditLog {
       details: JSON.stringify(input.details ?? {}),
       keyId: key.id,
     };
-    return this.#append(row, key.key);
+    const seq = this.#append(row, key.key);
+    this.observer?.(input);
+    return seq;
   }
 
   #appendTx: ((row: PartialEntry, key: Buffer) => number) | undefined;

@@ -12,6 +12,7 @@ import {
 } from "./middleware.js";
 import { cachedProviderDocuments, createOidc, OIDC_ROUTES } from "../oidc/provider.js";
 import { assetRoutes } from "./hosted.js";
+import { httpMetrics, metricsRoute } from "./metrics-routes.js";
 import { accountRoutes } from "./routes/account.js";
 import { adminRoutes } from "./routes/admin.js";
 import { factorRoutes } from "./routes/factors.js";
@@ -43,6 +44,15 @@ export function createApp(s: Services): express.Express {
   app.set("trust proxy", trustProxySetting(s.config.trustProxy));
   app.set("query parser", "simple");
   app.use(requestContext());
+  // Stopping (src/main.ts): answer what is in flight and close each connection after it.
+  app.use((_req, res, next) => {
+    if (app.locals.shuttingDown === true) res.setHeader("Connection", "close");
+    next();
+  });
+  app.use(httpMetrics(s.metrics));
+  // /metrics: here, to the allow-list, unless it has a port of its own (src/http/metrics-routes.ts).
+  if (s.config.metricsPort === undefined)
+    app.use(metricsRoute(s.metrics, s.config.metricsAllow, trustProxySetting(s.config.trustProxy) !== false));
   // Discovery and JWKS are fixed for the life of the process: answer them from a copy of the
   // provider's own first answer (body and headers), without the rest of the stack.
   const oidc = createOidc(s);

@@ -2,6 +2,7 @@ import type { NextFunction, Request, RequestHandler, Response } from "express";
 import type { Logger } from "pino";
 import { ZodError } from "zod";
 import { ApiError } from "../errors.js";
+import { requestIds } from "../logger.js";
 import { SESSION_COOKIE, type Session, type SessionService, sessionTokenFrom } from "../sessions/sessions.js";
 import { randomBytesPooled } from "../vault/random.js";
 
@@ -32,7 +33,8 @@ export function requestContext(): RequestHandler {
         : randomBytesPooled(12).toString("base64url");
     res.setHeader("X-Request-Id", requestId);
     Object.assign(res.locals, { requestId, ip: clientIp(req), session: null, sessionToken: null });
-    next();
+    // Everything logged while handling the request carries its id (src/logger.ts).
+    requestIds.run(requestId, next);
   };
 }
 

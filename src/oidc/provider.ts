@@ -290,6 +290,13 @@ export function createOidc(s: Services): Oidc {
     }
     ctx.cookies.set(SESSION_COOKIE, null, { signed: false, path: "/", httpOnly: true, sameSite: "lax" });
   });
+  // Grants issued and refused at the token endpoint, by grant type (metrics).
+  provider.on("grant.success", (ctx: KoaContextWithOIDC) =>
+    s.metrics.grant(ctx.oidc?.params?.grant_type, "issued"),
+  );
+  provider.on("grant.error", (ctx: KoaContextWithOIDC) =>
+    s.metrics.grant(ctx.oidc?.params?.grant_type, "refused"),
+  );
   provider.on("server_error", (_ctx: unknown, err: Error) => s.logger.error({ err }, "oidc server_error"));
   return { provider, store, clients, sessionOf, subjectOf, requirementFor };
 }

@@ -16,6 +16,8 @@ export class HashQueue {
   #running = 0;
   #waiting: Array<() => void> = [];
   #priority: Array<() => void> = [];
+  /** Told how long each job waited for a slot (seconds), and of each refusal (metrics). */
+  observer: { waited(seconds: number): void; refused(): void } | null = null;
 
   constructor(concurrency: number, maxQueued: number) {
     this.concurrency = Math.max(1, concurrency);
@@ -30,9 +32,11 @@ export class HashQueue {
   }
 
   async run<T>(job: () => Promise<T>, opts: { priority?: boolean } = {}): Promise<T> {
+    const queuedAt = this.observer ? performance.now() : 0;
     if (this.#running >= this.concurrency) {
       const line = opts.priority ? this.#priority : this.#waiting;
       if (line.length >= this.maxQueued) {
+        this.observer?.refused();
         throw new ApiError(503, "server_busy", "The service is busy; try again shortly.", {
           headers: { "Retry-After": "1" },
           detail: `hash queue full (${line.length} waiting)`,
@@ -42,6 +46,7 @@ export class HashQueue {
     } else {
       this.#running++;
     }
+    this.observer?.waited((performance.now() - queuedAt) / 1000);
     try {
       return await job();
     } finally {

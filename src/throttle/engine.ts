@@ -135,6 +135,8 @@ interface Keys {
 const GLOBAL_WINDOW = 10 * 60_000;
 
 export class LoginGuard {
+  /** Told every decision (metrics): the kind of attempt and what was decided, with its reasons. */
+  observer: ((kind: string, decision: Decision) => void) | null = null;
   readonly #db: Db;
   readonly #clock: Clock;
   readonly #alerts: Alerts;
@@ -286,7 +288,9 @@ export class LoginGuard {
       }
     }
     if (action === "allow") this.#holdAll(k, 1);
-    return { action, reasons, retryAfterSeconds: action === "allow" ? 0 : Math.max(1, retry) };
+    const decision = { action, reasons, retryAfterSeconds: action === "allow" ? 0 : Math.max(1, retry) };
+    this.observer?.(a.kind, decision);
+    return decision;
   }
 
   #holdAll(k: Keys, delta: 1 | -1): void {
@@ -413,15 +417,24 @@ export class LoginGuard {
     if ((this.#mailGlobal.peek("all", now)[0] as number) >= this.policy.mailGlobal || this.underAttack())
       costly.push("mail_requests_global");
     if (slow.length > 0 || (costly.length > 0 && a.challengeable === false)) {
-      return { action: "slow", reasons: [...slow, ...costly], retryAfterSeconds: Math.max(1, retry) };
+      return this.#observed("recovery", {
+        action: "slow",
+        reasons: [...slow, ...costly],
+        retryAfterSeconds: Math.max(1, retry),
+      });
     }
     if (costly.length > 0 && !a.challengeSolved)
-      return { action: "challenge", reasons: costly, retryAfterSeconds: 1 };
+      return this.#observed("recovery", { action: "challenge", reasons: costly, retryAfterSeconds: 1 });
     store.add(`mail_ip|${address}`, 1, now);
     store.add(`mail_net|${net}`, 1, now);
     store.add(`mail_target|${a.target}`, 1, now);
     this.#mailGlobal.add("all", 1, now);
-    return { action: "allow", reasons: [], retryAfterSeconds: 0 };
+    return this.#observed("recovery", { action: "allow", reasons: [], retryAfterSeconds: 0 });
+  }
+
+  #observed(kind: string, d: Decision): Decision {
+    this.observer?.(kind, d);
+    return d;
   }
 
   /** Recovery mails one member may be sent in ten minutes, however they were asked for. */
