@@ -12,9 +12,8 @@ const FORWARDING_HEADERS = ["x-forwarded-for", "forwarded", "x-real-ip"];
  * (`/api/v1/admin/members/:member_id`), an OIDC endpoint (`/oidc/auth`, `/oidc/auth/*`), or
  * `unmatched` / `other` — never the path itself, which can carry ids.
  */
-function routeOf(req: Request, status: number): string {
-  const route = req.route as { path?: unknown } | undefined;
-  if (route && typeof route.path === "string") return `${req.baseUrl}${route.path}`;
+function routeOf(req: Request, status: number, matched: string | undefined): string {
+  if (matched) return matched;
   const path = req.originalUrl.split("?")[0] ?? "";
   if (path === "/.well-known/openid-configuration") return path;
   for (const p of OIDC_PATHS) {
@@ -29,9 +28,23 @@ function routeOf(req: Request, status: number): string {
 export function httpMetrics(metrics: Metrics): RequestHandler {
   return (req, res, next) => {
     const start = process.hrtime.bigint();
+    // The router sets req.route when a route matches, while req.baseUrl still holds every mount
+    // path above it (by the time the answer is sent, an error handler may have run outside the
+    // routers): take the full pattern then.
+    let route: unknown;
+    let matched: string | undefined;
+    Object.defineProperty(req, "route", {
+      configurable: true,
+      enumerable: true,
+      get: () => route,
+      set: (value: { path?: unknown } | undefined) => {
+        route = value;
+        if (value && typeof value.path === "string") matched = `${req.baseUrl}${value.path}`;
+      },
+    });
     res.on("finish", () => {
       const seconds = Number(process.hrtime.bigint() - start) / 1e9;
-      metrics.http(req.method, routeOf(req, res.statusCode), res.statusCode, seconds);
+      metrics.http(req.method, routeOf(req, res.statusCode, matched), res.statusCode, seconds);
     });
     next();
   };
