@@ -1,4 +1,5 @@
 import type { Logger } from "pino";
+import { requestIds } from "../logger.js";
 
 /**
  * A worker over a queue table (the mail outbox, alert deliveries): `claim` leases the next due
@@ -26,7 +27,8 @@ export abstract class QueueWorker<Job> {
 
   /** Something was queued: run soon (after the caller's transaction has committed). */
   protected kick(): void {
-    if (this.#started) setImmediate(() => void this.runDue());
+    // Outside the kicking request's log context: the run delivers whatever is due, not only its job.
+    if (this.#started) setImmediate(() => requestIds.exit(() => void this.runDue()));
   }
 
   start(intervalMs = 5_000): void {
