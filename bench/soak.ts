@@ -37,10 +37,13 @@
  *   attack           18  1–4 wrong-password tries: 45% unknown login IDs, the rest existing
  *                        members (a victim pool nobody else signs in as, and TOTP members whose
  *                        own browsers are trusted devices, which the throttle must never refuse);
- *                        75% from fresh random addresses across many /24s, 25% from five noisy
- *                        addresses; 25% with one of five sprayed passwords. Intended answers:
+ *                        75% from fresh random addresses across many /24s, 25% from three noisy
+ *                        addresses; 25% with one of five sprayed passwords. Tries answered 403
+ *                        challenge_required solve it and try again: all from the noisy
+ *                        addresses, 20% of the others. Intended answers:
  *                        401 invalid_credentials, 429 too_many_attempts, 403 challenge_required.
- *   (and a load balancer: GET /healthz every 2 s, GET /readyz every 10 s.)
+ *   (and a load balancer: GET /healthz every 2 s, GET /readyz every 10 s; Prometheus: GET /metrics
+ *   every 15 s.)
  *
  * The attack soon makes the service "under attack" (docs/throttling.md): from then on every
  * password sign-in from an untrusted device is answered 403 challenge_required. Legitimate members
@@ -48,15 +51,18 @@
  * as intended, then ok); members on their trusted device are not asked. The challenge difficulty is
  * lowered (SEKISHO_THROTTLE_POLICY challengeMaxNumber=10000) so that solving costs the load
  * generator milliseconds, not the CPU the server needs; issuing and checking challenges is what is
- * soaked.
+ * soaked. The member site's PII read budgets are raised (SEKISHO_PII_BUDGETS, see
+ * CLIENT_PII_BUDGETS): the one site here reads profiles at the rate of many sites.
  *
  * Every response is classified: expected (ok), intended (a 4xx the scenario asked for: the
  * attack's 401/429/403, a mistyped password, a legitimate member's challenge, a weak password),
  * or error: any 5xx, connection error, timeout, or any other status or body. Errors must be 0.
  *
- * Memory: the server's RSS (VmRSS of /proc/<pid>/status) and V8 heap (process.memoryUsage() after
- * a full GC, asked over IPC from bench/soak-probe.ts, preloaded into the server; Sekisho has no
- * metrics endpoint) after warm-up, in the middle and at the end; RSS every 5 s in between.
+ * Memory: the server's RSS (VmRSS of /proc/<pid>/status) and V8 heap (process.memoryUsage(),
+ * asked over IPC from bench/soak-probe.ts, preloaded into the server) after warm-up, in the
+ * middle and at the end, each a second after full GCs in the server (GET /metrics has RSS and
+ * heap too, and is scraped and reported, but its heap includes garbage not yet collected, which
+ * makes single samples of it noisy); RSS alone (no GC) every 5 s in between.
  * Bound: the end RSS may exceed the warm RSS by max(25% of it, 64 MiB) — room for the bounded
  * caches (throttle counters, LRUs, SQLite page cache) to fill during the run, far less than an
  * unbounded leak grows over ten minutes.
@@ -85,8 +91,20 @@ const RSS_GROWTH_MIN_BYTES = 64 * 1024 * 1024;
 const SEED = { plain: 300, totp: 150, victims: 40 } as const;
 /** Grants kept by the member site for refreshes; past this, the oldest in hand is revoked. */
 const GRANT_CAP = 300;
+/** TOTP members (with a trusted device) the attack targets, besides the victim pool. */
+const TRUSTED_TARGETS = 10;
+/** Share of the attack's challenged tries from fresh addresses that solve the proof-of-work. */
+const ATTACK_SOLVES = 0.2;
 /** Proof-of-work difficulty for the run (default 500,000: about a second of a browser's time). */
 const CHALLENGE_MAX_NUMBER = 10_000;
+/**
+ * The one member site here does the OIDC traffic of many: about 3 profile reads a second (ID
+ * tokens and UserInfo), 11,000 an hour. With the default budgets (2,000 reads an hour, 20,000 a
+ * day, bulk-read alert past 500 distinct members a day) it is blocked after ~12 minutes and its
+ * UserInfo answers without profile claims from then on, as designed (docs/admin.md). A site with
+ * this traffic gets budgets to match.
+ */
+const CLIENT_PII_BUDGETS = { clientHour: 100_000, clientDay: 1_000_000, clientDayFloor: 100_000 };
 const REQUEST_TIMEOUT_MS = 30_000;
 const RSS_SAMPLE_MS = 5_000;
 
@@ -214,6 +232,21 @@ function table(rows: ReadonlyArray<readonly string[]>): string {
     .join("\n");
 }
 
+/** Least-squares slope of RSS over time, in bytes a minute (NaN with fewer than 3 points). */
+function slopePerMinute(points: ReadonlyArray<{ t_s: number; rss: number }>): number {
+  if (points.length < 3) return Number.NaN;
+  const n = points.length;
+  const mt = points.reduce((a, p) => a + p.t_s, 0) / n;
+  const mr = points.reduce((a, p) => a + p.rss, 0) / n;
+  let num = 0;
+  let den = 0;
+  for (const p of points) {
+    num += (p.t_s - mt) * (p.rss - mr);
+    den += (p.t_s - mt) ** 2;
+  }
+  return den === 0 ? Number.NaN : (num / den) * 60;
+}
+
 const mib = (bytes: number | undefined) => (bytes === undefined ? "-" : (bytes / 1048576).toFixed(1));
 
 // ---------------------------------------------------------------- HTTP
@@ -262,6 +295,14 @@ interface Resp {
   data: Record<string, unknown>;
 }
 
+type Validate = (r: Resp) => string | null;
+
+/** A sample's value in Prometheus' text format (the first series of that name). */
+function promValue(text: string, name: string): number | undefined {
+  const m = new RegExp(`^${name}(?:\\{[^}]*\\})? ([0-9.e+-]+)`, "m").exec(text);
+  return m ? Number(m[1]) : undefined;
+}
+
 /** An intended non-success answer: a status and, for JSON errors, the error code. */
 interface Intended {
   status: number;
@@ -295,7 +336,7 @@ async function send(
   spec: Spec,
   expected: readonly number[],
   intended: readonly Intended[] = [],
-  validate?: (r: Resp) => string | null,
+  validate?: Validate,
 ): Promise<Resp> {
   const headers: Record<string, string> = {
     "x-forwarded-for": spec.ip,
@@ -311,8 +352,8 @@ async function send(
     body = new URLSearchParams(spec.form).toString();
   }
   // Browsers send Origin on POSTs (the member API's CSRF check wants ours); a member site's
-  // backend calling the token endpoints sends none (oidc-provider treats a request with Origin as
-  // a CORS request, where client secrets are not allowed).
+  // backend calling the token endpoints sends none (with one, oidc-provider answers 400
+  // invalid_request "origin … not allowed for client": a CORS request from a non-allowed origin).
   if (spec.method === "POST" && spec.authorization === undefined) headers.origin = ctx.issuer;
   if (spec.authorization) headers.authorization = spec.authorization;
   if (spec.jar?.cookies.size) headers.cookie = spec.jar.header();
@@ -428,7 +469,7 @@ const HOME_NETS = [
   27, 36, 42, 49, 58, 60, 61, 101, 106, 110, 111, 114, 118, 119, 122, 126, 133, 153, 180, 219,
 ];
 const BOT_NETS = [5, 31, 37, 45, 46, 77, 80, 85, 91, 94, 103, 104, 141, 176, 178, 185, 188, 193, 195, 212];
-const NOISY_IPS = ["185.220.101.7", "45.155.205.99", "91.240.118.23", "103.251.167.10", "5.188.62.140"];
+const NOISY_IPS = ["185.220.101.7", "45.155.205.99", "91.240.118.23"];
 const RP_BACKEND_IP = "192.0.2.10";
 
 const pick = <T>(xs: readonly T[]): T => xs[Math.floor(Math.random() * xs.length)] as T;
@@ -468,6 +509,13 @@ interface Member {
   /** The member's browser's sekisho_device cookie, once it has one. */
   device?: string;
   busy: boolean;
+  /** The attack has tried wrong passwords on this member (who has a trusted device). */
+  attacked?: boolean;
+}
+
+function markAttacked(m: Member | undefined): Member | undefined {
+  if (m) m.attacked = true;
+  return m;
 }
 
 interface Grant {
@@ -532,6 +580,8 @@ interface Env {
   world: World;
   clientId: string;
   basic: string;
+  /** False once the server process has exited: the users stop instead of piling up errors. */
+  serverAlive: () => boolean;
 }
 
 async function register(env: Env, kind: "normal" | "weak" | "taken" = "normal"): Promise<Member | null> {
@@ -541,8 +591,9 @@ async function register(env: Env, kind: "normal" | "weak" | "taken" = "normal"):
   const intended: Intended[] = [];
   if (kind === "taken") {
     // An existing chosen login ID (a member number would be refused as one: invalid_login_id).
-    const other = env.world.plain[randomInt(Math.max(1, env.world.plain.length))];
-    if (other?.loginId.includes(".")) loginId = other.loginId;
+    const chosenIds = env.world.plain.filter((m) => m.loginId.includes("."));
+    if (chosenIds.length === 0) return register(env, "normal");
+    loginId = pick(chosenIds).loginId;
     intended.push({ status: 409, error: "login_id_taken" });
   } else if (kind === "weak") {
     password = chance(0.5) ? "short pw" : `${loginId} ${pick(WORDS)}`;
@@ -665,6 +716,7 @@ async function signIn(env: Env, m: Member, jar: Jar): Promise<void> {
   );
   const device = jar.cookies.get("sekisho_device");
   if (device) m.device = device;
+  if (m.attacked) env.ctx.rec().note("sign-ins of attacked members on their trusted device");
 }
 
 /** Record a body problem on an answer already counted as ok, and abort. */
@@ -858,7 +910,9 @@ async function userinfo(env: Env, g: Grant): Promise<void> {
     },
     [200],
     [],
-    (r) => (r.data.sub === g.sub ? null : "another sub"),
+    // Every scope asked for includes email, which every member has: a UserInfo answer without it
+    // means the site's PII budget blocked it (sign-ins go on without profile claims).
+    (r) => (r.data.sub !== g.sub ? "another sub" : str(r.data.email) ? null : "no email claim (PII budget?)"),
   );
 }
 
@@ -977,34 +1031,48 @@ async function oidcRefresh(env: Env): Promise<boolean> {
 
 async function attack(env: Env): Promise<void> {
   const w = env.world;
-  const trusted = w.totp.filter((m) => m.device !== undefined);
+  // The trusted-device targets: a few TOTP members whose browsers have their sekisho_device cookie,
+  // attacked hard enough to be slowed and protected within minutes. Their own sign-ins (TOTP and
+  // OIDC scenarios) must still go through: the throttle never refuses a member's own device.
+  const trusted = w.totp.filter((m) => m.device !== undefined).slice(0, TRUSTED_TARGETS);
   for (let i = randomInt(1, 5); i > 0; i--) {
     const r = Math.random();
     const loginId =
       r < 0.45
         ? // With a separator: 11 letters and digits would be read as a member number (400 if its check fails).
           `${pick(GIVEN)}${pick([".", "_", "-"])}${pick(SURNAMES)}${randomInt(10, 9999)}`
-        : ((r < 0.8 || trusted.length === 0 ? pick(w.victims) : pick(trusted))?.loginId ?? "nobody.here");
-    await send(
-      env.ctx,
-      {
-        route: "POST /api/v1/login (attack)",
-        method: "POST",
-        url: "/api/v1/login",
-        ip: chance(0.25) ? pick(NOISY_IPS) : randomIp(BOT_NETS),
-        userAgent: "python-requests/2.31.0",
-        json: {
-          login_id: loginId,
-          password: chance(0.25) ? pick(SPRAYED) : randomBytes(6).toString("base64url"),
+        : ((r < 0.8 || trusted.length === 0 ? pick(w.victims) : markAttacked(pick(trusted)))?.loginId ??
+          "nobody.here");
+    const noisy = chance(0.25);
+    const ip = noisy ? pick(NOISY_IPS) : randomIp(BOT_NETS);
+    const password = chance(0.25) ? pick(SPRAYED) : randomBytes(6).toString("base64url");
+    const attempt = (solution?: string) =>
+      send(
+        env.ctx,
+        {
+          route: "POST /api/v1/login (attack)",
+          method: "POST",
+          url: "/api/v1/login",
+          ip,
+          userAgent: "python-requests/2.31.0",
+          json: { login_id: loginId, password, ...(solution ? { challenge_solution: solution } : {}) },
         },
-      },
-      [],
-      [
-        { status: 401, error: "invalid_credentials" },
-        { status: 429, error: "too_many_attempts" },
-        { status: 403, error: "challenge_required" },
-      ],
-    );
+        [],
+        [
+          { status: 401, error: "invalid_credentials" },
+          { status: 429, error: "too_many_attempts" },
+          { status: 403, error: "challenge_required" },
+        ],
+      );
+    const res = await attempt();
+    // Some attackers pay the proof-of-work (the noisy addresses always do): their wrong password
+    // then reaches argon2 and counts, so the address and account limits (429) keep being exercised
+    // while the service is under attack (when every unsolved try is only a 403).
+    if (res.status === 403 && (noisy || chance(ATTACK_SOLVES))) {
+      env.ctx.rec().note("challenges solved by the attack");
+      const again = await attempt(solveChallenge(res.data.challenge));
+      if (again.status === 403) env.ctx.rec().note("attack tries still challenged after solving");
+    }
   }
 }
 
@@ -1056,7 +1124,7 @@ async function drive(env: Env, vus: number, rate: number, deadline: number): Pro
       const now = performance.now();
       const at = Math.max(nextAt, now);
       nextAt = at + (-Math.log(1 - Math.random()) * 1000) / rate;
-      if (at >= deadline) return;
+      if (at >= deadline || !env.serverAlive()) return;
       if (at > now) await new Promise((r) => setTimeout(r, at - now));
       starts++;
       const name = pickScenario();
@@ -1231,9 +1299,13 @@ class Server {
   }
 
   async sample(point: string, t0: number): Promise<MemorySample> {
-    // RSS first (the bound's measure), then the heap after a full GC.
-    const { rss, peak } = await this.rss();
+    // Full GCs first (in the probe), then RSS a second later (V8 gives the freed pages back in the
+    // background, within ~250 ms here): otherwise garbage and the pages a burst (the seeding) left
+    // committed make the warm baseline depend on when V8 last shrank its heap (40–80 MiB here).
+    // So warm, middle and end compare what the server really holds.
     const usage = await this.heap(true);
+    await new Promise((r) => setTimeout(r, 1000));
+    const { rss, peak } = await this.rss();
     return {
       point,
       t_s: Math.round((performance.now() - t0) / 100) / 10,
@@ -1276,6 +1348,7 @@ function serverEnv(dataDir: string, port: number, issuer: string): NodeJS.Proces
     SEKISHO_ISSUER: issuer,
     SEKISHO_TRUST_PROXY: "loopback",
     SEKISHO_THROTTLE_POLICY: JSON.stringify({ challengeMaxNumber: CHALLENGE_MAX_NUMBER }),
+    SEKISHO_PII_BUDGETS: JSON.stringify(CLIENT_PII_BUDGETS),
   };
 }
 
@@ -1329,6 +1402,7 @@ async function main(): Promise<number> {
       world,
       clientId: client.clientId,
       basic: `Basic ${Buffer.from(`${client.clientId}:${client.clientSecret}`).toString("base64")}`,
+      serverAlive: () => server.alive,
     };
 
     // Seed: members, victims (only the attack uses their IDs), TOTP members (enrolled).
@@ -1354,18 +1428,35 @@ async function main(): Promise<number> {
         `in ${((performance.now() - t) / 1000).toFixed(1)} s (${seedRec.errors} errors)\n`,
     );
 
+    // The load balancer's health checks and Prometheus scraping /metrics (from loopback, which
+    // SEKISHO_METRICS_ALLOW allows by default); the scrapes' memory figures (no GC) are kept.
+    const scraped: Array<{ t_s: number; rss: number; heap_used: number }> = [];
+    let scrapeT0 = performance.now();
     const probes = (deadline: number) => {
-      const loop = async (route: string, url: string, everyMs: number) => {
+      const loop = async (route: string, url: string, everyMs: number, ua: string, validate?: Validate) => {
         while (performance.now() + everyMs < deadline) {
           await new Promise((r) => setTimeout(r, everyMs));
           await send(
             ctx,
-            { route, method: "GET", url, ip: "127.0.0.1", userAgent: "kube-probe/1.30" },
+            { route, method: "GET", url, ip: "127.0.0.1", userAgent: ua },
             [200],
+            [],
+            validate,
           ).catch(() => {});
         }
       };
-      return Promise.all([loop("GET /healthz", "/healthz", 2000), loop("GET /readyz", "/readyz", 10_000)]);
+      const metrics: Validate = (r) => {
+        const rss = promValue(r.body, "process_resident_memory_bytes");
+        const heapUsed = promValue(r.body, "nodejs_heap_size_used_bytes");
+        if (rss === undefined || heapUsed === undefined) return "no process memory metrics";
+        scraped.push({ t_s: Math.round((performance.now() - scrapeT0) / 1000), rss, heap_used: heapUsed });
+        return null;
+      };
+      return Promise.all([
+        loop("GET /healthz", "/healthz", 2000, "kube-probe/1.30"),
+        loop("GET /readyz", "/readyz", 10_000, "kube-probe/1.30"),
+        loop("GET /metrics", "/metrics", 15_000, "Prometheus/2.53.0", metrics),
+      ]);
     };
 
     // Warm-up with the same mix.
@@ -1382,6 +1473,8 @@ async function main(): Promise<number> {
     current = mainRec;
     const t0 = performance.now();
     const deadline = t0 + measuredMs;
+    scraped.length = 0;
+    scrapeT0 = t0;
     const samples: MemorySample[] = [await server.sample("warm (start)", t0)];
     const timeline: Array<{ t_s: number; rss: number }> = [];
     const cpu0 = await server.cpuSeconds();
@@ -1390,19 +1483,24 @@ async function main(): Promise<number> {
     let sampling = true;
     const sampler = (async () => {
       let middleTaken = false;
-      while (sampling && server.alive) {
-        await new Promise((r) =>
-          setTimeout(r, Math.min(RSS_SAMPLE_MS, Math.max(1, deadline - performance.now()))),
-        );
+      let nextReport = 60_000;
+      while (sampling && server.alive && performance.now() < deadline) {
+        await new Promise((r) => setTimeout(r, Math.min(RSS_SAMPLE_MS, deadline - performance.now())));
         if (!sampling || !server.alive) break;
         const now = performance.now();
-        if (!middleTaken && now - t0 >= measuredMs / 2) {
-          middleTaken = true;
-          samples.push(await server.sample("middle", t0));
+        try {
+          if (!middleTaken && now - t0 >= measuredMs / 2) {
+            middleTaken = true;
+            samples.push(await server.sample("middle", t0));
+          }
+        } catch {
+          break; // the server is gone (reported below)
         }
-        const { rss } = await server.rss();
+        const rss = (await server.rss().catch(() => null))?.rss;
+        if (rss === undefined) break;
         timeline.push({ t_s: Math.round((now - t0) / 1000), rss });
-        if (Math.round((now - t0) / 1000) % 60 === 0 && measuredMs > 120_000) {
+        if (now - t0 >= nextReport && now < deadline - 1000) {
+          nextReport += 60_000;
           out(`  ${Math.round((now - t0) / 60_000)} min: ${mainRec.errors} errors, RSS ${mib(rss)} MiB\n`);
         }
       }
@@ -1509,10 +1607,21 @@ async function main(): Promise<number> {
     const rssAll = [...samples.map((x) => x.rss), ...timeline.map((x) => x.rss)];
     const rssMin = Math.min(...rssAll);
     const rssMax = Math.max(...rssAll);
+    const trend = slopePerMinute(timeline.filter((x) => x.t_s >= elapsedS / 2));
     out(
-      `RSS every ${RSS_SAMPLE_MS / 1000} s: min ${mib(rssMin)}, max ${mib(rssMax)} MiB; heap after a full GC; ` +
-        `bound: end RSS <= warm RSS + max(${RSS_GROWTH_FRACTION * 100}%, ${RSS_GROWTH_MIN_BYTES / 1048576} MiB) = ${mib(limit)} MiB\n`,
+      `RSS every ${RSS_SAMPLE_MS / 1000} s: min ${mib(rssMin)}, max ${mib(rssMax)} MiB, second half's trend ` +
+        `${Number.isNaN(trend) ? "-" : `${trend >= 0 ? "+" : ""}${mib(trend)} MiB/min`} (information only); ` +
+        `RSS and heap of the three points 1 s after full GCs\nbound: end RSS <= warm RSS + max(${RSS_GROWTH_FRACTION * 100}% of it, ` +
+        `${RSS_GROWTH_MIN_BYTES / 1048576} MiB) = ${mib(limit)} MiB\n`,
     );
+    const firstScrape = scraped[0];
+    const lastScrape = scraped.at(-1);
+    if (firstScrape && lastScrape) {
+      out(
+        `GET /metrics (no GC): RSS ${mib(firstScrape.rss)} → ${mib(lastScrape.rss)} MiB, heap used ` +
+          `${mib(firstScrape.heap_used)} → ${mib(lastScrape.heap_used)} MiB (t ${firstScrape.t_s} → ${lastScrape.t_s} s)\n`,
+      );
+    }
 
     const failures: string[] = [];
     const seedAndWarmErrors = seedRec.errors + warmRec.errors;
@@ -1559,6 +1668,8 @@ async function main(): Promise<number> {
           mix: Object.fromEntries(MIX.map((s) => [s.name, s.weight])),
           seed: SEED,
           challenge_max_number: CHALLENGE_MAX_NUMBER,
+          client_pii_budgets: CLIENT_PII_BUDGETS,
+          attack: { trusted_targets: TRUSTED_TARGETS, noisy_ips: NOISY_IPS.length, solves: ATTACK_SOLVES },
         },
         measured_s: elapsedS,
         scenario_starts_per_s: starts / elapsedS,
@@ -1587,6 +1698,8 @@ async function main(): Promise<number> {
           },
           samples,
           rss_timeline: timeline,
+          metrics_scrapes: scraped,
+          rss_trend_second_half_bytes_per_min: Number.isNaN(trend) ? null : trend,
         },
         failures,
         pass,
