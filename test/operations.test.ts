@@ -7,6 +7,7 @@ import supertest from "supertest";
 import { afterEach, describe, expect, it } from "vitest";
 import { profiles } from "../src/db/schema.js";
 import { startMetricsServer } from "../src/http/metrics-routes.js";
+import { Clients } from "../src/oidc/clients.js";
 import { writePidFile } from "../src/ops/pid-file.js";
 import { Keyring, writeKeyringFile } from "../src/vault/keyring.js";
 import { makeApp, PROFILE, post, register, STRONG_PASSWORD, signIn, type TestApp } from "./support/app.js";
@@ -91,11 +92,25 @@ describe("metrics", () => {
     const cookie = await signIn(t.app, "pii.member");
     await supertest(t.app).get("/api/v1/me").set("Cookie", cookie);
     t.s.alerts.raise("under_attack", "critical", { test: true });
-    await supertest(t.app)
-      .post("/oidc/token")
-      .type("form")
-      .send({ grant_type: "refresh_token", refresh_token: "nope", client_id: "c_unknown" });
+    const backend = new Clients({ db: t.s.db, clock: t.clock, audit: t.s.audit }).add({
+      name: "backend",
+      redirectUris: ["https://site.example/cb"],
+      grants: ["client_credentials"],
+      scope: "members:read",
+    });
+    const token = (body: Record<string, string>) =>
+      supertest(t.app)
+        .post("/oidc/token")
+        .auth(backend.clientId, backend.clientSecret as string)
+        .type("form")
+        .send(body);
+    expect((await token({ grant_type: "client_credentials", scope: "members:read" })).status).toBe(200);
+    expect((await token({ grant_type: "refresh_token", refresh_token: "not a token" })).status).toBe(400);
     const scrape = (await supertest(t.app).get("/metrics")).text;
+    expect(sample(scrape, 'sekisho_oidc_grants_total{grant_type="client_credentials",result="issued"}')).toBe(
+      1,
+    );
+    expect(sample(scrape, 'sekisho_oidc_grants_total{grant_type="refresh_token",result="refused"}')).toBe(1);
     expect(sample(scrape, 'sekisho_pii_decryptions_total{principal="member"}')).toBeGreaterThan(0);
     expect(sample(scrape, 'sekisho_alerts_raised_total{kind="under_attack"}')).toBe(1);
     expect(scrape).toContain('route="/oidc/token"');
