@@ -5,6 +5,7 @@ import argon2 from "argon2";
 import bcrypt from "bcryptjs";
 import supertest from "supertest";
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from "vitest";
+import { memberIdParam } from "../src/admin/admin-ops.js";
 import { legacyPasswords, members } from "../src/db/schema.js";
 import { makeApp, post, type TestApp } from "./support/app.js";
 import { runCli } from "./support/cli.js";
@@ -228,6 +229,22 @@ describe("members import: legacy members and their password hashes", () => {
     );
     t.s.db.$client.pragma("wal_checkpoint(TRUNCATE)");
     expect(fs.readFileSync(t.s.config.dbFile).toString("latin1")).not.toContain(secret);
+  });
+
+  it("gives imported members ids of the usual shape that sort in import order, and still unguessable", async () => {
+    const rows = Array.from({ length: 300 }, (_, i) => ({
+      legacy_id: `S-${i}`,
+      hash_scheme: "md5",
+      password_hash: sha("md5", `pw-${i}`),
+    }));
+    write(rows);
+    await t.s.legacyImport.importFile(file, { batchSize: 50 });
+    const ids = t.s.db.$client.prepare("SELECT id FROM members ORDER BY rowid").pluck().all() as string[];
+    expect(ids).toHaveLength(300);
+    for (const id of ids) expect(memberIdParam.safeParse(id).success).toBe(true);
+    expect([...ids].sort()).toEqual(ids);
+    // the last 80 bits are random: no two ids share their tail
+    expect(new Set(ids.map((id) => id.slice(-13))).size).toBe(300);
   });
 
   it("leaves no imported profile value and no legacy hash in clear in the database", async () => {
