@@ -81,6 +81,7 @@ import { promisify } from "node:util";
 import { fakerJA } from "@faker-js/faker";
 import { Command, InvalidArgumentError } from "commander";
 import { generateSync } from "otplib";
+import { Jar } from "../test/support/browser-jar.js";
 
 const ROOT = path.resolve(import.meta.dirname, "..");
 const REDIRECT_URI = "http://localhost:4999/cb"; // never contacted: the flow stops at the redirect
@@ -253,27 +254,6 @@ const mib = (bytes: number | undefined) => (bytes === undefined ? "-" : (bytes /
 
 /** A scenario can't go on (the error is already recorded). */
 class Abort extends Error {}
-
-/** A browser's cookies (path and expiry ignored, like test/support/browser-jar.ts). */
-class Jar {
-  readonly cookies = new Map<string, string>();
-
-  header(): string {
-    return [...this.cookies].map(([k, v]) => `${k}=${v}`).join("; ");
-  }
-
-  store(res: Response): void {
-    for (const line of res.headers.getSetCookie()) {
-      const [pair, ...attrs] = line.split(";");
-      const eq = (pair ?? "").indexOf("=");
-      const name = (pair ?? "").slice(0, eq).trim();
-      const value = (pair ?? "").slice(eq + 1).trim();
-      const expired = attrs.some((a) => /max-age=0|expires=thu, 01 jan 1970/i.test(a.trim()));
-      if (expired || value === "") this.cookies.delete(name);
-      else this.cookies.set(name, value);
-    }
-  }
-}
 
 interface Spec {
   route: string;
@@ -782,8 +762,9 @@ async function logout(env: Env, m: Member, jar: Jar): Promise<void> {
   );
 }
 
-async function passwordSignIn(env: Env): Promise<boolean> {
-  const m = env.world.take(env.world.plain);
+/** A member of the pool (that `free` allows) signs in, uses the session, mostly signs out. */
+async function memberSignIn(env: Env, pool: Member[], free?: (m: Member) => boolean): Promise<boolean> {
+  const m = env.world.take(pool, free);
   if (!m) return false;
   try {
     const jar = browserJar(m);
@@ -794,21 +775,12 @@ async function passwordSignIn(env: Env): Promise<boolean> {
   }
   return true;
 }
+
+const passwordSignIn = (env: Env) => memberSignIn(env, env.world.plain);
 
 const totpFree = (m: Member) => (m.totp?.lastStep ?? Number.MAX_SAFE_INTEGER) < step();
 
-async function totpSignIn(env: Env): Promise<boolean> {
-  const m = env.world.take(env.world.totp, totpFree);
-  if (!m) return false;
-  try {
-    const jar = browserJar(m);
-    await signIn(env, m, jar);
-    await useSession(env, m, jar, 0.7);
-  } finally {
-    m.busy = false;
-  }
-  return true;
-}
+const totpSignIn = (env: Env) => memberSignIn(env, env.world.totp, totpFree);
 
 async function enrolTotp(env: Env, m: Member): Promise<void> {
   const { ctx } = env;

@@ -37,6 +37,19 @@ function open(): Context {
   return { config, db, keys, audit: new AuditLog({ db, keys, clock: systemClock }) };
 }
 
+/** The context and the service objects, for commands that act as the server would (quiet logs). */
+function openServices(): { ctx: Context; services: ReturnType<typeof buildServices> } {
+  const ctx = open();
+  const services = buildServices({
+    config: ctx.config,
+    db: ctx.db,
+    clock: systemClock,
+    keys: ctx.keys,
+    logger: pino({ level: "silent" }),
+  });
+  return { ctx, services };
+}
+
 const out = (line: string) => process.stdout.write(`${line}\n`);
 
 async function readStdin(): Promise<string> {
@@ -216,14 +229,7 @@ export function buildCli(): Command {
     .action(async (opts: { loginId: string; json?: boolean }) => {
       const password = (await readStdin()).replace(/\r?\n$/, "");
       if (!password) throw new StartupError("give the password on standard input");
-      const ctx = open();
-      const services = buildServices({
-        config: ctx.config,
-        db: ctx.db,
-        clock: systemClock,
-        keys: ctx.keys,
-        logger: pino({ level: "silent" }),
-      });
+      const { ctx, services } = openServices();
       try {
         const created = await services.registrations.register(
           { loginId: opts.loginId, password, profile: {} },
@@ -278,14 +284,7 @@ export function buildCli(): Command {
         if (opts.format !== undefined && opts.format !== "jsonl" && opts.format !== "csv")
           throw new StartupError("--format must be jsonl or csv");
         if (!fs.existsSync(file)) throw new StartupError(`no such file: ${file}`);
-        const ctx = open();
-        const services = buildServices({
-          config: ctx.config,
-          db: ctx.db,
-          clock: systemClock,
-          keys: ctx.keys,
-          logger: pino({ level: "silent" }),
-        });
+        const { ctx, services } = openServices();
         const started = Date.now();
         try {
           const progress = progressReporter(opts.json ? "silent" : undefined, "bytes");
@@ -328,14 +327,7 @@ export function buildCli(): Command {
     .option("--json", "print a JSON summary")
     .action(async (opts: { rate: number; json?: boolean }) => {
       if (!(opts.rate > 0)) throw new StartupError("--rate must be a positive number");
-      const ctx = open();
-      const services = buildServices({
-        config: ctx.config,
-        db: ctx.db,
-        clock: systemClock,
-        keys: ctx.keys,
-        logger: pino({ level: "silent" }),
-      });
+      const { ctx, services } = openServices();
       try {
         const progress = progressReporter(opts.json ? "silent" : undefined, "rows");
         const result = await wrapWeak({
@@ -374,14 +366,7 @@ export function buildCli(): Command {
     .action(async (opts: { count: number; json?: boolean }) => {
       if (!Number.isInteger(opts.count) || opts.count < 1 || opts.count > 1000)
         throw new StartupError("--count must be 1 to 1000");
-      const ctx = open();
-      const services = buildServices({
-        config: ctx.config,
-        db: ctx.db,
-        clock: systemClock,
-        keys: ctx.keys,
-        logger: pino({ level: "silent" }),
-      });
+      const { ctx, services } = openServices();
       try {
         const loginIds = await services.decoys.add(opts.count, { ip: null });
         // The login IDs are printed once for the operator's sealed record (to seed them where a

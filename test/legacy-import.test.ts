@@ -8,7 +8,7 @@ import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from
 import { memberIdParam } from "../src/admin/admin-ops.js";
 import { legacyPasswords, members } from "../src/db/schema.js";
 import { makeApp, post, type TestApp } from "./support/app.js";
-import { runCli } from "./support/cli.js";
+import { cliEnv, runCli } from "./support/cli.js";
 import { linkIn, TestSmtp } from "./support/smtp.js";
 
 const PW = "kimi no na wa 2016!";
@@ -464,13 +464,7 @@ describe("members wrap-weak, and an import killed mid-file", () => {
     // its own, so the SIGKILL below hits the importer.)
     const args = ["--max-old-space-size=128", path.resolve("bin/sekisho.mjs"), "members", "import", file];
     const child = spawn(process.execPath, [...args, "--batch-size", "200", "--json"], {
-      env: {
-        PATH: process.env.PATH ?? "",
-        NODE_ENV: "test",
-        SEKISHO_DATA_DIR: t.s.config.dataDir,
-        SEKISHO_KEYRING_FILE: t.s.config.keyringFile,
-        LOG_LEVEL: "warn",
-      },
+      env: cliEnv(t),
       stdio: "ignore",
     });
     const count = () => t.s.db.$client.prepare("SELECT count(*) FROM members").pluck().get() as number;
@@ -517,13 +511,7 @@ describe("members wrap-weak, and an import killed mid-file", () => {
       process.execPath,
       [path.resolve("bin/sekisho.mjs"), "members", "import", file, "--batch-size", "200"],
       {
-        env: {
-          PATH: process.env.PATH ?? "",
-          NODE_ENV: "test",
-          SEKISHO_DATA_DIR: t.s.config.dataDir,
-          SEKISHO_KEYRING_FILE: t.s.config.keyringFile,
-          LOG_LEVEL: "warn",
-        },
+        env: cliEnv(t),
         stdio: "ignore",
       },
     );

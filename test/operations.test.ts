@@ -11,7 +11,7 @@ import { Clients } from "../src/oidc/clients.js";
 import { writePidFile } from "../src/ops/pid-file.js";
 import { Keyring, writeKeyringFile } from "../src/vault/keyring.js";
 import { makeApp, PROFILE, post, register, STRONG_PASSWORD, signIn, type TestApp } from "./support/app.js";
-import { runCli } from "./support/cli.js";
+import { cliEnv, runCli } from "./support/cli.js";
 import { startServer } from "./support/server.js";
 
 /** Every label value of every sekisho_ series in a scrape. */
@@ -184,13 +184,7 @@ describe("backups", () => {
     })();
     const { spawn } = await import("node:child_process");
     const backup = spawn(process.execPath, [path.resolve("bin/sekisho.mjs"), "backup", file, "--json"], {
-      env: {
-        PATH: process.env.PATH ?? "",
-        NODE_ENV: "test",
-        SEKISHO_DATA_DIR: t.s.config.dataDir,
-        SEKISHO_KEYRING_FILE: t.s.config.keyringFile,
-        LOG_LEVEL: "warn",
-      },
+      env: cliEnv(t),
     });
     let stdout = "";
     let stderr = "";
