@@ -14,10 +14,10 @@ import { type ChildProcess, spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import fs from "node:fs/promises";
 import http from "node:http";
-import net from "node:net";
 import os from "node:os";
 import path from "node:path";
 import argon2 from "argon2";
+import { freePort, table } from "./util.js";
 
 const TARGET = 0.85;
 const WARMUP_MS = 1000;
@@ -104,17 +104,6 @@ function request(
   });
 }
 
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = net.createServer();
-    srv.on("error", reject);
-    srv.listen(0, "127.0.0.1", () => {
-      const addr = srv.address();
-      srv.close(() => (typeof addr === "object" && addr ? resolve(addr.port) : reject(new Error("no port"))));
-    });
-  });
-}
-
 async function waitHealthy(agent: http.Agent, port: number, child: ChildProcess, log: () => string) {
   const deadline = Date.now() + 30_000;
   while (Date.now() < deadline) {
@@ -196,15 +185,6 @@ async function measureHttp(): Promise<LoopResult> {
     await stopServer(child);
     await fs.rm(dataDir, { recursive: true, force: true });
   }
-}
-
-function table(rows: ReadonlyArray<readonly string[]>): string {
-  const widths = rows[0]?.map((_, i) => Math.max(...rows.map((r) => (r[i] ?? "").length))) ?? [];
-  return rows
-    .map((r) =>
-      r.map((cell, i) => (i === 0 ? cell.padEnd(widths[i] ?? 0) : cell.padStart(widths[i] ?? 0))).join("   "),
-    )
-    .join("\n");
 }
 
 /** Warn when other work keeps the CPUs busy (e.g. a test run): it takes cores from argon2. */

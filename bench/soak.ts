@@ -73,7 +73,6 @@
 import { type ChildProcess, execFile, spawn } from "node:child_process";
 import { createHash, randomBytes, randomInt } from "node:crypto";
 import fs from "node:fs/promises";
-import net from "node:net";
 import os from "node:os";
 import path from "node:path";
 import { pathToFileURL } from "node:url";
@@ -82,6 +81,7 @@ import { fakerJA } from "@faker-js/faker";
 import { Command, InvalidArgumentError } from "commander";
 import { generateSync } from "otplib";
 import { Jar } from "../test/support/browser-jar.js";
+import { freePort, table } from "./util.js";
 
 const ROOT = path.resolve(import.meta.dirname, "..");
 const REDIRECT_URI = "http://localhost:4999/cb"; // never contacted: the flow stops at the redirect
@@ -222,15 +222,6 @@ function bump(map: Map<string, number>, key: string, by = 1): void {
 function percentile(sorted: readonly number[], p: number): number {
   if (sorted.length === 0) return Number.NaN;
   return sorted[Math.min(sorted.length - 1, Math.ceil((p / 100) * sorted.length) - 1)] ?? Number.NaN;
-}
-
-function table(rows: ReadonlyArray<readonly string[]>): string {
-  const widths = rows[0]?.map((_, i) => Math.max(...rows.map((r) => (r[i] ?? "").length))) ?? [];
-  return rows
-    .map((r) =>
-      r.map((cell, i) => (i === 0 ? cell.padEnd(widths[i] ?? 0) : cell.padStart(widths[i] ?? 0))).join("   "),
-    )
-    .join("\n");
 }
 
 /** Least-squares slope of RSS over time, in bytes a minute (NaN with fewer than 3 points). */
@@ -1137,17 +1128,6 @@ async function parallel<T>(items: readonly T[], n: number, fn: (item: T) => Prom
 }
 
 // ---------------------------------------------------------------- the server
-
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = net.createServer();
-    srv.on("error", reject);
-    srv.listen(0, "127.0.0.1", () => {
-      const addr = srv.address();
-      srv.close(() => (typeof addr === "object" && addr ? resolve(addr.port) : reject(new Error("no port"))));
-    });
-  });
-}
 
 interface MemorySample {
   point: string;
