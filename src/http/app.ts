@@ -49,7 +49,7 @@ export function createApp(s: Services): express.Express {
     if (app.locals.shuttingDown === true) res.setHeader("Connection", "close");
     next();
   });
-  app.use(httpMetrics(s.metrics));
+  app.use(httpMetrics(s.metrics, app.request));
   // /metrics: here, to the allow-list, unless it has a port of its own (src/http/metrics-routes.ts).
   if (s.config.metricsPort === undefined)
     app.use(metricsRoute(s.metrics, s.config.metricsAllow, trustProxySetting(s.config.trustProxy) !== false));

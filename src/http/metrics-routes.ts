@@ -24,27 +24,42 @@ function routeOf(req: Request, status: number, matched: string | undefined): str
   return status === 404 ? "unmatched" : "other";
 }
 
+const ROUTE = Symbol("route");
+const MATCHED = Symbol("matched route");
+type Tracked = { [ROUTE]?: unknown; [MATCHED]?: string; baseUrl: string };
+
+/**
+ * The router sets `req.route` when a route matches, while `req.baseUrl` still holds every mount
+ * path above it (by the time the answer is sent, an error handler may have run outside the
+ * routers): an accessor on the app's request prototype keeps the full pattern then. One
+ * definition per app, nothing per request.
+ */
+function captureRoutes(requestPrototype: object): void {
+  Object.defineProperty(requestPrototype, "route", {
+    configurable: true,
+    get(this: Tracked) {
+      return this[ROUTE];
+    },
+    set(this: Tracked, value: { path?: unknown } | undefined) {
+      this[ROUTE] = value;
+      if (value && typeof value.path === "string") this[MATCHED] = `${this.baseUrl}${value.path}`;
+    },
+  });
+}
+
 /** Latency of every request, by method, route pattern and status class. */
-export function httpMetrics(metrics: Metrics): RequestHandler {
+export function httpMetrics(metrics: Metrics, requestPrototype: object): RequestHandler {
+  captureRoutes(requestPrototype);
   return (req, res, next) => {
-    const start = process.hrtime.bigint();
-    // The router sets req.route when a route matches, while req.baseUrl still holds every mount
-    // path above it (by the time the answer is sent, an error handler may have run outside the
-    // routers): take the full pattern then.
-    let route: unknown;
-    let matched: string | undefined;
-    Object.defineProperty(req, "route", {
-      configurable: true,
-      enumerable: true,
-      get: () => route,
-      set: (value: { path?: unknown } | undefined) => {
-        route = value;
-        if (value && typeof value.path === "string") matched = `${req.baseUrl}${value.path}`;
-      },
-    });
-    res.on("finish", () => {
-      const seconds = Number(process.hrtime.bigint() - start) / 1e9;
-      metrics.http(req.method, routeOf(req, res.statusCode, matched), res.statusCode, seconds);
+    const start = performance.now();
+    res.once("finish", () => {
+      const matched = (req as unknown as Tracked)[MATCHED];
+      metrics.http(
+        req.method,
+        routeOf(req, res.statusCode, matched),
+        res.statusCode,
+        (performance.now() - start) / 1000,
+      );
     });
     next();
   };

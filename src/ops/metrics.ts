@@ -16,6 +16,7 @@ const SIGN_IN_METHODS = new Set(["password", "totp", "webauthn", "recovery_code"
 const GRANT_TYPES = new Set(["authorization_code", "refresh_token", "client_credentials"]);
 const PRINCIPALS = new Set(["admin", "client", "member", "system", "operator", "anonymous"]);
 const WORD = /^[a-z][a-z0-9_]{0,47}$/;
+const HTTP_METHODS = new Set(["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]);
 
 const bounded = (value: unknown, known: Set<string> | RegExp): string => {
   if (typeof value !== "string") return "other";
@@ -93,14 +94,25 @@ export class Metrics {
     queue: HashQueue;
   }): void {
     deps.audit.observer = (e) => this.#fromAudit(e);
+    // One labelled child per (kind, decision, reason), made once: every attempt passes here.
+    const children = new Map<string, client.Counter.Internal>();
+    const count = (kind: string, decision: string, reason: string) => {
+      const labels = {
+        kind: bounded(kind, WORD),
+        decision: bounded(decision, WORD),
+        reason: bounded(reason, WORD),
+      };
+      const key = `${labels.kind} ${labels.decision} ${labels.reason}`;
+      let child = children.get(key);
+      if (!child) {
+        child = this.#throttle.labels(labels);
+        children.set(key, child);
+      }
+      child.inc();
+    };
     deps.guard.observer = (kind, d) => {
-      const reasons = d.reasons.length > 0 ? d.reasons : ["none"];
-      for (const reason of new Set(reasons))
-        this.#throttle.inc({
-          kind: bounded(kind, WORD),
-          decision: bounded(d.action, WORD),
-          reason: bounded(reason, WORD),
-        });
+      if (d.reasons.length === 0) return count(kind, d.action, "none");
+      for (const reason of new Set(d.reasons)) count(kind, d.action, reason);
     };
     deps.queue.observer = {
       waited: (seconds) => this.#hashWait.observe(seconds),
@@ -153,15 +165,20 @@ export class Metrics {
     this.#grants.inc({ grant_type: bounded(grantType, GRANT_TYPES), result });
   }
 
+  // One labelled child per (method, route, status class), made once: observing then skips
+  // prom-client's label validation and hashing, on every request's path.
+  readonly #httpChildren = new Map<string, client.Histogram.Internal<"method" | "route" | "status">>();
+
   http(method: string, route: string, status: number, seconds: number): void {
-    this.#http.observe(
-      {
-        method: bounded(method, new Set(["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"])),
-        route,
-        status: `${Math.floor(status / 100)}xx`,
-      },
-      seconds,
-    );
+    const m = bounded(method, HTTP_METHODS);
+    const cls = `${Math.floor(status / 100)}xx`;
+    const key = `${m} ${cls} ${route}`;
+    let child = this.#httpChildren.get(key);
+    if (!child) {
+      child = this.#http.labels({ method: m, route, status: cls });
+      this.#httpChildren.set(key, child);
+    }
+    child.observe(seconds);
   }
 
   async render(): Promise<{ contentType: string; body: string }> {
