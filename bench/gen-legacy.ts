@@ -11,6 +11,7 @@ import fs from "node:fs";
 import { fakerJA } from "@faker-js/faker";
 import bcrypt from "bcryptjs";
 import { Command } from "commander";
+import { PROFILE_FIELDS } from "../src/members/profile.js";
 
 export const BCRYPT_POOL = 100;
 export const passwordOf = (i: number, scheme: string) =>
@@ -42,13 +43,7 @@ export async function generateLegacyFile(opts: {
     "salt",
     "salt_position",
     "iterations",
-    "name",
-    "email",
-    "phone",
-    "postal_code",
-    "address",
-    "birth_date",
-    "gender",
+    ...PROFILE_FIELDS,
     "totp_secret",
     "created_at",
   ];

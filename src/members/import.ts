@@ -12,7 +12,7 @@ import type { LegacyPasswords } from "./legacy-passwords.js";
 import type { TotpService } from "../factors/totp.js";
 import { checkChosenLoginId } from "./login-id.js";
 import { generateMemberNumber } from "./member-number.js";
-import type { Profile, ProfileVault } from "./profile.js";
+import { PROFILE_FIELDS, type Profile, type ProfileVault } from "./profile.js";
 import { profileInput } from "./profile-input.js";
 import { newSubject } from "./registration.js";
 import { randomBytesPooled } from "../vault/random.js";
@@ -85,7 +85,7 @@ function sortableIds(startMs: number) {
   };
 }
 
-const CSV_PROFILE = ["name", "email", "phone", "postal_code", "address", "birth_date", "gender"];
+const CSV_PROFILE: readonly string[] = PROFILE_FIELDS;
 
 /** A CSV record (flat, empty = absent) as the JSON shape. */
 function fromCsv(record: Record<string, string>): Record<string, unknown> {
