@@ -12,7 +12,8 @@
  * Exits 1 when a target is missed or a request fails. Env: BENCH_SECONDS (default 5 per
  * measurement), BENCH_CLIENTS (default 8). Diagnostics: BENCH_DIRECT=1 serves Sekisho's provider
  * without express in front (to split express's share from the provider's), BENCH_PROFILE=sekisho
- * (or bare) writes a CPU profile of that server to bench/out/, BENCH_DEBUG=1 prints failures.
+ * (or bare) writes a CPU profile of that server to bench/out/, BENCH_DEBUG=1 prints failures,
+ * BENCH_ONLY=refresh measures the refresh grants alone.
  */
 import { type ChildProcess, spawn } from "node:child_process";
 import { generateKeyPairSync } from "node:crypto";
@@ -287,6 +288,10 @@ async function main(): Promise<number> {
     await refreshLoad(sekisho.ready.port, "/oidc/token", sekTokens);
     const bareRt = await refreshLoad(bare.ready.port, "/token", bareTokens);
     const sekRt = await refreshLoad(sekisho.ready.port, "/oidc/token", sekTokens);
+    if (process.env.BENCH_ONLY === "refresh") {
+      process.stdout.write(`refresh: sekisho ${sekRt.perSecond.toFixed(0)}/s, bare ${bareRt.perSecond.toFixed(0)}/s, ratio ${(sekRt.perSecond / bareRt.perSecond).toFixed(2)}\n`);
+      return 0;
+    }
 
     const discovery = await request(sekisho.ready.port, "GET", "/.well-known/openid-configuration");
     const jwks = await request(sekisho.ready.port, "GET", "/oidc/jwks");

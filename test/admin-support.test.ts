@@ -104,13 +104,21 @@ describe("admin member support and PII read budgets", () => {
       redirectUris: ["https://site.example/cb"],
     });
     const id = (await register(t.app, { login_id: "taro.claims" })).body.member_id as string;
-    const read = () =>
-      t.s.vault.read(id, ["email"], { actorType: "client", actorId: client.clientId, reason: "test" });
+    const next = (await register(t.app, { login_id: "jiro.claims" })).body.member_id as string;
+    const read = (member = id) =>
+      t.s.vault.read(member, ["email"], { actorType: "client", actorId: client.clientId, reason: "test" });
     t.s.budgets.charge(
       { kind: "client", id: client.clientId },
       Array.from({ length: t.s.budgets.limits.clientHour - 1 }, (_, i) => `m_other${i}`),
     );
     expect(read().email).toBe(PROFILE.email);
+    // Reading the same member again reads no one new: the budget counts members, not reads.
+    expect(read().email).toBe(PROFILE.email);
+    expect(t.s.budgets.status({ kind: "client", id: client.clientId }).readLastHour).toBe(
+      t.s.budgets.limits.clientHour,
+    );
+    expect(() => read(next)).toThrow(/pii_budget_exceeded/);
+    // Once refused, refused for every member, the ones read before too.
     expect(() => read()).toThrow(/pii_budget_exceeded/);
     expect(t.s.alerts.list().some((a) => a.kind === "pii_budget_exceeded")).toBe(true);
     const approved = await post(

@@ -2,7 +2,7 @@ import * as oidc from "openid-client";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { Clients } from "../src/oidc/clients.js";
 import type { Oidc } from "../src/oidc/provider.js";
-import { PROFILE } from "./support/app.js";
+import { PROFILE, STRONG_PASSWORD } from "./support/app.js";
 import { type ListeningApp, listenWithMember } from "./support/oidc.js";
 
 describe("service API for member-site backends: GET /api/v1/members/:sub", () => {
@@ -37,10 +37,10 @@ describe("service API for member-site backends: GET /api/v1/members/:sub", () =>
       },
     );
     const token = await oidc.clientCredentialsGrant(config, { scope: tokenScope });
-    const grantTo = async (scope: string) => {
+    const grantTo = async (scope: string, member = sub) => {
       // As a sign-in of the member to this site would leave it (the provider's own Grant model).
       const { provider } = t.app.locals.oidc as Oidc;
-      const grant = new provider.Grant({ accountId: sub, clientId: client.clientId });
+      const grant = new provider.Grant({ accountId: member, clientId: client.clientId });
       grant.addOIDCScope(scope);
       await grant.save();
     };
@@ -64,12 +64,79 @@ describe("service API for member-site backends: GET /api/v1/members/:sub", () =>
       (e) => e.action === "pii.read" && e.actorId === client.clientId,
     );
     expect(reads.at(-1)?.reason).toBe(`service_api:${client.clientId}`);
-    // Budget of 3 an hour: a backend walking the member base is stopped and alerted on.
+    // Budget of 3 members an hour. The same member read again reads no one new…
     expect((await get(sub)).status).toBe(200);
     expect((await get(sub)).status).toBe(200);
-    const refused = await get(sub);
+    // …but a backend walking the member base is stopped at the fourth member and alerted on.
+    const others: string[] = [];
+    for (const loginId of ["service.two", "service.three", "service.four"]) {
+      const { memberId } = await listening.t.s.registrations.register(
+        { loginId, password: STRONG_PASSWORD, profile: PROFILE },
+        { ip: null, requestId: null },
+      );
+      const other = listening.t.s.db.$client
+        .prepare("SELECT sub FROM members WHERE id = ?")
+        .pluck()
+        .get(memberId) as string;
+      await grantTo("openid email", other);
+      others.push(other);
+    }
+    expect((await get(others[0] as string)).status).toBe(200);
+    expect((await get(others[1] as string)).status).toBe(200);
+    const refused = await get(others[2] as string);
     expect(refused.status).toBe(429);
     expect(((await refused.json()) as { error: string }).error).toBe("pii_budget_exceeded");
+    expect(listening.t.s.alerts.list().some((a) => a.kind === "pii_budget_exceeded")).toBe(true);
+    // Refused from then on, for members read before too.
+    expect((await get(sub)).status).toBe(429);
+  });
+
+  it("a member site refreshing one member's tokens more often than its budget keeps its claims; ID tokens decrypt nothing", async () => {
+    const { t, issuer } = listening;
+    const site = new Clients({ db: t.s.db, clock: t.clock, audit: t.s.audit }).add({
+      name: "busy site",
+      redirectUris: ["https://busy.example/cb"],
+    });
+    // The member signed in to the site once (grant and refresh token as the code exchange leaves them).
+    const { provider } = t.app.locals.oidc as Oidc;
+    const grant = new provider.Grant({ accountId: sub, clientId: site.clientId });
+    grant.addOIDCScope("openid email");
+    const grantId = await grant.save();
+    const found = await provider.Client.find(site.clientId);
+    let refreshToken = await new provider.RefreshToken({
+      accountId: sub,
+      client: found,
+      grantId,
+      gty: "authorization_code",
+      scope: "openid email",
+      authTime: Math.floor(Date.now() / 1000),
+    }).save();
+    const config = await oidc.discovery(
+      new URL(issuer),
+      site.clientId,
+      site.clientSecret ?? undefined,
+      undefined,
+      {
+        execute: [oidc.allowInsecureRequests],
+      },
+    );
+    const readsBySite = () =>
+      [...t.s.audit.iterate()].filter((e) => e.action === "pii.read" && e.actorId === site.clientId).length;
+    // Six refreshes and six UserInfo calls, twice the budget of 3 members an hour: one member.
+    for (let i = 0; i < 6; i++) {
+      const tokens = await oidc.refreshTokenGrant(config, refreshToken);
+      refreshToken = tokens.refresh_token as string;
+      expect(tokens.claims()?.sub).toBe(sub);
+      expect(tokens.claims()?.email).toBeUndefined();
+      expect(readsBySite()).toBe(i); // the ID token decrypted nothing
+      const info = await oidc.fetchUserInfo(config, tokens.access_token, sub);
+      expect(info.email).toBe(PROFILE.email);
+      expect(readsBySite()).toBe(i + 1); // UserInfo did, audited
+    }
+    expect(t.s.budgets.status({ kind: "client", id: site.clientId })).toMatchObject({
+      readLastHour: 1,
+      blocked: false,
+    });
   });
 
   it("refuses no token, a bad token, a token without members:read, and unknown members", async () => {

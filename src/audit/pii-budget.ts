@@ -1,4 +1,5 @@
 import { eq } from "drizzle-orm";
+import { LRUCache } from "lru-cache";
 import type { Clock } from "../clock.js";
 import type { Db } from "../db/connection.js";
 import { piiBlocks } from "../db/schema.js";
@@ -7,8 +8,10 @@ import { MemoryCounterStore } from "../throttle/counters.js";
 import type { Alerts } from "./alerts.js";
 
 /**
- * PII read budgets: how many members' profiles one principal — an admin, a member site (client) —
- * may have decrypted in an hour and in a day. Past either: `429 pii_budget_exceeded`, a critical
+ * PII read budgets: how many distinct members' profiles one principal — an admin, a member site
+ * (client) — may have decrypted in an hour and in a day. A member counts once per window however
+ * often they are read (a member site refreshing one member's tokens all day reads one member, not
+ * hundreds); a reader walking the member base counts every member it touches. Past either: `429 pii_budget_exceeded`, a critical
  * alert, and the principal stays refused until an admin signs in afresh (a step-up after the
  * refusal re-arms the budget) or, for a member site, until an admin approves it again. A stolen
  * admin session or a compromised member-site backend can't read the member base out quietly; a
@@ -65,7 +68,14 @@ export class PiiBudgets {
   readonly limits: PiiBudgetLimits;
   readonly #clock: Clock;
   readonly #alerts: Alerts;
-  readonly #counts = new MemoryCounterStore([HOUR, DAY], 100_000);
+  readonly #hourCounts = new MemoryCounterStore([HOUR], 100_000);
+  readonly #dayCounts = new MemoryCounterStore([DAY], 100_000);
+  /**
+   * principal|member → when that member was last counted in the hour and the day window. Bounded:
+   * a member evicted here is counted again, so the bound errs towards refusing, never towards
+   * letting more through.
+   */
+  readonly #counted = new LRUCache<string, { hour: number; day: number }>({ max: 200_000 });
   readonly #db: Db | undefined;
   readonly #readers = new Map<string, Reader>();
   /** When a principal's bulk-read alert was last raised: at most one a day each. */
@@ -87,7 +97,6 @@ export class PiiBudgets {
    * for an admin, when the session last signed in or stepped up; one after the refusal re-arms.
    */
   charge(p: Principal, memberIds: readonly string[], opts: { freshSince?: number } = {}): void {
-    const members = memberIds.length;
     const now = this.#clock.now().getTime();
     const key = this.#key(p);
     const block = this.#block(key);
@@ -98,15 +107,24 @@ export class PiiBudgets {
         if (p.kind !== "admin" || fresh <= block.rearmedAfter) throw piiBudgetExceeded();
       } else if (p.kind === "admin" && fresh > block.blockedAt) {
         this.#setBlock(key, block.blockedAt, block.blockedAt);
-        this.#counts.delete(key);
+        this.#forget(key);
       } else {
         throw piiBudgetExceeded();
       }
     }
-    const [hour, day] = this.#counts.peek(key, now) as [number, number];
+    const hour = this.#hourCounts.peek(key, now)[0] as number;
+    const day = this.#dayCounts.peek(key, now)[0] as number;
+    // Only members not already counted in a window add to it.
+    let newInHour = 0;
+    let newInDay = 0;
+    for (const id of memberIds) {
+      const seen = this.#counted.get(`${key}|${id}`);
+      if (!seen || seen.hour <= now - HOUR) newInHour++;
+      if (!seen || seen.day <= now - DAY) newInDay++;
+    }
     const hourLimit = p.kind === "admin" ? this.limits.adminHour : this.limits.clientHour;
     const dayLimit = p.kind === "admin" ? this.limits.adminDay : this.limits.clientDay;
-    if (hour + members > hourLimit || day + members > dayLimit) {
+    if (hour + newInHour > hourLimit || day + newInDay > dayLimit) {
       this.#setBlock(key, now, null);
       this.#alerts.raise(
         "pii_budget_exceeded",
@@ -114,7 +132,7 @@ export class PiiBudgets {
         {
           principal: p.kind,
           principal_id: p.id,
-          window: hour + members > hourLimit ? "1h" : "1d",
+          window: hour + newInHour > hourLimit ? "1h" : "1d",
           read_last_hour: hour,
           read_last_day: day,
         },
@@ -122,7 +140,16 @@ export class PiiBudgets {
       );
       throw piiBudgetExceeded();
     }
-    this.#counts.add(key, members, now);
+    for (const id of memberIds) {
+      const k = `${key}|${id}`;
+      const seen = this.#counted.get(k);
+      const inHour = seen !== undefined && seen.hour > now - HOUR;
+      const inDay = seen !== undefined && seen.day > now - DAY;
+      if (!inHour || !inDay)
+        this.#counted.set(k, { hour: inHour ? seen.hour : now, day: inDay ? seen.day : now });
+    }
+    if (newInHour > 0) this.#hourCounts.add(key, newInHour, now);
+    if (newInDay > 0) this.#dayCounts.add(key, newInDay, now);
     this.#watch(p, key, memberIds, now);
   }
 
@@ -201,41 +228,60 @@ export class PiiBudgets {
     return true;
   }
 
+  /** Counts start over for `key` (an approval, or an admin's re-armed budget). */
+  #forget(key: string): void {
+    this.#hourCounts.delete(key);
+    this.#dayCounts.delete(key);
+    const prefix = `${key}|`;
+    for (const k of [...this.#counted.keys()]) if (k.startsWith(prefix)) this.#counted.delete(k);
+  }
+
   /** An admin lets a member site read again (its counts start over). */
   approve(p: Principal): boolean {
     const key = this.#key(p);
-    this.#counts.delete(key);
+    this.#forget(key);
     const was = this.#block(key) !== null;
-    this.#memory.delete(key);
-    this.#db?.delete(piiBlocks).where(eq(piiBlocks.principal, key)).run();
+    this.#unblock(key);
     return was;
   }
 
   status(p: Principal): { readLastHour: number; readLastDay: number; blocked: boolean } {
-    const [hour, day] = this.#counts.peek(this.#key(p), this.#clock.now().getTime()) as [number, number];
+    const now = this.#clock.now().getTime();
+    const hour = this.#hourCounts.peek(this.#key(p), now)[0] as number;
+    const day = this.#dayCounts.peek(this.#key(p), now)[0] as number;
     const block = this.#block(this.#key(p));
     return { readLastHour: hour, readLastDay: day, blocked: block !== null && block.rearmedAfter === null };
   }
 
-  // Blocks are kept in the database (a restart must not lift them); in memory without one (tests
-  // of the counting alone).
-  readonly #memory = new Map<string, { blockedAt: number; rearmedAfter: number | null }>();
+  // Blocks are kept in the database (a restart must not lift them) and mirrored in memory, read
+  // once: every budgeted read looks its principal up, and only this object writes the table.
+  #blocks: Map<string, { blockedAt: number; rearmedAfter: number | null }> | undefined;
+
+  #blockMap(): Map<string, { blockedAt: number; rearmedAfter: number | null }> {
+    if (!this.#blocks) {
+      this.#blocks = new Map();
+      for (const row of this.#db?.select().from(piiBlocks).all() ?? [])
+        this.#blocks.set(row.principal, { blockedAt: row.blockedAt, rearmedAfter: row.rearmedAfter });
+    }
+    return this.#blocks;
+  }
 
   #block(key: string): { blockedAt: number; rearmedAfter: number | null } | null {
-    if (!this.#db) return this.#memory.get(key) ?? null;
-    return this.#db.select().from(piiBlocks).where(eq(piiBlocks.principal, key)).get() ?? null;
+    return this.#blockMap().get(key) ?? null;
   }
 
   #setBlock(key: string, blockedAt: number, rearmedAfter: number | null): void {
-    if (!this.#db) {
-      this.#memory.set(key, { blockedAt, rearmedAfter });
-      return;
-    }
     const row = { principal: key, blockedAt, rearmedAfter };
     this.#db
-      .insert(piiBlocks)
+      ?.insert(piiBlocks)
       .values(row)
       .onConflictDoUpdate({ target: piiBlocks.principal, set: row })
       .run();
+    this.#blockMap().set(key, { blockedAt, rearmedAfter });
+  }
+
+  #unblock(key: string): void {
+    this.#db?.delete(piiBlocks).where(eq(piiBlocks.principal, key)).run();
+    this.#blockMap().delete(key);
   }
 }

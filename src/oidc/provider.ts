@@ -154,6 +154,10 @@ export function createOidc(s: Services): Oidc {
       userinfo: { enabled: true },
       clientCredentials: { enabled: true },
       pushedAuthorizationRequests: { enabled: false },
+      // Both off, with conformIdTokenClaims below: ID tokens carry no profile claims, which is
+      // why findAccount decrypts nothing for them.
+      claimsParameter: { enabled: false },
+      resourceIndicators: { enabled: false },
       rpInitiatedLogout: {
         enabled: true,
         // Confirmation page: the provider's form (hidden xsrf) plus our button; no script.
@@ -177,6 +181,7 @@ export function createOidc(s: Services): Oidc {
       Grant: 14 * 24 * 3600,
       RefreshToken: 14 * 24 * 3600,
     },
+    conformIdTokenClaims: true,
     rotateRefreshToken: true,
     // Member sites are first-party: their refresh tokens live their own lifetime (no offline_access
     // dance), independent of the browser session; logout and revocation still end them.
@@ -211,25 +216,35 @@ export function createOidc(s: Services): Oidc {
       if (member?.status !== "active") return undefined;
       return {
         accountId: sub,
-        claims: async (_use, scope) => {
+        claims: async (use, scope) => {
           const scopes = new Set(scope.split(" "));
-          const fields = [
-            ...new Set(PROFILE_FIELDS.filter((f) => [...scopes].some((sc) => SCOPE_FIELDS[sc]?.includes(f)))),
-          ];
+          // ID tokens carry no profile claims (conformIdTokenClaims, no claims parameter, no
+          // resource indicators: the provider keeps only `sub` of what is returned here), so
+          // nothing is decrypted for them; UserInfo decrypts the granted scopes' fields.
+          const fields =
+            use === "id_token"
+              ? []
+              : [
+                  ...new Set(
+                    PROFILE_FIELDS.filter((f) => [...scopes].some((sc) => SCOPE_FIELDS[sc]?.includes(f))),
+                  ),
+                ];
           const clientId = ctx.oidc.client?.clientId ?? "unknown";
-          let profile: Profile;
-          try {
-            profile = s.vault.read(member.id, fields, {
-              actorType: "client",
-              actorId: clientId,
-              reason: `oidc_claims:${clientId}`,
-              ip: ctx.ip,
-            });
-          } catch (err) {
-            // Past the member site's PII budget (alerted): sign-in still works, without profile claims.
-            if (!(err instanceof ApiError && err.code === "pii_budget_exceeded")) throw err;
-            profile = {};
-          }
+          // No profile field (an ID token, or scope `openid` alone): nothing is decrypted, so
+          // nothing is audited or budgeted.
+          let profile: Profile = {};
+          if (fields.length > 0)
+            try {
+              profile = s.vault.read(member.id, fields, {
+                actorType: "client",
+                actorId: clientId,
+                reason: `oidc_claims:${clientId}`,
+                ip: ctx.ip,
+              });
+            } catch (err) {
+              // Past the member site's PII budget (alerted): sign-in still works, without profile claims.
+              if (!(err instanceof ApiError && err.code === "pii_budget_exceeded")) throw err;
+            }
           return {
             sub,
             ...(scopes.has("profile")
