@@ -103,6 +103,7 @@ describe("service API for member-site backends: GET /api/v1/members/:sub", () =>
     grant.addOIDCScope("openid email");
     const grantId = await grant.save();
     const found = await provider.Client.find(site.clientId);
+    if (!found) throw new Error("client not found");
     let refreshToken = await new provider.RefreshToken({
       accountId: sub,
       client: found,

@@ -1,3 +1,4 @@
+import type { IncomingMessage, ServerResponse } from "node:http";
 import express from "express";
 import helmet from "helmet";
 import type { Services } from "../services.js";
@@ -53,12 +54,23 @@ export function createApp(s: Services): express.Express {
   // /metrics: here, to the allow-list, unless it has a port of its own (src/http/metrics-routes.ts).
   if (s.config.metricsPort === undefined)
     app.use(metricsRoute(s.metrics, s.config.metricsAllow, trustProxySetting(s.config.trustProxy) !== false));
-  // Discovery and JWKS are fixed for the life of the process: answer them from a copy of the
+  // Discovery and JWKS change only with the signing keys: answer them from a copy of the
   // provider's own first answer (body and headers), without the rest of the stack.
   const oidc = createOidc(s);
   app.locals.oidc = oidc; // for tools (bench) that need the provider's models
-  const providerCallback = oidc.provider.callback();
-  app.use(cachedProviderDocuments(["/.well-known/openid-configuration", OIDC_ROUTES.jwks], providerCallback));
+  const callback = oidc.provider.callback();
+  // Every request to the provider first picks up signing keys a `keys rotate` added meanwhile.
+  const providerCallback = (req: IncomingMessage, res: ServerResponse) => {
+    oidc.syncSigningKeys();
+    return callback(req, res);
+  };
+  app.use(
+    cachedProviderDocuments(
+      ["/.well-known/openid-configuration", OIDC_ROUTES.jwks],
+      providerCallback,
+      oidc.syncSigningKeys,
+    ),
+  );
   app.use(accessLog(s.logger));
   // The provider's JSON endpoints (token, userinfo, revocation, introspection) go straight to it:
   // it sets its own no-store and CORS headers, and HTML-page headers add nothing to JSON answers.

@@ -3,12 +3,14 @@ import type { IncomingMessage, ServerResponse } from "node:http";
 import { eq, sql } from "drizzle-orm";
 import type { RequestHandler } from "express";
 import Provider, { type Configuration, interactionPolicy, type KoaContextWithOIDC } from "oidc-provider";
+import initializeKeyStore from "oidc-provider/lib/helpers/initialize_keystore.js";
 import { lazyPrepared } from "../db/connection.js";
 import { members } from "../db/schema.js";
 import { errorPage, loggedOutPage, logoutPage, pickLang } from "../http/pages.js";
 import { ApiError, StartupError } from "../errors.js";
 import { PROFILE_FIELDS, type Profile, type ProfileField } from "../members/profile.js";
 import type { Services } from "../services.js";
+import type { Keyring } from "../vault/keyring.js";
 import { ACR } from "../sessions/levels.js";
 import { meets, type Requirement } from "../policy/mfa-policy.js";
 import { logOut } from "../sessions/member-actions.js";
@@ -48,7 +50,19 @@ export interface Oidc {
   sessionOf(cookieHeader: string | undefined): Session | null;
   requirementFor(memberId: string, clientId: string | null, acrValues: string | null): Requirement;
   subjectOf(memberId: string): string | null;
+  /**
+   * Pick up signing keys added to the keyring file since (`keys rotate` while the server runs):
+   * the provider signs with the new active key and publishes every key in its JWKS. Cheap when
+   * nothing changed (the keyring store re-reads its file at most once a second). Returns a number
+   * that changes whenever the keys did (for caches of the JWKS).
+   */
+  syncSigningKeys(): number;
 }
+
+/** The provider's JWKS configuration: every signing key, the active one first (it signs). */
+const signingJwks = (keyring: Keyring) => ({
+  keys: keyring.signingKeysActiveFirst().map((k) => ({ ...k.jwk, kid: k.kid, alg: "ES256", use: "sig" })),
+});
 
 export function createOidc(s: Services): Oidc {
   const store = s.oidcStore;
@@ -122,9 +136,7 @@ export function createOidc(s: Services): Oidc {
             find: async (id: string) => clients.metadata(id),
           }
         : store.adapterFactory()(model),
-    jwks: {
-      keys: keyring.signingKeysActiveFirst().map((k) => ({ ...k.jwk, kid: k.kid, alg: "ES256", use: "sig" })),
-    },
+    jwks: signingJwks(keyring),
     cookies: { keys: [cookieKey("1")], long: { signed: true }, short: { signed: true } },
     // acr, amr, auth_time and sid ride with `openid`, so every ID token reports the achieved level.
     claims: {
@@ -313,7 +325,29 @@ export function createOidc(s: Services): Oidc {
     s.metrics.grant(ctx.oidc?.params?.grant_type, "refused"),
   );
   provider.on("server_error", (_ctx: unknown, err: Error) => s.logger.error({ err }, "oidc server_error"));
-  return { provider, store, clients, sessionOf, subjectOf, requirementFor };
+
+  let keysSeen = keyring;
+  let kidsInUse = signingJwks(keyring)
+    .keys.map((k) => k.kid)
+    .join(" ");
+  let keysGeneration = 0;
+  const syncSigningKeys = (): number => {
+    const current = s.keys.get();
+    if (current === keysSeen) return keysGeneration;
+    keysSeen = current;
+    const jwks = signingJwks(current);
+    const kids = jwks.keys.map((k) => k.kid).join(" ");
+    if (kids === kidsInUse || !current.signingKeys.some((k) => k.active)) return keysGeneration;
+    initializeKeyStore.call(provider, jwks);
+    kidsInUse = kids;
+    keysGeneration++;
+    s.logger.info(
+      { signing_kid: jwks.keys[0]?.kid, published: jwks.keys.length },
+      "ID-token signing keys reloaded",
+    );
+    return keysGeneration;
+  };
+  return { provider, store, clients, sessionOf, subjectOf, requirementFor, syncSigningKeys };
 }
 
 function requestedAcr(ctx: KoaContextWithOIDC): string | null {
@@ -327,15 +361,23 @@ function requestedAcr(ctx: KoaContextWithOIDC): string | null {
 
 /**
  * Serve GET `paths` from a copy of the provider's first 200 answer to each (body and headers).
- * The documents depend only on configuration and keys, both fixed for the life of the process.
+ * The documents depend only on configuration, fixed for the life of the process, and the signing
+ * keys: the copies are dropped whenever `generation()` changes.
  */
 export function cachedProviderDocuments(
   paths: readonly string[],
   callback: (req: IncomingMessage, res: ServerResponse) => unknown,
+  generation: () => number = () => 0,
 ): RequestHandler {
   const cache = new Map<string, { headers: Record<string, string | number | string[]>; body: Buffer }>();
+  let cachedGeneration = generation();
   return (req, res, next) => {
     if (req.method !== "GET" || !paths.includes(req.path)) return next();
+    const now = generation();
+    if (now !== cachedGeneration) {
+      cache.clear();
+      cachedGeneration = now;
+    }
     const hit = cache.get(req.path);
     if (hit) {
       for (const [k, v] of Object.entries(hit.headers)) res.setHeader(k, v);

@@ -1,0 +1,6 @@
+// oidc-provider has no public way to change a running provider's signing keys. Its own keystore
+// initialiser, run again on the provider instance, replaces the keystore and the JWKS it serves
+// (src/oidc/provider.ts, syncSigningKeys; covered by test/oidc-keys.test.ts).
+declare module "oidc-provider/lib/helpers/initialize_keystore.js" {
+  export default function initializeKeyStore(this: object, jwks: { keys: object[] }): void;
+}
