@@ -131,6 +131,37 @@ describe("admin member support and PII read budgets", () => {
     expect(read().email).toBe(PROFILE.email);
   });
 
+  it("budgets count distinct members: rereads are free, but a walker is stopped by the hour and then by the day", () => {
+    const budgets = new PiiBudgets({
+      clock: t.clock,
+      alerts: t.s.alerts,
+      db: t.s.db,
+      limits: { clientHour: 3, clientDay: 5 },
+    });
+    const site = { kind: "client" as const, id: "c_walker" };
+    const read = (...ids: string[]) => budgets.charge(site, ids);
+    // One member read over and over (a site refreshing its member's tokens) is one member.
+    for (let i = 0; i < 20; i++) {
+      read("m_1");
+      t.clock.advance(60_000);
+    }
+    expect(budgets.status(site)).toMatchObject({ readLastHour: 1, readLastDay: 1, blocked: false });
+    read("m_2", "m_3");
+    expect(() => read("m_4")).toThrow(/pii_budget_exceeded/); // the fourth member this hour
+    expect(t.s.alerts.list().at(-1)?.details).toMatch(/"window":"1h"/);
+    // An admin approves; two hours later the same three again count towards the hour, not the day…
+    budgets.approve(site);
+    read("m_1", "m_2", "m_3");
+    t.clock.advance(2 * 3_600_000);
+    read("m_1", "m_2", "m_3");
+    expect(budgets.status(site).readLastDay).toBe(3);
+    // …and two new members fill the day; the sixth distinct member of the day is refused.
+    t.clock.advance(2 * 3_600_000);
+    read("m_4", "m_5");
+    expect(budgets.status(site)).toMatchObject({ readLastHour: 2, readLastDay: 5 });
+    expect(() => read("m_6")).toThrow(/pii_budget_exceeded/);
+  });
+
   it("reset-mfa removes every factor, ends every session and tells the member; it needs a reason", async () => {
     const id = (await register(t.app, { login_id: "taro.lostphone" })).body.member_id as string;
     const cookie = await signIn(t.app, "taro.lostphone");
