@@ -1,6 +1,8 @@
+import { spawnSync } from "node:child_process";
 import fs from "node:fs";
 import type http from "node:http";
 import type { AddressInfo } from "node:net";
+import os from "node:os";
 import path from "node:path";
 import Database from "better-sqlite3";
 import supertest from "supertest";
@@ -301,4 +303,39 @@ describe("graceful stop", () => {
       fs.rmSync(server.dir, { recursive: true, force: true });
     }
   }, 60_000);
+});
+
+describe("deployment files", () => {
+  const unit = path.resolve(import.meta.dirname, "../deploy/sekisho.service");
+  const analyze = ["/usr/bin/systemd-analyze", "/bin/systemd-analyze"].find((p) => fs.existsSync(p));
+
+  it.skipIf(!analyze)(
+    "the systemd unit passes systemd-analyze verify, which does catch a broken unit",
+    () => {
+      const verify = (file: string) =>
+        spawnSync(analyze as string, ["verify", file], {
+          encoding: "utf8",
+          env: { ...process.env, SYSTEMD_LOG_COLOR: "0" },
+        });
+      const ok = verify(unit);
+      expect(ok.status, ok.stderr).toBe(0);
+      expect(ok.stderr.trim()).toBe("");
+      // Positive control: the same unit with a bad value and an unknown directive is reported.
+      const dir = fs.mkdtempSync(path.join(os.tmpdir(), "sekisho-unit-"));
+      try {
+        const broken = path.join(dir, "sekisho.service");
+        fs.writeFileSync(
+          broken,
+          fs
+            .readFileSync(unit, "utf8")
+            .replace("NoNewPrivileges=true", "NoNewPrivileges=maybe\nProtectSystm=strict"),
+        );
+        const bad = verify(broken);
+        expect(bad.stderr).toMatch(/NoNewPrivileges|maybe/);
+        expect(bad.stderr).toMatch(/ProtectSystm/);
+      } finally {
+        fs.rmSync(dir, { recursive: true, force: true });
+      }
+    },
+  );
 });
