@@ -109,6 +109,21 @@ export function buildServices(deps: {
     ? new AlertHooks({ db, clock, logger, url: config.alertWebhook.url, secret: config.alertWebhook.secret })
     : undefined;
   const alerts = new Alerts({ db, clock, audit, logger, ...(alertHooks ? { hooks: alertHooks } : {}) });
+  // A keyring file that can no longer be read: keep serving with the keys in memory, and say so
+  // loudly (at most one alert in 10 minutes).
+  keys.onReloadError = (err) => {
+    logger.error({ err, file: keys.file }, "keyring file unreadable; still using the keys loaded before");
+    try {
+      alerts.raise(
+        "keyring_unreadable",
+        "critical",
+        { file: keys.file ?? null, error: err instanceof Error ? err.message : String(err) },
+        "keyring",
+      );
+    } catch {
+      // (logged above)
+    }
+  };
   const budgets = new PiiBudgets({ clock, alerts, limits: config.piiBudgets, db });
   const honeytokens = new Honeytokens({ keys, alerts });
   const vault = new ProfileVault({ db, keys, audit, clock, logger, budgets, honeytokens });

@@ -154,7 +154,7 @@ describe("admin member support and PII read budgets", () => {
     read("m_1", "m_2", "m_3");
     t.clock.advance(2 * 3_600_000);
     read("m_1", "m_2", "m_3");
-    expect(budgets.status(site).readLastDay).toBe(3);
+    expect(budgets.status(site)).toMatchObject({ readLastHour: 3, readLastDay: 3 });
     // …and two new members fill the day; the sixth distinct member of the day is refused.
     t.clock.advance(2 * 3_600_000);
     read("m_4", "m_5");

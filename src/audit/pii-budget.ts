@@ -1,5 +1,4 @@
 import { eq } from "drizzle-orm";
-import { LRUCache } from "lru-cache";
 import type { Clock } from "../clock.js";
 import type { Db } from "../db/connection.js";
 import { piiBlocks } from "../db/schema.js";
@@ -71,11 +70,12 @@ export class PiiBudgets {
   readonly #hourCounts = new MemoryCounterStore([HOUR], 100_000);
   readonly #dayCounts = new MemoryCounterStore([DAY], 100_000);
   /**
-   * principal|member → when that member was last counted in the hour and the day window. Bounded:
-   * a member evicted here is counted again, so the bound errs towards refusing, never towards
-   * letting more through.
+   * principal → member → when that member was last counted in the hour and in the day window,
+   * oldest first. Each principal keeps at most its day limit of members (more would have been
+   * refused), and one principal's volume never pushes out another's. A member dropped here is
+   * only counted again: the bound errs towards refusing, never towards letting more through.
    */
-  readonly #counted = new LRUCache<string, { hour: number; day: number }>({ max: 200_000 });
+  readonly #counted = new Map<string, Map<string, { hour: number; day: number }>>();
   readonly #db: Db | undefined;
   readonly #readers = new Map<string, Reader>();
   /** When a principal's bulk-read alert was last raised: at most one a day each. */
@@ -117,8 +117,9 @@ export class PiiBudgets {
     // Only members not already counted in a window add to it.
     let newInHour = 0;
     let newInDay = 0;
+    const counted = this.#counted.get(key);
     for (const id of memberIds) {
-      const seen = this.#counted.get(`${key}|${id}`);
+      const seen = counted?.get(id);
       if (!seen || seen.hour <= now - HOUR) newInHour++;
       if (!seen || seen.day <= now - DAY) newInDay++;
     }
@@ -140,14 +141,7 @@ export class PiiBudgets {
       );
       throw piiBudgetExceeded();
     }
-    for (const id of memberIds) {
-      const k = `${key}|${id}`;
-      const seen = this.#counted.get(k);
-      const inHour = seen !== undefined && seen.hour > now - HOUR;
-      const inDay = seen !== undefined && seen.day > now - DAY;
-      if (!inHour || !inDay)
-        this.#counted.set(k, { hour: inHour ? seen.hour : now, day: inDay ? seen.day : now });
-    }
+    this.#count(key, memberIds, now, Math.max(hourLimit, dayLimit));
     if (newInHour > 0) this.#hourCounts.add(key, newInHour, now);
     if (newInDay > 0) this.#dayCounts.add(key, newInDay, now);
     this.#watch(p, key, memberIds, now);
@@ -228,12 +222,30 @@ export class PiiBudgets {
     return true;
   }
 
+  /** Remember when each member was counted (for the windows it was counted in just now). */
+  #count(key: string, memberIds: readonly string[], now: number, keep: number): void {
+    let counted = this.#counted.get(key);
+    if (!counted) {
+      counted = new Map();
+      this.#counted.set(key, counted);
+      if (this.#counted.size > 10_000) this.#counted.delete(this.#counted.keys().next().value as string);
+    }
+    for (const id of memberIds) {
+      const seen = counted.get(id);
+      const hour = seen !== undefined && seen.hour > now - HOUR ? seen.hour : now;
+      const day = seen !== undefined && seen.day > now - DAY ? seen.day : now;
+      if (seen !== undefined && hour === seen.hour && day === seen.day) continue;
+      counted.delete(id); // re-inserted last: the map stays in counting order
+      counted.set(id, { hour, day });
+    }
+    while (counted.size > keep) counted.delete(counted.keys().next().value as string);
+  }
+
   /** Counts start over for `key` (an approval, or an admin's re-armed budget). */
   #forget(key: string): void {
     this.#hourCounts.delete(key);
     this.#dayCounts.delete(key);
-    const prefix = `${key}|`;
-    for (const k of [...this.#counted.keys()]) if (k.startsWith(prefix)) this.#counted.delete(k);
+    this.#counted.delete(key);
   }
 
   /** An admin lets a member site read again (its counts start over). */

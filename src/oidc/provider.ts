@@ -286,6 +286,16 @@ export function createOidc(s: Services): Oidc {
     },
   };
 
+  // findAccount decrypts nothing for ID tokens. That is right only while ID tokens can't carry
+  // profile claims: keep these four together (or teach findAccount the claims an ID token asks).
+  if (
+    configuration.conformIdTokenClaims !== true ||
+    configuration.features?.claimsParameter?.enabled !== false ||
+    configuration.features?.resourceIndicators?.enabled !== false ||
+    configuration.responseTypes?.join() !== "code"
+  )
+    throw new StartupError("OIDC configuration lets ID tokens carry profile claims; see findAccount");
+
   const provider = new Provider(s.config.issuer, configuration);
   provider.proxy = s.config.trustProxy !== undefined;
   // Client secrets are stored hashed: compare the presented secret's hash (constant time).
@@ -332,13 +342,36 @@ export function createOidc(s: Services): Oidc {
     .join(" ");
   let keysGeneration = 0;
   const syncSigningKeys = (): number => {
-    const current = s.keys.get();
+    let current: Keyring;
+    try {
+      current = s.keys.get();
+    } catch (err) {
+      s.logger.error({ err }, "keyring unreadable; ID tokens keep the signing keys in use");
+      return keysGeneration;
+    }
     if (current === keysSeen) return keysGeneration;
-    keysSeen = current;
     const jwks = signingJwks(current);
     const kids = jwks.keys.map((k) => k.kid).join(" ");
-    if (kids === kidsInUse || !current.signingKeys.some((k) => k.active)) return keysGeneration;
-    initializeKeyStore.call(provider, jwks);
+    if (kids === kidsInUse || !current.signingKeys.some((k) => k.active)) {
+      keysSeen = current;
+      return keysGeneration;
+    }
+    try {
+      // Builds the new keystore completely before it replaces the old one: a key it refuses
+      // throws here and leaves the provider signing as before.
+      initializeKeyStore.call(provider, jwks);
+    } catch (err) {
+      keysSeen = current; // not retried for every request; the next keyring change is
+      s.logger.error({ err }, "new signing keys refused; ID tokens keep the signing keys in use");
+      s.alerts.raise(
+        "signing_keys_refused",
+        "critical",
+        { error: err instanceof Error ? err.message : String(err) },
+        "signing",
+      );
+      return keysGeneration;
+    }
+    keysSeen = current;
     kidsInUse = kids;
     keysGeneration++;
     s.logger.info(
@@ -379,6 +412,7 @@ export function cachedProviderDocuments(
       cachedGeneration = now;
     }
     const hit = cache.get(req.path);
+    const missedAt = now;
     if (hit) {
       for (const [k, v] of Object.entries(hit.headers)) res.setHeader(k, v);
       res.end(hit.body);
@@ -387,7 +421,12 @@ export function cachedProviderDocuments(
     const key = req.path;
     const end = res.end.bind(res);
     res.end = ((chunk?: unknown, ...rest: unknown[]) => {
-      if (res.statusCode === 200 && (typeof chunk === "string" || Buffer.isBuffer(chunk))) {
+      // Kept only if the keys didn't change while it was being made.
+      if (
+        res.statusCode === 200 &&
+        (typeof chunk === "string" || Buffer.isBuffer(chunk)) &&
+        generation() === missedAt
+      ) {
         const headers: Record<string, string | number | string[]> = {};
         for (const [k, v] of Object.entries(res.getHeaders())) {
           if (v !== undefined && k !== "date" && k !== "x-request-id" && k !== "set-cookie") headers[k] = v;

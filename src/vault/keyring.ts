@@ -248,33 +248,50 @@ export class KeyringStore {
   #mtimeMs: number;
   #checkedAt = 0;
   readonly file: string | undefined;
+  /** Milliseconds now, for the once-a-second re-read (tests move it instead of sleeping). */
+  readonly #now: () => number;
 
-  constructor(keyring: Keyring, file?: string) {
+  constructor(keyring: Keyring, file?: string, now: () => number = Date.now) {
     this.#keyring = keyring;
     this.file = file;
+    this.#now = now;
     this.#mtimeMs = file ? fs.statSync(file).mtimeMs : 0;
   }
 
-  static fromFile(file: string): KeyringStore {
+  static fromFile(file: string, now: () => number = Date.now): KeyringStore {
     let text: string;
     try {
       text = fs.readFileSync(file, "utf8");
     } catch (err) {
       throw new StartupError(`cannot read keyring ${file}: ${(err as Error).message}`, { cause: err });
     }
-    return new KeyringStore(Keyring.parse(text, file), file);
+    return new KeyringStore(Keyring.parse(text, file), file, now);
   }
 
-  /** The current keyring, re-read if the file changed. */
+  /**
+   * Told when the periodic re-read in `get()` fails (a keyring file removed, truncated or edited
+   * by hand): the store keeps serving the keyring it has, and tries again a second later.
+   */
+  onReloadError: ((err: unknown) => void) | undefined;
+
+  /** The current keyring, re-read if the file changed (at most once a second). */
   get(): Keyring {
-    if (this.file && Date.now() - this.#checkedAt > 1000) this.reload();
+    if (this.file && this.#now() - this.#checkedAt > 1000) {
+      try {
+        this.reload();
+      } catch (err) {
+        // Keep what works; a broken file must not take every request down with it.
+        if (!this.onReloadError) throw err;
+        this.onReloadError(err);
+      }
+    }
     return this.#keyring;
   }
 
   /** Re-read the file now if it changed (used when a key id is not found). */
   reload(): Keyring {
     if (!this.file) return this.#keyring;
-    this.#checkedAt = Date.now();
+    this.#checkedAt = this.#now();
     const mtime = fs.statSync(this.file).mtimeMs;
     if (mtime !== this.#mtimeMs) {
       this.#keyring = Keyring.parse(fs.readFileSync(this.file, "utf8"), this.file);

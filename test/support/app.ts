@@ -42,7 +42,7 @@ export function makeApp(env: Record<string, string> = {}, opts: { clockStart?: D
   });
   const clock = new MovableClock(opts.clockStart ?? "2026-06-01T09:00:00Z");
   writeKeyringFile(config.keyringFile, Keyring.generate(clock.now()));
-  const keys = KeyringStore.fromFile(config.keyringFile);
+  const keys = KeyringStore.fromFile(config.keyringFile, () => clock.now().getTime());
   const logs: string[] = [];
   const sink = new Writable({
     write(chunk, _enc, cb) {
