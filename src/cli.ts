@@ -140,6 +140,41 @@ export function buildCli(): Command {
         );
     });
 
+  keys
+    .command("retire-signing")
+    .description(
+      "remove old ID-token signing keys from the keyring and so from the JWKS (a key that may have leaked)",
+    )
+    .option(
+      "--kid <kid>",
+      "an old signing key's kid (repeat for several)",
+      (v: string, prev: string[]) => [...prev, v],
+      [] as string[],
+    )
+    .option("--all-old", "every signing key but the active one")
+    .option("--json", "print a JSON summary")
+    .action((opts: { kid: string[]; allOld?: boolean; json?: boolean }) => {
+      const ctx = open();
+      const keyring = ctx.keys.reload();
+      const kids = opts.allOld ? keyring.signingKeys.filter((k) => !k.active).map((k) => k.kid) : opts.kid;
+      if (kids.length === 0 && !opts.allOld)
+        throw new InvalidArgumentError("name the keys to retire (--kid) or use --all-old");
+      ctx.keys.replace(keyring.withoutSigningKeys(kids));
+      ctx.audit.append({
+        action: "keys.signing_retired",
+        outcome: "info",
+        actorType: "operator",
+        details: { kids },
+      });
+      ctx.db.$client.close();
+      const left = ctx.keys.get().signingKeys.map((k) => k.kid);
+      if (opts.json) out(JSON.stringify({ retired: kids, published: left }));
+      else
+        out(
+          `retired ${kids.length} signing key(s)${kids.length ? `: ${kids.join(", ")}` : ""}; published now: ${left.join(", ")}`,
+        );
+    });
+
   const clients = program.command("clients").description("member sites (OIDC clients)");
   clients
     .command("add")

@@ -10,7 +10,7 @@ import { errorPage, loggedOutPage, logoutPage, pickLang } from "../http/pages.js
 import { ApiError, StartupError } from "../errors.js";
 import { PROFILE_FIELDS, type Profile, type ProfileField } from "../members/profile.js";
 import type { Services } from "../services.js";
-import type { Keyring } from "../vault/keyring.js";
+import type { Keyring, SigningKey } from "../vault/keyring.js";
 import { ACR } from "../sessions/levels.js";
 import { meets, type Requirement } from "../policy/mfa-policy.js";
 import { logOut } from "../sessions/member-actions.js";
@@ -59,10 +59,34 @@ export interface Oidc {
   syncSigningKeys(): number;
 }
 
-/** The provider's JWKS configuration: every signing key, the active one first (it signs). */
-const signingJwks = (keyring: Keyring) => ({
-  keys: keyring.signingKeysActiveFirst().map((k) => ({ ...k.jwk, kid: k.kid, alg: "ES256", use: "sig" })),
-});
+/**
+ * How long a new signing key is published before it signs: member sites that cached the JWKS
+ * just before a rotation (jose re-fetches an unknown `kid` at most every 30 s; many libraries
+ * cache for minutes) already hold it when the first ID token signed with it arrives.
+ */
+export const SIGNING_KEY_LEAD_MS = 5 * 60_000;
+
+/**
+ * The provider's keys, the one to sign with first (oidc-provider signs with the first): the
+ * newest key that has been published for SIGNING_KEY_LEAD_MS (the active key once its lead time
+ * is over), or, when none has, the oldest (the only one, in a new keyring). `switchAt`: when the order changes
+ * next, if it will.
+ */
+export function signingPlan(
+  keyring: Keyring,
+  now: number,
+): { jwks: { keys: Array<Record<string, string>> }; switchAt: number | null } {
+  const newestFirst = [...keyring.signingKeys].sort((a, b) => b.createdAt.localeCompare(a.createdAt));
+  const ready = (k: SigningKey) => Date.parse(k.createdAt) + SIGNING_KEY_LEAD_MS;
+  const signer = newestFirst.find((k) => ready(k) <= now) ?? newestFirst.at(-1);
+  const newer = signer ? newestFirst.slice(0, newestFirst.indexOf(signer)) : [];
+  const pending = newer.map(ready).filter((at) => at > now);
+  const order = signer ? [signer, ...newestFirst.filter((k) => k !== signer)] : [];
+  return {
+    jwks: { keys: order.map((k) => ({ ...k.jwk, kid: k.kid, alg: "ES256", use: "sig" })) },
+    switchAt: pending.length > 0 ? Math.min(...pending) : null,
+  };
+}
 
 export function createOidc(s: Services): Oidc {
   const store = s.oidcStore;
@@ -136,7 +160,7 @@ export function createOidc(s: Services): Oidc {
             find: async (id: string) => clients.metadata(id),
           }
         : store.adapterFactory()(model),
-    jwks: signingJwks(keyring),
+    jwks: signingPlan(keyring, s.clock.now().getTime()).jwks,
     cookies: { keys: [cookieKey("1")], long: { signed: true }, short: { signed: true } },
     // acr, amr, auth_time and sid ride with `openid`, so every ID token reports the achieved level.
     claims: {
@@ -337,9 +361,9 @@ export function createOidc(s: Services): Oidc {
   provider.on("server_error", (_ctx: unknown, err: Error) => s.logger.error({ err }, "oidc server_error"));
 
   let keysSeen = keyring;
-  let kidsInUse = signingJwks(keyring)
-    .keys.map((k) => k.kid)
-    .join(" ");
+  const initial = signingPlan(keyring, s.clock.now().getTime());
+  let kidsInUse = initial.jwks.keys.map((k) => k.kid).join(" ");
+  let switchAt = initial.switchAt;
   let keysGeneration = 0;
   const syncSigningKeys = (): number => {
     let current: Keyring;
@@ -349,19 +373,20 @@ export function createOidc(s: Services): Oidc {
       s.logger.error({ err }, "keyring unreadable; ID tokens keep the signing keys in use");
       return keysGeneration;
     }
-    if (current === keysSeen) return keysGeneration;
-    const jwks = signingJwks(current);
-    const kids = jwks.keys.map((k) => k.kid).join(" ");
-    if (kids === kidsInUse || !current.signingKeys.some((k) => k.active)) {
-      keysSeen = current;
-      return keysGeneration;
-    }
+    const now = s.clock.now().getTime();
+    if (current === keysSeen && (switchAt === null || now < switchAt)) return keysGeneration;
+    keysSeen = current;
+    const plan = signingPlan(current, now);
+    switchAt = plan.switchAt;
+    const kids = plan.jwks.keys.map((k) => k.kid).join(" ");
+    if (kids === kidsInUse || !current.signingKeys.some((k) => k.active)) return keysGeneration;
     try {
       // Builds the new keystore completely before it replaces the old one: a key it refuses
-      // throws here and leaves the provider signing as before.
-      initializeKeyStore.call(provider, jwks);
+      // throws here and leaves the provider signing as before (not retried until the keyring
+      // changes again).
+      initializeKeyStore.call(provider, plan.jwks);
     } catch (err) {
-      keysSeen = current; // not retried for every request; the next keyring change is
+      switchAt = null;
       s.logger.error({ err }, "new signing keys refused; ID tokens keep the signing keys in use");
       s.alerts.raise(
         "signing_keys_refused",
@@ -371,11 +396,10 @@ export function createOidc(s: Services): Oidc {
       );
       return keysGeneration;
     }
-    keysSeen = current;
     kidsInUse = kids;
     keysGeneration++;
     s.logger.info(
-      { signing_kid: jwks.keys[0]?.kid, published: jwks.keys.length },
+      { signing_kid: plan.jwks.keys[0]?.kid, published: plan.jwks.keys.length, next_switch_at: switchAt },
       "ID-token signing keys reloaded",
     );
     return keysGeneration;

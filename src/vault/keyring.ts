@@ -217,6 +217,26 @@ export class Keyring {
     return [...this.signingKeys].sort((a, b) => Number(b.active) - Number(a.active));
   }
 
+  /**
+   * The same keyring without the given signing keys (old ones only: the active key can't be
+   * retired). A retired key leaves the JWKS, so nothing it signed verifies any more: for a key
+   * that may have leaked, after `rotated`.
+   */
+  withoutSigningKeys(kids: readonly string[]): Keyring {
+    for (const kid of kids) {
+      const key = this.signingKeys.find((k) => k.kid === kid);
+      if (!key) throw new StartupError(`keyring: no signing key ${kid}`);
+      if (key.active) throw new StartupError(`keyring: ${kid} is the active signing key; rotate first`);
+    }
+    return new Keyring({
+      dataKeys: this.dataKeys,
+      blindIndexKey: this.blindIndexKey,
+      auditKeys: this.auditKeys,
+      peppers: this.peppers,
+      signingKeys: this.signingKeys.filter((k) => !kids.includes(k.kid)),
+    });
+  }
+
   /** A new keyring with fresh active data, audit, pepper and signing keys; old keys stay for reading. */
   rotated(now: Date): Keyring {
     const demote = (list: readonly VersionedKey[]) => list.map((k) => ({ ...k, active: false }));
