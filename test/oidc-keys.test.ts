@@ -2,11 +2,10 @@ import fs from "node:fs";
 import { createRemoteJWKSet, decodeProtectedHeader, jwtVerify } from "jose";
 import * as oidc from "openid-client";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { Clients } from "../src/oidc/clients.js";
-import { type Oidc, SIGNING_KEY_LEAD_MS, signingPlan } from "../src/oidc/provider.js";
+import { SIGNING_KEY_LEAD_MS, signingPlan } from "../src/oidc/provider.js";
 import { Keyring } from "../src/vault/keyring.js";
 import { runCli } from "./support/cli.js";
-import { type ListeningApp, listenWithMember } from "./support/oidc.js";
+import { type ListeningApp, listenWithMember, memberSiteWithRefreshToken } from "./support/oidc.js";
 
 describe("ID-token signing keys rotated while the server runs", () => {
   let listening: ListeningApp;
@@ -22,34 +21,8 @@ describe("ID-token signing keys rotated while the server runs", () => {
 
   /** A member site holding a refresh token for the member, as a code exchange leaves it. */
   async function memberSite() {
-    const { t, issuer } = listening;
-    const site = new Clients({ db: t.s.db, clock: t.clock, audit: t.s.audit }).add({
-      name: "site",
-      redirectUris: ["https://site.example/cb"],
-    });
-    const { provider } = t.app.locals.oidc as Oidc;
-    const grant = new provider.Grant({ accountId: sub, clientId: site.clientId });
-    grant.addOIDCScope("openid");
-    const grantId = await grant.save();
-    const client = await provider.Client.find(site.clientId);
-    if (!client) throw new Error("client not found");
-    let refreshToken = await new provider.RefreshToken({
-      accountId: sub,
-      client,
-      grantId,
-      gty: "authorization_code",
-      scope: "openid",
-      authTime: Math.floor(Date.now() / 1000),
-    }).save();
-    const config = await oidc.discovery(
-      new URL(issuer),
-      site.clientId,
-      site.clientSecret ?? undefined,
-      undefined,
-      {
-        execute: [oidc.allowInsecureRequests],
-      },
-    );
+    const { config, refreshToken: first } = await memberSiteWithRefreshToken(listening, sub, "openid");
+    let refreshToken = first;
     return {
       config,
       /** Refresh, and return the new ID token. */

@@ -3,7 +3,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { Clients } from "../src/oidc/clients.js";
 import type { Oidc } from "../src/oidc/provider.js";
 import { PROFILE, STRONG_PASSWORD } from "./support/app.js";
-import { type ListeningApp, listenWithMember } from "./support/oidc.js";
+import { type ListeningApp, listenWithMember, memberSiteWithRefreshToken } from "./support/oidc.js";
 
 describe("service API for member-site backends: GET /api/v1/members/:sub", () => {
   let listening: ListeningApp;
@@ -92,35 +92,14 @@ describe("service API for member-site backends: GET /api/v1/members/:sub", () =>
   });
 
   it("a member site refreshing one member's tokens more often than its budget keeps its claims; ID tokens decrypt nothing", async () => {
-    const { t, issuer } = listening;
-    const site = new Clients({ db: t.s.db, clock: t.clock, audit: t.s.audit }).add({
-      name: "busy site",
-      redirectUris: ["https://busy.example/cb"],
-    });
+    const { t } = listening;
     // The member signed in to the site once (grant and refresh token as the code exchange leaves them).
-    const { provider } = t.app.locals.oidc as Oidc;
-    const grant = new provider.Grant({ accountId: sub, clientId: site.clientId });
-    grant.addOIDCScope("openid email");
-    const grantId = await grant.save();
-    const found = await provider.Client.find(site.clientId);
-    if (!found) throw new Error("client not found");
-    let refreshToken = await new provider.RefreshToken({
-      accountId: sub,
-      client: found,
-      grantId,
-      gty: "authorization_code",
-      scope: "openid email",
-      authTime: Math.floor(Date.now() / 1000),
-    }).save();
-    const config = await oidc.discovery(
-      new URL(issuer),
-      site.clientId,
-      site.clientSecret ?? undefined,
-      undefined,
-      {
-        execute: [oidc.allowInsecureRequests],
-      },
-    );
+    const {
+      site,
+      config,
+      refreshToken: first,
+    } = await memberSiteWithRefreshToken(listening, sub, "openid email");
+    let refreshToken = first;
     const readsBySite = () =>
       [...t.s.audit.iterate()].filter((e) => e.action === "pii.read" && e.actorId === site.clientId).length;
     // Six refreshes and six UserInfo calls, twice the budget of 3 members an hour: one member.

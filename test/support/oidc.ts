@@ -1,6 +1,9 @@
 import http from "node:http";
 import type { AddressInfo } from "node:net";
+import * as oidc from "openid-client";
 import supertest from "supertest";
+import { Clients } from "../../src/oidc/clients.js";
+import type { Oidc } from "../../src/oidc/provider.js";
 import { makeApp, PROFILE, STRONG_PASSWORD, type TestApp } from "./app.js";
 
 /** A Sekisho app listening on an ephemeral loopback port, issuer set to it, with one member. */
@@ -34,4 +37,41 @@ export async function listenWithMember(
       t.close();
     },
   };
+}
+
+/**
+ * A member site that signed `sub` in once with `scope`: a new confidential client, the grant and
+ * the refresh token a code exchange leaves (the provider's own models), and openid-client's
+ * configuration for it.
+ */
+export async function memberSiteWithRefreshToken(listening: ListeningApp, sub: string, scope: string) {
+  const { t, issuer } = listening;
+  const site = new Clients({ db: t.s.db, clock: t.clock, audit: t.s.audit }).add({
+    name: "site",
+    redirectUris: ["https://site.example/cb"],
+  });
+  const { provider } = t.app.locals.oidc as Oidc;
+  const grant = new provider.Grant({ accountId: sub, clientId: site.clientId });
+  grant.addOIDCScope(scope);
+  const grantId = await grant.save();
+  const client = await provider.Client.find(site.clientId);
+  if (!client) throw new Error("client not found");
+  const refreshToken = await new provider.RefreshToken({
+    accountId: sub,
+    client,
+    grantId,
+    gty: "authorization_code",
+    scope,
+    authTime: Math.floor(Date.now() / 1000),
+  }).save();
+  const config = await oidc.discovery(
+    new URL(issuer),
+    site.clientId,
+    site.clientSecret ?? undefined,
+    undefined,
+    {
+      execute: [oidc.allowInsecureRequests],
+    },
+  );
+  return { site, config, refreshToken };
 }
