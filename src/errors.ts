@@ -22,7 +22,15 @@ export class ApiError extends Error {
       cause?: unknown;
     } = {},
   ) {
-    super(`${code}: ${description}`, { cause: opts.cause });
+    // A 4xx is an expected answer, not a fault: no stack trace (capturing one through express's
+    // stack was a measurable share of answering a flood of refused sign-ins). 5xx keep theirs.
+    const limit = Error.stackTraceLimit;
+    if (status < 500) Error.stackTraceLimit = 0;
+    try {
+      super(`${code}: ${description}`, { cause: opts.cause });
+    } finally {
+      Error.stackTraceLimit = limit;
+    }
     this.name = "ApiError";
     this.status = status;
     this.code = code;

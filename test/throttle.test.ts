@@ -8,6 +8,7 @@ import { auditLog } from "../src/db/schema.js";
 import { MemoryCounterStore } from "../src/throttle/counters.js";
 import { type Attempt, LoginGuard } from "../src/throttle/engine.js";
 import { subnetOf } from "../src/throttle/network.js";
+import { ProofOfWork } from "../src/throttle/proof-of-work.js";
 import { makeApp, ORIGIN, register, STRONG_PASSWORD, type TestApp } from "./support/app.js";
 
 describe("login-anomaly engine (LoginGuard)", () => {
@@ -247,6 +248,45 @@ describe("login-anomaly engine (LoginGuard)", () => {
     expect(subnetOf("192.0.2.77")).toBe("192.0.2.0/24");
     expect(subnetOf("::ffff:192.0.2.77")).toBe("192.0.2.0/24");
     expect(subnetOf("2001:db8:abcd:12ff:1::5")).toBe("2001:db8:abcd:1200::/56");
+  });
+});
+
+describe("proof-of-work challenges (ALTCHA format)", () => {
+  const clock = { now: () => new Date("2026-12-04T12:00:00Z") };
+  const decode = (s: string) =>
+    JSON.parse(Buffer.from(s, "base64").toString("utf8")) as Record<string, unknown>;
+  const encode = (o: Record<string, unknown>) => Buffer.from(JSON.stringify(o)).toString("base64");
+
+  it("issues challenges that altcha-lib's solver solves and its verifier accepts, for their login ID only", async () => {
+    const pow = new ProofOfWork({ clock, maxNumber: 3000 });
+    const c = pow.issue("taro.yamada");
+    expect(c).toMatchObject({ algorithm: "SHA-256", maxnumber: 3000 });
+    expect(c.salt).toMatch(/^[0-9a-f]{24}\?lid=[\w-]+&exp=\d+&$/);
+    const solution = await solveChallenge(c);
+    expect(await pow.check(solution, "taro.yamada")).toBe(c.signature);
+    expect(await pow.check(solution, "hanako")).toBeNull();
+  });
+
+  it("refuses a solution whose salt, number or signature was changed", async () => {
+    const pow = new ProofOfWork({ clock, maxNumber: 3000 });
+    const c = pow.issue("taro.yamada");
+    const good = decode(await solveChallenge(c));
+    const forged = [
+      { ...good, number: (good.number as number) + 1 },
+      { ...good, salt: (good.salt as string).replace(/exp=\d+/, "exp=99999999999999") },
+      { ...good, signature: `${(good.signature as string).slice(0, -2)}00` },
+    ];
+    for (const f of forged) expect(await pow.check(encode(f), "taro.yamada")).toBeNull();
+    // A challenge signed by another server (another in-memory key) is refused too.
+    const other = new ProofOfWork({ clock, maxNumber: 3000 });
+    expect(await other.check(encode(good), "taro.yamada")).toBeNull();
+  });
+
+  it("draws different salts and numbers for each challenge", () => {
+    const pow = new ProofOfWork({ clock, maxNumber: 1_000_000 });
+    const issued = Array.from({ length: 50 }, () => pow.issue("taro.yamada"));
+    expect(new Set(issued.map((c) => c.salt)).size).toBe(50);
+    expect(new Set(issued.map((c) => c.challenge)).size).toBe(50);
   });
 });
 

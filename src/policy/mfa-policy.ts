@@ -1,8 +1,8 @@
-import { eq } from "drizzle-orm";
+import { eq, sql } from "drizzle-orm";
 import { z } from "zod";
 import type { AuditLog } from "../audit/log.js";
 import type { Clock } from "../clock.js";
-import type { Db } from "../db/connection.js";
+import { type Db, lazyPrepared } from "../db/connection.js";
 import { mfaPolicies } from "../db/schema.js";
 import type { MemberFactors } from "../factors/methods.js";
 import { ACR, type Acr, acrRank, satisfies } from "../sessions/levels.js";
@@ -130,8 +130,18 @@ export class MfaPolicies {
     };
   }
 
+  // Read on every sign-in: prepared once (building and preparing the query each time was the
+  // largest single cost of a password sign-in after argon2).
+  readonly #byScope = lazyPrepared(() =>
+    this.#db
+      .select()
+      .from(mfaPolicies)
+      .where(eq(mfaPolicies.scope, sql.placeholder("scope")))
+      .prepare(),
+  );
+
   #read(scope: string): MfaPolicy | null {
-    const row = this.#db.select().from(mfaPolicies).where(eq(mfaPolicies.scope, scope)).get();
+    const row = this.#byScope().get({ scope });
     if (!row) return null;
     return {
       mode: row.mode,

@@ -173,7 +173,7 @@ export class PasswordRecovery {
         "challenge_required",
         "Solve the challenge and send the solution as challenge_solution.",
         {
-          extra: { challenge: await this.#pow.issue(key) },
+          extra: { challenge: this.#pow.issue(key) },
         },
       );
     }

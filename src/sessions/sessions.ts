@@ -1,10 +1,11 @@
-import { createHash, randomBytes } from "node:crypto";
+import { createHash } from "node:crypto";
 import { parse as parseCookies } from "cookie";
 import { and, desc, eq, gt, isNull, ne, sql } from "drizzle-orm";
 import type { Clock } from "../clock.js";
 import { type Db, lazyPrepared } from "../db/connection.js";
 import { sessions } from "../db/schema.js";
 import type { Acr, Amr } from "./levels.js";
+import { randomBytesPooled } from "../vault/random.js";
 
 /**
  * Member sessions. The cookie carries a 256-bit random token; the database stores only its
@@ -86,9 +87,9 @@ export class SessionService {
     userAgent: string | null;
   }): { token: string; session: Session } {
     const now = this.#clock.now().getTime();
-    const token = randomBytes(32).toString("base64url");
+    const token = randomBytesPooled(32).toString("base64url");
     const row: SessionRow = {
-      id: `s_${randomBytes(12).toString("base64url")}`,
+      id: `s_${randomBytesPooled(12).toString("base64url")}`,
       tokenHash: hashToken(token),
       memberId: input.memberId,
       kind: input.kind ?? "full",

@@ -164,7 +164,7 @@ export class PasswordSignIn {
           "challenge_required",
           "Solve the challenge and send the solution as challenge_solution.",
           {
-            extra: { challenge: await this.#pow.issue(loginId) },
+            extra: { challenge: this.#pow.issue(loginId) },
           },
         );
       }
