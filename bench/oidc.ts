@@ -289,7 +289,9 @@ async function main(): Promise<number> {
     const bareRt = await refreshLoad(bare.ready.port, "/token", bareTokens);
     const sekRt = await refreshLoad(sekisho.ready.port, "/oidc/token", sekTokens);
     if (process.env.BENCH_ONLY === "refresh") {
-      process.stdout.write(`refresh: sekisho ${sekRt.perSecond.toFixed(0)}/s, bare ${bareRt.perSecond.toFixed(0)}/s, ratio ${(sekRt.perSecond / bareRt.perSecond).toFixed(2)}\n`);
+      process.stdout.write(
+        `refresh: sekisho ${sekRt.perSecond.toFixed(0)}/s, bare ${bareRt.perSecond.toFixed(0)}/s, ratio ${(sekRt.perSecond / bareRt.perSecond).toFixed(2)}\n`,
+      );
       return 0;
     }
 

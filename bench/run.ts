@@ -8,7 +8,8 @@
  * part of a sign-in, so everything else the server does should cost little:
  * target HTTP/raw >= 0.85. Exits 1 when the target is missed or any HTTP request failed.
  * Env: BENCH_SECONDS (default 8), BENCH_CONCURRENCY (default os.availableParallelism()),
- * SEKISHO_ARGON2_MEMORY_KIB / _TIME_COST / _PARALLELISM (default 19456 / 2 / 1).
+ * SEKISHO_ARGON2_MEMORY_KIB / _TIME_COST / _PARALLELISM (default 19456 / 2 / 1); BENCH_PROFILE=1
+ * writes a CPU profile of the server to bench/out/ (diagnostics).
  */
 import { type ChildProcess, spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
@@ -137,7 +138,8 @@ async function measureHttp(): Promise<LoopResult> {
   const dataDir = await fs.mkdtemp(path.join(os.tmpdir(), "sekisho-bench-"));
   const port = await freePort();
   const agent = new http.Agent({ keepAlive: true, maxSockets: CLIENTS });
-  const child = spawn(process.execPath, ["--import", "tsx", "src/main.ts"], {
+  const prof = process.env.BENCH_PROFILE ? ["--cpu-prof", "--cpu-prof-dir", OUT_DIR] : [];
+  const child = spawn(process.execPath, [...prof, "--import", "tsx", "src/main.ts"], {
     cwd: ROOT,
     env: {
       ...process.env,
