@@ -7,7 +7,7 @@
  * from an earlier sign-in with a second factor), as members with a second factor do.
  *
  * Env: FLOOD_SECONDS (default 8), FLOOD_RATE (default 1000 requests/s); FLOOD_PROFILE=1 writes a
- * CPU profile of the server to bench/out/ (diagnostics).
+ * CPU profile of the server to bench/out/, FLOOD_DEBUG=1 prints every latency (diagnostics).
  */
 import { type ChildProcess, spawn } from "node:child_process";
 import fs from "node:fs/promises";
@@ -254,11 +254,11 @@ async function main(): Promise<number> {
     ];
     process.stdout.write(`${lines.join("\n")}\n`);
     if (process.env.FLOOD_DEBUG)
-      console.log(
-        JSON.stringify({
+      process.stdout.write(
+        `${JSON.stringify({
           quiet: [...quiet.lat].sort((a, b) => a - b).map(Math.round),
           loud: [...loud.lat].sort((a, b) => a - b).map(Math.round),
-        }),
+        })}\n`,
       );
     const failed = quiet.bad + loud.bad;
     if (failed > 0) process.stderr.write(`${failed} member sign-ins did not answer 200\n`);
