@@ -15,7 +15,7 @@ import http from "node:http";
 import os from "node:os";
 import path from "node:path";
 import { generateSync } from "otplib";
-import { freePort } from "./util.js";
+import { freePort, spawnServer } from "./util.js";
 
 const ROOT = path.resolve(import.meta.dirname, "..");
 const SECONDS = Number(process.env.FLOOD_SECONDS ?? 8);
@@ -88,28 +88,12 @@ const p99 = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length
 async function main(): Promise<number> {
   const dataDir = await fs.mkdtemp(path.join(os.tmpdir(), "sekisho-flood-"));
   const port = await freePort();
-  const child: ChildProcess = spawn(
-    process.execPath,
-    [
-      ...(process.env.FLOOD_PROFILE ? ["--cpu-prof", "--cpu-prof-dir", path.join(ROOT, "bench", "out")] : []),
-      "--import",
-      "tsx",
-      "src/main.ts",
-    ],
-    {
-      cwd: ROOT,
-      env: {
-        ...process.env,
-        SEKISHO_DATA_DIR: dataDir,
-        PORT: String(port),
-        HOST: "127.0.0.1",
-        LOG_LEVEL: "warn",
-        NODE_ENV: "development",
-        SEKISHO_TRUST_PROXY: "loopback",
-      },
-      stdio: ["ignore", "pipe", "pipe"],
-    },
-  );
+  const child: ChildProcess = spawnServer({
+    dataDir,
+    port,
+    env: { SEKISHO_TRUST_PROXY: "loopback" },
+    profile: Boolean(process.env.FLOOD_PROFILE),
+  });
   let output = "";
   child.stdout?.on("data", (c: Buffer) => {
     output = (output + c.toString()).slice(-4000);

@@ -11,14 +11,14 @@
  * SEKISHO_ARGON2_MEMORY_KIB / _TIME_COST / _PARALLELISM (default 19456 / 2 / 1); BENCH_PROFILE=1
  * writes a CPU profile of the server to bench/out/ (diagnostics).
  */
-import { type ChildProcess, spawn } from "node:child_process";
+import type { ChildProcess } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import fs from "node:fs/promises";
 import http from "node:http";
 import os from "node:os";
 import path from "node:path";
 import argon2 from "argon2";
-import { freePort, table } from "./util.js";
+import { freePort, spawnServer, table } from "./util.js";
 
 const TARGET = 0.85;
 const WARMUP_MS = 1000;
@@ -138,19 +138,11 @@ async function measureHttp(): Promise<LoopResult> {
   const dataDir = await fs.mkdtemp(path.join(os.tmpdir(), "sekisho-bench-"));
   const port = await freePort();
   const agent = new http.Agent({ keepAlive: true, maxSockets: CLIENTS });
-  const prof = process.env.BENCH_PROFILE ? ["--cpu-prof", "--cpu-prof-dir", OUT_DIR] : [];
-  const child = spawn(process.execPath, [...prof, "--import", "tsx", "src/main.ts"], {
-    cwd: ROOT,
-    env: {
-      ...process.env,
-      SEKISHO_DATA_DIR: dataDir,
-      PORT: String(port),
-      HOST: "127.0.0.1",
-      LOG_LEVEL: "warn",
-      NODE_ENV: "development",
-      SEKISHO_HASH_CONCURRENCY: String(C),
-    },
-    stdio: ["ignore", "pipe", "pipe"],
+  const child = spawnServer({
+    dataDir,
+    port,
+    env: { SEKISHO_HASH_CONCURRENCY: String(C) },
+    profile: Boolean(process.env.BENCH_PROFILE),
   });
   let output = "";
   const keep = (chunk: Buffer) => {

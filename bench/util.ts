@@ -1,4 +1,8 @@
+import { type ChildProcess, spawn } from "node:child_process";
 import net from "node:net";
+import path from "node:path";
+
+const ROOT = path.resolve(import.meta.dirname, "..");
 
 /** Small pieces the benchmark scripts share. */
 
@@ -22,4 +26,30 @@ export function table(rows: ReadonlyArray<readonly string[]>): string {
       r.map((cell, i) => (i === 0 ? cell.padEnd(widths[i] ?? 0) : cell.padStart(widths[i] ?? 0))).join("   "),
     )
     .join("\n");
+}
+
+/**
+ * The real server (`src/main.ts`) in a child process on loopback, development mode, warn-level
+ * logs; `env` adds to or overrides that. `profile` writes a CPU profile of it to bench/out/.
+ */
+export function spawnServer(opts: {
+  dataDir: string;
+  port: number;
+  env?: Record<string, string>;
+  profile?: boolean;
+}): ChildProcess {
+  const prof = opts.profile ? ["--cpu-prof", "--cpu-prof-dir", path.join(ROOT, "bench", "out")] : [];
+  return spawn(process.execPath, [...prof, "--import", "tsx", "src/main.ts"], {
+    cwd: ROOT,
+    env: {
+      ...process.env,
+      SEKISHO_DATA_DIR: opts.dataDir,
+      PORT: String(opts.port),
+      HOST: "127.0.0.1",
+      LOG_LEVEL: "warn",
+      NODE_ENV: "development",
+      ...opts.env,
+    },
+    stdio: ["ignore", "pipe", "pipe"],
+  });
 }
