@@ -98,6 +98,20 @@ describe("login-anomaly engine (LoginGuard)", () => {
     expect(d.action).toBe("block");
     expect(d.reasons).toContain("ip_failures_day");
     expect(t.s.alerts.list().map((a) => a.kind)).toContain("network_blocked");
+    // The block is persisted: a fresh engine (empty counters) on the same database still blocks,
+    // until the block expires.
+    const restarted = new LoginGuard({
+      db: t.s.db,
+      clock: t.clock,
+      alerts: new Alerts({ db: t.s.db, clock: t.clock, audit: t.s.audit }),
+      loginKey: (l) => t.s.guard.loginKey(l),
+    });
+    expect(restarted.assess(attempt({ loginId: "fresh" }))).toMatchObject({
+      action: "block",
+      reasons: ["ip_failures_day"],
+    });
+    t.clock.advance(48 * 3_600_000);
+    expect(restarted.assess(attempt({ loginId: "fresh" })).action).toBe("allow");
   });
 
   it("protects an account after repeated failures: password sign-in refused from untrusted devices, persisted across a restart, lifted by an admin", () => {
