@@ -29,6 +29,14 @@ describe("login-anomaly engine (LoginGuard)", () => {
     password: "some password",
     ...over,
   });
+  /** A fresh engine on the same database, as after a restart (empty counters). */
+  const restartedGuard = () =>
+    new LoginGuard({
+      db: t.s.db,
+      clock: t.clock,
+      alerts: new Alerts({ db: t.s.db, clock: t.clock, audit: t.s.audit }),
+      loginKey: (l) => t.s.guard.loginKey(l),
+    });
   /** An admitted attempt that failed. */
   const fail = (a: Attempt) => {
     const d = guard.assess(a);
@@ -100,12 +108,7 @@ describe("login-anomaly engine (LoginGuard)", () => {
     expect(t.s.alerts.list().map((a) => a.kind)).toContain("network_blocked");
     // The block is persisted: a fresh engine (empty counters) on the same database still blocks,
     // until the block expires.
-    const restarted = new LoginGuard({
-      db: t.s.db,
-      clock: t.clock,
-      alerts: new Alerts({ db: t.s.db, clock: t.clock, audit: t.s.audit }),
-      loginKey: (l) => t.s.guard.loginKey(l),
-    });
+    const restarted = restartedGuard();
     expect(restarted.assess(attempt({ loginId: "fresh" }))).toMatchObject({
       action: "block",
       reasons: ["ip_failures_day"],
@@ -120,12 +123,7 @@ describe("login-anomaly engine (LoginGuard)", () => {
     expect(d.action).toBe("protect");
     expect(d.reasons).toContain("account_protected");
     // Restart: a fresh engine on the same database still protects the account.
-    const restarted = new LoginGuard({
-      db: t.s.db,
-      clock: t.clock,
-      alerts: new Alerts({ db: t.s.db, clock: t.clock, audit: t.s.audit }),
-      loginKey: (l) => t.s.guard.loginKey(l),
-    });
+    const restarted = restartedGuard();
     expect(restarted.assess(attempt({ ip: "203.0.113.51" })).action).toBe("protect");
     // The member's own device is never refused, and passkeys aren't refused by protection.
     expect(restarted.assess(attempt({ ip: "203.0.113.51", trustedDevice: true })).action).toBe("allow");
@@ -138,6 +136,18 @@ describe("login-anomaly engine (LoginGuard)", () => {
     for (let i = 0; i < 30; i++) guard.settle(attempt({ ip: `198.51.100.${i}` }), "failure");
     t.clock.advance(48 * 3_600_000); // (the day window has slid past the failures too)
     expect(guard.assess(attempt({ ip: "203.0.113.54" })).action).toBe("allow");
+  });
+
+  it("keeps no expired protections in memory: many protected login IDs are swept out once they expire", () => {
+    // An attacker protects 200 (unknown) login IDs, 30 failures each, from many addresses.
+    for (let id = 0; id < 200; id++)
+      for (let i = 0; i < 30; i++)
+        guard.settle(attempt({ ip: `198.51.${id}.${i}`, loginId: `nobody${id}` }), "failure");
+    expect(guard.activeDecisions).toBeGreaterThanOrEqual(200);
+    t.clock.advance(48 * 3_600_000);
+    // None of those IDs is tried again; the next attempt of anyone still clears them out.
+    expect(guard.assess(attempt({ ip: "203.0.113.9", loginId: "someone.else" })).action).toBe("allow");
+    expect(guard.activeDecisions).toBe(0);
   });
 
   it("detects one password tried on many accounts (spraying), alerts, and slows that password", () => {
@@ -270,6 +280,7 @@ describe("proof-of-work challenges (ALTCHA format)", () => {
   const decode = (s: string) =>
     JSON.parse(Buffer.from(s, "base64").toString("utf8")) as Record<string, unknown>;
   const encode = (o: Record<string, unknown>) => Buffer.from(JSON.stringify(o)).toString("base64");
+  const flipLast = (hex: string) => `${hex.slice(0, -1)}${hex.endsWith("0") ? "1" : "0"}`;
 
   it("issues challenges that altcha-lib's solver solves and its verifier accepts, for their login ID only", async () => {
     const pow = new ProofOfWork({ clock, maxNumber: 3000 });
@@ -288,7 +299,7 @@ describe("proof-of-work challenges (ALTCHA format)", () => {
     const forged = [
       { ...good, number: (good.number as number) + 1 },
       { ...good, salt: (good.salt as string).replace(/exp=\d+/, "exp=99999999999999") },
-      { ...good, signature: `${(good.signature as string).slice(0, -2)}00` },
+      { ...good, signature: flipLast(good.signature as string) },
     ];
     for (const f of forged) expect(await pow.check(encode(f), "taro.yamada")).toBeNull();
     // A challenge signed by another server (another in-memory key) is refused too.

@@ -497,11 +497,13 @@ export class LoginGuard {
   // active rows in memory too, loaded once when it starts and updated as it writes them. Both
   // are read on every attempt: two SQLite reads per attempt (each its own WAL read transaction)
   // were a quarter of the main thread's cost of answering a flood of refused sign-ins.
+  // Expired rows leave the maps at least once a minute (swept), not only when their own key comes
+  // back: an attacker protecting many unknown login IDs must not grow them without bound.
   #active: { protections: Map<string, Persisted>; blocks: Map<string, Persisted> } | null = null;
+  #sweptAt = 0;
 
-  #activeRows() {
+  #activeRows(now: number) {
     if (this.#active === null) {
-      const now = this.#clock.now().getTime();
       const load = (sql: string) =>
         new Map(
           this.#db.$client
@@ -517,27 +519,35 @@ export class LoginGuard {
           "SELECT network AS key, until, reason FROM network_blocks WHERE until > ? AND lifted_at IS NULL",
         ),
       };
+      this.#sweptAt = now;
+    } else if (now - this.#sweptAt >= MINUTE) {
+      for (const map of [this.#active.protections, this.#active.blocks])
+        for (const [key, row] of map) if (row.until <= now) map.delete(key);
+      this.#sweptAt = now;
     }
     return this.#active;
   }
 
-  /** An active row of `map`, dropping it once it has expired. */
+  /** Active account protections and network blocks held in memory (for tests and sizing). */
+  get activeDecisions(): number {
+    const a = this.#activeRows(this.#clock.now().getTime());
+    return a.protections.size + a.blocks.size;
+  }
+
+  /** An active row of `map`, or undefined (an expired one waits for the sweep). */
   static #live(map: Map<string, Persisted>, key: string, now: number): Persisted | undefined {
     const row = map.get(key);
-    if (row === undefined) return undefined;
-    if (row.until > now) return row;
-    map.delete(key);
-    return undefined;
+    return row !== undefined && row.until > now ? row : undefined;
   }
 
   #protection(loginId: string, now: number): Persisted | undefined {
-    const { protections } = this.#activeRows();
+    const { protections } = this.#activeRows(now);
     if (protections.size === 0) return undefined; // the usual case: no keyed hash to compute
     return LoginGuard.#live(protections, this.loginKey(loginId), now);
   }
 
   #blocked(networks: [string, string], now: number): Persisted | undefined {
-    const { blocks } = this.#activeRows();
+    const { blocks } = this.#activeRows(now);
     if (blocks.size === 0) return undefined;
     return LoginGuard.#live(blocks, networks[0], now) ?? LoginGuard.#live(blocks, networks[1], now);
   }
@@ -556,7 +566,7 @@ export class LoginGuard {
       .values(row)
       .onConflictDoUpdate({ target: accountProtections.loginKey, set: row })
       .run();
-    this.#activeRows().protections.set(row.loginKey, { until: row.until, reason: row.reason });
+    this.#activeRows(now).protections.set(row.loginKey, { until: row.until, reason: row.reason });
     this.#alerts.raise("account_protected", "warning", { login_key: row.loginKey }, `acct:${row.loginKey}`);
     this.#onProtect?.(loginId, row.until);
   }
@@ -575,7 +585,7 @@ export class LoginGuard {
       .values(row)
       .onConflictDoUpdate({ target: networkBlocks.network, set: row })
       .run();
-    this.#activeRows().blocks.set(network, { until: row.until, reason: row.reason });
+    this.#activeRows(now).blocks.set(network, { until: row.until, reason: row.reason });
     this.#alerts.raise("network_blocked", "warning", { network, reason }, `net:${network}`);
   }
 
@@ -587,15 +597,14 @@ export class LoginGuard {
   /** Lift an account's protection and the counters behind it (admin action; member unlock). */
   lift(loginId: string): boolean {
     const now = this.#clock.now().getTime();
+    const key = this.loginKey(loginId);
     this.#counters.acct.delete(loginId);
-    this.#activeRows().protections.delete(this.loginKey(loginId));
+    this.#activeRows(now).protections.delete(key);
     return (
       this.#db
         .update(accountProtections)
         .set({ liftedAt: now })
-        .where(
-          and(eq(accountProtections.loginKey, this.loginKey(loginId)), isNull(accountProtections.liftedAt)),
-        )
+        .where(and(eq(accountProtections.loginKey, key), isNull(accountProtections.liftedAt)))
         .run().changes > 0
     );
   }
