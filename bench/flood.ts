@@ -15,7 +15,7 @@ import http from "node:http";
 import os from "node:os";
 import path from "node:path";
 import { generateSync } from "otplib";
-import { freePort, spawnServer } from "./util.js";
+import { cpuOf, cpuPercent, freePort, spawnServer } from "./util.js";
 
 const ROOT = path.resolve(import.meta.dirname, "..");
 const SECONDS = Number(process.env.FLOOD_SECONDS ?? 8);
@@ -67,27 +67,6 @@ function request(
 
 const cookie = (res: Res, name: string) =>
   res.cookies.find((c) => c.startsWith(`${name}=`))?.split(";")[0] ?? "";
-interface CpuSample {
-  /** CPU seconds used so far by the server's main thread (Linux /proc; null elsewhere). */
-  cpu: number | null;
-  /** When, in ms (performance.now). */
-  at: number;
-}
-
-async function mainThreadCpu(pid: number | undefined): Promise<CpuSample> {
-  const at = performance.now();
-  const stat = pid ? await fs.readFile(`/proc/${pid}/task/${pid}/stat`, "utf8").catch(() => null) : null;
-  if (!stat) return { cpu: null, at };
-  const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-  return { cpu: (Number(fields[11]) + Number(fields[12])) / 100, at }; // utime + stime, 1/100 s ticks
-}
-
-/** How busy the main thread was between two samples, as a percentage, or "?" without /proc. */
-function busy(a: CpuSample, b: CpuSample): string {
-  if (a.cpu === null || b.cpu === null) return "?";
-  return `${Math.round(((b.cpu - a.cpu) / ((b.at - a.at) / 1000)) * 100)}%`;
-}
-
 interface FloodReport {
   sent: number;
   answered: number;
@@ -205,9 +184,9 @@ async function main(): Promise<number> {
     };
 
     await signIns(1500); // warm up
-    const cpu0 = await mainThreadCpu(child.pid);
+    const cpu0 = await cpuOf(child.pid, "main thread");
     const quiet = await signIns(SECONDS * 1000);
-    const cpu1 = await mainThreadCpu(child.pid);
+    const cpu1 = await cpuOf(child.pid, "main thread");
 
     // The flood: bad attempts from ever new addresses and login IDs, at RATE a second, from a
     // process of its own at the lowest CPU priority (bench/flood-worker.mjs says why).
@@ -223,9 +202,9 @@ async function main(): Promise<number> {
       flood.once("exit", (code) => reject(new Error(`flood process exited (${code})`)));
     });
     await new Promise((r) => setTimeout(r, 1000)); // the flood is on before measuring
-    const cpu2 = await mainThreadCpu(child.pid);
+    const cpu2 = await cpuOf(child.pid, "main thread");
     const loud = await signIns(SECONDS * 1000);
-    const cpu3 = await mainThreadCpu(child.pid);
+    const cpu3 = await cpuOf(child.pid, "main thread");
     flood.send("stop");
     const { sent, answered, seconds, statuses } = await report;
     const reached = answered / seconds;
@@ -237,7 +216,7 @@ async function main(): Promise<number> {
       `| member sign-in p99 without flood | ${p99(quiet.lat).toFixed(1)} ms (${quiet.lat.length} sign-ins) |`,
       `| member sign-in p99 during the flood | ${p99(loud.lat).toFixed(1)} ms (${loud.lat.length} sign-ins) |`,
       `| ratio (target ≤ ${TARGET}) | ${ratio.toFixed(2)} ${ratio <= TARGET ? "met" : "**missed**"} |`,
-      `| server event loop busy, without / during the flood | ${busy(cpu0, cpu1)} / ${busy(cpu2, cpu3)} |`,
+      `| server event loop busy, without / during the flood | ${cpuPercent(cpu0, cpu1)} / ${cpuPercent(cpu2, cpu3)} |`,
       `| flood rate reached (answered while flooding) | ${Math.round(reached)}/s of ${RATE}/s asked |`,
       `| flood requests sent | ${sent} (${Object.entries(statuses)
         .map(([s, c]) => `${s}: ${c}`)

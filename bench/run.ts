@@ -18,7 +18,7 @@ import http from "node:http";
 import os from "node:os";
 import path from "node:path";
 import argon2 from "argon2";
-import { freePort, spawnServer, table } from "./util.js";
+import { type CpuSample, cpuOf, cpuPercent, freePort, spawnServer, table } from "./util.js";
 
 const TARGET = 0.85;
 const WARMUP_MS = 1000;
@@ -51,6 +51,8 @@ const LOGIN_ID = "bench.member";
 const PASSWORD = "correct horse battery staple 42";
 
 interface LoopResult {
+  /** Where the CPU went during an HTTP run (percent of one CPU), when /proc tells. */
+  cpu?: { serverEventLoop: string; serverOtherThreads: string; benchClient: string };
   ok: number;
   errors: Map<string, number>;
   latenciesMs: number[];
@@ -172,7 +174,30 @@ async function measureHttp(): Promise<LoopResult> {
       return res.status === 200 ? "ok" : `HTTP ${res.status}: ${res.body.slice(0, 120)}`;
     };
     await runLoops(WARMUP_MS, op, CLIENTS);
-    return await runLoops(SECONDS * 1000, op, CLIENTS);
+    const before = await Promise.all([
+      cpuOf(child.pid, "main thread"),
+      cpuOf(child.pid, "process"),
+      cpuOf(process.pid, "process"),
+    ]);
+    const result = await runLoops(SECONDS * 1000, op, CLIENTS);
+    const after = await Promise.all([
+      cpuOf(child.pid, "main thread"),
+      cpuOf(child.pid, "process"),
+      cpuOf(process.pid, "process"),
+    ]);
+    const [loop0, all0, bench0] = before as [CpuSample, CpuSample, CpuSample];
+    const [loop1, all1, bench1] = after as [CpuSample, CpuSample, CpuSample];
+    // The server's other threads (argon2 on libuv's pool, V8's GC helpers): all less the main one.
+    const others = (all: CpuSample, main: CpuSample): CpuSample => ({
+      cpu: all.cpu === null || main.cpu === null ? null : all.cpu - main.cpu,
+      at: all.at,
+    });
+    result.cpu = {
+      serverEventLoop: cpuPercent(loop0, loop1),
+      serverOtherThreads: cpuPercent(others(all0, loop0), others(all1, loop1)),
+      benchClient: cpuPercent(bench0, bench1),
+    };
+    return result;
   } finally {
     for (const sig of ["SIGINT", "SIGTERM"] as const) process.removeListener(sig, onSignal);
     agent.destroy();
@@ -243,7 +268,11 @@ async function main(): Promise<number> {
       ["HTTP latency p99", p99.toFixed(1), "ms"],
       ["HTTP errors", String(httpErrors), "requests"],
       ["ratio HTTP/raw", ratio.toFixed(3), `target >= ${TARGET}`],
-    ])}\n\n`,
+    ])}\n\n` +
+      (web.cpu
+        ? `CPU during the HTTP run (100% = one CPU of ${os.availableParallelism()}): server event loop ${web.cpu.serverEventLoop}, ` +
+          `server's other threads (argon2, GC helpers) ${web.cpu.serverOtherThreads}, this benchmark's HTTP clients ${web.cpu.benchClient}\n`
+        : ""),
   );
   for (const [label, n] of [...raw.errors, ...web.errors]) process.stdout.write(`error x${n}: ${label}\n`);
   process.stdout.write(
@@ -268,6 +297,7 @@ async function main(): Promise<number> {
       ops_per_s: httpOps,
       p50_ms: p50,
       p99_ms: p99,
+      cpu_percent_of_one_cpu: web.cpu ?? null,
     },
     ratio,
     target: TARGET,

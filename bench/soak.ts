@@ -81,7 +81,7 @@ import { fakerJA } from "@faker-js/faker";
 import { Command, InvalidArgumentError } from "commander";
 import { generateSync } from "otplib";
 import { Jar } from "../test/support/browser-jar.js";
-import { freePort, table } from "./util.js";
+import { freePort, SERVER_NODE_FLAGS, table } from "./util.js";
 
 const ROOT = path.resolve(import.meta.dirname, "..");
 const REDIRECT_URI = "http://localhost:4999/cb"; // never contacted: the flow stops at the redirect
@@ -1158,6 +1158,7 @@ class Server {
       process.execPath,
       [
         "--expose-gc",
+        ...SERVER_NODE_FLAGS,
         "--import",
         "tsx",
         "--import",

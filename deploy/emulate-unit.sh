@@ -28,4 +28,4 @@ set -a
 set +a
 cd /opt/sekisho
 exec setpriv --reuid=sekisho --regid=sekisho --init-groups --no-new-privs \
-  sh -c 'umask 0077; exec /usr/bin/node --import tsx src/main.ts'
+  sh -c 'umask 0077; exec /usr/bin/node --max-semi-space-size=32 --import tsx src/main.ts'

@@ -14,7 +14,8 @@ import { writePidFile } from "../src/ops/pid-file.js";
 import { Keyring, writeKeyringFile } from "../src/vault/keyring.js";
 import { makeApp, PROFILE, post, register, STRONG_PASSWORD, signIn, type TestApp } from "./support/app.js";
 import { cliEnv, runCli } from "./support/cli.js";
-import { startServer } from "./support/server.js";
+import { startCommand, startServer } from "./support/server.js";
+import { SERVER_NODE_FLAGS } from "../bench/util.js";
 
 /** Every label value of every sekisho_ series in a scrape. */
 function labelValues(scrape: string): string[] {
@@ -307,6 +308,22 @@ describe("graceful stop", () => {
 
 describe("deployment files", () => {
   const unit = path.resolve(import.meta.dirname, "../deploy/sekisho.service");
+  const read = (rel: string) => fs.readFileSync(path.resolve(import.meta.dirname, "..", rel), "utf8");
+
+  it("every way of starting the server runs Node with the same flags (npm start, Dockerfile, systemd unit, benchmarks)", () => {
+    expect(SERVER_NODE_FLAGS.length).toBeGreaterThan(0);
+    const start = startCommand();
+    const docker = JSON.parse(/^CMD (\[.*\])$/m.exec(read("Dockerfile"))?.[1] ?? "[]") as string[];
+    const execStart = /^ExecStart=(.*)$/m.exec(read("deploy/sekisho.service"))?.[1]?.split(/\s+/) ?? [];
+    const emulated =
+      /exec (\/usr\/bin\/node [^']*)'/.exec(read("deploy/emulate-unit.sh"))?.[1]?.split(/\s+/) ?? [];
+    for (const argv of [start, docker, execStart, emulated]) {
+      // The flags, before the script: node's own options, not arguments to src/main.ts.
+      expect(argv.at(-1)).toBe("src/main.ts");
+      for (const flag of SERVER_NODE_FLAGS) expect(argv.slice(0, -1)).toContain(flag);
+    }
+  });
+
   const analyze = ["/usr/bin/systemd-analyze", "/bin/systemd-analyze"].find((p) => fs.existsSync(p));
 
   it.skipIf(!analyze)(

@@ -27,6 +27,14 @@ export interface RunningServer {
   exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
 }
 
+/** `npm start`'s command line (package.json), as words: `["tsx", "--max-semi-space-size=32", "src/main.ts"]`. */
+export function startCommand(): string[] {
+  const pkg = JSON.parse(fs.readFileSync(path.join(ROOT, "package.json"), "utf8")) as {
+    scripts: { start: string };
+  };
+  return pkg.scripts.start.split(/\s+/);
+}
+
 /**
  * The real server (`tsx src/main.ts`, as `npm start` runs it) in a child process on a free port,
  * on its own data dir and keyring file; resolves once it logs that it is listening.
@@ -57,7 +65,9 @@ export async function startServer(env: Record<string, string> = {}): Promise<Run
     },
   );
   await new Promise((r) => keygen.once("exit", r));
-  const proc = spawn(path.join(ROOT, "node_modules/.bin/tsx"), ["src/main.ts"], {
+  // Exactly what `npm start` runs (package.json), flags and all.
+  const [bin, ...args] = startCommand();
+  const proc = spawn(path.join(ROOT, "node_modules/.bin", bin as string), args, {
     cwd: ROOT,
     env: fullEnv,
     stdio: ["ignore", "pipe", "pipe"],
