@@ -65,6 +65,39 @@ describe("HTTP hardening", () => {
     }
   });
 
+  it("answers a body whose Content-Encoding doesn't decode with 400, not 500, on every kind of endpoint", async () => {
+    for (const encoding of ["gzip", "deflate", "br"]) {
+      for (const path of ["/api/v1/login", "/api/v1/registrations", "/api/v1/recovery/password"]) {
+        const res = await supertest(t.app)
+          .post(path)
+          .set("Content-Type", "application/json")
+          .set("Content-Encoding", encoding)
+          .set("Origin", ORIGIN)
+          .send('{"login_id":"hard.member","password":"x"}');
+        expect(res.status, `${encoding} ${path}: ${res.text}`).toBe(400);
+        expect(res.body.error).toBe("invalid_request");
+      }
+    }
+  });
+
+  it("answers a path parameter that isn't valid percent-encoding with 400, not 500", async () => {
+    for (const path of [
+      "/api/v1/me/sessions/%ff",
+      "/api/v1/me/passkeys/%E0%A4%A",
+      "/api/v1/admin/members/%",
+    ]) {
+      const res = await supertest(t.app)
+        .delete(path)
+        .set("Cookie", cookie)
+        .set("Origin", ORIGIN)
+        .set("Content-Type", "application/json");
+      expect(res.status, `${path}: ${res.text}`).toBe(400);
+      expect(res.body.error).toBe("invalid_request");
+    }
+    const page = await supertest(t.app).get("/interaction/%E0%A4%A");
+    expect(page.status).toBe(400);
+  });
+
   it("refuses NUL bytes, lone surrogates and bidi controls in profile fields", async () => {
     for (const name of ["Taro\u0000Yamada", "Taro \ud800", "Taro\u202eodamaY"]) {
       const res = await register(t.app, { profile: { ...PROFILE, name } });

@@ -359,6 +359,59 @@ describe("OIDC code flow with a real relying party (openid-client)", () => {
     const me = await fetch(`${issuer}/api/v1/me`, { headers: { cookie: `sekisho_session=${before}` } });
     expect(me.status).toBe(401);
     expect(jar.cookies.has("sekisho_session")).toBe(false);
+    // The site's grant is revoked too: its refresh token and access token stop working.
+    await expect(oidc.refreshTokenGrant(config, tokens.refresh_token as string)).rejects.toMatchObject({
+      error: "invalid_grant",
+    });
+    expect((await oidc.tokenIntrospection(config, tokens.access_token)).active).toBe(false);
+  });
+
+  it("introspection answers a site for its own tokens only (another site's token is inactive)", async () => {
+    const jar = new Jar();
+    const { callback, checks } = await codeFor(jar);
+    const tokens = await oidc.authorizationCodeGrant(config, callback, checks);
+    expect((await oidc.tokenIntrospection(config, tokens.access_token)).active).toBe(true);
+    // Attack: another site, holding a leaked token, checks it and reads whose it is.
+    const { config: other } = await newClient({ name: "Other site", redirectUris: [REDIRECT] });
+    for (const token of [tokens.access_token, tokens.refresh_token as string]) {
+      const seen = await oidc.tokenIntrospection(other, token);
+      expect(seen).toEqual({ active: false });
+    }
+  });
+
+  it("discovery and JWKS answer each origin with its own CORS header, not the first caller's", async () => {
+    for (const path of ["/.well-known/openid-configuration", "/oidc/jwks"]) {
+      for (const origin of ["https://first.example", "https://second.example.jp"]) {
+        const res = await fetch(`${issuer}${path}`, { headers: { origin } });
+        expect(res.status).toBe(200);
+        expect(res.headers.get("access-control-allow-origin")).toBe(origin);
+      }
+      const plain = await fetch(`${issuer}${path}`);
+      expect(plain.headers.get("access-control-allow-origin")).toBeNull();
+    }
+  });
+
+  it("a first-party site asking for more scopes later gets them without a consent page, also with prompt=none", async () => {
+    const jar = new Jar();
+    await signInThroughApi(jar);
+    const first = await authorize({ scope: "openid" });
+    expect(new URL((await jar.follow(first.url, issuer)).url).searchParams.get("code")).toBeTruthy();
+    const asks: Record<string, string>[] = [
+      { scope: "openid email" },
+      { scope: "openid email phone", prompt: "none" },
+    ];
+    for (const extra of asks) {
+      const more = await authorize(extra);
+      const { url } = await jar.follow(more.url, issuer);
+      const callback = new URL(url);
+      expect(`${callback.origin}${callback.pathname}`, url).toBe(REDIRECT);
+      const tokens = await oidc.authorizationCodeGrant(config, callback, {
+        pkceCodeVerifier: more.verifier,
+        expectedState: more.state,
+        expectedNonce: more.nonce,
+      });
+      expect(tokens.scope?.split(" ").sort()).toEqual(extra.scope?.split(" ").sort());
+    }
   });
 
   it("accepts client_secret_post for a client registered with it, and refuses a wrong secret", async () => {

@@ -132,6 +132,22 @@ describe("mail, verification and recovery against a real SMTP server", () => {
     expect((await post(t.app, "/api/v1/email/verify", { token: links[2] })).status).toBe(200);
   });
 
+  it("a service under attack still mails a signed-in member their verification link (others can't switch it off)", async () => {
+    await register(t.app, { login_id: "taro.siege", profile: { ...PROFILE, email: "siege@example.jp" } });
+    const cookie = await signIn(t.app, "taro.siege");
+    // Attack: a burst of failed sign-ins elsewhere turns the service "under attack" for 15 minutes.
+    t.s.guard.underAttackUntil = t.clock.now().getTime() + 15 * 60_000;
+    expect(t.s.guard.underAttack()).toBe(true);
+    // Anonymous mail requests now cost a proof-of-work…
+    const anonymous = await post(t.app, "/api/v1/recovery/password", { login_id: "taro.siege" });
+    expect(anonymous.status).toBe(403);
+    expect(anonymous.body.error).toBe("challenge_required");
+    // …but the member's own request, which can't be challenged, still goes out.
+    const resend = await post(t.app, "/api/v1/me/email/verification", {}, cookie);
+    expect(resend.status, resend.text).toBe(202);
+    t.s.guard.underAttackUntil = 0;
+  });
+
   it("forgotten password without a second factor: link, new password, every session ended, member told", async () => {
     await register(t.app, { login_id: "taro.reset" });
     const cookie = await signIn(t.app, "taro.reset");

@@ -153,6 +153,18 @@ export function errorHandler(logger: Logger) {
         .join("; ");
       api = new ApiError(400, "invalid_request", where);
     } else if (
+      typeof (err as BodyParserError)?.status === "number" &&
+      (err as BodyParserError).type === undefined &&
+      ((err as BodyParserError).status as number) >= 400 &&
+      ((err as BodyParserError).status as number) < 500
+    ) {
+      // A client's error without a body-parser type: a body whose Content-Encoding doesn't
+      // decode (zlib's error), a path parameter that isn't valid percent-encoding (URIError).
+      api =
+        err instanceof URIError
+          ? new ApiError(400, "invalid_request", "The request path is not valid percent-encoding.")
+          : new ApiError(400, "invalid_request", "The request body could not be decoded.");
+    } else if (
       typeof (err as BodyParserError)?.type === "string" &&
       ((err as BodyParserError).status ?? 500) < 500
     ) {

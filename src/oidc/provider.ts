@@ -186,7 +186,12 @@ export function createOidc(s: Services): Oidc {
     features: {
       devInteractions: { enabled: false },
       revocation: { enabled: true },
-      introspection: { enabled: true },
+      // A site may introspect its own tokens only (RFC 7662 §4): another site's token answers
+      // inactive, so a leaked token can't be checked, or its member and scopes read, elsewhere.
+      introspection: {
+        enabled: true,
+        allowedPolicy: async (_ctx, client, token) => token.clientId === client.clientId,
+      },
       userinfo: { enabled: true },
       clientCredentials: { enabled: true },
       pushedAuthorizationRequests: { enabled: false },
@@ -236,9 +241,20 @@ export function createOidc(s: Services): Oidc {
         ctx.oidc.result?.consent?.grantId ?? ctx.oidc.session?.grantIdFor(ctx.oidc.client?.clientId ?? "");
       // A grant revoked meanwhile (token revocation, refresh reuse) is gone: make a new one below.
       const existing = existingId ? await ctx.oidc.provider.Grant.find(existingId) : undefined;
-      if (existing) return existing;
       const client = ctx.oidc.client;
-      if (client?.metadata().first_party !== true || !ctx.oidc.session?.accountId) return undefined;
+      const firstParty = client?.metadata().first_party === true;
+      if (existing) {
+        // A first-party site asking for more than before (another page, another scope) gets it
+        // added, without a consent page or a consent_required for prompt=none.
+        const asked = [...(ctx.oidc.requestParamScopes ?? new Set<string>())];
+        const missing = asked.filter((sc) => !existing.getOIDCScope().split(" ").includes(sc));
+        if (firstParty && missing.length > 0) {
+          existing.addOIDCScope(missing.join(" "));
+          await existing.save();
+        }
+        return existing;
+      }
+      if (!firstParty || !ctx.oidc.session?.accountId) return undefined;
       const grant = new ctx.oidc.provider.Grant({
         clientId: client.clientId,
         accountId: ctx.oidc.session.accountId,
@@ -335,6 +351,15 @@ export function createOidc(s: Services): Oidc {
       details: { grant_id: grantId },
     });
   });
+  // Confirmed logout (end-session) revokes the grants of the sites signed in through this browser.
+  // oidc-provider skips a grant whose tokens don't expire with the session (`persistsLogout`, set
+  // because expiresWithSession is false: refresh tokens outlive the browser session); the flag is
+  // cleared once the authorization is answered, before the session is saved.
+  provider.on("authorization.success", (ctx: KoaContextWithOIDC) => {
+    const clientId = ctx.oidc?.client?.clientId;
+    const authorization = clientId ? ctx.oidc.session?.authorizations?.[clientId] : undefined;
+    if (authorization) authorization.persistsLogout = false;
+  });
   // RP-initiated logout ends the Sekisho session as well, not only oidc-provider's.
   provider.on("end_session.success", (ctx: KoaContextWithOIDC) => {
     const session = sessionOf(ctx.get("cookie"));
@@ -421,6 +446,8 @@ function requestedAcr(ctx: KoaContextWithOIDC): string | null {
  * The documents depend only on configuration, fixed for the life of the process, and the signing
  * keys: the copies are dropped whenever `generation()` changes.
  */
+const PER_REQUEST = new Set(["date", "x-request-id", "set-cookie"]);
+
 export function cachedProviderDocuments(
   paths: readonly string[],
   callback: (req: IncomingMessage, res: ServerResponse) => unknown,
@@ -439,6 +466,9 @@ export function cachedProviderDocuments(
     const missedAt = now;
     if (hit) {
       for (const [k, v] of Object.entries(hit.headers)) res.setHeader(k, v);
+      // As the provider answers: these documents are public, readable from any origin.
+      const origin = req.get("origin");
+      if (origin) res.setHeader("Access-Control-Allow-Origin", origin);
       res.end(hit.body);
       return;
     }
@@ -453,7 +483,9 @@ export function cachedProviderDocuments(
       ) {
         const headers: Record<string, string | number | string[]> = {};
         for (const [k, v] of Object.entries(res.getHeaders())) {
-          if (v !== undefined && k !== "date" && k !== "x-request-id" && k !== "set-cookie") headers[k] = v;
+          // Not kept: per-request headers, and CORS, which the provider answers per Origin.
+          if (v === undefined || PER_REQUEST.has(k) || k.startsWith("access-control-")) continue;
+          headers[k] = v;
         }
         cache.set(key, { headers, body: Buffer.from(chunk) });
       }

@@ -116,12 +116,13 @@ export class EmailAddresses {
    * login-anomaly engine's mail limits per address, network, target address and service-wide: a
    * form that mails any address must not become a way to flood one.
    */
-  mayMail(ip: string | null, email: string): boolean {
+  mayMail(ip: string | null, email: string, opts: { signedInMember?: boolean } = {}): boolean {
     return (
       this.#guard.assessMailRequest({
         ip: ip ?? "0.0.0.0",
         target: `email:${this.#vault.emailIndex(email)}`,
         challengeable: false,
+        serviceWide: opts.signedInMember !== true,
       }).action === "allow"
     );
   }
@@ -141,7 +142,7 @@ export class EmailAddresses {
     if (rate.over) throw this.#tooMany(rate.retryAfterSeconds);
     const email = this.#vault.mailAddress(m.id, "verify_email", ctx);
     if (!email) throw new ApiError(400, "no_email", "Your profile has no e-mail address.");
-    if (!this.mayMail(ctx.ip, email)) throw this.#tooMany(600);
+    if (!this.mayMail(ctx.ip, email, { signedInMember: true })) throw this.#tooMany(600);
     inTransaction(this.#db, () => {
       this.sendVerification(m.id, email, m.locale);
       this.#audit.append({
@@ -166,7 +167,7 @@ export class EmailAddresses {
     }
     const rate = this.#guard.overRate(`email_change|${m.id}`, CHANGES_PER_10_MIN);
     if (rate.over) throw this.#tooMany(rate.retryAfterSeconds);
-    if (!this.mayMail(ctx.ip, newEmail)) throw this.#tooMany(600);
+    if (!this.mayMail(ctx.ip, newEmail, { signedInMember: true })) throw this.#tooMany(600);
     const oldEmail = this.#vault.mailAddress(m.id, "email_change_requested", ctx);
     inTransaction(this.#db, () => {
       const { token } = this.#tokens.issue("change_email", m.id, {

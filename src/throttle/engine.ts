@@ -395,13 +395,18 @@ export class LoginGuard {
    * service-wide. Past a target's limit, or service-wide past `mailGlobal` (or while the service
    * is under attack), each request costs a proof-of-work: an attacker can't lock a member out of
    * recovery by using up the target's requests, because the member can still pay the second of
-   * computing. An allowed request is counted at once.
+   * computing. An allowed request is counted at once. A signed-in member's own request (a new
+   * verification mail, a change of address: `serviceWide: false`) is not held to the service-wide
+   * limit or the under-attack state: it can't be challenged, and anyone could otherwise switch
+   * those off for every member with a burst of failed sign-ins; its per-member limits, the
+   * per-address and per-target ones still hold.
    */
   assessMailRequest(a: {
     ip: string;
     target: string;
     challengeSolved?: boolean;
     challengeable?: boolean;
+    serviceWide?: boolean;
   }): Decision {
     const now = this.#clock.now().getTime();
     const address = addressOf(a.ip);
@@ -420,7 +425,10 @@ export class LoginGuard {
     over(`mail_net|${net}`, TEN_MIN, this.policy.mailNet, "network_requests", slow);
     over(`mail_target|${a.target}`, HOUR, this.policy.mailTarget, "target_requests", costly);
     over(`mail_target|${a.target}`, DAY, this.policy.mailTargetDay, "target_requests_day", costly);
-    if ((this.#mailGlobal.peek("all", now)[0] as number) >= this.policy.mailGlobal || this.underAttack())
+    if (
+      a.serviceWide !== false &&
+      ((this.#mailGlobal.peek("all", now)[0] as number) >= this.policy.mailGlobal || this.underAttack())
+    )
       costly.push("mail_requests_global");
     if (slow.length > 0 || (costly.length > 0 && a.challengeable === false)) {
       return this.#observed("recovery", {
