@@ -9,7 +9,7 @@ import { type AuditEntry, AuditLog } from "./audit/log.js";
 import { systemClock } from "./clock.js";
 import { type Config, loadConfig } from "./config.js";
 import { type Db, migrateDatabase, openDatabase } from "./db/connection.js";
-import { ApiError, StartupError } from "./errors.js";
+import { ApiError, InputError, StartupError } from "./errors.js";
 import { Clients } from "./oidc/clients.js";
 import { buildServices } from "./services.js";
 import { openKeyring } from "./vault/bootstrap.js";
@@ -595,7 +595,7 @@ export async function runCli(argv: string[]): Promise<void> {
     await buildCli().parseAsync(argv);
   } catch (err) {
     console.error(
-      `sekisho: ${err instanceof StartupError ? err.message : String((err as Error).stack ?? err)}`,
+      `sekisho: ${err instanceof StartupError || err instanceof InputError ? err.message : String((err as Error).stack ?? err)}`,
     );
     process.exitCode = 1;
   }

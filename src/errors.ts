@@ -56,6 +56,14 @@ export class DecryptionError extends Error {
   }
 }
 
+/** Bad input to a command (the CLI prints the message alone, without a stack, and exits 1). */
+export class InputError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "InputError";
+  }
+}
+
 /** Thrown at boot when configuration or keys are unusable; main prints it and exits 1. */
 export class StartupError extends Error {
   constructor(message: string, opts?: { cause?: unknown }) {

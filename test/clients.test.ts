@@ -1,4 +1,5 @@
 import { describe, expect, it } from "vitest";
+import { validateRedirectUri } from "../src/oidc/clients.js";
 import { makeApp } from "./support/app.js";
 import { runCli } from "./support/cli.js";
 
@@ -37,8 +38,38 @@ describe("sekisho clients add", () => {
       const bad = runCli(t, ["clients", "add", "--name", "X", "--redirect-uri", "http://shop.example.jp/cb"]);
       expect(bad.status).toBe(1);
       expect(bad.stderr).toMatch(/must be https/);
+      expect(bad.stderr).not.toMatch(/\n\s+at /); // a message, not a stack trace
     } finally {
       t.close();
+    }
+  });
+});
+
+describe("redirect URIs a site registers", () => {
+  it("refuses what could never match or would widen the match: fragments, credentials, wildcards, unnormalised spellings", () => {
+    for (const uri of [
+      "https://shop.example.jp/cb#",
+      "https://shop.example.jp/cb#x",
+      "https://user:pass@shop.example.jp/cb",
+      "https://evil.example@shop.example.jp/cb",
+      "https://*.example.jp/cb",
+      "HTTPS://SHOP.EXAMPLE.JP/cb",
+      "https://shop.example.jp:443/cb",
+      "https://shop.example.jp/a/../cb",
+      "https://shop.example.jp",
+      "http://shop.example.jp/cb",
+      "/cb",
+    ]) {
+      expect(validateRedirectUri(uri), uri).not.toBeNull();
+    }
+    for (const uri of [
+      "https://shop.example.jp/cb",
+      "https://shop.example.jp/cb?site=1",
+      "https://shop.example.jp:8443/auth/callback",
+      "http://localhost:5173/cb",
+      "http://127.0.0.1:4000/cb",
+    ]) {
+      expect(validateRedirectUri(uri), uri).toBeNull();
     }
   });
 });

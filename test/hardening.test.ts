@@ -80,6 +80,25 @@ describe("HTTP hardening", () => {
     }
   });
 
+  it("refuses a JSON body in a charset other than UTF-8 with 415", async () => {
+    const body = Buffer.from('{"login_id":"hard.member","password":"x"}', "utf16le");
+    for (const charset of ["utf-16le", "UTF-16", "utf-32", "latin1"]) {
+      const res = await supertest(t.app)
+        .post("/api/v1/login")
+        .set("Content-Type", `application/json; charset=${charset}`)
+        .set("Origin", ORIGIN)
+        .send(body);
+      expect(res.status, charset).toBe(415);
+      expect(res.body.error).toBe("unsupported_media_type");
+    }
+    const utf8 = await supertest(t.app)
+      .post("/api/v1/login")
+      .set("Content-Type", "application/json; charset=UTF-8")
+      .set("Origin", ORIGIN)
+      .send('{"login_id":"hard.member","password":"wrong password here"}');
+    expect(utf8.status).toBe(401);
+  });
+
   it("answers a path parameter that isn't valid percent-encoding with 400, not 500", async () => {
     for (const path of [
       "/api/v1/me/sessions/%ff",

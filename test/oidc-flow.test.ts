@@ -516,6 +516,23 @@ describe("OIDC code flow with a real relying party (openid-client)", () => {
     expect(new URL(end.url).searchParams.get("code")).toBeTruthy();
   });
 
+  it("prompt=login asks again even when the session was made in the same second as the request", async () => {
+    // oidc-provider stamps the interaction in whole seconds of the system clock: sign in at the
+    // very start of the current second, then ask with prompt=login within it.
+    t.clock.set(Math.floor(Date.now() / 1000) * 1000);
+    const jar = new Jar();
+    await signInThroughApi(jar);
+    const req = await authorize({ prompt: "login" });
+    const first = await jar.follow(req.url, issuer);
+    expect(new URL(first.url).origin).toBe(issuer);
+    expect(await first.res.text()).toContain('name="password"');
+    // A sign-in after the request started completes it.
+    t.clock.set(Date.now() + 1500);
+    await signInThroughApi(jar);
+    const again = await jar.follow(first.url, issuer);
+    expect(new URL(again.url).searchParams.get("code")).toBeTruthy();
+  });
+
   it("honours max_age: an older sign-in is asked again", async () => {
     const jar = new Jar();
     await signInThroughApi(jar);

@@ -68,6 +68,7 @@ export const noStore: RequestHandler = (_req, res, next) => {
 
 const JSON_TYPE = /^\s*application\/(?:[\w.-]+\+)?json\s*(?:;|$)/i;
 const UNSAFE = new Set(["POST", "PUT", "PATCH", "DELETE"]);
+const CHARSET = /;\s*charset\s*=\s*"?([^";\s]+)/i;
 
 /**
  * CSRF defence for the JSON API: a state-changing call must come from our own origin (Origin or,
@@ -100,6 +101,11 @@ export function originGuard(issuerOrigin: string): RequestHandler {
     const hasCookie = (req.get("cookie") ?? "").includes(`${SESSION_COOKIE}=`);
     if ((hasBody || hasCookie) && !JSON_TYPE.test(req.get("content-type") ?? "")) {
       return next(new ApiError(415, "unsupported_media_type", "Send the request as application/json."));
+    }
+    // JSON bodies are UTF-8 (RFC 8259); the parser would also decode UTF-16 and UTF-32.
+    const charset = CHARSET.exec(req.get("content-type") ?? "")?.[1]?.toLowerCase();
+    if (hasBody && charset !== undefined && charset !== "utf-8" && charset !== "utf8") {
+      return next(new ApiError(415, "unsupported_media_type", "Send the request as UTF-8 JSON."));
     }
     next();
   };

@@ -2,6 +2,7 @@ import { createHash, randomBytes, timingSafeEqual } from "node:crypto";
 import { eq, sql } from "drizzle-orm";
 import type { ClientAuthMethod, ClientMetadata } from "oidc-provider";
 import type { AuditLog } from "../audit/log.js";
+import { InputError } from "../errors.js";
 import type { Clock } from "../clock.js";
 import { type Db, inTransaction, lazyPrepared } from "../db/connection.js";
 import { oidcClients } from "../db/schema.js";
@@ -40,7 +41,12 @@ export function validateRedirectUri(uri: string): string | null {
   } catch {
     return "is not an absolute URL";
   }
-  if (url.hash) return "must not have a fragment";
+  if (uri.includes("#")) return "must not have a fragment";
+  if (url.username || url.password) return "must not carry a user name or password";
+  if (url.hostname.includes("*")) return "must name one host (no wildcards)";
+  // Matched exactly, as written: a spelling the browser would normalise (upper-case scheme or
+  // host, a default port, dot segments) could never match what the site sends.
+  if (url.href !== uri) return `must be written as ${url.href}`;
   const local = url.hostname === "localhost" || url.hostname === "127.0.0.1" || url.hostname === "[::1]";
   if (url.protocol !== "https:" && !(url.protocol === "http:" && local))
     return "must be https (http only for localhost)";
@@ -68,13 +74,13 @@ export class Clients {
   );
 
   add(input: NewClient): { clientId: string; clientSecret: string | null } {
-    if (input.redirectUris.length === 0) throw new Error("at least one --redirect-uri is needed");
+    if (input.redirectUris.length === 0) throw new InputError("at least one --redirect-uri is needed");
     for (const uri of [...input.redirectUris, ...(input.postLogoutRedirectUris ?? [])]) {
       const problem = validateRedirectUri(uri);
-      if (problem) throw new Error(`redirect URI ${uri} ${problem}`);
+      if (problem) throw new InputError(`redirect URI ${uri} ${problem}`);
     }
     if (input.public && input.grants?.includes("client_credentials")) {
-      throw new Error("a public client cannot use client_credentials");
+      throw new InputError("a public client cannot use client_credentials");
     }
     const clientId = `c_${randomBytes(12).toString("base64url")}`;
     const clientSecret = input.public ? null : randomBytes(32).toString("base64url");

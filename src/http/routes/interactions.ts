@@ -86,8 +86,10 @@ export function interactionRoutes(s: Services, oidc: Oidc): Router {
     const now = s.clock.now().getTime();
     const maxAge = details.params.max_age;
     if (maxAge !== undefined && now - session.authTime > Number(maxAge) * 1000) return false;
-    // prompt=login: only a sign-in made after this authorization request started counts.
-    if (details.prompt.reasons.includes("login_prompt") && session.authTime < (details.iat ?? 0) * 1000)
+    // prompt=login: only a sign-in made after this authorization request started counts. The
+    // interaction's `iat` is in whole seconds, so a sign-in within that same second can't be told
+    // apart from one just before the request: it doesn't count.
+    if (details.prompt.reasons.includes("login_prompt") && session.authTime < ((details.iat ?? 0) + 1) * 1000)
       return false;
     return true;
   };
