@@ -197,6 +197,34 @@ describe("OIDC code flow with a real relying party (openid-client)", () => {
     }
   });
 
+  it("requires redirect_uri at the authorization and token endpoints, even with one registered", async () => {
+    const jar = new Jar();
+    const req = await authorize();
+    const url = new URL(req.url);
+    url.searchParams.delete("redirect_uri");
+    const res = await jar.fetch(url.toString());
+    expect(res.status).toBe(400);
+    expect(res.headers.get("location")).toBeNull();
+    expect(await res.text()).toContain("redirect_uri");
+    // A code redeemed without the redirect_uri its request carried is refused.
+    const { callback, checks } = await codeFor(new Jar());
+    const form = new URLSearchParams({
+      grant_type: "authorization_code",
+      code: callback.searchParams.get("code") as string,
+      code_verifier: checks.pkceCodeVerifier,
+    });
+    const token = await fetch(`${issuer}/oidc/token`, {
+      method: "POST",
+      headers: {
+        "content-type": "application/x-www-form-urlencoded",
+        authorization: `Basic ${Buffer.from(`${client.clientId}:${client.clientSecret}`).toString("base64")}`,
+      },
+      body: form.toString(),
+    });
+    expect(token.status).toBe(400);
+    expect(((await token.json()) as { error: string }).error).toBe("invalid_request");
+  });
+
   it("refuses an authorization request without PKCE or with plain PKCE", async () => {
     for (const params of [{ code_challenge_method: "plain", code_challenge: "x".repeat(43) }]) {
       const jar = new Jar();

@@ -182,6 +182,9 @@ export function createOidc(s: Services): Oidc {
     enabledJWA: { idTokenSigningAlgValues: ["ES256"] },
     extraClientMetadata: { properties: ["first_party"] },
     pkce: { required: () => true },
+    // redirect_uri is required (OIDC Core 3.1.2.1), at the token endpoint too (RFC 6749 4.1.3),
+    // even for a site with a single registered one.
+    allowOmittingSingleRegisteredRedirectUri: false,
     routes: OIDC_ROUTES,
     features: {
       devInteractions: { enabled: false },
