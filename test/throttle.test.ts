@@ -1,3 +1,4 @@
+import { isIP } from "node:net";
 import v8 from "node:v8";
 import { solveChallenge } from "./support/pow.js";
 import vm from "node:vm";
@@ -421,6 +422,28 @@ describe("the engine behind the HTTP API", () => {
       ).status;
     }
     expect(last).toBe(429);
+  });
+
+  it("behind a trusted proxy, made-up X-Forwarded-For values that aren't addresses count as the proxy's one address", async () => {
+    // Attack: a proxy that passes on what the client wrote; a new non-address value each time.
+    t = makeApp({ SEKISHO_TRUST_PROXY: "loopback" });
+    await register(t.app, { login_id: "hanako.proxy" });
+    let last = 0;
+    // Past ipSlow (30) failures from one address, whatever the login IDs.
+    for (let i = 0; i < 32; i++) {
+      last = (
+        await supertest(t.app)
+          .post("/api/v1/login")
+          .set("Origin", ORIGIN)
+          .set("Content-Type", "application/json")
+          .set("X-Forwarded-For", `77.3.${12881 + i}.2`)
+          .send(JSON.stringify({ login_id: `nobody.${i}`, password: `wrong guess ${i}` }))
+      ).status;
+    }
+    expect(last).toBe(429);
+    const entries = [...t.s.audit.iterate()].filter((e) => e.action.startsWith("login."));
+    expect(entries.length).toBeGreaterThan(0);
+    for (const e of entries) expect(e.ip === null || isIP(e.ip) !== 0, String(e.ip)).toBe(true);
   });
 
   it("the victim of a lockout attack, on their trusted device, is never refused", async () => {

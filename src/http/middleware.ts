@@ -1,3 +1,4 @@
+import { isIP } from "node:net";
 import type { NextFunction, Request, RequestHandler, Response } from "express";
 import type { Logger } from "pino";
 import { ZodError } from "zod";
@@ -18,9 +19,15 @@ export function locals(res: Response): RequestLocals {
   return res.locals as RequestLocals;
 }
 
-/** The client IP as express computed it (honouring SEKISHO_TRUST_PROXY), IPv4-mapped IPv6 unwrapped. */
+/**
+ * The client IP as express computed it (honouring SEKISHO_TRUST_PROXY), IPv4-mapped IPv6
+ * unwrapped. A forwarded value that is not an IP address (a proxy passing on whatever the client
+ * wrote) is not believed: the request counts as the proxy's own address, so made-up values can't
+ * pose as a thousand fresh clients, and nothing but an address reaches the audit log.
+ */
 export function clientIp(req: Request): string {
-  const ip = req.ip ?? req.socket.remoteAddress ?? "unknown";
+  let ip = req.ip ?? req.socket.remoteAddress ?? "unknown";
+  if (isIP(ip) === 0) ip = req.socket.remoteAddress ?? "unknown";
   return ip.startsWith("::ffff:") && ip.includes(".") ? ip.slice(7) : ip;
 }
 
