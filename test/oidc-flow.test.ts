@@ -627,9 +627,11 @@ describe("OIDC code flow with a real relying party (openid-client)", () => {
       id_token_hint: tokens.id_token as string,
       post_logout_redirect_uri: "https://evil.example/",
     });
-    const refused = await jar.fetch(evil.toString());
+    const refused = await jar.fetch(evil.toString(), { headers: { accept: "text/html" } });
     expect(refused.status).toBe(400);
     expect(refused.headers.get("location")).toBeNull();
+    // A browser gets a page that says what failed: signing out, not signing in.
+    expect(await refused.text()).toContain("サインアウトを続けられません");
 
     const end = oidc.buildEndSessionUrl(cfg, {
       id_token_hint: tokens.id_token as string,

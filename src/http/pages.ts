@@ -36,6 +36,7 @@ const T = {
     deny: "許可しない",
     footer: "関所 Sekisho によるサインイン",
     errorTitle: "サインインを続けられません",
+    logoutErrorTitle: "サインアウトを続けられません",
     errorLead: "お手数ですが、元のサイトからやり直してください。",
     logoutTitle: "サインアウトしますか？",
     logout: "サインアウト",
@@ -69,6 +70,7 @@ const T = {
     deny: "Deny",
     footer: "Sign-in by Sekisho (関所)",
     errorTitle: "We can't continue signing you in",
+    logoutErrorTitle: "We can't complete signing you out",
     errorLead: "Please go back to the site and try again.",
     logoutTitle: "Sign out?",
     logout: "Sign out",
@@ -141,12 +143,18 @@ export function layout(
 }
 
 /** Protocol errors (bad client, bad redirect_uri, expired interaction): shown, never redirected. */
-export function errorPage(lang: Lang, code: string, description: string): string {
+export function errorPage(
+  lang: Lang,
+  code: string,
+  description: string,
+  opts: { signingOut?: boolean } = {},
+): string {
   const t = T[lang];
+  const title = opts.signingOut ? t.logoutErrorTitle : t.errorTitle;
   return layout(
     lang,
-    t.errorTitle,
-    `<h1>${e(t.errorTitle)}</h1><div class="error" role="alert"><code>${e(code)}</code><br>${e(description)}</div>
+    title,
+    `<h1>${e(title)}</h1><div class="error" role="alert"><code>${e(code)}</code><br>${e(description)}</div>
 <p class="lead">${e(t.errorLead)}</p>`,
   );
 }

@@ -325,6 +325,7 @@ export function createOidc(s: Services): Oidc {
         pickLang(ctx.get("accept-language")),
         out.error ?? "error",
         out.error_description ?? "",
+        { signingOut: ctx.path.startsWith(OIDC_ROUTES.end_session) },
       );
     },
   };
