@@ -2,7 +2,16 @@ import supertest from "supertest";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { Clients } from "../src/oidc/clients.js";
 import { PiiBudgets } from "../src/audit/pii-budget.js";
-import { makeApp, PROFILE, post, register, STRONG_PASSWORD, signIn, type TestApp } from "./support/app.js";
+import {
+  makeApp,
+  ORIGIN,
+  PROFILE,
+  post,
+  register,
+  STRONG_PASSWORD,
+  signIn,
+  type TestApp,
+} from "./support/app.js";
 import { adminPasskeySession, adminWithPasskey } from "./support/admin.js";
 
 describe("admin member support and PII read budgets", () => {
@@ -295,6 +304,17 @@ describe("admin member support and PII read budgets", () => {
     expect(broken.body.first_bad.seq).toBe(seq);
   });
 
+  it("the console's audit page lists nothing under a filter it can't use, instead of the whole log", async () => {
+    const all = await get("/admin/audit");
+    expect(all.status).toBe(200);
+    expect(all.text).toMatch(/<tr><td>\d+<\/td>/);
+    const bad = await get("/admin/audit?member_id=zzz");
+    expect(bad.status).toBe(400);
+    expect(bad.text).toContain("入力内容を確認してください");
+    expect(bad.text).toContain('value="zzz"');
+    expect(bad.text).not.toMatch(/<tr><td>\d+<\/td>/);
+  });
+
   it("members, and admins without a passkey sign-in, are refused by every new admin call", async () => {
     await register(t.app, { login_id: "plain.member" });
     const member = await signIn(t.app, "plain.member");
@@ -386,5 +406,32 @@ describe("bulk-read detection: the slow exfiltration below every budget", () => 
       principal_id: "c_site",
       usual_per_day: 200,
     });
+  });
+});
+
+describe("admin console sign-in", () => {
+  it("an admin's first password sign-in on /admin/login leads to adding a passkey, not to 'wrong password'", async () => {
+    const t = makeApp();
+    try {
+      await t.s.registrations.register(
+        { loginId: "new.admin", password: STRONG_PASSWORD, profile: {} },
+        { ip: null, requestId: null },
+        { role: "admin" },
+      );
+      const form = (login_id: string, password: string) =>
+        supertest(t.app).post("/admin/login").set("Origin", ORIGIN).type("form").send({ login_id, password });
+      const wrong = await form("new.admin", "not the password at all");
+      expect(wrong.status).toBe(401);
+      const right = await form("new.admin", STRONG_PASSWORD);
+      expect(right.status, right.text).toBe(303);
+      expect(right.headers.location).toBe("/account?lang=ja");
+      const cookie = String(right.headers["set-cookie"]).match(/sekisho_session=[\w-]+/)?.[0] as string;
+      expect(cookie).toBeTruthy();
+      const page = await supertest(t.app).get("/account").set("Cookie", cookie);
+      expect(page.status).toBe(200);
+      expect(page.text).toContain("data-passkey-register");
+    } finally {
+      t.close();
+    }
   });
 });

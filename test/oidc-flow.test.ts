@@ -286,6 +286,8 @@ describe("OIDC code flow with a real relying party (openid-client)", () => {
     const html = await page.res.text();
     const action = /<form method="post" action="([^"]+)"/.exec(html)?.[1]?.replace(/&amp;/g, "&");
     expect(action).toMatch(/^\/interaction\/[\w-]+\/login/);
+    // The passkey button needs JavaScript: it comes hidden, and the script shows it.
+    expect(html).toMatch(/<button[^>]* hidden data-passkey-login/);
     const wrong = await jar.fetch(`${issuer}${action}`, {
       method: "POST",
       headers: { "content-type": "application/x-www-form-urlencoded", origin: issuer },

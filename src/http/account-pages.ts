@@ -240,7 +240,7 @@ export function mfaPage(opts: {
   const parts: string[] = [];
   if (opts.methods.includes("webauthn")) {
     parts.push(
-      `<button type="button" data-passkey-mfa${opts.mfaToken ? ` data-mfa-token="${e(opts.mfaToken)}"` : ""} data-next="${e(opts.next)}">${e(a.passkey)}</button>`,
+      `<button type="button" hidden data-passkey-mfa${opts.mfaToken ? ` data-mfa-token="${e(opts.mfaToken)}"` : ""} data-next="${e(opts.next)}">${e(a.passkey)}</button>`,
     );
   }
   if (opts.methods.includes("totp")) {
@@ -326,7 +326,7 @@ ${notice ? `<div class="ok" role="status">${e(a.added[notice])}</div>` : ""}${er
 ${passkeySupport(lang)}
 <section><h2>${e(a.passkeysHeading)}</h2>${passkeys}
 <label for="passkey_name">${e(a.passkeyName)}</label><input type="text" id="passkey_name" maxlength="64">
-<button type="button" data-passkey-register>${e(a.addPasskey)}</button>
+<button type="button" hidden data-passkey-register>${e(a.addPasskey)}</button>
 <div data-recovery-codes hidden><div class="ok" role="status">${e(a.added.passkey)}</div><h2>${e(a.codesTitle)}</h2><p>${e(a.codesLead)}</p><ol class="codes"></ol><p><a href="/account?notice=passkey">${e(a.done)}</a></p></div></section>
 <section><h2>${e(a.totpHeading)}</h2><p>${e(v.totp ? a.totpOn : a.totpOff)}</p>
 ${postButton("/account/totp", v.totp ? a.totpReplace : a.totpSetup, "")}
@@ -380,7 +380,7 @@ ${
   allowed.passkey
     ? `<section><h2>${e(a.passkeysHeading)}</h2>
 <label for="passkey_name">${e(a.passkeyName)}</label><input type="text" id="passkey_name" maxlength="64">
-<button type="button" data-passkey-register>${e(a.addPasskey)}</button>
+<button type="button" hidden data-passkey-register>${e(a.addPasskey)}</button>
 <div data-recovery-codes hidden><div class="ok" role="status">${e(a.added.passkey)}</div><h2>${e(a.codesTitle)}</h2><p>${e(a.codesLead)}</p><ol class="codes"></ol><p><a href="/account?notice=passkey">${e(a.done)}</a></p></div></section>`
     : ""
 }

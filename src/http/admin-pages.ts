@@ -134,7 +134,7 @@ const C = {
 export type ConsoleText = (typeof C)["ja"];
 export const consoleText = (lang: Lang): ConsoleText => C[lang] as ConsoleText;
 
-const WIDE = `<style>main{max-width:64rem}table{width:100%;border-collapse:collapse;font-size:.9rem}th,td{text-align:left;padding:.4rem;border-bottom:1px solid #e6e9ef;vertical-align:top}
+const WIDE = `<style>main{max-width:64rem}@media (max-width:40rem){table{display:block;overflow-x:auto}}table{width:100%;border-collapse:collapse;font-size:.9rem}th,td{text-align:left;padding:.4rem;border-bottom:1px solid #e6e9ef;vertical-align:top}
 nav.admin{display:flex;gap:1rem;flex-wrap:wrap;margin-bottom:1rem}nav.admin a{color:#2456c9}.critical{color:#8a1c1c;font-weight:600}.warning{color:#8a5a00}
 .stats{display:grid;grid-template-columns:repeat(auto-fit,minmax(9rem,1fr));gap:.75rem}.stat{background:#f4f5f7;border-radius:8px;padding:.75rem}.stat b{display:block;font-size:1.4rem}
 code.small{font-size:.8rem;word-break:break-all}form.row{display:flex;gap:.5rem;align-items:end;flex-wrap:wrap}form.row button{width:auto;margin:0}form.row label{margin:0}</style>`;
@@ -322,6 +322,8 @@ export function auditPage(
     verify: { ok: boolean; entries: number; first_bad?: { seq: number; problem: string } };
     filters: { member_id?: string | undefined; action?: string | undefined; request_id?: string | undefined };
     olderHref: string | null;
+    /** The filter was not valid: nothing is listed (an unfiltered list would pass for filtered). */
+    invalidFilter?: boolean;
   },
 ): string {
   const c = C[lang];
@@ -329,7 +331,7 @@ export function auditPage(
   const chain = v.verify.ok
     ? `<div class="ok" role="status">${e(c.chainOk(v.verify.entries))}</div>`
     : `<div class="error" role="alert">${e(c.chainBad(v.verify.first_bad?.seq ?? 0, v.verify.first_bad?.problem ?? ""))}</div>`;
-  const body = `${chain}
+  const body = `${chain}${v.invalidFilter ? `<div class="error" role="alert">${e(c.invalid)}</div>` : ""}
 <form method="get" action="/admin/audit" class="row"><div><label for="member_id">${e(c.memberId)}</label><input type="text" id="member_id" name="member_id" value="${e(f.member_id ?? "")}"></div>
 <div><label for="action">${e(c.action)}</label><input type="text" id="action" name="action" value="${e(f.action ?? "")}"></div><button type="submit" class="secondary">${e(c.filter)}</button></form>
 <table><tr><th>#</th><th>${e(c.when)}</th><th>${e(c.action)}</th><th>${e(c.result)}</th><th>${e(c.who)}</th><th>${e(c.memberId)}</th><th>${e(c.details)}</th></tr>${v.entries

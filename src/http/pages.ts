@@ -102,14 +102,14 @@ button{margin-top:1.5rem;width:100%;font-size:1rem;padding:.75rem;border:0;borde
 button.secondary{background:#e6e9ef;color:#1d2330}
 .error{background:#fdecec;color:#8a1c1c;border-radius:8px;padding:.75rem;margin-bottom:1rem}
 .client{display:flex;align-items:center;gap:.75rem;margin-bottom:1rem}.client img{width:40px;height:40px;border-radius:8px}
-.sep{text-align:center;color:#6b7385;margin:1.25rem 0 0}details{margin-top:1.25rem}summary{cursor:pointer;color:#2456c9}
+.sep{text-align:center;color:#5f6779;margin:1.25rem 0 0}details{margin-top:1.25rem}summary{cursor:pointer;color:#2456c9}
 section{border-top:1px solid #e6e9ef;margin-top:1.5rem;padding-top:1rem}h2{font-size:1.1rem;margin:0 0 .5rem}
 ul.plain{list-style:none;padding:0;margin:0}ul.plain li{padding:.5rem 0;border-bottom:1px solid #f0f1f4}
 .inline{display:inline}.inline button{width:auto;margin:0 0 0 .5rem;padding:.35rem .75rem;font-size:.9rem}
-.muted{color:#6b7385;font-size:.9rem}.ok{background:#e8f5ec;color:#1d5c2e;border-radius:8px;padding:.75rem;margin-bottom:1rem}
+.muted{color:#5f6779;font-size:.9rem}.ok{background:#e8f5ec;color:#1d5c2e;border-radius:8px;padding:.75rem;margin-bottom:1rem}
 code.secret{word-break:break-all;font-size:1.05rem}.qr svg{width:220px;height:220px;display:block;margin:1rem auto}
 ol.codes{columns:2;font-family:ui-monospace,monospace;font-size:1.05rem}
-footer{text-align:center;color:#6b7385;font-size:.85rem;margin-top:1.5rem}footer a{color:#2456c9}`;
+footer{text-align:center;color:#5f6779;font-size:.85rem;margin-top:1.5rem}footer a{color:#2456c9}`;
 
 /** The passkey script and its messages (the script reads them from data attributes). */
 export function passkeySupport(lang: Lang): string {
@@ -213,7 +213,7 @@ ${opts.challenge ? `<altcha-widget challenge="${e(JSON.stringify(opts.challenge)
 </form>
 <p class="muted"><a href="/recovery/password?lang=${opts.lang}">${e(t.forgotPassword)}</a> · <a href="/recovery/login-id?lang=${opts.lang}">${e(t.forgotLoginId)}</a></p>
 <p class="sep">${e(t.or)}</p>
-<button type="button" class="secondary" data-passkey-login data-next="${e(opts.next)}">${e(t.passkey)}</button>`;
+<button type="button" class="secondary" hidden data-passkey-login data-next="${e(opts.next)}">${e(t.passkey)}</button>`;
   return layout(opts.lang, t.title, body, opts.switchHref, true, opts.challenge ? ALTCHA_HEAD : "");
 }
 

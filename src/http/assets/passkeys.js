@@ -54,11 +54,11 @@
     window.location.assign(next || "/account");
   }
 
+  // The passkey buttons come hidden (without JavaScript they could do nothing): shown here when
+  // the browser can use them.
   for (const button of document.querySelectorAll("[data-passkey-login], [data-passkey-mfa]")) {
-    if (!browserSupportsWebAuthn()) {
-      button.hidden = true;
-      continue;
-    }
+    if (!browserSupportsWebAuthn()) continue;
+    button.hidden = false;
     button.addEventListener("click", () => {
       const token = button.getAttribute("data-mfa-token");
       const passwordless = button.hasAttribute("data-passkey-login");
@@ -102,11 +102,17 @@
 
   const register = document.querySelector("[data-passkey-register]");
   if (register) {
-    if (!browserSupportsWebAuthn()) register.hidden = true;
+    register.hidden = !browserSupportsWebAuthn();
     register.addEventListener("click", async () => {
       try {
         const opts = await api("/api/v1/me/passkeys/options");
-        if (!opts.ok) return say(opts.status === 401 ? "reauth" : "failed");
+        if (opts.status === 401) {
+          // Adding a factor wants a recent sign-in: to the sign-in page, as the account page's
+          // own forms do, rather than a message with no way forward.
+          window.location.assign(`/account/login?reauth=1&lang=${document.documentElement.lang || "ja"}`);
+          return;
+        }
+        if (!opts.ok) return say("failed");
         const response = await startRegistration({ optionsJSON: opts.data });
         const nameInput = document.getElementById("passkey_name");
         const name = nameInput?.value.trim() || undefined;

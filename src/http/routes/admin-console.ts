@@ -95,7 +95,15 @@ export function adminConsoleRoutes(s: Services): Router {
     const step = await passwordStep(s, req, res, body.data);
     if (!step.ok) return showLogin(req, res, step.status, step.error, step.challenge);
     const result = step.value;
-    if (result.status !== "mfa_required") return showLogin(req, res, 401, "invalid");
+    if (result.status === "failed") return showLogin(req, res, 401, "invalid");
+    if (result.status === "password_reset_required") return showLogin(req, res, 403, "resetRequired");
+    if (result.status !== "mfa_required") {
+      // An admin without a second factor yet (mfa_enrollment_required: a limited session that can
+      // only add one): to the account page, which offers adding a passkey; then the console.
+      setSessionCookie(res, result.token, s.config.secureCookies);
+      res.redirect(303, `/account?lang=${lang(req)}`);
+      return;
+    }
     const l = lang(req);
     html(
       res,
@@ -290,13 +298,16 @@ export function adminConsoleRoutes(s: Services): Router {
     );
     const q = auditQuery.safeParse(raw);
     const filters = q.success ? q.data : { limit: 100 };
-    const entries = ops.audit(c, {
-      memberId: "member_id" in filters ? filters.member_id : undefined,
-      action: "action" in filters ? filters.action : undefined,
-      requestId: "request_id" in filters ? filters.request_id : undefined,
-      before: "before" in filters ? filters.before : undefined,
-      limit: 100,
-    });
+    // A bad filter lists nothing: the whole log under the admin's filter would pass for filtered.
+    const entries = !q.success
+      ? []
+      : ops.audit(c, {
+          memberId: "member_id" in filters ? filters.member_id : undefined,
+          action: "action" in filters ? filters.action : undefined,
+          requestId: "request_id" in filters ? filters.request_id : undefined,
+          before: "before" in filters ? filters.before : undefined,
+          limit: 100,
+        });
     const last = entries.at(-1);
     const older =
       entries.length === 100 && last
@@ -308,12 +319,14 @@ export function adminConsoleRoutes(s: Services): Router {
       auditPage(l, {
         entries,
         verify: ops.verifyAudit(c),
+        // As typed (escaped on the page), so a bad value can be seen and mended.
         filters: {
-          member_id: "member_id" in filters ? filters.member_id : undefined,
-          action: "action" in filters ? filters.action : undefined,
-          request_id: "request_id" in filters ? filters.request_id : undefined,
+          member_id: raw.member_id as string | undefined,
+          action: raw.action as string | undefined,
+          request_id: raw.request_id as string | undefined,
         },
         olderHref: older,
+        invalidFilter: !q.success,
       }),
     );
   });
