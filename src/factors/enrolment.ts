@@ -101,10 +101,16 @@ export class FactorEnrolment {
     }
   }
 
-  #event(session: Session, ctx: ActionContext, action: string, details: Record<string, unknown>): void {
+  #event(
+    session: Session,
+    ctx: ActionContext,
+    action: string,
+    details: Record<string, unknown>,
+    opts: { notify?: boolean } = {},
+  ): void {
     // The member hears of every change to their factors (renames excepted), by mail.
     const notice = NOTICE_OF[action];
-    if (notice) this.#notices?.send(session.memberId, notice, ctx);
+    if (notice && opts.notify !== false) this.#notices?.send(session.memberId, notice, ctx);
     this.#audit.append({
       action,
       outcome: "success",
@@ -221,9 +227,18 @@ export class FactorEnrolment {
     const replaced = this.#factors.totp.enabled(session.memberId);
     return inTransaction(this.#db, () => {
       if (!this.#factors.totp.activate(session.memberId, code.replace(/\s/g, ""))) return null;
+      // The "new recovery codes, the old ones no longer work" mail only when there were old ones:
+      // a first factor's codes come with the factor's own notice.
+      const hadCodes = this.#factors.recovery.remaining(session.memberId) > 0;
       const fresh = this.#factors.recovery.replace(session.memberId);
       this.#event(session, ctx, "factor.totp_added", { replaced });
-      this.#event(session, ctx, "factor.recovery_codes_generated", { count: fresh.length });
+      this.#event(
+        session,
+        ctx,
+        "factor.recovery_codes_generated",
+        { count: fresh.length, replaced_unused: hadCodes },
+        { notify: hadCodes },
+      );
       return fresh;
     });
   }
@@ -285,7 +300,14 @@ export class FactorEnrolment {
       let codes: string[] | null = null;
       if (this.#factors.recovery.remaining(session.memberId) === 0) {
         codes = this.#factors.recovery.replace(session.memberId);
-        this.#event(session, ctx, "factor.recovery_codes_generated", { count: codes.length });
+        // No unused codes were left: nothing old stops working, the passkey's notice says enough.
+        this.#event(
+          session,
+          ctx,
+          "factor.recovery_codes_generated",
+          { count: codes.length, replaced_unused: false },
+          { notify: false },
+        );
       }
       return { id: result.passkeyId, recoveryCodes: codes };
     });

@@ -1,5 +1,5 @@
 import type { FactorMethod } from "../factors/methods.js";
-import { e, type Lang, layout, passkeySupport } from "./pages.js";
+import { e, type Lang, layout, localTime, passkeySupport } from "./pages.js";
 
 /** Strings of the second-step and account pages, Japanese first. */
 const A = {
@@ -307,7 +307,7 @@ const postButton = (action: string, label: string, cls = "secondary") =>
 
 export function accountPage(lang: Lang, v: AccountView, notice?: Notice, error?: AccountError): string {
   const a = A[lang];
-  const when = (iso: string | null) => (iso ? iso.replace("T", " ").slice(0, 16) : a.never);
+  const when = (iso: string | null) => (iso ? localTime(lang, iso) : a.never);
   const passkeys =
     v.passkeys.length === 0
       ? `<p class="muted">${e(a.noPasskeys)}</p>`

@@ -1,4 +1,4 @@
-import { e, type Lang, layout } from "./pages.js";
+import { e, type Lang, layout, localTime } from "./pages.js";
 
 /** The admin console's pages (`/admin`), Japanese first; server-rendered, no script but the passkey one. */
 const C = {
@@ -139,7 +139,7 @@ nav.admin{display:flex;gap:1rem;flex-wrap:wrap;margin-bottom:1rem}nav.admin a{co
 .stats{display:grid;grid-template-columns:repeat(auto-fit,minmax(9rem,1fr));gap:.75rem}.stat{background:#f4f5f7;border-radius:8px;padding:.75rem}.stat b{display:block;font-size:1.4rem}
 code.small{font-size:.8rem;word-break:break-all}form.row{display:flex;gap:.5rem;align-items:end;flex-wrap:wrap}form.row button{width:auto;margin:0}form.row label{margin:0}</style>`;
 
-const when = (iso: string) => iso.replace("T", " ").slice(0, 19);
+const when = (lang: Lang, iso: string) => localTime(lang, iso, { seconds: true });
 
 /** The console frame: navigation, and the page. */
 export function consolePage(lang: Lang, title: string, body: string, path: string): string {
@@ -186,7 +186,7 @@ export function alertsTable(lang: Lang, alerts: AlertView[]): string {
         typeof d.request_id === "string"
           ? ` <a href="/admin/audit?request_id=${e(encodeURIComponent(d.request_id))}">request</a>`
           : "";
-      return `<tr><td>${e(when(a.at))}</td><td>${e(a.kind)}</td><td class="${e(a.severity)}">${e(a.severity)}</td><td><code class="small">${e(JSON.stringify(d))}</code>${link}${req}</td></tr>`;
+      return `<tr><td>${e(when(lang, a.at))}</td><td>${e(a.kind)}</td><td class="${e(a.severity)}">${e(a.severity)}</td><td><code class="small">${e(JSON.stringify(d))}</code>${link}${req}</td></tr>`;
     })
     .join("")}</table>`;
 }
@@ -337,7 +337,7 @@ export function auditPage(
 <table><tr><th>#</th><th>${e(c.when)}</th><th>${e(c.action)}</th><th>${e(c.result)}</th><th>${e(c.who)}</th><th>${e(c.memberId)}</th><th>${e(c.details)}</th></tr>${v.entries
     .map(
       (x) =>
-        `<tr><td>${x.seq}</td><td>${e(when(x.at))}</td><td>${e(x.action)}</td><td>${e(x.outcome)}</td><td>${e(x.actor_type)} <code class="small">${e(x.actor_id ?? "")}</code><br><span class="muted">${e(x.ip ?? "")}</span></td><td>${x.member_id ? `<a href="/admin/members/${e(x.member_id)}"><code class="small">${e(x.member_id)}</code></a>` : ""}</td><td>${x.reason ? `<strong>${e(x.reason)}</strong> ` : ""}<code class="small">${e(JSON.stringify(x.details))}</code></td></tr>`,
+        `<tr><td>${x.seq}</td><td>${e(when(lang, x.at))}</td><td>${e(x.action)}</td><td>${e(x.outcome)}</td><td>${e(x.actor_type)} <code class="small">${e(x.actor_id ?? "")}</code><br><span class="muted">${e(x.ip ?? "")}</span></td><td>${x.member_id ? `<a href="/admin/members/${e(x.member_id)}"><code class="small">${e(x.member_id)}</code></a>` : ""}</td><td>${x.reason ? `<strong>${e(x.reason)}</strong> ` : ""}<code class="small">${e(JSON.stringify(x.details))}</code></td></tr>`,
     )
     .join("")}</table>
 ${v.olderHref ? `<p><a href="${e(v.olderHref)}">${e(c.older)} →</a></p>` : ""}`;

@@ -13,6 +13,26 @@ export const e = escapeHtml;
  */
 export type Lang = "ja" | "en";
 
+/**
+ * A time as a reader of the page expects it: Japan time on Japanese pages (as in our mails), UTC
+ * on English ones, the zone always said.
+ */
+export function localTime(lang: Lang, iso: string, opts: { seconds?: boolean } = {}): string {
+  const d = new Date(iso);
+  if (Number.isNaN(d.getTime())) return iso;
+  const text = new Intl.DateTimeFormat(lang === "ja" ? "ja-JP" : "en-GB", {
+    year: "numeric",
+    month: "2-digit",
+    day: "2-digit",
+    hour: "2-digit",
+    minute: "2-digit",
+    ...(opts.seconds ? { second: "2-digit" } : {}),
+    hourCycle: "h23",
+    timeZone: lang === "ja" ? "Asia/Tokyo" : "UTC",
+  }).format(d);
+  return `${text} ${lang === "ja" ? "(日本時間)" : "UTC"}`;
+}
+
 export function pickLang(acceptLanguage: string | undefined, override?: unknown): Lang {
   if (override === "ja" || override === "en") return override;
   const first = (acceptLanguage ?? "").split(",")[0]?.trim().toLowerCase() ?? "";
