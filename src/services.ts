@@ -156,7 +156,7 @@ export function buildServices(deps: {
       const memberId = db.$client.prepare("SELECT id FROM members WHERE login_id = ?").pluck().get(loginId) as
         | string
         | undefined;
-      if (!memberId) return;
+      if (!memberId) return undefined;
       audit.append({
         action: "account.protected",
         outcome: "info",
@@ -166,6 +166,7 @@ export function buildServices(deps: {
         details: { until: new Date(until).toISOString() },
       });
       notices.send(memberId, "account_protected", {});
+      return memberId;
     },
     policy: config.throttle,
   });

@@ -78,6 +78,18 @@ describe("admins: `sekisho admins add` and the admin API of the login-anomaly en
     };
     expect(t.s.guard.assess(attempt).action).toBe("protect");
     const cookie = await passkeySession(auth);
+    // The alert names the member, and the console's member page says the account is protected.
+    const alerts = await supertest(t.app).get("/api/v1/admin/alerts").set("Cookie", cookie);
+    expect(alerts.body.alerts).toContainEqual(
+      expect.objectContaining({
+        kind: "account_protected",
+        details: expect.objectContaining({ member_id: victim.body.member_id }),
+      }),
+    );
+    const alertsPage = await supertest(t.app).get("/admin/alerts").set("Cookie", cookie);
+    expect(alertsPage.text).toContain(`href="/admin/members/${victim.body.member_id}"`);
+    const page = await supertest(t.app).get(`/admin/members/${victim.body.member_id}`).set("Cookie", cookie);
+    expect(page.text).toContain("保護中（");
     const res = await post(
       t.app,
       `/api/v1/admin/members/${victim.body.member_id}/unlock`,
@@ -88,6 +100,8 @@ describe("admins: `sekisho admins add` and the admin API of the login-anomaly en
     expect(res.body).toEqual({ member_id: victim.body.member_id, protection_lifted: true });
     const d = t.s.guard.assess(attempt);
     expect(d.action).toBe("allow");
+    const after = await supertest(t.app).get(`/admin/members/${victim.body.member_id}`).set("Cookie", cookie);
+    expect(after.text).not.toContain("保護中（");
     t.s.guard.settle(attempt, "neither");
     const entry = t.s.db.select().from(auditLog).where(eq(auditLog.action, "admin.member_unlocked")).get();
     expect(entry).toMatchObject({

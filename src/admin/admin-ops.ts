@@ -104,6 +104,7 @@ export class AdminOps {
       created_at: iso(m.createdAt),
       email_verified: m.emailVerified,
       mfa: { totp: f.totp, passkeys: f.passkeysTotal, recovery_codes: f.recoveryCodes },
+      protected_until: iso(this.s.guard.protectedUntil(m.loginId)),
     };
   }
 

@@ -3,6 +3,16 @@ import { e, type Lang, layout, localTime } from "./pages.js";
 /** The admin console's pages (`/admin`), Japanese first; server-rendered, no script but the passkey one. */
 const C = {
   ja: {
+    loginId: "ログインID",
+    statusRole: "状態 / 役割",
+    created: "登録日時",
+    emailVerified: "メール確認済み",
+    recoveryCodes: "リカバリーコード",
+    protection: "アカウント保護",
+    protectedUntil: (t: string) =>
+      `保護中（${t}まで）：信頼されていない端末からのパスワードでのサインインを拒否しています`,
+    notProtected: "なし",
+    member: "会員",
     console: "管理コンソール",
     dashboard: "ダッシュボード",
     alerts: "アラート",
@@ -67,6 +77,15 @@ const C = {
     forbidden: "管理者のみが利用できます。",
   },
   en: {
+    loginId: "Login ID",
+    statusRole: "Status / role",
+    created: "Registered",
+    emailVerified: "E-mail verified",
+    recoveryCodes: "Recovery codes",
+    protection: "Account protection",
+    protectedUntil: (t: string) => `Protected until ${t}: password sign-in from untrusted devices is refused`,
+    notProtected: "None",
+    member: "Member",
     console: "Admin console",
     dashboard: "Dashboard",
     alerts: "Alerts",
@@ -181,7 +200,9 @@ export function alertsTable(lang: Lang, alerts: AlertView[]): string {
             : null;
       const link = member
         ? ` <a href="/admin/audit?member_id=${e(encodeURIComponent(member))}">${e(c.audit)}</a>`
-        : "";
+        : typeof d.member_id === "string"
+          ? ` <a href="/admin/members/${e(encodeURIComponent(d.member_id))}">${e(c.member)}</a>`
+          : "";
       const req =
         typeof d.request_id === "string"
           ? ` <a href="/admin/audit?request_id=${e(encodeURIComponent(d.request_id))}">request</a>`
@@ -224,6 +245,8 @@ export interface MemberSummary {
   created_at: string | null;
   email_verified: boolean;
   mfa: { totp: boolean; passkeys: number; recovery_codes: number };
+  /** Until when the account refuses password sign-in from untrusted devices (ISO), or null. */
+  protected_until?: string | null;
   profile?: Record<string, string | null | undefined>;
 }
 
@@ -261,16 +284,17 @@ export function memberPage(
   const m = v.member;
   const id = e(m.member_id);
   const reasonForm = (action: string, label: string) =>
-    `<form method="post" action="/admin/members/${id}/${action}" class="row"><div><label for="r_${action}">${e(c.reasonLabel)}</label><input type="text" id="r_${action}" name="reason" minlength="3" maxlength="500" required></div><button type="submit" class="secondary">${e(label)}</button></form>`;
+    `<form method="post" action="/admin/members/${id}/${action}" class="row"><div><label for="r_${action}">${e(c.reasonLabel)} — ${e(label)}</label><input type="text" id="r_${action}" name="reason" minlength="3" maxlength="500" required></div><button type="submit" class="secondary">${e(label)}</button></form>`;
   const profile = v.profile
     ? `<table>${Object.entries(v.profile)
         .map(([k, val]) => `<tr><th>${e(k)}</th><td>${e(val)}</td></tr>`)
         .join("")}</table>`
     : `<form method="post" action="/admin/members/${id}/view" class="row"><div><label for="reason">${e(c.reasonLabel)}</label><input type="text" id="reason" name="reason" minlength="3" maxlength="500" required></div><button type="submit">${e(c.showProfile)}</button></form>`;
   const body = `${v.notice ? `<div class="ok" role="status">${e(v.notice)}</div>` : ""}${v.error ? `<div class="error" role="alert">${e(v.error)}</div>` : ""}
-<table><tr><th>login ID</th><td>${e(m.login_id)}</td></tr><tr><th>status</th><td>${e(m.status)} / ${e(m.role)}</td></tr>
-<tr><th>created</th><td>${e(m.created_at ?? "")}</td></tr><tr><th>e-mail verified</th><td>${m.email_verified ? "✓" : "—"}</td></tr>
-<tr><th>${e(c.factors)}</th><td>${m.mfa.totp ? "TOTP " : ""}${m.mfa.passkeys ? `passkey×${m.mfa.passkeys} ` : ""}recovery codes: ${m.mfa.recovery_codes}</td></tr></table>
+<table><tr><th>${e(c.loginId)}</th><td>${e(m.login_id)}</td></tr><tr><th>${e(c.statusRole)}</th><td>${e(m.status)} / ${e(m.role)}</td></tr>
+<tr><th>${e(c.created)}</th><td>${m.created_at ? e(when(lang, m.created_at)) : ""}</td></tr><tr><th>${e(c.emailVerified)}</th><td>${m.email_verified ? "✓" : "—"}</td></tr>
+<tr><th>${e(c.factors)}</th><td>${m.mfa.totp ? "TOTP " : ""}${m.mfa.passkeys ? `passkey×${m.mfa.passkeys} ` : ""}${e(c.recoveryCodes)}: ${m.mfa.recovery_codes}</td></tr>
+<tr><th>${e(c.protection)}</th><td>${m.protected_until ? `<strong>${e(c.protectedUntil(when(lang, m.protected_until)))}</strong>` : e(c.notProtected)}</td></tr></table>
 <section><h2>${e(c.profile)}</h2>${profile}</section>
 <section><h2>${e(c.actions)}</h2>
 ${reasonForm("revoke-sessions", c.revoke)}${reasonForm("reset-mfa", c.resetMfa)}${reasonForm("require-password-reset", c.requireReset)}${reasonForm("unlock", c.unlock)}

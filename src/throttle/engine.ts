@@ -170,7 +170,8 @@ export class LoginGuard {
   readonly #mailGlobal: MemoryCounterStore;
 
   readonly #loginKey: (loginId: string) => string;
-  readonly #onProtect: ((loginId: string, until: number) => void) | undefined;
+  /** Told of each new protection; answers the member's id when the login ID is a member's. */
+  readonly #onProtect: ((loginId: string, until: number) => string | undefined) | undefined;
   readonly #refusals = new LRUCache<string, { at: number; repeats: number }>({ max: 50_000 });
   #refusalSecond = -1;
   #refusalsThisSecond = 0;
@@ -183,7 +184,7 @@ export class LoginGuard {
     /** A keyed hash of a login ID (the keyring's blind-index key): how protections are stored. */
     loginKey: (loginId: string) => string;
     /** Called when an account becomes protected (to tell the member, if the ID is a member's). */
-    onProtect?: (loginId: string, until: number) => void;
+    onProtect?: (loginId: string, until: number) => string | undefined;
     policy?: Partial<ThrottlePolicy>;
     /** A counter store factory (one store per kind of key); default: in memory, LRU-bounded. */
     store?: () => CounterStore;
@@ -575,8 +576,15 @@ export class LoginGuard {
       .onConflictDoUpdate({ target: accountProtections.loginKey, set: row })
       .run();
     this.#activeRows(now).protections.set(row.loginKey, { until: row.until, reason: row.reason });
-    this.#alerts.raise("account_protected", "warning", { login_key: row.loginKey }, `acct:${row.loginKey}`);
-    this.#onProtect?.(loginId, row.until);
+    const memberId = this.#onProtect?.(loginId, row.until);
+    // The member, when the login ID is one (the admin console links to them); an unknown ID's
+    // protection names only its keyed hash.
+    this.#alerts.raise(
+      "account_protected",
+      "warning",
+      { login_key: row.loginKey, ...(memberId ? { member_id: memberId } : {}) },
+      `acct:${row.loginKey}`,
+    );
   }
 
   #block(network: string, reason: string, now: number): void {
@@ -618,6 +626,11 @@ export class LoginGuard {
   }
 
   /** Under attack: the service-wide failure rate is far above its baseline (an alert was raised). */
+  /** Until when a login ID's password sign-in from untrusted devices is refused, or null. */
+  protectedUntil(loginId: string): number | null {
+    return this.#protection(loginId, this.#clock.now().getTime())?.until ?? null;
+  }
+
   underAttack(): boolean {
     return this.#clock.now().getTime() < this.underAttackUntil;
   }
