@@ -117,6 +117,38 @@ describe("HTTP hardening", () => {
     expect(page.status).toBe(400);
   });
 
+  it("our pages answer a missing page or an oversized form as a page in the reader's language, the API as JSON", async () => {
+    for (const path of ["/account/nope", "/admin/nope", "/recovery/nope"]) {
+      const res = await supertest(t.app).get(path);
+      expect(res.status, path).toBe(404);
+      expect(res.headers["content-type"]).toMatch(/text\/html/);
+      expect(res.text).toContain("このページを表示できません");
+      expect(res.headers["content-security-policy"]).toContain("default-src 'none'");
+    }
+    const en = await supertest(t.app).get("/account/nope").set("Accept-Language", "en");
+    expect(en.text).toMatch(/This page can(&#39;|')t be shown/);
+    const big = await supertest(t.app)
+      .post("/account/login")
+      .set("Origin", ORIGIN)
+      .type("form")
+      .send({ login_id: "hard.member", password: "x".repeat(9000) });
+    expect(big.status).toBe(413);
+    expect(big.text).toContain("このページを表示できません");
+    const api = await supertest(t.app).get("/api/v1/nope");
+    expect(api.status).toBe(404);
+    expect(api.body.error).toBe("not_found");
+  });
+
+  it("account page actions say they happened only when they did (a blank name, an unknown id)", async () => {
+    const form = (path: string, body: Record<string, string>) =>
+      supertest(t.app).post(path).set("Cookie", cookie).set("Origin", ORIGIN).type("form").send(body);
+    const rename = await form("/account/passkeys/pk_unknownAAAAAAAAAAAAAAAA/rename", { name: "   " });
+    expect(rename.status).toBe(303);
+    expect(rename.headers.location).toBe("/account?error=invalid");
+    const device = await form("/account/devices/d_madeUpAAAAAAAAAAAAAAAAAA/remove", {});
+    expect(device.headers.location).toBe("/account?error=invalid");
+  });
+
   it("refuses NUL bytes, lone surrogates and bidi controls in profile fields", async () => {
     for (const name of ["Taro\u0000Yamada", "Taro \ud800", "Taro\u202eodamaY"]) {
       const res = await register(t.app, { profile: { ...PROFILE, name } });

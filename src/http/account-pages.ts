@@ -218,9 +218,9 @@ const EVENT_LABEL: Record<string, { ja: string; en: string }> = {
   "recovery.second_factor": { ja: "パスワード再設定での2段階認証", en: "Two-step verification for a reset" },
 };
 const OUTCOME_LABEL: Record<string, { ja: string; en: string }> = {
-  success: { ja: "成功", en: "succeeded" },
-  failure: { ja: "失敗", en: "failed" },
-  info: { ja: "通知", en: "notice" },
+  success: { ja: "成功", en: "OK" },
+  failure: { ja: "失敗", en: "Failed" },
+  info: { ja: "通知", en: "Notice" },
 };
 
 export function mfaPage(opts: {

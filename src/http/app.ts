@@ -1,9 +1,10 @@
 import type { IncomingMessage, ServerResponse } from "node:http";
-import express from "express";
+import express, { type NextFunction, type Request, type Response } from "express";
 import helmet from "helmet";
 import type { Services } from "../services.js";
 import {
   accessLog,
+  asApiError,
   errorHandler,
   noStore,
   notFound,
@@ -12,7 +13,8 @@ import {
   sessionLoader,
 } from "./middleware.js";
 import { cachedProviderDocuments, createOidc, OIDC_ROUTES } from "../oidc/provider.js";
-import { assetRoutes } from "./hosted.js";
+import { assetRoutes, pageHeaders } from "./hosted.js";
+import { errorPage, pickLang } from "./pages.js";
 import { httpMetrics, metricsRoute } from "./metrics-routes.js";
 import { accountRoutes } from "./routes/account.js";
 import { adminRoutes } from "./routes/admin.js";
@@ -28,6 +30,7 @@ import { recoveryPageRoutes } from "./routes/recovery-hosted.js";
 import { adminConsoleRoutes } from "./routes/admin-console.js";
 
 export const BODY_LIMIT = "64kb";
+const PAGE_PREFIXES = ["/account", "/admin", "/recovery", "/interaction"];
 
 /** Parse a SEKISHO_TRUST_PROXY value into what express's `trust proxy` setting takes. */
 export function trustProxySetting(value: string | undefined): boolean | number | string {
@@ -141,6 +144,22 @@ export function createApp(s: Services): express.Express {
     res.json({ service: "sekisho", issuer: s.config.issuer, docs: "see docs/api.md" });
   });
   app.use(notFound());
+  // Our own pages (account, admin console, recovery, sign-in interactions) answer a 4xx as a page
+  // in the reader's language, not as JSON; the API and the provider's endpoints keep JSON.
+  app.use((err: unknown, req: Request, res: Response, next: NextFunction) => {
+    const page = PAGE_PREFIXES.some((p) => req.path === p || req.path.startsWith(`${p}/`));
+    const api = page ? asApiError(err) : null;
+    if (!api || api.status >= 500 || res.headersSent) return next(err);
+    pageHeaders(res);
+    res
+      .status(api.status)
+      .type("html")
+      .send(
+        errorPage(pickLang(req.get("accept-language"), req.query.lang), api.code, api.description, {
+          page: true,
+        }),
+      );
+  });
   app.use(errorHandler(s.logger));
   return app;
 }

@@ -152,45 +152,45 @@ export function notFound(): RequestHandler {
   return (_req, _res, next) => next(new ApiError(404, "not_found", "No such endpoint."));
 }
 
+/**
+ * The contract error an error stands for: an ApiError as it is, a zod error or a client's bad
+ * body or path as the 4xx it is; null for anything unexpected (a 500).
+ */
+export function asApiError(err: unknown): ApiError | null {
+  if (err instanceof ApiError) return err;
+  if (err instanceof ZodError) {
+    const where = err.issues
+      .slice(0, 5)
+      .map((i) => `${i.path.join(".") || "body"}: ${i.message}`)
+      .join("; ");
+    return new ApiError(400, "invalid_request", where);
+  }
+  const e = err as BodyParserError;
+  if (typeof e?.status === "number" && e.type === undefined && e.status >= 400 && e.status < 500) {
+    // A client's error without a body-parser type: a body whose Content-Encoding doesn't
+    // decode (zlib's error), a path parameter that isn't valid percent-encoding (URIError).
+    return err instanceof URIError
+      ? new ApiError(400, "invalid_request", "The request path is not valid percent-encoding.")
+      : new ApiError(400, "invalid_request", "The request body could not be decoded.");
+  }
+  if (typeof e?.type === "string" && (e.status ?? 500) < 500) {
+    return e.type === "entity.too.large"
+      ? new ApiError(413, "payload_too_large", "The request body is too large.")
+      : e.type === "entity.parse.failed"
+        ? new ApiError(400, "invalid_request", "The request body is not valid JSON.")
+        : e.type === "encoding.unsupported" || e.type === "charset.unsupported"
+          ? new ApiError(415, "unsupported_media_type", "Send the request as UTF-8 JSON.")
+          : new ApiError(400, "invalid_request", "The request could not be read.");
+  }
+  return null;
+}
+
 /** Every error becomes a contract error body; unexpected ones a bare 500 with the request id. */
 export function errorHandler(logger: Logger) {
   return (err: unknown, _req: Request, res: Response, _next: NextFunction): void => {
     const l = locals(res);
-    let api: ApiError;
-    if (err instanceof ApiError) {
-      api = err;
-    } else if (err instanceof ZodError) {
-      const where = err.issues
-        .slice(0, 5)
-        .map((i) => `${i.path.join(".") || "body"}: ${i.message}`)
-        .join("; ");
-      api = new ApiError(400, "invalid_request", where);
-    } else if (
-      typeof (err as BodyParserError)?.status === "number" &&
-      (err as BodyParserError).type === undefined &&
-      ((err as BodyParserError).status as number) >= 400 &&
-      ((err as BodyParserError).status as number) < 500
-    ) {
-      // A client's error without a body-parser type: a body whose Content-Encoding doesn't
-      // decode (zlib's error), a path parameter that isn't valid percent-encoding (URIError).
-      api =
-        err instanceof URIError
-          ? new ApiError(400, "invalid_request", "The request path is not valid percent-encoding.")
-          : new ApiError(400, "invalid_request", "The request body could not be decoded.");
-    } else if (
-      typeof (err as BodyParserError)?.type === "string" &&
-      ((err as BodyParserError).status ?? 500) < 500
-    ) {
-      const e = err as BodyParserError;
-      api =
-        e.type === "entity.too.large"
-          ? new ApiError(413, "payload_too_large", "The request body is too large.")
-          : e.type === "entity.parse.failed"
-            ? new ApiError(400, "invalid_request", "The request body is not valid JSON.")
-            : e.type === "encoding.unsupported" || e.type === "charset.unsupported"
-              ? new ApiError(415, "unsupported_media_type", "Send the request as UTF-8 JSON.")
-              : new ApiError(400, "invalid_request", "The request could not be read.");
-    } else {
+    const api = asApiError(err);
+    if (!api) {
       logger.error({ err, req_id: l.requestId }, "unhandled error");
       if (res.headersSent) return;
       res.status(500).json({

@@ -57,6 +57,8 @@ const T = {
     footer: "関所 Sekisho によるサインイン",
     errorTitle: "サインインを続けられません",
     logoutErrorTitle: "サインアウトを続けられません",
+    pageErrorTitle: "このページを表示できません",
+    pageErrorLead: "お手数ですが、前のページに戻ってやり直してください。",
     errorLead: "お手数ですが、元のサイトからやり直してください。",
     logoutTitle: "サインアウトしますか？",
     logout: "サインアウト",
@@ -91,6 +93,8 @@ const T = {
     footer: "Sign-in by Sekisho (関所)",
     errorTitle: "We can't continue signing you in",
     logoutErrorTitle: "We can't complete signing you out",
+    pageErrorTitle: "This page can't be shown",
+    pageErrorLead: "Please go back and try again.",
     errorLead: "Please go back to the site and try again.",
     logoutTitle: "Sign out?",
     logout: "Sign out",
@@ -162,20 +166,24 @@ export function layout(
 </body></html>`;
 }
 
-/** Protocol errors (bad client, bad redirect_uri, expired interaction): shown, never redirected. */
+/**
+ * Protocol errors (bad client, bad redirect_uri, expired interaction): shown, never redirected.
+ * `signingOut`: an end-session error; `page`: an error on one of our own pages (the account
+ * pages, the admin console), not on the way back to a member site.
+ */
 export function errorPage(
   lang: Lang,
   code: string,
   description: string,
-  opts: { signingOut?: boolean } = {},
+  opts: { signingOut?: boolean; page?: boolean } = {},
 ): string {
   const t = T[lang];
-  const title = opts.signingOut ? t.logoutErrorTitle : t.errorTitle;
+  const title = opts.page ? t.pageErrorTitle : opts.signingOut ? t.logoutErrorTitle : t.errorTitle;
   return layout(
     lang,
     title,
     `<h1>${e(title)}</h1><div class="error" role="alert"><code>${e(code)}</code><br>${e(description)}</div>
-<p class="lead">${e(t.errorLead)}</p>`,
+<p class="lead">${e(opts.page ? t.pageErrorLead : t.errorLead)}</p>`,
   );
 }
 

@@ -325,8 +325,9 @@ export function accountRoutes(s: Services): Router {
       const id = passkeyIdParam.safeParse(req.params.id);
       const body = nameForm.safeParse(req.body);
       const name = body.success ? cleanPasskeyName(body.data.name) : null;
-      if (id.success && name) s.enrolment.renamePasskey(session, id.data, name, ctx(res));
-      backTo(res, "/account?notice=renamed");
+      // Said only when it happened: a blank name or another member's passkey changes nothing.
+      const done = id.success && name !== null && s.enrolment.renamePasskey(session, id.data, name, ctx(res));
+      backTo(res, done ? "/account?notice=renamed" : "/account?error=invalid");
     }),
   );
 
@@ -335,8 +336,8 @@ export function accountRoutes(s: Services): Router {
     ...form,
     signedIn((req, res, session) => {
       const id = passkeyIdParam.safeParse(req.params.id);
-      if (id.success) s.enrolment.removePasskey(session, id.data, ctx(res));
-      backTo(res, "/account?notice=removed");
+      const done = id.success && s.enrolment.removePasskey(session, id.data, ctx(res));
+      backTo(res, done ? "/account?notice=removed" : "/account?error=invalid");
     }),
   );
 
@@ -353,8 +354,8 @@ export function accountRoutes(s: Services): Router {
     "/account/devices/:id/remove",
     ...form,
     signedIn((req, res, session) => {
-      forgetOwnDevice(s, session, String(req.params.id), ctx(res));
-      backTo(res, "/account?notice=removed");
+      const done = forgetOwnDevice(s, session, String(req.params.id), ctx(res));
+      backTo(res, done ? "/account?notice=removed" : "/account?error=invalid");
     }),
   );
 

@@ -59,7 +59,7 @@ export function adminConsoleRoutes(s: Services): Router {
     } catch (err) {
       if (!(err instanceof ApiError)) throw err;
       if (err.status === 403) {
-        html(res, 403, errorPage(lang(req), "forbidden", consoleText(lang(req)).forbidden));
+        html(res, 403, errorPage(lang(req), "forbidden", consoleText(lang(req)).forbidden, { page: true }));
       } else {
         res.redirect(
           303,
@@ -334,7 +334,7 @@ export function adminConsoleRoutes(s: Services): Router {
   // A missing member or a bad parameter is a page, not JSON.
   r.use("/admin", (err: unknown, req: Request, res: Response, next: (err?: unknown) => void) => {
     if (!(err instanceof ApiError) || err.status >= 500) return next(err);
-    html(res, err.status, errorPage(lang(req), err.code, err.description));
+    html(res, err.status, errorPage(lang(req), err.code, err.description, { page: true }));
   });
 
   return r;
