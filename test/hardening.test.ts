@@ -139,6 +139,25 @@ describe("HTTP hardening", () => {
     expect(api.body.error).toBe("not_found");
   });
 
+  it("a language chosen with the switch stays for the reader's next pages, whatever the browser asks", async () => {
+    const chose = await supertest(t.app).get("/account/login?lang=en").set("Accept-Language", "ja");
+    expect(chose.text).toContain('<html lang="en"');
+    const jar = String(chose.headers["set-cookie"]).match(/sekisho_lang=en/)?.[0] as string;
+    expect(jar).toBeTruthy();
+    // After an action's redirect (no ?lang=), the page is still English.
+    const next = await supertest(t.app)
+      .get("/account")
+      .set("Accept-Language", "ja")
+      .set("Cookie", `${cookie}; ${jar}`);
+    expect(next.text).toContain('<html lang="en"');
+    // Without the choice, Accept-Language decides (Japanese first).
+    const plain = await supertest(t.app).get("/account").set("Accept-Language", "ja").set("Cookie", cookie);
+    expect(plain.text).toContain('<html lang="ja"');
+    // Switching back is remembered too.
+    const back = await supertest(t.app).get("/account/login?lang=ja").set("Cookie", jar);
+    expect(String(back.headers["set-cookie"])).toContain("sekisho_lang=ja");
+  });
+
   it("account page actions say they happened only when they did (a blank name, an unknown id)", async () => {
     const form = (path: string, body: Record<string, string>) =>
       supertest(t.app).post(path).set("Cookie", cookie).set("Origin", ORIGIN).type("form").send(body);

@@ -13,8 +13,8 @@ import {
   sessionLoader,
 } from "./middleware.js";
 import { cachedProviderDocuments, createOidc, OIDC_ROUTES } from "../oidc/provider.js";
-import { assetRoutes, pageHeaders } from "./hosted.js";
-import { errorPage, pickLang } from "./pages.js";
+import { assetRoutes, pageHeaders, rememberLang, reqLang } from "./hosted.js";
+import { errorPage } from "./pages.js";
 import { httpMetrics, metricsRoute } from "./metrics-routes.js";
 import { accountRoutes } from "./routes/account.js";
 import { adminRoutes } from "./routes/admin.js";
@@ -116,6 +116,7 @@ export function createApp(s: Services): express.Express {
   app.use("/api/v1", api);
 
   app.use(assetRoutes());
+  app.use(rememberLang(s.config.secureCookies));
   app.use(accountRoutes(s));
   app.use(recoveryPageRoutes(s));
   app.use(adminConsoleRoutes(s));
@@ -155,7 +156,7 @@ export function createApp(s: Services): express.Express {
       .status(api.status)
       .type("html")
       .send(
-        errorPage(pickLang(req.get("accept-language"), req.query.lang), api.code, api.description, {
+        errorPage(reqLang(req), api.code, api.description, {
           page: true,
         }),
       );

@@ -4,7 +4,25 @@ import path from "node:path";
 import { fileURLToPath } from "node:url";
 import express, { type Request, type Response, Router } from "express";
 import { fromOwnOrigin } from "./middleware.js";
-import { errorPage, pickLang } from "./pages.js";
+import { errorPage, LANG_COOKIE, type Lang, langOf, pickLang } from "./pages.js";
+
+/** The language of a page request (see langOf). */
+export function reqLang(req: Request): Lang {
+  return langOf(req.get("accept-language"), req.get("cookie"), req.query.lang);
+}
+
+/** `?lang=ja|en` on a page: remembered for the reader's next pages (a plain preference cookie). */
+export function rememberLang(secure: boolean) {
+  return (req: Request, res: Response, next: () => void) => {
+    const chosen = req.query.lang;
+    if (chosen === "ja" || chosen === "en")
+      res.append(
+        "Set-Cookie",
+        `${LANG_COOKIE}=${chosen}; Path=/; Max-Age=31536000; HttpOnly; SameSite=Lax${secure ? "; Secure" : ""}`,
+      );
+    next();
+  };
+}
 
 /**
  * What every hosted page shares: its headers (strict CSP: scripts only from our own files,

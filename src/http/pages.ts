@@ -33,6 +33,22 @@ export function localTime(lang: Lang, iso: string, opts: { seconds?: boolean } =
   return `${text} ${lang === "ja" ? "(日本時間)" : "UTC"}`;
 }
 
+/** The cookie that keeps a reader's language choice (the switch on every page) across pages. */
+export const LANG_COOKIE = "sekisho_lang";
+const CHOSEN = new RegExp(`(?:^|;\\s*)${LANG_COOKIE}=(ja|en)(?:;|$)`);
+
+/**
+ * A page's language: `?lang=`, else the language the reader chose earlier (its cookie), else
+ * `Accept-Language` (Japanese unless it starts with English).
+ */
+export function langOf(
+  acceptLanguage: string | undefined,
+  cookie: string | undefined,
+  query?: unknown,
+): Lang {
+  return pickLang(acceptLanguage, query === "ja" || query === "en" ? query : CHOSEN.exec(cookie ?? "")?.[1]);
+}
+
 export function pickLang(acceptLanguage: string | undefined, override?: unknown): Lang {
   if (override === "ja" || override === "en") return override;
   const first = (acceptLanguage ?? "").split(",")[0]?.trim().toLowerCase() ?? "";

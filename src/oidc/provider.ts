@@ -6,7 +6,7 @@ import Provider, { type Configuration, interactionPolicy, type KoaContextWithOID
 import initializeKeyStore from "oidc-provider/lib/helpers/initialize_keystore.js";
 import { lazyPrepared } from "../db/connection.js";
 import { members } from "../db/schema.js";
-import { errorPage, loggedOutPage, logoutPage, pickLang } from "../http/pages.js";
+import { errorPage, langOf, loggedOutPage, logoutPage } from "../http/pages.js";
 import { ApiError, StartupError } from "../errors.js";
 import { PROFILE_FIELDS, type Profile, type ProfileField } from "../members/profile.js";
 import type { Services } from "../services.js";
@@ -207,11 +207,11 @@ export function createOidc(s: Services): Oidc {
         // Confirmation page: the provider's form (hidden xsrf) plus our button; no script.
         logoutSource: async (ctx, form) => {
           ctx.type = "html";
-          ctx.body = logoutPage(pickLang(ctx.get("accept-language")), form);
+          ctx.body = logoutPage(langOf(ctx.get("accept-language"), ctx.get("cookie")), form);
         },
         postLogoutSuccessSource: async (ctx) => {
           ctx.type = "html";
-          ctx.body = loggedOutPage(pickLang(ctx.get("accept-language")));
+          ctx.body = loggedOutPage(langOf(ctx.get("accept-language"), ctx.get("cookie")));
         },
       },
     },
@@ -322,7 +322,7 @@ export function createOidc(s: Services): Oidc {
     renderError: async (ctx, out) => {
       ctx.type = "html";
       ctx.body = errorPage(
-        pickLang(ctx.get("accept-language")),
+        langOf(ctx.get("accept-language"), ctx.get("cookie")),
         out.error ?? "error",
         out.error_description ?? "",
         { signingOut: ctx.path.startsWith(OIDC_ROUTES.end_session) },

@@ -16,10 +16,10 @@ import {
   policyPage,
 } from "../admin-pages.js";
 import { setDeviceCookie, setSessionCookie } from "../cookies.js";
-import { hostedForm, pageHeaders } from "../hosted.js";
+import { hostedForm, pageHeaders, reqLang } from "../hosted.js";
 import { loginForm, mfaForm, passwordStep, secondStep, subjectFor } from "../hosted-sign-in.js";
 import { locals } from "../middleware.js";
-import { errorPage, type Lang, type LoginError, loginPage, pickLang } from "../pages.js";
+import { errorPage, type Lang, type LoginError, loginPage } from "../pages.js";
 import { auditQuery, parsePolicy, reasonText } from "./admin.js";
 
 const reasonForm = z.object({ reason: reasonText });
@@ -42,7 +42,7 @@ export function adminConsoleRoutes(s: Services): Router {
   const r = Router();
   const ops = new AdminOps(s);
   const form = hostedForm(s.config.issuerOrigin);
-  const lang = (req: Request): Lang => pickLang(req.get("accept-language"), req.query.lang);
+  const lang = (req: Request): Lang => reqLang(req);
   const html = (res: Response, status: number, body: string) => {
     pageHeaders(res);
     res.status(status).type("html").send(body);

@@ -9,9 +9,9 @@ import type { FactorMethod } from "../../factors/methods.js";
 import type { Session } from "../../sessions/sessions.js";
 import { setDeviceCookie, setSessionCookie } from "../cookies.js";
 import { mfaPage } from "../account-pages.js";
-import { hostedForm as hostedFormGuard, pageHeaders } from "../hosted.js";
+import { hostedForm as hostedFormGuard, pageHeaders, reqLang } from "../hosted.js";
 import { loginForm, mfaForm, passwordStep, secondStep, subjectFor } from "../hosted-sign-in.js";
-import { consentPage, errorPage, type Lang, type LoginError, loginPage, pickLang } from "../pages.js";
+import { consentPage, errorPage, type Lang, type LoginError, loginPage } from "../pages.js";
 
 /** Marks an authorization that came in with prompt=none (see silentAuthorization). */
 export const SILENT_PARAM = "sekisho_silent";
@@ -104,7 +104,7 @@ export function interactionRoutes(s: Services, oidc: Oidc): Router {
   ) => {
     const details = await provider.interactionDetails(req, res);
     const client = await clientView(details.params.client_id as string | undefined);
-    const lang: Lang = pickLang(req.get("accept-language"), req.query.lang);
+    const lang: Lang = reqLang(req);
     pageHeaders(res, client.redirects);
     const base = `/interaction/${encodeURIComponent(details.uid)}`;
     const switchHref = `${base}?lang=${lang === "ja" ? "en" : "ja"}`;
@@ -156,7 +156,7 @@ export function interactionRoutes(s: Services, oidc: Oidc): Router {
   ) => {
     const details = await provider.interactionDetails(req, res);
     const client = await clientView(details.params.client_id as string | undefined);
-    const lang: Lang = pickLang(req.get("accept-language"), req.query.lang);
+    const lang: Lang = reqLang(req);
     pageHeaders(res, client.redirects);
     const base = `/interaction/${encodeURIComponent(details.uid)}`;
     res
@@ -308,13 +308,7 @@ export function interactionRoutes(s: Services, oidc: Oidc): Router {
     res
       .status(err.statusCode ?? 400)
       .type("html")
-      .send(
-        errorPage(
-          pickLang(req.get("accept-language"), req.query.lang),
-          err.error,
-          err.error_description ?? "",
-        ),
-      );
+      .send(errorPage(reqLang(req), err.error, err.error_description ?? ""));
   });
 
   return r;

@@ -5,9 +5,9 @@ import { emailInput } from "../../members/profile-input.js";
 import type { PasswordProblem } from "../../passwords/rules.js";
 import type { Services } from "../../services.js";
 import { deviceTokenFrom } from "../../sessions/devices.js";
-import { hostedForm, pageHeaders } from "../hosted.js";
+import { hostedForm, pageHeaders, reqLang } from "../hosted.js";
 import { locals } from "../middleware.js";
-import { type Lang, pickLang } from "../pages.js";
+import type { Lang } from "../pages.js";
 import {
   emailVerifiedPage,
   forgotLoginIdPage,
@@ -49,7 +49,7 @@ export function recoveryPageRoutes(s: Services): Router {
   const r = Router();
   const form = hostedForm(s.config.issuerOrigin);
   const minLength = s.config.passwordMinLength;
-  const lang = (req: Request): Lang => pickLang(req.get("accept-language"), req.query.lang);
+  const lang = (req: Request): Lang => reqLang(req);
   const html = (res: Response, status: number, body: string) => {
     pageHeaders(res);
     res.status(status).type("html").send(body);
