@@ -49,7 +49,8 @@ describe("admins: `sekisho admins add` and the admin API of the login-anomaly en
     expect(weak.status).toBe(401);
     await register(t.app, { login_id: "plain.member" });
     expect((await get(await signIn(t.app, "plain.member"))).status).toBe(403);
-    const ok = await get(await passkeySession(auth));
+    const admin = await passkeySession(auth);
+    const ok = await get(admin);
     expect(ok.status).toBe(200);
     expect(ok.body.alerts[0]).toMatchObject({
       kind: "under_attack",
@@ -59,6 +60,13 @@ describe("admins: `sekisho admins add` and the admin API of the login-anomaly en
     expect(
       t.s.db.select().from(auditLog).where(eq(auditLog.action, "admin.alerts_viewed")).all(),
     ).toHaveLength(1);
+    // The console says what the alert is, in the admin's language, with its code beside it.
+    const page = await supertest(t.app).get("/admin/alerts").set("Cookie", admin);
+    expect(page.text).toContain("サービス全体への攻撃");
+    expect(page.text).toContain('<code class="small">under_attack</code>');
+    expect(page.text).toContain("重大");
+    const dashboard = await supertest(t.app).get("/admin").set("Cookie", admin);
+    expect(dashboard.text).not.toMatch(/MFAポリシー: (off|optional|required)/);
   });
 
   it("an admin lifts an account's protection (audited with the reason)", async () => {

@@ -160,6 +160,35 @@ code.small{font-size:.8rem;word-break:break-all}form.row{display:flex;gap:.5rem;
 
 const when = (lang: Lang, iso: string) => localTime(lang, iso, { seconds: true });
 
+const modeLabel = (c: (typeof C)[Lang], mode: string) =>
+  mode === "off"
+    ? c.modeOff
+    : mode === "optional"
+      ? c.modeOptional
+      : mode === "required"
+        ? c.modeRequired
+        : mode;
+
+/** What each alert kind means, in the admin's language (the code stays beside it, for searching). */
+const ALERT_KIND: Record<string, { ja: string; en: string }> = {
+  under_attack: { ja: "サービス全体への攻撃", en: "Service under attack" },
+  password_spraying: { ja: "パスワードスプレー攻撃", en: "Password spraying" },
+  account_protected: { ja: "アカウント保護の開始", en: "Account protected" },
+  network_blocked: { ja: "ネットワークの遮断", en: "Network blocked" },
+  honeytoken_touched: { ja: "おとり会員へのアクセス", en: "Decoy member touched" },
+  pii_budget_exceeded: { ja: "個人情報の閲覧上限超過", en: "PII read budget exceeded" },
+  bulk_read_suspected: { ja: "大量閲覧の疑い", en: "Bulk read suspected" },
+  mail_undeliverable: { ja: "メール不達", en: "Mail undeliverable" },
+  mail_failing: { ja: "メール送信の障害", en: "Mail failing" },
+  keyring_unreadable: { ja: "鍵束を読めない", en: "Keyring unreadable" },
+  signing_keys_refused: { ja: "署名鍵を拒否", en: "Signing keys refused" },
+};
+const SEVERITY: Record<string, { ja: string; en: string }> = {
+  critical: { ja: "重大", en: "Critical" },
+  warning: { ja: "警告", en: "Warning" },
+  info: { ja: "情報", en: "Info" },
+};
+
 /** The console frame: navigation, and the page. */
 export function consolePage(lang: Lang, title: string, body: string, path: string): string {
   const c = C[lang];
@@ -207,7 +236,7 @@ export function alertsTable(lang: Lang, alerts: AlertView[]): string {
         typeof d.request_id === "string"
           ? ` <a href="/admin/audit?request_id=${e(encodeURIComponent(d.request_id))}">request</a>`
           : "";
-      return `<tr><td>${e(when(lang, a.at))}</td><td>${e(a.kind)}</td><td class="${e(a.severity)}">${e(a.severity)}</td><td><code class="small">${e(JSON.stringify(d))}</code>${link}${req}</td></tr>`;
+      return `<tr><td>${e(when(lang, a.at))}</td><td>${e(ALERT_KIND[a.kind]?.[lang] ?? a.kind)} <code class="small">${e(a.kind)}</code></td><td class="${e(a.severity)}">${e(SEVERITY[a.severity]?.[lang] ?? a.severity)}</td><td><code class="small">${e(JSON.stringify(d))}</code>${link}${req}</td></tr>`;
     })
     .join("")}</table>`;
 }
@@ -231,7 +260,7 @@ export function dashboardPage(
   const a = v.adoption;
   const stat = (label: string, n: number) => `<div class="stat">${e(label)}<b>${n}</b></div>`;
   const body = `<section><h2>${e(c.status)}</h2><div class="${v.underAttack ? "error" : "ok"}" role="status">${e(v.underAttack ? c.underAttack : c.calm)}</div></section>
-<section><h2>${e(c.adoption)} <span class="muted">(${e(c.policy)}: ${e(v.policyMode)})</span></h2><div class="stats">
+<section><h2>${e(c.adoption)} <span class="muted">(${e(c.policy)}: ${e(modeLabel(c, v.policyMode))})</span></h2><div class="stats">
 ${stat(c.membersCount, a.members)}${stat(c.withTotp, a.with_totp)}${stat(c.withPasskeys, a.with_passkeys)}${stat(c.withoutFactor, a.without_factor)}${stat(c.pastGrace, a.past_grace)}</div></section>
 <section><h2>${e(c.recentAlerts)}</h2>${alertsTable(lang, v.alerts)}<p><a href="/admin/alerts">${e(c.alerts)} →</a></p></section>`;
   return consolePage(lang, c.dashboard, body, "/admin");
