@@ -302,8 +302,9 @@ const ACR_LABEL: Record<string, { ja: string; en: string }> = {
   },
 };
 
-const postButton = (action: string, label: string, cls = "secondary") =>
-  `<form method="post" action="${e(action)}" class="inline"><button type="submit" class="${cls}">${e(label)}</button></form>`;
+/** A one-button form; `about` names what it acts on, for screen readers (several look alike). */
+const postButton = (action: string, label: string, cls = "secondary", about?: string) =>
+  `<form method="post" action="${e(action)}" class="inline"><button type="submit" class="${cls}"${about ? ` aria-label="${e(`${label}: ${about}`)}"` : ""}>${e(label)}</button></form>`;
 
 export function accountPage(lang: Lang, v: AccountView, notice?: Notice, error?: AccountError): string {
   const a = A[lang];
@@ -317,8 +318,8 @@ export function accountPage(lang: Lang, v: AccountView, notice?: Notice, error?:
               p,
             ) => `<li><strong>${e(p.name)}</strong> <span class="muted">(${e(p.synced ? a.synced : a.deviceBound)}; ${e(a.lastUsed)}: ${e(when(p.lastUsedAt))})</span>
 ${p.suspected ? `<div class="error">${e(a.suspected)}</div>` : ""}
-<form method="post" action="/account/passkeys/${e(p.id)}/rename"><label class="muted" for="n_${e(p.id)}">${e(a.rename)}</label><input type="text" id="n_${e(p.id)}" name="name" maxlength="64" value="${e(p.name)}" required><button type="submit" class="secondary">${e(a.rename)}</button></form>
-${postButton(`/account/passkeys/${p.id}/remove`, a.remove)}</li>`,
+<form method="post" action="/account/passkeys/${e(p.id)}/rename"><label class="muted" for="n_${e(p.id)}">${e(a.rename)}<span class="sr"> (${e(p.name)})</span></label><input type="text" id="n_${e(p.id)}" name="name" maxlength="64" value="${e(p.name)}" required><button type="submit" class="secondary" aria-label="${e(`${a.rename}: ${p.name}`)}">${e(a.rename)}</button></form>
+${postButton(`/account/passkeys/${p.id}/remove`, a.remove, "secondary", p.name)}</li>`,
           )
           .join("")}</ul>`;
   const body = `<h1>${e(a.accountTitle)}</h1><p class="lead">${e(a.signedInAs(v.loginId))}<br><span class="muted">${e(a.level)}: ${e(ACR_LABEL[v.acr]?.[lang] ?? v.acr)}</span></p>
@@ -348,7 +349,7 @@ ${v.email && !v.emailVerified ? postButton("/account/email/resend", a.resend) : 
 <section><h2>${e(a.sessionsHeading)}</h2><ul class="plain">${v.sessions
     .map(
       (x) =>
-        `<li>${e(x.userAgent ?? "?")} <span class="muted">${e(x.ip ?? "")} · ${e(when(x.lastSeenAt))}${x.current ? ` · ${e(a.current)}` : ""}</span>${x.current ? "" : postButton(`/account/sessions/${x.id}/end`, a.end)}</li>`,
+        `<li>${e(x.userAgent ?? "?")} <span class="muted">${e(x.ip ?? "")} · ${e(when(x.lastSeenAt))}${x.current ? ` · ${e(a.current)}` : ""}</span>${x.current ? "" : postButton(`/account/sessions/${x.id}/end`, a.end, "secondary", `${x.userAgent ?? "?"} · ${when(x.lastSeenAt)}`)}</li>`,
     )
     .join("")}</ul></section>
 <section><h2>${e(a.devicesHeading)}</h2>${
@@ -357,7 +358,7 @@ ${v.email && !v.emailVerified ? postButton("/account/email/resend", a.resend) : 
       : `<ul class="plain">${v.devices
           .map(
             (d) =>
-              `<li>${e(d.userAgent ?? "?")} <span class="muted">${e(when(d.lastSeenAt))}${d.current ? ` · ${e(a.current)}` : ""}</span>${postButton(`/account/devices/${d.id}/remove`, a.remove)}</li>`,
+              `<li>${e(d.userAgent ?? "?")} <span class="muted">${e(when(d.lastSeenAt))}${d.current ? ` · ${e(a.current)}` : ""}</span>${postButton(`/account/devices/${d.id}/remove`, a.remove, "secondary", `${d.userAgent ?? "?"} · ${when(d.lastSeenAt)}`)}</li>`,
           )
           .join("")}</ul>`
   }</section>

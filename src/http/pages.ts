@@ -149,6 +149,7 @@ ul.plain{list-style:none;padding:0;margin:0}ul.plain li{padding:.5rem 0;border-b
 .muted{color:#5f6779;font-size:.9rem}.ok{background:#e8f5ec;color:#1d5c2e;border-radius:8px;padding:.75rem;margin-bottom:1rem}
 code.secret{word-break:break-all;font-size:1.05rem}.qr svg{width:220px;height:220px;display:block;margin:1rem auto}
 ol.codes{columns:2;font-family:ui-monospace,monospace;font-size:1.05rem}
+.sr{position:absolute;width:1px;height:1px;overflow:hidden;clip:rect(0 0 0 0);white-space:nowrap}
 footer{text-align:center;color:#5f6779;font-size:.85rem;margin-top:1.5rem}footer a{color:#2456c9}`;
 
 /** The passkey script and its messages (the script reads them from data attributes). */
