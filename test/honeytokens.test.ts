@@ -1,3 +1,4 @@
+import { checkChosenLoginId, resolveLoginInput } from "../src/members/login-id.js";
 import fs from "node:fs";
 import supertest from "supertest";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
@@ -54,6 +55,14 @@ describe("honeytokens: decoy members that raise the alarm when touched", () => {
     const tables = t.s.db.$client.prepare("SELECT name FROM sqlite_master").pluck().all() as string[];
     expect(tables.join(" ")).not.toMatch(/honey|decoy/i);
   });
+
+  it("every decoy's login ID is one a member could have: sign-in looks it up (never a 400 that says nobody has it)", async () => {
+    const ids = await t.s.decoys.add(80, { ip: null });
+    for (const id of ids) {
+      expect(resolveLoginInput(id), id).toBe(id);
+      if (!/^[0-9a-z]{4}-[0-9a-z]{4}-[0-9a-z]{3}$/.test(id)) expect(checkChosenLoginId(id).ok, id).toBe(true);
+    }
+  }, 30_000);
 
   it("a sign-in attempt with a decoy's login ID fails like any wrong password and raises a critical alert with the address", async () => {
     const res = await post(t.app, "/api/v1/login", {

@@ -5,6 +5,7 @@ import type { Honeytokens } from "../audit/honeytokens.js";
 import type { Clock } from "../clock.js";
 import { type Db, inTransaction } from "../db/connection.js";
 import { members, profiles } from "../db/schema.js";
+import { checkChosenLoginId } from "../members/login-id.js";
 import { generateMemberNumber } from "../members/member-number.js";
 import type { Profile, ProfileVault } from "../members/profile.js";
 import { newSubject } from "../members/registration.js";
@@ -123,21 +124,29 @@ export class Decoys {
     };
   }
 
-  /** Login IDs as Japanese members choose them: romanised names, initials, years. */
+  /**
+   * Login IDs as Japanese members choose them: romanised names, initials, years. Only IDs that
+   * registration itself would accept: one it refuses (e.g. eleven letters and digits, the shape of
+   * a member number) would be answered `400 invalid_login_id` at sign-in, before the decoy is
+   * ever looked up, telling an attacker it can't be anyone's and never raising the alarm.
+   */
   #loginId(): { id: string; kind: "chosen" | "number" } {
     if (randomInt(3) === 0) return { id: generateMemberNumber(), kind: "number" };
-    const family = pick(FAMILY);
-    const given = pick(GIVEN);
-    const year = String(randomInt(60, 100) % 100).padStart(2, "0");
-    const shapes = [
-      `${family}.${given}`,
-      `${given}.${family}`,
-      `${family}${given[0]}${year}`,
-      `${given}_${family}`,
-      `${given}${randomInt(1, 1000)}`,
-      `${family}-${given[0]}`,
-    ];
-    return { id: pick(shapes), kind: "chosen" };
+    for (;;) {
+      const family = pick(FAMILY);
+      const given = pick(GIVEN);
+      const year = String(randomInt(60, 100) % 100).padStart(2, "0");
+      const shapes = [
+        `${family}.${given}`,
+        `${given}.${family}`,
+        `${family}${given[0]}${year}`,
+        `${given}_${family}`,
+        `${given}${randomInt(1, 1000)}`,
+        `${family}-${given[0]}`,
+      ];
+      const chosen = checkChosenLoginId(pick(shapes));
+      if (chosen.ok) return { id: chosen.loginId, kind: "chosen" };
+    }
   }
 
   /** Make `count` decoys; returns their login IDs (for the operator's sealed record, never logged). */
