@@ -294,7 +294,11 @@ describe("OIDC code flow with a real relying party (openid-client)", () => {
       body: new URLSearchParams({ login_id: "oidc.member", password: "not the password" }).toString(),
     });
     expect(wrong.status).toBe(401);
-    expect(await wrong.text()).toContain("ログインIDまたはパスワードが正しくありません");
+    const wrongPage = await wrong.text();
+    expect(wrongPage).toContain("ログインIDまたはパスワードが正しくありません");
+    // The error is tied to the fields for screen readers.
+    expect(wrongPage).toContain('id="login_error"');
+    expect(wrongPage).toMatch(/id="password"[^>]*aria-describedby="login_error"/);
     const res = await jar.fetch(`${issuer}${action}`, {
       method: "POST",
       headers: { "content-type": "application/x-www-form-urlencoded", origin: issuer },

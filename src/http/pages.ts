@@ -244,15 +244,17 @@ export function loginPage(opts: {
   challenge?: object | undefined;
 }): string {
   const t = T[opts.lang];
+  // The fields point at the error, so a screen reader says why when the member returns to them.
+  const invalid = opts.error ? ' aria-invalid="true" aria-describedby="login_error"' : "";
   const body = `<div class="client">${opts.logoUri ? `<img src="${e(opts.logoUri)}" alt="">` : ""}
 <div><h1>${e(t.title)}</h1><p class="lead">${e(t.lead(opts.clientName))}</p></div></div>
-${opts.error ? `<div class="error" role="alert">${e(t[opts.error])}</div>` : ""}${opts.notice ? `<div class="ok" role="status">${e(opts.notice)}</div>` : ""}
+${opts.error ? `<div class="error" role="alert" id="login_error">${e(t[opts.error])}</div>` : ""}${opts.notice ? `<div class="ok" role="status">${e(opts.notice)}</div>` : ""}
 ${passkeySupport(opts.lang)}
 <form method="post" action="${e(opts.action)}">
 <label for="login_id">${e(t.loginId)}</label>
-<input type="text" id="login_id" name="login_id" autocomplete="username webauthn" autocapitalize="none" spellcheck="false" required value="${e(opts.loginId ?? "")}">
+<input type="text" id="login_id" name="login_id" autocomplete="username webauthn" autocapitalize="none" spellcheck="false" required value="${e(opts.loginId ?? "")}"${invalid}>
 <label for="password">${e(t.password)}</label>
-<input type="password" id="password" name="password" autocomplete="current-password" required>
+<input type="password" id="password" name="password" autocomplete="current-password" required${invalid}>
 ${opts.challenge ? `<altcha-widget challenge="${e(JSON.stringify(opts.challenge))}" name="challenge_solution" language="${opts.lang}"></altcha-widget>` : ""}
 <button type="submit">${e(t.submit)}</button>
 </form>
