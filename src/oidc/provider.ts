@@ -249,8 +249,8 @@ export function createOidc(s: Services): Oidc {
       if (existing) {
         // A first-party site asking for more than before (another page, another scope) gets it
         // added, without a consent page or a consent_required for prompt=none.
-        const asked = [...(ctx.oidc.requestParamScopes ?? new Set<string>())];
-        const missing = asked.filter((sc) => !existing.getOIDCScope().split(" ").includes(sc));
+        const has = new Set(existing.getOIDCScope().split(" "));
+        const missing = [...(ctx.oidc.requestParamScopes ?? new Set<string>())].filter((sc) => !has.has(sc));
         if (firstParty && missing.length > 0) {
           existing.addOIDCScope(missing.join(" "));
           await existing.save();
@@ -445,13 +445,14 @@ function requestedAcr(ctx: KoaContextWithOIDC): string | null {
   return known[0] ?? null;
 }
 
+/** Headers a cached provider document never replays: they belong to the request that made it. */
+const PER_REQUEST = new Set(["date", "x-request-id", "set-cookie"]);
+
 /**
  * Serve GET `paths` from a copy of the provider's first 200 answer to each (body and headers).
  * The documents depend only on configuration, fixed for the life of the process, and the signing
  * keys: the copies are dropped whenever `generation()` changes.
  */
-const PER_REQUEST = new Set(["date", "x-request-id", "set-cookie"]);
-
 export function cachedProviderDocuments(
   paths: readonly string[],
   callback: (req: IncomingMessage, res: ServerResponse) => unknown,
