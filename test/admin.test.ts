@@ -120,5 +120,12 @@ describe("admins: `sekisho admins add` and the admin API of the login-anomaly en
     expect(
       (await post(t.app, "/api/v1/admin/members/m_nobodyAAAAAAAAAAAAAAAA/unlock", {}, cookie)).status,
     ).toBe(404);
+    // The console answers a member that doesn't exist with a page, not JSON.
+    const missing = await supertest(t.app)
+      .get("/admin/members/m_nobodyAAAAAAAAAAAAAAAA")
+      .set("Cookie", cookie);
+    expect(missing.status).toBe(404);
+    expect(missing.headers["content-type"]).toMatch(/text\/html/);
+    expect(missing.text).toContain("このページを表示できません");
   });
 });

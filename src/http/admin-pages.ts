@@ -160,14 +160,8 @@ code.small{font-size:.8rem;word-break:break-all}form.row{display:flex;gap:.5rem;
 
 const when = (lang: Lang, iso: string) => localTime(lang, iso, { seconds: true });
 
-const modeLabel = (c: (typeof C)[Lang], mode: string) =>
-  mode === "off"
-    ? c.modeOff
-    : mode === "optional"
-      ? c.modeOptional
-      : mode === "required"
-        ? c.modeRequired
-        : mode;
+const modeLabel = (c: (typeof C)[Lang], mode: string): string =>
+  ({ off: c.modeOff, optional: c.modeOptional, required: c.modeRequired })[mode] ?? mode;
 
 /** What each alert kind means, in the admin's language (the code stays beside it, for searching). */
 const ALERT_KIND: Record<string, { ja: string; en: string }> = {

@@ -4,7 +4,7 @@ import path from "node:path";
 import { fileURLToPath } from "node:url";
 import express, { type Request, type Response, Router } from "express";
 import { fromOwnOrigin } from "./middleware.js";
-import { errorPage, LANG_COOKIE, type Lang, langOf, pickLang } from "./pages.js";
+import { errorPage, LANG_COOKIE, type Lang, langOf } from "./pages.js";
 
 /** The language of a page request (see langOf). */
 export function reqLang(req: Request): Lang {
@@ -48,13 +48,7 @@ export function hostedForm(issuerOrigin: string) {
       res
         .status(403)
         .type("html")
-        .send(
-          errorPage(
-            pickLang(req.get("accept-language")),
-            "forbidden_origin",
-            "Cross-origin requests are not allowed.",
-          ),
-        );
+        .send(errorPage(reqLang(req), "forbidden_origin", "Cross-origin requests are not allowed."));
     },
     express.urlencoded({ extended: false, limit: "8kb" }),
   ];

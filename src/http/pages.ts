@@ -83,7 +83,6 @@ const T = {
     passkey: "パスキーでサインイン",
     passkeyCancelled: "パスキーの操作が取り消されました。",
     passkeyFailed: "パスキーを確認できませんでした。もう一度お試しください。",
-    passkeyReauth: "もう一度サインインしてからお試しください。",
     passkeyExists: "このパスキーはすでに登録されています。",
     expired: "サインインの有効期限が切れました。もう一度サインインしてください。",
     challenge: "安全のため、自動確認（数秒の計算）のあとにもう一度パスワードを入力してください。",
@@ -119,7 +118,6 @@ const T = {
     passkey: "Sign in with a passkey",
     passkeyCancelled: "The passkey request was cancelled.",
     passkeyFailed: "The passkey could not be verified. Please try again.",
-    passkeyReauth: "Please sign in again and retry.",
     passkeyExists: "This passkey is already registered.",
     expired: "The sign-in expired. Please sign in again.",
     challenge:
@@ -155,7 +153,7 @@ footer{text-align:center;color:#5f6779;font-size:.85rem;margin-top:1.5rem}footer
 /** The passkey script and its messages (the script reads them from data attributes). */
 export function passkeySupport(lang: Lang): string {
   const t = T[lang];
-  return `<div data-passkey-messages hidden data-msg-cancelled="${e(t.passkeyCancelled)}" data-msg-failed="${e(t.passkeyFailed)}" data-msg-reauth="${e(t.passkeyReauth)}" data-msg-exists="${e(t.passkeyExists)}" data-msg-throttled="${e(t.throttled)}"></div>
+  return `<div data-passkey-messages hidden data-msg-cancelled="${e(t.passkeyCancelled)}" data-msg-failed="${e(t.passkeyFailed)}" data-msg-exists="${e(t.passkeyExists)}" data-msg-throttled="${e(t.throttled)}"></div>
 <div class="error" role="alert" data-passkey-error hidden></div>`;
 }
 

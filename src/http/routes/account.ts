@@ -22,7 +22,7 @@ import { clearSessionCookie, setDeviceCookie, setSessionCookie } from "../cookie
 import { hostedForm, pageHeaders, reqLang } from "../hosted.js";
 import { loginForm, mfaForm, passwordStep, secondStep, subjectFor } from "../hosted-sign-in.js";
 import { locals } from "../middleware.js";
-import { type Lang, type LoginError, loginPage } from "../pages.js";
+import { type LoginError, loginPage } from "../pages.js";
 import { passkeyIdParam } from "./factors.js";
 import { endOwnSession, forgetOwnDevice, logOut, memberEventRows } from "../../sessions/member-actions.js";
 
@@ -53,7 +53,7 @@ const iso = (ms: number | null) => (ms === null ? null : new Date(ms).toISOStrin
 export function accountRoutes(s: Services): Router {
   const r = Router();
   const form = hostedForm(s.config.issuerOrigin);
-  const lang = (req: Request): Lang => reqLang(req);
+  const lang = reqLang;
   const ctx = (res: Response) => ({ ip: locals(res).ip, requestId: locals(res).requestId });
   const html = (res: Response, status: number, body: string) => {
     pageHeaders(res);

@@ -19,7 +19,7 @@ import { setDeviceCookie, setSessionCookie } from "../cookies.js";
 import { hostedForm, pageHeaders, reqLang } from "../hosted.js";
 import { loginForm, mfaForm, passwordStep, secondStep, subjectFor } from "../hosted-sign-in.js";
 import { locals } from "../middleware.js";
-import { errorPage, type Lang, type LoginError, loginPage } from "../pages.js";
+import { errorPage, type LoginError, loginPage } from "../pages.js";
 import { auditQuery, parsePolicy, reasonText } from "./admin.js";
 
 const reasonForm = z.object({ reason: reasonText });
@@ -42,7 +42,7 @@ export function adminConsoleRoutes(s: Services): Router {
   const r = Router();
   const ops = new AdminOps(s);
   const form = hostedForm(s.config.issuerOrigin);
-  const lang = (req: Request): Lang => reqLang(req);
+  const lang = reqLang;
   const html = (res: Response, status: number, body: string) => {
     pageHeaders(res);
     res.status(status).type("html").send(body);
@@ -297,17 +297,16 @@ export function adminConsoleRoutes(s: Services): Router {
       Object.entries(req.query).filter(([, v]) => typeof v === "string" && v !== ""),
     );
     const q = auditQuery.safeParse(raw);
-    const filters = q.success ? q.data : { limit: 100 };
     // A bad filter lists nothing: the whole log under the admin's filter would pass for filtered.
-    const entries = !q.success
-      ? []
-      : ops.audit(c, {
-          memberId: "member_id" in filters ? filters.member_id : undefined,
-          action: "action" in filters ? filters.action : undefined,
-          requestId: "request_id" in filters ? filters.request_id : undefined,
-          before: "before" in filters ? filters.before : undefined,
+    const entries = q.success
+      ? ops.audit(c, {
+          memberId: q.data.member_id,
+          action: q.data.action,
+          requestId: q.data.request_id,
+          before: q.data.before,
           limit: 100,
-        });
+        })
+      : [];
     const last = entries.at(-1);
     const older =
       entries.length === 100 && last
@@ -331,11 +330,8 @@ export function adminConsoleRoutes(s: Services): Router {
     );
   });
 
-  // A missing member or a bad parameter is a page, not JSON.
-  r.use("/admin", (err: unknown, req: Request, res: Response, next: (err?: unknown) => void) => {
-    if (!(err instanceof ApiError) || err.status >= 500) return next(err);
-    html(res, err.status, errorPage(lang(req), err.code, err.description, { page: true }));
-  });
+  // A missing member or a bad parameter is a page, not JSON: the app's page error handler
+  // (src/http/app.ts) answers every page path so.
 
   return r;
 }

@@ -7,7 +7,6 @@ import type { Services } from "../../services.js";
 import { deviceTokenFrom } from "../../sessions/devices.js";
 import { hostedForm, pageHeaders, reqLang } from "../hosted.js";
 import { locals } from "../middleware.js";
-import type { Lang } from "../pages.js";
 import {
   emailVerifiedPage,
   forgotLoginIdPage,
@@ -49,7 +48,7 @@ export function recoveryPageRoutes(s: Services): Router {
   const r = Router();
   const form = hostedForm(s.config.issuerOrigin);
   const minLength = s.config.passwordMinLength;
-  const lang = (req: Request): Lang => reqLang(req);
+  const lang = reqLang;
   const html = (res: Response, status: number, body: string) => {
     pageHeaders(res);
     res.status(status).type("html").send(body);
