@@ -1,17 +1,19 @@
 import type { IncomingMessage, ServerResponse } from "node:http";
 import express, { type NextFunction, type Request, type Response } from "express";
-import helmet from "helmet";
 import type { Services } from "../services.js";
 import {
   accessLog,
+  applyHeaders,
   asApiError,
   errorHandler,
   noStore,
   notFound,
   originGuard,
   requestContext,
+  securityHeaders,
   sessionLoader,
 } from "./middleware.js";
+import { signInLane } from "./sign-in-lane.js";
 import { cachedProviderDocuments, createOidc, OIDC_ROUTES } from "../oidc/provider.js";
 import { assetRoutes, pageHeaders, rememberLang, reqLang } from "./hosted.js";
 import { errorPage } from "./pages.js";
@@ -30,6 +32,7 @@ import { recoveryPageRoutes } from "./routes/recovery-hosted.js";
 import { adminConsoleRoutes } from "./routes/admin-console.js";
 
 export const BODY_LIMIT = "64kb";
+const BODY_LIMIT_BYTES = 64 * 1024;
 const PAGE_PREFIXES = ["/account", "/admin", "/recovery", "/interaction"];
 
 /** Parse a SEKISHO_TRUST_PROXY value into what express's `trust proxy` setting takes. */
@@ -41,7 +44,7 @@ export function trustProxySetting(value: string | undefined): boolean | number |
 }
 
 /** The express app. No listen, no globals: tests build one per file on their own database. */
-export function createApp(s: Services): express.Express {
+export function createApp(s: Services, opts: { signInLane?: boolean } = {}): express.Express {
   const app = express();
   app.disable("x-powered-by");
   app.set("etag", false);
@@ -88,14 +91,16 @@ export function createApp(s: Services): express.Express {
     res.setHeader("X-Content-Type-Options", "nosniff");
     void providerCallback(req, res);
   });
-  app.use(
-    helmet({
-      hsts: s.config.secureCookies,
-      contentSecurityPolicy: {
-        directives: { "upgrade-insecure-requests": s.config.secureCookies ? [] : null },
-      },
-    }),
-  );
+  const headers = securityHeaders({
+    hsts: s.config.secureCookies,
+    contentSecurityPolicy: {
+      directives: { "upgrade-insecure-requests": s.config.secureCookies ? [] : null },
+    },
+  });
+  app.use((_req, res, next) => {
+    applyHeaders(res, headers);
+    next();
+  });
   app.use(healthRoutes(s));
 
   const api = express.Router();
@@ -162,5 +167,33 @@ export function createApp(s: Services): express.Express {
       );
   });
   app.use(errorHandler(s.logger));
+
+  // Password sign-ins on the JSON API that the throttle refuses are answered before express
+  // (src/http/sign-in-lane.ts); everything else, and every admitted attempt, goes through it.
+  if (opts.signInLane !== false) {
+    const lane = signInLane({
+      signIn: s.signIn,
+      logger: s.logger,
+      metrics: s.metrics,
+      issuerOrigin: s.config.issuerOrigin,
+      trustProxy: app.get("trust proxy fn"),
+      headers,
+      bodyLimit: BODY_LIMIT_BYTES,
+      shuttingDown: () => app.locals.shuttingDown === true,
+    });
+    app.locals.signInLane = lane;
+    // express calls app.handle for every request the server gives it; without a callback it is
+    // the top-level app (a mounted app gets its parent's `next`).
+    type Handle = (req: IncomingMessage, res: ServerResponse, callback?: NextFunction) => void;
+    const withHandle = app as unknown as { handle: Handle };
+    const handle = withHandle.handle;
+    withHandle.handle = (req, res, callback) => {
+      if (callback === undefined && lane.takes(req)) {
+        lane.run(req, res, () => handle.call(app, req, res));
+        return;
+      }
+      handle.call(app, req, res, callback);
+    };
+  }
   return app;
 }

@@ -32,7 +32,8 @@ type Tracked = { [ROUTE]?: unknown; [MATCHED]?: string; baseUrl: string };
  * The router sets `req.route` when a route matches, while `req.baseUrl` still holds every mount
  * path above it (by the time the answer is sent, an error handler may have run outside the
  * routers): an accessor on the app's request prototype keeps the full pattern then. One
- * definition per app, nothing per request.
+ * definition per app, nothing per request. The mount paths are lower-cased: routing ignores case,
+ * and a label per spelling (`/API/v1`, `/Api/v1`, …) would let anyone grow the metrics without bound.
  */
 function captureRoutes(requestPrototype: object): void {
   Object.defineProperty(requestPrototype, "route", {
@@ -42,7 +43,8 @@ function captureRoutes(requestPrototype: object): void {
     },
     set(this: Tracked, value: { path?: unknown } | undefined) {
       this[ROUTE] = value;
-      if (value && typeof value.path === "string") this[MATCHED] = `${this.baseUrl}${value.path}`;
+      if (value && typeof value.path === "string")
+        this[MATCHED] = `${this.baseUrl.toLowerCase()}${value.path}`;
     },
   });
 }

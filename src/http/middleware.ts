@@ -1,4 +1,6 @@
+import type { IncomingHttpHeaders, ServerResponse } from "node:http";
 import { isIP } from "node:net";
+import helmet, { type HelmetOptions } from "helmet";
 import type { NextFunction, Request, RequestHandler, Response } from "express";
 import type { Logger } from "pino";
 import { ZodError } from "zod";
@@ -26,18 +28,26 @@ export function locals(res: Response): RequestLocals {
  * pose as a thousand fresh clients, and nothing but an address reaches the audit log.
  */
 export function clientIp(req: Request): string {
-  let ip = req.ip ?? req.socket.remoteAddress ?? "unknown";
-  if (isIP(ip) === 0) ip = req.socket.remoteAddress ?? "unknown";
+  return clientIpOf(req.ip, req.socket.remoteAddress);
+}
+
+/** clientIp's rule, from the address proxy-addr computed and the socket's own. */
+export function clientIpOf(computed: string | undefined, remote: string | undefined): string {
+  let ip = computed ?? remote ?? "unknown";
+  if (isIP(ip) === 0) ip = remote ?? "unknown";
   return ip.startsWith("::ffff:") && ip.includes(".") ? ip.slice(7) : ip;
+}
+
+/** The client's X-Request-Id when it is a sane one, else a fresh random id. */
+export function requestIdFrom(incoming: string | undefined): string {
+  return incoming && /^[A-Za-z0-9._-]{8,64}$/.test(incoming)
+    ? incoming
+    : randomBytesPooled(12).toString("base64url");
 }
 
 export function requestContext(): RequestHandler {
   return (req, res, next) => {
-    const incoming = req.get("x-request-id");
-    const requestId =
-      incoming && /^[A-Za-z0-9._-]{8,64}$/.test(incoming)
-        ? incoming
-        : randomBytesPooled(12).toString("base64url");
+    const requestId = requestIdFrom(req.get("x-request-id"));
     res.setHeader("X-Request-Id", requestId);
     Object.assign(res.locals, { requestId, ip: clientIp(req), session: null, sessionToken: null });
     // Everything logged while handling the request carries its id (src/logger.ts).
@@ -51,27 +61,76 @@ export function accessLog(logger: Logger): RequestHandler {
     const start = process.hrtime.bigint();
     res.on("finish", () => {
       const l = locals(res);
-      logger.info(
-        {
-          req_id: l.requestId,
-          method: req.method,
-          path: req.originalUrl.split("?")[0],
-          status: res.statusCode,
-          ms: Number((process.hrtime.bigint() - start) / 1000n) / 1000,
-          ip: l.ip,
-        },
-        "request",
+      logRequest(
+        logger,
+        { requestId: l.requestId, method: req.method, path: req.originalUrl, ip: l.ip },
+        res,
+        start,
       );
     });
     next();
   };
 }
 
-export const noStore: RequestHandler = (_req, res, next) => {
+/** The access-log line of one answered request (the path without its query). */
+export function logRequest(
+  logger: Logger,
+  r: { requestId: string; method: string | undefined; path: string; ip: string },
+  res: ServerResponse,
+  start: bigint,
+): void {
+  logger.info(
+    {
+      req_id: r.requestId,
+      method: r.method,
+      path: r.path.split("?")[0],
+      status: res.statusCode,
+      ms: Number((process.hrtime.bigint() - start) / 1000n) / 1000,
+      ip: r.ip,
+    },
+    "request",
+  );
+}
+
+/** Every API answer: never stored by a browser or a cache. */
+export function noStoreHeaders(res: ServerResponse): void {
   res.setHeader("Cache-Control", "no-store");
   res.setHeader("Pragma", "no-cache");
+}
+
+export const noStore: RequestHandler = (_req, res, next) => {
+  noStoreHeaders(res);
   next();
 };
+
+type HeaderStep = readonly [name: string, value: string | null];
+
+/**
+ * helmet's headers, worked out once: they depend on the configuration, not on the request (no
+ * nonces, no per-request directives), so the middleware replays a list instead of running
+ * helmet's dozen middlewares on every request, and the sign-in lane sends the same list.
+ * helmet is run against a recorder; `null` stands for a header it removes.
+ */
+export function securityHeaders(options: HelmetOptions): readonly HeaderStep[] {
+  const steps: HeaderStep[] = [];
+  const recorder = {
+    setHeader: (name: string, value: string) => steps.push([name, String(value)]),
+    removeHeader: (name: string) => steps.push([name, null]),
+  };
+  let done = false;
+  helmet(options)({} as never, recorder as never, () => {
+    done = true;
+  });
+  if (!done) throw new Error("helmet did not finish synchronously: its headers can't be replayed");
+  return steps;
+}
+
+export function applyHeaders(res: ServerResponse, steps: readonly HeaderStep[]): void {
+  for (const [name, value] of steps) {
+    if (value === null) res.removeHeader(name);
+    else res.setHeader(name, value);
+  }
+}
 
 const JSON_TYPE = /^\s*application\/(?:[\w.-]+\+)?json\s*(?:;|$)/i;
 const UNSAFE = new Set(["POST", "PUT", "PATCH", "DELETE"]);
@@ -87,9 +146,10 @@ const CHARSET = /;\s*charset\s*=\s*"?([^";\s]+)/i;
  * it is `null`, as under a strict referrer policy) Fetch Metadata's `Sec-Fetch-Site` does; a
  * request with neither (curl, a server) is not a browser's cross-site request.
  */
-export function fromOwnOrigin(req: Request, issuerOrigin: string): boolean {
-  const site = req.get("sec-fetch-site");
-  const origin = req.get("origin") === "null" && site === "same-origin" ? undefined : req.get("origin");
+export function fromOwnOrigin(req: { headers: IncomingHttpHeaders }, issuerOrigin: string): boolean {
+  const site = req.headers["sec-fetch-site"];
+  const sent = req.headers.origin;
+  const origin = sent === "null" && site === "same-origin" ? undefined : sent;
   if (origin !== undefined) return origin === issuerOrigin;
   return !site || site === "same-origin" || site === "none";
 }
@@ -188,28 +248,42 @@ export function asApiError(err: unknown): ApiError | null {
 /** Every error becomes a contract error body; unexpected ones a bare 500 with the request id. */
 export function errorHandler(logger: Logger) {
   return (err: unknown, _req: Request, res: Response, _next: NextFunction): void => {
-    const l = locals(res);
-    const api = asApiError(err);
-    if (!api) {
-      logger.error({ err, req_id: l.requestId }, "unhandled error");
-      if (res.headersSent) return;
-      res.status(500).json({
-        error: "server_error",
-        error_description: "Something went wrong on our side.",
-        request_id: l.requestId,
-      });
-      return;
-    }
-    if (api.detail || api.status >= 500) {
-      logger.warn(
-        { code: api.code, status: api.status, detail: api.detail, req_id: l.requestId },
-        "request refused",
-      );
-    }
-    if (res.headersSent) return;
-    for (const [k, v] of Object.entries(api.headers ?? {})) res.setHeader(k, v);
-    const body = api.toJSON();
-    if (api.status >= 500) body.request_id = l.requestId;
-    res.status(api.status).json(body);
+    answerError(logger, res, err, locals(res).requestId);
   };
+}
+
+/** The error handler's work on a plain response (the sign-in lane answers without express). */
+export function answerError(logger: Logger, res: ServerResponse, err: unknown, requestId: string): void {
+  const api = asApiError(err);
+  if (!api) {
+    logger.error({ err, req_id: requestId }, "unhandled error");
+    if (res.headersSent) return;
+    sendApiError(res, new ApiError(500, "server_error", "Something went wrong on our side."), requestId);
+    return;
+  }
+  logRefusal(logger, api, requestId);
+  if (res.headersSent) return;
+  sendApiError(res, api, requestId);
+}
+
+/** A refusal worth a log line: one with an internal note, or a 5xx. */
+export function logRefusal(logger: Logger, api: ApiError, requestId: string): void {
+  if (api.detail || api.status >= 500) {
+    logger.warn(
+      { code: api.code, status: api.status, detail: api.detail, req_id: requestId },
+      "request refused",
+    );
+  }
+}
+
+/** A contract error as the API sends it (the error handler's and the sign-in lane's answer). */
+export function sendApiError(res: ServerResponse, api: ApiError, requestId: string): void {
+  for (const [k, v] of Object.entries(api.headers ?? {})) res.setHeader(k, v);
+  const body = api.toJSON();
+  if (api.status >= 500) body.request_id = requestId;
+  const json = JSON.stringify(body);
+  res.statusCode = api.status;
+  res.setHeader("Content-Type", "application/json; charset=utf-8");
+  res.setHeader("Content-Length", Buffer.byteLength(json));
+  res.end(json);
 }

@@ -10,7 +10,7 @@ import { ApiError } from "../errors.js";
 import { resolveLoginInput } from "../members/login-id.js";
 import type { PasswordHasher } from "../passwords/hasher.js";
 import { type FactorMethod, type Factors, methodsOf } from "../factors/methods.js";
-import type { Attempt, LoginGuard } from "../throttle/engine.js";
+import type { Attempt, Decision, LoginGuard } from "../throttle/engine.js";
 import type { ProofOfWork } from "../throttle/proof-of-work.js";
 import type { DeviceRegistry } from "./devices.js";
 import { blindIndex } from "../vault/blind-index.js";
@@ -55,6 +55,9 @@ export type SignInResult =
  * The answer for an unknown login ID and a wrong password is the same value, so the HTTP layer
  * can only send the same bytes.
  */
+const invalidLoginId = () =>
+  new ApiError(400, "invalid_login_id", "That is not a valid login ID or member number (check for a typo).");
+
 /** The answer to every throttled credential check. */
 export function tooManyAttempts(retryAfterSeconds: number): ApiError {
   return new ApiError(429, "too_many_attempts", "Too many sign-in attempts; try again later.", {
@@ -121,55 +124,23 @@ export class PasswordSignIn {
     ctx: SignInContext,
   ): Promise<SignInResult> {
     const loginId = resolveLoginInput(input.loginId);
-    if (loginId === null) {
-      throw new ApiError(
-        400,
-        "invalid_login_id",
-        "That is not a valid login ID or member number (check for a typo).",
-      );
-    }
+    if (loginId === null) throw invalidLoginId();
     // The lookup is cheap (an index), and the engine needs to know whose device this is.
     const member = this.#findMember().get({ loginId });
     if (member) this.#honeytokens?.check([member.id], "sign_in", { ip: ctx.ip, requestId: ctx.requestId });
     // Checking a solution is a few SHA-256s: cheap enough to do before deciding.
     const solution = input.challengeSolution ? await this.#pow.check(input.challengeSolution, loginId) : null;
-    const attempt: Attempt = {
-      ip: ctx.ip,
+    // Spent here, synchronously with the decision below: of parallel requests carrying one
+    // solution, only the first counts it as solved.
+    const attempt = this.#attempt(
+      input.password,
+      ctx,
       loginId,
-      trustedDevice: member ? this.#devices.recognise(ctx.deviceToken ?? null, member.id) !== null : false,
-      kind: "password",
-      password: input.password,
-      // Spent here, synchronously with the decision below: of parallel requests carrying one
-      // solution, only the first counts it as solved.
-      challengeSolved: solution !== null && this.#pow.spend(solution),
-    };
+      member,
+      solution !== null && this.#pow.spend(solution),
+    );
     const decision = this.#guard.assess(attempt);
-    if (decision.action !== "allow") {
-      const repeats = this.#guard.recordRefusal(attempt, decision.action);
-      if (repeats !== null) {
-        this.#audit.append({
-          action: "login.throttled",
-          outcome: "failure",
-          actorType: "anonymous",
-          memberId: member?.id ?? null,
-          ip: ctx.ip,
-          requestId: ctx.requestId,
-          reason: decision.action,
-          details: { reasons: decision.reasons, login_id_fp: this.#fingerprint(loginId), repeats },
-        });
-      }
-      if (decision.action === "challenge") {
-        throw new ApiError(
-          403,
-          "challenge_required",
-          "Solve the challenge and send the solution as challenge_solution.",
-          {
-            extra: { challenge: this.#pow.issue(loginId) },
-          },
-        );
-      }
-      throw tooManyAttempts(decision.retryAfterSeconds);
-    }
+    if (decision.action !== "allow") throw this.#refused(attempt, decision, member, ctx);
     let settled = false;
     const settle = (outcome: "success" | "failure" | "neither") => {
       if (!settled) this.#guard.settle(attempt, outcome);
@@ -180,6 +151,76 @@ export class PasswordSignIn {
     } finally {
       settle("neither"); // an exception (a full hash queue, a bug): free the slot, count nothing
     }
+  }
+
+  /**
+   * The throttle's refusal of a password attempt, decided and recorded exactly as `signIn` would
+   * (audit entry, challenge issued), or null when the attempt would be admitted — then nothing is
+   * recorded or reserved, and the caller goes on to `signIn`, which decides again. An attempt with
+   * a challenge solution is always left to `signIn` (checking and spending it is its part). For
+   * the sign-in lane (src/http/sign-in-lane.ts): a flood of refused attempts is answered without
+   * express's per-request work.
+   */
+  refusal(input: { loginId: string; password: string }, ctx: SignInContext): ApiError | null {
+    const loginId = resolveLoginInput(input.loginId);
+    if (loginId === null) return invalidLoginId();
+    const member = this.#findMember().get({ loginId });
+    const attempt = this.#attempt(input.password, ctx, loginId, member, false);
+    const decision = this.#guard.refusal(attempt);
+    if (!decision) return null;
+    if (member) this.#honeytokens?.check([member.id], "sign_in", { ip: ctx.ip, requestId: ctx.requestId });
+    return this.#refused(attempt, decision, member, ctx);
+  }
+
+  #attempt(
+    password: string,
+    ctx: SignInContext,
+    loginId: string,
+    member: { id: string } | undefined,
+    challengeSolved: boolean,
+  ): Attempt {
+    return {
+      ip: ctx.ip,
+      loginId,
+      trustedDevice: member ? this.#devices.recognise(ctx.deviceToken ?? null, member.id) !== null : false,
+      kind: "password",
+      password,
+      challengeSolved,
+    };
+  }
+
+  /** Record a refusal (the first of its kind a minute is audited) and make its answer. */
+  #refused(
+    attempt: Attempt,
+    decision: Decision,
+    member: { id: string } | undefined,
+    ctx: SignInContext,
+  ): ApiError {
+    const loginId = attempt.loginId as string;
+    const repeats = this.#guard.recordRefusal(attempt, decision.action);
+    if (repeats !== null) {
+      this.#audit.append({
+        action: "login.throttled",
+        outcome: "failure",
+        actorType: "anonymous",
+        memberId: member?.id ?? null,
+        ip: ctx.ip,
+        requestId: ctx.requestId,
+        reason: decision.action,
+        details: { reasons: decision.reasons, login_id_fp: this.#fingerprint(loginId), repeats },
+      });
+    }
+    if (decision.action === "challenge") {
+      return new ApiError(
+        403,
+        "challenge_required",
+        "Solve the challenge and send the solution as challenge_solution.",
+        {
+          extra: { challenge: this.#pow.issue(loginId) },
+        },
+      );
+    }
+    return tooManyAttempts(decision.retryAfterSeconds);
   }
 
   async #verify(

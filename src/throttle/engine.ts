@@ -244,6 +244,27 @@ export class LoginGuard {
   assess(a: Attempt): Decision {
     const now = this.#clock.now().getTime();
     const k = this.#keys(a);
+    const decision = this.#decide(a, k, now);
+    if (decision.action === "allow") this.#holdAll(k, 1);
+    this.observer?.(a.kind, decision);
+    return decision;
+  }
+
+  /**
+   * The decision `assess` would take, when it refuses; null when it would allow — and then
+   * nothing happens (no slot reserved, nothing counted): the caller goes on to `assess`, which
+   * decides again. For the HTTP layer's sign-in lane (src/http/sign-in-lane.ts), which answers
+   * refused attempts before express sees them.
+   */
+  refusal(a: Attempt): Decision | null {
+    const now = this.#clock.now().getTime();
+    const decision = this.#decide(a, this.#keys(a), now);
+    if (decision.action === "allow") return null;
+    this.observer?.(a.kind, decision);
+    return decision;
+  }
+
+  #decide(a: Attempt, k: Keys, now: number): Decision {
     const reasons: string[] = [];
     let action: Action = "allow";
     let retry = 0;
@@ -294,10 +315,7 @@ export class LoginGuard {
         if (this.underAttack() && !a.challengeSolved) raise("challenge", "under_attack", 0);
       }
     }
-    if (action === "allow") this.#holdAll(k, 1);
-    const decision = { action, reasons, retryAfterSeconds: action === "allow" ? 0 : Math.max(1, retry) };
-    this.observer?.(a.kind, decision);
-    return decision;
+    return { action, reasons, retryAfterSeconds: action === "allow" ? 0 : Math.max(1, retry) };
   }
 
   #holdAll(k: Keys, delta: 1 | -1): void {

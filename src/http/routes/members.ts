@@ -16,7 +16,7 @@ const registrationBody = z.object({
   locale: z.enum(["ja", "en"]).optional(),
 });
 
-const loginBody = z.object({
+export const loginBody = z.object({
   login_id: z.string().min(1).max(256),
   password: z.string().min(1).max(1024),
   /** The solved proof-of-work (ALTCHA payload, base64) after a 403 challenge_required. */

@@ -1,0 +1,174 @@
+import type { IncomingMessage, ServerResponse } from "node:http";
+import type { Logger } from "pino";
+import proxyaddr from "proxy-addr";
+import { requestIds } from "../logger.js";
+import type { Metrics } from "../ops/metrics.js";
+import type { PasswordSignIn } from "../sessions/sign-in.js";
+import { deviceTokenFrom } from "../sessions/devices.js";
+import type { ApiError } from "../errors.js";
+import {
+  answerError,
+  applyHeaders,
+  asApiError,
+  clientIpOf,
+  fromOwnOrigin,
+  logRequest,
+  noStoreHeaders,
+  requestIdFrom,
+  type securityHeaders,
+} from "./middleware.js";
+import { loginBody } from "./routes/members.js";
+
+/**
+ * The sign-in lane: `POST /api/v1/login`, the request an attacker sends by the thousand, checked
+ * by the throttle before express sees it.
+ *
+ * A refused attempt (429, a 403 challenge, a 400 for a body that isn't a sign-in) costs the
+ * throttle's decision, microseconds; through express it cost several times that in routing,
+ * middleware and body parsing, and at 1,000 refused attempts a second that was most of the main
+ * thread — which a member's sign-in waits for (docs/throttling.md, "Benchmarks"). So the lane
+ * reads the body itself, asks the sign-in for its refusal (`PasswordSignIn.refusal`: the same
+ * decision, records and answer as `signIn`), and answers it with everything express would have
+ * sent: the security headers, no-store, the request id, the access-log line, the metric. An
+ * attempt the throttle would admit, or one carrying a challenge solution, goes on to express with
+ * its body already parsed, and `signIn` decides again (nothing was recorded or reserved).
+ *
+ * It takes only the plain case — the path exactly (any case, one trailing slash, a query), a
+ * UTF-8 JSON content type, a Content-Length within the body limit, no Content-Encoding or
+ * Transfer-Encoding, from our own origin — and leaves everything else to express, which answers
+ * it as before. test/sign-in-lane.test.ts sends the same requests to an app with and without the
+ * lane and compares the answers.
+ */
+export interface SignInLane {
+  /** Will the lane take this request? (Cheap: method, path and headers only.) */
+  takes(req: IncomingMessage): boolean;
+  /** Answer a refusal, or call `onward` with `req.body` set. Only for requests `takes` took. */
+  run(req: IncomingMessage, res: ServerResponse, onward: () => void): void;
+  /** Requests answered here, and those passed on to express. */
+  readonly stats: { answered: number; passedOn: number };
+}
+
+const PATH = "/api/v1/login";
+/** The metric label express's router gives the route (see src/http/metrics-routes.ts). */
+const ROUTE = "/api/v1/login";
+const JSON_UTF8 = /^application\/json\s*(?:;\s*charset\s*=\s*"?utf-?8"?\s*)?$/i;
+/** body-parser's strict mode: a JSON body must start (after blanks) with `{` or `[`. */
+const STRICT_START = /^[ \t\n\r]*[{[]/;
+
+export function signInLane(deps: {
+  signIn: PasswordSignIn;
+  logger: Logger;
+  metrics: Metrics;
+  issuerOrigin: string;
+  /** express's compiled `trust proxy fn`, so the client address is the one express computes. */
+  trustProxy: (address: string, hop: number) => boolean;
+  headers: ReturnType<typeof securityHeaders>;
+  bodyLimit: number;
+  shuttingDown: () => boolean;
+}): SignInLane {
+  const stats = { answered: 0, passedOn: 0 };
+
+  function takes(req: IncomingMessage): boolean {
+    if (req.method !== "POST") return false;
+    const url = req.url ?? "";
+    const q = url.indexOf("?");
+    let path = q < 0 ? url : url.slice(0, q);
+    if (path.length > PATH.length + 1) return false;
+    if (path.endsWith("/")) path = path.slice(0, -1);
+    if (path.toLowerCase() !== PATH) return false;
+    const h = req.headers;
+    const length = Number(h["content-length"]);
+    return (
+      Number.isInteger(length) &&
+      length > 0 &&
+      length <= deps.bodyLimit &&
+      h["transfer-encoding"] === undefined &&
+      (h["content-encoding"] === undefined || h["content-encoding"] === "identity") &&
+      JSON_UTF8.test(h["content-type"] ?? "") &&
+      fromOwnOrigin(req, deps.issuerOrigin)
+    );
+  }
+
+  function run(req: IncomingMessage, res: ServerResponse, onward: () => void): void {
+    const start = process.hrtime.bigint();
+    const began = performance.now();
+    const chunks: Buffer[] = [];
+    req.on("data", (chunk: Buffer) => chunks.push(chunk));
+    req.on("error", () => {}); // the client went away: there is no one to answer
+    req.on("end", () => {
+      const text = Buffer.concat(chunks)
+        .toString("utf8")
+        .replace(/^\uFEFF/, "");
+      let body: unknown;
+      let refusal: ApiError | null;
+      const requestId = requestIdFrom(single(req.headers["x-request-id"]));
+      const ip = clientIpOf(proxyaddr(req, deps.trustProxy), req.socket.remoteAddress);
+      try {
+        body = STRICT_START.test(text) ? JSON.parse(text) : undefined;
+      } catch {
+        body = undefined;
+      }
+      try {
+        if (body === undefined) {
+          refusal = asApiError({ type: "entity.parse.failed", status: 400 });
+        } else {
+          const parsed = loginBody.safeParse(body);
+          if (!parsed.success) refusal = asApiError(parsed.error);
+          // A solution is checked and spent by signIn, in the same step as its decision.
+          else if (parsed.data.challenge_solution !== undefined) refusal = null;
+          else {
+            const input = { loginId: parsed.data.login_id, password: parsed.data.password };
+            const ctx = {
+              ip,
+              requestId,
+              userAgent: single(req.headers["user-agent"]) ?? null,
+              previousToken: null,
+              deviceToken: deviceTokenFrom(single(req.headers.cookie)),
+            };
+            refusal = requestIds.run(requestId, () => deps.signIn.refusal(input, ctx));
+          }
+        }
+      } catch (err) {
+        answer(req, res, { requestId, ip, start, began }, err);
+        return;
+      }
+      if (refusal === null) {
+        stats.passedOn++;
+        (req as IncomingMessage & { body?: unknown }).body = body;
+        onward();
+        return;
+      }
+      answer(req, res, { requestId, ip, start, began }, refusal);
+    });
+  }
+
+  function answer(
+    req: IncomingMessage,
+    res: ServerResponse,
+    r: { requestId: string; ip: string; start: bigint; began: number },
+    err: unknown,
+  ): void {
+    stats.answered++;
+    res.once("finish", () => {
+      deps.metrics.http(req.method ?? "POST", ROUTE, res.statusCode, (performance.now() - r.began) / 1000);
+      logRequest(
+        deps.logger,
+        { requestId: r.requestId, method: req.method, path: req.url ?? PATH, ip: r.ip },
+        res,
+        r.start,
+      );
+    });
+    // What express's middleware sets before the route, in its order (src/http/app.ts).
+    res.setHeader("X-Request-Id", r.requestId);
+    if (deps.shuttingDown()) res.setHeader("Connection", "close");
+    applyHeaders(res, deps.headers);
+    noStoreHeaders(res);
+    answerError(deps.logger, res, err, r.requestId);
+  }
+
+  return { takes, run, stats };
+}
+
+function single(v: string | string[] | undefined): string | undefined {
+  return Array.isArray(v) ? v.join(", ") : v;
+}

@@ -1,0 +1,177 @@
+import { gzipSync } from "node:zlib";
+import type { Express } from "express";
+import supertest from "supertest";
+import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import { createApp } from "../src/http/app.js";
+import type { SignInLane } from "../src/http/sign-in-lane.js";
+import { makeApp, ORIGIN, register, STRONG_PASSWORD, type TestApp } from "./support/app.js";
+
+/**
+ * The sign-in lane (src/http/sign-in-lane.ts) answers refused password sign-ins before express.
+ * Each request here goes to two apps on the same services: one with the lane, one without; the
+ * answers must be the same, status, headers and body.
+ */
+describe("sign-in lane", () => {
+  let t: TestApp;
+  let plain: Express;
+  let lane: SignInLane;
+  beforeEach(async () => {
+    t = makeApp({ SEKISHO_THROTTLE_POLICY: JSON.stringify({ attackFloorPerMinute: 1000 }) });
+    plain = createApp(t.s, { signInLane: false });
+    lane = t.app.locals.signInLane as SignInLane;
+    expect((await register(t.app, { login_id: "lane.member" })).status).toBe(201);
+  });
+  afterEach(() => t.close());
+
+  type Req = {
+    path?: string;
+    body: string | Buffer;
+    headers?: Record<string, string>;
+  };
+  const send = (app: Express, r: Req) => {
+    const req = supertest(app)
+      .post(r.path ?? "/api/v1/login")
+      .set("Origin", ORIGIN)
+      .set("Content-Type", "application/json")
+      .set("X-Request-Id", "lane-test-0001");
+    for (const [k, v] of Object.entries(r.headers ?? {})) req.set(k, v);
+    // The bytes as they are (superagent would serialise a Buffer as JSON).
+    return req.serialize((b: unknown) => b as string).send(r.body as string);
+  };
+  /** Headers that differ between any two answers (the clock, the connection). */
+  const VARYING = new Set(["date", "connection", "keep-alive"]);
+  const headersOf = (res: { headers: Record<string, unknown> }, skip: string[] = []) =>
+    Object.fromEntries(Object.entries(res.headers).filter(([k]) => !VARYING.has(k) && !skip.includes(k)));
+
+  /** The same request through both apps: the lane must have answered it, identically. */
+  async function sameAnswer(r: Req, opts: { random?: boolean } = {}) {
+    const before = lane.stats.answered;
+    const viaLane = await send(t.app, r);
+    expect(lane.stats.answered, "the lane answered it").toBe(before + 1);
+    const viaExpress = await send(plain, r);
+    expect(viaLane.status).toBe(viaExpress.status);
+    // A challenge is fresh each time (salt, signature): compare its shape, the rest exactly.
+    const skip = opts.random ? ["content-length"] : [];
+    expect(headersOf(viaLane, skip)).toEqual(headersOf(viaExpress, skip));
+    if (opts.random) {
+      const a = viaLane.body as { challenge: Record<string, unknown> };
+      const b = viaExpress.body as { challenge: Record<string, unknown> };
+      expect(Object.keys(a)).toEqual(Object.keys(b));
+      expect(Object.keys(a.challenge)).toEqual(Object.keys(b.challenge));
+      expect({ ...a, challenge: null }).toEqual({ ...b, challenge: null });
+      expect(a.challenge.maxnumber).toBe(b.challenge.maxnumber);
+    } else {
+      expect(viaLane.text).toBe(viaExpress.text);
+    }
+    return viaLane;
+  }
+
+  const login = (loginId: string, password = "a wrong password") =>
+    JSON.stringify({ login_id: loginId, password });
+
+  it("answers a challenged sign-in exactly as express does, and writes its audit entry", async () => {
+    t.s.guard.underAttackUntil = t.clock.now().getTime() + 15 * 60_000;
+    const res = await sameAnswer({ body: login("lane.member") }, { random: true });
+    expect(res.status).toBe(403);
+    expect(res.body.error).toBe("challenge_required");
+    expect(res.headers["x-request-id"]).toBe("lane-test-0001");
+    expect(res.headers["content-security-policy"]).toContain("default-src 'self'");
+    expect(res.headers["cache-control"]).toBe("no-store");
+    const audit = t.s.db.$client
+      .prepare("SELECT action, reason, request_id FROM audit_log WHERE action = 'login.throttled'")
+      .all();
+    expect(audit).toContainEqual({
+      action: "login.throttled",
+      reason: "challenge",
+      request_id: "lane-test-0001",
+    });
+    // A byte-order mark before the JSON is read as express reads it.
+    await sameAnswer({ body: `\uFEFF${login("lane.member")}` }, { random: true });
+  });
+
+  it("answers a slowed-down sign-in (429, Retry-After) exactly as express does", async () => {
+    for (let i = 0; i < 5; i++) {
+      const a = { ip: "127.0.0.1", loginId: "lane.member", trustedDevice: false, kind: "password" as const };
+      expect(t.s.guard.assess(a).action).toBe("allow");
+      t.s.guard.settle(a, "failure");
+    }
+    const res = await sameAnswer({ body: login("lane.member") });
+    expect(res.status).toBe(429);
+    expect(Number(res.headers["retry-after"])).toBeGreaterThan(0);
+  });
+
+  it("answers bodies that aren't a sign-in (bad JSON, wrong types, a bad login ID) exactly as express does", async () => {
+    for (const body of [
+      '{"login_id":',
+      "null",
+      '"lane.member"',
+      "[]",
+      "{}",
+      '{"login_id": 5, "password": "x"}',
+      `{"login_id": "lane.member", "password": "${"x".repeat(2000)}"}`,
+      `{"login_id": "${"a".repeat(65)}", "password": "x"}`,
+      '{"login_id": "\\ud800", "password": "x"}',
+      '{"login_id": "\\u0000lane", "password": "x"}',
+    ]) {
+      const res = await sameAnswer({ body });
+      expect(res.status, body).toBe(400);
+    }
+  });
+
+  it("takes the path as express routes it (any case, a trailing slash, a query), labelled as one route", async () => {
+    t.s.guard.underAttackUntil = t.clock.now().getTime() + 15 * 60_000;
+    for (const path of ["/API/V1/LOGIN", "/api/v1/login/", "/api/v1/login?x=1"]) {
+      expect((await sameAnswer({ path, body: login("lane.member") }, { random: true })).status).toBe(403);
+    }
+    const scrape = (await supertest(t.app).get("/metrics")).text;
+    const routes = [...scrape.matchAll(/route="([^"]*login[^"]*)"/gi)].map((m) => m[1]);
+    expect(new Set(routes)).toEqual(new Set(["/api/v1/login"]));
+    const line = t.logs
+      .map((l) => JSON.parse(l))
+      .find((l) => l.msg === "request" && l.path === "/API/V1/LOGIN");
+    expect(line).toMatchObject({ status: 403, req_id: "lane-test-0001", method: "POST" });
+  });
+
+  it("passes an admitted attempt on to express, which signs the member in", async () => {
+    const res = await send(t.app, { body: login("lane.member", STRONG_PASSWORD) });
+    expect(res.status).toBe(200);
+    expect(res.body.status).toBe("authenticated");
+    expect(lane.stats).toEqual({ answered: 0, passedOn: 1 });
+    // A wrong password is admitted too (the lane refuses only what the throttle refuses).
+    expect((await send(t.app, { body: login("lane.member") })).status).toBe(401);
+    expect(lane.stats).toEqual({ answered: 0, passedOn: 2 });
+  });
+
+  it("leaves what isn't the plain case to express: another origin, another type, an encoded body", async () => {
+    t.s.guard.underAttackUntil = t.clock.now().getTime() + 15 * 60_000;
+    const cases: [Req, number][] = [
+      [{ body: login("lane.member"), headers: { Origin: "https://evil.example" } }, 403],
+      [{ body: login("lane.member"), headers: { "Content-Type": "text/plain" } }, 415],
+      [{ body: login("lane.member"), headers: { "Content-Type": "application/json; charset=utf-16" } }, 415],
+      [{ body: gzipSync(login("lane.member")), headers: { "Content-Encoding": "gzip" } }, 403],
+      [{ body: JSON.stringify({ login_id: "lane.member", password: "x".repeat(70_000) }) }, 413],
+    ];
+    for (const [r, status] of cases) {
+      const res = await send(t.app, r);
+      expect(res.status, JSON.stringify(r.headers)).toBe(status);
+      expect(headersOf(res, ["content-length"])).toEqual(headersOf(await send(plain, r), ["content-length"]));
+    }
+    expect(lane.stats).toEqual({ answered: 0, passedOn: 0 });
+    // The gzip one was a challenge from express: the throttle is the same either way.
+    expect((await send(t.app, cases[3]?.[0] as Req)).body.error).toBe("challenge_required");
+  });
+
+  it("a throttle refusal check of an attempt it would admit changes nothing: no slot held, nothing counted, nothing reported", () => {
+    const seen: string[] = [];
+    t.s.guard.observer = (_kind, d) => seen.push(d.action);
+    const ctx = { ip: "192.0.2.7", requestId: null, userAgent: null, previousToken: null };
+    // More checks than the address may fail, and than one attempt in flight allows: none counts.
+    for (let i = 0; i < 20; i++) {
+      expect(t.s.signIn.refusal({ loginId: "lane.member", password: "wrong" }, ctx)).toBeNull();
+    }
+    expect(seen).toEqual([]);
+    const a = { ip: "192.0.2.7", loginId: "lane.member", trustedDevice: false, kind: "password" as const };
+    expect(t.s.guard.assess(a).action).toBe("allow");
+    expect(seen).toEqual(["allow"]);
+  });
+});
