@@ -159,6 +159,30 @@ describe("argon2id hashing", () => {
   });
 });
 
+describe("HashQueue withdrawal", () => {
+  it("asks a job that waited whether it is still wanted; one that isn't doesn't run, and the next job gets the slot", async () => {
+    const { HashQueue, WithdrawnJob } = await import("../src/passwords/queue.js");
+    const q = new HashQueue(1, 100);
+    const ran: string[] = [];
+    let release!: () => void;
+    const first = q.run(() => new Promise<void>((r) => (release = r)), { stillWanted: () => false });
+    const asked: string[] = [];
+    const unwanted = q.run(async () => void ran.push("unwanted"), {
+      stillWanted: () => asked.push("unwanted") < 0,
+    });
+    const wanted = q.run(async () => void ran.push("wanted"), {
+      stillWanted: () => asked.push("wanted") > 0,
+    });
+    release();
+    await first; // it did not wait: it was not asked
+    await expect(unwanted).rejects.toBeInstanceOf(WithdrawnJob);
+    await wanted;
+    expect(asked).toEqual(["unwanted", "wanted"]);
+    expect(ran).toEqual(["wanted"]);
+    expect(q.inFlight).toBe(0);
+  });
+});
+
 describe("HashQueue priority line", () => {
   it("serves a member's own device before the work already waiting (a flood can't starve them)", async () => {
     const { HashQueue } = await import("../src/passwords/queue.js");

@@ -10,7 +10,7 @@ import { MemoryCounterStore } from "../src/throttle/counters.js";
 import { type Attempt, LoginGuard } from "../src/throttle/engine.js";
 import { subnetOf } from "../src/throttle/network.js";
 import { ProofOfWork } from "../src/throttle/proof-of-work.js";
-import { makeApp, ORIGIN, register, STRONG_PASSWORD, type TestApp } from "./support/app.js";
+import { makeApp, ORIGIN, post, register, STRONG_PASSWORD, type TestApp } from "./support/app.js";
 
 describe("login-anomaly engine (LoginGuard)", () => {
   let t: TestApp;
@@ -187,6 +187,41 @@ describe("login-anomaly engine (LoginGuard)", () => {
     // One alert per attack, not one per attempt.
     for (let i = 0; i < 200; i++) guard.settle(attempt({ ip: `10.${i}.0.2`, loginId: `n${i}` }), "failure");
     expect(t.s.alerts.list().filter((a) => a.kind === "under_attack")).toHaveLength(1);
+  });
+
+  it("counts an attempt on an unknown login ID toward the service-wide detector when it is admitted, once", () => {
+    guard = new LoginGuard({
+      db: t.s.db,
+      clock: t.clock,
+      alerts: t.s.alerts,
+      loginKey: (l) => t.s.guard.loginKey(l),
+      policy: { attackFloorPerMinute: 10 },
+    });
+    const unknown = (i: number) =>
+      attempt({ ip: `10.${i}.0.1`, loginId: `nobody${i}`, password: `guess ${i}`, unknownAccount: true });
+    // 99 admitted and settled as failures: counted once each (settle doesn't count them again).
+    for (let i = 0; i < 99; i++) {
+      expect(guard.assess(unknown(i)).action).toBe("allow");
+      guard.settle(unknown(i), "failure");
+    }
+    expect(guard.underAttack()).toBe(false);
+    // The 100th raises the alarm as it is admitted, before its (dummy) hash.
+    expect(guard.assess(unknown(99)).action).toBe("allow");
+    expect(guard.underAttack()).toBe(true);
+  });
+
+  it("decides again for an admitted attempt that waited: a refusal then frees its slot, an allow keeps it", () => {
+    const a = attempt({ ip: "192.0.2.44" });
+    expect(guard.assess(a).action).toBe("allow");
+    // Nothing changed: still admitted, and it still holds its slot (a parallel attempt counts it).
+    expect(guard.reassess(a).action).toBe("allow");
+    for (let i = 0; i < 4; i++) fail(attempt({ ip: "192.0.2.44" }));
+    expect(guard.assess(attempt({ ip: "192.0.2.44" })).action).toBe("slow");
+    // The service came under attack while it waited: challenged now, and its slot is free.
+    guard.underAttackUntil = t.clock.now().getTime() + 60_000;
+    expect(guard.reassess(a)).toMatchObject({ action: "challenge", reasons: ["under_attack"] });
+    guard.underAttackUntil = 0;
+    expect(guard.assess(attempt({ ip: "192.0.2.44" })).action).toBe("allow");
   });
 
   it("single flight: of two parallel attempts on the last free slot, only one is admitted", () => {
@@ -405,6 +440,49 @@ describe("proof-of-work challenges (ALTCHA) through the JSON API", () => {
 describe("the engine behind the HTTP API", () => {
   let t: TestApp;
   afterEach(() => t.close());
+
+  it("attempts admitted before the alarm and still waiting for a hash are challenged, not hashed, when the service comes under attack", async () => {
+    t = makeApp({
+      SEKISHO_TRUST_PROXY: "loopback",
+      SEKISHO_HASH_CONCURRENCY: "1",
+      SEKISHO_THROTTLE_POLICY: JSON.stringify({ attackFloorPerMinute: 1000 }),
+    });
+    await register(t.app, { login_id: "waiting.member" });
+    await t.s.hasher.warm(); // as at start-up (src/main.ts): the dummy hash for unknown IDs exists
+    // The one hashing slot is busy; the attempts below are admitted and wait for it.
+    let release!: () => void;
+    const busy = t.s.hasher.queue.run(() => new Promise<void>((r) => (release = r)));
+    const hashed: string[] = [];
+    t.s.hasher.queue.observer = { waited: () => hashed.push("job"), refused: () => {} };
+    const attempts = ["waiting.member", "nobody.here", "waiting.member"].map((loginId, i) =>
+      supertest(t.app)
+        .post("/api/v1/login")
+        .set("Origin", ORIGIN)
+        .set("Content-Type", "application/json")
+        .set("X-Forwarded-For", `198.51.100.${i + 1}`)
+        .send(JSON.stringify({ login_id: loginId, password: i === 2 ? STRONG_PASSWORD : "a wrong password" }))
+        .then((r) => r),
+    );
+    for (let i = 0; i < 50 && t.s.hasher.queue.depth < 3; i++) await new Promise((r) => setTimeout(r, 10));
+    expect(t.s.hasher.queue.depth).toBe(3);
+    // The alarm goes off (as the detector would raise it) while they wait.
+    t.s.guard.underAttackUntil = t.clock.now().getTime() + 15 * 60_000;
+    release();
+    await busy;
+    for (const res of await Promise.all(attempts)) {
+      expect(res.status, res.text).toBe(403);
+      expect(res.body.error).toBe("challenge_required");
+    }
+    // Their turn came, they were withdrawn: the slot is free, nothing is held or waiting.
+    expect(t.s.hasher.queue.inFlight).toBe(0);
+    expect(t.s.hasher.queue.depth).toBe(0);
+    // With the alarm over, the member signs in (no slot was left reserved on the way).
+    t.s.guard.underAttackUntil = 0;
+    expect(
+      (await post(t.app, "/api/v1/login", { login_id: "waiting.member", password: STRONG_PASSWORD })).status,
+    ).toBe(200);
+    expect(hashed.length).toBeGreaterThan(0);
+  });
 
   it("ignores X-Forwarded-For when SEKISHO_TRUST_PROXY is unset (no spoofed fresh addresses)", async () => {
     // Attack: a new X-Forwarded-For on every request to look like a thousand addresses.

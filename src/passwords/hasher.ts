@@ -56,7 +56,7 @@ export class PasswordHasher {
   async verify(
     stored: StoredPassword,
     password: string,
-    opts: { priority?: boolean } = {},
+    opts: { priority?: boolean; stillWanted?: () => boolean } = {},
   ): Promise<boolean> {
     if (!parseArgon2Phc(stored.hash)) return false;
     let secret: Buffer | undefined;
@@ -90,8 +90,8 @@ export class PasswordHasher {
    * Verify against a throwaway hash with the same parameters and pepper, so that an unknown login
    * ID costs the same time as a wrong password and answers nothing about which it was.
    */
-  async dummyVerify(password: string): Promise<false> {
-    await this.verify(await this.#dummyHash(), password);
+  async dummyVerify(password: string, opts: { stillWanted?: () => boolean } = {}): Promise<false> {
+    await this.verify(await this.#dummyHash(), password, opts);
     return false;
   }
 

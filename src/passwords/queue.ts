@@ -31,8 +31,17 @@ export class HashQueue {
     return this.#running;
   }
 
-  async run<T>(job: () => Promise<T>, opts: { priority?: boolean } = {}): Promise<T> {
+  /**
+   * Run `job` when a slot is free. A job that had to wait asks `stillWanted` when its turn comes
+   * (a sign-in decides again: what changed while it waited applies before the expensive work);
+   * on false it does not run, its slot goes to the next job, and run() rejects with WithdrawnJob.
+   */
+  async run<T>(
+    job: () => Promise<T>,
+    opts: { priority?: boolean; stillWanted?: () => boolean } = {},
+  ): Promise<T> {
     const queuedAt = this.observer ? performance.now() : 0;
+    let waited = false;
     if (this.#running >= this.concurrency) {
       const line = opts.priority ? this.#priority : this.#waiting;
       if (line.length >= this.maxQueued) {
@@ -43,11 +52,13 @@ export class HashQueue {
         });
       }
       await new Promise<void>((resolve) => line.push(resolve));
+      waited = true;
     } else {
       this.#running++;
     }
     this.observer?.waited((performance.now() - queuedAt) / 1000);
     try {
+      if (waited && opts.stillWanted && !opts.stillWanted()) throw new WithdrawnJob();
       return await job();
     } finally {
       const next = this.#priority.shift() ?? this.#waiting.shift();
@@ -55,5 +66,13 @@ export class HashQueue {
       if (next) next();
       else this.#running--;
     }
+  }
+}
+
+/** A job that waited and, when its turn came, was no longer wanted (see HashQueue.run). */
+export class WithdrawnJob extends Error {
+  constructor() {
+    super("withdrawn before it ran");
+    this.name = "WithdrawnJob";
   }
 }

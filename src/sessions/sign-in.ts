@@ -9,6 +9,7 @@ import { members } from "../db/schema.js";
 import { ApiError } from "../errors.js";
 import { resolveLoginInput } from "../members/login-id.js";
 import type { PasswordHasher } from "../passwords/hasher.js";
+import { WithdrawnJob } from "../passwords/queue.js";
 import { type FactorMethod, type Factors, methodsOf } from "../factors/methods.js";
 import type { Attempt, Decision, LoginGuard } from "../throttle/engine.js";
 import type { ProofOfWork } from "../throttle/proof-of-work.js";
@@ -146,8 +147,21 @@ export class PasswordSignIn {
       if (!settled) this.#guard.settle(attempt, outcome);
       settled = true;
     };
+    // An attempt that waits for its hash is decided again when its turn comes (a flood admitted
+    // before the alarm is then challenged instead of hashed); refused then, it is over.
+    let later: Decision | null = null;
+    const stillAdmitted = () => {
+      const again = this.#guard.reassess(attempt);
+      if (again.action === "allow") return true;
+      later = again;
+      settled = true; // reassess freed the slot
+      return false;
+    };
     try {
-      return await this.#verify(input, ctx, loginId, member, settle, attempt.trustedDevice);
+      return await this.#verify(input, ctx, loginId, member, settle, attempt.trustedDevice, stillAdmitted);
+    } catch (err) {
+      if (err instanceof WithdrawnJob && later) throw this.#refused(attempt, later, member, ctx);
+      throw err;
     } finally {
       settle("neither"); // an exception (a full hash queue, a bug): free the slot, count nothing
     }
@@ -186,6 +200,7 @@ export class PasswordSignIn {
       kind: "password",
       password,
       challengeSolved,
+      unknownAccount: member === undefined,
     };
   }
 
@@ -241,6 +256,7 @@ export class PasswordSignIn {
       | undefined,
     settle: (outcome: "success" | "failure" | "neither") => void,
     trusted: boolean,
+    stillWanted: () => boolean,
   ): Promise<SignInResult> {
     const fail = (reason: string, memberId: string | null): SignInResult => {
       settle("failure");
@@ -264,15 +280,16 @@ export class PasswordSignIn {
     const legacyEntry = member && !member.passwordHash ? (this.#legacy?.entry(member.id) ?? null) : null;
     const legacy = legacyEntry?.hash ?? null;
     if (!member || (!member.passwordHash && !legacy)) {
-      await this.#hasher.dummyVerify(input.password);
+      await this.#hasher.dummyVerify(input.password, { stillWanted });
       return fail(member ? "no_password" : "unknown_login_id", member?.id ?? null);
     }
     const stored = member.passwordHash ? { hash: member.passwordHash, pepperId: member.pepperId } : null;
     // A member's own device goes first in the hashing queue (see HashQueue).
     const right = stored
-      ? await this.#hasher.verify(stored, input.password, { priority: trusted })
+      ? await this.#hasher.verify(stored, input.password, { priority: trusted, stillWanted })
       : await this.#hasher.queue.run(() => verifyLegacy(legacy as LegacyHash, input.password), {
           priority: trusted,
+          stillWanted,
         });
     if (!right) return fail("wrong_password", member.id);
     if (member.status !== "active") return fail("account_disabled", member.id);

@@ -55,6 +55,8 @@ export interface Attempt {
   password?: string;
   /** The request carried a valid, unspent proof-of-work solution for this login ID. */
   challengeSolved?: boolean;
+  /** The login ID is nobody's: the attempt can only fail (a password attempt's lookup says so). */
+  unknownAccount?: boolean;
 }
 
 /** Every threshold, with the defaults docs/throttling.md explains. */
@@ -245,8 +247,30 @@ export class LoginGuard {
     const now = this.#clock.now().getTime();
     const k = this.#keys(a);
     const decision = this.#decide(a, k, now);
-    if (decision.action === "allow") this.#holdAll(k, 1);
+    if (decision.action === "allow") {
+      this.#holdAll(k, 1);
+      // An attempt on a login ID nobody has is a failure the moment it is admitted: the
+      // service-wide detector counts it now, not after its dummy hash, so an attack on unknown
+      // IDs is seen before a backlog of its hashes builds up (settle doesn't count it again).
+      if (a.unknownAccount) this.#countGlobal(now);
+    }
     this.observer?.(a.kind, decision);
+    return decision;
+  }
+
+  /**
+   * Decide again for an admitted attempt that waited for its hash (HashQueue's `stillWanted`):
+   * what changed meanwhile — the service came under attack, the address was blocked, the account
+   * protected — applies to it before the expensive work. An `allow` keeps its slot (settle() as
+   * usual); a refusal frees it, and the attempt is over (no settle()).
+   */
+  reassess(a: Attempt): Decision {
+    const now = this.#clock.now().getTime();
+    const k = this.#keys(a);
+    this.#holdAll(k, -1);
+    const decision = this.#decide(a, k, now);
+    if (decision.action === "allow") this.#holdAll(k, 1);
+    else this.observer?.(a.kind, decision);
     return decision;
   }
 
@@ -344,7 +368,7 @@ export class LoginGuard {
       if (k.ipLogin) c.ipl.delete(k.ipLogin);
       return;
     }
-    this.#countGlobal(now);
+    if (!a.unknownAccount) this.#countGlobal(now); // (an unknown ID's was counted when admitted)
     const ip = c.ip.add(k.ip, 1, now);
     const net = c.net.add(k.net, 1, now);
     if (k.ipLogin) c.ipl.add(k.ipLogin, 1, now);
