@@ -1,3 +1,5 @@
+import http from "node:http";
+import type { AddressInfo } from "node:net";
 import { gzipSync } from "node:zlib";
 import type { Express } from "express";
 import supertest from "supertest";
@@ -112,9 +114,89 @@ describe("sign-in lane", () => {
       `{"login_id": "${"a".repeat(65)}", "password": "x"}`,
       '{"login_id": "\\ud800", "password": "x"}',
       '{"login_id": "\\u0000lane", "password": "x"}',
+      "\uFEFF",
     ]) {
       const res = await sameAnswer({ body });
       expect(res.status, body).toBe(400);
+    }
+    // Not JSON at all is refused before express's router: both count it under route "other".
+    const other = async () => {
+      const scrape = (await supertest(t.app).get("/metrics")).text;
+      const line = scrape
+        .split("\n")
+        .find((l) =>
+          l.startsWith(
+            'sekisho_http_request_duration_seconds_count{method="POST",route="other",status="4xx"}',
+          ),
+        );
+      return Number(line?.split(" ")[1] ?? 0);
+    };
+    const before = await other();
+    await sameAnswer({ body: '{"login_id":' });
+    expect(await other()).toBe(before + 2);
+  });
+
+  /** A chunked request (no Content-Length), through a real listening server. */
+  async function chunked(
+    app: Express,
+    parts: string[],
+  ): Promise<{ status: number; body: string; headers: Record<string, unknown> }> {
+    const server = app.listen(0, "127.0.0.1");
+    await new Promise((r) => server.once("listening", r));
+    const { port } = server.address() as AddressInfo;
+    try {
+      return await new Promise((resolve, reject) => {
+        const req = http.request(
+          {
+            port,
+            host: "127.0.0.1",
+            method: "POST",
+            path: "/api/v1/login",
+            headers: { "content-type": "application/json", origin: ORIGIN, "x-request-id": "lane-test-0001" },
+          },
+          (res) => {
+            let body = "";
+            res.setEncoding("utf8");
+            res.on("data", (c) => (body += c));
+            res.on("end", () => resolve({ status: res.statusCode ?? 0, body, headers: res.headers }));
+          },
+        );
+        req.on("error", reject);
+        for (const part of parts) req.write(part);
+        req.end();
+      });
+    } finally {
+      server.close();
+    }
+  }
+
+  it("takes a chunked body too, with the body limit enforced as it arrives", async () => {
+    t.s.guard.underAttackUntil = t.clock.now().getTime() + 15 * 60_000;
+    const body = login("lane.member");
+    const viaLane = await chunked(t.app, [body.slice(0, 10), body.slice(10)]);
+    expect(lane.stats.answered).toBe(1);
+    const viaExpress = await chunked(plain, [body.slice(0, 10), body.slice(10)]);
+    expect(viaLane.status).toBe(403);
+    expect(viaExpress.status).toBe(403);
+    expect(JSON.parse(viaLane.body).error).toBe(JSON.parse(viaExpress.body).error);
+    const huge = JSON.stringify({ login_id: "lane.member", password: "x".repeat(70_000) });
+    const tooLarge = await chunked(t.app, [huge.slice(0, 30_000), huge.slice(30_000)]);
+    expect(lane.stats.answered).toBe(2);
+    const tooLargeExpress = await chunked(plain, [huge.slice(0, 30_000), huge.slice(30_000)]);
+    expect([tooLarge.status, tooLarge.body]).toEqual([413, tooLargeExpress.body]);
+    expect(tooLargeExpress.status).toBe(413);
+  });
+
+  it("answers an attempt with a junk challenge solution as one without (as the sign-in would), not through express", async () => {
+    t.s.guard.underAttackUntil = t.clock.now().getTime() + 15 * 60_000;
+    for (const solution of ["junk", Buffer.from('{"signature":"x"}').toString("base64")]) {
+      const body = JSON.stringify({
+        login_id: "lane.member",
+        password: "a wrong password",
+        challenge_solution: solution,
+      });
+      const res = await sameAnswer({ body }, { random: true });
+      expect(res.body.error).toBe("challenge_required");
     }
   });
 
@@ -148,6 +230,7 @@ describe("sign-in lane", () => {
       [{ body: login("lane.member"), headers: { Origin: "https://evil.example" } }, 403],
       [{ body: login("lane.member"), headers: { "Content-Type": "text/plain" } }, 415],
       [{ body: login("lane.member"), headers: { "Content-Type": "application/json; charset=utf-16" } }, 415],
+      [{ body: login("lane.member"), headers: { "Content-Type": "application/json; charset=utf8" } }, 415],
       [{ body: gzipSync(login("lane.member")), headers: { "Content-Encoding": "gzip" } }, 403],
       [{ body: JSON.stringify({ login_id: "lane.member", password: "x".repeat(70_000) }) }, 413],
     ];
@@ -158,7 +241,7 @@ describe("sign-in lane", () => {
     }
     expect(lane.stats).toEqual({ answered: 0, passedOn: 0 });
     // The gzip one was a challenge from express: the throttle is the same either way.
-    expect((await send(t.app, cases[3]?.[0] as Req)).body.error).toBe("challenge_required");
+    expect((await send(t.app, cases[4]?.[0] as Req)).body.error).toBe("challenge_required");
   });
 
   it("a throttle refusal check of an attempt it would admit changes nothing: no slot held, nothing counted, nothing reported", () => {

@@ -30,13 +30,15 @@ import { loginBody } from "./routes/members.js";
  * reads the body itself, asks the sign-in for its refusal (`PasswordSignIn.refusal`: the same
  * decision, records and answer as `signIn`), and answers it with everything express would have
  * sent: the security headers, no-store, the request id, the access-log line, the metric. An
- * attempt the throttle would admit, or one carrying a challenge solution, goes on to express with
- * its body already parsed, and `signIn` decides again (nothing was recorded or reserved).
+ * attempt the throttle would admit goes on to express with its body already parsed, and `signIn`
+ * decides again (nothing was recorded or reserved).
  *
  * It takes only the plain case — the path exactly (any case, one trailing slash, a query), a
- * UTF-8 JSON content type, a Content-Length within the body limit, no Content-Encoding or
- * Transfer-Encoding, from our own origin — and leaves everything else to express, which answers
- * it as before. test/sign-in-lane.test.ts sends the same requests to an app with and without the
+ * UTF-8 JSON content type, a Content-Length within the body limit or a chunked body (the limit
+ * enforced as it arrives), no Content-Encoding, from our own origin — and leaves everything else
+ * to express, which answers it as before. An attempt with a challenge solution goes on only when
+ * the solution passes the checks that need no hashing (`ProofOfWork.plausible`); a junk one is
+ * answered here as one without a solution, which is what `signIn` would make of it. test/sign-in-lane.test.ts sends the same requests to an app with and without the
  * lane and compares the answers.
  */
 export interface SignInLane {
@@ -49,9 +51,10 @@ export interface SignInLane {
 }
 
 const PATH = "/api/v1/login";
-/** The metric label express's router gives the route (see src/http/metrics-routes.ts). */
+/** The metric label express gives the route (src/http/metrics-routes.ts); `other` before it. */
 const ROUTE = "/api/v1/login";
-const JSON_UTF8 = /^application\/json\s*(?:;\s*charset\s*=\s*"?utf-?8"?\s*)?$/i;
+/** JSON, with no charset or UTF-8 exactly as body-parser reads it (`utf8` is its 415). */
+const JSON_UTF8 = /^application\/json\s*(?:;\s*charset\s*=\s*"?utf-8"?\s*)?$/i;
 /** body-parser's strict mode: a JSON body must start (after blanks) with `{` or `[`. */
 const STRICT_START = /^[ \t\n\r]*[{[]/;
 
@@ -77,12 +80,15 @@ export function signInLane(deps: {
     if (path.endsWith("/")) path = path.slice(0, -1);
     if (path.toLowerCase() !== PATH) return false;
     const h = req.headers;
+    // A length within the limit, or chunked (the limit is then enforced as it arrives).
     const length = Number(h["content-length"]);
+    const te = h["transfer-encoding"];
+    const sized =
+      te === undefined
+        ? Number.isInteger(length) && length > 0 && length <= deps.bodyLimit
+        : h["content-length"] === undefined && te.toLowerCase() === "chunked";
     return (
-      Number.isInteger(length) &&
-      length > 0 &&
-      length <= deps.bodyLimit &&
-      h["transfer-encoding"] === undefined &&
+      sized &&
       (h["content-encoding"] === undefined || h["content-encoding"] === "identity") &&
       JSON_UTF8.test(h["content-type"] ?? "") &&
       fromOwnOrigin(req, deps.issuerOrigin)
@@ -93,43 +99,62 @@ export function signInLane(deps: {
     const start = process.hrtime.bigint();
     const began = performance.now();
     const chunks: Buffer[] = [];
-    req.on("data", (chunk: Buffer) => chunks.push(chunk));
-    req.on("error", () => {}); // the client went away: there is no one to answer
-    req.on("end", () => {
+    let size = 0;
+    const context = () => ({
+      requestId: requestIdFrom(single(req.headers["x-request-id"])),
+      ip: clientIpOf(proxyaddr(req, deps.trustProxy), req.socket.remoteAddress),
+      start,
+      began,
+    });
+    const onData = (chunk: Buffer) => {
+      size += chunk.length;
+      if (size <= deps.bodyLimit) {
+        chunks.push(chunk);
+        return;
+      }
+      // Too large (a chunked body): answered as the body parser would, before the route.
+      req.off("data", onData);
+      req.off("end", onEnd);
+      answer(req, res, context(), asApiError({ type: "entity.too.large", status: 413 }), "other");
+    };
+    const onEnd = () => {
+      // As body-parser reads it: a byte-order mark dropped, an empty body an empty object.
       const text = Buffer.concat(chunks)
         .toString("utf8")
         .replace(/^\uFEFF/, "");
+      const r = context();
       let body: unknown;
-      let refusal: ApiError | null;
-      const requestId = requestIdFrom(single(req.headers["x-request-id"]));
-      const ip = clientIpOf(proxyaddr(req, deps.trustProxy), req.socket.remoteAddress);
       try {
-        body = STRICT_START.test(text) ? JSON.parse(text) : undefined;
+        body = text === "" ? {} : STRICT_START.test(text) ? JSON.parse(text) : undefined;
       } catch {
         body = undefined;
       }
+      // Not JSON: express answers it before its router matches a route (metric label `other`).
+      if (body === undefined) {
+        answer(req, res, r, asApiError({ type: "entity.parse.failed", status: 400 }), "other");
+        return;
+      }
+      let refusal: ApiError | null;
       try {
-        if (body === undefined) {
-          refusal = asApiError({ type: "entity.parse.failed", status: 400 });
-        } else {
-          const parsed = loginBody.safeParse(body);
-          if (!parsed.success) refusal = asApiError(parsed.error);
-          // A solution is checked and spent by signIn, in the same step as its decision.
-          else if (parsed.data.challenge_solution !== undefined) refusal = null;
-          else {
-            const input = { loginId: parsed.data.login_id, password: parsed.data.password };
-            const ctx = {
-              ip,
-              requestId,
-              userAgent: single(req.headers["user-agent"]) ?? null,
-              previousToken: null,
-              deviceToken: deviceTokenFrom(single(req.headers.cookie)),
-            };
-            refusal = requestIds.run(requestId, () => deps.signIn.refusal(input, ctx));
-          }
+        const parsed = loginBody.safeParse(body);
+        if (!parsed.success) refusal = asApiError(parsed.error);
+        else {
+          const input = {
+            loginId: parsed.data.login_id,
+            password: parsed.data.password,
+            challengeSolution: parsed.data.challenge_solution,
+          };
+          const ctx = {
+            ip: r.ip,
+            requestId: r.requestId,
+            userAgent: single(req.headers["user-agent"]) ?? null,
+            previousToken: null,
+            deviceToken: deviceTokenFrom(single(req.headers.cookie)),
+          };
+          refusal = requestIds.run(r.requestId, () => deps.signIn.refusal(input, ctx));
         }
       } catch (err) {
-        answer(req, res, { requestId, ip, start, began }, err);
+        answer(req, res, r, err, ROUTE);
         return;
       }
       if (refusal === null) {
@@ -138,8 +163,11 @@ export function signInLane(deps: {
         onward();
         return;
       }
-      answer(req, res, { requestId, ip, start, began }, refusal);
-    });
+      answer(req, res, r, refusal, ROUTE);
+    };
+    req.on("data", onData);
+    req.on("end", onEnd);
+    req.on("error", () => {}); // the client went away: there is no one to answer
   }
 
   function answer(
@@ -147,10 +175,11 @@ export function signInLane(deps: {
     res: ServerResponse,
     r: { requestId: string; ip: string; start: bigint; began: number },
     err: unknown,
+    route: string,
   ): void {
     stats.answered++;
     res.once("finish", () => {
-      deps.metrics.http(req.method ?? "POST", ROUTE, res.statusCode, (performance.now() - r.began) / 1000);
+      deps.metrics.http(req.method ?? "POST", route, res.statusCode, (performance.now() - r.began) / 1000);
       logRequest(
         deps.logger,
         { requestId: r.requestId, method: req.method, path: req.url ?? PATH, ip: r.ip },

@@ -171,13 +171,21 @@ export class PasswordSignIn {
    * The throttle's refusal of a password attempt, decided and recorded exactly as `signIn` would
    * (audit entry, challenge issued), or null when the attempt would be admitted — then nothing is
    * recorded or reserved, and the caller goes on to `signIn`, which decides again. An attempt with
-   * a challenge solution is always left to `signIn` (checking and spending it is its part). For
+   * a plausible challenge solution is left to `signIn` (checking and spending it is its part). For
    * the sign-in lane (src/http/sign-in-lane.ts): a flood of refused attempts is answered without
    * express's per-request work.
    */
-  refusal(input: { loginId: string; password: string }, ctx: SignInContext): ApiError | null {
+  refusal(
+    input: { loginId: string; password: string; challengeSolution?: string | undefined },
+    ctx: SignInContext,
+  ): ApiError | null {
     const loginId = resolveLoginInput(input.loginId);
     if (loginId === null) return invalidLoginId();
+    // A solution that fails the cheap checks (not ours, another login ID's, expired, spent) is
+    // one signIn would refuse: the attempt is decided as one without a solution, as signIn would.
+    if (input.challengeSolution !== undefined && this.#pow.plausible(input.challengeSolution, loginId)) {
+      return null;
+    }
     const member = this.#findMember().get({ loginId });
     const attempt = this.#attempt(input.password, ctx, loginId, member, false);
     const decision = this.#guard.refusal(attempt);

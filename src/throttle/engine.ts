@@ -268,9 +268,16 @@ export class LoginGuard {
     const now = this.#clock.now().getTime();
     const k = this.#keys(a);
     this.#holdAll(k, -1);
-    const decision = this.#decide(a, k, now);
+    let decision: Decision;
+    try {
+      decision = this.#decide(a, k, now);
+    } catch (err) {
+      this.#holdAll(k, 1); // still held: the caller's settle() frees it
+      throw err;
+    }
     if (decision.action === "allow") this.#holdAll(k, 1);
-    else this.observer?.(a.kind, decision);
+    // Not reported to the observer: the attempt was counted as admitted (the decisions metric
+    // counts each attempt once); its audit entry records the refusal.
     return decision;
   }
 

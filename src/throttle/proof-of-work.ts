@@ -68,6 +68,22 @@ export class ProofOfWork {
    * synchronously when it decides, so parallel requests can't all use one solution.
    */
   async check(solution: string, loginId: string): Promise<string | null> {
+    const payload = this.#plausible(solution, loginId);
+    if (!payload) return null;
+    if (!(await verifySolution(payload as never, this.#hmacKey, false))) return null;
+    return payload.signature;
+  }
+
+  /**
+   * The checks of `check` that need no hashing: a payload of ours, for this login ID, not expired,
+   * not spent. A solution that fails them is one `check` refuses (the sign-in lane answers such
+   * attempts as if they carried none, which is what the sign-in does with them).
+   */
+  plausible(solution: string, loginId: string): boolean {
+    return this.#plausible(solution, loginId) !== null;
+  }
+
+  #plausible(solution: string, loginId: string): { signature: string } | null {
     let payload: { signature?: unknown };
     try {
       payload = JSON.parse(Buffer.from(solution, "base64").toString("utf8")) as { signature?: unknown };
@@ -84,8 +100,7 @@ export class ProofOfWork {
     if (params.lid !== this.#bind(loginId)) return null;
     if (!(Number(params.exp) > this.#clock.now().getTime())) return null;
     if (this.#spent.has(payload.signature)) return null;
-    if (!(await verifySolution(payload as never, this.#hmacKey, false))) return null;
-    return payload.signature;
+    return payload as { signature: string };
   }
 
   /** Spend a checked solution: true once (call with no await between this and the decision). */
