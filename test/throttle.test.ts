@@ -38,6 +38,15 @@ describe("login-anomaly engine (LoginGuard)", () => {
       alerts: new Alerts({ db: t.s.db, clock: t.clock, audit: t.s.audit }),
       loginKey: (l) => t.s.guard.loginKey(l),
     });
+  /** An engine whose service-wide detector fires at 100 failures in ten minutes (the floor, 10/min). */
+  const detectingAtTen = () =>
+    new LoginGuard({
+      db: t.s.db,
+      clock: t.clock,
+      alerts: t.s.alerts,
+      loginKey: (l) => t.s.guard.loginKey(l),
+      policy: { attackFloorPerMinute: 10 },
+    });
   /** An admitted attempt that failed. */
   const fail = (a: Attempt) => {
     const d = guard.assess(a);
@@ -173,13 +182,7 @@ describe("login-anomaly engine (LoginGuard)", () => {
   });
 
   it("raises an under-attack alert when the service-wide failure rate leaves its baseline", () => {
-    guard = new LoginGuard({
-      db: t.s.db,
-      clock: t.clock,
-      alerts: t.s.alerts,
-      loginKey: (l) => t.s.guard.loginKey(l),
-      policy: { attackFloorPerMinute: 10 },
-    });
+    guard = detectingAtTen();
     // Ten minutes at the floor: 100 failures.
     for (let i = 0; i < 100; i++) guard.settle(attempt({ ip: `10.${i}.0.1`, loginId: `m${i}` }), "failure");
     expect(guard.underAttack()).toBe(true);
@@ -190,13 +193,7 @@ describe("login-anomaly engine (LoginGuard)", () => {
   });
 
   it("counts an attempt on an unknown login ID toward the service-wide detector when it is admitted, once", () => {
-    guard = new LoginGuard({
-      db: t.s.db,
-      clock: t.clock,
-      alerts: t.s.alerts,
-      loginKey: (l) => t.s.guard.loginKey(l),
-      policy: { attackFloorPerMinute: 10 },
-    });
+    guard = detectingAtTen();
     const unknown = (i: number) =>
       attempt({ ip: `10.${i}.0.1`, loginId: `nobody${i}`, password: `guess ${i}`, unknownAccount: true });
     // 99 admitted and settled as failures: counted once each (settle doesn't count them again).
