@@ -370,6 +370,28 @@ describe("OIDC code flow with a real relying party (openid-client)", () => {
     expect(html).toContain("2段階認証");
     expect(html).toContain('href="/account"');
     expect(url).not.toContain("code=");
+    // …and offers the way back to the site: the site gets access_denied (and its state), no code.
+    const action = /<form method="post" action="([^"]*\/abort[^"]*)"/.exec(html)?.[1] as string;
+    expect(action).toBeTruthy();
+    const back = await jar.fetch(new URL(action.replaceAll("&amp;", "&"), issuer).toString(), {
+      method: "POST",
+      headers: { "content-type": "application/x-www-form-urlencoded", origin: issuer },
+      body: "",
+    });
+    const location = back.headers.get("location") as string;
+    const { url: landed } = await jar.follow(new URL(location, issuer).toString(), issuer);
+    const params = new URL(landed).searchParams;
+    expect(landed.startsWith(REDIRECT)).toBe(true);
+    expect(params.get("error")).toBe("access_denied");
+    expect(params.get("state")).toBe(new URL(req.url).searchParams.get("state"));
+    expect(params.has("code")).toBe(false);
+    // Someone else's page can't send a member back for them (the form needs our origin).
+    const forged = await jar.fetch(new URL(action.replaceAll("&amp;", "&"), issuer).toString(), {
+      method: "POST",
+      headers: { "content-type": "application/x-www-form-urlencoded", origin: "https://evil.example" },
+      body: "",
+    });
+    expect(forged.status).toBe(403);
   });
 
   it("RP-initiated logout ends the Sekisho session too", async () => {

@@ -16,6 +16,7 @@ const A = {
     noFactor:
       "このサイトへのサインインには2段階認証（パスキー、または必要に応じて認証アプリ）が必要です。アカウントページで設定してから、もう一度お試しください。",
     toAccount: "アカウントページを開く",
+    backToSite: (client: string) => `サインインせずに ${client} に戻る`,
     accountTitle: "アカウントのセキュリティ",
     signedInAs: (id: string) => `ログインID: ${id}`,
     level: "現在のサインインの強さ",
@@ -98,6 +99,7 @@ const A = {
     noFactor:
       "Signing in to this site needs two-step verification (a passkey, or an authenticator app where that is enough). Set one up on your account page, then try again.",
     toAccount: "Open your account page",
+    backToSite: (client: string) => `Return to ${client} without signing in`,
     accountTitle: "Account security",
     signedInAs: (id: string) => `Login ID: ${id}`,
     level: "Strength of this sign-in",
@@ -234,8 +236,14 @@ export function mfaPage(opts: {
   stepUp?: boolean;
   error?: boolean;
   switchHref?: string | undefined;
+  /** A sign-in for a member site: where to post to give up and go back to it (no sign-in). */
+  abortAction?: string | undefined;
 }): string {
   const a = A[opts.lang];
+  const abort =
+    opts.abortAction && opts.clientName
+      ? `<form method="post" action="${e(opts.abortAction)}"><button type="submit" class="secondary">${e(a.backToSite(opts.clientName))}</button></form>`
+      : "";
   const hidden = opts.mfaToken ? `<input type="hidden" name="mfa_token" value="${e(opts.mfaToken)}">` : "";
   const parts: string[] = [];
   if (opts.methods.includes("webauthn")) {
@@ -259,10 +267,10 @@ export function mfaPage(opts: {
   const lead = opts.stepUp && opts.clientName ? a.stepUpLead(opts.clientName) : a.mfaLead;
   const body =
     parts.length === 0
-      ? `<h1>${e(a.mfaTitle)}</h1><div class="error" role="alert">${e(a.noFactor)}</div><p><a href="/account">${e(a.toAccount)}</a></p>`
+      ? `<h1>${e(a.mfaTitle)}</h1><div class="error" role="alert">${e(a.noFactor)}</div><p><a href="/account">${e(a.toAccount)}</a></p>${abort}`
       : `<h1>${e(a.mfaTitle)}</h1><p class="lead">${e(lead)}</p>
 ${opts.error ? `<div class="error" role="alert">${e(a.wrongCode)}</div>` : ""}${passkeySupport(opts.lang)}
-${parts.join(`\n`)}`;
+${parts.join(`\n`)}${abort}`;
   return layout(opts.lang, a.mfaTitle, body, opts.switchHref, opts.methods.includes("webauthn"));
 }
 

@@ -172,6 +172,7 @@ export function interactionRoutes(s: Services, oidc: Oidc): Router {
           clientName: client.name,
           stepUp: opts.stepUp ?? false,
           error: opts.error ?? false,
+          abortAction: `${base}/abort?lang=${lang}`,
         }),
       );
   };
@@ -275,6 +276,18 @@ export function interactionRoutes(s: Services, oidc: Oidc): Router {
       });
     }
     return finishLogin(req, res, result.session);
+  });
+
+  // The member gives up on the second step (no factor the site accepts, a lost phone): back to
+  // the site with access_denied, as after declining consent, instead of a dead end.
+  r.post("/interaction/:uid/abort", ...hostedForm, async (req, res) => {
+    await provider.interactionDetails(req, res); // this browser's interaction, or an error page
+    await provider.interactionFinished(
+      req,
+      res,
+      { error: "access_denied", error_description: "The member did not complete the sign-in." },
+      { mergeWithLastSubmission: false },
+    );
   });
 
   r.post("/interaction/:uid/consent", ...hostedForm, async (req, res) => {
