@@ -58,8 +58,12 @@ describe.skipIf(!chromiumAvailable && !process.env.CI)(
     };
     const totp = () => {
       const { t } = sekisho;
-      const code = generateSync({ secret, epoch: Math.floor(t.clock.now().getTime() / 1000) });
-      t.clock.advance(31_000); // each code once
+      const now = t.clock.now().getTime();
+      const code = generateSync({ secret, epoch: Math.floor(now / 1000) });
+      // Each code once: on into the next 30 s step, 1 s in, where the code is still within the
+      // ±30 s window. (A flat 31 s from a step's last second, on this wall-clock start, left it
+      // two steps behind: refused, about one run in ten.)
+      t.clock.advance(30_000 - (now % 30_000) + 1_000);
       return code;
     };
 
