@@ -2,6 +2,7 @@ import { isIP } from "node:net";
 import v8 from "node:v8";
 import { solveChallenge } from "./support/pow.js";
 import vm from "node:vm";
+import type { Express } from "express";
 import supertest from "supertest";
 import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
 import { Alerts } from "../src/audit/alerts.js";
@@ -11,6 +12,15 @@ import { type Attempt, LoginGuard } from "../src/throttle/engine.js";
 import { subnetOf } from "../src/throttle/network.js";
 import { ProofOfWork } from "../src/throttle/proof-of-work.js";
 import { makeApp, ORIGIN, post, register, STRONG_PASSWORD, type TestApp } from "./support/app.js";
+
+/** A JSON sign-in from our own origin, as from `ip` (behind a trusted proxy, X-Forwarded-For). */
+const loginFrom = (app: Express, ip: string, body: Record<string, unknown>) =>
+  supertest(app)
+    .post("/api/v1/login")
+    .set("Origin", ORIGIN)
+    .set("Content-Type", "application/json")
+    .set("X-Forwarded-For", ip)
+    .send(JSON.stringify(body));
 
 describe("login-anomaly engine (LoginGuard)", () => {
   let t: TestApp;
@@ -353,13 +363,7 @@ describe("proof-of-work challenges (ALTCHA) through the JSON API", () => {
   afterEach(() => t.close());
 
   const solve = solveChallenge;
-  const login = (ip: string, body: Record<string, unknown>) =>
-    supertest(t.app)
-      .post("/api/v1/login")
-      .set("Origin", ORIGIN)
-      .set("Content-Type", "application/json")
-      .set("X-Forwarded-For", ip)
-      .send(JSON.stringify(body));
+  const login = (ip: string, body: Record<string, unknown>) => loginFrom(t.app, ip, body);
 
   it("under attack, an untrusted password sign-in must solve a challenge first; a solution works once, for its login ID, until it expires", async () => {
     t = makeApp({
@@ -452,13 +456,10 @@ describe("the engine behind the HTTP API", () => {
     const hashed: string[] = [];
     t.s.hasher.queue.observer = { waited: () => hashed.push("job"), refused: () => {} };
     const attempts = ["waiting.member", "nobody.here", "waiting.member"].map((loginId, i) =>
-      supertest(t.app)
-        .post("/api/v1/login")
-        .set("Origin", ORIGIN)
-        .set("Content-Type", "application/json")
-        .set("X-Forwarded-For", `198.51.100.${i + 1}`)
-        .send(JSON.stringify({ login_id: loginId, password: i === 2 ? STRONG_PASSWORD : "a wrong password" }))
-        .then((r) => r),
+      loginFrom(t.app, `198.51.100.${i + 1}`, {
+        login_id: loginId,
+        password: i === 2 ? STRONG_PASSWORD : "a wrong password",
+      }).then((r) => r),
     );
     for (let i = 0; i < 50 && t.s.hasher.queue.depth < 3; i++) await new Promise((r) => setTimeout(r, 10));
     expect(t.s.hasher.queue.depth).toBe(3);
@@ -487,14 +488,8 @@ describe("the engine behind the HTTP API", () => {
     await register(t.app, { login_id: "hanako" });
     let last = 0;
     for (let i = 0; i < 6; i++) {
-      last = (
-        await supertest(t.app)
-          .post("/api/v1/login")
-          .set("Origin", ORIGIN)
-          .set("Content-Type", "application/json")
-          .set("X-Forwarded-For", `198.51.100.${i}`)
-          .send(JSON.stringify({ login_id: "hanako", password: `wrong guess ${i}` }))
-      ).status;
+      last = (await loginFrom(t.app, `198.51.100.${i}`, { login_id: "hanako", password: `wrong guess ${i}` }))
+        .status;
     }
     expect(last).toBe(429);
   });
@@ -507,12 +502,10 @@ describe("the engine behind the HTTP API", () => {
     // Past ipSlow (30) failures from one address, whatever the login IDs.
     for (let i = 0; i < 32; i++) {
       last = (
-        await supertest(t.app)
-          .post("/api/v1/login")
-          .set("Origin", ORIGIN)
-          .set("Content-Type", "application/json")
-          .set("X-Forwarded-For", `77.3.${12881 + i}.2`)
-          .send(JSON.stringify({ login_id: `nobody.${i}`, password: `wrong guess ${i}` }))
+        await loginFrom(t.app, `77.3.${12881 + i}.2`, {
+          login_id: `nobody.${i}`,
+          password: `wrong guess ${i}`,
+        })
       ).status;
     }
     expect(last).toBe(429);
