@@ -193,8 +193,15 @@ describe("OIDC code flow with a real relying party (openid-client)", () => {
       const res = await jar.fetch(req.url);
       expect(res.status, bad).toBe(400);
       expect(res.headers.get("location")).toBeNull();
-      expect(await res.text()).toContain("redirect_uri");
+      const html = await res.text();
+      expect(html).toContain("redirect_uri");
+      // The member reads what went wrong in their language; the technical detail follows.
+      expect(html).toContain("戻り先のアドレスが、サイトの登録内容と一致しません。");
     }
+    const en = await new Jar().fetch((await authorize({ redirect_uri: `${REDIRECT}/` })).url, {
+      headers: { "accept-language": "en" },
+    });
+    expect(await en.text()).toContain("The return address does not match the site");
   });
 
   it("requires redirect_uri at the authorization and token endpoints, even with one registered", async () => {

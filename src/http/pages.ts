@@ -144,7 +144,7 @@ button.secondary{background:#e6e9ef;color:#1d2330}
 section{border-top:1px solid #e6e9ef;margin-top:1.5rem;padding-top:1rem}h2{font-size:1.1rem;margin:0 0 .5rem}
 ul.plain{list-style:none;padding:0;margin:0}ul.plain li{padding:.5rem 0;border-bottom:1px solid #f0f1f4}
 .inline{display:inline}.inline button{width:auto;margin:0 0 0 .5rem;padding:.35rem .75rem;font-size:.9rem}
-.muted{color:#5f6779;font-size:.9rem}.ok{background:#e8f5ec;color:#1d5c2e;border-radius:8px;padding:.75rem;margin-bottom:1rem}
+.muted{color:#5f6779;font-size:.9rem}.small{font-size:.85rem;word-break:break-word}.ok{background:#e8f5ec;color:#1d5c2e;border-radius:8px;padding:.75rem;margin-bottom:1rem}
 code.secret{word-break:break-all;font-size:1.05rem}.qr svg{width:220px;height:220px;display:block;margin:1rem auto}
 ol.codes{columns:2;font-family:ui-monospace,monospace;font-size:1.05rem}
 .sr{position:absolute;width:1px;height:1px;overflow:hidden;clip:rect(0 0 0 0);white-space:nowrap}
@@ -186,6 +186,49 @@ export function layout(
  * `signingOut`: an end-session error; `page`: an error on one of our own pages (the account
  * pages, the admin console), not on the way back to a member site.
  */
+/**
+ * What an error code means to a member, in their language. The code and the technical description
+ * (oidc-provider's, or ours, in English: what a member site's developer needs) follow it.
+ */
+const ERROR_TEXT: Record<string, { ja: string; en: string }> = {
+  invalid_request: { ja: "リクエストの内容に誤りがあります。", en: "The request is not valid." },
+  invalid_client: {
+    ja: "このサイトは登録されていないか、設定に誤りがあります。",
+    en: "This site is not registered, or its settings are wrong.",
+  },
+  invalid_redirect_uri: {
+    ja: "戻り先のアドレスが、サイトの登録内容と一致しません。",
+    en: "The return address does not match the site's registration.",
+  },
+  unauthorized_client: {
+    ja: "このサイトには、この方法でのサインインが許可されていません。",
+    en: "This site may not sign members in this way.",
+  },
+  unsupported_response_type: {
+    ja: "このサイトの要求の形式には対応していません。",
+    en: "This kind of request is not supported.",
+  },
+  invalid_scope: {
+    ja: "サイトが求めた情報の範囲が正しくありません。",
+    en: "The site asked for information it may not have.",
+  },
+  access_denied: { ja: "アクセスは許可されませんでした。", en: "Access was not granted." },
+  server_error: {
+    ja: "サーバーで問題が発生しました。時間をおいてお試しください。",
+    en: "Something went wrong on our side. Please try again later.",
+  },
+  not_found: { ja: "ページが見つかりません。", en: "There is no such page." },
+  forbidden_origin: {
+    ja: "別のサイトから送られたフォームは受け付けられません。",
+    en: "A form sent from another site can't be accepted.",
+  },
+  too_many_attempts: {
+    ja: "試行回数が多すぎます。しばらくしてからお試しください。",
+    en: "Too many attempts. Please wait a while and try again.",
+  },
+};
+ERROR_TEXT.redirect_uri_mismatch = ERROR_TEXT.invalid_redirect_uri as { ja: string; en: string };
+
 export function errorPage(
   lang: Lang,
   code: string,
@@ -194,10 +237,12 @@ export function errorPage(
 ): string {
   const t = T[lang];
   const title = opts.page ? t.pageErrorTitle : opts.signingOut ? t.logoutErrorTitle : t.errorTitle;
+  const meaning = Object.hasOwn(ERROR_TEXT, code) ? ERROR_TEXT[code]?.[lang] : undefined;
+  const detail = `<code>${e(code)}</code>${description ? ` ${e(description)}` : ""}`;
   return layout(
     lang,
     title,
-    `<h1>${e(title)}</h1><div class="error" role="alert"><code>${e(code)}</code><br>${e(description)}</div>
+    `<h1>${e(title)}</h1><div class="error" role="alert">${meaning ? `${e(meaning)}<br><span class="small">${detail}</span>` : detail}</div>
 <p class="lead">${e(opts.page ? t.pageErrorLead : t.errorLead)}</p>`,
   );
 }
