@@ -16,7 +16,7 @@ const A = {
     noFactor:
       "このサイトへのサインインには2段階認証（パスキー、または必要に応じて認証アプリ）が必要です。アカウントページで設定してから、もう一度お試しください。",
     toAccount: "アカウントページを開く",
-    backToSite: (client: string) => `サインインせずに ${client} に戻る`,
+    backToSite: (client: string) => `サインインせずに「${client}」に戻る`,
     accountTitle: "アカウントのセキュリティ",
     signedInAs: (id: string) => `ログインID: ${id}`,
     level: "現在のサインインの強さ",
