@@ -831,7 +831,11 @@ describe("OIDC code flow with a real relying party (openid-client)", () => {
       expect(mfaAction).toMatch(/^\/interaction\/[\w-]+\/mfa/);
       const wrong = await form({ mfa_token: token, method: "totp", code: "000000" }, mfaAction);
       expect(wrong.status).toBe(401);
-      expect(await wrong.text()).toContain("コードが正しくありません");
+      const wrongHtml = await wrong.text();
+      expect(wrongHtml).toContain("コードが正しくありません");
+      // The code field is marked invalid and points at the message (screen readers).
+      expect(wrongHtml).toContain('id="mfa_error"');
+      expect(wrongHtml).toMatch(/id="code"[^>]*aria-invalid="true" aria-describedby="mfa_error"/);
       const ok = await form({ mfa_token: token, method: "totp", code: totp() }, mfaAction);
       expect(ok.status).toBe(303);
       const { url } = await jar.follow(

@@ -244,6 +244,8 @@ export function mfaPage(opts: {
     opts.abortAction && opts.clientName
       ? `<form method="post" action="${e(opts.abortAction)}"><button type="submit" class="secondary">${e(a.backToSite(opts.clientName))}</button></form>`
       : "";
+  // After a wrong code the fields point at the message (screen readers announce it with them).
+  const invalid = opts.error ? ' aria-invalid="true" aria-describedby="mfa_error"' : "";
   const hidden = opts.mfaToken ? `<input type="hidden" name="mfa_token" value="${e(opts.mfaToken)}">` : "";
   const parts: string[] = [];
   if (opts.methods.includes("webauthn")) {
@@ -254,14 +256,14 @@ export function mfaPage(opts: {
   if (opts.methods.includes("totp")) {
     parts.push(`<form method="post" action="${e(opts.action)}">${hidden}<input type="hidden" name="method" value="totp">
 <label for="code">${e(a.totpLabel)}</label>
-<input type="tel" id="code" name="code" inputmode="numeric" autocomplete="one-time-code" pattern="[0-9 ]{6,7}" maxlength="7" required${opts.methods[0] === "totp" ? " autofocus" : ""}>
+<input type="tel" id="code" name="code" inputmode="numeric" autocomplete="one-time-code" pattern="[0-9 ]{6,7}" maxlength="7" required${opts.methods[0] === "totp" ? " autofocus" : ""}${invalid}>
 <button type="submit">${e(a.verify)}</button></form>`);
   }
   if (opts.methods.includes("recovery_code")) {
     parts.push(`<details><summary>${e(a.useRecovery)}</summary>
 <form method="post" action="${e(opts.action)}">${hidden}<input type="hidden" name="method" value="recovery_code">
 <label for="recovery">${e(a.recoveryLabel)}</label>
-<input type="text" id="recovery" name="code" autocomplete="off" autocapitalize="none" spellcheck="false" required>
+<input type="text" id="recovery" name="code" autocomplete="off" autocapitalize="none" spellcheck="false" required${invalid}>
 <button type="submit">${e(a.verify)}</button></form></details>`);
   }
   const lead = opts.stepUp && opts.clientName ? a.stepUpLead(opts.clientName) : a.mfaLead;
@@ -269,7 +271,7 @@ export function mfaPage(opts: {
     parts.length === 0
       ? `<h1>${e(a.mfaTitle)}</h1><div class="error" role="alert">${e(a.noFactor)}</div><p><a href="/account">${e(a.toAccount)}</a></p>${abort}`
       : `<h1>${e(a.mfaTitle)}</h1><p class="lead">${e(lead)}</p>
-${opts.error ? `<div class="error" role="alert">${e(a.wrongCode)}</div>` : ""}${passkeySupport(opts.lang)}
+${opts.error ? `<div class="error" role="alert" id="mfa_error">${e(a.wrongCode)}</div>` : ""}${passkeySupport(opts.lang)}
 ${parts.join(`\n`)}${abort}`;
   return layout(opts.lang, a.mfaTitle, body, opts.switchHref, opts.methods.includes("webauthn"));
 }
@@ -402,7 +404,7 @@ export function totpEnrolPage(lang: Lang, opts: { qrSvg: string; secret: string;
   const a = A[lang];
   const grouped = opts.secret.match(/.{1,4}/g)?.join(" ") ?? opts.secret;
   const body = `<h1>${e(a.totpTitle)}</h1>
-${opts.error ? `<div class="error" role="alert">${e(a.wrongCode)}</div>` : ""}
+${opts.error ? `<div class="error" role="alert" id="mfa_error">${e(a.wrongCode)}</div>` : ""}
 <p>${e(a.totpStep1)}</p><div class="qr">${opts.qrSvg}</div>
 <p>${e(a.totpKey)}: <code class="secret">${e(grouped)}</code></p>
 <form method="post" action="/account/totp/verify"><label for="code">${e(a.totpStep2)}</label>
