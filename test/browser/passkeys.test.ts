@@ -255,4 +255,34 @@ describe.skipIf(!available && !process.env.CI)("passkeys in a real browser (virt
     expect(me.session.amr).toEqual(["pwd", "otp", "mfa"]);
     await ctx.close();
   });
+
+  it("sends a member whose sign-in is no longer recent to sign in again when they add a passkey", async () => {
+    const { t } = sekisho;
+    await t.s.registrations.register(
+      { loginId: "reauth.browser", password: STRONG_PASSWORD, profile: { email: "reauth@example.jp" } },
+      { ip: "127.0.0.1", requestId: null },
+    );
+    const own = await pageWithAuthenticator(browser);
+    const p = own.page;
+    try {
+      await p.goto(`${issuer}/account/login`);
+      await p.waitForSelector("input[name=login_id]", { timeout: 8000 });
+      await p.fill("input[name=login_id]", "reauth.browser");
+      await p.fill("input[name=password]", STRONG_PASSWORD);
+      await p.click("button[type=submit]");
+      await p.waitForSelector("[data-passkey-register]:not([hidden])", { timeout: 8000 });
+      // Adding a factor needs a sign-in within SEKISHO_REAUTH_MINUTES (10): eleven minutes on.
+      t.clock.advance(11 * 60_000);
+      await p.click("[data-passkey-register]");
+      await p.waitForURL(/\/account\/login\?reauth=1/, { timeout: 8000 });
+      expect(await p.textContent("body")).toContain("もう一度サインインしてください");
+      // Nothing was added on the way.
+      const { credentials } = await own.cdp.send("WebAuthn.getCredentials", {
+        authenticatorId: own.authenticatorId,
+      });
+      expect(credentials).toHaveLength(0);
+    } finally {
+      await own.context.close();
+    }
+  });
 });
