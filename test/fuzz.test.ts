@@ -212,6 +212,7 @@ describe("arbitrary input at every endpoint", () => {
       ["post", "/interaction/x/login"],
       ["post", "/interaction/x/consent"],
       ["post", "/interaction/x/mfa"],
+      ["post", "/interaction/x/abort"],
       ["get", "/account"],
       ["get", "/account/login"],
       ["post", "/account/login"],

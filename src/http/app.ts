@@ -31,8 +31,8 @@ import { serviceRoutes } from "./routes/service.js";
 import { recoveryPageRoutes } from "./routes/recovery-hosted.js";
 import { adminConsoleRoutes } from "./routes/admin-console.js";
 
-export const BODY_LIMIT = "64kb";
-const BODY_LIMIT_BYTES = 64 * 1024;
+/** The JSON API's body limit (bytes), for the body parser and the sign-in lane alike. */
+const BODY_LIMIT = 64 * 1024;
 const PAGE_PREFIXES = ["/account", "/admin", "/recovery", "/interaction"];
 
 /** Parse a SEKISHO_TRUST_PROXY value into what express's `trust proxy` setting takes. */
@@ -178,7 +178,7 @@ export function createApp(s: Services, opts: { signInLane?: boolean } = {}): exp
       issuerOrigin: s.config.issuerOrigin,
       trustProxy: app.get("trust proxy fn"),
       headers,
-      bodyLimit: BODY_LIMIT_BYTES,
+      bodyLimit: BODY_LIMIT,
       shuttingDown: () => app.locals.shuttingDown === true,
     });
     app.locals.signInLane = lane;

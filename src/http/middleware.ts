@@ -267,7 +267,7 @@ export function answerError(logger: Logger, res: ServerResponse, err: unknown, r
 }
 
 /** A refusal worth a log line: one with an internal note, or a 5xx. */
-export function logRefusal(logger: Logger, api: ApiError, requestId: string): void {
+function logRefusal(logger: Logger, api: ApiError, requestId: string): void {
   if (api.detail || api.status >= 500) {
     logger.warn(
       { code: api.code, status: api.status, detail: api.detail, req_id: requestId },
@@ -277,7 +277,7 @@ export function logRefusal(logger: Logger, api: ApiError, requestId: string): vo
 }
 
 /** A contract error as the API sends it (the error handler's and the sign-in lane's answer). */
-export function sendApiError(res: ServerResponse, api: ApiError, requestId: string): void {
+function sendApiError(res: ServerResponse, api: ApiError, requestId: string): void {
   for (const [k, v] of Object.entries(api.headers ?? {})) res.setHeader(k, v);
   const body = api.toJSON();
   if (api.status >= 500) body.request_id = requestId;

@@ -182,24 +182,21 @@ export function layout(
 }
 
 /**
- * Protocol errors (bad client, bad redirect_uri, expired interaction): shown, never redirected.
- * `signingOut`: an end-session error; `page`: an error on one of our own pages (the account
- * pages, the admin console), not on the way back to a member site.
- */
-/**
  * What an error code means to a member, in their language. The code and the technical description
  * (oidc-provider's, or ours, in English: what a member site's developer needs) follow it.
  */
+const BAD_RETURN_ADDRESS = {
+  ja: "戻り先のアドレスが、サイトの登録内容と一致しません。",
+  en: "The return address does not match the site's registration.",
+};
 const ERROR_TEXT: Record<string, { ja: string; en: string }> = {
   invalid_request: { ja: "リクエストの内容に誤りがあります。", en: "The request is not valid." },
   invalid_client: {
     ja: "このサイトは登録されていないか、設定に誤りがあります。",
     en: "This site is not registered, or its settings are wrong.",
   },
-  invalid_redirect_uri: {
-    ja: "戻り先のアドレスが、サイトの登録内容と一致しません。",
-    en: "The return address does not match the site's registration.",
-  },
+  invalid_redirect_uri: BAD_RETURN_ADDRESS,
+  redirect_uri_mismatch: BAD_RETURN_ADDRESS,
   unauthorized_client: {
     ja: "このサイトには、この方法でのサインインが許可されていません。",
     en: "This site may not sign members in this way.",
@@ -227,8 +224,11 @@ const ERROR_TEXT: Record<string, { ja: string; en: string }> = {
     en: "Too many attempts. Please wait a while and try again.",
   },
 };
-ERROR_TEXT.redirect_uri_mismatch = ERROR_TEXT.invalid_redirect_uri as { ja: string; en: string };
-
+/**
+ * Protocol errors (bad client, bad redirect_uri, expired interaction): shown, never redirected.
+ * `signingOut`: an end-session error; `page`: an error on one of our own pages (the account
+ * pages, the admin console), not on the way back to a member site.
+ */
 export function errorPage(
   lang: Lang,
   code: string,

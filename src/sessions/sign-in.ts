@@ -50,12 +50,6 @@ export type SignInResult =
   /** The password is right, but support requires a new one first (set through the mailed link). */
   | { status: "password_reset_required" };
 
-/**
- * Password sign-in: parse → throttle (before any hashing) → look up → verify (argon2, or a dummy
- * verify for an unknown ID) → one transaction: rehash if needed, new session, audit → answer.
- * The answer for an unknown login ID and a wrong password is the same value, so the HTTP layer
- * can only send the same bytes.
- */
 const invalidLoginId = () =>
   new ApiError(400, "invalid_login_id", "That is not a valid login ID or member number (check for a typo).");
 
@@ -68,6 +62,12 @@ export function tooManyAttempts(retryAfterSeconds: number): ApiError {
 
 type LegacyExpired = (memberId: string, ctx: { ip: string | null; requestId: string | null }) => void;
 
+/**
+ * Password sign-in: parse → throttle (before any hashing) → look up → verify (argon2, or a dummy
+ * verify for an unknown ID) → one transaction: rehash if needed, new session, audit → answer.
+ * The answer for an unknown login ID and a wrong password is the same value, so the HTTP layer
+ * can only send the same bytes.
+ */
 export class PasswordSignIn {
   readonly #db: Db;
   readonly #hasher: PasswordHasher;
