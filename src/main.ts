@@ -1,5 +1,6 @@
 import { systemClock } from "./clock.js";
 import { checkMailSetting, loadConfig } from "./config.js";
+import { startCheckpointer } from "./db/checkpointer.js";
 import { migrateDatabase, openDatabase } from "./db/connection.js";
 import { StartupError } from "./errors.js";
 import { createApp } from "./http/app.js";
@@ -18,6 +19,8 @@ async function main(): Promise<void> {
   checkMailSetting(config);
   const db = openDatabase(config.dbFile);
   migrateDatabase(db);
+  // WAL checkpoints (and their fsync) run on a worker thread, not inside a request's commit.
+  const checkpointer = startCheckpointer(db, logger);
   const services = buildServices({ config, db, clock, keys, logger, processMetrics: true });
   // Rows from before member-level revocation existed learn whose they are (once; cheap after).
   const backfilled = services.oidcStore.backfillAccountIds();
@@ -98,7 +101,9 @@ async function main(): Promise<void> {
         .settled()
         .then(() => Promise.all([services.mailer.stop(), services.alertHooks?.stop()]))
         .catch((err: unknown) => logger.error({ err }, "while finishing mail"))
-        .finally(() => {
+        .finally(async () => {
+          services.oidcStore.flush();
+          await checkpointer.stop().catch(() => {});
           db.$client.close();
           removePidFile(config.dataDir);
           logger.info("stopped");

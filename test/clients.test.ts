@@ -1,7 +1,32 @@
-import { describe, expect, it } from "vitest";
-import { validateRedirectUri } from "../src/oidc/clients.js";
+import Database from "better-sqlite3";
+import { describe, expect, it, vi } from "vitest";
+import { Clients, validateRedirectUri } from "../src/oidc/clients.js";
 import { makeApp } from "./support/app.js";
 import { runCli } from "./support/cli.js";
+
+describe("client metadata kept in memory", () => {
+  it("is read again once another process has changed the database", () => {
+    const t = makeApp();
+    vi.useFakeTimers({ toFake: ["performance"] });
+    try {
+      const clients = new Clients({ db: t.s.db, clock: t.clock, audit: t.s.audit });
+      const { clientId } = clients.add({ name: "site", redirectUris: ["https://shop.example.jp/cb"] });
+      expect(clients.metadata(clientId)?.redirect_uris).toEqual(["https://shop.example.jp/cb"]);
+      expect(clients.metadata("c_made_up")).toBeUndefined();
+      // Another process (an operator's tool) changes the client's redirect URIs.
+      const other = new Database(t.s.config.dbFile);
+      other
+        .prepare("UPDATE oidc_clients SET redirect_uris = ? WHERE client_id = ?")
+        .run(JSON.stringify(["https://new.example.jp/cb"]), clientId);
+      other.close();
+      vi.advanceTimersByTime(10);
+      expect(clients.metadata(clientId)?.redirect_uris).toEqual(["https://new.example.jp/cb"]);
+    } finally {
+      vi.useRealTimers();
+      t.close();
+    }
+  });
+});
 
 describe("sekisho clients add", () => {
   it("prints a client_id and, once, a secret that is stored only as a hash; public clients get none", () => {

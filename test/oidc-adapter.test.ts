@@ -1,5 +1,7 @@
+import { createHash } from "node:crypto";
 import fs from "node:fs";
-import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import Database from "better-sqlite3";
+import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
 import { OidcStore } from "../src/oidc/adapter.js";
 import { makeApp, type TestApp } from "./support/app.js";
 
@@ -100,5 +102,88 @@ describe("OIDC storage adapter", () => {
     // ...while the adapter still finds both by their ids.
     expect((await adapter("AccessToken").find(token))?.jti).toBe(token);
     expect(await adapter("Session").findByUid("uid-secret-value")).toBeDefined();
+  });
+
+  describe("group commit and the payload cache", () => {
+    const committed = (model: string, id: string) =>
+      t.s.db.$client
+        .prepare("SELECT count(*) AS n FROM oidc_payloads WHERE model = ? AND id_hash = ?")
+        .get(model, createHash("sha256").update(id).digest("base64url")) as { n: number };
+
+    it("commits the token endpoint's writes together, and settles each only after the commit", async () => {
+      const tokens = adapter("RefreshToken");
+      let settled = 0;
+      const writes = ["rt-1", "rt-2", "rt-3"].map((id) =>
+        tokens.upsert(id, { jti: id, grantId: "g" }, 600).then(() => settled++),
+      );
+      // Queued, not yet committed: nothing on disk, nobody told it is done...
+      expect(committed("RefreshToken", "rt-1").n).toBe(0);
+      expect(settled).toBe(0);
+      // ...but a read in the meantime sees them, as it would a committed row.
+      expect((await tokens.find("rt-2"))?.jti).toBe("rt-2");
+      await Promise.all(writes);
+      for (const id of ["rt-1", "rt-2", "rt-3"]) expect(committed("RefreshToken", id).n).toBe(1);
+    });
+
+    it("fails every write of a batch whose commit fails, and keeps none of it", async () => {
+      const tokens = adapter("AccessToken");
+      t.s.db.$client.exec(
+        "CREATE TEMP TRIGGER refuse BEFORE INSERT ON oidc_payloads WHEN NEW.id_hash IS NOT NULL BEGIN SELECT RAISE(ABORT, 'disk says no'); END",
+      );
+      const results = await Promise.allSettled([
+        tokens.upsert("at-1", { jti: "at-1", grantId: "g" }, 600),
+        tokens.upsert("at-2", { jti: "at-2", grantId: "g" }, 600),
+      ]);
+      expect(results.map((r) => r.status)).toEqual(["rejected", "rejected"]);
+      t.s.db.$client.exec("DROP TRIGGER temp.refuse");
+      expect(await tokens.find("at-1")).toBeUndefined();
+      expect(committed("AccessToken", "at-2").n).toBe(0);
+    });
+
+    it("a consume waiting for the commit already shows the token as used (a replay in the same moment is caught)", async () => {
+      const tokens = adapter("RefreshToken");
+      await tokens.upsert("rt", { jti: "rt", grantId: "g" }, 600);
+      const consumed = tokens.consume("rt");
+      expect((await tokens.find("rt"))?.consumed).toBe(Math.floor(t.clock.now().getTime() / 1000));
+      await consumed;
+      expect((await tokens.find("rt"))?.consumed).toBeDefined();
+    });
+
+    it("keeps a grant revoked even when a token of it was still waiting for the commit", async () => {
+      // Attack: a refresh whose new tokens are queued while the member's grant is revoked in the
+      // same moment; committing the queue afterwards must not bring the tokens back.
+      const tokens = adapter("RefreshToken");
+      const write = tokens.upsert("rt-new", { jti: "rt-new", grantId: "g-revoked", accountId: "sub-1" }, 600);
+      const other = tokens.upsert("rt-other", { jti: "rt-other", grantId: "g-kept" }, 600);
+      expect(store.revokeByGrantId("g-revoked")).toBe(1);
+      await Promise.all([write, other]);
+      expect(await tokens.find("rt-new")).toBeUndefined();
+      expect(committed("RefreshToken", "rt-new").n).toBe(0);
+      expect(await tokens.find("rt-other")).toBeDefined();
+      // The same for a member's whole account (a password reset), queued or cached.
+      await tokens.upsert("rt-cached", { jti: "rt-cached", grantId: "g2", accountId: "sub-2" }, 600);
+      expect(await tokens.find("rt-cached")).toBeDefined();
+      const queued = tokens.upsert("rt-queued", { jti: "rt-queued", grantId: "g3", accountId: "sub-2" }, 600);
+      expect(store.revokeAccount("sub-2")).toBe(2);
+      await queued;
+      expect(await tokens.find("rt-cached")).toBeUndefined();
+      expect(await tokens.find("rt-queued")).toBeUndefined();
+    });
+
+    it("forgets what it holds when another process changes the database (a revocation from the CLI)", async () => {
+      vi.useFakeTimers({ toFake: ["performance"] });
+      try {
+        const tokens = adapter("RefreshToken");
+        await tokens.upsert("rt", { jti: "rt", grantId: "g" }, 600);
+        expect(await tokens.find("rt")).toBeDefined(); // now held in memory
+        const other = new Database(t.s.config.dbFile);
+        other.prepare("DELETE FROM oidc_payloads WHERE model = 'RefreshToken'").run();
+        other.close();
+        vi.advanceTimersByTime(10); // data_version is looked at every 5 ms at most
+        expect(await tokens.find("rt")).toBeUndefined();
+      } finally {
+        vi.useRealTimers();
+      }
+    });
   });
 });

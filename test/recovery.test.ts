@@ -844,15 +844,20 @@ describe("mailed tokens and member-level revocation", () => {
     expect(tokens.consume(a.tokenHash, { mfaProof: again })).toBe(false); // once
   });
 
-  it("links provider rows written before account_id existed to their member, so a reset revokes them", () => {
+  it("links provider rows written before account_id existed to their member, so a reset revokes them", async () => {
     const store = t.s.oidcStore;
     const sub = t.s.db.$client
       .prepare("SELECT sub FROM members WHERE id = ?")
       .pluck()
       .get(memberId) as string;
-    store.upsert("RefreshToken", "rt-old", { accountId: sub, grantId: "g1", jti: "rt-old" } as never, 3600);
-    store.upsert("Grant", "g1", { accountId: sub, jti: "g1" } as never, 3600);
-    store.upsert("ClientCredentials", "cc", { jti: "cc" } as never, 3600);
+    await store.upsert(
+      "RefreshToken",
+      "rt-old",
+      { accountId: sub, grantId: "g1", jti: "rt-old" } as never,
+      3600,
+    );
+    await store.upsert("Grant", "g1", { accountId: sub, jti: "g1" } as never, 3600);
+    await store.upsert("ClientCredentials", "cc", { jti: "cc" } as never, 3600);
     // as a database from before migration 0009 would hold them
     t.s.db.$client.prepare("UPDATE oidc_payloads SET account_id = NULL").run();
     expect(store.revokeAccount(sub)).toBe(0);

@@ -28,6 +28,7 @@ export function openDatabase(file: string): Db {
   client.pragma("foreign_keys = ON");
   client.pragma("secure_delete = ON");
   client.pragma("busy_timeout = 5000");
+  if (process.env.X_NOCKPT) client.pragma("wal_autocheckpoint = 0");
   return drizzle({ client, schema });
 }
 
@@ -50,4 +51,32 @@ export function lazyPrepared<T>(prepare: () => T): () => T {
     stmt ??= prepare();
     return stmt;
   };
+}
+
+const versions = new WeakMap<Db, () => number>();
+
+/**
+ * SQLite's `data_version` on this connection: it changes when another connection — another
+ * process, such as the `sekisho` CLI — commits, and only then. In-memory copies of rows (the
+ * OIDC store's payloads, the client list) are dropped when it moves. Reading it takes a look at
+ * the WAL index (~20 µs here), so it is read at most once every 5 ms: a commit by another process
+ * is noticed within 5 ms, as if it had been made that much later.
+ */
+export function othersCommits(db: Db): () => number {
+  let read = versions.get(db);
+  if (!read) {
+    const stmt = db.$client.prepare("PRAGMA data_version").pluck();
+    let value = -1;
+    let at = Number.NEGATIVE_INFINITY;
+    read = () => {
+      const now = performance.now();
+      if (now - at >= 5) {
+        value = stmt.get() as number;
+        at = now;
+      }
+      return value;
+    };
+    versions.set(db, read);
+  }
+  return read;
 }

@@ -13,6 +13,7 @@ import {
   securityHeaders,
   sessionLoader,
 } from "./middleware.js";
+import { providerLane } from "./provider-lane.js";
 import { signInLane } from "./sign-in-lane.js";
 import { cachedProviderDocuments, createOidc, OIDC_ROUTES } from "../oidc/provider.js";
 import { assetRoutes, pageHeaders, rememberLang, reqLang } from "./hosted.js";
@@ -44,7 +45,10 @@ export function trustProxySetting(value: string | undefined): boolean | number |
 }
 
 /** The express app. No listen, no globals: tests build one per file on their own database. */
-export function createApp(s: Services, opts: { signInLane?: boolean } = {}): express.Express {
+export function createApp(
+  s: Services,
+  opts: { signInLane?: boolean; providerLane?: boolean } = {},
+): express.Express {
   const app = express();
   app.disable("x-powered-by");
   app.set("etag", false);
@@ -168,29 +172,45 @@ export function createApp(s: Services, opts: { signInLane?: boolean } = {}): exp
   });
   app.use(errorHandler(s.logger));
 
-  // Password sign-ins on the JSON API that the throttle refuses are answered before express
-  // (src/http/sign-in-lane.ts); everything else, and every admitted attempt, goes through it.
-  if (opts.signInLane !== false) {
-    const lane = signInLane({
-      signIn: s.signIn,
-      logger: s.logger,
-      metrics: s.metrics,
-      issuerOrigin: s.config.issuerOrigin,
-      trustProxy: app.get("trust proxy fn"),
-      headers,
-      bodyLimit: BODY_LIMIT,
-      shuttingDown: () => app.locals.shuttingDown === true,
-    });
-    app.locals.signInLane = lane;
+  // Two lanes before express (each compared with express's answers in its tests): password
+  // sign-ins on the JSON API that the throttle refuses (src/http/sign-in-lane.ts), and the
+  // provider's JSON endpoints (src/http/provider-lane.ts). Everything else goes through express.
+  const signIn =
+    opts.signInLane === false
+      ? null
+      : signInLane({
+          signIn: s.signIn,
+          logger: s.logger,
+          metrics: s.metrics,
+          issuerOrigin: s.config.issuerOrigin,
+          trustProxy: app.get("trust proxy fn"),
+          headers,
+          bodyLimit: BODY_LIMIT,
+          shuttingDown: () => app.locals.shuttingDown === true,
+        });
+  const toProvider =
+    opts.providerLane === false
+      ? null
+      : providerLane({
+          paths: [...jsonEndpoints],
+          provider: providerCallback,
+          logger: s.logger,
+          metrics: s.metrics,
+          trustProxy: app.get("trust proxy fn"),
+          shuttingDown: () => app.locals.shuttingDown === true,
+        });
+  app.locals.signInLane = signIn;
+  app.locals.providerLane = toProvider;
+  if (signIn || toProvider) {
     // express calls app.handle for every request the server gives it; without a callback it is
     // the top-level app (a mounted app gets its parent's `next`).
     type Handle = (req: IncomingMessage, res: ServerResponse, callback?: NextFunction) => void;
     const withHandle = app as unknown as { handle: Handle };
     const handle = withHandle.handle;
     withHandle.handle = (req, res, callback) => {
-      if (callback === undefined && lane.takes(req)) {
-        lane.run(req, res, () => handle.call(app, req, res));
-        return;
+      if (callback === undefined) {
+        if (toProvider?.takes(req)) return toProvider.run(req, res);
+        if (signIn?.takes(req)) return signIn.run(req, res, () => handle.call(app, req, res));
       }
       handle.call(app, req, res, callback);
     };

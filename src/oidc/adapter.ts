@@ -1,7 +1,8 @@
 import { createHash } from "node:crypto";
+import { LRUCache } from "lru-cache";
 import { errors, type Adapter, type AdapterFactory, type AdapterPayload } from "oidc-provider";
 import type { Clock } from "../clock.js";
-import { type Db, lazyPrepared } from "../db/connection.js";
+import { type Db, lazyPrepared, othersCommits } from "../db/connection.js";
 import { decryptField, encryptField } from "../vault/fields.js";
 import type { KeyringStore } from "../vault/keyring.js";
 
@@ -19,6 +20,8 @@ import type { KeyringStore } from "../vault/keyring.js";
  *   the whole grant and fails with `invalid_grant`, so a race can't yield two token sets.
  * - `revokeByGrantId` deletes every code and token issued under the grant; `revokeAccount` deletes
  *   every grant, token, code and provider session of one member (rows carry the opaque `sub`).
+ * - The token endpoint's writes are group-committed and committed payloads are cached, decrypted,
+ *   in memory (see the class; docs/architecture.md, "OIDC provider").
  */
 const GRANTABLE = new Set([
   "AccessToken",
@@ -41,10 +44,66 @@ interface Row {
   consumed_at: number | null;
 }
 
+/** Models whose writes wait for the next group commit (see OidcStore): the token endpoint's. */
+const GROUPED = new Set(["AccessToken", "RefreshToken", "AuthorizationCode", "ClientCredentials"]);
+
+/** How many committed payloads the store keeps decrypted in memory (about 1 KB each). */
+const CACHE_ENTRIES = 10_000;
+
+/** A payload as the store holds it in memory: the JSON, and what the row's columns say. */
+interface Held {
+  json: string;
+  expiresAt: number | null;
+  consumedAt: number | null;
+  grantId: string | null;
+  accountId: string | null;
+}
+
+interface Upsert {
+  model: string;
+  idHash: string;
+  payload: string;
+  grantId: string | null;
+  uidHash: string | null;
+  userCodeHash: string | null;
+  expiresAt: number | null;
+  accountId: string | null;
+}
+
+type Write =
+  | { kind: "upsert"; key: string; row: Upsert; held: Held }
+  | { kind: "consume"; key: string; model: string; idHash: string; at: number };
+
+interface Queued {
+  write: Write;
+  done: (result: boolean) => void;
+  failed: (err: unknown) => void;
+}
+
 export class OidcStore {
   readonly #db: Db;
   readonly #clock: Clock;
   readonly #keys: KeyringStore;
+  /**
+   * Group commit: the token endpoint's writes (a refresh rotates its token and issues an access
+   * token: three writes) are queued and committed together in one transaction once the event
+   * loop has taken in what it has (setImmediate), and each write's promise settles only after
+   * that commit, so no answer goes out before what it reports is on disk. One commit per batch
+   * instead of one per write: a commit is most of a write's cost.
+   */
+  #queue: Queued[] = [];
+  #flushing: NodeJS.Immediate | null = null;
+  /** Queued upserts by key, and queued consumes: what `find` must see before the commit. */
+  readonly #pendingRows = new Map<string, Held>();
+  readonly #pendingConsumes = new Map<string, number>();
+  /**
+   * Committed payloads, decrypted, most recently used last: a token is usually read soon after
+   * it is written (a code within seconds, a refresh token when its access token runs out) and a
+   * grant on every use. Every write here updates it; a write by another process (the CLI) is
+   * noticed by SQLite's `data_version` and empties it.
+   */
+  readonly #cache = new LRUCache<string, Held>({ max: CACHE_ENTRIES });
+  #dataVersion = -1;
 
   constructor(deps: { db: Db; clock: Clock; keys: KeyringStore }) {
     this.#db = deps.db;
@@ -67,7 +126,7 @@ export class OidcStore {
   );
   readonly #find = lazyPrepared(() =>
     this.#db.$client.prepare(
-      "SELECT id_hash, payload, expires_at, consumed_at FROM oidc_payloads WHERE model = ? AND id_hash = ?",
+      "SELECT id_hash, payload, expires_at, consumed_at, grant_id, account_id FROM oidc_payloads WHERE model = ? AND id_hash = ?",
     ),
   );
   readonly #findBy = lazyPrepared(() => ({
@@ -102,6 +161,16 @@ export class OidcStore {
   readonly #expired = lazyPrepared(() =>
     this.#db.$client.prepare("DELETE FROM oidc_payloads WHERE expires_at IS NOT NULL AND expires_at <= ?"),
   );
+  readonly #version = lazyPrepared(() => othersCommits(this.#db));
+
+  /** Empty the cache when another connection (another process) has committed since last time. */
+  #checkOthers(): void {
+    const v = this.#version()();
+    if (v !== this.#dataVersion) {
+      this.#dataVersion = v;
+      this.#cache.clear();
+    }
+  }
 
   #live(model: string, row: Row | undefined): AdapterPayload | undefined {
     if (!row) return undefined;
@@ -112,22 +181,118 @@ export class OidcStore {
     return payload;
   }
 
-  upsert(model: string, id: string, payload: AdapterPayload, expiresIn?: number): void {
+  /** The payload of a held row, unless it has expired; consumed as of `consumedAt`. */
+  #payloadOf(held: Held, consumedAt: number | null): AdapterPayload | undefined {
+    if (held.expiresAt !== null && held.expiresAt <= this.#clock.now().getTime()) return undefined;
+    const payload = JSON.parse(held.json) as AdapterPayload;
+    if (consumedAt !== null) payload.consumed = Math.floor(consumedAt / 1000);
+    return payload;
+  }
+
+  #enqueue(write: Write): Promise<boolean> {
+    return new Promise((done, failed) => {
+      this.#queue.push({ write, done, failed });
+      this.#flushing ??= setImmediate(() => this.flush());
+    });
+  }
+
+  /**
+   * Commit the queued writes in one transaction, in the order they were made (a second consume
+   * of the same token in a batch finds it consumed, as it would one commit later), then settle
+   * their promises. Also run on demand by anything that reads or deletes rows by other columns.
+   */
+  flush(): void {
+    if (this.#flushing) clearImmediate(this.#flushing);
+    this.#flushing = null;
+    const batch = this.#queue;
+    if (batch.length === 0) return;
+    this.#queue = [];
+    let results: boolean[];
+    try {
+      results = this.#db.$client
+        .transaction(() =>
+          batch.map(({ write }) =>
+            write.kind === "upsert"
+              ? this.#upsert().run(write.row).changes > 0
+              : this.#consume().run(write.at, write.model, write.idHash).changes > 0,
+          ),
+        )
+        .immediate();
+    } catch (err) {
+      this.#pendingRows.clear();
+      this.#pendingConsumes.clear();
+      for (const q of batch) q.failed(err);
+      return;
+    }
+    this.#pendingRows.clear();
+    this.#pendingConsumes.clear();
+    this.#checkOthers();
+    batch.forEach(({ write, done }, i) => {
+      const ok = results[i] === true;
+      if (write.kind === "upsert") this.#cache.set(write.key, write.held);
+      else if (ok) {
+        const held = this.#cache.get(write.key);
+        if (held) held.consumedAt = write.at;
+      }
+      done(ok);
+    });
+  }
+
+  /** Settles once the row is committed (at the next group commit, for the token endpoint's models). */
+  async upsert(model: string, id: string, payload: AdapterPayload, expiresIn?: number): Promise<void> {
     const idHash = sha256(id);
-    this.#upsert().run({
+    const key = `${model} ${idHash}`;
+    const json = JSON.stringify(payload);
+    const row: Upsert = {
       model,
       idHash,
-      payload: encryptField(this.#keys, this.#context(model, idHash), JSON.stringify(payload)),
+      payload: encryptField(this.#keys, this.#context(model, idHash), json),
       grantId: GRANTABLE.has(model) ? (payload.grantId ?? null) : null,
       uidHash: payload.uid ? sha256(payload.uid) : null,
       userCodeHash: payload.userCode ? sha256(payload.userCode) : null,
       expiresAt: typeof expiresIn === "number" ? this.#clock.now().getTime() + expiresIn * 1000 : null,
       accountId: typeof payload.accountId === "string" ? payload.accountId : null,
-    });
+    };
+    const held: Held = {
+      json,
+      expiresAt: row.expiresAt,
+      consumedAt: null,
+      grantId: row.grantId,
+      accountId: row.accountId,
+    };
+    if (GROUPED.has(model) && row.uidHash === null && row.userCodeHash === null) {
+      this.#pendingRows.set(key, held);
+      this.#pendingConsumes.delete(key);
+      await this.#enqueue({ kind: "upsert", key, row, held });
+      return;
+    }
+    this.#upsert().run(row);
+    this.#cache.set(key, held);
   }
 
   find(model: string, id: string): AdapterPayload | undefined {
-    return this.#live(model, this.#find().get(model, sha256(id)) as Row | undefined);
+    const idHash = sha256(id);
+    const key = `${model} ${idHash}`;
+    const pendingConsume = this.#pendingConsumes.get(key) ?? null;
+    const pending = this.#pendingRows.get(key);
+    if (pending) return this.#payloadOf(pending, pendingConsume);
+    this.#checkOthers();
+    let held = this.#cache.get(key);
+    if (!held) {
+      const row = this.#find().get(model, idHash) as
+        | (Row & { grant_id: string | null; account_id: string | null })
+        | undefined;
+      if (!row) return undefined;
+      held = {
+        json: decryptField(this.#keys, this.#context(model, row.id_hash), row.payload),
+        expiresAt: row.expires_at,
+        consumedAt: row.consumed_at,
+        grantId: row.grant_id,
+        accountId: row.account_id,
+      };
+      this.#cache.set(key, held);
+    }
+    return this.#payloadOf(held, held.consumedAt ?? pendingConsume);
   }
 
   findByUid(model: string, uid: string): AdapterPayload | undefined {
@@ -139,22 +304,59 @@ export class OidcStore {
   }
 
   /** Mark consumed; false when it already was (or is gone): the caller lost the race. */
-  consume(model: string, id: string): boolean {
-    return this.#consume().run(this.#clock.now().getTime(), model, sha256(id)).changes > 0;
+  consume(model: string, id: string): Promise<boolean> {
+    const idHash = sha256(id);
+    const key = `${model} ${idHash}`;
+    const at = this.#clock.now().getTime();
+    if (!this.#pendingConsumes.has(key)) this.#pendingConsumes.set(key, at);
+    return this.#enqueue({ kind: "consume", key, model, idHash, at });
   }
 
   grantIdOf(model: string, id: string): string | null {
+    this.flush();
     return (
       (this.#grantOf().get(model, sha256(id)) as { grant_id: string | null } | undefined)?.grant_id ?? null
     );
   }
 
   destroy(model: string, id: string): void {
-    this.#destroy().run(model, sha256(id));
+    const idHash = sha256(id);
+    const key = `${model} ${idHash}`;
+    this.#drop((k) => k === key);
+    this.#cache.delete(key);
+    this.#destroy().run(model, idHash);
+  }
+
+  /**
+   * Drop the queued upserts that match: one queued before a delete would otherwise bring its row
+   * back when it commits (a token issued, then its grant revoked, must stay revoked). Their
+   * callers are told the write is done: it was, and then deleted. Returns how many.
+   */
+  #drop(matches: (key: string, held: Held) => boolean): number {
+    let dropped = 0;
+    this.#queue = this.#queue.filter((q) => {
+      if (q.write.kind !== "upsert" || !matches(q.write.key, q.write.held)) return true;
+      this.#pendingRows.delete(q.write.key);
+      dropped++;
+      q.done(true);
+      return false;
+    });
+    return dropped;
+  }
+
+  /** Drop matching queued upserts and cached payloads (a revocation); how many were queued. */
+  #forget(matches: (key: string, held: Held) => boolean): number {
+    const dropped = this.#drop(matches);
+    const stale = [...this.#cache.entries()].filter(([key, held]) => matches(key, held)).map(([key]) => key);
+    for (const key of stale) this.#cache.delete(key);
+    return dropped;
   }
 
   revokeByGrantId(grantId: string): number {
-    return this.#revokeGrant().run(grantId).changes;
+    const dropped = this.#forget(
+      (key, held) => held.grantId === grantId && GRANTABLE.has(key.slice(0, key.indexOf(" "))),
+    );
+    return this.#revokeGrant().run(grantId).changes + dropped;
   }
 
   /**
@@ -162,7 +364,11 @@ export class OidcStore {
    * sessions — deleted at once (a password reset or an admin's revoke). Returns how many rows.
    */
   revokeAccount(sub: string): number {
-    return this.#revokeAccount().run(sub).changes;
+    const models = new Set([...GRANTABLE, ...ACCOUNT_MODELS]);
+    const dropped = this.#forget(
+      (key, held) => held.accountId === sub && models.has(key.slice(0, key.indexOf(" "))),
+    );
+    return this.#revokeAccount().run(sub).changes + dropped;
   }
 
   /**
@@ -238,7 +444,7 @@ export class OidcStore {
         this.revokeByGrantId(grantId);
       },
       consume: async (id) => {
-        if (this.consume(model, id)) return;
+        if (await this.consume(model, id)) return;
         // Lost a consume race: the same code or refresh token is being redeemed twice at once.
         const grantId = this.grantIdOf(model, id);
         if (grantId) this.revokeByGrantId(grantId);

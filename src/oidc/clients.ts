@@ -4,7 +4,7 @@ import type { ClientAuthMethod, ClientMetadata } from "oidc-provider";
 import type { AuditLog } from "../audit/log.js";
 import { InputError } from "../errors.js";
 import type { Clock } from "../clock.js";
-import { type Db, inTransaction, lazyPrepared } from "../db/connection.js";
+import { type Db, inTransaction, lazyPrepared, othersCommits } from "../db/connection.js";
 import { oidcClients } from "../db/schema.js";
 
 /**
@@ -109,11 +109,34 @@ export class Clients {
         details: { client_id: clientId, name: input.name, public: !!input.public, grant_types: grantTypes },
       });
     });
+    this.#known.clear();
     return { clientId, clientSecret };
   }
 
+  /**
+   * Registered clients' metadata, kept once read: oidc-provider asks for it on every request to
+   * the token endpoint. Only found clients are kept (a made-up id costs a lookup, not memory);
+   * emptied when a client is added here or another process (the CLI) commits anything.
+   */
+  readonly #known = new Map<string, ClientMetadata>();
+  #knownAt = -1;
+  readonly #othersCommits = lazyPrepared(() => othersCommits(this.#db));
+
   /** Client metadata for oidc-provider; `client_secret` carries the hash (see compareClientSecret). */
   metadata(clientId: string): ClientMetadata | undefined {
+    const version = this.#othersCommits()();
+    if (version !== this.#knownAt) {
+      this.#known.clear();
+      this.#knownAt = version;
+    }
+    const known = this.#known.get(clientId);
+    if (known) return known;
+    const found = this.#read(clientId);
+    if (found) this.#known.set(clientId, found);
+    return found;
+  }
+
+  #read(clientId: string): ClientMetadata | undefined {
     const row = this.#byId().get({ clientId });
     if (!row) return undefined;
     const grantTypes = JSON.parse(row.grantTypes) as string[];

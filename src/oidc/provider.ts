@@ -98,9 +98,16 @@ export function createOidc(s: Services): Oidc {
     );
   }
 
+  // Only what findAccount uses: the row also holds the profile ciphertexts, kilobytes that every
+  // token request would otherwise copy into strings.
   const memberBySub = lazyPrepared(() =>
     s.db
-      .select()
+      .select({
+        id: members.id,
+        status: members.status,
+        loginId: members.loginId,
+        emailVerified: members.emailVerified,
+      })
       .from(members)
       .where(eq(members.sub, sql.placeholder("sub")))
       .prepare(),
