@@ -25,6 +25,7 @@ import os from "node:os";
 import path from "node:path";
 import express from "express";
 import Provider from "oidc-provider";
+import { cpuOf } from "./util.js";
 
 const ROOT = path.resolve(import.meta.dirname, "..");
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 5);
@@ -251,8 +252,28 @@ async function measure(
   return { perSecond: ok / ((performance.now() - started) / 1000), errors };
 }
 
-/** Rotate the grants in `current` (updated in place with each new refresh token). */
-async function refreshLoad(port: number, tokenPath: string, current: string[]) {
+/**
+ * Rotate the grants in `current` (updated in place with each new refresh token). Also tells the
+ * server's main-thread CPU per grant (from /proc, null without it): steadier than the rate on a
+ * machine whose speed drifts, and what the event loop can't give to anything else.
+ */
+async function refreshLoad(
+  server: { child: ChildProcess; ready: Ready },
+  tokenPath: string,
+  current: string[],
+) {
+  const before = await cpuOf(server.child.pid, "main thread");
+  const result = await refreshRate(server.ready.port, tokenPath, current);
+  const after = await cpuOf(server.child.pid, "main thread");
+  const seconds = (after.at - before.at) / 1000;
+  const cpuUsPerGrant =
+    before.cpu === null || after.cpu === null
+      ? null
+      : ((after.cpu - before.cpu) * 1e6) / (result.perSecond * seconds);
+  return { ...result, cpuUsPerGrant };
+}
+
+async function refreshRate(port: number, tokenPath: string, current: string[]) {
   const basic = `Basic ${Buffer.from(`${CLIENT_ID}:${CLIENT_SECRET}`).toString("base64")}`;
   let next = 0;
   return measure(async () => {
@@ -291,13 +312,17 @@ async function main(): Promise<number> {
     // round's ratio compares neighbours in time, and the median round is reported.
     const bareTokens = bare.ready.refreshTokens;
     const sekTokens = sekisho.ready.refreshTokens;
-    await refreshLoad(bare.ready.port, "/token", bareTokens);
-    await refreshLoad(sekisho.ready.port, "/oidc/token", sekTokens);
+    await refreshLoad(bare, "/token", bareTokens);
+    await refreshLoad(sekisho, "/oidc/token", sekTokens);
     const rounds: Array<{ bare: number; sekisho: number; errors: number }> = [];
+    const cpu = (us: number | null) => (us === null ? "?" : `${us.toFixed(0)} µs`);
     for (let r = 0; r < ROUNDS; r++) {
-      const b = await refreshLoad(bare.ready.port, "/token", bareTokens);
-      const k = await refreshLoad(sekisho.ready.port, "/oidc/token", sekTokens);
+      const b = await refreshLoad(bare, "/token", bareTokens);
+      const k = await refreshLoad(sekisho, "/oidc/token", sekTokens);
       rounds.push({ bare: b.perSecond, sekisho: k.perSecond, errors: b.errors + k.errors });
+      process.stdout.write(
+        `  round ${r + 1}: main-thread CPU per grant: sekisho ${cpu(k.cpuUsPerGrant)}, bare ${cpu(b.cpuUsPerGrant)}\n`,
+      );
     }
     const median = [...rounds].sort((a, b) => a.sekisho / a.bare - b.sekisho / b.bare)[
       Math.floor(rounds.length / 2)
