@@ -3,6 +3,7 @@ import fs from "node:fs";
 import Database from "better-sqlite3";
 import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
 import { OidcStore } from "../src/oidc/adapter.js";
+import { decryptField } from "../src/vault/fields.js";
 import { makeApp, type TestApp } from "./support/app.js";
 
 /**
@@ -151,23 +152,79 @@ describe("OIDC storage adapter", () => {
 
     it("keeps a grant revoked even when a token of it was still waiting for the commit", async () => {
       // Attack: a refresh whose new tokens are queued while the member's grant is revoked in the
-      // same moment; committing the queue afterwards must not bring the tokens back.
+      // same moment; committing the queue afterwards must not bring the tokens back, and the
+      // request must fail rather than answer with a token that was never stored.
       const tokens = adapter("RefreshToken");
       const write = tokens.upsert("rt-new", { jti: "rt-new", grantId: "g-revoked", accountId: "sub-1" }, 600);
       const other = tokens.upsert("rt-other", { jti: "rt-other", grantId: "g-kept" }, 600);
       expect(store.revokeByGrantId("g-revoked")).toBe(1);
-      await Promise.all([write, other]);
+      await expect(write).rejects.toMatchObject({ error: "invalid_grant" });
+      await other;
       expect(await tokens.find("rt-new")).toBeUndefined();
       expect(committed("RefreshToken", "rt-new").n).toBe(0);
       expect(await tokens.find("rt-other")).toBeDefined();
-      // The same for a member's whole account (a password reset), queued or cached.
+      // ...and a token of it written later (a request that read the grant before) is refused.
+      await expect(
+        adapter("AccessToken").upsert("at-late", { jti: "at-late", grantId: "g-revoked" }, 600),
+      ).rejects.toMatchObject({ error: "invalid_grant" });
+      // The same for a member's whole account (a password reset), queued, cached or later.
+      await adapter("Grant").upsert("g2", { jti: "g2", accountId: "sub-2" }, 600);
       await tokens.upsert("rt-cached", { jti: "rt-cached", grantId: "g2", accountId: "sub-2" }, 600);
       expect(await tokens.find("rt-cached")).toBeDefined();
       const queued = tokens.upsert("rt-queued", { jti: "rt-queued", grantId: "g3", accountId: "sub-2" }, 600);
-      expect(store.revokeAccount("sub-2")).toBe(2);
-      await queued;
+      expect(store.revokeAccount("sub-2")).toBe(3);
+      await expect(queued).rejects.toMatchObject({ error: "invalid_grant" });
       expect(await tokens.find("rt-cached")).toBeUndefined();
       expect(await tokens.find("rt-queued")).toBeUndefined();
+      for (const [grantId, id] of [
+        ["g2", "at-g2"],
+        ["g3", "at-g3"],
+      ])
+        await expect(
+          adapter("AccessToken").upsert(id as string, { jti: id, grantId, accountId: "sub-2" }, 600),
+        ).rejects.toMatchObject({ error: "invalid_grant" });
+      // A new sign-in's new grant is not affected.
+      await adapter("AccessToken").upsert(
+        "at-new",
+        { jti: "at-new", grantId: "g4", accountId: "sub-2" },
+        600,
+      );
+      expect(await adapter("AccessToken").find("at-new")).toBeDefined();
+    });
+
+    it("keeps no interaction or provider session in memory (anyone can have those written)", async () => {
+      await adapter("Interaction").upsert(
+        "i1",
+        { jti: "i1", uid: "i1", params: { state: "x".repeat(7_500) } },
+        600,
+      );
+      expect(await adapter("Interaction").find("i1")).toBeDefined();
+      t.s.db.$client.prepare("DELETE FROM oidc_payloads WHERE model = 'Interaction'").run();
+      expect(await adapter("Interaction").find("i1")).toBeUndefined(); // read from the database
+      // while a grant, read on every token request, is kept
+      await adapter("Grant").upsert("g1", { jti: "g1", accountId: "s" }, 600);
+      t.s.db.$client.prepare("DELETE FROM oidc_payloads WHERE model = 'Grant'").run();
+      expect(await adapter("Grant").find("g1")).toBeDefined();
+    });
+
+    it("keeps no bearer token in a row's payload, and gives it back by the id it is found by", async () => {
+      const token = "RT-secret-value-0123456789abcdefghijklmnop";
+      await adapter("RefreshToken").upsert(token, { jti: token, grantId: "g" }, 600);
+      const row = t.s.db.$client.prepare("SELECT model, id_hash, payload FROM oidc_payloads").get() as {
+        model: string;
+        id_hash: string;
+        payload: string;
+      };
+      const plain = decryptField(
+        t.s.keys,
+        { table: "oidc_payloads", column: row.model, rowId: row.id_hash },
+        row.payload,
+      );
+      expect(plain).not.toContain(token);
+      expect((await adapter("RefreshToken").find(token))?.jti).toBe(token);
+      // Read from the database rather than memory, the same.
+      const fresh = new OidcStore({ db: t.s.db, clock: t.clock, keys: t.s.keys });
+      expect(fresh.find("RefreshToken", token)?.jti).toBe(token);
     });
 
     it("forgets what it holds when another process changes the database (a revocation from the CLI)", async () => {

@@ -18,8 +18,8 @@ describe("provider lane", () => {
   let lane: ProviderLane;
   let client: { clientId: string; clientSecret: string | null };
   let sub: string;
-  beforeEach(async () => {
-    t = makeApp();
+  async function setup(env: Record<string, string> = {}) {
+    t = makeApp(env);
     plain = createApp(t.s, { providerLane: false });
     lane = t.app.locals.providerLane as ProviderLane;
     client = new Clients({ db: t.s.db, clock: t.clock, audit: t.s.audit }).add({
@@ -32,25 +32,26 @@ describe("provider lane", () => {
         sub: string;
       }
     ).sub;
-  });
+  }
+  beforeEach(() => setup());
   afterEach(() => t.close());
 
   const basic = () => `Basic ${Buffer.from(`${client.clientId}:${client.clientSecret}`).toString("base64")}`;
 
   /** A refresh token issued to the client, as the provider would after a code exchange. */
-  async function refreshToken(app: Express): Promise<string> {
+  async function refreshToken(app: Express, scope = "openid"): Promise<string> {
     const provider = (app.locals.oidc as { provider: Provider }).provider;
     const c = await provider.Client.find(client.clientId);
     if (!c) throw new Error("client missing");
     const grant = new provider.Grant({ clientId: client.clientId, accountId: sub });
-    grant.addOIDCScope("openid");
+    grant.addOIDCScope(scope);
     const grantId = await grant.save();
     return new provider.RefreshToken({
       accountId: sub,
       client: c,
       grantId,
       gty: "authorization_code",
-      scope: "openid",
+      scope,
       authTime: Math.floor(t.clock.now().getTime() / 1000),
     }).save();
   }
@@ -169,5 +170,54 @@ describe("provider lane", () => {
     const discovery = await supertest(t.app).get("/.well-known/openid-configuration");
     expect(discovery.status).toBe(200);
     expect(lane.stats.taken).toBe(before);
+  });
+
+  it("answers invalid_grant, and stores no token, when the member's grants are revoked in the middle of a refresh", async () => {
+    // Attack/race: a password reset (revokeAccount) lands between the refresh's writes. Its
+    // answer must not carry tokens of a revoked grant, and no row of one may be left behind.
+    const rt = await refreshToken(t.app);
+    const store = t.s.oidcStore;
+    const upsert = store.upsert.bind(store);
+    let revoked = false;
+    store.upsert = (model, id, payload, expiresIn) => {
+      if (model === "RefreshToken" && !revoked) {
+        revoked = true;
+        setImmediate(() => store.revokeAccount(sub)); // another request's work, the next turn
+      }
+      return upsert(model, id, payload, expiresIn);
+    };
+    const res = await supertest(t.app)
+      .post("/oidc/token")
+      .set("Authorization", basic())
+      .type("form")
+      .send({ grant_type: "refresh_token", refresh_token: rt });
+    expect(revoked).toBe(true);
+    expect(res.status).toBe(400);
+    expect(res.body.error).toBe("invalid_grant");
+    expect(
+      t.s.db.$client.prepare("SELECT model FROM oidc_payloads WHERE account_id = ?").pluck().all(sub),
+    ).toEqual([]);
+  });
+
+  it("audits a member site's read of the profile with the address the trusted proxy saw, not one the client wrote", async () => {
+    // Attack: forge X-Forwarded-For behind a trusted proxy (which appends the address it saw)
+    // so that the PII read is recorded as coming from somewhere else.
+    t.close();
+    await setup({ SEKISHO_TRUST_PROXY: "loopback" });
+    const rt = await refreshToken(t.app, "openid profile");
+    const tokens = await supertest(t.app)
+      .post("/oidc/token")
+      .set("Authorization", basic())
+      .type("form")
+      .send({ grant_type: "refresh_token", refresh_token: rt });
+    expect(tokens.status).toBe(200);
+    const info = await supertest(t.app)
+      .get("/oidc/userinfo")
+      .set("Authorization", `Bearer ${tokens.body.access_token}`)
+      .set("X-Forwarded-For", "203.0.113.66, 198.51.100.7");
+    expect(info.status).toBe(200);
+    const reads = [...t.s.audit.iterate()].filter((e) => e.action === "pii.read" && e.actorType === "client");
+    expect(reads.length).toBeGreaterThan(0);
+    expect(reads.at(-1)?.ip).toBe("198.51.100.7");
   });
 });

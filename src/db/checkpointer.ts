@@ -97,6 +97,8 @@ export function startCheckpointer(db: Db, logger: Logger, intervalMs = 500): Che
       worker.ref(); // keeps the process up until the worker has closed its connection
       worker.postMessage("stop");
       await exited;
+      for (const w of waiting.values()) w.reject(new Error("checkpoint worker stopped"));
+      waiting.clear();
       if (db.$client.open) db.$client.pragma(`wal_autocheckpoint = ${SQLITE_DEFAULT_PAGES}`);
     },
   };

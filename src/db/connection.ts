@@ -28,7 +28,6 @@ export function openDatabase(file: string): Db {
   client.pragma("foreign_keys = ON");
   client.pragma("secure_delete = ON");
   client.pragma("busy_timeout = 5000");
-  if (process.env.X_NOCKPT) client.pragma("wal_autocheckpoint = 0");
   return drizzle({ client, schema });
 }
 

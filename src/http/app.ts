@@ -1,10 +1,12 @@
 import type { IncomingMessage, ServerResponse } from "node:http";
 import express, { type NextFunction, type Request, type Response } from "express";
+import proxyaddr from "proxy-addr";
 import type { Services } from "../services.js";
 import {
   accessLog,
   applyHeaders,
   asApiError,
+  clientIpOf,
   errorHandler,
   noStore,
   notFound,
@@ -66,7 +68,10 @@ export function createApp(
     app.use(metricsRoute(s.metrics, s.config.metricsAllow, trustProxySetting(s.config.trustProxy) !== false));
   // Discovery and JWKS change only with the signing keys: answer them from a copy of the
   // provider's own first answer (body and headers), without the rest of the stack.
-  const oidc = createOidc(s);
+  const trustProxy = app.get("trust proxy fn") as (address: string, hop: number) => boolean;
+  const oidc = createOidc(s, {
+    clientIp: (req) => clientIpOf(proxyaddr(req, trustProxy), req.socket.remoteAddress),
+  });
   app.locals.oidc = oidc; // for tools (bench) that need the provider's models
   const callback = oidc.provider.callback();
   // Every request to the provider first picks up signing keys a `keys rotate` added meanwhile.

@@ -35,6 +35,25 @@ const GRANTABLE = new Set([
 /** Models whose rows belong to a member without being issued under a grant. */
 const ACCOUNT_MODELS = ["Grant", "Session"];
 
+/** The payload to store: without its `jti` when that is the row's id (see Held). */
+function withoutId(id: string, payload: AdapterPayload): AdapterPayload {
+  // Rows also found by uid or user code (sessions, interactions, device codes) keep theirs.
+  if (payload.jti !== id || payload.uid !== undefined || payload.userCode !== undefined) return payload;
+  const { jti: _, ...rest } = payload;
+  return { ...rest, [ID_IS_JTI]: 1 } as AdapterPayload;
+}
+
+/** A stored payload with its `jti` back from the id it was found by. */
+function withId(id: string, payload: AdapterPayload): AdapterPayload {
+  const p = payload as AdapterPayload & { [ID_IS_JTI]?: number };
+  if (p[ID_IS_JTI] !== 1) return payload;
+  delete p[ID_IS_JTI];
+  p.jti = id;
+  return p;
+}
+
+const ID_IS_JTI = "__jti_is_id";
+
 const sha256 = (value: string) => createHash("sha256").update(value, "utf8").digest("base64url");
 
 interface Row {
@@ -47,10 +66,23 @@ interface Row {
 /** Models whose writes wait for the next group commit (see OidcStore): the token endpoint's. */
 const GROUPED = new Set(["AccessToken", "RefreshToken", "AuthorizationCode", "ClientCredentials"]);
 
-/** How many committed payloads the store keeps decrypted in memory (about 1 KB each). */
+/**
+ * What the store keeps decrypted in memory: the token endpoint's models and grants (read on every
+ * token request), at most 10,000 of them and 16 MB of JSON. Not interactions or provider sessions:
+ * anyone can have those written (an authorization request with a long `state`), and they are read
+ * a few times at most.
+ */
+const CACHED = new Set([...GROUPED, "Grant"]);
 const CACHE_ENTRIES = 10_000;
+const CACHE_BYTES = 16 * 1024 * 1024;
+/** Revoked grants remembered (by id hash), so that a token of one can't be written afterwards. */
+const REVOKED_GRANTS = 100_000;
 
-/** A payload as the store holds it in memory: the JSON, and what the row's columns say. */
+/**
+ * A payload as the store holds it in memory: the JSON, and what the row's columns say. The JSON
+ * holds no `jti` when it is the row's id (for tokens and codes the id is the bearer secret): it
+ * is put back from the id asked for on read, so neither memory nor the encrypted row keeps it.
+ */
 interface Held {
   json: string;
   expiresAt: number | null;
@@ -102,7 +134,17 @@ export class OidcStore {
    * grant on every use. Every write here updates it; a write by another process (the CLI) is
    * noticed by SQLite's `data_version` and empties it.
    */
-  readonly #cache = new LRUCache<string, Held>({ max: CACHE_ENTRIES });
+  readonly #cache = new LRUCache<string, Held>({
+    max: CACHE_ENTRIES,
+    maxSize: CACHE_BYTES,
+    sizeCalculation: (held) => held.json.length + 100,
+  });
+  /**
+   * Grants revoked in this process (id hashes; revocations from the CLI are seen in the database).
+   * A token endpoint request spans several turns of the event loop: one that read its grant
+   * before a revocation may try to write a token of it after. That write is refused here.
+   */
+  readonly #revokedGrants = new LRUCache<string, true>({ max: REVOKED_GRANTS });
   #dataVersion = -1;
 
   constructor(deps: { db: Db; clock: Clock; keys: KeyringStore }) {
@@ -162,6 +204,15 @@ export class OidcStore {
     this.#db.$client.prepare("DELETE FROM oidc_payloads WHERE expires_at IS NOT NULL AND expires_at <= ?"),
   );
   readonly #version = lazyPrepared(() => othersCommits(this.#db));
+  /** A member's grants: the Grant rows' id hashes, and the grant ids their tokens carry. */
+  readonly #accountGrants = lazyPrepared(() => ({
+    rows: this.#db.$client
+      .prepare("SELECT id_hash FROM oidc_payloads WHERE account_id = ? AND model = 'Grant'")
+      .pluck(),
+    tokens: this.#db.$client
+      .prepare("SELECT DISTINCT grant_id FROM oidc_payloads WHERE account_id = ? AND grant_id IS NOT NULL")
+      .pluck(),
+  }));
 
   /** Empty the cache when another connection (another process) has committed since last time. */
   #checkOthers(): void {
@@ -172,19 +223,19 @@ export class OidcStore {
     }
   }
 
-  #live(model: string, row: Row | undefined): AdapterPayload | undefined {
+  #live(model: string, id: string, row: Row | undefined): AdapterPayload | undefined {
     if (!row) return undefined;
     if (row.expires_at !== null && row.expires_at <= this.#clock.now().getTime()) return undefined;
     const json = decryptField(this.#keys, this.#context(model, row.id_hash), row.payload);
-    const payload = JSON.parse(json) as AdapterPayload;
+    const payload = withId(id, JSON.parse(json) as AdapterPayload);
     if (row.consumed_at !== null) payload.consumed = Math.floor(row.consumed_at / 1000);
     return payload;
   }
 
   /** The payload of a held row, unless it has expired; consumed as of `consumedAt`. */
-  #payloadOf(held: Held, consumedAt: number | null): AdapterPayload | undefined {
+  #payloadOf(id: string, held: Held, consumedAt: number | null): AdapterPayload | undefined {
     if (held.expiresAt !== null && held.expiresAt <= this.#clock.now().getTime()) return undefined;
-    const payload = JSON.parse(held.json) as AdapterPayload;
+    const payload = withId(id, JSON.parse(held.json) as AdapterPayload);
     if (consumedAt !== null) payload.consumed = Math.floor(consumedAt / 1000);
     return payload;
   }
@@ -242,7 +293,9 @@ export class OidcStore {
   async upsert(model: string, id: string, payload: AdapterPayload, expiresIn?: number): Promise<void> {
     const idHash = sha256(id);
     const key = `${model} ${idHash}`;
-    const json = JSON.stringify(payload);
+    if (GRANTABLE.has(model) && payload.grantId && this.#revokedGrants.has(sha256(payload.grantId)))
+      throw new errors.InvalidGrant("grant revoked");
+    const json = JSON.stringify(withoutId(id, payload));
     const row: Upsert = {
       model,
       idHash,
@@ -267,7 +320,7 @@ export class OidcStore {
       return;
     }
     this.#upsert().run(row);
-    this.#cache.set(key, held);
+    if (CACHED.has(model)) this.#cache.set(key, held);
   }
 
   find(model: string, id: string): AdapterPayload | undefined {
@@ -275,7 +328,7 @@ export class OidcStore {
     const key = `${model} ${idHash}`;
     const pendingConsume = this.#pendingConsumes.get(key) ?? null;
     const pending = this.#pendingRows.get(key);
-    if (pending) return this.#payloadOf(pending, pendingConsume);
+    if (pending) return this.#payloadOf(id, pending, pendingConsume);
     this.#checkOthers();
     let held = this.#cache.get(key);
     if (!held) {
@@ -290,17 +343,18 @@ export class OidcStore {
         grantId: row.grant_id,
         accountId: row.account_id,
       };
-      this.#cache.set(key, held);
+      if (CACHED.has(model)) this.#cache.set(key, held);
     }
-    return this.#payloadOf(held, held.consumedAt ?? pendingConsume);
+    return this.#payloadOf(id, held, held.consumedAt ?? pendingConsume);
   }
 
+  // By uid or user code the id is not known: these models' payloads keep their jti (see withoutId).
   findByUid(model: string, uid: string): AdapterPayload | undefined {
-    return this.#live(model, this.#findBy().uid.get(model, sha256(uid)) as Row | undefined);
+    return this.#live(model, "", this.#findBy().uid.get(model, sha256(uid)) as Row | undefined);
   }
 
   findByUserCode(model: string, userCode: string): AdapterPayload | undefined {
-    return this.#live(model, this.#findBy().userCode.get(model, sha256(userCode)) as Row | undefined);
+    return this.#live(model, "", this.#findBy().userCode.get(model, sha256(userCode)) as Row | undefined);
   }
 
   /** Mark consumed; false when it already was (or is gone): the caller lost the race. */
@@ -322,23 +376,26 @@ export class OidcStore {
   destroy(model: string, id: string): void {
     const idHash = sha256(id);
     const key = `${model} ${idHash}`;
-    this.#drop((k) => k === key);
+    this.#drop((k) => k === key, false);
     this.#cache.delete(key);
     this.#destroy().run(model, idHash);
   }
 
   /**
    * Drop the queued upserts that match: one queued before a delete would otherwise bring its row
-   * back when it commits (a token issued, then its grant revoked, must stay revoked). Their
-   * callers are told the write is done: it was, and then deleted. Returns how many.
+   * back when it commits (a token issued, then its grant revoked, must stay revoked). For a
+   * revocation the write fails (`invalid_grant`): the request that made it must not answer with
+   * a token that was never stored; for a destroy of the same row it is done (written, then
+   * deleted). Returns how many.
    */
-  #drop(matches: (key: string, held: Held) => boolean): number {
+  #drop(matches: (key: string, held: Held) => boolean, revoked: boolean): number {
     let dropped = 0;
     this.#queue = this.#queue.filter((q) => {
       if (q.write.kind !== "upsert" || !matches(q.write.key, q.write.held)) return true;
       this.#pendingRows.delete(q.write.key);
       dropped++;
-      q.done(true);
+      if (revoked) q.failed(new errors.InvalidGrant("grant revoked"));
+      else q.done(true);
       return false;
     });
     return dropped;
@@ -346,13 +403,15 @@ export class OidcStore {
 
   /** Drop matching queued upserts and cached payloads (a revocation); how many were queued. */
   #forget(matches: (key: string, held: Held) => boolean): number {
-    const dropped = this.#drop(matches);
-    const stale = [...this.#cache.entries()].filter(([key, held]) => matches(key, held)).map(([key]) => key);
+    const dropped = this.#drop(matches, true);
+    const stale: string[] = [];
+    for (const [key, held] of this.#cache.entries()) if (matches(key, held)) stale.push(key);
     for (const key of stale) this.#cache.delete(key);
     return dropped;
   }
 
   revokeByGrantId(grantId: string): number {
+    this.#revokedGrants.set(sha256(grantId), true);
     const dropped = this.#forget(
       (key, held) => held.grantId === grantId && GRANTABLE.has(key.slice(0, key.indexOf(" "))),
     );
@@ -364,6 +423,14 @@ export class OidcStore {
    * sessions — deleted at once (a password reset or an admin's revoke). Returns how many rows.
    */
   revokeAccount(sub: string): number {
+    // Its grants are remembered as revoked: those with rows (the Grant's own row, by its id hash;
+    // tokens, by the grant id they carry) and those of tokens still queued or cached.
+    const grants = this.#accountGrants();
+    for (const h of grants.rows.all(sub) as string[]) this.#revokedGrants.set(h, true);
+    for (const g of grants.tokens.all(sub) as string[]) this.#revokedGrants.set(sha256(g), true);
+    for (const q of this.#queue)
+      if (q.write.kind === "upsert" && q.write.held.accountId === sub && q.write.held.grantId)
+        this.#revokedGrants.set(sha256(q.write.held.grantId), true);
     const models = new Set([...GRANTABLE, ...ACCOUNT_MODELS]);
     const dropped = this.#forget(
       (key, held) => held.accountId === sub && models.has(key.slice(0, key.indexOf(" "))),
@@ -417,7 +484,7 @@ export class OidcStore {
       .all(sub);
     let scopes: Set<string> | null = null;
     for (const row of rows) {
-      const grant = this.#live("Grant", row) as
+      const grant = this.#live("Grant", "", row) as
         | { clientId?: string; openid?: { scope?: string } }
         | undefined;
       if (grant?.clientId !== clientId) continue;
@@ -447,7 +514,10 @@ export class OidcStore {
         if (await this.consume(model, id)) return;
         // Lost a consume race: the same code or refresh token is being redeemed twice at once.
         const grantId = this.grantIdOf(model, id);
-        if (grantId) this.revokeByGrantId(grantId);
+        if (grantId) {
+          this.revokeByGrantId(grantId);
+          this.destroy("Grant", grantId);
+        }
         throw new errors.InvalidGrant(`${model} already consumed`);
       },
     });

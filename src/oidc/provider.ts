@@ -88,7 +88,12 @@ export function signingPlan(
   };
 }
 
-export function createOidc(s: Services): Oidc {
+/**
+ * `clientIp`: the request's client address as the rest of Sekisho computes it (express's `trust
+ * proxy` from SEKISHO_TRUST_PROXY). Not koa's `ctx.ip`: with the provider's `proxy` on, that is
+ * the first X-Forwarded-For entry, which the client writes itself.
+ */
+export function createOidc(s: Services, opts: { clientIp: (req: IncomingMessage) => string }): Oidc {
   const store = s.oidcStore;
   const clients = new Clients({ db: s.db, clock: s.clock, audit: s.audit });
   const keyring = s.keys.get();
@@ -301,7 +306,7 @@ export function createOidc(s: Services): Oidc {
                 actorType: "client",
                 actorId: clientId,
                 reason: `oidc_claims:${clientId}`,
-                ip: ctx.ip,
+                ip: opts.clientIp(ctx.req),
               });
             } catch (err) {
               // Past the member site's PII budget (alerted): sign-in still works, without profile claims.
@@ -378,7 +383,7 @@ export function createOidc(s: Services): Oidc {
       logOut(
         s,
         session,
-        { ip: ctx.ip, requestId: null },
+        { ip: opts.clientIp(ctx.req), requestId: null },
         {
           reason: "rp_initiated_logout",
           details: { via: "end_session", client_id: ctx.oidc?.client?.clientId ?? null },
