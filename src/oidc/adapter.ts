@@ -43,12 +43,12 @@ function withoutId(id: string, payload: AdapterPayload): AdapterPayload {
   return { ...rest, [ID_IS_JTI]: 1 } as AdapterPayload;
 }
 
-/** A stored payload with its `jti` back from the id it was found by. */
+/** A stored payload with its `jti` back from the id it was found by ("": not known, left out). */
 function withId(id: string, payload: AdapterPayload): AdapterPayload {
   const p = payload as AdapterPayload & { [ID_IS_JTI]?: number };
   if (p[ID_IS_JTI] !== 1) return payload;
   delete p[ID_IS_JTI];
-  p.jti = id;
+  if (id !== "") p.jti = id;
   return p;
 }
 
@@ -250,7 +250,8 @@ export class OidcStore {
   /**
    * Commit the queued writes in one transaction, in the order they were made (a second consume
    * of the same token in a batch finds it consumed, as it would one commit later), then settle
-   * their promises. Also run on demand by anything that reads or deletes rows by other columns.
+   * their promises. Also run directly before a lookup that must see every write (`grantIdOf`)
+   * and when the server stops.
    */
   flush(): void {
     if (this.#flushing) clearImmediate(this.#flushing);
