@@ -54,6 +54,14 @@ function withId(id: string, payload: AdapterPayload): AdapterPayload {
 
 const ID_IS_JTI = "__jti_is_id";
 
+/** The grant and member a held payload belongs to, as keys of OidcStore's #owned. */
+function ownersOf(held: Held): string[] {
+  const owners: string[] = [];
+  if (held.grantId) owners.push(`g:${held.grantId}`);
+  if (held.accountId) owners.push(`a:${held.accountId}`);
+  return owners;
+}
+
 const sha256 = (value: string) => createHash("sha256").update(value, "utf8").digest("base64url");
 
 interface Row {
@@ -138,7 +146,16 @@ export class OidcStore {
     max: CACHE_ENTRIES,
     maxSize: CACHE_BYTES,
     sizeCalculation: (held) => held.json.length + 100,
+    dispose: (held, key) => {
+      for (const owner of ownersOf(held)) {
+        const keys = this.#owned.get(owner);
+        keys?.delete(key);
+        if (keys?.size === 0) this.#owned.delete(owner);
+      }
+    },
   });
+  /** The cached keys of each grant and member (`g:<grant id>`, `a:<sub>`), for revocations. */
+  readonly #owned = new Map<string, Set<string>>();
   /**
    * Grants revoked in this process (id hashes; revocations from the CLI are seen in the database).
    * A token endpoint request spans several turns of the event loop: one that read its grant
@@ -220,6 +237,7 @@ export class OidcStore {
     if (v !== this.#dataVersion) {
       this.#dataVersion = v;
       this.#cache.clear();
+      this.#owned.clear();
     }
   }
 
@@ -281,7 +299,7 @@ export class OidcStore {
     this.#checkOthers();
     batch.forEach(({ write, done }, i) => {
       const ok = results[i] === true;
-      if (write.kind === "upsert") this.#cache.set(write.key, write.held);
+      if (write.kind === "upsert") this.#remember(write.key, write.held);
       else if (ok) {
         const held = this.#cache.get(write.key);
         if (held) held.consumedAt = write.at;
@@ -321,7 +339,16 @@ export class OidcStore {
       return;
     }
     this.#upsert().run(row);
-    if (CACHED.has(model)) this.#cache.set(key, held);
+    if (CACHED.has(model)) this.#remember(key, held);
+  }
+
+  #remember(key: string, held: Held): void {
+    this.#cache.set(key, held);
+    for (const owner of ownersOf(held)) {
+      let keys = this.#owned.get(owner);
+      if (!keys) this.#owned.set(owner, (keys = new Set()));
+      keys.add(key);
+    }
   }
 
   find(model: string, id: string): AdapterPayload | undefined {
@@ -344,7 +371,7 @@ export class OidcStore {
         grantId: row.grant_id,
         accountId: row.account_id,
       };
-      if (CACHED.has(model)) this.#cache.set(key, held);
+      if (CACHED.has(model)) this.#remember(key, held);
     }
     return this.#payloadOf(id, held, held.consumedAt ?? pendingConsume);
   }
@@ -402,11 +429,17 @@ export class OidcStore {
     return dropped;
   }
 
-  /** Drop matching queued upserts and cached payloads (a revocation); how many were queued. */
-  #forget(matches: (key: string, held: Held) => boolean): number {
+  /**
+   * Drop matching queued upserts and cached payloads of one grant or member (`owner`, see
+   * #owned): a revocation. Returns how many were queued.
+   */
+  #forget(owner: string, matches: (key: string, held: Held) => boolean): number {
     const dropped = this.#drop(matches, true);
     const stale: string[] = [];
-    for (const [key, held] of this.#cache.entries()) if (matches(key, held)) stale.push(key);
+    for (const key of this.#owned.get(owner) ?? []) {
+      const held = this.#cache.peek(key);
+      if (held && matches(key, held)) stale.push(key);
+    }
     for (const key of stale) this.#cache.delete(key);
     return dropped;
   }
@@ -414,6 +447,7 @@ export class OidcStore {
   revokeByGrantId(grantId: string): number {
     this.#revokedGrants.set(sha256(grantId), true);
     const dropped = this.#forget(
+      `g:${grantId}`,
       (key, held) => held.grantId === grantId && GRANTABLE.has(key.slice(0, key.indexOf(" "))),
     );
     return this.#revokeGrant().run(grantId).changes + dropped;
@@ -434,6 +468,7 @@ export class OidcStore {
         this.#revokedGrants.set(sha256(q.write.held.grantId), true);
     const models = new Set([...GRANTABLE, ...ACCOUNT_MODELS]);
     const dropped = this.#forget(
+      `a:${sub}`,
       (key, held) => held.accountId === sub && models.has(key.slice(0, key.indexOf(" "))),
     );
     return this.#revokeAccount().run(sub).changes + dropped;
