@@ -345,9 +345,9 @@ export class OidcStore {
   #remember(key: string, held: Held): void {
     this.#cache.set(key, held);
     for (const owner of ownersOf(held)) {
-      let keys = this.#owned.get(owner);
-      if (!keys) this.#owned.set(owner, (keys = new Set()));
-      keys.add(key);
+      const keys = this.#owned.get(owner);
+      if (keys) keys.add(key);
+      else this.#owned.set(owner, new Set([key]));
     }
   }
 
