@@ -188,7 +188,7 @@ export function createApp(
           logger: s.logger,
           metrics: s.metrics,
           issuerOrigin: s.config.issuerOrigin,
-          trustProxy: app.get("trust proxy fn"),
+          trustProxy,
           headers,
           bodyLimit: BODY_LIMIT,
           shuttingDown: () => app.locals.shuttingDown === true,
@@ -201,7 +201,7 @@ export function createApp(
           provider: providerCallback,
           logger: s.logger,
           metrics: s.metrics,
-          trustProxy: app.get("trust proxy fn"),
+          trustProxy,
           shuttingDown: () => app.locals.shuttingDown === true,
         });
   app.locals.signInLane = signIn;

@@ -1,10 +1,12 @@
-import type { IncomingHttpHeaders, ServerResponse } from "node:http";
+import type { IncomingHttpHeaders, IncomingMessage, ServerResponse } from "node:http";
 import { isIP } from "node:net";
 import helmet, { type HelmetOptions } from "helmet";
+import proxyaddr from "proxy-addr";
 import type { NextFunction, Request, RequestHandler, Response } from "express";
 import type { Logger } from "pino";
 import { ZodError } from "zod";
 import { ApiError } from "../errors.js";
+import type { Metrics } from "../ops/metrics.js";
 import { requestIds } from "../logger.js";
 import { SESSION_COOKIE, type Session, type SessionService, sessionTokenFrom } from "../sessions/sessions.js";
 import { randomBytesPooled } from "../vault/random.js";
@@ -70,6 +72,53 @@ export function accessLog(logger: Logger): RequestHandler {
     });
     next();
   };
+}
+
+/** A request answered before express (src/http/*-lane.ts): what requestContext works out. */
+export interface LaneRequest {
+  requestId: string;
+  ip: string;
+  /** When it arrived: for the access log (hrtime) and the metric (performance.now). */
+  start: bigint;
+  began: number;
+}
+
+export function laneRequest(
+  req: IncomingMessage,
+  trustProxy: (address: string, hop: number) => boolean,
+  arrived: { start: bigint; began: number },
+): LaneRequest {
+  const incoming = req.headers["x-request-id"];
+  return {
+    requestId: requestIdFrom(Array.isArray(incoming) ? incoming.join(", ") : incoming),
+    ip: clientIpOf(proxyaddr(req, trustProxy), req.socket.remoteAddress),
+    ...arrived,
+  };
+}
+
+/**
+ * What express's first middleware does for the answer to a request a lane takes, in its order
+ * (src/http/app.ts): the request id, `Connection: close` while stopping, and once it is sent the
+ * metric (under `route`) and the access-log line.
+ */
+export function laneAnswer(
+  req: IncomingMessage,
+  res: ServerResponse,
+  r: LaneRequest,
+  route: string,
+  deps: { logger: Logger; metrics: Metrics; shuttingDown: () => boolean },
+): void {
+  res.once("finish", () => {
+    deps.metrics.http(req.method ?? "GET", route, res.statusCode, (performance.now() - r.began) / 1000);
+    logRequest(
+      deps.logger,
+      { requestId: r.requestId, method: req.method, path: req.url ?? route, ip: r.ip },
+      res,
+      r.start,
+    );
+  });
+  res.setHeader("X-Request-Id", r.requestId);
+  if (deps.shuttingDown()) res.setHeader("Connection", "close");
 }
 
 /** The access-log line of one answered request (the path without its query). */

@@ -1,9 +1,8 @@
 import type { IncomingMessage, ServerResponse } from "node:http";
 import type { Logger } from "pino";
-import proxyaddr from "proxy-addr";
 import { requestIds } from "../logger.js";
 import type { Metrics } from "../ops/metrics.js";
-import { clientIpOf, logRequest, requestIdFrom } from "./middleware.js";
+import { laneAnswer, laneRequest } from "./middleware.js";
 
 /**
  * The provider lane: the OpenID provider's JSON endpoints (token, userinfo, revocation,
@@ -14,7 +13,7 @@ import { clientIpOf, logRequest, requestIdFrom } from "./middleware.js";
  * parsing, sessions or page headers (the provider reads its own bodies and sets its own no-store
  * and CORS headers). Yet express's per-request work — its request and response prototypes, a
  * dozen router layers each matched against the path — cost about as much main-thread time as
- * the provider's whole refresh-token grant (docs/architecture.md, "Request lanes"). So the lane
+ * the provider's whole refresh-token grant (docs/architecture.md, "Request flow"). So the lane
  * does here what express's middleware did for them, in the same order (src/http/app.ts), and
  * nothing else: the request id (header and log context), `Connection: close` while stopping, the
  * metric, the access-log line, `X-Content-Type-Options`, then the provider.
@@ -56,20 +55,10 @@ export function providerLane(deps: {
 
   function run(req: IncomingMessage, res: ServerResponse): void {
     stats.taken++;
-    const start = process.hrtime.bigint();
-    const began = performance.now();
-    const route = pathOf(req);
-    const incoming = req.headers["x-request-id"];
-    const requestId = requestIdFrom(Array.isArray(incoming) ? incoming.join(", ") : incoming);
-    const ip = clientIpOf(proxyaddr(req, deps.trustProxy), req.socket.remoteAddress);
-    res.setHeader("X-Request-Id", requestId);
-    if (deps.shuttingDown()) res.setHeader("Connection", "close");
-    res.once("finish", () => {
-      deps.metrics.http(req.method ?? "GET", route, res.statusCode, (performance.now() - began) / 1000);
-      logRequest(deps.logger, { requestId, method: req.method, path: req.url ?? route, ip }, res, start);
-    });
+    const r = laneRequest(req, deps.trustProxy, { start: process.hrtime.bigint(), began: performance.now() });
+    laneAnswer(req, res, r, pathOf(req), deps);
     res.setHeader("X-Content-Type-Options", "nosniff");
-    requestIds.run(requestId, () => void deps.provider(req, res));
+    requestIds.run(r.requestId, () => void deps.provider(req, res));
   }
 
   return { takes, run, stats };

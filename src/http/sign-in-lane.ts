@@ -1,6 +1,5 @@
 import type { IncomingMessage, ServerResponse } from "node:http";
 import type { Logger } from "pino";
-import proxyaddr from "proxy-addr";
 import { requestIds } from "../logger.js";
 import type { Metrics } from "../ops/metrics.js";
 import type { PasswordSignIn } from "../sessions/sign-in.js";
@@ -10,11 +9,11 @@ import {
   answerError,
   applyHeaders,
   asApiError,
-  clientIpOf,
   fromOwnOrigin,
-  logRequest,
+  type LaneRequest,
+  laneAnswer,
+  laneRequest,
   noStoreHeaders,
-  requestIdFrom,
   type securityHeaders,
 } from "./middleware.js";
 import { loginBody } from "./routes/members.js";
@@ -40,8 +39,9 @@ import { loginBody } from "./routes/members.js";
  * enforced as it arrives), no Content-Encoding, from our own origin — and leaves everything else
  * to express, which answers it as before. An attempt with a challenge solution goes on only when
  * the solution passes the checks that need no hashing (`ProofOfWork.plausible`); a junk one is
- * answered here as one without a solution, which is what `signIn` would make of it. test/sign-in-lane.test.ts sends the same requests to an app with and without the
- * lane and compares the answers.
+ * answered here as one without a solution, which is what `signIn` would make of it.
+ * test/sign-in-lane.test.ts sends the same requests to an app with and without the lane and
+ * compares the answers.
  */
 export interface SignInLane {
   /** Will the lane take this request? (Cheap: method, path and headers only.) */
@@ -98,16 +98,10 @@ export function signInLane(deps: {
   }
 
   function run(req: IncomingMessage, res: ServerResponse, onward: () => void): void {
-    const start = process.hrtime.bigint();
-    const began = performance.now();
+    const arrived = { start: process.hrtime.bigint(), began: performance.now() };
     const chunks: Buffer[] = [];
     let size = 0;
-    const context = () => ({
-      requestId: requestIdFrom(single(req.headers["x-request-id"])),
-      ip: clientIpOf(proxyaddr(req, deps.trustProxy), req.socket.remoteAddress),
-      start,
-      began,
-    });
+    const context = () => laneRequest(req, deps.trustProxy, arrived);
     const onData = (chunk: Buffer) => {
       size += chunk.length;
       if (size <= deps.bodyLimit) {
@@ -175,23 +169,13 @@ export function signInLane(deps: {
   function answer(
     req: IncomingMessage,
     res: ServerResponse,
-    r: { requestId: string; ip: string; start: bigint; began: number },
+    r: LaneRequest,
     err: unknown,
     route: string,
   ): void {
     stats.answered++;
-    res.once("finish", () => {
-      deps.metrics.http(req.method ?? "POST", route, res.statusCode, (performance.now() - r.began) / 1000);
-      logRequest(
-        deps.logger,
-        { requestId: r.requestId, method: req.method, path: req.url ?? PATH, ip: r.ip },
-        res,
-        r.start,
-      );
-    });
     // What express's middleware sets before the route, in its order (src/http/app.ts).
-    res.setHeader("X-Request-Id", r.requestId);
-    if (deps.shuttingDown()) res.setHeader("Connection", "close");
+    laneAnswer(req, res, r, route, deps);
     applyHeaders(res, deps.headers);
     noStoreHeaders(res);
     answerError(deps.logger, res, err, r.requestId);

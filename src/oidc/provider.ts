@@ -103,8 +103,7 @@ export function createOidc(s: Services, opts: { clientIp: (req: IncomingMessage)
     );
   }
 
-  // Only what findAccount uses: the row also holds the profile ciphertexts, kilobytes that every
-  // token request would otherwise copy into strings.
+  // Only what findAccount uses (not the password hash and the rest, on every token request).
   const memberBySub = lazyPrepared(() =>
     s.db
       .select({

@@ -18,7 +18,7 @@ import { checkPassword } from "../passwords/rules.js";
 import type { DeviceRegistry } from "../sessions/devices.js";
 import type { FactorProof } from "../sessions/second-factor.js";
 import type { SessionService } from "../sessions/sessions.js";
-import { tooManyAttempts } from "../sessions/sign-in.js";
+import { challengeRequired, tooManyAttempts } from "../sessions/sign-in.js";
 import type { Attempt, Decision, LoginGuard } from "../throttle/engine.js";
 import type { ProofOfWork } from "../throttle/proof-of-work.js";
 import { blindIndex } from "../vault/blind-index.js";
@@ -167,16 +167,7 @@ export class PasswordRecovery {
         details: { kind, reasons: decision.reasons, target_fp: fp },
       });
     }
-    if (decision.action === "challenge") {
-      throw new ApiError(
-        403,
-        "challenge_required",
-        "Solve the challenge and send the solution as challenge_solution.",
-        {
-          extra: { challenge: this.#pow.issue(key) },
-        },
-      );
-    }
+    if (decision.action === "challenge") throw challengeRequired(this.#pow.issue(key));
     throw tooManyAttempts(decision.retryAfterSeconds);
   }
 

@@ -60,6 +60,18 @@ export function tooManyAttempts(retryAfterSeconds: number): ApiError {
   });
 }
 
+/** The answer to a credential check the throttle challenges: solve the proof of work first. */
+export function challengeRequired(challenge: unknown): ApiError {
+  return new ApiError(
+    403,
+    "challenge_required",
+    "Solve the challenge and send the solution as challenge_solution.",
+    {
+      extra: { challenge },
+    },
+  );
+}
+
 type LegacyExpired = (memberId: string, ctx: { ip: string | null; requestId: string | null }) => void;
 
 /**
@@ -233,16 +245,7 @@ export class PasswordSignIn {
         details: { reasons: decision.reasons, login_id_fp: this.#fingerprint(loginId), repeats },
       });
     }
-    if (decision.action === "challenge") {
-      return new ApiError(
-        403,
-        "challenge_required",
-        "Solve the challenge and send the solution as challenge_solution.",
-        {
-          extra: { challenge: this.#pow.issue(loginId) },
-        },
-      );
-    }
+    if (decision.action === "challenge") return challengeRequired(this.#pow.issue(loginId));
     return tooManyAttempts(decision.retryAfterSeconds);
   }
 
