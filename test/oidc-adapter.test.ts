@@ -192,6 +192,78 @@ describe("OIDC storage adapter", () => {
       expect(await adapter("AccessToken").find("at-new")).toBeDefined();
     });
 
+    describe("within a provider request (deferred: one commit for the request's writes)", () => {
+      let request: object | undefined;
+      beforeEach(() => {
+        request = undefined;
+        store.deferWithin(() => request);
+      });
+      const settledYet = async (p: Promise<unknown>) => {
+        let done = false;
+        void p.then(() => {
+          done = true;
+        });
+        for (let i = 0; i < 5; i++) await Promise.resolve();
+        return done;
+      };
+
+      it("settles the writes at once, but the request's answer waits until they are on disk", async () => {
+        const tokens = adapter("RefreshToken");
+        await tokens.upsert("rt-old", { jti: "rt-old", grantId: "g" }, 600);
+        request = {};
+        const req = request;
+        await tokens.consume("rt-old");
+        await tokens.upsert("rt-new", { jti: "rt-new", grantId: "g" }, 600);
+        await adapter("AccessToken").upsert("at-new", { jti: "at-new", grantId: "g" }, 600);
+        request = undefined;
+        // Nothing committed yet, and the answer may not go out...
+        expect(committed("RefreshToken", "rt-new").n).toBe(0);
+        const answer = store.committed(req);
+        expect(await settledYet(answer)).toBe(false);
+        // ...while reads already see the request's writes.
+        expect((await tokens.find("rt-old"))?.consumed).toBeDefined();
+        expect((await tokens.find("rt-new"))?.jti).toBe("rt-new");
+        store.flush();
+        expect(await answer).toBeNull();
+        expect(committed("RefreshToken", "rt-new").n).toBe(1);
+        expect(committed("AccessToken", "at-new").n).toBe(1);
+      });
+
+      it("a second consume of the token in the same moment loses at once", async () => {
+        const tokens = adapter("RefreshToken");
+        await tokens.upsert("rt", { jti: "rt", grantId: "g" }, 600);
+        await tokens.find("rt");
+        request = {};
+        expect(await store.consume("RefreshToken", "rt")).toBe(true);
+        request = {};
+        expect(await store.consume("RefreshToken", "rt")).toBe(false);
+      });
+
+      it("refuses the request's tokens and revokes the grant when the commit finds its token consumed by another process", async () => {
+        // Attack: the same refresh token redeemed by another process between this one's read and
+        // its commit. This process still believes the token unused; the commit must not.
+        const tokens = adapter("RefreshToken");
+        await adapter("Grant").upsert("g-raced", { jti: "g-raced", accountId: "sub-1" });
+        await tokens.upsert("rt-raced", { jti: "rt-raced", grantId: "g-raced", accountId: "sub-1" }, 600);
+        expect(await tokens.find("rt-raced")).toBeDefined();
+        const other = new Database(t.s.config.dbFile);
+        other
+          .prepare("UPDATE oidc_payloads SET consumed_at = 1 WHERE model = 'RefreshToken' AND id_hash = ?")
+          .run(createHash("sha256").update("rt-raced").digest("base64url"));
+        other.close();
+        request = {};
+        const req = request;
+        expect(await store.consume("RefreshToken", "rt-raced")).toBe(true); // what this process knew
+        await tokens.upsert("rt-next", { jti: "rt-next", grantId: "g-raced", accountId: "sub-1" }, 600);
+        request = undefined;
+        store.flush();
+        expect(await store.committed(req)).toMatchObject({ error: "invalid_grant" });
+        expect(committed("RefreshToken", "rt-next").n).toBe(0);
+        expect(committed("RefreshToken", "rt-raced").n).toBe(0);
+        expect(committed("Grant", "g-raced").n).toBe(0);
+      });
+    });
+
     it("keeps no interaction or provider session in memory (anyone can have those written)", async () => {
       await adapter("Interaction").upsert(
         "i1",

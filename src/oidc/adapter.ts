@@ -112,7 +112,7 @@ interface Upsert {
 
 type Write =
   | { kind: "upsert"; key: string; row: Upsert; held: Held }
-  | { kind: "consume"; key: string; model: string; idHash: string; at: number };
+  | { kind: "consume"; key: string; model: string; idHash: string; at: number; grantId: string | null };
 
 interface Queued {
   write: Write;
@@ -163,6 +163,13 @@ export class OidcStore {
    */
   readonly #revokedGrants = new LRUCache<string, true>({ max: REVOKED_GRANTS });
   #dataVersion = -1;
+  /**
+   * Deferred durability within a provider request (see `deferWithin`): the request a write is
+   * made in, and the commits each request's writes wait for (each settles to null or the error
+   * the request must answer with; never rejects, so none is left unhandled).
+   */
+  #requestOf: (() => object | undefined) | null = null;
+  readonly #commits = new WeakMap<object, { outcomes: Promise<Error | null>[]; grants: Set<string> }>();
 
   constructor(deps: { db: Db; clock: Clock; keys: KeyringStore }) {
     this.#db = deps.db;
@@ -258,6 +265,54 @@ export class OidcStore {
     return payload;
   }
 
+  /**
+   * Let the token endpoint's writes settle at once when they are made within a provider request
+   * (`requestOf` names it), instead of at their commit: the request goes on, its later writes join
+   * the same group commit, and the provider middleware awaits `committed(request)` before any
+   * answer goes out. So a refresh — consume the old token, store the new one, store an access
+   * token — costs one commit shared with every other request of that turn, not three in a row, and
+   * still answers nothing that is not on disk. Reads see queued writes, as they always did.
+   */
+  deferWithin(requestOf: () => object | undefined): void {
+    this.#requestOf = requestOf;
+  }
+
+  /**
+   * Settles when every write made within `request` is committed: null, or the error to answer
+   * with instead of what the request computed — `invalid_grant` when its token was found consumed
+   * by someone else at the commit, or its grant was revoked at any time before the answer (a
+   * password reset landing between the request's writes and its answer: the tokens it computed
+   * are gone); the commit's own error otherwise.
+   */
+  async committed(request: object): Promise<Error | null> {
+    const writes = this.#commits.get(request);
+    if (!writes) return null;
+    this.#commits.delete(request);
+    for (const error of await Promise.all(writes.outcomes)) if (error) return error;
+    for (const grantId of writes.grants)
+      if (this.#revokedGrants.has(sha256(grantId))) return new errors.InvalidGrant("grant revoked");
+    return null;
+  }
+
+  /** The request a write is deferred for, or undefined when the writer waits for its commit. */
+  #deferredFor(): object | undefined {
+    return this.#requestOf?.();
+  }
+
+  #track(request: object, committed: Promise<boolean>, grantId: string | null, refused: () => Error): void {
+    const outcome = committed.then(
+      (ok) => (ok ? null : refused()),
+      (err: unknown) => (err instanceof Error ? err : new Error(String(err))),
+    );
+    let writes = this.#commits.get(request);
+    if (!writes) {
+      writes = { outcomes: [], grants: new Set() };
+      this.#commits.set(request, writes);
+    }
+    writes.outcomes.push(outcome);
+    if (grantId) writes.grants.add(grantId);
+  }
+
   #enqueue(write: Write): Promise<boolean> {
     return new Promise((done, failed) => {
       this.#queue.push({ write, done, failed });
@@ -278,14 +333,25 @@ export class OidcStore {
     if (batch.length === 0) return;
     this.#queue = [];
     let results: boolean[];
+    // Grants whose token was found already consumed (or gone) here: the batch's later writes of
+    // them are not made, and the grant is revoked after the commit (as a lost consume race is).
+    const lost = new Set<string>();
     try {
       results = this.#db.$client
         .transaction(() =>
-          batch.map(({ write }) =>
-            write.kind === "upsert"
-              ? this.#upsert().run(write.row).changes > 0
-              : this.#consume().run(write.at, write.model, write.idHash).changes > 0,
-          ),
+          batch.map(({ write }) => {
+            if (write.kind === "upsert") {
+              if (write.row.grantId !== null && lost.has(write.row.grantId)) return false;
+              return this.#upsert().run(write.row).changes > 0;
+            }
+            if (this.#consume().run(write.at, write.model, write.idHash).changes > 0) return true;
+            const grantId =
+              write.grantId ??
+              (this.#grantOf().get(write.model, write.idHash) as { grant_id: string | null } | undefined)
+                ?.grant_id;
+            if (grantId) lost.add(grantId);
+            return false;
+          }),
         )
         .immediate();
     } catch (err) {
@@ -297,10 +363,19 @@ export class OidcStore {
     this.#pendingRows.clear();
     this.#pendingConsumes.clear();
     this.#checkOthers();
-    batch.forEach(({ write, done }, i) => {
+    for (const grantId of lost) {
+      this.revokeByGrantId(grantId);
+      this.destroy("Grant", grantId);
+    }
+    batch.forEach(({ write, done, failed }, i) => {
       const ok = results[i] === true;
-      if (write.kind === "upsert") this.#remember(write.key, write.held);
-      else if (ok) {
+      if (write.kind === "upsert") {
+        if (!ok) {
+          failed(new errors.InvalidGrant("grant revoked"));
+          return;
+        }
+        this.#remember(write.key, write.held);
+      } else if (ok) {
         const held = this.#cache.get(write.key);
         if (held) held.consumedAt = write.at;
       }
@@ -335,7 +410,13 @@ export class OidcStore {
     if (GROUPED.has(model) && row.uidHash === null && row.userCodeHash === null) {
       this.#pendingRows.set(key, held);
       this.#pendingConsumes.delete(key);
-      await this.#enqueue({ kind: "upsert", key, row, held });
+      const committed = this.#enqueue({ kind: "upsert", key, row, held });
+      const request = this.#deferredFor();
+      if (!request) {
+        await committed;
+        return;
+      }
+      this.#track(request, committed, row.grantId, () => new errors.InvalidGrant("grant revoked"));
       return;
     }
     this.#upsert().run(row);
@@ -385,13 +466,38 @@ export class OidcStore {
     return this.#live(model, "", this.#findBy().userCode.get(model, sha256(userCode)) as Row | undefined);
   }
 
-  /** Mark consumed; false when it already was (or is gone): the caller lost the race. */
+  /**
+   * Mark consumed; false when it already was (or is gone): the caller lost the race. Within a
+   * provider request (see `deferWithin`) the answer comes at once from what this process knows —
+   * a consume of the same token queued or committed here — and the commit checks it again: if the
+   * row turns out consumed or gone after all, the grant is revoked then and the request answers
+   * `invalid_grant` instead of its tokens (`committed`).
+   */
   consume(model: string, id: string): Promise<boolean> {
     const idHash = sha256(id);
     const key = `${model} ${idHash}`;
     const at = this.#clock.now().getTime();
+    const request = this.#deferredFor();
+    const known = this.#pendingRows.get(key) ?? this.#cache.peek(key);
+    if (request && (this.#pendingConsumes.has(key) || (known && known.consumedAt !== null)))
+      return Promise.resolve(false);
     if (!this.#pendingConsumes.has(key)) this.#pendingConsumes.set(key, at);
-    return this.#enqueue({ kind: "consume", key, model, idHash, at });
+    const committed = this.#enqueue({
+      kind: "consume",
+      key,
+      model,
+      idHash,
+      at,
+      grantId: known?.grantId ?? null,
+    });
+    if (!request) return committed;
+    this.#track(
+      request,
+      committed,
+      known?.grantId ?? null,
+      () => new errors.InvalidGrant(`${model} already consumed`),
+    );
+    return Promise.resolve(true);
   }
 
   grantIdOf(model: string, id: string): string | null {

@@ -353,6 +353,20 @@ export function createOidc(s: Services, opts: { clientIp: (req: IncomingMessage)
 
   const provider = new Provider(s.config.issuer, configuration);
   provider.proxy = s.config.trustProxy !== undefined;
+  // Deferred durability (OidcStore.deferWithin): within a provider request the token endpoint's
+  // writes settle at once and share one group commit; no answer leaves before they are committed.
+  // If the commit refuses one (its grant revoked meanwhile, its token consumed by someone else) or
+  // fails, the request answers that error instead of the tokens or code it computed.
+  store.deferWithin(() => Provider.ctx);
+  provider.use(async (ctx, next) => {
+    let error: Error | null;
+    try {
+      await next();
+    } finally {
+      error = await store.committed(ctx);
+    }
+    if (error) answerUncommitted(ctx, error, s.logger);
+  });
   // Client secrets are stored hashed: compare the presented secret's hash (constant time).
   provider.Client.prototype.compareClientSecret = function (this: { clientSecret: string }, actual: string) {
     return secretMatches(this.clientSecret, actual);
@@ -509,4 +523,21 @@ export function cachedProviderDocuments(
     }) as typeof res.end;
     void callback(req, res);
   };
+}
+
+/** The answer of a provider request whose writes were not committed (see OidcStore.committed). */
+function answerUncommitted(
+  ctx: Parameters<Parameters<Provider["use"]>[0]>[0],
+  error: Error,
+  logger: Services["logger"],
+): void {
+  const oidcError = error as Error & { status?: number; error?: string; error_description?: string };
+  const known = typeof oidcError.error === "string" && typeof oidcError.status === "number";
+  if (!known) logger.error({ err: error }, "oidc: a request's writes were not committed");
+  ctx.remove("Location");
+  ctx.set("Cache-Control", "no-store");
+  ctx.status = known ? (oidcError.status as number) : 500;
+  ctx.body = known
+    ? { error: oidcError.error, error_description: oidcError.error_description }
+    : { error: "server_error", error_description: "oops! something went wrong" };
 }
