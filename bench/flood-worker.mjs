@@ -11,6 +11,8 @@ import os from "node:os";
 os.setPriority(19);
 const port = Number(process.argv[2]);
 const rate = Number(process.argv[3]);
+// Optional: the hosted sign-in form instead of the JSON API (a form path, its cookies, the Origin).
+const [formPath, formCookie, formOrigin] = process.argv.slice(4);
 const agent = new http.Agent({ keepAlive: true, maxSockets: 64 });
 const statuses = {};
 let sent = 0;
@@ -24,16 +26,18 @@ process.on("message", (m) => {
 
 function attempt(i) {
   return new Promise((resolve) => {
-    const body = JSON.stringify({ login_id: `victim${i % 5000}`, password: `guess ${i}` });
+    const credentials = { login_id: `victim${i % 5000}`, password: `guess ${i}` };
+    const body = formPath ? new URLSearchParams(credentials).toString() : JSON.stringify(credentials);
     const req = http.request(
       {
         port,
         host: "127.0.0.1",
         method: "POST",
-        path: "/api/v1/login",
+        path: formPath ?? "/api/v1/login",
         agent,
         headers: {
-          "content-type": "application/json",
+          "content-type": formPath ? "application/x-www-form-urlencoded" : "application/json",
+          ...(formPath ? { cookie: formCookie, origin: formOrigin } : {}),
           "x-forwarded-for": `10.${(i >> 16) & 255}.${(i >> 8) & 255}.${i & 255}`,
         },
       },

@@ -85,6 +85,52 @@ interface FloodReport {
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)] ?? Number.NaN;
 const p99 = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length * 0.99)] ?? Number.NaN;
 
+/**
+ * FLOOD_VIA=form: the flood goes to the hosted sign-in form instead of the JSON API, as a bot
+ * would send it: one authorization request started (a registered member site), then every bad
+ * attempt posted to that interaction's form with its cookies and the issuer's Origin.
+ */
+async function formTarget(port: number, dataDir: string): Promise<string[]> {
+  if (process.env.FLOOD_VIA !== "form") return [];
+  const redirect = "http://127.0.0.1:9/cb";
+  const cli = spawn(
+    process.execPath,
+    ["bin/sekisho.mjs", "clients", "add", "--name", "Flood site", "--redirect-uri", redirect, "--json"],
+    {
+      cwd: ROOT,
+      env: { ...process.env, SEKISHO_DATA_DIR: dataDir, NODE_ENV: "development" },
+      stdio: ["ignore", "pipe", "inherit"],
+    },
+  );
+  let out = "";
+  cli.stdout?.on("data", (c: Buffer) => {
+    out += c.toString();
+  });
+  await new Promise((r) => cli.once("exit", r));
+  const clientId = JSON.parse(out.slice(out.indexOf("{"))).client_id as string;
+  const agent = new http.Agent({ keepAlive: false });
+  const issuer = JSON.parse(
+    (await request(agent, port, "GET", "/.well-known/openid-configuration")).body,
+  ).issuer;
+  const q = new URLSearchParams({
+    client_id: clientId,
+    response_type: "code",
+    scope: "openid",
+    redirect_uri: redirect,
+    state: "flood",
+    code_challenge: "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM",
+    code_challenge_method: "S256",
+  });
+  const auth = await new Promise<http.IncomingMessage>((resolve, reject) =>
+    http.get({ port, host: "127.0.0.1", path: `/oidc/auth?${q}`, agent }, resolve).on("error", reject),
+  );
+  auth.resume();
+  const location = String(auth.headers.location ?? "");
+  const cookies = (auth.headers["set-cookie"] ?? []).map((c) => c.split(";")[0]).join("; ");
+  if (!location.includes("/interaction/")) throw new Error(`no interaction: ${auth.statusCode} ${location}`);
+  return [`${new URL(location, issuer).pathname}/login?lang=ja`, cookies, new URL(issuer).origin];
+}
+
 async function main(): Promise<number> {
   const dataDir = await fs.mkdtemp(path.join(os.tmpdir(), "sekisho-flood-"));
   const port = await freePort();
@@ -204,7 +250,12 @@ async function main(): Promise<number> {
     // process of its own at the lowest CPU priority (bench/flood-worker.mjs says why).
     const flood = spawn(
       process.execPath,
-      [path.join(ROOT, "bench", "flood-worker.mjs"), String(port), String(RATE)],
+      [
+        path.join(ROOT, "bench", "flood-worker.mjs"),
+        String(port),
+        String(RATE),
+        ...(await formTarget(port, dataDir)),
+      ],
       {
         stdio: ["ignore", "inherit", "inherit", "ipc"],
       },

@@ -15,18 +15,18 @@ import {
   securityHeaders,
   sessionLoader,
 } from "./middleware.js";
+import { formLane } from "./form-lane.js";
 import { providerLane } from "./provider-lane.js";
 import { signInLane } from "./sign-in-lane.js";
 import { cachedProviderDocuments, createOidc, OIDC_ROUTES } from "../oidc/provider.js";
-import { assetRoutes, pageHeaders, rememberLang, reqLang } from "./hosted.js";
-import { errorPage } from "./pages.js";
+import { assetRoutes, rememberLang, reqLang, sendPageError } from "./hosted.js";
 import { httpMetrics, metricsRoute } from "./metrics-routes.js";
 import { accountRoutes } from "./routes/account.js";
 import { adminRoutes } from "./routes/admin.js";
 import { factorRoutes } from "./routes/factors.js";
 import { healthRoutes } from "./routes/health.js";
 import { secondFactorRoutes } from "./routes/second-factor.js";
-import { interactionRoutes, silentAuthorization } from "./routes/interactions.js";
+import { interactionRoutes, loginPages, silentAuthorization } from "./routes/interactions.js";
 import { meRoutes } from "./routes/me.js";
 import { registrationAndLoginRoutes } from "./routes/members.js";
 import { recoveryRoutes } from "./routes/recovery.js";
@@ -49,7 +49,7 @@ export function trustProxySetting(value: string | undefined): boolean | number |
 /** The express app. No listen, no globals: tests build one per file on their own database. */
 export function createApp(
   s: Services,
-  opts: { signInLane?: boolean; providerLane?: boolean } = {},
+  opts: { signInLane?: boolean; providerLane?: boolean; formLane?: boolean } = {},
 ): express.Express {
   const app = express();
   app.disable("x-powered-by");
@@ -165,21 +165,14 @@ export function createApp(
     const page = PAGE_PREFIXES.some((p) => req.path === p || req.path.startsWith(`${p}/`));
     const api = page ? asApiError(err) : null;
     if (!api || api.status >= 500 || res.headersSent) return next(err);
-    pageHeaders(res);
-    res
-      .status(api.status)
-      .type("html")
-      .send(
-        errorPage(reqLang(req), api.code, api.description, {
-          page: true,
-        }),
-      );
+    sendPageError(res, reqLang(req), api);
   });
   app.use(errorHandler(s.logger));
 
-  // Two lanes before express (each compared with express's answers in its tests): password
-  // sign-ins on the JSON API that the throttle refuses (src/http/sign-in-lane.ts), and the
-  // provider's JSON endpoints (src/http/provider-lane.ts). Everything else goes through express.
+  // Three lanes before express (each compared with express's answers in its tests): password
+  // sign-ins the throttle refuses, on the JSON API (src/http/sign-in-lane.ts) and on the hosted
+  // sign-in form (src/http/form-lane.ts), and the provider's JSON endpoints
+  // (src/http/provider-lane.ts). Everything else goes through express.
   const signIn =
     opts.signInLane === false
       ? null
@@ -204,9 +197,26 @@ export function createApp(
           trustProxy,
           shuttingDown: () => app.locals.shuttingDown === true,
         });
+  const pages = loginPages(oidc);
+  const toForm =
+    opts.formLane === false
+      ? null
+      : formLane({
+          signIn: s.signIn,
+          interactionDetails: (req, res) => oidc.provider.interactionDetails(req, res),
+          renderLogin: pages.renderLoginOrConsent,
+          logger: s.logger,
+          metrics: s.metrics,
+          issuerOrigin: s.config.issuerOrigin,
+          secureCookies: s.config.secureCookies,
+          trustProxy,
+          headers,
+          shuttingDown: () => app.locals.shuttingDown === true,
+        });
   app.locals.signInLane = signIn;
   app.locals.providerLane = toProvider;
-  if (signIn || toProvider) {
+  app.locals.formLane = toForm;
+  if (signIn || toProvider || toForm) {
     // express calls app.handle for every request the server gives it; without a callback it is
     // the top-level app (a mounted app gets its parent's `next`).
     type Handle = (req: IncomingMessage, res: ServerResponse, callback?: NextFunction) => void;
@@ -216,6 +226,7 @@ export function createApp(
       if (callback === undefined) {
         if (toProvider?.takes(req)) return toProvider.run(req, res);
         if (signIn?.takes(req)) return signIn.run(req, res, () => handle.call(app, req, res));
+        if (toForm?.takes(req)) return toForm.run(req, res, () => handle.call(app, req, res));
       }
       handle.call(app, req, res, callback);
     };

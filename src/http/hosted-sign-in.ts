@@ -51,7 +51,10 @@ function context(req: Request, res: Response) {
 }
 
 /** Throttle and protocol answers as a page shows them (Retry-After kept on the response). */
-function refusal(err: unknown, res: Response): Refusal {
+export function pageRefusal(
+  err: unknown,
+  res: { setHeader(name: string, value: string | number): unknown },
+): Refusal {
   if (!(err instanceof ApiError)) throw err;
   if (err.status === 429) {
     for (const [k, v] of Object.entries(err.headers ?? {})) res.setHeader(k, v);
@@ -79,7 +82,7 @@ export async function passwordStep(
     );
     return { ok: true, value };
   } catch (err) {
-    return refusal(err, res);
+    return pageRefusal(err, res);
   }
 }
 
@@ -95,6 +98,6 @@ export async function secondStep(
     const value = await s.secondFactor.complete(subject, { method: form.method, code }, context(req, res));
     return { ok: true, value };
   } catch (err) {
-    return refusal(err, res);
+    return pageRefusal(err, res);
   }
 }

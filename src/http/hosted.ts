@@ -1,8 +1,10 @@
 import fs from "node:fs";
+import type { ServerResponse } from "node:http";
 import { createRequire } from "node:module";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import express, { type Request, type Response, Router } from "express";
+import type { ApiError } from "../errors.js";
 import { fromOwnOrigin } from "./middleware.js";
 import { errorPage, LANG_COOKIE, type Lang, langOf } from "./pages.js";
 
@@ -14,21 +16,40 @@ export function reqLang(req: Request): Lang {
 /** `?lang=ja|en` on a page: remembered for the reader's next pages (a plain preference cookie). */
 export function rememberLang(secure: boolean) {
   return (req: Request, res: Response, next: () => void) => {
-    const chosen = req.query.lang;
-    if (chosen === "ja" || chosen === "en")
-      res.append(
-        "Set-Cookie",
-        `${LANG_COOKIE}=${chosen}; Path=/; Max-Age=31536000; HttpOnly; SameSite=Lax${secure ? "; Secure" : ""}`,
-      );
+    const cookie = langCookie(req.query.lang, secure);
+    if (cookie) res.append("Set-Cookie", cookie);
     next();
   };
+}
+
+/** The preference cookie for a `?lang=` value, or null when it names no language of ours. */
+export function langCookie(chosen: unknown, secure: boolean): string | null {
+  if (chosen !== "ja" && chosen !== "en") return null;
+  return `${LANG_COOKIE}=${chosen}; Path=/; Max-Age=31536000; HttpOnly; SameSite=Lax${secure ? "; Secure" : ""}`;
+}
+
+/** A refused page request (4xx) as a page in the reader's language (app.ts's page error handler). */
+export function sendPageError(res: ServerResponse, lang: Lang, api: ApiError): void {
+  pageHeaders(res);
+  sendHtml(res, api.status, errorPage(lang, api.code, api.description, { page: true }));
+}
+
+/** An HTML page as express's `res.status(n).type("html").send(html)` sends it (for the lanes too). */
+export function sendHtml(res: ServerResponse, status: number, html: string): void {
+  res.statusCode = status;
+  res.setHeader("Content-Type", "text/html; charset=utf-8");
+  res.setHeader("Content-Length", Buffer.byteLength(html));
+  res.end(html);
 }
 
 /**
  * What every hosted page shares: its headers (strict CSP: scripts only from our own files,
  * fetch only to our own origin, framed by nobody, cached by nobody) and the guard on its form posts.
  */
-export function pageHeaders(res: Response, redirects: string[] = []): void {
+export function pageHeaders(
+  res: { setHeader(name: string, value: string): unknown },
+  redirects: string[] = [],
+): void {
   res.setHeader("Cache-Control", "no-store");
   // Same-origin referrers let the browser send our Origin on the form post (no-referrer makes it "null").
   res.setHeader("Referrer-Policy", "same-origin");

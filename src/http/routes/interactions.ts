@@ -1,3 +1,4 @@
+import type { ServerResponse } from "node:http";
 import { type Request, type Response, Router } from "express";
 import { ApiError } from "../../errors.js";
 import { errors } from "oidc-provider";
@@ -9,7 +10,7 @@ import type { FactorMethod } from "../../factors/methods.js";
 import type { Session } from "../../sessions/sessions.js";
 import { setDeviceCookie, setSessionCookie } from "../cookies.js";
 import { mfaPage } from "../account-pages.js";
-import { hostedForm as hostedFormGuard, pageHeaders, reqLang } from "../hosted.js";
+import { hostedForm as hostedFormGuard, pageHeaders, reqLang, sendHtml } from "../hosted.js";
 import { loginForm, mfaForm, passwordStep, secondStep, subjectFor } from "../hosted-sign-in.js";
 import { consentPage, errorPage, type Lang, type LoginError, loginPage } from "../pages.js";
 
@@ -43,17 +44,14 @@ export function requestedAcr(params: Record<string, unknown>): string | undefine
     .find((v) => v.startsWith("urn:sekisho:acr:"));
 }
 
+export type InteractionDetails = Awaited<ReturnType<Oidc["provider"]["interactionDetails"]>>;
+
 /**
- * The interaction pages oidc-provider sends members to. A member whose Sekisho session already
- * satisfies the request (level, max_age, prompt=login) is sent straight back; otherwise the login
- * page signs them in through the same PasswordSignIn (throttle, audit) as POST /api/v1/login.
+ * The login (or consent) page of an interaction, for the interaction routes and the form lane
+ * (src/http/form-lane.ts) alike: written on the plain response, so both send the same bytes.
  */
-export function interactionRoutes(s: Services, oidc: Oidc): Router {
-  const r = Router();
+export function loginPages(oidc: Oidc) {
   const { provider } = oidc;
-
-  const hostedForm = hostedFormGuard(s.config.issuerOrigin);
-
   const clientView = async (clientId: string | undefined) => {
     const client = clientId ? await provider.Client.find(clientId) : undefined;
     const meta = client?.metadata() as
@@ -65,6 +63,61 @@ export function interactionRoutes(s: Services, oidc: Oidc): Router {
       redirects: meta?.redirect_uris ?? [],
     };
   };
+
+  const renderLoginOrConsent = async (
+    res: ServerResponse,
+    details: InteractionDetails,
+    lang: Lang,
+    status: number,
+    page: { error?: LoginError | undefined; loginId?: string | undefined; challenge?: object | undefined },
+  ) => {
+    const client = await clientView(details.params.client_id as string | undefined);
+    pageHeaders(res, client.redirects);
+    const base = `/interaction/${encodeURIComponent(details.uid)}`;
+    const switchHref = `${base}?lang=${lang === "ja" ? "en" : "ja"}`;
+    if (details.prompt.name === "consent") {
+      const scopes = String(details.params.scope ?? "")
+        .split(" ")
+        .filter(Boolean);
+      sendHtml(
+        res,
+        status,
+        consentPage({ lang, action: `${base}/consent`, clientName: client.name, scopes, switchHref }),
+      );
+      return;
+    }
+    sendHtml(
+      res,
+      status,
+      loginPage({
+        lang,
+        action: `${base}/login?lang=${lang}`,
+        clientName: client.name,
+        logoUri: client.logoUri,
+        error: page.error,
+        loginId: page.loginId,
+        switchHref,
+        next: base,
+        challenge: page.challenge,
+      }),
+    );
+  };
+
+  return { clientView, renderLoginOrConsent };
+}
+
+/**
+ * The interaction pages oidc-provider sends members to. A member whose Sekisho session already
+ * satisfies the request (level, max_age, prompt=login) is sent straight back; otherwise the login
+ * page signs them in through the same PasswordSignIn (throttle, audit) as POST /api/v1/login.
+ */
+export function interactionRoutes(s: Services, oidc: Oidc): Router {
+  const r = Router();
+  const { provider } = oidc;
+
+  const hostedForm = hostedFormGuard(s.config.issuerOrigin);
+
+  const { clientView, renderLoginOrConsent } = loginPages(oidc);
 
   type Details = { params: Record<string, unknown>; prompt: { reasons: string[] }; iat?: number };
   /** What this member's sign-in must reach here: the MFA policies (global, site, admins') and acr_values. */
@@ -101,39 +154,10 @@ export function interactionRoutes(s: Services, oidc: Oidc): Router {
     error?: LoginError,
     loginId?: string,
     challenge?: object,
+    known?: InteractionDetails,
   ) => {
-    const details = await provider.interactionDetails(req, res);
-    const client = await clientView(details.params.client_id as string | undefined);
-    const lang: Lang = reqLang(req);
-    pageHeaders(res, client.redirects);
-    const base = `/interaction/${encodeURIComponent(details.uid)}`;
-    const switchHref = `${base}?lang=${lang === "ja" ? "en" : "ja"}`;
-    if (details.prompt.name === "consent") {
-      const scopes = String(details.params.scope ?? "")
-        .split(" ")
-        .filter(Boolean);
-      res
-        .status(status)
-        .type("html")
-        .send(consentPage({ lang, action: `${base}/consent`, clientName: client.name, scopes, switchHref }));
-      return;
-    }
-    res
-      .status(status)
-      .type("html")
-      .send(
-        loginPage({
-          lang,
-          action: `${base}/login?lang=${lang}`,
-          clientName: client.name,
-          logoUri: client.logoUri,
-          error,
-          loginId,
-          switchHref,
-          next: base,
-          challenge,
-        }),
-      );
+    const details = known ?? (await provider.interactionDetails(req, res));
+    await renderLoginOrConsent(res, details, reqLang(req), status, { error, loginId, challenge });
   };
 
   const finishLogin = async (req: Request, res: Response, session: Session) => {
@@ -207,9 +231,10 @@ export function interactionRoutes(s: Services, oidc: Oidc): Router {
 
   r.post("/interaction/:uid/login", ...hostedForm, async (req, res) => {
     const details = await provider.interactionDetails(req, res);
-    if (details.prompt.name !== "login") return render(req, res, 400, "badRequest");
+    if (details.prompt.name !== "login")
+      return render(req, res, 400, "badRequest", undefined, undefined, details);
     const form = loginForm.safeParse(req.body);
-    if (!form.success) return render(req, res, 400, "badRequest");
+    if (!form.success) return render(req, res, 400, "badRequest", undefined, undefined, details);
     const step = await passwordStep(
       s,
       req,
@@ -220,11 +245,13 @@ export function interactionRoutes(s: Services, oidc: Oidc): Router {
         acrValues: requestedAcr(details.params) ?? null,
       },
     );
-    if (!step.ok) return render(req, res, step.status, step.error, form.data.login_id, step.challenge);
+    if (!step.ok)
+      return render(req, res, step.status, step.error, form.data.login_id, step.challenge, details);
     const result = step.value;
-    if (result.status === "failed") return render(req, res, 401, "invalid", form.data.login_id);
+    if (result.status === "failed")
+      return render(req, res, 401, "invalid", form.data.login_id, undefined, details);
     if (result.status === "password_reset_required")
-      return render(req, res, 403, "resetRequired", form.data.login_id);
+      return render(req, res, 403, "resetRequired", form.data.login_id, undefined, details);
     if (result.status === "mfa_required") {
       return renderMfa(req, res, 200, { methods: result.methods, mfaToken: result.mfaToken });
     }
