@@ -12,7 +12,8 @@
  * catch-up burst above the rate), and those admitted attempts are hashed — how long that lasts
  * and what the member saw meanwhile are printed, so a slower start shows.
  *
- * Env: FLOOD_SECONDS (default 8), FLOOD_RATE (default 1000 requests/s); FLOOD_PROFILE=1 writes a
+ * Env: FLOOD_SECONDS (default 8), FLOOD_RATE (default 1000 requests/s), FLOOD_VIA=form (the flood
+ * posts to the hosted sign-in form instead of the JSON API; see formTarget); FLOOD_PROFILE=1 writes a
  * CPU profile of the server to bench/out/, FLOOD_DEBUG=1 prints every latency (diagnostics).
  */
 import { type ChildProcess, spawn } from "node:child_process";

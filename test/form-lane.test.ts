@@ -152,6 +152,15 @@ describe("form lane", () => {
     expect(lane.stats.passedOn).toBe(before + 1);
     expect(stale.status).toBeGreaterThanOrEqual(400);
     expect(stale.text).not.toContain("<altcha-widget");
+    // A tampered interaction cookie signature: the same.
+    const tampered = form.cookie.replace(
+      /(_interaction\.sig=[^;]*?)(.)(;|$)/,
+      (_m, a, c, e) => `${a}${c === "A" ? "B" : "A"}${e}`,
+    );
+    expect(tampered).not.toBe(form.cookie);
+    const forged = await passedOn({ body: attempt("form.member"), headers: { Cookie: tampered } });
+    expect(forged.status).toBeGreaterThanOrEqual(400);
+    expect(forged.text).not.toContain("<altcha-widget");
   });
 
   it("leaves other spellings, types and origins to express (which refuses a cross-origin post)", async () => {

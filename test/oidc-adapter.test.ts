@@ -264,19 +264,23 @@ describe("OIDC storage adapter", () => {
       });
     });
 
-    it("keeps no interaction or provider session in memory (anyone can have those written)", async () => {
-      await adapter("Interaction").upsert(
-        "i1",
-        { jti: "i1", uid: "i1", params: { state: "x".repeat(7_500) } },
-        600,
-      );
-      expect(await adapter("Interaction").find("i1")).toBeDefined();
-      t.s.db.$client.prepare("DELETE FROM oidc_payloads WHERE model = 'Interaction'").run();
-      expect(await adapter("Interaction").find("i1")).toBeUndefined(); // read from the database
-      // while a grant, read on every token request, is kept
+    it("keeps interactions apart, so a flood of them (anyone can have those written) can't push tokens out; sessions not at all", async () => {
       await adapter("Grant").upsert("g1", { jti: "g1", accountId: "s" }, 600);
-      t.s.db.$client.prepare("DELETE FROM oidc_payloads WHERE model = 'Grant'").run();
-      expect(await adapter("Grant").find("g1")).toBeDefined();
+      // 2,300 interactions of 7.5 KB: more than the whole token cache holds (16 MB).
+      const state = "x".repeat(7_500);
+      for (let i = 0; i < 2_300; i++)
+        await adapter("Interaction").upsert(`i${i}`, { jti: `i${i}`, uid: `i${i}`, params: { state } }, 600);
+      const held = store.memory();
+      expect(held.tokens).toBe(1); // the grant is still held
+      expect(held.interactions).toBeGreaterThan(0);
+      expect(held.interactionBytes).toBeLessThanOrEqual(4 * 1024 * 1024); // bounded
+      // Read back from memory: the row is gone from the database.
+      t.s.db.$client.prepare("DELETE FROM oidc_payloads WHERE model IN ('Grant', 'Interaction')").run();
+      expect(await adapter("Interaction").find("i2299")).toBeDefined();
+      expect(await adapter("Interaction").find("i0")).toBeUndefined(); // the oldest went
+      await adapter("Session").upsert("s1", { jti: "s1", uid: "u1", accountId: "s" }, 600);
+      t.s.db.$client.prepare("DELETE FROM oidc_payloads WHERE model = 'Session'").run();
+      expect(await adapter("Session").find("s1")).toBeUndefined(); // read from the database
     });
 
     it("keeps no bearer token in a row's payload, and gives it back by the id it is found by", async () => {

@@ -69,7 +69,7 @@ export function othersCommits(db: Db): () => number {
     let at = Number.NEGATIVE_INFINITY;
     read = () => {
       const now = performance.now();
-      if (now - at >= 5) {
+      if (now - at >= 5 || now < at) {
         value = stmt.get() as number;
         at = now;
       }

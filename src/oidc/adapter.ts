@@ -83,6 +83,13 @@ const GROUPED = new Set(["AccessToken", "RefreshToken", "AuthorizationCode", "Cl
 const CACHED = new Set([...GROUPED, "Grant"]);
 const CACHE_ENTRIES = 10_000;
 const CACHE_BYTES = 16 * 1024 * 1024;
+/**
+ * Interactions are kept too, in a cache of their own: the hosted login form reads one on every
+ * post (a flood of refused attempts reads the same one again and again), and anyone can have
+ * them written (an authorization request with a long `state`), so they can't push out tokens.
+ */
+const INTERACTION_ENTRIES = 2_000;
+const INTERACTION_BYTES = 4 * 1024 * 1024;
 /** Revoked grants remembered (by id hash), so that a token of one can't be written afterwards. */
 const REVOKED_GRANTS = 100_000;
 
@@ -154,6 +161,12 @@ export class OidcStore {
       }
     },
   });
+  /** Interactions, decrypted (see INTERACTION_ENTRIES); emptied with the cache. */
+  readonly #interactions = new LRUCache<string, Held>({
+    max: INTERACTION_ENTRIES,
+    maxSize: INTERACTION_BYTES,
+    sizeCalculation: (held) => held.json.length + 100,
+  });
   /** The cached keys of each grant and member (`g:<grant id>`, `a:<sub>`), for revocations. */
   readonly #owned = new Map<string, Set<string>>();
   /**
@@ -175,6 +188,8 @@ export class OidcStore {
     this.#db = deps.db;
     this.#clock = deps.clock;
     this.#keys = deps.keys;
+    // As of now: what this store caches from here on is current (reading it needs no table).
+    this.#dataVersion = othersCommits(this.#db)();
   }
 
   #context(model: string, idHash: string) {
@@ -245,7 +260,24 @@ export class OidcStore {
       this.#dataVersion = v;
       this.#cache.clear();
       this.#owned.clear();
+      this.#interactions.clear();
     }
+  }
+
+  /** How many payloads are kept in memory, and their size (JSON bytes, plus 100 each). */
+  memory(): { tokens: number; tokenBytes: number; interactions: number; interactionBytes: number } {
+    return {
+      tokens: this.#cache.size,
+      tokenBytes: this.#cache.calculatedSize,
+      interactions: this.#interactions.size,
+      interactionBytes: this.#interactions.calculatedSize,
+    };
+  }
+
+  /** Where a model's payloads are kept in memory, if they are. */
+  #memoryFor(model: string): LRUCache<string, Held> | null {
+    if (CACHED.has(model)) return this.#cache;
+    return model === "Interaction" ? this.#interactions : null;
   }
 
   #live(model: string, id: string, row: Row | undefined): AdapterPayload | undefined {
@@ -421,6 +453,7 @@ export class OidcStore {
     }
     this.#upsert().run(row);
     if (CACHED.has(model)) this.#remember(key, held);
+    else if (model === "Interaction") this.#interactions.set(key, held);
   }
 
   #remember(key: string, held: Held): void {
@@ -439,7 +472,8 @@ export class OidcStore {
     const pending = this.#pendingRows.get(key);
     if (pending) return this.#payloadOf(id, pending, pendingConsume);
     this.#checkOthers();
-    let held = this.#cache.get(key);
+    const memory = this.#memoryFor(model);
+    let held = memory?.get(key);
     if (!held) {
       const row = this.#find().get(model, idHash) as
         | (Row & { grant_id: string | null; account_id: string | null })
@@ -452,7 +486,8 @@ export class OidcStore {
         grantId: row.grant_id,
         accountId: row.account_id,
       };
-      if (CACHED.has(model)) this.#remember(key, held);
+      if (memory === this.#cache) this.#remember(key, held);
+      else memory?.set(key, held);
     }
     return this.#payloadOf(id, held, held.consumedAt ?? pendingConsume);
   }
@@ -512,6 +547,7 @@ export class OidcStore {
     const key = `${model} ${idHash}`;
     this.#drop((k) => k === key, false);
     this.#cache.delete(key);
+    this.#interactions.delete(key);
     this.#destroy().run(model, idHash);
   }
 

@@ -1,4 +1,4 @@
-import { createHmac } from "node:crypto";
+import { createHmac, timingSafeEqual } from "node:crypto";
 import type { IncomingMessage, ServerResponse } from "node:http";
 import { eq, sql } from "drizzle-orm";
 import type { RequestHandler } from "express";
@@ -172,7 +172,11 @@ export function createOidc(s: Services, opts: { clientIp: (req: IncomingMessage)
           }
         : store.adapterFactory()(model),
     jwks: signingPlan(keyring, s.clock.now().getTime()).jwks,
-    cookies: { keys: [cookieKey("1")], long: { signed: true }, short: { signed: true } },
+    cookies: {
+      keys: cookieSigner([cookieKey("1")]) as unknown as string[],
+      long: { signed: true },
+      short: { signed: true },
+    },
     // acr, amr, auth_time and sid ride with `openid`, so every ID token reports the achieved level.
     claims: {
       acr: null,
@@ -540,4 +544,28 @@ function answerUncommitted(
   ctx.body = known
     ? { error: oidcError.error, error_description: oidcError.error_description }
     : { error: "server_error", error_description: "oops! something went wrong" };
+}
+
+/**
+ * The provider's cookie keys as keygrip's interface (`sign`, `verify`, `index`), which koa's
+ * cookies take in place of a key list: the same signatures keygrip makes (HMAC-SHA1, base64url;
+ * the first key signs, every key verifies), compared with `crypto.timingSafeEqual`. keygrip
+ * compares through tsscmp, which HMACs both sides again under fresh random bytes: ~30 µs a
+ * hosted-form post (the interaction cookie), which a flood of refused sign-ins pays by the thousand.
+ */
+export function cookieSigner(keys: readonly string[]) {
+  const sign = (data: string, key: string) => createHmac("sha1", key).update(data).digest("base64url");
+  const index = (data: string, digest: string): number => {
+    const presented = Buffer.from(String(digest));
+    for (let i = 0; i < keys.length; i++) {
+      const expected = Buffer.from(sign(data, keys[i] as string));
+      if (presented.length === expected.length && timingSafeEqual(presented, expected)) return i;
+    }
+    return -1;
+  };
+  return {
+    sign: (data: string) => sign(data, keys[0] as string),
+    verify: (data: string, digest: string) => index(data, digest) > -1,
+    index,
+  };
 }
