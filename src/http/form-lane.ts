@@ -18,10 +18,12 @@ import {
   type LaneRequest,
   laneAnswer,
   laneRequest,
+  single,
   type securityHeaders,
 } from "./middleware.js";
 import { type Lang, type LoginError, langOf } from "./pages.js";
 import type { InteractionDetails } from "./routes/interactions.js";
+import type { SignInLane } from "./sign-in-lane.js";
 
 /**
  * The form lane: `POST /interaction/:uid/login`, the hosted sign-in form, checked by the throttle
@@ -46,14 +48,8 @@ import type { InteractionDetails } from "./routes/interactions.js";
  * test/form-lane.test.ts sends the same requests to apps with and without the lane and compares
  * the answers.
  */
-export interface FormLane {
-  /** Will the lane take this request? (Cheap: method, path and headers only.) */
-  takes(req: IncomingMessage): boolean;
-  /** Answer a refusal, or call `onward` with `req.body` set. Only for requests `takes` took. */
-  run(req: IncomingMessage, res: ServerResponse, onward: () => void): void;
-  /** Requests answered here, and those passed on to express. */
-  readonly stats: { answered: number; passedOn: number };
-}
+/** Takes, answers or passes on as the sign-in lane does. */
+export type FormLane = SignInLane;
 
 /** The hosted forms' body limit (src/http/hosted.ts, `hostedForm`). */
 export const FORM_LIMIT = 8 * 1024;
@@ -109,7 +105,6 @@ export function formLane(deps: {
     const q = url.indexOf("?");
     // express's "simple" query parser is node's querystring.
     const query = q < 0 ? {} : querystring.parse(url.slice(q + 1));
-    const single = (v: string | string[] | undefined) => (Array.isArray(v) ? v.join(", ") : v);
     const lang = langOf(single(req.headers["accept-language"]), single(req.headers.cookie), query.lang);
     const pass = () => {
       stats.passedOn++;
@@ -154,7 +149,7 @@ export function formLane(deps: {
     }
     const form = loginForm.safeParse(body);
     if (details.prompt.name !== "login" || !form.success) return pass();
-    const cookie = Array.isArray(req.headers.cookie) ? req.headers.cookie.join(", ") : req.headers.cookie;
+    const cookie = single(req.headers.cookie);
     let refusal: ApiError | null;
     try {
       refusal = deps.signIn.refusal(
@@ -166,7 +161,7 @@ export function formLane(deps: {
         {
           ip: r.ip,
           requestId: r.requestId,
-          userAgent: (req.headers["user-agent"] as string | undefined) ?? null,
+          userAgent: single(req.headers["user-agent"]) ?? null,
           deviceToken: deviceTokenFrom(cookie),
           previousToken: sessionTokenFrom(cookie),
         },

@@ -40,6 +40,11 @@ export function clientIpOf(computed: string | undefined, remote: string | undefi
   return ip.startsWith("::ffff:") && ip.includes(".") ? ip.slice(7) : ip;
 }
 
+/** A request header as express's `req.get` reads it (repeated ones joined), for the lanes. */
+export function single(v: string | string[] | undefined): string | undefined {
+  return Array.isArray(v) ? v.join(", ") : v;
+}
+
 /** The client's X-Request-Id when it is a sane one, else a fresh random id. */
 export function requestIdFrom(incoming: string | undefined): string {
   return incoming && /^[A-Za-z0-9._-]{8,64}$/.test(incoming)

@@ -14,6 +14,7 @@ import {
   laneAnswer,
   laneRequest,
   noStoreHeaders,
+  single,
   type securityHeaders,
 } from "./middleware.js";
 import { loginBody } from "./routes/members.js";
@@ -182,8 +183,4 @@ export function signInLane(deps: {
   }
 
   return { takes, run, stats };
-}
-
-function single(v: string | string[] | undefined): string | undefined {
-  return Array.isArray(v) ? v.join(", ") : v;
 }
