@@ -1,10 +1,14 @@
+import http from "node:http";
 import type { Express } from "express";
 import supertest from "supertest";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { createApp } from "../src/http/app.js";
-import type { FormLane } from "../src/http/form-lane.js";
+import { type FormLane, formLane } from "../src/http/form-lane.js";
+import { securityHeaders } from "../src/http/middleware.js";
+import type { Oidc } from "../src/oidc/provider.js";
 import { Clients } from "../src/oidc/clients.js";
 import { makeApp, ORIGIN, register, STRONG_PASSWORD, type TestApp } from "./support/app.js";
+import { headersOf } from "./support/lanes.js";
 
 /**
  * The form lane (src/http/form-lane.ts) answers refused sign-ins on the hosted login form before
@@ -54,9 +58,6 @@ describe("form lane", () => {
     for (const [k, v] of Object.entries(r.headers ?? {})) req.set(k, v);
     return req.send(r.body);
   };
-  const VARYING = new Set(["date", "connection", "keep-alive"]);
-  const headersOf = (res: { headers: Record<string, unknown> }, skip: string[] = []) =>
-    Object.fromEntries(Object.entries(res.headers).filter(([k]) => !VARYING.has(k) && !skip.includes(k)));
   /** A challenge is fresh each time (salt, signature): the page is compared without it. */
   const withoutChallenge = (html: string) => html.replace(/challenge="[^"]*"/, 'challenge="…"');
 
@@ -161,6 +162,40 @@ describe("form lane", () => {
     const forged = await passedOn({ body: attempt("form.member"), headers: { Cookie: tampered } });
     expect(forged.status).toBeGreaterThanOrEqual(400);
     expect(forged.text).not.toContain("<altcha-widget");
+  });
+
+  it("answers a refusal page that fails to render with a 500 and the request id, never an unhandled rejection", async () => {
+    // The lane answers outside express: an error in its async work has no express to catch it.
+    const oidc = t.app.locals.oidc as Oidc;
+    const failing = formLane({
+      signIn: t.s.signIn,
+      interactionDetails: (req, res) => oidc.provider.interactionDetails(req, res),
+      renderLogin: async () => {
+        throw new Error("the page broke");
+      },
+      logger: t.s.logger,
+      metrics: t.s.metrics,
+      issuerOrigin: t.s.config.issuerOrigin,
+      secureCookies: false,
+      trustProxy: () => false,
+      headers: securityHeaders({}),
+      shuttingDown: () => false,
+    });
+    const server = http.createServer((req, res) => {
+      if (!failing.takes(req)) throw new Error("not taken");
+      failing.run(req, res, () => res.writeHead(418).end());
+    });
+    t.s.guard.underAttackUntil = t.clock.now().getTime() + 15 * 60_000;
+    const res = await supertest(server)
+      .post(`${form.path}?lang=ja`)
+      .set("Origin", ORIGIN)
+      .set("Cookie", form.cookie)
+      .set("X-Request-Id", "form-lane-test-02")
+      .type("form")
+      .send(attempt("form.member"));
+    expect(res.status).toBe(500);
+    expect(res.body).toMatchObject({ error: "server_error", request_id: "form-lane-test-02" });
+    expect(res.text).not.toContain("the page broke");
   });
 
   it("leaves other spellings, types and origins to express (which refuses a cross-origin post)", async () => {

@@ -6,6 +6,7 @@ import { createApp } from "../src/http/app.js";
 import type { ProviderLane } from "../src/http/provider-lane.js";
 import { Clients } from "../src/oidc/clients.js";
 import { makeApp, register, type TestApp } from "./support/app.js";
+import { headersOf } from "./support/lanes.js";
 
 /**
  * The provider lane (src/http/provider-lane.ts) hands the provider's JSON endpoints to it before
@@ -68,9 +69,6 @@ describe("provider lane", () => {
     for (const [k, v] of Object.entries(r.headers ?? {})) req.set(k, v);
     return r.form ? req.type("form").send(r.form) : req;
   };
-  const VARYING = new Set(["date", "connection", "keep-alive"]);
-  const headersOf = (res: { headers: Record<string, unknown> }) =>
-    Object.fromEntries(Object.entries(res.headers).filter(([k]) => !VARYING.has(k)));
 
   async function sameAnswer(r: Req) {
     const before = lane.stats.taken;
@@ -197,6 +195,29 @@ describe("provider lane", () => {
     expect(
       t.s.db.$client.prepare("SELECT model FROM oidc_payloads WHERE account_id = ?").pluck().all(sub),
     ).toEqual([]);
+  });
+
+  it("answers server_error, with no token, when the refresh's commit fails, and loses nothing: the same refresh token works again", async () => {
+    // The writes of a token request settle before their commit (one commit per turn): the answer
+    // still waits for it, and a failed commit must not answer with tokens that were never stored.
+    const rt = await refreshToken(t.app);
+    t.s.db.$client.exec(
+      "CREATE TEMP TRIGGER refuse BEFORE INSERT ON oidc_payloads WHEN NEW.model = 'RefreshToken' BEGIN SELECT RAISE(ABORT, 'disk says no'); END",
+    );
+    const refresh = () =>
+      supertest(t.app)
+        .post("/oidc/token")
+        .set("Authorization", basic())
+        .type("form")
+        .send({ grant_type: "refresh_token", refresh_token: rt });
+    const failed = await refresh();
+    expect(failed.status).toBe(500);
+    expect(failed.body).toEqual({ error: "server_error", error_description: expect.any(String) });
+    expect(failed.headers["cache-control"]).toBe("no-store");
+    t.s.db.$client.exec("DROP TRIGGER temp.refuse");
+    const retried = await refresh();
+    expect(retried.status).toBe(200);
+    expect(retried.body.refresh_token).toBeTruthy();
   });
 
   it("audits a member site's read of the profile with the address the trusted proxy saw, not one the client wrote", async () => {

@@ -7,6 +7,7 @@ import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { createApp } from "../src/http/app.js";
 import type { SignInLane } from "../src/http/sign-in-lane.js";
 import { makeApp, ORIGIN, register, STRONG_PASSWORD, type TestApp } from "./support/app.js";
+import { headersOf } from "./support/lanes.js";
 
 /**
  * The sign-in lane (src/http/sign-in-lane.ts) answers refused password sign-ins before express.
@@ -40,10 +41,6 @@ describe("sign-in lane", () => {
     // The bytes as they are (superagent would serialise a Buffer as JSON).
     return req.serialize((b: unknown) => b as string).send(r.body as string);
   };
-  /** Headers that differ between any two answers (the clock, the connection). */
-  const VARYING = new Set(["date", "connection", "keep-alive"]);
-  const headersOf = (res: { headers: Record<string, unknown> }, skip: string[] = []) =>
-    Object.fromEntries(Object.entries(res.headers).filter(([k]) => !VARYING.has(k) && !skip.includes(k)));
 
   /** The same request through both apps: the lane must have answered it, identically. */
   async function sameAnswer(r: Req, opts: { random?: boolean } = {}) {

@@ -128,7 +128,13 @@ export function formLane(deps: {
         sendPageError(res, lang, api);
         return;
       }
-      void requestIds.run(r.requestId, () => decide(req, res, r, body.body, lang, answered, pass));
+      requestIds.run(r.requestId, () =>
+        // Nothing may escape as an unhandled rejection (it would stop the process): the error
+        // handler's answer instead (a 500 with the request id, the error logged).
+        decide(req, res, r, body.body, lang, answered, pass).catch((err: unknown) =>
+          answerError(deps.logger, res, err, r.requestId),
+        ),
+      );
     });
   }
 
@@ -172,15 +178,11 @@ export function formLane(deps: {
     if (refusal === null) return pass();
     answered();
     const page = pageRefusal(refusal, res);
-    try {
-      await deps.renderLogin(res, details, lang, page.status, {
-        error: page.error,
-        loginId: form.data.login_id,
-        challenge: page.challenge,
-      });
-    } catch (err) {
-      answerError(deps.logger, res, err, r.requestId);
-    }
+    await deps.renderLogin(res, details, lang, page.status, {
+      error: page.error,
+      loginId: form.data.login_id,
+      challenge: page.challenge,
+    });
   }
 
   return { takes, run, stats };
