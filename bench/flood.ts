@@ -6,11 +6,11 @@
  * production argon2 parameters; the member signs in from their own browser (`sekisho_device`,
  * from an earlier sign-in with a second factor), as members with a second factor do.
  *
- * The target is measured once the flood is established: answered at its rate (two quarter-seconds
- * in a row within 10%). Its start is reported on a row of its own, without a target: the flood's
- * client ramps up (its 64 connections held by the attempts admitted before the alarm, then a
- * catch-up burst above the rate), and those admitted attempts are hashed — how long that lasts
- * and what the member saw meanwhile are printed, so a slower start shows.
+ * The target is measured over the whole flood, from its first request: its start (until it is
+ * answered at its rate, two quarter-seconds in a row within 10%; the flood's client ramps up, and
+ * the attempts admitted before the throttle caught on are hashed or challenged) and then
+ * FLOOD_SECONDS of the established flood. The start and the established flood are also printed
+ * on rows of their own, so a slower start shows.
  *
  * Env: FLOOD_SECONDS (default 8), FLOOD_RATE (default 1000 requests/s), FLOOD_VIA=form (the flood
  * posts to the hosted sign-in form instead of the JSON API; see formTarget); FLOOD_PROFILE=1 writes a
@@ -273,7 +273,7 @@ async function main(): Promise<number> {
       });
       flood.once("exit", (code) => reject(new Error(`flood process exited (${code})`)));
     });
-    // Until then the member signs in too: the flood's start is reported on its own (see above).
+    // The member signs in from the flood's first request: its start counts (and shows on its own row).
     const starting = await signInsWhile(
       () => established === null && Date.now() - floodStart < START_LIMIT_MS,
     );
@@ -287,14 +287,16 @@ async function main(): Promise<number> {
     const { sent, answered, seconds, statuses } = await report;
     const reached = answered / seconds;
 
-    const ratio = p99(loud.lat) / p99(quiet.lat);
+    const during = [...starting.lat, ...loud.lat];
+    const ratio = p99(during) / p99(quiet.lat);
     const lines = [
       "| measurement | value |",
       "| --- | --- |",
       `| member sign-in p99 without flood | ${p99(quiet.lat).toFixed(1)} ms (${quiet.lat.length} sign-ins) |`,
-      `| member sign-in p99 during the flood | ${p99(loud.lat).toFixed(1)} ms (${loud.lat.length} sign-ins) |`,
+      `| member sign-in p99 during the flood, from its first request | ${p99(during).toFixed(1)} ms (${during.length} sign-ins) |`,
       `| ratio (target ≤ ${TARGET}) | ${ratio.toFixed(2)} ${ratio <= TARGET ? "met" : "**missed**"} |`,
-      `| the flood starting: until answered at its rate | ${startSeconds.toFixed(1)} s; member's median meanwhile ${median(starting.lat).toFixed(1)} ms, slowest ${Math.max(...starting.lat).toFixed(1)} ms (${starting.lat.length} sign-ins; no target) |`,
+      `| of which the flood's start: until answered at its rate | ${startSeconds.toFixed(1)} s; member's median ${median(starting.lat).toFixed(1)} ms, slowest ${Math.max(...starting.lat).toFixed(1)} ms (${starting.lat.length} sign-ins) |`,
+      `| of which the established flood: member's p99 | ${p99(loud.lat).toFixed(1)} ms (${loud.lat.length} sign-ins) |`,
       `| server event loop busy, without / during the flood | ${cpuPercent(cpu0, cpu1)} / ${cpuPercent(cpu2, cpu3)} |`,
       `| flood rate reached (answered while flooding) | ${Math.round(reached)}/s of ${RATE}/s asked |`,
       `| flood requests sent | ${sent} (${Object.entries(statuses)
@@ -306,6 +308,7 @@ async function main(): Promise<number> {
       process.stdout.write(
         `${JSON.stringify({
           quiet: [...quiet.lat].sort((a, b) => a - b).map(Math.round),
+          starting: [...starting.lat].sort((a, b) => a - b).map(Math.round),
           loud: [...loud.lat].sort((a, b) => a - b).map(Math.round),
         })}\n`,
       );

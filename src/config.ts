@@ -94,6 +94,8 @@ const schema = z
       sprayAccounts: z.number().int().min(2),
       attackFloorPerMinute: z.number().int().min(1),
       attackFactor: z.number().min(1),
+      overloadBacklog: z.number().int().min(1).max(100_000),
+      overloadHoldSeconds: z.number().int().min(1).max(24 * 60 * 60),
       maxKeys: z.number().int().min(1000).max(10_000_000),
       challengeMaxNumber: z.number().int().min(10).max(10_000_000),
       mailIp: z.number().int().min(1),

@@ -100,11 +100,8 @@ export function buildServices(deps: {
 }): Services {
   const { config, db, clock, keys, logger } = deps;
   const audit = new AuditLog({ db, keys, clock });
-  const hasher = new PasswordHasher({
-    params: config.argon2,
-    keys,
-    queue: new HashQueue(config.hashConcurrency, config.hashQueueMax),
-  });
+  const hashQueue = new HashQueue(config.hashConcurrency, config.hashQueueMax);
+  const hasher = new PasswordHasher({ params: config.argon2, keys, queue: hashQueue });
   const alertHooks = config.alertWebhook
     ? new AlertHooks({ db, clock, logger, url: config.alertWebhook.url, secret: config.alertWebhook.secret })
     : undefined;
@@ -169,6 +166,8 @@ export function buildServices(deps: {
       return memberId;
     },
     policy: config.throttle,
+    backlog: () => hashQueue.backlog,
+    reconsider: () => hashQueue.reconsider(),
   });
   const factors = new Factors(
     db,

@@ -181,6 +181,42 @@ describe("HashQueue withdrawal", () => {
     expect(ran).toEqual(["wanted"]);
     expect(q.inFlight).toBe(0);
   });
+
+  it("reconsider: waiting jobs that are no longer wanted leave at once, without a slot; the rest keep their places", async () => {
+    const { HashQueue, WithdrawnJob } = await import("../src/passwords/queue.js");
+    const q = new HashQueue(1, 100);
+    const ran: string[] = [];
+    let release!: () => void;
+    const running = q.run(() => new Promise<void>((r) => (release = r)));
+    let alarm = false;
+    const jobs = ["a", "b", "c", "d"].map((name) =>
+      q.run(async () => void ran.push(name), {
+        // b and c would be refused once the alarm goes off; a and d not.
+        stillWanted: () => !(alarm && (name === "b" || name === "c")),
+      }),
+    );
+    const settled: string[] = [];
+    for (const [i, p] of jobs.entries()) {
+      p.then(
+        () => settled.push(`ran ${i}`),
+        () => settled.push(`withdrawn ${i}`),
+      );
+    }
+    expect(q.reconsider()).toBe(0); // nothing changed: nobody leaves
+    alarm = true;
+    expect(q.reconsider()).toBe(2);
+    await expect(jobs[1]).rejects.toBeInstanceOf(WithdrawnJob);
+    await expect(jobs[2]).rejects.toBeInstanceOf(WithdrawnJob);
+    // Withdrawn while the slot is still busy: nothing ran, the others still wait.
+    expect(settled).toEqual(["withdrawn 1", "withdrawn 2"]);
+    expect(q.backlog).toBe(2);
+    expect(q.inFlight).toBe(1);
+    release();
+    await Promise.all([running, jobs[0], jobs[3]]);
+    expect(ran).toEqual(["a", "d"]);
+    expect(q.inFlight).toBe(0);
+    expect(q.depth).toBe(0);
+  });
 });
 
 describe("HashQueue priority line", () => {

@@ -217,6 +217,44 @@ describe("login-anomaly engine (LoginGuard)", () => {
     expect(guard.underAttack()).toBe(true);
   });
 
+  it("challenges untrusted password sign-ins while the hashing backlog is deep, and for a while after; trusted devices and solved challenges pass", () => {
+    let waiting = 0;
+    guard = new LoginGuard({
+      db: t.s.db,
+      clock: t.clock,
+      alerts: t.s.alerts,
+      loginKey: (l) => t.s.guard.loginKey(l),
+      policy: { attackFloorPerMinute: 1000, overloadBacklog: 8, overloadHoldSeconds: 60 },
+      backlog: () => waiting,
+    });
+    const a = (i: number, over: Partial<Attempt> = {}) =>
+      attempt({ ip: `10.${i}.0.1`, loginId: `someone${i}`, ...over });
+    // A backlog below the limit: admitted as usual.
+    waiting = 7;
+    expect(guard.assess(a(1)).action).toBe("allow");
+    guard.settle(a(1), "neither");
+    expect(guard.overloaded()).toBe(false);
+    // At the limit: challenged, with the reason, and one alert however many attempts follow.
+    waiting = 8;
+    expect(guard.assess(a(2))).toMatchObject({ action: "challenge", reasons: ["overloaded"] });
+    expect(guard.refusal(a(3))).toMatchObject({ action: "challenge", reasons: ["overloaded"] });
+    for (let i = 0; i < 20; i++) guard.assess(a(10 + i));
+    expect(t.s.alerts.list().filter((x) => x.kind === "hash_backlog")).toHaveLength(1);
+    // Never a member on their own device, nor an attempt that solved its challenge.
+    expect(guard.assess(a(4, { trustedDevice: true })).action).toBe("allow");
+    guard.settle(a(4, { trustedDevice: true }), "success");
+    expect(guard.assess(a(5, { challengeSolved: true })).action).toBe("allow");
+    guard.settle(a(5, { challengeSolved: true }), "neither");
+    // The backlog drained: still challenged until a minute after it was last seen deep…
+    waiting = 0;
+    t.clock.advance(59_000);
+    expect(guard.assess(a(6))).toMatchObject({ action: "challenge", reasons: ["overloaded"] });
+    // …then admitted again.
+    t.clock.advance(1_000);
+    expect(guard.overloaded()).toBe(false);
+    expect(guard.assess(a(7)).action).toBe("allow");
+  });
+
   it("decides again for an admitted attempt that waited: a refusal then frees its slot, an allow keeps it", () => {
     const a = attempt({ ip: "192.0.2.44" });
     expect(guard.assess(a).action).toBe("allow");
@@ -480,6 +518,57 @@ describe("the engine behind the HTTP API", () => {
       (await post(t.app, "/api/v1/login", { login_id: "waiting.member", password: STRONG_PASSWORD })).status,
     ).toBe(200);
     expect(hashed.length).toBeGreaterThan(0);
+  });
+
+  it("a burst of sign-ins deeper than the hashing backlog limit is challenged, the waiting ones at once, and untrusted sign-ins stay challenged until the hold ends", async () => {
+    t = makeApp({
+      SEKISHO_TRUST_PROXY: "loopback",
+      SEKISHO_HASH_CONCURRENCY: "1",
+      SEKISHO_THROTTLE_POLICY: JSON.stringify({ attackFloorPerMinute: 1000, overloadBacklog: 3 }),
+    });
+    await register(t.app, { login_id: "burst.member" });
+    await t.s.hasher.warm();
+    // The one hashing slot is busy; unknown login IDs from fresh addresses queue behind it.
+    let release!: () => void;
+    const busy = t.s.hasher.queue.run(() => new Promise<void>((r) => (release = r)));
+    const burst = (from: number, n: number) =>
+      Array.from({ length: n }, (_, i) =>
+        // (.then sends it now: a supertest request goes out when it is awaited or then-ed)
+        loginFrom(t.app, `198.51.${from + i}.1`, { login_id: `nobody${from + i}`, password: "a guess" }).then(
+          (r) => r,
+        ),
+      );
+    const first = burst(0, 3);
+    for (let i = 0; i < 50 && t.s.hasher.queue.backlog < 3; i++) await new Promise((r) => setTimeout(r, 10));
+    expect(t.s.hasher.queue.backlog).toBe(3);
+    // The backlog is at the limit: the next attempts are challenged at once, without queueing.
+    for (const res of await Promise.all(burst(10, 2))) {
+      expect(res.status, res.text).toBe(403);
+      expect(res.body.error).toBe("challenge_required");
+    }
+    expect(t.s.hasher.queue.inFlight).toBe(1);
+    expect(t.s.alerts.list().map((a) => a.kind)).toContain("hash_backlog");
+    // The waiting ones are challenged at once, while the slot is still busy, instead of hashed.
+    for (const res of await Promise.all(first)) {
+      expect(res.status, res.text).toBe(403);
+      expect(res.body.error).toBe("challenge_required");
+    }
+    expect(t.s.hasher.queue.depth).toBe(0);
+    expect(t.s.hasher.queue.inFlight).toBe(1);
+    release();
+    await busy;
+    expect(t.s.hasher.queue.inFlight).toBe(0);
+    // Still overloaded (it holds a minute): an untrusted sign-in with the right password is challenged…
+    const member = await loginFrom(t.app, "203.0.113.7", {
+      login_id: "burst.member",
+      password: STRONG_PASSWORD,
+    });
+    expect(member.status).toBe(403);
+    // …and after the hold, it goes through.
+    t.clock.advance(61_000);
+    expect(
+      (await loginFrom(t.app, "203.0.113.7", { login_id: "burst.member", password: STRONG_PASSWORD })).status,
+    ).toBe(200);
   });
 
   it("ignores X-Forwarded-For when SEKISHO_TRUST_PROXY is unset (no spoofed fresh addresses)", async () => {

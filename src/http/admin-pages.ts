@@ -167,6 +167,7 @@ const modeLabel = (c: (typeof C)[Lang], mode: string): string =>
 const ALERT_KIND: Record<string, { ja: string; en: string }> = {
   under_attack: { ja: "サービス全体への攻撃", en: "Service under attack" },
   password_spraying: { ja: "パスワードスプレー攻撃", en: "Password spraying" },
+  hash_backlog: { ja: "パスワード照合の待ち行列が過大", en: "Password checks backed up" },
   account_protected: { ja: "アカウント保護の開始", en: "Account protected" },
   network_blocked: { ja: "ネットワークの遮断", en: "Network blocked" },
   honeytoken_touched: { ja: "おとり会員へのアクセス", en: "Decoy member touched" },

@@ -14,8 +14,8 @@ export class HashQueue {
   readonly concurrency: number;
   readonly maxQueued: number;
   #running = 0;
-  #waiting: Array<() => void> = [];
-  #priority: Array<() => void> = [];
+  #waiting: Waiter[] = [];
+  #priority: Waiter[] = [];
   /** Told how long each job waited for a slot (seconds), and of each refusal (metrics). */
   observer: { waited(seconds: number): void; refused(): void } | null = null;
 
@@ -26,6 +26,10 @@ export class HashQueue {
 
   get depth(): number {
     return this.#waiting.length + this.#priority.length;
+  }
+  /** Jobs waiting in the ordinary line (not the priority one): the backlog of untrusted work. */
+  get backlog(): number {
+    return this.#waiting.length;
   }
   get inFlight(): number {
     return this.#running;
@@ -51,7 +55,14 @@ export class HashQueue {
           detail: `hash queue full (${line.length} waiting)`,
         });
       }
-      await new Promise<void>((resolve) => line.push(resolve));
+      const granted = await new Promise<boolean>((grant) =>
+        line.push({ grant, stillWanted: opts.stillWanted }),
+      );
+      if (!granted) {
+        // Withdrawn while it waited (reconsider): it never held a slot.
+        this.observer?.waited((performance.now() - queuedAt) / 1000);
+        throw new WithdrawnJob();
+      }
       waited = true;
     } else {
       this.#running++;
@@ -63,10 +74,36 @@ export class HashQueue {
     } finally {
       const next = this.#priority.shift() ?? this.#waiting.shift();
       // Hand the slot straight to the next waiter (running count unchanged), or free it.
-      if (next) next();
+      if (next) next.grant(true);
       else this.#running--;
     }
   }
+
+  /**
+   * Ask every waiting job that has a `stillWanted` whether it still is, now rather than when its
+   * turn comes: those that are not leave the line at once (run() rejects with WithdrawnJob) and the
+   * rest keep their places. For the moment the service comes under attack or is overloaded: the
+   * attempts admitted just before are refused there and then, instead of holding their requests
+   * open until a slot frees up.
+   */
+  reconsider(): number {
+    let withdrawn = 0;
+    for (const line of [this.#priority, this.#waiting]) {
+      const keep: Waiter[] = [];
+      const gone: Waiter[] = [];
+      for (const w of line) (w.stillWanted && !w.stillWanted() ? gone : keep).push(w);
+      line.splice(0, line.length, ...keep);
+      for (const w of gone) w.grant(false);
+      withdrawn += gone.length;
+    }
+    return withdrawn;
+  }
+}
+
+/** A job waiting for a slot: granted one (true), or withdrawn without one (false). */
+interface Waiter {
+  grant: (granted: boolean) => void;
+  stillWanted: (() => boolean) | undefined;
 }
 
 /** A job that waited and, when its turn came, was no longer wanted (see HashQueue.run). */

@@ -80,6 +80,13 @@ export interface ThrottlePolicy {
   /** Service-wide failures a minute that count as an attack when also `attackFactor`× the baseline. */
   attackFloorPerMinute: number;
   attackFactor: number;
+  /**
+   * Password checks waiting for argon2 (the hashing queue's ordinary line) at which the service
+   * counts as overloaded: from then until `overloadHoldSeconds` after the backlog was last seen that
+   * deep, every untrusted password sign-in costs a proof-of-work instead of joining the backlog.
+   */
+  overloadBacklog: number;
+  overloadHoldSeconds: number;
   /** Keys the in-memory counters keep (least recently used go first). */
   maxKeys: number;
   /** Proof-of-work difficulty: the largest number a solver may have to try (SHA-256 each). */
@@ -109,6 +116,8 @@ export const DEFAULT_POLICY: ThrottlePolicy = {
   sprayAccounts: 20,
   attackFloorPerMinute: 10,
   attackFactor: 10,
+  overloadBacklog: 32,
+  overloadHoldSeconds: 60,
   maxKeys: 250_000,
   challengeMaxNumber: 500_000,
   mailIp: 10,
@@ -168,6 +177,11 @@ export class LoginGuard {
   #minuteFailures = 0;
   #baseline = 0;
   underAttackUntil = 0;
+  overloadedUntil = 0;
+  /** Password checks waiting for argon2 now (HashQueue's ordinary line); none when not told. */
+  readonly #backlog: () => number;
+  /** Has the hashing queue decide again, now, for every attempt waiting in it (HashQueue.reconsider). */
+  readonly #reconsider: () => void;
   readonly #global: MemoryCounterStore;
   readonly #mailGlobal: MemoryCounterStore;
 
@@ -190,7 +204,18 @@ export class LoginGuard {
     policy?: Partial<ThrottlePolicy>;
     /** A counter store factory (one store per kind of key); default: in memory, LRU-bounded. */
     store?: () => CounterStore;
+    /** How many password checks wait for argon2 right now (the hashing queue's ordinary line). */
+    backlog?: () => number;
+    /**
+     * Called when the service comes under attack or is overloaded: the waiting attempts should be
+     * decided again now (HashQueue.reconsider), not when their turn comes. Called in a microtask,
+     * never from inside a decision.
+     */
+    reconsider?: () => void;
   }) {
+    this.#backlog = deps.backlog ?? (() => 0);
+    const reconsider = deps.reconsider;
+    this.#reconsider = reconsider ? () => queueMicrotask(reconsider) : () => {};
     this.#db = deps.db;
     this.#clock = deps.clock;
     this.#alerts = deps.alerts;
@@ -344,6 +369,8 @@ export class LoginGuard {
         }
         // The whole service is under attack: every untrusted password sign-in costs a proof-of-work.
         if (this.underAttack() && !a.challengeSolved) raise("challenge", "under_attack", 0);
+        // More password checks waiting than argon2 can work off soon: the same, until it clears.
+        if (!a.challengeSolved && this.#overloaded(now)) raise("challenge", "overloaded", 0);
       }
     }
     return { action, reasons, retryAfterSeconds: action === "allow" ? 0 : Math.max(1, retry) };
@@ -542,6 +569,7 @@ export class LoginGuard {
     const recent = this.#global.add("all", 1, now)[0] as number;
     const perMinute = Math.max(this.policy.attackFloorPerMinute, this.#baseline * this.policy.attackFactor);
     if (recent >= perMinute * (GLOBAL_WINDOW / MINUTE)) {
+      if (now >= this.underAttackUntil) this.#reconsider();
       this.underAttackUntil = now + 15 * MINUTE;
       this.#alerts.raise("under_attack", "critical", {
         failures_last_10_minutes: Math.round(recent),
@@ -674,12 +702,44 @@ export class LoginGuard {
     );
   }
 
-  /** Under attack: the service-wide failure rate is far above its baseline (an alert was raised). */
+  /**
+   * The hashing backlog detector. Attempts the throttle admits wait in the hashing queue; a flood
+   * that starts faster than the service-wide detector can count it (the first hundreds of attempts
+   * are all admitted, and counted as they are hashed) piles up there, and everyone behind it waits
+   * seconds for argon2, up to the queue's bound and its `503 server_busy`. A backlog of
+   * `overloadBacklog` is far past anything a normal load builds (it needs more password checks
+   * than argon2 can do, for a while): from then on, untrusted password sign-ins are challenged —
+   * the waiting ones too, at once (HashQueue.reconsider) — so the backlog drains and members on
+   * their own devices, who are never challenged, find argon2 free. It holds `overloadHoldSeconds`
+   * after the backlog was last seen that deep, and raises an alert.
+   */
+  #overloaded(now: number): boolean {
+    const waiting = this.#backlog();
+    if (waiting >= this.policy.overloadBacklog) {
+      const starting = now >= this.overloadedUntil;
+      this.overloadedUntil = now + this.policy.overloadHoldSeconds * 1000;
+      if (starting) {
+        this.#reconsider();
+        this.#alerts.raise("hash_backlog", "warning", {
+          waiting,
+          hold_seconds: this.policy.overloadHoldSeconds,
+        });
+      }
+    }
+    return now < this.overloadedUntil;
+  }
+
+  /** Overloaded: more password checks waited for argon2 than it works off soon (an alert was raised). */
+  overloaded(): boolean {
+    return this.#clock.now().getTime() < this.overloadedUntil;
+  }
+
   /** Until when a login ID's password sign-in from untrusted devices is refused, or null. */
   protectedUntil(loginId: string): number | null {
     return this.#protection(loginId, this.#clock.now().getTime())?.until ?? null;
   }
 
+  /** Under attack: the service-wide failure rate is far above its baseline (an alert was raised). */
   underAttack(): boolean {
     return this.#clock.now().getTime() < this.underAttackUntil;
   }
