@@ -195,6 +195,14 @@ describe("HashQueue withdrawal", () => {
         stillWanted: () => !(alarm && (name === "b" || name === "c")),
       }),
     );
+    // A job whose question fails stays in line: its own turn asks again (an error there reaches its caller).
+    let broken = true;
+    const e = q.run(async () => void ran.push("e"), {
+      stillWanted: () => {
+        if (broken) throw new Error("the throttle failed");
+        return true;
+      },
+    });
     const settled: string[] = [];
     for (const [i, p] of jobs.entries()) {
       p.then(
@@ -209,11 +217,12 @@ describe("HashQueue withdrawal", () => {
     await expect(jobs[2]).rejects.toBeInstanceOf(WithdrawnJob);
     // Withdrawn while the slot is still busy: nothing ran, the others still wait.
     expect(settled).toEqual(["withdrawn 1", "withdrawn 2"]);
-    expect(q.backlog).toBe(2);
+    expect(q.backlog).toBe(3);
     expect(q.inFlight).toBe(1);
+    broken = false;
     release();
-    await Promise.all([running, jobs[0], jobs[3]]);
-    expect(ran).toEqual(["a", "d"]);
+    await Promise.all([running, jobs[0], jobs[3], e]);
+    expect(ran).toEqual(["a", "d", "e"]);
     expect(q.inFlight).toBe(0);
     expect(q.depth).toBe(0);
   });

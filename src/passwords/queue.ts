@@ -91,12 +91,24 @@ export class HashQueue {
     for (const line of [this.#priority, this.#waiting]) {
       const keep: Waiter[] = [];
       const gone: Waiter[] = [];
-      for (const w of line) (w.stillWanted && !w.stillWanted() ? gone : keep).push(w);
+      for (const w of line) (w.stillWanted && wantedNoMore(w.stillWanted) ? gone : keep).push(w);
       line.splice(0, line.length, ...keep);
       for (const w of gone) w.grant(false);
       withdrawn += gone.length;
     }
     return withdrawn;
+  }
+}
+
+/**
+ * Has the job said it is no longer wanted? One whose question throws stays in line: its turn asks
+ * again, inside run(), where the error reaches its caller (here it would reach no one).
+ */
+function wantedNoMore(stillWanted: () => boolean): boolean {
+  try {
+    return !stillWanted();
+  } catch {
+    return false;
   }
 }
 
