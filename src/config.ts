@@ -95,7 +95,11 @@ const schema = z
       attackFloorPerMinute: z.number().int().min(1),
       attackFactor: z.number().min(1),
       overloadBacklog: z.number().int().min(1).max(100_000),
-      overloadHoldSeconds: z.number().int().min(1).max(24 * 60 * 60),
+      overloadHoldSeconds: z
+        .number()
+        .int()
+        .min(1)
+        .max(24 * 60 * 60),
       maxKeys: z.number().int().min(1000).max(10_000_000),
       challengeMaxNumber: z.number().int().min(10).max(10_000_000),
       mailIp: z.number().int().min(1),
@@ -139,6 +143,15 @@ const schema = z
         code: "custom",
         path: ["SEKISHO_ALERT_WEBHOOK_SECRET"],
         message: "set both SEKISHO_ALERT_WEBHOOK_URL and SEKISHO_ALERT_WEBHOOK_SECRET, or neither",
+      });
+    }
+    // A backlog switch at or past the queue's bound never fires: the queue answers 503 first.
+    const backlog = env.SEKISHO_THROTTLE_POLICY.overloadBacklog;
+    if (backlog !== undefined && env.SEKISHO_HASH_QUEUE_MAX > 0 && backlog >= env.SEKISHO_HASH_QUEUE_MAX) {
+      ctx.addIssue({
+        code: "custom",
+        path: ["SEKISHO_THROTTLE_POLICY"],
+        message: `overloadBacklog (${backlog}) must be below SEKISHO_HASH_QUEUE_MAX (${env.SEKISHO_HASH_QUEUE_MAX})`,
       });
     }
     if (env.SEKISHO_SESSION_IDLE_MINUTES > env.SEKISHO_SESSION_ABSOLUTE_HOURS * 60) {

@@ -166,7 +166,7 @@ export function buildServices(deps: {
       return memberId;
     },
     policy: config.throttle,
-    backlog: () => hashQueue.backlog,
+    backlog: () => hashQueue.waitingAttempts,
     reconsider: () => hashQueue.reconsider(),
   });
   const factors = new Factors(

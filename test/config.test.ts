@@ -27,6 +27,13 @@ describe("configuration", () => {
     expect(() =>
       loadConfig({ SEKISHO_SESSION_IDLE_MINUTES: "9999", SEKISHO_SESSION_ABSOLUTE_HOURS: "1" }),
     ).toThrow(/SEKISHO_SESSION_IDLE_MINUTES/);
+    // A backlog switch the hashing queue's own bound would always beat.
+    expect(() =>
+      loadConfig({ SEKISHO_HASH_QUEUE_MAX: "16", SEKISHO_THROTTLE_POLICY: '{"overloadBacklog":16}' }),
+    ).toThrow(/SEKISHO_THROTTLE_POLICY: overloadBacklog \(16\) must be below SEKISHO_HASH_QUEUE_MAX/);
+    expect(
+      loadConfig({ SEKISHO_HASH_QUEUE_MAX: "16", SEKISHO_THROTTLE_POLICY: '{"overloadBacklog":8}' }).throttle,
+    ).toMatchObject({ overloadBacklog: 8 });
   });
 
   it("an https issuer makes cookies Secure", () => {

@@ -195,6 +195,11 @@ describe("HashQueue withdrawal", () => {
         stillWanted: () => !(alarm && (name === "b" || name === "c")),
       }),
     );
+    // Work nothing may refuse (a registration) and a member's own device wait too, uncounted as attempts.
+    const registration = q.run(async () => void ran.push("registration"));
+    const member = q.run(async () => void ran.push("member"), { priority: true, stillWanted: () => true });
+    expect(q.depth).toBe(6);
+    expect(q.waitingAttempts).toBe(4);
     // A job whose question fails stays in line: its own turn asks again (an error there reaches its caller).
     let broken = true;
     const e = q.run(async () => void ran.push("e"), {
@@ -217,12 +222,14 @@ describe("HashQueue withdrawal", () => {
     await expect(jobs[2]).rejects.toBeInstanceOf(WithdrawnJob);
     // Withdrawn while the slot is still busy: nothing ran, the others still wait.
     expect(settled).toEqual(["withdrawn 1", "withdrawn 2"]);
-    expect(q.backlog).toBe(3);
+    expect(q.waitingAttempts).toBe(3);
+    expect(q.depth).toBe(5);
     expect(q.inFlight).toBe(1);
     broken = false;
     release();
-    await Promise.all([running, jobs[0], jobs[3], e]);
-    expect(ran).toEqual(["a", "d", "e"]);
+    await Promise.all([running, jobs[0], jobs[3], e, registration, member]);
+    expect(ran).toEqual(["member", "a", "d", "registration", "e"]);
+    expect(q.waitingAttempts).toBe(0);
     expect(q.inFlight).toBe(0);
     expect(q.depth).toBe(0);
   });

@@ -217,8 +217,9 @@ describe("login-anomaly engine (LoginGuard)", () => {
     expect(guard.underAttack()).toBe(true);
   });
 
-  it("challenges untrusted password sign-ins while the hashing backlog is deep, and for a while after; trusted devices and solved challenges pass", () => {
+  it("challenges untrusted password sign-ins while the hashing backlog is deep, and for a while after; trusted devices and solved challenges pass", async () => {
     let waiting = 0;
+    let reconsidered = 0;
     guard = new LoginGuard({
       db: t.s.db,
       clock: t.clock,
@@ -226,6 +227,7 @@ describe("login-anomaly engine (LoginGuard)", () => {
       loginKey: (l) => t.s.guard.loginKey(l),
       policy: { attackFloorPerMinute: 1000, overloadBacklog: 8, overloadHoldSeconds: 60 },
       backlog: () => waiting,
+      reconsider: () => void reconsidered++,
     });
     const a = (i: number, over: Partial<Attempt> = {}) =>
       attempt({ ip: `10.${i}.0.1`, loginId: `someone${i}`, ...over });
@@ -234,11 +236,14 @@ describe("login-anomaly engine (LoginGuard)", () => {
     expect(guard.assess(a(1)).action).toBe("allow");
     guard.settle(a(1), "neither");
     expect(guard.overloaded()).toBe(false);
-    // At the limit: challenged, with the reason, and one alert however many attempts follow.
+    // At the limit: challenged, with the reason; the waiting attempts are asked again once (when the
+    // state starts, not at every decision), and one alert is raised.
     waiting = 8;
     expect(guard.assess(a(2))).toMatchObject({ action: "challenge", reasons: ["overloaded"] });
     expect(guard.refusal(a(3))).toMatchObject({ action: "challenge", reasons: ["overloaded"] });
     for (let i = 0; i < 20; i++) guard.assess(a(10 + i));
+    await new Promise((r) => setImmediate(r));
+    expect(reconsidered).toBe(1);
     expect(t.s.alerts.list().filter((x) => x.kind === "hash_backlog")).toHaveLength(1);
     // Never a member on their own device, nor an attempt that solved its challenge.
     expect(guard.assess(a(4, { trustedDevice: true })).action).toBe("allow");
@@ -539,8 +544,9 @@ describe("the engine behind the HTTP API", () => {
         ),
       );
     const first = burst(0, 3);
-    for (let i = 0; i < 50 && t.s.hasher.queue.backlog < 3; i++) await new Promise((r) => setTimeout(r, 10));
-    expect(t.s.hasher.queue.backlog).toBe(3);
+    for (let i = 0; i < 50 && t.s.hasher.queue.waitingAttempts < 3; i++)
+      await new Promise((r) => setTimeout(r, 10));
+    expect(t.s.hasher.queue.waitingAttempts).toBe(3);
     // The backlog is at the limit: the next attempts are challenged at once, without queueing.
     for (const res of await Promise.all(burst(10, 2))) {
       expect(res.status, res.text).toBe(403);
@@ -548,7 +554,9 @@ describe("the engine behind the HTTP API", () => {
     }
     expect(t.s.hasher.queue.inFlight).toBe(1);
     expect(t.s.alerts.list().map((a) => a.kind)).toContain("hash_backlog");
-    // The waiting ones are challenged at once, while the slot is still busy, instead of hashed.
+    // The waiting ones left the line at once, while the slot is still busy…
+    expect(t.s.hasher.queue.waitingAttempts).toBe(0);
+    // …and are answered with a challenge instead of hashed.
     for (const res of await Promise.all(first)) {
       expect(res.status, res.text).toBe(403);
       expect(res.body.error).toBe("challenge_required");
@@ -569,6 +577,65 @@ describe("the engine behind the HTTP API", () => {
     expect(
       (await loginFrom(t.app, "203.0.113.7", { login_id: "burst.member", password: STRONG_PASSWORD })).status,
     ).toBe(200);
+  });
+
+  it("registrations waiting for argon2 don't make sign-ins look overloaded (nothing refuses them, so they can't be used to throw the switch)", async () => {
+    t = makeApp({
+      SEKISHO_TRUST_PROXY: "loopback",
+      SEKISHO_HASH_CONCURRENCY: "1",
+      SEKISHO_THROTTLE_POLICY: JSON.stringify({ attackFloorPerMinute: 1000, overloadBacklog: 3 }),
+    });
+    await register(t.app, { login_id: "quiet.member" });
+    let release!: () => void;
+    const busy = t.s.hasher.queue.run(() => new Promise<void>((r) => (release = r)));
+    // Attack: registrations (of one login ID: at most one can succeed) queued behind the busy slot.
+    const registrations = Array.from({ length: 5 }, () =>
+      register(t.app, { login_id: "squatter.id" }).then((r) => r),
+    );
+    for (let i = 0; i < 50 && t.s.hasher.queue.depth < 5; i++) await new Promise((r) => setTimeout(r, 10));
+    expect(t.s.hasher.queue.depth).toBe(5);
+    expect(t.s.hasher.queue.waitingAttempts).toBe(0);
+    // A member on an untrusted device is admitted (waits its turn), not challenged.
+    const member = loginFrom(t.app, "203.0.113.9", {
+      login_id: "quiet.member",
+      password: STRONG_PASSWORD,
+    }).then((r) => r);
+    for (let i = 0; i < 50 && t.s.hasher.queue.waitingAttempts < 1; i++)
+      await new Promise((r) => setTimeout(r, 10));
+    expect(t.s.guard.overloaded()).toBe(false);
+    release();
+    await busy;
+    expect((await member).status).toBe(200);
+    expect((await Promise.all(registrations)).map((r) => r.status).sort()).toEqual([201, 409, 409, 409, 409]);
+  });
+
+  it("the attempt that sets off the under-attack alarm, and those waiting with it, are challenged at once, before a hashing slot frees up", async () => {
+    t = makeApp({
+      SEKISHO_TRUST_PROXY: "loopback",
+      SEKISHO_HASH_CONCURRENCY: "1",
+      // The alarm at 10 failures in ten minutes (the floor of 1 a minute); no backlog switch.
+      SEKISHO_THROTTLE_POLICY: JSON.stringify({ attackFloorPerMinute: 1, overloadBacklog: 200 }),
+    });
+    await t.s.hasher.warm();
+    let release!: () => void;
+    const busy = t.s.hasher.queue.run(() => new Promise<void>((r) => (release = r)));
+    // Ten attempts on unknown login IDs: each is counted when admitted, the tenth sets off the alarm.
+    const answered: number[] = [];
+    const attempts = Array.from({ length: 10 }, (_, i) =>
+      loginFrom(t.app, `198.51.${i}.7`, { login_id: `nobody.${i}`, password: "a guess" }).then((r) => {
+        answered.push(r.status);
+        return r;
+      }),
+    );
+    for (let i = 0; i < 100 && answered.length < 10; i++) await new Promise((r) => setTimeout(r, 10));
+    // All answered while the slot is still busy: none waited for its turn, none was hashed.
+    expect(t.s.guard.underAttack()).toBe(true);
+    expect(answered).toEqual(Array(10).fill(403));
+    expect(t.s.hasher.queue.depth).toBe(0);
+    expect(t.s.hasher.queue.inFlight).toBe(1);
+    for (const res of await Promise.all(attempts)) expect(res.body.error).toBe("challenge_required");
+    release();
+    await busy;
   });
 
   it("ignores X-Forwarded-For when SEKISHO_TRUST_PROXY is unset (no spoofed fresh addresses)", async () => {

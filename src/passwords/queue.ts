@@ -16,6 +16,8 @@ export class HashQueue {
   #running = 0;
   #waiting: Waiter[] = [];
   #priority: Waiter[] = [];
+  /** Waiters in the ordinary line with a `stillWanted` (see waitingAttempts). */
+  #withdrawable = 0;
   /** Told how long each job waited for a slot (seconds), and of each refusal (metrics). */
   observer: { waited(seconds: number): void; refused(): void } | null = null;
 
@@ -27,9 +29,14 @@ export class HashQueue {
   get depth(): number {
     return this.#waiting.length + this.#priority.length;
   }
-  /** Jobs waiting in the ordinary line (not the priority one): the backlog of untrusted work. */
-  get backlog(): number {
-    return this.#waiting.length;
+  /**
+   * Jobs waiting in the ordinary line that can be withdrawn (they have a `stillWanted`: password
+   * sign-ins of untrusted devices). Not the priority line, and not work nothing may refuse
+   * (registrations, password changes, re-hashes), so that such work can't be used to make sign-in
+   * attempts look backed up (the throttle's `overloaded` decision reads this).
+   */
+  get waitingAttempts(): number {
+    return this.#withdrawable;
   }
   get inFlight(): number {
     return this.#running;
@@ -55,8 +62,10 @@ export class HashQueue {
           detail: `hash queue full (${line.length} waiting)`,
         });
       }
+      const counted = line === this.#waiting && opts.stillWanted !== undefined;
+      if (counted) this.#withdrawable++;
       const granted = await new Promise<boolean>((grant) =>
-        line.push({ grant, stillWanted: opts.stillWanted }),
+        line.push({ grant, stillWanted: opts.stillWanted, counted }),
       );
       if (!granted) {
         // Withdrawn while it waited (reconsider): it never held a slot.
@@ -74,6 +83,7 @@ export class HashQueue {
     } finally {
       const next = this.#priority.shift() ?? this.#waiting.shift();
       // Hand the slot straight to the next waiter (running count unchanged), or free it.
+      if (next?.counted) this.#withdrawable--;
       if (next) next.grant(true);
       else this.#running--;
     }
@@ -93,7 +103,10 @@ export class HashQueue {
       const gone: Waiter[] = [];
       for (const w of line) (w.stillWanted && wantedNoMore(w.stillWanted) ? gone : keep).push(w);
       line.splice(0, line.length, ...keep);
-      for (const w of gone) w.grant(false);
+      for (const w of gone) {
+        if (w.counted) this.#withdrawable--;
+        w.grant(false);
+      }
       withdrawn += gone.length;
     }
     return withdrawn;
@@ -116,6 +129,8 @@ function wantedNoMore(stillWanted: () => boolean): boolean {
 interface Waiter {
   grant: (granted: boolean) => void;
   stillWanted: (() => boolean) | undefined;
+  /** Counted in waitingAttempts (the ordinary line, with a stillWanted). */
+  counted: boolean;
 }
 
 /** A job that waited and, when its turn came, was no longer wanted (see HashQueue.run). */

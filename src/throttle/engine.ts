@@ -81,7 +81,7 @@ export interface ThrottlePolicy {
   attackFloorPerMinute: number;
   attackFactor: number;
   /**
-   * Password checks waiting for argon2 (the hashing queue's ordinary line) at which the service
+   * Untrusted password sign-ins waiting for argon2 (HashQueue.waitingAttempts) at which the service
    * counts as overloaded: from then until `overloadHoldSeconds` after the backlog was last seen that
    * deep, every untrusted password sign-in costs a proof-of-work instead of joining the backlog.
    */
@@ -178,7 +178,7 @@ export class LoginGuard {
   #baseline = 0;
   underAttackUntil = 0;
   overloadedUntil = 0;
-  /** Password checks waiting for argon2 now (HashQueue's ordinary line); none when not told. */
+  /** Untrusted sign-in attempts waiting for argon2 now (HashQueue.waitingAttempts); none when not told. */
   readonly #backlog: () => number;
   /** Has the hashing queue decide again, now, for every attempt waiting in it (HashQueue.reconsider). */
   readonly #reconsider: () => void;
@@ -204,18 +204,20 @@ export class LoginGuard {
     policy?: Partial<ThrottlePolicy>;
     /** A counter store factory (one store per kind of key); default: in memory, LRU-bounded. */
     store?: () => CounterStore;
-    /** How many password checks wait for argon2 right now (the hashing queue's ordinary line). */
+    /** How many untrusted sign-in attempts wait for argon2 right now (HashQueue.waitingAttempts). */
     backlog?: () => number;
     /**
      * Called when the service comes under attack or is overloaded: the waiting attempts should be
-     * decided again now (HashQueue.reconsider), not when their turn comes. Called in a microtask,
-     * never from inside a decision.
+     * decided again now (HashQueue.reconsider), not when their turn comes. Called once the current
+     * turn of the event loop is done, never from inside a decision.
      */
     reconsider?: () => void;
   }) {
     this.#backlog = deps.backlog ?? (() => 0);
     const reconsider = deps.reconsider;
-    this.#reconsider = reconsider ? () => queueMicrotask(reconsider) : () => {};
+    // setImmediate, not a microtask: an attempt admitted in the same turn (the one that set off
+    // the alarm, say) joins the line a few promise steps later, and must be asked too.
+    this.#reconsider = reconsider ? () => void setImmediate(reconsider) : () => {};
     this.#db = deps.db;
     this.#clock = deps.clock;
     this.#alerts = deps.alerts;
