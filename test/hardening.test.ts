@@ -31,6 +31,17 @@ describe("HTTP hardening", () => {
     expect(res.headers["x-request-id"]).toMatch(/^[\w-]{16}$/);
   });
 
+  it("the provider's JSON endpoints answer no-store, their refusals included", async () => {
+    for (const path of ["/oidc/token", "/oidc/token/revocation", "/oidc/token/introspection"]) {
+      const res = await supertest(t.app).post(path).type("form").send({ token: "x", client_id: "nobody" });
+      expect(res.status, path).toBe(401);
+      expect(res.headers["cache-control"], path).toBe("no-store");
+    }
+    const userinfo = await supertest(t.app).get("/oidc/userinfo").set("Authorization", "Bearer not-a-token");
+    expect(userinfo.status).toBe(401);
+    expect(userinfo.headers["cache-control"]).toBe("no-store");
+  });
+
   it("health and readiness answer JSON", async () => {
     expect((await supertest(t.app).get("/healthz")).body).toEqual({ status: "ok" });
     expect((await supertest(t.app).get("/readyz")).body).toEqual({

@@ -34,6 +34,14 @@ export const OIDC_ROUTES = {
   end_session: "/oidc/session/end",
 } as const;
 
+/** The provider's JSON endpoints, whose every answer is `Cache-Control: no-store`. */
+const NO_STORE_PATHS: ReadonlySet<string> = new Set([
+  OIDC_ROUTES.token,
+  OIDC_ROUTES.userinfo,
+  OIDC_ROUTES.revocation,
+  OIDC_ROUTES.introspection,
+]);
+
 /** Scope → profile fields decrypted for it (contract claims table). */
 export const SCOPE_FIELDS: Record<string, ProfileField[]> = {
   profile: ["name", "birth_date", "gender"],
@@ -370,6 +378,12 @@ export function createOidc(s: Services, opts: { clientIp: (req: IncomingMessage)
       error = await store.committed(ctx);
     }
     if (error) answerUncommitted(ctx, error, s.logger);
+    // The JSON endpoints' answers are never cached, refusals included: the provider leaves
+    // Cache-Control off a few (a revocation's invalid_client, for one).
+    if (NO_STORE_PATHS.has(ctx.path) && !ctx.response.get("Cache-Control")) {
+      ctx.set("Cache-Control", "no-store");
+      ctx.set("Pragma", "no-cache");
+    }
   });
   // Client secrets are stored hashed: compare the presented secret's hash (constant time).
   provider.Client.prototype.compareClientSecret = function (this: { clientSecret: string }, actual: string) {
