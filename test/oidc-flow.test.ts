@@ -138,6 +138,38 @@ describe("OIDC code flow with a real relying party (openid-client)", () => {
     });
   });
 
+  it("after a site revokes an access token, the member can sign in to that site again from the same browser", async () => {
+    const jar = new Jar();
+    await signInThroughApi(jar);
+    const first = await authorize();
+    const cb1 = new URL((await jar.follow(first.url, issuer)).url);
+    const tokens = await oidc.authorizationCodeGrant(config, cb1, {
+      pkceCodeVerifier: first.verifier,
+      expectedState: first.state,
+      expectedNonce: first.nonce,
+    });
+    // The site revokes its access token (say, on its own logout): everything of that grant dies…
+    await oidc.tokenRevocation(config, tokens.access_token, { token_type_hint: "access_token" });
+    await expect(oidc.refreshTokenGrant(config, tokens.refresh_token as string)).rejects.toMatchObject({
+      error: "invalid_grant",
+    });
+    // …and the next sign-in to the site gets a new grant and a working code, not invalid_grant.
+    for (const extra of [{}, { prompt: "none" }] as Record<string, string>[]) {
+      const again = await authorize(extra);
+      const cb2 = new URL((await jar.follow(again.url, issuer)).url);
+      expect(cb2.searchParams.get("error"), cb2.toString()).toBeNull();
+      const fresh = await oidc.authorizationCodeGrant(config, cb2, {
+        pkceCodeVerifier: again.verifier,
+        expectedState: again.state,
+        expectedNonce: again.nonce,
+      });
+      expect(fresh.access_token).toBeTruthy();
+      expect((await oidc.fetchUserInfo(config, fresh.access_token, fresh.claims()?.sub as string)).sub).toBe(
+        tokens.claims()?.sub,
+      );
+    }
+  });
+
   it("rejects a replayed authorization code and revokes the tokens it issued", async () => {
     // Attack: an intercepted code is redeemed a second time.
     const jar = new Jar();

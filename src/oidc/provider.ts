@@ -209,6 +209,12 @@ export function createOidc(s: Services, opts: { clientIp: (req: IncomingMessage)
     // even for a site with a single registered one.
     allowOmittingSingleRegisteredRedirectUri: false,
     routes: OIDC_ROUTES,
+    // Revoking any token of a grant revokes the grant itself, an access token too (oidc-provider's
+    // default keeps the grant then, though it revokes all of its tokens): the store refuses every
+    // later token of a revoked grant, so a kept grant would be reused by the member's next sign-in
+    // to that site (loadExistingGrant) and refuse every code it issued, until the browser session
+    // ended. Gone, the next sign-in makes a new grant (or asks for consent again).
+    revokeGrantPolicy: () => true,
     features: {
       devInteractions: { enabled: false },
       revocation: { enabled: true },
