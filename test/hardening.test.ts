@@ -42,6 +42,25 @@ describe("HTTP hardening", () => {
     expect(userinfo.headers["cache-control"]).toBe("no-store");
   });
 
+  it("answers OPTIONS outside the provider's endpoints with the contract's 404, not express's Allow list", async () => {
+    for (const path of ["/api/v1/login", "/api/v1/me", "/healthz"]) {
+      const res = await supertest(t.app).options(path).set("Origin", "https://rp.example");
+      expect(res.status, path).toBe(404);
+      expect(res.body, path).toMatchObject({ error: "not_found" });
+      expect(res.headers.allow, path).toBeUndefined();
+    }
+    const page = await supertest(t.app).options("/account");
+    expect(page.status).toBe(404);
+    expect(page.headers["content-type"]).toMatch(/^text\/html/);
+    // The provider's JSON endpoints still answer a browser client's CORS preflight.
+    const preflight = await supertest(t.app)
+      .options("/oidc/token")
+      .set("Origin", "https://rp.example")
+      .set("Access-Control-Request-Method", "POST");
+    expect(preflight.status).toBe(204);
+    expect(preflight.headers["access-control-allow-origin"]).toBe("https://rp.example");
+  });
+
   it("health and readiness answer JSON", async () => {
     expect((await supertest(t.app).get("/healthz")).body).toEqual({ status: "ok" });
     expect((await supertest(t.app).get("/readyz")).body).toEqual({
@@ -225,6 +244,16 @@ describe("HTTP hardening", () => {
     expect(res.body.error).toBe("unsupported_media_type");
     const noType = await supertest(t.app).post("/api/v1/logout").set("Cookie", cookie);
     expect(noType.status).toBe(415);
+    // A space before "=" is still the session cookie to the parser, so it is to the check too.
+    const spaced = cookie.replace(/^sekisho_session=/, "sekisho_session =");
+    expect(spaced).not.toBe(cookie);
+    expect((await supertest(t.app).get("/api/v1/me").set("Cookie", spaced)).status).toBe(200);
+    // (no body: with one, the type is checked anyway)
+    const sneaky = await supertest(t.app)
+      .post("/api/v1/me/totp")
+      .set("Cookie", spaced)
+      .set("Content-Type", "text/plain");
+    expect(sneaky.status).toBe(415);
   });
 
   it("answers unknown paths with 404 not_found and unauthenticated calls with 401", async () => {

@@ -1,6 +1,7 @@
 import type { IncomingMessage, ServerResponse } from "node:http";
 import express, { type NextFunction, type Request, type Response } from "express";
 import proxyaddr from "proxy-addr";
+import { ApiError } from "../errors.js";
 import type { Services } from "../services.js";
 import {
   accessLog,
@@ -110,6 +111,18 @@ export function createApp(
     applyHeaders(res, headers);
     next();
   });
+  const providerPaths = [...Object.values(OIDC_ROUTES), "/.well-known/"];
+  const isProviderPath = (path: string) =>
+    providerPaths.some(
+      (p) => path === p || path.startsWith(`${p}/`) || (p.endsWith("/") && path.startsWith(p)),
+    );
+  // express answers OPTIONS on its own routes by itself (200, text/plain, the Allow list). Nothing
+  // of ours takes OPTIONS (no CORS outside the provider's endpoints, whose preflights go to it), so
+  // it gets the contract's 404 for an unknown method, as JSON or, on our pages, as a page.
+  app.use((req, _res, next) => {
+    if (req.method !== "OPTIONS" || isProviderPath(req.path)) return next();
+    next(new ApiError(404, "not_found", "No such endpoint."));
+  });
   app.use(healthRoutes(s));
 
   const api = express.Router();
@@ -136,13 +149,8 @@ export function createApp(
   app.use(adminConsoleRoutes(s));
   app.use(interactionRoutes(s, oidc));
   app.use(silentAuthorization(oidc, OIDC_ROUTES.authorization));
-  const providerPaths = [...Object.values(OIDC_ROUTES), "/.well-known/"];
   app.use((req, res, next) => {
-    if (
-      providerPaths.some(
-        (p) => req.path === p || req.path.startsWith(`${p}/`) || (p.endsWith("/") && req.path.startsWith(p)),
-      )
-    ) {
+    if (isProviderPath(req.path)) {
       // The provider's own pages end in a cross-origin form post (response_mode=form_post) or a
       // redirect after a form post (logout → post_logout_redirect_uri), which `form-action 'self'`
       // would block in browsers. Their HTML holds no member-supplied markup (all escaped).

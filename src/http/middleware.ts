@@ -8,7 +8,7 @@ import { ZodError } from "zod";
 import { ApiError } from "../errors.js";
 import type { Metrics } from "../ops/metrics.js";
 import { requestIds } from "../logger.js";
-import { SESSION_COOKIE, type Session, type SessionService, sessionTokenFrom } from "../sessions/sessions.js";
+import { type Session, type SessionService, sessionTokenFrom } from "../sessions/sessions.js";
 import { randomBytesPooled } from "../vault/random.js";
 
 /** Per-request values middleware leaves for the routes. */
@@ -219,7 +219,9 @@ export function originGuard(issuerOrigin: string): RequestHandler {
       );
     }
     const hasBody = Number(req.get("content-length") ?? 0) > 0 || req.get("transfer-encoding") !== undefined;
-    const hasCookie = (req.get("cookie") ?? "").includes(`${SESSION_COOKIE}=`);
+    // Read as the session loader reads it (the cookie parser), not as text: a header the parser
+    // accepts (`sekisho_session =…`) must not slip past.
+    const hasCookie = sessionTokenFrom(req.get("cookie")) !== null;
     if ((hasBody || hasCookie) && !JSON_TYPE.test(req.get("content-type") ?? "")) {
       return next(new ApiError(415, "unsupported_media_type", "Send the request as application/json."));
     }
