@@ -82,6 +82,9 @@ describe("OIDC code flow with a real relying party (openid-client)", () => {
     expect(meta.response_types_supported).toEqual(["code"]);
     expect(meta.code_challenge_methods_supported).toEqual(["S256"]);
     expect(meta.authorization_response_iss_parameter_supported).toBe(true);
+    // Request objects are not supported, and discovery says so (absent would mean true).
+    expect(meta.request_parameter_supported).toBe(false);
+    expect(meta.request_uri_parameter_supported).toBe(false);
   });
 
   it("signs a member in: login page, POST /api/v1/login, code + PKCE, ID token, userinfo, refresh, revocation", async () => {
@@ -679,7 +682,7 @@ describe("OIDC code flow with a real relying party (openid-client)", () => {
     // Attack: a member site's ordinary credentials used for a machine token it was never given.
     const refused = await oidc.clientCredentialsGrant(config, { scope: "openid" }).catch((e: unknown) => e);
     expect(refused).toMatchObject({
-      error: "invalid_request",
+      error: "unauthorized_client", // RFC 6749 §5.2
       error_description: expect.stringMatching(/grant type is not allowed/),
     });
     const { config: backendConfig } = await newClient({

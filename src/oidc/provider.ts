@@ -209,6 +209,8 @@ export function createOidc(s: Services, opts: { clientIp: (req: IncomingMessage)
     // even for a site with a single registered one.
     allowOmittingSingleRegisteredRedirectUri: false,
     routes: OIDC_ROUTES,
+    // Request objects (`request=`) are off: say so (absent, OIDC Discovery reads it as true).
+    discovery: { claim_types_supported: ["normal"], request_parameter_supported: false },
     // Revoking any token of a grant revokes the grant itself, an access token too (oidc-provider's
     // default keeps the grant then, though it revokes all of its tokens): the store refuses every
     // later token of a revoked grant, so a kept grant would be reused by the member's next sign-in
@@ -384,6 +386,17 @@ export function createOidc(s: Services, opts: { clientIp: (req: IncomingMessage)
       error = await store.committed(ctx);
     }
     if (error) answerUncommitted(ctx, error, s.logger);
+    // RFC 6749 §5.2: a grant type the client isn't registered for is `unauthorized_client`;
+    // oidc-provider answers `invalid_request` (the test in oidc-flow.test.ts notices if it changes).
+    const body = ctx.body as { error?: unknown; error_description?: unknown } | undefined;
+    if (
+      ctx.path === OIDC_ROUTES.token &&
+      ctx.status === 400 &&
+      body?.error === "invalid_request" &&
+      body.error_description === "requested grant type is not allowed for this client"
+    ) {
+      ctx.body = { error: "unauthorized_client", error_description: body.error_description };
+    }
     // The JSON endpoints' answers are never cached, refusals included: the provider leaves
     // Cache-Control off a few (a revocation's invalid_client, for one).
     if (NO_STORE_PATHS.has(ctx.path) && !ctx.response.get("Cache-Control")) {
