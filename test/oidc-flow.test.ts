@@ -188,6 +188,38 @@ describe("OIDC code flow with a real relying party (openid-client)", () => {
     expect(introspected.active).toBe(false);
   });
 
+  it("revokes the whole family when a rotated refresh token is presented again with a wider scope", async () => {
+    // Attack: the replay asks for a scope the token never had; the provider checks scope first.
+    const jar = new Jar();
+    const req = await authorize();
+    await signInThroughApi(jar);
+    const { url } = await jar.follow(req.url, issuer);
+    const tokens = await oidc.authorizationCodeGrant(config, new URL(url), {
+      pkceCodeVerifier: req.verifier,
+      expectedState: req.state,
+      expectedNonce: req.nonce,
+    });
+    const rotated = await oidc.refreshTokenGrant(config, tokens.refresh_token as string);
+    await expect(
+      oidc.refreshTokenGrant(config, tokens.refresh_token as string, { scope: "openid phone" }),
+    ).rejects.toMatchObject({ error: "invalid_grant" });
+    await expect(oidc.refreshTokenGrant(config, rotated.refresh_token as string)).rejects.toMatchObject({
+      error: "invalid_grant",
+    });
+    // An unused refresh token asking for more than it has is only refused: the family lives.
+    const req2 = await authorize();
+    const { url: url2 } = await jar.follow(req2.url, issuer);
+    const tokens2 = await oidc.authorizationCodeGrant(config, new URL(url2), {
+      pkceCodeVerifier: req2.verifier,
+      expectedState: req2.state,
+      expectedNonce: req2.nonce,
+    });
+    await expect(
+      oidc.refreshTokenGrant(config, tokens2.refresh_token as string, { scope: "openid phone" }),
+    ).rejects.toMatchObject({ error: "invalid_scope" });
+    expect((await oidc.refreshTokenGrant(config, tokens2.refresh_token as string)).access_token).toBeTruthy();
+  });
+
   it("revokes the whole family when a rotated refresh token is presented again", async () => {
     // Attack: a stolen refresh token is used after the legitimate client rotated it.
     const jar = new Jar();

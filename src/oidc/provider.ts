@@ -386,6 +386,7 @@ export function createOidc(s: Services, opts: { clientIp: (req: IncomingMessage)
       error = await store.committed(ctx);
     }
     if (error) answerUncommitted(ctx, error, s.logger);
+    await revokeOnReplay(ctx);
     // RFC 6749 §5.2: a grant type the client isn't registered for is `unauthorized_client`;
     // oidc-provider answers `invalid_request` (the test in oidc-flow.test.ts notices if it changes).
     const body = ctx.body as { error?: unknown; error_description?: unknown } | undefined;
@@ -560,6 +561,39 @@ export function cachedProviderDocuments(
     }) as typeof res.end;
     void callback(req, res);
   };
+}
+
+/**
+ * A used refresh token presented again revokes its whole grant, whatever else is wrong with the
+ * request. oidc-provider checks the requested scope before it looks at whether the token was used,
+ * so a replay asking for more than the token had was only refused (`invalid_scope`) and its family
+ * lived on. Here such an answer becomes the replay's: the grant revoked (its tokens, the grant, the
+ * `grant.revoked` event and audit entry, as the provider's own replay path does) and
+ * `invalid_grant`.
+ */
+async function revokeOnReplay(ctx: Parameters<Parameters<Provider["use"]>[0]>[0]): Promise<void> {
+  const body = ctx.body as { error?: unknown } | undefined;
+  const params = ctx.oidc?.params as { grant_type?: unknown; refresh_token?: unknown } | undefined;
+  if (
+    ctx.path !== OIDC_ROUTES.token ||
+    body?.error !== "invalid_scope" ||
+    params?.grant_type !== "refresh_token" ||
+    typeof params.refresh_token !== "string"
+  )
+    return;
+  const { provider } = ctx.oidc;
+  const token = await provider.RefreshToken.find(params.refresh_token, { ignoreExpiration: true });
+  if (!token?.consumed || token.clientId !== ctx.oidc.client?.clientId || !token.grantId) return;
+  const grantId = token.grantId;
+  await Promise.all([
+    provider.AccessToken.revokeByGrantId(grantId),
+    provider.RefreshToken.revokeByGrantId(grantId),
+    provider.AuthorizationCode.revokeByGrantId(grantId),
+    provider.Grant.adapter.destroy(grantId),
+  ]);
+  provider.emit("grant.revoked", ctx, grantId);
+  ctx.status = 400;
+  ctx.body = { error: "invalid_grant", error_description: "grant request is invalid" };
 }
 
 /** The answer of a provider request whose writes were not committed (see OidcStore.committed). */
