@@ -75,6 +75,18 @@ describe("OIDC code flow with a real relying party (openid-client)", () => {
     expect(res.status, await res.clone().text()).toBe(200);
   }
 
+  /** An authorization in a signed-in browser, through to the code exchange (state and nonce checked). */
+  async function codeTokens(jar: Jar, extra: Record<string, string> = {}) {
+    const req = await authorize(extra);
+    const callback = new URL((await jar.follow(req.url, issuer)).url);
+    expect(callback.searchParams.get("error"), callback.toString()).toBeNull();
+    return oidc.authorizationCodeGrant(config, callback, {
+      pkceCodeVerifier: req.verifier,
+      expectedState: req.state,
+      expectedNonce: req.nonce,
+    });
+  }
+
   it("discovery names the issuer exactly and ES256 only", () => {
     const meta = config.serverMetadata();
     expect(meta.issuer).toBe(issuer);
@@ -144,13 +156,7 @@ describe("OIDC code flow with a real relying party (openid-client)", () => {
   it("after a site revokes an access token, the member can sign in to that site again from the same browser", async () => {
     const jar = new Jar();
     await signInThroughApi(jar);
-    const first = await authorize();
-    const cb1 = new URL((await jar.follow(first.url, issuer)).url);
-    const tokens = await oidc.authorizationCodeGrant(config, cb1, {
-      pkceCodeVerifier: first.verifier,
-      expectedState: first.state,
-      expectedNonce: first.nonce,
-    });
+    const tokens = await codeTokens(jar);
     // The site revokes its access token (say, on its own logout): everything of that grant dies…
     await oidc.tokenRevocation(config, tokens.access_token, { token_type_hint: "access_token" });
     await expect(oidc.refreshTokenGrant(config, tokens.refresh_token as string)).rejects.toMatchObject({
@@ -158,14 +164,7 @@ describe("OIDC code flow with a real relying party (openid-client)", () => {
     });
     // …and the next sign-in to the site gets a new grant and a working code, not invalid_grant.
     for (const extra of [{}, { prompt: "none" }] as Record<string, string>[]) {
-      const again = await authorize(extra);
-      const cb2 = new URL((await jar.follow(again.url, issuer)).url);
-      expect(cb2.searchParams.get("error"), cb2.toString()).toBeNull();
-      const fresh = await oidc.authorizationCodeGrant(config, cb2, {
-        pkceCodeVerifier: again.verifier,
-        expectedState: again.state,
-        expectedNonce: again.nonce,
-      });
+      const fresh = await codeTokens(jar, extra);
       expect(fresh.access_token).toBeTruthy();
       expect((await oidc.fetchUserInfo(config, fresh.access_token, fresh.claims()?.sub as string)).sub).toBe(
         tokens.claims()?.sub,
@@ -191,14 +190,8 @@ describe("OIDC code flow with a real relying party (openid-client)", () => {
   it("revokes the whole family when a rotated refresh token is presented again with a wider scope", async () => {
     // Attack: the replay asks for a scope the token never had; the provider checks scope first.
     const jar = new Jar();
-    const req = await authorize();
     await signInThroughApi(jar);
-    const { url } = await jar.follow(req.url, issuer);
-    const tokens = await oidc.authorizationCodeGrant(config, new URL(url), {
-      pkceCodeVerifier: req.verifier,
-      expectedState: req.state,
-      expectedNonce: req.nonce,
-    });
+    const tokens = await codeTokens(jar);
     const rotated = await oidc.refreshTokenGrant(config, tokens.refresh_token as string);
     await expect(
       oidc.refreshTokenGrant(config, tokens.refresh_token as string, { scope: "openid phone" }),
@@ -207,13 +200,7 @@ describe("OIDC code flow with a real relying party (openid-client)", () => {
       error: "invalid_grant",
     });
     // An unused refresh token asking for more than it has is only refused: the family lives.
-    const req2 = await authorize();
-    const { url: url2 } = await jar.follow(req2.url, issuer);
-    const tokens2 = await oidc.authorizationCodeGrant(config, new URL(url2), {
-      pkceCodeVerifier: req2.verifier,
-      expectedState: req2.state,
-      expectedNonce: req2.nonce,
-    });
+    const tokens2 = await codeTokens(jar);
     await expect(
       oidc.refreshTokenGrant(config, tokens2.refresh_token as string, { scope: "openid phone" }),
     ).rejects.toMatchObject({ error: "invalid_scope" });
