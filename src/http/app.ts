@@ -19,7 +19,7 @@ import {
 import { formLane } from "./form-lane.js";
 import { providerLane } from "./provider-lane.js";
 import { signInLane } from "./sign-in-lane.js";
-import { cachedProviderDocuments, createOidc, OIDC_ROUTES } from "../oidc/provider.js";
+import { cachedProviderDocuments, createOidc, OIDC_JSON_ENDPOINTS, OIDC_ROUTES } from "../oidc/provider.js";
 import { assetRoutes, rememberLang, reqLang, sendPageError } from "./hosted.js";
 import { httpMetrics, metricsRoute } from "./metrics-routes.js";
 import { accountRoutes } from "./routes/account.js";
@@ -90,14 +90,8 @@ export function createApp(
   app.use(accessLog(s.logger));
   // The provider's JSON endpoints (token, userinfo, revocation, introspection) go straight to it:
   // it sets its own no-store and CORS headers, and HTML-page headers add nothing to JSON answers.
-  const jsonEndpoints = new Set<string>([
-    OIDC_ROUTES.token,
-    OIDC_ROUTES.userinfo,
-    OIDC_ROUTES.revocation,
-    OIDC_ROUTES.introspection,
-  ]);
   app.use((req, res, next) => {
-    if (!jsonEndpoints.has(req.path)) return next();
+    if (!OIDC_JSON_ENDPOINTS.has(req.path)) return next();
     res.setHeader("X-Content-Type-Options", "nosniff");
     void providerCallback(req, res);
   });
@@ -198,7 +192,7 @@ export function createApp(
     opts.providerLane === false
       ? null
       : providerLane({
-          paths: [...jsonEndpoints],
+          paths: [...OIDC_JSON_ENDPOINTS],
           provider: providerCallback,
           logger: s.logger,
           metrics: s.metrics,

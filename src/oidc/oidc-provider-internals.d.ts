@@ -4,3 +4,10 @@
 declare module "oidc-provider/lib/helpers/initialize_keystore.js" {
   export default function initializeKeyStore(this: object, jwks: { keys: object[] }): void;
 }
+
+// The provider's own revocation of a grant (its tokens, the grant per revokeGrantPolicy, the
+// `grant.revoked` event), as its refresh-token replay path runs it (src/oidc/provider.ts,
+// revokeOnReplay; covered by test/oidc-flow.test.ts).
+declare module "oidc-provider/lib/helpers/revoke.js" {
+  export default function revoke(ctx: object, grantId: string): Promise<void>;
+}

@@ -4,6 +4,7 @@ import { eq, sql } from "drizzle-orm";
 import type { RequestHandler } from "express";
 import Provider, { type Configuration, interactionPolicy, type KoaContextWithOIDC } from "oidc-provider";
 import initializeKeyStore from "oidc-provider/lib/helpers/initialize_keystore.js";
+import revoke from "oidc-provider/lib/helpers/revoke.js";
 import { lazyPrepared } from "../db/connection.js";
 import { members } from "../db/schema.js";
 import { errorPage, langOf, loggedOutPage, logoutPage } from "../http/pages.js";
@@ -34,8 +35,11 @@ export const OIDC_ROUTES = {
   end_session: "/oidc/session/end",
 } as const;
 
-/** The provider's JSON endpoints, whose every answer is `Cache-Control: no-store`. */
-const NO_STORE_PATHS: ReadonlySet<string> = new Set([
+/**
+ * The provider's JSON endpoints: every answer `Cache-Control: no-store`; express passes them
+ * straight to the provider (src/http/app.ts, and the provider lane).
+ */
+export const OIDC_JSON_ENDPOINTS: ReadonlySet<string> = new Set([
   OIDC_ROUTES.token,
   OIDC_ROUTES.userinfo,
   OIDC_ROUTES.revocation,
@@ -400,7 +404,7 @@ export function createOidc(s: Services, opts: { clientIp: (req: IncomingMessage)
     }
     // The JSON endpoints' answers are never cached, refusals included: the provider leaves
     // Cache-Control off a few (a revocation's invalid_client, for one).
-    if (NO_STORE_PATHS.has(ctx.path) && !ctx.response.get("Cache-Control")) {
+    if (OIDC_JSON_ENDPOINTS.has(ctx.path) && !ctx.response.get("Cache-Control")) {
       ctx.set("Cache-Control", "no-store");
       ctx.set("Pragma", "no-cache");
     }
@@ -567,8 +571,8 @@ export function cachedProviderDocuments(
  * A used refresh token presented again revokes its whole grant, whatever else is wrong with the
  * request. oidc-provider checks the requested scope before it looks at whether the token was used,
  * so a replay asking for more than the token had was only refused (`invalid_scope`) and its family
- * lived on. Here such an answer becomes the replay's: the grant revoked (its tokens, the grant, the
- * `grant.revoked` event and audit entry, as the provider's own replay path does) and
+ * lived on. Here such an answer becomes the replay's: the grant revoked by the provider's own
+ * helper (its tokens, the grant, the `grant.revoked` event and so the audit entry) and
  * `invalid_grant`.
  */
 async function revokeOnReplay(ctx: Parameters<Parameters<Provider["use"]>[0]>[0]): Promise<void> {
@@ -581,17 +585,9 @@ async function revokeOnReplay(ctx: Parameters<Parameters<Provider["use"]>[0]>[0]
     typeof params.refresh_token !== "string"
   )
     return;
-  const { provider } = ctx.oidc;
-  const token = await provider.RefreshToken.find(params.refresh_token, { ignoreExpiration: true });
+  const token = await ctx.oidc.provider.RefreshToken.find(params.refresh_token, { ignoreExpiration: true });
   if (!token?.consumed || token.clientId !== ctx.oidc.client?.clientId || !token.grantId) return;
-  const grantId = token.grantId;
-  await Promise.all([
-    provider.AccessToken.revokeByGrantId(grantId),
-    provider.RefreshToken.revokeByGrantId(grantId),
-    provider.AuthorizationCode.revokeByGrantId(grantId),
-    provider.Grant.adapter.destroy(grantId),
-  ]);
-  provider.emit("grant.revoked", ctx, grantId);
+  await revoke(ctx, token.grantId);
   ctx.status = 400;
   ctx.body = { error: "invalid_grant", error_description: "grant request is invalid" };
 }
