@@ -68,7 +68,7 @@ describe("security notices by mail", () => {
     const notice = smtp.to(PROFILE.email).find((m) => m.subject.startsWith("新しい端末からのサインイン"));
     expect(notice?.text).toContain("203.0.113.0/24"); // the network, not the address
     expect(notice?.text).not.toContain("203.0.113.77");
-    expect(notice?.text).toContain("Chrome / Android");
+    expect(notice?.text).toContain("Chrome 130 / Android 14");
     expect(notice?.text).toMatch(/2026年6月1日 18:0\d（日本時間）/); // the clock's 09:0x UTC, in Japan time
     expect(notice?.text).toContain("パスワードを再設定");
   });

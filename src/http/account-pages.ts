@@ -1,4 +1,5 @@
 import type { FactorMethod } from "../factors/methods.js";
+import { deviceLabel } from "../sessions/user-agent.js";
 import { e, type Lang, layout, localTime, passkeySupport } from "./pages.js";
 
 /** Strings of the second-step and account pages, Japanese first. */
@@ -44,6 +45,7 @@ const A = {
     end: "終了",
     devicesHeading: "信頼済みの端末",
     noDevices: "信頼済みの端末はありません。",
+    unknownDevice: "不明な端末",
     eventsHeading: "最近のセキュリティイベント",
     signOut: "サインアウト",
     totpTitle: "認証アプリの設定",
@@ -127,6 +129,7 @@ const A = {
     end: "Sign out",
     devicesHeading: "Trusted devices",
     noDevices: "No trusted devices.",
+    unknownDevice: "Unknown device",
     eventsHeading: "Recent security events",
     signOut: "Sign out",
     totpTitle: "Set up an authenticator app",
@@ -319,6 +322,9 @@ const postButton = (action: string, label: string, cls = "secondary", about?: st
 export function accountPage(lang: Lang, v: AccountView, notice?: Notice, error?: AccountError): string {
   const a = A[lang];
   const when = (iso: string | null) => (iso ? localTime(lang, iso) : a.never);
+  // The browser and system by name; the raw User-Agent header only as the tooltip.
+  const device = (ua: string | null) =>
+    `<span title="${e(ua ?? "")}">${e(deviceLabel(ua) || a.unknownDevice)}</span>`;
   const passkeys =
     v.passkeys.length === 0
       ? `<p class="muted">${e(a.noPasskeys)}</p>`
@@ -359,7 +365,7 @@ ${v.email && !v.emailVerified ? postButton("/account/email/resend", a.resend) : 
 <section><h2>${e(a.sessionsHeading)}</h2><ul class="plain">${v.sessions
     .map(
       (x) =>
-        `<li>${e(x.userAgent ?? "?")} <span class="muted">${e(x.ip ?? "")} · ${e(when(x.lastSeenAt))}${x.current ? ` · ${e(a.current)}` : ""}</span>${x.current ? "" : postButton(`/account/sessions/${x.id}/end`, a.end, "secondary", `${x.userAgent ?? "?"} · ${when(x.lastSeenAt)}`)}</li>`,
+        `<li>${device(x.userAgent)} <span class="muted">${e(x.ip ?? "")} · ${e(when(x.lastSeenAt))}${x.current ? ` · ${e(a.current)}` : ""}</span>${x.current ? "" : postButton(`/account/sessions/${x.id}/end`, a.end, "secondary", `${deviceLabel(x.userAgent) || a.unknownDevice} · ${when(x.lastSeenAt)}`)}</li>`,
     )
     .join("")}</ul></section>
 <section><h2>${e(a.devicesHeading)}</h2>${
@@ -368,7 +374,7 @@ ${v.email && !v.emailVerified ? postButton("/account/email/resend", a.resend) : 
       : `<ul class="plain">${v.devices
           .map(
             (d) =>
-              `<li>${e(d.userAgent ?? "?")} <span class="muted">${e(when(d.lastSeenAt))}${d.current ? ` · ${e(a.current)}` : ""}</span>${postButton(`/account/devices/${d.id}/remove`, a.remove, "secondary", `${d.userAgent ?? "?"} · ${when(d.lastSeenAt)}`)}</li>`,
+              `<li>${device(d.userAgent)} <span class="muted">${e(when(d.lastSeenAt))}${d.current ? ` · ${e(a.current)}` : ""}</span>${postButton(`/account/devices/${d.id}/remove`, a.remove, "secondary", `${deviceLabel(d.userAgent) || a.unknownDevice} · ${when(d.lastSeenAt)}`)}</li>`,
           )
           .join("")}</ul>`
   }</section>

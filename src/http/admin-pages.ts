@@ -160,6 +160,35 @@ code.small{font-size:.8rem;word-break:break-all}form.row{display:flex;gap:.5rem;
 
 const when = (lang: Lang, iso: string) => localTime(lang, iso, { seconds: true });
 
+/** Profile fields, member states and roles, and gender values in the admin's language. */
+const FIELD_LABEL: Record<string, { ja: string; en: string }> = {
+  name: { ja: "氏名", en: "Name" },
+  email: { ja: "メールアドレス", en: "E-mail" },
+  phone: { ja: "電話番号", en: "Phone" },
+  postal_code: { ja: "郵便番号", en: "Postal code" },
+  address: { ja: "住所", en: "Address" },
+  birth_date: { ja: "生年月日", en: "Birth date" },
+  gender: { ja: "性別", en: "Gender" },
+};
+const VALUE_LABEL: Record<string, Record<string, { ja: string; en: string }>> = {
+  gender: {
+    female: { ja: "女性", en: "Female" },
+    male: { ja: "男性", en: "Male" },
+    other: { ja: "その他", en: "Other" },
+    prefer_not_to_say: { ja: "回答しない", en: "Prefer not to say" },
+  },
+};
+const STATUS_LABEL: Record<string, { ja: string; en: string }> = {
+  active: { ja: "有効", en: "Active" },
+  disabled: { ja: "無効", en: "Disabled" },
+};
+const ROLE_LABEL: Record<string, { ja: string; en: string }> = {
+  member: { ja: "会員", en: "Member" },
+  admin: { ja: "管理者", en: "Administrator" },
+};
+const label = (table: Record<string, { ja: string; en: string }>, lang: Lang, key: string): string =>
+  table[key]?.[lang] ?? key;
+
 const modeLabel = (c: (typeof C)[Lang], mode: string): string =>
   ({ off: c.modeOff, optional: c.modeOptional, required: c.modeRequired })[mode] ?? mode;
 
@@ -284,7 +313,7 @@ export function membersPage(
       ? ""
       : v.results.length === 0
         ? `<p class="muted">${e(c.noResults)}</p>`
-        : `<table><tr><th>${e(c.memberId)}</th><th>login ID</th><th>${e(c.profile)}</th><th>${e(c.factors)}</th><th></th></tr>${v.results
+        : `<table><tr><th>${e(c.memberId)}</th><th>${e(c.loginId)}</th><th>${e(c.profile)}</th><th>${e(c.factors)}</th><th></th></tr>${v.results
             .map(
               (m) =>
                 `<tr><td><code class="small">${e(m.member_id)}</code></td><td>${e(m.login_id)}</td><td>${e(
@@ -311,11 +340,14 @@ export function memberPage(
     `<form method="post" action="/admin/members/${id}/${action}" class="row"><div><label for="r_${action}">${e(c.reasonLabel)} — ${e(label)}</label><input type="text" id="r_${action}" name="reason" minlength="3" maxlength="500" required></div><button type="submit" class="secondary">${e(label)}</button></form>`;
   const profile = v.profile
     ? `<table>${Object.entries(v.profile)
-        .map(([k, val]) => `<tr><th>${e(k)}</th><td>${e(val)}</td></tr>`)
+        .map(
+          ([k, val]) =>
+            `<tr><th>${e(label(FIELD_LABEL, lang, k))} <code class="small muted">${e(k)}</code></th><td>${e(VALUE_LABEL[k] && val ? label(VALUE_LABEL[k], lang, val) : val)}</td></tr>`,
+        )
         .join("")}</table>`
     : `<form method="post" action="/admin/members/${id}/view" class="row"><div><label for="reason">${e(c.reasonLabel)}</label><input type="text" id="reason" name="reason" minlength="3" maxlength="500" required></div><button type="submit">${e(c.showProfile)}</button></form>`;
   const body = `${v.notice ? `<div class="ok" role="status">${e(v.notice)}</div>` : ""}${v.error ? `<div class="error" role="alert">${e(v.error)}</div>` : ""}
-<table><tr><th>${e(c.loginId)}</th><td>${e(m.login_id)}</td></tr><tr><th>${e(c.statusRole)}</th><td>${e(m.status)} / ${e(m.role)}</td></tr>
+<table><tr><th>${e(c.loginId)}</th><td>${e(m.login_id)}</td></tr><tr><th>${e(c.statusRole)}</th><td>${e(label(STATUS_LABEL, lang, m.status))} / ${e(label(ROLE_LABEL, lang, m.role))}</td></tr>
 <tr><th>${e(c.created)}</th><td>${m.created_at ? e(when(lang, m.created_at)) : ""}</td></tr><tr><th>${e(c.emailVerified)}</th><td>${m.email_verified ? "✓" : "—"}</td></tr>
 <tr><th>${e(c.factors)}</th><td>${m.mfa.totp ? "TOTP " : ""}${m.mfa.passkeys ? `passkey×${m.mfa.passkeys} ` : ""}${e(c.recoveryCodes)}: ${m.mfa.recovery_codes}</td></tr>
 <tr><th>${e(c.protection)}</th><td>${m.protected_until ? `<strong>${e(c.protectedUntil(when(lang, m.protected_until)))}</strong>` : e(c.notProtected)}</td></tr></table>

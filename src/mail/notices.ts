@@ -3,6 +3,7 @@ import type { Clock } from "../clock.js";
 import type { Db } from "../db/connection.js";
 import { members } from "../db/schema.js";
 import type { ProfileVault } from "../members/profile.js";
+import { deviceLabel } from "../sessions/user-agent.js";
 import { subnetOf } from "../throttle/network.js";
 import type { Mailer } from "./outbox.js";
 import type { SecurityNoticeKind } from "./templates.js";
@@ -48,35 +49,9 @@ export class SecurityNotices {
         kind,
         at: this.#clock.now().toISOString(),
         where: ctx.ip ? subnetOf(ctx.ip).replace(/^other:.*/, "") : "",
-        device: browserOf(ctx.userAgent ?? null),
+        device: deviceLabel(ctx.userAgent),
         ...(ctx.detail ? { detail: ctx.detail } : {}),
       },
     });
   }
-}
-
-/** "Chrome on Android" from a user agent: enough to recognise one's own device, no more. */
-export function browserOf(ua: string | null): string {
-  if (!ua) return "";
-  const browser = /Edg\//.test(ua)
-    ? "Edge"
-    : /Firefox\//.test(ua)
-      ? "Firefox"
-      : /Chrome\//.test(ua)
-        ? "Chrome"
-        : /Safari\//.test(ua)
-          ? "Safari"
-          : "";
-  const os = /Android/.test(ua)
-    ? "Android"
-    : /iPhone|iPad/.test(ua)
-      ? "iOS"
-      : /Windows/.test(ua)
-        ? "Windows"
-        : /Mac OS X/.test(ua)
-          ? "macOS"
-          : /Linux/.test(ua)
-            ? "Linux"
-            : "";
-  return [browser, os].filter(Boolean).join(" / ");
 }
