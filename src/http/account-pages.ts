@@ -178,7 +178,7 @@ export type Notice = keyof (typeof A)["ja"]["added"];
 export type AccountError = keyof (typeof A)["ja"]["errors"];
 
 /** What the member's security events say, in their language (unknown types show their code). */
-const EVENT_LABEL: Record<string, { ja: string; en: string }> = {
+export const EVENT_LABEL: Record<string, { ja: string; en: string }> = {
   "member.registered": { ja: "会員登録", en: "Registered" },
   "login.password": { ja: "パスワードでサインイン", en: "Password sign-in" },
   "login.second_factor": { ja: "2段階認証", en: "Two-step verification" },
@@ -222,7 +222,7 @@ const EVENT_LABEL: Record<string, { ja: string; en: string }> = {
   },
   "recovery.second_factor": { ja: "パスワード再設定での2段階認証", en: "Two-step verification for a reset" },
 };
-const OUTCOME_LABEL: Record<string, { ja: string; en: string }> = {
+export const OUTCOME_LABEL: Record<string, { ja: string; en: string }> = {
   success: { ja: "成功", en: "OK" },
   failure: { ja: "失敗", en: "Failed" },
   info: { ja: "通知", en: "Notice" },

@@ -1,3 +1,4 @@
+import { EVENT_LABEL, OUTCOME_LABEL } from "./account-pages.js";
 import { e, type Lang, layout, localTime } from "./pages.js";
 
 /** The admin console's pages (`/admin`), Japanese first; server-rendered, no script but the passkey one. */
@@ -156,7 +157,7 @@ export const consoleText = (lang: Lang): ConsoleText => C[lang] as ConsoleText;
 const WIDE = `<style>main{max-width:64rem}@media (max-width:40rem){table{display:block;overflow-x:auto}}table{width:100%;border-collapse:collapse;font-size:.9rem}th,td{text-align:left;padding:.4rem;border-bottom:1px solid #e6e9ef;vertical-align:top}
 nav.admin{display:flex;gap:1rem;flex-wrap:wrap;margin-bottom:1rem}nav.admin a{color:#2456c9}.critical{color:#8a1c1c;font-weight:600}.warning{color:#8a5a00}
 .stats{display:grid;grid-template-columns:repeat(auto-fit,minmax(9rem,1fr));gap:.75rem}.stat{background:#f4f5f7;border-radius:8px;padding:.75rem}.stat b{display:block;font-size:1.4rem}
-code.small{font-size:.8rem;word-break:break-all}form.row{display:flex;gap:.5rem;align-items:end;flex-wrap:wrap}form.row button{width:auto;margin:0}form.row label{margin:0}</style>`;
+code.small{font-size:.8rem;word-break:break-all}td.when{white-space:nowrap}form.row{display:flex;gap:.5rem;align-items:end;flex-wrap:wrap}form.row button{width:auto;margin:0}form.row label{margin:0}</style>`;
 
 const when = (lang: Lang, iso: string) => localTime(lang, iso, { seconds: true });
 
@@ -186,6 +187,49 @@ const ROLE_LABEL: Record<string, { ja: string; en: string }> = {
   member: { ja: "会員", en: "Member" },
   admin: { ja: "管理者", en: "Administrator" },
 };
+/** Audit actions the member's own event list doesn't name: the console's, the system's, the operator's. */
+const ACTION_LABEL: Record<string, { ja: string; en: string }> = {
+  ...EVENT_LABEL,
+  "admin.alerts_viewed": { ja: "アラートを閲覧", en: "Alerts viewed" },
+  "admin.audit_verified": { ja: "監査ログを検証", en: "Audit chain verified" },
+  "admin.audit_viewed": { ja: "監査ログを閲覧", en: "Audit log viewed" },
+  "admin.client_pii_approved": {
+    ja: "会員サイトの個人情報閲覧を承認",
+    en: "Member site's PII reads approved",
+  },
+  "admin.member_mfa_reset": { ja: "2段階認証をリセット", en: "Two-step verification reset" },
+  "admin.member_password_reset_required": { ja: "パスワードの再設定を要求", en: "New password required" },
+  "admin.member_sessions_revoked": { ja: "会員のセッションを終了", en: "Member's sessions ended" },
+  "admin.member_unlocked": { ja: "アカウント保護を解除", en: "Account protection lifted" },
+  "admin.member_viewed": { ja: "会員の個人情報を表示", en: "Member's personal data shown" },
+  "admin.members_looked_up": { ja: "会員を検索", en: "Members looked up" },
+  "admin.mfa_adoption_viewed": { ja: "2段階認証の普及状況を閲覧", en: "MFA adoption viewed" },
+  "admin.mfa_policy_changed": { ja: "MFAポリシーを変更", en: "MFA policy changed" },
+  "alert.raised": { ja: "アラート", en: "Alert raised" },
+  "pii.read": { ja: "個人情報の復号", en: "Personal data decrypted" },
+  "pii.decrypt_failed": { ja: "個人情報の復号に失敗", en: "Personal data failed to decrypt" },
+  "pii.reencrypted": { ja: "個人情報を再暗号化", en: "Personal data re-encrypted" },
+  "oidc.grant_revoked": { ja: "会員サイトへの許可を取り消し", en: "Member site's grant revoked" },
+  "client.registered": { ja: "会員サイトを登録", en: "Member site registered" },
+  "keys.rotated": { ja: "鍵を更新", en: "Keys rotated" },
+  "keys.rotation_started": { ja: "鍵の更新を開始", en: "Key rotation started" },
+  "keys.signing_retired": { ja: "署名鍵を廃止", en: "Signing key retired" },
+  "honeytokens.added": { ja: "おとり会員を追加", en: "Decoy members added" },
+  "members.imported": { ja: "会員を移行", en: "Members imported" },
+  "members.weak_hashes_wrapped": { ja: "旧パスワードハッシュを保護", en: "Legacy password hashes wrapped" },
+  "database.backed_up": { ja: "データベースをバックアップ", en: "Database backed up" },
+  "database.restored": { ja: "データベースを復元", en: "Database restored" },
+  "recovery.requested_unknown": {
+    ja: "存在しない宛先への再設定申請",
+    en: "Recovery asked for an unknown member",
+  },
+  "recovery.throttled": { ja: "再設定申請の制限", en: "Recovery requests limited" },
+};
+
+/** An id in a narrow column: its start, the whole of it on hover. */
+const shortId = (id: string) =>
+  `<code class="small" title="${e(id)}">${e(id.length > 10 ? `${id.slice(0, 8)}…` : id)}</code>`;
+
 const label = (table: Record<string, { ja: string; en: string }>, lang: Lang, key: string): string =>
   table[key]?.[lang] ?? key;
 
@@ -417,7 +461,7 @@ export function auditPage(
 <table><tr><th>#</th><th>${e(c.when)}</th><th>${e(c.action)}</th><th>${e(c.result)}</th><th>${e(c.who)}</th><th>${e(c.memberId)}</th><th>${e(c.details)}</th></tr>${v.entries
     .map(
       (x) =>
-        `<tr><td>${x.seq}</td><td>${e(when(lang, x.at))}</td><td>${e(x.action)}</td><td>${e(x.outcome)}</td><td>${e(x.actor_type)} <code class="small">${e(x.actor_id ?? "")}</code><br><span class="muted">${e(x.ip ?? "")}</span></td><td>${x.member_id ? `<a href="/admin/members/${e(x.member_id)}"><code class="small">${e(x.member_id)}</code></a>` : ""}</td><td>${x.reason ? `<strong>${e(x.reason)}</strong> ` : ""}<code class="small">${e(JSON.stringify(x.details))}</code></td></tr>`,
+        `<tr><td>${x.seq}</td><td class="when">${e(when(lang, x.at))}</td><td>${e(label(ACTION_LABEL, lang, x.action))}<br><code class="small muted">${e(x.action)}</code></td><td>${e(label(OUTCOME_LABEL, lang, x.outcome))}</td><td>${e(x.actor_type)} ${x.actor_id ? shortId(x.actor_id) : ""}<br><span class="muted">${e(x.ip ?? "")}</span></td><td>${x.member_id ? `<a href="/admin/members/${e(x.member_id)}">${shortId(x.member_id)}</a>` : ""}</td><td>${x.reason ? `<strong>${e(x.reason)}</strong> ` : ""}<code class="small">${e(JSON.stringify(x.details))}</code></td></tr>`,
     )
     .join("")}</table>
 ${v.olderHref ? `<p><a href="${e(v.olderHref)}">${e(c.older)} →</a></p>` : ""}`;

@@ -113,6 +113,7 @@ describe.skipIf(!chromiumAvailable && !process.env.CI)("admin console in a real 
       expect(audit).toContain(action);
     }
     expect(audit).toContain("問い合わせ #4711 住所確認");
+    expect(audit).toContain("会員の個人情報を表示"); // named in Japanese, beside its code
     await shot("audit-ja");
   });
 

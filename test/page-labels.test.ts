@@ -1,6 +1,6 @@
 import { describe, expect, it } from "vitest";
 import { accountPage } from "../src/http/account-pages.js";
-import { memberPage } from "../src/http/admin-pages.js";
+import { auditPage, memberPage } from "../src/http/admin-pages.js";
 import { deviceLabel } from "../src/sessions/user-agent.js";
 
 const UA = {
@@ -103,5 +103,50 @@ describe("the admin console's member page speaks the admin's language", () => {
     expect(html).toContain("Disabled / Administrator");
     expect(html).toContain('Postal code <code class="small muted">postal_code</code>');
     expect(html).toContain("<td>Male</td>");
+  });
+});
+
+describe("the console's audit page reads as events, not codes", () => {
+  it("names each action and outcome in the admin's language, keeps the code beside it, and shortens ids", () => {
+    const memberId = "m_KtILihDieBUT3lgWWmpGTQ";
+    const html = auditPage("ja", {
+      entries: [
+        {
+          seq: 7,
+          at: "2026-12-05T00:00:00Z",
+          action: "admin.member_viewed",
+          outcome: "success",
+          actor_type: "admin",
+          actor_id: "m_adminAdminAdminAdmin01",
+          member_id: memberId,
+          reason: "問い合わせ #4711",
+          ip: "127.0.0.1",
+          details: {},
+        },
+        {
+          seq: 6,
+          at: "2026-12-05T00:00:00Z",
+          action: "some.future_action",
+          outcome: "failure",
+          actor_type: "system",
+          actor_id: null,
+          member_id: null,
+          reason: null,
+          ip: null,
+          details: {},
+        },
+      ],
+      verify: { ok: true, entries: 7 },
+      filters: {},
+      olderHref: null,
+    });
+    expect(html).toContain('会員の個人情報を表示<br><code class="small muted">admin.member_viewed</code>');
+    expect(html).toContain("<td>成功</td>");
+    expect(html).toContain("<td>失敗</td>");
+    // An action without a name yet still shows, as its code.
+    expect(html).toContain("<td>some.future_action<br>");
+    expect(html).toContain(
+      `<a href="/admin/members/${memberId}"><code class="small" title="${memberId}">m_KtILih…</code></a>`,
+    );
   });
 });
