@@ -141,12 +141,12 @@ describe("the console's audit page reads as events, not codes", () => {
       olderHref: null,
     });
     expect(html).toContain('会員の個人情報を表示<br><code class="small muted">admin.member_viewed</code>');
-    expect(html).toContain("<td>成功</td>");
-    expect(html).toContain("<td>失敗</td>");
+    expect(html).toContain(`<td class="nowrap">成功</td>`);
+    expect(html).toContain(`<td class="nowrap">失敗</td>`);
     // An action without a name yet still shows, as its code.
-    expect(html).toContain("<td>some.future_action<br>");
+    expect(html).toContain(`<td class="action">some.future_action<br>`);
     expect(html).toContain(
-      `<a href="/admin/members/${memberId}"><code class="small" title="${memberId}">m_KtILih…</code></a>`,
+      `<a href="/admin/members/${memberId}"><code class="small id" title="${memberId}">m_KtILih…</code></a>`,
     );
   });
 });

@@ -1,5 +1,5 @@
 import { EVENT_LABEL, OUTCOME_LABEL } from "./account-pages.js";
-import { e, type Lang, layout, localTime } from "./pages.js";
+import { e, type Lang, layout, localTime, zoneName } from "./pages.js";
 
 /** The admin console's pages (`/admin`), Japanese first; server-rendered, no script but the passkey one. */
 const C = {
@@ -157,7 +157,7 @@ export const consoleText = (lang: Lang): ConsoleText => C[lang] as ConsoleText;
 const WIDE = `<style>main{max-width:64rem}@media (max-width:40rem){table{display:block;overflow-x:auto}}table{width:100%;border-collapse:collapse;font-size:.9rem}th,td{text-align:left;padding:.4rem;border-bottom:1px solid #e6e9ef;vertical-align:top}
 nav.admin{display:flex;gap:1rem;flex-wrap:wrap;margin-bottom:1rem}nav.admin a{color:#2456c9}.critical{color:#8a1c1c;font-weight:600}.warning{color:#8a5a00}
 .stats{display:grid;grid-template-columns:repeat(auto-fit,minmax(9rem,1fr));gap:.75rem}.stat{background:#f4f5f7;border-radius:8px;padding:.75rem}.stat b{display:block;font-size:1.4rem}
-code.small{font-size:.8rem;word-break:break-all}td.when{white-space:nowrap}form.row{display:flex;gap:.5rem;align-items:end;flex-wrap:wrap}form.row button{width:auto;margin:0}form.row label{margin:0}</style>`;
+code.small{font-size:.8rem;word-break:break-all}td.nowrap,code.id{white-space:nowrap;word-break:normal}td.action{min-width:14rem}td.action code{word-break:normal}form.row{display:flex;gap:.5rem;align-items:end;flex-wrap:wrap}form.row button{width:auto;margin:0}form.row label{margin:0}</style>`;
 
 const when = (lang: Lang, iso: string) => localTime(lang, iso, { seconds: true });
 
@@ -206,6 +206,7 @@ const ACTION_LABEL: Record<string, { ja: string; en: string }> = {
   "admin.mfa_adoption_viewed": { ja: "2段階認証の普及状況を閲覧", en: "MFA adoption viewed" },
   "admin.mfa_policy_changed": { ja: "MFAポリシーを変更", en: "MFA policy changed" },
   "alert.raised": { ja: "アラート", en: "Alert raised" },
+  "session.enrolled": { ja: "登録後のセッション更新", en: "Session raised after enrolment" },
   "pii.read": { ja: "個人情報の復号", en: "Personal data decrypted" },
   "pii.decrypt_failed": { ja: "個人情報の復号に失敗", en: "Personal data failed to decrypt" },
   "pii.reencrypted": { ja: "個人情報を再暗号化", en: "Personal data re-encrypted" },
@@ -228,7 +229,7 @@ const ACTION_LABEL: Record<string, { ja: string; en: string }> = {
 
 /** An id in a narrow column: its start, the whole of it on hover. */
 const shortId = (id: string) =>
-  `<code class="small" title="${e(id)}">${e(id.length > 10 ? `${id.slice(0, 8)}…` : id)}</code>`;
+  `<code class="small id" title="${e(id)}">${e(id.length > 10 ? `${id.slice(0, 8)}…` : id)}</code>`;
 
 const label = (table: Record<string, { ja: string; en: string }>, lang: Lang, key: string): string =>
   table[key]?.[lang] ?? key;
@@ -458,10 +459,10 @@ export function auditPage(
   const body = `${chain}${v.invalidFilter ? `<div class="error" role="alert">${e(c.invalid)}</div>` : ""}
 <form method="get" action="/admin/audit" class="row"><div><label for="member_id">${e(c.memberId)}</label><input type="text" id="member_id" name="member_id" value="${e(f.member_id ?? "")}"></div>
 <div><label for="action">${e(c.action)}</label><input type="text" id="action" name="action" value="${e(f.action ?? "")}"></div><button type="submit" class="secondary">${e(c.filter)}</button></form>
-<table><tr><th>#</th><th>${e(c.when)}</th><th>${e(c.action)}</th><th>${e(c.result)}</th><th>${e(c.who)}</th><th>${e(c.memberId)}</th><th>${e(c.details)}</th></tr>${v.entries
+<table><tr><th>#</th><th>${e(c.when)} <span class="muted">${e(zoneName(lang))}</span></th><th>${e(c.action)}</th><th>${e(c.result)}</th><th>${e(c.who)}</th><th>${e(c.memberId)}</th><th>${e(c.details)}</th></tr>${v.entries
     .map(
       (x) =>
-        `<tr><td>${x.seq}</td><td class="when">${e(when(lang, x.at))}</td><td>${e(label(ACTION_LABEL, lang, x.action))}<br><code class="small muted">${e(x.action)}</code></td><td>${e(label(OUTCOME_LABEL, lang, x.outcome))}</td><td>${e(x.actor_type)} ${x.actor_id ? shortId(x.actor_id) : ""}<br><span class="muted">${e(x.ip ?? "")}</span></td><td>${x.member_id ? `<a href="/admin/members/${e(x.member_id)}">${shortId(x.member_id)}</a>` : ""}</td><td>${x.reason ? `<strong>${e(x.reason)}</strong> ` : ""}<code class="small">${e(JSON.stringify(x.details))}</code></td></tr>`,
+        `<tr><td>${x.seq}</td><td class="nowrap">${e(localTime(lang, x.at, { seconds: true, zone: false }))}</td><td class="action">${e(label(ACTION_LABEL, lang, x.action))}<br><code class="small muted">${e(x.action)}</code></td><td class="nowrap">${e(label(OUTCOME_LABEL, lang, x.outcome))}</td><td>${e(x.actor_type)} ${x.actor_id ? shortId(x.actor_id) : ""}<br><span class="muted">${e(x.ip ?? "")}</span></td><td>${x.member_id ? `<a href="/admin/members/${e(x.member_id)}">${shortId(x.member_id)}</a>` : ""}</td><td>${x.reason ? `<strong>${e(x.reason)}</strong> ` : ""}<code class="small">${e(JSON.stringify(x.details))}</code></td></tr>`,
     )
     .join("")}</table>
 ${v.olderHref ? `<p><a href="${e(v.olderHref)}">${e(c.older)} →</a></p>` : ""}`;

@@ -17,7 +17,7 @@ export type Lang = "ja" | "en";
  * A time as a reader of the page expects it: Japan time on Japanese pages (as in our mails), UTC
  * on English ones, the zone always said.
  */
-export function localTime(lang: Lang, iso: string, opts: { seconds?: boolean } = {}): string {
+export function localTime(lang: Lang, iso: string, opts: { seconds?: boolean; zone?: boolean } = {}): string {
   const d = new Date(iso);
   if (Number.isNaN(d.getTime())) return iso;
   const text = new Intl.DateTimeFormat(lang === "ja" ? "ja-JP" : "en-GB", {
@@ -30,8 +30,11 @@ export function localTime(lang: Lang, iso: string, opts: { seconds?: boolean } =
     hourCycle: "h23",
     timeZone: lang === "ja" ? "Asia/Tokyo" : "UTC",
   }).format(d);
-  return `${text} ${lang === "ja" ? "(日本時間)" : "UTC"}`;
+  return opts.zone === false ? text : `${text} ${zoneName(lang)}`;
 }
+
+/** The zone localTime() shows times in: for a column header when its cells leave it out. */
+export const zoneName = (lang: Lang): string => (lang === "ja" ? "(日本時間)" : "UTC");
 
 /** The cookie that keeps a reader's language choice (the switch on every page) across pages. */
 export const LANG_COOKIE = "sekisho_lang";
