@@ -96,6 +96,12 @@ describe("the admin console's member page speaks the admin's language", () => {
     expect(html).toContain('郵便番号 <code class="small muted">postal_code</code>');
     expect(html).toContain("<td>男性</td>");
     expect(html).not.toContain("<td>male</td>");
+    expect(html).toContain('<td>認証アプリ <span class="muted">(リカバリーコード: 10)</span></td>');
+    const bare = memberPage("ja", {
+      member: { ...member, mfa: { totp: false, passkeys: 0, recovery_codes: 0 } },
+      profile: null,
+    });
+    expect(bare).toContain("<td>未設定 <span");
   });
 
   it("and in English", () => {

@@ -394,7 +394,7 @@ export function memberPage(
   const body = `${v.notice ? `<div class="ok" role="status">${e(v.notice)}</div>` : ""}${v.error ? `<div class="error" role="alert">${e(v.error)}</div>` : ""}
 <table><tr><th>${e(c.loginId)}</th><td>${e(m.login_id)}</td></tr><tr><th>${e(c.statusRole)}</th><td>${e(label(STATUS_LABEL, lang, m.status))} / ${e(label(ROLE_LABEL, lang, m.role))}</td></tr>
 <tr><th>${e(c.created)}</th><td>${m.created_at ? e(when(lang, m.created_at)) : ""}</td></tr><tr><th>${e(c.emailVerified)}</th><td>${m.email_verified ? "✓" : "—"}</td></tr>
-<tr><th>${e(c.factors)}</th><td>${m.mfa.totp ? "TOTP " : ""}${m.mfa.passkeys ? `passkey×${m.mfa.passkeys} ` : ""}${e(c.recoveryCodes)}: ${m.mfa.recovery_codes}</td></tr>
+<tr><th>${e(c.factors)}</th><td>${m.mfa.totp ? `${e(c.withTotp)} ` : ""}${m.mfa.passkeys ? `${e(c.withPasskeys)}×${m.mfa.passkeys} ` : ""}${m.mfa.totp || m.mfa.passkeys ? "" : `${e(c.withoutFactor)} `}<span class="muted">(${e(c.recoveryCodes)}: ${m.mfa.recovery_codes})</span></td></tr>
 <tr><th>${e(c.protection)}</th><td>${m.protected_until ? `<strong>${e(c.protectedUntil(when(lang, m.protected_until)))}</strong>` : e(c.notProtected)}</td></tr></table>
 <section><h2>${e(c.profile)}</h2>${profile}</section>
 <section><h2>${e(c.actions)}</h2>
