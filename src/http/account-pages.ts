@@ -332,10 +332,10 @@ export function accountPage(lang: Lang, v: AccountView, notice?: Notice, error?:
           .map(
             (
               p,
-            ) => `<li><strong>${e(p.name)}</strong> <span class="muted">(${e(p.synced ? a.synced : a.deviceBound)}; ${e(a.lastUsed)}: ${e(when(p.lastUsedAt))})</span>
+            ) => `<li><div class="item-head"><span><strong>${e(p.name)}</strong> <span class="muted">(${e(p.synced ? a.synced : a.deviceBound)}; ${e(a.lastUsed)}: ${e(when(p.lastUsedAt))})</span></span>
+${postButton(`/account/passkeys/${p.id}/remove`, a.remove, "secondary", p.name)}</div>
 ${p.suspected ? `<div class="error">${e(a.suspected)}</div>` : ""}
-<form method="post" action="/account/passkeys/${e(p.id)}/rename"><label class="muted" for="n_${e(p.id)}">${e(a.rename)}<span class="sr"> (${e(p.name)})</span></label><input type="text" id="n_${e(p.id)}" name="name" maxlength="64" value="${e(p.name)}" required><button type="submit" class="secondary" aria-label="${e(`${a.rename}: ${p.name}`)}">${e(a.rename)}</button></form>
-${postButton(`/account/passkeys/${p.id}/remove`, a.remove, "secondary", p.name)}</li>`,
+<form method="post" action="/account/passkeys/${e(p.id)}/rename" class="row"><label class="sr" for="n_${e(p.id)}">${e(a.rename)} (${e(p.name)})</label><input type="text" id="n_${e(p.id)}" name="name" maxlength="64" value="${e(p.name)}" required><button type="submit" class="secondary" aria-label="${e(`${a.rename}: ${p.name}`)}">${e(a.rename)}</button></form></li>`,
           )
           .join("")}</ul>`;
   const body = `<h1>${e(a.accountTitle)}</h1><p class="lead">${e(a.signedInAs(v.loginId))}<br><span class="muted">${e(a.level)}: ${e(ACR_LABEL[v.acr]?.[lang] ?? v.acr)}</span></p>

@@ -147,6 +147,8 @@ button.secondary{background:#e6e9ef;color:#1d2330}
 section{border-top:1px solid #e6e9ef;margin-top:1.5rem;padding-top:1rem}h2{font-size:1.1rem;margin:0 0 .5rem}
 ul.plain{list-style:none;padding:0;margin:0}ul.plain li{padding:.5rem 0;border-bottom:1px solid #f0f1f4}
 .inline{display:inline}.inline button{width:auto;margin:0 0 0 .5rem;padding:.35rem .75rem;font-size:.9rem}
+section>.inline button{margin-left:0}.row{display:flex;gap:.5rem;align-items:center;margin-top:.5rem}.row input[type=text]{flex:1;min-width:0;padding:.45rem .6rem;font-size:.95rem}.row button{width:auto;margin:0;padding:.45rem .8rem;font-size:.9rem;white-space:nowrap}
+.item-head{display:flex;justify-content:space-between;align-items:baseline;gap:.5rem}
 .muted{color:#5f6779;font-size:.9rem}.small{font-size:.85rem;word-break:break-word}.ok{background:#e8f5ec;color:#1d5c2e;border-radius:8px;padding:.75rem;margin-bottom:1rem}
 code.secret{word-break:break-all;font-size:1.05rem}.qr svg{width:220px;height:220px;display:block;margin:1rem auto}
 ol.codes{columns:2;font-family:ui-monospace,monospace;font-size:1.05rem}
