@@ -231,7 +231,7 @@ const ACTION_LABEL: Record<string, { ja: string; en: string }> = {
 const shortId = (id: string) =>
   `<code class="small id" title="${e(id)}">${e(id.length > 10 ? `${id.slice(0, 8)}…` : id)}</code>`;
 
-const label = (table: Record<string, { ja: string; en: string }>, lang: Lang, key: string): string =>
+const named = (table: Record<string, { ja: string; en: string }>, lang: Lang, key: string): string =>
   table[key]?.[lang] ?? key;
 
 const modeLabel = (c: (typeof C)[Lang], mode: string): string =>
@@ -387,12 +387,12 @@ export function memberPage(
     ? `<table>${Object.entries(v.profile)
         .map(
           ([k, val]) =>
-            `<tr><th>${e(label(FIELD_LABEL, lang, k))} <code class="small muted">${e(k)}</code></th><td>${e(VALUE_LABEL[k] && val ? label(VALUE_LABEL[k], lang, val) : val)}</td></tr>`,
+            `<tr><th>${e(named(FIELD_LABEL, lang, k))} <code class="small muted">${e(k)}</code></th><td>${e(VALUE_LABEL[k] && val ? named(VALUE_LABEL[k], lang, val) : val)}</td></tr>`,
         )
         .join("")}</table>`
     : `<form method="post" action="/admin/members/${id}/view" class="row"><div><label for="reason">${e(c.reasonLabel)}</label><input type="text" id="reason" name="reason" minlength="3" maxlength="500" required></div><button type="submit">${e(c.showProfile)}</button></form>`;
   const body = `${v.notice ? `<div class="ok" role="status">${e(v.notice)}</div>` : ""}${v.error ? `<div class="error" role="alert">${e(v.error)}</div>` : ""}
-<table><tr><th>${e(c.loginId)}</th><td>${e(m.login_id)}</td></tr><tr><th>${e(c.statusRole)}</th><td>${e(label(STATUS_LABEL, lang, m.status))} / ${e(label(ROLE_LABEL, lang, m.role))}</td></tr>
+<table><tr><th>${e(c.loginId)}</th><td>${e(m.login_id)}</td></tr><tr><th>${e(c.statusRole)}</th><td>${e(named(STATUS_LABEL, lang, m.status))} / ${e(named(ROLE_LABEL, lang, m.role))}</td></tr>
 <tr><th>${e(c.created)}</th><td>${m.created_at ? e(when(lang, m.created_at)) : ""}</td></tr><tr><th>${e(c.emailVerified)}</th><td>${m.email_verified ? "✓" : "—"}</td></tr>
 <tr><th>${e(c.factors)}</th><td>${m.mfa.totp ? `${e(c.withTotp)} ` : ""}${m.mfa.passkeys ? `${e(c.withPasskeys)}×${m.mfa.passkeys} ` : ""}${m.mfa.totp || m.mfa.passkeys ? "" : `${e(c.withoutFactor)} `}<span class="muted">(${e(c.recoveryCodes)}: ${m.mfa.recovery_codes})</span></td></tr>
 <tr><th>${e(c.protection)}</th><td>${m.protected_until ? `<strong>${e(c.protectedUntil(when(lang, m.protected_until)))}</strong>` : e(c.notProtected)}</td></tr></table>
@@ -462,7 +462,7 @@ export function auditPage(
 <table><tr><th>#</th><th>${e(c.when)} <span class="muted">${e(zoneName(lang))}</span></th><th>${e(c.action)}</th><th>${e(c.result)}</th><th>${e(c.who)}</th><th>${e(c.memberId)}</th><th>${e(c.details)}</th></tr>${v.entries
     .map(
       (x) =>
-        `<tr><td>${x.seq}</td><td class="nowrap">${e(localTime(lang, x.at, { seconds: true, zone: false }))}</td><td class="action">${e(label(ACTION_LABEL, lang, x.action))}<br><code class="small muted">${e(x.action)}</code></td><td class="nowrap">${e(label(OUTCOME_LABEL, lang, x.outcome))}</td><td>${e(x.actor_type)} ${x.actor_id ? shortId(x.actor_id) : ""}<br><span class="muted">${e(x.ip ?? "")}</span></td><td>${x.member_id ? `<a href="/admin/members/${e(x.member_id)}">${shortId(x.member_id)}</a>` : ""}</td><td>${x.reason ? `<strong>${e(x.reason)}</strong> ` : ""}<code class="small">${e(JSON.stringify(x.details))}</code></td></tr>`,
+        `<tr><td>${x.seq}</td><td class="nowrap">${e(localTime(lang, x.at, { seconds: true, zone: false }))}</td><td class="action">${e(named(ACTION_LABEL, lang, x.action))}<br><code class="small muted">${e(x.action)}</code></td><td class="nowrap">${e(named(OUTCOME_LABEL, lang, x.outcome))}</td><td>${e(x.actor_type)} ${x.actor_id ? shortId(x.actor_id) : ""}<br><span class="muted">${e(x.ip ?? "")}</span></td><td>${x.member_id ? `<a href="/admin/members/${e(x.member_id)}">${shortId(x.member_id)}</a>` : ""}</td><td>${x.reason ? `<strong>${e(x.reason)}</strong> ` : ""}<code class="small">${e(JSON.stringify(x.details))}</code></td></tr>`,
     )
     .join("")}</table>
 ${v.olderHref ? `<p><a href="${e(v.olderHref)}">${e(c.older)} →</a></p>` : ""}`;
