@@ -2,8 +2,8 @@ import Bowser from "bowser";
 
 const MOBILE_OS = new Set(["iOS", "Android"]);
 
-/** Longest User-Agent looked at (the stores keep 256 characters; a header can be longer). */
-const MAX_UA = 512;
+/** Longest User-Agent looked at: what the stores keep (a header can be far longer; parsing is regex work). */
+const MAX_UA = 256;
 
 /**
  * A member-readable name for the browser and system a session or trusted device came from, from
