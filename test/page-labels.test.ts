@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { accountPage } from "../src/http/account-pages.js";
+import { accountPage, totpEnrolPage } from "../src/http/account-pages.js";
 import { auditPage, memberPage } from "../src/http/admin-pages.js";
 import { deviceLabel } from "../src/sessions/user-agent.js";
 
@@ -154,5 +154,13 @@ describe("the console's audit page reads as events, not codes", () => {
     expect(html).toContain(
       `<a href="/admin/members/${memberId}"><code class="small id" title="${memberId}">m_KtILih…</code></a>`,
     );
+  });
+});
+
+describe("the authenticator-app set-up page", () => {
+  it("offers a way back to the account page without setting it up", () => {
+    const html = totpEnrolPage("ja", { qrSvg: "<svg></svg>", secret: "ABCDEFGHIJKLMNOP" });
+    expect(html).toContain('<a href="/account?lang=ja">設定せずに戻る</a>');
+    expect(html).toContain("ABCD EFGH IJKL MNOP");
   });
 });

@@ -46,6 +46,7 @@ const A = {
     devicesHeading: "信頼済みの端末",
     noDevices: "信頼済みの端末はありません。",
     unknownDevice: "不明な端末",
+    cancelTotp: "設定せずに戻る",
     eventsHeading: "最近のセキュリティイベント",
     signOut: "サインアウト",
     totpTitle: "認証アプリの設定",
@@ -130,6 +131,7 @@ const A = {
     devicesHeading: "Trusted devices",
     noDevices: "No trusted devices.",
     unknownDevice: "Unknown device",
+    cancelTotp: "Go back without setting it up",
     eventsHeading: "Recent security events",
     signOut: "Sign out",
     totpTitle: "Set up an authenticator app",
@@ -415,7 +417,8 @@ ${opts.error ? `<div class="error" role="alert" id="mfa_error">${e(a.wrongCode)}
 <p>${e(a.totpKey)}: <code class="secret">${e(grouped)}</code></p>
 <form method="post" action="/account/totp/verify"><label for="code">${e(a.totpStep2)}</label>
 <input type="tel" id="code" name="code" inputmode="numeric" autocomplete="one-time-code" pattern="[0-9 ]{6,7}" maxlength="7" required autofocus>
-<button type="submit">${e(a.verify)}</button></form>`;
+<button type="submit">${e(a.verify)}</button></form>
+<p class="muted"><a href="/account?lang=${lang}">${e(a.cancelTotp)}</a></p>`;
   return layout(lang, a.totpTitle, body);
 }
 
