@@ -2,7 +2,11 @@ import type { IncomingMessage, ServerResponse } from "node:http";
 import express, { type NextFunction, type Request, type Response } from "express";
 import proxyaddr from "proxy-addr";
 import { ApiError } from "../errors.js";
+import { cachedProviderDocuments, createOidc, OIDC_JSON_ENDPOINTS, OIDC_ROUTES } from "../oidc/provider.js";
 import type { Services } from "../services.js";
+import { formLane } from "./form-lane.js";
+import { assetRoutes, rememberLang, reqLang, sendPageError } from "./hosted.js";
+import { httpMetrics, metricsRoute } from "./metrics-routes.js";
 import {
   accessLog,
   applyHeaders,
@@ -16,24 +20,20 @@ import {
   securityHeaders,
   sessionLoader,
 } from "./middleware.js";
-import { formLane } from "./form-lane.js";
 import { providerLane } from "./provider-lane.js";
-import { signInLane } from "./sign-in-lane.js";
-import { cachedProviderDocuments, createOidc, OIDC_JSON_ENDPOINTS, OIDC_ROUTES } from "../oidc/provider.js";
-import { assetRoutes, rememberLang, reqLang, sendPageError } from "./hosted.js";
-import { httpMetrics, metricsRoute } from "./metrics-routes.js";
 import { accountRoutes } from "./routes/account.js";
 import { adminRoutes } from "./routes/admin.js";
+import { adminConsoleRoutes } from "./routes/admin-console.js";
 import { factorRoutes } from "./routes/factors.js";
 import { healthRoutes } from "./routes/health.js";
-import { secondFactorRoutes } from "./routes/second-factor.js";
 import { interactionRoutes, loginPages, silentAuthorization } from "./routes/interactions.js";
 import { meRoutes } from "./routes/me.js";
 import { registrationAndLoginRoutes } from "./routes/members.js";
 import { recoveryRoutes } from "./routes/recovery.js";
-import { serviceRoutes } from "./routes/service.js";
 import { recoveryPageRoutes } from "./routes/recovery-hosted.js";
-import { adminConsoleRoutes } from "./routes/admin-console.js";
+import { secondFactorRoutes } from "./routes/second-factor.js";
+import { serviceRoutes } from "./routes/service.js";
+import { signInLane } from "./sign-in-lane.js";
 
 /** The JSON API's body limit (bytes), for the body parser and the sign-in lane alike. */
 const BODY_LIMIT = 64 * 1024;
@@ -85,6 +85,7 @@ export function createApp(
       ["/.well-known/openid-configuration", OIDC_ROUTES.jwks],
       providerCallback,
       oidc.syncSigningKeys,
+      new URL(s.config.issuer).host,
     ),
   );
   app.use(accessLog(s.logger));

@@ -7,15 +7,15 @@ import initializeKeyStore from "oidc-provider/lib/helpers/initialize_keystore.js
 import revoke from "oidc-provider/lib/helpers/revoke.js";
 import { lazyPrepared } from "../db/connection.js";
 import { members } from "../db/schema.js";
-import { errorPage, langOf, loggedOutPage, logoutPage } from "../http/pages.js";
 import { ApiError, StartupError } from "../errors.js";
+import { errorPage, langOf, loggedOutPage, logoutPage } from "../http/pages.js";
 import { PROFILE_FIELDS, type Profile, type ProfileField } from "../members/profile.js";
-import type { Services } from "../services.js";
-import type { Keyring, SigningKey } from "../vault/keyring.js";
-import { ACR } from "../sessions/levels.js";
 import { meets, type Requirement } from "../policy/mfa-policy.js";
+import type { Services } from "../services.js";
+import { ACR } from "../sessions/levels.js";
 import { logOut } from "../sessions/member-actions.js";
 import { SESSION_COOKIE, type Session, sessionTokenFrom } from "../sessions/sessions.js";
+import type { Keyring, SigningKey } from "../vault/keyring.js";
 import type { OidcStore } from "./adapter.js";
 import { Clients, secretMatches } from "./clients.js";
 
@@ -518,17 +518,22 @@ const PER_REQUEST = new Set(["date", "x-request-id", "set-cookie"]);
 /**
  * Serve GET `paths` from a copy of the provider's first 200 answer to each (body and headers).
  * The documents depend only on configuration, fixed for the life of the process, and the signing
- * keys: the copies are dropped whenever `generation()` changes.
+ * keys: the copies are dropped whenever `generation()` changes. The provider writes its endpoint
+ * URLs from the request's Host, so only answers to requests for `issuerHost` are kept and served:
+ * a request with another Host header is passed to the provider uncached (a first request with
+ * `Host: evil.example` would otherwise have handed every later caller endpoints on that host).
  */
 export function cachedProviderDocuments(
   paths: readonly string[],
   callback: (req: IncomingMessage, res: ServerResponse) => unknown,
   generation: () => number = () => 0,
+  issuerHost: string | null = null,
 ): RequestHandler {
   const cache = new Map<string, { headers: Record<string, string | number | string[]>; body: Buffer }>();
   let cachedGeneration = generation();
   return (req, res, next) => {
     if (req.method !== "GET" || !paths.includes(req.path)) return next();
+    if (issuerHost !== null && req.headers.host?.toLowerCase() !== issuerHost) return void callback(req, res);
     const now = generation();
     if (now !== cachedGeneration) {
       cache.clear();
