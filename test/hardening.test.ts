@@ -1,3 +1,6 @@
+import { once } from "node:events";
+import http from "node:http";
+import net from "node:net";
 import supertest from "supertest";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { members } from "../src/db/schema.js";
@@ -7,8 +10,8 @@ import {
   PROFILE,
   post,
   register,
-  signIn,
   STRONG_PASSWORD,
+  signIn,
   type TestApp,
 } from "./support/app.js";
 
@@ -284,4 +287,60 @@ describe("HTTP hardening", () => {
     expect(t.s.db.select().from(members).all().length).toBe(before);
     expect((await register(t.app, { login_id: "half.member" })).status).toBe(201);
   });
+});
+
+/** One raw HTTP/1.1 request, written as given (a forged Host, an absolute-form target). */
+async function rawGet(port: number, target: string, host: string): Promise<{ status: number; body: string }> {
+  const socket = net.connect(port, "127.0.0.1");
+  socket.write(`GET ${target} HTTP/1.1\r\nHost: ${host}\r\nConnection: close\r\n\r\n`);
+  const chunks: Buffer[] = [];
+  for await (const chunk of socket) chunks.push(chunk as Buffer);
+  const text = Buffer.concat(chunks).toString("utf8");
+  const [head = "", ...rest] = text.split("\r\n\r\n");
+  const body = rest.join("\r\n\r\n");
+  // Chunked or not, the JSON document is what sits between the first "{" and the last "}".
+  return {
+    status: Number(head.split(" ")[1]),
+    body: body.slice(body.indexOf("{"), body.lastIndexOf("}") + 1),
+  };
+}
+
+describe("the provider's documents are written for the issuer, whatever the request says its host is", () => {
+  const attacks = [
+    ["a forged Host header", "/.well-known/openid-configuration", "evil.example"],
+    ["an absolute-form request target", "http://evil.example/.well-known/openid-configuration", null],
+  ] as const;
+  for (const [what, target, forgedHost] of attacks) {
+    it(`a first discovery request with ${what} poisons neither its own answer nor the cached one`, async () => {
+      const t = makeApp();
+      const server = http.createServer(t.app).listen(0, "127.0.0.1");
+      await once(server, "listening");
+      const { port } = server.address() as net.AddressInfo;
+      const issuerHost = new URL(t.s.config.issuer).host;
+      try {
+        // The attacker's request comes first, while nothing is cached yet.
+        const forged = await rawGet(port, target, forgedHost ?? issuerHost);
+        // Then a member site's, for the issuer's host, and one for another name of the server.
+        const honest = await rawGet(port, "/.well-known/openid-configuration", issuerHost);
+        const other = await rawGet(port, "/.well-known/openid-configuration", `127.0.0.1:${port}`);
+        for (const res of [forged, honest, other]) {
+          expect(res.status).toBe(200);
+          expect(res.body).not.toContain("evil.example");
+          const doc = JSON.parse(res.body) as Record<string, unknown>;
+          expect(doc.issuer).toBe(t.s.config.issuer);
+          for (const key of [
+            "authorization_endpoint",
+            "token_endpoint",
+            "jwks_uri",
+            "end_session_endpoint",
+          ]) {
+            expect(String(doc[key]).startsWith(`${t.s.config.issuer}/`), `${key}: ${doc[key]}`).toBe(true);
+          }
+        }
+      } finally {
+        server.close();
+        t.close();
+      }
+    });
+  }
 });

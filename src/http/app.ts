@@ -85,7 +85,6 @@ export function createApp(
       ["/.well-known/openid-configuration", OIDC_ROUTES.jwks],
       providerCallback,
       oidc.syncSigningKeys,
-      new URL(s.config.issuer).host,
     ),
   );
   app.use(accessLog(s.logger));

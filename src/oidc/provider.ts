@@ -382,6 +382,18 @@ export function createOidc(s: Services, opts: { clientIp: (req: IncomingMessage)
   // If the commit refuses one (its grant revoked meanwhile, its token consumed by someone else) or
   // fails, the request answers that error instead of the tokens or code it computed.
   store.deferWithin(() => Provider.ctx);
+  // Every URL the provider writes (discovery's endpoints, redirects, form actions) is built from
+  // the request's own URL: its Host header, or an absolute-form request target
+  // (`GET http://evil.example/... HTTP/1.1`). Both belong to the caller, so the provider sees
+  // every request as one for the issuer's origin: a forged Host can't put another host into a
+  // document, whether it is answered to that caller or cached for everyone.
+  const { issuerOrigin } = s.config;
+  provider.use(async (ctx, next) => {
+    const target = ctx.originalUrl;
+    const pathAndQuery = target.startsWith("/") ? target : (URL.parse(target, issuerOrigin)?.pathname ?? "/");
+    Object.defineProperty(ctx.request, "href", { value: issuerOrigin + pathAndQuery, configurable: true });
+    await next();
+  });
   provider.use(async (ctx, next) => {
     let error: Error | null;
     try {
@@ -518,22 +530,20 @@ const PER_REQUEST = new Set(["date", "x-request-id", "set-cookie"]);
 /**
  * Serve GET `paths` from a copy of the provider's first 200 answer to each (body and headers).
  * The documents depend only on configuration, fixed for the life of the process, and the signing
- * keys: the copies are dropped whenever `generation()` changes. The provider writes its endpoint
- * URLs from the request's Host, so only answers to requests for `issuerHost` are kept and served:
- * a request with another Host header is passed to the provider uncached (a first request with
- * `Host: evil.example` would otherwise have handed every later caller endpoints on that host).
+ * keys: the copies are dropped whenever `generation()` changes. They don't depend on the request:
+ * the provider writes every URL for the issuer's origin, whatever Host the request named (see the
+ * first middleware in createOidc; without it, a first request with `Host: evil.example` would
+ * hand every later caller endpoints on that host).
  */
 export function cachedProviderDocuments(
   paths: readonly string[],
   callback: (req: IncomingMessage, res: ServerResponse) => unknown,
   generation: () => number = () => 0,
-  issuerHost: string | null = null,
 ): RequestHandler {
   const cache = new Map<string, { headers: Record<string, string | number | string[]>; body: Buffer }>();
   let cachedGeneration = generation();
   return (req, res, next) => {
     if (req.method !== "GET" || !paths.includes(req.path)) return next();
-    if (issuerHost !== null && req.headers.host?.toLowerCase() !== issuerHost) return void callback(req, res);
     const now = generation();
     if (now !== cachedGeneration) {
       cache.clear();
