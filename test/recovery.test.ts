@@ -5,14 +5,9 @@ import { generateSync } from "otplib";
 import supertest from "supertest";
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from "vitest";
 import { outbox } from "../src/db/schema.js";
+import { RECOVERY_ACCEPTED } from "../src/http/routes/recovery.js";
 import { backoffMs } from "../src/mail/outbox.js";
 import { Clients } from "../src/oidc/clients.js";
-import { RECOVERY_ACCEPTED } from "../src/http/routes/recovery.js";
-import { Jar } from "./support/browser-jar.js";
-import { solveChallenge } from "./support/pow.js";
-import { SoftAuthenticator } from "./support/soft-authenticator.js";
-import { type ListeningApp, listenWithMember } from "./support/oidc.js";
-import { linkIn, type ReceivedMail, TestSmtp } from "./support/smtp.js";
 import {
   makeApp,
   ORIGIN,
@@ -23,6 +18,11 @@ import {
   signIn,
   type TestApp,
 } from "./support/app.js";
+import { Jar } from "./support/browser-jar.js";
+import { type ListeningApp, listenWithMember } from "./support/oidc.js";
+import { solveChallenge } from "./support/pow.js";
+import { linkIn, type ReceivedMail, TestSmtp } from "./support/smtp.js";
+import { SoftAuthenticator } from "./support/soft-authenticator.js";
 
 const NEW_PASSWORD = "a brand new passphrase 77";
 
@@ -486,6 +486,38 @@ describe("mail, verification and recovery against a real SMTP server", () => {
     }
     expect(statuses.at(-1)).toBe(429);
     expect(statuses.filter((s) => s === 202)).toHaveLength(10);
+  });
+
+  it("a stranger asking for a member's reset every two minutes, paying each time, can't keep working links out of the member's mailbox", async () => {
+    await register(t.app, { login_id: "taro.keep" });
+    await deliver(t);
+    const ask = async (ip: string) => {
+      let res = await post(t.app, "/api/v1/recovery/password", { login_id: "taro.keep" }).set(
+        "X-Forwarded-For",
+        ip,
+      );
+      if (res.status === 403) {
+        const challenge_solution = await solveChallenge(res.body.challenge);
+        res = await post(t.app, "/api/v1/recovery/password", {
+          login_id: "taro.keep",
+          challenge_solution,
+        }).set("X-Forwarded-For", ip);
+      }
+      expect(res.status).toBe(202);
+      await deliver(t);
+    };
+    const resets = () => smtp.to(PROFILE.email).filter((m) => m.subject.includes("パスワードの再設定"));
+    // Forty minutes of it (longer than a link lives), from ever new addresses.
+    for (let minute = 0; minute < 40; minute += 2) {
+      await ask(`192.0.2.${minute + 1}`);
+      t.clock.advance(2 * 60_000);
+    }
+    // The member's mailbox got a few a ten minutes, not one per request…
+    expect(resets().length).toBeLessThanOrEqual(3 * 5);
+    // …and whatever the stranger did, the member asking now holds a link that works.
+    await ask("198.51.100.77");
+    const { token } = linkIn(resets().at(-1) as ReceivedMail, "/recovery/reset");
+    expect((await post(t.app, "/api/v1/recovery/password/check", { token })).status).toBe(200);
   });
 
   it("past the service-wide rate, each recovery request costs a proof-of-work bound to its target", async () => {

@@ -1,7 +1,7 @@
 import { eq, inArray } from "drizzle-orm";
 import type { Logger } from "pino";
-import type { AuditLog } from "../audit/log.js";
 import type { Honeytokens } from "../audit/honeytokens.js";
+import type { AuditLog } from "../audit/log.js";
 import type { Clock } from "../clock.js";
 import { type Db, inTransaction } from "../db/connection.js";
 import { members } from "../db/schema.js";
@@ -224,6 +224,7 @@ export class PasswordRecovery {
           details: { by: "loginId" in target ? "login_id" : "email" },
         });
       });
+      if (!skipped) this.#guard.mailSent(m.id);
     }
   }
 
@@ -256,6 +257,8 @@ export class PasswordRecovery {
         });
       }
     });
+    // One mail, to the address these members share: it counts for each of them.
+    for (const m of found) this.#guard.mailSent(m.id);
   }
 
   /** A new reset link for the member, mailed to `email` (inside the caller's transaction). */

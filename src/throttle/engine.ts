@@ -1,10 +1,10 @@
 import { createHmac, randomBytes } from "node:crypto";
 import { and, eq, isNull } from "drizzle-orm";
+import { LRUCache } from "lru-cache";
+import type { Alerts } from "../audit/alerts.js";
 import type { Clock } from "../clock.js";
 import type { Db } from "../db/connection.js";
 import { accountProtections, networkBlocks } from "../db/schema.js";
-import type { Alerts } from "../audit/alerts.js";
-import { LRUCache } from "lru-cache";
 import { type CounterStore, MemoryCounterStore } from "./counters.js";
 import { addressOf, subnetOf } from "./network.js";
 
@@ -530,9 +530,22 @@ export class LoginGuard {
     return d;
   }
 
-  /** Recovery mails one member may be sent in ten minutes, however they were asked for. */
+  /**
+   * Whether the member has been sent `mailMember` recovery mails in the last ten minutes, however
+   * they were asked for. Only mails sent count (`mailSent`), not requests: were every request
+   * counted, a stranger asking every couple of minutes would keep the count over the limit for
+   * good, and the member would get no working link again.
+   */
   mailboxFull(memberId: string): boolean {
-    return this.overRate(`member_mail|${memberId}`, this.policy.mailMember).over;
+    const now = this.#clock.now().getTime();
+    return (
+      (this.#counters.rate.peek(`member_mail|${memberId}`, now)[TEN_MIN] as number) >= this.policy.mailMember
+    );
+  }
+
+  /** A recovery mail was sent to the member (counted for `mailboxFull`). */
+  mailSent(memberId: string): void {
+    this.#counters.rate.add(`member_mail|${memberId}`, 1, this.#clock.now().getTime());
   }
 
   #trackSpray(a: Attempt, now: number): void {
