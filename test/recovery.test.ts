@@ -1,10 +1,11 @@
 import fs from "node:fs";
 import path from "node:path";
+import { eq } from "drizzle-orm";
 import * as oidc from "openid-client";
 import { generateSync } from "otplib";
 import supertest from "supertest";
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from "vitest";
-import { outbox } from "../src/db/schema.js";
+import { auditLog, outbox } from "../src/db/schema.js";
 import { RECOVERY_ACCEPTED } from "../src/http/routes/recovery.js";
 import { backoffMs } from "../src/mail/outbox.js";
 import { Clients } from "../src/oidc/clients.js";
@@ -434,6 +435,39 @@ describe("mail, verification and recovery against a real SMTP server", () => {
     await deliver(t);
     // and every known request did that work: one mail each
     expect(smtp.inbox.length - sent).toBe(24);
+  });
+
+  it("a recovery request's work happens neither in nor right after its answer, and its mail waits for the outbox's next run", async () => {
+    await register(t.app, { login_id: "taro.later" });
+    await deliver(t);
+    const before = smtp.inbox.length;
+    t.s.mailer.start(3_600_000); // sending as the service does (a run now, then one an hour here)
+    const requested = () =>
+      t.s.db.select().from(auditLog).where(eq(auditLog.action, "recovery.password_requested")).all().length;
+    for (const login_id of ["taro.later", "nobody.later"]) {
+      const res = await post(t.app, "/api/v1/recovery/password", { login_id }).set(
+        "X-Forwarded-For",
+        "198.51.100.8",
+      );
+      expect(res.status).toBe(202);
+    }
+    // Work done at once would slow the asker's next request when the target exists, and only then.
+    await new Promise((resolve) => setTimeout(resolve, 20));
+    expect(requested()).toBe(0);
+    expect(
+      t.s.db.select().from(auditLog).where(eq(auditLog.action, "recovery.requested_unknown")).all(),
+    ).toHaveLength(0);
+    await t.s.recovery.settled();
+    expect(requested()).toBe(1);
+    // The mail is queued, not sent by the request's own work…
+    await new Promise((resolve) => setTimeout(resolve, 20));
+    expect(smtp.inbox.length).toBe(before);
+    // …but by the outbox's periodic run. The unknown target's mail was only rehearsed (built and
+    // thrown away, for the work to look alike): no row, no mail, no error.
+    await t.s.mailer.runDue();
+    expect(smtp.inbox.length).toBe(before + 1);
+    expect(t.s.db.select().from(outbox).where(eq(outbox.template, "password_reset")).all()).toHaveLength(1);
+    expect(t.logs.join("")).not.toContain("rehearsal failed");
   });
 
   it("a burst of recovery requests for one account is throttled from any address, known or not, without locking the member out", async () => {

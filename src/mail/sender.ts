@@ -67,6 +67,16 @@ function message(mail: OutgoingMail, domain: string) {
   };
 }
 
+const rehearsal = nodemailer.createTransport({ streamTransport: true, buffer: true, newline: "unix" });
+
+/**
+ * Build `mail` as a sender would (the MIME message, headers, encodings) and throw it away: the
+ * CPU work of a send without sending (see Mailer.rehearse).
+ */
+export async function composeAndDiscard(mail: OutgoingMail, domain: string): Promise<void> {
+  await rehearsal.sendMail(message(mail, domain));
+}
+
 /** SMTP through nodemailer (`SEKISHO_SMTP_URL`, e.g. smtp://user:pass@host:587 or smtps://…). */
 export class SmtpSender implements MailSender {
   readonly describe: string;

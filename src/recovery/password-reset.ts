@@ -1,3 +1,4 @@
+import { randomInt } from "node:crypto";
 import { eq, inArray } from "drizzle-orm";
 import type { Logger } from "pino";
 import type { Honeytokens } from "../audit/honeytokens.js";
@@ -23,6 +24,7 @@ import type { Attempt, Decision, LoginGuard } from "../throttle/engine.js";
 import type { ProofOfWork } from "../throttle/proof-of-work.js";
 import { blindIndex } from "../vault/blind-index.js";
 import type { KeyringStore } from "../vault/keyring.js";
+import { randomBytesPooled } from "../vault/random.js";
 import { invalidToken } from "./email.js";
 import { type MemberToken, type MemberTokens, TOKEN_TTL_MS } from "./tokens.js";
 
@@ -37,6 +39,8 @@ export type RecoveryTarget = { loginId: string } | { email: string };
 
 /** Members one e-mail address can name in a forgotten-login-ID or reset mail. */
 const MAX_MEMBERS_PER_ADDRESS = 10;
+/** A recovery request's work (lookup, link, mail) starts at a random moment in this range after the answer. */
+const JOB_DELAY_MS = { min: 100, max: 2_000 };
 
 /**
  * Forgotten password and forgotten login ID.
@@ -69,7 +73,8 @@ export class PasswordRecovery {
   readonly #oidc: OidcStore;
   readonly #issuer: string;
   readonly #minLength: number;
-  readonly #pending = new Set<Promise<void>>();
+  /** Deferred jobs not yet done, each with what starts it now (settled: tests, shutdown). */
+  readonly #pending = new Map<Promise<void>, () => void>();
   readonly #honeytokens: Honeytokens | undefined;
 
   constructor(deps: {
@@ -112,9 +117,15 @@ export class PasswordRecovery {
     this.#honeytokens = deps.honeytokens;
   }
 
-  /** Resolves when every request answered so far has done its mailing (tests, shutdown). */
+  /**
+   * Resolves when every request answered so far has done its mailing (tests, shutdown): jobs still
+   * waiting out their delay start now.
+   */
   async settled(): Promise<void> {
-    while (this.#pending.size > 0) await Promise.all([...this.#pending]);
+    while (this.#pending.size > 0) {
+      for (const start of this.#pending.values()) start();
+      await Promise.all([...this.#pending.keys()]);
+    }
   }
 
   // ---------------------------------------------------------------- asking
@@ -146,11 +157,24 @@ export class PasswordRecovery {
       challengeSolved: solution !== null && this.#pow.spend(solution),
     });
     if (decision.action !== "allow") await this.#refuse(kind, key, decision, ctx);
-    const job = new Promise<void>((resolve) => setImmediate(resolve))
+    // The work happens after the answer, at a random moment within JOB_DELAY_MS: were it done at
+    // once, its extra work for a real member (a lookup, a token, a mail) would slow the asker's
+    // next request, which tells a login ID or an address that exists from one that doesn't. For
+    // the same reason a target nobody has gets its mail rehearsed (#unmatched), and the mail is
+    // sent by the outbox's periodic run, not at once.
+    let start = () => {};
+    const due = new Promise<void>((resolve) => {
+      const timer = setTimeout(resolve, randomInt(JOB_DELAY_MS.min, JOB_DELAY_MS.max));
+      start = () => {
+        clearTimeout(timer);
+        resolve();
+      };
+    });
+    const job = due
       .then(() => (kind === "password" ? this.#mailResets(target, ctx) : this.#mailLoginIds(target, ctx)))
       .catch((err: unknown) => this.#log.error({ err, kind }, "recovery request failed after answering"))
       .finally(() => this.#pending.delete(job));
-    this.#pending.add(job);
+    this.#pending.set(job, start);
   }
 
   async #refuse(kind: string, key: string, decision: Decision, ctx: RecoveryContext): Promise<never> {
@@ -240,12 +264,15 @@ export class PasswordRecovery {
     const email = this.#vault.mailAddress(first.id, "login_ids", ctx);
     if (!email) return;
     inTransaction(this.#db, () => {
-      this.#mailer.enqueue({
-        memberId: first.id,
-        to: email,
-        locale: first.locale,
-        mail: { template: "login_ids", loginIds: found.map((m) => m.loginId) },
-      });
+      this.#mailer.enqueue(
+        {
+          memberId: first.id,
+          to: email,
+          locale: first.locale,
+          mail: { template: "login_ids", loginIds: found.map((m) => m.loginId) },
+        },
+        { sendNow: false },
+      );
       for (const m of found) {
         this.#audit.append({
           action: "recovery.login_id_requested",
@@ -266,21 +293,43 @@ export class PasswordRecovery {
     const { token } = this.#tokens.issue("reset_password", m.id, {
       emailIndex: this.#vault.emailIndex(email),
     });
-    this.#mailer.enqueue({
-      memberId: m.id,
-      to: email,
-      locale: m.locale,
-      mail: {
-        template: "password_reset",
-        link: `${this.#issuer}/recovery/reset?token=${token}`,
-        minutes: TOKEN_TTL_MS.reset_password / 60_000,
-        loginId: m.loginId,
+    this.#mailer.enqueue(
+      {
+        memberId: m.id,
+        to: email,
+        locale: m.locale,
+        mail: {
+          template: "password_reset",
+          link: `${this.#issuer}/recovery/reset?token=${token}`,
+          minutes: TOKEN_TTL_MS.reset_password / 60_000,
+          loginId: m.loginId,
+        },
       },
-    });
+      { sendNow: false },
+    );
   }
 
-  /** Nobody matched: recorded (as a keyed fingerprint of the target), nothing sent. */
-  #unmatched(kind: string, target: RecoveryTarget, ctx: RecoveryContext): void {
+  /**
+   * Nobody matched: recorded (as a keyed fingerprint of the target), nothing sent. The mail a
+   * member would have been sent is rehearsed (rendered, sealed, built, thrown away), so that the
+   * service does much the same work whether the target exists or not.
+   */
+  #unmatched(kind: "password" | "login_id", target: RecoveryTarget, ctx: RecoveryContext): void {
+    const to = "email" in target ? target.email : `${randomBytesPooled(6).toString("hex")}@example.invalid`;
+    const loginId = "loginId" in target ? target.loginId : randomBytesPooled(6).toString("hex");
+    this.#mailer.rehearse({
+      to,
+      locale: "ja",
+      mail:
+        kind === "password"
+          ? {
+              template: "password_reset",
+              link: `${this.#issuer}/recovery/reset?token=${randomBytesPooled(32).toString("base64url")}`,
+              minutes: TOKEN_TTL_MS.reset_password / 60_000,
+              loginId,
+            }
+          : { template: "login_ids", loginIds: [loginId] },
+    });
     const key =
       "loginId" in target ? `login:${target.loginId}` : `email:${this.#vault.emailIndex(target.email)}`;
     this.#audit.append({
