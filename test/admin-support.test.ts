@@ -1,7 +1,8 @@
 import supertest from "supertest";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
-import { Clients } from "../src/oidc/clients.js";
 import { PiiBudgets } from "../src/audit/pii-budget.js";
+import { Clients } from "../src/oidc/clients.js";
+import { adminPasskeySession, adminWithPasskey } from "./support/admin.js";
 import {
   makeApp,
   ORIGIN,
@@ -12,7 +13,6 @@ import {
   signIn,
   type TestApp,
 } from "./support/app.js";
-import { adminPasskeySession, adminWithPasskey } from "./support/admin.js";
 
 describe("admin member support and PII read budgets", () => {
   let t: TestApp;
@@ -68,7 +68,7 @@ describe("admin member support and PII read budgets", () => {
     expect(viewed.at(-1)).toMatchObject({ memberId: id, reason: "ticket 4711: address check" });
   });
 
-  it("stops an admin reading members one by one at the budget, alerts, and re-arms only after a fresh sign-in", async () => {
+  it("stops an admin reading members one by one at the budget, alerts, and re-arms only the hour after a fresh sign-in, never the day", async () => {
     const ids: string[] = [];
     for (let i = 0; i < 7; i++) ids.push((await register(t.app, { login_id: `member.${i}` })).body.member_id);
     const statuses: number[] = [];
@@ -95,6 +95,14 @@ describe("admin member support and PII read budgets", () => {
     expect((await get(`/api/v1/admin/members/${ids[6]}?reason=again`)).status).toBe(200);
     // The session that ran into the block stays refused, even now that the admin re-armed it.
     expect((await get(`/api/v1/admin/members/${ids[6]}?reason=again`, stale)).status).toBe(429);
+    // A fresh sign-in re-arms the hour, not the day: past the day's budget (8 here), signing in
+    // again doesn't buy another day's worth of reads (an admin's own passkey included).
+    for (let i = 7; i < 9; i++) ids.push((await register(t.app, { login_id: `member.${i}` })).body.member_id);
+    expect((await get(`/api/v1/admin/members/${ids[7]}?reason=again`)).status).toBe(200);
+    expect((await get(`/api/v1/admin/members/${ids[8]}?reason=again`)).status).toBe(429);
+    t.clock.advance(1000);
+    admin = await adminPasskeySession(t, auth);
+    expect((await get(`/api/v1/admin/members/${ids[8]}?reason=again`)).status).toBe(429);
     // And a restart (new services on the same database) lifts nothing.
     const again = new PiiBudgets({
       clock: t.clock,

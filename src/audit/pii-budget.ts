@@ -12,7 +12,8 @@ import type { Alerts } from "./alerts.js";
  * often they are read (a member site refreshing one member's tokens all day reads one member, not
  * hundreds); a reader walking the member base counts every member it touches. Past either: `429 pii_budget_exceeded`, a critical
  * alert, and the principal stays refused until an admin signs in afresh (a step-up after the
- * refusal re-arms the budget) or, for a member site, until an admin approves it again. A stolen
+ * refusal re-arms the hour's budget, not the day's) or, for a member site, until an admin
+ * approves it again. A stolen
  * admin session or a compromised member-site backend can't read the member base out quietly; a
  * member reading their own profile, and Sekisho mailing a member, are not budgeted.
  */
@@ -106,8 +107,10 @@ export class PiiBudgets {
         // Re-armed by a sign-in after the block: sessions from before it stay refused.
         if (p.kind !== "admin" || fresh <= block.rearmedAfter) throw piiBudgetExceeded();
       } else if (p.kind === "admin" && fresh > block.blockedAt) {
+        // Re-armed: the hour starts over, the day does not (signing in again, with the admin's
+        // own passkey even, must not buy another day's worth of reads).
         this.#setBlock(key, block.blockedAt, block.blockedAt);
-        this.#forget(key);
+        this.#hourCounts.delete(key);
       } else {
         throw piiBudgetExceeded();
       }
@@ -241,7 +244,7 @@ export class PiiBudgets {
     while (counted.size > keep) counted.delete(counted.keys().next().value as string);
   }
 
-  /** Counts start over for `key` (an approval, or an admin's re-armed budget). */
+  /** Counts start over for `key` (an admin's approval of a member site). */
   #forget(key: string): void {
     this.#hourCounts.delete(key);
     this.#dayCounts.delete(key);
