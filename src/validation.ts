@@ -25,3 +25,14 @@ export const text = (max: number, opts: { min?: number; multiline?: boolean } = 
 
 /** A bounded string taken as typed (passwords: rules and normalisation are theirs). */
 export const rawString = (max: number) => z.string().min(1).max(max);
+
+/**
+ * A whole number written as plain decimal digits (a query parameter, a form field): not
+ * `z.coerce.number()`, which takes "" as 0 and "1e2", "0x10" or " 7 " as numbers.
+ */
+export const digits = (min: number, max: number) =>
+  z
+    .string()
+    .regex(/^[0-9]{1,16}$/, "a whole number in digits")
+    .transform(Number)
+    .pipe(z.number().int().min(min).max(max));

@@ -5,6 +5,7 @@ import { ApiError } from "../../errors.js";
 import { emailInput } from "../../members/profile-input.js";
 import type { Services } from "../../services.js";
 import { type Session, sessionTokenFrom } from "../../sessions/sessions.js";
+import { digits } from "../../validation.js";
 import { mfaPage } from "../account-pages.js";
 import {
   alertsPage,
@@ -25,10 +26,13 @@ import { auditQuery, parsePolicy, reasonText } from "./admin.js";
 const reasonForm = z.object({ reason: reasonText });
 const policyForm = z.object({
   mode: z.enum(["off", "optional", "required"]),
-  grace_days: z.coerce.number().int().min(0).max(365),
+  grace_days: digits(0, 365),
   methods: z.union([z.enum(["totp", "webauthn"]), z.array(z.enum(["totp", "webauthn"]))]),
   phishing_resistant: z.literal("true").optional(),
 });
+/** A query value as typed, for the form to show again (a repeated one, as its values joined). */
+const typed = (v: unknown): string | undefined =>
+  typeof v === "string" ? v : Array.isArray(v) ? v.map(String).join(",") : undefined;
 const ACTIONS = ["revoke-sessions", "reset-mfa", "require-password-reset", "unlock"] as const;
 
 /**
@@ -293,9 +297,8 @@ export function adminConsoleRoutes(s: Services): Router {
     const c = admin(req, res);
     if (!c) return;
     const l = lang(req);
-    const raw = Object.fromEntries(
-      Object.entries(req.query).filter(([, v]) => typeof v === "string" && v !== ""),
-    );
+    const raw = Object.fromEntries(Object.entries(req.query).filter(([, v]) => v !== ""));
+    // A filter given twice (`member_id=a&member_id=b`) is an array here, and refused as bad.
     const q = auditQuery.safeParse(raw);
     // A bad filter lists nothing: the whole log under the admin's filter would pass for filtered.
     const entries = q.success
@@ -320,9 +323,9 @@ export function adminConsoleRoutes(s: Services): Router {
         verify: ops.verifyAudit(c),
         // As typed (escaped on the page), so a bad value can be seen and mended.
         filters: {
-          member_id: raw.member_id as string | undefined,
-          action: raw.action as string | undefined,
-          request_id: raw.request_id as string | undefined,
+          member_id: typed(raw.member_id),
+          action: typed(raw.action),
+          request_id: typed(raw.request_id),
         },
         olderHref: older,
         invalidFilter: !q.success,

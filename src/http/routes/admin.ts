@@ -6,7 +6,7 @@ import { emailInput } from "../../members/profile-input.js";
 import { Clients } from "../../oidc/clients.js";
 import { policyInput, toJson } from "../../policy/mfa-policy.js";
 import type { Services } from "../../services.js";
-import { text } from "../../validation.js";
+import { digits, text } from "../../validation.js";
 import { locals } from "../middleware.js";
 
 export { maskProfile } from "../../admin/admin-ops.js";
@@ -32,8 +32,8 @@ export const auditQuery = z.object({
     .string()
     .regex(/^[A-Za-z0-9._-]{8,64}$/)
     .optional(),
-  before: z.coerce.number().int().min(1).optional(),
-  limit: z.coerce.number().int().min(1).max(500).default(100),
+  before: digits(1, Number.MAX_SAFE_INTEGER).optional(),
+  limit: digits(1, 500).default(100),
 });
 const clientIdParam = z.string().regex(/^[A-Za-z0-9_-]{1,64}$/);
 
