@@ -336,6 +336,16 @@ describe("admin member support and PII read budgets", () => {
     expect((await get("/api/v1/admin/audit?limit=5")).body.entries).toHaveLength(5);
   });
 
+  it("opening a member's page in the console is audited, though it shows no personal data", async () => {
+    const id = (await register(t.app, { login_id: "taro.opened" })).body.member_id as string;
+    const page = await get(`/admin/members/${id}`);
+    expect(page.status).toBe(200);
+    expect(page.text).toContain("taro.opened");
+    const opened = [...t.s.audit.iterate()].filter((e) => e.action === "admin.member_opened");
+    expect(opened).toHaveLength(1);
+    expect(opened[0]).toMatchObject({ memberId: id, actorType: "admin" });
+  });
+
   it("the console's policy form takes the grace period in digits only: blank, 1e2 or 0x10 change nothing", async () => {
     const save = (grace_days: string) =>
       supertest(t.app)

@@ -157,6 +157,12 @@ export class AdminOps {
     return rows.map((m) => ({ ...this.summary(m), profile: maskProfile(profiles.get(m.id) ?? {}) }));
   }
 
+  /** A member's page without personal data (login ID, status, factors): recorded, not budgeted. */
+  open(c: AdminCtx, member: MemberRow) {
+    this.record(c, "admin.member_opened", { memberId: member.id });
+    return this.summary(member);
+  }
+
   /** The full profile, for a stated reason (recorded, budgeted). */
   view(c: AdminCtx, member: MemberRow, reason: string) {
     const profile = this.s.vault.read(member.id, PROFILE_FIELDS, this.#access(c, reason));

@@ -201,6 +201,7 @@ const ACTION_LABEL: Record<string, { ja: string; en: string }> = {
   "admin.member_password_reset_required": { ja: "パスワードの再設定を要求", en: "New password required" },
   "admin.member_sessions_revoked": { ja: "会員のセッションを終了", en: "Member's sessions ended" },
   "admin.member_unlocked": { ja: "アカウント保護を解除", en: "Account protection lifted" },
+  "admin.member_opened": { ja: "会員のページを表示", en: "Member's page opened" },
   "admin.member_viewed": { ja: "会員の個人情報を表示", en: "Member's personal data shown" },
   "admin.members_looked_up": { ja: "会員を検索", en: "Members looked up" },
   "admin.mfa_adoption_viewed": { ja: "2段階認証の普及状況を閲覧", en: "MFA adoption viewed" },

@@ -186,7 +186,7 @@ export function adminConsoleRoutes(s: Services): Router {
     html(
       res,
       200,
-      memberPage(l, { member: ops.summary(member), profile: null, ...(notice ? { notice } : {}) }),
+      memberPage(l, { member: ops.open(c, member), profile: null, ...(notice ? { notice } : {}) }),
     );
   });
 
