@@ -25,7 +25,7 @@ import os from "node:os";
 import path from "node:path";
 import express from "express";
 import Provider from "oidc-provider";
-import { cpuOf } from "./util.js";
+import { cpuOf, SERVER_NODE_FLAGS } from "./util.js";
 
 const ROOT = path.resolve(import.meta.dirname, "..");
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 5);
@@ -193,7 +193,7 @@ function start(
       : [];
   const child = spawn(
     process.execPath,
-    [...prof, "--import", "tsx", path.join(ROOT, "bench", "oidc.ts"), "--serve", kind],
+    [...prof, ...SERVER_NODE_FLAGS, "--import", "tsx", path.join(ROOT, "bench", "oidc.ts"), "--serve", kind],
     {
       cwd: ROOT,
       env: { ...process.env, ...env },

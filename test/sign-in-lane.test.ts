@@ -215,10 +215,10 @@ describe("sign-in lane", () => {
     const res = await send(t.app, { body: login("lane.member", STRONG_PASSWORD) });
     expect(res.status).toBe(200);
     expect(res.body.status).toBe("authenticated");
-    expect(lane.stats).toEqual({ answered: 0, passedOn: 1 });
+    expect(lane.stats).toEqual({ answered: 0, passedOn: 1, waited: 1, busy: 0 });
     // A wrong password is admitted too (the lane refuses only what the throttle refuses).
     expect((await send(t.app, { body: login("lane.member") })).status).toBe(401);
-    expect(lane.stats).toEqual({ answered: 0, passedOn: 2 });
+    expect(lane.stats).toEqual({ answered: 0, passedOn: 2, waited: 2, busy: 0 });
   });
 
   it("leaves what isn't the plain case to express: another origin, another type, an encoded body", async () => {
@@ -236,7 +236,7 @@ describe("sign-in lane", () => {
       expect(res.status, JSON.stringify(r.headers)).toBe(status);
       expect(headersOf(res, ["content-length"])).toEqual(headersOf(await send(plain, r), ["content-length"]));
     }
-    expect(lane.stats).toEqual({ answered: 0, passedOn: 0 });
+    expect(lane.stats).toEqual({ answered: 0, passedOn: 0, waited: 0, busy: 0 });
     // The gzip one was a challenge from express: the throttle is the same either way.
     expect((await send(t.app, cases[4]?.[0] as Req)).body.error).toBe("challenge_required");
   });
@@ -253,5 +253,57 @@ describe("sign-in lane", () => {
     const a = { ip: "192.0.2.7", loginId: "lane.member", trustedDevice: false, kind: "password" as const };
     expect(t.s.guard.assess(a).action).toBe("allow");
     expect(seen).toEqual(["allow"]);
+  });
+
+  it("a member on a live device of theirs is decided at once; strangers, forged and revoked device cookies wait their turn", async () => {
+    const memberId = t.s.db.$client
+      .prepare("SELECT id FROM members WHERE login_id = 'lane.member'")
+      .pluck()
+      .get() as string;
+    const live = t.s.devices.issue(memberId, null).token;
+    const revoked = t.s.devices.issue(memberId, null);
+    t.s.db.$client
+      .prepare("UPDATE devices SET revoked_at = ? WHERE id = ?")
+      .run(t.clock.now().getTime(), revoked.id);
+    const attempt = (cookie?: string) =>
+      send(t.app, {
+        body: login("lane.member"),
+        headers: cookie ? { Cookie: `sekisho_device=${cookie}` } : {},
+      });
+    expect((await attempt(live)).status).toBe(401);
+    expect(lane.stats.waited).toBe(0);
+    for (const cookie of [undefined, "A".repeat(43), revoked.token, "not a token"]) {
+      const before = lane.stats.waited ?? 0;
+      expect((await attempt(cookie)).status).toBe(401);
+      expect(lane.stats.waited, String(cookie)).toBe(before + 1);
+    }
+  });
+
+  it("past its limit of strangers waiting, the lane answers 503 server_busy at once, counting nothing; members on their devices still sign in", async () => {
+    const busy = createApp(t.s, { signInLaneMaxWaiting: 0 });
+    const busyLane = busy.locals.signInLane as SignInLane;
+    const seen: string[] = [];
+    t.s.guard.observer = (_kind, d) => seen.push(d.action);
+    const auditBefore = [...t.s.audit.iterate()].length;
+    const stranger = await send(busy, { body: login("lane.member", STRONG_PASSWORD) });
+    expect(stranger.status).toBe(503);
+    expect(stranger.body.error).toBe("server_busy");
+    expect(stranger.headers["retry-after"]).toBe("1");
+    expect(stranger.headers["cache-control"]).toBe("no-store");
+    expect(busyLane.stats).toMatchObject({ busy: 1, waited: 0, passedOn: 0 });
+    // Not decided: nothing counted, reported or written.
+    expect(seen).toEqual([]);
+    expect([...t.s.audit.iterate()].length).toBe(auditBefore);
+    const memberId = t.s.db.$client
+      .prepare("SELECT id FROM members WHERE login_id = 'lane.member'")
+      .pluck()
+      .get() as string;
+    const device = t.s.devices.issue(memberId, null).token;
+    const member = await send(busy, {
+      body: login("lane.member", STRONG_PASSWORD),
+      headers: { Cookie: `sekisho_device=${device}` },
+    });
+    expect(member.status).toBe(200);
+    expect(member.body.status).toBe("authenticated");
   });
 });

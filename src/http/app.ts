@@ -50,7 +50,12 @@ export function trustProxySetting(value: string | undefined): boolean | number |
 /** The express app. No listen, no globals: tests build one per file on their own database. */
 export function createApp(
   s: Services,
-  opts: { signInLane?: boolean; providerLane?: boolean; formLane?: boolean } = {},
+  opts: {
+    signInLane?: boolean;
+    signInLaneMaxWaiting?: number;
+    providerLane?: boolean;
+    formLane?: boolean;
+  } = {},
 ): express.Express {
   const app = express();
   app.disable("x-powered-by");
@@ -187,6 +192,8 @@ export function createApp(
           headers,
           bodyLimit: BODY_LIMIT,
           shuttingDown: () => app.locals.shuttingDown === true,
+          trustedDevice: (token) => s.devices.isLive(token),
+          ...(opts.signInLaneMaxWaiting !== undefined ? { maxWaiting: opts.signInLaneMaxWaiting } : {}),
         });
   const toProvider =
     opts.providerLane === false

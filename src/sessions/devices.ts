@@ -39,6 +39,18 @@ export class DeviceRegistry {
     return row ?? null;
   }
 
+  /** Whether the token names a live device of any member (the sign-in lane's priority check). */
+  isLive(token: string | null): boolean {
+    if (!token || !/^[A-Za-z0-9_-]{43}$/.test(token)) return false;
+    return this.#liveToken().get(hashToken(token), this.#clock.now().getTime()) !== undefined;
+  }
+
+  readonly #liveToken = lazyPrepared(() =>
+    this.#db.$client.prepare<[string, number], { one: number }>(
+      "SELECT 1 AS one FROM devices WHERE token_hash = ? AND revoked_at IS NULL AND expires_at > ?",
+    ),
+  );
+
   // Prepared once: it runs on every sign-in of a known member and every second step.
   readonly #byToken = lazyPrepared(() =>
     this.#db.$client.prepare<[string, string, number], Device>(
