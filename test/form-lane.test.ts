@@ -5,8 +5,9 @@ import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { createApp } from "../src/http/app.js";
 import { type FormLane, formLane } from "../src/http/form-lane.js";
 import { securityHeaders } from "../src/http/middleware.js";
-import type { Oidc } from "../src/oidc/provider.js";
+import { StrangerQueue } from "../src/http/stranger-queue.js";
 import { Clients } from "../src/oidc/clients.js";
+import type { Oidc } from "../src/oidc/provider.js";
 import { makeApp, ORIGIN, register, STRONG_PASSWORD, type TestApp } from "./support/app.js";
 import { headersOf } from "./support/lanes.js";
 
@@ -164,6 +165,24 @@ describe("form lane", () => {
     expect(forged.text).not.toContain("<altcha-widget");
   });
 
+  it("past its limit of strangers waiting, the form answers a busy page at once, deciding nothing", async () => {
+    const busy = createApp(t.s, { strangersWaiting: 0 });
+    const seen: string[] = [];
+    t.s.guard.observer = (_kind, d) => seen.push(d.action);
+    const res = await supertest(busy)
+      .post(`${form.path}?lang=ja`)
+      .set("Origin", ORIGIN)
+      .set("Cookie", form.cookie)
+      .type("form")
+      .send(attempt("form.member"));
+    expect(res.status).toBe(503);
+    expect(res.headers["retry-after"]).toBe("1");
+    expect(res.headers["cache-control"]).toBe("no-store");
+    expect(res.text).toContain("ただいま混み合っています");
+    expect(seen).toEqual([]);
+    expect((busy.locals.strangers as StrangerQueue).stats).toEqual({ waited: 0, busy: 1 });
+  });
+
   it("answers a refusal page that fails to render with a 500 and the request id, never an unhandled rejection", async () => {
     // The lane answers outside express: an error in its async work has no express to catch it.
     const oidc = t.app.locals.oidc as Oidc;
@@ -180,6 +199,8 @@ describe("form lane", () => {
       trustProxy: () => false,
       headers: securityHeaders({}),
       shuttingDown: () => false,
+      trustedDevice: () => false,
+      strangers: new StrangerQueue(),
     });
     const server = http.createServer((req, res) => {
       if (!failing.takes(req)) throw new Error("not taken");

@@ -6,6 +6,7 @@ import supertest from "supertest";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { createApp } from "../src/http/app.js";
 import type { SignInLane } from "../src/http/sign-in-lane.js";
+import type { StrangerQueue } from "../src/http/stranger-queue.js";
 import { makeApp, ORIGIN, register, STRONG_PASSWORD, type TestApp } from "./support/app.js";
 import { headersOf } from "./support/lanes.js";
 
@@ -18,10 +19,12 @@ describe("sign-in lane", () => {
   let t: TestApp;
   let plain: Express;
   let lane: SignInLane;
+  let strangers: StrangerQueue;
   beforeEach(async () => {
     t = makeApp({ SEKISHO_THROTTLE_POLICY: JSON.stringify({ attackFloorPerMinute: 1000 }) });
     plain = createApp(t.s, { signInLane: false });
     lane = t.app.locals.signInLane as SignInLane;
+    strangers = t.app.locals.strangers as StrangerQueue;
     expect((await register(t.app, { login_id: "lane.member" })).status).toBe(201);
   });
   afterEach(() => t.close());
@@ -215,10 +218,12 @@ describe("sign-in lane", () => {
     const res = await send(t.app, { body: login("lane.member", STRONG_PASSWORD) });
     expect(res.status).toBe(200);
     expect(res.body.status).toBe("authenticated");
-    expect(lane.stats).toEqual({ answered: 0, passedOn: 1, waited: 1, busy: 0 });
+    expect(lane.stats).toEqual({ answered: 0, passedOn: 1 });
+    expect(strangers.stats).toEqual({ waited: 1, busy: 0 });
     // A wrong password is admitted too (the lane refuses only what the throttle refuses).
     expect((await send(t.app, { body: login("lane.member") })).status).toBe(401);
-    expect(lane.stats).toEqual({ answered: 0, passedOn: 2, waited: 2, busy: 0 });
+    expect(lane.stats).toEqual({ answered: 0, passedOn: 2 });
+    expect(strangers.stats).toEqual({ waited: 2, busy: 0 });
   });
 
   it("leaves what isn't the plain case to express: another origin, another type, an encoded body", async () => {
@@ -236,7 +241,8 @@ describe("sign-in lane", () => {
       expect(res.status, JSON.stringify(r.headers)).toBe(status);
       expect(headersOf(res, ["content-length"])).toEqual(headersOf(await send(plain, r), ["content-length"]));
     }
-    expect(lane.stats).toEqual({ answered: 0, passedOn: 0, waited: 0, busy: 0 });
+    expect(lane.stats).toEqual({ answered: 0, passedOn: 0 });
+    expect(strangers.stats).toEqual({ waited: 0, busy: 0 });
     // The gzip one was a challenge from express: the throttle is the same either way.
     expect((await send(t.app, cases[4]?.[0] as Req)).body.error).toBe("challenge_required");
   });
@@ -271,17 +277,18 @@ describe("sign-in lane", () => {
         headers: cookie ? { Cookie: `sekisho_device=${cookie}` } : {},
       });
     expect((await attempt(live)).status).toBe(401);
-    expect(lane.stats.waited).toBe(0);
+    expect(strangers.stats.waited).toBe(0);
     for (const cookie of [undefined, "A".repeat(43), revoked.token, "not a token"]) {
-      const before = lane.stats.waited ?? 0;
+      const before = strangers.stats.waited;
       expect((await attempt(cookie)).status).toBe(401);
-      expect(lane.stats.waited, String(cookie)).toBe(before + 1);
+      expect(strangers.stats.waited, String(cookie)).toBe(before + 1);
     }
   });
 
   it("past its limit of strangers waiting, the lane answers 503 server_busy at once, counting nothing; members on their devices still sign in", async () => {
-    const busy = createApp(t.s, { signInLaneMaxWaiting: 0 });
+    const busy = createApp(t.s, { strangersWaiting: 0 });
     const busyLane = busy.locals.signInLane as SignInLane;
+    const busyStrangers = busy.locals.strangers as StrangerQueue;
     const seen: string[] = [];
     t.s.guard.observer = (_kind, d) => seen.push(d.action);
     const auditBefore = [...t.s.audit.iterate()].length;
@@ -290,7 +297,8 @@ describe("sign-in lane", () => {
     expect(stranger.body.error).toBe("server_busy");
     expect(stranger.headers["retry-after"]).toBe("1");
     expect(stranger.headers["cache-control"]).toBe("no-store");
-    expect(busyLane.stats).toMatchObject({ busy: 1, waited: 0, passedOn: 0 });
+    expect(busyLane.stats).toEqual({ answered: 1, passedOn: 0 });
+    expect(busyStrangers.stats).toEqual({ waited: 0, busy: 1 });
     // Not decided: nothing counted, reported or written.
     expect(seen).toEqual([]);
     expect([...t.s.audit.iterate()].length).toBe(auditBefore);

@@ -34,6 +34,7 @@ import { recoveryPageRoutes } from "./routes/recovery-hosted.js";
 import { secondFactorRoutes } from "./routes/second-factor.js";
 import { serviceRoutes } from "./routes/service.js";
 import { signInLane } from "./sign-in-lane.js";
+import { StrangerQueue } from "./stranger-queue.js";
 
 /** The JSON API's body limit (bytes), for the body parser and the sign-in lane alike. */
 const BODY_LIMIT = 64 * 1024;
@@ -52,9 +53,10 @@ export function createApp(
   s: Services,
   opts: {
     signInLane?: boolean;
-    signInLaneMaxWaiting?: number;
     providerLane?: boolean;
     formLane?: boolean;
+    /** Strangers' sign-in attempts that may wait (tests set fewer; src/http/stranger-queue.ts). */
+    strangersWaiting?: number;
   } = {},
 ): express.Express {
   const app = express();
@@ -180,6 +182,11 @@ export function createApp(
   // sign-ins the throttle refuses, on the JSON API (src/http/sign-in-lane.ts) and on the hosted
   // sign-in form (src/http/form-lane.ts), and the provider's JSON endpoints
   // (src/http/provider-lane.ts). Everything else goes through express.
+  // Strangers' sign-in attempts wait their turn, on both lanes alike (src/http/stranger-queue.ts).
+  const strangers = new StrangerQueue(
+    opts.strangersWaiting !== undefined ? { maxWaiting: opts.strangersWaiting } : {},
+  );
+  app.locals.strangers = strangers;
   const signIn =
     opts.signInLane === false
       ? null
@@ -193,7 +200,7 @@ export function createApp(
           bodyLimit: BODY_LIMIT,
           shuttingDown: () => app.locals.shuttingDown === true,
           trustedDevice: (token) => s.devices.isLive(token),
-          ...(opts.signInLaneMaxWaiting !== undefined ? { maxWaiting: opts.signInLaneMaxWaiting } : {}),
+          strangers,
         });
   const toProvider =
     opts.providerLane === false
@@ -221,6 +228,8 @@ export function createApp(
           trustProxy,
           headers,
           shuttingDown: () => app.locals.shuttingDown === true,
+          trustedDevice: (token) => s.devices.isLive(token),
+          strangers,
         });
   app.locals.signInLane = signIn;
   app.locals.providerLane = toProvider;

@@ -2,14 +2,14 @@ import type { IncomingMessage, ServerResponse } from "node:http";
 import querystring from "node:querystring";
 import express from "express";
 import type { Logger } from "pino";
+import type { ApiError } from "../errors.js";
 import { requestIds } from "../logger.js";
 import type { Metrics } from "../ops/metrics.js";
 import { deviceTokenFrom } from "../sessions/devices.js";
-import type { PasswordSignIn } from "../sessions/sign-in.js";
 import { sessionTokenFrom } from "../sessions/sessions.js";
+import type { PasswordSignIn } from "../sessions/sign-in.js";
 import { langCookie, sendPageError } from "./hosted.js";
 import { loginForm, pageRefusal } from "./hosted-sign-in.js";
-import type { ApiError } from "../errors.js";
 import {
   answerError,
   applyHeaders,
@@ -18,12 +18,13 @@ import {
   type LaneRequest,
   laneAnswer,
   laneRequest,
-  single,
   type securityHeaders,
+  single,
 } from "./middleware.js";
 import { type Lang, type LoginError, langOf } from "./pages.js";
 import type { InteractionDetails } from "./routes/interactions.js";
 import type { SignInLane } from "./sign-in-lane.js";
+import { type StrangerQueue, serverBusy } from "./stranger-queue.js";
 
 /**
  * The form lane: `POST /interaction/:uid/login`, the hosted sign-in form, checked by the throttle
@@ -46,7 +47,8 @@ import type { SignInLane } from "./sign-in-lane.js";
  * exactly (`/interaction/<uid>/login`, a query allowed), a form content type with no charset or
  * UTF-8, a Content-Length within the form limit, no Content-Encoding, from our own origin.
  * test/form-lane.test.ts sends the same requests to apps with and without the lane and compares
- * the answers.
+ * the answers. Members on their own devices go first, strangers wait their turn, as on the
+ * sign-in lane (src/http/stranger-queue.ts).
  */
 /** Takes, answers or passes on as the sign-in lane does. */
 export type FormLane = SignInLane;
@@ -76,6 +78,10 @@ export function formLane(deps: {
   trustProxy: (address: string, hop: number) => boolean;
   headers: ReturnType<typeof securityHeaders>;
   shuttingDown: () => boolean;
+  /** Does this `sekisho_device` token name a live device? (Its attempts go first.) */
+  trustedDevice: (token: string | null) => boolean;
+  /** Where strangers' attempts wait their turn (shared with the sign-in lane). */
+  strangers: StrangerQueue;
 }): FormLane {
   const stats = { answered: 0, passedOn: 0 };
   // express's own form parser (the one `hostedForm` puts before the route), run on the request here.
@@ -128,13 +134,30 @@ export function formLane(deps: {
         sendPageError(res, lang, api);
         return;
       }
-      requestIds.run(r.requestId, () =>
-        // Nothing may escape as an unhandled rejection (it would stop the process): the error
-        // handler's answer instead (a 500 with the request id, the error logged).
-        decide(req, res, r, body.body, lang, answered, pass).catch((err: unknown) =>
-          answerError(deps.logger, res, err, r.requestId),
-        ),
-      );
+      const now = () =>
+        requestIds.run(r.requestId, () =>
+          // Nothing may escape as an unhandled rejection (it would stop the process): the error
+          // handler's answer instead (a 500 with the request id, the error logged).
+          decide(req, res, r, body.body, lang, answered, pass).catch((err: unknown) =>
+            answerError(deps.logger, res, err, r.requestId),
+          ),
+        );
+      // A member on a live device of theirs goes first; a stranger waits their turn, or is told
+      // the service is busy (src/http/stranger-queue.ts).
+      let trusted: boolean;
+      try {
+        trusted = deps.trustedDevice(deviceTokenFrom(single(req.headers.cookie)) ?? null);
+      } catch {
+        return pass(); // the route meets the same error and answers it
+      }
+      if (trusted || deps.strangers.offer(req, now)) {
+        if (trusted) now();
+        return;
+      }
+      answered();
+      const busy = serverBusy();
+      res.setHeader("Retry-After", "1");
+      sendPageError(res, lang, busy);
     });
   }
 

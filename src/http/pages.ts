@@ -228,6 +228,10 @@ const ERROR_TEXT: Record<string, { ja: string; en: string }> = {
     ja: "試行回数が多すぎます。しばらくしてからお試しください。",
     en: "Too many attempts. Please wait a while and try again.",
   },
+  server_busy: {
+    ja: "ただいま混み合っています。少し待ってからもう一度お試しください。",
+    en: "The service is busy right now. Please wait a moment and try again.",
+  },
 };
 /**
  * Protocol errors (bad client, bad redirect_uri, expired interaction): shown, never redirected.

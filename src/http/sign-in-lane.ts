@@ -1,6 +1,6 @@
 import type { IncomingMessage, ServerResponse } from "node:http";
 import type { Logger } from "pino";
-import { ApiError } from "../errors.js";
+import type { ApiError } from "../errors.js";
 import { requestIds } from "../logger.js";
 import type { Metrics } from "../ops/metrics.js";
 import { deviceTokenFrom } from "../sessions/devices.js";
@@ -18,6 +18,7 @@ import {
   single,
 } from "./middleware.js";
 import { loginBody } from "./routes/members.js";
+import { type StrangerQueue, serverBusy } from "./stranger-queue.js";
 
 /**
  * The sign-in lane: `POST /api/v1/login`, the request an attacker sends by the thousand, checked
@@ -44,35 +45,20 @@ import { loginBody } from "./routes/members.js";
  * test/sign-in-lane.test.ts sends the same requests to an app with and without the lane and
  * compares the answers.
  *
- * Members on their own devices go first. A request carrying a live `sekisho_device` cookie (any
- * member's: one indexed lookup) is decided as soon as its body is in. Every other one waits in a
- * queue that is worked through after each turn of the event loop's I/O, at most `TURN_BUDGET_MS`
- * of it per turn, oldest first: when nothing is waiting that is at once, so an idle server answers
- * as fast as before; under a flood of attempts from strangers, the I/O of a member's sign-in (its
- * request, argon2's result) is never stuck behind a turn's worth of refusals. Past
- * `MAX_WAITING` waiting, a stranger's attempt is answered `503 server_busy` at once (nothing
- * counted, nothing hashed). At a flood's start the refusal code is still cold (several times its
- * later cost, until V8 has optimised it) and the queue is what keeps members' sign-ins at their
- * usual time (docs/throttling.md, "Benchmarks").
+ * Members on their own devices go first: an attempt without a live `sekisho_device` cookie waits
+ * its turn in the `StrangerQueue` (src/http/stranger-queue.ts), and past its limit is answered
+ * `503 server_busy` at once.
  */
 export interface SignInLane {
   /** Will the lane take this request? (Cheap: method, path and headers only.) */
   takes(req: IncomingMessage): boolean;
   /** Answer a refusal, or call `onward` with `req.body` set. Only for requests `takes` took. */
   run(req: IncomingMessage, res: ServerResponse, onward: () => void): void;
-  /**
-   * Requests answered here, those passed on to express, those that waited their turn (strangers'),
-   * and those answered `server_busy` because too many were waiting (the last two: this lane's;
-   * the form lane, src/http/form-lane.ts, decides every attempt as it comes).
-   */
-  readonly stats: { answered: number; passedOn: number; waited?: number; busy?: number };
+  /** Requests answered here, and those passed on to express. */
+  readonly stats: { answered: number; passedOn: number };
 }
 
 const PATH = "/api/v1/login";
-/** Strangers' attempts decided per turn of the event loop, at most this long (ms) of work. */
-const TURN_BUDGET_MS = 4;
-/** Strangers' attempts that may wait; more are answered `503 server_busy`. */
-const MAX_WAITING = 2_000;
 /** The metric label express gives the route (src/http/metrics-routes.ts); `other` before it. */
 const ROUTE = "/api/v1/login";
 /** JSON, with no charset or UTF-8 exactly as body-parser reads it (`utf8` is its 415). */
@@ -92,19 +78,10 @@ export function signInLane(deps: {
   shuttingDown: () => boolean;
   /** Does this `sekisho_device` token name a live device? (Its attempts go first.) */
   trustedDevice: (token: string | null) => boolean;
-  /** Strangers' attempts that may wait (default MAX_WAITING; tests set fewer). */
-  maxWaiting?: number;
+  /** Where strangers' attempts wait their turn (shared with the form lane). */
+  strangers: StrangerQueue;
 }): SignInLane {
-  const stats = { answered: 0, passedOn: 0, waited: 0, busy: 0 };
-  const waiting: Array<() => void> = [];
-  let working = false;
-  const work = () => {
-    const until = performance.now() + TURN_BUDGET_MS;
-    do (waiting.shift() as () => void)();
-    while (waiting.length > 0 && performance.now() < until);
-    if (waiting.length > 0) setImmediate(work);
-    else working = false;
-  };
+  const stats = { answered: 0, passedOn: 0 };
 
   function takes(req: IncomingMessage): boolean {
     if (req.method !== "POST") return false;
@@ -155,20 +132,7 @@ export function signInLane(deps: {
         return;
       }
       if (trusted) return decide();
-      if (waiting.length >= (deps.maxWaiting ?? MAX_WAITING)) {
-        stats.busy++;
-        answer(req, res, context(), serverBusy(), ROUTE);
-        return;
-      }
-      stats.waited++;
-      // Gone while waiting (the client gave up): nothing to decide, no one to answer.
-      waiting.push(() => {
-        if (!req.socket.destroyed) decide();
-      });
-      if (!working) {
-        working = true;
-        setImmediate(work);
-      }
+      if (!deps.strangers.offer(req, decide)) answer(req, res, context(), serverBusy(), ROUTE);
     };
     const decide = () => {
       // As body-parser reads it: a byte-order mark dropped, an empty body an empty object.
@@ -240,8 +204,3 @@ export function signInLane(deps: {
 
   return { takes, run, stats };
 }
-
-const serverBusy = () =>
-  new ApiError(503, "server_busy", "The service is busy; try again shortly.", {
-    headers: { "Retry-After": "1" },
-  });

@@ -1,0 +1,74 @@
+import type { IncomingMessage } from "node:http";
+import { ApiError } from "../errors.js";
+
+/** Strangers' attempts decided per turn of the event loop, at most this long (ms) of work. */
+export const TURN_BUDGET_MS = 4;
+/** Strangers' attempts that may wait; more are answered `503 server_busy`. */
+export const MAX_WAITING = 2_000;
+
+/**
+ * Sign-in attempts from strangers wait their turn; members on their own devices go first.
+ *
+ * The sign-in lanes (src/http/sign-in-lane.ts for the JSON API, src/http/form-lane.ts for the
+ * hosted form) decide an attempt that carries a live `sekisho_device` cookie (any member's: one
+ * indexed lookup) as soon as its body is in. Every other attempt is `offer`ed here and decided
+ * after the event loop's I/O of the turn, at most `budgetMs` of them per turn, oldest first. When
+ * nothing is waiting that is at once (the same turn), so an idle server answers as fast as
+ * before; under a flood of attempts from strangers, the I/O of a member's sign-in (its request,
+ * argon2's result) is never stuck behind a turn's worth of refusals. At a flood's start the
+ * refusal code is still cold — several times its later cost, until V8 has optimised it — and this
+ * is what keeps members' sign-ins at their usual time then (docs/throttling.md, "Benchmarks").
+ * Past `maxWaiting` waiting, `offer` refuses and the lane answers `503 server_busy` at once:
+ * nothing is decided, counted or hashed. One queue serves both lanes, so a flood split between
+ * the two doors gets one budget, not two.
+ */
+export class StrangerQueue {
+  readonly maxWaiting: number;
+  readonly budgetMs: number;
+  readonly stats = { waited: 0, busy: 0 };
+  readonly #waiting: Array<() => void> = [];
+  #working = false;
+
+  constructor(opts: { maxWaiting?: number; budgetMs?: number } = {}) {
+    this.maxWaiting = opts.maxWaiting ?? MAX_WAITING;
+    this.budgetMs = opts.budgetMs ?? TURN_BUDGET_MS;
+  }
+
+  /**
+   * Decide `req` with `decide` in its turn; false (and nothing queued) when too many wait. An
+   * attempt whose client has gone by its turn is dropped: no one to answer, nothing to decide.
+   */
+  offer(req: IncomingMessage, decide: () => void): boolean {
+    if (this.#waiting.length >= this.maxWaiting) {
+      this.stats.busy++;
+      return false;
+    }
+    this.stats.waited++;
+    this.#waiting.push(() => {
+      if (!req.socket.destroyed) decide();
+    });
+    if (!this.#working) {
+      this.#working = true;
+      setImmediate(this.#work);
+    }
+    return true;
+  }
+
+  get waiting(): number {
+    return this.#waiting.length;
+  }
+
+  readonly #work = () => {
+    const until = performance.now() + this.budgetMs;
+    do (this.#waiting.shift() as () => void)();
+    while (this.#waiting.length > 0 && performance.now() < until);
+    if (this.#waiting.length > 0) setImmediate(this.#work);
+    else this.#working = false;
+  };
+}
+
+/** The answer to an attempt `offer` refused. */
+export const serverBusy = () =>
+  new ApiError(503, "server_busy", "The service is busy; try again shortly.", {
+    headers: { "Retry-After": "1" },
+  });
