@@ -26,7 +26,7 @@ export class StrangerQueue {
   readonly maxWaiting: number;
   readonly budgetMs: number;
   readonly stats = { waited: 0, busy: 0 };
-  readonly #waiting: Array<() => void> = [];
+  readonly #waiting: Array<() => unknown> = [];
   #working = false;
 
   constructor(opts: { maxWaiting?: number; budgetMs?: number } = {}) {
@@ -35,18 +35,17 @@ export class StrangerQueue {
   }
 
   /**
-   * Decide `req` with `decide` in its turn; false (and nothing queued) when too many wait. An
-   * attempt whose client has gone by its turn is dropped: no one to answer, nothing to decide.
+   * Decide `req` with `decide` in its turn (awaited, when it answers a promise); false (and nothing
+   * queued) when too many wait. An attempt whose client has gone by its turn is dropped: no one to
+   * answer, nothing to decide.
    */
-  offer(req: IncomingMessage, decide: () => void): boolean {
+  offer(req: IncomingMessage, decide: () => unknown): boolean {
     if (this.#waiting.length >= this.maxWaiting) {
       this.stats.busy++;
       return false;
     }
     this.stats.waited++;
-    this.#waiting.push(() => {
-      if (!req.socket.destroyed) decide();
-    });
+    this.#waiting.push(() => (req.socket.destroyed ? undefined : decide()));
     if (!this.#working) {
       this.#working = true;
       setImmediate(this.#work);
@@ -58,10 +57,17 @@ export class StrangerQueue {
     return this.#waiting.length;
   }
 
-  readonly #work = () => {
+  // A decision may be async (the form lane reads the interaction and renders a page): each is
+  // awaited before the next, so the budget covers the whole of it, not only its first step.
+  // Errors are the deciders' to answer (both lanes catch their own); one escaping is dropped
+  // here rather than stopping the queue.
+  readonly #work = async () => {
     const until = performance.now() + this.budgetMs;
-    do (this.#waiting.shift() as () => void)();
-    while (this.#waiting.length > 0 && performance.now() < until);
+    do {
+      try {
+        await (this.#waiting.shift() as () => unknown)();
+      } catch {}
+    } while (this.#waiting.length > 0 && performance.now() < until);
     if (this.#waiting.length > 0) setImmediate(this.#work);
     else this.#working = false;
   };
