@@ -58,19 +58,39 @@ export class StrangerQueue {
   }
 
   // A decision may be async (the form lane reads the interaction and renders a page): each is
-  // awaited before the next, so the budget covers the whole of it, not only its first step.
-  // Errors are the deciders' to answer (both lanes catch their own); one escaping is dropped
-  // here rather than stopping the queue.
+  // awaited before the next, so the budget covers the whole of it, not only its first step — but
+  // never longer than STALL_MS, so one that waits on something slow can't hold up the queue (it
+  // goes on by itself, and answers when it is done). Errors are the deciders' to answer (both
+  // lanes catch their own); one escaping is dropped here rather than stopping the queue.
   readonly #work = async () => {
     const until = performance.now() + this.budgetMs;
     do {
       try {
-        await (this.#waiting.shift() as () => unknown)();
+        const decided = (this.#waiting.shift() as () => unknown)();
+        if (decided instanceof Promise) await settledWithin(decided, STALL_MS);
       } catch {}
     } while (this.#waiting.length > 0 && performance.now() < until);
     if (this.#waiting.length > 0) setImmediate(this.#work);
     else this.#working = false;
   };
+}
+
+/** How long (ms) the queue waits for one async decision before it goes on to the next. */
+export const STALL_MS = 100;
+
+/** Resolves when `p` settles or after `ms`, whichever is first; never rejects. */
+async function settledWithin(p: Promise<unknown>, ms: number): Promise<void> {
+  let timer: NodeJS.Timeout | undefined;
+  await Promise.race([
+    p.then(
+      () => {},
+      () => {},
+    ),
+    new Promise<void>((resolve) => {
+      timer = setTimeout(resolve, ms);
+    }),
+  ]);
+  clearTimeout(timer);
 }
 
 /** The answer to an attempt `offer` refused. */
