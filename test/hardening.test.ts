@@ -34,6 +34,24 @@ describe("HTTP hardening", () => {
     expect(res.headers["x-request-id"]).toMatch(/^[\w-]{16}$/);
   });
 
+  it("a member's event ids are opaque and stable: they can't count the audit entries written for others in between", async () => {
+    const events = async () =>
+      (await supertest(t.app).get("/api/v1/me/events").set("Cookie", cookie)).body.events as {
+        id: unknown;
+      }[];
+    const before = await events();
+    // Others' entries in between (a recovery request for someone), then one of the member's own.
+    await post(t.app, "/api/v1/recovery/password", { login_id: "someone.else" });
+    await t.s.recovery.settled();
+    await signIn(t.app, "hard.member");
+    const after = await events();
+    expect(after.length).toBeGreaterThan(before.length);
+    for (const e of after) expect(e.id).toMatch(/^ev_[A-Za-z0-9_-]{22}$/);
+    expect(new Set(after.map((e) => e.id)).size).toBe(after.length);
+    // The same entry keeps its id.
+    expect(after.slice(after.length - before.length).map((e) => e.id)).toEqual(before.map((e) => e.id));
+  });
+
   it("the provider's JSON endpoints answer no-store, their refusals included", async () => {
     for (const path of ["/oidc/token", "/oidc/token/revocation", "/oidc/token/introspection"]) {
       const res = await supertest(t.app).post(path).type("form").send({ token: "x", client_id: "nobody" });

@@ -6,6 +6,7 @@ import { PROFILE_FIELDS } from "../../members/profile.js";
 import type { Services } from "../../services.js";
 import { deviceTokenFrom } from "../../sessions/devices.js";
 import { endOwnSession, forgetOwnDevice, memberEventRows } from "../../sessions/member-actions.js";
+import { blindIndex } from "../../vault/blind-index.js";
 import { locals, requireSession } from "../middleware.js";
 
 /** What of an audit entry's details a member sees: the method and ids, never fingerprints. */
@@ -138,7 +139,9 @@ export function meRoutes(s: Services): Router {
     const rows = memberEventRows(s, session.memberId, 100);
     res.json({
       events: rows.map((e) => ({
-        id: e.seq,
+        // Not the audit sequence number: its gaps would count everyone else's entries in between
+        // (a recovery request for a real member writes more of them than one for nobody).
+        id: `ev_${blindIndex(s.keys, "member_event", String(e.seq)).slice(0, 22)}`,
         at: iso(e.at),
         type: e.action,
         outcome: e.outcome,
