@@ -437,6 +437,32 @@ describe("mail, verification and recovery against a real SMTP server", () => {
     expect(smtp.inbox.length - sent).toBe(24);
   });
 
+  it("reminders of the login ID, however many a stranger asks for, can't use up the member's reset links", async () => {
+    await register(t.app, { login_id: "taro.remind" });
+    await deliver(t);
+    const ask = async (path: string, body: Record<string, string>, ip: string) => {
+      let res = await post(t.app, path, body).set("X-Forwarded-For", ip);
+      if (res.status === 403) {
+        const challenge_solution = await solveChallenge(res.body.challenge);
+        res = await post(t.app, path, { ...body, challenge_solution }).set("X-Forwarded-For", ip);
+      }
+      expect(res.status).toBe(202);
+      await deliver(t);
+    };
+    const resets = () => smtp.to(PROFILE.email).filter((m) => m.subject.includes("パスワードの再設定"));
+    const before = smtp.to(PROFILE.email).length;
+    for (let i = 0; i < 4; i++)
+      await ask("/api/v1/recovery/login-id", { email: PROFILE.email }, `192.0.2.${60 + i}`);
+    // the reminders were capped…
+    expect(smtp.to(PROFILE.email).length - before).toBe(3);
+    expect(resets()).toHaveLength(0);
+    // …on their own: the member asking for a reset now gets a link that works.
+    await ask("/api/v1/recovery/password", { login_id: "taro.remind" }, "198.51.100.78");
+    expect(resets()).toHaveLength(1);
+    const { token } = linkIn(resets()[0] as ReceivedMail, "/recovery/reset");
+    expect((await post(t.app, "/api/v1/recovery/password/check", { token })).status).toBe(200);
+  });
+
   it("a recovery request's work happens neither in nor right after its answer, and its mail waits for the outbox's next run", async () => {
     await register(t.app, { login_id: "taro.later" });
     await deliver(t);

@@ -20,7 +20,7 @@ import type { DeviceRegistry } from "../sessions/devices.js";
 import type { FactorProof } from "../sessions/second-factor.js";
 import type { SessionService } from "../sessions/sessions.js";
 import { challengeRequired, tooManyAttempts } from "../sessions/sign-in.js";
-import type { Attempt, Decision, LoginGuard } from "../throttle/engine.js";
+import type { Attempt, Decision, LoginGuard, RecoveryMail } from "../throttle/engine.js";
 import type { ProofOfWork } from "../throttle/proof-of-work.js";
 import { blindIndex } from "../vault/blind-index.js";
 import type { KeyringStore } from "../vault/keyring.js";
@@ -219,9 +219,9 @@ export class PasswordRecovery {
       .slice(0, MAX_MEMBERS_PER_ADDRESS);
   }
 
-  /** One mailbox gets a few recovery mails per ten minutes, however the requests named it. */
-  #mailboxFull(memberId: string): boolean {
-    return this.#guard.mailboxFull(memberId);
+  /** One mailbox gets a few recovery mails of a kind per ten minutes, however the requests named it. */
+  #mailboxFull(memberId: string, kind: RecoveryMail): boolean {
+    return this.#guard.mailboxFull(memberId, kind);
   }
 
   #mailResets(target: RecoveryTarget, ctx: RecoveryContext): void {
@@ -232,7 +232,7 @@ export class PasswordRecovery {
     }
     for (const m of found) {
       const email = this.#vault.mailAddress(m.id, "password_reset", ctx);
-      const skipped = !email ? "no_address" : this.#mailboxFull(m.id) ? "mailbox_limit" : null;
+      const skipped = !email ? "no_address" : this.#mailboxFull(m.id, "reset") ? "mailbox_limit" : null;
       inTransaction(this.#db, () => {
         if (!skipped && email) {
           this.#mailResetLink({ id: m.id, loginId: m.loginId, locale: m.locale }, email);
@@ -248,7 +248,7 @@ export class PasswordRecovery {
           details: { by: "loginId" in target ? "login_id" : "email" },
         });
       });
-      if (!skipped) this.#guard.mailSent(m.id);
+      if (!skipped) this.#guard.mailSent(m.id, "reset");
     }
   }
 
@@ -258,7 +258,7 @@ export class PasswordRecovery {
       this.#unmatched("login_id", target, ctx);
       return;
     }
-    const found = matched.filter((m) => !this.#mailboxFull(m.id));
+    const found = matched.filter((m) => !this.#mailboxFull(m.id, "login_ids"));
     const first = found[0];
     if (!first) return; // every member's mailbox has had enough for now
     const email = this.#vault.mailAddress(first.id, "login_ids", ctx);
@@ -285,7 +285,7 @@ export class PasswordRecovery {
       }
     });
     // One mail, to the address these members share: it counts for each of them.
-    for (const m of found) this.#guard.mailSent(m.id);
+    for (const m of found) this.#guard.mailSent(m.id, "login_ids");
   }
 
   /** A new reset link for the member, mailed to `email` (inside the caller's transaction). */

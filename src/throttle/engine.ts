@@ -60,6 +60,9 @@ export interface Attempt {
 }
 
 /** Every threshold, with the defaults docs/throttling.md explains. */
+/** The kinds of recovery mail, each capped on its own per member (`mailMember`). */
+export type RecoveryMail = "reset" | "login_ids";
+
 export interface ThrottlePolicy {
   /** Failures per IP: slow down past `ipSlow` in 10 minutes; block the IP past `ipBlock` a day. */
   ipSlow: number;
@@ -531,21 +534,24 @@ export class LoginGuard {
   }
 
   /**
-   * Whether the member has been sent `mailMember` recovery mails in the last ten minutes, however
-   * they were asked for. Only mails sent count (`mailSent`), not requests: were every request
-   * counted, a stranger asking every couple of minutes would keep the count over the limit for
-   * good, and the member would get no working link again.
+   * Whether the member has been sent `mailMember` recovery mails of this kind (reset links,
+   * login-ID reminders) in the last ten minutes, however they were asked for. Only mails sent
+   * count (`mailSent`), not requests: were every request counted, a stranger asking every couple
+   * of minutes would keep the count over the limit for good, and the member would get no working
+   * link again. Each kind has its own count, so reminders of the login ID (no link in them) can't
+   * use up the reset links.
    */
-  mailboxFull(memberId: string): boolean {
+  mailboxFull(memberId: string, kind: RecoveryMail): boolean {
     const now = this.#clock.now().getTime();
     return (
-      (this.#counters.rate.peek(`member_mail|${memberId}`, now)[TEN_MIN] as number) >= this.policy.mailMember
+      (this.#counters.rate.peek(`member_mail|${kind}|${memberId}`, now)[TEN_MIN] as number) >=
+      this.policy.mailMember
     );
   }
 
-  /** A recovery mail was sent to the member (counted for `mailboxFull`). */
-  mailSent(memberId: string): void {
-    this.#counters.rate.add(`member_mail|${memberId}`, 1, this.#clock.now().getTime());
+  /** A recovery mail of this kind was sent to the member (counted for `mailboxFull`). */
+  mailSent(memberId: string, kind: RecoveryMail): void {
+    this.#counters.rate.add(`member_mail|${kind}|${memberId}`, 1, this.#clock.now().getTime());
   }
 
   #trackSpray(a: Attempt, now: number): void {
