@@ -99,6 +99,9 @@ async function main(): Promise<void> {
       clearTimeout(deadline);
       void services.recovery
         .settled()
+        // Recovery mail waits for the outbox's periodic run: send what is due now, before stopping
+        // (a link that waited for the next start could be dead by then).
+        .then(() => services.mailer.runDue())
         .then(() => Promise.all([services.mailer.stop(), services.alertHooks?.stop()]))
         .catch((err: unknown) => logger.error({ err }, "while finishing mail"))
         .finally(async () => {

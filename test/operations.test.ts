@@ -7,6 +7,7 @@ import path from "node:path";
 import Database from "better-sqlite3";
 import supertest from "supertest";
 import { afterEach, describe, expect, it } from "vitest";
+import { SERVER_NODE_FLAGS } from "../bench/util.js";
 import { profiles } from "../src/db/schema.js";
 import { startMetricsServer } from "../src/http/metrics-routes.js";
 import { Clients } from "../src/oidc/clients.js";
@@ -15,7 +16,6 @@ import { Keyring, writeKeyringFile } from "../src/vault/keyring.js";
 import { makeApp, PROFILE, post, register, STRONG_PASSWORD, signIn, type TestApp } from "./support/app.js";
 import { cliEnv, runCli } from "./support/cli.js";
 import { startCommand, startServer } from "./support/server.js";
-import { SERVER_NODE_FLAGS } from "../bench/util.js";
 
 /** Every label value of every sekisho_ series in a scrape. */
 function labelValues(scrape: string): string[] {
@@ -299,6 +299,36 @@ describe("graceful stop", () => {
       expect(db.prepare("SELECT count(*) FROM sessions").pluck().get()).toBe(answered);
       db.close();
       expect(fs.existsSync(path.join(server.env.SEKISHO_DATA_DIR as string, "sekisho.pid"))).toBe(false);
+    } finally {
+      if (server.proc.exitCode === null) server.proc.kill("SIGKILL");
+      fs.rmSync(server.dir, { recursive: true, force: true });
+    }
+  }, 60_000);
+  it("SIGTERM right after a recovery request: the reset mail is sent before the process exits", async () => {
+    const server = await startServer();
+    const outbox = path.join(server.env.SEKISHO_DATA_DIR as string, "outbox");
+    const mails = () =>
+      fs.existsSync(outbox) ? fs.readdirSync(outbox).filter((f) => f.endsWith(".eml")) : [];
+    try {
+      const reg = await fetch(`${server.url}/api/v1/registrations`, {
+        method: "POST",
+        headers: { "Content-Type": "application/json" },
+        body: JSON.stringify({ login_id: "stop.recovery", password: STRONG_PASSWORD, profile: PROFILE }),
+      });
+      expect(reg.status).toBe(201);
+      for (let i = 0; i < 100 && mails().length === 0; i++) await new Promise((r) => setTimeout(r, 50));
+      const before = mails().length; // the verification mail
+      const asked = await fetch(`${server.url}/api/v1/recovery/password`, {
+        method: "POST",
+        headers: { "Content-Type": "application/json" },
+        body: JSON.stringify({ login_id: "stop.recovery" }),
+      });
+      expect(asked.status).toBe(202);
+      server.proc.kill("SIGTERM");
+      expect(await server.exited).toEqual({ code: 0, signal: null });
+      const sent = mails().map((f) => fs.readFileSync(path.join(outbox, f), "utf8"));
+      expect(sent).toHaveLength(before + 1);
+      expect(sent.some((m) => m.includes("/recovery/reset?token="))).toBe(true);
     } finally {
       if (server.proc.exitCode === null) server.proc.kill("SIGKILL");
       fs.rmSync(server.dir, { recursive: true, force: true });

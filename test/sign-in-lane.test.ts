@@ -242,7 +242,9 @@ describe("sign-in lane", () => {
       expect(headersOf(res, ["content-length"])).toEqual(headersOf(await send(plain, r), ["content-length"]));
     }
     expect(lane.stats).toEqual({ answered: 0, passedOn: 0 });
-    expect(strangers.stats).toEqual({ waited: 0, busy: 0 });
+    // The gzip one, which express decodes and decides, waited its turn at express's door (the
+    // others were refused before any sign-in).
+    expect(strangers.stats).toEqual({ waited: 1, busy: 0 });
     // The gzip one was a challenge from express: the throttle is the same either way.
     expect((await send(t.app, cases[4]?.[0] as Req)).body.error).toBe("challenge_required");
   });
@@ -261,7 +263,7 @@ describe("sign-in lane", () => {
     expect(seen).toEqual(["allow"]);
   });
 
-  it("a member on a live device of theirs is decided at once; strangers, forged and revoked device cookies wait their turn", async () => {
+  it("a member on a live device of theirs is decided at once; strangers, forged, revoked and other members' device cookies wait their turn", async () => {
     const memberId = t.s.db.$client
       .prepare("SELECT id FROM members WHERE login_id = 'lane.member'")
       .pluck()
@@ -278,9 +280,13 @@ describe("sign-in lane", () => {
       });
     expect((await attempt(live)).status).toBe(401);
     expect(strangers.stats.waited).toBe(0);
-    for (const cookie of [undefined, "A".repeat(43), revoked.token, "not a token"]) {
+    // Another member's live device (an attacker's own, say) doesn't put attempts at this account first.
+    const other = (await register(t.app, { login_id: "lane.other" })).body.member_id as string;
+    const othersDevice = t.s.devices.issue(other, null).token;
+    for (const cookie of [undefined, "A".repeat(43), revoked.token, "not a token", othersDevice]) {
       const before = strangers.stats.waited;
-      expect((await attempt(cookie)).status).toBe(401);
+      // (wrong passwords: refused, and after a few slowed down; either way decided in its turn)
+      expect([401, 429]).toContain((await attempt(cookie)).status);
       expect(strangers.stats.waited, String(cookie)).toBe(before + 1);
     }
   });
@@ -313,5 +319,20 @@ describe("sign-in lane", () => {
     });
     expect(member.status).toBe(200);
     expect(member.body.status).toBe("authenticated");
+    // Express's own door to a sign-in (a request the lane doesn't take) holds strangers to the
+    // same rule: not a way around the queue.
+    seen.length = 0;
+    const odd = await send(busy, {
+      body: login("lane.member", STRONG_PASSWORD),
+      headers: { "Content-Type": "application/json; x=1" },
+    });
+    expect(odd.status).toBe(503);
+    expect(odd.body.error).toBe("server_busy");
+    expect(seen).toEqual([]);
+    const oddMember = await send(busy, {
+      body: login("lane.member", STRONG_PASSWORD),
+      headers: { "Content-Type": "application/json; x=1", Cookie: `sekisho_device=${device}` },
+    });
+    expect(oddMember.status).toBe(200);
   });
 });

@@ -2,10 +2,12 @@ import type { IncomingMessage, ServerResponse } from "node:http";
 import express, { type NextFunction, type Request, type Response } from "express";
 import proxyaddr from "proxy-addr";
 import { ApiError } from "../errors.js";
+import { resolveLoginInput } from "../members/login-id.js";
 import { cachedProviderDocuments, createOidc, OIDC_JSON_ENDPOINTS, OIDC_ROUTES } from "../oidc/provider.js";
 import type { Services } from "../services.js";
+import { deviceTokenFrom } from "../sessions/devices.js";
 import { formLane } from "./form-lane.js";
-import { assetRoutes, rememberLang, reqLang, sendPageError } from "./hosted.js";
+import { assetRoutes, hostedForm, rememberLang, reqLang, sendPageError } from "./hosted.js";
 import { httpMetrics, metricsRoute } from "./metrics-routes.js";
 import {
   accessLog,
@@ -19,6 +21,7 @@ import {
   requestContext,
   securityHeaders,
   sessionLoader,
+  single,
 } from "./middleware.js";
 import { providerLane } from "./provider-lane.js";
 import { accountRoutes } from "./routes/account.js";
@@ -34,7 +37,7 @@ import { recoveryPageRoutes } from "./routes/recovery-hosted.js";
 import { secondFactorRoutes } from "./routes/second-factor.js";
 import { serviceRoutes } from "./routes/service.js";
 import { signInLane } from "./sign-in-lane.js";
-import { StrangerQueue } from "./stranger-queue.js";
+import { StrangerQueue, waitTurn } from "./stranger-queue.js";
 
 /** The JSON API's body limit (bytes), for the body parser and the sign-in lane alike. */
 const BODY_LIMIT = 64 * 1024;
@@ -126,6 +129,26 @@ export function createApp(
   });
   app.use(healthRoutes(s));
 
+  // Strangers' sign-in attempts wait their turn, on both lanes and at express's doors alike
+  // (src/http/stranger-queue.ts).
+  const strangers = new StrangerQueue(
+    opts.strangersWaiting !== undefined ? { maxWaiting: opts.strangersWaiting } : {},
+  );
+  app.locals.strangers = strangers;
+  // Whether a sign-in attempt comes from a live device of the member it names (it goes first).
+  const trustedDevice = (token: string | null, loginInput: string) => {
+    if (!token) return false;
+    const loginId = resolveLoginInput(loginInput);
+    return loginId !== null && s.devices.isLiveFor(token, loginId);
+  };
+  const expressTurn = waitTurn(strangers, (req) => {
+    const loginInput = (req as { body?: { login_id?: unknown } }).body?.login_id;
+    return (
+      typeof loginInput === "string" &&
+      trustedDevice(deviceTokenFrom(single(req.headers.cookie)) ?? null, loginInput)
+    );
+  });
+
   const api = express.Router();
   api.use(noStore);
   api.use(originGuard(s.config.issuerOrigin));
@@ -133,6 +156,7 @@ export function createApp(
     express.json({ limit: BODY_LIMIT, strict: true, type: ["application/json", "application/*+json"] }),
   );
   api.use(sessionLoader(s.sessions));
+  api.post("/login", expressTurn);
   api.use(registrationAndLoginRoutes(s));
   api.use(secondFactorRoutes(s));
   api.use(meRoutes(s));
@@ -148,6 +172,7 @@ export function createApp(
   app.use(accountRoutes(s));
   app.use(recoveryPageRoutes(s));
   app.use(adminConsoleRoutes(s));
+  app.post("/interaction/:uid/login", ...hostedForm(s.config.issuerOrigin), expressTurn);
   app.use(interactionRoutes(s, oidc));
   app.use(silentAuthorization(oidc, OIDC_ROUTES.authorization));
   app.use((req, res, next) => {
@@ -182,11 +207,6 @@ export function createApp(
   // sign-ins the throttle refuses, on the JSON API (src/http/sign-in-lane.ts) and on the hosted
   // sign-in form (src/http/form-lane.ts), and the provider's JSON endpoints
   // (src/http/provider-lane.ts). Everything else goes through express.
-  // Strangers' sign-in attempts wait their turn, on both lanes alike (src/http/stranger-queue.ts).
-  const strangers = new StrangerQueue(
-    opts.strangersWaiting !== undefined ? { maxWaiting: opts.strangersWaiting } : {},
-  );
-  app.locals.strangers = strangers;
   const signIn =
     opts.signInLane === false
       ? null
@@ -199,7 +219,7 @@ export function createApp(
           headers,
           bodyLimit: BODY_LIMIT,
           shuttingDown: () => app.locals.shuttingDown === true,
-          trustedDevice: (token) => s.devices.isLive(token),
+          trustedDevice,
           strangers,
         });
   const toProvider =
@@ -228,7 +248,7 @@ export function createApp(
           trustProxy,
           headers,
           shuttingDown: () => app.locals.shuttingDown === true,
-          trustedDevice: (token) => s.devices.isLive(token),
+          trustedDevice,
           strangers,
         });
   app.locals.signInLane = signIn;

@@ -24,7 +24,7 @@ import {
 import { type Lang, type LoginError, langOf } from "./pages.js";
 import type { InteractionDetails } from "./routes/interactions.js";
 import type { SignInLane } from "./sign-in-lane.js";
-import { type StrangerQueue, serverBusy } from "./stranger-queue.js";
+import { hadTurn, type StrangerQueue, serverBusy } from "./stranger-queue.js";
 
 /**
  * The form lane: `POST /interaction/:uid/login`, the hosted sign-in form, checked by the throttle
@@ -78,8 +78,8 @@ export function formLane(deps: {
   trustProxy: (address: string, hop: number) => boolean;
   headers: ReturnType<typeof securityHeaders>;
   shuttingDown: () => boolean;
-  /** Does this `sekisho_device` token name a live device? (Its attempts go first.) */
-  trustedDevice: (token: string | null) => boolean;
+  /** Does this `sekisho_device` token name a live device of this login ID's member? (Its attempts go first.) */
+  trustedDevice: (token: string | null, loginInput: string) => boolean;
   /** Where strangers' attempts wait their turn (shared with the sign-in lane). */
   strangers: StrangerQueue;
 }): FormLane {
@@ -134,19 +134,24 @@ export function formLane(deps: {
         sendPageError(res, lang, api);
         return;
       }
-      const now = () =>
-        requestIds.run(r.requestId, () =>
+      const now = () => {
+        hadTurn.add(req);
+        return requestIds.run(r.requestId, () =>
           // Nothing may escape as an unhandled rejection (it would stop the process): the error
           // handler's answer instead (a 500 with the request id, the error logged).
           decide(req, res, r, body.body, lang, answered, pass).catch((err: unknown) =>
             answerError(deps.logger, res, err, r.requestId),
           ),
         );
-      // A member on a live device of theirs goes first; a stranger waits their turn, or is told
-      // the service is busy (src/http/stranger-queue.ts).
+      };
+      // A member on a live device of theirs (the login ID's member) goes first; anyone else waits
+      // their turn, or is told the service is busy (src/http/stranger-queue.ts).
+      const loginInput = (body.body as { login_id?: unknown } | undefined)?.login_id;
       let trusted: boolean;
       try {
-        trusted = deps.trustedDevice(deviceTokenFrom(single(req.headers.cookie)) ?? null);
+        trusted =
+          typeof loginInput === "string" &&
+          deps.trustedDevice(deviceTokenFrom(single(req.headers.cookie)) ?? null, loginInput);
       } catch {
         return pass(); // the route meets the same error and answers it
       }

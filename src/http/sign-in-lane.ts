@@ -18,7 +18,7 @@ import {
   single,
 } from "./middleware.js";
 import { loginBody } from "./routes/members.js";
-import { type StrangerQueue, serverBusy } from "./stranger-queue.js";
+import { hadTurn, type StrangerQueue, serverBusy } from "./stranger-queue.js";
 
 /**
  * The sign-in lane: `POST /api/v1/login`, the request an attacker sends by the thousand, checked
@@ -76,8 +76,8 @@ export function signInLane(deps: {
   headers: ReturnType<typeof securityHeaders>;
   bodyLimit: number;
   shuttingDown: () => boolean;
-  /** Does this `sekisho_device` token name a live device? (Its attempts go first.) */
-  trustedDevice: (token: string | null) => boolean;
+  /** Does this `sekisho_device` token name a live device of this login ID's member? (Its attempts go first.) */
+  trustedDevice: (token: string | null, loginInput: string) => boolean;
   /** Where strangers' attempts wait their turn (shared with the form lane). */
   strangers: StrangerQueue;
 }): SignInLane {
@@ -124,21 +124,11 @@ export function signInLane(deps: {
       answer(req, res, context(), asApiError({ type: "entity.too.large", status: 413 }), "other");
     };
     const onEnd = () => {
-      let trusted: boolean;
-      try {
-        trusted = deps.trustedDevice(deviceTokenFrom(single(req.headers.cookie)) ?? null);
-      } catch (err) {
-        answer(req, res, context(), err, ROUTE);
-        return;
-      }
-      if (trusted) return decide();
-      if (!deps.strangers.offer(req, decide)) answer(req, res, context(), serverBusy(), ROUTE);
-    };
-    const decide = () => {
       // As body-parser reads it: a byte-order mark dropped, an empty body an empty object.
       const text = Buffer.concat(chunks)
         .toString("utf8")
         .replace(/^\uFEFF/, "");
+      chunks.length = 0; // not kept while the attempt waits its turn
       const r = context();
       let body: unknown;
       try {
@@ -151,11 +141,18 @@ export function signInLane(deps: {
         answer(req, res, r, asApiError({ type: "entity.parse.failed", status: 400 }), "other");
         return;
       }
-      let refusal: ApiError | null;
-      try {
-        const parsed = loginBody.safeParse(body);
-        if (!parsed.success) refusal = asApiError(parsed.error);
-        else {
+      // Not a sign-in: answered at once (no throttle state is involved), so that what waits its
+      // turn is small.
+      const parsed = loginBody.safeParse(body);
+      if (!parsed.success) {
+        answer(req, res, r, asApiError(parsed.error), ROUTE);
+        return;
+      }
+      const deviceToken = deviceTokenFrom(single(req.headers.cookie));
+      const decide = () => {
+        hadTurn.add(req);
+        let refusal: ApiError | null;
+        try {
           const input = {
             loginId: parsed.data.login_id,
             password: parsed.data.password,
@@ -166,21 +163,32 @@ export function signInLane(deps: {
             requestId: r.requestId,
             userAgent: single(req.headers["user-agent"]) ?? null,
             previousToken: null,
-            deviceToken: deviceTokenFrom(single(req.headers.cookie)),
+            deviceToken,
           };
           refusal = requestIds.run(r.requestId, () => deps.signIn.refusal(input, ctx));
+        } catch (err) {
+          answer(req, res, r, err, ROUTE);
+          return;
         }
+        if (refusal === null) {
+          stats.passedOn++;
+          (req as IncomingMessage & { body?: unknown }).body = body;
+          onward();
+          return;
+        }
+        answer(req, res, r, refusal, ROUTE);
+      };
+      // A member on a live device of theirs (the login ID's member) goes first; anyone else waits
+      // their turn, or is told the service is busy.
+      let trusted: boolean;
+      try {
+        trusted = deps.trustedDevice(deviceToken ?? null, parsed.data.login_id);
       } catch (err) {
         answer(req, res, r, err, ROUTE);
         return;
       }
-      if (refusal === null) {
-        stats.passedOn++;
-        (req as IncomingMessage & { body?: unknown }).body = body;
-        onward();
-        return;
-      }
-      answer(req, res, r, refusal, ROUTE);
+      if (trusted) decide();
+      else if (!deps.strangers.offer(req, decide)) answer(req, res, r, serverBusy(), ROUTE);
     };
     req.on("data", onData);
     req.on("end", onEnd);

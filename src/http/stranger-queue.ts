@@ -10,8 +10,10 @@ export const MAX_WAITING = 2_000;
  * Sign-in attempts from strangers wait their turn; members on their own devices go first.
  *
  * The sign-in lanes (src/http/sign-in-lane.ts for the JSON API, src/http/form-lane.ts for the
- * hosted form) decide an attempt that carries a live `sekisho_device` cookie (any member's: one
- * indexed lookup) as soon as its body is in. Every other attempt is `offer`ed here and decided
+ * hosted form), and express's own doors to a sign-in for what they don't take (`waitTurn`),
+ * decide an attempt that carries a live `sekisho_device` cookie of the member whose login ID it
+ * names (one indexed lookup; another member's device, an attacker's own say, counts as none) as
+ * soon as its body is in. Every other attempt is `offer`ed here and decided
  * after the event loop's I/O of the turn, at most `budgetMs` of them per turn, oldest first. When
  * nothing is waiting that is at once (the same turn), so an idle server answers as fast as
  * before; under a flood of attempts from strangers, the I/O of a member's sign-in (its request,
@@ -19,8 +21,9 @@ export const MAX_WAITING = 2_000;
  * refusal code is still cold — several times its later cost, until V8 has optimised it — and this
  * is what keeps members' sign-ins at their usual time then (docs/throttling.md, "Benchmarks").
  * Past `maxWaiting` waiting, `offer` refuses and the lane answers `503 server_busy` at once:
- * nothing is decided, counted or hashed. One queue serves both lanes, so a flood split between
- * the two doors gets one budget, not two.
+ * nothing is decided, counted or hashed. One queue serves every door, so a flood split between
+ * them gets one budget, not several. Members who sign in with a password alone never get a
+ * device cookie (it comes with a second factor or a passkey): to the queue they are strangers.
  */
 export class StrangerQueue {
   readonly maxWaiting: number;
@@ -91,6 +94,34 @@ async function settledWithin(p: Promise<unknown>, ms: number): Promise<void> {
     }),
   ]);
   clearTimeout(timer);
+}
+
+/**
+ * Requests whose turn has come (or that went first): what a lane passes on to express after
+ * deciding it. Express's own door to a sign-in (`waitTurn`) lets these through at once.
+ */
+export const hadTurn = new WeakSet<IncomingMessage>();
+
+/**
+ * The same rule at express's door to a sign-in, for the requests the lanes don't take (another
+ * JSON content type, a chunked form): without it those would be decided at once, around the queue.
+ * `loginInput` reads the login ID from the parsed body.
+ */
+export function waitTurn(
+  strangers: StrangerQueue,
+  trustedDevice: (req: IncomingMessage) => boolean,
+): (req: IncomingMessage, res: unknown, next: (err?: unknown) => void) => void {
+  return (req, _res, next) => {
+    if (hadTurn.has(req)) return next();
+    let trusted: boolean;
+    try {
+      trusted = trustedDevice(req);
+    } catch (err) {
+      return next(err);
+    }
+    if (trusted) return next();
+    if (!strangers.offer(req, () => next())) next(serverBusy());
+  };
 }
 
 /** The answer to an attempt `offer` refused. */

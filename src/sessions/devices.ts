@@ -39,15 +39,20 @@ export class DeviceRegistry {
     return row ?? null;
   }
 
-  /** Whether the token names a live device of any member (the sign-in lane's priority check). */
-  isLive(token: string | null): boolean {
+  /**
+   * Whether the token names a live device of the member with this (normalised) login ID: the
+   * sign-in lanes' priority check. Another member's device counts as none, so an attacker's own
+   * device cookie doesn't put their guesses at other accounts first.
+   */
+  isLiveFor(token: string | null, loginId: string): boolean {
     if (!token || !/^[A-Za-z0-9_-]{43}$/.test(token)) return false;
-    return this.#liveToken().get(hashToken(token), this.#clock.now().getTime()) !== undefined;
+    return this.#liveFor().get(hashToken(token), loginId, this.#clock.now().getTime()) !== undefined;
   }
 
-  readonly #liveToken = lazyPrepared(() =>
-    this.#db.$client.prepare<[string, number], { one: number }>(
-      "SELECT 1 AS one FROM devices WHERE token_hash = ? AND revoked_at IS NULL AND expires_at > ?",
+  readonly #liveFor = lazyPrepared(() =>
+    this.#db.$client.prepare<[string, string, number], { one: number }>(
+      `SELECT 1 AS one FROM devices d JOIN members m ON m.id = d.member_id
+       WHERE d.token_hash = ? AND m.login_id = ? AND d.revoked_at IS NULL AND d.expires_at > ?`,
     ),
   );
 
