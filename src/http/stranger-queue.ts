@@ -105,7 +105,8 @@ export const hadTurn = new WeakSet<IncomingMessage>();
 /**
  * The same rule at express's door to a sign-in, for the requests the lanes don't take (another
  * JSON content type, a chunked form): without it those would be decided at once, around the queue.
- * `loginInput` reads the login ID from the parsed body.
+ * `trustedDevice` says whether the request (its parsed body's login ID, its device cookie) goes
+ * first.
  */
 export function waitTurn(
   strangers: StrangerQueue,
