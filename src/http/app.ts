@@ -135,19 +135,17 @@ export function createApp(
     opts.strangersWaiting !== undefined ? { maxWaiting: opts.strangersWaiting } : {},
   );
   app.locals.strangers = strangers;
-  // Whether a sign-in attempt comes from a live device of the member it names (it goes first).
-  const trustedDevice = (token: string | null, loginInput: string) => {
-    if (!token) return false;
+  // Whether a sign-in attempt comes from a live device of the member it names (it goes first):
+  // the same question at every door.
+  const trustedDevice = (req: IncomingMessage, loginInput: unknown) => {
+    const token = deviceTokenFrom(single(req.headers.cookie));
+    if (!token || typeof loginInput !== "string") return false;
     const loginId = resolveLoginInput(loginInput);
     return loginId !== null && s.devices.isLiveFor(token, loginId);
   };
-  const expressTurn = waitTurn(strangers, (req) => {
-    const loginInput = (req as { body?: { login_id?: unknown } }).body?.login_id;
-    return (
-      typeof loginInput === "string" &&
-      trustedDevice(deviceTokenFrom(single(req.headers.cookie)) ?? null, loginInput)
-    );
-  });
+  const expressTurn = waitTurn(strangers, (req) =>
+    trustedDevice(req, (req as { body?: { login_id?: unknown } }).body?.login_id),
+  );
 
   const api = express.Router();
   api.use(noStore);

@@ -78,8 +78,8 @@ export function formLane(deps: {
   trustProxy: (address: string, hop: number) => boolean;
   headers: ReturnType<typeof securityHeaders>;
   shuttingDown: () => boolean;
-  /** Does this `sekisho_device` token name a live device of this login ID's member? (Its attempts go first.) */
-  trustedDevice: (token: string | null, loginInput: string) => boolean;
+  /** Does the request come from a live device of the member its login ID names? (It goes first.) */
+  trustedDevice: (req: IncomingMessage, loginInput: unknown) => boolean;
   /** Where strangers' attempts wait their turn (shared with the sign-in lane). */
   strangers: StrangerQueue;
 }): FormLane {
@@ -146,23 +146,17 @@ export function formLane(deps: {
       };
       // A member on a live device of theirs (the login ID's member) goes first; anyone else waits
       // their turn, or is told the service is busy (src/http/stranger-queue.ts).
-      const loginInput = (body.body as { login_id?: unknown } | undefined)?.login_id;
       let trusted: boolean;
       try {
-        trusted =
-          typeof loginInput === "string" &&
-          deps.trustedDevice(deviceTokenFrom(single(req.headers.cookie)) ?? null, loginInput);
+        trusted = deps.trustedDevice(req, (body.body as { login_id?: unknown } | undefined)?.login_id);
       } catch {
         return pass(); // the route meets the same error and answers it
       }
-      if (trusted || deps.strangers.offer(req, now)) {
-        if (trusted) now();
-        return;
+      if (trusted) void now();
+      else if (!deps.strangers.offer(req, now)) {
+        answered();
+        sendPageError(res, lang, serverBusy());
       }
-      answered();
-      const busy = serverBusy();
-      res.setHeader("Retry-After", "1");
-      sendPageError(res, lang, busy);
     });
   }
 

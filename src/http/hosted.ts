@@ -28,9 +28,13 @@ export function langCookie(chosen: unknown, secure: boolean): string | null {
   return `${LANG_COOKIE}=${chosen}; Path=/; Max-Age=31536000; HttpOnly; SameSite=Lax${secure ? "; Secure" : ""}`;
 }
 
-/** A refused page request (4xx) as a page in the reader's language (app.ts's page error handler). */
+/**
+ * A refused page request (4xx, a 503) as a page in the reader's language (app.ts's page error
+ * handler, the form lane), with the error's own headers (`Retry-After`).
+ */
 export function sendPageError(res: ServerResponse, lang: Lang, api: ApiError): void {
   pageHeaders(res);
+  for (const [name, value] of Object.entries(api.headers ?? {})) res.setHeader(name, value);
   sendHtml(res, api.status, errorPage(lang, api.code, api.description, { page: true }));
 }
 

@@ -45,9 +45,9 @@ import { hadTurn, type StrangerQueue, serverBusy } from "./stranger-queue.js";
  * test/sign-in-lane.test.ts sends the same requests to an app with and without the lane and
  * compares the answers.
  *
- * Members on their own devices go first: an attempt without a live `sekisho_device` cookie waits
- * its turn in the `StrangerQueue` (src/http/stranger-queue.ts), and past its limit is answered
- * `503 server_busy` at once.
+ * Members on their own devices go first: an attempt without a live `sekisho_device` cookie of the
+ * member it names waits its turn in the `StrangerQueue` (src/http/stranger-queue.ts), and past its
+ * limit is answered `503 server_busy` at once.
  */
 export interface SignInLane {
   /** Will the lane take this request? (Cheap: method, path and headers only.) */
@@ -76,8 +76,8 @@ export function signInLane(deps: {
   headers: ReturnType<typeof securityHeaders>;
   bodyLimit: number;
   shuttingDown: () => boolean;
-  /** Does this `sekisho_device` token name a live device of this login ID's member? (Its attempts go first.) */
-  trustedDevice: (token: string | null, loginInput: string) => boolean;
+  /** Does the request come from a live device of the member its login ID names? (It goes first.) */
+  trustedDevice: (req: IncomingMessage, loginInput: unknown) => boolean;
   /** Where strangers' attempts wait their turn (shared with the form lane). */
   strangers: StrangerQueue;
 }): SignInLane {
@@ -182,7 +182,7 @@ export function signInLane(deps: {
       // their turn, or is told the service is busy.
       let trusted: boolean;
       try {
-        trusted = deps.trustedDevice(deviceToken ?? null, parsed.data.login_id);
+        trusted = deps.trustedDevice(req, parsed.data.login_id);
       } catch (err) {
         answer(req, res, r, err, ROUTE);
         return;

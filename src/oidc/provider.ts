@@ -389,9 +389,10 @@ export function createOidc(s: Services, opts: { clientIp: (req: IncomingMessage)
   // document, whether it is answered to that caller or cached for everyone.
   const { issuerOrigin } = s.config;
   provider.use(async (ctx, next) => {
-    const target = ctx.originalUrl;
-    const pathAndQuery = target.startsWith("/") ? target : (URL.parse(target, issuerOrigin)?.pathname ?? "/");
-    Object.defineProperty(ctx.request, "href", { value: issuerOrigin + pathAndQuery, configurable: true });
+    Object.defineProperty(ctx.request, "href", {
+      value: issuerOrigin + pathAndQueryOf(ctx.originalUrl),
+      configurable: true,
+    });
     await next();
   });
   provider.use(async (ctx, next) => {
@@ -522,6 +523,17 @@ function requestedAcr(ctx: KoaContextWithOIDC): string | null {
   // The weakest requested level that we know is the one to satisfy (OIDC: acr_values are voluntary, in preference order).
   const known = values.filter((v) => (Object.values(ACR) as string[]).includes(v));
   return known[0] ?? null;
+}
+
+/** A request target's path and query: itself in origin form, its path and query in absolute form. */
+function pathAndQueryOf(target: string): string {
+  if (target.startsWith("/")) return target;
+  try {
+    const u = new URL(target);
+    return u.pathname + u.search;
+  } catch {
+    return "/";
+  }
 }
 
 /** Headers a cached provider document never replays: they belong to the request that made it. */

@@ -20,7 +20,7 @@ import type { DeviceRegistry } from "../sessions/devices.js";
 import type { FactorProof } from "../sessions/second-factor.js";
 import type { SessionService } from "../sessions/sessions.js";
 import { challengeRequired, tooManyAttempts } from "../sessions/sign-in.js";
-import type { Attempt, Decision, LoginGuard, RecoveryMail } from "../throttle/engine.js";
+import type { Attempt, Decision, LoginGuard } from "../throttle/engine.js";
 import type { ProofOfWork } from "../throttle/proof-of-work.js";
 import { blindIndex } from "../vault/blind-index.js";
 import type { KeyringStore } from "../vault/keyring.js";
@@ -219,11 +219,6 @@ export class PasswordRecovery {
       .slice(0, MAX_MEMBERS_PER_ADDRESS);
   }
 
-  /** One mailbox gets a few recovery mails of a kind per ten minutes, however the requests named it. */
-  #mailboxFull(memberId: string, kind: RecoveryMail): boolean {
-    return this.#guard.mailboxFull(memberId, kind);
-  }
-
   #mailResets(target: RecoveryTarget, ctx: RecoveryContext): void {
     const found = this.#matches(target, ctx);
     if (found.length === 0) {
@@ -232,7 +227,7 @@ export class PasswordRecovery {
     }
     for (const m of found) {
       const email = this.#vault.mailAddress(m.id, "password_reset", ctx);
-      const skipped = !email ? "no_address" : this.#mailboxFull(m.id, "reset") ? "mailbox_limit" : null;
+      const skipped = !email ? "no_address" : this.#guard.mailboxFull(m.id, "reset") ? "mailbox_limit" : null;
       inTransaction(this.#db, () => {
         if (!skipped && email) {
           this.#mailResetLink({ id: m.id, loginId: m.loginId, locale: m.locale }, email);
@@ -258,7 +253,7 @@ export class PasswordRecovery {
       this.#unmatched("login_id", target, ctx);
       return;
     }
-    const found = matched.filter((m) => !this.#mailboxFull(m.id, "login_ids"));
+    const found = matched.filter((m) => !this.#guard.mailboxFull(m.id, "login_ids"));
     const first = found[0];
     if (!first) return; // every member's mailbox has had enough for now
     const email = this.#vault.mailAddress(first.id, "login_ids", ctx);

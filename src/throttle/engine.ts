@@ -59,10 +59,10 @@ export interface Attempt {
   unknownAccount?: boolean;
 }
 
-/** Every threshold, with the defaults docs/throttling.md explains. */
 /** The kinds of recovery mail, each capped on its own per member (`mailMember`). */
 export type RecoveryMail = "reset" | "login_ids";
 
+/** Every threshold, with the defaults docs/throttling.md explains. */
 export interface ThrottlePolicy {
   /** Failures per IP: slow down past `ipSlow` in 10 minutes; block the IP past `ipBlock` a day. */
   ipSlow: number;
