@@ -1,16 +1,16 @@
 import fs from "node:fs";
 import path from "node:path";
+import cliProgress from "cli-progress";
 import { Command, InvalidArgumentError } from "commander";
 import pino from "pino";
-import cliProgress from "cli-progress";
-import { wrapWeak } from "./members/wrap-weak.js";
-import { backupDatabase, restoreDatabase } from "./ops/backup.js";
 import { type AuditEntry, AuditLog } from "./audit/log.js";
 import { systemClock } from "./clock.js";
 import { type Config, loadConfig } from "./config.js";
 import { type Db, migrateDatabase, openDatabase } from "./db/connection.js";
 import { ApiError, InputError, StartupError } from "./errors.js";
+import { wrapWeak } from "./members/wrap-weak.js";
 import { Clients } from "./oidc/clients.js";
+import { backupDatabase, restoreDatabase } from "./ops/backup.js";
 import { buildServices } from "./services.js";
 import { openKeyring } from "./vault/bootstrap.js";
 import { Keyring, type KeyringStore, writeKeyringFile } from "./vault/keyring.js";
@@ -193,9 +193,12 @@ export function buildCli(): Command {
       (v: string, prev: string[]) => [...prev, v],
       [] as string[],
     )
-    .option("--scope <scope>", "scopes the client may ask for")
+    .option(
+      "--scope <scope>",
+      'scopes the client may ask for (default "openid profile email phone address offline_access", plus members:read with --grant client_credentials)',
+    )
     .option("--third-party", "not first-party: members see a consent page")
-    .option("--logo-uri <uri>", "logo shown on the sign-in page (https)")
+    .option("--logo-uri <uri>", "logo shown on the sign-in page (https; http for localhost only)")
     .option("--auth-method <method>", "client_secret_basic (default) or client_secret_post")
     .option(
       "--post-logout-redirect-uri <uri>",

@@ -1,6 +1,7 @@
 import Database from "better-sqlite3";
+import supertest from "supertest";
 import { describe, expect, it, vi } from "vitest";
-import { Clients, validateRedirectUri } from "../src/oidc/clients.js";
+import { Clients, validateLogoUri, validateRedirectUri } from "../src/oidc/clients.js";
 import { makeApp } from "./support/app.js";
 import { runCli } from "./support/cli.js";
 
@@ -64,6 +65,75 @@ describe("sekisho clients add", () => {
       expect(bad.status).toBe(1);
       expect(bad.stderr).toMatch(/must be https/);
       expect(bad.stderr).not.toMatch(/\n\s+at /); // a message, not a stack trace
+    } finally {
+      t.close();
+    }
+  });
+});
+
+describe("a site registered for the service API", () => {
+  it("may ask for members:read without --scope when registered with --grant client_credentials; others may not", async () => {
+    const t = makeApp();
+    try {
+      const add = (extra: string[]) => {
+        const run = runCli(t, [
+          "clients",
+          "add",
+          "--name",
+          "backend",
+          "--redirect-uri",
+          "https://site.example/cb",
+          ...extra,
+          "--json",
+        ]);
+        expect(run.status, run.stderr).toBe(0);
+        return JSON.parse(run.stdout) as { client_id: string; client_secret: string };
+      };
+      const token = (c: { client_id: string; client_secret: string }) =>
+        supertest(t.app)
+          .post("/oidc/token")
+          .auth(c.client_id, c.client_secret)
+          .type("form")
+          .send({ grant_type: "client_credentials", scope: "members:read" });
+      const backend = add(["--grant", "client_credentials"]);
+      const granted = await token(backend);
+      expect(granted.status, granted.text).toBe(200);
+      expect(granted.body.scope).toBe("members:read");
+      // a sign-in-only site has no client-credentials grant at all
+      expect((await token(add([]))).status).toBe(400);
+      // an explicit --scope is what the operator chose
+      const narrow = await token(add(["--grant", "client_credentials", "--scope", "openid"]));
+      expect(narrow.status).toBe(400);
+      expect(narrow.body.error).toBe("invalid_scope");
+    } finally {
+      t.close();
+    }
+  });
+});
+
+describe("a site's logo URI", () => {
+  it("must be an absolute https URL (http for localhost only): a logo on the sign-in page never loads over plain http", () => {
+    expect(validateLogoUri("https://shop.example.jp/logo.png")).toBeNull();
+    expect(validateLogoUri("http://localhost:5173/logo.png")).toBeNull();
+    expect(validateLogoUri("http://shop.example.jp/logo.png")).toMatch(/https/);
+    expect(validateLogoUri("javascript:alert(1)")).toMatch(/https/);
+    expect(validateLogoUri("/logo.png")).toMatch(/absolute/);
+    expect(validateLogoUri("https://user:pw@shop.example.jp/logo.png")).toMatch(/user name/);
+    const t = makeApp();
+    try {
+      const run = runCli(t, [
+        "clients",
+        "add",
+        "--name",
+        "X",
+        "--redirect-uri",
+        "https://shop.example.jp/cb",
+        "--logo-uri",
+        "http://shop.example.jp/logo.png",
+      ]);
+      expect(run.status).toBe(1);
+      expect(run.stderr).toMatch(/logo URI .* must be https/);
+      expect(t.s.db.$client.prepare("SELECT count(*) AS n FROM oidc_clients").get()).toEqual({ n: 0 });
     } finally {
       t.close();
     }

@@ -2,10 +2,10 @@ import { createHash, randomBytes, timingSafeEqual } from "node:crypto";
 import { eq, sql } from "drizzle-orm";
 import type { ClientAuthMethod, ClientMetadata } from "oidc-provider";
 import type { AuditLog } from "../audit/log.js";
-import { InputError } from "../errors.js";
 import type { Clock } from "../clock.js";
 import { type Db, inTransaction, lazyPrepared, othersCommits } from "../db/connection.js";
 import { oidcClients } from "../db/schema.js";
+import { InputError } from "../errors.js";
 
 /**
  * Member sites. A confidential client gets a 256-bit random secret, shown once and stored as its
@@ -13,6 +13,17 @@ import { oidcClients } from "../db/schema.js";
  * use PKCE (all clients must, in fact). Redirect URIs are matched exactly by oidc-provider.
  */
 export const DEFAULT_CLIENT_SCOPE = "openid profile email phone address offline_access";
+
+/**
+ * What a client may ask for when it was registered without `--scope`: the default, and for a
+ * client registered with the client-credentials grant also `members:read`, the service API's
+ * scope (that grant is there for the service API; only its tokens are accepted there).
+ */
+export function defaultScopeFor(grants: readonly string[]): string {
+  return grants.includes("client_credentials")
+    ? `${DEFAULT_CLIENT_SCOPE} members:read`
+    : DEFAULT_CLIENT_SCOPE;
+}
 
 export const hashSecret = (secret: string) => createHash("sha256").update(secret, "utf8").digest("base64url");
 
@@ -53,6 +64,24 @@ export function validateRedirectUri(uri: string): string | null {
   return null;
 }
 
+/**
+ * A logo shown on the hosted sign-in and consent pages: an absolute https URL (http for
+ * localhost only), so a page served over https never loads a mixed-content image.
+ */
+export function validateLogoUri(uri: string): string | null {
+  let url: URL;
+  try {
+    url = new URL(uri);
+  } catch {
+    return "is not an absolute URL";
+  }
+  if (url.username || url.password) return "must not carry a user name or password";
+  const local = url.hostname === "localhost" || url.hostname === "127.0.0.1" || url.hostname === "[::1]";
+  if (url.protocol !== "https:" && !(url.protocol === "http:" && local))
+    return "must be https (http only for localhost)";
+  return null;
+}
+
 export class Clients {
   readonly #db: Db;
   readonly #clock: Clock;
@@ -79,6 +108,10 @@ export class Clients {
       const problem = validateRedirectUri(uri);
       if (problem) throw new InputError(`redirect URI ${uri} ${problem}`);
     }
+    if (input.logoUri !== undefined) {
+      const problem = validateLogoUri(input.logoUri);
+      if (problem) throw new InputError(`logo URI ${input.logoUri} ${problem}`);
+    }
     if (input.public && input.grants?.includes("client_credentials")) {
       throw new InputError("a public client cannot use client_credentials");
     }
@@ -96,7 +129,7 @@ export class Clients {
           redirectUris: JSON.stringify(input.redirectUris),
           postLogoutRedirectUris: JSON.stringify(input.postLogoutRedirectUris ?? []),
           grantTypes: JSON.stringify(grantTypes),
-          scope: input.scope ?? DEFAULT_CLIENT_SCOPE,
+          scope: input.scope ?? defaultScopeFor(grantTypes),
           firstParty: input.firstParty ?? true,
           logoUri: input.logoUri ?? null,
           createdAt: this.#clock.now().getTime(),
