@@ -784,6 +784,35 @@ describe("mail, verification and recovery against a real SMTP server", () => {
     expect(lastTo(smtp, PROFILE.email).subject).toContain("パスワードの再設定");
   });
 
+  it("an address that was just mailed (a registration's verification mail) is throttled like an unknown one: the limit tells no registered address", async () => {
+    let ip = 0;
+    const statuses = async (path: string, email: string) => {
+      const seen: number[] = [];
+      for (let i = 0; i < 4; i++) {
+        ip++;
+        seen.push((await post(t.app, path, { email }).set("X-Forwarded-For", `192.0.2.${ip}`)).status);
+      }
+      return seen;
+    };
+    for (const [i, path] of ["/api/v1/recovery/login-id", "/api/v1/recovery/password"].entries()) {
+      const email = `hanako.${i}@example.jp`;
+      // registering mails the address its verification link; asking by login ID mails it resets
+      expect(
+        (await register(t.app, { login_id: `hanako.${i}`, profile: { ...PROFILE, email } })).status,
+      ).toBe(201);
+      for (let k = 0; k < 3; k++)
+        await post(t.app, "/api/v1/recovery/password", { login_id: `hanako.${i}` }).set(
+          "X-Forwarded-For",
+          `198.51.100.${k + 1}`,
+        );
+      await t.s.recovery.settled();
+      const registered = await statuses(path, email);
+      const unknown = await statuses(path, `nobody.${i}@example.jp`);
+      expect(registered).toEqual(unknown);
+      expect(unknown).toEqual([202, 202, 202, 403]);
+    }
+  });
+
   it("registration can't be used to flood one address: past the mail limits the member is made, the mail is not", async () => {
     const statuses: number[] = [];
     for (let i = 0; i < 5; i++) statuses.push((await register(t.app, {})).status);

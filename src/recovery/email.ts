@@ -114,13 +114,16 @@ export class EmailAddresses {
   /**
    * May we mail `email` now, unasked by its owner (registration, a change's confirmation)? The
    * login-anomaly engine's mail limits per address, network, target address and service-wide: a
-   * form that mails any address must not become a way to flood one.
+   * form that mails any address must not become a way to flood one. The target is counted apart
+   * from recovery requests for the same address (`unasked:`): were they one count, an address
+   * mailed at registration would reach the recovery limit a request sooner than one nobody has,
+   * and the recovery forms would tell registered addresses from unknown ones.
    */
   mayMail(ip: string | null, email: string, opts: { signedInMember?: boolean } = {}): boolean {
     return (
       this.#guard.assessMailRequest({
         ip: ip ?? "0.0.0.0",
-        target: `email:${this.#vault.emailIndex(email)}`,
+        target: `unasked:email:${this.#vault.emailIndex(email)}`,
         challengeable: false,
         serviceWide: opts.signedInMember !== true,
       }).action === "allow"
