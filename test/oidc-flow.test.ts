@@ -1,11 +1,11 @@
 import * as oidc from "openid-client";
+import { generateSync } from "otplib";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { Clients } from "../src/oidc/clients.js";
-import { generateSync } from "otplib";
-import { Jar } from "./support/browser-jar.js";
-import { SoftAuthenticator } from "./support/soft-authenticator.js";
-import { type ListeningApp, listenWithMember } from "./support/oidc.js";
 import { PROFILE, STRONG_PASSWORD, type TestApp } from "./support/app.js";
+import { Jar } from "./support/browser-jar.js";
+import { type ListeningApp, listenWithMember } from "./support/oidc.js";
+import { SoftAuthenticator } from "./support/soft-authenticator.js";
 
 const REDIRECT = "http://127.0.0.1:9/callback"; // never contacted: the flow stops at the redirect
 
@@ -481,6 +481,31 @@ describe("OIDC code flow with a real relying party (openid-client)", () => {
       error: "invalid_grant",
     });
     expect((await oidc.tokenIntrospection(config, tokens.access_token)).active).toBe(false);
+  });
+
+  it("a page that sends a member signed in only to Sekisho to the logout endpoint doesn't sign them out (no confirmation was asked)", async () => {
+    // Signed in through the API (or the account page): a Sekisho session, no provider session.
+    const jar = new Jar();
+    await signInThroughApi(jar);
+    const before = jar.cookies.get("sekisho_session") as string;
+    // Attack: another site navigates the browser to the end-session endpoint. With no provider
+    // session oidc-provider asks nothing: it answers a form that submits itself, same-origin.
+    const end = await jar.follow(`${issuer}/oidc/session/end`, issuer);
+    const html = await end.res.text();
+    expect(html).toMatch(/name="logout" value="yes"/); // no button: the form carries logout=yes itself
+    const action = /action="([^"]+)"/.exec(html)?.[1] as string;
+    const xsrf = /name="xsrf" value="([^"]+)"/.exec(html)?.[1] as string;
+    expect(xsrf).toBeTruthy();
+    const done = await jar.fetch(new URL(action.replaceAll("&amp;", "&"), issuer).toString(), {
+      method: "POST",
+      headers: { "content-type": "application/x-www-form-urlencoded", origin: issuer },
+      body: new URLSearchParams({ xsrf, logout: "yes" }).toString(),
+    });
+    expect(done.status).toBe(303);
+    // The member is still signed in to Sekisho.
+    const me = await fetch(`${issuer}/api/v1/me`, { headers: { cookie: `sekisho_session=${before}` } });
+    expect(me.status).toBe(200);
+    expect(jar.cookies.get("sekisho_session")).toBe(before);
   });
 
   it("introspection answers a site for its own tokens only (another site's token is inactive)", async () => {

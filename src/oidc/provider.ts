@@ -444,8 +444,13 @@ export function createOidc(s: Services, opts: { clientIp: (req: IncomingMessage)
     const authorization = clientId ? ctx.oidc.session?.authorizations?.[clientId] : undefined;
     if (authorization) authorization.persistsLogout = false;
   });
-  // RP-initiated logout ends the Sekisho session as well, not only oidc-provider's.
+  // RP-initiated logout ends the Sekisho session as well, not only oidc-provider's: when the
+  // member confirmed it. Without a provider session in this browser (the member signed in to
+  // Sekisho alone, on the account page or through the API) oidc-provider asks nothing: it answers
+  // a form that submits itself, which any page can make the browser load. That logout ends
+  // nothing of ours (a page elsewhere must not sign members out).
   provider.on("end_session.success", (ctx: KoaContextWithOIDC) => {
+    if (!ctx.oidc?.session?.accountId) return;
     const session = sessionOf(ctx.get("cookie"));
     if (session) {
       logOut(
