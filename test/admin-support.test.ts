@@ -334,6 +334,16 @@ describe("admin member support and PII read budgets", () => {
     }
     expect((await get("/api/v1/admin/audit?limit=")).status).toBe(400);
     expect((await get("/api/v1/admin/audit?limit=5")).body.entries).toHaveLength(5);
+    // A filter it doesn't know (a typo, another spelling, an operator) is refused, not ignored:
+    // ignored, it answered the whole log as if filtered.
+    for (const q of [`member=${id}`, `memberId=${id}`, "actoin=login.password", "member_id[$ne]=x"]) {
+      expect((await get(`/api/v1/admin/audit?${q}`)).status, q).toBe(400);
+      const page = await get(`/admin/audit?${q}`);
+      expect(page.status, q).toBe(400);
+      expect(page.text).not.toMatch(/<tr><td>\d+<\/td>/);
+    }
+    // the console's language switch is no filter
+    expect((await get("/admin/audit?lang=en")).status).toBe(200);
   });
 
   it("opening a member's page in the console is audited, though it shows no personal data", async () => {

@@ -297,7 +297,8 @@ export function adminConsoleRoutes(s: Services): Router {
     const c = admin(req, res);
     if (!c) return;
     const l = lang(req);
-    const raw = Object.fromEntries(Object.entries(req.query).filter(([, v]) => v !== ""));
+    // `lang` picks the page's language, not a filter.
+    const raw = Object.fromEntries(Object.entries(req.query).filter(([k, v]) => v !== "" && k !== "lang"));
     // A filter given twice (`member_id=a&member_id=b`) is an array here, and refused as bad.
     const q = auditQuery.safeParse(raw);
     // A bad filter lists nothing: the whole log under the admin's filter would pass for filtered.

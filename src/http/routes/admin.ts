@@ -22,19 +22,23 @@ const lookupQuery = z
     "give exactly one of login_id and email",
   );
 const viewQuery = z.object({ reason: reasonText });
-export const auditQuery = z.object({
-  member_id: memberIdParam.optional(),
-  action: z
-    .string()
-    .regex(/^[a-z_.]{1,64}$/)
-    .optional(),
-  request_id: z
-    .string()
-    .regex(/^[A-Za-z0-9._-]{8,64}$/)
-    .optional(),
-  before: digits(1, Number.MAX_SAFE_INTEGER).optional(),
-  limit: digits(1, 500).default(100),
-});
+export const auditQuery = z
+  .object({
+    member_id: memberIdParam.optional(),
+    action: z
+      .string()
+      .regex(/^[a-z_.]{1,64}$/)
+      .optional(),
+    request_id: z
+      .string()
+      .regex(/^[A-Za-z0-9._-]{8,64}$/)
+      .optional(),
+    before: digits(1, Number.MAX_SAFE_INTEGER).optional(),
+    limit: digits(1, 500).default(100),
+  })
+  // A filter it doesn't know (`member=`, a typo) is refused: answering the unfiltered log would
+  // pass for the filtered one.
+  .strict();
 const clientIdParam = z.string().regex(/^[A-Za-z0-9_-]{1,64}$/);
 
 /** Turn a zod failure of a policy body into the API's 400. */
@@ -120,7 +124,12 @@ export function adminRoutes(s: Services): Router {
   r.get("/admin/audit", (req, res) => {
     const c = ctx(res);
     const q = auditQuery.safeParse(req.query);
-    if (!q.success) throw new ApiError(400, "invalid_request", "member_id, action, before, limit (≤ 500).");
+    if (!q.success)
+      throw new ApiError(
+        400,
+        "invalid_request",
+        "Filters: member_id, action, request_id, before, limit (≤ 500); each at most once.",
+      );
     res.json({
       entries: ops.audit(c, {
         memberId: q.data.member_id,
