@@ -5,17 +5,26 @@ import { z } from "zod";
  * surrogates, which would turn into U+FFFD on the way to UTF-8 and change the value silently) and
  * free of control characters; lengths are bounded before anything else looks at it.
  */
-// biome-ignore lint/suspicious/noControlCharactersInRegex: matching them is the point
-const CONTROL = /[\u0000-\u0008\u000b-\u001f\u007f-\u009f\u2028\u2029\u202a-\u202e\u2066-\u2069]/;
-// biome-ignore lint/suspicious/noControlCharactersInRegex: matching them is the point
-const CONTROL_OR_NEWLINE = /[\u0000-\u001f\u007f-\u009f\u2028\u2029\u202a-\u202e\u2066-\u2069]/;
+const CONTROL =
+  // biome-ignore lint/suspicious/noControlCharactersInRegex: matching them is the point
+  /[\u0000-\u0008\u000b-\u001f\u007f-\u009f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]/;
+const CONTROL_OR_NEWLINE =
+  // biome-ignore lint/suspicious/noControlCharactersInRegex: matching them is the point
+  /[\u0000-\u001f\u007f-\u009f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]/;
+/**
+ * Characters that show nothing and join nothing (zero-width space, word joiner, invisible
+ * operators, zero-width no-break space, soft hyphen, Mongolian vowel separator): taken out, so a
+ * name can't look like another one on an admin's screen. ZWJ and ZWNJ stay (scripts and emoji
+ * need them); bidi controls and marks are refused above.
+ */
+const INVISIBLE = /[\u00ad\u180e\u200b\u2060-\u2064\ufeff]/g;
 
 export const text = (max: number, opts: { min?: number; multiline?: boolean } = {}) =>
   z
     .string()
     .max(max * 4) // cheap bound before any work on huge input
     .refine((s) => s.isWellFormed(), "must be well-formed Unicode")
-    .transform((s) => s.normalize("NFC"))
+    .transform((s) => s.normalize("NFC").replace(INVISIBLE, ""))
     .refine(
       (s) => !(opts.multiline ? CONTROL : CONTROL_OR_NEWLINE).test(s),
       "must not contain control characters",

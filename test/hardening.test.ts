@@ -69,6 +69,7 @@ describe("HTTP hardening", () => {
       expect(res.status, path).toBe(404);
       expect(res.body, path).toMatchObject({ error: "not_found" });
       expect(res.headers.allow, path).toBeUndefined();
+      if (path.startsWith("/api/v1/")) expect(res.headers["cache-control"], path).toBe("no-store");
     }
     const page = await supertest(t.app).options("/account");
     expect(page.status).toBe(404);
@@ -148,6 +149,15 @@ describe("HTTP hardening", () => {
       .set("Origin", ORIGIN)
       .send('{"login_id":"hard.member","password":"wrong password here"}');
     expect(utf8.status).toBe(401);
+    // A cookie call without a body is held to the same rule as one with a body.
+    const cookie = await signIn(t.app, "hard.member");
+    const latin1 = await supertest(t.app)
+      .post("/api/v1/logout")
+      .set("Cookie", cookie)
+      .set("Content-Type", "application/json; charset=latin1")
+      .set("Origin", ORIGIN);
+    expect(latin1.status).toBe(415);
+    expect((await supertest(t.app).get("/api/v1/me").set("Cookie", cookie)).status).toBe(200);
   });
 
   it("answers a path parameter that isn't valid percent-encoding with 400, not 500", async () => {
@@ -219,14 +229,26 @@ describe("HTTP hardening", () => {
     expect(device.headers.location).toBe("/account?error=invalid");
   });
 
-  it("refuses NUL bytes, lone surrogates and bidi controls in profile fields", async () => {
-    for (const name of ["Taro\u0000Yamada", "Taro \ud800", "Taro\u202eodamaY"]) {
+  it("refuses NUL bytes, lone surrogates and bidi controls in profile fields, and takes invisible characters out", async () => {
+    for (const name of ["Taro\u0000Yamada", "Taro \ud800", "Taro\u202eodamaY", "Taro\u200fYamada"]) {
       const res = await register(t.app, { profile: { ...PROFILE, name } });
       expect(res.status, JSON.stringify(name)).toBe(400);
       expect(res.body.error).toBe("invalid_request");
     }
     const huge = await register(t.app, { profile: { ...PROFILE, name: "x".repeat(5000) } });
     expect(huge.status).toBe(400);
+    // A name padded with zero-width characters would look like another member's on an admin's
+    // screen: they are taken out (a zero-width joiner, which emoji and some scripts need, stays).
+    const padded = await register(t.app, {
+      login_id: "invisible.name",
+      profile: { ...PROFILE, name: "\ufeff山田\u200b 花\u00ad子\u2060", address: "東京都\u200d" },
+    });
+    expect(padded.status, padded.text).toBe(201);
+    const me = await supertest(t.app)
+      .get("/api/v1/me")
+      .set("Cookie", await signIn(t.app, "invisible.name"));
+    expect(me.body.profile.name).toBe("山田 花子");
+    expect(me.body.profile.address).toBe("東京都\u200d");
   });
 
   it("refuses a future birth date and an impossible one", async () => {

@@ -16,6 +16,7 @@ import {
   clientIpOf,
   errorHandler,
   noStore,
+  noStoreHeaders,
   notFound,
   originGuard,
   requestContext,
@@ -123,8 +124,10 @@ export function createApp(
   // express answers OPTIONS on its own routes by itself (200, text/plain, the Allow list). Nothing
   // of ours takes OPTIONS (no CORS outside the provider's endpoints, whose preflights go to it), so
   // it gets the contract's 404 for an unknown method, as JSON or, on our pages, as a page.
-  app.use((req, _res, next) => {
+  app.use((req, res, next) => {
     if (req.method !== "OPTIONS" || isProviderPath(req.path)) return next();
+    // The API's answers are never stored, this one included (the router's noStore comes later).
+    if (req.path === "/api/v1" || req.path.startsWith("/api/v1/")) noStoreHeaders(res);
     next(new ApiError(404, "not_found", "No such endpoint."));
   });
   app.use(healthRoutes(s));

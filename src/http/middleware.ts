@@ -1,13 +1,13 @@
 import type { IncomingHttpHeaders, IncomingMessage, ServerResponse } from "node:http";
 import { isIP } from "node:net";
-import helmet, { type HelmetOptions } from "helmet";
-import proxyaddr from "proxy-addr";
 import type { NextFunction, Request, RequestHandler, Response } from "express";
+import helmet, { type HelmetOptions } from "helmet";
 import type { Logger } from "pino";
+import proxyaddr from "proxy-addr";
 import { ZodError } from "zod";
 import { ApiError } from "../errors.js";
-import type { Metrics } from "../ops/metrics.js";
 import { requestIds } from "../logger.js";
+import type { Metrics } from "../ops/metrics.js";
 import { type Session, type SessionService, sessionTokenFrom } from "../sessions/sessions.js";
 import { randomBytesPooled } from "../vault/random.js";
 
@@ -227,7 +227,7 @@ export function originGuard(issuerOrigin: string): RequestHandler {
     }
     // JSON bodies are UTF-8 (RFC 8259); the parser would also decode UTF-16 and UTF-32.
     const charset = CHARSET.exec(req.get("content-type") ?? "")?.[1]?.toLowerCase();
-    if (hasBody && charset !== undefined && charset !== "utf-8" && charset !== "utf8") {
+    if ((hasBody || hasCookie) && charset !== undefined && charset !== "utf-8" && charset !== "utf8") {
       return next(new ApiError(415, "unsupported_media_type", "Send the request as UTF-8 JSON."));
     }
     next();
