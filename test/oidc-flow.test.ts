@@ -768,6 +768,7 @@ describe("OIDC code flow with a real relying party (openid-client)", () => {
     expect(refused.headers.get("location")).toBeNull();
     // A browser gets a page that says what failed: signing out, not signing in.
     expect(await refused.text()).toContain("サインアウトを続けられません");
+    expect(refused.headers.get("content-security-policy")).toContain("frame-ancestors 'none'");
 
     const end = oidc.buildEndSessionUrl(cfg, {
       id_token_hint: tokens.id_token as string,
@@ -776,6 +777,11 @@ describe("OIDC code flow with a real relying party (openid-client)", () => {
     });
     const confirm = await jar.follow(end.toString(), issuer);
     const html = await confirm.res.text();
+    // The hosted pages' headers: framed by nobody; the form may end at the registered address.
+    const csp = confirm.res.headers.get("content-security-policy") as string;
+    expect(csp).toContain("frame-ancestors 'none'");
+    expect(csp).toContain("form-action 'self' http://127.0.0.1:9;");
+    expect(csp).toContain("script-src 'self';");
     const action = /action="([^"]+)"/.exec(html)?.[1] as string;
     const xsrf = /name="xsrf" value="([^"]+)"/.exec(html)?.[1] as string;
     const done = await jar.fetch(new URL(action, issuer).toString(), {

@@ -8,6 +8,7 @@ import revoke from "oidc-provider/lib/helpers/revoke.js";
 import { lazyPrepared } from "../db/connection.js";
 import { members } from "../db/schema.js";
 import { ApiError, StartupError } from "../errors.js";
+import { pageHeaders } from "../http/hosted.js";
 import { errorPage, langOf, loggedOutPage, logoutPage } from "../http/pages.js";
 import { PROFILE_FIELDS, type Profile, type ProfileField } from "../members/profile.js";
 import { meets, type Requirement } from "../policy/mfa-policy.js";
@@ -240,11 +241,16 @@ export function createOidc(s: Services, opts: { clientIp: (req: IncomingMessage)
       rpInitiatedLogout: {
         enabled: true,
         // Confirmation page: the provider's form (hidden xsrf) plus our button; no script.
+        // Our pages with the hosted pages' headers (framed by nobody, scripts from our files
+        // only); the confirmation's form may end at the site's registered logout address.
         logoutSource: async (ctx, form) => {
+          const back = ctx.oidc.session?.state?.postLogoutRedirectUri;
+          pageHeaders(ctx.res, typeof back === "string" ? [back] : []);
           ctx.type = "html";
           ctx.body = logoutPage(langOf(ctx.get("accept-language"), ctx.get("cookie")), form);
         },
         postLogoutSuccessSource: async (ctx) => {
+          pageHeaders(ctx.res);
           ctx.type = "html";
           ctx.body = loggedOutPage(langOf(ctx.get("accept-language"), ctx.get("cookie")));
         },
@@ -355,6 +361,7 @@ export function createOidc(s: Services, opts: { clientIp: (req: IncomingMessage)
       };
     },
     renderError: async (ctx, out) => {
+      pageHeaders(ctx.res);
       ctx.type = "html";
       ctx.body = errorPage(
         langOf(ctx.get("accept-language"), ctx.get("cookie")),
