@@ -45,23 +45,35 @@ export interface NewClient {
   postLogoutRedirectUris?: string[];
 }
 
-export function validateRedirectUri(uri: string): string | null {
+/**
+ * The checks every URL a site registers shares: absolute, no user name or password, https (http
+ * only for localhost). `more` adds a kind's own checks, run before the scheme's.
+ */
+function checkSiteUrl(uri: string, more: (url: URL) => string | null = () => null): string | null {
   let url: URL;
   try {
     url = new URL(uri);
   } catch {
     return "is not an absolute URL";
   }
-  if (uri.includes("#")) return "must not have a fragment";
   if (url.username || url.password) return "must not carry a user name or password";
-  if (url.hostname.includes("*")) return "must name one host (no wildcards)";
-  // Matched exactly, as written: a spelling the browser would normalise (upper-case scheme or
-  // host, a default port, dot segments) could never match what the site sends.
-  if (url.href !== uri) return `must be written as ${url.href}`;
+  const problem = more(url);
+  if (problem) return problem;
   const local = url.hostname === "localhost" || url.hostname === "127.0.0.1" || url.hostname === "[::1]";
   if (url.protocol !== "https:" && !(url.protocol === "http:" && local))
     return "must be https (http only for localhost)";
   return null;
+}
+
+export function validateRedirectUri(uri: string): string | null {
+  return checkSiteUrl(uri, (url) => {
+    if (uri.includes("#")) return "must not have a fragment";
+    if (url.hostname.includes("*")) return "must name one host (no wildcards)";
+    // Matched exactly, as written: a spelling the browser would normalise (upper-case scheme or
+    // host, a default port, dot segments) could never match what the site sends.
+    if (url.href !== uri) return `must be written as ${url.href}`;
+    return null;
+  });
 }
 
 /**
@@ -69,17 +81,7 @@ export function validateRedirectUri(uri: string): string | null {
  * localhost only), so a page served over https never loads a mixed-content image.
  */
 export function validateLogoUri(uri: string): string | null {
-  let url: URL;
-  try {
-    url = new URL(uri);
-  } catch {
-    return "is not an absolute URL";
-  }
-  if (url.username || url.password) return "must not carry a user name or password";
-  const local = url.hostname === "localhost" || url.hostname === "127.0.0.1" || url.hostname === "[::1]";
-  if (url.protocol !== "https:" && !(url.protocol === "http:" && local))
-    return "must be https (http only for localhost)";
-  return null;
+  return checkSiteUrl(uri);
 }
 
 export class Clients {
