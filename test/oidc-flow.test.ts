@@ -483,29 +483,73 @@ describe("OIDC code flow with a real relying party (openid-client)", () => {
     expect((await oidc.tokenIntrospection(config, tokens.access_token)).active).toBe(false);
   });
 
-  it("a page that sends a member signed in only to Sekisho to the logout endpoint doesn't sign them out (no confirmation was asked)", async () => {
+  /** The end-session page's confirmation form, and a post of it (the member's button). */
+  async function endSessionPage(jar: Jar, url: string) {
+    const page = await jar.follow(url, issuer);
+    const html = await page.res.text();
+    const action = (/action="([^"]+)"/.exec(html)?.[1] as string).replaceAll("&amp;", "&");
+    const xsrf = /name="xsrf" value="([^"]+)"/.exec(html)?.[1] as string;
+    expect(xsrf).toBeTruthy();
+    const confirm = () =>
+      jar.fetch(new URL(action, issuer).toString(), {
+        method: "POST",
+        headers: { "content-type": "application/x-www-form-urlencoded", origin: issuer },
+        body: new URLSearchParams({ xsrf, logout: "yes" }).toString(),
+      });
+    return { res: page.res, html, confirm };
+  }
+
+  it("a page that sends a member signed in only to Sekisho to the logout endpoint gets a confirmation, not a form that submits itself", async () => {
     // Signed in through the API (or the account page): a Sekisho session, no provider session.
     const jar = new Jar();
     await signInThroughApi(jar);
     const before = jar.cookies.get("sekisho_session") as string;
     // Attack: another site navigates the browser to the end-session endpoint. With no provider
-    // session oidc-provider asks nothing: it answers a form that submits itself, same-origin.
-    const end = await jar.follow(`${issuer}/oidc/session/end`, issuer);
-    const html = await end.res.text();
-    expect(html).toMatch(/name="logout" value="yes"/); // no button: the form carries logout=yes itself
-    const action = /action="([^"]+)"/.exec(html)?.[1] as string;
-    const xsrf = /name="xsrf" value="([^"]+)"/.exec(html)?.[1] as string;
-    expect(xsrf).toBeTruthy();
-    const done = await jar.fetch(new URL(action.replaceAll("&amp;", "&"), issuer).toString(), {
-      method: "POST",
-      headers: { "content-type": "application/x-www-form-urlencoded", origin: issuer },
-      body: new URLSearchParams({ xsrf, logout: "yes" }).toString(),
-    });
-    expect(done.status).toBe(303);
-    // The member is still signed in to Sekisho.
+    // session oidc-provider would answer a form that submits itself (and so sign the member out).
+    const end = await endSessionPage(jar, `${issuer}/oidc/session/end`);
+    expect(end.html).not.toContain("<script");
+    expect(end.html).toContain('name="logout"'); // the member's button
+    expect(end.res.headers.get("content-security-policy")).toContain("frame-ancestors 'none'");
+    // Nobody clicked: the member is still signed in.
+    expect((await jar.fetch(`${issuer}/api/v1/me`)).status).toBe(200);
+    // The member confirms: signed out.
+    expect((await end.confirm()).status).toBe(303);
     const me = await fetch(`${issuer}/api/v1/me`, { headers: { cookie: `sekisho_session=${before}` } });
-    expect(me.status).toBe(200);
-    expect(jar.cookies.get("sekisho_session")).toBe(before);
+    expect(me.status).toBe(401);
+  });
+
+  it("a site's logout after the member changed the password (the provider session gone, the Sekisho one kept) still ends the Sekisho session", async () => {
+    const api = (jar: Jar, path: string, body: unknown) =>
+      jar.fetch(`${issuer}/api/v1${path}`, {
+        method: "POST",
+        headers: { "content-type": "application/json", origin: issuer },
+        body: JSON.stringify(body),
+      });
+    const jar = new Jar();
+    const profile = { ...PROFILE, email: "pw.change@example.jp" };
+    expect(
+      (await api(jar, "/registrations", { login_id: "pw.changer", password: STRONG_PASSWORD, profile }))
+        .status,
+    ).toBe(201);
+    expect((await api(jar, "/login", { login_id: "pw.changer", password: STRONG_PASSWORD })).status).toBe(
+      200,
+    );
+    const tokens = await codeTokens(jar); // signed in as pw.changer already
+    const changed = await api(jar, "/me/password", {
+      current_password: STRONG_PASSWORD,
+      new_password: "another strong pass phrase 77",
+    });
+    expect(changed.status).toBe(204);
+    const end = await endSessionPage(
+      jar,
+      oidc.buildEndSessionUrl(config, { id_token_hint: tokens.id_token as string }).toString(),
+    );
+    expect(end.html).not.toContain("<script");
+    expect((await end.confirm()).status).toBe(303);
+    expect((await jar.fetch(`${issuer}/api/v1/me`)).status).toBe(401);
+    // The next authorization in this browser asks for a sign-in.
+    const next = await jar.follow((await authorize()).url, issuer);
+    expect(next.url).toContain("/interaction/");
   });
 
   it("introspection answers a site for its own tokens only (another site's token is inactive)", async () => {

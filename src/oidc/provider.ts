@@ -9,7 +9,7 @@ import { lazyPrepared } from "../db/connection.js";
 import { members } from "../db/schema.js";
 import { ApiError, StartupError } from "../errors.js";
 import { pageHeaders } from "../http/hosted.js";
-import { errorPage, langOf, loggedOutPage, logoutPage } from "../http/pages.js";
+import { errorPage, escapeHtml, langOf, loggedOutPage, logoutPage } from "../http/pages.js";
 import { PROFILE_FIELDS, type Profile, type ProfileField } from "../members/profile.js";
 import { meets, type Requirement } from "../policy/mfa-policy.js";
 import type { Services } from "../services.js";
@@ -402,6 +402,37 @@ export function createOidc(s: Services, opts: { clientIp: (req: IncomingMessage)
     });
     await next();
   });
+  /**
+   * Without a provider session in the browser, oidc-provider asks nothing at the end-session
+   * endpoint: it answers a form that submits itself. With a Sekisho session in the browser that
+   * would end it unasked, whoever sent the browser there (a page elsewhere signing members out)
+   * — and a member's provider session is gone while their Sekisho session lives on after a
+   * password change, so a site's logout can't be told apart by it. So with a Sekisho session that
+   * answer becomes our confirmation page, the same form with the member's button, and only a
+   * confirmed logout ends it.
+   */
+  const confirmEndSession = (ctx: Parameters<Parameters<Provider["use"]>[0]>[0]): void => {
+    const state = ctx.oidc?.session?.state as
+      | { secret?: unknown; postLogoutRedirectUri?: unknown }
+      | undefined;
+    if (
+      ctx.method !== "GET" ||
+      ctx.path !== OIDC_ROUTES.end_session ||
+      ctx.status !== 200 ||
+      ctx.oidc.session?.accountId ||
+      typeof state?.secret !== "string" ||
+      !sessionOf(ctx.get("cookie"))
+    )
+      return;
+    const action = ctx.oidc.urlFor("end_session_confirm");
+    const form = `<form id="op.logoutForm" method="post" action="${escapeHtml(action)}"><input type="hidden" name="xsrf" value="${escapeHtml(state.secret)}"/></form>`;
+    pageHeaders(
+      ctx.res,
+      typeof state.postLogoutRedirectUri === "string" ? [state.postLogoutRedirectUri] : [],
+    );
+    ctx.type = "html";
+    ctx.body = logoutPage(langOf(ctx.get("accept-language"), ctx.get("cookie")), form);
+  };
   provider.use(async (ctx, next) => {
     let error: Error | null;
     try {
@@ -411,6 +442,7 @@ export function createOidc(s: Services, opts: { clientIp: (req: IncomingMessage)
     }
     if (error) answerUncommitted(ctx, error, s.logger);
     await revokeOnReplay(ctx);
+    confirmEndSession(ctx);
     // RFC 6749 §5.2: a grant type the client isn't registered for is `unauthorized_client`;
     // oidc-provider answers `invalid_request` (the test in oidc-flow.test.ts notices if it changes).
     const body = ctx.body as { error?: unknown; error_description?: unknown } | undefined;
@@ -451,13 +483,9 @@ export function createOidc(s: Services, opts: { clientIp: (req: IncomingMessage)
     const authorization = clientId ? ctx.oidc.session?.authorizations?.[clientId] : undefined;
     if (authorization) authorization.persistsLogout = false;
   });
-  // RP-initiated logout ends the Sekisho session as well, not only oidc-provider's: when the
-  // member confirmed it. Without a provider session in this browser (the member signed in to
-  // Sekisho alone, on the account page or through the API) oidc-provider asks nothing: it answers
-  // a form that submits itself, which any page can make the browser load. That logout ends
-  // nothing of ours (a page elsewhere must not sign members out).
+  // RP-initiated logout ends the Sekisho session as well, not only oidc-provider's. The member
+  // always confirms it first: see confirmEndSession.
   provider.on("end_session.success", (ctx: KoaContextWithOIDC) => {
-    if (!ctx.oidc?.session?.accountId) return;
     const session = sessionOf(ctx.get("cookie"));
     if (session) {
       logOut(
