@@ -487,7 +487,7 @@ describe("OIDC code flow with a real relying party (openid-client)", () => {
   async function endSessionPage(jar: Jar, url: string) {
     const page = await jar.follow(url, issuer);
     const html = await page.res.text();
-    const action = (/action="([^"]+)"/.exec(html)?.[1] as string).replaceAll("&amp;", "&");
+    const action = (/action="([^"]+)"/.exec(html)?.[1] ?? "").replaceAll("&amp;", "&");
     const xsrf = /name="xsrf" value="([^"]+)"/.exec(html)?.[1] as string;
     expect(xsrf).toBeTruthy();
     const confirm = () =>
