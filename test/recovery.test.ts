@@ -813,6 +813,90 @@ describe("mail, verification and recovery against a real SMTP server", () => {
     }
   });
 
+  it("a member's resend or change of address tells nobody whether the address was mailed lately: past its limit the mail is withheld, the answer and the member's events the same", async () => {
+    // The victim registers (the address's verification mail).
+    expect(
+      (
+        await register(t.app, {
+          login_id: "victim.mailed",
+          profile: { ...PROFILE, email: "victim@example.jp" },
+        })
+      ).status,
+    ).toBe(201);
+    let n = 0;
+    // Attack: register a throwaway account with an address, then ask for resends and address changes.
+    const probe = async (email: string) => {
+      n++;
+      expect((await register(t.app, { login_id: `probe.${n}`, profile: { ...PROFILE, email } })).status).toBe(
+        201,
+      );
+      const cookie = await signIn(t.app, `probe.${n}`);
+      const seen: number[] = [];
+      for (let i = 0; i < 3; i++) {
+        const ip = `203.0.113.${n * 10 + i}`;
+        seen.push(
+          (await post(t.app, "/api/v1/me/email/verification", {}, cookie).set("X-Forwarded-For", ip)).status,
+        );
+      }
+      const events = (await supertest(t.app).get("/api/v1/me/events").set("Cookie", cookie)).body
+        .events as Array<{
+        type: string;
+        outcome: string;
+        reason: string | null;
+        details: unknown;
+      }>;
+      return {
+        seen,
+        events: events.map((e) => [e.type, e.outcome, e.reason, Object.keys(e.details as object)]),
+      };
+    };
+    const mailed = await probe("victim@example.jp");
+    const unknown = await probe("nobody.mailed@example.jp");
+    expect(mailed).toEqual(unknown);
+    expect(unknown.seen).toEqual([202, 202, 202]);
+    // The victim's mailbox still got no more than the limit (3 an hour).
+    await deliver(t);
+    expect(smtp.to("victim@example.jp").length).toBeLessThanOrEqual(3);
+    // The same through a change of address to the victim's: answered alike.
+    expect(
+      (
+        await register(t.app, {
+          login_id: "victim.two",
+          profile: { ...PROFILE, email: "victim2@example.jp" },
+        })
+      ).status,
+    ).toBe(201);
+    const change = async (to: string) => {
+      n++;
+      expect(
+        (
+          await register(t.app, {
+            login_id: `probe.${n}`,
+            profile: { ...PROFILE, email: `own.${n}@example.jp` },
+          })
+        ).status,
+      ).toBe(201);
+      const cookie = await signIn(t.app, `probe.${n}`);
+      const seen: number[] = [];
+      for (let i = 0; i < 3; i++) {
+        const ip = `203.0.113.${n * 10 + i}`;
+        seen.push(
+          (await post(t.app, "/api/v1/me/email", { email: to }, cookie).set("X-Forwarded-For", ip)).status,
+        );
+      }
+      return seen;
+    };
+    expect(await change("victim2@example.jp")).toEqual(await change("nobody2@example.jp"));
+    // Admins see what was withheld.
+    const withheld = t.s.db
+      .select()
+      .from(auditLog)
+      .where(eq(auditLog.action, "email.verification_sent"))
+      .all()
+      .filter((e) => e.details.includes("withheld"));
+    expect(withheld.length).toBeGreaterThan(0);
+  });
+
   it("registration can't be used to flood one address: past the mail limits the member is made, the mail is not", async () => {
     const statuses: number[] = [];
     for (let i = 0; i < 5; i++) statuses.push((await register(t.app, {})).status);

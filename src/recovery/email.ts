@@ -118,16 +118,28 @@ export class EmailAddresses {
    * from recovery requests for the same address (`unasked:`): were they one count, an address
    * mailed at registration would reach the recovery limit a request sooner than one nobody has,
    * and the recovery forms would tell registered addresses from unknown ones.
+   *
+   * `send`, or `refuse` (the caller's own address or network is over its limit: theirs to know),
+   * or `skip` (the target address, or the service, is: the answer must not say so, or anyone
+   * could learn which addresses were mailed lately by asking to mail them; the mail is not sent).
    */
+  mailDecision(
+    ip: string | null,
+    email: string,
+    opts: { signedInMember?: boolean } = {},
+  ): "send" | "refuse" | "skip" {
+    const decision = this.#guard.assessMailRequest({
+      ip: ip ?? "0.0.0.0",
+      target: `unasked:email:${this.#vault.emailIndex(email)}`,
+      challengeable: false,
+      serviceWide: opts.signedInMember !== true,
+    });
+    if (decision.action === "allow") return "send";
+    return decision.reasons.some((r) => r === "ip_requests" || r === "network_requests") ? "refuse" : "skip";
+  }
+
   mayMail(ip: string | null, email: string, opts: { signedInMember?: boolean } = {}): boolean {
-    return (
-      this.#guard.assessMailRequest({
-        ip: ip ?? "0.0.0.0",
-        target: `unasked:email:${this.#vault.emailIndex(email)}`,
-        challengeable: false,
-        serviceWide: opts.signedInMember !== true,
-      }).action === "allow"
-    );
+    return this.mailDecision(ip, email, opts) === "send";
   }
 
   #tooMany(retryAfterSeconds: number): ApiError {
@@ -145,12 +157,16 @@ export class EmailAddresses {
     if (rate.over) throw this.#tooMany(rate.retryAfterSeconds);
     const email = this.#vault.mailAddress(m.id, "verify_email", ctx);
     if (!email) throw new ApiError(400, "no_email", "Your profile has no e-mail address.");
-    if (!this.mayMail(ctx.ip, email, { signedInMember: true })) throw this.#tooMany(600);
+    const mail = this.mailDecision(ctx.ip, email, { signedInMember: true });
+    if (mail === "refuse") throw this.#tooMany(600);
     inTransaction(this.#db, () => {
-      this.sendVerification(m.id, email, m.locale);
+      if (mail === "send") this.sendVerification(m.id, email, m.locale);
+      // A withheld mail is the same event to the member (their event list must not tell it, see
+      // mailDecision); admins see `withheld` in the details.
       this.#audit.append({
         action: "email.verification_sent",
         outcome: "info",
+        ...(mail === "skip" ? { details: { withheld: "address_mail_limit" } } : {}),
         actorType: "member",
         actorId: m.id,
         memberId: m.id,
@@ -170,7 +186,23 @@ export class EmailAddresses {
     }
     const rate = this.#guard.overRate(`email_change|${m.id}`, CHANGES_PER_10_MIN);
     if (rate.over) throw this.#tooMany(rate.retryAfterSeconds);
-    if (!this.mayMail(ctx.ip, newEmail, { signedInMember: true })) throw this.#tooMany(600);
+    const mail = this.mailDecision(ctx.ip, newEmail, { signedInMember: true });
+    if (mail === "refuse") throw this.#tooMany(600);
+    if (mail === "skip") {
+      // Answered and shown to the member as if sent (see mailDecision): nothing is mailed or
+      // started; the member can ask again later. Admins see `withheld` in the details.
+      this.#audit.append({
+        action: "email.change_requested",
+        outcome: "info",
+        actorType: "member",
+        actorId: m.id,
+        memberId: m.id,
+        ip: ctx.ip,
+        requestId: ctx.requestId,
+        details: { session_id: session.id, withheld: "address_mail_limit" },
+      });
+      return;
+    }
     const oldEmail = this.#vault.mailAddress(m.id, "email_change_requested", ctx);
     inTransaction(this.#db, () => {
       const { token } = this.#tokens.issue("change_email", m.id, {
