@@ -12,19 +12,34 @@ const CONTROL_OR_NEWLINE =
   // biome-ignore lint/suspicious/noControlCharactersInRegex: matching them is the point
   /[\u0000-\u001f\u007f-\u009f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]/;
 /**
- * Characters that show nothing and join nothing (zero-width space, word joiner, invisible
- * operators, zero-width no-break space, soft hyphen, Mongolian vowel separator): taken out, so a
- * name can't look like another one on an admin's screen. ZWJ and ZWNJ stay (scripts and emoji
- * need them); bidi controls and marks are refused above.
+ * Characters that show nothing (Unicode's default-ignorable code points: zero-width space, word
+ * joiner, soft hyphen, BOM, Hangul fillers, tag characters, …) are taken out, so a name can't look
+ * like another one on an admin's screen, or be blank while passing a length check. Kept: ZWJ and
+ * ZWNJ (emoji and some scripts need them) and variation selectors (emoji, and the ideographic
+ * variation sequences of Japanese names: 葛 and its variant are one character plus a selector);
+ * bidi controls and marks are refused above, not taken out.
  */
-const INVISIBLE = /[\u00ad\u180e\u200b\u2060-\u2064\ufeff]/g;
+const IGNORABLE = /\p{Default_Ignorable_Code_Point}/gu;
+/** Kept (see above): ZWNJ, ZWJ, the bidi controls and marks, and variation selectors. */
+const kept = (c: string) => {
+  const cp = c.codePointAt(0) ?? 0;
+  return (
+    (cp >= 0x200c && cp <= 0x200f) ||
+    (cp >= 0x202a && cp <= 0x202e) ||
+    (cp >= 0x2066 && cp <= 0x2069) ||
+    cp === 0x061c ||
+    (cp >= 0xfe00 && cp <= 0xfe0f) ||
+    (cp >= 0xe0100 && cp <= 0xe01ef)
+  );
+};
+const withoutInvisible = (s: string) => s.replace(IGNORABLE, (c) => (kept(c) ? c : ""));
 
 export const text = (max: number, opts: { min?: number; multiline?: boolean } = {}) =>
   z
     .string()
     .max(max * 4) // cheap bound before any work on huge input
     .refine((s) => s.isWellFormed(), "must be well-formed Unicode")
-    .transform((s) => s.normalize("NFC").replace(INVISIBLE, ""))
+    .transform((s) => withoutInvisible(s).normalize("NFC"))
     .refine(
       (s) => !(opts.multiline ? CONTROL : CONTROL_OR_NEWLINE).test(s),
       "must not contain control characters",

@@ -249,6 +249,20 @@ describe("HTTP hardening", () => {
       .set("Cookie", await signIn(t.app, "invisible.name"));
     expect(me.body.profile.name).toBe("山田 花子");
     expect(me.body.profile.address).toBe("東京都\u200d");
+    // Taken out before normalising: what is left is NFC like the same name typed plainly.
+    const nfc = await register(t.app, {
+      login_id: "invisible.nfc",
+      profile: { ...PROFILE, name: "Rene\u200b\u0301 Dupont", address: "葛\u{e0100}飾区" },
+    });
+    expect(nfc.status, nfc.text).toBe(201);
+    const me2 = await supertest(t.app)
+      .get("/api/v1/me")
+      .set("Cookie", await signIn(t.app, "invisible.nfc"));
+    expect(me2.body.profile.name).toBe("René Dupont".normalize("NFC"));
+    expect(me2.body.profile.address).toBe("葛\u{e0100}飾区"); // the variant kanji's selector stays
+    // A name of fillers only is blank.
+    const blank = await register(t.app, { profile: { ...PROFILE, name: "\u3164\u3164" } });
+    expect(blank.status).toBe(400);
   });
 
   it("refuses a future birth date and an impossible one", async () => {
