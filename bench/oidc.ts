@@ -379,9 +379,10 @@ async function main(): Promise<number> {
     process.stdout.write(
       `oidc bench: ${CLIENTS} clients, ${SECONDS} s per measurement, ${GRANTS} grants each\n`,
     );
-    // Warm all three (rotating every grant), then measure in ROUNDS rounds, bare, durable and
-    // Sekisho in each: this machine's speed drifts by tens of percent over a minute (other
-    // tenants), so each round's ratio compares neighbours in time, and the median round is reported.
+    // Warm all three (rotating every grant), then measure in ROUNDS rounds, bare, Sekisho and the
+    // durable reference in each: this machine's speed drifts by tens of percent over a minute
+    // (other tenants), so each round's target ratio compares neighbours in time, and the median
+    // round is reported.
     const bareTokens = bare.ready.refreshTokens;
     const durableTokens = durable.ready.refreshTokens;
     const sekTokens = sekisho.ready.refreshTokens;
@@ -391,9 +392,10 @@ async function main(): Promise<number> {
     const rounds: Array<{ bare: number; durable: number; sekisho: number; errors: number }> = [];
     const cpu = (us: number | null) => (us === null ? "?" : `${us.toFixed(0)} µs`);
     for (let r = 0; r < ROUNDS; r++) {
+      // bare and Sekisho next to each other (the target's pair), then the reference
       const b = await refreshLoad(bare, "/token", bareTokens);
-      const d = await refreshLoad(durable, "/token", durableTokens);
       const k = await refreshLoad(sekisho, "/oidc/token", sekTokens);
+      const d = await refreshLoad(durable, "/token", durableTokens);
       rounds.push({
         bare: b.perSecond,
         durable: d.perSecond,
@@ -465,14 +467,18 @@ async function main(): Promise<number> {
     return pass ? 0 : 1;
   } finally {
     agent.destroy();
-    for (const c of children) c.kill(process.env.BENCH_PROFILE ? "SIGINT" : "SIGKILL");
+    // SIGTERM: each server exits at once and removes its data directory (SIGINT also lets
+    // --cpu-prof write its profile).
+    for (const c of children) c.kill(process.env.BENCH_PROFILE ? "SIGINT" : "SIGTERM");
   }
 }
 
 const serveIndex = process.argv.indexOf("--serve");
 if (serveIndex >= 0) {
   const kind = process.argv[serveIndex + 1];
-  process.on("SIGINT", () => process.exit(0)); // lets --cpu-prof write its profile
+  // Exit (running the `exit` handlers that remove the data directories) on the bench's signal;
+  // SIGINT also lets --cpu-prof write its profile.
+  for (const signal of ["SIGINT", "SIGTERM"] as const) process.on(signal, () => process.exit(0));
   const serve =
     kind === "bare"
       ? () => serveBare()
