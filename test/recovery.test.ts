@@ -884,7 +884,9 @@ describe("mail, verification and recovery against a real SMTP server", () => {
           (await post(t.app, "/api/v1/me/email", { email: to }, cookie).set("X-Forwarded-For", ip)).status,
         );
       }
-      return seen;
+      // …and what the asker's own (current) address was told
+      await deliver(t);
+      return { seen, toOwnAddress: smtp.to(`own.${n}@example.jp`).map((m) => m.subject) };
     };
     expect(await change("victim2@example.jp")).toEqual(await change("nobody2@example.jp"));
     // Admins see what was withheld.

@@ -188,37 +188,28 @@ export class EmailAddresses {
     if (rate.over) throw this.#tooMany(rate.retryAfterSeconds);
     const mail = this.mailDecision(ctx.ip, newEmail, { signedInMember: true });
     if (mail === "refuse") throw this.#tooMany(600);
-    if (mail === "skip") {
-      // Answered and shown to the member as if sent (see mailDecision): nothing is mailed or
-      // started; the member can ask again later. Admins see `withheld` in the details.
-      this.#audit.append({
-        action: "email.change_requested",
-        outcome: "info",
-        actorType: "member",
-        actorId: m.id,
-        memberId: m.id,
-        ip: ctx.ip,
-        requestId: ctx.requestId,
-        details: { session_id: session.id, withheld: "address_mail_limit" },
-      });
-      return;
-    }
     const oldEmail = this.#vault.mailAddress(m.id, "email_change_requested", ctx);
     inTransaction(this.#db, () => {
-      const { token } = this.#tokens.issue("change_email", m.id, {
-        emailIndex: index,
-        newEmail: (hash) => encryptField(this.#keys, newEmailContext(hash), newEmail),
-      });
-      this.#mailer.enqueue({
-        memberId: m.id,
-        to: newEmail,
-        locale: m.locale,
-        mail: {
-          template: "verify_new_email",
-          link: this.link(token),
-          hours: TOKEN_TTL_MS.change_email / 3_600_000,
-        },
-      });
+      // Withheld (see mailDecision): no link to the new address and nothing started, and all else
+      // as if it were sent — the answer, the member's events, the notice to the current address
+      // (which the asker may read) — so the new address's recent mail stays unknown. The member
+      // can ask again later; admins see `withheld` in the details.
+      if (mail === "send") {
+        const { token } = this.#tokens.issue("change_email", m.id, {
+          emailIndex: index,
+          newEmail: (hash) => encryptField(this.#keys, newEmailContext(hash), newEmail),
+        });
+        this.#mailer.enqueue({
+          memberId: m.id,
+          to: newEmail,
+          locale: m.locale,
+          mail: {
+            template: "verify_new_email",
+            link: this.link(token),
+            hours: TOKEN_TTL_MS.change_email / 3_600_000,
+          },
+        });
+      }
       // The current address hears of it at once: a change started with a stolen session is
       // noticed (and a password reset cancels it) before it can take effect.
       this.#tellOldAddress(m, oldEmail, newEmail, "email_change_requested");
@@ -230,7 +221,7 @@ export class EmailAddresses {
         memberId: m.id,
         ip: ctx.ip,
         requestId: ctx.requestId,
-        details: { session_id: session.id },
+        details: { session_id: session.id, ...(mail === "skip" ? { withheld: "address_mail_limit" } : {}) },
       });
     });
   }
