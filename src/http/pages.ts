@@ -257,13 +257,20 @@ export function errorPage(
 }
 
 /** RP-initiated logout confirmation: oidc-provider's form (hidden xsrf) and our button. */
+/**
+ * What the logout confirmation's button sends (`logout=confirmed`). oidc-provider's own form that
+ * submits itself (a browser with no provider session) sends `logout=yes`: only the member's click
+ * ends the Sekisho session (src/oidc/provider.ts).
+ */
+export const LOGOUT_CONFIRMED = "confirmed";
+
 export function logoutPage(lang: Lang, providerForm: string): string {
   const t = T[lang];
   return layout(
     lang,
     t.logoutTitle,
     `<h1>${e(t.logoutTitle)}</h1>${providerForm}
-<button type="submit" form="op.logoutForm" name="logout" value="yes">${e(t.logout)}</button>`,
+<button type="submit" form="op.logoutForm" name="logout" value="${LOGOUT_CONFIRMED}">${e(t.logout)}</button>`,
   );
 }
 

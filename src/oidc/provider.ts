@@ -9,7 +9,7 @@ import { lazyPrepared } from "../db/connection.js";
 import { members } from "../db/schema.js";
 import { ApiError, StartupError } from "../errors.js";
 import { pageHeaders } from "../http/hosted.js";
-import { errorPage, escapeHtml, langOf, loggedOutPage, logoutPage } from "../http/pages.js";
+import { errorPage, escapeHtml, LOGOUT_CONFIRMED, langOf, loggedOutPage, logoutPage } from "../http/pages.js";
 import { PROFILE_FIELDS, type Profile, type ProfileField } from "../members/profile.js";
 import { meets, type Requirement } from "../policy/mfa-policy.js";
 import type { Services } from "../services.js";
@@ -404,24 +404,26 @@ export function createOidc(s: Services, opts: { clientIp: (req: IncomingMessage)
   });
   /**
    * Without a provider session in the browser, oidc-provider asks nothing at the end-session
-   * endpoint: it answers a form that submits itself. With a Sekisho session in the browser that
-   * would end it unasked, whoever sent the browser there (a page elsewhere signing members out)
-   * — and a member's provider session is gone while their Sekisho session lives on after a
-   * password change, so a site's logout can't be told apart by it. So with a Sekisho session that
-   * answer becomes our confirmation page, the same form with the member's button, and only a
-   * confirmed logout ends it.
+   * endpoint: it answers a form that submits itself, whoever sent the browser there. A member's
+   * provider session is gone while their Sekisho session lives on after a password change, so a
+   * site's logout can't be told apart by it. So with a Sekisho session (full or limited) that
+   * answer becomes our confirmation page, the same form with the member's button; and only that
+   * button (`logout=confirmed`, not the self-submitting form's `yes`) ends the Sekisho session
+   * (end_session.success below), however the endpoint was spelled.
    */
   const confirmEndSession = (ctx: Parameters<Parameters<Provider["use"]>[0]>[0]): void => {
     const state = ctx.oidc?.session?.state as
       | { secret?: unknown; postLogoutRedirectUri?: unknown }
       | undefined;
+    const token = sessionTokenFrom(ctx.get("cookie"));
     if (
       ctx.method !== "GET" ||
-      ctx.path !== OIDC_ROUTES.end_session ||
+      ctx.oidc?.route !== "end_session" ||
       ctx.status !== 200 ||
       ctx.oidc.session?.accountId ||
       typeof state?.secret !== "string" ||
-      !sessionOf(ctx.get("cookie"))
+      !token ||
+      !s.sessions.authenticate(token)
     )
       return;
     const action = ctx.oidc.urlFor("end_session_confirm");
@@ -483,9 +485,10 @@ export function createOidc(s: Services, opts: { clientIp: (req: IncomingMessage)
     const authorization = clientId ? ctx.oidc.session?.authorizations?.[clientId] : undefined;
     if (authorization) authorization.persistsLogout = false;
   });
-  // RP-initiated logout ends the Sekisho session as well, not only oidc-provider's. The member
-  // always confirms it first: see confirmEndSession.
+  // RP-initiated logout ends the Sekisho session as well, not only oidc-provider's, once the
+  // member confirmed it with the button (see confirmEndSession).
   provider.on("end_session.success", (ctx: KoaContextWithOIDC) => {
+    if ((ctx.oidc?.params as { logout?: unknown } | undefined)?.logout !== LOGOUT_CONFIRMED) return;
     const session = sessionOf(ctx.get("cookie"));
     if (session) {
       logOut(
