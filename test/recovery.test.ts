@@ -857,15 +857,13 @@ describe("mail, verification and recovery against a real SMTP server", () => {
     // The victim's mailbox still got no more than the limit (3 an hour).
     await deliver(t);
     expect(smtp.to("victim@example.jp").length).toBeLessThanOrEqual(3);
-    // The same through a change of address to the victim's: answered alike.
-    expect(
-      (
-        await register(t.app, {
-          login_id: "victim.two",
-          profile: { ...PROFILE, email: "victim2@example.jp" },
-        })
-      ).status,
-    ).toBe(201);
+    // The same through a change of address to an address that had its three mails this hour
+    // (three registrations with it): answered alike.
+    for (const id of ["victim.two", "victim.three", "victim.four"])
+      expect(
+        (await register(t.app, { login_id: id, profile: { ...PROFILE, email: "victim2@example.jp" } }))
+          .status,
+      ).toBe(201);
     const change = async (to: string) => {
       n++;
       expect(
@@ -877,16 +875,27 @@ describe("mail, verification and recovery against a real SMTP server", () => {
         ).status,
       ).toBe(201);
       const cookie = await signIn(t.app, `probe.${n}`);
+      // First a change to another address of the asker's: its link must die with the next change,
+      // mailed or withheld alike.
+      const mine = `mine.${n}@example.jp`;
+      await post(t.app, "/api/v1/me/email", { email: mine }, cookie).set(
+        "X-Forwarded-For",
+        `203.0.113.${n * 10 + 9}`,
+      );
+      await deliver(t);
+      const { token: myLink } = linkIn(lastTo(smtp, mine), "/email/verify");
       const seen: number[] = [];
+      let older = 0;
       for (let i = 0; i < 3; i++) {
         const ip = `203.0.113.${n * 10 + i}`;
         seen.push(
           (await post(t.app, "/api/v1/me/email", { email: to }, cookie).set("X-Forwarded-For", ip)).status,
         );
+        if (i === 0) older = (await supertest(t.app).get(`/email/verify?token=${myLink}`)).status;
       }
       // …and what the asker's own (current) address was told
       await deliver(t);
-      return { seen, toOwnAddress: smtp.to(`own.${n}@example.jp`).map((m) => m.subject) };
+      return { seen, toOwnAddress: smtp.to(`own.${n}@example.jp`).map((m) => m.subject), older };
     };
     expect(await change("victim2@example.jp")).toEqual(await change("nobody2@example.jp"));
     // Admins see what was withheld.

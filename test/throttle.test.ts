@@ -84,6 +84,24 @@ describe("login-anomaly engine (LoginGuard)", () => {
     guard.settle(attempt(), "neither");
   });
 
+  it("counts a mail withheld for its target's sake against the caller like one sent: the caller's budget tells nothing about the target", () => {
+    const unasked = (ip: string, target: string) =>
+      guard.assessMailRequest({ ip, target, challengeable: false, serviceWide: false }).action;
+    // A target mailed lately (three times this hour, from elsewhere) and one nobody mailed.
+    for (let i = 0; i < 3; i++) expect(unasked(`198.51.100.${i + 1}`, "unasked:email:mailed")).toBe("allow");
+    const budgetAfter = (target: string, ip: string) => {
+      const first = unasked(ip, target); // withheld for the mailed target, sent for the other
+      let allowed = 0;
+      for (let i = 0; i < 20 && unasked(ip, `unasked:email:fresh.${ip}.${i}`) === "allow"; i++) allowed++;
+      return { first, allowed };
+    };
+    const mailed = budgetAfter("unasked:email:mailed", "203.0.113.1");
+    const unknown = budgetAfter("unasked:email:nobody", "2001:db8:1::1");
+    expect(mailed.first).toBe("slow");
+    expect(unknown.first).toBe("allow");
+    expect(mailed.allowed).toBe(unknown.allowed);
+  });
+
   it("a member's sign-in does not hand an attacker fresh guesses at the account", () => {
     for (let i = 0; i < 9; i++) fail(attempt({ ip: `198.51.100.${i}` }));
     const member = attempt({ ip: "192.0.2.200", password: "the right one" });

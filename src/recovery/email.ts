@@ -80,10 +80,13 @@ export class EmailAddresses {
   }
 
   /** Mail a verification link to `email` (inside the caller's transaction: registration, resend). */
-  sendVerification(memberId: string, email: string, locale: Locale): void {
+  sendVerification(memberId: string, email: string, locale: Locale, withheld = false): void {
+    // A withheld mail (see mailDecision) still gets its link made, voiding older ones, as a sent
+    // one does: only the mail is left out, so an older link of the asker's tells nothing.
     const { token } = this.#tokens.issue("verify_email", memberId, {
       emailIndex: this.#vault.emailIndex(email),
     });
+    if (withheld) return;
     this.#mailer.enqueue({
       memberId,
       to: email,
@@ -160,7 +163,7 @@ export class EmailAddresses {
     const mail = this.mailDecision(ctx.ip, email, { signedInMember: true });
     if (mail === "refuse") throw this.#tooMany(600);
     inTransaction(this.#db, () => {
-      if (mail === "send") this.sendVerification(m.id, email, m.locale);
+      this.sendVerification(m.id, email, m.locale, mail === "skip");
       // A withheld mail is the same event to the member (their event list must not tell it, see
       // mailDecision); admins see `withheld` in the details.
       this.#audit.append({
@@ -190,15 +193,15 @@ export class EmailAddresses {
     if (mail === "refuse") throw this.#tooMany(600);
     const oldEmail = this.#vault.mailAddress(m.id, "email_change_requested", ctx);
     inTransaction(this.#db, () => {
-      // Withheld (see mailDecision): no link to the new address and nothing started, and all else
-      // as if it were sent — the answer, the member's events, the notice to the current address
-      // (which the asker may read) — so the new address's recent mail stays unknown. The member
-      // can ask again later; admins see `withheld` in the details.
+      // Withheld (see mailDecision): no mail to the new address, and all else as if it were sent
+      // — the link made (voiding the asker's older ones), the answer, the member's events, the
+      // notice to the current address (which the asker may read) — so the new address's recent
+      // mail stays unknown. The member can ask again later; admins see `withheld` in the details.
+      const { token } = this.#tokens.issue("change_email", m.id, {
+        emailIndex: index,
+        newEmail: (hash) => encryptField(this.#keys, newEmailContext(hash), newEmail),
+      });
       if (mail === "send") {
-        const { token } = this.#tokens.issue("change_email", m.id, {
-          emailIndex: index,
-          newEmail: (hash) => encryptField(this.#keys, newEmailContext(hash), newEmail),
-        });
         this.#mailer.enqueue({
           memberId: m.id,
           to: newEmail,

@@ -512,6 +512,13 @@ export class LoginGuard {
       ((this.#mailGlobal.peek("all", now)[0] as number) >= this.policy.mailGlobal || this.underAttack())
     )
       costly.push("mail_requests_global");
+    if (slow.length === 0 && costly.length > 0 && a.challengeable === false) {
+      // Not mailed for the target's (or the service's) sake, but counted for the caller as if it
+      // had been: the caller's own budget must not tell which targets were past their limit.
+      store.add(`mail_ip|${address}`, 1, now);
+      store.add(`mail_net|${net}`, 1, now);
+      this.#mailGlobal.add("all", 1, now);
+    }
     if (slow.length > 0 || (costly.length > 0 && a.challengeable === false)) {
       return this.#observed("recovery", {
         action: "slow",
