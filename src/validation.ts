@@ -39,13 +39,23 @@ export const text = (max: number, opts: { min?: number; multiline?: boolean } = 
     .string()
     .max(max * 4) // cheap bound before any work on huge input
     .refine((s) => s.isWellFormed(), "must be well-formed Unicode")
-    .transform((s) => withoutInvisible(s).normalize("NFC"))
+    // A multi-line field's CRLF line ends are LF (as a browser's form sends them, CRLF is no trick).
+    .transform((s) => withoutInvisible(opts.multiline ? s.replace(/\r\n/g, "\n") : s).normalize("NFC"))
     .refine(
       (s) => !(opts.multiline ? CONTROL : CONTROL_OR_NEWLINE).test(s),
       "must not contain control characters",
     )
     .refine((s) => [...s].length <= max, `must be at most ${max} characters`)
-    .refine((s) => [...s.trim()].length >= (opts.min ?? 0), `must be at least ${opts.min ?? 0} characters`);
+    .refine((s) => visibleLength(s) >= (opts.min ?? 0), `must be at least ${opts.min ?? 0} characters`);
+
+/**
+ * How many characters of `s` show something: not white space, combining marks, joiners,
+ * variation selectors, the blank Braille pattern or the object replacement character. A minimum
+ * length counts these, so a name of joiners or marks alone is blank.
+ */
+function visibleLength(s: string): number {
+  return [...s.replace(/[\s\p{M}\u200c\u200d\u2800\ufffc]/gu, "")].length;
+}
 
 /** A bounded string taken as typed (passwords: rules and normalisation are theirs). */
 export const rawString = (max: number) => z.string().min(1).max(max);

@@ -260,9 +260,29 @@ describe("HTTP hardening", () => {
       .set("Cookie", await signIn(t.app, "invisible.nfc"));
     expect(me2.body.profile.name).toBe("René Dupont".normalize("NFC"));
     expect(me2.body.profile.address).toBe("葛\u{e0100}飾区"); // the variant kanji's selector stays
-    // A name of fillers only is blank.
-    const blank = await register(t.app, { profile: { ...PROFILE, name: "\u3164\u3164" } });
-    expect(blank.status).toBe(400);
+    // A name of fillers, joiners, selectors or marks only is blank.
+    for (const name of [
+      "\u3164\u3164",
+      "\u200d",
+      "\ufe0f\ufe0f",
+      "\u{e0100}",
+      "\u2800",
+      "\u0301\u0301",
+      " \u200c ",
+    ]) {
+      const blank = await register(t.app, { profile: { ...PROFILE, name } });
+      expect(blank.status, JSON.stringify(name)).toBe(400);
+    }
+    // A multi-line address sent with CRLF line ends is kept with LF.
+    const crlf = await register(t.app, {
+      login_id: "invisible.crlf",
+      profile: { ...PROFILE, address: "東京都千代田区\r\n千代田1-1" },
+    });
+    expect(crlf.status, crlf.text).toBe(201);
+    const me3 = await supertest(t.app)
+      .get("/api/v1/me")
+      .set("Cookie", await signIn(t.app, "invisible.crlf"));
+    expect(me3.body.profile.address).toBe("東京都千代田区\n千代田1-1");
   });
 
   it("refuses a future birth date and an impossible one", async () => {
