@@ -54,7 +54,7 @@ export const text = (max: number, opts: { min?: number; multiline?: boolean } = 
  * length counts these, so a name of joiners or marks alone is blank.
  */
 function visibleLength(s: string): number {
-  return [...s.replace(/[\s\p{M}\u200c\u200d\u2800\ufffc]/gu, "")].length;
+  return [...s.replace(/\s|\p{M}|\u200c|\u200d|\u2800|\ufffc/gu, "")].length;
 }
 
 /** A bounded string taken as typed (passwords: rules and normalisation are theirs). */
