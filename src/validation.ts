@@ -49,9 +49,9 @@ export const text = (max: number, opts: { min?: number; multiline?: boolean } = 
     .refine((s) => visibleLength(s) >= (opts.min ?? 0), `must be at least ${opts.min ?? 0} characters`);
 
 /**
- * How many characters of `s` show something: not white space, combining marks, joiners,
- * variation selectors, the blank Braille pattern or the object replacement character. A minimum
- * length counts these, so a name of joiners or marks alone is blank.
+ * How many characters of `s` show something: not white space, combining marks (variation
+ * selectors among them), joiners, the blank Braille pattern or the object replacement character.
+ * A minimum length counts none of these, so a name of joiners or marks alone is blank.
  */
 function visibleLength(s: string): number {
   return [...s.replace(/\s|\p{M}|\u200c|\u200d|\u2800|\ufffc/gu, "")].length;

@@ -256,7 +256,6 @@ export function errorPage(
   );
 }
 
-/** RP-initiated logout confirmation: oidc-provider's form (hidden xsrf) and our button. */
 /**
  * What the logout confirmation's button sends (`logout=confirmed`). oidc-provider's own form that
  * submits itself (a browser with no provider session) sends `logout=yes`: only the member's click
@@ -264,6 +263,7 @@ export function errorPage(
  */
 export const LOGOUT_CONFIRMED = "confirmed";
 
+/** RP-initiated logout confirmation: oidc-provider's form (hidden xsrf) and our button. */
 export function logoutPage(lang: Lang, providerForm: string): string {
   const t = T[lang];
   return layout(
