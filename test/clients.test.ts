@@ -5,6 +5,10 @@ import { Clients, validateLogoUri, validateRedirectUri } from "../src/oidc/clien
 import { makeApp } from "./support/app.js";
 import { runCli } from "./support/cli.js";
 
+/** `sekisho clients add --name NAME --redirect-uri URI …extra` against the test app's data. */
+const clientsAdd = (t: ReturnType<typeof makeApp>, name: string, redirectUri: string, ...extra: string[]) =>
+  runCli(t, ["clients", "add", "--name", name, "--redirect-uri", redirectUri, ...extra]);
+
 describe("client metadata kept in memory", () => {
   it("is read again once another process has changed the database", () => {
     const t = makeApp();
@@ -33,15 +37,7 @@ describe("sekisho clients add", () => {
   it("prints a client_id and, once, a secret that is stored only as a hash; public clients get none", () => {
     const t = makeApp();
     try {
-      const run = runCli(t, [
-        "clients",
-        "add",
-        "--name",
-        "会員サイト",
-        "--redirect-uri",
-        "https://shop.example.jp/cb",
-        "--json",
-      ]);
+      const run = clientsAdd(t, "会員サイト", "https://shop.example.jp/cb", "--json");
       expect(run.status, run.stderr).toBe(0);
       const out = JSON.parse(run.stdout) as { client_id: string; client_secret: string };
       expect(out.client_id).toMatch(/^c_[\w-]{16}$/);
@@ -50,18 +46,9 @@ describe("sekisho clients add", () => {
         secret_hash: string;
       };
       expect(row.secret_hash).not.toBe(out.client_secret);
-      const pub = runCli(t, [
-        "clients",
-        "add",
-        "--name",
-        "App",
-        "--redirect-uri",
-        "http://localhost:5173/cb",
-        "--public",
-        "--json",
-      ]);
+      const pub = clientsAdd(t, "App", "http://localhost:5173/cb", "--public", "--json");
       expect(Object.keys(JSON.parse(pub.stdout))).toEqual(["client_id"]);
-      const bad = runCli(t, ["clients", "add", "--name", "X", "--redirect-uri", "http://shop.example.jp/cb"]);
+      const bad = clientsAdd(t, "X", "http://shop.example.jp/cb");
       expect(bad.status).toBe(1);
       expect(bad.stderr).toMatch(/must be https/);
       expect(bad.stderr).not.toMatch(/\n\s+at /); // a message, not a stack trace
@@ -76,16 +63,7 @@ describe("a site registered for the service API", () => {
     const t = makeApp();
     try {
       const add = (extra: string[]) => {
-        const run = runCli(t, [
-          "clients",
-          "add",
-          "--name",
-          "backend",
-          "--redirect-uri",
-          "https://site.example/cb",
-          ...extra,
-          "--json",
-        ]);
+        const run = clientsAdd(t, "backend", "https://site.example/cb", ...extra, "--json");
         expect(run.status, run.stderr).toBe(0);
         return JSON.parse(run.stdout) as { client_id: string; client_secret: string };
       };
@@ -121,16 +99,13 @@ describe("a site's logo URI", () => {
     expect(validateLogoUri("https://user:pw@shop.example.jp/logo.png")).toMatch(/user name/);
     const t = makeApp();
     try {
-      const run = runCli(t, [
-        "clients",
-        "add",
-        "--name",
+      const run = clientsAdd(
+        t,
         "X",
-        "--redirect-uri",
         "https://shop.example.jp/cb",
         "--logo-uri",
         "http://shop.example.jp/logo.png",
-      ]);
+      );
       expect(run.status).toBe(1);
       expect(run.stderr).toMatch(/logo URI .* must be https/);
       expect(t.s.db.$client.prepare("SELECT count(*) AS n FROM oidc_clients").get()).toEqual({ n: 0 });

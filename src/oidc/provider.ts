@@ -47,6 +47,9 @@ export const OIDC_JSON_ENDPOINTS: ReadonlySet<string> = new Set([
   OIDC_ROUTES.introspection,
 ]);
 
+/** The koa context a provider middleware gets. */
+type ProviderContext = Parameters<Parameters<Provider["use"]>[0]>[0];
+
 /** Scope → profile fields decrypted for it (contract claims table). */
 export const SCOPE_FIELDS: Record<string, ProfileField[]> = {
   profile: ["name", "birth_date", "gender"],
@@ -411,7 +414,7 @@ export function createOidc(s: Services, opts: { clientIp: (req: IncomingMessage)
    * button (`logout=confirmed`, not the self-submitting form's `yes`) ends the Sekisho session
    * (end_session.success below), however the endpoint was spelled.
    */
-  const confirmEndSession = (ctx: Parameters<Parameters<Provider["use"]>[0]>[0]): void => {
+  const confirmEndSession = (ctx: ProviderContext): void => {
     const state = ctx.oidc?.session?.state as
       | { secret?: unknown; postLogoutRedirectUri?: unknown }
       | undefined;
@@ -645,7 +648,7 @@ export function cachedProviderDocuments(
  * helper (its tokens, the grant, the `grant.revoked` event and so the audit entry) and
  * `invalid_grant`.
  */
-async function revokeOnReplay(ctx: Parameters<Parameters<Provider["use"]>[0]>[0]): Promise<void> {
+async function revokeOnReplay(ctx: ProviderContext): Promise<void> {
   const body = ctx.body as { error?: unknown } | undefined;
   const params = ctx.oidc?.params as { grant_type?: unknown; refresh_token?: unknown } | undefined;
   if (
@@ -663,11 +666,7 @@ async function revokeOnReplay(ctx: Parameters<Parameters<Provider["use"]>[0]>[0]
 }
 
 /** The answer of a provider request whose writes were not committed (see OidcStore.committed). */
-function answerUncommitted(
-  ctx: Parameters<Parameters<Provider["use"]>[0]>[0],
-  error: Error,
-  logger: Services["logger"],
-): void {
+function answerUncommitted(ctx: ProviderContext, error: Error, logger: Services["logger"]): void {
   const oidcError = error as Error & { status?: number; error?: string; error_description?: string };
   const known = typeof oidcError.error === "string" && typeof oidcError.status === "number";
   if (!known) logger.error({ err: error }, "oidc: a request's writes were not committed");

@@ -512,13 +512,15 @@ export class LoginGuard {
       ((this.#mailGlobal.peek("all", now)[0] as number) >= this.policy.mailGlobal || this.underAttack())
     )
       costly.push("mail_requests_global");
-    if (slow.length === 0 && costly.length > 0 && a.challengeable === false) {
-      // Not mailed for the target's (or the service's) sake, but counted for the caller as if it
-      // had been: the caller's own budget must not tell which targets were past their limit.
+    /** The request counted for its caller and service-wide (a mail sent, or one withheld). */
+    const countCaller = () => {
       store.add(`mail_ip|${address}`, 1, now);
       store.add(`mail_net|${net}`, 1, now);
       this.#mailGlobal.add("all", 1, now);
-    }
+    };
+    // Not mailed for the target's (or the service's) sake, but counted for the caller as if it
+    // had been: the caller's own budget must not tell which targets were past their limit.
+    if (slow.length === 0 && costly.length > 0 && a.challengeable === false) countCaller();
     if (slow.length > 0 || (costly.length > 0 && a.challengeable === false)) {
       return this.#observed("recovery", {
         action: "slow",
@@ -528,10 +530,8 @@ export class LoginGuard {
     }
     if (costly.length > 0 && !a.challengeSolved)
       return this.#observed("recovery", { action: "challenge", reasons: costly, retryAfterSeconds: 1 });
-    store.add(`mail_ip|${address}`, 1, now);
-    store.add(`mail_net|${net}`, 1, now);
+    countCaller();
     store.add(`mail_target|${a.target}`, 1, now);
-    this.#mailGlobal.add("all", 1, now);
     return this.#observed("recovery", { action: "allow", reasons: [], retryAfterSeconds: 0 });
   }
 
