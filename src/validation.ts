@@ -14,25 +14,70 @@ const CONTROL_OR_NEWLINE =
 /**
  * Characters that show nothing (Unicode's default-ignorable code points: zero-width space, word
  * joiner, soft hyphen, BOM, Hangul fillers, tag characters, …) are taken out, so a name can't look
- * like another one on an admin's screen, or be blank while passing a length check. Kept: ZWJ and
- * ZWNJ (emoji and some scripts need them) and variation selectors (emoji, and the ideographic
- * variation sequences of Japanese names: 葛 and its variant are one character plus a selector);
- * bidi controls and marks are refused above, not taken out.
+ * like another one on an admin's screen, or be blank while passing a length check. Kept only where
+ * they do something (see keptHere): ZWJ and ZWNJ inside an emoji sequence or between letters of a
+ * script that joins (Arabic, the Indic scripts, …); variation selectors after an emoji, a symbol or
+ * an ideograph (the ideographic variation sequences of Japanese names: 葛 and its variant are one
+ * character plus a selector); the tag characters of a subdivision flag (🏴 + tags + cancel tag);
+ * Mongolian's free variation selectors within Mongolian. So `ta\u200dro` or `ta\ufe00ro` is
+ * stored as `taro`. Bidi controls and marks are refused above, not taken out.
  */
-const IGNORABLE = /\p{Default_Ignorable_Code_Point}/gu;
-/** Kept (see above): ZWNJ, ZWJ, the bidi controls and marks, and variation selectors. */
-const kept = (c: string) => {
-  const cp = c.codePointAt(0) ?? 0;
-  return (
-    (cp >= 0x200c && cp <= 0x200f) ||
+const IGNORABLE = /\p{Default_Ignorable_Code_Point}/u;
+const PICTOGRAPH = /\p{Extended_Pictographic}/u;
+/** Scripts whose letters take ZWJ / ZWNJ to choose a joined or unjoined form. */
+const JOINING =
+  /[\p{Script=Arabic}\p{Script=Syriac}\p{Script=Nko}\p{Script=Mongolian}\p{Script=Devanagari}\p{Script=Bengali}\p{Script=Gurmukhi}\p{Script=Gujarati}\p{Script=Oriya}\p{Script=Tamil}\p{Script=Telugu}\p{Script=Kannada}\p{Script=Malayalam}\p{Script=Sinhala}\p{Script=Myanmar}\p{Script=Khmer}\p{Script=Tibetan}]/u;
+/** What a standardized variation selector (VS1–VS16) may follow: emoji, symbols (not ASCII), ideographs. */
+const VARIABLE = /[\p{Extended_Pictographic}\p{Emoji_Presentation}\p{S}\p{Script=Han}\p{Script=Myanmar}]/u;
+/** A subdivision flag: black flag, tag letters and digits, cancel tag. */
+const TAG_FLAG = /^\u{1F3F4}[\u{E0030}-\u{E0039}\u{E0061}-\u{E007A}]{2,6}\u{E007F}/u;
+
+/** Whether the default-ignorable `cp` between `before` and `after` (code points) stays. */
+function keptHere(cp: number, before: string, after: string): boolean {
+  if (cp === 0x200c || cp === 0x200d) {
+    const emoji =
+      (PICTOGRAPH.test(before) || /[\u{1F3FB}-\u{1F3FF}\uFE0F]/u.test(before)) && PICTOGRAPH.test(after);
+    return emoji || (JOINING.test(before) && JOINING.test(after));
+  }
+  // Bidi controls and marks are refused by the control-character rule, so they stay to be seen.
+  if (
+    (cp >= 0x200e && cp <= 0x200f) ||
     (cp >= 0x202a && cp <= 0x202e) ||
     (cp >= 0x2066 && cp <= 0x2069) ||
-    cp === 0x061c ||
-    (cp >= 0xfe00 && cp <= 0xfe0f) ||
-    (cp >= 0xe0100 && cp <= 0xe01ef)
-  );
-};
-const withoutInvisible = (s: string) => s.replace(IGNORABLE, (c) => (kept(c) ? c : ""));
+    cp === 0x061c
+  )
+    return true;
+  // A keycap: a digit, # or * with VS16 and the combining enclosing keycap.
+  if (cp === 0xfe0f && /[0-9#*]/.test(before) && after === "\u20e3") return true;
+  if (cp >= 0xfe00 && cp <= 0xfe0f) return VARIABLE.test(before) && before > "\u007f";
+  if (cp >= 0xe0100 && cp <= 0xe01ef) return /\p{Script=Han}/u.test(before);
+  if ((cp >= 0x180b && cp <= 0x180f) || cp === 0x180e) return /\p{Script=Mongolian}/u.test(before);
+  return false;
+}
+
+/** `s` without the default-ignorable code points that do nothing where they are (see above). */
+function withoutInvisible(s: string): string {
+  const cps = [...s];
+  let out = "";
+  let before = ""; // the last code point kept
+  for (let i = 0; i < cps.length; i++) {
+    const c = cps[i] as string;
+    if (c === "\u{1F3F4}") {
+      // A subdivision flag is kept whole (its tags are ignorable).
+      const flag = TAG_FLAG.exec(cps.slice(i, i + 8).join(""));
+      if (flag) {
+        out += flag[0];
+        i += [...flag[0]].length - 1;
+        before = "\u{E007F}";
+        continue;
+      }
+    }
+    if (IGNORABLE.test(c) && !keptHere(c.codePointAt(0) ?? 0, before, cps[i + 1] ?? "")) continue;
+    out += c;
+    before = c;
+  }
+  return out;
+}
 
 export const text = (max: number, opts: { min?: number; multiline?: boolean } = {}) =>
   z

@@ -247,13 +247,21 @@ describe("HTTP hardening", () => {
       return me.body.profile as Record<string, string>;
     };
     // A name padded with zero-width characters would look like another member's on an admin's
-    // screen: they are taken out (a zero-width joiner, which emoji and some scripts need, stays).
+    // screen: they are taken out, joiners and selectors too where they join or select nothing.
     const padded = await stored("invisible.name", {
       name: "\ufeff山田\u200b 花\u00ad子\u2060",
       address: "東京都\u200d",
     });
     expect(padded.name).toBe("山田 花子");
-    expect(padded.address).toBe("東京都\u200d");
+    expect(padded.address).toBe("東京都");
+    const lookAlike = await stored("invisible.joiner", { name: "ta\u200dro ya\ufe00ma\u{e0100}da" });
+    expect(lookAlike.name).toBe("taro yamada");
+    // Where they do something they stay: emoji sequences, a subdivision flag's tags, a keycap,
+    // Persian's ZWNJ, Mongolian's variation selector.
+    const kept =
+      "👩🏽\u200d💻 🏳\ufe0f\u200d🌈 🏴\u{e0067}\u{e0062}\u{e0073}\u{e0063}\u{e0074}\u{e007f} 1\ufe0f\u20e3 می\u200cخواهم ᠠ\u180bᠡ";
+    const joined = await stored("invisible.emoji", { name: kept });
+    expect(joined.name).toBe(kept);
     // Taken out before normalising: what is left is NFC like the same name typed plainly.
     const nfc = await stored("invisible.nfc", {
       name: "Rene\u200b\u0301 Dupont",
