@@ -9,7 +9,7 @@ import { type Config, loadConfig } from "./config.js";
 import { type Db, migrateDatabase, openDatabase } from "./db/connection.js";
 import { ApiError, InputError, StartupError } from "./errors.js";
 import { wrapWeak } from "./members/wrap-weak.js";
-import { Clients } from "./oidc/clients.js";
+import { type ClientSummary, Clients } from "./oidc/clients.js";
 import { backupDatabase, restoreDatabase } from "./ops/backup.js";
 import { buildServices } from "./services.js";
 import { openKeyring } from "./vault/bootstrap.js";
@@ -58,6 +58,9 @@ async function readStdin(): Promise<string> {
   for await (const chunk of process.stdin) chunks.push(chunk as Buffer);
   return Buffer.concat(chunks).toString("utf8");
 }
+/** A repeatable option's values, in order. */
+const repeat = (v: string, prev: string[]) => [...prev, v];
+
 const positiveInt = (v: string) => {
   const n = Number(v);
   if (!Number.isInteger(n) || n < 1) throw new InvalidArgumentError("must be a positive whole number");
@@ -145,12 +148,7 @@ export function buildCli(): Command {
     .description(
       "remove old ID-token signing keys from the keyring and so from the JWKS (a key that may have leaked)",
     )
-    .option(
-      "--kid <kid>",
-      "an old signing key's kid (repeat for several)",
-      (v: string, prev: string[]) => [...prev, v],
-      [] as string[],
-    )
+    .option("--kid <kid>", "an old signing key's kid (repeat for several)", repeat, [] as string[])
     .option("--all-old", "every signing key but the active one")
     .option("--json", "print a JSON summary")
     .action((opts: { kid: string[]; allOld?: boolean; json?: boolean }) => {
@@ -180,19 +178,9 @@ export function buildCli(): Command {
     .command("add")
     .description("register a member site; prints its client_id and (once) its client_secret")
     .requiredOption("--name <name>", "shown to members on the sign-in page")
-    .requiredOption(
-      "--redirect-uri <uri>",
-      "exact redirect URI (repeat for several)",
-      (v: string, prev: string[]) => [...prev, v],
-      [] as string[],
-    )
+    .requiredOption("--redirect-uri <uri>", "exact redirect URI (repeat for several)", repeat, [] as string[])
     .option("--public", "a public client (no secret; PKCE only)")
-    .option(
-      "--grant <grant>",
-      "extra grant type: client_credentials",
-      (v: string, prev: string[]) => [...prev, v],
-      [] as string[],
-    )
+    .option("--grant <grant>", "extra grant type: client_credentials", repeat, [] as string[])
     .option(
       "--scope <scope>",
       'scopes the client may ask for (default "openid profile email phone address offline_access", plus members:read with --grant client_credentials)',
@@ -203,7 +191,7 @@ export function buildCli(): Command {
     .option(
       "--post-logout-redirect-uri <uri>",
       "where RP-initiated logout may return the member (repeat for several)",
-      (v: string, prev: string[]) => [...prev, v],
+      repeat,
       [] as string[],
     )
     .option("--json", "print JSON")
@@ -257,6 +245,157 @@ export function buildCli(): Command {
         }
       },
     );
+
+  const clientsOf = (ctx: Context) => new Clients({ db: ctx.db, clock: systemClock, audit: ctx.audit });
+  const printClient = (c: ClientSummary) => {
+    out(`${c.client_id}  ${c.name}`);
+    out(
+      `  ${c.type}${c.type === "confidential" ? ` (${c.auth_method})` : ""}, ${c.first_party ? "first-party" : "third-party (consent page)"}, registered ${c.created_at}`,
+    );
+    out(`  redirect URIs:     ${c.redirect_uris.join(" ")}`);
+    if (c.post_logout_redirect_uris.length)
+      out(`  after logout:      ${c.post_logout_redirect_uris.join(" ")}`);
+    out(`  grant types:       ${c.grant_types.join(" ")}`);
+    out(`  scope:             ${c.scope}`);
+    if (c.logo_uri) out(`  logo:              ${c.logo_uri}`);
+    if (c.previous_secret_until) out(`  old secret valid until ${c.previous_secret_until}`);
+  };
+
+  clients
+    .command("list")
+    .description("the registered member sites (no secrets)")
+    .option("--json", "print JSON")
+    .action((opts: { json?: boolean }) => {
+      const ctx = open();
+      const all = clientsOf(ctx).list();
+      ctx.db.$client.close();
+      if (opts.json) out(JSON.stringify(all));
+      else if (all.length === 0) out("no clients registered");
+      else for (const c of all) printClient(c);
+    });
+
+  clients
+    .command("update")
+    .description("change a member site's name, addresses, logo, scopes or consent; takes effect at once")
+    .argument("<client_id>")
+    .option("--name <name>", "shown to members on the sign-in page")
+    .option(
+      "--add-redirect-uri <uri>",
+      "add an exact redirect URI (repeat for several)",
+      repeat,
+      [] as string[],
+    )
+    .option(
+      "--remove-redirect-uri <uri>",
+      "remove a redirect URI (at least one stays)",
+      repeat,
+      [] as string[],
+    )
+    .option("--add-post-logout-redirect-uri <uri>", "add a post-logout address", repeat, [] as string[])
+    .option("--remove-post-logout-redirect-uri <uri>", "remove a post-logout address", repeat, [] as string[])
+    .option("--logo-uri <uri>", "a new logo (https; http for localhost only)")
+    .option("--no-logo-uri", "show no logo")
+    .option(
+      "--add-scope <scope>",
+      "let the site ask for one more scope (scopes are never taken away here)",
+      repeat,
+      [] as string[],
+    )
+    .option("--first-party", "members see no consent page")
+    .option("--third-party", "members see a consent page")
+    .option("--json", "print JSON")
+    .action(
+      (
+        clientId: string,
+        opts: {
+          name?: string;
+          addRedirectUri: string[];
+          removeRedirectUri: string[];
+          addPostLogoutRedirectUri: string[];
+          removePostLogoutRedirectUri: string[];
+          logoUri?: string | boolean;
+          addScope: string[];
+          firstParty?: boolean;
+          thirdParty?: boolean;
+          json?: boolean;
+        },
+      ) => {
+        if (opts.firstParty && opts.thirdParty)
+          throw new StartupError("give --first-party or --third-party, not both");
+        const ctx = open();
+        try {
+          const updated = clientsOf(ctx).update(clientId, {
+            ...(opts.name !== undefined ? { name: opts.name } : {}),
+            addRedirectUris: opts.addRedirectUri,
+            removeRedirectUris: opts.removeRedirectUri,
+            addPostLogoutRedirectUris: opts.addPostLogoutRedirectUri,
+            removePostLogoutRedirectUris: opts.removePostLogoutRedirectUri,
+            ...(typeof opts.logoUri === "string" ? { logoUri: opts.logoUri } : {}),
+            ...(opts.logoUri === false ? { logoUri: null } : {}),
+            addScopes: opts.addScope,
+            ...(opts.firstParty ? { firstParty: true } : {}),
+            ...(opts.thirdParty ? { firstParty: false } : {}),
+          });
+          if (opts.json) out(JSON.stringify(updated));
+          else printClient(updated);
+        } finally {
+          ctx.db.$client.close();
+        }
+      },
+    );
+
+  clients
+    .command("rotate-secret")
+    .description("give a confidential member site a new secret (shown once); the old one stops working")
+    .argument("<client_id>")
+    .option(
+      "--keep-old-for <minutes>",
+      "accept the old secret this many minutes more (a planned change; at most a week)",
+      (v: string) => {
+        const n = Number(v);
+        if (!Number.isInteger(n) || n < 0) throw new InvalidArgumentError("a whole number of minutes");
+        return n;
+      },
+      0,
+    )
+    .option("--json", "print JSON")
+    .action((clientId: string, opts: { keepOldFor: number; json?: boolean }) => {
+      const ctx = open();
+      try {
+        const rotated = clientsOf(ctx).rotateSecret(clientId, opts.keepOldFor);
+        const until = rotated.oldSecretUntil?.toISOString() ?? null;
+        if (opts.json)
+          out(
+            JSON.stringify({
+              client_id: clientId,
+              client_secret: rotated.clientSecret,
+              old_secret_until: until,
+            }),
+          );
+        else {
+          out(`client_secret: ${rotated.clientSecret}   (shown once; store it now)`);
+          out(until ? `the old secret is accepted until ${until}` : "the old secret no longer works");
+        }
+      } finally {
+        ctx.db.$client.close();
+      }
+    });
+
+  clients
+    .command("remove")
+    .description("delete a member site and everything issued to it (grants, codes, tokens)")
+    .argument("<client_id>")
+    .option("--json", "print JSON")
+    .action((clientId: string, opts: { json?: boolean }) => {
+      const { ctx, services } = openServices();
+      try {
+        const { revoked } = clientsOf(ctx).remove(clientId, (id) => services.oidcStore.revokeClient(id));
+        if (opts.json) out(JSON.stringify({ client_id: clientId, removed: true, revoked_rows: revoked }));
+        else out(`removed ${clientId}; ${revoked} grant, code and token row(s) deleted`);
+      } finally {
+        ctx.db.$client.close();
+      }
+    });
 
   const admins = program.command("admins").description("administrators");
   admins

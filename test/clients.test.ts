@@ -1,9 +1,11 @@
 import Database from "better-sqlite3";
+import * as oidc from "openid-client";
 import supertest from "supertest";
 import { describe, expect, it, vi } from "vitest";
-import { Clients, validateLogoUri, validateRedirectUri } from "../src/oidc/clients.js";
-import { makeApp } from "./support/app.js";
+import { type ClientChanges, Clients, validateLogoUri, validateRedirectUri } from "../src/oidc/clients.js";
+import { makeApp, type TestApp } from "./support/app.js";
 import { runCli } from "./support/cli.js";
+import { listenWithMember, memberSiteWithRefreshToken } from "./support/oidc.js";
 
 /** `sekisho clients add --name NAME --redirect-uri URI …extra` against the test app's data. */
 const clientsAdd = (t: ReturnType<typeof makeApp>, name: string, redirectUri: string, ...extra: string[]) =>
@@ -140,6 +142,166 @@ describe("redirect URIs a site registers", () => {
       "http://127.0.0.1:4000/cb",
     ]) {
       expect(validateRedirectUri(uri), uri).toBeNull();
+    }
+  });
+});
+
+describe("a member site's lifecycle: list, update, rotate-secret, remove", () => {
+  /** POST to the introspection endpoint as the client: 200 with a working secret, 401 otherwise. */
+  const introspect = (t: TestApp, clientId: string, secret: string, token: string) =>
+    supertest(t.app).post("/oidc/token/introspection").auth(clientId, secret).type("form").send({ token });
+  const json = (run: { status: number | null; stdout: string; stderr: string }) => {
+    expect(run.status, run.stderr).toBe(0);
+    return JSON.parse(run.stdout);
+  };
+  /** A code request for the site with this redirect URI: 400 (error page) or a redirect to sign-in. */
+  const authorizeWith = (t: TestApp, clientId: string, redirectUri: string) =>
+    supertest(t.app).get("/oidc/auth").query({
+      client_id: clientId,
+      redirect_uri: redirectUri,
+      response_type: "code",
+      scope: "openid",
+      code_challenge: "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM",
+      code_challenge_method: "S256",
+    });
+
+  it("rotate-secret refuses the old secret at once, or only after --keep-old-for (clock moved, not slept)", async () => {
+    const listening = await listenWithMember("rotate.member");
+    const { t } = listening;
+    try {
+      const sub = (t.s.db.$client.prepare("SELECT sub FROM members").get() as { sub: string }).sub;
+      const { site, refreshToken } = await memberSiteWithRefreshToken(listening, sub, "openid");
+      const old = site.clientSecret as string;
+      expect((await introspect(t, site.clientId, old, refreshToken)).status).toBe(200);
+      // A leaked secret: replaced, and the old one is refused from now on.
+      const leaked = json(runCli(t, ["clients", "rotate-secret", site.clientId, "--json"]));
+      expect(leaked.old_secret_until).toBeNull();
+      expect((await introspect(t, site.clientId, old, refreshToken)).status).toBe(401);
+      expect((await introspect(t, site.clientId, leaked.client_secret, refreshToken)).status).toBe(200);
+      // A planned change: the replaced secret works 30 more minutes, then no longer.
+      const planned = json(
+        runCli(t, ["clients", "rotate-secret", site.clientId, "--keep-old-for", "30", "--json"]),
+      );
+      expect((await introspect(t, site.clientId, leaked.client_secret, refreshToken)).status).toBe(200);
+      expect((await introspect(t, site.clientId, planned.client_secret, refreshToken)).status).toBe(200);
+      expect((await introspect(t, site.clientId, old, refreshToken)).status).toBe(401);
+      t.clock.advance(31 * 60_000);
+      expect((await introspect(t, site.clientId, leaked.client_secret, refreshToken)).status).toBe(401);
+      expect((await introspect(t, site.clientId, planned.client_secret, refreshToken)).status).toBe(200);
+      // Only hashes are stored; the rotations are on record, without secrets.
+      const row = t.s.db.$client.prepare("SELECT * FROM oidc_clients").get() as Record<string, unknown>;
+      expect(JSON.stringify(row)).not.toContain(planned.client_secret);
+      expect(JSON.stringify(row)).not.toContain(leaked.client_secret);
+      const rotations = [...t.s.audit.iterate()].filter((e) => e.action === "client.secret_rotated");
+      expect(rotations).toHaveLength(2);
+      expect(JSON.stringify(rotations)).not.toContain(planned.client_secret);
+      // A public client has no secret to rotate; a week is the longest overlap.
+      const pub = json(clientsAdd(t, "App", "http://localhost:5173/cb", "--public", "--json"));
+      expect(runCli(t, ["clients", "rotate-secret", pub.client_id]).stderr).toMatch(/public client/);
+      const tooLong = runCli(t, ["clients", "rotate-secret", site.clientId, "--keep-old-for", "20000"]);
+      expect(tooLong.status).toBe(1);
+      expect((await introspect(t, site.clientId, planned.client_secret, refreshToken)).status).toBe(200);
+    } finally {
+      await listening.close();
+    }
+  });
+
+  it("update edits redirect URIs (a removed one gets the error page), logo and scopes, and refuses what add refuses", async () => {
+    const t = makeApp();
+    try {
+      const site = json(clientsAdd(t, "Shop", "https://shop.example.jp/cb", "--json"));
+      const update = (...args: string[]) => runCli(t, ["clients", "update", site.client_id, ...args]);
+      expect((await authorizeWith(t, site.client_id, "https://shop.example.jp/new-cb")).status).toBe(400);
+      const updated = json(
+        update(
+          "--add-redirect-uri",
+          "https://shop.example.jp/new-cb",
+          "--remove-redirect-uri",
+          "https://shop.example.jp/cb",
+          "--name",
+          "Shop (new)",
+          "--logo-uri",
+          "https://shop.example.jp/logo.png",
+          "--add-scope",
+          "members:read",
+          "--json",
+        ),
+      );
+      expect(updated.redirect_uris).toEqual(["https://shop.example.jp/new-cb"]);
+      expect(updated.scope.split(" ")).toContain("members:read");
+      expect(updated.logo_uri).toBe("https://shop.example.jp/logo.png");
+      const now = await authorizeWith(t, site.client_id, "https://shop.example.jp/new-cb");
+      expect(now.status).toBe(303);
+      // The removed address is refused with the error page, never redirected to.
+      const removed = await authorizeWith(t, site.client_id, "https://shop.example.jp/cb");
+      expect(removed.status).toBe(400);
+      expect(removed.headers.location).toBeUndefined();
+      // Refused, and nothing changed: a plain-http address, the last address, one not registered,
+      // an unknown scope or client, a logo over http (the CLI says why, without a stack trace).
+      const run = update("--add-redirect-uri", "http://shop.example.jp/cb");
+      expect(run.status).toBe(1);
+      expect(run.stderr).toMatch(/^sekisho: redirect URI http:\/\/shop.example.jp\/cb must be https/m);
+      const clients = new Clients({ db: t.s.db, clock: t.clock, audit: t.s.audit });
+      for (const [changes, message] of [
+        [{ removeRedirectUris: ["https://shop.example.jp/new-cb"] }, /at least one redirect URI/],
+        [{ removeRedirectUris: ["https://shop.example.jp/other"] }, /is not registered/],
+        [{ addScopes: ["admin"] }, /unknown scope admin/],
+        [{ logoUri: "http://shop.example.jp/logo.png" }, /must be https/],
+        [{ name: "  " }, /name is empty/],
+      ] as Array<[ClientChanges, RegExp]>) {
+        expect(() => clients.update(site.client_id, changes), message.source).toThrow(message);
+      }
+      expect(() => clients.update("c_madeUpAAAAAAAAAAAA", { name: "x" })).toThrow(/no client/);
+      // add holds scopes to the same list (an unknown one would break the client at every request).
+      expect(() =>
+        clients.add({ name: "x", redirectUris: ["https://x.example/cb"], scope: "openid foo" }),
+      ).toThrow(/unknown scope foo/);
+      const [listed] = json(runCli(t, ["clients", "list", "--json"]));
+      expect(listed).toMatchObject({ name: "Shop (new)", redirect_uris: ["https://shop.example.jp/new-cb"] });
+      expect(JSON.stringify(listed)).not.toMatch(/secret_hash|client_secret"/);
+      // --no-logo-uri takes the logo away; the changes are on record.
+      expect(json(update("--no-logo-uri", "--json")).logo_uri).toBeNull();
+      const changes = [...t.s.audit.iterate()].filter((e) => e.action === "client.updated");
+      expect(changes).toHaveLength(2);
+      expect(JSON.parse(changes[0]?.details ?? "{}")).toMatchObject({
+        client_id: site.client_id,
+        name: "Shop (new)",
+      });
+    } finally {
+      t.close();
+    }
+  });
+
+  it("remove ends everything issued to the site: its refresh and access tokens stop working and their rows are gone", async () => {
+    const listening = await listenWithMember("remove.member");
+    const { t } = listening;
+    try {
+      const sub = (t.s.db.$client.prepare("SELECT sub FROM members").get() as { sub: string }).sub;
+      const { site, config, refreshToken } = await memberSiteWithRefreshToken(
+        listening,
+        sub,
+        "openid profile",
+      );
+      const other = await memberSiteWithRefreshToken(listening, sub, "openid");
+      const tokens = await oidc.refreshTokenGrant(config, refreshToken);
+      expect((await oidc.fetchUserInfo(config, tokens.access_token, sub)).sub).toBe(sub);
+      const removed = json(runCli(t, ["clients", "remove", site.clientId, "--json"]));
+      expect(removed.revoked_rows).toBeGreaterThanOrEqual(3); // the grant, its refresh and access tokens
+      await expect(oidc.fetchUserInfo(config, tokens.access_token, sub)).rejects.toThrow();
+      await expect(oidc.refreshTokenGrant(config, tokens.refresh_token as string)).rejects.toThrow();
+      expect((await introspect(t, site.clientId, site.clientSecret as string, refreshToken)).status).toBe(
+        401,
+      );
+      // The other site's sign-in is untouched.
+      expect((await oidc.refreshTokenGrant(other.config, other.refreshToken)).access_token).toBeTruthy();
+      expect(
+        json(runCli(t, ["clients", "list", "--json"])).map((c: { client_id: string }) => c.client_id),
+      ).toEqual([other.site.clientId]);
+      const entry = [...t.s.audit.iterate()].find((e) => e.action === "client.removed");
+      expect(JSON.parse(entry?.details ?? "{}")).toMatchObject({ client_id: site.clientId });
+      expect(runCli(t, ["clients", "remove", site.clientId]).stderr).toMatch(/no client/);
+    } finally {
+      await listening.close();
     }
   });
 });

@@ -169,6 +169,10 @@ export const oidcClients = sqliteTable("oidc_clients", {
   clientId: text("client_id").primaryKey(),
   name: text("name").notNull(),
   secretHash: text("secret_hash"),
+  /** After `clients rotate-secret --keep-old-for`: the replaced secret's hash, accepted until
+   * `previous_secret_until` (ms) so that a site can switch without a failed request. */
+  previousSecretHash: text("previous_secret_hash"),
+  previousSecretUntil: integer("previous_secret_until"),
   /** client_secret_basic or client_secret_post for confidential clients; none for public ones. */
   tokenAuthMethod: text("token_auth_method").notNull().default("client_secret_basic"),
   redirectUris: text("redirect_uris").notNull(),

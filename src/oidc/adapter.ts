@@ -1,6 +1,6 @@
 import { createHash } from "node:crypto";
 import { LRUCache } from "lru-cache";
-import { errors, type Adapter, type AdapterFactory, type AdapterPayload } from "oidc-provider";
+import { type Adapter, type AdapterFactory, type AdapterPayload, errors } from "oidc-provider";
 import type { Clock } from "../clock.js";
 import { type Db, lazyPrepared, othersCommits } from "../db/connection.js";
 import { decryptField, encryptField } from "../vault/fields.js";
@@ -614,6 +614,51 @@ export class OidcStore {
       (key, held) => held.accountId === sub && models.has(key.slice(0, key.indexOf(" "))),
     );
     return this.#revokeAccount().run(sub).changes + dropped;
+  }
+
+  /**
+   * Everything issued to one client — its grants, their codes and tokens, its client-credentials
+   * tokens — deleted (`clients remove`). Rows don't name their client outside the encrypted
+   * payload, so the grants and client-credentials tokens are decrypted to find it: a scan, fine for
+   * an operator's command. Returns how many rows.
+   */
+  revokeClient(clientId: string): number {
+    const rows = this.#db.$client
+      .prepare<[], { model: string; id_hash: string; payload: string }>(
+        "SELECT model, id_hash, payload FROM oidc_payloads WHERE model IN ('Grant', 'ClientCredentials')",
+      )
+      .all();
+    const grants = new Set<string>();
+    const tokens: string[] = [];
+    for (const row of rows) {
+      let owner: unknown;
+      try {
+        owner = (
+          JSON.parse(
+            decryptField(this.#keys, this.#context(row.model, row.id_hash), row.payload),
+          ) as AdapterPayload
+        ).clientId;
+      } catch {
+        continue; // undecryptable: unusable as well
+      }
+      if (owner !== clientId) continue;
+      if (row.model === "Grant") grants.add(row.id_hash);
+      else tokens.push(row.id_hash);
+    }
+    let deleted = 0;
+    const issued = this.#db.$client
+      .prepare<[], string>("SELECT DISTINCT grant_id FROM oidc_payloads WHERE grant_id IS NOT NULL")
+      .pluck()
+      .all();
+    for (const grantId of issued) if (grants.has(sha256(grantId))) deleted += this.revokeByGrantId(grantId);
+    for (const idHash of grants) {
+      this.#revokedGrants.set(idHash, true);
+      deleted += this.#destroy().run("Grant", idHash).changes;
+    }
+    for (const idHash of tokens) deleted += this.#destroy().run("ClientCredentials", idHash).changes;
+    this.#cache.clear();
+    this.#owned.clear();
+    return deleted;
   }
 
   /**

@@ -1,5 +1,5 @@
 import { createHash, randomBytes, timingSafeEqual } from "node:crypto";
-import { eq, sql } from "drizzle-orm";
+import { asc, eq, sql } from "drizzle-orm";
 import type { ClientAuthMethod, ClientMetadata } from "oidc-provider";
 import type { AuditLog } from "../audit/log.js";
 import type { Clock } from "../clock.js";
@@ -44,6 +44,48 @@ export interface NewClient {
   authMethod?: "client_secret_basic" | "client_secret_post";
   postLogoutRedirectUris?: string[];
 }
+
+/** What `clients update` may change. Lists are edited (added to, taken from), not replaced. */
+export interface ClientChanges {
+  name?: string;
+  addRedirectUris?: string[];
+  removeRedirectUris?: string[];
+  addPostLogoutRedirectUris?: string[];
+  removePostLogoutRedirectUris?: string[];
+  /** A new logo URI, or null to show none. */
+  logoUri?: string | null;
+  addScopes?: string[];
+  firstParty?: boolean;
+}
+
+/** A registered client as `clients list` shows it (no secret, no hash). */
+export interface ClientSummary {
+  client_id: string;
+  name: string;
+  type: "confidential" | "public";
+  auth_method: string;
+  redirect_uris: string[];
+  post_logout_redirect_uris: string[];
+  grant_types: string[];
+  scope: string;
+  first_party: boolean;
+  logo_uri: string | null;
+  created_at: string;
+  /** Until when the secret replaced by the last rotation is still accepted (ISO 8601), if it is. */
+  previous_secret_until: string | null;
+}
+
+/** The scopes a client can be given: the provider's (see provider.ts `scopes`). */
+export const KNOWN_SCOPES = new Set([...DEFAULT_CLIENT_SCOPE.split(" "), "members:read"]);
+
+function checkScopes(scopes: readonly string[]): void {
+  for (const scope of scopes)
+    if (!KNOWN_SCOPES.has(scope))
+      throw new InputError(`unknown scope ${scope} (one of ${[...KNOWN_SCOPES].join(", ")})`);
+}
+
+/** Longest a replaced secret may stay valid after a rotation: a week. */
+export const MAX_KEEP_OLD_MINUTES = 7 * 24 * 60;
 
 /**
  * The checks every URL a site registers shares: absolute, no user name or password, https (http
@@ -114,6 +156,7 @@ export class Clients {
       const problem = validateLogoUri(input.logoUri);
       if (problem) throw new InputError(`logo URI ${input.logoUri} ${problem}`);
     }
+    checkScopes((input.scope ?? "").split(" ").filter(Boolean));
     if (input.public && input.grants?.includes("client_credentials")) {
       throw new InputError("a public client cannot use client_credentials");
     }
@@ -145,7 +188,177 @@ export class Clients {
       });
     });
     this.#known.clear();
+    this.#previous.clear();
     return { clientId, clientSecret };
+  }
+
+  /** Every registered client, oldest first. */
+  list(): ClientSummary[] {
+    const rows = this.#db.select().from(oidcClients).orderBy(asc(oidcClients.createdAt)).all();
+    const now = this.#clock.now().getTime();
+    return rows.map((row) => ({
+      client_id: row.clientId,
+      name: row.name,
+      type: row.secretHash ? "confidential" : "public",
+      auth_method: row.tokenAuthMethod,
+      redirect_uris: JSON.parse(row.redirectUris) as string[],
+      post_logout_redirect_uris: JSON.parse(row.postLogoutRedirectUris) as string[],
+      grant_types: JSON.parse(row.grantTypes) as string[],
+      scope: row.scope,
+      first_party: row.firstParty,
+      logo_uri: row.logoUri,
+      created_at: new Date(row.createdAt).toISOString(),
+      previous_secret_until:
+        row.previousSecretHash && row.previousSecretUntil !== null && row.previousSecretUntil > now
+          ? new Date(row.previousSecretUntil).toISOString()
+          : null,
+    }));
+  }
+
+  #row(clientId: string) {
+    const row = this.#byId().get({ clientId });
+    if (!row) throw new InputError(`no client ${clientId}`);
+    return row;
+  }
+
+  /**
+   * Change a client's name, redirect and logout addresses, logo, scopes or first-party flag.
+   * Scopes can only be added: tokens already issued keep the scopes they carry, so narrowing a
+   * client means registering a new one and removing this one. Returns the client as it now is.
+   */
+  update(clientId: string, changes: ClientChanges): ClientSummary {
+    const edit = (current: string[], add: string[] = [], remove: string[] = [], what: string): string[] => {
+      for (const uri of add) {
+        const problem = validateRedirectUri(uri);
+        if (problem) throw new InputError(`${what} ${uri} ${problem}`);
+      }
+      for (const uri of remove)
+        if (!current.includes(uri)) throw new InputError(`${what} ${uri} is not registered`);
+      return [...new Set([...current.filter((u) => !remove.includes(u)), ...add])];
+    };
+    if (changes.name !== undefined && changes.name.trim() === "") throw new InputError("the name is empty");
+    if (changes.logoUri) {
+      const problem = validateLogoUri(changes.logoUri);
+      if (problem) throw new InputError(`logo URI ${changes.logoUri} ${problem}`);
+    }
+    checkScopes(changes.addScopes ?? []);
+    inTransaction(this.#db, () => {
+      const row = this.#row(clientId);
+      const redirectUris = edit(
+        JSON.parse(row.redirectUris) as string[],
+        changes.addRedirectUris,
+        changes.removeRedirectUris,
+        "redirect URI",
+      );
+      if (redirectUris.length === 0) throw new InputError("a client keeps at least one redirect URI");
+      const postLogout = edit(
+        JSON.parse(row.postLogoutRedirectUris) as string[],
+        changes.addPostLogoutRedirectUris,
+        changes.removePostLogoutRedirectUris,
+        "post-logout redirect URI",
+      );
+      const scopes = row.scope.split(" ").filter(Boolean);
+      for (const scope of changes.addScopes ?? []) if (!scopes.includes(scope)) scopes.push(scope);
+      const next = {
+        name: changes.name ?? row.name,
+        redirectUris: JSON.stringify(redirectUris),
+        postLogoutRedirectUris: JSON.stringify(postLogout),
+        logoUri: changes.logoUri === undefined ? row.logoUri : changes.logoUri,
+        scope: scopes.join(" "),
+        firstParty: changes.firstParty ?? row.firstParty,
+      };
+      const changed = (Object.keys(next) as Array<keyof typeof next>).filter((k) => next[k] !== row[k]);
+      if (changed.length === 0) return;
+      this.#db.update(oidcClients).set(next).where(eq(oidcClients.clientId, clientId)).run();
+      this.#audit.append({
+        action: "client.updated",
+        outcome: "success",
+        actorType: "operator",
+        details: {
+          client_id: clientId,
+          changed: changed.map((k) => k.replace(/[A-Z]/g, (c) => `_${c.toLowerCase()}`)),
+          ...Object.fromEntries(
+            changed.map((k) => [k.replace(/[A-Z]/g, (c) => `_${c.toLowerCase()}`), next[k]]),
+          ),
+        },
+      });
+    });
+    this.#known.clear();
+    this.#previous.clear();
+    return this.list().find((c) => c.client_id === clientId) as ClientSummary;
+  }
+
+  /**
+   * A new secret for a confidential client, shown once. The old one stops working at once (a
+   * leaked secret), or stays accepted for `keepOldMinutes` more (a planned change: the site
+   * switches to the new secret meanwhile without one failed request).
+   */
+  rotateSecret(clientId: string, keepOldMinutes = 0): { clientSecret: string; oldSecretUntil: Date | null } {
+    if (!Number.isInteger(keepOldMinutes) || keepOldMinutes < 0 || keepOldMinutes > MAX_KEEP_OLD_MINUTES)
+      throw new InputError(`--keep-old-for is a whole number of minutes from 0 to ${MAX_KEEP_OLD_MINUTES}`);
+    const clientSecret = randomBytes(32).toString("base64url");
+    const until = keepOldMinutes > 0 ? this.#clock.now().getTime() + keepOldMinutes * 60_000 : null;
+    inTransaction(this.#db, () => {
+      const row = this.#row(clientId);
+      if (!row.secretHash) throw new InputError(`${clientId} is a public client: it has no secret`);
+      this.#db
+        .update(oidcClients)
+        .set({
+          secretHash: hashSecret(clientSecret),
+          previousSecretHash: until === null ? null : row.secretHash,
+          previousSecretUntil: until,
+        })
+        .where(eq(oidcClients.clientId, clientId))
+        .run();
+      this.#audit.append({
+        action: "client.secret_rotated",
+        outcome: "success",
+        actorType: "operator",
+        details: {
+          client_id: clientId,
+          old_secret_until: until === null ? null : new Date(until).toISOString(),
+        },
+      });
+    });
+    this.#known.clear();
+    this.#previous.clear();
+    return { clientSecret, oldSecretUntil: until === null ? null : new Date(until) };
+  }
+
+  /**
+   * Delete a client. `revokeGrants` runs in the same transaction and deletes the grants and
+   * tokens issued to it (see OidcStore.revokeClient); returns how many rows it deleted.
+   */
+  remove(clientId: string, revokeGrants: (clientId: string) => number): { revoked: number } {
+    let revoked = 0;
+    inTransaction(this.#db, () => {
+      const row = this.#row(clientId);
+      revoked = revokeGrants(clientId);
+      this.#db.delete(oidcClients).where(eq(oidcClients.clientId, clientId)).run();
+      this.#audit.append({
+        action: "client.removed",
+        outcome: "success",
+        actorType: "operator",
+        details: { client_id: clientId, name: row.name, revoked_rows: revoked },
+      });
+    });
+    this.#known.clear();
+    this.#previous.clear();
+    return { revoked };
+  }
+
+  /**
+   * Whether `presented` is the client's secret, or the secret its last rotation replaced while
+   * that is still accepted. (oidc-provider's compareClientSecret; constant time per hash.)
+   */
+  secretMatches(clientId: string, currentHash: string, presented: string): boolean {
+    if (secretMatches(currentHash, presented)) return true;
+    const previous = this.#previous.get(clientId);
+    return (
+      previous !== undefined &&
+      previous.until > this.#clock.now().getTime() &&
+      secretMatches(previous.hash, presented)
+    );
   }
 
   /**
@@ -154,6 +367,8 @@ export class Clients {
    * emptied when a client is added here or another process (the CLI) commits anything.
    */
   readonly #known = new Map<string, ClientMetadata>();
+  /** The replaced secrets still accepted, of the clients in #known (kept and emptied with it). */
+  readonly #previous = new Map<string, { hash: string; until: number }>();
   #knownAt = -1;
   readonly #othersCommits = lazyPrepared(() => othersCommits(this.#db));
 
@@ -162,6 +377,7 @@ export class Clients {
     const version = this.#othersCommits()();
     if (version !== this.#knownAt) {
       this.#known.clear();
+      this.#previous.clear();
       this.#knownAt = version;
     }
     const known = this.#known.get(clientId);
@@ -174,6 +390,9 @@ export class Clients {
   #read(clientId: string): ClientMetadata | undefined {
     const row = this.#byId().get({ clientId });
     if (!row) return undefined;
+    if (row.previousSecretHash && row.previousSecretUntil !== null)
+      this.#previous.set(clientId, { hash: row.previousSecretHash, until: row.previousSecretUntil });
+    else this.#previous.delete(clientId);
     const grantTypes = JSON.parse(row.grantTypes) as string[];
     return {
       client_id: row.clientId,

@@ -18,7 +18,7 @@ import { logOut } from "../sessions/member-actions.js";
 import { SESSION_COOKIE, type Session, sessionTokenFrom } from "../sessions/sessions.js";
 import type { Keyring, SigningKey } from "../vault/keyring.js";
 import type { OidcStore } from "./adapter.js";
-import { Clients, secretMatches } from "./clients.js";
+import { Clients } from "./clients.js";
 
 /**
  * The OpenID provider: panva's oidc-provider, configured for Sekisho. Our parts are the storage
@@ -466,9 +466,13 @@ export function createOidc(s: Services, opts: { clientIp: (req: IncomingMessage)
       ctx.set("Pragma", "no-cache");
     }
   });
-  // Client secrets are stored hashed: compare the presented secret's hash (constant time).
-  provider.Client.prototype.compareClientSecret = function (this: { clientSecret: string }, actual: string) {
-    return secretMatches(this.clientSecret, actual);
+  // Client secrets are stored hashed: compare the presented secret's hash (constant time), and the
+  // replaced one's while a rotation keeps it (`clients rotate-secret --keep-old-for`).
+  provider.Client.prototype.compareClientSecret = function (
+    this: { clientId: string; clientSecret: string },
+    actual: string,
+  ) {
+    return clients.secretMatches(this.clientId, this.clientSecret, actual);
   };
   provider.on("grant.revoked", (ctx: KoaContextWithOIDC, grantId: string) => {
     s.audit.append({
