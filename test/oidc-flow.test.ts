@@ -1,3 +1,4 @@
+import { createHash } from "node:crypto";
 import * as oidc from "openid-client";
 import { generateSync } from "otplib";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -207,6 +208,79 @@ describe("OIDC code flow with a real relying party (openid-client)", () => {
     expect((await oidc.refreshTokenGrant(config, tokens2.refresh_token as string)).access_token).toBeTruthy();
   });
 
+  it("two requests with one refresh token at once: the grant is revoked for both and it is recorded as reuse", async () => {
+    // Attack: the thief and the site redeem the same refresh token in the same moment.
+    const jar = new Jar();
+    await signInThroughApi(jar);
+    const tokens = await codeTokens(jar);
+    const before = [...t.s.audit.iterate()].filter((e) => e.action === "oidc.token_reused").length;
+    const results = await Promise.allSettled([
+      oidc.refreshTokenGrant(config, tokens.refresh_token as string),
+      oidc.refreshTokenGrant(config, tokens.refresh_token as string),
+    ]);
+    // At most one is answered with tokens, and those die with the family.
+    expect(results.filter((r) => r.status === "rejected").length).toBeGreaterThanOrEqual(1);
+    for (const r of results)
+      if (r.status === "fulfilled")
+        await expect(oidc.refreshTokenGrant(config, r.value.refresh_token as string)).rejects.toMatchObject({
+          error: "invalid_grant",
+        });
+      else expect(r.reason).toMatchObject({ error: "invalid_grant" });
+    const after = [...t.s.audit.iterate()].filter((e) => e.action === "oidc.token_reused");
+    expect(after.length).toBe(before + 1);
+    expect(after.at(-1)?.reason).toBe("refresh_token_reused");
+  });
+
+  it("records a refresh token found used only at the commit (used through another process) as reuse", async () => {
+    // The token is marked used in the database behind this process's back, as another server
+    // process redeeming it in the same moment would: this process answers from what it knew,
+    // finds out at the commit, revokes the grant, and records it like any other reuse.
+    const jar = new Jar();
+    await signInThroughApi(jar);
+    const tokens = await codeTokens(jar);
+    t.s.db.$client
+      .prepare("UPDATE oidc_payloads SET consumed_at = ? WHERE model = 'RefreshToken' AND id_hash = ?")
+      .run(
+        Date.now(),
+        createHash("sha256")
+          .update(tokens.refresh_token as string)
+          .digest("base64url"),
+      );
+    const before = [...t.s.audit.iterate()].filter((e) => e.action === "oidc.token_reused").length;
+    await expect(oidc.refreshTokenGrant(config, tokens.refresh_token as string)).rejects.toMatchObject({
+      error: "invalid_grant",
+    });
+    const after = [...t.s.audit.iterate()].filter((e) => e.action === "oidc.token_reused");
+    expect(after.length).toBe(before + 1);
+    expect(after.at(-1)?.reason).toBe("refresh_token_reused");
+  });
+
+  it("a member disabled behind the service's back (on the host) is signed out everywhere at once, without an error page", async () => {
+    const jar = new Jar();
+    const reg = await jar.fetch(`${issuer}/api/v1/registrations`, {
+      method: "POST",
+      headers: { "content-type": "application/json", origin: issuer },
+      body: JSON.stringify({ login_id: "oidc.disabled", password: STRONG_PASSWORD, profile: PROFILE }),
+    });
+    expect(reg.status).toBe(201);
+    const login = await jar.fetch(`${issuer}/api/v1/login`, {
+      method: "POST",
+      headers: { "content-type": "application/json", origin: issuer },
+      body: JSON.stringify({ login_id: "oidc.disabled", password: STRONG_PASSWORD }),
+    });
+    expect(login.status).toBe(200);
+    const tokens = await codeTokens(jar); // the browser now holds a provider session too
+    t.s.db.$client.prepare("UPDATE members SET status = 'disabled' WHERE login_id = ?").run("oidc.disabled");
+    expect((await jar.fetch(`${issuer}/api/v1/me`)).status).toBe(401);
+    // A site's sign-in link leads to the login page (not a 500), and the site's tokens are refused.
+    const { res } = await jar.follow((await authorize()).url, issuer);
+    expect(res.status).toBe(200);
+    expect(await res.text()).toContain('name="password"');
+    await expect(oidc.refreshTokenGrant(config, tokens.refresh_token as string)).rejects.toMatchObject({
+      error: "invalid_grant",
+    });
+  });
+
   it("revokes the whole family when a rotated refresh token is presented again", async () => {
     // Attack: a stolen refresh token is used after the legitimate client rotated it.
     const jar = new Jar();
@@ -225,9 +299,31 @@ describe("OIDC code flow with a real relying party (openid-client)", () => {
     await expect(oidc.refreshTokenGrant(config, rotated.refresh_token as string)).rejects.toMatchObject({
       error: "invalid_grant",
     });
-    // ...and the revocation is on record as a security event.
-    const revoked = [...t.s.audit.iterate()].filter((e) => e.action === "oidc.grant_revoked");
-    expect(revoked.length).toBeGreaterThan(0);
+    // ...and it is on record as the member's security event, with where it came from, and alerted:
+    // a copy of the token is in someone else's hands.
+    const member = t.s.db.$client.prepare("SELECT id FROM members WHERE login_id = ?").get("oidc.member") as {
+      id: string;
+    };
+    const reused = [...t.s.audit.iterate()].filter((e) => e.action === "oidc.token_reused").at(-1);
+    expect(reused).toMatchObject({
+      memberId: member.id,
+      actorType: "client",
+      actorId: client.clientId,
+      reason: "refresh_token_reused",
+      outcome: "failure",
+    });
+    expect(reused?.ip).toBeTruthy();
+    expect(reused?.requestId).toMatch(/\S/);
+    const alert = t.s.db.$client.prepare("SELECT details FROM alerts WHERE kind = 'token_reused'").get() as
+      | { details: string }
+      | undefined;
+    expect(JSON.parse(alert?.details ?? "{}")).toMatchObject({
+      member_id: member.id,
+      client_id: client.clientId,
+    });
+    const events = await jar.fetch(`${issuer}/api/v1/me/events`);
+    const actions = ((await events.json()) as { events: Array<{ action?: string; type?: string }> }).events;
+    expect(JSON.stringify(actions)).toContain("oidc.token_reused");
     // A first-party site signs the member in again without a consent page (a new grant is made).
     const next = await authorize();
     const { url: after } = await jar.follow(next.url, issuer);

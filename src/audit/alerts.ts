@@ -1,9 +1,10 @@
 import { desc } from "drizzle-orm";
+import type { Logger } from "pino";
 import type { Clock } from "../clock.js";
 import { type Db, inTransaction } from "../db/connection.js";
-import type { Logger } from "pino";
-import type { AlertHooks } from "./alert-hooks.js";
 import { alerts } from "../db/schema.js";
+import { requestIds } from "../logger.js";
+import type { AlertHooks } from "./alert-hooks.js";
 import type { AuditLog } from "./log.js";
 
 export type Severity = "info" | "warning" | "critical";
@@ -55,6 +56,9 @@ export class Alerts {
       action: "alert.raised",
       outcome: "info",
       actorType: "system",
+      // The member it names, and the request that raised it, so the audit filters find it.
+      memberId: typeof details.member_id === "string" ? details.member_id : null,
+      requestId: requestIds.getStore() ?? null,
       reason: kind,
       details: { alert_id: row.id, severity, ...details },
     });

@@ -202,6 +202,10 @@ export const EVENT_LABEL: Record<string, { ja: string; en: string }> = {
   "factor.recovery_codes_generated": { ja: "リカバリーコードを発行", en: "Recovery codes made" },
   "mfa.recovery_code_used": { ja: "リカバリーコードを使用", en: "Recovery code used" },
   "mfa.passkey_clone_suspected": { ja: "パスキーの複製の疑い", en: "Possible copied passkey" },
+  "oidc.token_reused": {
+    ja: "会員サイトの使用済みトークンが再び使われたため、そのサイトのサインインを終了",
+    en: "A site's used token was presented again: that site's sign-in was ended",
+  },
   "device.revoked": { ja: "信頼済み端末を削除", en: "Trusted device removed" },
   "email.verification_sent": { ja: "確認メールを送信", en: "Verification mail sent" },
   "email.verified": { ja: "メールアドレスを確認", en: "E-mail address verified" },

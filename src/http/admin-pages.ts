@@ -212,7 +212,14 @@ const ACTION_LABEL: Record<string, { ja: string; en: string }> = {
   "pii.decrypt_failed": { ja: "個人情報の復号に失敗", en: "Personal data failed to decrypt" },
   "pii.reencrypted": { ja: "個人情報を再暗号化", en: "Personal data re-encrypted" },
   "oidc.grant_revoked": { ja: "会員サイトへの許可を取り消し", en: "Member site's grant revoked" },
+  "oidc.token_reused": {
+    ja: "使用済みトークンの再使用（会員サイトへの許可を取り消し）",
+    en: "Used token presented again (site's grant revoked)",
+  },
   "client.registered": { ja: "会員サイトを登録", en: "Member site registered" },
+  "client.updated": { ja: "会員サイトの登録内容を変更", en: "Member site changed" },
+  "client.secret_rotated": { ja: "会員サイトのシークレットを更新", en: "Member site's secret replaced" },
+  "client.removed": { ja: "会員サイトを削除", en: "Member site removed" },
   "keys.rotated": { ja: "鍵を更新", en: "Keys rotated" },
   "keys.rotation_started": { ja: "鍵の更新を開始", en: "Key rotation started" },
   "keys.signing_retired": { ja: "署名鍵を廃止", en: "Signing key retired" },
@@ -252,6 +259,7 @@ const ALERT_KIND: Record<string, { ja: string; en: string }> = {
   mail_failing: { ja: "メール送信の障害", en: "Mail failing" },
   keyring_unreadable: { ja: "鍵束を読めない", en: "Keyring unreadable" },
   signing_keys_refused: { ja: "署名鍵を拒否", en: "Signing keys refused" },
+  token_reused: { ja: "使用済みトークンの再使用（盗用の疑い）", en: "Used token presented again (possible theft)" },
 };
 const SEVERITY: Record<string, { ja: string; en: string }> = {
   critical: { ja: "重大", en: "Critical" },

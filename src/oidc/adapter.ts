@@ -175,6 +175,8 @@ export class OidcStore {
    * before a revocation may try to write a token of it after. That write is refused here.
    */
   readonly #revokedGrants = new LRUCache<string, true>({ max: REVOKED_GRANTS });
+  /** The member (sub) of each grant revoked lately, for the revocation's audit entry. */
+  readonly #revokedAccounts = new LRUCache<string, string>({ max: 1_000 });
   #dataVersion = -1;
   /**
    * Deferred durability within a provider request (see `deferWithin`): the request a write is
@@ -238,6 +240,14 @@ export class OidcStore {
     this.#db.$client.prepare(
       `DELETE FROM oidc_payloads WHERE account_id = ? AND model IN (${[...GRANTABLE, ...ACCOUNT_MODELS].map((m) => `'${m}'`).join(",")})`,
     ),
+  );
+  readonly #accountOfGrant = lazyPrepared(() =>
+    this.#db.$client
+      .prepare(
+        `SELECT account_id FROM oidc_payloads
+          WHERE ((model = 'Grant' AND id_hash = ?) OR grant_id = ?) AND account_id IS NOT NULL LIMIT 1`,
+      )
+      .pluck(),
   );
   readonly #expired = lazyPrepared(() =>
     this.#db.$client.prepare("DELETE FROM oidc_payloads WHERE expires_at IS NOT NULL AND expires_at <= ?"),
@@ -587,12 +597,29 @@ export class OidcStore {
   }
 
   revokeByGrantId(grantId: string): number {
-    this.#revokedGrants.set(sha256(grantId), true);
+    const idHash = sha256(grantId);
+    this.#revokedGrants.set(idHash, true);
+    const account = this.#queue.find(
+      (q) => q.write.kind === "upsert" && q.write.held.grantId === grantId && q.write.held.accountId,
+    )?.write as { held: Held } | undefined;
+    const sub =
+      account?.held.accountId ?? (this.#accountOfGrant().get(idHash, grantId) as string | undefined) ?? null;
+    if (sub) this.#revokedAccounts.set(grantId, sub);
     const dropped = this.#forget(
       `g:${grantId}`,
       (key, held) => held.grantId === grantId && GRANTABLE.has(key.slice(0, key.indexOf(" "))),
     );
     return this.#revokeGrant().run(grantId).changes + dropped;
+  }
+
+  /** Whether this process has revoked the grant (or seen it revoked). */
+  isRevoked(grantId: string): boolean {
+    return this.#revokedGrants.has(sha256(grantId));
+  }
+
+  /** The member (sub) a grant revoked in this process belonged to, if it is known. */
+  accountOfRevokedGrant(grantId: string): string | null {
+    return this.#revokedAccounts.get(grantId) ?? null;
   }
 
   /**

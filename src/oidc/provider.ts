@@ -10,6 +10,7 @@ import { members } from "../db/schema.js";
 import { ApiError, StartupError } from "../errors.js";
 import { pageHeaders } from "../http/hosted.js";
 import { errorPage, escapeHtml, LOGOUT_CONFIRMED, langOf, loggedOutPage, logoutPage } from "../http/pages.js";
+import { requestIds } from "../logger.js";
 import { PROFILE_FIELDS, type Profile, type ProfileField } from "../members/profile.js";
 import { meets, type Requirement } from "../policy/mfa-policy.js";
 import type { Services } from "../services.js";
@@ -339,6 +340,7 @@ export function createOidc(s: Services, opts: { clientIp: (req: IncomingMessage)
                 actorId: clientId,
                 reason: `oidc_claims:${clientId}`,
                 ip: opts.clientIp(ctx.req),
+                requestId: requestIds.getStore() ?? null,
               });
             } catch (err) {
               // Past the member site's PII budget (alerted): sign-in still works, without profile claims.
@@ -438,6 +440,24 @@ export function createOidc(s: Services, opts: { clientIp: (req: IncomingMessage)
     ctx.type = "html";
     ctx.body = logoutPage(langOf(ctx.get("accept-language"), ctx.get("cookie")), form);
   };
+  /** Grants whose revocation a request has audited (grant.revoked below). */
+  const auditedRevocations = new WeakMap<object, Set<string>>();
+  /**
+   * Two requests with the same refresh token at once: the store lets one win and revokes the
+   * grant for the other (OidcStore.consume), without oidc-provider's revocation event. The loser's
+   * request audits it here as the reuse it is.
+   */
+  const auditLostRace = (ctx: ProviderContext): void => {
+    const entities = ctx.oidc?.entities as { RefreshToken?: { grantId?: string } } | undefined;
+    const grantId = entities?.RefreshToken?.grantId;
+    if (
+      ctx.path !== OIDC_ROUTES.token ||
+      (ctx.body as { error?: unknown } | undefined)?.error !== "invalid_grant"
+    )
+      return;
+    if (!grantId || !store.isRevoked(grantId) || auditedRevocations.get(ctx)?.has(grantId)) return;
+    provider.emit("grant.revoked", ctx, grantId);
+  };
   provider.use(async (ctx, next) => {
     let error: Error | null;
     try {
@@ -447,6 +467,7 @@ export function createOidc(s: Services, opts: { clientIp: (req: IncomingMessage)
     }
     if (error) answerUncommitted(ctx, error, s.logger);
     await revokeOnReplay(ctx);
+    auditLostRace(ctx);
     confirmEndSession(ctx);
     // RFC 6749 §5.2: a grant type the client isn't registered for is `unauthorized_client`;
     // oidc-provider answers `invalid_request` (the test in oidc-flow.test.ts notices if it changes).
@@ -474,14 +495,36 @@ export function createOidc(s: Services, opts: { clientIp: (req: IncomingMessage)
   ) {
     return clients.secretMatches(this.clientId, this.clientSecret, actual);
   };
+  // Every revocation names the member, why, and where from. A refresh token or code presented
+  // again after its use means a copy of it is in someone else's hands: oidc-provider revokes the
+  // grant, and Sekisho records it as the member's security event and raises an alert.
   provider.on("grant.revoked", (ctx: KoaContextWithOIDC, grantId: string) => {
+    const audited = auditedRevocations.get(ctx) ?? new Set<string>();
+    auditedRevocations.set(ctx, audited.add(grantId));
+    const clientId = ctx.oidc?.client?.clientId ?? null;
+    const reason = revocationReason(ctx);
+    const entities = ctx.oidc?.entities as { RefreshToken?: { accountId?: string } } | undefined;
+    const sub = entities?.RefreshToken?.accountId ?? store.accountOfRevokedGrant(grantId);
+    const memberId = sub ? (memberBySub().get({ sub })?.id ?? null) : null;
+    const stolen = reason === "refresh_token_reused" || reason === "code_replayed";
+    const where = { ip: opts.clientIp(ctx.req), requestId: requestIds.getStore() ?? null };
     s.audit.append({
-      action: "oidc.grant_revoked",
-      outcome: "info",
+      action: stolen ? "oidc.token_reused" : "oidc.grant_revoked",
+      outcome: stolen ? "failure" : "info",
       actorType: "client",
-      actorId: ctx.oidc?.client?.clientId ?? null,
-      details: { grant_id: grantId },
+      actorId: clientId,
+      memberId,
+      reason,
+      ...where,
+      details: { grant_id: grantId, client_id: clientId },
     });
+    if (stolen)
+      s.alerts.raise(
+        "token_reused",
+        "warning",
+        { reason, client_id: clientId, member_id: memberId, ip: where.ip },
+        `${clientId}|${memberId ?? grantId}`,
+      );
   });
   // Confirmed logout (end-session) revokes the grants of the sites signed in through this browser.
   // oidc-provider skips a grant whose tokens don't expire with the session (`persistsLogout`, set
@@ -501,7 +544,7 @@ export function createOidc(s: Services, opts: { clientIp: (req: IncomingMessage)
       logOut(
         s,
         session,
-        { ip: opts.clientIp(ctx.req), requestId: null },
+        { ip: opts.clientIp(ctx.req), requestId: requestIds.getStore() ?? null },
         {
           reason: "rp_initiated_logout",
           details: { via: "end_session", client_id: ctx.oidc?.client?.clientId ?? null },
@@ -652,6 +695,20 @@ export function cachedProviderDocuments(
  * helper (its tokens, the grant, the `grant.revoked` event and so the audit entry) and
  * `invalid_grant`.
  */
+/** Why a grant is being revoked, from the request that revokes it. */
+function revocationReason(ctx: KoaContextWithOIDC): string | null {
+  const route = ctx.oidc?.route;
+  if (route === "token") {
+    const grantType = (ctx.oidc.params as { grant_type?: unknown } | undefined)?.grant_type;
+    if (grantType === "refresh_token") return "refresh_token_reused";
+    if (grantType === "authorization_code") return "code_replayed";
+    return null;
+  }
+  if (route === "revocation") return "revoked_by_site";
+  if (route === "end_session" || route === "end_session_confirm") return "logout";
+  return null;
+}
+
 async function revokeOnReplay(ctx: ProviderContext): Promise<void> {
   const body = ctx.body as { error?: unknown } | undefined;
   const params = ctx.oidc?.params as { grant_type?: unknown; refresh_token?: unknown } | undefined;

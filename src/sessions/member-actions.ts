@@ -37,6 +37,7 @@ export const MEMBER_EVENT_ACTIONS = [
   "factor.recovery_codes_generated",
   "mfa.recovery_code_used",
   "mfa.passkey_clone_suspected",
+  "oidc.token_reused",
   "device.revoked",
   "email.verification_sent",
   "email.verified",

@@ -3,7 +3,7 @@ import { parse as parseCookies } from "cookie";
 import { and, desc, eq, gt, isNull, ne, sql } from "drizzle-orm";
 import type { Clock } from "../clock.js";
 import { type Db, lazyPrepared } from "../db/connection.js";
-import { sessions } from "../db/schema.js";
+import { members, sessions } from "../db/schema.js";
 import type { Acr, Amr } from "./levels.js";
 import { randomBytesPooled } from "../vault/random.js";
 
@@ -112,10 +112,13 @@ export class SessionService {
   /** The live session for a cookie token, or null (unknown, revoked, idle or past its lifetime). */
   authenticate(token: string): Session | null {
     if (!/^[A-Za-z0-9_-]{43}$/.test(token)) return null;
-    const row = this.#byTokenHash().get({ tokenHash: hashToken(token) });
+    const found = this.#byTokenHash().get({ tokenHash: hashToken(token) });
     const now = this.#clock.now().getTime();
+    const row = found?.session;
     if (!row || row.revokedAt !== null || row.idleExpiresAt <= now || row.absoluteExpiresAt <= now)
       return null;
+    // A disabled member's sessions stop at once, whoever disabled them and however.
+    if (found.status !== "active") return null;
     if (now - row.lastSeenAt >= TOUCH_EVERY_MS) {
       const idleExpiresAt = Math.min(now + this.idleMs, row.absoluteExpiresAt);
       this.#db.update(sessions).set({ lastSeenAt: now, idleExpiresAt }).where(eq(sessions.id, row.id)).run();
@@ -136,8 +139,9 @@ export class SessionService {
   );
   readonly #byTokenHash = lazyPrepared(() =>
     this.#db
-      .select()
+      .select({ session: sessions, status: members.status })
       .from(sessions)
+      .innerJoin(members, eq(members.id, sessions.memberId))
       .where(eq(sessions.tokenHash, sql.placeholder("tokenHash")))
       .prepare(),
   );
