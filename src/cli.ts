@@ -2,12 +2,15 @@ import fs from "node:fs";
 import path from "node:path";
 import cliProgress from "cli-progress";
 import { Command, InvalidArgumentError } from "commander";
+import { eq } from "drizzle-orm";
 import pino from "pino";
 import { type AuditEntry, AuditLog } from "./audit/log.js";
 import { systemClock } from "./clock.js";
 import { type Config, loadConfig } from "./config.js";
 import { type Db, migrateDatabase, openDatabase } from "./db/connection.js";
+import { members } from "./db/schema.js";
 import { ApiError, InputError, StartupError } from "./errors.js";
+import { resolveLoginInput } from "./members/login-id.js";
 import { wrapWeak } from "./members/wrap-weak.js";
 import { type ClientSummary, Clients } from "./oidc/clients.js";
 import { backupDatabase, restoreDatabase } from "./ops/backup.js";
@@ -397,7 +400,47 @@ export function buildCli(): Command {
       }
     });
 
+  /** The member a login ID (or member number, or member id m_…) names, or a clear error. */
+  const memberNamed = (ctx: Context, who: string) => {
+    const loginId = who.startsWith("m_") ? null : resolveLoginInput(who);
+    const row = ctx.db
+      .select({ id: members.id, loginId: members.loginId, role: members.role, status: members.status })
+      .from(members)
+      .where(loginId === null ? eq(members.id, who) : eq(members.loginId, loginId))
+      .get();
+    if (!row) throw new StartupError(`no member ${who}`);
+    return row;
+  };
+  const operator = (reason: string) => ({ adminId: null, reason, ip: null, requestId: null });
+  const reasonOption = ["--reason <text>", "why (kept in the audit log)"] as const;
   const admins = program.command("admins").description("administrators");
+  admins
+    .command("reset-mfa")
+    .description(
+      "an admin lost their passkey: remove their second factors and end their sessions; they add a new passkey at their next sign-in",
+    )
+    .argument("<login_id>", "the admin's login ID")
+    .requiredOption(...reasonOption)
+    .option("--json", "print JSON")
+    .action((who: string, opts: { reason: string; json?: boolean }) => {
+      const { ctx, services } = openServices();
+      try {
+        const member = memberNamed(ctx, who);
+        if (member.role !== "admin")
+          throw new StartupError(
+            `${who} is not an admin: members are reset through the admin API or console`,
+          );
+        const result = services.support.resetMfa(member.id, operator(opts.reason));
+        if (opts.json) out(JSON.stringify({ member_id: member.id, ...result }));
+        else
+          out(
+            `${member.loginId}: ${result.factors_removed} factor(s) removed, ${result.sessions_revoked} session(s) ended. ` +
+              "They sign in with their password and add a passkey on /account before the admin API opens again.",
+          );
+      } finally {
+        ctx.db.$client.close();
+      }
+    });
   admins
     .command("add")
     .description("create an admin member; the password is read from standard input")
@@ -427,7 +470,40 @@ export function buildCli(): Command {
       }
     });
 
-  const membersCmd = program.command("members").description("members brought in from a legacy system");
+  const membersCmd = program.command("members").description("members: disable, enable, legacy import");
+  for (const [name, status, description] of [
+    [
+      "disable",
+      "disabled",
+      "disable a member: no sign-in or recovery; every session and member-site token ends now",
+    ],
+    ["enable", "active", "enable a disabled member again (they sign in as before)"],
+  ] as const) {
+    membersCmd
+      .command(name)
+      .description(description)
+      .argument("<login_id>", "login ID, member number or member id (m_…)")
+      .requiredOption(...reasonOption)
+      .option("--json", "print JSON")
+      .action((who: string, opts: { reason: string; json?: boolean }) => {
+        const { ctx, services } = openServices();
+        try {
+          const member = memberNamed(ctx, who);
+          const result = services.support.setStatus(member.id, status, operator(opts.reason));
+          if (opts.json) out(JSON.stringify({ member_id: member.id, status, ...result }));
+          else if (!result.changed) out(`${member.loginId} (${member.id}) was already ${status}`);
+          else
+            out(
+              `${member.loginId} (${member.id}) is ${status}` +
+                (status === "disabled"
+                  ? `; ${result.sessions_revoked} session(s) and ${result.oidc_rows_revoked} member-site grant/token row(s) ended`
+                  : ""),
+            );
+        } finally {
+          ctx.db.$client.close();
+        }
+      });
+  }
   membersCmd
     .command("import")
     .description(

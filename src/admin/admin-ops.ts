@@ -184,7 +184,7 @@ export class AdminOps {
       throw new ApiError(
         403,
         "forbidden",
-        "Administrators are reset by the operator (npx sekisho), not through the admin API.",
+        "Administrators are reset by the operator (npx sekisho admins reset-mfa), not through the admin API.",
       );
     }
   }

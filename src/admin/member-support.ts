@@ -10,7 +10,8 @@ import type { DeviceRegistry } from "../sessions/devices.js";
 import type { SessionService } from "../sessions/sessions.js";
 
 export interface SupportContext {
-  adminId: string;
+  /** The admin acting, or null for the operator on the host (the `sekisho` CLI). */
+  adminId: string | null;
   reason: string;
   ip: string | null;
   requestId: string | null;
@@ -95,7 +96,48 @@ export class MemberSupport {
       this.#audit.append({
         action: "mfa.reset_by_admin",
         outcome: "info",
-        actorType: "admin",
+        actorType: ctx.adminId ? "admin" : "operator",
+        actorId: ctx.adminId,
+        memberId,
+        reason: ctx.reason,
+        ip: ctx.ip,
+        requestId: ctx.requestId,
+        details: result,
+      });
+      return result;
+    });
+  }
+
+  /**
+   * Disable a member, or enable them again (the operator's `sekisho members disable|enable`). A
+   * disabled member can't sign in or recover the account, and every session and member-site token
+   * of theirs ends in the same transaction (sessions also check the status on every request).
+   * Returns what changed; nothing when the member already had that status.
+   */
+  setStatus(
+    memberId: string,
+    status: "active" | "disabled",
+    ctx: SupportContext,
+  ): { changed: boolean; sessions_revoked: number; oidc_rows_revoked: number } {
+    return inTransaction(this.#db, () => {
+      const member = this.#db
+        .select({ sub: members.sub, status: members.status })
+        .from(members)
+        .where(eq(members.id, memberId))
+        .get();
+      if (!member) throw new Error(`no member ${memberId}`);
+      if (member.status === status) return { changed: false, sessions_revoked: 0, oidc_rows_revoked: 0 };
+      this.#db.update(members).set({ status }).where(eq(members.id, memberId)).run();
+      const result = {
+        changed: true,
+        sessions_revoked: status === "disabled" ? this.#sessions.revokeAll(memberId, "member_disabled") : 0,
+        oidc_rows_revoked: status === "disabled" ? this.#oidc.revokeAccount(member.sub) : 0,
+      };
+      if (status === "disabled") this.#tokens.voidAll(memberId, "reset_password", "change_email");
+      this.#audit.append({
+        action: status === "disabled" ? "member.disabled" : "member.enabled",
+        outcome: "info",
+        actorType: ctx.adminId ? "admin" : "operator",
         actorId: ctx.adminId,
         memberId,
         reason: ctx.reason,

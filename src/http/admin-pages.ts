@@ -217,6 +217,8 @@ const ACTION_LABEL: Record<string, { ja: string; en: string }> = {
     en: "Used token presented again (site's grant revoked)",
   },
   "client.registered": { ja: "会員サイトを登録", en: "Member site registered" },
+  "member.disabled": { ja: "会員を停止（運用者）", en: "Member disabled (operator)" },
+  "member.enabled": { ja: "会員の停止を解除（運用者）", en: "Member enabled again (operator)" },
   "client.updated": { ja: "会員サイトの登録内容を変更", en: "Member site changed" },
   "client.secret_rotated": { ja: "会員サイトのシークレットを更新", en: "Member site's secret replaced" },
   "client.removed": { ja: "会員サイトを削除", en: "Member site removed" },

@@ -1,0 +1,104 @@
+import * as oidc from "openid-client";
+import supertest from "supertest";
+import { describe, expect, it } from "vitest";
+import { adminPasskeySession, adminWithPasskey } from "./support/admin.js";
+import { makeApp, post, register, STRONG_PASSWORD, sessionCookie } from "./support/app.js";
+import { runCli } from "./support/cli.js";
+import { listenWithMember, memberSiteWithRefreshToken } from "./support/oidc.js";
+
+/** The operator's commands on the host for one member: disable, enable, an admin's MFA reset. */
+describe("sekisho members disable / enable", () => {
+  it("a disabled member is signed out everywhere at once and can't sign in until enabled again", async () => {
+    const listening = await listenWithMember("disable.me");
+    const { t } = listening;
+    try {
+      const member = t.s.db.$client.prepare("SELECT id, sub FROM members").get() as {
+        id: string;
+        sub: string;
+      };
+      const login = () =>
+        supertest(t.app)
+          .post("/api/v1/login")
+          .set("Origin", listening.issuer)
+          .set("Content-Type", "application/json")
+          .send(JSON.stringify({ login_id: "disable.me", password: STRONG_PASSWORD }));
+      const cookie = sessionCookie(await login());
+      const { config, refreshToken } = await memberSiteWithRefreshToken(listening, member.sub, "openid");
+      // The reason is required: it is what an investigator reads later.
+      expect(runCli(t, ["members", "disable", "disable.me"]).status).toBe(1);
+      const disabled = runCli(t, [
+        "members",
+        "disable",
+        "DISABLE.ME",
+        "--reason",
+        "account sold on a forum",
+        "--json",
+      ]);
+      expect(disabled.status, disabled.stderr).toBe(0);
+      expect(JSON.parse(disabled.stdout)).toMatchObject({
+        member_id: member.id,
+        status: "disabled",
+        changed: true,
+      });
+      expect((await supertest(t.app).get("/api/v1/me").set("Cookie", cookie)).status).toBe(401);
+      await expect(oidc.refreshTokenGrant(config, refreshToken)).rejects.toMatchObject({
+        error: "invalid_grant",
+      });
+      const refused = await login();
+      expect(refused.status, refused.text).toBe(401);
+      expect(refused.body.error).toBe("invalid_credentials"); // the same answer as a wrong password
+      const entry = [...t.s.audit.iterate()].find((e) => e.action === "member.disabled");
+      expect(entry).toMatchObject({
+        actorType: "operator",
+        memberId: member.id,
+        reason: "account sold on a forum",
+      });
+      // Twice is harmless; enabling lets the member sign in again.
+      expect(runCli(t, ["members", "disable", member.id, "--reason", "again"]).stdout).toMatch(
+        /already disabled/,
+      );
+      const enabled = runCli(t, ["members", "enable", "disable.me", "--reason", "owner proved identity"]);
+      expect(enabled.status, enabled.stderr).toBe(0);
+      expect((await login()).status).toBe(200);
+      expect(runCli(t, ["members", "disable", "nobody.here", "--reason", "x"]).stderr).toMatch(
+        /no member nobody.here/,
+      );
+    } finally {
+      await listening.close();
+    }
+  });
+});
+
+describe("sekisho admins reset-mfa", () => {
+  it("removes a lost admin passkey and ends the admin's sessions; members are not reset this way", async () => {
+    const t = makeApp();
+    try {
+      const { auth } = await adminWithPasskey(t);
+      const admin = await adminPasskeySession(t, auth);
+      expect((await supertest(t.app).get("/api/v1/admin/alerts").set("Cookie", admin)).status).toBe(200);
+      await register(t.app, { login_id: "plain.member" });
+      expect(runCli(t, ["admins", "reset-mfa", "plain.member", "--reason", "x"]).stderr).toMatch(
+        /not an admin/,
+      );
+      const run = runCli(t, [
+        "admins",
+        "reset-mfa",
+        "ops.admin",
+        "--reason",
+        "passkey lost with laptop",
+        "--json",
+      ]);
+      expect(run.status, run.stderr).toBe(0);
+      expect(JSON.parse(run.stdout)).toMatchObject({ factors_removed: 1 });
+      expect((await supertest(t.app).get("/api/v1/admin/alerts").set("Cookie", admin)).status).toBe(401);
+      // The lost passkey no longer signs in; the password alone reaches only the account page,
+      // where a new passkey is added before the admin API opens again.
+      const step = await post(t.app, "/api/v1/login", { login_id: "ops.admin", password: STRONG_PASSWORD });
+      expect(step.body.mfa_token).toBeUndefined();
+      const entry = [...t.s.audit.iterate()].find((e) => e.action === "mfa.reset_by_admin");
+      expect(entry).toMatchObject({ actorType: "operator", reason: "passkey lost with laptop" });
+    } finally {
+      t.close();
+    }
+  });
+});
