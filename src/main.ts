@@ -60,8 +60,9 @@ async function main(): Promise<void> {
   const server = app.listen(config.port, config.host, () => {
     writePidFile(config.dataDir);
     logger.info(
-      { url: `http://${config.host}:${config.port}`, issuer: config.issuer, data: config.dataDir },
-      "Sekisho is listening",
+      // Open the issuer's URL: the pages' forms, passkeys and member sites accept only its origin.
+      { open: config.issuer, listen: `${config.host}:${config.port}`, data: config.dataDir },
+      `Sekisho is listening: open ${config.issuer}`,
     );
   });
   server.on("error", (err) => {

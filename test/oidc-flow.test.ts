@@ -281,6 +281,25 @@ describe("OIDC code flow with a real relying party (openid-client)", () => {
     });
   });
 
+  it("an ID token reports the sign-in the member has now, not an earlier one the browser still remembers", async () => {
+    // Signed out and in again (here 10 s later): the provider's own session cookie still records
+    // the first sign-in, but acr, amr and auth_time must be the new one's.
+    const jar = new Jar();
+    await signInThroughApi(jar);
+    const first = (await codeTokens(jar)).claims();
+    const out = await jar.fetch(`${issuer}/api/v1/logout`, {
+      method: "POST",
+      headers: { "content-type": "application/json", origin: issuer },
+      body: "{}",
+    });
+    expect(out.status).toBe(204);
+    t.clock.advance(10_000);
+    await signInThroughApi(jar);
+    const second = (await codeTokens(jar)).claims();
+    expect(second?.auth_time).toBeGreaterThanOrEqual((first?.auth_time as number) + 9);
+    expect(second?.acr).toBe("urn:sekisho:acr:password");
+  });
+
   it("revokes the whole family when a rotated refresh token is presented again", async () => {
     // Attack: a stolen refresh token is used after the legitimate client rotated it.
     const jar = new Jar();

@@ -157,7 +157,10 @@ export function createOidc(s: Services, opts: { clientIp: (req: IncomingMessage)
   };
 
   // The login prompt also asks whenever the Sekisho session is missing, belongs to someone else,
-  // or is below the requested level: our session, not oidc-provider's cookie, is the truth.
+  // is below the requested level, or is another sign-in than the one the provider's session
+  // recorded (signed out and in again, stepped up, or a passkey removed): our session, not
+  // oidc-provider's cookie, is the truth, and the ID token must report its acr, amr and auth_time.
+  // The prompt completes at once from the Sekisho session when it meets the need.
   const policy = interactionPolicy.base();
   const login = policy.get("login");
   login?.checks.add(
@@ -168,7 +171,13 @@ export function createOidc(s: Services, opts: { clientIp: (req: IncomingMessage)
       (ctx) => {
         const session = sessionOf(ctx.get("cookie"));
         if (!session) return interactionPolicy.Check.REQUEST_PROMPT;
-        if (ctx.oidc.session?.accountId !== subjectOf(session.memberId))
+        const recorded = ctx.oidc.session;
+        if (recorded?.accountId !== subjectOf(session.memberId)) return interactionPolicy.Check.REQUEST_PROMPT;
+        if (
+          recorded.loginTs !== Math.floor(session.authTime / 1000) ||
+          recorded.acr !== session.acr ||
+          (recorded.amr ?? []).join(" ") !== session.amr.join(" ")
+        )
           return interactionPolicy.Check.REQUEST_PROMPT;
         const need = requirementFor(session.memberId, ctx.oidc.client?.clientId ?? null, requestedAcr(ctx));
         if (!meets(need, session.acr, session.amr)) return interactionPolicy.Check.REQUEST_PROMPT;
