@@ -100,6 +100,7 @@ const schema = z
         .int()
         .min(1)
         .max(24 * 60 * 60),
+      trustedDeviceFailures: z.number().int().min(1).max(1000),
       maxKeys: z.number().int().min(1000).max(10_000_000),
       challengeMaxNumber: z.number().int().min(10).max(10_000_000),
       mailIp: z.number().int().min(1),

@@ -288,6 +288,7 @@ describe("admin member support and PII read budgets", () => {
   it("revoke-sessions ends a member's sessions; the audit API lists it and the chain verifies", async () => {
     const id = (await register(t.app, { login_id: "taro.revoke" })).body.member_id as string;
     const cookie = await signIn(t.app, "taro.revoke");
+    const device = t.s.devices.issue(id, "browser"); // as a sign-in with a second factor leaves
     const done = await post(
       t.app,
       `/api/v1/admin/members/${id}/revoke-sessions`,
@@ -295,6 +296,9 @@ describe("admin member support and PII read budgets", () => {
       admin,
     );
     expect(done.body.sessions_revoked).toBe(1);
+    // The device the member signed in on is no longer trusted (its cookie may have gone with the session).
+    expect(done.body.devices_revoked).toBe(1);
+    expect(t.s.devices.recognise(device.token, id)).toBeNull();
     expect((await supertest(t.app).get("/api/v1/me").set("Cookie", cookie)).status).toBe(401);
     const entries = await get(`/api/v1/admin/audit?member_id=${id}`);
     expect(entries.body.entries[0]).toMatchObject({

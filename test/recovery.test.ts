@@ -927,10 +927,13 @@ describe("mail, verification and recovery against a real SMTP server", () => {
     }
   });
 
-  it("password change needs the current password, ends the other sessions, keeps this one, and tells the member", async () => {
-    await register(t.app, { login_id: "taro.change" });
+  it("password change needs the current password, ends the other sessions and trusted devices, keeps this one, and tells the member", async () => {
+    const id = (await register(t.app, { login_id: "taro.change" })).body.member_id as string;
     const here = await signIn(t.app, "taro.change");
     const elsewhere = await signIn(t.app, "taro.change");
+    // Trusted devices (as sign-ins with a second factor leave them): this browser's and another.
+    const thisDevice = t.s.devices.issue(id, "this browser");
+    const otherDevice = t.s.devices.issue(id, "a copied cookie");
     const wrong = await post(
       t.app,
       "/api/v1/me/password",
@@ -950,9 +953,11 @@ describe("mail, verification and recovery against a real SMTP server", () => {
       t.app,
       "/api/v1/me/password",
       { current_password: STRONG_PASSWORD, new_password: NEW_PASSWORD },
-      here,
+      `${here}; sekisho_device=${thisDevice.token}`,
     );
     expect(ok.status).toBe(204);
+    expect(t.s.devices.recognise(thisDevice.token, id)).not.toBeNull();
+    expect(t.s.devices.recognise(otherDevice.token, id)).toBeNull();
     expect((await supertest(t.app).get("/api/v1/me").set("Cookie", here)).status).toBe(200);
     expect((await supertest(t.app).get("/api/v1/me").set("Cookie", elsewhere)).status).toBe(401);
     await signIn(t.app, "taro.change", NEW_PASSWORD);

@@ -318,6 +318,25 @@ describe("login-anomaly engine (LoginGuard)", () => {
     expect(refusedHours).toBe(0);
   });
 
+  it("a copied trusted-device cookie buys a day's budget of guesses, not unlimited ones", () => {
+    // Attack: someone holding the member's sekisho_device cookie guesses from one address.
+    const trusted = attempt({ trustedDevice: true });
+    let admitted = 0;
+    for (let i = 0; i < 100; i++) if (fail(trusted).action === "allow") admitted++;
+    // 20 failures on the device's budget; then it is an address like any other, long past its
+    // limit for this login ID (its failures were counted all along).
+    expect(admitted).toBe(20);
+    expect(guard.assess(trusted)).toMatchObject({ action: "slow", reasons: ["ip_login_failures"] });
+    t.clock.advance(24 * 3_600_000 + 1);
+    expect(guard.assess(trusted).action).toBe("allow");
+  });
+
+  it("another login ID's failures can't spend a member's trusted-device budget", () => {
+    // Attack: fail on a login ID spelled like the budget's key, to make the victim's device untrusted.
+    for (let i = 0; i < 30; i++) fail(attempt({ loginId: "trusted|victim", ip: `198.51.100.${i}` }));
+    expect(guard.assess(attempt({ trustedDevice: true, ip: "198.51.100.200" })).action).toBe("allow");
+  });
+
   it("counts IPv6 addresses by their /64 (one host has 2^64 of them)", () => {
     for (let i = 0; i < 5; i++) fail(attempt({ ip: `2001:db8:1:2::${(i + 1).toString(16)}` }));
     const d = guard.assess(attempt({ ip: "2001:db8:1:2:ffff::9" }));

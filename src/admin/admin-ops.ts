@@ -217,6 +217,8 @@ export class AdminOps {
     const result = {
       sessions_revoked: this.s.sessions.revokeAll(member.id, "admin_revoked"),
       oidc_rows_revoked: this.s.oidcStore.revokeAccount(member.sub),
+      // Trusted devices too: whoever held a session may hold the device cookie.
+      devices_revoked: this.s.devices.revokeAllExcept(member.id, null),
     };
     this.record(c, "admin.member_sessions_revoked", { memberId: member.id, reason, details: result });
     return result;

@@ -118,7 +118,7 @@ export class MemberSupport {
     memberId: string,
     status: "active" | "disabled",
     ctx: SupportContext,
-  ): { changed: boolean; sessions_revoked: number; oidc_rows_revoked: number } {
+  ): { changed: boolean; sessions_revoked: number; oidc_rows_revoked: number; devices_revoked: number } {
     return inTransaction(this.#db, () => {
       const member = this.#db
         .select({ sub: members.sub, status: members.status })
@@ -126,12 +126,14 @@ export class MemberSupport {
         .where(eq(members.id, memberId))
         .get();
       if (!member) throw new Error(`no member ${memberId}`);
-      if (member.status === status) return { changed: false, sessions_revoked: 0, oidc_rows_revoked: 0 };
+      if (member.status === status)
+        return { changed: false, sessions_revoked: 0, oidc_rows_revoked: 0, devices_revoked: 0 };
       this.#db.update(members).set({ status }).where(eq(members.id, memberId)).run();
       const result = {
         changed: true,
         sessions_revoked: status === "disabled" ? this.#sessions.revokeAll(memberId, "member_disabled") : 0,
         oidc_rows_revoked: status === "disabled" ? this.#oidc.revokeAccount(member.sub) : 0,
+        devices_revoked: status === "disabled" ? this.#devices.revokeAllExcept(memberId, null) : 0,
       };
       if (status === "disabled") this.#tokens.voidAll(memberId, "reset_password", "change_email");
       this.#audit.append({

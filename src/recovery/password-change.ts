@@ -131,6 +131,12 @@ export class PasswordChange {
         this.#tokens.voidAll(m.id, "reset_password", "change_email");
         const sessions = this.#sessions.revokeAll(m.id, "password_changed", session.id);
         const grants = this.#oidc.revokeAccount(m.sub);
+        // Other trusted devices too: a device cookie copied with the old password must not keep
+        // its freedom from the throttle (the device the change was made on stays trusted).
+        const devices = this.#devices.revokeAllExcept(
+          m.id,
+          this.#devices.recognise(ctx.deviceToken, m.id)?.id ?? null,
+        );
         if (email) {
           this.#mailer.enqueue({
             memberId: m.id,
@@ -147,7 +153,12 @@ export class PasswordChange {
           memberId: m.id,
           ip: ctx.ip,
           requestId: ctx.requestId,
-          details: { session_id: session.id, sessions_revoked: sessions, oidc_rows_revoked: grants },
+          details: {
+            session_id: session.id,
+            sessions_revoked: sessions,
+            oidc_rows_revoked: grants,
+            devices_revoked: devices,
+          },
         });
       });
       outcome = "success";

@@ -90,6 +90,12 @@ export interface ThrottlePolicy {
    */
   overloadBacklog: number;
   overloadHoldSeconds: number;
+  /**
+   * Wrong passwords or codes a day from the member's own trusted devices, past which those devices
+   * count as untrusted until the day's count falls: the cookie buys a member freedom from lockout,
+   * not unlimited guesses for whoever copied it.
+   */
+  trustedDeviceFailures: number;
   /** Keys the in-memory counters keep (least recently used go first). */
   maxKeys: number;
   /** Proof-of-work difficulty: the largest number a solver may have to try (SHA-256 each). */
@@ -121,6 +127,7 @@ export const DEFAULT_POLICY: ThrottlePolicy = {
   attackFactor: 10,
   overloadBacklog: 32,
   overloadHoldSeconds: 60,
+  trustedDeviceFailures: 20,
   maxKeys: 250_000,
   challengeMaxNumber: 500_000,
   mailIp: 10,
@@ -168,6 +175,8 @@ export class LoginGuard {
     ipl: CounterStore;
     acct: CounterStore;
     rate: CounterStore;
+    /** Failures from a member's own trusted devices, by login ID (see #trusted). */
+    trusted: CounterStore;
   };
   /** Per login ID: attempts admitted and not settled yet (single flight: parallel attempts count). */
   readonly #inFlight = new Map<string, number>();
@@ -228,14 +237,21 @@ export class LoginGuard {
     this.#onProtect = deps.onProtect;
     this.policy = { ...DEFAULT_POLICY, ...deps.policy };
     const store = () => deps.store?.() ?? new MemoryCounterStore(WINDOWS, this.policy.maxKeys);
-    this.#counters = { ip: store(), net: store(), ipl: store(), acct: store(), rate: store() };
+    this.#counters = {
+      ip: store(),
+      net: store(),
+      ipl: store(),
+      acct: store(),
+      rate: store(),
+      trusted: store(),
+    };
     this.#global = new MemoryCounterStore([GLOBAL_WINDOW], 1);
     this.#mailGlobal = new MemoryCounterStore([GLOBAL_WINDOW], 1);
   }
 
   get trackedKeys(): number {
     const c = this.#counters;
-    return c.ip.size + c.net.size + c.ipl.size + c.acct.size + c.rate.size;
+    return c.ip.size + c.net.size + c.ipl.size + c.acct.size + c.rate.size + c.trusted.size;
   }
 
   /**
@@ -278,7 +294,7 @@ export class LoginGuard {
     const k = this.#keys(a);
     const decision = this.#decide(a, k, now);
     if (decision.action === "allow") {
-      this.#holdAll(k, 1);
+      this.#holdAll(k, 1, a);
       // An attempt on a login ID nobody has is a failure the moment it is admitted: the
       // service-wide detector counts it now, not after its dummy hash, so an attack on unknown
       // IDs is seen before a backlog of its hashes builds up (settle doesn't count it again).
@@ -297,15 +313,15 @@ export class LoginGuard {
   reassess(a: Attempt): Decision {
     const now = this.#clock.now().getTime();
     const k = this.#keys(a);
-    this.#holdAll(k, -1);
+    this.#holdAll(k, -1, a);
     let decision: Decision;
     try {
       decision = this.#decide(a, k, now);
     } catch (err) {
-      this.#holdAll(k, 1); // still held: the caller's settle() frees it
+      this.#holdAll(k, 1, a); // still held: the caller's settle() frees it
       throw err;
     }
-    if (decision.action === "allow") this.#holdAll(k, 1);
+    if (decision.action === "allow") this.#holdAll(k, 1, a);
     // Not reported to the observer: the attempt was counted as admitted (the decisions metric
     // counts each attempt once); its audit entry records the refusal.
     return decision;
@@ -336,8 +352,9 @@ export class LoginGuard {
       retry = Math.max(retry, Math.ceil(seconds));
     };
 
-    // A member on their own device is never refused: the attacker can't have that cookie.
-    if (!a.trustedDevice) {
+    // A member on their own device is never refused: the attacker can't have that cookie (and if
+    // they copied it, its day's budget of failures runs out, see #trusted).
+    if (!this.#trusted(a, k, now)) {
       const block = this.#blocked([`ip:${k.ip}`, `net:${k.net}`], now);
       if (block) raise("block", block.reason, (block.until - now) / 1000);
 
@@ -381,7 +398,17 @@ export class LoginGuard {
     return { action, reasons, retryAfterSeconds: action === "allow" ? 0 : Math.max(1, retry) };
   }
 
-  #holdAll(k: Keys, delta: 1 | -1): void {
+  /** Does the attempt come from the member's own device, with failures to spare today? */
+  #trusted(a: Attempt, k: Keys, now: number): boolean {
+    if (!a.trustedDevice || !k.account) return false;
+    const day =
+      (this.#counters.trusted.peek(k.account, now)[DAY] as number) +
+      this.#flight(`trusted_failures|${k.account}`);
+    return day < this.policy.trustedDeviceFailures;
+  }
+
+  #holdAll(k: Keys, delta: 1 | -1, a?: Attempt): void {
+    if (a?.trustedDevice && k.account) this.#hold(`trusted_failures|${k.account}`, delta);
     this.#hold(`ip_failures|${k.ip}`, delta);
     this.#hold(`network_failures|${k.net}`, delta);
     if (k.ipLogin) this.#hold(`ip_login_failures|${k.ipLogin}`, delta);
@@ -397,7 +424,7 @@ export class LoginGuard {
   settle(a: Attempt, outcome: "success" | "failure" | "neither"): void {
     const now = this.#clock.now().getTime();
     const k = this.#keys(a);
-    this.#holdAll(k, -1);
+    this.#holdAll(k, -1, a);
     if (outcome === "neither") return;
     const c = this.#counters;
     if (outcome === "success") {
@@ -408,10 +435,13 @@ export class LoginGuard {
       return;
     }
     if (!a.unknownAccount) this.#countGlobal(now); // (an unknown ID's was counted when admitted)
+    // Judged before this failure is counted: the attempt was admitted as trusted or not.
+    const trusted = this.#trusted(a, k, now);
+    if (a.trustedDevice && k.account) c.trusted.add(k.account, 1, now);
     const ip = c.ip.add(k.ip, 1, now);
     const net = c.net.add(k.net, 1, now);
     if (k.ipLogin) c.ipl.add(k.ipLogin, 1, now);
-    if (k.account && !a.trustedDevice) {
+    if (k.account && !trusted) {
       const before = c.acct.peek(k.account, now)[DAY] as number;
       const after = c.acct.add(k.account, 1, now)[DAY] as number;
       // Protect when the day's count *crosses* a multiple of the threshold (30, 60, 90, …), not on
