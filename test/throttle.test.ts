@@ -116,6 +116,51 @@ describe("login-anomaly engine (LoginGuard)", () => {
     const d = guard.assess(attempt({ ip: "203.0.113.9" }));
     expect(d.action).toBe("slow");
     expect(d.reasons).toContain("account_failures");
+    // Paying a proof-of-work buys nothing here: the account's hourly guesses stay capped.
+    expect(guard.assess(attempt({ ip: "203.0.113.9", challengeSolved: true })).action).toBe("slow");
+  });
+
+  it("a password-only member at an address they signed in from is never kept out by failures from elsewhere", () => {
+    // The member signed in from home once; then, all day, a wrong password every 6 minutes from
+    // ever new addresses (paying every proof-of-work) tries to keep the account slowed and protected.
+    const home = () => attempt({ ip: "192.0.2.77", password: "the right one", challengeSolved: true });
+    expect(guard.assess(home()).action).toBe("allow");
+    guard.settle(home(), "success");
+    for (let minute = 0; minute < 24 * 60; minute += 6) {
+      t.clock.advance(6 * 60_000);
+      fail(attempt({ ip: `203.0.113.${(minute / 6) % 250}`, challengeSolved: true }));
+      const d = guard.assess(home());
+      expect(d.action, `minute ${minute}: ${d.reasons.join(",")}`).toBe("allow");
+      guard.settle(home(), "success");
+    }
+    // Everyone else is still slowed by the account's count.
+    expect(guard.assess(attempt({ ip: "203.0.113.251", challengeSolved: true })).reasons).toContain(
+      "account_failures",
+    );
+  });
+
+  it("an address becomes known only by a completed sign-in, not by a right password with a second step due", () => {
+    // Attack: the password alone is known; its sign-ins settle as `neither`.
+    for (let i = 0; i < 10; i++) fail(attempt({ ip: `198.51.100.${i}` }));
+    const thief = attempt({ ip: "203.0.113.66" });
+    expect(guard.assess(thief).action).toBe("slow");
+    t.clock.advance(2 * 3_600_000);
+    expect(guard.assess(thief).action).toBe("allow");
+    guard.settle(thief, "neither");
+    for (let i = 0; i < 10; i++) fail(attempt({ ip: `198.51.100.${100 + i}` }));
+    expect(guard.assess(thief).action).toBe("slow");
+  });
+
+  it("wrong passwords don't slow the second step; wrong codes do", () => {
+    for (let i = 0; i < 12; i++) fail(attempt({ ip: `198.51.100.${i}`, challengeSolved: true }));
+    const second = attempt({ ip: "192.0.2.77", kind: "second_factor" });
+    expect(guard.assess(second).action).toBe("allow");
+    guard.settle(second, "neither");
+    for (let i = 0; i < 10; i++) fail(attempt({ ip: `198.51.100.${100 + i}`, kind: "second_factor" }));
+    expect(guard.assess(second)).toMatchObject({
+      action: "slow",
+      reasons: ["account_second_factor_failures"],
+    });
   });
 
   it("counts unknown login IDs exactly like known ones (the answer never says which exists)", async () => {
@@ -775,7 +820,7 @@ describe("the engine behind the HTTP API", () => {
       });
     })();
     const device = String(signedIn.headers["set-cookie"]).match(/sekisho_device=[\w-]{43}/)?.[0] as string;
-    expect(device).toBeTruthy();
+    expect(device, `${signedIn.status} ${signedIn.text}`).toBeTruthy();
 
     const verify = vi.spyOn(t.s.hasher, "verify");
     let refusedAttacker = 0;
@@ -785,7 +830,8 @@ describe("the engine behind the HTTP API", () => {
           login_id: "victim.member",
           password: `attacker guess ${hour}-${i}`,
         });
-        if (res.status === 429) refusedAttacker++;
+        // Refused outright, or asked for a proof-of-work it doesn't pay: no hash either way.
+        if (res.status === 429 || res.body.error === "challenge_required") refusedAttacker++;
       }
       expect(await pk(device), `victim at hour ${hour}`).toBe(200);
       t.clock.advance(3_600_000);

@@ -73,7 +73,7 @@ export interface ThrottlePolicy {
   blockMinutes: number;
   /** Failures per (IP, login ID) in 10 minutes before a growing pause. */
   ipLoginSlow: number;
-  /** Failures per login ID from untrusted devices: slow past `accountSlow` an hour… */
+  /** Failures per login ID from untrusted devices: a proof-of-work past `accountSlow` an hour… */
   accountSlow: number;
   /** …and protect the account past `accountProtect` a day (NIST SP 800-63B: at most 100). */
   accountProtect: number;
@@ -161,6 +161,9 @@ interface Keys {
 /** The service-wide detector looks at the last ten minutes, so a short burst alone isn't an attack. */
 const GLOBAL_WINDOW = 10 * 60_000;
 
+/** How long an address a member signed in from stays known (see LoginGuard#known). */
+const KNOWN_ADDRESS_MS = 30 * 24 * 3_600_000;
+
 export class LoginGuard {
   /** Told every decision (metrics): the kind of attempt and what was decided, with its reasons. */
   observer: ((kind: string, decision: Decision) => void) | null = null;
@@ -177,6 +180,8 @@ export class LoginGuard {
     rate: CounterStore;
     /** Failures from a member's own trusted devices, by login ID (see #trusted). */
     trusted: CounterStore;
+    /** Wrong second-step codes from untrusted devices, by login ID. */
+    mfa: CounterStore;
   };
   /** Per login ID: attempts admitted and not settled yet (single flight: parallel attempts count). */
   readonly #inFlight = new Map<string, number>();
@@ -244,6 +249,7 @@ export class LoginGuard {
       acct: store(),
       rate: store(),
       trusted: store(),
+      mfa: store(),
     };
     this.#global = new MemoryCounterStore([GLOBAL_WINDOW], 1);
     this.#mailGlobal = new MemoryCounterStore([GLOBAL_WINDOW], 1);
@@ -251,7 +257,7 @@ export class LoginGuard {
 
   get trackedKeys(): number {
     const c = this.#counters;
-    return c.ip.size + c.net.size + c.ipl.size + c.acct.size + c.rate.size + c.trusted.size;
+    return c.ip.size + c.net.size + c.ipl.size + c.acct.size + c.rate.size + c.trusted.size + c.mfa.size;
   }
 
   /**
@@ -369,10 +375,19 @@ export class LoginGuard {
       check(c.net, k.net, TEN_MIN, this.policy.netSlow, "network_failures");
       if (k.ipLogin && k.account) {
         check(c.ipl, k.ipLogin, TEN_MIN, this.policy.ipLoginSlow, "ip_login_failures");
-        check(c.acct, k.account, HOUR, this.policy.accountSlow, "account_failures");
+        if (a.kind === "second_factor") {
+          // Wrong codes, from whoever knows the password (only they get this far), slow the
+          // account's second step; wrong passwords don't, or they would lock the member out of it.
+          check(c.mfa, k.account, HOUR, this.policy.accountSlow, "account_second_factor_failures");
+        } else if (!this.#knownAddress(k, now)) {
+          // An account tried from many addresses is slowed for every untrusted device, except at
+          // an address the member signed in from lately: one failure whenever the hour's window
+          // reopens must not keep the member out of their own account from home.
+          check(c.acct, k.account, HOUR, this.policy.accountSlow, "account_failures");
+        }
       }
       if (a.kind === "password" && a.loginId !== null) {
-        const protection = this.#protection(a.loginId, now);
+        const protection = this.#knownAddress(k, now) ? null : this.#protection(a.loginId, now);
         if (protection) raise("protect", "account_protected", (protection.until - now) / 1000);
         // Past a day's worth of failures, every further password try on the account costs a
         // proof-of-work (NIST SP 800-63B's alternative to locking: the member pays a second once,
@@ -398,6 +413,18 @@ export class LoginGuard {
     return { action, reasons, retryAfterSeconds: action === "allow" ? 0 : Math.max(1, retry) };
   }
 
+  /**
+   * Addresses (an IPv4 address, an IPv6 /64) a member signed in from, by (address, login ID), with
+   * when: for 30 days the account's slow-down and protection don't apply there (its own limits
+   * do). In memory, bounded like the counters; a restart forgets them until the next sign-in.
+   */
+  readonly #known = new LRUCache<string, number>({ max: 100_000 });
+
+  #knownAddress(k: Keys, now: number): boolean {
+    const at = k.ipLogin ? this.#known.get(k.ipLogin) : undefined;
+    return at !== undefined && now - at < KNOWN_ADDRESS_MS;
+  }
+
   /** Does the attempt come from the member's own device, with failures to spare today? */
   #trusted(a: Attempt, k: Keys, now: number): boolean {
     if (!a.trustedDevice || !k.account) return false;
@@ -413,6 +440,8 @@ export class LoginGuard {
     this.#hold(`network_failures|${k.net}`, delta);
     if (k.ipLogin) this.#hold(`ip_login_failures|${k.ipLogin}`, delta);
     if (k.account) this.#hold(`account_failures|${k.account}`, delta);
+    if (a?.kind === "second_factor" && k.account)
+      this.#hold(`account_second_factor_failures|${k.account}`, delta);
   }
 
   /**
@@ -431,7 +460,12 @@ export class LoginGuard {
       // The member got in from this address: its pause for this login ID ends. The account's
       // count stays: it counts failures from anywhere, and a member signing in says nothing about
       // an attacker elsewhere (clearing it would hand that attacker fresh guesses).
-      if (k.ipLogin) c.ipl.delete(k.ipLogin);
+      if (k.ipLogin) {
+        c.ipl.delete(k.ipLogin);
+        // Only where the member got in all the way (a password with a second step due settles
+        // as `neither`): an attacker who knows the password alone can't make an address known.
+        this.#known.set(k.ipLogin, now);
+      }
       return;
     }
     if (!a.unknownAccount) this.#countGlobal(now); // (an unknown ID's was counted when admitted)
@@ -441,15 +475,19 @@ export class LoginGuard {
     const ip = c.ip.add(k.ip, 1, now);
     const net = c.net.add(k.net, 1, now);
     if (k.ipLogin) c.ipl.add(k.ipLogin, 1, now);
+    if (k.account && !trusted && a.kind === "second_factor") c.mfa.add(k.account, 1, now);
     if (k.account && !trusted) {
       const before = c.acct.peek(k.account, now)[DAY] as number;
       const after = c.acct.add(k.account, 1, now)[DAY] as number;
-      // Protect when the day's count *crosses* a multiple of the threshold (30, 60, 90, …), not on
-      // every failure past it: one failure an hour can't keep a member without a trusted device
-      // out, while a persistent guesser is stopped again every 30 failures.
+      // Protect when the day's count *reaches* the threshold, not on every failure past it nor at
+      // each multiple of it: protection refuses the member too (without a trusted device), so an
+      // attacker must not be able to keep it on. Past the threshold every further password try
+      // costs a proof-of-work instead (account_failures_day), which a persistent guesser pays
+      // for every guess and the member once.
       if (
         a.kind === "password" &&
-        Math.floor(after / this.policy.accountProtect) > Math.floor(before / this.policy.accountProtect)
+        before < this.policy.accountProtect &&
+        after >= this.policy.accountProtect
       ) {
         this.#protect(a.loginId as string, now);
       }
