@@ -13,7 +13,10 @@ const A = {
     verify: "確認",
     useRecovery: "リカバリーコードを使う",
     recoveryLabel: "リカバリーコード",
-    wrongCode: "コードが正しくありません。",
+    wrongCode:
+      "コードが正しくありません。アプリに表示されている最新のコードを入力してください（端末の時刻がずれていると合わないことがあります）。",
+    wrongRecovery: "リカバリーコードが正しくありません。使用済みのコードは使えません。",
+    codeTitle: "6桁の数字を入力してください（例：123456）",
     noFactor:
       "このサイトへのサインインには2段階認証（パスキー、または必要に応じて認証アプリ）が必要です。アカウントページで設定してから、もう一度お試しください。",
     toAccount: "アカウントページを開く",
@@ -30,6 +33,15 @@ const A = {
     passkeysHeading: "パスキー",
     noPasskeys: "パスキーはまだありません。",
     passkeyName: "パスキーの名前（任意。氏名は入れないでください）",
+    passkeyNeedsScript: "パスキーを追加するには、JavaScriptを有効にしてください。",
+    removeTotpAsk: "認証アプリを削除しますか？",
+    removePasskeyAsk: (name: string) => `パスキー「${name}」を削除しますか？`,
+    remaining: (what: string) => `削除後も使える2段階認証の方法：${what}`,
+    remainingTotp: "認証アプリ",
+    remainingPasskeys: (n: number) => `パスキー${n}個`,
+    remainingJoin: "、",
+    lastFactor: "これが最後の2段階認証の方法です。削除すると、リカバリーコードも使えなくなります。",
+    removeConfirm: "削除する",
     addPasskey: "パスキーを追加",
     rename: "名前を変更",
     lastUsed: "最終使用",
@@ -98,7 +110,10 @@ const A = {
     verify: "Verify",
     useRecovery: "Use a recovery code",
     recoveryLabel: "Recovery code",
-    wrongCode: "That code is not valid.",
+    wrongCode:
+      "That code is not valid. Enter the newest code the app shows (a device clock that is off can also cause this).",
+    wrongRecovery: "That recovery code is not valid. A code that was already used can't be used again.",
+    codeTitle: "6 digits, for example 123456",
     noFactor:
       "Signing in to this site needs two-step verification (a passkey, or an authenticator app where that is enough). Set one up on your account page, then try again.",
     toAccount: "Open your account page",
@@ -115,6 +130,15 @@ const A = {
     passkeysHeading: "Passkeys",
     noPasskeys: "No passkeys yet.",
     passkeyName: "Passkey name (optional; don't use your name)",
+    passkeyNeedsScript: "Adding a passkey needs JavaScript turned on.",
+    removeTotpAsk: "Remove the authenticator app?",
+    removePasskeyAsk: (name: string) => `Remove the passkey “${name}”?`,
+    remaining: (what: string) => `Two-step methods you keep: ${what}.`,
+    remainingTotp: "the authenticator app",
+    remainingPasskeys: (n: number) => (n === 1 ? "1 passkey" : `${n} passkeys`),
+    remainingJoin: " and ",
+    lastFactor: "This is your last two-step method. Removing it also makes your recovery codes stop working.",
+    removeConfirm: "Yes, remove it",
     addPasskey: "Add a passkey",
     rename: "Rename",
     lastUsed: "Last used",
@@ -176,6 +200,9 @@ const A = {
   },
 } as const;
 
+/** Why the sign-in page asks again (`/account/login?reauth=1`). */
+export const reauthNotice = (lang: Lang): string => A[lang].reauth;
+
 export type Notice = keyof (typeof A)["ja"]["added"];
 export type AccountError = keyof (typeof A)["ja"]["errors"];
 
@@ -234,6 +261,20 @@ export const OUTCOME_LABEL: Record<string, { ja: string; en: string }> = {
   info: { ja: "通知", en: "Notice" },
 };
 
+/** A second step typed in: the app's code or a recovery code (what a wrong code was, for the page). */
+export type CodeMethod = "totp" | "recovery_code";
+
+/**
+ * The attributes of a code field: after a wrong code only the field that was used points at the
+ * message (screen readers announce it with the field) and gets the focus; the other stays as it was.
+ */
+export const codeFieldState = (failed: CodeMethod | undefined, field: CodeMethod, errorId: string) =>
+  failed === field ? ` aria-invalid="true" aria-describedby="${errorId}" autofocus` : "";
+
+/** The 6-digit field's format, said in the page's language (else the browser's generic words). */
+export const totpInput = (title: string, extra: string) =>
+  `<input type="tel" id="code" name="code" inputmode="numeric" autocomplete="one-time-code" pattern="[0-9 ]{6,7}" maxlength="7" title="${e(title)}" required${extra}>`;
+
 export function mfaPage(opts: {
   lang: Lang;
   methods: FactorMethod[];
@@ -243,7 +284,8 @@ export function mfaPage(opts: {
   next: string;
   clientName?: string | undefined;
   stepUp?: boolean;
-  error?: boolean;
+  /** What was just refused: that field is marked (and its recovery-code box comes back open). */
+  error?: CodeMethod | undefined;
   switchHref?: string | undefined;
   /** A sign-in for a member site: where to post to give up and go back to it (no sign-in). */
   abortAction?: string | undefined;
@@ -253,8 +295,6 @@ export function mfaPage(opts: {
     opts.abortAction && opts.clientName
       ? `<form method="post" action="${e(opts.abortAction)}"><button type="submit" class="secondary">${e(a.backToSite(opts.clientName))}</button></form>`
       : "";
-  // After a wrong code the fields point at the message (screen readers announce it with them).
-  const invalid = opts.error ? ' aria-invalid="true" aria-describedby="mfa_error"' : "";
   const hidden = opts.mfaToken ? `<input type="hidden" name="mfa_token" value="${e(opts.mfaToken)}">` : "";
   const parts: string[] = [];
   if (opts.methods.includes("webauthn")) {
@@ -265,14 +305,15 @@ export function mfaPage(opts: {
   if (opts.methods.includes("totp")) {
     parts.push(`<form method="post" action="${e(opts.action)}">${hidden}<input type="hidden" name="method" value="totp">
 <label for="code">${e(a.totpLabel)}</label>
-<input type="tel" id="code" name="code" inputmode="numeric" autocomplete="one-time-code" pattern="[0-9 ]{6,7}" maxlength="7" required${opts.methods[0] === "totp" ? " autofocus" : ""}${invalid}>
+${totpInput(a.codeTitle, opts.error ? codeFieldState(opts.error, "totp", "mfa_error") : opts.methods[0] === "totp" ? " autofocus" : "")}
 <button type="submit">${e(a.verify)}</button></form>`);
   }
   if (opts.methods.includes("recovery_code")) {
-    parts.push(`<details><summary>${e(a.useRecovery)}</summary>
+    // Open again after a wrong recovery code: the member who lost the phone sees the field they used.
+    parts.push(`<details${opts.error === "recovery_code" ? " open" : ""}><summary>${e(a.useRecovery)}</summary>
 <form method="post" action="${e(opts.action)}">${hidden}<input type="hidden" name="method" value="recovery_code">
 <label for="recovery">${e(a.recoveryLabel)}</label>
-<input type="text" id="recovery" name="code" autocomplete="off" autocapitalize="none" spellcheck="false" required${invalid}>
+<input type="text" id="recovery" name="code" autocomplete="off" autocapitalize="none" spellcheck="false" required${codeFieldState(opts.error, "recovery_code", "mfa_error")}>
 <button type="submit">${e(a.verify)}</button></form></details>`);
   }
   const lead = opts.stepUp && opts.clientName ? a.stepUpLead(opts.clientName) : a.mfaLead;
@@ -280,7 +321,7 @@ export function mfaPage(opts: {
     parts.length === 0
       ? `<h1>${e(a.mfaTitle)}</h1><div class="error" role="alert">${e(a.noFactor)}</div><p><a href="/account">${e(a.toAccount)}</a></p>${abort}`
       : `<h1>${e(a.mfaTitle)}</h1><p class="lead">${e(lead)}</p>
-${opts.error ? `<div class="error" role="alert" id="mfa_error">${e(a.wrongCode)}</div>` : ""}${passkeySupport(opts.lang)}
+${opts.error ? `<div class="error" role="alert" id="mfa_error">${e(opts.error === "recovery_code" ? a.wrongRecovery : a.wrongCode)}</div>` : ""}${passkeySupport(opts.lang)}
 ${parts.join(`\n`)}${abort}`;
   return layout(opts.lang, a.mfaTitle, body, opts.switchHref, opts.methods.includes("webauthn"));
 }
@@ -325,6 +366,38 @@ const ACR_LABEL: Record<string, { ja: string; en: string }> = {
 const postButton = (action: string, label: string, cls = "secondary", about?: string) =>
   `<form method="post" action="${e(action)}" class="inline"><button type="submit" class="${cls}"${about ? ` aria-label="${e(`${label}: ${about}`)}"` : ""}>${e(label)}</button></form>`;
 
+/**
+ * Adding a passkey (the script does it): the name field comes hidden with the button, and the
+ * script shows both where the browser can make passkeys; without JavaScript a note says why not.
+ */
+const passkeyAdder = (
+  a: (typeof A)[Lang],
+) => `<div hidden data-passkey-only><label for="passkey_name">${e(a.passkeyName)}</label><input type="text" id="passkey_name" maxlength="64"></div>
+<button type="button" hidden data-passkey-register>${e(a.addPasskey)}</button>
+<noscript><p class="muted">${e(a.passkeyNeedsScript)}</p></noscript>
+<div data-recovery-codes hidden><div class="ok" role="status">${e(a.added.passkey)}</div><h2>${e(a.codesTitle)}</h2><p>${e(a.codesLead)}</p><ol class="codes"></ol><p><a href="/account?notice=passkey">${e(a.done)}</a></p></div>`;
+
+/**
+ * Removing a factor asks first, without JavaScript: the visible "remove" only opens a box that
+ * says what stays protecting the account, and holds the real button (the server still asks for a
+ * recent sign-in).
+ */
+const confirmRemove = (
+  a: (typeof A)[Lang],
+  action: string,
+  question: string,
+  left: { totp: boolean; passkeys: number },
+  about?: string,
+) => {
+  const kept = [
+    ...(left.totp ? [a.remainingTotp] : []),
+    ...(left.passkeys > 0 ? [a.remainingPasskeys(left.passkeys)] : []),
+  ];
+  return `<details class="confirm"><summary${about ? ` aria-label="${e(`${a.remove}: ${about}`)}"` : ""}>${e(a.remove)}</summary><div>
+<p><strong>${e(question)}</strong></p><p>${e(kept.length > 0 ? a.remaining(kept.join(a.remainingJoin)) : a.lastFactor)}</p>
+<form method="post" action="${e(action)}"><button type="submit" class="danger">${e(a.removeConfirm)}</button></form></div></details>`;
+};
+
 export function accountPage(lang: Lang, v: AccountView, notice?: Notice, error?: AccountError): string {
   const a = A[lang];
   const when = (iso: string | null) => (iso ? localTime(lang, iso) : a.never);
@@ -339,7 +412,7 @@ export function accountPage(lang: Lang, v: AccountView, notice?: Notice, error?:
             (
               p,
             ) => `<li><div class="item-head"><span><strong>${e(p.name)}</strong> <span class="muted">(${e(p.synced ? a.synced : a.deviceBound)}; ${e(a.lastUsed)}: ${e(when(p.lastUsedAt))})</span></span>
-${postButton(`/account/passkeys/${p.id}/remove`, a.remove, "secondary", p.name)}</div>
+${confirmRemove(a, `/account/passkeys/${p.id}/remove`, a.removePasskeyAsk(p.name), { totp: v.totp, passkeys: v.passkeys.length - 1 }, p.name)}</div>
 ${p.suspected ? `<div class="error">${e(a.suspected)}</div>` : ""}
 <form method="post" action="/account/passkeys/${e(p.id)}/rename" class="row"><label class="sr" for="n_${e(p.id)}">${e(a.rename)} (${e(p.name)})</label><input type="text" id="n_${e(p.id)}" name="name" maxlength="64" value="${e(p.name)}" required><button type="submit" class="secondary" aria-label="${e(`${a.rename}: ${p.name}`)}">${e(a.rename)}</button></form></li>`,
           )
@@ -347,22 +420,20 @@ ${p.suspected ? `<div class="error">${e(a.suspected)}</div>` : ""}
   const body = `<h1>${e(a.accountTitle)}</h1><p class="lead">${e(a.signedInAs(v.loginId))}<br><span class="muted">${e(a.level)}: ${e(ACR_LABEL[v.acr]?.[lang] ?? v.acr)}</span></p>
 ${notice ? `<div class="ok" role="status">${e(a.added[notice])}</div>` : ""}${error ? `<div class="error" role="alert">${e(a.errors[error])}</div>` : ""}
 ${passkeySupport(lang)}
-<section><h2>${e(a.passkeysHeading)}</h2>${passkeys}
-<label for="passkey_name">${e(a.passkeyName)}</label><input type="text" id="passkey_name" maxlength="64">
-<button type="button" hidden data-passkey-register>${e(a.addPasskey)}</button>
-<div data-recovery-codes hidden><div class="ok" role="status">${e(a.added.passkey)}</div><h2>${e(a.codesTitle)}</h2><p>${e(a.codesLead)}</p><ol class="codes"></ol><p><a href="/account?notice=passkey">${e(a.done)}</a></p></div></section>
-<section><h2>${e(a.totpHeading)}</h2><p>${e(v.totp ? a.totpOn : a.totpOff)}</p>
+<section id="passkeys"><h2>${e(a.passkeysHeading)}</h2>${passkeys}
+${passkeyAdder(a)}</section>
+<section id="totp"><h2>${e(a.totpHeading)}</h2><p>${e(v.totp ? a.totpOn : a.totpOff)}</p>
 ${postButton("/account/totp", v.totp ? a.totpReplace : a.totpSetup, "")}
-${v.totp ? postButton("/account/totp/remove", a.remove) : ""}</section>
+${v.totp ? confirmRemove(a, "/account/totp/remove", a.removeTotpAsk, { totp: false, passkeys: v.passkeys.length }) : ""}</section>
 ${
   v.totp || v.passkeys.length > 0
-    ? `<section><h2>${e(a.recoveryHeading)}</h2><p>${e(a.recoveryRemaining(v.recoveryCodes))}</p>${postButton("/account/recovery-codes", a.recoveryNew)}</section>`
+    ? `<section id="recovery"><h2>${e(a.recoveryHeading)}</h2><p>${e(a.recoveryRemaining(v.recoveryCodes))}</p>${postButton("/account/recovery-codes", a.recoveryNew)}</section>`
     : ""
 }
-<section><h2>${e(a.emailHeading)}</h2><p>${v.email ? `${e(v.email)} <span class="muted">(${e(v.emailVerified ? a.verified : a.unverified)})</span>` : "—"}</p>
+<section id="email"><h2>${e(a.emailHeading)}</h2><p>${v.email ? `${e(v.email)} <span class="muted">(${e(v.emailVerified ? a.verified : a.unverified)})</span>` : "—"}</p>
 ${v.email && !v.emailVerified ? postButton("/account/email/resend", a.resend) : ""}
 <form method="post" action="/account/email"><label for="new_email">${e(a.newEmail)}</label><input type="text" id="new_email" name="email" inputmode="email" autocomplete="email" autocapitalize="none" spellcheck="false" maxlength="254" required><button type="submit" class="secondary">${e(a.changeEmail)}</button></form></section>
-<section><h2>${e(a.passwordHeading)}</h2>
+<section id="password"><h2>${e(a.passwordHeading)}</h2>
 <form method="post" action="/account/password"><input type="text" name="username" autocomplete="username" value="${e(v.loginId)}" hidden>
 <label for="current_password">${e(a.currentPassword)}</label><input type="password" id="current_password" name="current_password" autocomplete="current-password" required>
 <label for="new_password">${e(a.newPassword(v.passwordMinLength))}</label><input type="password" id="new_password" name="new_password" autocomplete="new-password" required>
@@ -401,10 +472,8 @@ export function enrolPage(lang: Lang, allowed: { totp: boolean; passkey: boolean
 ${passkeySupport(lang)}
 ${
   allowed.passkey
-    ? `<section><h2>${e(a.passkeysHeading)}</h2>
-<label for="passkey_name">${e(a.passkeyName)}</label><input type="text" id="passkey_name" maxlength="64">
-<button type="button" hidden data-passkey-register>${e(a.addPasskey)}</button>
-<div data-recovery-codes hidden><div class="ok" role="status">${e(a.added.passkey)}</div><h2>${e(a.codesTitle)}</h2><p>${e(a.codesLead)}</p><ol class="codes"></ol><p><a href="/account?notice=passkey">${e(a.done)}</a></p></div></section>`
+    ? `<section id="passkeys"><h2>${e(a.passkeysHeading)}</h2>
+${passkeyAdder(a)}</section>`
     : ""
 }
 ${allowed.totp ? `<section><h2>${e(a.totpHeading)}</h2>${postButton("/account/totp", a.totpSetup, "")}</section>` : ""}
@@ -420,7 +489,7 @@ ${opts.error ? `<div class="error" role="alert" id="mfa_error">${e(a.wrongCode)}
 <p>${e(a.totpStep1)}</p><div class="qr">${opts.qrSvg}</div>
 <p>${e(a.totpKey)}: <code class="secret">${e(grouped)}</code></p>
 <form method="post" action="/account/totp/verify"><label for="code">${e(a.totpStep2)}</label>
-<input type="tel" id="code" name="code" inputmode="numeric" autocomplete="one-time-code" pattern="[0-9 ]{6,7}" maxlength="7" required autofocus>
+${totpInput(a.codeTitle, `${opts.error ? ' aria-invalid="true" aria-describedby="mfa_error"' : ""} autofocus`)}
 <button type="submit">${e(a.verify)}</button></form>
 <p class="muted"><a href="/account?lang=${lang}">${e(a.cancelTotp)}</a></p>`;
   return layout(lang, a.totpTitle, body);

@@ -70,7 +70,10 @@ const T = {
     badRequest: "入力内容を確認してください。",
     other: "English",
     consentTitle: "アクセスの許可",
-    consentLead: (client: string) => `${client} が次の情報へのアクセスを求めています:`,
+    consentLead: (client: string) => `「${client}」が、あなたの次の情報を求めています。`,
+    consentNothing: (client: string) =>
+      `「${client}」には、サインインしたことだけが伝わります（氏名などの情報は渡しません）。`,
+    consentAs: (id: string) => `ログインID「${id}」でサインインしています。`,
     allow: "許可する",
     deny: "許可しない",
     footer: "関所 Sekisho によるサインイン",
@@ -79,6 +82,9 @@ const T = {
     pageErrorTitle: "このページを表示できません",
     pageErrorLead: "お手数ですが、前のページに戻ってやり直してください。",
     errorLead: "お手数ですが、元のサイトからやり直してください。",
+    expiredTitle: "サインインの有効期限が切れました",
+    expiredMeaning: "サインインを始めてから時間がたちすぎたか、別のブラウザで開かれたため、続けられません。",
+    expiredLead: "お手数ですが、会員サイトに戻って、もう一度サインインしてください。",
     logoutTitle: "サインアウトしますか？",
     logout: "サインアウト",
     loggedOut: "サインアウトしました",
@@ -105,7 +111,10 @@ const T = {
     badRequest: "Please check what you entered.",
     other: "日本語",
     consentTitle: "Allow access",
-    consentLead: (client: string) => `${client} asks to access:`,
+    consentLead: (client: string) => `${client} asks for the following about you:`,
+    consentNothing: (client: string) =>
+      `${client} learns only that you signed in (no name or other details).`,
+    consentAs: (id: string) => `Signed in as ${id}.`,
     allow: "Allow",
     deny: "Deny",
     footer: "Sign-in by Sekisho (関所)",
@@ -114,6 +123,9 @@ const T = {
     pageErrorTitle: "This page can't be shown",
     pageErrorLead: "Please go back and try again.",
     errorLead: "Please go back to the site and try again.",
+    expiredTitle: "Your sign-in expired",
+    expiredMeaning: "The sign-in took too long, or was opened in another browser, so it can't continue.",
+    expiredLead: "Please go back to the member site and sign in again.",
     logoutTitle: "Sign out?",
     logout: "Sign out",
     loggedOut: "You are signed out",
@@ -137,21 +149,27 @@ body{margin:0;font-family:system-ui,-apple-system,"Hiragino Sans","Noto Sans JP"
 main{max-width:24rem;margin:8vh auto;background:#fff;border-radius:12px;box-shadow:0 2px 12px rgba(0,0,0,.08);padding:2rem}
 h1{font-size:1.4rem;margin:0 0 .25rem}p.lead{color:#4a5263;margin:0 0 1.5rem}
 label{display:block;font-weight:600;margin:1rem 0 .35rem}
-input[type=text],input[type=password],input[type=tel]{box-sizing:border-box;width:100%;font-size:1rem;padding:.7rem;border:1px solid #c4c9d4;border-radius:8px}
-input:focus{outline:3px solid #9ec5ff;border-color:#3b78e7}
+input[type=text],input[type=password],input[type=tel]{box-sizing:border-box;width:100%;font-size:1rem;padding:.7rem;border:1px solid #858d9c;border-radius:8px}
+input:focus{outline:2px solid #2456c9;outline-offset:1px;border-color:#2456c9}
 button{margin-top:1.5rem;width:100%;font-size:1rem;padding:.75rem;border:0;border-radius:8px;background:#2456c9;color:#fff;font-weight:600;cursor:pointer}
-button.secondary{background:#e6e9ef;color:#1d2330}
+button.secondary{background:#eef0f4;color:#1d2330;box-shadow:inset 0 0 0 1px #858d9c}
+button.danger{background:#b42318;color:#fff}
 .error{background:#fdecec;color:#8a1c1c;border-radius:8px;padding:.75rem;margin-bottom:1rem}
 .client{display:flex;align-items:center;gap:.75rem;margin-bottom:1rem}.client img{width:40px;height:40px;border-radius:8px}
+ul.scopes{padding-left:1.25rem;margin:0 0 .5rem}ul.scopes li{margin:.35rem 0}
 .sep{text-align:center;color:#5f6779;margin:1.25rem 0 0}details{margin-top:1.25rem}summary{cursor:pointer;color:#2456c9}
 section{border-top:1px solid #e6e9ef;margin-top:1.5rem;padding-top:1rem}h2{font-size:1.1rem;margin:0 0 .5rem}
 ul.plain{list-style:none;padding:0;margin:0}ul.plain li{padding:.5rem 0;border-bottom:1px solid #f0f1f4}
 .inline{display:inline}.inline button{width:auto;margin:0 0 0 .5rem;padding:.35rem .75rem;font-size:.9rem}
 section>.inline button{margin-left:0}.row{display:flex;gap:.5rem;align-items:center;margin-top:.5rem}.row input[type=text]{flex:1;min-width:0;padding:.45rem .6rem;font-size:.95rem}.row button{width:auto;margin:0;padding:.45rem .8rem;font-size:.9rem;white-space:nowrap}
-.item-head{display:flex;justify-content:space-between;align-items:baseline;gap:.5rem}
+.item-head{display:flex;flex-wrap:wrap;justify-content:space-between;align-items:baseline;gap:.5rem}.item-head>span{flex:1 1 12rem}
+details.confirm{margin:0}details.confirm>summary{display:inline-block;list-style:none;color:#1d2330;background:#eef0f4;box-shadow:inset 0 0 0 1px #858d9c;border-radius:8px;padding:.35rem .75rem;font-size:.9rem;font-weight:600;white-space:nowrap}
+details.confirm>summary::-webkit-details-marker{display:none}.item-head>details.confirm[open]{flex-basis:100%}
+details.confirm>div{margin-top:.5rem;padding:.75rem;border-radius:8px;background:#fdf3f2;box-shadow:inset 0 0 0 1px #e3b6b1}details.confirm>div p{margin:0 0 .5rem}
+details.confirm form button{margin-top:.25rem}section>details.confirm{display:inline-block;vertical-align:middle;margin-left:.5rem}section>details.confirm[open]{display:block;margin:.75rem 0 0}
 .muted{color:#5f6779;font-size:.9rem}.small{font-size:.85rem;word-break:break-word}.ok{background:#e8f5ec;color:#1d5c2e;border-radius:8px;padding:.75rem;margin-bottom:1rem}
-code.secret{word-break:break-all;font-size:1.05rem}.qr svg{width:220px;height:220px;display:block;margin:1rem auto}
-ol.codes{columns:2;font-family:ui-monospace,monospace;font-size:1.05rem}
+code.secret{font-size:1.05rem}.qr svg{width:220px;height:220px;display:block;margin:1rem auto}
+ol.codes{font-family:ui-monospace,monospace;font-size:1.05rem;line-height:1.8;padding-left:2.75em;font-variant-numeric:tabular-nums;overflow-x:auto}ol.codes li{white-space:nowrap;padding-left:.35em}
 .sr{position:absolute;width:1px;height:1px;overflow:hidden;clip:rect(0 0 0 0);white-space:nowrap}
 footer{text-align:center;color:#5f6779;font-size:.85rem;margin-top:1.5rem}footer a{color:#2456c9}`;
 
@@ -234,25 +252,53 @@ const ERROR_TEXT: Record<string, { ja: string; en: string }> = {
   },
 };
 /**
+ * What oidc-provider says (SessionNotFound, an `invalid_request`) when a sign-in's interaction or
+ * authorization can't be found in this browser any more: it expired (10 minutes), the cookies were
+ * cleared, or the link was opened in another browser. The member did nothing wrong.
+ */
+const SIGN_IN_EXPIRED = new Set([
+  "interaction session id cookie not found",
+  "interaction session not found",
+  "authorization request has expired",
+  "authorization session and cookie identifier mismatch",
+]);
+
+/**
  * Protocol errors (bad client, bad redirect_uri, expired interaction): shown, never redirected.
  * `signingOut`: an end-session error; `page`: an error on one of our own pages (the account
- * pages, the admin console), not on the way back to a member site.
+ * pages, the admin console), not on the way back to a member site; `expired`: the sign-in can't be
+ * found any more (also recognised from oidc-provider's description), said as such.
  */
 export function errorPage(
   lang: Lang,
   code: string,
   description: string,
-  opts: { signingOut?: boolean; page?: boolean } = {},
+  opts: { signingOut?: boolean; page?: boolean; expired?: boolean } = {},
 ): string {
   const t = T[lang];
-  const title = opts.page ? t.pageErrorTitle : opts.signingOut ? t.logoutErrorTitle : t.errorTitle;
-  const meaning = Object.hasOwn(ERROR_TEXT, code) ? ERROR_TEXT[code]?.[lang] : undefined;
+  const expired =
+    !opts.page &&
+    !opts.signingOut &&
+    (opts.expired ?? (code === "invalid_request" && SIGN_IN_EXPIRED.has(description)));
+  const title = opts.page
+    ? t.pageErrorTitle
+    : opts.signingOut
+      ? t.logoutErrorTitle
+      : expired
+        ? t.expiredTitle
+        : t.errorTitle;
+  const meaning = expired
+    ? t.expiredMeaning
+    : Object.hasOwn(ERROR_TEXT, code)
+      ? ERROR_TEXT[code]?.[lang]
+      : undefined;
   const detail = `<code>${e(code)}</code>${description ? ` ${e(description)}` : ""}`;
+  const lead = opts.page ? t.pageErrorLead : expired ? t.expiredLead : t.errorLead;
   return layout(
     lang,
     title,
     `<h1>${e(title)}</h1><div class="error" role="alert">${meaning ? `${e(meaning)}<br><span class="small">${detail}</span>` : detail}</div>
-<p class="lead">${e(opts.page ? t.pageErrorLead : t.errorLead)}</p>`,
+<p class="lead">${e(lead)}</p>`,
   );
 }
 
@@ -305,6 +351,8 @@ export function loginPage(opts: {
   const t = T[opts.lang];
   // The fields point at the error, so a screen reader says why when the member returns to them.
   const invalid = opts.error ? ' aria-invalid="true" aria-describedby="login_error"' : "";
+  // A wrong password keeps the login ID: the member retypes only the password, so start there.
+  const retype = opts.error === "invalid" && opts.loginId ? " autofocus" : "";
   const body = `<div class="client">${opts.logoUri ? `<img src="${e(opts.logoUri)}" alt="">` : ""}
 <div><h1>${e(t.title)}</h1><p class="lead">${e(t.lead(opts.clientName))}</p></div></div>
 ${opts.error ? `<div class="error" role="alert" id="login_error">${e(t[opts.error])}</div>` : ""}${opts.notice ? `<div class="ok" role="status">${e(opts.notice)}</div>` : ""}
@@ -313,15 +361,35 @@ ${passkeySupport(opts.lang)}
 <label for="login_id">${e(t.loginId)}</label>
 <input type="text" id="login_id" name="login_id" autocomplete="username webauthn" autocapitalize="none" spellcheck="false" required value="${e(opts.loginId ?? "")}"${invalid}>
 <label for="password">${e(t.password)}</label>
-<input type="password" id="password" name="password" autocomplete="current-password" required${invalid}>
+<input type="password" id="password" name="password" autocomplete="current-password" required${invalid}${retype}>
 ${opts.challenge ? `<altcha-widget challenge="${e(JSON.stringify(opts.challenge))}" name="challenge_solution" language="${opts.lang}"></altcha-widget>` : ""}
 <button type="submit">${e(t.submit)}</button>
 </form>
 <p class="muted"><a href="/recovery/password?lang=${opts.lang}">${e(t.forgotPassword)}</a> · <a href="/recovery/login-id?lang=${opts.lang}">${e(t.forgotLoginId)}</a></p>
-<p class="sep">${e(t.or)}</p>
+<p class="sep" hidden data-passkey-only>${e(t.or)}</p>
 <button type="button" class="secondary" hidden data-passkey-login data-next="${e(opts.next)}">${e(t.passkey)}</button>`;
   return layout(opts.lang, t.title, body, opts.switchHref, true, opts.challenge ? ALTCHA_HEAD : "");
 }
+
+/**
+ * What a site gets for each scope, in words (the claims of src/oidc/provider.ts: `profile` is
+ * name, preferred_username = the login ID, birthdate and gender). `null`: not shown on the consent
+ * page — `openid` (only that the member signed in, said when nothing else is asked), `offline_access`
+ * (changes nothing here: refresh tokens don't depend on it) and `members:read` (a site's own
+ * client-credentials scope, never a member's data).
+ */
+export const SCOPE_TEXT: Record<string, { ja: string; en: string } | null> = {
+  openid: null,
+  offline_access: null,
+  "members:read": null,
+  profile: { ja: "氏名・生年月日・性別・ログインID", en: "Your name, date of birth, gender and login ID" },
+  email: {
+    ja: "メールアドレス（確認済みかどうかを含む）",
+    en: "Your e-mail address (and whether it is verified)",
+  },
+  phone: { ja: "電話番号", en: "Your phone number" },
+  address: { ja: "住所・郵便番号", en: "Your address and postal code" },
+};
 
 export function consentPage(opts: {
   lang: Lang;
@@ -329,10 +397,22 @@ export function consentPage(opts: {
   clientName: string;
   scopes: string[];
   switchHref: string;
+  /** Who is signed in (login IDs are stored in clear), when the route knows it. */
+  loginId?: string | undefined;
 }): string {
   const t = T[opts.lang];
-  const body = `<h1>${e(t.consentTitle)}</h1><p class="lead">${e(t.consentLead(opts.clientName))}</p>
-<ul>${opts.scopes.map((sc) => `<li>${e(sc)}</li>`).join("")}</ul>
+  const items = [...new Set(opts.scopes)].flatMap((sc) => {
+    if (!Object.hasOwn(SCOPE_TEXT, sc)) return [`<li><code>${e(sc)}</code></li>`];
+    const text = SCOPE_TEXT[sc]?.[opts.lang];
+    return text ? [`<li>${e(text)}</li>`] : [];
+  });
+  const what =
+    items.length > 0
+      ? `<p class="lead">${e(t.consentLead(opts.clientName))}</p>
+<ul class="scopes">${items.join("")}</ul>`
+      : `<p class="lead">${e(t.consentNothing(opts.clientName))}</p>`;
+  const body = `<h1>${e(t.consentTitle)}</h1>${opts.loginId ? `<p class="muted">${e(t.consentAs(opts.loginId))}</p>` : ""}
+${what}
 <form method="post" action="${e(opts.action)}"><button type="submit" name="decision" value="allow">${e(t.allow)}</button>
 <button type="submit" name="decision" value="deny" class="secondary">${e(t.deny)}</button></form>`;
   return layout(opts.lang, t.consentTitle, body, opts.switchHref);

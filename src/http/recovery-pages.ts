@@ -1,5 +1,6 @@
 import type { FactorMethod } from "../factors/methods.js";
 import type { PasswordProblem } from "../passwords/rules.js";
+import { type CodeMethod, codeFieldState, totpInput } from "./account-pages.js";
 import { ALTCHA_HEAD, e, type Lang, layout, passkeySupport } from "./pages.js";
 
 /** Strings of the recovery and e-mail pages, Japanese first. */
@@ -31,7 +32,11 @@ const R = {
     verify: "確認",
     useRecovery: "リカバリーコードを使う",
     recoveryLabel: "リカバリーコード",
-    wrongCode: (left: number) => `コードが正しくありません（残り ${left} 回）。`,
+    wrongCode: (left: number) =>
+      `コードが正しくありません（残り ${left} 回）。アプリに表示されている最新のコードを入力してください。`,
+    wrongRecovery: (left: number) =>
+      `リカバリーコードが正しくありません（残り ${left} 回）。使用済みのコードは使えません。`,
+    codeTitle: "6桁の数字を入力してください（例：123456）",
     noFactor:
       "使える2段階認証の方法がありません。パスキーの停止などでお困りの場合は、サポートにお問い合わせください。",
     newTitle: "新しいパスワード",
@@ -77,7 +82,11 @@ const R = {
     verify: "Verify",
     useRecovery: "Use a recovery code",
     recoveryLabel: "Recovery code",
-    wrongCode: (left: number) => `That code is not valid (${left} tries left).`,
+    wrongCode: (left: number) =>
+      `That code is not valid (${left} tries left). Enter the newest code the app shows.`,
+    wrongRecovery: (left: number) =>
+      `That recovery code is not valid (${left} tries left). A used code can't be used again.`,
+    codeTitle: "6 digits, for example 123456",
     noFactor: "No two-step method is usable. If a passkey was suspended or lost, please contact support.",
     newTitle: "New password",
     newLead: "Choose a new password. Setting it signs you out everywhere.",
@@ -178,39 +187,53 @@ export function linkInvalidPage(lang: Lang, kind: "reset" | "verify"): string {
   );
 }
 
-/** The reset's second step: TOTP and recovery code as forms, passkey through the script. */
+/**
+ * The reset's second step: TOTP and recovery code as forms, passkey through the script (its button
+ * comes hidden: the script shows it where the browser can use passkeys). After a wrong code
+ * (`attemptsLeft`), `failed` says which field it was: that one is marked, and an open box again.
+ */
 export function resetMfaPage(
   lang: Lang,
-  opts: { token: string; methods: FactorMethod[]; attemptsLeft?: number | undefined },
+  opts: {
+    token: string;
+    methods: FactorMethod[];
+    attemptsLeft?: number | undefined;
+    failed?: CodeMethod | undefined;
+  },
 ): string {
   const r = R[lang];
   const hidden = `<input type="hidden" name="token" value="${e(opts.token)}">`;
   const action = `/recovery/reset/mfa?lang=${lang}`;
+  // A wrong code whose kind isn't known: the app's (the form most members use), if there is one.
+  const failed: CodeMethod | undefined =
+    opts.attemptsLeft === undefined
+      ? undefined
+      : (opts.failed ?? (opts.methods.includes("totp") ? "totp" : "recovery_code"));
   const parts: string[] = [];
   if (opts.methods.includes("webauthn")) {
     parts.push(
-      `<button type="button" data-passkey-reset data-reset-token="${e(opts.token)}">${e(r.passkey)}</button>
+      `<button type="button" hidden data-passkey-reset data-reset-token="${e(opts.token)}">${e(r.passkey)}</button>
 <form method="post" action="/recovery/reset/continue?lang=${lang}" data-reset-continue hidden>${hidden}<input type="hidden" name="reset_proof"></form>`,
     );
   }
   if (opts.methods.includes("totp")) {
     parts.push(`<form method="post" action="${action}">${hidden}<input type="hidden" name="method" value="totp">
 <label for="code">${e(r.totpLabel)}</label>
-<input type="tel" id="code" name="code" inputmode="numeric" autocomplete="one-time-code" pattern="[0-9 ]{6,7}" maxlength="7" required>
+${totpInput(r.codeTitle, codeFieldState(failed, "totp", "reset_error"))}
 <button type="submit">${e(r.verify)}</button></form>`);
   }
   if (opts.methods.includes("recovery_code")) {
-    parts.push(`<details><summary>${e(r.useRecovery)}</summary>
+    parts.push(`<details${failed === "recovery_code" ? " open" : ""}><summary>${e(r.useRecovery)}</summary>
 <form method="post" action="${action}">${hidden}<input type="hidden" name="method" value="recovery_code">
 <label for="recovery">${e(r.recoveryLabel)}</label>
-<input type="text" id="recovery" name="code" autocomplete="off" autocapitalize="none" spellcheck="false" required>
+<input type="text" id="recovery" name="code" autocomplete="off" autocapitalize="none" spellcheck="false" required${codeFieldState(failed, "recovery_code", "reset_error")}>
 <button type="submit">${e(r.verify)}</button></form></details>`);
   }
   const body =
     parts.length === 0
       ? `<h1>${e(r.mfaTitle)}</h1><div class="error" role="alert">${e(r.noFactor)}</div>`
       : `<h1>${e(r.mfaTitle)}</h1><p class="lead">${e(r.mfaLead)}</p>
-${opts.attemptsLeft !== undefined ? `<div class="error" role="alert">${e(r.wrongCode(opts.attemptsLeft))}</div>` : ""}${passkeySupport(lang)}
+${opts.attemptsLeft !== undefined ? `<div class="error" role="alert" id="reset_error">${e(failed === "recovery_code" ? r.wrongRecovery(opts.attemptsLeft) : r.wrongCode(opts.attemptsLeft))}</div>` : ""}${passkeySupport(lang)}
 ${parts.join("\n")}`;
   return layout(lang, r.mfaTitle, body, undefined, opts.methods.includes("webauthn"));
 }

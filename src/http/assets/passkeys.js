@@ -5,6 +5,10 @@
 //   [data-passkey-mfa]       passkey as the second step; data-mfa-token (absent: step-up by cookie)
 //   [data-passkey-register]  add a passkey from the account page; the name from #passkey_name
 //   [data-passkey-reset]     passkey as the second step of a password reset; data-reset-token
+//   [data-passkey-only]      anything else that makes sense only with the passkey script (the
+//                            "or" above the passkey button, the passkey name field): shown here
+// Every one of them comes `hidden` (without JavaScript it could do nothing) and is shown here
+// when the browser can use passkeys.
 // Messages come from data-msg-* attributes of the element marked [data-passkey-messages].
 /* global SimpleWebAuthnBrowser */
 (() => {
@@ -66,11 +70,13 @@
     });
   }
 
+  if (browserSupportsWebAuthn()) {
+    for (const el of document.querySelectorAll("[data-passkey-only]")) el.hidden = false;
+  }
+
   for (const button of document.querySelectorAll("[data-passkey-reset]")) {
-    if (!browserSupportsWebAuthn()) {
-      button.hidden = true;
-      continue;
-    }
+    if (!browserSupportsWebAuthn()) continue;
+    button.hidden = false;
     button.addEventListener("click", async () => {
       try {
         const token = button.getAttribute("data-reset-token");
@@ -108,8 +114,10 @@
         const opts = await api("/api/v1/me/passkeys/options");
         if (opts.status === 401) {
           // Adding a factor wants a recent sign-in: to the sign-in page, as the account page's
-          // own forms do, rather than a message with no way forward.
-          window.location.assign(`/account/login?reauth=1&lang=${document.documentElement.lang || "ja"}`);
+          // own forms do, rather than a message with no way forward; back to the passkeys after.
+          window.location.assign(
+            `/account/login?reauth=1&lang=${document.documentElement.lang || "ja"}&then=passkeys`,
+          );
           return;
         }
         if (!opts.ok) return say("failed");

@@ -1,30 +1,32 @@
+import { eq } from "drizzle-orm";
 import { type Request, type Response, Router } from "express";
 import QRCode from "qrcode";
 import { z } from "zod";
+import { members } from "../../db/schema.js";
 import { ApiError } from "../../errors.js";
 import { cleanPasskeyName } from "../../factors/passkeys.js";
+import { emailInput } from "../../members/profile-input.js";
 import type { Services } from "../../services.js";
 import { deviceTokenFrom } from "../../sessions/devices.js";
+import { endOwnSession, forgetOwnDevice, logOut, memberEventRows } from "../../sessions/member-actions.js";
 import { type Session, sessionTokenFrom } from "../../sessions/sessions.js";
 import {
   type AccountError,
   accountPage,
+  type CodeMethod,
   enrolPage,
   mfaPage,
   type Notice,
+  reauthNotice,
   recoveryCodesPage,
   totpEnrolPage,
 } from "../account-pages.js";
-import { eq } from "drizzle-orm";
-import { members } from "../../db/schema.js";
-import { emailInput } from "../../members/profile-input.js";
 import { clearSessionCookie, setDeviceCookie, setSessionCookie } from "../cookies.js";
 import { hostedForm, pageHeaders, reqLang } from "../hosted.js";
 import { loginForm, mfaForm, passwordStep, secondStep, subjectFor } from "../hosted-sign-in.js";
 import { locals } from "../middleware.js";
-import { type LoginError, loginPage } from "../pages.js";
+import { type Lang, type LoginError, loginPage } from "../pages.js";
 import { passkeyIdParam } from "./factors.js";
-import { endOwnSession, forgetOwnDevice, logOut, memberEventRows } from "../../sessions/member-actions.js";
 
 const codeForm = z.object({ code: z.string().min(1).max(64) });
 const nameForm = z.object({ name: z.string().max(256) });
@@ -46,6 +48,31 @@ const passwordForm = z.object({
 const iso = (ms: number | null) => (ms === null ? null : new Date(ms).toISOString());
 
 /**
+ * Where a re-authentication returns to (`?then=`): the account page's section of the change that
+ * asked for it. A fixed list of our own paths, never a URL from the request (no open redirect).
+ */
+const THEN: Record<string, string> = {
+  passkeys: "/account#passkeys",
+  totp: "/account#totp",
+  recovery: "/account#recovery",
+  email: "/account#email",
+  password: "/account#password",
+};
+/** The `then` of a change's path (the form that was refused for an old sign-in). */
+const thenOfPath = (path: string): string | undefined =>
+  path.startsWith("/account/passkeys")
+    ? "passkeys"
+    : path.startsWith("/account/totp")
+      ? "totp"
+      : path === "/account/recovery-codes"
+        ? "recovery"
+        : path.startsWith("/account/email")
+          ? "email"
+          : path === "/account/password"
+            ? "password"
+            : undefined;
+
+/**
  * The hosted account pages (`/account`): sign in (password, passkey, second step), see and manage
  * factors, sessions, devices and recent security events. Forms work without JavaScript; adding a
  * passkey needs the passkey script. Every change goes through the same services as the JSON API.
@@ -65,6 +92,18 @@ export function accountRoutes(s: Services): Router {
     return session?.kind === "full" || (opts.limited && session?.kind === "limited") ? session : null;
   };
   const backTo = (res: Response, where: string) => res.redirect(303, where);
+  /** The re-authentication's return (`?then=`), if it is one of ours. */
+  const thenOf = (req: Request): string | undefined => {
+    const then = req.query.then;
+    return typeof then === "string" && Object.hasOwn(THEN, then) ? then : undefined;
+  };
+  /** Where a finished sign-in goes: the section a re-authentication came from, else the account page. */
+  const doneTo = (req: Request) => THEN[thenOf(req) ?? ""] ?? "/account";
+  /** The query of the sign-in pages' own links and forms: language, and the re-authentication's. */
+  const signInQuery = (req: Request, l: Lang) => {
+    const then = thenOf(req);
+    return `${req.query.reauth ? "reauth=1&" : ""}lang=${l}${then ? `&then=${then}` : ""}`;
+  };
 
   const showLogin = (
     req: Request,
@@ -75,22 +114,22 @@ export function accountRoutes(s: Services): Router {
     challenge?: object,
   ) => {
     const l = lang(req);
+    const reauth = !!req.query.reauth;
+    // A re-authentication is for the member already signed in here: their login ID (stored in
+    // clear, no profile read) is filled in.
+    const current = reauth && loginId === undefined ? sessionOf(req, { limited: true }) : null;
     html(
       res,
       status,
       loginPage({
         lang: l,
-        action: `/account/login?lang=${l}`,
+        action: `/account/login?${signInQuery(req, l)}`,
         clientName: l === "ja" ? "Sekisho アカウント" : "your Sekisho account",
         error,
-        notice: req.query.reauth
-          ? l === "ja"
-            ? "もう一度サインインしてください。"
-            : "Please sign in again."
-          : undefined,
-        loginId,
-        switchHref: `/account/login?lang=${l === "ja" ? "en" : "ja"}`,
-        next: "/account",
+        notice: reauth ? reauthNotice(l) : undefined,
+        loginId: loginId ?? (current ? s.enrolment.member(current).loginId : undefined),
+        switchHref: `/account/login?${signInQuery(req, l === "ja" ? "en" : "ja")}`,
+        next: doneTo(req),
         challenge,
       }),
     );
@@ -102,9 +141,10 @@ export function accountRoutes(s: Services): Router {
     status: number,
     memberId: string,
     token?: string,
-    error = false,
+    error?: CodeMethod,
   ) => {
     const l = lang(req);
+    const then = thenOf(req);
     html(
       res,
       status,
@@ -112,8 +152,8 @@ export function accountRoutes(s: Services): Router {
         lang: l,
         methods: s.factors.methods(memberId),
         mfaToken: token,
-        action: `/account/mfa?lang=${l}`,
-        next: "/account",
+        action: `/account/mfa?lang=${l}${then ? `&then=${then}` : ""}`,
+        next: doneTo(req),
         error,
       }),
     );
@@ -133,7 +173,7 @@ export function accountRoutes(s: Services): Router {
     if (result.status === "mfa_required") return showMfa(req, res, 200, result.memberId, result.mfaToken);
     // (mfa_enrollment_required: a limited session; the account page shows only adding a factor.)
     setSessionCookie(res, result.token, s.config.secureCookies);
-    return backTo(res, "/account");
+    return backTo(res, doneTo(req));
   });
 
   r.post("/account/mfa", ...form, async (req, res) => {
@@ -148,12 +188,12 @@ export function accountRoutes(s: Services): Router {
     if (result.status === "authenticated") {
       setSessionCookie(res, result.token, s.config.secureCookies);
       if (result.deviceToken) setDeviceCookie(res, result.deviceToken, s.config.secureCookies);
-      return backTo(res, "/account");
+      return backTo(res, doneTo(req));
     }
     const memberId =
       session?.memberId ?? (body.data.mfa_token ? s.mfaTokens.find(body.data.mfa_token)?.memberId : null);
     if (!memberId) return showLogin(req, res, 401, "expired");
-    return showMfa(req, res, 401, memberId, body.data.mfa_token, true);
+    return showMfa(req, res, 401, memberId, body.data.mfa_token, body.data.method);
   });
 
   r.get("/account", (req, res) => {
@@ -252,7 +292,8 @@ export function accountRoutes(s: Services): Router {
         await handler(req, res, session);
       } catch (err) {
         if (err instanceof ApiError && err.code === "reauthentication_required") {
-          return backTo(res, `/account/login?reauth=1&lang=${lang(req)}`);
+          const then = thenOfPath(req.baseUrl + req.path);
+          return backTo(res, `/account/login?reauth=1&lang=${lang(req)}${then ? `&then=${then}` : ""}`);
         }
         if (err instanceof ApiError && err.status < 500) return backTo(res, "/account");
         throw err;

@@ -1,15 +1,17 @@
 import type { ServerResponse } from "node:http";
+import { eq } from "drizzle-orm";
 import { type Request, type Response, Router } from "express";
-import { ApiError } from "../../errors.js";
 import { errors } from "oidc-provider";
+import { members } from "../../db/schema.js";
+import { ApiError } from "../../errors.js";
+import type { FactorMethod } from "../../factors/methods.js";
 import type { Oidc } from "../../oidc/provider.js";
+import { meets, type Requirement } from "../../policy/mfa-policy.js";
 import type { Services } from "../../services.js";
 import { ACR } from "../../sessions/levels.js";
-import { meets, type Requirement } from "../../policy/mfa-policy.js";
-import type { FactorMethod } from "../../factors/methods.js";
 import type { Session } from "../../sessions/sessions.js";
+import { type CodeMethod, mfaPage } from "../account-pages.js";
 import { setDeviceCookie, setSessionCookie } from "../cookies.js";
-import { mfaPage } from "../account-pages.js";
 import { hostedForm as hostedFormGuard, pageHeaders, reqLang, sendHtml } from "../hosted.js";
 import { loginForm, mfaForm, passwordStep, secondStep, subjectFor } from "../hosted-sign-in.js";
 import { consentPage, errorPage, type Lang, type LoginError, loginPage } from "../pages.js";
@@ -49,8 +51,9 @@ export type InteractionDetails = Awaited<ReturnType<Oidc["provider"]["interactio
 /**
  * The login (or consent) page of an interaction, for the interaction routes and the form lane
  * (src/http/form-lane.ts) alike: written on the plain response, so both send the same bytes.
+ * `loginIdOf` (a subject's login ID, stored in clear) lets the consent page say who is signed in.
  */
-export function loginPages(oidc: Oidc) {
+export function loginPages(oidc: Oidc, loginIdOf?: (sub: string) => string | undefined) {
   const { provider } = oidc;
   const clientView = async (clientId: string | undefined) => {
     const client = clientId ? await provider.Client.find(clientId) : undefined;
@@ -79,10 +82,18 @@ export function loginPages(oidc: Oidc) {
       const scopes = String(details.params.scope ?? "")
         .split(" ")
         .filter(Boolean);
+      const sub = details.session?.accountId;
       sendHtml(
         res,
         status,
-        consentPage({ lang, action: `${base}/consent`, clientName: client.name, scopes, switchHref }),
+        consentPage({
+          lang,
+          action: `${base}/consent`,
+          clientName: client.name,
+          scopes,
+          switchHref,
+          loginId: sub && loginIdOf ? loginIdOf(sub) : undefined,
+        }),
       );
       return;
     }
@@ -117,7 +128,12 @@ export function interactionRoutes(s: Services, oidc: Oidc): Router {
 
   const hostedForm = hostedFormGuard(s.config.issuerOrigin);
 
-  const { clientView, renderLoginOrConsent } = loginPages(oidc);
+  // Only the login ID (stored in clear): no profile field is read for the consent page.
+  const { clientView, renderLoginOrConsent } = loginPages(
+    oidc,
+    (sub) =>
+      s.db.select({ loginId: members.loginId }).from(members).where(eq(members.sub, sub)).get()?.loginId,
+  );
 
   type Details = { params: Record<string, unknown>; prompt: { reasons: string[] }; iat?: number };
   /** What this member's sign-in must reach here: the MFA policies (global, site, admins') and acr_values. */
@@ -176,7 +192,7 @@ export function interactionRoutes(s: Services, oidc: Oidc): Router {
     req: Request,
     res: Response,
     status: number,
-    opts: { methods: FactorMethod[]; mfaToken?: string; stepUp?: boolean; error?: boolean },
+    opts: { methods: FactorMethod[]; mfaToken?: string; stepUp?: boolean; error?: CodeMethod },
   ) => {
     const details = await provider.interactionDetails(req, res);
     const client = await clientView(details.params.client_id as string | undefined);
@@ -195,8 +211,11 @@ export function interactionRoutes(s: Services, oidc: Oidc): Router {
           next: base,
           clientName: client.name,
           stepUp: opts.stepUp ?? false,
-          error: opts.error ?? false,
+          error: opts.error,
           abortAction: `${base}/abort?lang=${lang}`,
+          // A step-up is shown again by the interaction's own address (its session cookie is the
+          // subject); a second step after the password is not (its token rides in the form).
+          ...(opts.stepUp ? { switchHref: `${base}?lang=${lang === "ja" ? "en" : "ja"}` } : {}),
         }),
       );
   };
@@ -290,7 +309,7 @@ export function interactionRoutes(s: Services, oidc: Oidc): Router {
       return renderMfa(req, res, 401, {
         methods,
         ...("mfaToken" in subject ? { mfaToken: subject.mfaToken } : { stepUp: true }),
-        error: true,
+        error: form.data.method,
       });
     }
     setSessionCookie(res, result.token, s.config.secureCookies);
@@ -348,7 +367,12 @@ export function interactionRoutes(s: Services, oidc: Oidc): Router {
     res
       .status(err.statusCode ?? 400)
       .type("html")
-      .send(errorPage(reqLang(req), err.error, err.error_description ?? ""));
+      .send(
+        errorPage(reqLang(req), err.error, err.error_description ?? "", {
+          // The interaction expired, or its cookie is in another browser: not the member's mistake.
+          expired: err instanceof errors.SessionNotFound,
+        }),
+      );
   });
 
   return r;

@@ -121,7 +121,13 @@ export function recoveryPageRoutes(s: Services): Router {
   });
 
   /** The reset link: the second step if one is due, else the new-password form. Spends nothing. */
-  const showReset = (req: Request, res: Response, token: unknown, attemptsLeft?: number) => {
+  const showReset = (
+    req: Request,
+    res: Response,
+    token: unknown,
+    attemptsLeft?: number,
+    failed?: "totp" | "recovery_code",
+  ) => {
     const l = lang(req);
     let state: ReturnType<typeof s.recovery.check>;
     try {
@@ -135,7 +141,7 @@ export function recoveryPageRoutes(s: Services): Router {
       return html(
         res,
         attemptsLeft === undefined ? 200 : 401,
-        resetMfaPage(l, { token: token as string, methods: state.methods, attemptsLeft }),
+        resetMfaPage(l, { token: token as string, methods: state.methods, attemptsLeft, failed }),
       );
     }
     html(res, 200, newPasswordPage(l, { token: token as string, minLength }));
@@ -152,7 +158,7 @@ export function recoveryPageRoutes(s: Services): Router {
     let resetProof: string | null;
     try {
       const result = await s.recovery.passFactor(token, { method, code }, ctx(req, res));
-      if (result.status === "failed") return showReset(req, res, token, result.attemptsLeft);
+      if (result.status === "failed") return showReset(req, res, token, result.attemptsLeft, method);
       resetProof = result.resetProof;
     } catch (err) {
       if (err instanceof ApiError && err.code === "invalid_token")
