@@ -118,6 +118,25 @@ describe("password sign-in", () => {
     expect((await supertest(t.app).get("/api/v1/me").set("Cookie", busy)).status).toBe(401);
   });
 
+  it("a one-minute idle timeout is still extended by a member who is active", async () => {
+    const short = makeApp({ SEKISHO_SESSION_IDLE_MINUTES: "1" });
+    try {
+      await register(short.app, { login_id: "quick.member" });
+      const cookie = await signIn(short.app, "quick.member");
+      for (let i = 0; i < 9; i++) {
+        short.clock.advance(20_000);
+        expect(
+          (await supertest(short.app).get("/api/v1/me").set("Cookie", cookie)).status,
+          `after ${(i + 1) * 20} s`,
+        ).toBe(200);
+      }
+      short.clock.advance(61_000);
+      expect((await supertest(short.app).get("/api/v1/me").set("Cookie", cookie)).status).toBe(401);
+    } finally {
+      short.close();
+    }
+  });
+
   it("logout revokes the session server-side and clears the cookie", async () => {
     const cookie = await signIn(t.app, "hanako");
     const res = await post(t.app, "/api/v1/logout", {}, cookie);

@@ -123,6 +123,20 @@ describe("TOTP enrolment and sign-in", () => {
     recovery = done.body.recovery_codes;
     t.clock.advance(31_000); // the enrolment code's step is spent
   });
+
+  it("a sign-in that asks for the second step ends the session this browser presented at once", async () => {
+    // A shared browser: the member signed in before (the session `cookie`); someone starts a new
+    // sign-in there and stops after the password. The earlier session must not live on.
+    expect((await supertest(t.app).get("/api/v1/me").set("Cookie", cookie)).status).toBe(200);
+    const res = await post(
+      t.app,
+      "/api/v1/login",
+      { login_id: "taro.mfa", password: STRONG_PASSWORD },
+      cookie,
+    );
+    expect(res.body.status).toBe("mfa_required");
+    expect((await supertest(t.app).get("/api/v1/me").set("Cookie", cookie)).status).toBe(401);
+  });
   afterEach(() => t.close());
 
   it("stores the secret only encrypted, and never logs it", async () => {

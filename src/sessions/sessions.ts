@@ -4,8 +4,8 @@ import { and, desc, eq, gt, isNull, ne, sql } from "drizzle-orm";
 import type { Clock } from "../clock.js";
 import { type Db, lazyPrepared } from "../db/connection.js";
 import { members, sessions } from "../db/schema.js";
-import type { Acr, Amr } from "./levels.js";
 import { randomBytesPooled } from "../vault/random.js";
+import type { Acr, Amr } from "./levels.js";
 
 /**
  * Member sessions. The cookie carries a 256-bit random token; the database stores only its
@@ -119,7 +119,9 @@ export class SessionService {
       return null;
     // A disabled member's sessions stop at once, whoever disabled them and however.
     if (found.status !== "active") return null;
-    if (now - row.lastSeenAt >= TOUCH_EVERY_MS) {
+    // At most once a minute, and at least four times per idle window (a 1-minute idle timeout
+    // must still be extended by a member who is active).
+    if (now - row.lastSeenAt >= Math.min(TOUCH_EVERY_MS, this.idleMs / 4)) {
       const idleExpiresAt = Math.min(now + this.idleMs, row.absoluteExpiresAt);
       this.#db.update(sessions).set({ lastSeenAt: now, idleExpiresAt }).where(eq(sessions.id, row.id)).run();
       row.lastSeenAt = now;

@@ -1,23 +1,23 @@
 import { eq, sql } from "drizzle-orm";
+import type { Honeytokens } from "../audit/honeytokens.js";
 import type { AuditLog } from "../audit/log.js";
 import type { Clock } from "../clock.js";
-import type { LegacyPasswords } from "../members/legacy-passwords.js";
-import { type LegacyHash, verifyLegacy } from "../passwords/legacy.js";
-import type { Honeytokens } from "../audit/honeytokens.js";
 import { type Db, inTransaction, lazyPrepared } from "../db/connection.js";
 import { members } from "../db/schema.js";
 import { ApiError } from "../errors.js";
+import { type FactorMethod, type Factors, methodsOf } from "../factors/methods.js";
+import type { LegacyPasswords } from "../members/legacy-passwords.js";
 import { resolveLoginInput } from "../members/login-id.js";
 import type { PasswordHasher } from "../passwords/hasher.js";
+import { type LegacyHash, verifyLegacy } from "../passwords/legacy.js";
 import { WithdrawnJob } from "../passwords/queue.js";
-import { type FactorMethod, type Factors, methodsOf } from "../factors/methods.js";
+import type { MfaPolicies, PolicyMethod } from "../policy/mfa-policy.js";
 import type { Attempt, Decision, LoginGuard } from "../throttle/engine.js";
 import type { ProofOfWork } from "../throttle/proof-of-work.js";
-import type { DeviceRegistry } from "./devices.js";
 import { blindIndex } from "../vault/blind-index.js";
 import type { KeyringStore } from "../vault/keyring.js";
+import type { DeviceRegistry } from "./devices.js";
 import { ACR } from "./levels.js";
-import type { MfaPolicies, PolicyMethod } from "../policy/mfa-policy.js";
 import type { MfaTokens } from "./mfa-tokens.js";
 import type { Session, SessionService } from "./sessions.js";
 
@@ -365,7 +365,10 @@ export class PasswordSignIn {
       if (enrolled) {
         // The password was right; the second step is due. No session yet, not even a limited one.
         // (`methods` may be empty: every factor suspended and no recovery code left; then only
-        // account recovery helps, never the password alone.)
+        // account recovery helps, never the password alone.) The session this browser presented
+        // ends now, not when the second step is done: someone else signing in on a shared
+        // browser must not leave the previous member signed in if they stop halfway.
+        if (ctx.previousToken) this.#revokePrevious(ctx.previousToken);
         const mfaToken = this.#mfaTokens.issue(member.id);
         this.#audit.append({
           action: "login.password",
