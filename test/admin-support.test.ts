@@ -285,6 +285,35 @@ describe("admin member support and PII read budgets", () => {
     expect(viaCode.headers["set-cookie"]).toBeUndefined();
   });
 
+  it("a member lookup another site links to is not run: it can't spend the admin's PII budget", async () => {
+    // Attack: a page sends the admin links to lookups (e-mail addresses shared by many decoy
+    // registrations) to burn the admin's budget and set off a false alarm.
+    await register(t.app, { login_id: "taro.linked" });
+    const reads = () => [...t.s.audit.iterate()].filter((e) => e.action === "pii.read").length;
+    const before = reads();
+    const api = await get(`/api/v1/admin/members?email=${encodeURIComponent(PROFILE.email)}`).set(
+      "Sec-Fetch-Site",
+      "cross-site",
+    );
+    expect(api.status).toBe(403);
+    expect(api.body.error).toBe("forbidden_origin");
+    const page = await get(`/admin/members?q=${encodeURIComponent(PROFILE.email)}`).set(
+      "Sec-Fetch-Site",
+      "cross-site",
+    );
+    expect(page.status).toBe(200);
+    expect(page.text).toContain("別のサイトから開かれた検索は、自動では実行しません。");
+    expect(page.text).not.toContain("taro.linked");
+    expect(reads()).toBe(before);
+    // From the console itself (same origin) or a tool without Fetch Metadata, the lookup runs.
+    const own = await get(`/admin/members?q=${encodeURIComponent(PROFILE.email)}`).set(
+      "Sec-Fetch-Site",
+      "same-origin",
+    );
+    expect(own.text).toContain("taro.linked");
+    expect((await get(`/api/v1/admin/members?login_id=taro.linked`)).body.members).toHaveLength(1);
+  });
+
   it("revoke-sessions ends a member's sessions; the audit API lists it and the chain verifies", async () => {
     const id = (await register(t.app, { login_id: "taro.revoke" })).body.member_id as string;
     const cookie = await signIn(t.app, "taro.revoke");

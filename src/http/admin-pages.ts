@@ -62,6 +62,8 @@ const C = {
     save: "保存",
     saved: "保存しました。次回のサインインから適用されます。",
     invalid: "入力内容を確認してください。",
+    confirmSearch:
+      "別のサイトから開かれた検索は、自動では実行しません。内容を確かめてから「検索」を押してください。",
     chainOk: (n: number) => `監査ログの改ざん検証: 正常（${n} 件）`,
     chainBad: (seq: number, problem: string) => `監査ログの改ざん検証: 異常 — エントリ #${seq}: ${problem}`,
     filter: "絞り込み",
@@ -134,6 +136,7 @@ const C = {
     save: "Save",
     saved: "Saved. It applies from each member's next sign-in.",
     invalid: "Please check what you entered.",
+    confirmSearch: "A search opened from another site is not run by itself. Check it, then press Search.",
     chainOk: (n: number) => `Audit chain verified: intact (${n} entries)`,
     chainBad: (seq: number, problem: string) => `Audit chain verified: BROKEN at entry #${seq}: ${problem}`,
     filter: "Filter",
@@ -261,7 +264,10 @@ const ALERT_KIND: Record<string, { ja: string; en: string }> = {
   mail_failing: { ja: "メール送信の障害", en: "Mail failing" },
   keyring_unreadable: { ja: "鍵束を読めない", en: "Keyring unreadable" },
   signing_keys_refused: { ja: "署名鍵を拒否", en: "Signing keys refused" },
-  token_reused: { ja: "使用済みトークンの再使用（盗用の疑い）", en: "Used token presented again (possible theft)" },
+  token_reused: {
+    ja: "使用済みトークンの再使用（盗用の疑い）",
+    en: "Used token presented again (possible theft)",
+  },
 };
 const SEVERITY: Record<string, { ja: string; en: string }> = {
   critical: { ja: "重大", en: "Critical" },

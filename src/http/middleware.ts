@@ -208,6 +208,17 @@ export function fromOwnOrigin(req: { headers: IncomingHttpHeaders }, issuerOrigi
   return !site || site === "same-origin" || site === "none";
 }
 
+/**
+ * A request another site started (a link or a redirect from elsewhere, by Fetch Metadata): GETs
+ * that decrypt and count against an admin's PII budget don't run for those, or any page could
+ * spend an admin's budget (and raise a false alarm) by sending them a link. Requests without the
+ * header (curl, older browsers) are not refused.
+ */
+export function fromAnotherSite(req: { headers: IncomingHttpHeaders }): boolean {
+  const site = req.headers["sec-fetch-site"];
+  return site === "cross-site" || site === "same-site";
+}
+
 export function originGuard(issuerOrigin: string): RequestHandler {
   return (req, _res, next) => {
     if (!UNSAFE.has(req.method)) return next();

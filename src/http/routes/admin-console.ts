@@ -19,7 +19,7 @@ import {
 import { setDeviceCookie, setSessionCookie } from "../cookies.js";
 import { hostedForm, pageHeaders, reqLang } from "../hosted.js";
 import { loginForm, mfaForm, passwordStep, secondStep, subjectFor } from "../hosted-sign-in.js";
-import { locals } from "../middleware.js";
+import { fromAnotherSite, locals } from "../middleware.js";
 import { errorPage, type LoginError, loginPage } from "../pages.js";
 import { auditQuery, parsePolicy, reasonText } from "./admin.js";
 
@@ -164,6 +164,9 @@ export function adminConsoleRoutes(s: Services): Router {
     const l = lang(req);
     const q = typeof req.query.q === "string" ? req.query.q.trim().slice(0, 256) : "";
     if (!q) return html(res, 200, membersPage(l, { query: "", results: null }));
+    // A search another site linked to is shown, not run: it decrypts against the admin's budget.
+    if (fromAnotherSite(req))
+      return html(res, 200, membersPage(l, { query: q, results: null, error: consoleText(l).confirmSearch }));
     const email = q.includes("@") ? emailInput.safeParse(q) : null;
     if (email && !email.success)
       return html(res, 400, membersPage(l, { query: q, results: null, error: consoleText(l).invalid }));

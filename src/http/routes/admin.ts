@@ -1,4 +1,4 @@
-import { type Response, Router } from "express";
+import { type Request, type Response, Router } from "express";
 import { z } from "zod";
 import { type AdminCtx, AdminOps, memberIdParam } from "../../admin/admin-ops.js";
 import { ApiError } from "../../errors.js";
@@ -7,7 +7,7 @@ import { Clients } from "../../oidc/clients.js";
 import { policyInput, toJson } from "../../policy/mfa-policy.js";
 import type { Services } from "../../services.js";
 import { digits, text } from "../../validation.js";
-import { locals } from "../middleware.js";
+import { fromAnotherSite, locals } from "../middleware.js";
 
 export { maskProfile } from "../../admin/admin-ops.js";
 
@@ -78,8 +78,15 @@ export function adminRoutes(s: Services): Router {
     res.json({ alerts: ops.alerts(ctx(res)) });
   });
 
+  // The budgeted reads are not run for a request another site started (see fromAnotherSite).
+  const sameSiteOnly = (req: Request) => {
+    if (fromAnotherSite(req))
+      throw new ApiError(403, "forbidden_origin", "Member lookups can't be started from another site.");
+  };
+
   r.get("/admin/members", (req, res) => {
     const c = ctx(res);
+    sameSiteOnly(req);
     const q = lookupQuery.safeParse(req.query);
     if (!q.success) throw new ApiError(400, "invalid_request", "Give exactly one of login_id and email.");
     res.json({ members: ops.lookup(c, { loginId: q.data.login_id, email: q.data.email }) });
@@ -87,6 +94,7 @@ export function adminRoutes(s: Services): Router {
 
   r.get("/admin/members/:member_id", (req, res) => {
     const c = ctx(res);
+    sameSiteOnly(req);
     const q = viewQuery.safeParse(req.query);
     if (!q.success) throw new ApiError(400, "invalid_request", "Say why you need the profile: ?reason=…");
     res.json(ops.view(c, ops.member(req.params.member_id), q.data.reason));
