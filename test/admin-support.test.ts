@@ -379,6 +379,50 @@ describe("admin member support and PII read budgets", () => {
     expect((await get("/admin/audit?lang=en")).status).toBe(200);
   });
 
+  it("follows a principal through the audit log: what it did (actor_id), an action prefix, a time range, an IP", async () => {
+    const adminId = (
+      t.s.db.$client.prepare("SELECT id FROM members WHERE login_id = 'ops.admin'").get() as {
+        id: string;
+      }
+    ).id;
+    const id = (await register(t.app, { login_id: "taro.followed" })).body.member_id as string;
+    const from = t.clock.now().toISOString();
+    await get(`/api/v1/admin/members/${id}?reason=ticket%20123`);
+    t.clock.advance(60_000);
+    const until = t.clock.now().toISOString();
+    t.clock.advance(60_000);
+    await get(`/api/v1/admin/members/${id}?reason=ticket%20124`);
+    // Entries *about* the admin are not what it did: actor_id lists the reads it made.
+    const did = (await get(`/api/v1/admin/audit?actor_id=${adminId}&action=pii.read`)).body.entries;
+    expect(did.length).toBe(2);
+    expect(did.every((e: { actor_id: string }) => e.actor_id === adminId)).toBe(true);
+    const about = (await get(`/api/v1/admin/audit?member_id=${adminId}&action=pii.read`)).body.entries;
+    expect(about.filter((e: { actor_id: string | null }) => e.actor_id === adminId)).toHaveLength(0);
+    // A prefix, a time range: only the first read falls in [from, until).
+    const admins = (await get("/api/v1/admin/audit?action=admin.*&limit=500")).body.entries as Array<{
+      action: string;
+    }>;
+    expect(admins.length).toBeGreaterThan(0);
+    expect(admins.every((e) => e.action.startsWith("admin."))).toBe(true);
+    const ranged = (
+      await get(
+        `/api/v1/admin/audit?actor_id=${adminId}&action=pii.read&since=${encodeURIComponent(from)}&until=${encodeURIComponent(until)}`,
+      )
+    ).body.entries;
+    expect(ranged.map((e: { reason: string }) => e.reason)).toEqual(["ticket 123"]);
+    expect((await get(`/api/v1/admin/audit?ip=127.0.0.1&limit=1`)).status).toBe(200);
+    // A bad value is named; a LIKE wildcard is no prefix.
+    const bad = await get("/api/v1/admin/audit?since=yesterday");
+    expect(bad.status).toBe(400);
+    expect(bad.body.error_description).toContain("Check: since");
+    expect((await get("/api/v1/admin/audit?action=%25")).status).toBe(400);
+    expect((await get("/api/v1/admin/audit?action=login%25")).status).toBe(400);
+    // The console's filters do the same.
+    const page = await get(`/admin/audit?actor_id=${adminId}&action=pii.read`);
+    expect(page.status).toBe(200);
+    expect(page.text).toContain("ticket 124");
+  });
+
   it("opening a member's page in the console is audited, though it shows no personal data", async () => {
     const id = (await register(t.app, { login_id: "taro.opened" })).body.member_id as string;
     const page = await get(`/admin/members/${id}`);

@@ -1,4 +1,4 @@
-import { and, desc, eq, lt } from "drizzle-orm";
+import { and, desc, eq, gte, like, lt } from "drizzle-orm";
 import { z } from "zod";
 import { auditLog, members } from "../db/schema.js";
 import { ApiError } from "../errors.js";
@@ -22,6 +22,21 @@ export interface AdminCtx {
 }
 
 export const memberIdParam = z.string().regex(/^m_[A-Za-z0-9_-]{22}$/);
+
+/** What the admin audit view filters by (all given ones must match). */
+export interface AuditFilter {
+  memberId?: string | undefined;
+  actorId?: string | undefined;
+  /** An action, or `prefix.*` for every action under it. */
+  action?: string | undefined;
+  requestId?: string | undefined;
+  ip?: string | undefined;
+  /** ms, inclusive / exclusive. */
+  since?: number | undefined;
+  until?: number | undefined;
+  before?: number | undefined;
+  limit: number;
+}
 
 /** `山田 太郎` → `山***`, `taro@example.jp` → `t***@e***.jp`, `090-1234-5678` → `***5678`. */
 export function maskProfile(p: Profile): { name: string | null; email: string | null; phone: string | null } {
@@ -234,24 +249,21 @@ export class AdminOps {
     return lifted;
   }
 
-  audit(
-    c: AdminCtx,
-    q: {
-      memberId?: string | undefined;
-      action?: string | undefined;
-      requestId?: string | undefined;
-      before?: number | undefined;
-      limit: number;
-    },
-  ) {
+  audit(c: AdminCtx, q: AuditFilter) {
+    // `login.*`: the actions under a prefix (the prefix itself holds only [a-z_.], no LIKE wildcards).
+    const prefix = q.action?.endsWith(".*") ? q.action.slice(0, -1) : null;
     const rows = this.s.db
       .select()
       .from(auditLog)
       .where(
         and(
           q.memberId ? eq(auditLog.memberId, q.memberId) : undefined,
-          q.action ? eq(auditLog.action, q.action) : undefined,
+          q.actorId ? eq(auditLog.actorId, q.actorId) : undefined,
+          prefix ? like(auditLog.action, `${prefix}%`) : q.action ? eq(auditLog.action, q.action) : undefined,
           q.requestId ? eq(auditLog.requestId, q.requestId) : undefined,
+          q.ip ? eq(auditLog.ip, q.ip) : undefined,
+          q.since !== undefined ? gte(auditLog.at, q.since) : undefined,
+          q.until !== undefined ? lt(auditLog.at, q.until) : undefined,
           q.before ? lt(auditLog.seq, q.before) : undefined,
         ),
       )

@@ -20,6 +20,7 @@ const C = {
     members: "会員検索",
     policy: "MFAポリシー",
     audit: "監査ログ",
+    actorAudit: "この相手の操作",
     signOut: "サインアウト",
     status: "攻撃の状況",
     underAttack:
@@ -69,6 +70,11 @@ const C = {
     filter: "絞り込み",
     action: "操作",
     memberId: "会員ID",
+    actorId: "操作した人・サイトのID",
+    requestId: "リクエストID",
+    ipAddress: "IPアドレス",
+    since: "この時刻から（例 2026-12-05T09:00+09:00）",
+    until: "この時刻まで",
     older: "さらに古いエントリ",
     when: "日時",
     kind: "種類",
@@ -95,6 +101,7 @@ const C = {
     members: "Members",
     policy: "MFA policy",
     audit: "Audit log",
+    actorAudit: "What it did",
     signOut: "Sign out",
     status: "Attack status",
     underAttack: "Under attack: every password sign-in from a new device must solve a proof-of-work.",
@@ -142,6 +149,11 @@ const C = {
     filter: "Filter",
     action: "Action",
     memberId: "Member id",
+    actorId: "Actor id (member, admin or site)",
+    requestId: "Request id",
+    ipAddress: "IP address",
+    since: "From (e.g. 2026-12-05T00:00Z)",
+    until: "Until",
     older: "Older entries",
     when: "When",
     kind: "Kind",
@@ -160,7 +172,7 @@ export const consoleText = (lang: Lang): ConsoleText => C[lang] as ConsoleText;
 const WIDE = `<style>main{max-width:64rem}@media (max-width:40rem){table{display:block;overflow-x:auto}}table{width:100%;border-collapse:collapse;font-size:.9rem}th,td{text-align:left;padding:.4rem;border-bottom:1px solid #e6e9ef;vertical-align:top}
 nav.admin{display:flex;gap:1rem;flex-wrap:wrap;margin-bottom:1rem}nav.admin a{color:#2456c9}.critical{color:#8a1c1c;font-weight:600}.warning{color:#8a5a00}
 .stats{display:grid;grid-template-columns:repeat(auto-fit,minmax(9rem,1fr));gap:.75rem}.stat{background:#f4f5f7;border-radius:8px;padding:.75rem}.stat b{display:block;font-size:1.4rem}
-code.small{font-size:.8rem;word-break:break-all}td.nowrap,code.id{white-space:nowrap;word-break:normal}td.action{min-width:14rem}td.action code{word-break:normal}form.row{display:flex;gap:.5rem;align-items:end;flex-wrap:wrap}form.row button{width:auto;margin:0}form.row label{margin:0}</style>`;
+code.small{font-size:.8rem;word-break:break-all}td.nowrap,code.id{white-space:nowrap;word-break:normal}td.action{min-width:14rem}td.action code{word-break:normal}form.row{display:flex;gap:.5rem;align-items:end;flex-wrap:wrap}form.row button{width:auto;margin:0}form.row label{margin:0}form.filters{display:grid;grid-template-columns:repeat(auto-fill,minmax(12rem,1fr));gap:.5rem;align-items:end}form.filters label{margin:0}form.filters button{width:auto;margin:0}</style>`;
 
 const when = (lang: Lang, iso: string) => localTime(lang, iso, { seconds: true });
 
@@ -307,17 +319,23 @@ export function alertsTable(lang: Lang, alerts: AlertView[]): string {
   return `<table><tr><th>${e(c.when)}</th><th>${e(c.kind)}</th><th>${e(c.severity)}</th><th>${e(c.details)}</th></tr>${alerts
     .map((a) => {
       const d = a.details;
-      const member =
-        typeof d.decoy_member_id === "string"
-          ? d.decoy_member_id
-          : typeof d.principal_id === "string" && d.principal === "admin"
-            ? d.principal_id
+      // What the principal an alert names did (admin or member site), and what touched a decoy.
+      const actor =
+        typeof d.principal_id === "string" && (d.principal === "admin" || d.principal === "client")
+          ? d.principal_id
+          : typeof d.client_id === "string" && d.client_id
+            ? d.client_id
             : null;
-      const link = member
-        ? ` <a href="/admin/audit?member_id=${e(encodeURIComponent(member))}">${e(c.audit)}</a>`
-        : typeof d.member_id === "string"
+      const decoy = typeof d.decoy_member_id === "string" ? d.decoy_member_id : null;
+      const link = [
+        actor
+          ? ` <a href="/admin/audit?actor_id=${e(encodeURIComponent(actor))}">${e(c.actorAudit)}</a>`
+          : "",
+        decoy ? ` <a href="/admin/audit?member_id=${e(encodeURIComponent(decoy))}">${e(c.audit)}</a>` : "",
+        typeof d.member_id === "string"
           ? ` <a href="/admin/members/${e(encodeURIComponent(d.member_id))}">${e(c.member)}</a>`
-          : "";
+          : "",
+      ].join("");
       const req =
         typeof d.request_id === "string"
           ? ` <a href="/admin/audit?request_id=${e(encodeURIComponent(d.request_id))}">request</a>`
@@ -462,7 +480,12 @@ export function auditPage(
       details: Record<string, unknown>;
     }>;
     verify: { ok: boolean; entries: number; first_bad?: { seq: number; problem: string } };
-    filters: { member_id?: string | undefined; action?: string | undefined; request_id?: string | undefined };
+    filters: Partial<
+      Record<
+        "member_id" | "actor_id" | "action" | "request_id" | "ip" | "since" | "until",
+        string | undefined
+      >
+    >;
     olderHref: string | null;
     /** The filter was not valid: nothing is listed (an unfiltered list would pass for filtered). */
     invalidFilter?: boolean;
@@ -474,8 +497,22 @@ export function auditPage(
     ? `<div class="ok" role="status">${e(c.chainOk(v.verify.entries))}</div>`
     : `<div class="error" role="alert">${e(c.chainBad(v.verify.first_bad?.seq ?? 0, v.verify.first_bad?.problem ?? ""))}</div>`;
   const body = `${chain}${v.invalidFilter ? `<div class="error" role="alert">${e(c.invalid)}</div>` : ""}
-<form method="get" action="/admin/audit" class="row"><div><label for="member_id">${e(c.memberId)}</label><input type="text" id="member_id" name="member_id" value="${e(f.member_id ?? "")}"></div>
-<div><label for="action">${e(c.action)}</label><input type="text" id="action" name="action" value="${e(f.action ?? "")}"></div><button type="submit" class="secondary">${e(c.filter)}</button></form>
+<form method="get" action="/admin/audit" class="filters">${(
+    [
+      ["member_id", c.memberId],
+      ["actor_id", c.actorId],
+      ["action", c.action],
+      ["request_id", c.requestId],
+      ["ip", c.ipAddress],
+      ["since", c.since],
+      ["until", c.until],
+    ] as const
+  )
+    .map(
+      ([name, label]) =>
+        `<div><label for="${name}">${e(label)}</label><input type="text" id="${name}" name="${name}" value="${e(f[name] ?? "")}"></div>`,
+    )
+    .join("")}<button type="submit" class="secondary">${e(c.filter)}</button></form>
 <table><tr><th>#</th><th>${e(c.when)} <span class="muted">${e(zoneName(lang))}</span></th><th>${e(c.action)}</th><th>${e(c.result)}</th><th>${e(c.who)}</th><th>${e(c.memberId)}</th><th>${e(c.details)}</th></tr>${v.entries
     .map(
       (x) =>

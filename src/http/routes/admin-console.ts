@@ -21,7 +21,7 @@ import { hostedForm, pageHeaders, reqLang } from "../hosted.js";
 import { loginForm, mfaForm, passwordStep, secondStep, subjectFor } from "../hosted-sign-in.js";
 import { fromAnotherSite, locals } from "../middleware.js";
 import { errorPage, type LoginError, loginPage } from "../pages.js";
-import { auditQuery, parsePolicy, reasonText } from "./admin.js";
+import { auditFilter, auditQuery, parsePolicy, reasonText } from "./admin.js";
 
 const reasonForm = z.object({ reason: reasonText });
 const policyForm = z.object({
@@ -305,15 +305,7 @@ export function adminConsoleRoutes(s: Services): Router {
     // A filter given twice (`member_id=a&member_id=b`) is an array here, and refused as bad.
     const q = auditQuery.safeParse(raw);
     // A bad filter lists nothing: the whole log under the admin's filter would pass for filtered.
-    const entries = q.success
-      ? ops.audit(c, {
-          memberId: q.data.member_id,
-          action: q.data.action,
-          requestId: q.data.request_id,
-          before: q.data.before,
-          limit: 100,
-        })
-      : [];
+    const entries = q.success ? ops.audit(c, auditFilter(q.data, 100)) : [];
     const last = entries.at(-1);
     const older =
       entries.length === 100 && last
@@ -328,8 +320,12 @@ export function adminConsoleRoutes(s: Services): Router {
         // As typed (escaped on the page), so a bad value can be seen and mended.
         filters: {
           member_id: typed(raw.member_id),
+          actor_id: typed(raw.actor_id),
           action: typed(raw.action),
           request_id: typed(raw.request_id),
+          ip: typed(raw.ip),
+          since: typed(raw.since),
+          until: typed(raw.until),
         },
         olderHref: older,
         invalidFilter: !q.success,

@@ -1,6 +1,6 @@
 import { type Request, type Response, Router } from "express";
 import { z } from "zod";
-import { type AdminCtx, AdminOps, memberIdParam } from "../../admin/admin-ops.js";
+import { type AdminCtx, AdminOps, type AuditFilter, memberIdParam } from "../../admin/admin-ops.js";
 import { ApiError } from "../../errors.js";
 import { emailInput } from "../../members/profile-input.js";
 import { Clients } from "../../oidc/clients.js";
@@ -22,23 +22,61 @@ const lookupQuery = z
     "give exactly one of login_id and email",
   );
 const viewQuery = z.object({ reason: reasonText });
+/** An ISO 8601 time with a zone (`2026-12-05T09:00:00Z`, `…+09:00`), as ms. */
+const isoTime = z.iso
+  .datetime({ offset: true })
+  .transform((v) => Date.parse(v))
+  .pipe(z.number().int().min(0));
+
 export const auditQuery = z
   .object({
     member_id: memberIdParam.optional(),
+    /** Who acted: a member or admin id (m_…), a member site's client id (c_…). */
+    actor_id: z
+      .string()
+      .regex(/^[A-Za-z0-9_-]{3,64}$/)
+      .optional(),
+    /** An action, or every action under a prefix: `login.*`. */
     action: z
       .string()
-      .regex(/^[a-z_.]{1,64}$/)
+      .regex(/^[a-z_]+(\.[a-z_]+)*(\.\*)?$/)
+      .max(64)
       .optional(),
     request_id: z
       .string()
       .regex(/^[A-Za-z0-9._-]{8,64}$/)
       .optional(),
+    ip: z.union([z.ipv4(), z.ipv6()]).optional(),
+    since: isoTime.optional(),
+    until: isoTime.optional(),
     before: digits(1, Number.MAX_SAFE_INTEGER).optional(),
     limit: digits(1, 500).default(100),
   })
   // A filter it doesn't know (`member=`, a typo) is refused: answering the unfiltered log would
   // pass for the filtered one.
   .strict();
+
+/** The audit filters of a parsed query, as AdminOps.audit takes them. */
+export function auditFilter(q: z.infer<typeof auditQuery>, limit = q.limit): AuditFilter {
+  return {
+    memberId: q.member_id,
+    actorId: q.actor_id,
+    action: q.action,
+    requestId: q.request_id,
+    ip: q.ip,
+    since: q.since,
+    until: q.until,
+    before: q.before,
+    limit,
+  };
+}
+
+/** What a refused filter is told (the first problem, by parameter). */
+export function auditQueryProblem(error: z.ZodError): string {
+  const issue = error.issues[0];
+  const where = issue?.path.join(".") || (issue?.code === "unrecognized_keys" ? issue.keys.join(", ") : "");
+  return `Filters: member_id, actor_id, action (or a prefix such as login.*), request_id, ip, since and until (ISO 8601 with a zone), before, limit (≤ 500); each at most once.${where ? ` Check: ${where}.` : ""}`;
+}
 const clientIdParam = z.string().regex(/^[A-Za-z0-9_-]{1,64}$/);
 
 /** Turn a zod failure of a policy body into the API's 400. */
@@ -132,21 +170,8 @@ export function adminRoutes(s: Services): Router {
   r.get("/admin/audit", (req, res) => {
     const c = ctx(res);
     const q = auditQuery.safeParse(req.query);
-    if (!q.success)
-      throw new ApiError(
-        400,
-        "invalid_request",
-        "Filters: member_id, action, request_id, before, limit (≤ 500); each at most once.",
-      );
-    res.json({
-      entries: ops.audit(c, {
-        memberId: q.data.member_id,
-        action: q.data.action,
-        requestId: q.data.request_id,
-        before: q.data.before,
-        limit: q.data.limit,
-      }),
-    });
+    if (!q.success) throw new ApiError(400, "invalid_request", auditQueryProblem(q.error));
+    res.json({ entries: ops.audit(c, auditFilter(q.data)) });
   });
 
   r.get("/admin/audit/verify", (_req, res) => {
