@@ -502,10 +502,13 @@ class World {
   readonly grants: Grant[] = [];
   ipSerial = 0;
 
-  /** A member's home address: 198.18.0.0/15 (benchmarking range), 250 members a /24. */
+  /**
+   * A member's home address: 198.18.0.0/15 (benchmarking range), 50 members a /24 (a network
+   * registers at most 100 members in 10 minutes).
+   */
   memberIp(): string {
     const i = this.ipSerial++;
-    return `198.${18 + ((i / 64000) & 1)}.${Math.floor(i / 250) % 256}.${(i % 250) + 1}`;
+    return `198.${18 + ((i / 12800) & 1)}.${Math.floor(i / 50) % 256}.${(i % 50) + 1}`;
   }
 
   /** A random free member of `pool` satisfying `ok`, marked busy. */

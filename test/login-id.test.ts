@@ -34,6 +34,17 @@ describe("login IDs", () => {
     expect(login.status).toBe(200);
   });
 
+  it("registration can't be used to check login IDs for free: 20 an address in 10 minutes", async () => {
+    // Attack: ask to register taken IDs one after another; `409 login_id_taken` needs no hash.
+    expect((await register(t.app, { login_id: "boss.account" })).status).toBe(201);
+    const answers: number[] = [];
+    for (let i = 0; i < 25; i++) answers.push((await register(t.app, { login_id: "boss.account" })).status);
+    expect(answers.slice(0, 19).every((s) => s === 409)).toBe(true); // 20 requests with the first
+    expect(answers.slice(19).every((s) => s === 429)).toBe(true);
+    t.clock.advance(20 * 60_000);
+    expect((await register(t.app, { login_id: "boss.account" })).status).toBe(409);
+  });
+
   it("refuses reserved words and staff look-alikes", async () => {
     for (const loginId of [
       "admin",

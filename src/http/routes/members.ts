@@ -2,10 +2,12 @@ import { Router } from "express";
 import { z } from "zod";
 import { profileInput } from "../../members/profile-input.js";
 import type { Services } from "../../services.js";
-import { clearSessionCookie, setSessionCookie } from "../cookies.js";
 import { deviceTokenFrom } from "../../sessions/devices.js";
-import { locals } from "../middleware.js";
 import { logOut } from "../../sessions/member-actions.js";
+import { tooManyAttempts } from "../../sessions/sign-in.js";
+import { addressOf, subnetOf } from "../../throttle/network.js";
+import { clearSessionCookie, setSessionCookie } from "../cookies.js";
+import { locals } from "../middleware.js";
 import { pickLang } from "../pages.js";
 
 const registrationBody = z.object({
@@ -29,12 +31,25 @@ const INVALID_CREDENTIALS = {
   error_description: "The login ID or password is incorrect.",
 } as const;
 
+/** Registrations one address, and one network (/24, /56), may make in 10 minutes. */
+const REGISTRATIONS_PER_IP = 20;
+const REGISTRATIONS_PER_NET = 100;
+
 export function registrationAndLoginRoutes(s: Services): Router {
   const r = Router();
 
   r.post("/registrations", async (req, res) => {
     const body = registrationBody.parse(req.body);
     const l = locals(res);
+    // Registrations per address and network in 10 minutes: `409 login_id_taken` (which the
+    // contract asks for) answers without a hash, so unlimited it would check login IDs for free.
+    for (const [key, limit] of [
+      [`registration|ip|${addressOf(l.ip)}`, REGISTRATIONS_PER_IP],
+      [`registration|net|${subnetOf(l.ip)}`, REGISTRATIONS_PER_NET],
+    ] as const) {
+      const rate = s.guard.overRate(key, limit);
+      if (rate.over) throw tooManyAttempts(rate.retryAfterSeconds);
+    }
     const { memberId, loginId } = await s.registrations.register(
       {
         loginId: body.login_id,
