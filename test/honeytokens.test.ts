@@ -1,11 +1,11 @@
-import { checkChosenLoginId, resolveLoginInput } from "../src/members/login-id.js";
 import fs from "node:fs";
 import supertest from "supertest";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { members, outbox } from "../src/db/schema.js";
+import { checkChosenLoginId, resolveLoginInput } from "../src/members/login-id.js";
 import { Clients } from "../src/oidc/clients.js";
-import { makeApp, post, register, type TestApp } from "./support/app.js";
 import { adminPasskeySession, adminWithPasskey } from "./support/admin.js";
+import { makeApp, ORIGIN, post, register, type TestApp } from "./support/app.js";
 import { runCli } from "./support/cli.js";
 
 describe("honeytokens: decoy members that raise the alarm when touched", () => {
@@ -103,6 +103,35 @@ describe("honeytokens: decoy members that raise the alarm when touched", () => {
         reason: "admin_lookup_masked",
       }),
     ]);
+    // The admin who touched it is not told (its console and API list no alert about itself);
+    // another admin sees it, and marks it handled.
+    const own = await supertest(t.app).get("/api/v1/admin/alerts").set("Cookie", admin);
+    expect(own.body.alerts.filter((a: { kind: string }) => a.kind === "honeytoken_touched")).toHaveLength(0);
+    const ownPage = await supertest(t.app).get("/admin/alerts").set("Cookie", admin);
+    expect(ownPage.text).not.toContain("honeytoken_touched");
+    const other = await adminWithPasskey(t, "ops.second");
+    const second = await adminPasskeySession(t, other.auth, "ops.second");
+    const seen = (await supertest(t.app).get("/api/v1/admin/alerts").set("Cookie", second)).body.alerts.find(
+      (a: { kind: string }) => a.kind === "honeytoken_touched",
+    );
+    expect(seen).toMatchObject({ acknowledged_at: null });
+    const ack = (cookie: string, id: number) =>
+      supertest(t.app)
+        .post(`/api/v1/admin/alerts/${id}/acknowledge`)
+        .set("Origin", ORIGIN)
+        .set("Content-Type", "application/json")
+        .set("Cookie", cookie)
+        .send(JSON.stringify({ reason: "the admin's own ticket 77" }));
+    expect((await ack(admin, seen.id)).status).toBe(404); // not its own alert
+    const done = await ack(second, seen.id);
+    expect(done.status).toBe(200);
+    expect(done.body.acknowledged_at).toBeTruthy();
+    const after = (await supertest(t.app).get("/api/v1/admin/alerts").set("Cookie", second)).body.alerts;
+    expect(after.find((a: { id: number }) => a.id === seen.id).acknowledged_at).toBe(
+      done.body.acknowledged_at,
+    );
+    expect([...t.s.audit.iterate()].some((e) => e.action === "admin.alert_acknowledged")).toBe(true);
+    expect((await ack(second, 999_999)).status).toBe(404);
   });
 
   it("a member site reading a decoy's claims, or anyone asking recovery for a decoy's address, raises an alert; no mail goes to a decoy", async () => {

@@ -23,6 +23,16 @@ export interface AdminCtx {
 
 export const memberIdParam = z.string().regex(/^m_[A-Za-z0-9_-]{22}$/);
 
+/** Does an alert's details name this admin as the principal it is about? */
+function namesAdmin(details: string, adminId: string): boolean {
+  try {
+    const d = JSON.parse(details) as { principal_id?: unknown; principal?: unknown };
+    return d.principal === "admin" && d.principal_id === adminId;
+  } catch {
+    return false;
+  }
+}
+
 /** What the admin audit view filters by (all given ones must match). */
 export interface AuditFilter {
   memberId?: string | undefined;
@@ -123,8 +133,13 @@ export class AdminOps {
     };
   }
 
+  /**
+   * The newest alerts, without those that name this admin as the principal (a decoy it touched, a
+   * budget it exceeded): an admin whose session was stolen must not learn from the console that it
+   * was seen, or which members are decoys. Other admins and the webhook get them.
+   */
   alerts(c: AdminCtx, limit = 200) {
-    const rows = this.s.alerts.list(limit);
+    const rows = this.s.alerts.list(limit).filter((a) => !namesAdmin(a.details, c.admin.memberId));
     this.record(c, "admin.alerts_viewed", { details: { count: rows.length } });
     return rows.map((a) => ({
       id: a.id,
@@ -134,6 +149,19 @@ export class AdminOps {
       details: JSON.parse(a.details) as Record<string, unknown>,
       acknowledged_at: iso(a.acknowledgedAt),
     }));
+  }
+
+  /** Mark an alert handled (audited with the reason); 404 for an unknown one or one about this admin. */
+  acknowledgeAlert(c: AdminCtx, id: number, reason: string | null) {
+    const alert = this.s.alerts.one(id);
+    if (!alert || namesAdmin(alert.details, c.admin.memberId))
+      throw new ApiError(404, "not_found", "No such alert.");
+    const changed = this.s.alerts.acknowledge(id);
+    this.record(c, "admin.alert_acknowledged", {
+      reason,
+      details: { alert_id: id, kind: alert.kind, already: !changed },
+    });
+    return { alert_id: id, acknowledged_at: iso(this.s.alerts.one(id)?.acknowledgedAt ?? null) };
   }
 
   /** Find members by login ID or e-mail (blind index); masked profiles (masking decrypts: budgeted). */

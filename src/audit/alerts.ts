@@ -1,4 +1,4 @@
-import { desc } from "drizzle-orm";
+import { and, desc, eq, isNull } from "drizzle-orm";
 import type { Logger } from "pino";
 import type { Clock } from "../clock.js";
 import { type Db, inTransaction } from "../db/connection.js";
@@ -67,5 +67,20 @@ export class Alerts {
 
   list(limit = 100) {
     return this.#db.select().from(alerts).orderBy(desc(alerts.id)).limit(limit).all();
+  }
+
+  one(id: number) {
+    return this.#db.select().from(alerts).where(eq(alerts.id, id)).get();
+  }
+
+  /** Mark an alert handled; false when it already was. */
+  acknowledge(id: number): boolean {
+    return (
+      this.#db
+        .update(alerts)
+        .set({ acknowledgedAt: this.#clock.now().getTime() })
+        .where(and(eq(alerts.id, id), isNull(alerts.acknowledgedAt)))
+        .run().changes > 0
+    );
   }
 }

@@ -21,6 +21,8 @@ const C = {
     policy: "MFAポリシー",
     audit: "監査ログ",
     actorAudit: "この相手の操作",
+    handled: "対応",
+    acknowledge: "確認済みにする",
     signOut: "サインアウト",
     status: "攻撃の状況",
     underAttack:
@@ -102,6 +104,8 @@ const C = {
     policy: "MFA policy",
     audit: "Audit log",
     actorAudit: "What it did",
+    handled: "Handled",
+    acknowledge: "Mark handled",
     signOut: "Sign out",
     status: "Attack status",
     underAttack: "Under attack: every password sign-in from a new device must solve a proof-of-work.",
@@ -232,6 +236,7 @@ const ACTION_LABEL: Record<string, { ja: string; en: string }> = {
     en: "Used token presented again (site's grant revoked)",
   },
   "client.registered": { ja: "会員サイトを登録", en: "Member site registered" },
+  "admin.alert_acknowledged": { ja: "アラートを確認済みに", en: "Alert marked handled" },
   "member.disabled": { ja: "会員を停止（運用者）", en: "Member disabled (operator)" },
   "member.enabled": { ja: "会員の停止を解除（運用者）", en: "Member enabled again (operator)" },
   "client.updated": { ja: "会員サイトの登録内容を変更", en: "Member site changed" },
@@ -311,12 +316,13 @@ export interface AlertView {
   kind: string;
   severity: string;
   details: Record<string, unknown>;
+  acknowledged_at?: string | null;
 }
 
 export function alertsTable(lang: Lang, alerts: AlertView[]): string {
   const c = C[lang];
   if (alerts.length === 0) return `<p class="muted">${e(c.noAlerts)}</p>`;
-  return `<table><tr><th>${e(c.when)}</th><th>${e(c.kind)}</th><th>${e(c.severity)}</th><th>${e(c.details)}</th></tr>${alerts
+  return `<table><tr><th>${e(c.when)}</th><th>${e(c.kind)}</th><th>${e(c.severity)}</th><th>${e(c.details)}</th><th>${e(c.handled)}</th></tr>${alerts
     .map((a) => {
       const d = a.details;
       // What the principal an alert names did (admin or member site), and what touched a decoy.
@@ -340,7 +346,11 @@ export function alertsTable(lang: Lang, alerts: AlertView[]): string {
         typeof d.request_id === "string"
           ? ` <a href="/admin/audit?request_id=${e(encodeURIComponent(d.request_id))}">request</a>`
           : "";
-      return `<tr><td>${e(when(lang, a.at))}</td><td>${e(ALERT_KIND[a.kind]?.[lang] ?? a.kind)} <code class="small">${e(a.kind)}</code></td><td class="${e(a.severity)}">${e(SEVERITY[a.severity]?.[lang] ?? a.severity)}</td><td><code class="small">${e(JSON.stringify(d))}</code>${link}${req}</td></tr>`;
+      return `<tr><td>${e(when(lang, a.at))}</td><td>${e(ALERT_KIND[a.kind]?.[lang] ?? a.kind)} <code class="small">${e(a.kind)}</code></td><td class="${e(a.severity)}">${e(SEVERITY[a.severity]?.[lang] ?? a.severity)}</td><td><code class="small">${e(JSON.stringify(d))}</code>${link}${req}</td><td class="nowrap">${
+        a.acknowledged_at
+          ? e(when(lang, a.acknowledged_at))
+          : `<form method="post" action="/admin/alerts/${a.id}/acknowledge?lang=${lang}"><button type="submit" class="secondary">${e(c.acknowledge)}</button></form>`
+      }</td></tr>`;
     })
     .join("")}</table>`;
 }

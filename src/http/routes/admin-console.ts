@@ -21,7 +21,7 @@ import { hostedForm, pageHeaders, reqLang } from "../hosted.js";
 import { loginForm, mfaForm, passwordStep, secondStep, subjectFor } from "../hosted-sign-in.js";
 import { fromAnotherSite, locals } from "../middleware.js";
 import { errorPage, type LoginError, loginPage } from "../pages.js";
-import { auditFilter, auditQuery, parsePolicy, reasonText } from "./admin.js";
+import { alertIdParam, auditFilter, auditQuery, parsePolicy, reasonText } from "./admin.js";
 
 const reasonForm = z.object({ reason: reasonText });
 const policyForm = z.object({
@@ -221,6 +221,15 @@ export function adminConsoleRoutes(s: Services): Router {
       }
       throw err;
     }
+  });
+
+  r.post("/admin/alerts/:alert_id/acknowledge", ...form, (req, res) => {
+    const c = admin(req, res);
+    if (!c) return;
+    const id = alertIdParam.safeParse(req.params.alert_id);
+    if (!id.success) throw new ApiError(404, "not_found", "No such alert.");
+    ops.acknowledgeAlert(c, id.data, null);
+    res.redirect(303, `/admin/alerts?lang=${lang(req)}`);
   });
 
   for (const action of ACTIONS) {

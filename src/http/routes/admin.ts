@@ -15,6 +15,8 @@ export const reasonText = text(500, { min: 3 });
 const unlockBody = z.object({ reason: z.string().min(1).max(500).optional() }).default({});
 const reasonBody = z.object({ reason: reasonText });
 const optionalReasonBody = z.object({ reason: reasonText.optional() }).default({});
+/** An alert's id as the path gives it: decimal digits. */
+export const alertIdParam = digits(1, Number.MAX_SAFE_INTEGER);
 const lookupQuery = z
   .object({ login_id: z.string().min(1).max(256).optional(), email: emailInput.optional() })
   .refine(
@@ -121,6 +123,15 @@ export function adminRoutes(s: Services): Router {
     if (fromAnotherSite(req))
       throw new ApiError(403, "forbidden_origin", "Member lookups can't be started from another site.");
   };
+
+  r.post("/admin/alerts/:alert_id/acknowledge", (req, res) => {
+    const c = ctx(res);
+    const body = optionalReasonBody.safeParse(req.body ?? {});
+    if (!body.success) throw new ApiError(400, "invalid_request", "reason: 3–500 characters.");
+    const id = alertIdParam.safeParse(req.params.alert_id);
+    if (!id.success) throw new ApiError(404, "not_found", "No such alert.");
+    res.json(ops.acknowledgeAlert(c, id.data, body.data.reason ?? null));
+  });
 
   r.get("/admin/members", (req, res) => {
     const c = ctx(res);
