@@ -146,6 +146,14 @@ describe("admin member support and PII read budgets", () => {
     );
     expect(approved.body).toEqual({ client_id: client.clientId, was_blocked: true });
     expect(read().email).toBe(PROFILE.email);
+    // A site that isn't registered is no site to approve (not a silent "was not blocked").
+    const unknown = await post(
+      t.app,
+      "/api/v1/admin/clients/c_noSuchSiteAAAAAA/pii-approval",
+      { reason: "typo" },
+      admin,
+    );
+    expect(unknown.status).toBe(404);
   });
 
   it("budgets count distinct members: rereads are free, but a walker is stopped by the hour and then by the day", () => {

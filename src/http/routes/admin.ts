@@ -193,22 +193,21 @@ export function adminRoutes(s: Services): Router {
   r.post("/admin/clients/:client_id/pii-approval", (req, res) => {
     const c = ctx(res);
     const reason = reasonOf(req.body);
-    const id = clientIdParam.safeParse(req.params.client_id);
-    if (!id.success) throw new ApiError(404, "not_found", "No such client.");
-    const was = s.budgets.approve({ kind: "client", id: id.data });
-    ops.record(c, "admin.client_pii_approved", { reason, details: { client_id: id.data, was_blocked: was } });
-    res.json({ client_id: id.data, was_blocked: was });
+    const id = knownClient(req.params.client_id);
+    const was = s.budgets.approve({ kind: "client", id });
+    ops.record(c, "admin.client_pii_approved", { reason, details: { client_id: id, was_blocked: was } });
+    res.json({ client_id: id, was_blocked: was });
   });
 
   const by = (c: AdminCtx) => ({ adminId: c.admin.memberId, ip: c.ip, requestId: c.requestId });
-  const knownClient = (raw: unknown): string => {
+  function knownClient(raw: unknown): string {
     const id = clientIdParam.safeParse(raw);
     const meta = id.success
       ? new Clients({ db: s.db, clock: s.clock, audit: s.audit }).metadata(id.data)
       : undefined;
     if (!id.success || !meta) throw new ApiError(404, "not_found", "No such client.");
     return id.data;
-  };
+  }
 
   r.get("/admin/mfa-policy", (_req, res) => {
     ctx(res);
