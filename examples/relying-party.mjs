@@ -3,13 +3,14 @@
 //
 //   SEKISHO_ISSUER=http://localhost:3000 CLIENT_ID=c_… CLIENT_SECRET=… node examples/relying-party.mjs
 //
-// then open http://localhost:4000 (PORT). docs/integration.md walks through it step by step.
+// then open http://localhost:4000 (RP_PORT). docs/integration.md walks through it step by step.
 import { randomBytes } from "node:crypto";
 import http from "node:http";
 import * as client from "openid-client";
 
 const ISSUER = new URL(process.env.SEKISHO_ISSUER ?? "http://localhost:3000");
-const PORT = Number(process.env.PORT ?? 4000);
+// RP_PORT, not PORT: PORT is the Sekisho server's, often exported in the same shell.
+const PORT = Number(process.env.RP_PORT ?? 4000);
 const BASE = `http://localhost:${PORT}`;
 const REDIRECT_URI = `${BASE}/callback`; // must equal a registered redirect URI exactly
 const { CLIENT_ID, CLIENT_SECRET } = process.env; // no CLIENT_SECRET: a public client (--public)
