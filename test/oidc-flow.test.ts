@@ -598,6 +598,30 @@ describe("OIDC code flow with a real relying party (openid-client)", () => {
     expect((await oidc.tokenIntrospection(config, tokens.access_token)).active).toBe(false);
   });
 
+  it("RP-initiated logout names the site and lets the member sign out of that site only, staying signed in to Sekisho", async () => {
+    const jar = new Jar();
+    const { callback, checks } = await codeFor(jar);
+    const tokens = await oidc.authorizationCodeGrant(config, callback, checks);
+    const endUrl = oidc.buildEndSessionUrl(config, { id_token_hint: tokens.id_token as string });
+    const page = await jar.follow(endUrl.toString(), issuer);
+    const html = await page.res.text();
+    expect(html).toContain("「カーナビ会員サイト」からのサインアウトです。");
+    expect(html).toContain("「カーナビ会員サイト」だけサインアウト");
+    const action = (/action="([^"]+)"/.exec(html)?.[1] ?? "").replaceAll("&amp;", "&");
+    const xsrf = /name="xsrf" value="([^"]+)"/.exec(html)?.[1] as string;
+    // The second button: the form without `logout`.
+    const done = await jar.fetch(new URL(action, issuer).toString(), {
+      method: "POST",
+      headers: { "content-type": "application/x-www-form-urlencoded", origin: issuer },
+      body: new URLSearchParams({ xsrf }).toString(),
+    });
+    expect(done.status).toBe(303);
+    expect((await jar.fetch(`${issuer}/api/v1/me`)).status).toBe(200); // still signed in to Sekisho
+    await expect(oidc.refreshTokenGrant(config, tokens.refresh_token as string)).rejects.toMatchObject({
+      error: "invalid_grant",
+    }); // the site's sign-in is over
+  });
+
   /** The end-session page's confirmation form, and a post of it (the member's button). */
   async function endSessionPage(jar: Jar, url: string) {
     const page = await jar.follow(url, issuer);

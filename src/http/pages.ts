@@ -86,8 +86,13 @@ const T = {
     expiredMeaning: "サインインを始めてから時間がたちすぎたか、別のブラウザで開かれたため、続けられません。",
     expiredLead: "お手数ですが、会員サイトに戻って、もう一度サインインしてください。",
     logoutTitle: "サインアウトしますか？",
-    logout: "サインアウト",
+    logout: "関所からもサインアウト",
+    logoutLead: (client: string | undefined) =>
+      `${client ? `「${client}」からのサインアウトです。` : ""}関所（Sekisho）からもサインアウトすると、同じアカウントでサインインしている他の会員サイトでも、次はサインインが必要になります。`,
+    logoutSiteOnly: (client: string | undefined) =>
+      client ? `「${client}」だけサインアウト` : "このサイトだけサインアウト",
     loggedOut: "サインアウトしました",
+    loggedOutLead: "このページは閉じてかまいません。",
     or: "または",
     passkey: "パスキーでサインイン",
     passkeyCancelled: "パスキーの操作が取り消されました。",
@@ -127,8 +132,13 @@ const T = {
     expiredMeaning: "The sign-in took too long, or was opened in another browser, so it can't continue.",
     expiredLead: "Please go back to the member site and sign in again.",
     logoutTitle: "Sign out?",
-    logout: "Sign out",
+    logout: "Sign out of Sekisho too",
+    logoutLead: (client: string | undefined) =>
+      `${client ? `You are signing out of ${client}. ` : ""}Signing out of Sekisho as well means the other member sites you use with this account ask you to sign in again next time.`,
+    logoutSiteOnly: (client: string | undefined) =>
+      client ? `Sign out of ${client} only` : "Sign out of this site only",
     loggedOut: "You are signed out",
+    loggedOutLead: "You can close this page.",
     or: "or",
     passkey: "Sign in with a passkey",
     passkeyCancelled: "The passkey request was cancelled.",
@@ -310,19 +320,25 @@ export function errorPage(
 export const LOGOUT_CONFIRMED = "confirmed";
 
 /** RP-initiated logout confirmation: oidc-provider's form (hidden xsrf) and our button. */
-export function logoutPage(lang: Lang, providerForm: string): string {
+/**
+ * RP-initiated logout's confirmation: the provider's form (its hidden xsrf) with two buttons. Out of
+ * Sekisho too (`logout=confirmed`: the Sekisho session and every site's provider session end), or
+ * out of the asking site only (no `logout`: its grant is revoked, Sekisho stays signed in).
+ */
+export function logoutPage(lang: Lang, providerForm: string, clientName?: string): string {
   const t = T[lang];
   return layout(
     lang,
     t.logoutTitle,
-    `<h1>${e(t.logoutTitle)}</h1>${providerForm}
-<button type="submit" form="op.logoutForm" name="logout" value="${LOGOUT_CONFIRMED}">${e(t.logout)}</button>`,
+    `<h1>${e(t.logoutTitle)}</h1><p class="lead">${e(t.logoutLead(clientName))}</p>${providerForm}
+<button type="submit" form="op.logoutForm" name="logout" value="${LOGOUT_CONFIRMED}">${e(t.logout)}</button>
+<button type="submit" form="op.logoutForm" class="secondary">${e(t.logoutSiteOnly(clientName))}</button>`,
   );
 }
 
 export function loggedOutPage(lang: Lang): string {
   const t = T[lang];
-  return layout(lang, t.loggedOut, `<h1>${e(t.loggedOut)}</h1>`);
+  return layout(lang, t.loggedOut, `<h1>${e(t.loggedOut)}</h1><p class="lead">${e(t.loggedOutLead)}</p>`);
 }
 
 export type LoginError = "invalid" | "throttled" | "badRequest" | "expired" | "challenge" | "resetRequired";

@@ -172,7 +172,8 @@ export function createOidc(s: Services, opts: { clientIp: (req: IncomingMessage)
         const session = sessionOf(ctx.get("cookie"));
         if (!session) return interactionPolicy.Check.REQUEST_PROMPT;
         const recorded = ctx.oidc.session;
-        if (recorded?.accountId !== subjectOf(session.memberId)) return interactionPolicy.Check.REQUEST_PROMPT;
+        if (recorded?.accountId !== subjectOf(session.memberId))
+          return interactionPolicy.Check.REQUEST_PROMPT;
         if (
           recorded.loginTs !== Math.floor(session.authTime / 1000) ||
           recorded.acr !== session.acr ||
@@ -260,7 +261,11 @@ export function createOidc(s: Services, opts: { clientIp: (req: IncomingMessage)
           const back = ctx.oidc.session?.state?.postLogoutRedirectUri;
           pageHeaders(ctx.res, typeof back === "string" ? [back] : []);
           ctx.type = "html";
-          ctx.body = logoutPage(langOf(ctx.get("accept-language"), ctx.get("cookie")), form);
+          ctx.body = logoutPage(
+            langOf(ctx.get("accept-language"), ctx.get("cookie")),
+            form,
+            ctx.oidc?.client?.clientName,
+          );
         },
         postLogoutSuccessSource: async (ctx) => {
           pageHeaders(ctx.res);
@@ -447,7 +452,11 @@ export function createOidc(s: Services, opts: { clientIp: (req: IncomingMessage)
       typeof state.postLogoutRedirectUri === "string" ? [state.postLogoutRedirectUri] : [],
     );
     ctx.type = "html";
-    ctx.body = logoutPage(langOf(ctx.get("accept-language"), ctx.get("cookie")), form);
+    ctx.body = logoutPage(
+      langOf(ctx.get("accept-language"), ctx.get("cookie")),
+      form,
+      ctx.oidc?.client?.clientName,
+    );
   };
   /** Grants whose revocation a request has audited (grant.revoked below). */
   const auditedRevocations = new WeakMap<object, Set<string>>();
