@@ -88,6 +88,20 @@ describe("OIDC code flow with a real relying party (openid-client)", () => {
     });
   }
 
+  it("an endpoint asked with a method it doesn't take answers a JSON not_found, like any unknown endpoint", async () => {
+    for (const [method, path] of [
+      ["POST", "/oidc/auth"],
+      ["POST", "/oidc/session/end"],
+      ["GET", "/oidc/token"],
+      ["PUT", "/oidc/token/revocation"],
+    ] as const) {
+      const res = await fetch(`${issuer}${path}`, { method, headers: { origin: issuer } });
+      expect(res.status, `${method} ${path}`).toBe(404);
+      expect(res.headers.get("content-type")).toMatch(/^application\/json/);
+      expect(((await res.json()) as { error: string }).error).toBe("not_found");
+    }
+  });
+
   it("discovery names the issuer exactly and ES256 only", () => {
     const meta = config.serverMetadata();
     expect(meta.issuer).toBe(issuer);

@@ -498,6 +498,17 @@ export function createOidc(s: Services, opts: { clientIp: (req: IncomingMessage)
     ) {
       ctx.body = { error: "unauthorized_client", error_description: body.error_description };
     }
+    // A path the provider has, asked with a method it doesn't take (a POST to the authorization
+    // endpoint, a GET to the token endpoint): the provider's router leaves koa's bare text "Not
+    // Found"; answer like every other unknown endpoint (src/http/middleware.ts notFound).
+    if (ctx.status === 404 && ctx.body === undefined) {
+      ctx.set("Cache-Control", "no-store");
+      ctx.body = {
+        error: "not_found",
+        error_description: `No such endpoint: ${ctx.method} ${ctx.path} (see the discovery document for each endpoint's method).`,
+      };
+      ctx.status = 404; // (setting a body makes it 200)
+    }
     // The JSON endpoints' answers are never cached, refusals included: the provider leaves
     // Cache-Control off a few (a revocation's invalid_client, for one).
     if (OIDC_JSON_ENDPOINTS.has(ctx.path) && !ctx.response.get("Cache-Control")) {
