@@ -18,7 +18,7 @@ const R = {
     sentTitle: "メールをご確認ください",
     sentLead:
       "入力された情報に一致するアカウントがある場合、メールを送信しました。数分たっても届かない場合は、迷惑メールフォルダをご確認のうえ、もう一度お試しください。",
-    backToLogin: "サインイン画面へ戻る",
+    backToLogin: "関所（Sekisho）アカウントのサインインへ",
     throttled: "リクエストが多すぎます。しばらくしてから再度お試しください。",
     invalid: "入力内容を確認してください。",
     challenge: "安全のため、自動確認（数秒の計算）のあとにもう一度送信してください。",
@@ -46,8 +46,9 @@ const R = {
     save: "パスワードを設定",
     mismatch: "確認用のパスワードが一致しません。",
     doneTitle: "パスワードを再設定しました",
-    doneLead: (id: string) => `ログインID「${id}」と新しいパスワードでサインインしてください。`,
-    signIn: "サインイン",
+    doneLead: (id: string) =>
+      `ログインID「${id}」と新しいパスワードでサインインしてください。会員サイトのサインインから来た方は、そのサイトに戻ってサインインしてください。`,
+    signIn: "関所（Sekisho）アカウントにサインイン",
     verifyTitle: "メールアドレスの確認",
     verifyLead: "下のボタンを押すと、このメールアドレスの確認が完了します。",
     verifyButton: "確認する",
@@ -68,7 +69,7 @@ const R = {
     sentTitle: "Check your mail",
     sentLead:
       "If an account matches what you entered, we have sent it an e-mail. If nothing arrives within a few minutes, check your spam folder and try again.",
-    backToLogin: "Back to sign-in",
+    backToLogin: "Sign in to your Sekisho account",
     throttled: "Too many requests. Please wait a while and try again.",
     invalid: "Please check what you entered.",
     challenge: "For your safety, please send again after the automatic check (a few seconds of computing).",
@@ -95,8 +96,9 @@ const R = {
     save: "Set the password",
     mismatch: "The two passwords differ.",
     doneTitle: "Your password was reset",
-    doneLead: (id: string) => `Sign in with login ID "${id}" and your new password.`,
-    signIn: "Sign in",
+    doneLead: (id: string) =>
+      `Sign in with login ID "${id}" and your new password. If you came from a member site's sign-in, go back to that site and sign in there.`,
+    signIn: "Sign in to your Sekisho account",
     verifyTitle: "Confirm your e-mail address",
     verifyLead: "Press the button to finish confirming this address.",
     verifyButton: "Confirm",
