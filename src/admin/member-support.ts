@@ -93,17 +93,7 @@ export class MemberSupport {
           mail: { template: "mfa_reset", loginId: member.loginId },
         });
       }
-      this.#audit.append({
-        action: "mfa.reset_by_admin",
-        outcome: "info",
-        actorType: ctx.adminId ? "admin" : "operator",
-        actorId: ctx.adminId,
-        memberId,
-        reason: ctx.reason,
-        ip: ctx.ip,
-        requestId: ctx.requestId,
-        details: result,
-      });
+      this.#record("mfa.reset_by_admin", memberId, ctx, result);
       return result;
     });
   }
@@ -136,18 +126,23 @@ export class MemberSupport {
         devices_revoked: status === "disabled" ? this.#devices.revokeAllExcept(memberId, null) : 0,
       };
       if (status === "disabled") this.#tokens.voidAll(memberId, "reset_password", "change_email");
-      this.#audit.append({
-        action: status === "disabled" ? "member.disabled" : "member.enabled",
-        outcome: "info",
-        actorType: ctx.adminId ? "admin" : "operator",
-        actorId: ctx.adminId,
-        memberId,
-        reason: ctx.reason,
-        ip: ctx.ip,
-        requestId: ctx.requestId,
-        details: result,
-      });
+      this.#record(status === "disabled" ? "member.disabled" : "member.enabled", memberId, ctx, result);
       return result;
+    });
+  }
+
+  /** Support's audit entry: by the admin, or by the operator on the host (no admin). */
+  #record(action: string, memberId: string, ctx: SupportContext, details: Record<string, unknown>): void {
+    this.#audit.append({
+      action,
+      outcome: "info",
+      actorType: ctx.adminId ? "admin" : "operator",
+      actorId: ctx.adminId,
+      memberId,
+      reason: ctx.reason,
+      ip: ctx.ip,
+      requestId: ctx.requestId,
+      details,
     });
   }
 }
