@@ -390,6 +390,38 @@ describe("account pages through the routes (F1, F12)", () => {
   });
   afterEach(() => t.close());
 
+  it("a refused password change shows its message at the password form, on the field it is about (not at the top of a long page)", async () => {
+    const cookie = await signIn(t.app, "hanako.reauth");
+    const wrong = await form(
+      t,
+      "/account/password",
+      { current_password: "not the password 123", new_password: "a new long passphrase 2026" },
+      cookie,
+    );
+    expect(wrong.status).toBe(303);
+    expect(wrong.headers.location).toBe("/account?error=wrong_password&in=password#password");
+    const page = (
+      await supertest(t.app).get("/account?error=wrong_password&in=password").set("Cookie", cookie)
+    ).text;
+    const section = page.slice(page.indexOf('<section id="password">'));
+    expect(section).toContain('id="password_error"');
+    // Said once, in the section.
+    expect(page.split("現在のパスワードが正しくありません。")).toHaveLength(2);
+    expect(section).toContain("現在のパスワードが正しくありません。");
+    expect(tagOf(page, "current_password")).toContain('aria-describedby="password_error"');
+    expect(tagOf(page, "current_password")).toContain("autofocus");
+    expect(tagOf(page, "new_password")).not.toContain("aria-invalid");
+    // A weak new password marks the new-password field instead.
+    const weak = (
+      await supertest(t.app).get("/account?error=weak_password&in=password").set("Cookie", cookie)
+    ).text;
+    expect(tagOf(weak, "new_password")).toContain('aria-invalid="true"');
+    expect(tagOf(weak, "current_password")).not.toContain("aria-invalid");
+    // A bad e-mail address: at the e-mail form.
+    const bad = await form(t, "/account/email", { email: "not an address" }, cookie);
+    expect(bad.headers.location).toBe("/account?error=invalid&in=email#email");
+  });
+
   it("re-authentication says why, fills in the signed-in login ID and keeps reauth in the language switch", async () => {
     const cookie = await signIn(t.app, "hanako.reauth");
     const res = await supertest(t.app).get("/account/login?reauth=1&lang=ja&then=totp").set("Cookie", cookie);

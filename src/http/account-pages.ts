@@ -398,8 +398,28 @@ const confirmRemove = (
 <form method="post" action="${e(action)}"><button type="submit" class="danger">${e(a.removeConfirm)}</button></form></div></details>`;
 };
 
-export function accountPage(lang: Lang, v: AccountView, notice?: Notice, error?: AccountError): string {
+/**
+ * The account page. An error of the e-mail or password form (`errorIn`) is shown in that form's
+ * section, on the field it is about, which gets the focus (the page is long: a message at the top
+ * of it goes unseen); other errors at the top.
+ */
+export function accountPage(
+  lang: Lang,
+  v: AccountView,
+  notice?: Notice,
+  error?: AccountError,
+  errorIn?: "email" | "password",
+): string {
   const a = A[lang];
+  const inSection = (where: "email" | "password") =>
+    error && errorIn === where
+      ? `<div class="error" role="alert" id="${where}_error">${e(a.errors[error])}</div>`
+      : "";
+  /** The attributes of a field the section's error is about. */
+  const invalid = (where: "email" | "password", on: boolean) =>
+    error && errorIn === where && on
+      ? ` aria-invalid="true" aria-describedby="${where}_error" autofocus`
+      : "";
   const when = (iso: string | null) => (iso ? localTime(lang, iso) : a.never);
   // The browser and system by name; the raw User-Agent header only as the tooltip.
   const device = (ua: string | null) =>
@@ -418,7 +438,7 @@ ${p.suspected ? `<div class="error">${e(a.suspected)}</div>` : ""}
           )
           .join("")}</ul>`;
   const body = `<h1>${e(a.accountTitle)}</h1><p class="lead">${e(a.signedInAs(v.loginId))}<br><span class="muted">${e(a.level)}: ${e(ACR_LABEL[v.acr]?.[lang] ?? v.acr)}</span></p>
-${notice ? `<div class="ok" role="status">${e(a.added[notice])}</div>` : ""}${error ? `<div class="error" role="alert">${e(a.errors[error])}</div>` : ""}
+${notice ? `<div class="ok" role="status">${e(a.added[notice])}</div>` : ""}${error && !errorIn ? `<div class="error" role="alert">${e(a.errors[error])}</div>` : ""}
 ${passkeySupport(lang)}
 <section id="passkeys"><h2>${e(a.passkeysHeading)}</h2>${passkeys}
 ${passkeyAdder(a)}</section>
@@ -430,13 +450,13 @@ ${
     ? `<section id="recovery"><h2>${e(a.recoveryHeading)}</h2><p>${e(a.recoveryRemaining(v.recoveryCodes))}</p>${postButton("/account/recovery-codes", a.recoveryNew)}</section>`
     : ""
 }
-<section id="email"><h2>${e(a.emailHeading)}</h2><p>${v.email ? `${e(v.email)} <span class="muted">(${e(v.emailVerified ? a.verified : a.unverified)})</span>` : "—"}</p>
+<section id="email"><h2>${e(a.emailHeading)}</h2>${inSection("email")}<p>${v.email ? `${e(v.email)} <span class="muted">(${e(v.emailVerified ? a.verified : a.unverified)})</span>` : "—"}</p>
 ${v.email && !v.emailVerified ? postButton("/account/email/resend", a.resend) : ""}
-<form method="post" action="/account/email"><label for="new_email">${e(a.newEmail)}</label><input type="text" id="new_email" name="email" inputmode="email" autocomplete="email" autocapitalize="none" spellcheck="false" maxlength="254" required><button type="submit" class="secondary">${e(a.changeEmail)}</button></form></section>
-<section id="password"><h2>${e(a.passwordHeading)}</h2>
+<form method="post" action="/account/email"><label for="new_email">${e(a.newEmail)}</label><input type="text" id="new_email" name="email" inputmode="email" autocomplete="email" autocapitalize="none" spellcheck="false" maxlength="254" required${invalid("email", error === "invalid")}><button type="submit" class="secondary">${e(a.changeEmail)}</button></form></section>
+<section id="password"><h2>${e(a.passwordHeading)}</h2>${inSection("password")}
 <form method="post" action="/account/password"><input type="text" name="username" autocomplete="username" value="${e(v.loginId)}" hidden>
-<label for="current_password">${e(a.currentPassword)}</label><input type="password" id="current_password" name="current_password" autocomplete="current-password" required>
-<label for="new_password">${e(a.newPassword(v.passwordMinLength))}</label><input type="password" id="new_password" name="new_password" autocomplete="new-password" required>
+<label for="current_password">${e(a.currentPassword)}</label><input type="password" id="current_password" name="current_password" autocomplete="current-password" required${invalid("password", error !== "weak_password")}>
+<label for="new_password">${e(a.newPassword(v.passwordMinLength))}</label><input type="password" id="new_password" name="new_password" autocomplete="new-password" required${invalid("password", error === "weak_password")}>
 <button type="submit" class="secondary">${e(a.changePassword)}</button></form>
 <p class="muted"><a href="/recovery/password?lang=${lang}">${e(a.forgot)}</a></p></section>
 <section><h2>${e(a.sessionsHeading)}</h2><ul class="plain">${v.sessions

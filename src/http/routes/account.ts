@@ -275,6 +275,7 @@ export function accountRoutes(s: Services): Router {
         },
         notice as Notice | undefined,
         error as AccountError | undefined,
+        req.query.in === "email" || req.query.in === "password" ? req.query.in : undefined,
       ),
     );
   });
@@ -419,13 +420,14 @@ export function accountRoutes(s: Services): Router {
     ...form,
     signedIn((req, res, session) => {
       const body = emailForm.safeParse(req.body);
-      if (!body.success) return backTo(res, "/account?error=invalid");
+      if (!body.success) return backTo(res, "/account?error=invalid&in=email#email");
       try {
         s.emails.requestChange(session, body.data.email, ctx(res));
       } catch (err) {
-        if (err instanceof ApiError && err.status === 429) return backTo(res, "/account?error=throttled");
+        if (err instanceof ApiError && err.status === 429)
+          return backTo(res, "/account?error=throttled&in=email#email");
         if (err instanceof ApiError && err.code === "invalid_request")
-          return backTo(res, "/account?error=invalid");
+          return backTo(res, "/account?error=invalid&in=email#email");
         throw err;
       }
       backTo(res, "/account?notice=email_change");
@@ -437,7 +439,7 @@ export function accountRoutes(s: Services): Router {
     ...form,
     signedIn(async (req, res, session) => {
       const body = passwordForm.safeParse(req.body);
-      if (!body.success) return backTo(res, "/account?error=invalid");
+      if (!body.success) return backTo(res, "/account?error=invalid&in=password#password");
       try {
         await s.passwordChange.change(session, body.data.current_password, body.data.new_password, {
           ...ctx(res),
@@ -445,9 +447,11 @@ export function accountRoutes(s: Services): Router {
         });
       } catch (err) {
         if (!(err instanceof ApiError)) throw err;
-        if (err.status === 429) return backTo(res, "/account?error=throttled");
-        if (err.code === "invalid_credentials") return backTo(res, "/account?error=wrong_password");
-        if (err.code === "weak_password") return backTo(res, "/account?error=weak_password");
+        if (err.status === 429) return backTo(res, "/account?error=throttled&in=password#password");
+        if (err.code === "invalid_credentials")
+          return backTo(res, "/account?error=wrong_password&in=password#password");
+        if (err.code === "weak_password")
+          return backTo(res, "/account?error=weak_password&in=password#password");
         throw err;
       }
       backTo(res, "/account?notice=password");
