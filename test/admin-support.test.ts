@@ -418,7 +418,19 @@ describe("admin member support and PII read budgets", () => {
       )
     ).body.entries;
     expect(ranged.map((e: { reason: string }) => e.reason)).toEqual(["ticket 123"]);
-    expect((await get(`/api/v1/admin/audit?ip=127.0.0.1&limit=1`)).status).toBe(200);
+    // Minutes without seconds; an address however it is spelled (IPv4-mapped, upper case).
+    const minutes = `${from.slice(0, 16)}Z`;
+    expect((await get(`/api/v1/admin/audit?since=${minutes}&limit=1`)).status).toBe(200);
+    // (each query adds an entry of its own: compare up to a fixed point with `before`)
+    const head = (await get("/api/v1/admin/audit?limit=1")).body.entries[0].seq as number;
+    const byIp = (await get(`/api/v1/admin/audit?ip=127.0.0.1&before=${head}&limit=500`)).body.entries;
+    expect(byIp.length).toBeGreaterThan(0);
+    const mapped = (
+      await get(`/api/v1/admin/audit?ip=${encodeURIComponent("::FFFF:127.0.0.1")}&before=${head}&limit=500`)
+    ).body.entries;
+    expect(mapped).toEqual(byIp);
+    // `_` is no wildcard in a prefix: log_n.* is not login.*.
+    expect((await get("/api/v1/admin/audit?action=log_n.*")).body.entries).toHaveLength(0);
     // A bad value is named; a LIKE wildcard is no prefix.
     const bad = await get("/api/v1/admin/audit?since=yesterday");
     expect(bad.status).toBe(400);

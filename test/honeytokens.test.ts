@@ -109,6 +109,10 @@ describe("honeytokens: decoy members that raise the alarm when touched", () => {
     expect(own.body.alerts.filter((a: { kind: string }) => a.kind === "honeytoken_touched")).toHaveLength(0);
     const ownPage = await supertest(t.app).get("/admin/alerts").set("Cookie", admin);
     expect(ownPage.text).not.toContain("honeytoken_touched");
+    for (const q of ["action=alert.raised", "action=alert.*", "limit=500"]) {
+      const audit = await supertest(t.app).get(`/api/v1/admin/audit?${q}`).set("Cookie", admin);
+      expect(JSON.stringify(audit.body), q).not.toContain("honeytoken_touched");
+    }
     const other = await adminWithPasskey(t, "ops.second");
     const second = await adminPasskeySession(t, other.auth, "ops.second");
     const seen = (await supertest(t.app).get("/api/v1/admin/alerts").set("Cookie", second)).body.alerts.find(
@@ -131,6 +135,11 @@ describe("honeytokens: decoy members that raise the alarm when touched", () => {
       done.body.acknowledged_at,
     );
     expect([...t.s.audit.iterate()].some((e) => e.action === "admin.alert_acknowledged")).toBe(true);
+    // The other admin's audit view has the alert's entry.
+    const others = await supertest(t.app)
+      .get("/api/v1/admin/audit?action=alert.raised")
+      .set("Cookie", second);
+    expect(JSON.stringify(others.body)).toContain("honeytoken_touched");
     expect((await ack(second, 999_999)).status).toBe(404);
   });
 

@@ -630,10 +630,22 @@ describe("OIDC code flow with a real relying party (openid-client)", () => {
       body: new URLSearchParams({ xsrf }).toString(),
     });
     expect(done.status).toBe(303);
+    // The page after it says what ended, and what didn't.
+    const after = await (
+      await jar.fetch(new URL(done.headers.get("location") as string, issuer).toString())
+    ).text();
+    expect(after).toContain("「カーナビ会員サイト」からサインアウトしました");
+    expect(after).toContain("関所（Sekisho）にはサインインしたままです。");
     expect((await jar.fetch(`${issuer}/api/v1/me`)).status).toBe(200); // still signed in to Sekisho
     await expect(oidc.refreshTokenGrant(config, tokens.refresh_token as string)).rejects.toMatchObject({
       error: "invalid_grant",
     }); // the site's sign-in is over
+    // Sent to the endpoint without a site (no id_token_hint): there is no site to sign out of
+    // alone, so only the full sign-out is offered (a "site only" button would end nothing).
+    await codeFor(jar);
+    const bare = await (await jar.follow(`${issuer}/oidc/session/end`, issuer)).res.text();
+    expect(bare).toContain(`value="confirmed"`);
+    expect(bare).not.toContain("だけサインアウト");
   });
 
   /** The end-session page's confirmation form, and a post of it (the member's button). */

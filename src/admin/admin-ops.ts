@@ -1,4 +1,4 @@
-import { and, desc, eq, gte, like, lt } from "drizzle-orm";
+import { and, desc, eq, gte, lt, sql } from "drizzle-orm";
 import { z } from "zod";
 import { auditLog, members } from "../db/schema.js";
 import { ApiError } from "../errors.js";
@@ -278,7 +278,7 @@ export class AdminOps {
   }
 
   audit(c: AdminCtx, q: AuditFilter) {
-    // `login.*`: the actions under a prefix (the prefix itself holds only [a-z_.], no LIKE wildcards).
+    // `login.*`: the actions under a prefix, compared as a prefix (not LIKE, where `_` is a wildcard).
     const prefix = q.action?.endsWith(".*") ? q.action.slice(0, -1) : null;
     const rows = this.s.db
       .select()
@@ -287,7 +287,14 @@ export class AdminOps {
         and(
           q.memberId ? eq(auditLog.memberId, q.memberId) : undefined,
           q.actorId ? eq(auditLog.actorId, q.actorId) : undefined,
-          prefix ? like(auditLog.action, `${prefix}%`) : q.action ? eq(auditLog.action, q.action) : undefined,
+          prefix
+            ? sql`substr(${auditLog.action}, 1, ${prefix.length}) = ${prefix}`
+            : q.action
+              ? eq(auditLog.action, q.action)
+              : undefined,
+          // An alert that names this admin as its principal (a decoy it touched) is not shown to
+          // it here either (see alerts()): its audit entry would tell the same.
+          sql`NOT (${auditLog.action} = 'alert.raised' AND json_extract(${auditLog.details}, '$.principal') = 'admin' AND json_extract(${auditLog.details}, '$.principal_id') = ${c.admin.memberId})`,
           q.requestId ? eq(auditLog.requestId, q.requestId) : undefined,
           q.ip ? eq(auditLog.ip, q.ip) : undefined,
           q.since !== undefined ? gte(auditLog.at, q.since) : undefined,

@@ -93,6 +93,10 @@ const T = {
       client ? `「${client}」だけサインアウト` : "このサイトだけサインアウト",
     loggedOut: "サインアウトしました",
     loggedOutLead: "このページは閉じてかまいません。",
+    loggedOutSite: (client: string) => `「${client}」からサインアウトしました`,
+    loggedOutSiteLead:
+      "関所（Sekisho）にはサインインしたままです。共有のパソコンでは、アカウントページから関所もサインアウトしてください。",
+    toAccountPage: "関所（Sekisho）のアカウントページ",
     or: "または",
     passkey: "パスキーでサインイン",
     passkeyCancelled: "パスキーの操作が取り消されました。",
@@ -139,6 +143,10 @@ const T = {
       client ? `Sign out of ${client} only` : "Sign out of this site only",
     loggedOut: "You are signed out",
     loggedOutLead: "You can close this page.",
+    loggedOutSite: (client: string) => `You are signed out of ${client}`,
+    loggedOutSiteLead:
+      "You are still signed in to Sekisho. On a shared computer, sign out of Sekisho too, on your account page.",
+    toAccountPage: "Your Sekisho account page",
     or: "or",
     passkey: "Sign in with a passkey",
     passkeyCancelled: "The passkey request was cancelled.",
@@ -331,13 +339,27 @@ export function logoutPage(lang: Lang, providerForm: string, clientName?: string
     lang,
     t.logoutTitle,
     `<h1>${e(t.logoutTitle)}</h1><p class="lead">${e(t.logoutLead(clientName))}</p>${providerForm}
-<button type="submit" form="op.logoutForm" name="logout" value="${LOGOUT_CONFIRMED}">${e(t.logout)}</button>
-<button type="submit" form="op.logoutForm" class="secondary">${e(t.logoutSiteOnly(clientName))}</button>`,
+<button type="submit" form="op.logoutForm" name="logout" value="${LOGOUT_CONFIRMED}">${e(t.logout)}</button>${
+      // Only for a known site: without one, the form without `logout` would end nothing at all.
+      clientName !== undefined
+        ? `\n<button type="submit" form="op.logoutForm" class="secondary">${e(t.logoutSiteOnly(clientName))}</button>`
+        : ""
+    }`,
   );
 }
 
-export function loggedOutPage(lang: Lang): string {
+/**
+ * After a logout: signed out of everything, or (`siteOnly`, the site's name) of that site alone,
+ * which says so, and that Sekisho still is signed in.
+ */
+export function loggedOutPage(lang: Lang, siteOnly?: string): string {
   const t = T[lang];
+  if (siteOnly !== undefined)
+    return layout(
+      lang,
+      t.loggedOutSite(siteOnly),
+      `<h1>${e(t.loggedOutSite(siteOnly))}</h1><p class="lead">${e(t.loggedOutSiteLead)}</p><p><a href="/account?lang=${lang}">${e(t.toAccountPage)}</a></p>`,
+    );
   return layout(lang, t.loggedOut, `<h1>${e(t.loggedOut)}</h1><p class="lead">${e(t.loggedOutLead)}</p>`);
 }
 

@@ -267,10 +267,15 @@ export function createOidc(s: Services, opts: { clientIp: (req: IncomingMessage)
             ctx.oidc?.client?.clientName,
           );
         },
+        // With the site's client_id (oidc-provider forwards it when only that site was signed out):
+        // say that Sekisho is still signed in.
         postLogoutSuccessSource: async (ctx) => {
           pageHeaders(ctx.res);
           ctx.type = "html";
-          ctx.body = loggedOutPage(langOf(ctx.get("accept-language"), ctx.get("cookie")));
+          ctx.body = loggedOutPage(
+            langOf(ctx.get("accept-language"), ctx.get("cookie")),
+            ctx.oidc.client?.clientName,
+          );
         },
       },
     },

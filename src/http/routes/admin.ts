@@ -1,4 +1,5 @@
 import { type Request, type Response, Router } from "express";
+import ipaddr from "ipaddr.js";
 import { z } from "zod";
 import { type AdminCtx, AdminOps, type AuditFilter, memberIdParam } from "../../admin/admin-ops.js";
 import { ApiError } from "../../errors.js";
@@ -24,9 +25,13 @@ const lookupQuery = z
     "give exactly one of login_id and email",
   );
 const viewQuery = z.object({ reason: reasonText });
-/** An ISO 8601 time with a zone (`2026-12-05T09:00:00Z`, `…+09:00`), as ms. */
-const isoTime = z.iso
-  .datetime({ offset: true })
+/**
+ * An ISO 8601 date and time with a zone, seconds optional (`2026-12-05T09:00Z`,
+ * `2026-12-05T09:00:00.000+09:00`; a `+` must be sent as `%2B` in a URL), as ms.
+ */
+const isoTime = z
+  .string()
+  .regex(/^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d{1,3})?)?(Z|[+-]\d{2}:\d{2})$/)
   .transform((v) => Date.parse(v))
   .pipe(z.number().int().min(0));
 
@@ -48,7 +53,11 @@ export const auditQuery = z
       .string()
       .regex(/^[A-Za-z0-9._-]{8,64}$/)
       .optional(),
-    ip: z.union([z.ipv4(), z.ipv6()]).optional(),
+    /** Compared as stored: IPv4-mapped IPv6 unwrapped, IPv6 in its canonical (RFC 5952) form. */
+    ip: z
+      .union([z.ipv4(), z.ipv6()])
+      .transform((v) => ipaddr.process(v).toString())
+      .optional(),
     since: isoTime.optional(),
     until: isoTime.optional(),
     before: digits(1, Number.MAX_SAFE_INTEGER).optional(),
