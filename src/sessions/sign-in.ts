@@ -170,7 +170,9 @@ export class PasswordSignIn {
       return false;
     };
     try {
-      return await this.#verify(input, ctx, loginId, member, settle, attempt.trustedDevice, stillAdmitted);
+      // A trusted device goes first in the hashing queue, while its failure budget lasts.
+      const first = attempt.trustedDevice && this.#guard.trustedBudgetLeft(attempt.loginId as string);
+      return await this.#verify(input, ctx, loginId, member, settle, first, stillAdmitted);
     } catch (err) {
       if (err instanceof WithdrawnJob && later) throw this.#refused(attempt, later, member, ctx);
       throw err;

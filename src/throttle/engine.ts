@@ -73,7 +73,7 @@ export interface ThrottlePolicy {
   blockMinutes: number;
   /** Failures per (IP, login ID) in 10 minutes before a growing pause. */
   ipLoginSlow: number;
-  /** Failures per login ID from untrusted devices: a proof-of-work past `accountSlow` an hour… */
+  /** Failures per login ID from untrusted devices: slow down (429) past `accountSlow` an hour… */
   accountSlow: number;
   /** …and protect the account past `accountProtect` a day (NIST SP 800-63B: at most 100). */
   accountProtect: number;
@@ -423,6 +423,22 @@ export class LoginGuard {
   #knownAddress(k: Keys, now: number): boolean {
     const at = k.ipLogin ? this.#known.get(k.ipLogin) : undefined;
     return at !== undefined && now - at < KNOWN_ADDRESS_MS;
+  }
+
+  /**
+   * Has this login ID's trusted devices' failure budget anything left today? (The lanes and the
+   * hashing queue ask it too: a device cookie past its budget goes first nowhere.)
+   */
+  trustedBudgetLeft(loginId: string): boolean {
+    return this.#trusted(
+      { ip: "", loginId, trustedDevice: true, kind: "password" },
+      this.#keysOfLogin(loginId),
+      this.#clock.now().getTime(),
+    );
+  }
+
+  #keysOfLogin(loginId: string): Keys {
+    return { ip: "", net: "", ipLogin: null, account: loginId };
   }
 
   /** Does the attempt come from the member's own device, with failures to spare today? */
