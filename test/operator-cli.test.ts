@@ -2,7 +2,7 @@ import * as oidc from "openid-client";
 import supertest from "supertest";
 import { describe, expect, it } from "vitest";
 import { adminPasskeySession, adminWithPasskey } from "./support/admin.js";
-import { makeApp, post, register, STRONG_PASSWORD, sessionCookie } from "./support/app.js";
+import { makeApp, PROFILE, post, register, STRONG_PASSWORD, sessionCookie } from "./support/app.js";
 import { runCli } from "./support/cli.js";
 import { listenWithMember, memberSiteWithRefreshToken } from "./support/oidc.js";
 
@@ -63,6 +63,15 @@ describe("sekisho members disable / enable", () => {
       expect(runCli(t, ["members", "disable", "nobody.here", "--reason", "x"]).stderr).toMatch(
         /no member nobody.here/,
       );
+      // A login ID that starts like a member id is still a login ID.
+      const odd = await supertest(t.app)
+        .post("/api/v1/registrations")
+        .set("Origin", listening.issuer)
+        .set("Content-Type", "application/json")
+        .send(JSON.stringify({ login_id: "m_taro", password: STRONG_PASSWORD, profile: PROFILE }));
+      expect(odd.status, odd.text).toBe(201);
+      const named = runCli(t, ["members", "disable", "m_taro", "--reason", "test", "--json"]);
+      expect(JSON.parse(named.stdout)).toMatchObject({ member_id: odd.body.member_id, changed: true });
     } finally {
       await listening.close();
     }
