@@ -456,6 +456,22 @@ describe("account pages through the routes (F1, F12)", () => {
     }
   });
 
+  it("a throttled sign-in page says how long to wait, as its Retry-After does", async () => {
+    let last = await form(t, "/account/login?lang=ja", {
+      login_id: "hanako.reauth",
+      password: "wrong password 1",
+    });
+    for (let i = 2; i <= 6 && last.status !== 429; i++)
+      last = await form(t, "/account/login?lang=ja", {
+        login_id: "hanako.reauth",
+        password: `wrong password ${i}`,
+      });
+    expect(last.status).toBe(429);
+    const minutes = Math.ceil(Number(last.headers["retry-after"]) / 60);
+    expect(minutes).toBeGreaterThan(0);
+    expect(last.text).toContain(minutes > 1 ? `約${minutes}分後に、もう一度お試しください。` : "1分後に");
+  });
+
   it("a wrong recovery code on /account/mfa comes back with the recovery box open and only that field marked", async () => {
     const cookie = await signIn(t.app, "hanako.reauth");
     const begin = await post(t.app, "/api/v1/me/totp", {}, cookie);

@@ -67,6 +67,8 @@ const T = {
     submit: "サインイン",
     invalid: "ログインIDまたはパスワードが正しくありません。",
     throttled: "試行回数が多すぎます。しばらくしてから再度お試しください。",
+    throttledFor: (s: number) =>
+      `試行回数が多すぎます。${s < 60 ? "1分" : `約${Math.ceil(s / 60)}分`}後に、もう一度お試しください。`,
     badRequest: "入力内容を確認してください。",
     other: "English",
     consentTitle: "アクセスの許可",
@@ -117,6 +119,8 @@ const T = {
     submit: "Sign in",
     invalid: "The login ID or password is incorrect.",
     throttled: "Too many attempts. Please wait a while and try again.",
+    throttledFor: (s: number) =>
+      `Too many attempts. Please try again in ${s < 60 ? "a minute" : `about ${Math.ceil(s / 60)} minutes`}.`,
     badRequest: "Please check what you entered.",
     other: "日本語",
     consentTitle: "Allow access",
@@ -363,6 +367,12 @@ export function loggedOutPage(lang: Lang, siteOnly?: string): string {
   return layout(lang, t.loggedOut, `<h1>${e(t.loggedOut)}</h1><p class="lead">${e(t.loggedOutLead)}</p>`);
 }
 
+/** The Retry-After a refusal put on the response (pageRefusal), in seconds, if any. */
+export function retryAfterOf(res: { getHeader(name: string): unknown }): number | undefined {
+  const v = Number(res.getHeader("Retry-After"));
+  return Number.isFinite(v) && v > 0 ? v : undefined;
+}
+
 export type LoginError = "invalid" | "throttled" | "badRequest" | "expired" | "challenge" | "resetRequired";
 
 /** The ALTCHA widget's files (proof-of-work), for a login page that carries a challenge. */
@@ -379,6 +389,8 @@ export function loginPage(opts: {
   clientName: string;
   logoUri?: string | undefined;
   error?: LoginError | undefined;
+  /** With `throttled`: the answer's Retry-After, said in minutes (see retryAfterOf). */
+  retryAfterSeconds?: number | undefined;
   notice?: string | undefined;
   loginId?: string | undefined;
   switchHref: string;
@@ -393,7 +405,7 @@ export function loginPage(opts: {
   const retype = opts.error === "invalid" && opts.loginId ? " autofocus" : "";
   const body = `<div class="client">${opts.logoUri ? `<img src="${e(opts.logoUri)}" alt="">` : ""}
 <div><h1>${e(t.title)}</h1><p class="lead">${e(t.lead(opts.clientName))}</p></div></div>
-${opts.error ? `<div class="error" role="alert" id="login_error">${e(t[opts.error])}</div>` : ""}${opts.notice ? `<div class="ok" role="status">${e(opts.notice)}</div>` : ""}
+${opts.error ? `<div class="error" role="alert" id="login_error">${e(opts.error === "throttled" && opts.retryAfterSeconds ? t.throttledFor(opts.retryAfterSeconds) : t[opts.error])}</div>` : ""}${opts.notice ? `<div class="ok" role="status">${e(opts.notice)}</div>` : ""}
 ${passkeySupport(opts.lang)}
 <form method="post" action="${e(opts.action)}">
 <label for="login_id">${e(t.loginId)}</label>

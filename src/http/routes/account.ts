@@ -25,7 +25,7 @@ import { clearSessionCookie, setDeviceCookie, setSessionCookie } from "../cookie
 import { hostedForm, pageHeaders, reqLang } from "../hosted.js";
 import { loginForm, mfaForm, passwordStep, secondStep, subjectFor } from "../hosted-sign-in.js";
 import { locals } from "../middleware.js";
-import { type Lang, type LoginError, loginPage } from "../pages.js";
+import { type Lang, type LoginError, loginPage, retryAfterOf } from "../pages.js";
 import { passkeyIdParam } from "./factors.js";
 
 const codeForm = z.object({ code: z.string().min(1).max(64) });
@@ -126,6 +126,7 @@ export function accountRoutes(s: Services): Router {
         action: `/account/login?${signInQuery(req, l)}`,
         clientName: l === "ja" ? "Sekisho アカウント" : "your Sekisho account",
         error,
+        retryAfterSeconds: retryAfterOf(res),
         notice: reauth ? reauthNotice(l) : undefined,
         loginId: loginId ?? (current ? s.enrolment.member(current).loginId : undefined),
         switchHref: `/account/login?${signInQuery(req, l === "ja" ? "en" : "ja")}`,

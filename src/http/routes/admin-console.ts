@@ -20,7 +20,7 @@ import { setDeviceCookie, setSessionCookie } from "../cookies.js";
 import { hostedForm, pageHeaders, reqLang } from "../hosted.js";
 import { loginForm, mfaForm, passwordStep, secondStep, subjectFor } from "../hosted-sign-in.js";
 import { fromAnotherSite, locals } from "../middleware.js";
-import { errorPage, type LoginError, loginPage } from "../pages.js";
+import { errorPage, type LoginError, loginPage, retryAfterOf } from "../pages.js";
 import { alertIdParam, auditFilter, auditQuery, parsePolicy, reasonText } from "./admin.js";
 
 const reasonForm = z.object({ reason: reasonText });
@@ -85,6 +85,7 @@ export function adminConsoleRoutes(s: Services): Router {
         action: `/admin/login?lang=${l}`,
         clientName: consoleText(l).console,
         error,
+        retryAfterSeconds: retryAfterOf(res),
         notice: req.query.step_up ? consoleText(l).stepUp : undefined,
         switchHref: `/admin/login?lang=${l === "ja" ? "en" : "ja"}`,
         next: "/admin",

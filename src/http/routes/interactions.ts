@@ -14,7 +14,7 @@ import { type CodeMethod, mfaPage } from "../account-pages.js";
 import { setDeviceCookie, setSessionCookie } from "../cookies.js";
 import { hostedForm as hostedFormGuard, pageHeaders, reqLang, sendHtml } from "../hosted.js";
 import { loginForm, mfaForm, passwordStep, secondStep, subjectFor } from "../hosted-sign-in.js";
-import { consentPage, errorPage, type Lang, type LoginError, loginPage } from "../pages.js";
+import { consentPage, errorPage, type Lang, type LoginError, loginPage, retryAfterOf } from "../pages.js";
 
 /** Marks an authorization that came in with prompt=none (see silentAuthorization). */
 export const SILENT_PARAM = "sekisho_silent";
@@ -106,6 +106,7 @@ export function loginPages(oidc: Oidc, loginIdOf?: (sub: string) => string | und
         clientName: client.name,
         logoUri: client.logoUri,
         error: page.error,
+        retryAfterSeconds: retryAfterOf(res),
         loginId: page.loginId,
         switchHref,
         next: base,
