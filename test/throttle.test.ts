@@ -139,6 +139,28 @@ describe("login-anomaly engine (LoginGuard)", () => {
     );
   });
 
+  it("protection starts at most once a day, however the day's count dips and climbs back", () => {
+    // Attack: every hour, free failures from new addresses until refused or charged, so that the
+    // day's sliding count, dipping below the threshold, is pushed over it again; the member tries
+    // from a new address every half hour after.
+    let refusedHours = 0;
+    let n = 0;
+    for (let hour = 0; hour < 96; hour++) {
+      for (let i = 0; i < 12; i++) {
+        const a = attempt({ ip: `198.51.${(n >> 8) & 255}.${n++ & 255}`, password: `guess ${n}` });
+        if (fail(a).action !== "allow") break;
+      }
+      t.clock.advance(30 * 60_000);
+      const member = attempt({ ip: `198.18.${hour}.1`, password: "the right one", challengeSolved: true });
+      const d = guard.assess(member);
+      if (d.action === "protect") refusedHours++;
+      else guard.settle(member, "neither"); // (a new address each hour: none becomes known)
+      t.clock.advance(30 * 60_000);
+    }
+    expect(refusedHours).toBeGreaterThan(0);
+    expect(refusedHours).toBeLessThanOrEqual(4); // an hour a day at most
+  });
+
   it("an address becomes known only by a completed sign-in, not by a right password with a second step due", () => {
     // Attack: the password alone is known; its sign-ins settle as `neither`.
     for (let i = 0; i < 10; i++) fail(attempt({ ip: `198.51.100.${i}` }));

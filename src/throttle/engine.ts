@@ -161,6 +161,8 @@ interface Keys {
 /** The service-wide detector looks at the last ten minutes, so a short burst alone isn't an attack. */
 const GLOBAL_WINDOW = 10 * 60_000;
 
+const DAY_MS = 24 * 3_600_000;
+
 /** How long an address a member signed in from stays known (see LoginGuard#known). */
 const KNOWN_ADDRESS_MS = 30 * 24 * 3_600_000;
 
@@ -752,8 +754,18 @@ export class LoginGuard {
 
   #protect(loginId: string, now: number): void {
     if (this.#protection(loginId, now)) return;
+    const loginKey = this.loginKey(loginId);
+    // Once a day at most (the row is stored: a restart doesn't reset it). The day's count is a
+    // sliding estimate that dips below the threshold and climbs back: without this, a few free
+    // failures each time it does would keep the member out for good.
+    const last = this.#db
+      .select({ createdAt: accountProtections.createdAt })
+      .from(accountProtections)
+      .where(eq(accountProtections.loginKey, loginKey))
+      .get();
+    if (last && now - last.createdAt < DAY_MS) return;
     const row = {
-      loginKey: this.loginKey(loginId),
+      loginKey,
       until: now + this.policy.protectMinutes * MINUTE,
       reason: "account_failures_day",
       createdAt: now,
