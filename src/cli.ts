@@ -417,6 +417,33 @@ export function buildCli(): Command {
   const reasonOption = ["--reason <text>", "why (kept in the audit log)"] as const;
   const admins = program.command("admins").description("administrators");
   admins
+    .command("set-password")
+    .description(
+      "give an admin a new password, read from standard input (their old one may be known): sessions, site tokens and devices end",
+    )
+    .argument("<login_id>", "the admin's login ID")
+    .requiredOption(...reasonOption)
+    .option("--json", "print JSON")
+    .action(async (who: string, opts: { reason: string; json?: boolean }) => {
+      const password = (await readStdin()).replace(/\r?\n$/, "");
+      if (!password) throw new StartupError("give the new password on standard input");
+      const { ctx, services } = openServices();
+      try {
+        const member = memberNamed(ctx, who);
+        if (member.role !== "admin")
+          throw new StartupError(`${who} is not an admin: members set their own through a reset link`);
+        const result = await services.support.setPassword(member.id, password, operator(opts.reason));
+        if (opts.json) out(JSON.stringify({ member_id: member.id, ...result }));
+        else out(`${member.loginId}: new password set; ${result.sessions_revoked} session(s) ended.`);
+      } catch (err) {
+        if (err instanceof ApiError) throw new StartupError(`${err.code}: ${err.description}`);
+        throw err;
+      } finally {
+        ctx.db.$client.close();
+      }
+    });
+
+  admins
     .command("reset-mfa")
     .description(
       "an admin lost their passkey: remove their second factors and end their sessions; they add a new passkey at their next sign-in",

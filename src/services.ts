@@ -1,45 +1,45 @@
+import path from "node:path";
 import type { Logger } from "pino";
+import { Decoys } from "./admin/decoys.js";
+import { MemberSupport } from "./admin/member-support.js";
+import { AlertHooks } from "./audit/alert-hooks.js";
+import { Alerts } from "./audit/alerts.js";
+import { Honeytokens } from "./audit/honeytokens.js";
 import { AuditLog } from "./audit/log.js";
+import { PiiBudgets } from "./audit/pii-budget.js";
 import type { Clock } from "./clock.js";
 import type { Config } from "./config.js";
 import type { Db } from "./db/connection.js";
-import { ProfileVault } from "./members/profile.js";
-import { Registrations } from "./members/registration.js";
-import { PasswordHasher } from "./passwords/hasher.js";
-import { HashQueue } from "./passwords/queue.js";
 import { FactorEnrolment } from "./factors/enrolment.js";
 import { Factors } from "./factors/methods.js";
 import { Passkeys } from "./factors/passkeys.js";
 import { RecoveryCodes } from "./factors/recovery-codes.js";
 import { TotpService } from "./factors/totp.js";
-import { DeviceRegistry } from "./sessions/devices.js";
-import { MfaTokens } from "./sessions/mfa-tokens.js";
-import { SecondFactorSignIn } from "./sessions/second-factor.js";
-import { PasswordSignIn } from "./sessions/sign-in.js";
-import { SessionService } from "./sessions/sessions.js";
-import { Alerts } from "./audit/alerts.js";
-import { AlertHooks } from "./audit/alert-hooks.js";
-import { MemberSupport } from "./admin/member-support.js";
-import { Decoys } from "./admin/decoys.js";
-import { Honeytokens } from "./audit/honeytokens.js";
-import { PiiBudgets } from "./audit/pii-budget.js";
-import { LoginGuard } from "./throttle/engine.js";
-import { ProofOfWork } from "./throttle/proof-of-work.js";
-import { blindIndex } from "./vault/blind-index.js";
-import type { KeyringStore } from "./vault/keyring.js";
-import path from "node:path";
-import { Mailer } from "./mail/outbox.js";
-import { LegacyPasswords } from "./members/legacy-passwords.js";
-import { Metrics } from "./ops/metrics.js";
-import { LegacyImport } from "./members/import.js";
 import { SecurityNotices } from "./mail/notices.js";
-import { MfaPolicies } from "./policy/mfa-policy.js";
+import { Mailer } from "./mail/outbox.js";
 import { FileSender, type MailSender, SmtpSender } from "./mail/sender.js";
+import { LegacyImport } from "./members/import.js";
+import { LegacyPasswords } from "./members/legacy-passwords.js";
+import { ProfileVault } from "./members/profile.js";
+import { Registrations } from "./members/registration.js";
 import { OidcStore } from "./oidc/adapter.js";
+import { Metrics } from "./ops/metrics.js";
+import { PasswordHasher } from "./passwords/hasher.js";
+import { HashQueue } from "./passwords/queue.js";
+import { MfaPolicies } from "./policy/mfa-policy.js";
 import { EmailAddresses } from "./recovery/email.js";
 import { PasswordChange } from "./recovery/password-change.js";
 import { PasswordRecovery } from "./recovery/password-reset.js";
 import { MemberTokens } from "./recovery/tokens.js";
+import { DeviceRegistry } from "./sessions/devices.js";
+import { MfaTokens } from "./sessions/mfa-tokens.js";
+import { SecondFactorSignIn } from "./sessions/second-factor.js";
+import { SessionService } from "./sessions/sessions.js";
+import { PasswordSignIn } from "./sessions/sign-in.js";
+import { LoginGuard } from "./throttle/engine.js";
+import { ProofOfWork } from "./throttle/proof-of-work.js";
+import { blindIndex } from "./vault/blind-index.js";
+import type { KeyringStore } from "./vault/keyring.js";
 
 /** Everything the server and the CLI share, wired once from config, database, keys and clock. */
 export interface Services {
@@ -282,6 +282,10 @@ export function buildServices(deps: {
     mailer,
     vault,
     audit,
+    hasher,
+    guard,
+    clock,
+    passwordMinLength: config.passwordMinLength,
   });
   const legacyImport = new LegacyImport({
     db,

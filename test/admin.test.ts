@@ -1,10 +1,19 @@
 import { eq } from "drizzle-orm";
+import { generateSync } from "otplib";
 import supertest from "supertest";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { auditLog, members } from "../src/db/schema.js";
-import { makeApp, post, register, STRONG_PASSWORD, signIn, type TestApp } from "./support/app.js";
-import { runCli } from "./support/cli.js";
 import { adminPasskeySession, adminWithPasskey as adminWithPasskeyOf } from "./support/admin.js";
+import {
+  makeApp,
+  post,
+  register,
+  STRONG_PASSWORD,
+  sessionCookie,
+  signIn,
+  type TestApp,
+} from "./support/app.js";
+import { runCli } from "./support/cli.js";
 import type { SoftAuthenticator } from "./support/soft-authenticator.js";
 
 describe("admins: `sekisho admins add` and the admin API of the login-anomaly engine", () => {
@@ -127,5 +136,49 @@ describe("admins: `sekisho admins add` and the admin API of the login-anomaly en
     expect(missing.status).toBe(404);
     expect(missing.headers["content-type"]).toMatch(/text\/html/);
     expect(missing.text).toContain("このページを表示できません");
+  });
+});
+
+describe("admins with SEKISHO_ADMIN_ACR=mfa (password + authenticator app)", () => {
+  it("an admin's recovery code signs nothing in, though the app's code does", async () => {
+    const t = makeApp({ SEKISHO_ADMIN_ACR: "mfa" });
+    try {
+      await t.s.registrations.register(
+        { loginId: "ops.totp", password: STRONG_PASSWORD, profile: {} },
+        { ip: null, requestId: null },
+        { role: "admin" },
+      );
+      const first = await signIn(t.app, "ops.totp"); // limited: add a factor first
+      const begin = await post(t.app, "/api/v1/me/totp", {}, first);
+      const now = () => Math.floor(t.clock.now().getTime() / 1000);
+      const done = await post(
+        t.app,
+        "/api/v1/me/totp/verify",
+        { code: generateSync({ secret: begin.body.secret, epoch: now() }) },
+        first,
+      );
+      expect(done.status, done.text).toBe(200);
+      const codes = done.body.recovery_codes as string[];
+      t.clock.advance(31_000);
+      const step = async () =>
+        (await post(t.app, "/api/v1/login", { login_id: "ops.totp", password: STRONG_PASSWORD })).body
+          .mfa_token as string;
+      // Attack: a recovery code (on paper, in a drawer) as the admin's second factor.
+      const byCode = await post(t.app, "/api/v1/login/recovery-code", {
+        mfa_token: await step(),
+        code: codes[0],
+      });
+      expect(byCode.status).toBe(403);
+      expect(byCode.body.error).toBe("method_not_allowed");
+      const byApp = await post(t.app, "/api/v1/login/totp", {
+        mfa_token: await step(),
+        code: generateSync({ secret: begin.body.secret, epoch: now() }),
+      });
+      expect(byApp.status).toBe(200);
+      const admin = sessionCookie(byApp);
+      expect((await supertest(t.app).get("/api/v1/admin/alerts").set("Cookie", admin)).status).toBe(200);
+    } finally {
+      t.close();
+    }
   });
 });

@@ -106,6 +106,36 @@ describe("sekisho admins reset-mfa", () => {
       expect(step.body.mfa_token).toBeUndefined();
       const entry = [...t.s.audit.iterate()].find((e) => e.action === "mfa.reset_by_admin");
       expect(entry).toMatchObject({ actorType: "operator", reason: "passkey lost with laptop" });
+      // The password may have been phished too: the operator sets a new one (rules apply).
+      const weak = runCli(
+        t,
+        ["admins", "set-password", "ops.admin", "--reason", "phished"],
+        {},
+        "password\n",
+      );
+      expect(weak.status).toBe(1);
+      expect(weak.stderr).toMatch(/weak_password/);
+      const fresh = "a brand new admin passphrase 2026";
+      const set = runCli(
+        t,
+        ["admins", "set-password", "ops.admin", "--reason", "phished", "--json"],
+        {},
+        `${fresh}\n`,
+      );
+      expect(set.status, set.stderr).toBe(0);
+      expect(
+        (await post(t.app, "/api/v1/login", { login_id: "ops.admin", password: STRONG_PASSWORD })).status,
+      ).toBe(401);
+      expect((await post(t.app, "/api/v1/login", { login_id: "ops.admin", password: fresh })).status).toBe(
+        200,
+      );
+      expect([...t.s.audit.iterate()].find((e) => e.action === "password.set_by_operator")).toMatchObject({
+        actorType: "operator",
+        reason: "phished",
+      });
+      expect(
+        runCli(t, ["admins", "set-password", "plain.member", "--reason", "x"], {}, `${fresh}\n`).stderr,
+      ).toMatch(/not an admin/);
     } finally {
       t.close();
     }

@@ -1,13 +1,18 @@
 import { eq } from "drizzle-orm";
 import type { AuditLog } from "../audit/log.js";
+import type { Clock } from "../clock.js";
 import { type Db, inTransaction } from "../db/connection.js";
 import { members, recoveryCodes, totpFactors, webauthnCredentials } from "../db/schema.js";
+import { ApiError } from "../errors.js";
 import type { Mailer } from "../mail/outbox.js";
 import type { ProfileVault } from "../members/profile.js";
 import type { OidcStore } from "../oidc/adapter.js";
+import type { PasswordHasher } from "../passwords/hasher.js";
+import { checkPassword } from "../passwords/rules.js";
 import type { MemberTokens } from "../recovery/tokens.js";
 import type { DeviceRegistry } from "../sessions/devices.js";
 import type { SessionService } from "../sessions/sessions.js";
+import type { LoginGuard } from "../throttle/engine.js";
 
 export interface SupportContext {
   /** The admin acting, or null for the operator on the host (the `sekisho` CLI). */
@@ -30,6 +35,10 @@ export class MemberSupport {
   readonly #mailer: Mailer;
   readonly #vault: ProfileVault;
   readonly #audit: AuditLog;
+  readonly #hasher: PasswordHasher;
+  readonly #guard: LoginGuard;
+  readonly #minLength: number;
+  readonly #clock: Clock;
 
   constructor(deps: {
     db: Db;
@@ -40,6 +49,10 @@ export class MemberSupport {
     mailer: Mailer;
     vault: ProfileVault;
     audit: AuditLog;
+    hasher: PasswordHasher;
+    guard: LoginGuard;
+    clock: Clock;
+    passwordMinLength: number;
   }) {
     this.#db = deps.db;
     this.#sessions = deps.sessions;
@@ -49,6 +62,59 @@ export class MemberSupport {
     this.#mailer = deps.mailer;
     this.#vault = deps.vault;
     this.#audit = deps.audit;
+    this.#hasher = deps.hasher;
+    this.#guard = deps.guard;
+    this.#minLength = deps.passwordMinLength;
+    this.#clock = deps.clock;
+  }
+
+  /**
+   * A new password set by the operator on the host (`sekisho admins set-password`), for an
+   * administrator whose password may be known to someone else: the password rules apply, and every
+   * session, member-site token, trusted device and pending link ends with the old password.
+   * (Members set their own, through a reset link; admins have no mailbox here.)
+   */
+  async setPassword(
+    memberId: string,
+    password: string,
+    ctx: SupportContext,
+  ): Promise<{ sessions_revoked: number; oidc_rows_revoked: number; devices_revoked: number }> {
+    const member = this.#db
+      .select({ sub: members.sub, loginId: members.loginId })
+      .from(members)
+      .where(eq(members.id, memberId))
+      .get();
+    if (!member) throw new Error(`no member ${memberId}`);
+    const reasons = checkPassword(password, { minLength: this.#minLength, loginId: member.loginId });
+    if (reasons.length > 0)
+      throw new ApiError(
+        400,
+        "weak_password",
+        `The password does not meet the rules: ${reasons.join(", ")}.`,
+      );
+    const hashed = await this.#hasher.hash(password);
+    const result = inTransaction(this.#db, () => {
+      this.#db
+        .update(members)
+        .set({
+          passwordHash: hashed.hash,
+          pepperId: hashed.pepperId,
+          passwordChangedAt: this.#clock.now().getTime(),
+          passwordResetRequired: false,
+        })
+        .where(eq(members.id, memberId))
+        .run();
+      const done = {
+        sessions_revoked: this.#sessions.revokeAll(memberId, "password_set_by_operator"),
+        oidc_rows_revoked: this.#oidc.revokeAccount(member.sub),
+        devices_revoked: this.#devices.revokeAllExcept(memberId, null),
+      };
+      this.#tokens.voidAll(memberId, "reset_password", "change_email", "verify_email");
+      this.#record("password.set_by_operator", memberId, ctx, done);
+      return done;
+    });
+    this.#guard.lift(member.loginId);
+    return result;
   }
 
   /**

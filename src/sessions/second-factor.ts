@@ -202,21 +202,22 @@ export class SecondFactorSignIn {
     if (!m) return null;
     const factors = this.#factors.of(memberId);
     const need = this.#policy.requirement(m, factors);
+    // An admin's recovery code signs nothing in, whatever SEKISHO_ADMIN_ACR allows: a code on
+    // paper would otherwise open the admin API (an admin who lost their factors is reset by the
+    // operator: `sekisho admins reset-mfa`).
+    if (m.role === "admin" && proof.method === "recovery_code")
+      throw new ApiError(
+        403,
+        "method_not_allowed",
+        "Administrators can't sign in with recovery codes; the operator resets an administrator's factors.",
+      );
     const code = proof.method !== "webauthn";
-    if (code && need.acr !== ACR.password && !need.methods.includes("totp")) {
-      if (factors.passkeys > 0)
-        throw new ApiError(
-          403,
-          "method_not_allowed",
-          "Sign in with your passkey: a one-time code is not enough here.",
-        );
-      if (m.role === "admin" && proof.method === "recovery_code")
-        throw new ApiError(
-          403,
-          "method_not_allowed",
-          "Administrators can't sign in with recovery codes; ask another administrator.",
-        );
-    }
+    if (code && need.acr !== ACR.password && !need.methods.includes("totp") && factors.passkeys > 0)
+      throw new ApiError(
+        403,
+        "method_not_allowed",
+        "Sign in with your passkey: a one-time code is not enough here.",
+      );
     return need;
   }
 
