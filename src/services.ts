@@ -1,4 +1,5 @@
 import path from "node:path";
+import { eq } from "drizzle-orm";
 import type { Logger } from "pino";
 import { Decoys } from "./admin/decoys.js";
 import { MemberSupport } from "./admin/member-support.js";
@@ -10,6 +11,7 @@ import { PiiBudgets } from "./audit/pii-budget.js";
 import type { Clock } from "./clock.js";
 import type { Config } from "./config.js";
 import type { Db } from "./db/connection.js";
+import { members } from "./db/schema.js";
 import { FactorEnrolment } from "./factors/enrolment.js";
 import { Factors } from "./factors/methods.js";
 import { Passkeys } from "./factors/passkeys.js";
@@ -206,6 +208,21 @@ export function buildServices(deps: {
     devices,
     audit,
     guard,
+    onCloneSuspected: (memberId, ctx) => {
+      const sub = db.select({ sub: members.sub }).from(members).where(eq(members.id, memberId)).get()?.sub;
+      const ended = {
+        sessions_revoked: sessions.revokeAll(memberId, "passkey_clone_suspected"),
+        oidc_rows_revoked: sub ? oidcStore.revokeAccount(sub) : 0,
+        devices_revoked: devices.revokeAllExcept(memberId, null),
+      };
+      alerts.raise(
+        "passkey_clone_suspected",
+        "warning",
+        { member_id: memberId, ip: ctx.ip, ...ended },
+        memberId,
+      );
+      notices.send(memberId, "passkey_clone_suspected", ctx);
+    },
   });
   const enrolment = new FactorEnrolment({
     db,

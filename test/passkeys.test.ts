@@ -335,6 +335,31 @@ describe("second factors: the review's attacks", () => {
       | undefined;
   }
 
+  it("a passkey that looks copied ends everything the copy may have opened, alerts the admins and tells the member", async () => {
+    // Attack: a copy of alice's passkey signs in first (its counter ahead); her own key is next.
+    alice.counter = 100;
+    const copy = await passkeySignIn();
+    expect(copy.status).toBe(200);
+    const copyCookie = sessionCookie(copy);
+    expect((await supertest(t.app).get("/api/v1/me").set("Cookie", copyCookie)).status).toBe(200);
+    const id = (await memberId("alice.pk")) as string;
+    const mails = () =>
+      (
+        t.s.db.$client.prepare("SELECT count(*) AS n FROM outbox WHERE member_id = ?").get(id) as {
+          n: number;
+        }
+      ).n;
+    const before = mails();
+    alice.counter = 10; // the genuine key, behind the copy
+    expect((await passkeySignIn()).status).toBe(401);
+    // The copy's session is over, the admins are alerted, a notice is queued for alice.
+    expect((await supertest(t.app).get("/api/v1/me").set("Cookie", copyCookie)).status).toBe(401);
+    const alert = t.s.alerts.list().find((a) => a.kind === "passkey_clone_suspected");
+    expect(JSON.parse(alert?.details ?? "{}")).toMatchObject({ member_id: id });
+    expect(JSON.parse(alert?.details ?? "{}").sessions_revoked).toBeGreaterThanOrEqual(1);
+    expect(mails()).toBe(before + 1);
+  });
+
   it("a disabled member can't sign in with a passkey either", async () => {
     t.s.db.$client.prepare("UPDATE members SET status = 'disabled' WHERE login_id = 'alice.pk'").run();
     const res = await passkeySignIn();

@@ -281,6 +281,7 @@ const ALERT_KIND: Record<string, { ja: string; en: string }> = {
   mail_failing: { ja: "メール送信の障害", en: "Mail failing" },
   keyring_unreadable: { ja: "鍵束を読めない", en: "Keyring unreadable" },
   signing_keys_refused: { ja: "署名鍵を拒否", en: "Signing keys refused" },
+  passkey_clone_suspected: { ja: "パスキー複製の疑い", en: "Passkey possibly copied" },
   token_reused: {
     ja: "使用済みトークンの再使用（盗用の疑い）",
     en: "Used token presented again (possible theft)",

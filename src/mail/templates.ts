@@ -15,7 +15,8 @@ export type SecurityNoticeKind =
   | "passkey_added"
   | "passkey_removed"
   | "recovery_codes_generated"
-  | "account_protected";
+  | "account_protected"
+  | "passkey_clone_suspected";
 
 const NOTICE_TEXT: Record<
   SecurityNoticeKind,
@@ -55,6 +56,13 @@ const NOTICE_TEXT: Record<
     what: {
       ja: "新しいリカバリーコードが発行され、以前のコードは使えなくなりました。",
       en: "New recovery codes were made; the old ones no longer work.",
+    },
+  },
+  passkey_clone_suspected: {
+    subject: { ja: "パスキーの複製の疑いを検知しました", en: "A passkey of yours may have been copied" },
+    what: {
+      ja: "あなたのパスキーが複製された疑いがあるため、そのパスキーを停止し、すべての端末と会員サイトからサインアウトしました。別の方法でサインインし、アカウントページで停止したパスキーを削除してください。",
+      en: "One of your passkeys may have been copied. We suspended it and signed you out everywhere, member sites included. Sign in another way and remove the suspended passkey on your account page.",
     },
   },
   account_protected: {

@@ -1,16 +1,16 @@
 import type { AuthenticationResponseJSON } from "@simplewebauthn/server";
 import { eq } from "drizzle-orm";
 import type { AuditLog } from "../audit/log.js";
-import type { SecurityNotices } from "../mail/notices.js";
 import { type Db, inTransaction } from "../db/connection.js";
 import { members } from "../db/schema.js";
 import { ApiError } from "../errors.js";
 import type { Factors } from "../factors/methods.js";
 import type { AssertionResult, CeremonyBinding } from "../factors/passkeys.js";
+import type { SecurityNotices } from "../mail/notices.js";
+import { type MfaPolicies, meets, type PolicyMethod, type Requirement } from "../policy/mfa-policy.js";
 import type { Attempt, LoginGuard } from "../throttle/engine.js";
 import type { DeviceRegistry } from "./devices.js";
 import { ACR, type Acr, type Amr, acrRank } from "./levels.js";
-import { type MfaPolicies, meets, type PolicyMethod, type Requirement } from "../policy/mfa-policy.js";
 import type { MfaTokens, PendingMfa } from "./mfa-tokens.js";
 import type { Session, SessionService } from "./sessions.js";
 import { tooManyAttempts } from "./sign-in.js";
@@ -82,6 +82,7 @@ export class SecondFactorSignIn {
   readonly #stepUpFailures = new Map<string, number>();
   readonly #notices: SecurityNotices | undefined;
   readonly #policy: MfaPolicies | undefined;
+  readonly #onCloneSuspected: ((memberId: string, ctx: FactorContext) => void) | undefined;
 
   constructor(deps: {
     notices?: SecurityNotices;
@@ -93,6 +94,8 @@ export class SecondFactorSignIn {
     devices: DeviceRegistry;
     audit: AuditLog;
     guard: LoginGuard;
+    /** A member's passkey looks cloned: end what the copy may have opened, tell the member and admins. */
+    onCloneSuspected?: (memberId: string, ctx: FactorContext) => void;
   }) {
     this.#db = deps.db;
     this.#sessions = deps.sessions;
@@ -103,6 +106,7 @@ export class SecondFactorSignIn {
     this.#guard = deps.guard;
     this.#notices = deps.notices;
     this.#policy = deps.policy;
+    this.#onCloneSuspected = deps.onCloneSuspected;
   }
 
   /** Resolve the subject of a TOTP / recovery-code / passkey second step. */
@@ -440,6 +444,9 @@ export class SecondFactorSignIn {
       } else remaining = STEP_UP_MAX_FAILURES - n;
     }
     if (assertion.reason === "possible_clone") {
+      // Whoever signed in with the copy may hold a session, a device and member-site tokens:
+      // they all end, and the member and the admins are told.
+      if (target) this.#onCloneSuspected?.(target, ctx);
       this.#audit.append({
         action: "mfa.passkey_clone_suspected",
         outcome: "failure",
