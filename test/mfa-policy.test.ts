@@ -3,6 +3,7 @@ import { generateSync } from "otplib";
 import supertest from "supertest";
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from "vitest";
 import { Clients } from "../src/oidc/clients.js";
+import { adminPasskeySession, adminWithPasskey } from "./support/admin.js";
 import {
   makeApp,
   ORIGIN,
@@ -13,7 +14,6 @@ import {
   signIn,
   type TestApp,
 } from "./support/app.js";
-import { adminPasskeySession, adminWithPasskey } from "./support/admin.js";
 import { Jar } from "./support/browser-jar.js";
 import { type ListeningApp, listenWithMember } from "./support/oidc.js";
 import { SoftAuthenticator } from "./support/soft-authenticator.js";
@@ -187,6 +187,57 @@ describe("MFA policy: admin API and enforcement at sign-in", () => {
       .pluck()
       .get() as string;
     expect(t.s.factors.of(id).recoveryCodes).toBe(10);
+  });
+
+  it("under a required policy the last factor can't be removed (the session would outrank the account)", async () => {
+    await register(t.app, { login_id: "taro.last" });
+    await put({ ...REQUIRED, grace_days: 0 });
+    const limited = sessionCookie(await login("taro.last"));
+    const { done } = await enrolTotp(t, limited);
+    const full = sessionCookie(done);
+    const del = () =>
+      supertest(t.app)
+        .delete("/api/v1/me/totp")
+        .set("Origin", ORIGIN)
+        .set("Content-Type", "application/json")
+        .set("Cookie", full);
+    const refused = await del();
+    expect(refused.status).toBe(409);
+    expect(refused.body.error).toBe("factor_required");
+    const me = await supertest(t.app).get("/api/v1/me").set("Cookie", full);
+    expect(me.body.mfa.totp).toBe(true); // rolled back, recovery codes too
+    expect(me.body.mfa.recovery_codes_remaining).toBe(10);
+    // With a passkey beside it, the app can go.
+    const key = new SoftAuthenticator();
+    const options = await post(t.app, "/api/v1/me/passkeys/options", {}, full);
+    await post(
+      t.app,
+      "/api/v1/me/passkeys",
+      { response: key.register(options.body, { origin: ORIGIN }) },
+      full,
+    );
+    expect((await del()).status).toBe(204);
+  });
+
+  it("a limited session that adds a passkey is upgraded with the amr that passkey proved, not more", async () => {
+    await register(t.app, { login_id: "taro.amr" });
+    await put({ ...REQUIRED, grace_days: 0 });
+    const after = await login("taro.amr");
+    expect(after.body.status).toBe("mfa_enrollment_required");
+    const limited = sessionCookie(after);
+    const key = new SoftAuthenticator();
+    const options = await post(t.app, "/api/v1/me/passkeys/options", {}, limited);
+    // An authenticator that did not verify the user (no PIN, no biometrics).
+    const added = await post(
+      t.app,
+      "/api/v1/me/passkeys",
+      { response: key.register(options.body, { origin: ORIGIN, uv: false }) },
+      limited,
+    );
+    expect(added.status, added.text).toBe(201);
+    const me = await supertest(t.app).get("/api/v1/me").set("Cookie", sessionCookie(added));
+    expect(me.body.session.amr).toContain("hwk");
+    expect(me.body.session.amr).not.toContain("user");
   });
 
   it("counts the grace period from registration for members who join after the policy took effect", async () => {

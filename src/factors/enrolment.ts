@@ -5,14 +5,13 @@ import type { Clock } from "../clock.js";
 import { type Db, inTransaction } from "../db/connection.js";
 import { members } from "../db/schema.js";
 import { ApiError } from "../errors.js";
-import { ACR, satisfies } from "../sessions/levels.js";
-import type { Session } from "../sessions/sessions.js";
-import type { Factors } from "./methods.js";
-import { type MfaPolicies, meets, type PolicyMethod } from "../policy/mfa-policy.js";
-import type { SessionService } from "../sessions/sessions.js";
-import type { Amr } from "../sessions/levels.js";
 import type { SecurityNotices } from "../mail/notices.js";
 import type { SecurityNoticeKind } from "../mail/templates.js";
+import { type MfaPolicies, meets, type PolicyMethod } from "../policy/mfa-policy.js";
+import type { Amr } from "../sessions/levels.js";
+import { ACR, satisfies } from "../sessions/levels.js";
+import type { Session, SessionService } from "../sessions/sessions.js";
+import type { Factors } from "./methods.js";
 
 /** Factor changes a member is mailed about. */
 const NOTICE_OF: Record<string, SecurityNoticeKind> = {
@@ -34,6 +33,12 @@ export interface ActionContext {
  * recovery codes; one transaction per change; every change audited as the member's security
  * event) live in one place.
  */
+/** What adding a passkey proved (see PasskeyRegistry.register). */
+export interface PasskeyProof {
+  amr: "swk" | "hwk";
+  userVerified: boolean;
+}
+
 export class FactorEnrolment {
   readonly #db: Db;
   readonly #clock: Clock;
@@ -170,12 +175,24 @@ export class FactorEnrolment {
    * A limited session (a sign-in that had to add a factor first) that just added one becomes a
    * full session at the level of the factor it proved: the old token is revoked, a new one issued.
    */
-  upgradeLimited(session: Session, via: "totp" | "webauthn"): { token: string; session: Session } | null {
+  upgradeLimited(session: Session, via: "totp" | PasskeyProof): { token: string; session: Session } | null {
     if (session.kind !== "limited" || !this.#sessions) return null;
+    // A passkey's amr as its sign-in would say it: synced (swk) or device-bound (hwk), and `user`
+    // only when the authenticator verified the user.
     const level =
       via === "totp"
         ? { acr: ACR.mfa, amr: [...new Set<Amr>([...session.amr, "otp", "mfa"])] }
-        : { acr: ACR.phishingResistant, amr: [...new Set<Amr>([...session.amr, "hwk", "user", "mfa"])] };
+        : {
+            acr: ACR.phishingResistant,
+            amr: [
+              ...new Set<Amr>([
+                ...session.amr,
+                via.amr,
+                ...(via.userVerified ? (["user"] as const) : []),
+                "mfa",
+              ]),
+            ],
+          };
     // Only if the new level is what the policy wants; otherwise the session stays limited.
     if (this.#policy) {
       const m = this.member(session);
@@ -243,10 +260,28 @@ export class FactorEnrolment {
     });
   }
 
+  /**
+   * Refuse (and roll back) a removal that leaves a member the MFA policy requires a factor of
+   * without one: their session would go on at a level their account can no longer reach.
+   */
+  #keepsRequiredFactor(session: Session): void {
+    if (!this.#policy) return;
+    const factors = this.#factors.of(session.memberId);
+    if (factors.totp || factors.passkeys > 0) return;
+    const need = this.#policy.requirement(this.member(session), factors);
+    if (need.acr !== ACR.password)
+      throw new ApiError(
+        409,
+        "factor_required",
+        "The MFA policy requires a second factor: add another one before removing this one.",
+      );
+  }
+
   removeTotp(session: Session, ctx: ActionContext): boolean {
     this.requireStrongRecent(session);
     return inTransaction(this.#db, () => {
       if (!this.#factors.totp.remove(session.memberId)) return false;
+      this.#keepsRequiredFactor(session);
       const dropped = this.#factors.dropRecoveryCodesIfNoFactorLeft(session.memberId);
       this.#event(session, ctx, "factor.totp_removed", { recovery_codes_removed: dropped });
       return true;
@@ -285,7 +320,7 @@ export class FactorEnrolment {
     response: RegistrationResponseJSON,
     name: string,
     ctx: ActionContext,
-  ): Promise<{ id: string; recoveryCodes: string[] | null }> {
+  ): Promise<{ id: string; recoveryCodes: string[] | null; proved: PasskeyProof }> {
     this.requireStrongRecent(session);
     const result = await this.#factors.passkeys.register(session.memberId, session.id, response, name);
     if (!result.ok) {
@@ -309,7 +344,11 @@ export class FactorEnrolment {
           { notify: false },
         );
       }
-      return { id: result.passkeyId, recoveryCodes: codes };
+      return {
+        id: result.passkeyId,
+        recoveryCodes: codes,
+        proved: { amr: result.amr, userVerified: result.userVerified },
+      };
     });
   }
 
@@ -323,6 +362,7 @@ export class FactorEnrolment {
     this.requireStrongRecent(session);
     return inTransaction(this.#db, () => {
       if (!this.#factors.passkeys.remove(session.memberId, passkeyId)) return false;
+      this.#keepsRequiredFactor(session);
       const dropped = this.#factors.dropRecoveryCodesIfNoFactorLeft(session.memberId);
       this.#event(session, ctx, "factor.passkey_removed", {
         passkey_id: passkeyId,

@@ -96,7 +96,14 @@ export type AssertionResult =
   | { ok: false; reason: AssertionFailure; memberId?: string; passkeyId?: string };
 
 export type RegistrationResult =
-  | { ok: true; passkeyId: string; name: string }
+  | {
+      ok: true;
+      passkeyId: string;
+      name: string;
+      /** What the registration proved, as a sign-in with it would (a limited session's upgrade). */
+      amr: "swk" | "hwk";
+      userVerified: boolean;
+    }
   | {
       ok: false;
       reason: "unknown_challenge" | "wrong_ceremony" | "verification_failed" | "credential_exists";
@@ -312,7 +319,13 @@ export class Passkeys {
         return { ok: false, reason: "credential_exists" };
       throw err;
     }
-    return { ok: true, passkeyId: id, name };
+    return {
+      ok: true,
+      passkeyId: id,
+      name,
+      amr: info.credentialDeviceType === "multiDevice" ? "swk" : "hwk",
+      userVerified: info.userVerified,
+    };
   }
 
   #credentialsOf(memberId: string) {

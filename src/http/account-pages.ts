@@ -99,6 +99,8 @@ const A = {
         "新しいパスワードが条件を満たしていません（短すぎるもの、よく使われるもの、ログインIDを含むものは使えません）。",
       throttled: "試行回数が多すぎます。しばらくしてから再度お試しください。",
       invalid: "入力内容を確認してください。",
+      factor_required:
+        "このアカウントでは2段階認証が必須のため、最後の方法は削除できません。先に別の方法を追加してください。",
     },
   },
   en: {
@@ -196,6 +198,8 @@ const A = {
         "The new password doesn't meet the rules (not too short, not a common password, not containing your login ID).",
       throttled: "Too many attempts. Please wait a while and try again.",
       invalid: "Please check what you entered.",
+      factor_required:
+        "Two-step verification is required for this account, so the last method can't be removed. Add another one first.",
     },
   },
 } as const;

@@ -39,7 +39,13 @@ const NOTICES = new Set<string>([
   "email_change",
   "password",
 ]);
-const ERRORS = new Set<string>(["wrong_password", "weak_password", "throttled", "invalid"]);
+const ERRORS = new Set<string>([
+  "wrong_password",
+  "weak_password",
+  "throttled",
+  "invalid",
+  "factor_required",
+]);
 const emailForm = z.object({ email: emailInput });
 const passwordForm = z.object({
   current_password: z.string().min(1).max(1024),
@@ -297,6 +303,8 @@ export function accountRoutes(s: Services): Router {
           const then = thenOfPath(req.baseUrl + req.path);
           return backTo(res, `/account/login?reauth=1&lang=${lang(req)}${then ? `&then=${then}` : ""}`);
         }
+        if (err instanceof ApiError && err.code === "factor_required")
+          return backTo(res, "/account?error=factor_required");
         if (err instanceof ApiError && err.status < 500) return backTo(res, "/account");
         throw err;
       }

@@ -3,8 +3,8 @@ import { z } from "zod";
 import { ApiError } from "../../errors.js";
 import { cleanPasskeyName, registrationResponse } from "../../factors/passkeys.js";
 import type { Services } from "../../services.js";
-import { locals, requireSession } from "../middleware.js";
 import { setSessionCookie } from "../cookies.js";
+import { locals, requireSession } from "../middleware.js";
 
 const codeBody = z.object({ code: z.string().min(1).max(64) });
 const passkeyBody = z.object({ response: registrationResponse, name: z.string().max(256).optional() });
@@ -60,7 +60,7 @@ export function factorRoutes(s: Services): Router {
     const name = body.name === undefined ? "Passkey" : cleanPasskeyName(body.name);
     if (name === null) throw badName();
     const added = await e.addPasskey(session, body.response as never, name, ctx(res));
-    const upgraded = e.upgradeLimited(session, "webauthn");
+    const upgraded = e.upgradeLimited(session, added.proved);
     if (upgraded) setSessionCookie(res, upgraded.token, s.config.secureCookies);
     res.status(201).json({
       id: added.id,
