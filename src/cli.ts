@@ -364,9 +364,11 @@ export function buildCli(): Command {
     )
     .option("--json", "print JSON")
     .action((clientId: string, opts: { keepOldFor: number; json?: boolean }) => {
-      const ctx = open();
+      const { ctx, services } = openServices();
       try {
-        const rotated = clientsOf(ctx).rotateSecret(clientId, opts.keepOldFor);
+        const rotated = clientsOf(ctx).rotateSecret(clientId, opts.keepOldFor, (id) =>
+          services.oidcStore.revokeClientCredentials(id),
+        );
         const until = rotated.oldSecretUntil?.toISOString() ?? null;
         if (opts.json)
           out(
@@ -374,6 +376,7 @@ export function buildCli(): Command {
               client_id: clientId,
               client_secret: rotated.clientSecret,
               old_secret_until: until,
+              client_credentials_tokens_revoked: rotated.tokensRevoked,
             }),
           );
         else {

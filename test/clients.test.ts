@@ -206,6 +206,38 @@ describe("a member site's lifecycle: list, update, rotate-secret, remove", () =>
     }
   });
 
+  it("rotate-secret ends the client-credentials tokens minted with the old secret (unless the old one is kept)", async () => {
+    const t = makeApp();
+    try {
+      const backend = json(
+        clientsAdd(t, "backend", "https://site.example/cb", "--grant", "client_credentials", "--json"),
+      );
+      const mint = async (secret: string) =>
+        (
+          await supertest(t.app)
+            .post("/oidc/token")
+            .auth(backend.client_id, secret)
+            .type("form")
+            .send({ grant_type: "client_credentials", scope: "members:read" })
+        ).body.access_token as string;
+      const serviceApi = (token: string) =>
+        supertest(t.app).get("/api/v1/members/some-sub").set("Authorization", `Bearer ${token}`);
+      const minted = await mint(backend.client_secret);
+      expect((await serviceApi(minted)).status).toBe(404); // a valid token; no such member
+      const planned = json(
+        runCli(t, ["clients", "rotate-secret", backend.client_id, "--keep-old-for", "10", "--json"]),
+      );
+      expect(planned.client_credentials_tokens_revoked).toBe(0); // the old secret is still in use
+      expect((await serviceApi(minted)).status).toBe(404);
+      const leaked = json(runCli(t, ["clients", "rotate-secret", backend.client_id, "--json"]));
+      expect(leaked.client_credentials_tokens_revoked).toBe(1);
+      expect((await serviceApi(minted)).status).toBe(401);
+      expect((await serviceApi(await mint(leaked.client_secret))).status).toBe(404);
+    } finally {
+      t.close();
+    }
+  });
+
   it("update edits redirect URIs (a removed one gets the error page), logo and scopes, and refuses what add refuses", async () => {
     const t = makeApp();
     try {

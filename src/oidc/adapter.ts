@@ -650,6 +650,38 @@ export class OidcStore {
    * an operator's command. Returns how many rows.
    */
   revokeClient(clientId: string): number {
+    const { grants, tokens } = this.#rowsOfClient(clientId);
+    let deleted = 0;
+    const issued = this.#db.$client
+      .prepare<[], string>("SELECT DISTINCT grant_id FROM oidc_payloads WHERE grant_id IS NOT NULL")
+      .pluck()
+      .all();
+    for (const grantId of issued) if (grants.has(sha256(grantId))) deleted += this.revokeByGrantId(grantId);
+    for (const idHash of grants) {
+      this.#revokedGrants.set(idHash, true);
+      deleted += this.#destroy().run("Grant", idHash).changes;
+    }
+    for (const idHash of tokens) deleted += this.#destroy().run("ClientCredentials", idHash).changes;
+    this.#cache.clear();
+    this.#owned.clear();
+    return deleted;
+  }
+
+  /**
+   * The client-credentials tokens of one client deleted (`clients rotate-secret`: tokens minted
+   * with a leaked secret must not outlive it). Returns how many.
+   */
+  revokeClientCredentials(clientId: string): number {
+    let deleted = 0;
+    for (const idHash of this.#rowsOfClient(clientId).tokens)
+      deleted += this.#destroy().run("ClientCredentials", idHash).changes;
+    this.#cache.clear();
+    this.#owned.clear();
+    return deleted;
+  }
+
+  /** A client's Grant rows and client-credentials tokens (id hashes), found by decrypting them. */
+  #rowsOfClient(clientId: string): { grants: Set<string>; tokens: string[] } {
     const rows = this.#db.$client
       .prepare<[], { model: string; id_hash: string; payload: string }>(
         "SELECT model, id_hash, payload FROM oidc_payloads WHERE model IN ('Grant', 'ClientCredentials')",
@@ -672,20 +704,7 @@ export class OidcStore {
       if (row.model === "Grant") grants.add(row.id_hash);
       else tokens.push(row.id_hash);
     }
-    let deleted = 0;
-    const issued = this.#db.$client
-      .prepare<[], string>("SELECT DISTINCT grant_id FROM oidc_payloads WHERE grant_id IS NOT NULL")
-      .pluck()
-      .all();
-    for (const grantId of issued) if (grants.has(sha256(grantId))) deleted += this.revokeByGrantId(grantId);
-    for (const idHash of grants) {
-      this.#revokedGrants.set(idHash, true);
-      deleted += this.#destroy().run("Grant", idHash).changes;
-    }
-    for (const idHash of tokens) deleted += this.#destroy().run("ClientCredentials", idHash).changes;
-    this.#cache.clear();
-    this.#owned.clear();
-    return deleted;
+    return { grants, tokens };
   }
 
   /**

@@ -293,11 +293,16 @@ export class Clients {
    * leaked secret), or stays accepted for `keepOldMinutes` more (a planned change: the site
    * switches to the new secret meanwhile without one failed request).
    */
-  rotateSecret(clientId: string, keepOldMinutes = 0): { clientSecret: string; oldSecretUntil: Date | null } {
+  rotateSecret(
+    clientId: string,
+    keepOldMinutes = 0,
+    revokeTokens: (clientId: string) => number = () => 0,
+  ): { clientSecret: string; oldSecretUntil: Date | null; tokensRevoked: number } {
     if (!Number.isInteger(keepOldMinutes) || keepOldMinutes < 0 || keepOldMinutes > MAX_KEEP_OLD_MINUTES)
       throw new InputError(`--keep-old-for is a whole number of minutes from 0 to ${MAX_KEEP_OLD_MINUTES}`);
     const clientSecret = randomBytes(32).toString("base64url");
     const until = keepOldMinutes > 0 ? this.#clock.now().getTime() + keepOldMinutes * 60_000 : null;
+    let tokensRevoked = 0;
     inTransaction(this.#db, () => {
       const row = this.#row(clientId);
       if (!row.secretHash) throw new InputError(`${clientId} is a public client: it has no secret`);
@@ -310,6 +315,9 @@ export class Clients {
         })
         .where(eq(oidcClients.clientId, clientId))
         .run();
+      // A leak's tokens go with it (the site mints new ones with the new secret); kept while the
+      // old secret is still accepted, since the site may still be using it.
+      if (until === null) tokensRevoked = revokeTokens(clientId);
       this.#audit.append({
         action: "client.secret_rotated",
         outcome: "success",
@@ -317,12 +325,13 @@ export class Clients {
         details: {
           client_id: clientId,
           old_secret_until: until === null ? null : new Date(until).toISOString(),
+          client_credentials_tokens_revoked: tokensRevoked,
         },
       });
     });
     this.#known.clear();
     this.#previous.clear();
-    return { clientSecret, oldSecretUntil: until === null ? null : new Date(until) };
+    return { clientSecret, oldSecretUntil: until === null ? null : new Date(until), tokensRevoked };
   }
 
   /**
