@@ -965,24 +965,28 @@ describe("mail, verification and recovery against a real SMTP server", () => {
     expect(lastTo(smtp, PROFILE.email).subject).toContain("パスワードが変更されました");
   });
 
-  it("wrong current passwords are throttled like sign-in failures", async () => {
+  it("wrong current passwords are throttled like sign-in failures, and a session that guesses is ended", async () => {
+    // Attack: a stolen session guesses the current password to take the account over.
     await register(t.app, { login_id: "taro.guessing" });
-    const cookie = await signIn(t.app, "taro.guessing");
-    const statuses: number[] = [];
-    for (let i = 0; i < 7; i++) {
-      statuses.push(
-        (
-          await post(
-            t.app,
-            "/api/v1/me/password",
-            { current_password: `guess number ${i} x`, new_password: NEW_PASSWORD },
-            cookie,
-          )
-        ).status,
+    const guess = (cookie: string, i: number) =>
+      post(
+        t.app,
+        "/api/v1/me/password",
+        { current_password: `guess number ${i} x`, new_password: NEW_PASSWORD },
+        cookie,
       );
-    }
-    expect(statuses.slice(0, 5)).toEqual([401, 401, 401, 401, 401]);
-    expect(statuses.slice(5)).toEqual([429, 429]);
+    const cookie = await signIn(t.app, "taro.guessing");
+    const answers: string[] = [];
+    for (let i = 0; i < 6; i++) answers.push((await guess(cookie, i)).body.error);
+    // Five wrong ones end the session; the sixth has no session left.
+    expect(answers).toEqual([...Array(5).fill("invalid_credentials"), "unauthenticated"]);
+    const ended = [...t.s.audit.iterate()].filter(
+      (e) => e.action === "password.changed" && e.outcome === "failure",
+    );
+    expect(JSON.parse(ended.at(-1)?.details ?? "{}")).toMatchObject({ session_ended: true });
+    // A fresh session from the same address is held to the sign-in throttle (5 a login ID there).
+    const again = await signIn(t.app, "taro.guessing").catch(() => null);
+    expect(again).toBeNull(); // the address's attempts on this login ID are used up: 429
   });
 
   it("changing the e-mail needs a recent sign-in, takes effect only when the new address confirms, and tells the old one", async () => {

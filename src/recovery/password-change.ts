@@ -1,4 +1,5 @@
 import { and, eq } from "drizzle-orm";
+import { LRUCache } from "lru-cache";
 import type { AuditLog } from "../audit/log.js";
 import type { Clock } from "../clock.js";
 import { type Db, inTransaction } from "../db/connection.js";
@@ -30,6 +31,9 @@ export interface ChangeContext {
  * fear someone else is in), and every pending reset link or e-mail change (someone with the old
  * password may have started it); then a mail tells the member.
  */
+/** Wrong current passwords a session may send before it is ended (see PasswordChange#wrong). */
+const WRONG_PER_SESSION = 5;
+
 export class PasswordChange {
   readonly #db: Db;
   readonly #clock: Clock;
@@ -43,6 +47,12 @@ export class PasswordChange {
   readonly #oidc: OidcStore;
   readonly #minLength: number;
   readonly #tokens: MemberTokens;
+  /**
+   * Wrong current passwords per session: at WRONG_PER_SESSION the session ends. A session stands
+   * in for the proof-of-work here, so without this a stolen session could keep guessing the
+   * password (slowly, within the account's limits) to take the account over.
+   */
+  readonly #wrong = new LRUCache<string, number>({ max: 10_000 });
 
   constructor(deps: {
     tokens: MemberTokens;
@@ -98,6 +108,13 @@ export class PasswordChange {
         (await this.#hasher.verify({ hash: m.passwordHash, pepperId: m.pepperId }, current));
       if (!right) {
         outcome = "failure";
+        const wrong = (this.#wrong.get(session.id) ?? 0) + 1;
+        this.#wrong.set(session.id, wrong);
+        const ended = wrong >= WRONG_PER_SESSION;
+        if (ended) {
+          this.#sessions.revoke(m.id, session.id, "password_change_guessing");
+          this.#wrong.delete(session.id);
+        }
         this.#audit.append({
           action: "password.changed",
           outcome: "failure",
@@ -107,7 +124,7 @@ export class PasswordChange {
           ip: ctx.ip,
           requestId: ctx.requestId,
           reason: "wrong_current_password",
-          details: { session_id: session.id },
+          details: { session_id: session.id, ...(ended ? { session_ended: true } : {}) },
         });
         throw new ApiError(401, "invalid_credentials", "The current password is incorrect.");
       }
