@@ -233,6 +233,7 @@ export function buildServices(deps: {
     notices,
     policy,
     sessions,
+    alerts,
   });
   const memberTokens = new MemberTokens({ db, clock });
   const emails = new EmailAddresses({

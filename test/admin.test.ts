@@ -158,6 +158,12 @@ describe("admins with SEKISHO_ADMIN_ACR=mfa (password + authenticator app)", () 
         first,
       );
       expect(done.status, done.text).toBe(200);
+      // An admin's factor changes reach the other admins (and the webhook): no mailbox here.
+      const changes = t.s.alerts
+        .list()
+        .filter((a) => a.kind === "admin_factor_changed")
+        .map((a) => JSON.parse(a.details).change);
+      expect(changes).toContain("factor.totp_added");
       const codes = done.body.recovery_codes as string[];
       t.clock.advance(31_000);
       const step = async () =>

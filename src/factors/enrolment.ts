@@ -1,5 +1,6 @@
 import type { RegistrationResponseJSON } from "@simplewebauthn/server";
 import { eq } from "drizzle-orm";
+import type { Alerts } from "../audit/alerts.js";
 import type { AuditLog } from "../audit/log.js";
 import type { Clock } from "../clock.js";
 import { type Db, inTransaction } from "../db/connection.js";
@@ -48,6 +49,7 @@ export class FactorEnrolment {
 
   readonly #notices: SecurityNotices | undefined;
   readonly #policy: MfaPolicies | undefined;
+  readonly #alerts: Alerts | undefined;
   readonly #sessions: SessionService | undefined;
 
   constructor(deps: {
@@ -58,10 +60,12 @@ export class FactorEnrolment {
     reauthMs: number;
     notices?: SecurityNotices;
     policy?: MfaPolicies;
+    alerts?: Alerts;
     sessions?: SessionService;
   }) {
     this.#notices = deps.notices;
     this.#policy = deps.policy;
+    this.#alerts = deps.alerts;
     this.#sessions = deps.sessions;
     this.#db = deps.db;
     this.#clock = deps.clock;
@@ -116,6 +120,15 @@ export class FactorEnrolment {
     // The member hears of every change to their factors (renames excepted), by mail.
     const notice = NOTICE_OF[action];
     if (notice && opts.notify !== false) this.#notices?.send(session.memberId, notice, ctx);
+    // An admin's factors are the keys to the admin API, and admins have no mailbox here: every
+    // change to them is an alert (the other admins and the webhook see it).
+    if (notice && this.member(session).role === "admin")
+      this.#alerts?.raise(
+        "admin_factor_changed",
+        "warning",
+        { member_id: session.memberId, change: action, ip: ctx.ip, request_id: ctx.requestId },
+        `${session.memberId}|${action}|${ctx.requestId ?? ""}`,
+      );
     this.#audit.append({
       action,
       outcome: "success",

@@ -282,6 +282,7 @@ const ALERT_KIND: Record<string, { ja: string; en: string }> = {
   keyring_unreadable: { ja: "鍵束を読めない", en: "Keyring unreadable" },
   signing_keys_refused: { ja: "署名鍵を拒否", en: "Signing keys refused" },
   passkey_clone_suspected: { ja: "パスキー複製の疑い", en: "Passkey possibly copied" },
+  admin_factor_changed: { ja: "管理者の認証方法の変更", en: "An administrator's factors changed" },
   token_reused: {
     ja: "使用済みトークンの再使用（盗用の疑い）",
     en: "Used token presented again (possible theft)",
