@@ -416,6 +416,12 @@ export function buildCli(): Command {
     if (!row) throw new StartupError(`no member ${who}`);
     return row;
   };
+  /** memberNamed, for a command that only admins are handled by (`otherwise`: what members do). */
+  const adminNamed = (ctx: Context, who: string, otherwise: string) => {
+    const member = memberNamed(ctx, who);
+    if (member.role !== "admin") throw new StartupError(`${who} is not an admin: ${otherwise}`);
+    return member;
+  };
   const operator = (reason: string) => ({ adminId: null, reason, ip: null, requestId: null });
   const reasonOption = ["--reason <text>", "why (kept in the audit log)"] as const;
   const admins = program.command("admins").description("administrators");
@@ -432,9 +438,7 @@ export function buildCli(): Command {
       if (!password) throw new StartupError("give the new password on standard input");
       const { ctx, services } = openServices();
       try {
-        const member = memberNamed(ctx, who);
-        if (member.role !== "admin")
-          throw new StartupError(`${who} is not an admin: members set their own through a reset link`);
+        const member = adminNamed(ctx, who, "members set their own through a reset link");
         const result = await services.support.setPassword(member.id, password, operator(opts.reason));
         if (opts.json) out(JSON.stringify({ member_id: member.id, ...result }));
         else out(`${member.loginId}: new password set; ${result.sessions_revoked} session(s) ended.`);
@@ -457,11 +461,7 @@ export function buildCli(): Command {
     .action((who: string, opts: { reason: string; json?: boolean }) => {
       const { ctx, services } = openServices();
       try {
-        const member = memberNamed(ctx, who);
-        if (member.role !== "admin")
-          throw new StartupError(
-            `${who} is not an admin: members are reset through the admin API or console`,
-          );
+        const member = adminNamed(ctx, who, "members are reset through the admin API or console");
         const result = services.support.resetMfa(member.id, operator(opts.reason));
         if (opts.json) out(JSON.stringify({ member_id: member.id, ...result }));
         else
