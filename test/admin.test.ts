@@ -188,3 +188,21 @@ describe("admins with SEKISHO_ADMIN_ACR=mfa (password + authenticator app)", () 
     }
   });
 });
+
+describe("an admin's recovery code, with the default SEKISHO_ADMIN_ACR", () => {
+  it("doesn't step a stale admin session up either (a stolen cookie plus a code on paper would keep the account)", async () => {
+    const t = makeApp();
+    try {
+      const { auth, recoveryCodes } = await adminWithPasskeyOf(t);
+      expect(recoveryCodes.length).toBe(10);
+      const admin = await adminPasskeySession(t, auth);
+      t.clock.advance(11 * 60_000); // stale: adding a factor needs a recent sign-in
+      const stepped = await post(t.app, "/api/v1/login/recovery-code", { code: recoveryCodes[0] }, admin);
+      expect(stepped.status).toBe(403);
+      expect(stepped.body.error).toBe("method_not_allowed");
+      expect(stepped.headers["set-cookie"]).toBeUndefined();
+    } finally {
+      t.close();
+    }
+  });
+});

@@ -197,24 +197,25 @@ export class SecondFactorSignIn {
    * with codes: another admin or the operator resets them.
    */
   #policyFor(memberId: string | null, pending: PendingMfa | null, proof: FactorProof): Requirement | null {
-    if (!pending || !memberId || !this.#policy) return null;
+    if (!memberId) return null;
     const m = this.#db
       .select({ createdAt: members.createdAt, role: members.role, mfaRequired: members.mfaRequired })
       .from(members)
       .where(eq(members.id, memberId))
       .get();
     if (!m) return null;
-    const factors = this.#factors.of(memberId);
-    const need = this.#policy.requirement(m, factors);
-    // An admin's recovery code signs nothing in, whatever SEKISHO_ADMIN_ACR allows: a code on
-    // paper would otherwise open the admin API (an admin who lost their factors is reset by the
-    // operator: `sekisho admins reset-mfa`).
+    // An admin's recovery code signs nothing in, nor steps a session up, whatever
+    // SEKISHO_ADMIN_ACR allows: a code on paper would otherwise open the admin API (an admin who
+    // lost their factors is reset by the operator: `sekisho admins reset-mfa`).
     if (m.role === "admin" && proof.method === "recovery_code")
       throw new ApiError(
         403,
         "method_not_allowed",
         "Administrators can't sign in with recovery codes; the operator resets an administrator's factors.",
       );
+    if (!pending || !this.#policy) return null;
+    const factors = this.#factors.of(memberId);
+    const need = this.#policy.requirement(m, factors);
     const code = proof.method !== "webauthn";
     if (code && need.acr !== ACR.password && !need.methods.includes("totp") && factors.passkeys > 0)
       throw new ApiError(
@@ -286,11 +287,15 @@ export class SecondFactorSignIn {
       level = { acr: ACR.mfa, amr: [...pwd, "otp", "mfa"] };
     }
 
-    // A step-up keeps what the session already proved and adds what was just proved.
+    // A step-up keeps what the session already proved and adds what was just proved, when what
+    // was just proved is at least as strong. A weaker proof (a one-time code on a stale
+    // phishing-resistant session) makes a session as strong as that proof, at its time, not a fresh
+    // phishing-resistant one that would pass every recency check a passkey is asked for; the
+    // password, if the session had it, still counts in amr.
     if (stepUp) {
-      const amr = [...new Set<Amr>([...stepUp.amr, ...level.amr])];
-      const acr = acrRank(stepUp.acr) > acrRank(level.acr) ? (stepUp.acr as Acr) : level.acr;
-      level = { acr, amr };
+      const weaker = acrRank(level.acr) < acrRank(stepUp.acr);
+      const kept = weaker ? stepUp.amr.filter((a) => a === "pwd") : stepUp.amr;
+      level = { acr: level.acr, amr: [...new Set<Amr>([...kept, ...level.amr])] };
     }
     const kind = stepUp ? "step_up" : pending ? "second_factor" : "passwordless";
     // The global MFA policy (or the admins' own) may want more than this factor gives (a passkey

@@ -21,7 +21,7 @@ export async function adminWithPasskey(t: TestApp, loginId = "ops.admin") {
     first,
   );
   expect(added.status).toBe(201);
-  return { auth, passwordSession: first };
+  return { auth, passwordSession: first, recoveryCodes: (added.body.recovery_codes ?? []) as string[] };
 }
 
 /** Sign the admin in with password + passkey: a session at acr phishing-resistant. */
