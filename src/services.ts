@@ -209,7 +209,12 @@ export function buildServices(deps: {
     audit,
     guard,
     onCloneSuspected: (memberId, ctx) => {
-      const sub = db.select({ sub: members.sub }).from(members).where(eq(members.id, memberId)).get()?.sub;
+      const who = db
+        .select({ sub: members.sub, role: members.role })
+        .from(members)
+        .where(eq(members.id, memberId))
+        .get();
+      const sub = who?.sub;
       const ended = {
         sessions_revoked: sessions.revokeAll(memberId, "passkey_clone_suspected"),
         oidc_rows_revoked: sub ? oidcStore.revokeAccount(sub) : 0,
@@ -218,7 +223,13 @@ export function buildServices(deps: {
       alerts.raise(
         "passkey_clone_suspected",
         "warning",
-        { member_id: memberId, ip: ctx.ip, ...ended },
+        {
+          member_id: memberId,
+          // An admin's: not shown to that admin (whoever holds the copy may be using the account).
+          ...(who?.role === "admin" ? { principal: "admin", principal_id: memberId } : {}),
+          ip: ctx.ip,
+          ...ended,
+        },
         memberId,
       );
       notices.send(memberId, "passkey_clone_suspected", ctx);

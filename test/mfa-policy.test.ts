@@ -217,6 +217,18 @@ describe("MFA policy: admin API and enforcement at sign-in", () => {
       full,
     );
     expect((await del()).status).toBe(204);
+    // Where only passkeys count, an authenticator app left behind is not enough either.
+    const { done: again } = await enrolTotp(t, full);
+    expect(again.status).toBe(200);
+    await put({ ...REQUIRED, grace_days: 0, methods: ["webauthn"] });
+    const passkeyId = (await supertest(t.app).get("/api/v1/me").set("Cookie", full)).body.mfa.passkeys[0].id;
+    const last = await supertest(t.app)
+      .delete(`/api/v1/me/passkeys/${passkeyId}`)
+      .set("Origin", ORIGIN)
+      .set("Content-Type", "application/json")
+      .set("Cookie", full);
+    expect(last.status).toBe(409);
+    expect(last.body.error).toBe("factor_required");
   });
 
   it("a limited session that adds a passkey is upgraded with the amr that passkey proved, not more", async () => {

@@ -161,6 +161,15 @@ describe("login-anomaly engine (LoginGuard)", () => {
     expect(refusedHours).toBeLessThanOrEqual(4); // an hour a day at most
   });
 
+  it("after a protection was lifted (an admin, a reset), a new attack is protected against again the same day", () => {
+    for (let i = 0; i < 30; i++) guard.settle(attempt({ ip: `198.51.100.${i}` }), "failure");
+    expect(guard.assess(attempt({ ip: "192.0.2.1" })).action).toBe("protect");
+    guard.lift("victim");
+    t.clock.advance(2 * 3_600_000);
+    for (let i = 0; i < 30; i++) guard.settle(attempt({ ip: `203.0.113.${i}` }), "failure");
+    expect(guard.assess(attempt({ ip: "192.0.2.2" })).reasons).toContain("account_protected");
+  });
+
   it("an address becomes known only by a completed sign-in, not by a right password with a second step due", () => {
     // Attack: the password alone is known; its sign-ins settle as `neither`.
     for (let i = 0; i < 10; i++) fail(attempt({ ip: `198.51.100.${i}` }));

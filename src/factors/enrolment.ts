@@ -126,7 +126,16 @@ export class FactorEnrolment {
       this.#alerts?.raise(
         "admin_factor_changed",
         "warning",
-        { member_id: session.memberId, change: action, ip: ctx.ip, request_id: ctx.requestId },
+        {
+          member_id: session.memberId,
+          // The admin it is about, as the principal: not shown to that admin (a thief on the
+          // account must not see it or mark it handled), shown to the others.
+          principal: "admin",
+          principal_id: session.memberId,
+          change: action,
+          ip: ctx.ip,
+          request_id: ctx.requestId,
+        },
         `${session.memberId}|${action}|${ctx.requestId ?? ""}`,
       );
     this.#audit.append({
@@ -279,10 +288,10 @@ export class FactorEnrolment {
    */
   #keepsRequiredFactor(session: Session): void {
     if (!this.#policy) return;
-    const factors = this.#factors.of(session.memberId);
-    if (factors.totp || factors.passkeys > 0) return;
-    const need = this.#policy.requirement(this.member(session), factors);
-    if (need.acr !== ACR.password)
+    // What is left must still reach what the policy requires (a passkeys-only policy is not met
+    // by an authenticator app); a member in a grace period may remove what they like.
+    const need = this.#policy.requirement(this.member(session), this.#factors.of(session.memberId));
+    if (need.enrol)
       throw new ApiError(
         409,
         "factor_required",

@@ -758,12 +758,13 @@ export class LoginGuard {
     // Once a day at most (the row is stored: a restart doesn't reset it). The day's count is a
     // sliding estimate that dips below the threshold and climbs back: without this, a few free
     // failures each time it does would keep the member out for good.
+    // A lifted one (an admin, a password reset) doesn't count: what comes after is a new attack.
     const last = this.#db
-      .select({ createdAt: accountProtections.createdAt })
+      .select({ createdAt: accountProtections.createdAt, liftedAt: accountProtections.liftedAt })
       .from(accountProtections)
       .where(eq(accountProtections.loginKey, loginKey))
       .get();
-    if (last && now - last.createdAt < DAY_MS) return;
+    if (last && last.liftedAt === null && now - last.createdAt < DAY_MS) return;
     const row = {
       loginKey,
       until: now + this.policy.protectMinutes * MINUTE,
