@@ -4,7 +4,7 @@ import { eq } from "drizzle-orm";
 import * as oidc from "openid-client";
 import { generateSync } from "otplib";
 import supertest from "supertest";
-import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from "vitest";
+import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it, vi } from "vitest";
 import { auditLog, outbox } from "../src/db/schema.js";
 import { RECOVERY_ACCEPTED } from "../src/http/routes/recovery.js";
 import { backoffMs } from "../src/mail/outbox.js";
@@ -987,6 +987,25 @@ describe("mail, verification and recovery against a real SMTP server", () => {
     // A fresh session from the same address is held to the sign-in throttle (5 a login ID there).
     const again = await signIn(t.app, "taro.guessing").catch(() => null);
     expect(again).toBeNull(); // the address's attempts on this login ID are used up: 429
+  });
+
+  it("guesses sent all at once from many addresses count before they are checked: five checks per session in all", async () => {
+    await register(t.app, { login_id: "taro.parallel" });
+    const parallel = await signIn(t.app, "taro.parallel");
+    const verify = vi.spyOn(t.s.hasher, "verify");
+    const answers = await Promise.all(
+      Array.from({ length: 10 }, (_, i) =>
+        post(
+          t.app,
+          "/api/v1/me/password",
+          { current_password: `guess number ${i} y`, new_password: NEW_PASSWORD },
+          parallel,
+        ).set("X-Forwarded-For", `198.51.100.${i + 1}`),
+      ),
+    );
+    expect(verify.mock.calls.length).toBe(5);
+    expect(answers.every((a) => a.status === 401)).toBe(true);
+    verify.mockRestore();
   });
 
   it("changing the e-mail needs a recent sign-in, takes effect only when the new address confirms, and tells the old one", async () => {

@@ -53,6 +53,8 @@ export class PasswordChange {
    * password (slowly, within the account's limits) to take the account over.
    */
   readonly #wrong = new LRUCache<string, number>({ max: 10_000 });
+  /** Guesses being checked now, per session: they count against WRONG_PER_SESSION in advance. */
+  readonly #checking = new Map<string, number>();
 
   constructor(deps: {
     tokens: MemberTokens;
@@ -99,13 +101,23 @@ export class PasswordChange {
       kind: "password",
       challengeSolved: true,
     };
+    // Parallel guesses count before they are checked: a session gets WRONG_PER_SESSION checks in
+    // all, however many it sends at once.
+    const checking = this.#checking.get(session.id) ?? 0;
+    if ((this.#wrong.get(session.id) ?? 0) + checking >= WRONG_PER_SESSION)
+      throw new ApiError(401, "invalid_credentials", "The current password is incorrect.");
     const decision = this.#guard.assess(attempt);
     if (decision.action !== "allow") throw tooManyAttempts(decision.retryAfterSeconds);
+    this.#checking.set(session.id, checking + 1);
     let outcome: "success" | "failure" | "neither" = "neither";
     try {
       const right =
         m.passwordHash !== null &&
-        (await this.#hasher.verify({ hash: m.passwordHash, pepperId: m.pepperId }, current));
+        (await this.#hasher.verify({ hash: m.passwordHash, pepperId: m.pepperId }, current).finally(() => {
+          const n = (this.#checking.get(session.id) ?? 1) - 1;
+          if (n > 0) this.#checking.set(session.id, n);
+          else this.#checking.delete(session.id);
+        }));
       if (!right) {
         outcome = "failure";
         const wrong = (this.#wrong.get(session.id) ?? 0) + 1;
