@@ -220,6 +220,15 @@ export function buildServices(deps: {
         oidc_rows_revoked: sub ? oidcStore.revokeAccount(sub) : 0,
         devices_revoked: devices.revokeAllExcept(memberId, null),
       };
+      // Links the copy's sessions may have started (a reset, a change of address) die too.
+      memberTokens.voidAll(memberId, "reset_password", "change_email");
+      // Factors added lately may be the copy's holder's: named for the admins (and the member's
+      // mail asks them to check); not removed, since they may as well be the member's own.
+      const since = clock.now().getTime() - 30 * 24 * 3_600_000;
+      const recent = factors.passkeys
+        .list(memberId)
+        .filter((p) => p.createdAt >= since && p.suspectedCloneAt === null)
+        .map((p) => p.id);
       alerts.raise(
         "passkey_clone_suspected",
         "warning",
@@ -229,6 +238,7 @@ export function buildServices(deps: {
           ...(who?.role === "admin" ? { principal: "admin", principal_id: memberId } : {}),
           ip: ctx.ip,
           ...ended,
+          passkeys_added_last_30_days: recent,
         },
         memberId,
       );

@@ -342,6 +342,10 @@ describe("second factors: the review's attacks", () => {
     expect(copy.status).toBe(200);
     const copyCookie = sessionCookie(copy);
     expect((await supertest(t.app).get("/api/v1/me").set("Cookie", copyCookie)).status).toBe(200);
+    // With it, the copy's holder starts moving the account's e-mail address to theirs.
+    expect((await post(t.app, "/api/v1/me/email", { email: "thief@example.net" }, copyCookie)).status).toBe(
+      202,
+    );
     const id = (await memberId("alice.pk")) as string;
     const mails = () =>
       (
@@ -358,6 +362,13 @@ describe("second factors: the review's attacks", () => {
     expect(JSON.parse(alert?.details ?? "{}")).toMatchObject({ member_id: id });
     expect(JSON.parse(alert?.details ?? "{}").sessions_revoked).toBeGreaterThanOrEqual(1);
     expect(mails()).toBe(before + 1);
+    // The change link the copy started is dead.
+    const open = t.s.db.$client
+      .prepare(
+        "SELECT count(*) AS n FROM member_tokens WHERE member_id = ? AND purpose = 'change_email' AND consumed_at IS NULL",
+      )
+      .get(id) as { n: number };
+    expect(open.n).toBe(0);
   });
 
   it("a disabled member can't sign in with a passkey either", async () => {

@@ -61,8 +61,8 @@ const NOTICE_TEXT: Record<
   passkey_clone_suspected: {
     subject: { ja: "パスキーの複製の疑いを検知しました", en: "A passkey of yours may have been copied" },
     what: {
-      ja: "あなたのパスキーが複製された疑いがあるため、そのパスキーを停止し、すべての端末と会員サイトからサインアウトしました。別の方法でサインインし、アカウントページで停止したパスキーを削除してください。",
-      en: "One of your passkeys may have been copied. We suspended it and signed you out everywhere, member sites included. Sign in another way and remove the suspended passkey on your account page.",
+      ja: "あなたのパスキーが複製された疑いがあるため、そのパスキーを停止し、すべての端末と会員サイトからサインアウトし、手続き中のメールアドレス変更やパスワード再設定を取り消しました。別の方法でサインインし、アカウントページで停止したパスキーと、心当たりのないパスキーや認証アプリを削除してください。",
+      en: "One of your passkeys may have been copied. We suspended it, signed you out everywhere (member sites included) and cancelled any pending change of e-mail address or password reset. Sign in another way, and on your account page remove the suspended passkey and any passkey or authenticator app you don't recognise.",
     },
   },
   account_protected: {
