@@ -1,6 +1,7 @@
 import { isIP } from "node:net";
 import v8 from "node:v8";
 import vm from "node:vm";
+import Database from "better-sqlite3";
 import type { Express } from "express";
 import supertest from "supertest";
 import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
@@ -159,6 +160,21 @@ describe("login-anomaly engine (LoginGuard)", () => {
     }
     expect(refusedHours).toBeGreaterThan(0);
     expect(refusedHours).toBeLessThanOrEqual(4); // an hour a day at most
+  });
+
+  it("a protection lifted by another process (the operator's CLI) is seen at once", () => {
+    vi.useFakeTimers({ toFake: ["performance"] });
+    try {
+      for (let i = 0; i < 30; i++) guard.settle(attempt({ ip: `198.51.100.${i}` }), "failure");
+      expect(guard.assess(attempt({ ip: "192.0.2.1" })).action).toBe("protect");
+      const other = new Database(t.s.config.dbFile);
+      other.prepare("UPDATE account_protections SET lifted_at = ?").run(t.clock.now().getTime());
+      other.close();
+      vi.advanceTimersByTime(10);
+      expect(guard.assess(attempt({ ip: "192.0.2.1" })).reasons).not.toContain("account_protected");
+    } finally {
+      vi.useRealTimers();
+    }
   });
 
   it("after a protection was lifted (an admin, a reset), a new attack is protected against again the same day", () => {

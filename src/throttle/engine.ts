@@ -3,7 +3,7 @@ import { and, eq, isNull } from "drizzle-orm";
 import { LRUCache } from "lru-cache";
 import type { Alerts } from "../audit/alerts.js";
 import type { Clock } from "../clock.js";
-import type { Db } from "../db/connection.js";
+import { type Db, othersCommits } from "../db/connection.js";
 import { accountProtections, networkBlocks } from "../db/schema.js";
 import { type CounterStore, MemoryCounterStore } from "./counters.js";
 import { addressOf, subnetOf } from "./network.js";
@@ -700,9 +700,16 @@ export class LoginGuard {
   // Expired rows leave the maps at least once a minute (swept), not only when their own key comes
   // back: an attacker protecting many unknown login IDs must not grow them without bound.
   #active: { protections: Map<string, Persisted>; blocks: Map<string, Persisted> } | null = null;
+  /** SQLite's data_version when #active was read: another process's commit (a CLI lift) re-reads it. */
+  #activeVersion = -1;
   #sweptAt = 0;
 
   #activeRows(now: number) {
+    const version = othersCommits(this.#db)();
+    if (version !== this.#activeVersion) {
+      this.#active = null;
+      this.#activeVersion = version;
+    }
     if (this.#active === null) {
       const load = (sql: string) =>
         new Map(
