@@ -37,6 +37,14 @@ const detailsAround = (html: string, id: string) => {
     : (/<details[^>]*>/.exec(html.slice(start))?.[0] ?? "");
 };
 
+/** A second-step page answered after a wrong recovery code: that box open, only that field marked. */
+function expectRecoveryFieldMarked(wrong: { status: number; text: string }) {
+  expect(wrong.status).toBe(401);
+  expect(detailsAround(wrong.text, "recovery")).toBe("<details open>");
+  expect(tagOf(wrong.text, "recovery")).toContain('aria-invalid="true"');
+  expect(tagOf(wrong.text, "code")).not.toContain("aria-invalid");
+}
+
 const ACCOUNT = {
   loginId: "hanako.y",
   email: null,
@@ -491,10 +499,7 @@ describe("account pages through the routes (F1, F12)", () => {
       method: "recovery_code",
       code: "aaaa-bbbb-cccc-dddd",
     });
-    expect(wrong.status).toBe(401);
-    expect(detailsAround(wrong.text, "recovery")).toBe("<details open>");
-    expect(tagOf(wrong.text, "recovery")).toContain('aria-invalid="true"');
-    expect(tagOf(wrong.text, "code")).not.toContain("aria-invalid");
+    expectRecoveryFieldMarked(wrong);
     expect(wrong.text).toContain("リカバリーコードが正しくありません");
   });
 
@@ -542,10 +547,7 @@ describe("password reset's second step through the routes (F1)", () => {
       method: "recovery_code",
       code: "nope-nope-nope-nope",
     });
-    expect(wrong.status).toBe(401);
-    expect(detailsAround(wrong.text, "recovery")).toBe("<details open>");
-    expect(tagOf(wrong.text, "recovery")).toContain('aria-invalid="true"');
-    expect(tagOf(wrong.text, "code")).not.toContain("aria-invalid");
+    expectRecoveryFieldMarked(wrong);
     expect(wrong.text).toContain("リカバリーコードが正しくありません（残り");
 
     const wrongApp = await form(t, "/recovery/reset/mfa?lang=ja", { token, method: "totp", code: "000000" });
