@@ -160,6 +160,9 @@ describe("mail, verification and recovery against a real SMTP server", () => {
 
     const check = await post(t.app, "/api/v1/recovery/password/check", { token });
     expect(check.body).toEqual({ status: "ready", methods: [] });
+    // The hosted form names the account for password managers (a hidden username field).
+    const form = await supertest(t.app).get(`/recovery/reset?token=${token}&lang=ja`);
+    expect(form.text).toContain('<input type="text" name="username" autocomplete="username" value="taro.reset" hidden>');
     const weak = await post(t.app, "/api/v1/recovery/password/reset", { token, password: "short" });
     expect(weak.status).toBe(400);
     expect(weak.body.error).toBe("weak_password");

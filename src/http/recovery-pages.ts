@@ -247,6 +247,8 @@ export function newPasswordPage(
     /** The proof of a passed second factor (members who have one). */
     proof?: string | null | undefined;
     minLength: number;
+    /** The account's login ID, for password managers (a hidden username field). */
+    loginId?: string | undefined;
     problems?: PasswordProblem[];
     mismatch?: boolean;
   },
@@ -256,7 +258,7 @@ export function newPasswordPage(
     ? `<div class="error" role="alert">${opts.problems.map((p) => e(PASSWORD_PROBLEM[p][lang])).join("<br>")}</div>`
     : "";
   const body = `<h1>${e(r.newTitle)}</h1><p class="lead">${e(r.newLead)}</p>${problems}${opts.mismatch ? `<div class="error" role="alert">${e(r.mismatch)}</div>` : ""}
-<form method="post" action="/recovery/reset?lang=${lang}"><input type="hidden" name="token" value="${e(opts.token)}">${opts.proof ? `<input type="hidden" name="reset_proof" value="${e(opts.proof)}">` : ""}
+<form method="post" action="/recovery/reset?lang=${lang}"><input type="hidden" name="token" value="${e(opts.token)}">${opts.loginId ? `<input type="text" name="username" autocomplete="username" value="${e(opts.loginId)}" hidden>` : ""}${opts.proof ? `<input type="hidden" name="reset_proof" value="${e(opts.proof)}">` : ""}
 <label for="password">${e(r.newPassword(opts.minLength))}</label><input type="password" id="password" name="password" autocomplete="new-password" minlength="${opts.minLength}" required>
 <label for="password_confirm">${e(r.confirm)}</label><input type="password" id="password_confirm" name="password_confirm" autocomplete="new-password" required>
 <button type="submit">${e(r.save)}</button></form>`;

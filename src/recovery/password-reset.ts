@@ -441,13 +441,19 @@ export class PasswordRecovery {
    * usable now; passing it hands out the proof that `reset` needs), or set the password (`ready`).
    * Does not spend the link.
    */
-  check(token: unknown): { status: "mfa_required" | "ready"; methods: FactorMethod[]; memberId: string } {
-    const { row } = this.#live(token);
+  check(token: unknown): {
+    status: "mfa_required" | "ready";
+    methods: FactorMethod[];
+    memberId: string;
+    loginId: string;
+  } {
+    const { row, loginId } = this.#live(token);
     const f = this.#factors.of(row.memberId);
     return {
       status: f.enrolled ? "mfa_required" : "ready",
       methods: f.enrolled ? methodsOf(f) : [],
       memberId: row.memberId,
+      loginId,
     };
   }
 

@@ -7,6 +7,7 @@ import type { Services } from "../../services.js";
 import { deviceTokenFrom } from "../../sessions/devices.js";
 import { hostedForm, pageHeaders, reqLang } from "../hosted.js";
 import { locals } from "../middleware.js";
+import type { Lang } from "../pages.js";
 import {
   emailVerifiedPage,
   forgotLoginIdPage,
@@ -46,6 +47,16 @@ const continueForm = tokenForm.extend({ reset_proof: z.string().min(1).max(128) 
  */
 export function recoveryPageRoutes(s: Services): Router {
   const r = Router();
+  /** The new-password form, with the account's login ID for password managers (when the link lives). */
+  const newPassword = (l: Lang, opts: Parameters<typeof newPasswordPage>[1]) => {
+    let loginId: string | undefined;
+    try {
+      loginId = s.recovery.check(opts.token).loginId;
+    } catch {
+      // a dead link: the form without it (its post answers that the link is invalid)
+    }
+    return newPasswordPage(l, { ...opts, loginId });
+  };
   const form = hostedForm(s.config.issuerOrigin);
   const minLength = s.config.passwordMinLength;
   const lang = reqLang;
@@ -144,7 +155,7 @@ export function recoveryPageRoutes(s: Services): Router {
         resetMfaPage(l, { token: token as string, methods: state.methods, attemptsLeft, failed }),
       );
     }
-    html(res, 200, newPasswordPage(l, { token: token as string, minLength }));
+    html(res, 200, newPassword(l, { token: token as string, minLength }));
   };
 
   r.get("/recovery/reset", (req, res) => showReset(req, res, req.query.token));
@@ -170,7 +181,7 @@ export function recoveryPageRoutes(s: Services): Router {
       throw err;
     }
     // The proof rides in the form (never in a URL or the history): only this page can use it.
-    html(res, 200, newPasswordPage(l, { token, proof: resetProof, minLength }));
+    html(res, 200, newPassword(l, { token, proof: resetProof, minLength }));
   });
 
   /** After a passkey passed (the script posts the proof it got): the new-password form. */
@@ -186,7 +197,7 @@ export function recoveryPageRoutes(s: Services): Router {
         return html(res, 400, linkInvalidPage(l, "reset"));
       throw err;
     }
-    html(res, 200, newPasswordPage(l, { token: body.data.token, proof: body.data.reset_proof, minLength }));
+    html(res, 200, newPassword(l, { token: body.data.token, proof: body.data.reset_proof, minLength }));
   });
 
   r.post("/recovery/reset", ...form, async (req, res) => {
@@ -195,7 +206,7 @@ export function recoveryPageRoutes(s: Services): Router {
     if (!body.success) return html(res, 400, linkInvalidPage(l, "reset"));
     const { token, password, password_confirm, reset_proof } = body.data;
     if (password !== password_confirm)
-      return html(res, 400, newPasswordPage(l, { token, proof: reset_proof, minLength, mismatch: true }));
+      return html(res, 400, newPassword(l, { token, proof: reset_proof, minLength, mismatch: true }));
     try {
       const { loginId } = await s.recovery.reset(token, password, {
         ...ctx(req, res),
@@ -208,7 +219,7 @@ export function recoveryPageRoutes(s: Services): Router {
         return html(
           res,
           400,
-          newPasswordPage(l, {
+          newPassword(l, {
             token,
             proof: reset_proof,
             minLength,
