@@ -45,12 +45,12 @@ const A = {
     addPasskey: "パスキーを追加",
     rename: "名前を変更",
     lastUsed: "最終使用",
-    never: "未使用",
+    never: "まだ使われていません",
     synced: "同期パスキー",
     deviceBound: "この端末のみ",
     suspected: "複製の疑いがあるため停止中",
     recoveryHeading: "リカバリーコード",
-    recoveryRemaining: (n: number) => `未使用のコード: ${n} 個`,
+    recoveryRemaining: (n: number) => `未使用のコード：${n}個`,
     recoveryNew: "新しいコードを発行（古いコードは無効になります）",
     sessionsHeading: "サインイン中のセッション",
     current: "この端末",
@@ -143,7 +143,7 @@ const A = {
     removeConfirm: "Yes, remove it",
     addPasskey: "Add a passkey",
     rename: "Rename",
-    lastUsed: "Last used",
+    lastUsed: "last used",
     never: "never",
     synced: "synced passkey",
     deviceBound: "this device only",
@@ -433,9 +433,11 @@ export function accountPage(
       ? `<p class="muted">${e(a.noPasskeys)}</p>`
       : `<ul class="plain">${v.passkeys
           .map(
-            (
-              p,
-            ) => `<li><div class="item-head"><span><strong>${e(p.name)}</strong> <span class="muted">(${e(p.synced ? a.synced : a.deviceBound)}; ${e(a.lastUsed)}: ${e(when(p.lastUsedAt))})</span></span>
+            (p) => `<li><div class="item-head"><span><strong>${e(p.name)}</strong> <span class="muted">${
+              lang === "ja"
+                ? `（${e(p.synced ? a.synced : a.deviceBound)}・${e(a.lastUsed)}：${e(when(p.lastUsedAt))}）`
+                : `(${e(p.synced ? a.synced : a.deviceBound)}; ${e(a.lastUsed)}: ${e(when(p.lastUsedAt))})`
+            }</span></span>
 ${confirmRemove(a, `/account/passkeys/${p.id}/remove`, a.removePasskeyAsk(p.name), { totp: v.totp, passkeys: v.passkeys.length - 1 }, p.name)}</div>
 ${p.suspected ? `<div class="error">${e(a.suspected)}</div>` : ""}
 <form method="post" action="/account/passkeys/${e(p.id)}/rename" class="row"><label class="sr" for="n_${e(p.id)}">${e(a.rename)} (${e(p.name)})</label><input type="text" id="n_${e(p.id)}" name="name" maxlength="64" value="${e(p.name)}" required><button type="submit" class="secondary" aria-label="${e(`${a.rename}: ${p.name}`)}">${e(a.rename)}</button></form></li>`,

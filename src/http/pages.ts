@@ -61,8 +61,8 @@ export function pickLang(acceptLanguage: string | undefined, override?: unknown)
 const T = {
   ja: {
     title: "サインイン",
-    lead: (client: string) => `${client} にサインインします`,
-    loginId: "ログインID または 会員番号",
+    lead: (client: string) => `「${client}」にサインインします`,
+    loginId: "ログインIDまたは会員番号",
     password: "パスワード",
     submit: "サインイン",
     invalid: "ログインIDまたはパスワードが正しくありません。",

@@ -130,7 +130,7 @@ export function accountRoutes(s: Services): Router {
       loginPage({
         lang: l,
         action: `/account/login?${signInQuery(req, l)}`,
-        clientName: l === "ja" ? "Sekisho アカウント" : "your Sekisho account",
+        clientName: l === "ja" ? "関所（Sekisho）アカウント" : "your Sekisho account",
         error,
         retryAfterSeconds: retryAfterOf(res),
         notice: reauth ? reauthNotice(l) : undefined,
