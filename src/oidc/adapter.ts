@@ -185,6 +185,8 @@ export class OidcStore {
    */
   #requestOf: (() => object | undefined) | null = null;
   readonly #commits = new WeakMap<object, { outcomes: Promise<Error | null>[]; grants: Set<string> }>();
+  /** Provider requests that lost a consume race (see lostConsume). */
+  readonly #lostConsume = new WeakSet<object>();
 
   constructor(deps: { db: Db; clock: Clock; keys: KeyringStore }) {
     this.#db = deps.db;
@@ -536,12 +538,10 @@ export class OidcStore {
       grantId: known?.grantId ?? null,
     });
     if (!request) return committed;
-    this.#track(
-      request,
-      committed,
-      known?.grantId ?? null,
-      () => new errors.InvalidGrant(`${model} already consumed`),
-    );
+    this.#track(request, committed, known?.grantId ?? null, () => {
+      this.#lostConsume.add(request);
+      return new errors.InvalidGrant(`${model} already consumed`);
+    });
     return Promise.resolve(true);
   }
 
@@ -610,6 +610,15 @@ export class OidcStore {
       (key, held) => held.grantId === grantId && GRANTABLE.has(key.slice(0, key.indexOf(" "))),
     );
     return this.#revokeGrant().run(grantId).changes + dropped;
+  }
+
+  /**
+   * Whether `request` lost a consume race: its code or refresh token was found used by someone
+   * else (at once, or at the commit). Only such a request is the reuse; the other one of the pair,
+   * refused because the loser's revocation ended the grant, is not.
+   */
+  lostConsume(request: object): boolean {
+    return this.#lostConsume.has(request);
   }
 
   /** Whether this process has revoked the grant (or seen it revoked). */
@@ -782,6 +791,8 @@ export class OidcStore {
       consume: async (id) => {
         if (await this.consume(model, id)) return;
         // Lost a consume race: the same code or refresh token is being redeemed twice at once.
+        const request = this.#deferredFor();
+        if (request) this.#lostConsume.add(request);
         const grantId = this.grantIdOf(model, id);
         if (grantId) {
           this.revokeByGrantId(grantId);

@@ -468,7 +468,8 @@ export function createOidc(s: Services, opts: { clientIp: (req: IncomingMessage)
   /**
    * Two requests with the same refresh token at once: the store lets one win and revokes the
    * grant for the other (OidcStore.consume), without oidc-provider's revocation event. The loser's
-   * request audits it here as the reuse it is.
+   * request audits it here as the reuse it is (the winner, refused because the grant is gone, is
+   * not a second reuse).
    */
   const auditLostRace = (ctx: ProviderContext): void => {
     const entities = ctx.oidc?.entities as { RefreshToken?: { grantId?: string } } | undefined;
@@ -478,7 +479,8 @@ export function createOidc(s: Services, opts: { clientIp: (req: IncomingMessage)
       (ctx.body as { error?: unknown } | undefined)?.error !== "invalid_grant"
     )
       return;
-    if (!grantId || !store.isRevoked(grantId) || auditedRevocations.get(ctx)?.has(grantId)) return;
+    if (!grantId || !store.lostConsume(ctx) || !store.isRevoked(grantId)) return;
+    if (auditedRevocations.get(ctx)?.has(grantId)) return;
     provider.emit("grant.revoked", ctx, grantId);
   };
   provider.use(async (ctx, next) => {
