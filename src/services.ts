@@ -34,6 +34,7 @@ import { PasswordChange } from "./recovery/password-change.js";
 import { PasswordRecovery } from "./recovery/password-reset.js";
 import { MemberTokens } from "./recovery/tokens.js";
 import { DeviceRegistry } from "./sessions/devices.js";
+import { endAccess } from "./sessions/end-access.js";
 import { MfaTokens } from "./sessions/mfa-tokens.js";
 import { SecondFactorSignIn } from "./sessions/second-factor.js";
 import { SessionService } from "./sessions/sessions.js";
@@ -214,12 +215,11 @@ export function buildServices(deps: {
         .from(members)
         .where(eq(members.id, memberId))
         .get();
-      const sub = who?.sub;
-      const ended = {
-        sessions_revoked: sessions.revokeAll(memberId, "passkey_clone_suspected"),
-        oidc_rows_revoked: sub ? oidcStore.revokeAccount(sub) : 0,
-        devices_revoked: devices.revokeAllExcept(memberId, null),
-      };
+      const ended = endAccess(
+        { sessions, oidc: oidcStore, devices },
+        { id: memberId, sub: who?.sub },
+        "passkey_clone_suspected",
+      );
       // Links the copy's sessions may have started (a reset, a change of address) die too.
       memberTokens.voidAll(memberId, "reset_password", "change_email");
       // Factors added lately may be the copy's holder's: named for the admins (and the member's

@@ -7,6 +7,7 @@ import { resolveLoginInput } from "../members/login-id.js";
 import { PROFILE_FIELDS, type Profile } from "../members/profile.js";
 import { toJson } from "../policy/mfa-policy.js";
 import type { Services } from "../services.js";
+import { endAccess } from "../sessions/end-access.js";
 import { satisfies } from "../sessions/levels.js";
 import type { Session } from "../sessions/sessions.js";
 
@@ -257,12 +258,11 @@ export class AdminOps {
   }
 
   revokeSessions(c: AdminCtx, member: MemberRow, reason: string | null) {
-    const result = {
-      sessions_revoked: this.s.sessions.revokeAll(member.id, "admin_revoked"),
-      oidc_rows_revoked: this.s.oidcStore.revokeAccount(member.sub),
-      // Trusted devices too: whoever held a session may hold the device cookie.
-      devices_revoked: this.s.devices.revokeAllExcept(member.id, null),
-    };
+    const result = endAccess(
+      { sessions: this.s.sessions, oidc: this.s.oidcStore, devices: this.s.devices },
+      member,
+      "admin_revoked",
+    );
     this.record(c, "admin.member_sessions_revoked", { memberId: member.id, reason, details: result });
     return result;
   }

@@ -11,6 +11,7 @@ import type { PasswordHasher } from "../passwords/hasher.js";
 import { checkPassword } from "../passwords/rules.js";
 import type { MemberTokens } from "../recovery/tokens.js";
 import type { DeviceRegistry } from "../sessions/devices.js";
+import { endAccess, NOTHING_ENDED } from "../sessions/end-access.js";
 import type { SessionService } from "../sessions/sessions.js";
 import type { LoginGuard } from "../throttle/engine.js";
 
@@ -104,11 +105,7 @@ export class MemberSupport {
         })
         .where(eq(members.id, memberId))
         .run();
-      const done = {
-        sessions_revoked: this.#sessions.revokeAll(memberId, "password_set_by_operator"),
-        oidc_rows_revoked: this.#oidc.revokeAccount(member.sub),
-        devices_revoked: this.#devices.revokeAllExcept(memberId, null),
-      };
+      const done = this.#endAccess(memberId, member.sub, "password_set_by_operator");
       this.#tokens.voidAll(memberId, "reset_password", "change_email", "verify_email");
       this.#record("password.set_by_operator", memberId, ctx, done);
       return done;
@@ -146,9 +143,7 @@ export class MemberSupport {
       this.#db.delete(recoveryCodes).where(eq(recoveryCodes.memberId, memberId)).run();
       const result = {
         factors_removed: factors,
-        sessions_revoked: this.#sessions.revokeAll(memberId, "admin_mfa_reset"),
-        oidc_rows_revoked: this.#oidc.revokeAccount(member.sub),
-        devices_revoked: this.#devices.revokeAllExcept(memberId, null),
+        ...this.#endAccess(memberId, member.sub, "admin_mfa_reset"),
       };
       this.#tokens.voidAll(memberId, "reset_password", "change_email");
       if (email) {
@@ -182,19 +177,24 @@ export class MemberSupport {
         .where(eq(members.id, memberId))
         .get();
       if (!member) throw new Error(`no member ${memberId}`);
-      if (member.status === status)
-        return { changed: false, sessions_revoked: 0, oidc_rows_revoked: 0, devices_revoked: 0 };
+      if (member.status === status) return { changed: false, ...NOTHING_ENDED };
       this.#db.update(members).set({ status }).where(eq(members.id, memberId)).run();
       const result = {
         changed: true,
-        sessions_revoked: status === "disabled" ? this.#sessions.revokeAll(memberId, "member_disabled") : 0,
-        oidc_rows_revoked: status === "disabled" ? this.#oidc.revokeAccount(member.sub) : 0,
-        devices_revoked: status === "disabled" ? this.#devices.revokeAllExcept(memberId, null) : 0,
+        ...(status === "disabled" ? this.#endAccess(memberId, member.sub, "member_disabled") : NOTHING_ENDED),
       };
       if (status === "disabled") this.#tokens.voidAll(memberId, "reset_password", "change_email");
       this.#record(status === "disabled" ? "member.disabled" : "member.enabled", memberId, ctx, result);
       return result;
     });
+  }
+
+  #endAccess(memberId: string, sub: string, reason: string) {
+    return endAccess(
+      { sessions: this.#sessions, oidc: this.#oidc, devices: this.#devices },
+      { id: memberId, sub },
+      reason,
+    );
   }
 
   /** Support's audit entry: by the admin, or by the operator on the host (no admin). */
