@@ -4,6 +4,7 @@ import { PiiBudgets } from "../src/audit/pii-budget.js";
 import { Clients } from "../src/oidc/clients.js";
 import { adminPasskeySession, adminWithPasskey } from "./support/admin.js";
 import {
+  langSwitchIn,
   makeApp,
   ORIGIN,
   PROFILE,
@@ -586,6 +587,42 @@ describe("admin console sign-in", () => {
       const page = await supertest(t.app).get("/account").set("Cookie", cookie);
       expect(page.status).toBe(200);
       expect(page.text).toContain("data-passkey-register");
+    } finally {
+      t.close();
+    }
+  });
+
+  it("the console's passkey step switches language with the methods it offered (never recovery codes)", async () => {
+    const t = makeApp();
+    try {
+      await adminWithPasskey(t);
+      const step = await supertest(t.app)
+        .post("/admin/login?lang=ja")
+        .set("Origin", ORIGIN)
+        .type("form")
+        .send({ login_id: "ops.admin", password: STRONG_PASSWORD });
+      expect(step.status).toBe(200);
+      expect(step.text).toContain("data-passkey-mfa");
+      const switchTo = langSwitchIn(step.text);
+      expect(switchTo.action).toBe("/admin/mfa?lang=en");
+      const english = await supertest(t.app)
+        .post(switchTo.action)
+        .set("Origin", ORIGIN)
+        .type("form")
+        .send(switchTo.fields);
+      expect(english.status).toBe(200);
+      expect(english.text).toContain('<html lang="en">');
+      expect(english.text).toContain("data-passkey-mfa");
+      expect(english.text).toContain(`data-mfa-token="${switchTo.fields.mfa_token}"`);
+      expect(english.text).not.toContain('name="code"');
+      // From another site the switch is refused like every other form post.
+      const forged = await supertest(t.app)
+        .post(switchTo.action)
+        .set("Origin", "https://evil.example")
+        .type("form")
+        .send(switchTo.fields);
+      expect(forged.status).toBe(403);
+      expect(forged.text).not.toContain(switchTo.fields.mfa_token);
     } finally {
       t.close();
     }

@@ -10,6 +10,7 @@ import { consentPage, errorPage, layout, loginPage } from "../src/http/pages.js"
 import { resetMfaPage } from "../src/http/recovery-pages.js";
 import { Clients } from "../src/oidc/clients.js";
 import {
+  langSwitchIn,
   makeApp,
   ORIGIN,
   PROFILE,
@@ -501,6 +502,47 @@ describe("account pages through the routes (F1, F12)", () => {
     });
     expectRecoveryFieldMarked(wrong);
     expect(wrong.text).toContain("リカバリーコードが正しくありません");
+  });
+
+  it("the second step switches language without losing the pending sign-in, counting no try and checking no code", async () => {
+    const cookie = await signIn(t.app, "hanako.reauth");
+    const begin = await post(t.app, "/api/v1/me/totp", {}, cookie);
+    const totp = () =>
+      generateSync({ secret: begin.body.secret, epoch: Math.floor(t.clock.now().getTime() / 1000) });
+    expect((await post(t.app, "/api/v1/me/totp/verify", { code: totp() }, cookie)).status).toBe(200);
+    t.clock.advance(30_000);
+    const step = await form(t, "/account/login?lang=ja&then=totp", {
+      login_id: "hanako.reauth",
+      password: STRONG_PASSWORD,
+    });
+    const switchTo = langSwitchIn(step.text);
+    expect(switchTo.action).toBe("/account/mfa?lang=en&then=totp");
+    // More switches than a pending sign-in has tries: none is a wrong code.
+    let english = await form(t, switchTo.action, switchTo.fields);
+    for (let i = 0; i < 6; i++) english = await form(t, switchTo.action, switchTo.fields);
+    expect(english.status).toBe(200);
+    expect(english.text).toContain('<html lang="en">');
+    expect(english.text).toContain("6-digit code from your authenticator app");
+    expect(String(english.headers["set-cookie"])).toContain("sekisho_lang=en");
+    expect(langSwitchIn(english.text).action).toBe("/account/mfa?lang=ja&then=totp");
+    // A switch carrying a code checks nothing: the code is still unused afterwards.
+    const code = totp();
+    await form(t, switchTo.action, { ...switchTo.fields, method: "totp", code });
+    const done = await form(t, "/account/mfa?lang=en&then=totp", {
+      mfa_token: switchTo.fields.mfa_token as string,
+      method: "totp",
+      code,
+    });
+    expect(done.status).toBe(303);
+    expect(done.headers.location).toBe("/account#totp");
+    // The pending sign-in is used up: switching shows the expired page, not the step.
+    const after = await form(t, switchTo.action, switchTo.fields);
+    expect(after.status).toBe(401);
+    expect(after.text).not.toContain('name="mfa_token"');
+    // A made-up token shows nothing either.
+    const madeUp = await form(t, switchTo.action, { ...switchTo.fields, mfa_token: "A".repeat(43) });
+    expect(madeUp.status).toBe(401);
+    expect(madeUp.text).not.toContain('name="mfa_token"');
   });
 
   it("a wrong password on the sign-in page keeps the login ID and focuses the password", async () => {

@@ -3,7 +3,7 @@ import * as oidc from "openid-client";
 import { generateSync } from "otplib";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { Clients } from "../src/oidc/clients.js";
-import { PROFILE, STRONG_PASSWORD, type TestApp } from "./support/app.js";
+import { langSwitchIn, PROFILE, STRONG_PASSWORD, type TestApp } from "./support/app.js";
 import { Jar } from "./support/browser-jar.js";
 import { type ListeningApp, listenWithMember } from "./support/oidc.js";
 import { SoftAuthenticator } from "./support/soft-authenticator.js";
@@ -1143,7 +1143,25 @@ describe("OIDC code flow with a real relying party (openid-client)", () => {
       // The code field is marked invalid and points at the message (screen readers).
       expect(wrongHtml).toContain('id="mfa_error"');
       expect(wrongHtml).toMatch(/id="code"[^>]*aria-invalid="true" aria-describedby="mfa_error"/);
-      const ok = await form({ mfa_token: token, method: "totp", code: totp() }, mfaAction);
+      // The page in English: its switch posts the pending sign-in back (no address can show it).
+      const switchTo = langSwitchIn(wrongHtml);
+      expect(switchTo.fields).toEqual({
+        mfa_token: token,
+        switch: "lang",
+        methods: "totp webauthn recovery_code",
+      });
+      const english = await form(switchTo.fields, switchTo.action);
+      expect(english.status).toBe(200);
+      const englishHtml = await english.text();
+      expect(englishHtml).toContain('<html lang="en">');
+      expect(englishHtml).toContain("6-digit code from your authenticator app");
+      expect(englishHtml).toContain(`name="mfa_token" value="${token}"`);
+      expect(langSwitchIn(englishHtml).action).toContain("lang=ja");
+      const englishAction = /<form method="post" action="([^"]+)">/
+        .exec(englishHtml)?.[1]
+        ?.replace(/&amp;/g, "&") as string;
+      expect(englishAction).toContain("lang=en");
+      const ok = await form({ mfa_token: token, method: "totp", code: totp() }, englishAction);
       expect(ok.status).toBe(303);
       const { url } = await jar.follow(
         new URL(ok.headers.get("location") as string, issuer).toString(),

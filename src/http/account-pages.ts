@@ -1,6 +1,6 @@
 import type { FactorMethod } from "../factors/methods.js";
 import { deviceLabel } from "../sessions/user-agent.js";
-import { e, type Lang, layout, localTime, passkeySupport } from "./pages.js";
+import { e, type Lang, type LangSwitch, layout, localTime, passkeySupport } from "./pages.js";
 
 /** Strings of the second-step and account pages, Japanese first. */
 const A = {
@@ -290,7 +290,7 @@ export function mfaPage(opts: {
   stepUp?: boolean;
   /** What was just refused: that field is marked (and its recovery-code box comes back open). */
   error?: CodeMethod | undefined;
-  switchHref?: string | undefined;
+  switchHref?: LangSwitch | undefined;
   /** A sign-in for a member site: where to post to give up and go back to it (no sign-in). */
   abortAction?: string | undefined;
 }): string {

@@ -1,13 +1,14 @@
 import type { Request, Response } from "express";
 import { z } from "zod";
 import { ApiError } from "../errors.js";
+import type { FactorMethod } from "../factors/methods.js";
 import type { Services } from "../services.js";
 import { deviceTokenFrom } from "../sessions/devices.js";
 import type { FactorResult, Subject } from "../sessions/second-factor.js";
 import { type Session, sessionTokenFrom } from "../sessions/sessions.js";
 import type { SignInResult } from "../sessions/sign-in.js";
 import { locals } from "./middleware.js";
-import type { LoginError } from "./pages.js";
+import type { Lang, LangSwitch, LoginError } from "./pages.js";
 
 /**
  * The sign-in steps as the hosted pages (OIDC interaction, account) run them: the same services
@@ -25,6 +26,40 @@ export const mfaForm = z.object({
   method: z.enum(["totp", "recovery_code"]),
   code: z.string().min(1).max(64),
 });
+
+/**
+ * The second-step page in the other language: its pending token rides in the page's forms, so the
+ * language switch posts it back (`switch=lang`) to the page's own form address, which shows the
+ * page again instead of checking a code. The methods the page offered ride along (they depend on
+ * the site's policy, which the pending token doesn't keep); a changed list only changes what is
+ * shown: the second step still refuses a method that doesn't count.
+ */
+export const langSwitchForm = z
+  .object({
+    mfa_token: z.string().min(1).max(128),
+    switch: z.literal("lang"),
+    methods: z.string().max(64),
+  })
+  .transform((f) => ({
+    mfaToken: f.mfa_token,
+    methods: [...new Set(f.methods.split(" "))].filter((m): m is FactorMethod =>
+      (["webauthn", "totp", "recovery_code"] as const).includes(m as FactorMethod),
+    ),
+  }));
+
+/** The switch to the other language for a second-step page posting to `path` (no query). */
+export function mfaLangSwitch(
+  path: string,
+  lang: Lang,
+  mfaToken: string,
+  methods: readonly FactorMethod[],
+  query = "",
+): LangSwitch {
+  return {
+    action: `${path}?lang=${lang === "ja" ? "en" : "ja"}${query}`,
+    hidden: { mfa_token: mfaToken, switch: "lang", methods: methods.join(" ") },
+  };
+}
 
 /** Whose second step a hosted form completes: the pending sign-in's token, else the session (step-up). */
 export function subjectFor(

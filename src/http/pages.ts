@@ -193,7 +193,8 @@ details.confirm form button{margin-top:.25rem}section>details.confirm{display:in
 code.secret{font-size:1.05rem}.qr svg{width:220px;height:220px;display:block;margin:1rem auto}
 ol.codes{font-family:ui-monospace,monospace;font-size:1.05rem;line-height:1.8;padding-left:2.75em;font-variant-numeric:tabular-nums;overflow-x:auto}ol.codes li{white-space:nowrap;padding-left:.35em}
 .sr{position:absolute;width:1px;height:1px;overflow:hidden;clip:rect(0 0 0 0);white-space:nowrap}
-footer{text-align:center;color:#5f6779;font-size:.85rem;margin-top:1.5rem}footer a{color:#2456c9}`;
+footer{text-align:center;color:#5f6779;font-size:.85rem;margin-top:1.5rem}footer a{color:#2456c9}
+footer form{display:inline;margin:0}footer button.link{background:none;border:0;padding:0;margin:0;width:auto;min-height:0;color:#2456c9;font:inherit;font-weight:inherit;text-decoration:underline;cursor:pointer}`;
 
 /** The passkey script and its messages (the script reads them from data attributes). */
 export function passkeySupport(lang: Lang): string {
@@ -205,20 +206,35 @@ export function passkeySupport(lang: Lang): string {
 export const PASSKEY_SCRIPTS = `<script src="/assets/simplewebauthn-browser.js" defer></script><script src="/assets/passkeys.js" defer></script>`;
 
 /**
- * The page frame; `switchHref` (the other language) is left out where a page can't be
- * re-requested; `scripts` adds the passkey script files.
+ * Where the other language is: a link to the page, or — for a page that can't be re-requested by
+ * address, such as a second sign-in step whose pending token rides in its forms — a form that
+ * posts its hidden fields to show it again.
+ */
+export type LangSwitch = string | { action: string; hidden: Record<string, string> };
+
+/**
+ * The page frame; `switchTo` (the other language) is left out where a page can't be shown again;
+ * `scripts` adds the passkey script files.
  */
 export function layout(
   lang: Lang,
   title: string,
   body: string,
-  switchHref?: string,
+  switchTo?: LangSwitch,
   scripts = false,
   head = "",
 ): string {
-  const other = switchHref
-    ? ` · <a href="${e(switchHref)}" lang="${lang === "ja" ? "en" : "ja"}">${e(T[lang].other)}</a>`
-    : "";
+  const otherLang = lang === "ja" ? "en" : "ja";
+  const other =
+    switchTo === undefined
+      ? ""
+      : typeof switchTo === "string"
+        ? ` · <a href="${e(switchTo)}" lang="${otherLang}">${e(T[lang].other)}</a>`
+        : ` · <form method="post" action="${e(switchTo.action)}">${Object.entries(switchTo.hidden)
+            .map(([name, value]) => `<input type="hidden" name="${e(name)}" value="${e(value)}">`)
+            .join(
+              "",
+            )}<button type="submit" class="link" lang="${otherLang}">${e(T[lang].other)}</button></form>`;
   return `<!doctype html><html lang="${lang}"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1"><title>${e(title)} — Sekisho</title>
 <style>${STYLE}</style>${scripts ? PASSKEY_SCRIPTS : ""}${head}</head><body><main>${body}</main>

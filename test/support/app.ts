@@ -110,3 +110,14 @@ export function sessionCookie(res: { headers: Record<string, unknown> }): string
   if (!cookie) throw new Error("no session cookie");
   return cookie.split(";")[0] as string;
 }
+
+/** A page's language switch when it is a form (a second sign-in step): its address and fields. */
+export function langSwitchIn(html: string): { action: string; fields: Record<string, string> } {
+  const footer = html.slice(html.indexOf("<footer>"));
+  const form = /<form method="post" action="([^"]+)">(.*?)<\/form>/s.exec(footer);
+  if (!form) throw new Error("no language switch form in the page's footer");
+  const fields: Record<string, string> = {};
+  for (const m of (form[2] as string).matchAll(/<input type="hidden" name="([^"]+)" value="([^"]*)">/g))
+    fields[m[1] as string] = (m[2] as string).replace(/&amp;/g, "&");
+  return { action: (form[1] as string).replace(/&amp;/g, "&"), fields };
+}

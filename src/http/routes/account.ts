@@ -23,7 +23,15 @@ import {
 } from "../account-pages.js";
 import { clearSessionCookie, setDeviceCookie, setSessionCookie } from "../cookies.js";
 import { hostedForm, pageHeaders, reqLang } from "../hosted.js";
-import { loginForm, mfaForm, passwordStep, secondStep, subjectFor } from "../hosted-sign-in.js";
+import {
+  langSwitchForm,
+  loginForm,
+  mfaForm,
+  mfaLangSwitch,
+  passwordStep,
+  secondStep,
+  subjectFor,
+} from "../hosted-sign-in.js";
 import { locals } from "../middleware.js";
 import { type Lang, type LoginError, loginPage, retryAfterOf } from "../pages.js";
 import { passkeyIdParam } from "./factors.js";
@@ -152,16 +160,20 @@ export function accountRoutes(s: Services): Router {
   ) => {
     const l = lang(req);
     const then = thenOf(req);
+    const methods = s.factors.methods(memberId);
     html(
       res,
       status,
       mfaPage({
         lang: l,
-        methods: s.factors.methods(memberId),
+        methods,
         mfaToken: token,
         action: `/account/mfa?lang=${l}${then ? `&then=${then}` : ""}`,
         next: doneTo(req),
         error,
+        switchHref: token
+          ? mfaLangSwitch("/account/mfa", l, token, methods, then ? `&then=${then}` : "")
+          : undefined,
       }),
     );
   };
@@ -184,6 +196,12 @@ export function accountRoutes(s: Services): Router {
   });
 
   r.post("/account/mfa", ...form, async (req, res) => {
+    const again = langSwitchForm.safeParse(req.body);
+    if (again.success) {
+      const pending = s.mfaTokens.find(again.data.mfaToken);
+      if (!pending) return showLogin(req, res, 401, "expired");
+      return showMfa(req, res, 200, pending.memberId, again.data.mfaToken);
+    }
     const body = mfaForm.safeParse(req.body);
     if (!body.success) return showLogin(req, res, 400, "badRequest");
     const session = sessionOf(req);

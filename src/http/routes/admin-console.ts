@@ -2,6 +2,7 @@ import { type Request, type Response, Router } from "express";
 import { z } from "zod";
 import { type AdminCtx, AdminOps } from "../../admin/admin-ops.js";
 import { ApiError } from "../../errors.js";
+import type { FactorMethod } from "../../factors/methods.js";
 import { emailInput } from "../../members/profile-input.js";
 import type { Services } from "../../services.js";
 import { type Session, sessionTokenFrom } from "../../sessions/sessions.js";
@@ -18,7 +19,15 @@ import {
 } from "../admin-pages.js";
 import { setDeviceCookie, setSessionCookie } from "../cookies.js";
 import { hostedForm, pageHeaders, reqLang } from "../hosted.js";
-import { loginForm, mfaForm, passwordStep, secondStep, subjectFor } from "../hosted-sign-in.js";
+import {
+  langSwitchForm,
+  loginForm,
+  mfaForm,
+  mfaLangSwitch,
+  passwordStep,
+  secondStep,
+  subjectFor,
+} from "../hosted-sign-in.js";
 import { fromAnotherSite, locals } from "../middleware.js";
 import { errorPage, type LoginError, loginPage, retryAfterOf } from "../pages.js";
 import { alertIdParam, auditFilter, auditQuery, parsePolicy, reasonText } from "./admin.js";
@@ -93,6 +102,22 @@ export function adminConsoleRoutes(s: Services): Router {
       }),
     );
   };
+  /** The second step after an admin's password (passkey, or TOTP where the console accepts it). */
+  const showMfa = (req: Request, res: Response, methods: FactorMethod[], mfaToken: string) => {
+    const l = lang(req);
+    html(
+      res,
+      200,
+      mfaPage({
+        lang: l,
+        methods,
+        mfaToken,
+        action: `/admin/mfa?lang=${l}`,
+        next: "/admin",
+        switchHref: mfaLangSwitch("/admin/mfa", l, mfaToken, methods),
+      }),
+    );
+  };
   r.get("/admin/login", (req, res) => showLogin(req, res, 200));
   r.post("/admin/login", ...form, async (req, res) => {
     const body = loginForm.safeParse(req.body);
@@ -109,20 +134,14 @@ export function adminConsoleRoutes(s: Services): Router {
       res.redirect(303, `/account?lang=${lang(req)}`);
       return;
     }
-    const l = lang(req);
-    html(
-      res,
-      200,
-      mfaPage({
-        lang: l,
-        methods: result.methods,
-        mfaToken: result.mfaToken,
-        action: `/admin/mfa?lang=${l}`,
-        next: "/admin",
-      }),
-    );
+    showMfa(req, res, result.methods, result.mfaToken);
   });
   r.post("/admin/mfa", ...form, async (req, res) => {
+    const again = langSwitchForm.safeParse(req.body);
+    if (again.success) {
+      if (!s.mfaTokens.find(again.data.mfaToken)) return showLogin(req, res, 401, "expired");
+      return showMfa(req, res, again.data.methods, again.data.mfaToken);
+    }
     const body = mfaForm.safeParse(req.body);
     if (!body.success) return showLogin(req, res, 400, "badRequest");
     const subject = subjectFor(body.data.mfa_token, null);

@@ -13,7 +13,15 @@ import type { Session } from "../../sessions/sessions.js";
 import { type CodeMethod, mfaPage } from "../account-pages.js";
 import { setDeviceCookie, setSessionCookie } from "../cookies.js";
 import { hostedForm as hostedFormGuard, pageHeaders, reqLang, sendHtml } from "../hosted.js";
-import { loginForm, mfaForm, passwordStep, secondStep, subjectFor } from "../hosted-sign-in.js";
+import {
+  langSwitchForm,
+  loginForm,
+  mfaForm,
+  mfaLangSwitch,
+  passwordStep,
+  secondStep,
+  subjectFor,
+} from "../hosted-sign-in.js";
 import { consentPage, errorPage, type Lang, type LoginError, loginPage, retryAfterOf } from "../pages.js";
 
 /** Marks an authorization that came in with prompt=none (see silentAuthorization). */
@@ -215,8 +223,12 @@ export function interactionRoutes(s: Services, oidc: Oidc): Router {
           error: opts.error,
           abortAction: `${base}/abort?lang=${lang}`,
           // A step-up is shown again by the interaction's own address (its session cookie is the
-          // subject); a second step after the password is not (its token rides in the form).
-          ...(opts.stepUp ? { switchHref: `${base}?lang=${lang === "ja" ? "en" : "ja"}` } : {}),
+          // subject); a second step after the password by posting its token back (mfaLangSwitch).
+          switchHref: opts.stepUp
+            ? `${base}?lang=${lang === "ja" ? "en" : "ja"}`
+            : opts.mfaToken
+              ? mfaLangSwitch(`${base}/mfa`, lang, opts.mfaToken, opts.methods)
+              : undefined,
         }),
       );
   };
@@ -291,6 +303,11 @@ export function interactionRoutes(s: Services, oidc: Oidc): Router {
   r.post("/interaction/:uid/mfa", ...hostedForm, async (req, res) => {
     const details = await provider.interactionDetails(req, res);
     if (details.prompt.name !== "login") return render(req, res, 400, "badRequest");
+    const again = langSwitchForm.safeParse(req.body);
+    if (again.success) {
+      if (!s.mfaTokens.find(again.data.mfaToken)) return render(req, res, 401, "expired");
+      return renderMfa(req, res, 200, again.data);
+    }
     const form = mfaForm.safeParse(req.body);
     if (!form.success) return render(req, res, 400, "badRequest");
     const session = oidc.sessionOf(req.get("cookie"));
