@@ -199,7 +199,7 @@ describe("form lane", () => {
       trustProxy: () => false,
       headers: securityHeaders({}),
       shuttingDown: () => false,
-      trustedDevice: () => false,
+      goesFirst: () => false,
       strangers: new StrangerQueue(),
     });
     const server = http.createServer((req, res) => {

@@ -220,10 +220,11 @@ describe("sign-in lane", () => {
     expect(res.body.status).toBe("authenticated");
     expect(lane.stats).toEqual({ answered: 0, passedOn: 1 });
     expect(strangers.stats).toEqual({ waited: 1, busy: 0 });
-    // A wrong password is admitted too (the lane refuses only what the throttle refuses).
+    // A wrong password is admitted too (the lane refuses only what the throttle refuses); from
+    // the address the member just signed in from, it no longer waits its turn.
     expect((await send(t.app, { body: login("lane.member") })).status).toBe(401);
     expect(lane.stats).toEqual({ answered: 0, passedOn: 2 });
-    expect(strangers.stats).toEqual({ waited: 2, busy: 0 });
+    expect(strangers.stats).toEqual({ waited: 1, busy: 0 });
   });
 
   it("leaves what isn't the plain case to express: another origin, another type, an encoded body", async () => {
@@ -291,6 +292,45 @@ describe("sign-in lane", () => {
     }
   });
 
+  it("a password-only member at an address they signed in from lately goes first; that address for another ID, a new address, and the address after failures there wait their turn", async () => {
+    const p = makeApp({ SEKISHO_TRUST_PROXY: "loopback" });
+    try {
+      await register(p.app, { login_id: "home.member" });
+      await register(p.app, { login_id: "home.other" });
+      const busy = createApp(p.s, { strangersWaiting: 0 });
+      const HOME = "198.51.100.20";
+      const at = (app: Express, ip: string, loginId: string, password = STRONG_PASSWORD, type?: string) =>
+        send(app, {
+          body: login(loginId, password),
+          headers: { "X-Forwarded-For": ip, ...(type ? { "Content-Type": type } : {}) },
+        });
+      // Never signed in from there: a stranger, turned away when no stranger may wait.
+      expect((await at(busy, HOME, "home.member")).status).toBe(503);
+      expect((await at(p.app, HOME, "home.member")).status).toBe(200);
+      // Now home goes first, at the lane and at express's own door alike.
+      expect((await at(busy, HOME, "home.member")).status).toBe(200);
+      expect((await at(busy, HOME, "home.member", STRONG_PASSWORD, "application/json; x=1")).status).toBe(
+        200,
+      );
+      // The address is known for that member only, and only that address is.
+      expect((await at(busy, HOME, "home.other")).status).toBe(503);
+      expect((await at(busy, "198.51.100.21", "home.member")).status).toBe(503);
+      // Someone else at that address (a shared NAT) guessing: decided first a few times, then a
+      // stranger like any other.
+      for (let i = 0; i < 5; i++)
+        expect((await at(busy, HOME, "home.member", `wrong ${i}`)).status).toBe(401);
+      expect((await at(busy, HOME, "home.member")).status).toBe(503);
+      // A month later the address is forgotten too.
+      const fresh = createApp(p.s, { strangersWaiting: 0 });
+      expect((await at(p.app, "198.51.100.30", "home.other")).status).toBe(200);
+      expect((await at(fresh, "198.51.100.30", "home.other")).status).toBe(200);
+      p.clock.advance(31 * 24 * 3_600_000);
+      expect((await at(fresh, "198.51.100.30", "home.other")).status).toBe(503);
+    } finally {
+      p.close();
+    }
+  });
+
   it("past its limit of strangers waiting, the lane answers 503 server_busy at once, counting nothing; members on their devices still sign in", async () => {
     const busy = createApp(t.s, { strangersWaiting: 0 });
     const busyLane = busy.locals.signInLane as SignInLane;
@@ -320,10 +360,11 @@ describe("sign-in lane", () => {
     expect(member.status).toBe(200);
     expect(member.body.status).toBe("authenticated");
     // Express's own door to a sign-in (a request the lane doesn't take) holds strangers to the
-    // same rule: not a way around the queue.
+    // same rule: not a way around the queue. (Another login ID: this address is now known for
+    // lane.member, whose sign-ins from it go first.)
     seen.length = 0;
     const odd = await send(busy, {
-      body: login("lane.member", STRONG_PASSWORD),
+      body: login("lane.stranger", STRONG_PASSWORD),
       headers: { "Content-Type": "application/json; x=1" },
     });
     expect(odd.status).toBe(503);

@@ -15,6 +15,7 @@ import {
   asApiError,
   clientIpOf,
   errorHandler,
+  locals,
   noStore,
   noStoreHeaders,
   notFound,
@@ -138,16 +139,19 @@ export function createApp(
     opts.strangersWaiting !== undefined ? { maxWaiting: opts.strangersWaiting } : {},
   );
   app.locals.strangers = strangers;
-  // Whether a sign-in attempt comes from a live device of the member it names (it goes first):
-  // the same question at every door.
-  const trustedDevice = (req: IncomingMessage, loginInput: unknown) => {
-    const token = deviceTokenFrom(single(req.headers.cookie));
-    if (!token || typeof loginInput !== "string") return false;
+  // Whether a sign-in attempt goes first: it comes from a live device of the member it names, or
+  // from an address that member signed in from lately (LoginGuard.fromKnownAddress), with failures
+  // to spare either way. The same question at every door.
+  const goesFirst = (req: IncomingMessage, loginInput: unknown, ip: string) => {
+    if (typeof loginInput !== "string") return false;
     const loginId = resolveLoginInput(loginInput);
-    return loginId !== null && s.devices.isLiveFor(token, loginId) && s.guard.trustedBudgetLeft(loginId);
+    if (loginId === null) return false;
+    const token = deviceTokenFrom(single(req.headers.cookie));
+    if (token && s.devices.isLiveFor(token, loginId) && s.guard.trustedBudgetLeft(loginId)) return true;
+    return s.guard.fromKnownAddress(ip, loginId);
   };
-  const expressTurn = waitTurn(strangers, (req) =>
-    trustedDevice(req, (req as { body?: { login_id?: unknown } }).body?.login_id),
+  const expressTurn = waitTurn(strangers, (req, res: Response) =>
+    goesFirst(req, (req as { body?: { login_id?: unknown } }).body?.login_id, locals(res).ip),
   );
 
   const api = express.Router();
@@ -220,7 +224,7 @@ export function createApp(
           headers,
           bodyLimit: BODY_LIMIT,
           shuttingDown: () => app.locals.shuttingDown === true,
-          trustedDevice,
+          goesFirst,
           strangers,
         });
   const toProvider =
@@ -249,7 +253,7 @@ export function createApp(
           trustProxy,
           headers,
           shuttingDown: () => app.locals.shuttingDown === true,
-          trustedDevice,
+          goesFirst,
           strangers,
         });
   app.locals.signInLane = signIn;

@@ -78,8 +78,11 @@ export function formLane(deps: {
   trustProxy: (address: string, hop: number) => boolean;
   headers: ReturnType<typeof securityHeaders>;
   shuttingDown: () => boolean;
-  /** Does the request come from a live device of the member its login ID names? (It goes first.) */
-  trustedDevice: (req: IncomingMessage, loginInput: unknown) => boolean;
+  /**
+   * Does the request go first: from a live device of the member its login ID names, or from an
+   * address that member signed in from lately (`ip`: the client address, as express computes it)?
+   */
+  goesFirst: (req: IncomingMessage, loginInput: unknown, ip: string) => boolean;
   /** Where strangers' attempts wait their turn (shared with the sign-in lane). */
   strangers: StrangerQueue;
 }): FormLane {
@@ -148,7 +151,7 @@ export function formLane(deps: {
       // their turn, or is told the service is busy (src/http/stranger-queue.ts).
       let trusted: boolean;
       try {
-        trusted = deps.trustedDevice(req, (body.body as { login_id?: unknown } | undefined)?.login_id);
+        trusted = deps.goesFirst(req, (body.body as { login_id?: unknown } | undefined)?.login_id, r.ip);
       } catch {
         return pass(); // the route meets the same error and answers it
       }

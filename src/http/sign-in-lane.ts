@@ -76,8 +76,11 @@ export function signInLane(deps: {
   headers: ReturnType<typeof securityHeaders>;
   bodyLimit: number;
   shuttingDown: () => boolean;
-  /** Does the request come from a live device of the member its login ID names? (It goes first.) */
-  trustedDevice: (req: IncomingMessage, loginInput: unknown) => boolean;
+  /**
+   * Does the request go first: from a live device of the member its login ID names, or from an
+   * address that member signed in from lately (`ip`: the client address, as express computes it)?
+   */
+  goesFirst: (req: IncomingMessage, loginInput: unknown, ip: string) => boolean;
   /** Where strangers' attempts wait their turn (shared with the form lane). */
   strangers: StrangerQueue;
 }): SignInLane {
@@ -182,7 +185,7 @@ export function signInLane(deps: {
       // their turn, or is told the service is busy.
       let trusted: boolean;
       try {
-        trusted = deps.trustedDevice(req, parsed.data.login_id);
+        trusted = deps.goesFirst(req, parsed.data.login_id, r.ip);
       } catch (err) {
         answer(req, res, r, err, ROUTE);
         return;

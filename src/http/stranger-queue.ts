@@ -23,7 +23,8 @@ export const MAX_WAITING = 2_000;
  * Past `maxWaiting` waiting, `offer` refuses and the lane answers `503 server_busy` at once:
  * nothing is decided, counted or hashed. One queue serves every door, so a flood split between
  * them gets one budget, not several. Members who sign in with a password alone never get a
- * device cookie (it comes with a second factor or a passkey): to the queue they are strangers.
+ * device cookie (it comes with a second factor or a passkey): they go first from an address
+ * they signed in from lately (LoginGuard.fromKnownAddress), and are strangers anywhere else.
  */
 export class StrangerQueue {
   readonly maxWaiting: number;
@@ -105,18 +106,18 @@ export const hadTurn = new WeakSet<IncomingMessage>();
 /**
  * The same rule at express's door to a sign-in, for the requests the lanes don't take (another
  * JSON content type, a chunked form): without it those would be decided at once, around the queue.
- * `trustedDevice` says whether the request (its parsed body's login ID, its device cookie) goes
- * first.
+ * `goesFirst` says whether the request (its parsed body's login ID, its device cookie, its
+ * address) goes first.
  */
-export function waitTurn(
+export function waitTurn<Res>(
   strangers: StrangerQueue,
-  trustedDevice: (req: IncomingMessage) => boolean,
-): (req: IncomingMessage, res: unknown, next: (err?: unknown) => void) => void {
-  return (req, _res, next) => {
+  goesFirst: (req: IncomingMessage, res: Res) => boolean,
+): (req: IncomingMessage, res: Res, next: (err?: unknown) => void) => void {
+  return (req, res, next) => {
     if (hadTurn.has(req)) return next();
     let trusted: boolean;
     try {
-      trusted = trustedDevice(req);
+      trusted = goesFirst(req, res);
     } catch (err) {
       return next(err);
     }

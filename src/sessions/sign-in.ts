@@ -170,8 +170,11 @@ export class PasswordSignIn {
       return false;
     };
     try {
-      // A trusted device goes first in the hashing queue, while its failure budget lasts.
-      const first = attempt.trustedDevice && this.#guard.trustedBudgetLeft(attempt.loginId as string);
+      // A trusted device goes first in the hashing queue, while its failure budget lasts; so does
+      // an address the member signed in from lately, while it has failures to spare.
+      const first =
+        (attempt.trustedDevice && this.#guard.trustedBudgetLeft(attempt.loginId as string)) ||
+        this.#guard.fromKnownAddress(attempt.ip, attempt.loginId as string);
       return await this.#verify(input, ctx, loginId, member, settle, first, stillAdmitted);
     } catch (err) {
       if (err instanceof WithdrawnJob && later) throw this.#refused(attempt, later, member, ctx);

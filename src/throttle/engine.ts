@@ -428,6 +428,25 @@ export class LoginGuard {
   }
 
   /**
+   * Does a sign-in naming `loginId` come from an address its member signed in from lately (see
+   * #known), with failures to spare there (fewer than the address-and-ID slow-down's limit in the
+   * window)? The lanes and the hashing queue let it go first, as they do a trusted device: members
+   * who sign in with a password alone never get a device cookie, and during a flood they would
+   * otherwise wait with strangers, or be answered busy. Only a completed sign-in makes an address
+   * known, so a guesser can't; one sharing the member's address (a NAT) gets the order, not the
+   * throttle's leniency, and loses even the order after a few failures.
+   */
+  fromKnownAddress(ip: string, loginId: string): boolean {
+    const now = this.#clock.now().getTime();
+    const k = this.#keys({ ip, loginId, trustedDevice: false, kind: "password" });
+    if (!k.ipLogin || !this.#knownAddress(k, now)) return false;
+    const failures =
+      (this.#counters.ipl.peek(k.ipLogin, now)[TEN_MIN] as number) +
+      this.#flight(`ip_login_failures|${k.ipLogin}`);
+    return failures < this.policy.ipLoginSlow;
+  }
+
+  /**
    * Has this login ID's trusted devices' failure budget anything left today? (The lanes and the
    * hashing queue ask it too: a device cookie past its budget goes first nowhere.)
    */
