@@ -4,10 +4,10 @@ import { startCheckpointer } from "./db/checkpointer.js";
 import { migrateDatabase, openDatabase } from "./db/connection.js";
 import { StartupError } from "./errors.js";
 import { createApp } from "./http/app.js";
-import { createLogger } from "./logger.js";
-import { buildServices } from "./services.js";
 import { startMetricsServer } from "./http/metrics-routes.js";
+import { createLogger } from "./logger.js";
 import { removePidFile, writePidFile } from "./ops/pid-file.js";
+import { buildServices } from "./services.js";
 import { openKeyring } from "./vault/bootstrap.js";
 
 /** The only side effects: config → keys → database → migrate → app → listen. */
@@ -39,6 +39,27 @@ async function main(): Promise<void> {
       "no SEKISHO_SMTP_URL: mail (verification and reset links) is written as .eml files, not sent",
     );
   }
+  // The audit log's append-only triggers, put back if dropped (and said loudly: someone with the
+  // database file did it), and its head as an anchor in the log, now and every five minutes when
+  // it moved: with the log shipped, a later cut of the tail is visible against it.
+  const restored = services.audit.ensureAppendOnly();
+  if (restored.length > 0) {
+    logger.error({ triggers: restored }, "audit log: append-only triggers were missing; put back");
+    services.alerts.raise("audit_protection_missing", "critical", { triggers: restored });
+  }
+  let anchored = services.audit.head();
+  logger.info({ audit_head: anchored }, "audit log head");
+  const anchor = setInterval(() => {
+    try {
+      const head = services.audit.head();
+      if (head?.seq === anchored?.seq && head?.mac === anchored?.mac) return;
+      anchored = head;
+      logger.info({ audit_head: head }, "audit log head");
+    } catch (err) {
+      logger.error({ err }, "audit head anchor failed");
+    }
+  }, 5 * 60_000);
+  anchor.unref();
   await services.hasher.warm();
   services.mailer.start();
   services.alertHooks?.start();
@@ -90,6 +111,7 @@ async function main(): Promise<void> {
     logger.info({ signal }, "shutting down: no new connections, finishing requests in flight");
     app.locals.shuttingDown = true;
     clearInterval(sweep);
+    clearInterval(anchor);
     const deadline = setTimeout(() => {
       logger.warn({ grace_ms: SHUTDOWN_GRACE_MS }, "requests still in flight at the deadline: cutting them");
       server.closeAllConnections();

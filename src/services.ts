@@ -109,6 +109,18 @@ export function buildServices(deps: {
     ? new AlertHooks({ db, clock, logger, url: config.alertWebhook.url, secret: config.alertWebhook.secret })
     : undefined;
   const alerts = new Alerts({ db, clock, audit, logger, ...(alertHooks ? { hooks: alertHooks } : {}) });
+  // The entry this process appended last is gone: someone cut the log's tail (src/audit/log.ts).
+  audit.onTruncated = ({ expected, head }) => {
+    logger.error(
+      { expected_seq: expected.seq, expected_mac: expected.mac, head_seq: head },
+      "audit log: entries this server wrote are gone (the log's end was cut)",
+    );
+    alerts.raise("audit_truncated", "critical", {
+      missing_from_seq: expected.seq,
+      head_seq_found: head,
+      expected_mac: expected.mac,
+    });
+  };
   // A keyring file that can no longer be read: keep serving with the keys in memory, and say so
   // loudly (at most one alert in 10 minutes).
   keys.onReloadError = (err) => {

@@ -1,3 +1,4 @@
+import Database from "better-sqlite3";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { makeApp, post, register, STRONG_PASSWORD, signIn, type TestApp } from "./support/app.js";
 import { runCli } from "./support/cli.js";
@@ -72,6 +73,77 @@ describe("tamper-evident audit log", () => {
       "DELETE FROM audit_log WHERE seq = 2; UPDATE audit_log SET seq = seq - 1 WHERE seq > 2;",
     );
     expect(t.s.audit.verify()).toMatchObject({ ok: false, firstBad: { seq: 2 } });
+  });
+
+  it("a cut-off end of the log breaks verification, unless SQLite's own record of it is edited too", () => {
+    // Attack: remove the newest entries (what someone just did), then put the triggers back.
+    dropTriggers(t);
+    t.s.db.$client.exec("DELETE FROM audit_log WHERE seq > 3");
+    t.s.audit.ensureAppendOnly();
+    expect(t.s.audit.verify()).toMatchObject({
+      ok: false,
+      entries: 3,
+      firstBad: { seq: 4, problem: "entries 4..5 are missing (cut off the end)" },
+    });
+    expect(runCli(t, ["audit", "verify"]).status).toBe(1);
+    // A careful attacker edits that record too: the chain alone can't tell (see the next test).
+    t.s.db.$client.exec("UPDATE sqlite_sequence SET seq = 3 WHERE name = 'audit_log'");
+    expect(t.s.audit.verify()).toMatchObject({ ok: true, entries: 3 });
+  });
+
+  it("an emptied log in a database with members breaks verification", () => {
+    dropTriggers(t);
+    t.s.db.$client.exec("DELETE FROM audit_log; DELETE FROM sqlite_sequence WHERE name = 'audit_log'");
+    expect(t.s.audit.verify()).toMatchObject({
+      ok: false,
+      entries: 0,
+      firstBad: { seq: 1, problem: "the log is empty, but members exist" },
+    });
+  });
+
+  it("the running server notices at its next entry that entries it wrote were cut off the end, and raises a critical alert", async () => {
+    // What the server wrote last: an admin-style read of the member, say.
+    t.s.audit.append({ action: "pii.read", outcome: "success", actorType: "admin", details: { n: 6 } });
+    // Attack from another process with the file: cut the tail, cover the tracks, put the triggers back.
+    const outside = new Database(t.s.db.$client.name);
+    outside.exec(`DROP TRIGGER audit_log_no_delete; DELETE FROM audit_log WHERE seq > 4;
+      UPDATE sqlite_sequence SET seq = 4 WHERE name = 'audit_log';`);
+    outside.close();
+    t.s.audit.ensureAppendOnly();
+    expect(t.s.audit.verify()).toMatchObject({ ok: true, entries: 4 }); // the database alone can't tell
+    // The server's next entry (any: here a failed sign-in) finds its last one gone.
+    await post(t.app, "/api/v1/login", { login_id: "audit.member", password: "not the right one" });
+    const alert = t.s.db.$client
+      .prepare("SELECT kind, severity, details FROM alerts WHERE kind = 'audit_truncated'")
+      .get() as { kind: string; severity: string; details: string } | undefined;
+    expect(alert?.severity).toBe("critical");
+    expect(JSON.parse(alert?.details ?? "{}")).toMatchObject({ missing_from_seq: 6, head_seq_found: 4 });
+    // Said once: the entries after it chain on as usual.
+    await post(t.app, "/api/v1/login", { login_id: "audit.member", password: "not the right one" });
+    expect(
+      t.s.db.$client.prepare("SELECT count(*) FROM alerts WHERE kind = 'audit_truncated'").pluck().get(),
+    ).toBe(1);
+    expect(t.s.audit.verify().ok).toBe(true);
+  });
+
+  it("ordinary work, with entries written inside other transactions, raises no truncation alarm", async () => {
+    const fresh = makeApp();
+    try {
+      await register(fresh.app, { login_id: "other.member" });
+      // (registration's entry is written inside its transaction: known to be committed only later)
+      fresh.s.audit.append({ action: "test.marker", outcome: "info", actorType: "system" });
+      await post(fresh.app, "/api/v1/login", { login_id: "other.member", password: "not the right one" });
+      expect(fresh.s.db.$client.prepare("SELECT count(*) FROM alerts").pluck().get()).toBe(0);
+    } finally {
+      fresh.close();
+    }
+  });
+
+  it("puts back dropped append-only triggers", () => {
+    dropTriggers(t);
+    expect(t.s.audit.ensureAppendOnly()).toEqual(["audit_log_no_update", "audit_log_no_delete"]);
+    expect(() => t.s.db.$client.exec("DELETE FROM audit_log WHERE seq = 2")).toThrow(/append-only/);
+    expect(t.s.audit.ensureAppendOnly()).toEqual([]);
   });
 
   it("reordered entries break verification", () => {

@@ -12,8 +12,13 @@ import type { KeyringStore } from "../vault/keyring.js";
  * recomputing the chain needs the key. SQLite triggers also refuse UPDATE and DELETE, so even the
  * service itself cannot rewrite history by accident.
  *
- * What no chain can show is a cut-off tail (the newest entries removed together); `sekisho audit
- * export` ships entries to an outside store, where the tail is kept (docs/operations.md).
+ * What no chain can show by itself is a cut-off tail (the newest entries removed together). Four
+ * things stand in its way: the running service remembers the last entry it appended and, before
+ * its next one, checks that it is still there unchanged (`onTruncated`: a critical alert); the
+ * server logs the head every five minutes (`head()`), so shipped logs hold anchors; `verify()`
+ * compares the head with SQLite's own record of the highest seq ever used, and calls an empty log
+ * in a database that has members broken; and `sekisho audit export` ships entries to an outside
+ * store, where the tail is kept (docs/operations.md).
  */
 export type ActorType = "anonymous" | "member" | "admin" | "client" | "system" | "operator";
 export type Outcome = "success" | "failure" | "info";
@@ -82,6 +87,20 @@ function macOf(key: Buffer, e: Omit<AuditEntry, "mac">): string {
 export class AuditLog {
   /** Told of each entry once it is appended (metrics count events from here). */
   observer: ((entry: AuditInput) => void) | null = null;
+  /**
+   * Told when the entry this process appended last is gone or changed at its next append: the
+   * log's tail was cut (or rewritten) since. Called after that append, outside its transaction.
+   */
+  onTruncated: ((found: { expected: { seq: number; mac: string }; head: number | null }) => void) | null =
+    null;
+  /** The newest entry this process knows it committed (see onTruncated). */
+  #last: { seq: number; mac: string } | null = null;
+  /**
+   * The newest entry appended inside a caller's transaction, which may still roll back: known to
+   * be committed only at the next append that runs a transaction of its own (then it is either
+   * there, and becomes #last, or gone with its rollback — or cut, which can't be told apart).
+   */
+  #tentative: { seq: number; mac: string } | null = null;
   readonly #db: Db;
   readonly #keys: KeyringStore;
   readonly #clock: Clock;
@@ -111,40 +130,98 @@ export class AuditLog {
       details: JSON.stringify(input.details ?? {}),
       keyId: key.id,
     };
-    const seq = this.#append(row, key.key);
+    const { seq, cut } = this.#append(row, key.key);
     this.observer?.(input);
+    if (cut) this.onTruncated?.(cut);
     return seq;
   }
 
-  #appendTx: ((row: PartialEntry, key: Buffer) => number) | undefined;
+  #appendTx:
+    | ((
+        row: PartialEntry,
+        key: Buffer,
+      ) => { seq: number; cut: { expected: { seq: number; mac: string }; head: number | null } | null })
+    | undefined;
 
   /**
    * The append transaction, prepared once (it is on every sign-in's path): read the head, chain
    * onto it, insert. IMMEDIATE, or a savepoint inside the caller's transaction.
    */
-  #append(row: PartialEntry, key: Buffer): number {
+  #append(row: PartialEntry, key: Buffer) {
     if (!this.#appendTx) {
       const client = this.#db.$client;
       const head = client.prepare("SELECT seq, mac FROM audit_log ORDER BY seq DESC LIMIT 1");
+      const macAt = client.prepare("SELECT mac FROM audit_log WHERE seq = ?").pluck();
       const insert = client.prepare(
         `INSERT INTO audit_log (seq, at, action, outcome, actor_type, actor_id, member_id, reason, ip,
            request_id, details, key_id, prev_mac, mac)
          VALUES (@seq, @at, @action, @outcome, @actorType, @actorId, @memberId, @reason, @ip,
            @requestId, @details, @keyId, @prevMac, @mac)`,
       );
-      const tx = client.transaction((partial: PartialEntry, k: Buffer): number => {
+      const tx = client.transaction((partial: PartialEntry, k: Buffer, outermost: boolean) => {
         const last = head.get() as { seq: number; mac: string } | undefined;
+        let cut: { expected: { seq: number; mac: string }; head: number | null } | null = null;
+        if (outermost) {
+          const t = this.#tentative;
+          if (t && macAt.get(t.seq) === t.mac) this.#last = t;
+          this.#tentative = null;
+          // Our last entry must still be there as we wrote it (other processes only add after it).
+          const mine = this.#last;
+          if (mine && macAt.get(mine.seq) !== mine.mac) cut = { expected: mine, head: last?.seq ?? null };
+        }
         const entry: Omit<AuditEntry, "mac"> = {
           ...partial,
           seq: (last?.seq ?? 0) + 1,
           prevMac: last?.mac ?? GENESIS,
         };
-        insert.run({ ...entry, mac: macOf(k, entry) });
-        return entry.seq;
+        const mac = macOf(k, entry);
+        insert.run({ ...entry, mac });
+        return { seq: entry.seq, mac, cut };
       });
-      this.#appendTx = (r, k) => tx.immediate(r, k);
+      this.#appendTx = (r, k) => {
+        const outermost = !client.inTransaction;
+        const { seq, mac, cut } = tx.immediate(r, k, outermost);
+        if (outermost) this.#last = { seq, mac };
+        else this.#tentative = { seq, mac };
+        return { seq, cut };
+      };
     }
     return this.#appendTx(row, key);
+  }
+
+  /**
+   * Put back the triggers that make the log append-only, if someone dropped them (they are what
+   * stops an UPDATE or DELETE before the chain has to show it). Returns the names put back.
+   */
+  ensureAppendOnly(): string[] {
+    const client = this.#db.$client;
+    const present = new Set(
+      client
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'audit_log'")
+        .pluck()
+        .all() as string[],
+    );
+    const restored: string[] = [];
+    for (const [name, op] of [
+      ["audit_log_no_update", "UPDATE"],
+      ["audit_log_no_delete", "DELETE"],
+    ] as const) {
+      if (present.has(name)) continue;
+      client.exec(
+        `CREATE TRIGGER ${name} BEFORE ${op} ON audit_log BEGIN SELECT RAISE(ABORT, 'audit_log is append-only'); END;`,
+      );
+      restored.push(name);
+    }
+    return restored;
+  }
+
+  /** The newest entry (its seq and mac), or null for an empty log: an anchor to keep elsewhere. */
+  head(): { seq: number; mac: string } | null {
+    return (
+      (this.#db.$client.prepare("SELECT seq, mac FROM audit_log ORDER BY seq DESC LIMIT 1").get() as
+        | { seq: number; mac: string }
+        | undefined) ?? null
+    );
   }
 
   /** Walk the whole chain in order; stop at the first entry that does not fit. */
@@ -181,6 +258,35 @@ export class AuditLog {
       prev = mac;
       expectedSeq++;
       head = { seq: row.seq, mac };
+    }
+    // A cut-off tail leaves a chain that verifies; SQLite's AUTOINCREMENT record of the highest
+    // seq ever used does not shrink with it (unless edited too), and a log emptied outright leaves
+    // members without a single entry about them.
+    const highest = this.#db.$client
+      .prepare("SELECT seq FROM sqlite_sequence WHERE name = 'audit_log'")
+      .pluck()
+      .get() as number | undefined;
+    if (highest !== undefined && highest > (head?.seq ?? 0)) {
+      return {
+        ok: false,
+        entries,
+        head,
+        firstBad: {
+          seq: (head?.seq ?? 0) + 1,
+          problem: `entries ${(head?.seq ?? 0) + 1}..${highest} are missing (cut off the end)`,
+        },
+      };
+    }
+    if (
+      entries === 0 &&
+      (this.#db.$client.prepare("SELECT 1 FROM members LIMIT 1").get() as unknown) !== undefined
+    ) {
+      return {
+        ok: false,
+        entries,
+        head,
+        firstBad: { seq: 1, problem: "the log is empty, but members exist" },
+      };
     }
     return { ok: true, entries, head };
   }
