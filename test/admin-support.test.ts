@@ -147,6 +147,29 @@ describe("admin member support and PII read budgets", () => {
     );
     expect(approved.body).toEqual({ client_id: client.clientId, was_blocked: true });
     expect(read().email).toBe(PROFILE.email);
+    // The other admins hear of every approval; the approving admin doesn't see it as an alert.
+    const raised = t.s.alerts.list().filter((a) => a.kind === "pii_budget_approved");
+    expect(raised).toHaveLength(1);
+    expect(JSON.parse(raised[0]?.details ?? "{}")).toMatchObject({
+      client_id: client.clientId,
+      reason: "checked with the site's operator",
+    });
+    const shown = await get("/api/v1/admin/alerts");
+    expect(shown.body.alerts.some((a: { kind: string }) => a.kind === "pii_budget_approved")).toBe(false);
+    // Attack: an insider approving a site still within its budget, after every few reads, to
+    // start its counts over. Refused, and the counts stay.
+    const before = t.s.budgets.status({ kind: "client", id: client.clientId });
+    const again = await post(
+      t.app,
+      `/api/v1/admin/clients/${client.clientId}/pii-approval`,
+      { reason: "just because" },
+      admin,
+    );
+    expect(again.status).toBe(409);
+    expect(again.body.error).toBe("not_blocked");
+    expect(t.s.budgets.status({ kind: "client", id: client.clientId })).toEqual(before);
+    expect(before.readLastHour).toBeGreaterThan(0);
+    expect(t.s.alerts.list().filter((a) => a.kind === "pii_budget_approved")).toHaveLength(1);
     // A site that isn't registered is no site to approve (not a silent "was not blocked").
     const unknown = await post(
       t.app,

@@ -85,11 +85,16 @@ export class AdminOps {
   record(
     c: AdminCtx,
     action: string,
-    extra: { memberId?: string; reason?: string | null; details?: object } = {},
+    extra: {
+      memberId?: string;
+      reason?: string | null;
+      outcome?: "success" | "failure";
+      details?: object;
+    } = {},
   ) {
     this.s.audit.append({
       action,
-      outcome: "success",
+      outcome: extra.outcome ?? "success",
       actorType: "admin",
       actorId: c.admin.memberId,
       ip: c.ip,

@@ -252,12 +252,19 @@ export class PiiBudgets {
   }
 
   /** An admin lets a member site read again (its counts start over). */
+  /**
+   * Let a principal past its budget read again: its block lifted, its counts started over. Only a
+   * blocked principal: an approval must not be a way to start a reader's counts over while it is
+   * still within them (approving after every few reads would be no budget at all). Returns whether
+   * there was a block to lift (false: nothing changed).
+   */
   approve(p: Principal): boolean {
     const key = this.#key(p);
+    const block = this.#block(key);
+    if (block === null || block.rearmedAfter !== null) return false;
     this.#forget(key);
-    const was = this.#block(key) !== null;
     this.#unblock(key);
-    return was;
+    return true;
   }
 
   status(p: Principal): { readLastHour: number; readLastDay: number; blocked: boolean } {

@@ -204,7 +204,23 @@ export function adminRoutes(s: Services): Router {
     const reason = reasonOf(req.body);
     const id = knownClient(req.params.client_id);
     const was = s.budgets.approve({ kind: "client", id });
-    ops.record(c, "admin.client_pii_approved", { reason, details: { client_id: id, was_blocked: was } });
+    ops.record(c, "admin.client_pii_approved", {
+      reason,
+      outcome: was ? "success" : "failure",
+      details: { client_id: id, was_blocked: was },
+    });
+    // Nothing to approve: a site within its budget keeps its counts (approving after every few
+    // reads would make the budget no limit at all).
+    if (!was)
+      throw new ApiError(409, "not_blocked", "This site is within its PII budget: nothing to approve.");
+    // Every lifted block is shown to the other admins (an alert naming this admin is hidden from
+    // them: src/admin/admin-ops.ts), so one admin and a site's backend can't read on unseen.
+    s.alerts.raise(
+      "pii_budget_approved",
+      "warning",
+      { principal: "admin", principal_id: c.admin.memberId, client_id: id, reason },
+      `${c.admin.memberId}|${id}|${s.clock.now().getTime()}`,
+    );
     res.json({ client_id: id, was_blocked: was });
   });
 
