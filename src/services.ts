@@ -288,6 +288,7 @@ export function buildServices(deps: {
     audit,
     passwordMinLength: config.passwordMinLength,
     emails,
+    honeytokens,
   });
   const recovery = new PasswordRecovery({
     honeytokens,

@@ -5,7 +5,7 @@ import { members, outbox } from "../src/db/schema.js";
 import { checkChosenLoginId, resolveLoginInput } from "../src/members/login-id.js";
 import { Clients } from "../src/oidc/clients.js";
 import { adminPasskeySession, adminWithPasskey } from "./support/admin.js";
-import { makeApp, ORIGIN, post, register, type TestApp } from "./support/app.js";
+import { makeApp, ORIGIN, PROFILE, post, register, STRONG_PASSWORD, type TestApp } from "./support/app.js";
 import { runCli } from "./support/cli.js";
 
 describe("honeytokens: decoy members that raise the alarm when touched", () => {
@@ -177,6 +177,31 @@ describe("honeytokens: decoy members that raise the alarm when touched", () => {
       .filter((r) => r.memberId === decoy.id);
     expect(rows).toHaveLength(1);
     expect(rows[0]).toMatchObject({ status: "sent", message: null });
+  });
+
+  it("registering with a decoy's login ID is answered as for anyone's and raises the alarm with the address", async () => {
+    // A decoy with a chosen-style login ID (member numbers can't be registered at all).
+    let chosen = decoys.find((id) => checkChosenLoginId(id).ok);
+    for (let i = 0; !chosen && i < 20; i++) {
+      const more = JSON.parse(runCli(t, ["honeytokens", "add", "--count", "5", "--json"]).stdout) as {
+        login_ids: string[];
+      };
+      chosen = more.login_ids.find((id) => checkChosenLoginId(id).ok);
+    }
+    const res = await post(t.app, "/api/v1/registrations", {
+      login_id: chosen,
+      password: STRONG_PASSWORD,
+      profile: PROFILE,
+    }).set("X-Forwarded-For", "198.51.100.44");
+    expect(res.status, JSON.stringify(res.body)).toBe(409);
+    expect(res.body.error).toBe("login_id_taken");
+    expect(touches()).toEqual([
+      expect.objectContaining({ trigger: "registration", principal: "anonymous", ip: "198.51.100.44" }),
+    ]);
+    // A real member's taken ID raises nothing.
+    const real409 = await register(t.app, { login_id: "taro.real" });
+    expect(real409.status).toBe(409);
+    expect(touches()).toHaveLength(1);
   });
 
   it("touching real members raises nothing", async () => {

@@ -3,6 +3,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { Clients } from "../src/oidc/clients.js";
 import type { Oidc } from "../src/oidc/provider.js";
 import { PROFILE, STRONG_PASSWORD } from "./support/app.js";
+import { runCli } from "./support/cli.js";
 import { type ListeningApp, listenWithMember, memberSiteWithRefreshToken } from "./support/oidc.js";
 
 describe("service API for member-site backends: GET /api/v1/members/:sub", () => {
@@ -128,5 +129,27 @@ describe("service API for member-site backends: GET /api/v1/members/:sub", () =>
     const res = await narrow(sub);
     expect(res.status).toBe(403);
     expect(((await res.json()) as { error: string }).error).toBe("insufficient_scope");
+  });
+
+  it("a member site asking for a decoy's sub is answered as for a stranger and raises the alarm", async () => {
+    const { t } = listening;
+    const made = runCli(t, ["honeytokens", "add", "--count", "1", "--json"]);
+    expect(made.status, made.stderr).toBe(0);
+    const loginId = (JSON.parse(made.stdout) as { login_ids: string[] }).login_ids[0];
+    const decoySub = t.s.db.$client
+      .prepare("SELECT sub FROM members WHERE login_id = ?")
+      .pluck()
+      .get(loginId) as string;
+    const { client, get } = await backend("openid profile email members:read");
+    const stranger = await get("A".repeat(22));
+    const decoy = await get(decoySub);
+    expect(decoy.status).toBe(404);
+    expect(await decoy.json()).toEqual(await stranger.json());
+    const alert = t.s.alerts.list().find((a) => a.kind === "honeytoken_touched");
+    expect(JSON.parse(alert?.details ?? "{}")).toMatchObject({
+      trigger: "service_api",
+      principal: "client",
+      principal_id: client.clientId,
+    });
   });
 });

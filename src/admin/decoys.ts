@@ -80,9 +80,10 @@ const pick = <T>(xs: readonly T[]): T => xs[randomInt(xs.length)] as T;
 /**
  * `sekisho honeytokens add`: decoy members that look like everyone else — a Japanese name,
  * address, phone and birth date, an e-mail at a common provider, a chosen login ID or a member
- * number, an argon2id hash of a random password nobody knows, registered at a random moment of
- * the past two years (like members brought in by an import, they have no registration entry of
- * their own in the audit log). Their only mark is their member id (see src/audit/honeytokens.ts).
+ * number, an argon2id hash of a random password nobody knows, registered when they are made. Their
+ * only cryptographic mark is their member id (see src/audit/honeytokens.ts); what a reader of the
+ * database can still see is listed in docs/admin.md ("What decoys don't hide"): add them a few at
+ * a time, at irregular moments.
  */
 export class Decoys {
   readonly #db: Db;
@@ -154,11 +155,11 @@ export class Decoys {
     // Loaded only here: faker's locale data is large, and nothing else needs it.
     const { fakerJA } = await import("@faker-js/faker");
     const made: string[] = [];
-    const now = this.#clock.now().getTime();
     for (let i = 0; i < count; i++) {
       const password = await this.#hasher.hash(randomBytes(24).toString("base64url"));
-      // Registered now, like any member made now (a date in the past would contradict the row order).
-      const createdAt = now;
+      // Registered now, like any member made now (a date in the past would contradict the row
+      // order); each at its own moment (after its own hash), not one timestamp for the batch.
+      const createdAt = this.#clock.now().getTime();
       for (let attempt = 0; ; attempt++) {
         const login = this.#loginId();
         const taken = this.#db.$client.prepare("SELECT 1 FROM members WHERE login_id = ?").get(login.id);

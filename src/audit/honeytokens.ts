@@ -11,14 +11,21 @@ import type { Alerts } from "./alerts.js";
  *
  * - a decryption of a decoy's profile (any principal: admin view or lookup, a member site's
  *   claims, an export),
- * - a sign-in attempt or a recovery request with a decoy's login ID,
+ * - a sign-in attempt, a recovery request or a registration with a decoy's login ID,
  * - a lookup that finds a decoy's e-mail blind index,
+ * - a member site asking the service API for a decoy's sub (no site holds a decoy's grant),
  *
  * each raises a critical `honeytoken_touched` alert naming the principal, the address and the
  * time. Nothing tells the toucher: reads return the decoy's data, sign-ins fail as for a wrong
  * password, and no mail is ever sent to a decoy's (possibly real) address.
  */
-export type HoneytokenTrigger = "pii_read" | "sign_in" | "email_lookup" | "recovery";
+export type HoneytokenTrigger =
+  | "pii_read"
+  | "sign_in"
+  | "email_lookup"
+  | "recovery"
+  | "service_api"
+  | "registration";
 
 export interface Toucher {
   actorType?: string | null;

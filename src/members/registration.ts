@@ -1,18 +1,19 @@
 import { randomBytes } from "node:crypto";
 import { eq } from "drizzle-orm";
+import type { Honeytokens } from "../audit/honeytokens.js";
 import type { AuditLog } from "../audit/log.js";
 import type { Clock } from "../clock.js";
 import { type Db, inTransaction } from "../db/connection.js";
 import { members, profiles } from "../db/schema.js";
 import { ApiError } from "../errors.js";
+import type { Locale } from "../mail/templates.js";
 import type { PasswordHasher } from "../passwords/hasher.js";
 import { checkPassword } from "../passwords/rules.js";
+import type { EmailAddresses } from "../recovery/email.js";
 import { checkChosenLoginId, LOGIN_ID_PROBLEM_TEXT } from "./login-id.js";
 import { generateMemberNumber } from "./member-number.js";
 import type { Profile, ProfileVault } from "./profile.js";
 import type { ProfileInput } from "./profile-input.js";
-import type { Locale } from "../mail/templates.js";
-import type { EmailAddresses } from "../recovery/email.js";
 
 export interface RegistrationInput {
   loginId?: string | undefined;
@@ -40,6 +41,7 @@ export class Registrations {
   readonly #audit: AuditLog;
   readonly #minLength: number;
   readonly #emails: EmailAddresses | undefined;
+  readonly #honeytokens: Honeytokens | undefined;
 
   constructor(deps: {
     db: Db;
@@ -50,8 +52,11 @@ export class Registrations {
     passwordMinLength: number;
     /** Sends the verification mail (inside the registration transaction). */
     emails?: EmailAddresses;
+    /** A registration naming a decoy's login ID raises the alarm (someone probing for them). */
+    honeytokens?: Honeytokens;
   }) {
     this.#emails = deps.emails;
+    this.#honeytokens = deps.honeytokens;
     this.#db = deps.db;
     this.#clock = deps.clock;
     this.#hasher = deps.hasher;
@@ -60,8 +65,9 @@ export class Registrations {
     this.#minLength = deps.passwordMinLength;
   }
 
-  #taken(loginId: string): boolean {
-    return !!this.#db.select({ id: members.id }).from(members).where(eq(members.loginId, loginId)).get();
+  /** The member holding this login ID, if any. */
+  #holder(loginId: string): string | undefined {
+    return this.#db.select({ id: members.id }).from(members).where(eq(members.loginId, loginId)).get()?.id;
   }
 
   /**
@@ -94,7 +100,10 @@ export class Registrations {
     if (input.profile.birth_date && input.profile.birth_date > today) {
       throw new ApiError(400, "invalid_request", "profile.birth_date: must not be in the future");
     }
-    if (loginId && this.#taken(loginId)) {
+    const holder = loginId ? this.#holder(loginId) : undefined;
+    if (holder) {
+      // Answered as for anyone's ID (the probe learns only "taken"), but a decoy's raises the alarm.
+      this.#honeytokens?.check([holder], "registration", { ip: ctx.ip, requestId: ctx.requestId });
       throw new ApiError(409, "login_id_taken", "That login ID is already taken.");
     }
 

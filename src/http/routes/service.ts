@@ -46,12 +46,20 @@ export function serviceRoutes(s: Services, oidc: Oidc): Router {
       ? s.db.select().from(members).where(eq(members.sub, sub.data)).get()
       : undefined;
     if (member?.status !== "active") throw new ApiError(404, "not_found", "No such member.");
+    const l = locals(res);
+    // A decoy never signs in to a site, so no site holds a grant of theirs: a site asking for one
+    // by its sub (from a stolen list, a guess) raises the alarm here, answered as any stranger.
+    s.honeytokens.check([member.id], "service_api", {
+      actorType: "client",
+      actorId: clientId,
+      ip: l.ip,
+      requestId: l.requestId,
+    });
     // Only members who signed in to this site, and only what they granted it (and it registered).
     const granted = s.oidcStore.grantedScopes(member.sub, clientId);
     if (!granted) throw new ApiError(404, "not_found", "No such member.");
     const allowed = new Set([...registered].filter((sc) => granted.has(sc)));
     const fields = PROFILE_FIELDS.filter((f) => [...allowed].some((sc) => SCOPE_FIELDS[sc]?.includes(f)));
-    const l = locals(res);
     const profile = s.vault.read(member.id, fields, {
       actorType: "client",
       actorId: clientId,
