@@ -31,6 +31,13 @@ async function main(): Promise<void> {
       "SEKISHO_ADMIN_ACR is below phishing-resistant: a phished admin password and one-time code open the admin API",
     );
   }
+  if (!config.alertWebhook) {
+    // Without it an alert about an admin (a decoy they touched, a budget they ran past) is seen by
+    // the other admins and this log only: with a single admin, by no one at the console.
+    logger.warn(
+      "no SEKISHO_ALERT_WEBHOOK_URL: security alerts reach only the admin console and this log (an alert about an admin is hidden from that admin)",
+    );
+  }
   if (config.smtpUrl) {
     logger.info({ mail: services.mailer.sender.describe }, "mail goes out by SMTP");
   } else {
