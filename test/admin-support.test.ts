@@ -42,6 +42,19 @@ describe("admin member support and PII read budgets", () => {
     expect(JSON.stringify(byId.body)).not.toContain(PROFILE.email);
     const byEmail = await get(`/api/v1/admin/members?email=${encodeURIComponent(PROFILE.email)}`);
     expect(byEmail.body.members.map((m: { member_id: string }) => m.member_id)).toEqual([id]);
+    // Attack: test a leaked list for who is a member. A search that finds nobody costs no budget,
+    // but says what was searched: the login ID, or the address's blind index (never the address).
+    const leaked = "someone.else@example.org";
+    expect((await get(`/api/v1/admin/members?email=${encodeURIComponent(leaked)}`)).body.members).toEqual([]);
+    expect((await get("/api/v1/admin/members?login_id=hanako.leaked")).body.members).toEqual([]);
+    const searches = [...t.s.audit.iterate()]
+      .filter((e) => e.action === "admin.members_looked_up")
+      .map((e) => JSON.parse(e.details));
+    expect(searches.slice(-2)).toEqual([
+      { by: "email", email_index: t.s.vault.emailIndex(leaked), found: 0 },
+      { by: "login_id", login_id: "hanako.leaked", found: 0 },
+    ]);
+    expect(JSON.stringify(searches)).not.toContain("example.org");
 
     const noReason = await get(`/api/v1/admin/members/${id}`);
     expect(noReason.status).toBe(400);

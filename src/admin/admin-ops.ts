@@ -200,8 +200,14 @@ export class AdminOps {
       ["name", "email", "phone"],
       this.#access(c, "admin_lookup_masked"),
     );
+    // What was searched, found or not (testing a leaked list for who is a member leaves a trace):
+    // a login ID as given (the members table holds them in clear anyway), an e-mail as its blind
+    // index (an investigator with the keyring checks an address against it; the log holds none).
     this.record(c, "admin.members_looked_up", {
-      details: { by: q.loginId !== undefined ? "login_id" : "email", found: rows.length },
+      details:
+        q.loginId !== undefined
+          ? { by: "login_id", login_id: q.loginId.slice(0, 256), found: rows.length }
+          : { by: "email", email_index: this.s.vault.emailIndex(q.email as string), found: rows.length },
     });
     return rows.map((m) => ({ ...this.summary(m), profile: maskProfile(profiles.get(m.id) ?? {}) }));
   }
