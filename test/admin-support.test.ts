@@ -224,6 +224,30 @@ describe("admin member support and PII read budgets", () => {
     expect(() => read("m_6")).toThrow(/pii_budget_exceeded/);
   });
 
+  it("an admin reading as fast as the budget allows, around midnight UTC, never gets past 30 an hour or 100 in any 24 hours", () => {
+    const budgets = new PiiBudgets({ clock: t.clock, alerts: t.s.alerts, db: t.s.db, limits: {} });
+    const reader = { kind: "admin" as const, id: "m_patient" };
+    // Start at 20:00 UTC: the fixed-window estimate this replaced let 149 through in 24 hours.
+    const start = Date.UTC(2026, 11, 5, 20, 0, 0);
+    t.clock.set(new Date(start));
+    const reads: number[] = [];
+    for (let minute = 0; minute < 48 * 60; minute++) {
+      const now = t.clock.now().getTime();
+      const s = budgets.status(reader);
+      // Read a new member whenever the budget still says there is room (never past it: no block).
+      if (s.readLastHour < budgets.limits.adminHour && s.readLastDay < budgets.limits.adminDay) {
+        budgets.charge(reader, [`m_${minute}`]);
+        reads.push(now);
+      }
+      t.clock.advance(60_000);
+    }
+    const most = (window: number) =>
+      Math.max(...reads.map((at) => reads.filter((r) => r >= at && r < at + window).length));
+    expect(most(3_600_000)).toBe(30);
+    expect(most(24 * 3_600_000)).toBe(100);
+    expect(t.s.alerts.list().some((a) => a.kind === "pii_budget_exceeded")).toBe(false);
+  });
+
   it("reset-mfa removes every factor, ends every session and tells the member; it needs a reason", async () => {
     const id = (await register(t.app, { login_id: "taro.lostphone" })).body.member_id as string;
     const cookie = await signIn(t.app, "taro.lostphone");

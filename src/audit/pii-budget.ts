@@ -3,7 +3,6 @@ import type { Clock } from "../clock.js";
 import type { Db } from "../db/connection.js";
 import { piiBlocks } from "../db/schema.js";
 import { ApiError } from "../errors.js";
-import { MemoryCounterStore } from "../throttle/counters.js";
 import type { Alerts } from "./alerts.js";
 
 /**
@@ -68,13 +67,18 @@ export class PiiBudgets {
   readonly limits: PiiBudgetLimits;
   readonly #clock: Clock;
   readonly #alerts: Alerts;
-  readonly #hourCounts = new MemoryCounterStore([HOUR], 100_000);
-  readonly #dayCounts = new MemoryCounterStore([DAY], 100_000);
   /**
-   * principal → member → when that member was last counted in the hour and in the day window,
-   * oldest first. Each principal keeps at most its day limit of members (more would have been
-   * refused), and one principal's volume never pushes out another's. A member dropped here is
-   * only counted again: the bound errs towards refusing, never towards letting more through.
+   * Per principal, when its hour last started over (an admin's re-arm): members counted before
+   * it don't count towards the hour. The day never starts over.
+   */
+  readonly #hourFrom = new Map<string, number>();
+  /**
+   * principal → member → when that member was last counted in the hour and in the day window.
+   * The budgets count these exactly: the distinct members counted in the last 60 minutes and the
+   * last 24 hours, to the millisecond (an estimate from fixed windows let a reader timing its reads
+   * around midnight UTC through about half as many again). Expired entries are dropped as reads
+   * come; each principal keeps at most its day limit of members besides (more would have been
+   * refused), and one principal's volume never pushes out another's.
    */
   readonly #counted = new Map<string, Map<string, { hour: number; day: number }>>();
   readonly #db: Db | undefined;
@@ -110,20 +114,20 @@ export class PiiBudgets {
         // Re-armed: the hour starts over, the day does not (signing in again, with the admin's
         // own passkey even, must not buy another day's worth of reads).
         this.#setBlock(key, block.blockedAt, block.blockedAt);
-        this.#hourCounts.delete(key);
+        this.#hourFrom.set(key, now);
       } else {
         throw piiBudgetExceeded();
       }
     }
-    const hour = this.#hourCounts.peek(key, now)[0] as number;
-    const day = this.#dayCounts.peek(key, now)[0] as number;
-    // Only members not already counted in a window add to it.
+    const { hour, day } = this.#exact(key, now);
+    // Only members not already counted in a window add to it (each once, however often listed).
     let newInHour = 0;
     let newInDay = 0;
     const counted = this.#counted.get(key);
-    for (const id of memberIds) {
+    const hourStart = this.#hourStart(key, now);
+    for (const id of new Set(memberIds)) {
       const seen = counted?.get(id);
-      if (!seen || seen.hour <= now - HOUR) newInHour++;
+      if (!seen || seen.hour <= hourStart) newInHour++;
       if (!seen || seen.day <= now - DAY) newInDay++;
     }
     const hourLimit = p.kind === "admin" ? this.limits.adminHour : this.limits.clientHour;
@@ -145,8 +149,6 @@ export class PiiBudgets {
       throw piiBudgetExceeded();
     }
     this.#count(key, memberIds, now, Math.max(hourLimit, dayLimit));
-    if (newInHour > 0) this.#hourCounts.add(key, newInHour, now);
-    if (newInDay > 0) this.#dayCounts.add(key, newInDay, now);
     this.#watch(p, key, memberIds, now);
   }
 
@@ -226,6 +228,25 @@ export class PiiBudgets {
   }
 
   /** Remember when each member was counted (for the windows it was counted in just now). */
+  /** Where the principal's hour window starts: 60 minutes ago, or its re-arm if later. */
+  #hourStart(key: string, now: number): number {
+    return Math.max(now - HOUR, this.#hourFrom.get(key) ?? 0);
+  }
+
+  /** Distinct members counted in the principal's hour and day windows (exactly; see #counted). */
+  #exact(key: string, now: number): { hour: number; day: number } {
+    const counted = this.#counted.get(key);
+    if (!counted) return { hour: 0, day: 0 };
+    const hourStart = this.#hourStart(key, now);
+    let hour = 0;
+    let day = 0;
+    for (const seen of counted.values()) {
+      if (seen.hour > hourStart) hour++;
+      if (seen.day > now - DAY) day++;
+    }
+    return { hour, day };
+  }
+
   #count(key: string, memberIds: readonly string[], now: number, keep: number): void {
     let counted = this.#counted.get(key);
     if (!counted) {
@@ -233,25 +254,29 @@ export class PiiBudgets {
       this.#counted.set(key, counted);
       if (this.#counted.size > 10_000) this.#counted.delete(this.#counted.keys().next().value as string);
     }
+    const hourStart = this.#hourStart(key, now);
     for (const id of memberIds) {
       const seen = counted.get(id);
-      const hour = seen !== undefined && seen.hour > now - HOUR ? seen.hour : now;
+      const hour = seen !== undefined && seen.hour > hourStart ? seen.hour : now;
       const day = seen !== undefined && seen.day > now - DAY ? seen.day : now;
       if (seen !== undefined && hour === seen.hour && day === seen.day) continue;
       counted.delete(id); // re-inserted last: the map stays in counting order
       counted.set(id, { hour, day });
     }
-    while (counted.size > keep) counted.delete(counted.keys().next().value as string);
+    if (counted.size > keep) {
+      // Drop what counts in neither window first; past that, the least recently counted.
+      for (const [id, seen] of counted)
+        if (seen.hour <= hourStart && seen.day <= now - DAY) counted.delete(id);
+      while (counted.size > keep) counted.delete(counted.keys().next().value as string);
+    }
   }
 
   /** Counts start over for `key` (an admin's approval of a member site). */
   #forget(key: string): void {
-    this.#hourCounts.delete(key);
-    this.#dayCounts.delete(key);
     this.#counted.delete(key);
+    this.#hourFrom.delete(key);
   }
 
-  /** An admin lets a member site read again (its counts start over). */
   /**
    * Let a principal past its budget read again: its block lifted, its counts started over. Only a
    * blocked principal: an approval must not be a way to start a reader's counts over while it is
@@ -269,8 +294,7 @@ export class PiiBudgets {
 
   status(p: Principal): { readLastHour: number; readLastDay: number; blocked: boolean } {
     const now = this.#clock.now().getTime();
-    const hour = this.#hourCounts.peek(this.#key(p), now)[0] as number;
-    const day = this.#dayCounts.peek(this.#key(p), now)[0] as number;
+    const { hour, day } = this.#exact(this.#key(p), now);
     const block = this.#block(this.#key(p));
     return { readLastHour: hour, readLastDay: day, blocked: block !== null && block.rearmedAfter === null };
   }
