@@ -18,6 +18,7 @@ import { backupDatabase, restoreDatabase } from "./ops/backup.js";
 import { buildServices } from "./services.js";
 import { openKeyring } from "./vault/bootstrap.js";
 import { Keyring, type KeyringStore, writeKeyringFile } from "./vault/keyring.js";
+import { assertKeyringFits } from "./vault/keyring-check.js";
 import { rotateKeys } from "./vault/rotation.js";
 
 /**
@@ -38,6 +39,7 @@ function open(): Context {
   const keys = openKeyring(config, systemClock, logger);
   const db = openDatabase(config.dbFile);
   migrateDatabase(db);
+  assertKeyringFits(db, keys.get(), config.keyringFile);
   return { config, db, keys, audit: new AuditLog({ db, keys, clock: systemClock }) };
 }
 

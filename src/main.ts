@@ -9,6 +9,7 @@ import { createLogger } from "./logger.js";
 import { removePidFile, writePidFile } from "./ops/pid-file.js";
 import { buildServices } from "./services.js";
 import { openKeyring } from "./vault/bootstrap.js";
+import { assertKeyringFits } from "./vault/keyring-check.js";
 
 /** The only side effects: config → keys → database → migrate → app → listen. */
 async function main(): Promise<void> {
@@ -19,6 +20,9 @@ async function main(): Promise<void> {
   checkMailSetting(config);
   const db = openDatabase(config.dbFile);
   migrateDatabase(db);
+  // The wrong keyring (a development one beside a production database, an old copy) must not
+  // write a single entry or row under keys the rest can't be read with.
+  assertKeyringFits(db, keys.get(), config.keyringFile);
   // WAL checkpoints (and their fsync) run on a worker thread, not inside a request's commit.
   const checkpointer = startCheckpointer(db, logger);
   const services = buildServices({ config, db, clock, keys, logger, processMetrics: true });

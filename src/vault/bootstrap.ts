@@ -1,9 +1,10 @@
 import fs from "node:fs";
 import type { Logger } from "pino";
 import type { Clock } from "../clock.js";
-import { checkKeyringPlacement, type Config } from "../config.js";
+import { type Config, checkKeyringPlacement } from "../config.js";
 import { StartupError } from "../errors.js";
 import { Keyring, KeyringStore, writeKeyringFile } from "./keyring.js";
+import { databaseHasData } from "./keyring-check.js";
 
 /**
  * Load the keyring for the server or CLI. Production: SEKISHO_KEYRING_FILE outside the data dir,
@@ -14,6 +15,15 @@ export function openKeyring(config: Config, clock: Clock, logger: Logger): Keyri
   checkKeyringPlacement(config);
   if (config.devKeyring) {
     if (!fs.existsSync(config.keyringFile)) {
+      // Only for a new database: one with data was written with another keyring (a production
+      // data directory reached without SEKISHO_KEYRING_FILE, say), and new keys would spoil it.
+      if (databaseHasData(config.dbFile)) {
+        throw new StartupError(
+          `the database ${config.dbFile} holds data, but there is no keyring for it: set SEKISHO_KEYRING_FILE ` +
+            "to its keyring (and NODE_ENV=production for a production data directory). A development keyring " +
+            "is made only for a new, empty database; nothing was written.",
+        );
+      }
       writeKeyringFile(config.keyringFile, Keyring.generate(clock.now()));
       logger.warn({ file: config.keyringFile }, "generated a DEVELOPMENT keyring");
     }

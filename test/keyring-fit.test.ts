@@ -1,0 +1,90 @@
+import { spawnSync } from "node:child_process";
+import fs from "node:fs";
+import path from "node:path";
+import supertest from "supertest";
+import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import { Keyring, writeKeyringFile } from "../src/vault/keyring.js";
+import { keyringGaps } from "../src/vault/keyring-check.js";
+import { makeApp, register, type TestApp } from "./support/app.js";
+
+const BIN = path.resolve(import.meta.dirname, "../bin/sekisho.mjs");
+
+/** The real `sekisho` command with exactly this environment (nothing inherited but PATH). */
+function sekisho(args: string[], env: Record<string, string>, input?: string) {
+  const run = spawnSync(process.execPath, [BIN, ...args], {
+    encoding: "utf8",
+    env: { PATH: process.env.PATH ?? "", LOG_LEVEL: "warn", ...env },
+    timeout: 60_000,
+    ...(input !== undefined ? { input } : {}),
+  });
+  return { status: run.status, stdout: run.stdout, stderr: run.stderr };
+}
+
+describe("the keyring must be the database's own", () => {
+  let t: TestApp;
+  beforeEach(async () => {
+    t = makeApp();
+    expect((await register(t.app, { login_id: "fit.member" })).status).toBe(201);
+  });
+  afterEach(() => t.close());
+
+  const auditHead = () => t.s.db.$client.prepare("SELECT max(seq) FROM audit_log").pluck().get();
+
+  it("a command run on a data directory with data but without its keyring setting makes no development keyring and writes nothing", () => {
+    const before = auditHead();
+    // The operator forgot SEKISHO_KEYRING_FILE (and NODE_ENV=production).
+    const run = sekisho(
+      ["admins", "add", "--login-id", "ops.two"],
+      { SEKISHO_DATA_DIR: t.dir },
+      "another-admin password 99\n",
+    );
+    expect(run.status).not.toBe(0);
+    expect(run.stderr).toMatch(/holds data, but there is no keyring for it/);
+    expect(fs.existsSync(path.join(t.dir, "keyring.dev.json"))).toBe(false);
+    expect(auditHead()).toBe(before);
+    expect(
+      t.s.db.$client.prepare("SELECT count(*) FROM members WHERE login_id = 'ops.two'").pluck().get(),
+    ).toBe(0);
+  });
+
+  it("a command run with another keyring names what it lacks and writes nothing", () => {
+    const before = auditHead();
+    const other = path.join(t.dir, "other-keyring.json");
+    writeKeyringFile(other, Keyring.generate(t.clock.now(), { pepper: true }));
+    const run = sekisho(
+      ["admins", "add", "--login-id", "ops.two"],
+      {
+        NODE_ENV: "test",
+        SEKISHO_DATA_DIR: t.dir,
+        SEKISHO_KEYRING_FILE: other,
+      },
+      "another-admin password 99\n",
+    );
+    expect(run.status).not.toBe(0);
+    expect(run.stderr).toMatch(/is not the one this database was written with: it lacks audit key/);
+    expect(auditHead()).toBe(before);
+    // The right keyring lacks nothing.
+    expect(keyringGaps(t.s.db, t.s.keys.get())).toEqual([]);
+    expect(keyringGaps(t.s.db, Keyring.generate(t.clock.now())).join(" ")).toMatch(/audit key .*data key/);
+  });
+
+  it("a new, empty data directory still gets its development keyring", () => {
+    const dir = fs.mkdtempSync(path.join(t.dir, "fresh-"));
+    const run = sekisho(["audit", "verify"], { SEKISHO_DATA_DIR: dir });
+    expect(run.status, run.stderr).toBe(0);
+    expect(fs.existsSync(path.join(dir, "keyring.dev.json"))).toBe(true);
+  });
+
+  it("/readyz fails when the keyring file is gone or broken, though the server still holds its keys", async () => {
+    expect((await supertest(t.app).get("/readyz")).status).toBe(200);
+    const saved = fs.readFileSync(t.s.config.keyringFile);
+    fs.writeFileSync(t.s.config.keyringFile, "{ truncated");
+    const broken = await supertest(t.app).get("/readyz");
+    expect(broken.status).toBe(503);
+    expect(broken.body.checks).toEqual({ database: "ok", keys: "failed" });
+    fs.rmSync(t.s.config.keyringFile);
+    expect((await supertest(t.app).get("/readyz")).status).toBe(503);
+    fs.writeFileSync(t.s.config.keyringFile, saved);
+    expect((await supertest(t.app).get("/readyz")).status).toBe(200);
+  });
+});
