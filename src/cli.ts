@@ -787,7 +787,16 @@ export function buildCli(): Command {
   audit
     .command("export")
     .description("stream entries as JSON lines to stdout, for shipping to an outside store")
-    .option("--after <seq>", "only entries after this sequence number", (v) => Number.parseInt(v, 10), 0)
+    .option(
+      "--after <seq>",
+      "only entries after this sequence number (0: all)",
+      (v) => {
+        // A shipping script's empty or garbled state file must fail loudly, not export nothing.
+        if (!/^\d{1,15}$/.test(v)) throw new InvalidArgumentError("a sequence number: 0 or a whole number");
+        return Number(v);
+      },
+      0,
+    )
     .action(async (opts: { after: number }) => {
       const ctx = open();
       for (const e of ctx.audit.iterate(opts.after)) {

@@ -1,4 +1,5 @@
 import { AsyncLocalStorage } from "node:async_hooks";
+import { createRequire } from "node:module";
 import { type DestinationStream, type Logger, pino } from "pino";
 
 /** The id of the request being handled (set by requestContext): on every log line made for it. */
@@ -56,8 +57,19 @@ export function createLogger(level: string, destination?: DestinationStream): Lo
     redact: { paths: [...REDACT_PATHS, ...HEADER_PATHS], censor: "[redacted]" },
   };
   if (destination) return pino(options, destination);
-  if (process.stdout.isTTY) {
+  // Pretty lines on a terminal, when pino-pretty is installed: it is a development dependency, so
+  // an `npm ci --omit=dev` install (the systemd and container setups) logs JSON there too.
+  if (process.stdout.isTTY && hasPretty()) {
     return pino({ ...options, transport: { target: "pino-pretty", options: { colorize: true } } });
   }
   return pino(options);
+}
+
+function hasPretty(): boolean {
+  try {
+    createRequire(import.meta.url).resolve("pino-pretty");
+    return true;
+  } catch {
+    return false;
+  }
 }

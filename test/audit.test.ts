@@ -201,5 +201,12 @@ describe("tamper-evident audit log", () => {
         .map((l) => JSON.parse(l).seq),
     ).toEqual([4, 5]);
     expect(all.stdout).not.toContain(STRONG_PASSWORD);
+    // A shipping script's empty or garbled state must fail, not ship nothing with exit 0.
+    for (const bad of ["", "abc", "-1", "3.5"]) {
+      const refused = runCli(t, ["audit", "export", "--after", bad]);
+      expect(refused.status, bad).not.toBe(0);
+      expect(refused.stdout, bad).toBe("");
+      expect(refused.stderr, bad).toMatch(/a sequence number/);
+    }
   });
 });
