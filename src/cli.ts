@@ -687,12 +687,30 @@ export function buildCli(): Command {
           onProgress: (done, total) => progress.update(done, total, {}),
         });
         progress.stop();
+        // Kept either way (it is the data), but a copy `restore` would refuse is a failed backup:
+        // exit 1, so that a scheduled backup says so instead of piling up unusable copies.
+        const usable = result.check.audit.ok && result.check.missing_keys.length === 0;
         ctx.audit.append({
           action: "database.backed_up",
-          outcome: "success",
+          outcome: usable ? "success" : "failure",
           actorType: "operator",
-          details: { file: result.file, bytes: result.bytes, members: result.check.members },
+          details: {
+            file: result.file,
+            bytes: result.bytes,
+            members: result.check.members,
+            ...(usable ? {} : { audit: result.check.audit, missing_keys: result.check.missing_keys }),
+          },
         });
+        if (!usable) {
+          process.exitCode = 1;
+          process.stderr.write(
+            `backup ${result.file} was written, but restore will refuse it: ${
+              result.check.audit.ok
+                ? `data keys missing from the keyring: ${result.check.missing_keys.join(", ")}`
+                : `the audit log is BROKEN at entry #${result.check.audit.first_bad?.seq} (${result.check.audit.first_bad?.problem})`
+            }. Investigate now (docs/incident-response.md).\n`,
+          );
+        }
         if (opts.json)
           out(
             JSON.stringify({
@@ -702,6 +720,8 @@ export function buildCli(): Command {
               integrity: result.check.integrity,
               audit: result.check.audit,
               members: result.check.members,
+              missing_keys: result.check.missing_keys,
+              usable,
             }),
           );
         else {
@@ -723,7 +743,11 @@ export function buildCli(): Command {
     )
     .argument("<file>", "a file made by `sekisho backup`")
     .option("--json", "print a JSON summary")
-    .action((file: string, opts: { json?: boolean }) => {
+    .option(
+      "--accept-broken-audit",
+      "restore even if the backup's audit log doesn't verify (it was broken before the backup; recorded)",
+    )
+    .action((file: string, opts: { json?: boolean; acceptBrokenAudit?: boolean }) => {
       const config = loadConfig();
       const logger = pino({ level: "warn" }, pino.destination(2));
       const keys = openKeyring(config, systemClock, logger);
@@ -732,13 +756,19 @@ export function buildCli(): Command {
         dataDir: config.dataDir,
         keys,
         clock: systemClock,
+        acceptBrokenAudit: opts.acceptBrokenAudit === true,
       });
       const db = openDatabase(config.dbFile);
       new AuditLog({ db, keys, clock: systemClock }).append({
         action: "database.restored",
         outcome: "success",
         actorType: "operator",
-        details: { from: path.resolve(file), previous: result.previous, members: result.check.members },
+        details: {
+          from: path.resolve(file),
+          previous: result.previous,
+          members: result.check.members,
+          ...(result.check.audit.ok ? {} : { accepted_broken_audit: result.check.audit.first_bad }),
+        },
       });
       db.$client.close();
       if (opts.json)

@@ -244,6 +244,37 @@ describe("backups", () => {
     expect(busy.status).not.toBe(0);
     expect(busy.stderr).toContain(`pid ${process.pid}`);
   }, 60_000);
+
+  it("a backup restore would refuse (a broken audit log) fails loudly but is kept; restore takes it only when told, and records that", async () => {
+    t = makeApp();
+    await register(t.app, { login_id: "broken.member" });
+    // Someone edited an entry: every backup from now on carries the broken chain.
+    t.s.db.$client.exec("DROP TRIGGER audit_log_no_update; UPDATE audit_log SET reason = 'x' WHERE seq = 1");
+    t.s.audit.ensureAppendOnly();
+    const file = path.join(t.dir, "broken.db");
+    const backup = runCli(t, ["backup", file]);
+    expect(backup.status).toBe(1);
+    expect(backup.stderr).toMatch(/restore will refuse it: the audit log is BROKEN at entry #1/);
+    expect(fs.existsSync(file)).toBe(true);
+    const elsewhere = { SEKISHO_DATA_DIR: path.join(t.dir, "elsewhere") };
+    const refused = runCli(t, ["restore", file], elsewhere);
+    expect(refused.status).not.toBe(0);
+    expect(refused.stderr).toContain("--accept-broken-audit");
+    const accepted = runCli(t, ["restore", file, "--accept-broken-audit"], elsewhere);
+    expect(accepted.status, accepted.stderr).toBe(0);
+    const restored = new Database(path.join(t.dir, "elsewhere", "sekisho.db"), { readonly: true });
+    const entry = restored
+      .prepare("SELECT details FROM audit_log WHERE action = 'database.restored'")
+      .pluck()
+      .get() as string;
+    restored.close();
+    expect(JSON.parse(entry).accepted_broken_audit).toMatchObject({ seq: 1 });
+    // A backup into a directory that doesn't exist: a clear error, no stack trace.
+    const nowhere = runCli(t, ["backup", path.join(t.dir, "no", "such", "dir", "b.db"), "--json"]);
+    expect(nowhere.status).not.toBe(0);
+    expect(nowhere.stderr).toMatch(/does not exist; create the backup directory first/);
+    expect(nowhere.stderr).not.toMatch(/\n\s+at /);
+  }, 60_000);
 });
 
 describe("graceful stop", () => {

@@ -77,6 +77,8 @@ export async function backupDatabase(
 ): Promise<{ file: string; bytes: number; pages: number; check: BackupCheck }> {
   const target = path.resolve(file);
   if (fs.existsSync(target)) throw new StartupError(`${target} exists; refusing to overwrite it`);
+  if (!fs.existsSync(path.dirname(target)))
+    throw new StartupError(`${path.dirname(target)} does not exist; create the backup directory first`);
   const partial = `${target}.partial`;
   fs.rmSync(partial, { force: true });
   // Owner-only from the first byte (the copy holds what the database holds).
@@ -115,7 +117,17 @@ export async function backupDatabase(
  */
 export function restoreDatabase(
   file: string,
-  deps: { dbFile: string; dataDir: string; keys: KeyringStore; clock: Clock },
+  deps: {
+    dbFile: string;
+    dataDir: string;
+    keys: KeyringStore;
+    clock: Clock;
+    /**
+     * Restore even though the backup's audit chain doesn't verify (every backup of a database
+     * whose log was tampered with is so): the operator's explicit choice, recorded.
+     */
+    acceptBrokenAudit?: boolean;
+  },
 ): { restored: string; previous: string | null; check: BackupCheck } {
   const source = path.resolve(file);
   if (!fs.existsSync(source)) throw new StartupError(`no such file: ${source}`);
@@ -125,9 +137,9 @@ export function restoreDatabase(
   const check = checkDatabaseFile(source, deps.keys, deps.clock);
   if (check.integrity !== "ok")
     throw new StartupError(`${source} failed its integrity check: ${check.integrity}`);
-  if (!check.audit.ok)
+  if (!check.audit.ok && !deps.acceptBrokenAudit)
     throw new StartupError(
-      `${source}: its audit log does not verify with this keyring (entry #${check.audit.first_bad?.seq}: ${check.audit.first_bad?.problem}); is SEKISHO_KEYRING_FILE the keyring that goes with this backup?`,
+      `${source}: its audit log does not verify with this keyring (entry #${check.audit.first_bad?.seq}: ${check.audit.first_bad?.problem}); is SEKISHO_KEYRING_FILE the keyring that goes with this backup? If it is, and the log was broken before the backup, --accept-broken-audit restores it anyway (recorded)`,
     );
   if (check.missing_keys.length > 0)
     throw new StartupError(
