@@ -35,11 +35,11 @@ const schema = z
     SEKISHO_KEYRING_FILE: z.string().min(1).optional(),
     SEKISHO_ISSUER: z
       .url({ protocol: /^https?$/, error: "must be an http(s) URL such as http://localhost:3000" })
-      .default("http://localhost:3000")
       .refine((u) => {
         const url = new URL(u);
         return url.search === "" && url.hash === "";
-      }, "must not have a query or fragment"),
+      }, "must not have a query or fragment")
+      .optional(),
     SEKISHO_TRUST_PROXY: z.string().min(1).optional(),
     SEKISHO_METRICS_ALLOW: z
       .string()
@@ -223,7 +223,9 @@ export function loadConfig(source: Record<string, string | undefined> = process.
   }
   const e = parsed.data;
   const dataDir = path.resolve(e.SEKISHO_DATA_DIR);
-  const issuer = e.SEKISHO_ISSUER.replace(/\/+$/, "");
+  // Unset: the server's own address on this machine, on the port it listens on (a PORT of its own
+  // without an issuer would otherwise advertise port 3000, and refuse its pages' own origin).
+  const issuer = (e.SEKISHO_ISSUER ?? `http://localhost:${e.PORT === 0 ? 3000 : e.PORT}`).replace(/\/+$/, "");
   const url = new URL(issuer);
   return Object.freeze({
     env: e.NODE_ENV,

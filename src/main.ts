@@ -35,6 +35,12 @@ async function main(): Promise<void> {
       "SEKISHO_ADMIN_ACR is below phishing-resistant: a phished admin password and one-time code open the admin API",
     );
   }
+  if (config.production && ["localhost", "127.0.0.1", "[::1]"].includes(new URL(config.issuer).hostname)) {
+    logger.warn(
+      { issuer: config.issuer },
+      "NODE_ENV=production with a local issuer: set SEKISHO_ISSUER to the public https URL member sites and browsers use",
+    );
+  }
   if (!config.alertWebhook) {
     // Without it an alert about an admin (a decoy they touched, a budget they ran past) is seen by
     // the other admins and this log only: with a single admin, by no one at the console.

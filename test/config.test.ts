@@ -20,6 +20,13 @@ describe("configuration", () => {
     expect(c.devKeyring).toBe(true);
   });
 
+  it("without an issuer, a port of its own is the issuer's port too (the pages' own origin is accepted)", () => {
+    expect(loadConfig({ PORT: "3101" })).toMatchObject({ port: 3101, issuer: "http://localhost:3101" });
+    expect(loadConfig({ PORT: "3101", SEKISHO_ISSUER: "https://id.example.jp" }).issuer).toBe(
+      "https://id.example.jp",
+    );
+  });
+
   it("names the variable and the bad value", () => {
     expect(() => loadConfig({ PORT: "eighty" })).toThrow(/PORT: .*\(got "eighty"\)/);
     expect(() => loadConfig({ SEKISHO_ISSUER: "ftp://x" })).toThrow(/SEKISHO_ISSUER/);
