@@ -337,7 +337,8 @@ export function answerError(logger: Logger, res: ServerResponse, err: unknown, r
 function logRefusal(logger: Logger, api: ApiError, requestId: string): void {
   if (api.detail || api.status >= 500) {
     logger.warn(
-      { code: api.code, status: api.status, detail: api.detail, req_id: requestId },
+      // `error`, not `code`: the logger censors every top-level `code` (a TOTP code could be one).
+      { error: api.code, status: api.status, detail: api.detail, req_id: requestId },
       "request refused",
     );
   }
