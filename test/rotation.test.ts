@@ -32,6 +32,23 @@ describe("key rotation", () => {
   const rotate = (opts: Partial<Parameters<typeof rotateKeys>[0]> = {}) =>
     rotateKeys({ db: t.s.db, keys: t.s.keys, audit: t.s.audit, clock: t.clock, settleMs: 0, ...opts });
 
+  /** Vault values outside profiles and TOTP (the registrations' queued mail, here). */
+  const otherSealed = () =>
+    [
+      ["legacy_passwords", "secret"],
+      ["oidc_payloads", "payload"],
+      ["outbox", "message"],
+      ["member_tokens", "new_email"],
+    ].reduce(
+      (n, [table, column]) =>
+        n +
+        (t.s.db.$client
+          .prepare(`SELECT count(*) FROM ${table} WHERE ${column} IS NOT NULL`)
+          .pluck()
+          .get() as number),
+      0,
+    );
+
   const rowKeys = () =>
     t.s.db
       .select({ keyId: profiles.keyId })
@@ -64,10 +81,57 @@ describe("key rotation", () => {
     expect(t.s.factors.totp.verify(row?.memberId as string, code())).toBe(true);
   });
 
+  it("re-encrypts legacy hashes, the provider's payloads and queued mail too, so an old keyring opens nothing newer; they still open afterwards", async () => {
+    const member = ids[0] as string;
+    t.s.legacyPasswords.put(member, { scheme: "md5", hash: "5f4dcc3b5aa765d61d8327deb882cf99" });
+    await t.s.oidcStore.upsert("Grant", "grant-rotation-1", {
+      accountId: "sub-1",
+      clientId: "c_site",
+    } as never);
+    const sealed = {
+      legacy_passwords: "secret",
+      oidc_payloads: "payload",
+      outbox: "message",
+      member_tokens: "new_email",
+    } as const;
+    const keysIn = () =>
+      Object.entries(sealed).flatMap(([table, column]) =>
+        (
+          t.s.db.$client
+            .prepare(`SELECT ${column} FROM ${table} WHERE ${column} IS NOT NULL`)
+            .pluck()
+            .all() as string[]
+        ).map((v) => `${table}:${keyIdOf(v)}`),
+      );
+    const before = keysIn();
+    for (const table of ["legacy_passwords", "oidc_payloads", "outbox"])
+      expect(
+        before.some((k) => k.startsWith(`${table}:`)),
+        table,
+      ).toBe(true);
+    const result = await rotate();
+    const after = keysIn();
+    expect(after).toHaveLength(before.length);
+    for (const k of after) expect(k.split(":")[1], k).toBe(result.newKeyId);
+    // Everything still opens.
+    expect(t.s.legacyPasswords.find(member)).toMatchObject({ scheme: "md5" });
+    const fresh = new (t.s.oidcStore.constructor as new (deps: unknown) => typeof t.s.oidcStore)({
+      db: t.s.db,
+      clock: t.clock,
+      keys: t.s.keys,
+    });
+    expect(fresh.find("Grant", "grant-rotation-1")).toMatchObject({ accountId: "sub-1" });
+    await t.s.mailer.runDue();
+    expect(t.s.db.$client.prepare("SELECT count(*) FROM outbox WHERE status = 'failed'").pluck().get()).toBe(
+      0,
+    );
+  });
+
   it("re-encrypts every row under the new key; all rows decrypt and new writes use the new key", async () => {
     const oldKey = t.s.keys.get().activeDataKey().id;
+    const others = otherSealed();
     const result = await rotate({ batchSize: 3 });
-    expect(result).toMatchObject({ resumed: false, rowsDone: 7 });
+    expect(result).toMatchObject({ resumed: false, rowsDone: 7 + others });
     expect(result.newKeyId).not.toBe(oldKey);
     expect(new Set(rowKeys())).toEqual(new Set([result.newKeyId]));
     for (const row of t.s.db.select().from(profiles).all()) {
@@ -111,7 +175,7 @@ describe("key rotation", () => {
     const dataKeysBefore = t.s.keys.get().dataKeys.length;
 
     const resumed = await rotate({ batchSize: 3 });
-    expect(resumed).toMatchObject({ resumed: true, newKeyId: newKey, rowsDone: 7 });
+    expect(resumed).toMatchObject({ resumed: true, newKeyId: newKey, rowsDone: 7 + otherSealed() });
     expect(t.s.keys.get().dataKeys.length).toBe(dataKeysBefore);
     expect(new Set(rowKeys())).toEqual(new Set([newKey]));
     expect(
@@ -125,10 +189,11 @@ describe("key rotation", () => {
 
   it("a running server picks up a keyring rotated by the CLI and keeps serving every member", async () => {
     const cookie = await signIn(t.app, "rotate.3");
+    const others = otherSealed();
     const run = runCli(t, ["keys", "rotate", "--batch-size", "2", "--json"]);
     expect(run.status, run.stderr).toBe(0);
     const { key_id: keyId, rows } = JSON.parse(run.stdout);
-    expect(rows).toBe(7);
+    expect(rows).toBe(7 + others);
     const onDisk = Keyring.parse(fs.readFileSync(t.s.config.keyringFile, "utf8"), "file");
     expect(onDisk.activeDataKey().id).toBe(keyId);
     // The server's store has not seen the file yet: reading a row under the unknown key reloads it.

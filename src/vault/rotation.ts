@@ -5,7 +5,7 @@ import { type Db, inTransaction } from "../db/connection.js";
 import { keyRotations, profiles, totpFactors } from "../db/schema.js";
 import { reencryptTotpRow, TotpService } from "../factors/totp.js";
 import { fieldContext, PROFILE_COLUMN, PROFILE_FIELDS, type ProfileField } from "../members/profile.js";
-import { decryptField, encryptField } from "./fields.js";
+import { decryptField, encryptField, type FieldContext } from "./fields.js";
 import type { KeyringStore, VersionedKey } from "./keyring.js";
 
 export interface RotationProgress {
@@ -17,7 +17,10 @@ export interface RotationProgress {
 
 /**
  * `sekisho keys rotate`: add a new active data (and audit, pepper) key to the keyring, then
- * re-encrypt every profile row still under an older key, in batches of one transaction each.
+ * re-encrypt every profile row still under an older key, in batches of one transaction each; then
+ * TOTP secrets, imported members' legacy hashes, the OIDC provider's stored payloads, mail in the
+ * outbox and pending e-mail changes (SEALED), so that an old keyring and a later copy of the
+ * database together open nothing.
  *
  * Resumable: progress is the set of rows whose key_id is not yet the new key, so a rotation
  * killed between (or inside) batches loses nothing; running the command again finds the unfinished
@@ -132,6 +135,15 @@ export async function rotateKeys(deps: {
   }
 
   rowsDone += reencryptTotpSecrets(db, keys, newKeyId, batchSize);
+  // The other vault ciphertexts: imported members' legacy hashes, the OIDC provider's payloads,
+  // mail waiting in the outbox, pending e-mail changes. A row that no longer decrypts is left as it
+  // is (it can't be used either) and counted in the audit entry.
+  let undecryptable = 0;
+  for (const spec of SEALED) {
+    const r = reencryptSealed(db, keys, newKeyId, spec, batchSize);
+    rowsDone += r.done;
+    undecryptable += r.undecryptable;
+  }
 
   inTransaction(db, () => {
     db.update(keyRotations)
@@ -142,10 +154,97 @@ export async function rotateKeys(deps: {
       action: "keys.rotated",
       outcome: "success",
       actorType: "operator",
-      details: { data_key: newKeyId, rows_reencrypted: rowsDone, resumed },
+      details: {
+        data_key: newKeyId,
+        rows_reencrypted: rowsDone,
+        resumed,
+        ...(undecryptable ? { undecryptable } : {}),
+      },
     });
   });
   return { newKeyId, resumed, rowsDone, remaining: 0 };
+}
+
+/** A column of vault ciphertexts, and the context each value is bound to (see vault/fields.ts). */
+interface Sealed {
+  table: string;
+  column: string;
+  /** The columns the context is made from, and how. */
+  keys: readonly string[];
+  context: (row: Record<string, string>) => FieldContext;
+}
+
+const SEALED: readonly Sealed[] = [
+  {
+    table: "legacy_passwords",
+    column: "secret",
+    keys: ["member_id"],
+    context: (r) => ({ table: "legacy_passwords", column: "secret", rowId: r.member_id as string }),
+  },
+  {
+    table: "oidc_payloads",
+    column: "payload",
+    keys: ["model", "id_hash"],
+    context: (r) => ({ table: "oidc_payloads", column: r.model as string, rowId: r.id_hash as string }),
+  },
+  {
+    table: "outbox",
+    column: "message",
+    keys: ["id"],
+    context: (r) => ({ table: "outbox", column: "message", rowId: r.id as string }),
+  },
+  {
+    table: "member_tokens",
+    column: "new_email",
+    keys: ["token_hash"],
+    context: (r) => ({ table: "member_tokens", column: "new_email", rowId: r.token_hash as string }),
+  },
+];
+
+/**
+ * Re-encrypt one sealed column's values not yet under the new key, in rowid order, batch by batch;
+ * each value only if nobody rewrote it meanwhile (compared with what was read).
+ */
+function reencryptSealed(
+  db: Db,
+  keys: KeyringStore,
+  newKeyId: string,
+  spec: Sealed,
+  batchSize: number,
+): { done: number; undecryptable: number } {
+  const key = keys.get().dataKey(newKeyId);
+  if (!key) throw new Error(`data key ${newKeyId} is not in the keyring`);
+  const prefix = `v1.${newKeyId}.`;
+  const select = db.$client.prepare(
+    `SELECT rowid AS rid, ${spec.keys.join(", ")}, ${spec.column} AS value FROM ${spec.table}
+      WHERE ${spec.column} IS NOT NULL AND substr(${spec.column}, 1, ?) <> ? AND rowid > ? ORDER BY rowid LIMIT ?`,
+  );
+  const update = db.$client.prepare(
+    `UPDATE ${spec.table} SET ${spec.column} = ? WHERE rowid = ? AND ${spec.column} = ?`,
+  );
+  let after = 0;
+  let done = 0;
+  let undecryptable = 0;
+  for (;;) {
+    const rows = select.all(prefix.length, prefix, after, batchSize) as Array<
+      Record<string, string> & { rid: number; value: string }
+    >;
+    if (rows.length === 0) return { done, undecryptable };
+    inTransaction(db, () => {
+      for (const row of rows) {
+        const ctx = spec.context(row);
+        let plain: string;
+        try {
+          plain = decryptField(keys, ctx, row.value);
+        } catch {
+          undecryptable++;
+          continue;
+        }
+        done += update.run(encryptField(keys, ctx, plain, key), row.rid, row.value).changes;
+      }
+    });
+    after = (rows.at(-1) as { rid: number }).rid;
+  }
 }
 
 /**
