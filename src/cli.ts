@@ -67,6 +67,13 @@ async function readStdin(): Promise<string> {
 /** A repeatable option's values, in order. */
 const repeat = (v: string, prev: string[]) => [...prev, v];
 
+/** An API refusal as the CLI says it: the code, the description and its particulars (a weak password's reasons). */
+function apiRefusal(err: ApiError): StartupError {
+  const reasons = err.extra?.reasons;
+  const detail = Array.isArray(reasons) && reasons.length > 0 ? ` (${reasons.join(", ")})` : "";
+  return new StartupError(`${err.code}: ${err.description}${detail}`);
+}
+
 const positiveInt = (v: string) => {
   const n = Number(v);
   if (!Number.isInteger(n) || n < 1) throw new InvalidArgumentError("must be a positive whole number");
@@ -445,7 +452,7 @@ export function buildCli(): Command {
         if (opts.json) out(JSON.stringify({ member_id: member.id, ...result }));
         else out(`${member.loginId}: new password set; ${result.sessions_revoked} session(s) ended.`);
       } catch (err) {
-        if (err instanceof ApiError) throw new StartupError(`${err.code}: ${err.description}`);
+        if (err instanceof ApiError) throw apiRefusal(err);
         throw err;
       } finally {
         ctx.db.$client.close();
@@ -497,7 +504,7 @@ export function buildCli(): Command {
           out("At the first sign-in, add a passkey on /account: the admin API needs a passkey sign-in.");
         }
       } catch (err) {
-        if (err instanceof ApiError) throw new StartupError(`${err.code}: ${err.description}`);
+        if (err instanceof ApiError) throw apiRefusal(err);
         throw err;
       } finally {
         ctx.db.$client.close();

@@ -1,3 +1,4 @@
+import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import proxyaddr from "proxy-addr";
@@ -282,7 +283,15 @@ export function checkKeyringPlacement(config: Config): void {
         "Create one with `npx sekisho keys generate --out /etc/sekisho/keyring.json`.",
     );
   }
-  const rel = path.relative(config.dataDir, config.keyringFile);
+  // Where the files really are: a symlink in /etc pointing into the data dir is inside it.
+  const real = (p: string) => {
+    try {
+      return fs.realpathSync(p);
+    } catch {
+      return p; // not there (yet): its path as given
+    }
+  };
+  const rel = path.relative(real(config.dataDir), real(config.keyringFile));
   if (rel === "" || (!rel.startsWith("..") && !path.isAbsolute(rel))) {
     throw new StartupError(
       `SEKISHO_KEYRING_FILE (${config.keyringFile}) is inside SEKISHO_DATA_DIR (${config.dataDir}); ` +

@@ -38,6 +38,8 @@ describe("admins: `sekisho admins add` and the admin API of the login-anomaly en
     const weak = runCli(t, ["admins", "add", "--login-id", "weak.admin"], {}, "password123\n");
     expect(weak.status).not.toBe(0);
     expect(weak.stderr).toContain("weak_password");
+    // It says why, as the API's `reasons` do.
+    expect(weak.stderr).toMatch(/weak_password: .*\(.*common_password.*\)/);
   });
 
   const adminWithPasskey = () => adminWithPasskeyOf(t);

@@ -72,6 +72,25 @@ describe("configuration", () => {
         }),
       ),
     ).not.toThrow();
+    // A keyring "outside" by a symlink that points back into the data dir is inside it.
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), "sekisho-link-"));
+    try {
+      fs.mkdirSync(path.join(dir, "data"));
+      fs.mkdirSync(path.join(dir, "etc"));
+      fs.writeFileSync(path.join(dir, "data", "k.json"), "{}");
+      fs.symlinkSync(path.join(dir, "data", "k.json"), path.join(dir, "etc", "k.json"));
+      expect(() =>
+        checkKeyringPlacement(
+          loadConfig({
+            NODE_ENV: "production",
+            SEKISHO_DATA_DIR: path.join(dir, "data"),
+            SEKISHO_KEYRING_FILE: path.join(dir, "etc", "k.json"),
+          }),
+        ),
+      ).toThrow(/inside SEKISHO_DATA_DIR/);
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   it("the server refuses to start in production without an outside keyring, and says why", () => {

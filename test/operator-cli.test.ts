@@ -114,7 +114,7 @@ describe("sekisho admins reset-mfa", () => {
         "password\n",
       );
       expect(weak.status).toBe(1);
-      expect(weak.stderr).toMatch(/weak_password/);
+      expect(weak.stderr).toMatch(/weak_password: .*too_short, common_password/);
       const fresh = "a brand new admin passphrase 2026";
       const set = runCli(
         t,
