@@ -8,7 +8,7 @@ import { memberIdParam } from "./admin/admin-ops.js";
 import { type AuditEntry, AuditLog } from "./audit/log.js";
 import { systemClock } from "./clock.js";
 import { type Config, loadConfig } from "./config.js";
-import { type Db, migrateDatabase, openDatabase } from "./db/connection.js";
+import { type Db, inTransaction, migrateDatabase, openDatabase } from "./db/connection.js";
 import { members } from "./db/schema.js";
 import { ApiError, InputError, StartupError } from "./errors.js";
 import { resolveLoginInput } from "./members/login-id.js";
@@ -545,6 +545,65 @@ export function buildCli(): Command {
         }
       });
   }
+  program
+    .command("sessions")
+    .description("signed-in state across all members")
+    .command("revoke-all")
+    .description(
+      "end every member's and admin's session and trusted device now (an incident you can't scope); the server may keep running",
+    )
+    .requiredOption(...reasonOption)
+    .option(
+      "--site-tokens",
+      "also delete every member-site grant, token and provider session (sites sign members in again)",
+    )
+    .option("--json", "print JSON")
+    .action((opts: { reason: string; siteTokens?: boolean; json?: boolean }) => {
+      const ctx = open();
+      try {
+        const now = Date.now();
+        const result = inTransaction(ctx.db, () => {
+          const sessionsEnded = ctx.db.$client
+            .prepare("UPDATE sessions SET revoked_at = ? WHERE revoked_at IS NULL")
+            .run(now).changes;
+          const devicesEnded = ctx.db.$client
+            .prepare("UPDATE devices SET revoked_at = ? WHERE revoked_at IS NULL")
+            .run(now).changes;
+          const siteRows = opts.siteTokens
+            ? ctx.db.$client
+                .prepare(
+                  "DELETE FROM oidc_payloads WHERE model IN ('AccessToken', 'AuthorizationCode', 'RefreshToken', 'DeviceCode', 'BackchannelAuthenticationRequest', 'Grant', 'Session')",
+                )
+                .run().changes
+            : 0;
+          const counts = {
+            sessions_revoked: sessionsEnded,
+            devices_revoked: devicesEnded,
+            site_rows_deleted: siteRows,
+          };
+          ctx.audit.append({
+            action: "operator.sessions_revoked_all",
+            outcome: "success",
+            actorType: "operator",
+            reason: opts.reason,
+            details: { ...counts, site_tokens: opts.siteTokens === true },
+          });
+          return counts;
+        });
+        if (opts.json) out(JSON.stringify(result));
+        else
+          out(
+            `${result.sessions_revoked} session(s) and ${result.devices_revoked} trusted device(s) ended` +
+              (opts.siteTokens
+                ? `; ${result.site_rows_deleted} member-site grant/token row(s) deleted`
+                : "") +
+              ". Every member signs in anew.",
+          );
+      } finally {
+        ctx.db.$client.close();
+      }
+    });
+
   membersCmd
     .command("import")
     .description(

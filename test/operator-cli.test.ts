@@ -141,3 +141,50 @@ describe("sekisho admins reset-mfa", () => {
     }
   });
 });
+
+describe("sekisho sessions revoke-all", () => {
+  it("ends every session, trusted device and (when asked) member-site token on a running server, audited with its reason", async () => {
+    const listening = await listenWithMember("everyone.out");
+    try {
+      const { t } = listening;
+      const member = t.s.db.$client
+        .prepare("SELECT id, sub FROM members WHERE login_id = 'everyone.out'")
+        .get() as {
+        id: string;
+        sub: string;
+      };
+      const cookie = sessionCookie(
+        await supertest(t.app)
+          .post("/api/v1/login")
+          .set("Origin", listening.issuer)
+          .set("Content-Type", "application/json")
+          .send(JSON.stringify({ login_id: "everyone.out", password: STRONG_PASSWORD })),
+      );
+      const device = t.s.devices.issue(member.id, null).token;
+      const { config, refreshToken } = await memberSiteWithRefreshToken(listening, member.sub, "openid");
+      expect((await supertest(t.app).get("/api/v1/me").set("Cookie", cookie)).status).toBe(200);
+      expect(runCli(t, ["sessions", "revoke-all"]).status).not.toBe(0); // a reason is required
+      const run = runCli(t, [
+        "sessions",
+        "revoke-all",
+        "--reason",
+        "host compromise, scope unknown",
+        "--site-tokens",
+        "--json",
+      ]);
+      expect(run.status, run.stderr).toBe(0);
+      expect(JSON.parse(run.stdout)).toMatchObject({ sessions_revoked: 1, devices_revoked: 1 });
+      expect(JSON.parse(run.stdout).site_rows_deleted).toBeGreaterThan(0);
+      // The running server sees it at once.
+      expect((await supertest(t.app).get("/api/v1/me").set("Cookie", cookie)).status).toBe(401);
+      expect(t.s.devices.isLiveFor(device, "everyone.out")).toBe(false);
+      await expect(oidc.refreshTokenGrant(config, refreshToken)).rejects.toMatchObject({
+        error: "invalid_grant",
+      });
+      const entry = [...t.s.audit.iterate()].find((e) => e.action === "operator.sessions_revoked_all");
+      expect(entry).toMatchObject({ actorType: "operator", reason: "host compromise, scope unknown" });
+    } finally {
+      await listening.close();
+    }
+  });
+});
