@@ -1,5 +1,8 @@
 import Database from "better-sqlite3";
-import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import { drizzle } from "drizzle-orm/better-sqlite3";
+import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
+import { AuditLog } from "../src/audit/log.js";
+import * as schema from "../src/db/schema.js";
 import { makeApp, post, register, STRONG_PASSWORD, signIn, type TestApp } from "./support/app.js";
 import { runCli } from "./support/cli.js";
 
@@ -89,6 +92,29 @@ describe("tamper-evident audit log", () => {
     // A careful attacker edits that record too: the chain alone can't tell (see the next test).
     t.s.db.$client.exec("UPDATE sqlite_sequence SET seq = 3 WHERE name = 'audit_log'");
     expect(t.s.audit.verify()).toMatchObject({ ok: true, entries: 3 });
+  });
+
+  it("a log growing while it is verified (a live server) is intact, not cut off", () => {
+    // Another process appends while the walk is under way (the server signing members in).
+    const client = new Database(t.s.db.$client.name);
+    const other = new AuditLog({ db: drizzle({ client, schema }) as never, keys: t.s.keys, clock: t.clock });
+    const walk = t.s.audit.iterate.bind(t.s.audit);
+    const spy = vi.spyOn(t.s.audit, "iterate").mockImplementation(function* (after?: number) {
+      let n = 0;
+      for (const entry of walk(after)) {
+        if (++n === 2)
+          for (let i = 0; i < 3; i++)
+            other.append({ action: "test.live", outcome: "info", actorType: "system" });
+        yield entry;
+      }
+    });
+    try {
+      expect(t.s.audit.verify()).toMatchObject({ ok: true });
+    } finally {
+      spy.mockRestore();
+      client.close();
+    }
+    expect(t.s.audit.verify()).toMatchObject({ ok: true, entries: 8 });
   });
 
   it("an emptied log in a database with members breaks verification", () => {

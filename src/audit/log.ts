@@ -227,6 +227,15 @@ export class AuditLog {
   /** Walk the whole chain in order; stop at the first entry that does not fit. */
   verify(): VerifyResult {
     const keyring = this.#keys.reload();
+    // Read before the walk: entries the server appends while it walks (a live log grows) raise the
+    // highest seq ever used past the head the walk ends on, which must not look like a cut. One
+    // read before can only be at or below the walk's own end, unless entries were cut.
+    const highest = this.#db.$client
+      .prepare("SELECT seq FROM sqlite_sequence WHERE name = 'audit_log'")
+      .pluck()
+      .get() as number | undefined;
+    const hadMembers =
+      (this.#db.$client.prepare("SELECT 1 FROM members LIMIT 1").get() as unknown) !== undefined;
     let expectedSeq = 1;
     let prev = GENESIS;
     let entries = 0;
@@ -261,11 +270,7 @@ export class AuditLog {
     }
     // A cut-off tail leaves a chain that verifies; SQLite's AUTOINCREMENT record of the highest
     // seq ever used does not shrink with it (unless edited too), and a log emptied outright leaves
-    // members without a single entry about them.
-    const highest = this.#db.$client
-      .prepare("SELECT seq FROM sqlite_sequence WHERE name = 'audit_log'")
-      .pluck()
-      .get() as number | undefined;
+    // members without a single entry about them (both read before the walk, above).
     if (highest !== undefined && highest > (head?.seq ?? 0)) {
       return {
         ok: false,
@@ -277,10 +282,7 @@ export class AuditLog {
         },
       };
     }
-    if (
-      entries === 0 &&
-      (this.#db.$client.prepare("SELECT 1 FROM members LIMIT 1").get() as unknown) !== undefined
-    ) {
+    if (entries === 0 && hadMembers) {
       return {
         ok: false,
         entries,
