@@ -61,7 +61,7 @@ async function main(): Promise<void> {
   // it moved: with the log shipped, a later cut of the tail is visible against it.
   const restored = services.audit.ensureAppendOnly();
   if (restored.length > 0) {
-    logger.error({ triggers: restored }, "audit log: append-only triggers were missing; put back");
+    logger.error({ triggers: restored }, "audit log: append-only triggers were missing or altered, or others were added; put right");
     services.alerts.raise("audit_protection_missing", "critical", { triggers: restored });
   }
   let anchored = services.audit.head();

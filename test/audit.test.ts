@@ -165,10 +165,24 @@ describe("tamper-evident audit log", () => {
     }
   });
 
-  it("puts back dropped append-only triggers", () => {
+  it("puts back dropped append-only triggers, and ones replaced by look-alikes that do nothing", () => {
+    expect(t.s.audit.ensureAppendOnly()).toEqual([]); // as the migrations made them
     dropTriggers(t);
     expect(t.s.audit.ensureAppendOnly()).toEqual(["audit_log_no_update", "audit_log_no_delete"]);
     expect(() => t.s.db.$client.exec("DELETE FROM audit_log WHERE seq = 2")).toThrow(/append-only/);
+    expect(t.s.audit.ensureAppendOnly()).toEqual([]);
+    // Attack: same name, no teeth; and a trigger of one's own on the log (it could rewrite what comes in).
+    t.s.db.$client.exec(`DROP TRIGGER audit_log_no_delete;
+      CREATE TRIGGER audit_log_no_delete BEFORE DELETE ON audit_log BEGIN SELECT 1; END;
+      CREATE TRIGGER audit_log_quiet AFTER INSERT ON audit_log BEGIN SELECT 1; END;`);
+    expect(t.s.audit.ensureAppendOnly().sort()).toEqual(["audit_log_no_delete", "audit_log_quiet"]);
+    expect(() => t.s.db.$client.exec("DELETE FROM audit_log WHERE seq = 2")).toThrow(/append-only/);
+    expect(
+      t.s.db.$client
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'audit_log'")
+        .pluck()
+        .all(),
+    ).toEqual(expect.arrayContaining(["audit_log_no_update", "audit_log_no_delete"]));
     expect(t.s.audit.ensureAppendOnly()).toEqual([]);
   });
 

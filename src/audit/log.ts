@@ -190,29 +190,40 @@ export class AuditLog {
   }
 
   /**
-   * Put back the triggers that make the log append-only, if someone dropped them (they are what
-   * stops an UPDATE or DELETE before the chain has to show it). Returns the names put back.
+   * Put back the triggers that make the log append-only, if someone dropped them or replaced
+   * them with ones that do nothing (they are what stops an UPDATE or DELETE before the chain has
+   * to show it), and drop any other trigger on the log. Returns the names put back or dropped.
    */
   ensureAppendOnly(): string[] {
     const client = this.#db.$client;
-    const present = new Set(
-      client
-        .prepare("SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'audit_log'")
-        .pluck()
-        .all() as string[],
+    const expected = new Map(
+      (["UPDATE", "DELETE"] as const).map((op) => [
+        `audit_log_no_${op.toLowerCase()}`,
+        `CREATE TRIGGER audit_log_no_${op.toLowerCase()} BEFORE ${op} ON audit_log BEGIN SELECT RAISE(ABORT, 'audit_log is append-only'); END`,
+      ]),
     );
-    const restored: string[] = [];
-    for (const [name, op] of [
-      ["audit_log_no_update", "UPDATE"],
-      ["audit_log_no_delete", "DELETE"],
-    ] as const) {
-      if (present.has(name)) continue;
-      client.exec(
-        `CREATE TRIGGER ${name} BEFORE ${op} ON audit_log BEGIN SELECT RAISE(ABORT, 'audit_log is append-only'); END;`,
-      );
-      restored.push(name);
+    // Compared as text (without quoting backticks, whitespace and case): a trigger of the right
+    // name that does nothing is as good as none; one we don't know of on this table goes too.
+    const norm = (sql: string) =>
+      sql.replace(/`/g, "").replace(/\s+/g, " ").replace(/;\s*$/, "").trim().toLowerCase();
+    const present = client
+      .prepare("SELECT name, sql FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'audit_log'")
+      .all() as Array<{ name: string; sql: string }>;
+    const fixed: string[] = [];
+    for (const t of present) {
+      const want = expected.get(t.name);
+      if (want && norm(t.sql) === norm(want)) {
+        expected.delete(t.name);
+        continue;
+      }
+      client.exec(`DROP TRIGGER "${t.name.replace(/"/g, '""')}"`);
+      if (!want) fixed.push(t.name);
     }
-    return restored;
+    for (const [name, sql] of expected) {
+      client.exec(`${sql};`);
+      fixed.push(name);
+    }
+    return fixed;
   }
 
   /** The newest entry (its seq and mac), or null for an empty log: an anchor to keep elsewhere. */
