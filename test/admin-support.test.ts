@@ -1,5 +1,6 @@
 import supertest from "supertest";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import { AdminOps } from "../src/admin/admin-ops.js";
 import { PiiBudgets } from "../src/audit/pii-budget.js";
 import { Clients } from "../src/oidc/clients.js";
 import { adminPasskeySession, adminWithPasskey } from "./support/admin.js";
@@ -47,14 +48,24 @@ describe("admin member support and PII read budgets", () => {
     const leaked = "someone.else@example.org";
     expect((await get(`/api/v1/admin/members?email=${encodeURIComponent(leaked)}`)).body.members).toEqual([]);
     expect((await get("/api/v1/admin/members?login_id=hanako.leaked")).body.members).toEqual([]);
+    // A search that isn't a login ID at all (a phone number, a pasted password) is no clearer.
+    expect((await get("/api/v1/admin/members?login_id=090-9999-1234")).body.members).toEqual([]);
     const searches = [...t.s.audit.iterate()]
       .filter((e) => e.action === "admin.members_looked_up")
       .map((e) => JSON.parse(e.details));
-    expect(searches.slice(-2)).toEqual([
+    const ops = new AdminOps(t.s);
+    expect(searches.slice(-3)).toEqual([
       { by: "email", email_index: t.s.vault.emailIndex(leaked), found: 0 },
-      { by: "login_id", login_id: "hanako.leaked", found: 0 },
+      { by: "login_id", login_id_index: ops.searchIndex("HANAKO.leaked"), found: 0 },
+      { by: "login_id", login_id_index: ops.searchIndex("090-9999-1234"), found: 0 },
     ]);
-    expect(JSON.stringify(searches)).not.toContain("example.org");
+    // Found: the member's login ID, as the members table has it.
+    expect(searches.find((s) => s.found === 1 && s.by === "login_id")).toEqual({
+      by: "login_id",
+      login_id: "taro.support",
+      found: 1,
+    });
+    expect(JSON.stringify(searches)).not.toMatch(/example\.org|hanako|9999/);
 
     const noReason = await get(`/api/v1/admin/members/${id}`);
     expect(noReason.status).toBe(400);

@@ -10,6 +10,7 @@ import type { Services } from "../services.js";
 import { endAccess } from "../sessions/end-access.js";
 import { satisfies } from "../sessions/levels.js";
 import type { Session } from "../sessions/sessions.js";
+import { blindIndex } from "../vault/blind-index.js";
 
 /**
  * What an admin can do, once, for both the admin JSON API and the admin console pages: who may
@@ -200,16 +201,26 @@ export class AdminOps {
       ["name", "email", "phone"],
       this.#access(c, "admin_lookup_masked"),
     );
-    // What was searched, found or not (testing a leaked list for who is a member leaves a trace):
-    // a login ID as given (the members table holds them in clear anyway), an e-mail as its blind
-    // index (an investigator with the keyring checks an address against it; the log holds none).
-    this.record(c, "admin.members_looked_up", {
-      details:
-        q.loginId !== undefined
-          ? { by: "login_id", login_id: q.loginId.slice(0, 256), found: rows.length }
-          : { by: "email", email_index: this.s.vault.emailIndex(q.email as string), found: rows.length },
-    });
+    // What was searched, found or not (testing a leaked list for who is a member leaves a trace),
+    // never in clear unless it is a member's login ID (the members table holds those in clear
+    // anyway): what found nobody may be a name, a phone number or a pasted password, so it is kept
+    // as a keyed hash; an investigator with the keyring checks a value against it.
+    const searched =
+      q.loginId !== undefined
+        ? rows.length > 0
+          ? { by: "login_id", login_id: rows[0]?.loginId }
+          : { by: "login_id", login_id_index: this.searchIndex(q.loginId) }
+        : { by: "email", email_index: this.s.vault.emailIndex(q.email as string) };
+    this.record(c, "admin.members_looked_up", { details: { ...searched, found: rows.length } });
     return rows.map((m) => ({ ...this.summary(m), profile: maskProfile(profiles.get(m.id) ?? {}) }));
+  }
+
+  /**
+   * The keyed hash an admin's login-ID search that found nobody is recorded as: of the input as a
+   * login ID resolves (case and width folded), else of the input as given.
+   */
+  searchIndex(input: string): string {
+    return blindIndex(this.s.keys, "admin_login_id_search", resolveLoginInput(input) ?? input);
   }
 
   /** A member's page without personal data (login ID, status, factors): recorded, not budgeted. */
