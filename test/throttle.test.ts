@@ -65,6 +65,37 @@ describe("login-anomaly engine (LoginGuard)", () => {
     return d;
   };
 
+  it("a known address goes first only a few times in ten minutes, right passwords or wrong, and not at all past its failures", () => {
+    const first = (ip: string, loginId: string, queue: "door" | "hash" = "door") =>
+      guard.fromKnownAddress(ip, loginId, { queue });
+    const signedIn = (ip: string, loginId: string) => {
+      const a = attempt({ ip, loginId });
+      expect(guard.assess(a).action).toBe("allow");
+      guard.settle(a, "success");
+    };
+    const HOME = "198.51.100.7";
+    expect(first(HOME, "member.home")).toBe(false); // never signed in from there
+    signedIn(HOME, "member.home");
+    // Five in ten minutes for one ID at one address, per queue; then it waits like anyone.
+    for (let i = 0; i < 5; i++) expect(first(HOME, "member.home"), String(i)).toBe(true);
+    expect(first(HOME, "member.home")).toBe(false);
+    expect(first(HOME, "member.home", "hash")).toBe(true);
+    t.clock.advance(20 * 60_000);
+    expect(first(HOME, "member.home")).toBe(true);
+    // Attack: a handful of one's own accounts, each signed in once from one's address, sending
+    // right passwords to keep the line ahead full: twenty an address, whichever IDs.
+    const OWN = "203.0.113.50";
+    for (let n = 0; n < 6; n++) signedIn(OWN, `own.${n}`);
+    let granted = 0;
+    for (let round = 0; round < 5; round++) for (let n = 0; n < 6; n++) if (first(OWN, `own.${n}`)) granted++;
+    expect(granted).toBe(20);
+    // Failures end it sooner: five wrong passwords from the address for the ID, and no more order.
+    const FAILING = "192.0.2.77";
+    signedIn(FAILING, "member.typo");
+    for (let i = 0; i < 5; i++) fail(attempt({ ip: FAILING, loginId: "member.typo" }));
+    expect(first(FAILING, "member.typo", "hash")).toBe(false);
+  });
+
   it("allows, then slows one address on one account; Retry-After says truly when it may try again", () => {
     for (let i = 0; i < 5; i++) expect(fail(attempt()).action).toBe("allow");
     const first = guard.assess(attempt());

@@ -148,7 +148,7 @@ export function createApp(
     if (loginId === null) return false;
     const token = deviceTokenFrom(single(req.headers.cookie));
     if (token && s.devices.isLiveFor(token, loginId) && s.guard.trustedBudgetLeft(loginId)) return true;
-    return s.guard.fromKnownAddress(ip, loginId);
+    return s.guard.fromKnownAddress(ip, loginId, { queue: "door" });
   };
   const expressTurn = waitTurn(strangers, (req, res: Response) =>
     goesFirst(req, (req as { body?: { login_id?: unknown } }).body?.login_id, locals(res).ip),

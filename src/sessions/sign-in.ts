@@ -174,7 +174,7 @@ export class PasswordSignIn {
       // an address the member signed in from lately, while it has failures to spare.
       const first =
         (attempt.trustedDevice && this.#guard.trustedBudgetLeft(attempt.loginId as string)) ||
-        this.#guard.fromKnownAddress(attempt.ip, attempt.loginId as string);
+        this.#guard.fromKnownAddress(attempt.ip, attempt.loginId as string, { queue: "hash", own: true });
       return await this.#verify(input, ctx, loginId, member, settle, first, stillAdmitted);
     } catch (err) {
       if (err instanceof WithdrawnJob && later) throw this.#refused(attempt, later, member, ctx);

@@ -165,6 +165,9 @@ const DAY_MS = 24 * 3_600_000;
 
 /** How long an address a member signed in from stays known (see LoginGuard#known). */
 const KNOWN_ADDRESS_MS = 30 * 24 * 3_600_000;
+/** Attempts from a known address that go first in one queue in 10 minutes (see fromKnownAddress). */
+const FIRST_PER_LOGIN = 5;
+const FIRST_PER_ADDRESS = 20;
 
 export class LoginGuard {
   /** Told every decision (metrics): the kind of attempt and what was decided, with its reasons. */
@@ -435,16 +438,38 @@ export class LoginGuard {
    * otherwise wait with strangers, or be answered busy. Only a completed sign-in makes an address
    * known, so a guesser can't; one sharing the member's address (a NAT) gets the order, not the
    * throttle's leniency, and loses even the order after a few failures.
+   *
+   * Right passwords count too: each queue (`queue`: the doors' stranger queue, the hashing queue)
+   * lets at most FIRST_PER_LOGIN attempts of one address and login ID, and FIRST_PER_ADDRESS of
+   * one address, go first in 10 minutes (a member signs in a few times; a household or an office
+   * a few more). Otherwise someone with a few accounts of their own, each signed in once from
+   * their address, could keep the line ahead of everyone else full with sign-ins that never fail.
+   * `own`: the asking attempt already holds its in-flight reservation (the hashing queue's
+   * question), which is not one of the failures to spare.
    */
-  fromKnownAddress(ip: string, loginId: string): boolean {
+  fromKnownAddress(ip: string, loginId: string, opts: { queue: "door" | "hash"; own?: boolean }): boolean {
     const now = this.#clock.now().getTime();
     const k = this.#keys({ ip, loginId, trustedDevice: false, kind: "password" });
     if (!k.ipLogin || !this.#knownAddress(k, now)) return false;
     const failures =
       (this.#counters.ipl.peek(k.ipLogin, now)[TEN_MIN] as number) +
-      this.#flight(`ip_login_failures|${k.ipLogin}`);
-    return failures < this.policy.ipLoginSlow;
+      this.#flight(`ip_login_failures|${k.ipLogin}`) -
+      (opts.own ? 1 : 0);
+    if (failures >= this.policy.ipLoginSlow) return false;
+    const pair = `${opts.queue}|${k.ipLogin}`;
+    const address = `${opts.queue}|${k.ip}`;
+    if (
+      (this.#firstGrants.peek(pair, now)[0] as number) >= FIRST_PER_LOGIN ||
+      (this.#firstGrants.peek(address, now)[0] as number) >= FIRST_PER_ADDRESS
+    )
+      return false;
+    this.#firstGrants.add(pair, 1, now);
+    this.#firstGrants.add(address, 1, now);
+    return true;
   }
+
+  /** Attempts let go first from known addresses, per queue and (address, login ID) or address. */
+  readonly #firstGrants = new MemoryCounterStore([10 * 60_000], 100_000);
 
   /**
    * Has this login ID's trusted devices' failure budget anything left today? (The lanes and the
