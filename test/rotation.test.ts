@@ -109,7 +109,16 @@ describe("key rotation", () => {
         before.some((k) => k.startsWith(`${table}:`)),
         table,
       ).toBe(true);
+    // One that no longer opens (tampered): left as it is, counted, and the rotation still ends.
+    const oldKey = t.s.keys.get().activeDataKey().id;
+    t.s.db.$client
+      .prepare("INSERT INTO oidc_payloads (model, id_hash, payload) VALUES ('Grant', 'broken', ?)")
+      .run(`v1.${oldKey}.AAAAAAAAAAAAAAAA.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA`);
     const result = await rotate();
+    t.s.db.$client.prepare("DELETE FROM oidc_payloads WHERE id_hash = 'broken'").run();
+    const entry = [...t.s.audit.iterate()].find((e) => e.action === "keys.rotated");
+    expect(JSON.parse(entry?.details ?? "{}")).toMatchObject({ undecryptable: 1 });
+    expect(JSON.parse(entry?.details ?? "{}").left_under_old_keys).toBeUndefined();
     const after = keysIn();
     expect(after).toHaveLength(before.length);
     for (const k of after) expect(k.split(":")[1], k).toBe(result.newKeyId);
