@@ -38,8 +38,8 @@ function open(): Context {
   const logger = pino({ level: config.logLevel === "info" ? "warn" : config.logLevel }, pino.destination(2));
   const keys = openKeyring(config, systemClock, logger);
   const db = openDatabase(config.dbFile);
+  assertKeyringFits(db, keys.get(), config.keyringFile); // before migrating: nothing is written
   migrateDatabase(db);
-  assertKeyringFits(db, keys.get(), config.keyringFile);
   return { config, db, keys, audit: new AuditLog({ db, keys, clock: systemClock }) };
 }
 

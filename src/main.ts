@@ -19,10 +19,11 @@ async function main(): Promise<void> {
   const keys = openKeyring(config, clock, logger);
   checkMailSetting(config);
   const db = openDatabase(config.dbFile);
-  migrateDatabase(db);
   // The wrong keyring (a development one beside a production database, an old copy) must not
-  // write a single entry or row under keys the rest can't be read with.
+  // write a single entry or row under keys the rest can't be read with (checked before migrating:
+  // nothing at all is written then).
   assertKeyringFits(db, keys.get(), config.keyringFile);
+  migrateDatabase(db);
   // WAL checkpoints (and their fsync) run on a worker thread, not inside a request's commit.
   const checkpointer = startCheckpointer(db, logger);
   const services = buildServices({ config, db, clock, keys, logger, processMetrics: true });
@@ -61,7 +62,10 @@ async function main(): Promise<void> {
   // it moved: with the log shipped, a later cut of the tail is visible against it.
   const restored = services.audit.ensureAppendOnly();
   if (restored.length > 0) {
-    logger.error({ triggers: restored }, "audit log: append-only triggers were missing or altered, or others were added; put right");
+    logger.error(
+      { triggers: restored },
+      "audit log: append-only triggers were missing or altered, or others were added; put right",
+    );
     services.alerts.raise("audit_protection_missing", "critical", { triggers: restored });
   }
   let anchored = services.audit.head();

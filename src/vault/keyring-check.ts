@@ -2,7 +2,6 @@ import fs from "node:fs";
 import Database from "better-sqlite3";
 import type { Db } from "../db/connection.js";
 import { StartupError } from "../errors.js";
-import { keyIdOf } from "./fields.js";
 import type { Keyring } from "./keyring.js";
 
 /**
@@ -17,26 +16,28 @@ import type { Keyring } from "./keyring.js";
 export function keyringGaps(db: Db, keyring: Keyring): string[] {
   const client = db.$client;
   const gaps: string[] = [];
-  const head = client.prepare("SELECT seq, key_id FROM audit_log ORDER BY seq DESC LIMIT 1").get() as
-    | { seq: number; key_id: string }
-    | undefined;
-  if (head && !keyring.auditKey(head.key_id))
-    gaps.push(`audit key ${head.key_id} (of audit entry #${head.seq})`);
-  const peppers = client
-    .prepare("SELECT DISTINCT pepper_id FROM members WHERE pepper_id IS NOT NULL")
-    .pluck()
-    .all() as string[];
-  for (const id of peppers) if (!keyring.pepper(id)) gaps.push(`password pepper ${id}`);
-  for (const order of ["ASC", "DESC"]) {
-    const row = client
-      .prepare(
-        `SELECT member_id, coalesce(name, email, phone, postal_code, address, birth_date, gender) AS value
-           FROM profiles WHERE value IS NOT NULL ORDER BY rowid ${order} LIMIT 1`,
-      )
-      .get() as { member_id: string; value: string } | undefined;
-    const keyId = row ? keyIdOf(row.value) : null;
-    if (keyId && !keyring.dataKey(keyId) && !gaps.some((g) => g.startsWith(`data key ${keyId}`)))
-      gaps.push(`data key ${keyId} (of ${row?.member_id}'s profile)`);
+  // Run before migrations too (a new database has no tables yet; nothing to open then).
+  const tables = new Set(
+    client.prepare("SELECT name FROM sqlite_master WHERE type = 'table'").pluck().all() as string[],
+  );
+  if (tables.has("audit_log")) {
+    const head = client.prepare("SELECT seq, key_id FROM audit_log ORDER BY seq DESC LIMIT 1").get() as
+      | { seq: number; key_id: string }
+      | undefined;
+    if (head && !keyring.auditKey(head.key_id))
+      gaps.push(`audit key ${head.key_id} (of audit entry #${head.seq})`);
+  }
+  if (tables.has("members")) {
+    const peppers = client
+      .prepare("SELECT DISTINCT pepper_id FROM members WHERE pepper_id IS NOT NULL")
+      .pluck()
+      .all() as string[];
+    for (const id of peppers) if (!keyring.pepper(id)) gaps.push(`password pepper ${id}`);
+  }
+  if (tables.has("profiles")) {
+    // Every data key the profiles were written under (profiles.key_id is indexed).
+    const used = client.prepare("SELECT DISTINCT key_id FROM profiles").pluck().all() as string[];
+    for (const id of used) if (!keyring.dataKey(id)) gaps.push(`data key ${id} (of member profiles)`);
   }
   return gaps;
 }
