@@ -289,6 +289,7 @@ export function buildServices(deps: {
     passwordMinLength: config.passwordMinLength,
     emails,
     honeytokens,
+    logger,
   });
   const recovery = new PasswordRecovery({
     honeytokens,

@@ -195,6 +195,7 @@ describe("honeytokens: decoy members that raise the alarm when touched", () => {
     }).set("X-Forwarded-For", "198.51.100.44");
     expect(res.status, JSON.stringify(res.body)).toBe(409);
     expect(res.body.error).toBe("login_id_taken");
+    await new Promise((r) => setImmediate(r)); // raised after the answer
     expect(touches()).toEqual([
       expect.objectContaining({ trigger: "registration", principal: "anonymous", ip: "198.51.100.44" }),
     ]);

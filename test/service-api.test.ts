@@ -145,6 +145,7 @@ describe("service API for member-site backends: GET /api/v1/members/:sub", () =>
     const decoy = await get(decoySub);
     expect(decoy.status).toBe(404);
     expect(await decoy.json()).toEqual(await stranger.json());
+    await new Promise((r) => setImmediate(r)); // raised after the answer
     const alert = t.s.alerts.list().find((a) => a.kind === "honeytoken_touched");
     expect(JSON.parse(alert?.details ?? "{}")).toMatchObject({
       trigger: "service_api",

@@ -1,5 +1,6 @@
 import { randomBytes } from "node:crypto";
 import { eq } from "drizzle-orm";
+import type { Logger } from "pino";
 import type { Honeytokens } from "../audit/honeytokens.js";
 import type { AuditLog } from "../audit/log.js";
 import type { Clock } from "../clock.js";
@@ -42,6 +43,7 @@ export class Registrations {
   readonly #minLength: number;
   readonly #emails: EmailAddresses | undefined;
   readonly #honeytokens: Honeytokens | undefined;
+  readonly #logger: Logger | undefined;
 
   constructor(deps: {
     db: Db;
@@ -54,7 +56,9 @@ export class Registrations {
     emails?: EmailAddresses;
     /** A registration naming a decoy's login ID raises the alarm (someone probing for them). */
     honeytokens?: Honeytokens;
+    logger?: Logger;
   }) {
+    this.#logger = deps.logger;
     this.#emails = deps.emails;
     this.#honeytokens = deps.honeytokens;
     this.#db = deps.db;
@@ -102,8 +106,17 @@ export class Registrations {
     }
     const holder = loginId ? this.#holder(loginId) : undefined;
     if (holder) {
-      // Answered as for anyone's ID (the probe learns only "taken"), but a decoy's raises the alarm.
-      this.#honeytokens?.check([holder], "registration", { ip: ctx.ip, requestId: ctx.requestId });
+      // Answered as for anyone's ID (the probe learns only "taken"), but a decoy's raises the alarm,
+      // after the answer: its writes would make a decoy's "taken" measurably slower than others'.
+      const honeytokens = this.#honeytokens;
+      if (honeytokens)
+        setImmediate(() => {
+          try {
+            honeytokens.check([holder], "registration", { ip: ctx.ip, requestId: ctx.requestId });
+          } catch (err) {
+            this.#logger?.error({ err }, "honeytoken alert after a registration failed");
+          }
+        });
       throw new ApiError(409, "login_id_taken", "That login ID is already taken.");
     }
 
