@@ -259,6 +259,44 @@ describe("admin member support and PII read budgets", () => {
     expect(t.s.alerts.list().some((a) => a.kind === "pii_budget_exceeded")).toBe(false);
   });
 
+  it("the budget's running counts agree with a count of every member's window, read after read", () => {
+    const budgets = new PiiBudgets({
+      clock: t.clock,
+      alerts: t.s.alerts,
+      db: t.s.db,
+      limits: { clientHour: 1_000_000, clientDay: 1_000_000 },
+    });
+    const site = { kind: "client" as const, id: "c_many" };
+    const HOUR_MS = 3_600_000;
+    // The rule, written out plainly: a member's window stamp is renewed only once it has expired.
+    const model = new Map<string, { hour: number; day: number }>();
+    let seed = 7;
+    const random = (n: number) => {
+      seed = (seed * 1103515245 + 12345) % 2 ** 31;
+      return seed % n;
+    };
+    for (let i = 0; i < 3000; i++) {
+      t.clock.advance(random(6) * 60_000 + random(1000));
+      const now = t.clock.now().getTime();
+      const ids = Array.from({ length: 1 + random(3) }, () => `m_${random(400)}`);
+      budgets.charge(site, ids);
+      for (const id of ids) {
+        const seen = model.get(id);
+        model.set(id, {
+          hour: seen && seen.hour > now - HOUR_MS ? seen.hour : now,
+          day: seen && seen.day > now - 24 * HOUR_MS ? seen.day : now,
+        });
+      }
+      const expected = { hour: 0, day: 0 };
+      for (const seen of model.values()) {
+        if (seen.hour > now - HOUR_MS) expected.hour++;
+        if (seen.day > now - 24 * HOUR_MS) expected.day++;
+      }
+      const got = budgets.status(site);
+      expect([got.readLastHour, got.readLastDay], `read ${i}`).toEqual([expected.hour, expected.day]);
+    }
+  });
+
   it("reset-mfa removes every factor, ends every session and tells the member; it needs a reason", async () => {
     const id = (await register(t.app, { login_id: "taro.lostphone" })).body.member_id as string;
     const cookie = await signIn(t.app, "taro.lostphone");

@@ -53,6 +53,27 @@ interface Reader {
 export type Principal = { kind: "admin" | "client"; id: string };
 
 const HOUR = 3_600_000;
+
+/** When a member was last counted in the hour and in the day window. */
+interface Seen {
+  hour: number;
+  day: number;
+}
+/** A member counted at `at`, in the order counted (a window's queue). */
+interface Stamp {
+  id: string;
+  at: number;
+}
+/** One principal's counted members and, per window, the stamps in time order with their count. */
+interface Tracker {
+  seen: Map<string, Seen>;
+  hourQ: Stamp[];
+  hourHead: number;
+  dayQ: Stamp[];
+  dayHead: number;
+  hourN: number;
+  dayN: number;
+}
 const DAY = 24 * HOUR;
 
 export const piiBudgetExceeded = (retryAfterSeconds?: number) =>
@@ -80,7 +101,7 @@ export class PiiBudgets {
    * come; each principal keeps at most its day limit of members besides (more would have been
    * refused), and one principal's volume never pushes out another's.
    */
-  readonly #counted = new Map<string, Map<string, { hour: number; day: number }>>();
+  readonly #counted = new Map<string, Tracker>();
   readonly #db: Db | undefined;
   readonly #readers = new Map<string, Reader>();
   /** When a principal's bulk-read alert was last raised: at most one a day each. */
@@ -123,7 +144,7 @@ export class PiiBudgets {
     // Only members not already counted in a window add to it (each once, however often listed).
     let newInHour = 0;
     let newInDay = 0;
-    const counted = this.#counted.get(key);
+    const counted = this.#counted.get(key)?.seen;
     const hourStart = this.#hourStart(key, now);
     for (const id of new Set(memberIds)) {
       const seen = counted?.get(id);
@@ -227,47 +248,86 @@ export class PiiBudgets {
     return true;
   }
 
-  /** Remember when each member was counted (for the windows it was counted in just now). */
   /** Where the principal's hour window starts: 60 minutes ago, or its re-arm if later. */
   #hourStart(key: string, now: number): number {
     return Math.max(now - HOUR, this.#hourFrom.get(key) ?? 0);
   }
 
-  /** Distinct members counted in the principal's hour and day windows (exactly; see #counted). */
+  /**
+   * Distinct members counted in the principal's hour and day windows, exactly (see #counted):
+   * stamps that fell out of a window are taken off the front of its queue first, so each read
+   * costs what expired since the last one, not a walk over everyone the principal has read.
+   */
   #exact(key: string, now: number): { hour: number; day: number } {
-    const counted = this.#counted.get(key);
-    if (!counted) return { hour: 0, day: 0 };
+    const t = this.#counted.get(key);
+    if (!t) return { hour: 0, day: 0 };
     const hourStart = this.#hourStart(key, now);
-    let hour = 0;
-    let day = 0;
-    for (const seen of counted.values()) {
-      if (seen.hour > hourStart) hour++;
-      if (seen.day > now - DAY) day++;
+    const expire = (q: Stamp[], head: number, from: number, current: (s: Seen) => number) => {
+      let h = head;
+      let gone = 0;
+      while (h < q.length && (q[h] as Stamp).at <= from) {
+        const { id, at } = q[h] as Stamp;
+        const seen = t.seen.get(id);
+        // Counted only if it is still the member's stamp in that window (not re-stamped or dropped).
+        if (seen && current(seen) === at) gone++;
+        h++;
+      }
+      return { head: h, gone };
+    };
+    const hour = expire(t.hourQ, t.hourHead, hourStart, (s) => s.hour);
+    t.hourHead = hour.head;
+    t.hourN -= hour.gone;
+    const day = expire(t.dayQ, t.dayHead, now - DAY, (s) => s.day);
+    t.dayHead = day.head;
+    t.dayN -= day.gone;
+    // Let the queues' spent fronts go now and then.
+    if (t.hourHead > 1024 && t.hourHead * 2 > t.hourQ.length) {
+      t.hourQ = t.hourQ.slice(t.hourHead);
+      t.hourHead = 0;
     }
-    return { hour, day };
+    if (t.dayHead > 1024 && t.dayHead * 2 > t.dayQ.length) {
+      t.dayQ = t.dayQ.slice(t.dayHead);
+      t.dayHead = 0;
+    }
+    return { hour: t.hourN, day: t.dayN };
   }
 
   #count(key: string, memberIds: readonly string[], now: number, keep: number): void {
-    let counted = this.#counted.get(key);
-    if (!counted) {
-      counted = new Map();
-      this.#counted.set(key, counted);
+    let t = this.#counted.get(key);
+    if (!t) {
+      t = { seen: new Map(), hourQ: [], hourHead: 0, dayQ: [], dayHead: 0, hourN: 0, dayN: 0 };
+      this.#counted.set(key, t);
       if (this.#counted.size > 10_000) this.#counted.delete(this.#counted.keys().next().value as string);
     }
     const hourStart = this.#hourStart(key, now);
-    for (const id of memberIds) {
-      const seen = counted.get(id);
-      const hour = seen !== undefined && seen.hour > hourStart ? seen.hour : now;
-      const day = seen !== undefined && seen.day > now - DAY ? seen.day : now;
-      if (seen !== undefined && hour === seen.hour && day === seen.day) continue;
-      counted.delete(id); // re-inserted last: the map stays in counting order
-      counted.set(id, { hour, day });
+    for (const id of new Set(memberIds)) {
+      const seen = t.seen.get(id);
+      const inHour = seen !== undefined && seen.hour > hourStart;
+      const inDay = seen !== undefined && seen.day > now - DAY;
+      if (inHour && inDay) continue;
+      const next = { hour: inHour ? (seen as Seen).hour : now, day: inDay ? (seen as Seen).day : now };
+      if (!inHour) {
+        t.hourQ.push({ id, at: now });
+        t.hourN++;
+      }
+      if (!inDay) {
+        t.dayQ.push({ id, at: now });
+        t.dayN++;
+      }
+      t.seen.delete(id); // re-inserted last: the map stays in counting order
+      t.seen.set(id, next);
     }
-    if (counted.size > keep) {
-      // Drop what counts in neither window first; past that, the least recently counted.
-      for (const [id, seen] of counted)
-        if (seen.hour <= hourStart && seen.day <= now - DAY) counted.delete(id);
-      while (counted.size > keep) counted.delete(counted.keys().next().value as string);
+    if (t.seen.size > keep) {
+      // Drop what counts in neither window first (its stamps have left both queues' counts);
+      // past that, the least recently counted, taken off the counts now (their queue entries then
+      // no longer match anything).
+      for (const [id, seen] of t.seen) if (seen.hour <= hourStart && seen.day <= now - DAY) t.seen.delete(id);
+      while (t.seen.size > keep) {
+        const [id, seen] = t.seen.entries().next().value as [string, Seen];
+        if (seen.hour > hourStart) t.hourN--;
+        if (seen.day > now - DAY) t.dayN--;
+        t.seen.delete(id);
+      }
     }
   }
 
