@@ -159,6 +159,12 @@ describe.skipIf(!available && !process.env.CI)("passkeys in a real browser (virt
     // The password was right; the second step offers the passkey.
     await waitFor("[data-passkey-mfa]");
     await page.screenshot({ path: path.join(ARTIFACTS, "mfa-ja.png"), fullPage: true });
+    // The member reads English better: the footer's switch posts the pending sign-in back.
+    await page.click("footer button.link");
+    await page.waitForSelector('html[lang="en"]', { timeout: 8000 });
+    await waitFor("[data-passkey-mfa]");
+    expect(await page.textContent("footer button.link")).toBe("日本語");
+    await page.screenshot({ path: path.join(ARTIFACTS, "mfa-en.png"), fullPage: true });
     await presence(true);
     await page.click("[data-passkey-mfa]");
     await waitFor("#acr");
