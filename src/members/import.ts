@@ -1,21 +1,21 @@
 import { createHash } from "node:crypto";
 import fs from "node:fs";
 import readline from "node:readline";
-import { parse as parseCsv } from "csv-parse";
 import type { Statement } from "better-sqlite3";
+import { parse as parseCsv } from "csv-parse";
 import { z } from "zod";
 import type { AuditLog } from "../audit/log.js";
 import type { Clock } from "../clock.js";
 import { type Db, inTransaction } from "../db/connection.js";
-import { legacyHashInput, toLegacyHash } from "../passwords/legacy.js";
-import type { LegacyPasswords } from "./legacy-passwords.js";
 import type { TotpService } from "../factors/totp.js";
-import { checkChosenLoginId } from "./login-id.js";
+import { legacyHashInput, toLegacyHash } from "../passwords/legacy.js";
+import { randomBytesPooled } from "../vault/random.js";
+import type { LegacyPasswords } from "./legacy-passwords.js";
+import { checkChosenLoginId, LOGIN_ID_PROBLEM_TEXT } from "./login-id.js";
 import { generateMemberNumber } from "./member-number.js";
 import { PROFILE_FIELDS, type Profile, type ProfileVault } from "./profile.js";
 import { profileInput } from "./profile-input.js";
 import { newSubject } from "./registration.js";
-import { randomBytesPooled } from "../vault/random.js";
 
 /**
  * `sekisho members import FILE`: legacy members, streamed (JSON Lines, or CSV with a header row),
@@ -228,12 +228,21 @@ export class LegacyImport {
     };
     let rejects: fs.WriteStream | null = null;
     let mapping: fs.WriteStream | null = null;
+    // Rejects are written in line order: those found while reading and those found when their
+    // batch is written (a login ID taken, say) are held until the batch is, then sorted.
+    let pending: Array<{ line: number; legacyId: unknown; reason: string }> = [];
     const reject = (line: number, legacyId: unknown, reason: string) => {
-      rejects ??= fs.createWriteStream(rejectPath, { flags: "w", mode: 0o600 });
-      rejects.write(
-        `${JSON.stringify({ line, ...(typeof legacyId === "string" ? { legacy_id: legacyId } : {}), reason })}\n`,
-      );
+      pending.push({ line, legacyId, reason });
       counts.rejected++;
+    };
+    const writeRejects = () => {
+      if (pending.length === 0) return;
+      rejects ??= fs.createWriteStream(rejectPath, { flags: "w", mode: 0o600 });
+      for (const r of pending.sort((a, b) => a.line - b.line))
+        rejects.write(
+          `${JSON.stringify({ line: r.line, ...(typeof r.legacyId === "string" ? { legacy_id: r.legacyId } : {}), reason: r.reason })}\n`,
+        );
+      pending = [];
     };
     // A larger page cache while importing: half a million rows go into indexes on random keys
     // (ids, login IDs, blind indexes), and each insert otherwise re-reads pages from the OS.
@@ -250,8 +259,9 @@ export class LegacyImport {
     };
     let batch: Array<{ line: number; row: Row }> = [];
     const flush = () => {
-      if (batch.length === 0) return;
+      if (batch.length === 0) return writeRejects();
       const generated = this.#writeBatch(batch, reject, counts, policies);
+      writeRejects();
       for (const g of generated) {
         mapping ??= fs.createWriteStream(mappingPath, { flags: "a", mode: 0o600 });
         mapping.write(`${JSON.stringify(g)}\n`);
@@ -335,7 +345,11 @@ export class LegacyImport {
         if (row.login_id !== undefined) {
           const checked = checkChosenLoginId(row.login_id);
           if (!checked.ok) {
-            rejected.push({ line, legacyId: row.legacy_id, reason: `login_id: ${checked.problem}` });
+            rejected.push({
+              line,
+              legacyId: row.legacy_id,
+              reason: `login_id: ${checked.problem} (${LOGIN_ID_PROBLEM_TEXT[checked.problem]})`,
+            });
             continue;
           }
           if (taken.get(checked.loginId)) {
