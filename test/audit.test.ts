@@ -174,8 +174,18 @@ describe("tamper-evident audit log", () => {
     // Attack: same name, no teeth; and a trigger of one's own on the log (it could rewrite what comes in).
     t.s.db.$client.exec(`DROP TRIGGER audit_log_no_delete;
       CREATE TRIGGER audit_log_no_delete BEFORE DELETE ON audit_log BEGIN SELECT 1; END;
-      CREATE TRIGGER audit_log_quiet AFTER INSERT ON audit_log BEGIN SELECT 1; END;`);
-    expect(t.s.audit.ensureAppendOnly().sort()).toEqual(["audit_log_no_delete", "audit_log_quiet"]);
+      CREATE TRIGGER audit_log_quiet AFTER INSERT ON audit_log BEGIN SELECT 1; END;
+      CREATE TRIGGER skip_admin BEFORE INSERT ON AUDIT_LOG WHEN NEW.action LIKE 'admin.%' BEGIN SELECT RAISE(IGNORE); END;`);
+    expect(t.s.audit.ensureAppendOnly().sort()).toEqual([
+      "audit_log_no_delete",
+      "audit_log_quiet",
+      "skip_admin",
+    ]);
+    // The one that silently dropped chosen entries (written ON AUDIT_LOG) is gone too.
+    const seq = t.s.audit.append({ action: "admin.member_viewed", outcome: "success", actorType: "admin" });
+    expect(t.s.db.$client.prepare("SELECT action FROM audit_log WHERE seq = ?").pluck().get(seq)).toBe(
+      "admin.member_viewed",
+    );
     expect(() => t.s.db.$client.exec("DELETE FROM audit_log WHERE seq = 2")).toThrow(/append-only/);
     expect(
       t.s.db.$client

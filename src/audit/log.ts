@@ -207,7 +207,8 @@ export class AuditLog {
     const norm = (sql: string) =>
       sql.replace(/`/g, "").replace(/\s+/g, " ").replace(/;\s*$/, "").trim().toLowerCase();
     const present = client
-      .prepare("SELECT name, sql FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'audit_log'")
+      // Table names are case-insensitive in SQLite; tbl_name keeps the case the trigger was written in.
+      .prepare("SELECT name, sql FROM sqlite_master WHERE type = 'trigger' AND lower(tbl_name) = 'audit_log'")
       .all() as Array<{ name: string; sql: string }>;
     const fixed: string[] = [];
     for (const t of present) {
@@ -216,7 +217,7 @@ export class AuditLog {
         expected.delete(t.name);
         continue;
       }
-      client.exec(`DROP TRIGGER "${t.name.replace(/"/g, '""')}"`);
+      client.exec(`DROP TRIGGER main."${t.name.replace(/"/g, '""')}"`);
       if (!want) fixed.push(t.name);
     }
     for (const [name, sql] of expected) {
