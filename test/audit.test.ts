@@ -196,6 +196,18 @@ describe("tamper-evident audit log", () => {
     expect(t.s.audit.ensureAppendOnly()).toEqual([]);
   });
 
+  it("an entry a trigger skips silently fails what needed it: no PII read goes unaudited", () => {
+    // Attack while the server runs (after its start-up check): skip the entries of PII reads.
+    t.s.db.$client.exec(
+      "CREATE TRIGGER skip_reads BEFORE INSERT ON audit_log WHEN NEW.action = 'pii.read' BEGIN SELECT RAISE(IGNORE); END;",
+    );
+    const member = t.s.db.$client.prepare("SELECT id FROM members LIMIT 1").pluck().get() as string;
+    expect(() =>
+      t.s.vault.read(member, ["email"], { actorType: "admin", actorId: "m_x", reason: "test" }),
+    ).toThrow(/was not stored/);
+    expect(t.s.audit.verify().ok).toBe(true);
+  });
+
   it("reordered entries break verification", () => {
     // Attack: swap two entries' contents so events appear in another order.
     dropTriggers(t);

@@ -175,7 +175,10 @@ export class AuditLog {
           prevMac: last?.mac ?? GENESIS,
         };
         const mac = macOf(k, entry);
-        insert.run({ ...entry, mac });
+        // A trigger someone added (RAISE(IGNORE)) can make SQLite skip the insert without an error:
+        // then nothing that needed this entry may go on (a PII read is not done unaudited).
+        if (insert.run({ ...entry, mac }).changes !== 1)
+          throw new Error(`audit entry #${entry.seq} was not stored (a trigger on audit_log skipped it?)`);
         return { seq: entry.seq, mac, cut };
       });
       this.#appendTx = (r, k) => {
