@@ -297,6 +297,47 @@ describe("admin member support and PII read budgets", () => {
     }
   });
 
+  it("no fifth member in 24 hours under a day budget of four, even when re-reads keep members in the hour; a clock stepped back leaves no count behind", () => {
+    const HOUR_MS = 3_600_000;
+    const start = Date.UTC(2026, 11, 1);
+    t.clock.set(new Date(start));
+    const budgets = new PiiBudgets({
+      clock: t.clock,
+      alerts: t.s.alerts,
+      db: t.s.db,
+      limits: { adminHour: 3, adminDay: 4, clientHour: 5, clientDay: 5 },
+    });
+    const admin = { kind: "admin" as const, id: "m_evict" };
+    const at = (h: number, ...ids: string[]) => {
+      t.clock.set(new Date(start + h * HOUR_MS));
+      budgets.charge(admin, ids);
+    };
+    at(0, "A", "B");
+    at(2, "C");
+    at(3, "D");
+    at(23.5, "A", "B"); // re-read: a new hour stamp, the day's stays
+X
+    expect(() => at(24.5, "F", "G")).toThrow(/pii_budget_exceeded/); // F and G would be the fifth and sixth
+    // A clock stepped back (NTP, a restored VM) must not leave stamps the totals never give back.
+    const site = { kind: "client" as const, id: "c_clock" };
+    let base = start + 10 * 24 * HOUR_MS;
+    for (let k = 0; k < 6; k++) {
+      t.clock.set(new Date(base + 10_000));
+      budgets.charge(site, [`x${k}`]);
+      t.clock.set(new Date(base + 5_000)); // 5 s back
+      budgets.charge(site, [`y${k}`]);
+      t.clock.set(new Date(base + 5_000 + 24 * HOUR_MS + 1));
+      budgets.charge(site, [`y${k}`]);
+      base += 3 * 24 * HOUR_MS;
+      t.clock.set(new Date(base));
+      expect(budgets.status(site), `cycle ${k}`).toMatchObject({
+        readLastHour: 0,
+        readLastDay: 0,
+        blocked: false,
+      });
+    }
+  });
+
   it("reset-mfa removes every factor, ends every session and tells the member; it needs a reason", async () => {
     const id = (await register(t.app, { login_id: "taro.lostphone" })).body.member_id as string;
     const cookie = await signIn(t.app, "taro.lostphone");

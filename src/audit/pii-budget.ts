@@ -73,6 +73,8 @@ interface Tracker {
   dayHead: number;
   hourN: number;
   dayN: number;
+  /** The latest time it was counted at (see PiiBudgets#now). */
+  last: number;
 }
 const DAY = 24 * HOUR;
 
@@ -123,8 +125,8 @@ export class PiiBudgets {
    * for an admin, when the session last signed in or stepped up; one after the refusal re-arms.
    */
   charge(p: Principal, memberIds: readonly string[], opts: { freshSince?: number } = {}): void {
-    const now = this.#clock.now().getTime();
     const key = this.#key(p);
+    const now = this.#now(key);
     const block = this.#block(key);
     if (block) {
       const fresh = opts.freshSince ?? 0;
@@ -169,7 +171,9 @@ export class PiiBudgets {
       );
       throw piiBudgetExceeded();
     }
-    this.#count(key, memberIds, now, Math.max(hourLimit, dayLimit));
+    // Up to an hour's and a day's worth can be live at once (a member re-read within the day keeps
+    // its day stamp and gets a new hour stamp): keep room for both, so none still counted is dropped.
+    this.#count(key, memberIds, now, hourLimit + dayLimit);
     this.#watch(p, key, memberIds, now);
   }
 
@@ -248,6 +252,15 @@ export class PiiBudgets {
     return true;
   }
 
+  /**
+   * The principal's time: the clock, but never earlier than the last time it was counted at (a
+   * clock stepped back — NTP, a restored VM — would otherwise stamp members behind the queues'
+   * fronts, and the running totals would never give those back).
+   */
+  #now(key: string): number {
+    return Math.max(this.#clock.now().getTime(), this.#counted.get(key)?.last ?? 0);
+  }
+
   /** Where the principal's hour window starts: 60 minutes ago, or its re-arm if later. */
   #hourStart(key: string, now: number): number {
     return Math.max(now - HOUR, this.#hourFrom.get(key) ?? 0);
@@ -295,10 +308,11 @@ export class PiiBudgets {
   #count(key: string, memberIds: readonly string[], now: number, keep: number): void {
     let t = this.#counted.get(key);
     if (!t) {
-      t = { seen: new Map(), hourQ: [], hourHead: 0, dayQ: [], dayHead: 0, hourN: 0, dayN: 0 };
-      this.#counted.set(key, t);
-      if (this.#counted.size > 10_000) this.#counted.delete(this.#counted.keys().next().value as string);
-    }
+      t = { seen: new Map(), hourQ: [], hourHead: 0, dayQ: [], dayHead: 0, hourN: 0, dayN: 0, last: now };
+    } else this.#counted.delete(key); // re-inserted last: the 10,000 kept are the most recently active
+    this.#counted.set(key, t);
+    if (this.#counted.size > 10_000) this.#counted.delete(this.#counted.keys().next().value as string);
+    t.last = Math.max(t.last, now);
     const hourStart = this.#hourStart(key, now);
     for (const id of new Set(memberIds)) {
       const seen = t.seen.get(id);
@@ -353,7 +367,7 @@ export class PiiBudgets {
   }
 
   status(p: Principal): { readLastHour: number; readLastDay: number; blocked: boolean } {
-    const now = this.#clock.now().getTime();
+    const now = this.#now(this.#key(p));
     const { hour, day } = this.#exact(this.#key(p), now);
     const block = this.#block(this.#key(p));
     return { readLastHour: hour, readLastDay: day, blocked: block !== null && block.rearmedAfter === null };
