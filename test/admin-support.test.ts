@@ -316,7 +316,7 @@ describe("admin member support and PII read budgets", () => {
     at(2, "C");
     at(3, "D");
     at(23.5, "A", "B"); // re-read: a new hour stamp, the day's stays
-X
+    at(24.01, "E"); // A's and B's day stamps are gone: C, D and E are the last 24 hours' three
     expect(() => at(24.5, "F", "G")).toThrow(/pii_budget_exceeded/); // F and G would be the fifth and sixth
     // A clock stepped back (NTP, a restored VM) must not leave stamps the totals never give back.
     const site = { kind: "client" as const, id: "c_clock" };

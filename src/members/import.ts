@@ -269,16 +269,24 @@ export class LegacyImport {
       batch = [];
       opts.onProgress?.(counts);
     };
+    // A row refused while reading: written at once when no batch is open (nothing earlier can
+    // still be refused), else with its batch, which is written early once enough of them wait (a
+    // file bad throughout must not pile its rejects up in memory).
+    const readReject = (line: number, legacyId: unknown, reason: string) => {
+      reject(line, legacyId, reason);
+      if (batch.length === 0) writeRejects();
+      else if (pending.length >= 10 * batchSize) flush();
+    };
     try {
       for await (const { line, value, error } of this.#rows(file, format, hash, counts)) {
         counts.read++;
         if (error) {
-          reject(line, undefined, error);
+          readReject(line, undefined, error);
           continue;
         }
         const parsed = rowSchema.safeParse(value);
         if (!parsed.success) {
-          reject(line, (value as { legacy_id?: unknown } | null)?.legacy_id, reasonOf(parsed.error));
+          readReject(line, (value as { legacy_id?: unknown } | null)?.legacy_id, reasonOf(parsed.error));
           continue;
         }
         batch.push({ line, row: parsed.data });
