@@ -220,11 +220,12 @@ describe("sign-in lane", () => {
     expect(res.body.status).toBe("authenticated");
     expect(lane.stats).toEqual({ answered: 0, passedOn: 1 });
     expect(strangers.stats).toEqual({ waited: 1, busy: 0 });
-    // A wrong password is admitted too (the lane refuses only what the throttle refuses); from
-    // the address the member just signed in from, it no longer waits its turn.
+    // A wrong password is admitted too (the lane refuses only what the throttle refuses). The
+    // address the member just signed in from would go first, but nobody waits: it is decided in
+    // its turn at once, and its counted turns to go first are not spent.
     expect((await send(t.app, { body: login("lane.member") })).status).toBe(401);
     expect(lane.stats).toEqual({ answered: 0, passedOn: 2 });
-    expect(strangers.stats).toEqual({ waited: 1, busy: 0 });
+    expect(strangers.stats).toEqual({ waited: 2, busy: 0 });
   });
 
   it("leaves what isn't the plain case to express: another origin, another type, an encoded body", async () => {

@@ -148,7 +148,9 @@ export function createApp(
     if (loginId === null) return false;
     const token = deviceTokenFrom(single(req.headers.cookie));
     if (token && s.devices.isLiveFor(token, loginId) && s.guard.trustedBudgetLeft(loginId)) return true;
-    return s.guard.fromKnownAddress(ip, loginId, { queue: "door" });
+    // A known address's turns are counted (see fromKnownAddress): spent only when someone waits,
+    // that is when going first means anything (an idle queue decides at once anyway).
+    return strangers.backedUp && s.guard.fromKnownAddress(ip, loginId, { queue: "door" });
   };
   const expressTurn = waitTurn(strangers, (req, res: Response) =>
     goesFirst(req, (req as { body?: { login_id?: unknown } }).body?.login_id, locals(res).ip),

@@ -61,6 +61,11 @@ export class StrangerQueue {
     return this.#waiting.length;
   }
 
+  /** Would an attempt offered now not be decided at once (someone waits, or no one may)? */
+  get backedUp(): boolean {
+    return this.#waiting.length > 0 || this.#waiting.length >= this.maxWaiting;
+  }
+
   // A decision may be async (the form lane reads the interaction and renders a page): each is
   // awaited before the next, so the budget covers the whole of it, not only its first step — but
   // never longer than STALL_MS, so one that waits on something slow can't hold up the queue (it

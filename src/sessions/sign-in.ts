@@ -172,9 +172,11 @@ export class PasswordSignIn {
     try {
       // A trusted device goes first in the hashing queue, while its failure budget lasts; so does
       // an address the member signed in from lately, while it has failures to spare.
+      // (A known address's counted turns are spent only when the hashing queue has a line.)
       const first =
         (attempt.trustedDevice && this.#guard.trustedBudgetLeft(attempt.loginId as string)) ||
-        this.#guard.fromKnownAddress(attempt.ip, attempt.loginId as string, { queue: "hash", own: true });
+        (this.#hasher.queue.depth > 0 &&
+          this.#guard.fromKnownAddress(attempt.ip, attempt.loginId as string, { queue: "hash", own: true }));
       return await this.#verify(input, ctx, loginId, member, settle, first, stillAdmitted);
     } catch (err) {
       if (err instanceof WithdrawnJob && later) throw this.#refused(attempt, later, member, ctx);
