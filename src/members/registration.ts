@@ -109,7 +109,7 @@ export class Registrations {
       // Answered as for anyone's ID (the probe learns only "taken"), but a decoy's raises the alarm,
       // after the answer: its writes would make a decoy's "taken" measurably slower than others'.
       const honeytokens = this.#honeytokens;
-      if (honeytokens)
+      if (honeytokens?.isDecoy(holder))
         setImmediate(() => {
           try {
             honeytokens.check([holder], "registration", { ip: ctx.ip, requestId: ctx.requestId });
