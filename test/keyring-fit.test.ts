@@ -65,6 +65,12 @@ describe("the keyring must be the database's own", () => {
     expect(auditHead()).toBe(before);
     // The right keyring lacks nothing.
     expect(keyringGaps(t.s.db, t.s.keys.get())).toEqual([]);
+    // Vault values outside the profiles count too (a TOTP secret under a key nobody has).
+    const member = t.s.db.$client.prepare("SELECT id FROM members LIMIT 1").pluck().get();
+    t.s.db.$client
+      .prepare("INSERT INTO totp_factors (member_id, secret, updated_at) VALUES (?, ?, 0)")
+      .run(member, "v1.dk_gone00000000.AAAA.BBBB");
+    expect(keyringGaps(t.s.db, t.s.keys.get())).toEqual(["data key dk_gone00000000 (of TOTP secrets)"]);
     expect(keyringGaps(t.s.db, Keyring.generate(t.clock.now())).join(" ")).toMatch(/audit key .*data key/);
   });
 

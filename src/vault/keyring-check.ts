@@ -6,12 +6,13 @@ import type { Keyring } from "./keyring.js";
 
 /**
  * Does this keyring open what the database holds? The keys its newest audit entry, its members'
- * password peppers and its oldest and newest profiles were made with. A keyring that lacks one is
+ * password peppers, its profiles, TOTP secrets and imported password hashes were made with. A keyring that lacks one is
  * the wrong keyring (a development keyring made beside a production database because
  * SEKISHO_KEYRING_FILE or NODE_ENV was left out, an old copy): started with it, the server would
  * chain new audit entries under a key the rest of the log can't be verified with, and write data
  * that the real keyring can't read. Returns what is missing, in words; empty when nothing is.
- * Cheap: a handful of indexed reads and one pass over the distinct peppers.
+ * Cheap enough for every start: a few indexed reads and a pass over members (peppers) and over
+ * the legacy hashes (at most once per imported member, until their first sign-in).
  */
 export function keyringGaps(db: Db, keyring: Keyring): string[] {
   const client = db.$client;
@@ -38,6 +39,23 @@ export function keyringGaps(db: Db, keyring: Keyring): string[] {
     // Every data key the profiles were written under (profiles.key_id is indexed).
     const used = client.prepare("SELECT DISTINCT key_id FROM profiles").pluck().all() as string[];
     for (const id of used) if (!keyring.dataKey(id)) gaps.push(`data key ${id} (of member profiles)`);
+  }
+  // The long-lived vault values outside profiles: TOTP secrets and imported legacy hashes (their
+  // key id is the second part of `v1.<key id>.<nonce>.<ciphertext>`).
+  const keyOf = (column: string) => `substr(${column}, 4, instr(substr(${column}, 4), '.') - 1)`;
+  for (const [table, column, what] of [
+    ["totp_factors", "secret", "TOTP secrets"],
+    ["totp_factors", "pending_secret", "TOTP secrets"],
+    ["legacy_passwords", "secret", "imported password hashes"],
+  ] as const) {
+    if (!tables.has(table)) continue;
+    const used = client
+      .prepare(`SELECT DISTINCT ${keyOf(column)} FROM ${table} WHERE ${column} LIKE 'v1.%'`)
+      .pluck()
+      .all() as string[];
+    for (const id of used)
+      if (!keyring.dataKey(id) && !gaps.some((g) => g.startsWith(`data key ${id} `)))
+        gaps.push(`data key ${id} (of ${what})`);
   }
   return gaps;
 }
