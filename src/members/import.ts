@@ -280,6 +280,9 @@ export class LegacyImport {
     try {
       for await (const { line, value, error } of this.#rows(file, format, hash, counts)) {
         counts.read++;
+        // The reject file's buffer is full (a file bad throughout): wait for the disk, not memory.
+        const out = rejects as fs.WriteStream | null;
+        if (out?.writableNeedDrain) await new Promise<void>((r) => out.once("drain", () => r()));
         if (error) {
           readReject(line, undefined, error);
           continue;
