@@ -149,16 +149,18 @@ describe("members import: legacy members and their password hashes", () => {
         password_hash: sha("md5", "x"),
       }),
       "{also not json", // found while reading, after rows refused only when their batch is written
+      JSON.stringify({ hash_scheme: "md5", password_hash: sha("md5", "x") }), // no legacy_id
     ];
     fs.writeFileSync(file, lines.join("\n"));
     const first = await t.s.legacyImport.importFile(file);
-    expect(first).toMatchObject({ imported: 2, rejected: 6, skipped: 0 });
+    expect(first).toMatchObject({ imported: 2, rejected: 7, skipped: 0 });
     const rejects = fs
       .readFileSync(first.reject_file as string, "utf8")
       .trim()
       .split("\n")
       .map((l) => JSON.parse(l) as { line: number; reason: string });
-    expect(rejects.map((r) => r.line)).toEqual([2, 3, 4, 5, 7, 8]); // in file order
+    expect(rejects.map((r) => r.line)).toEqual([2, 3, 4, 5, 7, 8, 9]); // in file order
+    expect(rejects[6]?.reason).toMatch(/legacy_id: required: the legacy system's id/);
     expect(rejects[0]?.reason).toBe("not valid JSON");
     expect(rejects[1]?.reason).toMatch(/32 hex digits/);
     expect(rejects[3]?.reason).toMatch(/login_id: email \(.+\)/); // with what the rule is

@@ -36,7 +36,10 @@ export interface ImportSummary {
 
 const rowSchema = z
   .object({
-    legacy_id: z.union([z.string(), z.number()]).transform(String).pipe(z.string().min(1).max(128)),
+    legacy_id: z
+      .union([z.string(), z.number()], { error: "required: the legacy system's id (a string or a number)" })
+      .transform(String)
+      .pipe(z.string().min(1).max(128)),
     login_id: z.string().max(256).optional(),
     profile: profileInput.partial().default({}),
     totp_secret: z
