@@ -137,7 +137,7 @@ export function buildServices(deps: {
     }
   };
   const budgets = new PiiBudgets({ clock, alerts, limits: config.piiBudgets, db });
-  const honeytokens = new Honeytokens({ keys, alerts });
+  const honeytokens = new Honeytokens({ keys, alerts, logger });
   const vault = new ProfileVault({ db, keys, audit, clock, logger, budgets, honeytokens });
   const oidcStore = new OidcStore({ db, clock, keys });
   const mailer = new Mailer({
@@ -289,7 +289,6 @@ export function buildServices(deps: {
     passwordMinLength: config.passwordMinLength,
     emails,
     honeytokens,
-    logger,
   });
   const recovery = new PasswordRecovery({
     honeytokens,

@@ -1,4 +1,5 @@
 import { createHmac, randomBytes, timingSafeEqual } from "node:crypto";
+import type { Logger } from "pino";
 import type { KeyringStore } from "../vault/keyring.js";
 import type { Alerts } from "./alerts.js";
 
@@ -38,10 +39,12 @@ export interface Toucher {
 export class Honeytokens {
   readonly #keys: KeyringStore;
   #alerts: Alerts | undefined;
+  readonly #logger: Logger | undefined;
 
-  constructor(deps: { keys: KeyringStore; alerts?: Alerts }) {
+  constructor(deps: { keys: KeyringStore; alerts?: Alerts; logger?: Logger }) {
     this.#keys = deps.keys;
     this.#alerts = deps.alerts;
+    this.#logger = deps.logger;
   }
 
   /** Late wiring: the alerts need the audit log, which the vault (a user of this) comes before. */
@@ -67,6 +70,23 @@ export class Honeytokens {
     const raw = Buffer.from(memberId.slice(2), "base64url");
     if (raw.length !== 16) return false;
     return timingSafeEqual(raw.subarray(8), this.#mac(raw.subarray(0, 8)));
+  }
+
+  /**
+   * `check`, for answers that must not take longer for a decoy than for anyone (a 409 "taken", a
+   * 404): whether it is one is decided now (that writes nothing); the alert, whose writes would
+   * show in the answer's time, is raised after the answer. Returns whether one was.
+   */
+  checkAfterAnswer(memberId: string, trigger: HoneytokenTrigger, who: Toucher): boolean {
+    if (!this.isDecoy(memberId)) return false;
+    setImmediate(() => {
+      try {
+        this.check([memberId], trigger, who);
+      } catch (err) {
+        this.#logger?.error({ err, trigger }, "honeytoken alert after an answer failed");
+      }
+    });
+    return true;
   }
 
   /** Raise the alarm if any of `memberIds` is a decoy; returns whether one was. */

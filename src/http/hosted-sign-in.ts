@@ -47,6 +47,21 @@ export const langSwitchForm = z
     ),
   }));
 
+/**
+ * A second-step page's language switch posted back: null when the body is not one (a code to
+ * check), "expired" when its pending sign-in is gone (unknown, used up or out of tries), else the
+ * page to show again: its token, the methods it offered, and whose sign-in it is.
+ */
+export function postedLangSwitch(
+  s: Services,
+  body: unknown,
+): null | "expired" | { mfaToken: string; methods: FactorMethod[]; memberId: string } {
+  const again = langSwitchForm.safeParse(body);
+  if (!again.success) return null;
+  const pending = s.mfaTokens.find(again.data.mfaToken);
+  return pending ? { ...again.data, memberId: pending.memberId } : "expired";
+}
+
 /** The switch to the other language for a second-step page posting to `path` (no query). */
 export function mfaLangSwitch(
   path: string,

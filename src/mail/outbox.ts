@@ -6,7 +6,7 @@ import type { Clock } from "../clock.js";
 import { type Db, inTransaction } from "../db/connection.js";
 import { outbox } from "../db/schema.js";
 import { QueueWorker } from "../jobs/queue-worker.js";
-import { decryptField, encryptField } from "../vault/fields.js";
+import { decryptField, encryptField, type FieldContext } from "../vault/fields.js";
 import type { KeyringStore } from "../vault/keyring.js";
 import { randomBytesPooled } from "../vault/random.js";
 import { composeAndDiscard, MailSendError, type MailSender } from "./sender.js";
@@ -51,6 +51,13 @@ interface Stored {
   locale: Locale;
 }
 
+/** What a queued message is encrypted bound to (also key rotation's). */
+export const outboxContext = (id: string): FieldContext => ({
+  table: "outbox",
+  column: "message",
+  rowId: id,
+});
+
 export class Mailer extends QueueWorker<{ id: string; message: string | null; attempts: number }> {
   readonly #db: Db;
   readonly #keys: KeyringStore;
@@ -83,10 +90,6 @@ export class Mailer extends QueueWorker<{ id: string; message: string | null; at
 
   protected override closed(): void {
     this.sender.close();
-  }
-
-  #context(id: string) {
-    return { table: "outbox", column: "message", rowId: id };
   }
 
   /**
@@ -127,7 +130,7 @@ export class Mailer extends QueueWorker<{ id: string; message: string | null; at
         id,
         memberId: m.memberId,
         template: m.mail.template,
-        message: encryptField(this.#keys, this.#context(id), JSON.stringify(stored)),
+        message: encryptField(this.#keys, outboxContext(id), JSON.stringify(stored)),
         nextAttemptAt: now,
         createdAt: now,
       })
@@ -147,9 +150,9 @@ export class Mailer extends QueueWorker<{ id: string; message: string | null; at
     const id = `ob_${randomBytesPooled(16).toString("base64url")}`;
     const rendered = renderMail(m.locale, m.mail);
     const stored: Stored = { to: m.to, locale: m.locale, ...rendered };
-    const sealed = encryptField(this.#keys, this.#context(id), JSON.stringify(stored));
+    const sealed = encryptField(this.#keys, outboxContext(id), JSON.stringify(stored));
     setImmediate(() => {
-      const opened = JSON.parse(decryptField(this.#keys, this.#context(id), sealed)) as Stored;
+      const opened = JSON.parse(decryptField(this.#keys, outboxContext(id), sealed)) as Stored;
       composeAndDiscard({ id, from: this.#from, ...opened }, domainOf(this.#from)).catch((err: unknown) =>
         this.log.warn({ err }, "mail rehearsal failed"),
       );
@@ -182,7 +185,7 @@ export class Mailer extends QueueWorker<{ id: string; message: string | null; at
     const attempts = row.attempts;
     let stored: Stored;
     try {
-      stored = JSON.parse(decryptField(this.#keys, this.#context(row.id), row.message ?? "")) as Stored;
+      stored = JSON.parse(decryptField(this.#keys, outboxContext(row.id), row.message ?? "")) as Stored;
     } catch (err) {
       this.log.error({ err, outbox_id: row.id }, "outbox message failed to decrypt");
       this.#finish(row.id, attempts, "failed", "DECRYPT");

@@ -3,10 +3,17 @@ import type { Clock } from "../clock.js";
 import { type Db, lazyPrepared } from "../db/connection.js";
 import { legacyPasswords } from "../db/schema.js";
 import { type LegacyHash, WEAK_SCHEMES } from "../passwords/legacy.js";
-import { decryptField, encryptField } from "../vault/fields.js";
+import { decryptField, encryptField, type FieldContext } from "../vault/fields.js";
 import type { KeyringStore } from "../vault/keyring.js";
 
 /** Legacy password hashes, stored only as vault ciphertexts bound to their member (see schema). */
+/** What an imported member's legacy hash is encrypted bound to (also key rotation's). */
+export const legacyPasswordContext = (memberId: string): FieldContext => ({
+  table: "legacy_passwords",
+  column: "secret",
+  rowId: memberId,
+});
+
 export class LegacyPasswords {
   readonly #db: Db;
   readonly #keys: KeyringStore;
@@ -16,10 +23,6 @@ export class LegacyPasswords {
     this.#db = deps.db;
     this.#keys = deps.keys;
     this.#clock = deps.clock;
-  }
-
-  #context(memberId: string) {
-    return { table: "legacy_passwords", column: "secret", rowId: memberId };
   }
 
   readonly #upsert = lazyPrepared(() =>
@@ -37,7 +40,7 @@ export class LegacyPasswords {
   put(memberId: string, h: LegacyHash, changeAfter: number | null = null): void {
     const row = {
       memberId,
-      secret: encryptField(this.#keys, this.#context(memberId), JSON.stringify(h)),
+      secret: encryptField(this.#keys, legacyPasswordContext(memberId), JSON.stringify(h)),
       weak: WEAK_SCHEMES.has(h.scheme),
       wrapped: !!h.wrapped,
       updatedAt: this.#clock.now().getTime(),
@@ -61,7 +64,7 @@ export class LegacyPasswords {
     const row = this.#db.select().from(legacyPasswords).where(eq(legacyPasswords.memberId, memberId)).get();
     if (!row) return null;
     return {
-      hash: JSON.parse(decryptField(this.#keys, this.#context(memberId), row.secret)) as LegacyHash,
+      hash: JSON.parse(decryptField(this.#keys, legacyPasswordContext(memberId), row.secret)) as LegacyHash,
       changeAfter: row.changeAfter,
     };
   }
@@ -77,7 +80,7 @@ export class LegacyPasswords {
           "UPDATE legacy_passwords SET secret = ?, wrapped = 1, updated_at = ? WHERE member_id = ? AND wrapped = 0",
         )
         .run(
-          encryptField(this.#keys, this.#context(memberId), JSON.stringify(h)),
+          encryptField(this.#keys, legacyPasswordContext(memberId), JSON.stringify(h)),
           this.#clock.now().getTime(),
           memberId,
         ).changes === 1

@@ -1,6 +1,5 @@
 import { randomBytes } from "node:crypto";
 import { eq } from "drizzle-orm";
-import type { Logger } from "pino";
 import type { Honeytokens } from "../audit/honeytokens.js";
 import type { AuditLog } from "../audit/log.js";
 import type { Clock } from "../clock.js";
@@ -43,7 +42,6 @@ export class Registrations {
   readonly #minLength: number;
   readonly #emails: EmailAddresses | undefined;
   readonly #honeytokens: Honeytokens | undefined;
-  readonly #logger: Logger | undefined;
 
   constructor(deps: {
     db: Db;
@@ -56,9 +54,7 @@ export class Registrations {
     emails?: EmailAddresses;
     /** A registration naming a decoy's login ID raises the alarm (someone probing for them). */
     honeytokens?: Honeytokens;
-    logger?: Logger;
   }) {
-    this.#logger = deps.logger;
     this.#emails = deps.emails;
     this.#honeytokens = deps.honeytokens;
     this.#db = deps.db;
@@ -108,15 +104,7 @@ export class Registrations {
     if (holder) {
       // Answered as for anyone's ID (the probe learns only "taken"), but a decoy's raises the alarm,
       // after the answer: its writes would make a decoy's "taken" measurably slower than others'.
-      const honeytokens = this.#honeytokens;
-      if (honeytokens?.isDecoy(holder))
-        setImmediate(() => {
-          try {
-            honeytokens.check([holder], "registration", { ip: ctx.ip, requestId: ctx.requestId });
-          } catch (err) {
-            this.#logger?.error({ err }, "honeytoken alert after a registration failed");
-          }
-        });
+      this.#honeytokens?.checkAfterAnswer(holder, "registration", { ip: ctx.ip, requestId: ctx.requestId });
       throw new ApiError(409, "login_id_taken", "That login ID is already taken.");
     }
 

@@ -3,7 +3,7 @@ import { LRUCache } from "lru-cache";
 import { type Adapter, type AdapterFactory, type AdapterPayload, errors } from "oidc-provider";
 import type { Clock } from "../clock.js";
 import { type Db, lazyPrepared, othersCommits } from "../db/connection.js";
-import { decryptField, encryptField } from "../vault/fields.js";
+import { decryptField, encryptField, type FieldContext } from "../vault/fields.js";
 import type { KeyringStore } from "../vault/keyring.js";
 
 /**
@@ -127,6 +127,13 @@ interface Queued {
   failed: (err: unknown) => void;
 }
 
+/** What a provider payload is encrypted bound to: its model and id hash (also key rotation's). */
+export const payloadContext = (model: string, idHash: string): FieldContext => ({
+  table: "oidc_payloads",
+  column: model,
+  rowId: idHash,
+});
+
 export class OidcStore {
   readonly #db: Db;
   readonly #clock: Clock;
@@ -194,10 +201,6 @@ export class OidcStore {
     this.#keys = deps.keys;
     // As of now: what this store caches from here on is current (reading it needs no table).
     this.#dataVersion = othersCommits(this.#db)();
-  }
-
-  #context(model: string, idHash: string) {
-    return { table: "oidc_payloads", column: model, rowId: idHash };
   }
 
   readonly #upsert = lazyPrepared(() =>
@@ -295,7 +298,7 @@ export class OidcStore {
   #live(model: string, id: string, row: Row | undefined): AdapterPayload | undefined {
     if (!row) return undefined;
     if (row.expires_at !== null && row.expires_at <= this.#clock.now().getTime()) return undefined;
-    const json = decryptField(this.#keys, this.#context(model, row.id_hash), row.payload);
+    const json = decryptField(this.#keys, payloadContext(model, row.id_hash), row.payload);
     const payload = withId(id, JSON.parse(json) as AdapterPayload);
     if (row.consumed_at !== null) payload.consumed = Math.floor(row.consumed_at / 1000);
     return payload;
@@ -437,7 +440,7 @@ export class OidcStore {
     const row: Upsert = {
       model,
       idHash,
-      payload: encryptField(this.#keys, this.#context(model, idHash), json),
+      payload: encryptField(this.#keys, payloadContext(model, idHash), json),
       grantId: GRANTABLE.has(model) ? (payload.grantId ?? null) : null,
       uidHash: payload.uid ? sha256(payload.uid) : null,
       userCodeHash: payload.userCode ? sha256(payload.userCode) : null,
@@ -492,7 +495,7 @@ export class OidcStore {
         | undefined;
       if (!row) return undefined;
       held = {
-        json: decryptField(this.#keys, this.#context(model, row.id_hash), row.payload),
+        json: decryptField(this.#keys, payloadContext(model, row.id_hash), row.payload),
         expiresAt: row.expires_at,
         consumedAt: row.consumed_at,
         grantId: row.grant_id,
@@ -703,7 +706,7 @@ export class OidcStore {
       try {
         owner = (
           JSON.parse(
-            decryptField(this.#keys, this.#context(row.model, row.id_hash), row.payload),
+            decryptField(this.#keys, payloadContext(row.model, row.id_hash), row.payload),
           ) as AdapterPayload
         ).clientId;
       } catch {
@@ -737,7 +740,7 @@ export class OidcStore {
           let account = "";
           try {
             const payload = JSON.parse(
-              decryptField(this.#keys, this.#context(row.model, row.id_hash), row.payload),
+              decryptField(this.#keys, payloadContext(row.model, row.id_hash), row.payload),
             ) as AdapterPayload;
             if (typeof payload.accountId === "string") account = payload.accountId;
           } catch {

@@ -8,7 +8,7 @@ import { type Locale, maskEmail } from "../mail/templates.js";
 import type { ProfileVault } from "../members/profile.js";
 import type { Session } from "../sessions/sessions.js";
 import type { LoginGuard } from "../throttle/engine.js";
-import { decryptField, encryptField } from "../vault/fields.js";
+import { decryptField, encryptField, type FieldContext } from "../vault/fields.js";
 import type { KeyringStore } from "../vault/keyring.js";
 import { type MemberToken, type MemberTokens, TOKEN_TTL_MS } from "./tokens.js";
 
@@ -29,7 +29,7 @@ export const invalidToken = () =>
     "This link is not valid any more: it was used, replaced or has expired.",
   );
 
-const newEmailContext = (tokenHash: string) => ({
+export const newEmailContext = (tokenHash: string): FieldContext => ({
   table: "member_tokens",
   column: "new_email",
   rowId: tokenHash,

@@ -4,7 +4,11 @@ import type { Clock } from "../clock.js";
 import { type Db, inTransaction } from "../db/connection.js";
 import { keyRotations, profiles, totpFactors } from "../db/schema.js";
 import { reencryptTotpRow, TotpService } from "../factors/totp.js";
+import { outboxContext } from "../mail/outbox.js";
+import { legacyPasswordContext } from "../members/legacy-passwords.js";
 import { fieldContext, PROFILE_COLUMN, PROFILE_FIELDS, type ProfileField } from "../members/profile.js";
+import { payloadContext } from "../oidc/adapter.js";
+import { newEmailContext } from "../recovery/email.js";
 import { decryptField, encryptField, type FieldContext } from "./fields.js";
 import type { KeyringStore, VersionedKey } from "./keyring.js";
 
@@ -179,30 +183,26 @@ interface Sealed {
   context: (row: Record<string, string>) => FieldContext;
 }
 
+// Each value's context is its owner module's own (one definition: a change there moves here too).
 const SEALED: readonly Sealed[] = [
   {
     table: "legacy_passwords",
     column: "secret",
     keys: ["member_id"],
-    context: (r) => ({ table: "legacy_passwords", column: "secret", rowId: r.member_id as string }),
+    context: (r) => legacyPasswordContext(r.member_id as string),
   },
   {
     table: "oidc_payloads",
     column: "payload",
     keys: ["model", "id_hash"],
-    context: (r) => ({ table: "oidc_payloads", column: r.model as string, rowId: r.id_hash as string }),
+    context: (r) => payloadContext(r.model as string, r.id_hash as string),
   },
-  {
-    table: "outbox",
-    column: "message",
-    keys: ["id"],
-    context: (r) => ({ table: "outbox", column: "message", rowId: r.id as string }),
-  },
+  { table: "outbox", column: "message", keys: ["id"], context: (r) => outboxContext(r.id as string) },
   {
     table: "member_tokens",
     column: "new_email",
     keys: ["token_hash"],
-    context: (r) => ({ table: "member_tokens", column: "new_email", rowId: r.token_hash as string }),
+    context: (r) => newEmailContext(r.token_hash as string),
   },
 ];
 

@@ -24,11 +24,11 @@ import {
 import { clearSessionCookie, setDeviceCookie, setSessionCookie } from "../cookies.js";
 import { hostedForm, pageHeaders, reqLang } from "../hosted.js";
 import {
-  langSwitchForm,
   loginForm,
   mfaForm,
   mfaLangSwitch,
   passwordStep,
+  postedLangSwitch,
   secondStep,
   subjectFor,
 } from "../hosted-sign-in.js";
@@ -196,12 +196,9 @@ export function accountRoutes(s: Services): Router {
   });
 
   r.post("/account/mfa", ...form, async (req, res) => {
-    const again = langSwitchForm.safeParse(req.body);
-    if (again.success) {
-      const pending = s.mfaTokens.find(again.data.mfaToken);
-      if (!pending) return showLogin(req, res, 401, "expired");
-      return showMfa(req, res, 200, pending.memberId, again.data.mfaToken);
-    }
+    const again = postedLangSwitch(s, req.body);
+    if (again === "expired") return showLogin(req, res, 401, "expired");
+    if (again) return showMfa(req, res, 200, again.memberId, again.mfaToken);
     const body = mfaForm.safeParse(req.body);
     if (!body.success) return showLogin(req, res, 400, "badRequest");
     const session = sessionOf(req);

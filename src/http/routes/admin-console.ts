@@ -20,11 +20,11 @@ import {
 import { setDeviceCookie, setSessionCookie } from "../cookies.js";
 import { hostedForm, pageHeaders, reqLang } from "../hosted.js";
 import {
-  langSwitchForm,
   loginForm,
   mfaForm,
   mfaLangSwitch,
   passwordStep,
+  postedLangSwitch,
   secondStep,
   subjectFor,
 } from "../hosted-sign-in.js";
@@ -137,11 +137,9 @@ export function adminConsoleRoutes(s: Services): Router {
     showMfa(req, res, result.methods, result.mfaToken);
   });
   r.post("/admin/mfa", ...form, async (req, res) => {
-    const again = langSwitchForm.safeParse(req.body);
-    if (again.success) {
-      if (!s.mfaTokens.find(again.data.mfaToken)) return showLogin(req, res, 401, "expired");
-      return showMfa(req, res, again.data.methods, again.data.mfaToken);
-    }
+    const again = postedLangSwitch(s, req.body);
+    if (again === "expired") return showLogin(req, res, 401, "expired");
+    if (again) return showMfa(req, res, again.methods, again.mfaToken);
     const body = mfaForm.safeParse(req.body);
     if (!body.success) return showLogin(req, res, 400, "badRequest");
     const subject = subjectFor(body.data.mfa_token, null);

@@ -14,11 +14,11 @@ import { type CodeMethod, mfaPage } from "../account-pages.js";
 import { setDeviceCookie, setSessionCookie } from "../cookies.js";
 import { hostedForm as hostedFormGuard, pageHeaders, reqLang, sendHtml } from "../hosted.js";
 import {
-  langSwitchForm,
   loginForm,
   mfaForm,
   mfaLangSwitch,
   passwordStep,
+  postedLangSwitch,
   secondStep,
   subjectFor,
 } from "../hosted-sign-in.js";
@@ -303,11 +303,9 @@ export function interactionRoutes(s: Services, oidc: Oidc): Router {
   r.post("/interaction/:uid/mfa", ...hostedForm, async (req, res) => {
     const details = await provider.interactionDetails(req, res);
     if (details.prompt.name !== "login") return render(req, res, 400, "badRequest");
-    const again = langSwitchForm.safeParse(req.body);
-    if (again.success) {
-      if (!s.mfaTokens.find(again.data.mfaToken)) return render(req, res, 401, "expired");
-      return renderMfa(req, res, 200, again.data);
-    }
+    const again = postedLangSwitch(s, req.body);
+    if (again === "expired") return render(req, res, 401, "expired");
+    if (again) return renderMfa(req, res, 200, { methods: again.methods, mfaToken: again.mfaToken });
     const form = mfaForm.safeParse(req.body);
     if (!form.success) return render(req, res, 400, "badRequest");
     const session = oidc.sessionOf(req.get("cookie"));

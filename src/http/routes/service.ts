@@ -51,21 +51,12 @@ export function serviceRoutes(s: Services, oidc: Oidc): Router {
     // by its sub (from a stolen list, a guess) raises the alarm here, answered as any stranger.
     // Whether it is one is decided here (it writes nothing); the alert is raised after the answer,
     // whose 404 its writes would otherwise make slower than a stranger's.
-    if (s.honeytokens.isDecoy(member.id)) {
-      const touched = member.id;
-      setImmediate(() => {
-        try {
-          s.honeytokens.check([touched], "service_api", {
-            actorType: "client",
-            actorId: clientId,
-            ip: l.ip,
-            requestId: l.requestId,
-          });
-        } catch (err) {
-          s.logger.error({ err }, "honeytoken alert after a service API read failed");
-        }
-      });
-    }
+    s.honeytokens.checkAfterAnswer(member.id, "service_api", {
+      actorType: "client",
+      actorId: clientId,
+      ip: l.ip,
+      requestId: l.requestId,
+    });
     // Only members who signed in to this site, and only what they granted it (and it registered).
     const granted = s.oidcStore.grantedScopes(member.sub, clientId);
     if (!granted) throw new ApiError(404, "not_found", "No such member.");
