@@ -20,6 +20,8 @@ import { openKeyring } from "./vault/bootstrap.js";
 import { Keyring, type KeyringStore, writeKeyringFile } from "./vault/keyring.js";
 import { assertKeyringFits } from "./vault/keyring-check.js";
 import { rotateKeys } from "./vault/rotation.js";
+import { acceptMemberRow, brokenSeals, sealRowsAfterUpgrade, sealsPending } from "./vault/seal-rows.js";
+import { RowSeals } from "./vault/seals.js";
 
 /**
  * `sekisho` command line. Same configuration (environment), keys and database as the server;
@@ -39,8 +41,12 @@ function open(): Context {
   const keys = openKeyring(config, systemClock, logger);
   const db = openDatabase(config.dbFile);
   assertKeyringFits(db, keys.get(), config.keyringFile); // before migrating: nothing is written
+  const upgradeSeals = sealsPending(db);
   migrateDatabase(db);
-  return { config, db, keys, audit: new AuditLog({ db, keys, clock: systemClock }) };
+  const audit = new AuditLog({ db, keys, clock: systemClock });
+  // Rows from before row seals existed are sealed, once, by whichever starts first (server or CLI).
+  if (upgradeSeals) sealRowsAfterUpgrade(db, new RowSeals({ keys }), audit);
+  return { config, db, keys, audit };
 }
 
 /** The context and the service objects, for commands that act as the server would (quiet logs). */
@@ -850,6 +856,60 @@ export function buildCli(): Command {
         out(`restored ${result.restored} from ${path.resolve(file)} (${result.check.members} members)`);
         if (result.previous) out(`the database it replaced is kept as ${result.previous}`);
         out("Start the server; member sessions and tokens issued after the backup no longer exist.");
+      }
+    });
+
+  const sealsCmd = program
+    .command("seals")
+    .description("row seals: sessions, passkeys, links and members' roles that only the keyring can make");
+  sealsCmd
+    .command("check")
+    .description("list every row whose seal doesn't hold (written without the keyring); exit 1 if any")
+    .option("--json", "print JSON")
+    .action((opts: { json?: boolean }) => {
+      const ctx = open();
+      try {
+        const broken = brokenSeals(ctx.db, new RowSeals({ keys: ctx.keys }));
+        if (opts.json) out(JSON.stringify({ ok: broken.length === 0, broken }));
+        else if (broken.length === 0) out("every sealed row holds");
+        else
+          for (const b of broken)
+            out(
+              `${b.table} ${b.row}${b.member_id && b.table !== "members" ? ` (member ${b.member_id})` : ""}`,
+            );
+        process.exitCode = broken.length === 0 ? 0 : 1;
+      } finally {
+        ctx.db.$client.close();
+      }
+    });
+  sealsCmd
+    .command("accept")
+    .description(
+      "after an investigation, seal a member's row as it now is: a new password is required, their sessions end, and their rows with broken seals are deleted",
+    )
+    .argument("<login_id>", "login ID, member number or member id (m_…)")
+    .requiredOption(...reasonOption)
+    .option("--json", "print JSON")
+    .action((who: string, opts: { reason: string; json?: boolean }) => {
+      const { ctx, services } = openServices();
+      try {
+        const member = memberNamed(ctx, who);
+        const result = acceptMemberRow(ctx.db, services.seals, ctx.audit, member.id, opts.reason, Date.now());
+        const sub = ctx.db
+          .select({ sub: members.sub })
+          .from(members)
+          .where(eq(members.id, member.id))
+          .get()?.sub;
+        const siteRows = sub ? services.oidcStore.revokeAccount(sub) : 0;
+        if (opts.json) out(JSON.stringify({ member_id: member.id, ...result, oidc_rows_revoked: siteRows }));
+        else
+          out(
+            `${member.loginId} (${member.id}) sealed as ${result.role}, ${result.status}; a new password is required ` +
+              `(the member uses "forgot password"); ${result.sessions_revoked} session(s) ended, ` +
+              `${siteRows} member-site row(s) revoked; deleted: ${JSON.stringify(result.deleted)}`,
+          );
+      } finally {
+        ctx.db.$client.close();
       }
     });
 

@@ -4,12 +4,14 @@ import { startCheckpointer } from "./db/checkpointer.js";
 import { migrateDatabase, openDatabase } from "./db/connection.js";
 import { StartupError } from "./errors.js";
 import { createApp } from "./http/app.js";
+import { answerClientErrors } from "./http/client-errors.js";
 import { startMetricsServer } from "./http/metrics-routes.js";
 import { createLogger } from "./logger.js";
 import { removePidFile, writePidFile } from "./ops/pid-file.js";
 import { buildServices } from "./services.js";
 import { openKeyring } from "./vault/bootstrap.js";
 import { assertKeyringFits } from "./vault/keyring-check.js";
+import { sealRowsAfterUpgrade, sealsPending } from "./vault/seal-rows.js";
 
 /** The only side effects: config → keys → database → migrate → app → listen. */
 async function main(): Promise<void> {
@@ -23,11 +25,17 @@ async function main(): Promise<void> {
   // write a single entry or row under keys the rest can't be read with (checked before migrating:
   // nothing at all is written then).
   assertKeyringFits(db, keys.get(), config.keyringFile);
+  const upgradeSeals = sealsPending(db);
   migrateDatabase(db);
   // WAL checkpoints (and their fsync) run on a worker thread, not inside a request's commit.
   const checkpointer = startCheckpointer(db, logger);
   const services = buildServices({ config, db, clock, keys, logger, processMetrics: true });
   // Rows from before member-level revocation existed learn whose they are (once; cheap after).
+  // Rows from before row seals existed are sealed, once (src/vault/seal-rows.ts).
+  if (upgradeSeals) {
+    const sealed = sealRowsAfterUpgrade(db, services.seals, services.audit);
+    logger.info({ rows: sealed }, "row seals on: rows written before them sealed");
+  }
   const backfilled = services.oidcStore.backfillAccountIds();
   if (backfilled > 0) logger.info({ rows: backfilled }, "OIDC rows linked to their members");
   if (config.adminAcr !== "urn:sekisho:acr:phishing-resistant") {
@@ -107,6 +115,7 @@ async function main(): Promise<void> {
       `Sekisho is listening: open ${config.issuer}`,
     );
   });
+  answerClientErrors(server);
   server.on("error", (err) => {
     logger.fatal({ err }, "server error");
     process.exit(1);

@@ -43,6 +43,7 @@ import { LoginGuard } from "./throttle/engine.js";
 import { ProofOfWork } from "./throttle/proof-of-work.js";
 import { blindIndex } from "./vault/blind-index.js";
 import type { KeyringStore } from "./vault/keyring.js";
+import { RowSeals } from "./vault/seals.js";
 
 /** Everything the server and the CLI share, wired once from config, database, keys and clock. */
 export interface Services {
@@ -56,6 +57,7 @@ export interface Services {
   vault: ProfileVault;
   registrations: Registrations;
   sessions: SessionService;
+  seals: RowSeals;
   signIn: PasswordSignIn;
   alerts: Alerts;
   budgets: PiiBudgets;
@@ -136,6 +138,20 @@ export function buildServices(deps: {
       // (logged above)
     }
   };
+  // A row whose seal doesn't hold was written by someone without the keyring (src/vault/seals.ts).
+  // Said at once in the log; the alert (its writes) after the current turn, outside whatever
+  // transaction found the row, which may yet roll back.
+  const seals = new RowSeals({ keys });
+  seals.onBroken = (table, rowId) => {
+    logger.error({ table, row: rowId }, "row seal broken: a row was written or changed without the keyring");
+    setImmediate(() => {
+      try {
+        alerts.raise("row_seal_broken", "critical", { table, row: rowId }, `${table}:${rowId}`);
+      } catch (err) {
+        logger.error({ err }, "row_seal_broken alert not raised");
+      }
+    });
+  };
   const budgets = new PiiBudgets({ clock, alerts, limits: config.piiBudgets, db });
   const honeytokens = new Honeytokens({ keys, alerts, logger });
   const vault = new ProfileVault({ db, keys, audit, clock, logger, budgets, honeytokens });
@@ -155,6 +171,7 @@ export function buildServices(deps: {
   const sessions = new SessionService({
     db,
     clock,
+    seals,
     idleMs: config.sessionIdleMs,
     absoluteMs: config.sessionAbsoluteMs,
   });
@@ -188,13 +205,14 @@ export function buildServices(deps: {
     db,
     new TotpService({ db, keys, clock, issuer: config.totpIssuer }),
     new RecoveryCodes({ db, clock }),
-    new Passkeys({ db, clock, rp: config.webauthn }),
+    new Passkeys({ db, clock, rp: config.webauthn, seals }),
   );
   const mfaTokens = new MfaTokens({ db, clock });
   const devices = new DeviceRegistry({ db, clock });
   const pow = new ProofOfWork({ clock, maxNumber: guard.policy.challengeMaxNumber });
   const legacyPasswords = new LegacyPasswords({ db, keys, clock });
   const signIn = new PasswordSignIn({
+    seals,
     legacy: legacyPasswords,
     legacyExpired: (memberId, ctx) => recovery.legacyPasswordExpired(memberId, ctx),
     clock,
@@ -268,7 +286,7 @@ export function buildServices(deps: {
     sessions,
     alerts,
   });
-  const memberTokens = new MemberTokens({ db, clock });
+  const memberTokens = new MemberTokens({ db, clock, seals });
   const emails = new EmailAddresses({
     db,
     keys,
@@ -281,6 +299,7 @@ export function buildServices(deps: {
     requireStrongRecent: (session) => enrolment.requireStrongRecent(session),
   });
   const registrations = new Registrations({
+    seals,
     db,
     clock,
     hasher,
@@ -291,6 +310,7 @@ export function buildServices(deps: {
     honeytokens,
   });
   const recovery = new PasswordRecovery({
+    seals,
     honeytokens,
     db,
     clock,
@@ -311,6 +331,7 @@ export function buildServices(deps: {
     passwordMinLength: config.passwordMinLength,
   });
   const passwordChange = new PasswordChange({
+    seals,
     tokens: memberTokens,
     db,
     clock,
@@ -324,8 +345,9 @@ export function buildServices(deps: {
     oidc: oidcStore,
     passwordMinLength: config.passwordMinLength,
   });
-  const decoys = new Decoys({ db, clock, hasher, vault, audit, honeytokens });
+  const decoys = new Decoys({ db, clock, seals, hasher, vault, audit, honeytokens });
   const support = new MemberSupport({
+    seals,
     db,
     sessions,
     devices,
@@ -340,6 +362,7 @@ export function buildServices(deps: {
     passwordMinLength: config.passwordMinLength,
   });
   const legacyImport = new LegacyImport({
+    seals,
     db,
     clock,
     vault,
@@ -350,6 +373,7 @@ export function buildServices(deps: {
   const metrics = new Metrics({ processMetrics: deps.processMetrics === true });
   metrics.attach({ audit, guard, queue: hasher.queue });
   return {
+    seals,
     metrics,
     legacyImport,
     legacyPasswords,

@@ -360,6 +360,12 @@ describe("admin member support and PII read budgets", () => {
     const fresh = await signIn(t.app, "taro.lostphone");
     const events = (await supertest(t.app).get("/api/v1/me/events").set("Cookie", fresh)).body.events;
     expect(events.map((e: { type: string }) => e.type)).toContain("mfa.reset_by_admin");
+    // The member sees that support did it, not the admin's note or network.
+    const reset = events.find((e: { type: string }) => e.type === "mfa.reset_by_admin");
+    expect(reset).toMatchObject({ reason: null, ip: null });
+    expect(JSON.stringify(events)).not.toContain("lost phone");
+    const page = await supertest(t.app).get("/account").set("Cookie", fresh);
+    expect(page.text).not.toContain("lost phone");
     expect(await t.s.mailer.runDue()).toBeGreaterThan(0);
   });
 

@@ -6,6 +6,7 @@ import { auditLog, members } from "../src/db/schema.js";
 import { adminPasskeySession, adminWithPasskey as adminWithPasskeyOf } from "./support/admin.js";
 import {
   makeApp,
+  ORIGIN,
   post,
   register,
   STRONG_PASSWORD,
@@ -131,6 +132,20 @@ describe("admins: `sekisho admins add` and the admin API of the login-anomaly en
     expect(
       (await post(t.app, "/api/v1/admin/members/m_nobodyAAAAAAAAAAAAAAAA/unlock", {}, cookie)).status,
     ).toBe(404);
+    // Attack: a reason the audit chain can't hold (a lone surrogate), or one that hides what it
+    // says (NUL, a right-to-left override): refused like every other reason field, and the
+    // chain stays verifiable.
+    for (const reason of ["x\ud800y", "a\u0000bc", "\u202Eabc", "\udc00abc"]) {
+      const bad = await post(
+        t.app,
+        `/api/v1/admin/members/${victim.body.member_id}/unlock`,
+        { reason },
+        cookie,
+      );
+      expect(bad.status).toBe(400);
+      expect(bad.body.error).toBe("invalid_request");
+    }
+    expect(t.s.audit.verify()).toMatchObject({ ok: true });
     // The console answers a member that doesn't exist with a page, not JSON.
     const missing = await supertest(t.app)
       .get("/admin/members/m_nobodyAAAAAAAAAAAAAAAA")
@@ -138,6 +153,62 @@ describe("admins: `sekisho admins add` and the admin API of the login-anomaly en
     expect(missing.status).toBe(404);
     expect(missing.headers["content-type"]).toMatch(/text\/html/);
     expect(missing.text).toContain("このページを表示できません");
+  });
+
+  it("an admin's passkey assertion without user verification doesn't sign the admin in", async () => {
+    const { auth } = await adminWithPasskey();
+    // Attack: a stolen (or borrowed) security key touched, without its PIN or fingerprint.
+    const step = await post(t.app, "/api/v1/login", { login_id: "ops.admin", password: STRONG_PASSWORD });
+    const options = await post(t.app, "/api/v1/login/webauthn/options", { mfa_token: step.body.mfa_token });
+    expect(options.body.userVerification).toBe("required");
+    const touched = await post(t.app, "/api/v1/login/webauthn", {
+      mfa_token: step.body.mfa_token,
+      response: auth.assert(options.body, { origin: ORIGIN, uv: false }),
+    });
+    expect(touched.status).toBe(401);
+    // With it, as always.
+    expect(await passkeySession(auth)).toMatch(/sekisho_session=/);
+  });
+
+  it("unacknowledged critical alerts stay on the list after 200 newer ones, until someone handles them", async () => {
+    const { auth } = await adminWithPasskey();
+    const cookie = await passkeySession(auth);
+    // Attack: bury a critical alert under lesser ones anyone can cause (account protections for
+    // login IDs of their choosing), or an admin can (new recovery codes, again and again).
+    t.s.alerts.raise("honeytoken_touched", "critical", { trigger: "sign_in", ip: "203.0.113.9" }, "buried");
+    for (let i = 0; i < 205; i++) t.s.alerts.raise("account_protected", "warning", { n: i }, `flood-${i}`);
+    for (let i = 0; i < 5; i++)
+      expect((await post(t.app, "/api/v1/me/recovery-codes", {}, cookie)).status).toBe(200);
+    const list = async () =>
+      (await supertest(t.app).get("/api/v1/admin/alerts").set("Cookie", cookie)).body.alerts as {
+        id: number;
+        kind: string;
+      }[];
+    const buried = (await list()).find((a) => a.kind === "honeytoken_touched");
+    expect(buried).toBeDefined();
+    // Five new sets of recovery codes: one alert (the passkey added at the first sign-in is another).
+    const changes = t.s.alerts
+      .list(1_000)
+      .filter((a) => a.kind === "admin_factor_changed")
+      .map((a) => (JSON.parse(a.details) as { change: string }).change);
+    expect(changes.filter((c) => c.includes("recovery"))).toHaveLength(1);
+    const ack = await post(
+      t.app,
+      `/api/v1/admin/alerts/${buried?.id}/acknowledge`,
+      { reason: "handled" },
+      cookie,
+    );
+    expect(ack.status).toBe(200);
+    expect((await list()).some((a) => a.kind === "honeytoken_touched")).toBe(false);
+    // The console's list and dashboard show it too while it is open.
+    t.s.alerts.raise(
+      "bulk_read_suspected",
+      "critical",
+      { principal: "client", principal_id: "c_x" },
+      "buried2",
+    );
+    for (let i = 0; i < 205; i++) t.s.alerts.raise("account_protected", "warning", { n: i }, `flood2-${i}`);
+    expect((await supertest(t.app).get("/admin/alerts").set("Cookie", cookie)).text).toContain("c_x");
   });
 });
 

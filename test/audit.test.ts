@@ -35,6 +35,24 @@ describe("tamper-evident audit log", () => {
     expect(t.s.audit.verify()).toMatchObject({ ok: true, entries: 5, head: { seq: 5 } });
   });
 
+  it("an entry whose text isn't well-formed Unicode still verifies, and so does the chain after it", () => {
+    // A lone surrogate that got past a caller's validation: SQLite would store it as bytes that
+    // read back otherwise, and the entry (and with it the chain) would never verify again.
+    t.s.audit.append({
+      action: "test.surrogate",
+      outcome: "info",
+      actorType: "system",
+      reason: "x\ud800y",
+      requestId: "\udc00abc",
+      details: { note: "z\ud800" },
+    });
+    t.s.audit.append({ action: "test.marker", outcome: "info", actorType: "system" });
+    expect(t.s.audit.verify()).toMatchObject({ ok: true, entries: 7 });
+    const entry = [...t.s.audit.iterate()].find((e) => e.action === "test.surrogate");
+    expect(entry?.reason).toBe("x\ufffdy");
+    expect(JSON.parse(entry?.details ?? "{}")).toEqual({ note: "z\ud800" });
+  });
+
   it("SQLite refuses UPDATE and DELETE on the audit log", () => {
     expect(() => t.s.db.$client.exec("UPDATE audit_log SET outcome = 'success' WHERE seq = 2")).toThrow(
       /append-only/,

@@ -95,6 +95,7 @@ describe("honeytokens: decoy members that raise the alarm when touched", () => {
       .set("Cookie", admin);
     expect(lookup.status).toBe(200);
     expect(lookup.body.members).toHaveLength(1); // shown like anyone else
+    const decoyId = lookup.body.members[0].member_id as string;
     expect(touches()).toEqual([
       expect.objectContaining({
         trigger: "pii_read",
@@ -135,12 +136,40 @@ describe("honeytokens: decoy members that raise the alarm when touched", () => {
       done.body.acknowledged_at,
     );
     expect([...t.s.audit.iterate()].some((e) => e.action === "admin.alert_acknowledged")).toBe(true);
-    // The other admin's audit view has the alert's entry.
+    // …and the first admin doesn't learn of it from the acknowledgement's audit entry either.
+    for (const q of ["action=admin.alert_acknowledged", "action=admin.*", "limit=500"]) {
+      const audit = await supertest(t.app).get(`/api/v1/admin/audit?${q}`).set("Cookie", admin);
+      expect(JSON.stringify(audit.body), q).not.toContain("ticket 77");
+      expect(JSON.stringify(audit.body), q).not.toContain(`"alert_id":${seen.id},`);
+    }
+    // The other admin's audit view has the alert's entry; neither view names the decoy (anyone
+    // can make such an alert: an admin would learn which members are decoys).
     const others = await supertest(t.app)
       .get("/api/v1/admin/audit?action=alert.raised")
       .set("Cookie", second);
     expect(JSON.stringify(others.body)).toContain("honeytoken_touched");
+    expect(seen.details.decoy_member_id).toBe("[hidden]");
+    expect(JSON.stringify(others.body)).not.toContain(decoyId);
+    expect((await supertest(t.app).get("/admin/alerts").set("Cookie", second)).text).not.toContain(decoyId);
     expect((await ack(second, 999_999)).status).toBe(404);
+    // A support action whose mail reads a decoy's address (a required new password, an MFA reset)
+    // is the admin's touch too: named as such, and so hidden from that admin as well.
+    for (const action of ["require-password-reset", "reset-mfa"]) {
+      t.clock.advance(11 * 60_000); // past the alert's repeat window
+      const res = await post(
+        t.app,
+        `/api/v1/admin/members/${decoyId}/${action}`,
+        { reason: "ticket 4712" },
+        admin,
+      );
+      expect(res.status, action).toBe(200);
+    }
+    expect(touches().filter((d) => String(d.reason).startsWith("mail:"))).toEqual([
+      expect.objectContaining({ principal: "admin", principal_id: adminId, reason: "mail:mfa_reset" }),
+      expect.objectContaining({ principal: "admin", principal_id: adminId, reason: "mail:password_reset" }),
+    ]);
+    const mine = await supertest(t.app).get("/api/v1/admin/alerts").set("Cookie", admin);
+    expect(mine.body.alerts.filter((a: { kind: string }) => a.kind === "honeytoken_touched")).toHaveLength(0);
   });
 
   it("a member site reading a decoy's claims, or anyone asking recovery for a decoy's address, raises an alert; no mail goes to a decoy", async () => {

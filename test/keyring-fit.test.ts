@@ -5,7 +5,7 @@ import supertest from "supertest";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { Keyring, writeKeyringFile } from "../src/vault/keyring.js";
 import { keyringGaps } from "../src/vault/keyring-check.js";
-import { makeApp, register, type TestApp } from "./support/app.js";
+import { makeApp, register, STRONG_PASSWORD, type TestApp } from "./support/app.js";
 
 const BIN = path.resolve(import.meta.dirname, "../bin/sekisho.mjs");
 
@@ -47,7 +47,7 @@ describe("the keyring must be the database's own", () => {
     ).toBe(0);
   });
 
-  it("a command run with another keyring names what it lacks and writes nothing", () => {
+  it("a command run with another keyring names what it lacks and writes nothing", async () => {
     const before = auditHead();
     const other = path.join(t.dir, "other-keyring.json");
     writeKeyringFile(other, Keyring.generate(t.clock.now(), { pepper: true }));
@@ -72,6 +72,23 @@ describe("the keyring must be the database's own", () => {
       .run(member, "v1.dk_gone00000000.AAAA.BBBB");
     expect(keyringGaps(t.s.db, t.s.keys.get())).toEqual(["data key dk_gone00000000 (of TOTP secrets)"]);
     expect(keyringGaps(t.s.db, Keyring.generate(t.clock.now())).join(" ")).toMatch(/audit key .*data key/);
+    // Every key but the blind-index one, which row seals are made with: the seals don't hold (told
+    // from five members on: with fewer, one changed row would look like another keyring).
+    t.s.db.$client.prepare("DELETE FROM totp_factors").run();
+    for (let i = 0; i < 5; i++)
+      await t.s.registrations.register(
+        { loginId: `fit.member${i}`, password: STRONG_PASSWORD, profile: {} },
+        { ip: null, requestId: null },
+      );
+    const k = t.s.keys.get();
+    const otherBlind = new Keyring({
+      dataKeys: k.dataKeys,
+      auditKeys: k.auditKeys,
+      peppers: k.peppers,
+      signingKeys: k.signingKeys,
+      blindIndexKey: { id: "bi_other000000", key: Buffer.alloc(32, 7) },
+    });
+    expect(keyringGaps(t.s.db, otherBlind)).toEqual(["blind-index key bi_other000000 (of row seals)"]);
   });
 
   it("a new, empty data directory still gets its development keyring", () => {

@@ -102,6 +102,14 @@ describe("OIDC code flow with a real relying party (openid-client)", () => {
     }
   });
 
+  it("an authorization request over the header limit answers 431 with a JSON invalid_request body", async () => {
+    const req = await authorize({ state: "s".repeat(50_000) });
+    const res = await fetch(req.url);
+    expect(res.status).toBe(431);
+    expect(res.headers.get("content-type")).toMatch(/^application\/json/);
+    expect(((await res.json()) as { error: string }).error).toBe("invalid_request");
+  });
+
   it("discovery names the issuer exactly and ES256 only", () => {
     const meta = config.serverMetadata();
     expect(meta.issuer).toBe(issuer);
@@ -220,6 +228,42 @@ describe("OIDC code flow with a real relying party (openid-client)", () => {
       oidc.refreshTokenGrant(config, tokens2.refresh_token as string, { scope: "openid phone" }),
     ).rejects.toMatchObject({ error: "invalid_scope" });
     expect((await oidc.refreshTokenGrant(config, tokens2.refresh_token as string)).access_token).toBeTruthy();
+  });
+
+  it("the provider answers only at the spelling discovery gives: a replay at /oidc/token/ can't skip reuse detection", async () => {
+    // Attack: the provider's router also matched a trailing slash or another letter case, where
+    // our rules keyed on the path (reuse revocation, no-store, unauthorized_client) didn't look.
+    const jar = new Jar();
+    await signInThroughApi(jar);
+    const tokens = await codeTokens(jar);
+    const rotated = await oidc.refreshTokenGrant(config, tokens.refresh_token as string);
+    const basic = `Basic ${Buffer.from(`${client.clientId}:${client.clientSecret}`).toString("base64")}`;
+    for (const path of [
+      "/oidc/token/",
+      "/oidc/token//",
+      "/oidc//token",
+      "/oidc/token/INTROSPECTION",
+      "/oidc/token/revocation/",
+    ]) {
+      const res = await fetch(`${issuer}${path}`, {
+        method: "POST",
+        headers: { authorization: basic, "content-type": "application/x-www-form-urlencoded" },
+        body: new URLSearchParams({
+          grant_type: "refresh_token",
+          refresh_token: tokens.refresh_token as string,
+          scope: "openid phone",
+        }),
+      });
+      expect(res.status, path).toBe(404);
+      expect(((await res.json()) as { error: string }).error).toBe("not_found");
+    }
+    // The same replay at the token endpoint itself ends the family.
+    await expect(
+      oidc.refreshTokenGrant(config, tokens.refresh_token as string, { scope: "openid phone" }),
+    ).rejects.toMatchObject({ error: "invalid_grant" });
+    await expect(oidc.refreshTokenGrant(config, rotated.refresh_token as string)).rejects.toMatchObject({
+      error: "invalid_grant",
+    });
   });
 
   it("two requests with one refresh token at once: the grant is revoked for both and it is recorded as reuse", async () => {
@@ -677,11 +721,12 @@ describe("OIDC code flow with a real relying party (openid-client)", () => {
     expect(end.res.headers.get("content-security-policy")).toContain("frame-ancestors 'none'");
     // Nobody clicked: the member is still signed in.
     expect((await jar.fetch(`${issuer}/api/v1/me`)).status).toBe(200);
-    // Another spelling of the endpoint (the provider's router takes a trailing slash) gets the
-    // same page; and what the self-submitting form would have sent (logout=yes) ends nothing.
-    const slash = await endSessionPage(jar, `${issuer}/oidc/session/end/`);
-    expect(slash.html).not.toContain("<script");
-    const xsrf = /name="xsrf" value="([^"]+)"/.exec(slash.html)?.[1] as string;
+    // Another spelling of the endpoint (the provider's router would take a trailing slash) is no
+    // endpoint at all; and what the self-submitting form would have sent (logout=yes) ends nothing.
+    const slash = await jar.fetch(`${issuer}/oidc/session/end/`);
+    expect(slash.status).toBe(404);
+    expect(await slash.text()).not.toContain("<script");
+    const xsrf = /name="xsrf" value="([^"]+)"/.exec(end.html)?.[1] as string;
     const auto = await jar.fetch(`${issuer}/oidc/session/end/confirm`, {
       method: "POST",
       headers: { "content-type": "application/x-www-form-urlencoded", origin: issuer },
@@ -743,12 +788,14 @@ describe("OIDC code flow with a real relying party (openid-client)", () => {
     }
   });
 
-  it("discovery and JWKS answer each origin with its own CORS header, not the first caller's", async () => {
+  it("discovery and JWKS answer each origin with its own CORS header, not the first caller's, and nosniff", async () => {
     for (const path of ["/.well-known/openid-configuration", "/oidc/jwks"]) {
       for (const origin of ["https://first.example", "https://second.example.jp"]) {
         const res = await fetch(`${issuer}${path}`, { headers: { origin } });
         expect(res.status).toBe(200);
         expect(res.headers.get("access-control-allow-origin")).toBe(origin);
+        // Cached or not (the second origin's answer is the cached one), never to be sniffed.
+        expect(res.headers.get("x-content-type-options")).toBe("nosniff");
       }
       const plain = await fetch(`${issuer}${path}`);
       expect(plain.headers.get("access-control-allow-origin")).toBeNull();
@@ -942,6 +989,51 @@ describe("OIDC code flow with a real relying party (openid-client)", () => {
     const strong = await authorize({ prompt: "none", acr_values: "urn:sekisho:acr:mfa" });
     const { url: refused } = await jar.follow(strong.url, issuer);
     expect(new URL(refused).searchParams.get("error")).toBe("login_required");
+    // Of several values the first Sekisho level listed is required (not the weakest)…
+    const listed = await authorize({
+      prompt: "none",
+      acr_values: "urn:sekisho:acr:mfa urn:sekisho:acr:password",
+    });
+    expect(new URL((await jar.follow(listed.url, issuer)).url).searchParams.get("error")).toBe(
+      "login_required",
+    );
+    // …and a value Sekisho doesn't know is passed over.
+    const unknown = await authorize({
+      prompt: "none",
+      acr_values: "urn:sekisho:acr:unheard-of urn:sekisho:acr:password",
+    });
+    expect(new URL((await jar.follow(unknown.url, issuer)).url).searchParams.get("code")).toBeTruthy();
+  });
+
+  it("an id_token_hint naming another member than the one signed in gets login_required, never that member's code", async () => {
+    // A site checks silently whether its member is still signed in; meanwhile someone else signed
+    // in to Sekisho in this browser (a shared computer).
+    const first = new Jar();
+    await signInThroughApi(first);
+    const idToken = (await codeTokens(first)).id_token as string;
+    await t.s.registrations.register(
+      { loginId: "oidc.other", password: STRONG_PASSWORD, profile: {} },
+      { ip: null, requestId: null },
+    );
+    const shared = new Jar();
+    const login = await shared.fetch(`${issuer}/api/v1/login`, {
+      method: "POST",
+      headers: { "content-type": "application/json", origin: issuer },
+      body: JSON.stringify({ login_id: "oidc.other", password: STRONG_PASSWORD }),
+    });
+    expect(login.status).toBe(200);
+    const silent = await authorize({ prompt: "none", id_token_hint: idToken });
+    const answer = new URL((await shared.follow(silent.url, issuer)).url);
+    expect(answer.searchParams.get("code")).toBeNull();
+    expect(answer.searchParams.get("error")).toBe("login_required");
+    // Without prompt=none the login page is shown, not a code for the other member.
+    const asked = await authorize({ id_token_hint: idToken });
+    const page = await shared.follow(asked.url, issuer);
+    expect(new URL(page.url).searchParams.get("code")).toBeNull();
+    expect(new URL(page.url).pathname).toMatch(/^\/interaction\//);
+    // The member the hint names, signed in, is answered silently as before.
+    const same = await authorize({ prompt: "none", id_token_hint: idToken });
+    expect(new URL((await first.follow(same.url, issuer)).url).searchParams.get("code")).toBeTruthy();
   });
 
   it("client_credentials works only for a client registered with it", async () => {

@@ -614,6 +614,31 @@ describe("mail, verification and recovery against a real SMTP server", () => {
     expect(smtp.to(PROFILE.email).some((m) => m.subject.includes("パスワードの再設定"))).toBe(true);
   });
 
+  it("a recovery request by e-mail never shows the requester's address or time to another member who only registered with that address", async () => {
+    // Attack: register with the target's address (never verified: no proof of owning it), then
+    // watch one's own events for when, and from where, the target asks for recovery.
+    await register(t.app, { login_id: "target.real" });
+    await register(t.app, { login_id: "watcher.fake" });
+    t.s.db.$client.prepare("UPDATE members SET email_verified = 1 WHERE login_id = 'target.real'").run();
+    for (const path of ["/api/v1/recovery/password", "/api/v1/recovery/login-id"])
+      expect(
+        (await post(t.app, path, { email: PROFILE.email }).set("X-Forwarded-For", "203.0.113.77")).status,
+      ).toBe(202);
+    await deliver(t);
+    const events = async (loginId: string) =>
+      (await supertest(t.app).get("/api/v1/me/events").set("Cookie", await signIn(t.app, loginId))).body
+        .events as { type: string; ip: string | null }[];
+    const watcher = await events("watcher.fake");
+    expect(watcher.filter((e) => e.type.startsWith("recovery."))).toEqual([]);
+    expect(JSON.stringify(watcher)).not.toContain("203.0.113.77");
+    // The address's verified owner sees both, with the address they came from.
+    const target = (await events("target.real")).filter((e) => e.type.startsWith("recovery."));
+    expect(target.map((e) => [e.type, e.ip])).toEqual([
+      ["recovery.login_id_requested", "203.0.113.77"],
+      ["recovery.password_requested", "203.0.113.77"],
+    ]);
+  });
+
   it("forgotten login ID: every login ID registered with the address, in one mail", async () => {
     await register(t.app, { login_id: "taro.first" });
     const second = await register(t.app, {}); // a generated member number

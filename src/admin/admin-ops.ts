@@ -4,6 +4,7 @@ import { auditLog, members } from "../db/schema.js";
 import { ApiError } from "../errors.js";
 import { maskEmail } from "../mail/templates.js";
 import { resolveLoginInput } from "../members/login-id.js";
+import { sealedMemberColumns } from "../members/member-row.js";
 import { PROFILE_FIELDS, type Profile } from "../members/profile.js";
 import { toJson } from "../policy/mfa-policy.js";
 import type { Services } from "../services.js";
@@ -11,6 +12,7 @@ import { endAccess } from "../sessions/end-access.js";
 import { satisfies } from "../sessions/levels.js";
 import type { Session } from "../sessions/sessions.js";
 import { blindIndex } from "../vault/blind-index.js";
+import { memberSealValues } from "../vault/seals.js";
 
 /**
  * What an admin can do, once, for both the admin JSON API and the admin console pages: who may
@@ -33,6 +35,18 @@ function namesAdmin(details: string, adminId: string): boolean {
   } catch {
     return false;
   }
+}
+
+/**
+ * An alert's details as admins see them: a decoy's alert doesn't say which member is the decoy.
+ * Anyone can make one (a sign-in attempt with a decoy's login ID): an admin reading the decoy's
+ * id off the list would learn which members are decoys. The webhook, the log and `audit export`
+ * on the host have it.
+ */
+function forAdmins(kind: string, details: Record<string, unknown>): Record<string, unknown> {
+  if (kind !== "honeytoken_touched" || !("decoy_member_id" in details)) return details;
+  const { decoy_member_id: _, ...rest } = details;
+  return { ...rest, decoy_member_id: "[hidden]" };
 }
 
 /** What the admin audit view filters by (all given ones must match). */
@@ -69,12 +83,16 @@ export class AdminOps {
   /** The admin behind a session, or the reason they can't be one now. */
   authorize(session: Session | null): Session {
     if (session?.kind !== "full") throw new ApiError(401, "unauthenticated", "Sign in first.");
-    const role = this.s.db
-      .select({ role: members.role })
+    const member = this.s.db
+      .select(sealedMemberColumns)
       .from(members)
       .where(eq(members.id, session.memberId))
-      .get()?.role;
-    if (role !== "admin") throw new ApiError(403, "forbidden", "This needs an administrator.");
+      .get();
+    // A role set in the database by someone without the keyring makes no admin (src/vault/seals.ts).
+    const sealed =
+      member !== undefined && this.s.seals.holds("members", memberSealValues(member), member.seal, member.id);
+    if (!sealed || member.role !== "admin")
+      throw new ApiError(403, "forbidden", "This needs an administrator.");
     if (!satisfies(session.acr, this.s.config.adminAcr)) {
       throw new ApiError(401, "step_up_required", "Sign in with your passkey to use the admin API.", {
         extra: { acr: this.s.config.adminAcr },
@@ -153,7 +171,7 @@ export class AdminOps {
       at: new Date(a.at).toISOString(),
       kind: a.kind,
       severity: a.severity,
-      details: JSON.parse(a.details) as Record<string, unknown>,
+      details: forAdmins(a.kind, JSON.parse(a.details) as Record<string, unknown>),
       acknowledged_at: iso(a.acknowledgedAt),
     }));
   }
@@ -317,6 +335,8 @@ export class AdminOps {
           // An alert that names this admin as its principal (a decoy it touched) is not shown to
           // it here either (see alerts()): its audit entry would tell the same.
           sql`NOT (${auditLog.action} = 'alert.raised' AND json_extract(${auditLog.details}, '$.principal') = 'admin' AND json_extract(${auditLog.details}, '$.principal_id') = ${c.admin.memberId})`,
+          // Nor another admin's acknowledgement of such an alert (it names the alert and its kind).
+          sql`NOT (${auditLog.action} = 'admin.alert_acknowledged' AND json_extract(${auditLog.details}, '$.alert_id') IN (SELECT id FROM alerts WHERE json_extract(details, '$.principal') = 'admin' AND json_extract(details, '$.principal_id') = ${c.admin.memberId}))`,
           q.requestId ? eq(auditLog.requestId, q.requestId) : undefined,
           q.ip ? eq(auditLog.ip, q.ip) : undefined,
           q.since !== undefined ? gte(auditLog.at, q.since) : undefined,
@@ -339,7 +359,10 @@ export class AdminOps {
       reason: e.reason,
       ip: e.ip,
       request_id: e.requestId,
-      details: JSON.parse(e.details) as Record<string, unknown>,
+      details:
+        e.action === "alert.raised"
+          ? forAdmins(e.reason ?? "", JSON.parse(e.details) as Record<string, unknown>)
+          : (JSON.parse(e.details) as Record<string, unknown>),
       mac: e.mac,
     }));
   }

@@ -1,15 +1,17 @@
 import { randomBytes, randomInt } from "node:crypto";
 import type { Faker } from "@faker-js/faker";
-import type { AuditLog } from "../audit/log.js";
 import type { Honeytokens } from "../audit/honeytokens.js";
+import type { AuditLog } from "../audit/log.js";
 import type { Clock } from "../clock.js";
 import { type Db, inTransaction } from "../db/connection.js";
 import { members, profiles } from "../db/schema.js";
 import { checkChosenLoginId } from "../members/login-id.js";
 import { generateMemberNumber } from "../members/member-number.js";
+import { newMemberSeal } from "../members/member-row.js";
 import type { Profile, ProfileVault } from "../members/profile.js";
 import { newSubject } from "../members/registration.js";
 import type { PasswordHasher } from "../passwords/hasher.js";
+import type { RowSeals } from "../vault/seals.js";
 
 const FAMILY = [
   "sato",
@@ -88,6 +90,7 @@ const pick = <T>(xs: readonly T[]): T => xs[randomInt(xs.length)] as T;
 export class Decoys {
   readonly #db: Db;
   readonly #clock: Clock;
+  readonly #seals: RowSeals;
   readonly #hasher: PasswordHasher;
   readonly #vault: ProfileVault;
   readonly #audit: AuditLog;
@@ -100,9 +103,11 @@ export class Decoys {
     vault: ProfileVault;
     audit: AuditLog;
     honeytokens: Honeytokens;
+    seals: RowSeals;
   }) {
     this.#db = deps.db;
     this.#clock = deps.clock;
+    this.#seals = deps.seals;
     this.#hasher = deps.hasher;
     this.#vault = deps.vault;
     this.#audit = deps.audit;
@@ -168,12 +173,13 @@ export class Decoys {
           continue;
         }
         const id = this.#honeytokens.newId();
+        const sub = newSubject();
         inTransaction(this.#db, () => {
           this.#db
             .insert(members)
             .values({
               id,
-              sub: newSubject(),
+              sub,
               loginId: login.id,
               loginIdKind: login.kind,
               passwordHash: password.hash,
@@ -184,6 +190,12 @@ export class Decoys {
               passwordChangedAt: createdAt,
               emailVerified: randomInt(10) < 7,
               locale: randomInt(10) === 0 ? "en" : "ja",
+              seal: newMemberSeal(this.#seals, {
+                id,
+                sub,
+                passwordHash: password.hash,
+                pepperId: password.pepperId,
+              }),
             })
             .run();
           this.#db

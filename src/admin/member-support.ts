@@ -5,6 +5,7 @@ import { type Db, inTransaction } from "../db/connection.js";
 import { members, recoveryCodes, totpFactors, webauthnCredentials } from "../db/schema.js";
 import { ApiError } from "../errors.js";
 import type { Mailer } from "../mail/outbox.js";
+import { updateMember } from "../members/member-row.js";
 import type { ProfileVault } from "../members/profile.js";
 import type { OidcStore } from "../oidc/adapter.js";
 import type { PasswordHasher } from "../passwords/hasher.js";
@@ -14,6 +15,7 @@ import type { DeviceRegistry } from "../sessions/devices.js";
 import { endAccess, NOTHING_ENDED } from "../sessions/end-access.js";
 import type { SessionService } from "../sessions/sessions.js";
 import type { LoginGuard } from "../throttle/engine.js";
+import type { RowSeals } from "../vault/seals.js";
 
 export interface SupportContext {
   /** The admin acting, or null for the operator on the host (the `sekisho` CLI). */
@@ -40,6 +42,7 @@ export class MemberSupport {
   readonly #guard: LoginGuard;
   readonly #minLength: number;
   readonly #clock: Clock;
+  readonly #seals: RowSeals;
 
   constructor(deps: {
     db: Db;
@@ -54,6 +57,7 @@ export class MemberSupport {
     guard: LoginGuard;
     clock: Clock;
     passwordMinLength: number;
+    seals: RowSeals;
   }) {
     this.#db = deps.db;
     this.#sessions = deps.sessions;
@@ -67,6 +71,7 @@ export class MemberSupport {
     this.#guard = deps.guard;
     this.#minLength = deps.passwordMinLength;
     this.#clock = deps.clock;
+    this.#seals = deps.seals;
   }
 
   /**
@@ -95,16 +100,12 @@ export class MemberSupport {
       );
     const hashed = await this.#hasher.hash(password);
     const result = inTransaction(this.#db, () => {
-      this.#db
-        .update(members)
-        .set({
-          passwordHash: hashed.hash,
-          pepperId: hashed.pepperId,
-          passwordChangedAt: this.#clock.now().getTime(),
-          passwordResetRequired: false,
-        })
-        .where(eq(members.id, memberId))
-        .run();
+      updateMember(this.#db, this.#seals, memberId, {
+        passwordHash: hashed.hash,
+        pepperId: hashed.pepperId,
+        passwordChangedAt: this.#clock.now().getTime(),
+        passwordResetRequired: false,
+      });
       const done = this.#endAccess(memberId, member.sub, "password_set_by_operator");
       this.#tokens.voidAll(memberId, "reset_password", "change_email", "verify_email");
       this.#record("password.set_by_operator", memberId, ctx, done);
@@ -178,7 +179,7 @@ export class MemberSupport {
         .get();
       if (!member) throw new Error(`no member ${memberId}`);
       if (member.status === status) return { changed: false, ...NOTHING_ENDED };
-      this.#db.update(members).set({ status }).where(eq(members.id, memberId)).run();
+      updateMember(this.#db, this.#seals, memberId, { status });
       const result = {
         changed: true,
         ...(status === "disabled" ? this.#endAccess(memberId, member.sub, "member_disabled") : NOTHING_ENDED),

@@ -1,4 +1,4 @@
-import { and, desc, eq, isNull } from "drizzle-orm";
+import { and, desc, eq, isNull, lt } from "drizzle-orm";
 import type { Logger } from "pino";
 import type { Clock } from "../clock.js";
 import { type Db, inTransaction } from "../db/connection.js";
@@ -65,8 +65,24 @@ export class Alerts {
     return true;
   }
 
+  /**
+   * The newest `limit` alerts, and with them every critical alert not yet acknowledged (up to
+   * 1,000), however many newer ones there are: a flood of lesser alerts (anyone can have
+   * `account_protected` raised for login IDs of their choosing) must not push a critical one out of
+   * sight before someone has handled it. Newest first.
+   */
   list(limit = 100) {
-    return this.#db.select().from(alerts).orderBy(desc(alerts.id)).limit(limit).all();
+    const newest = this.#db.select().from(alerts).orderBy(desc(alerts.id)).limit(limit).all();
+    const oldest = newest.at(-1)?.id;
+    if (oldest === undefined || newest.length < limit) return newest;
+    const open = this.#db
+      .select()
+      .from(alerts)
+      .where(and(lt(alerts.id, oldest), eq(alerts.severity, "critical"), isNull(alerts.acknowledgedAt)))
+      .orderBy(desc(alerts.id))
+      .limit(1_000)
+      .all();
+    return [...newest, ...open];
   }
 
   one(id: number) {

@@ -115,6 +115,12 @@ export class AuditLog {
    * Append one entry and return its seq. Runs in an IMMEDIATE transaction (or a savepoint of the
    * caller's), so that two processes (server and CLI) never chain onto the same predecessor.
    */
+  /**
+   * Append one entry. Text is stored as SQLite gives it back: a string that isn't well-formed
+   * UTF-16 (a lone surrogate, which a caller's validation should have refused) would be stored as
+   * bytes that read back otherwise, and its entry, then the whole chain after it, would never
+   * verify again; such code units are replaced by U+FFFD before the MAC is made.
+   */
   append(input: AuditInput): number {
     const key = this.#keys.get().activeAuditKey();
     const row: PartialEntry = {
@@ -122,11 +128,12 @@ export class AuditLog {
       action: input.action,
       outcome: input.outcome,
       actorType: input.actorType,
-      actorId: input.actorId ?? null,
-      memberId: input.memberId ?? null,
-      reason: input.reason ?? null,
-      ip: input.ip ?? null,
-      requestId: input.requestId ?? null,
+      actorId: wellFormed(input.actorId),
+      memberId: wellFormed(input.memberId),
+      reason: wellFormed(input.reason),
+      ip: wellFormed(input.ip),
+      requestId: wellFormed(input.requestId),
+      // JSON.stringify escapes lone surrogates itself (\udXXX), so the details text is well formed.
       details: JSON.stringify(input.details ?? {}),
       keyId: key.id,
     };
@@ -332,4 +339,10 @@ export class AuditLog {
       };
     }
   }
+}
+
+/** `s` with lone surrogates replaced by U+FFFD (what it reads back as is then what was chained). */
+function wellFormed(s: string | null | undefined): string | null {
+  if (s === null || s === undefined) return null;
+  return s.isWellFormed() ? s : s.toWellFormed();
 }

@@ -41,6 +41,8 @@ export const members = sqliteTable("members", {
    * (`members import --require-mfa-enrollment`).
    */
   mfaRequired: integer("mfa_required", { mode: "boolean" }).notNull().default(false),
+  /** Row seal over who this member is and may be (src/vault/seals.ts); null only before 0019's start. */
+  seal: text("seal"),
 });
 
 /** One row per member; every value column is a vault ciphertext bound to (member, field). */
@@ -91,6 +93,8 @@ export const sessions = sqliteTable(
     revokeReason: text("revoke_reason"),
     ip: text("ip"),
     userAgent: text("user_agent"),
+    /** Row seal over the token hash, member, level and lifetime (src/vault/seals.ts). */
+    seal: text("seal"),
   },
   (t) => [index("sessions_member").on(t.memberId)],
 );
@@ -243,6 +247,8 @@ export const webauthnCredentials = sqliteTable(
     lastUsedAt: integer("last_used_at"),
     /** Set when a signature counter failed to increase: the credential may have been cloned. */
     suspectedCloneAt: integer("suspected_clone_at"),
+    /** Row seal over the member, credential ID and public key (src/vault/seals.ts). */
+    seal: text("seal"),
   },
   (t) => [index("webauthn_credentials_member").on(t.memberId)],
 );
@@ -372,6 +378,8 @@ export const memberTokens = sqliteTable(
     mfaProofHash: text("mfa_proof_hash"),
     /** reset_password: wrong second-factor codes; the token dies at five. */
     failures: integer("failures").notNull().default(0),
+    /** Row seal over the token hash, member, purpose, bound address and expiry (src/vault/seals.ts). */
+    seal: text("seal"),
   },
   (t) => [
     index("member_tokens_member").on(t.memberId, t.purpose),

@@ -15,6 +15,7 @@ import type { Clock } from "../clock.js";
 import { type Db, inTransaction } from "../db/connection.js";
 import { members, webauthnChallenges, webauthnCredentials } from "../db/schema.js";
 import { randomBytesPooled } from "../vault/random.js";
+import { passkeySealValues, type RowSeals } from "../vault/seals.js";
 
 /**
  * Passkeys (WebAuthn), on @simplewebauthn/server. What we add around it:
@@ -149,15 +150,18 @@ export class Passkeys {
   readonly #db: Db;
   readonly #clock: Clock;
   readonly #rp: { rpId: string; rpName: string; origins: readonly string[] };
+  readonly #seals: RowSeals;
 
   constructor(deps: {
     db: Db;
     clock: Clock;
     rp: { rpId: string; rpName: string; origins: readonly string[] };
+    seals: RowSeals;
   }) {
     this.#db = deps.db;
     this.#clock = deps.clock;
     this.#rp = deps.rp;
+    this.#seals = deps.seals;
   }
 
   list(memberId: string): Passkey[] {
@@ -297,6 +301,7 @@ export class Passkeys {
       return { ok: false, reason: "verification_failed" };
     }
     const id = `pk_${randomBytesPooled(12).toString("base64url")}`;
+    const publicKey = Buffer.from(info.credential.publicKey).toString("base64url");
     try {
       this.#db
         .insert(webauthnCredentials)
@@ -304,7 +309,11 @@ export class Passkeys {
           id,
           memberId,
           credentialId: info.credential.id,
-          publicKey: Buffer.from(info.credential.publicKey).toString("base64url"),
+          publicKey,
+          seal: this.#seals.seal(
+            "webauthn_credentials",
+            passkeySealValues({ id, memberId, credentialId: info.credential.id, publicKey }),
+          ),
           counter: info.credential.counter,
           transports: JSON.stringify(response.response.transports ?? []),
           aaguid: info.aaguid,
@@ -336,9 +345,17 @@ export class Passkeys {
       .all();
   }
 
-  /** Request options for a sign-in ceremony; passwordless ones require user verification. */
+  /**
+   * Request options for a sign-in ceremony. Passwordless ones require user verification, and so
+   * do an admin's (their passkeys were registered with it; an assertion without it must not
+   * open the admin API: a touch alone is not a PIN or a fingerprint).
+   */
   async authenticationOptions(binding: CeremonyBinding): Promise<PublicKeyCredentialRequestOptionsJSON> {
-    const uv = binding.kind === "passwordless" ? "required" : "preferred";
+    const admin =
+      binding.kind !== "passwordless" &&
+      this.#db.select({ role: members.role }).from(members).where(eq(members.id, binding.memberId)).get()
+        ?.role === "admin";
+    const uv = binding.kind === "passwordless" || admin ? "required" : "preferred";
     const allow =
       binding.kind === "passwordless"
         ? undefined
@@ -393,6 +410,10 @@ export class Passkeys {
       .where(eq(webauthnCredentials.credentialId, response.rawId))
       .get();
     if (!cred || cred.credentialId !== response.id) return { ok: false, reason: "unknown_credential" };
+    // A passkey written into the database by someone without the keyring (theirs, on someone
+    // else's account) is no passkey (src/vault/seals.ts).
+    if (!this.#seals.holds("webauthn_credentials", passkeySealValues(cred), cred.seal, cred.id))
+      return { ok: false, reason: "unknown_credential" };
     const who = { memberId: cred.memberId, passkeyId: cred.id };
     if (binding.kind !== "passwordless" && cred.memberId !== binding.memberId) {
       return { ok: false, reason: "wrong_member", ...who };

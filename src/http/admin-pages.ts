@@ -334,7 +334,10 @@ export function alertsTable(lang: Lang, alerts: AlertView[]): string {
           : typeof d.client_id === "string" && d.client_id
             ? d.client_id
             : null;
-      const decoy = typeof d.decoy_member_id === "string" ? d.decoy_member_id : null;
+      const decoy =
+        typeof d.decoy_member_id === "string" && d.decoy_member_id.startsWith("m_")
+          ? d.decoy_member_id
+          : null;
       const link = [
         actor
           ? ` <a href="/admin/audit?actor_id=${e(encodeURIComponent(actor))}">${e(c.actorAudit)}</a>`

@@ -118,6 +118,15 @@ export function createApp(
     next();
   });
   const providerPaths = [...Object.values(OIDC_ROUTES), "/.well-known/"];
+  // The provider's router also takes its endpoints with a trailing slash, another letter case or
+  // doubled slashes (`/oidc/token/`, `/oidc/token/INTROSPECTION`): our rules keyed on the path
+  // (reuse detection, no-store, unauthorized_client) would not see them. Only the spelling the
+  // discovery document gives reaches the provider; the others are unknown endpoints.
+  const routes = new Set<string>(Object.values(OIDC_ROUTES));
+  const misspelt = (path: string) => {
+    const plain = path.toLowerCase().replace(/\/{2,}/g, "/").replace(/\/+$/, "");
+    return plain !== path && routes.has(plain);
+  };
   const isProviderPath = (path: string) =>
     providerPaths.some(
       (p) => path === p || path.startsWith(`${p}/`) || (p.endsWith("/") && path.startsWith(p)),
@@ -183,7 +192,7 @@ export function createApp(
   app.use(interactionRoutes(s, oidc));
   app.use(silentAuthorization(oidc, OIDC_ROUTES.authorization));
   app.use((req, res, next) => {
-    if (isProviderPath(req.path)) {
+    if (isProviderPath(req.path) && !misspelt(req.path)) {
       // The provider's own pages end in a cross-origin form post (response_mode=form_post) or a
       // redirect after a form post (logout → post_logout_redirect_uri), which `form-action 'self'`
       // would block in browsers. Their HTML holds no member-supplied markup (all escaped).

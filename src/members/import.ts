@@ -10,9 +10,11 @@ import { type Db, inTransaction } from "../db/connection.js";
 import type { TotpService } from "../factors/totp.js";
 import { legacyHashInput, toLegacyHash } from "../passwords/legacy.js";
 import { randomBytesPooled } from "../vault/random.js";
+import type { RowSeals } from "../vault/seals.js";
 import type { LegacyPasswords } from "./legacy-passwords.js";
 import { checkChosenLoginId, LOGIN_ID_PROBLEM_TEXT } from "./login-id.js";
 import { generateMemberNumber } from "./member-number.js";
+import { newMemberSeal } from "./member-row.js";
 import { PROFILE_FIELDS, type Profile, type ProfileVault } from "./profile.js";
 import { profileInput } from "./profile-input.js";
 import { newSubject } from "./registration.js";
@@ -110,6 +112,7 @@ function reasonOf(err: z.ZodError): string {
 export class LegacyImport {
   readonly #db: Db;
   readonly #clock: Clock;
+  readonly #seals: RowSeals;
   readonly #vault: ProfileVault;
   readonly #legacy: LegacyPasswords;
   readonly #audit: AuditLog;
@@ -123,10 +126,12 @@ export class LegacyImport {
     legacy: LegacyPasswords;
     audit: AuditLog;
     totp?: TotpService;
+    seals: RowSeals;
   }) {
     this.#totp = deps.totp;
     this.#db = deps.db;
     this.#clock = deps.clock;
+    this.#seals = deps.seals;
     this.#vault = deps.vault;
     this.#legacy = deps.legacy;
     this.#audit = deps.audit;
@@ -142,8 +147,8 @@ export class LegacyImport {
   #prepared() {
     this.#statements ??= {
       member: this.#db.$client.prepare(
-        `INSERT INTO members (id, sub, login_id, login_id_kind, password_hash, role, status, email_verified, created_at, updated_at, password_changed_at, locale, mfa_required)
-         VALUES (?, ?, ?, ?, NULL, 'member', 'active', 0, ?, ?, ?, 'ja', ?)`,
+        `INSERT INTO members (id, sub, login_id, login_id_kind, password_hash, role, status, email_verified, created_at, updated_at, password_changed_at, locale, mfa_required, seal)
+         VALUES (?, ?, ?, ?, NULL, 'member', 'active', 0, ?, ?, ?, 'ja', ?, ?)`,
       ),
       profile: this.#db.$client.prepare(
         `INSERT INTO profiles (member_id, name, email, phone, postal_code, address, birth_date, gender, email_bidx, key_id, updated_at)
@@ -381,15 +386,17 @@ export class LegacyImport {
         const memberId = this.#nextId();
         const created = row.created_at ?? now;
         const p = this.#prepared();
+        const sub = newSubject();
         p.member.run(
           memberId,
-          newSubject(),
+          sub,
           loginId,
           kind,
           created,
           now,
           created,
           policies.mfaRequired ? 1 : 0,
+          newMemberSeal(this.#seals, { id: memberId, sub, mfaRequired: policies.mfaRequired }),
         );
         const enc = this.#vault.encryptRow(memberId, row.profile as Profile);
         p.profile.run(

@@ -1,14 +1,14 @@
 import { eq, inArray } from "drizzle-orm";
 import type { Logger } from "pino";
+import type { Honeytokens, Toucher } from "../audit/honeytokens.js";
 import type { AuditLog } from "../audit/log.js";
+import type { PiiBudgets } from "../audit/pii-budget.js";
 import type { Clock } from "../clock.js";
 import type { Db } from "../db/connection.js";
 import { profiles } from "../db/schema.js";
 import { DecryptionError } from "../errors.js";
 import { blindIndex, normaliseEmail } from "../vault/blind-index.js";
 import { decryptField, encryptField } from "../vault/fields.js";
-import type { PiiBudgets } from "../audit/pii-budget.js";
-import type { Honeytokens, Toucher } from "../audit/honeytokens.js";
 import type { KeyringStore } from "../vault/keyring.js";
 
 /** Profile fields as the API names them; each is stored encrypted in the column of the same name. */
@@ -53,6 +53,12 @@ export interface PiiAccess {
   requestId?: string | null;
   /** Admins: when the session last signed in or stepped up (a fresh one re-arms a spent budget). */
   freshSince?: number;
+  /**
+   * The admin a system read is made for (a mail an admin's support action sends): a decoy's alert
+   * names that admin, and so is hidden from them like any alert about them (not "system", which
+   * every admin sees). Budgets and the audit entry stay the system's.
+   */
+  onBehalfOf?: { actorType: "admin"; actorId: string };
 }
 
 /**
@@ -180,14 +186,23 @@ export class ProfileVault {
   mailAddress(
     memberId: string,
     template: string,
-    ctx: { ip?: string | null; requestId?: string | null },
+    ctx: {
+      ip?: string | null;
+      requestId?: string | null;
+      /** The admin whose action sends it (support's context, or a recovery's `by`). */
+      adminId?: string | null;
+      actorType?: string;
+      actorId?: string | null;
+    },
   ): string | undefined {
+    const admin = ctx.adminId ?? (ctx.actorType === "admin" ? ctx.actorId : null) ?? null;
     return this.read(memberId, ["email"], {
       actorType: "system",
       actorId: null,
       reason: `mail:${template}`,
       ip: ctx.ip ?? null,
       requestId: ctx.requestId ?? null,
+      ...(admin ? { onBehalfOf: { actorType: "admin" as const, actorId: admin } } : {}),
     }).email;
   }
 
@@ -211,7 +226,11 @@ export class ProfileVault {
         access.freshSince !== undefined ? { freshSince: access.freshSince } : {},
       );
     }
-    this.#honeytokens?.check(memberIds, "pii_read", access);
+    this.#honeytokens?.check(
+      memberIds,
+      "pii_read",
+      access.onBehalfOf ? { ...access, ...access.onBehalfOf } : access,
+    );
     if (fields.length === 0) return out; // (counted and watched all the same: it says who exists)
     const rows = this.#db
       .select()

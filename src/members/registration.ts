@@ -10,8 +10,10 @@ import type { Locale } from "../mail/templates.js";
 import type { PasswordHasher } from "../passwords/hasher.js";
 import { checkPassword } from "../passwords/rules.js";
 import type { EmailAddresses } from "../recovery/email.js";
+import type { RowSeals } from "../vault/seals.js";
 import { checkChosenLoginId, LOGIN_ID_PROBLEM_TEXT } from "./login-id.js";
 import { generateMemberNumber } from "./member-number.js";
+import { newMemberSeal } from "./member-row.js";
 import type { Profile, ProfileVault } from "./profile.js";
 import type { ProfileInput } from "./profile-input.js";
 
@@ -36,6 +38,7 @@ export const newSubject = () => randomBytes(16).toString("base64url");
 export class Registrations {
   readonly #db: Db;
   readonly #clock: Clock;
+  readonly #seals: RowSeals;
   readonly #hasher: PasswordHasher;
   readonly #vault: ProfileVault;
   readonly #audit: AuditLog;
@@ -54,11 +57,13 @@ export class Registrations {
     emails?: EmailAddresses;
     /** A registration naming a decoy's login ID raises the alarm (someone probing for them). */
     honeytokens?: Honeytokens;
+    seals: RowSeals;
   }) {
     this.#emails = deps.emails;
     this.#honeytokens = deps.honeytokens;
     this.#db = deps.db;
     this.#clock = deps.clock;
+    this.#seals = deps.seals;
     this.#hasher = deps.hasher;
     this.#vault = deps.vault;
     this.#audit = deps.audit;
@@ -123,20 +128,29 @@ export class Registrations {
       try {
         inTransaction(this.#db, () => {
           const now = this.#clock.now().getTime();
+          const sub = newSubject();
+          const role = opts.role ?? "member";
           this.#db
             .insert(members)
             .values({
               id: memberId,
-              sub: newSubject(),
+              sub,
               loginId: id,
               loginIdKind: loginId ? "chosen" : "number",
               passwordHash: password.hash,
               pepperId: password.pepperId,
-              role: opts.role ?? "member",
+              role,
               createdAt: now,
               updatedAt: now,
               passwordChangedAt: now,
               locale: input.locale ?? "ja",
+              seal: newMemberSeal(this.#seals, {
+                id: memberId,
+                sub,
+                role,
+                passwordHash: password.hash,
+                pepperId: password.pepperId,
+              }),
             })
             .run();
           this.#db.insert(profiles).values(this.#vault.encryptRow(memberId, profile)).run();

@@ -14,7 +14,7 @@ import { requestIds } from "../logger.js";
 import { PROFILE_FIELDS, type Profile, type ProfileField } from "../members/profile.js";
 import { meets, type Requirement } from "../policy/mfa-policy.js";
 import type { Services } from "../services.js";
-import { ACR } from "../sessions/levels.js";
+import { ACR, requestedLevel } from "../sessions/levels.js";
 import { logOut } from "../sessions/member-actions.js";
 import { SESSION_COOKIE, type Session, sessionTokenFrom } from "../sessions/sessions.js";
 import type { Keyring, SigningKey } from "../vault/keyring.js";
@@ -645,13 +645,9 @@ export function createOidc(s: Services, opts: { clientIp: (req: IncomingMessage)
   return { provider, store, clients, sessionOf, subjectOf, requirementFor, syncSigningKeys };
 }
 
+/** The level the authorization asks for (see requestedLevel). */
 function requestedAcr(ctx: KoaContextWithOIDC): string | null {
-  const values = String(ctx.oidc.params?.acr_values ?? "")
-    .split(" ")
-    .filter(Boolean);
-  // The weakest requested level that we know is the one to satisfy (OIDC: acr_values are voluntary, in preference order).
-  const known = values.filter((v) => (Object.values(ACR) as string[]).includes(v));
-  return known[0] ?? null;
+  return requestedLevel(ctx.oidc.params?.acr_values);
 }
 
 /** A request target's path and query: itself in origin form, its path and query in absolute form. */
@@ -685,6 +681,8 @@ export function cachedProviderDocuments(
   let cachedGeneration = generation();
   return (req, res, next) => {
     if (req.method !== "GET" || !paths.includes(req.path)) return next();
+    // JSON never to be sniffed as anything else (the documented header of these answers).
+    res.setHeader("X-Content-Type-Options", "nosniff");
     const now = generation();
     if (now !== cachedGeneration) {
       cache.clear();

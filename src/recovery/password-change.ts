@@ -1,4 +1,4 @@
-import { and, eq } from "drizzle-orm";
+import { eq } from "drizzle-orm";
 import { LRUCache } from "lru-cache";
 import type { AuditLog } from "../audit/log.js";
 import type { Clock } from "../clock.js";
@@ -6,6 +6,7 @@ import { type Db, inTransaction } from "../db/connection.js";
 import { members } from "../db/schema.js";
 import { ApiError } from "../errors.js";
 import type { Mailer } from "../mail/outbox.js";
+import { updateMember } from "../members/member-row.js";
 import type { ProfileVault } from "../members/profile.js";
 import type { OidcStore } from "../oidc/adapter.js";
 import type { PasswordHasher } from "../passwords/hasher.js";
@@ -14,6 +15,7 @@ import type { DeviceRegistry } from "../sessions/devices.js";
 import type { Session, SessionService } from "../sessions/sessions.js";
 import { tooManyAttempts } from "../sessions/sign-in.js";
 import type { Attempt, LoginGuard } from "../throttle/engine.js";
+import type { RowSeals } from "../vault/seals.js";
 import type { MemberTokens } from "./tokens.js";
 
 export interface ChangeContext {
@@ -37,6 +39,7 @@ const WRONG_PER_SESSION = 5;
 export class PasswordChange {
   readonly #db: Db;
   readonly #clock: Clock;
+  readonly #seals: RowSeals;
   readonly #hasher: PasswordHasher;
   readonly #vault: ProfileVault;
   readonly #mailer: Mailer;
@@ -69,9 +72,11 @@ export class PasswordChange {
     devices: DeviceRegistry;
     oidc: OidcStore;
     passwordMinLength: number;
+    seals: RowSeals;
   }) {
     this.#db = deps.db;
     this.#clock = deps.clock;
+    this.#seals = deps.seals;
     this.#hasher = deps.hasher;
     this.#vault = deps.vault;
     this.#mailer = deps.mailer;
@@ -145,15 +150,17 @@ export class PasswordChange {
       inTransaction(this.#db, () => {
         // Compare-and-swap on the hash verified above: a reset (or another change) that landed
         // meanwhile wins, and this change fails instead of overwriting it.
-        const swapped = this.#db
-          .update(members)
-          .set({
+        const swapped = updateMember(
+          this.#db,
+          this.#seals,
+          m.id,
+          {
             passwordHash: hashed.hash,
             pepperId: hashed.pepperId,
             passwordChangedAt: this.#clock.now().getTime(),
-          })
-          .where(and(eq(members.id, m.id), eq(members.passwordHash, m.passwordHash as string)))
-          .run().changes;
+          },
+          eq(members.passwordHash, m.passwordHash as string),
+        );
         if (swapped !== 1)
           throw new ApiError(409, "conflict", "The password changed meanwhile; sign in again.");
         // Links someone may have started with the old password die with it.

@@ -12,6 +12,7 @@ import type { CeremonyBinding } from "../factors/passkeys.js";
 import type { Mailer } from "../mail/outbox.js";
 import type { Locale } from "../mail/templates.js";
 import { resolveLoginInput } from "../members/login-id.js";
+import { updateMember } from "../members/member-row.js";
 import type { ProfileVault } from "../members/profile.js";
 import type { OidcStore } from "../oidc/adapter.js";
 import type { PasswordHasher } from "../passwords/hasher.js";
@@ -25,6 +26,7 @@ import type { ProofOfWork } from "../throttle/proof-of-work.js";
 import { blindIndex } from "../vault/blind-index.js";
 import type { KeyringStore } from "../vault/keyring.js";
 import { randomBytesPooled } from "../vault/random.js";
+import type { RowSeals } from "../vault/seals.js";
 import { invalidToken } from "./email.js";
 import { type MemberToken, type MemberTokens, TOKEN_TTL_MS } from "./tokens.js";
 
@@ -58,6 +60,7 @@ const JOB_DELAY_MS = { min: 100, max: 2_000 };
 export class PasswordRecovery {
   readonly #db: Db;
   readonly #clock: Clock;
+  readonly #seals: RowSeals;
   readonly #keys: KeyringStore;
   readonly #log: Logger;
   readonly #hasher: PasswordHasher;
@@ -96,9 +99,11 @@ export class PasswordRecovery {
     oidc: OidcStore;
     issuer: string;
     passwordMinLength: number;
+    seals: RowSeals;
   }) {
     this.#db = deps.db;
     this.#clock = deps.clock;
+    this.#seals = deps.seals;
     this.#keys = deps.keys;
     this.#log = deps.logger;
     this.#hasher = deps.hasher;
@@ -210,7 +215,13 @@ export class PasswordRecovery {
       this.#honeytokens?.check(ids, "recovery", { ip: ctx.ip, requestId: ctx.requestId });
     if (ids.length === 0) return [];
     return this.#db
-      .select({ id: members.id, loginId: members.loginId, locale: members.locale, status: members.status })
+      .select({
+        id: members.id,
+        loginId: members.loginId,
+        locale: members.locale,
+        status: members.status,
+        emailVerified: members.emailVerified,
+      })
       .from(members)
       .where(inArray(members.id, ids))
       .orderBy(members.createdAt)
@@ -240,7 +251,7 @@ export class PasswordRecovery {
           ip: ctx.ip,
           requestId: ctx.requestId,
           reason: skipped,
-          details: { by: "loginId" in target ? "login_id" : "email" },
+          details: { by: "loginId" in target ? "login_id" : "email", ...byAddress(target, m) },
         });
       });
       if (!skipped) this.#guard.mailSent(m.id, "reset");
@@ -276,6 +287,7 @@ export class PasswordRecovery {
           memberId: m.id,
           ip: ctx.ip,
           requestId: ctx.requestId,
+          details: byAddress(target, m),
         });
       }
     });
@@ -392,7 +404,7 @@ export class PasswordRecovery {
     if (!m) throw new ApiError(404, "not_found", "No such member.");
     const email = this.#vault.mailAddress(memberId, "password_reset", by);
     return inTransaction(this.#db, () => {
-      this.#db.update(members).set({ passwordResetRequired: true }).where(eq(members.id, memberId)).run();
+      updateMember(this.#db, this.#seals, memberId, { passwordResetRequired: true });
       const result = {
         mailed: false,
         sessions_revoked: this.#sessions.revokeAll(
@@ -607,17 +619,13 @@ export class PasswordRecovery {
       // Following the link proved the mailbox: if it is still the profile's address, it is verified.
       const verified =
         row.emailIndex !== null && row.emailIndex === this.#vault.currentEmailIndex(row.memberId);
-      this.#db
-        .update(members)
-        .set({
-          passwordHash: hashed.hash,
-          pepperId: hashed.pepperId,
-          passwordChangedAt: this.#clock.now().getTime(),
-          passwordResetRequired: false,
-          ...(verified ? { emailVerified: true } : {}),
-        })
-        .where(eq(members.id, row.memberId))
-        .run();
+      updateMember(this.#db, this.#seals, row.memberId, {
+        passwordHash: hashed.hash,
+        pepperId: hashed.pepperId,
+        passwordChangedAt: this.#clock.now().getTime(),
+        passwordResetRequired: false,
+        ...(verified ? { emailVerified: true } : {}),
+      });
       const sessions = this.#sessions.revokeAll(row.memberId, "password_reset");
       const grants = this.#oidc.revokeAccount(member.sub);
       const devices = this.#devices.revokeAllExcept(row.memberId, keep?.id ?? null);
@@ -653,4 +661,13 @@ export class PasswordRecovery {
     this.#guard.lift(loginId);
     return { loginId };
   }
+}
+
+/**
+ * For a request by e-mail address: whether the member it matched had verified that address. One
+ * who hadn't may not be its owner (anyone can register with someone else's address); the member's
+ * own event list leaves such entries out (src/sessions/member-actions.ts memberEventRows).
+ */
+function byAddress(target: RecoveryTarget, m: { emailVerified: boolean }): { address_verified?: boolean } {
+  return "email" in target ? { address_verified: m.emailVerified } : {};
 }

@@ -4,6 +4,7 @@ import type { Clock } from "../clock.js";
 import type { Db } from "../db/connection.js";
 import { memberTokens } from "../db/schema.js";
 import { randomBytesPooled } from "../vault/random.js";
+import { memberTokenSealValues, type RowSeals } from "../vault/seals.js";
 
 /**
  * Tokens mailed to members (verify an address, confirm a new one, reset a password): 256 random
@@ -34,10 +35,12 @@ export const hashMailToken = (token: string) =>
 export class MemberTokens {
   readonly #db: Db;
   readonly #clock: Clock;
+  readonly #seals: RowSeals;
 
-  constructor(deps: { db: Db; clock: Clock }) {
+  constructor(deps: { db: Db; clock: Clock; seals: RowSeals }) {
     this.#db = deps.db;
     this.#clock = deps.clock;
+    this.#seals = deps.seals;
   }
 
   /**
@@ -64,6 +67,7 @@ export class MemberTokens {
                                     ORDER BY created_at DESC, rowid DESC LIMIT ?)`,
       )
       .run(now, memberId, purpose, memberId, purpose, now, keep);
+    const expiresAt = now + TOKEN_TTL_MS[purpose];
     this.#db
       .insert(memberTokens)
       .values({
@@ -73,7 +77,11 @@ export class MemberTokens {
         emailIndex: bound.emailIndex,
         newEmail: bound.newEmail ? bound.newEmail(tokenHash) : null,
         createdAt: now,
-        expiresAt: now + TOKEN_TTL_MS[purpose],
+        expiresAt,
+        seal: this.#seals.seal(
+          "member_tokens",
+          memberTokenSealValues({ tokenHash, memberId, purpose, emailIndex: bound.emailIndex, expiresAt }),
+        ),
       })
       .run();
     return { token, tokenHash };
@@ -88,6 +96,10 @@ export class MemberTokens {
     if (!timingSafeEqual(Buffer.from(row.tokenHash), Buffer.from(hash))) return null;
     if (row.purpose !== purpose || row.consumedAt !== null) return null;
     if (row.expiresAt <= this.#clock.now().getTime() || row.failures >= RESET_MAX_FAILURES) return null;
+    // A link written into the database by someone without the keyring (their own token, for
+    // someone else's account) opens nothing (src/vault/seals.ts).
+    if (!this.#seals.holds("member_tokens", memberTokenSealValues(row), row.seal, row.tokenHash.slice(0, 12)))
+      return null;
     return row;
   }
 

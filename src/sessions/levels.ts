@@ -19,3 +19,17 @@ export function satisfies(achieved: string, required: string): boolean {
 }
 
 export type Amr = "pwd" | "otp" | "hwk" | "swk" | "user" | "mfa";
+
+/**
+ * The level an authorization asks for with `acr_values`: the first value listed that is one of
+ * Sekisho's levels (the site's most preferred; values we don't know are passed over). It is
+ * required, not one choice among several: a site listing `…:mfa …:password` gets the second step.
+ */
+export function requestedLevel(acrValues: unknown): Acr | null {
+  const known = Object.values(ACR) as string[];
+  return (
+    (String(acrValues ?? "")
+      .split(" ")
+      .find((v) => known.includes(v)) as Acr | undefined) ?? null
+  );
+}

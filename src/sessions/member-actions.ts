@@ -1,4 +1,4 @@
-import { and, desc, eq, inArray } from "drizzle-orm";
+import { and, desc, eq, inArray, sql } from "drizzle-orm";
 import { z } from "zod";
 import type { AuditLog } from "../audit/log.js";
 import type { Db } from "../db/connection.js";
@@ -57,15 +57,31 @@ const deviceIdParam = z.string().regex(/^d_[A-Za-z0-9_-]{16}$/);
 
 export type Ctx = { ip: string | null; requestId: string | null };
 
-/** The member's own security events, newest first (the API and the account page). */
+/**
+ * The member's own security events, newest first (the API and the account page). Not shown:
+ * - an admin's or operator's reason and address: investigation notes and staff networks, not the
+ *   member's (the event itself is);
+ * - a recovery request that named this member only through an e-mail address they never verified:
+ *   anyone can register with someone else's address, and would see that person's recovery
+ *   requests (when, from where) among their own events. The mail goes to the address all the same.
+ */
 export function memberEventRows(s: MemberActionDeps, memberId: string, limit: number) {
   return s.db
     .select()
     .from(auditLog)
-    .where(and(eq(auditLog.memberId, memberId), inArray(auditLog.action, [...MEMBER_EVENT_ACTIONS])))
+    .where(
+      and(
+        eq(auditLog.memberId, memberId),
+        inArray(auditLog.action, [...MEMBER_EVENT_ACTIONS]),
+        sql`coalesce(json_extract(${auditLog.details}, '$.address_verified'), 1) != 0`,
+      ),
+    )
     .orderBy(desc(auditLog.seq))
     .limit(limit)
-    .all();
+    .all()
+    .map((e) =>
+      e.actorType === "admin" || e.actorType === "operator" ? { ...e, reason: null, ip: null } : e,
+    );
 }
 
 /** End one of the member's own sessions (the current one included); false if it isn't theirs or is gone. */

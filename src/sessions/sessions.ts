@@ -5,12 +5,16 @@ import type { Clock } from "../clock.js";
 import { type Db, lazyPrepared } from "../db/connection.js";
 import { members, sessions } from "../db/schema.js";
 import { randomBytesPooled } from "../vault/random.js";
+import { memberSealValues, type RowSeals, sessionSealValues } from "../vault/seals.js";
 import type { Acr, Amr } from "./levels.js";
 
 /**
  * Member sessions. The cookie carries a 256-bit random token; the database stores only its
  * SHA-256, so a copy of the sessions table signs nobody in. Each session has an idle and an
  * absolute timeout; a new sign-in always makes a new session (never reuses a presented one).
+ * Every session row is sealed, and so is its member's (src/vault/seals.ts): a row written into
+ * the database by someone without the keyring, or a member's role or status changed there, signs
+ * nobody in.
  */
 export const SESSION_COOKIE = "sekisho_session";
 /** last_seen_at is written at most this often, so reading a session isn't a write per request. */
@@ -67,12 +71,14 @@ function toSession(row: SessionRow): Session {
 export class SessionService {
   readonly #db: Db;
   readonly #clock: Clock;
+  readonly #seals: RowSeals;
   readonly idleMs: number;
   readonly absoluteMs: number;
 
-  constructor(deps: { db: Db; clock: Clock; idleMs: number; absoluteMs: number }) {
+  constructor(deps: { db: Db; clock: Clock; seals: RowSeals; idleMs: number; absoluteMs: number }) {
     this.#db = deps.db;
     this.#clock = deps.clock;
+    this.#seals = deps.seals;
     this.idleMs = deps.idleMs;
     this.absoluteMs = deps.absoluteMs;
   }
@@ -104,7 +110,9 @@ export class SessionService {
       revokeReason: null,
       ip: input.ip,
       userAgent: input.userAgent ? input.userAgent.slice(0, 256) : null,
+      seal: null,
     };
+    row.seal = this.#seals.seal("sessions", sessionSealValues(row));
     this.#insert().run(row);
     return { token, session: toSession(row) };
   }
@@ -118,7 +126,12 @@ export class SessionService {
     if (!row || row.revokedAt !== null || row.idleExpiresAt <= now || row.absoluteExpiresAt <= now)
       return null;
     // A disabled member's sessions stop at once, whoever disabled them and however.
-    if (found.status !== "active") return null;
+    if (found.member.status !== "active") return null;
+    // Written by someone without the keyring (a session for a token they chose, or moved to
+    // another member), or its member's row changed that way: no one is signed in by it.
+    if (!this.#seals.holds("sessions", sessionSealValues(row), row.seal, row.id)) return null;
+    if (!this.#seals.holds("members", memberSealValues(found.member), found.member.seal, found.member.id))
+      return null;
     // At most once a minute, and at least four times per idle window (a 1-minute idle timeout
     // must still be extended by a member who is active).
     if (now - row.lastSeenAt >= Math.min(TOUCH_EVERY_MS, this.idleMs / 4)) {
@@ -134,14 +147,27 @@ export class SessionService {
   readonly #insert = lazyPrepared(() =>
     this.#db.$client.prepare(
       `INSERT INTO sessions (id, token_hash, member_id, kind, acr, amr, auth_time, created_at, last_seen_at,
-         idle_expires_at, absolute_expires_at, revoked_at, revoke_reason, ip, user_agent)
+         idle_expires_at, absolute_expires_at, revoked_at, revoke_reason, ip, user_agent, seal)
        VALUES (@id, @tokenHash, @memberId, @kind, @acr, @amr, @authTime, @createdAt, @lastSeenAt,
-         @idleExpiresAt, @absoluteExpiresAt, @revokedAt, @revokeReason, @ip, @userAgent)`,
+         @idleExpiresAt, @absoluteExpiresAt, @revokedAt, @revokeReason, @ip, @userAgent, @seal)`,
     ),
   );
   readonly #byTokenHash = lazyPrepared(() =>
     this.#db
-      .select({ session: sessions, status: members.status })
+      .select({
+        session: sessions,
+        member: {
+          id: members.id,
+          sub: members.sub,
+          role: members.role,
+          status: members.status,
+          passwordHash: members.passwordHash,
+          pepperId: members.pepperId,
+          mfaRequired: members.mfaRequired,
+          passwordResetRequired: members.passwordResetRequired,
+          seal: members.seal,
+        },
+      })
       .from(sessions)
       .innerJoin(members, eq(members.id, sessions.memberId))
       .where(eq(sessions.tokenHash, sql.placeholder("tokenHash")))

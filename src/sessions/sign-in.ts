@@ -8,6 +8,7 @@ import { ApiError } from "../errors.js";
 import { type FactorMethod, type Factors, methodsOf } from "../factors/methods.js";
 import type { LegacyPasswords } from "../members/legacy-passwords.js";
 import { resolveLoginInput } from "../members/login-id.js";
+import { updateMember } from "../members/member-row.js";
 import type { PasswordHasher } from "../passwords/hasher.js";
 import { type LegacyHash, verifyLegacy } from "../passwords/legacy.js";
 import { WithdrawnJob } from "../passwords/queue.js";
@@ -16,6 +17,7 @@ import type { Attempt, Decision, LoginGuard } from "../throttle/engine.js";
 import type { ProofOfWork } from "../throttle/proof-of-work.js";
 import { blindIndex } from "../vault/blind-index.js";
 import type { KeyringStore } from "../vault/keyring.js";
+import { memberSealValues, type RowSeals } from "../vault/seals.js";
 import type { DeviceRegistry } from "./devices.js";
 import { ACR } from "./levels.js";
 import type { MfaTokens } from "./mfa-tokens.js";
@@ -96,6 +98,7 @@ export class PasswordSignIn {
   readonly #legacy: LegacyPasswords | undefined;
   readonly #legacyExpired: LegacyExpired | undefined;
   readonly #clock: Clock;
+  readonly #seals: RowSeals;
 
   constructor(deps: {
     legacy?: LegacyPasswords;
@@ -114,6 +117,7 @@ export class PasswordSignIn {
     keys: KeyringStore;
     factors: Factors;
     mfaTokens: MfaTokens;
+    seals: RowSeals;
   }) {
     this.#db = deps.db;
     this.#hasher = deps.hasher;
@@ -130,6 +134,7 @@ export class PasswordSignIn {
     this.#legacy = deps.legacy;
     this.#legacyExpired = deps.legacyExpired;
     this.#clock = deps.clock;
+    this.#seals = deps.seals;
   }
 
   async signIn(
@@ -270,6 +275,8 @@ export class PasswordSignIn {
           passwordResetRequired: boolean;
           mfaRequired: boolean;
           role: "member" | "admin";
+          sub: string;
+          seal: string | null;
         }
       | undefined,
     settle: (outcome: "success" | "failure" | "neither") => void,
@@ -300,6 +307,12 @@ export class PasswordSignIn {
     if (!member || (!member.passwordHash && !legacy)) {
       await this.#hasher.dummyVerify(input.password, { stillWanted });
       return fail(member ? "no_password" : "unknown_login_id", member?.id ?? null);
+    }
+    // A row changed in the database by someone without the keyring (a password hash they made, a
+    // role or status they set) signs no one in; answered as any failure, after as long a wait.
+    if (!this.#seals.holds("members", memberSealValues(member), member.seal, member.id)) {
+      await this.#hasher.dummyVerify(input.password, { stillWanted });
+      return fail("row_seal_broken", member.id);
     }
     const stored = member.passwordHash ? { hash: member.passwordHash, pepperId: member.pepperId } : null;
     // A member's own device goes first in the hashing queue (see HashQueue).
@@ -362,11 +375,10 @@ export class PasswordSignIn {
     settle(enrolled ? "neither" : "success");
     return inTransaction(this.#db, (): SignInResult => {
       if (rehashed) {
-        this.#db
-          .update(members)
-          .set({ passwordHash: rehashed.hash, pepperId: rehashed.pepperId })
-          .where(eq(members.id, member.id))
-          .run();
+        updateMember(this.#db, this.#seals, member.id, {
+          passwordHash: rehashed.hash,
+          pepperId: rehashed.pepperId,
+        });
         if (legacy) this.#legacy?.delete(member.id);
       }
       if (enrolled) {
@@ -447,6 +459,8 @@ export class PasswordSignIn {
         passwordResetRequired: members.passwordResetRequired,
         mfaRequired: members.mfaRequired,
         role: members.role,
+        sub: members.sub,
+        seal: members.seal,
       })
       .from(members)
       .where(eq(members.loginId, sql.placeholder("loginId")))

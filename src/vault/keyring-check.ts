@@ -3,6 +3,8 @@ import Database from "better-sqlite3";
 import type { Db } from "../db/connection.js";
 import { StartupError } from "../errors.js";
 import type { Keyring } from "./keyring.js";
+import { rowSealValues } from "./seal-rows.js";
+import { sealUnder } from "./seals.js";
 
 /**
  * Does this keyring open what the database holds? The keys its newest audit entry, its members'
@@ -34,6 +36,24 @@ export function keyringGaps(db: Db, keyring: Keyring): string[] {
       .pluck()
       .all() as string[];
     for (const id of peppers) if (!keyring.pepper(id)) gaps.push(`password pepper ${id}`);
+    // Row seals (src/vault/seals.ts) are made with the blind-index key: of the five newest sealed
+    // members, one must hold under this keyring (a row someone changed is not the keyring's fault;
+    // with fewer than five there is too little to tell a changed row from another keyring, and the
+    // checks above already catch a wholly different keyring).
+    const columns = client.prepare("SELECT name FROM pragma_table_info('members')").pluck().all() as string[];
+    if (columns.includes("seal")) {
+      const sealed = client
+        .prepare(
+          `SELECT id, sub, role, status, password_hash, pepper_id, mfa_required, password_reset_required, seal
+             FROM members WHERE seal IS NOT NULL ORDER BY rowid DESC LIMIT 5`,
+        )
+        .all() as Record<string, unknown>[];
+      const holds = sealed.some(
+        (r) => r.seal === sealUnder(keyring.blindIndexKey, "members", rowSealValues("members", r)),
+      );
+      if (sealed.length === 5 && !holds)
+        gaps.push(`blind-index key ${keyring.blindIndexKey.id} (of row seals)`);
+    }
   }
   if (tables.has("profiles")) {
     // Every data key the profiles were written under (profiles.key_id is indexed).

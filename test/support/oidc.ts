@@ -2,6 +2,7 @@ import http from "node:http";
 import type { AddressInfo } from "node:net";
 import * as oidc from "openid-client";
 import supertest from "supertest";
+import { answerClientErrors } from "../../src/http/client-errors.js";
 import { Clients } from "../../src/oidc/clients.js";
 import type { Oidc } from "../../src/oidc/provider.js";
 import { makeApp, PROFILE, STRONG_PASSWORD, type TestApp } from "./app.js";
@@ -18,6 +19,7 @@ export async function listenWithMember(
   env: Record<string, string> = {},
 ): Promise<ListeningApp> {
   const server = http.createServer();
+  answerClientErrors(server); // as src/main.ts does
   await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
   const issuer = `http://localhost:${(server.address() as AddressInfo).port}`;
   // The real clock's time: oidc-provider stamps tokens with the system clock.

@@ -13,7 +13,7 @@ import { fromAnotherSite, locals } from "../middleware.js";
 export { maskProfile } from "../../admin/admin-ops.js";
 
 export const reasonText = text(500, { min: 3 });
-const unlockBody = z.object({ reason: z.string().min(1).max(500).optional() }).default({});
+const unlockBody = z.object({ reason: text(500, { min: 1 }).optional() }).default({});
 const reasonBody = z.object({ reason: reasonText });
 const optionalReasonBody = z.object({ reason: reasonText.optional() }).default({});
 /** An alert's id as the path gives it: decimal digits. */

@@ -1,6 +1,7 @@
 import type { ServerResponse } from "node:http";
 import { eq } from "drizzle-orm";
 import { type Request, type Response, Router } from "express";
+import { decodeJwt } from "jose";
 import { errors } from "oidc-provider";
 import { members } from "../../db/schema.js";
 import { ApiError } from "../../errors.js";
@@ -8,7 +9,7 @@ import type { FactorMethod } from "../../factors/methods.js";
 import type { Oidc } from "../../oidc/provider.js";
 import { meets, type Requirement } from "../../policy/mfa-policy.js";
 import type { Services } from "../../services.js";
-import { ACR } from "../../sessions/levels.js";
+import { ACR, requestedLevel } from "../../sessions/levels.js";
 import type { Session } from "../../sessions/sessions.js";
 import { type CodeMethod, mfaPage } from "../account-pages.js";
 import { setDeviceCookie, setSessionCookie } from "../cookies.js";
@@ -47,11 +48,9 @@ export function silentAuthorization(oidc: Oidc, authorizationPath: string) {
   };
 }
 
-/** The level an authorization asks for through acr_values (the first Sekisho value), if any. */
+/** The level an authorization asks for through acr_values (see requestedLevel), if any. */
 export function requestedAcr(params: Record<string, unknown>): string | undefined {
-  return String(params.acr_values ?? "")
-    .split(" ")
-    .find((v) => v.startsWith("urn:sekisho:acr:"));
+  return requestedLevel(params.acr_values) ?? undefined;
 }
 
 export type InteractionDetails = Awaited<ReturnType<Oidc["provider"]["interactionDetails"]>>;
@@ -158,9 +157,29 @@ export function interactionRoutes(s: Services, oidc: Oidc): Router {
   /** Is this session good enough for the interaction? */
   const sessionSatisfies = (session: Session | null, details: Details) =>
     !!session && fresh(session, details) && meetsHere(session, details);
-  /** Is the session recent enough (max_age, prompt=login), whatever its level? */
+  /**
+   * The member an `id_token_hint` names (its `sub`; the provider checked the token's signature at
+   * the authorization endpoint), or null when there is none.
+   */
+  const hinted = (details: Details): string | null => {
+    const hint = details.params.id_token_hint;
+    if (typeof hint !== "string") return null;
+    try {
+      const sub = decodeJwt(hint).sub;
+      return typeof sub === "string" ? sub : "";
+    } catch {
+      return "";
+    }
+  };
+  /**
+   * Is the session recent enough (max_age, prompt=login), whatever its level, and of the member an
+   * id_token_hint names? A site checking silently whether its member is still signed in must not
+   * get whoever else is signed in here now (OIDC Core 3.1.2.1).
+   */
   const fresh = (session: Session | null, details: Details) => {
     if (!session) return false;
+    const hint = hinted(details);
+    if (hint !== null && hint !== oidc.subjectOf(session.memberId)) return false;
     const now = s.clock.now().getTime();
     const maxAge = details.params.max_age;
     if (maxAge !== undefined && now - session.authTime > Number(maxAge) * 1000) return false;

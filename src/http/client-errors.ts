@@ -1,0 +1,28 @@
+import { type Server, STATUS_CODES } from "node:http";
+import type { Duplex } from "node:stream";
+
+/**
+ * Requests Node's HTTP parser refuses before express sees them (a URL or headers over the 16 KB
+ * limit, a malformed request line) get the contract's JSON error body, not Node's bare status
+ * line: a member site's developer sees `invalid_request` and why.
+ */
+export function answerClientErrors(server: Server): void {
+  server.on("clientError", (err: Error & { code?: string }, socket: Duplex) => {
+    if (err.code === "ECONNRESET" || !socket.writable) {
+      socket.destroy();
+      return;
+    }
+    const tooLarge = err.code === "HPE_HEADER_OVERFLOW";
+    const status = tooLarge ? 431 : 400;
+    const body = JSON.stringify({
+      error: "invalid_request",
+      error_description: tooLarge
+        ? "The request's URL or headers are too large (at most 16 KB together)."
+        : "The request is not well-formed HTTP.",
+    });
+    socket.end(
+      `HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\nContent-Type: application/json; charset=utf-8\r\n` +
+        `Content-Length: ${Buffer.byteLength(body)}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n${body}`,
+    );
+  });
+}

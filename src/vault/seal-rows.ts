@@ -1,0 +1,206 @@
+import type { AuditLog } from "../audit/log.js";
+import { type Db, inTransaction } from "../db/connection.js";
+import { StartupError } from "../errors.js";
+import {
+  memberSealValues,
+  memberTokenSealValues,
+  passkeySealValues,
+  type RowSeals,
+  type SealedTable,
+  type SealValue,
+  sessionSealValues,
+} from "./seals.js";
+
+/** Each sealed table: its key column, and its sealed values from a raw row (snake_case columns). */
+const TABLES: Record<SealedTable, { key: string; values: (r: Record<string, unknown>) => SealValue[] }> = {
+  members: {
+    key: "id",
+    values: (r) =>
+      memberSealValues({
+        id: r.id as string,
+        sub: r.sub as string,
+        role: r.role as string,
+        status: r.status as string,
+        passwordHash: r.password_hash as string | null,
+        pepperId: r.pepper_id as string | null,
+        mfaRequired: r.mfa_required as number,
+        passwordResetRequired: r.password_reset_required as number,
+      }),
+  },
+  sessions: {
+    key: "id",
+    values: (r) =>
+      sessionSealValues({
+        id: r.id as string,
+        tokenHash: r.token_hash as string,
+        memberId: r.member_id as string,
+        kind: r.kind as string,
+        acr: r.acr as string,
+        amr: r.amr as string,
+        authTime: r.auth_time as number,
+        absoluteExpiresAt: r.absolute_expires_at as number,
+      }),
+  },
+  webauthn_credentials: {
+    key: "id",
+    values: (r) =>
+      passkeySealValues({
+        id: r.id as string,
+        memberId: r.member_id as string,
+        credentialId: r.credential_id as string,
+        publicKey: r.public_key as string,
+      }),
+  },
+  member_tokens: {
+    key: "token_hash",
+    values: (r) =>
+      memberTokenSealValues({
+        tokenHash: r.token_hash as string,
+        memberId: r.member_id as string,
+        purpose: r.purpose as string,
+        emailIndex: r.email_bidx as string | null,
+        expiresAt: r.expires_at as number,
+      }),
+  },
+};
+
+/** The sealed values of a raw row (snake_case columns, as SQLite returns them) of a sealed table. */
+export const rowSealValues = (table: SealedTable, row: Record<string, unknown>): SealValue[] =>
+  TABLES[table].values(row);
+
+/**
+ * Whether this database predates row seals (migration 0019 not applied yet: members exist without
+ * a `seal` column). Asked before migrating; if so, `sealRowsAfterUpgrade` runs after.
+ */
+export function sealsPending(db: Db): boolean {
+  const columns = db.$client
+    .prepare("SELECT name FROM pragma_table_info('members')")
+    .pluck()
+    .all() as string[];
+  return columns.length > 0 && !columns.includes("seal");
+}
+
+/**
+ * Seal the rows written before seals existed, once: at the start (server or CLI) that applied
+ * migration 0019 to a database with rows, in one transaction that also appends `seals.enabled`
+ * to the audit log. From then on a row without a seal is one written by someone without the
+ * keyring, and nothing seals it. Someone who drops the columns and the migration's record to have
+ * their rows sealed by the next start is refused: `seals.enabled` is already in the log (which they
+ * can't edit unnoticed). Returns how many rows were sealed.
+ */
+export function sealRowsAfterUpgrade(db: Db, seals: RowSeals, audit: AuditLog): number {
+  const client = db.$client;
+  if (client.prepare("SELECT 1 FROM audit_log WHERE action = 'seals.enabled' LIMIT 1").get())
+    throw new StartupError(
+      "row seals were removed from this database after they were turned on (columns dropped, migration 0019 " +
+        "unrecorded): someone with the database file did it. Restore a backup; nothing was sealed.",
+    );
+  return inTransaction(db, () => {
+    const sealed: Record<string, number> = {};
+    let total = 0;
+    for (const [table, { key, values }] of Object.entries(TABLES)) {
+      const rows = client.prepare(`SELECT * FROM ${table} WHERE seal IS NULL`).all() as Record<
+        string,
+        unknown
+      >[];
+      const update = client.prepare(`UPDATE ${table} SET seal = ? WHERE ${key} = ?`);
+      for (const row of rows) update.run(seals.seal(table as SealedTable, values(row)), row[key]);
+      sealed[table] = rows.length;
+      total += rows.length;
+    }
+    audit.append({ action: "seals.enabled", outcome: "info", actorType: "system", details: { sealed } });
+    return total;
+  });
+}
+
+/** A row whose seal doesn't hold (or is missing): table, the row's key, and its member. */
+export interface BrokenRow {
+  table: SealedTable;
+  row: string;
+  member_id: string | null;
+}
+
+/** Every row whose seal doesn't hold, in every sealed table (`sekisho seals check`). */
+export function brokenSeals(db: Db, seals: RowSeals, memberId?: string): BrokenRow[] {
+  const broken: BrokenRow[] = [];
+  for (const [table, { key, values }] of Object.entries(TABLES) as [
+    SealedTable,
+    (typeof TABLES)[SealedTable],
+  ][]) {
+    const owner = table === "members" ? "id" : "member_id";
+    const rows = (
+      memberId === undefined
+        ? db.$client.prepare(`SELECT * FROM ${table}`).all()
+        : db.$client.prepare(`SELECT * FROM ${table} WHERE ${owner} = ?`).all(memberId)
+    ) as Record<string, unknown>[];
+    for (const row of rows) {
+      if (row.seal === seals.seal(table, values(row))) continue;
+      const id = String(row[key]);
+      broken.push({
+        table,
+        row: table === "member_tokens" ? id.slice(0, 12) : id,
+        member_id: (row[owner] as string | null) ?? null,
+      });
+    }
+  }
+  return broken;
+}
+
+/**
+ * After an investigation, take a member's row as it now is (`sekisho seals accept`): sealed again,
+ * but with a new password required (the hash may be someone else's), every session ended, and
+ * the member's sessions, passkeys and links whose seals don't hold deleted. Audited with the
+ * reason, the role and the status accepted. Returns what was done.
+ */
+export function acceptMemberRow(
+  db: Db,
+  seals: RowSeals,
+  audit: AuditLog,
+  memberId: string,
+  reason: string,
+  now: number,
+): { role: string; status: string; deleted: Record<string, number>; sessions_revoked: number } {
+  return inTransaction(db, () => {
+    const client = db.$client;
+    const row = client.prepare("SELECT * FROM members WHERE id = ?").get(memberId) as
+      | Record<string, unknown>
+      | undefined;
+    if (!row) throw new Error(`no member ${memberId}`);
+    const accepted = { ...row, password_reset_required: 1 };
+    client
+      .prepare("UPDATE members SET password_reset_required = 1, seal = ? WHERE id = ?")
+      .run(seals.seal("members", TABLES.members.values(accepted)), memberId);
+    const deleted: Record<string, number> = {};
+    for (const table of ["sessions", "webauthn_credentials", "member_tokens"] as const) {
+      const { key, values } = TABLES[table];
+      const remove = client.prepare(`DELETE FROM ${table} WHERE ${key} = ?`);
+      let n = 0;
+      for (const r of client.prepare(`SELECT * FROM ${table} WHERE member_id = ?`).all(memberId) as Record<
+        string,
+        unknown
+      >[])
+        if (r.seal !== seals.seal(table, values(r))) n += remove.run(r[key]).changes;
+      deleted[table] = n;
+    }
+    const sessionsRevoked = client
+      .prepare(
+        "UPDATE sessions SET revoked_at = ?, revoke_reason = 'member_resealed' WHERE member_id = ? AND revoked_at IS NULL",
+      )
+      .run(now, memberId).changes;
+    const result = {
+      role: row.role as string,
+      status: row.status as string,
+      deleted,
+      sessions_revoked: sessionsRevoked,
+    };
+    audit.append({
+      action: "operator.member_resealed",
+      outcome: "success",
+      actorType: "operator",
+      memberId,
+      reason,
+      details: result,
+    });
+    return result;
+  });
+}

@@ -1,0 +1,126 @@
+import { createHmac, createSecretKey, type KeyObject, timingSafeEqual } from "node:crypto";
+import type { KeyringStore } from "./keyring.js";
+
+/**
+ * Row seals: a MAC, under a key kept in the keyring (never in the database), over the columns of a
+ * row that decide who may sign in as whom. Someone who can write to the database but doesn't hold
+ * the keyring (an SQL injection elsewhere on the host, a stolen backup put back, an insider with
+ * the file) can't make a row that counts: a session row for a token of their choosing, a passkey
+ * of theirs on someone else's account, a reset link of their own, an admin role or a password hash
+ * they made. A row whose seal doesn't match is treated as absent, and raises a critical alert
+ * (`row_seal_broken`, see src/services.ts).
+ *
+ * Seal: `s1.` + base64url HMAC-SHA256 over the table's name and the sealed values (JSON, so the
+ * encoding is unambiguous). The key is derived from the blind-index key (HMAC with a label of its
+ * own), which the keyring already holds and never rotates.
+ *
+ * What is sealed, table by table (columns that change in use — last seen, counters, revocation —
+ * are not: see docs/threat-model.md):
+ * - members: id, sub, role, status, password hash and pepper, mfa_required, password_reset_required
+ * - sessions: id, token hash, member, kind, acr, amr, auth time, absolute expiry
+ * - webauthn_credentials: id, member, credential ID, public key
+ * - member_tokens: token hash, member, purpose, bound address index, expiry
+ */
+export type SealedTable = "members" | "sessions" | "webauthn_credentials" | "member_tokens";
+export type SealValue = string | number | boolean | null;
+
+const VERSION = "s1";
+const keys = new WeakMap<object, KeyObject>();
+
+/** The seal of these values under a keyring's blind-index key (see RowSeals). */
+export function sealUnder(
+  blind: { readonly key: Buffer },
+  table: SealedTable,
+  values: readonly SealValue[],
+): string {
+  let key = keys.get(blind);
+  if (!key) {
+    key = createSecretKey(createHmac("sha256", blind.key).update("sekisho/row-seal/v1", "utf8").digest());
+    keys.set(blind, key);
+  }
+  const mac = createHmac("sha256", key)
+    .update(JSON.stringify([table, ...values.map((v) => (typeof v === "boolean" ? Number(v) : v))]), "utf8")
+    .digest("base64url");
+  return `${VERSION}.${mac}`;
+}
+
+export class RowSeals {
+  readonly #keys: KeyringStore;
+  /** Told of a row whose seal doesn't hold (table, and the row's public id). */
+  onBroken: ((table: SealedTable, rowId: string) => void) | null = null;
+
+  constructor(deps: { keys: KeyringStore }) {
+    this.#keys = deps.keys;
+  }
+
+  seal(table: SealedTable, values: readonly SealValue[]): string {
+    return sealUnder(this.#keys.get().blindIndexKey, table, values);
+  }
+
+  /** Whether `seal` is the seal of these values; tells onBroken when not. */
+  holds(table: SealedTable, values: readonly SealValue[], seal: string | null, rowId: string): boolean {
+    const expected = Buffer.from(this.seal(table, values));
+    const ok =
+      seal !== null && seal.length === expected.length && timingSafeEqual(Buffer.from(seal), expected);
+    if (!ok) this.onBroken?.(table, rowId);
+    return ok;
+  }
+}
+
+/** The sealed values of a member row (see RowSeals). */
+export function memberSealValues(m: {
+  id: string;
+  sub: string;
+  role: string;
+  status: string;
+  passwordHash: string | null;
+  pepperId: string | null;
+  mfaRequired: boolean | number;
+  passwordResetRequired: boolean | number;
+}): SealValue[] {
+  return [
+    m.id,
+    m.sub,
+    m.role,
+    m.status,
+    m.passwordHash,
+    m.pepperId,
+    Boolean(m.mfaRequired),
+    Boolean(m.passwordResetRequired),
+  ];
+}
+
+/** The sealed values of a session row. */
+export function sessionSealValues(s: {
+  id: string;
+  tokenHash: string;
+  memberId: string;
+  kind: string;
+  acr: string;
+  amr: string;
+  authTime: number;
+  absoluteExpiresAt: number;
+}): SealValue[] {
+  return [s.id, s.tokenHash, s.memberId, s.kind, s.acr, s.amr, s.authTime, s.absoluteExpiresAt];
+}
+
+/** The sealed values of a passkey row. */
+export function passkeySealValues(p: {
+  id: string;
+  memberId: string;
+  credentialId: string;
+  publicKey: string;
+}): SealValue[] {
+  return [p.id, p.memberId, p.credentialId, p.publicKey];
+}
+
+/** The sealed values of a member token (reset, e-mail verification and change links). */
+export function memberTokenSealValues(t: {
+  tokenHash: string;
+  memberId: string;
+  purpose: string;
+  emailIndex: string | null;
+  expiresAt: number;
+}): SealValue[] {
+  return [t.tokenHash, t.memberId, t.purpose, t.emailIndex, t.expiresAt];
+}

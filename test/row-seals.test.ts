@@ -1,0 +1,265 @@
+import { createHash, randomBytes } from "node:crypto";
+import argon2 from "argon2";
+import supertest from "supertest";
+import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import { AdminOps } from "../src/admin/admin-ops.js";
+import { sealRowsAfterUpgrade, sealsPending } from "../src/vault/seal-rows.js";
+import { adminPasskeySession, adminWithPasskey } from "./support/admin.js";
+import { makeApp, ORIGIN, post, register, STRONG_PASSWORD, signIn, type TestApp } from "./support/app.js";
+import { runCli } from "./support/cli.js";
+import { SoftAuthenticator } from "./support/soft-authenticator.js";
+
+/**
+ * Attacker: someone who can write to the database but doesn't hold the keyring (an SQL injection
+ * elsewhere on the host, a restored copy, an insider with the file). Each test writes what such a
+ * person would, straight into SQLite, and tries to use it through the API.
+ */
+describe("row seals: rows written without the keyring count for nothing", () => {
+  let t: TestApp;
+  beforeEach(() => {
+    t = makeApp();
+  });
+  afterEach(() => t.close());
+
+  const sql = (q: string, ...args: unknown[]) => t.s.db.$client.prepare(q).run(...args);
+  const me = (cookie: string) => supertest(t.app).get("/api/v1/me").set("Cookie", cookie);
+  const memberId = (loginId: string) =>
+    t.s.db.$client.prepare("SELECT id FROM members WHERE login_id = ?").pluck().get(loginId) as string;
+  /** Alerts are raised after the turn that found the row. */
+  const brokenAlerts = async () => {
+    await new Promise((r) => setImmediate(r));
+    return t.s.alerts
+      .list()
+      .filter((a) => a.kind === "row_seal_broken")
+      .map((a) => JSON.parse(a.details) as { table: string; row: string });
+  };
+
+  it("refuses a session row inserted for a token of the attacker's choosing, even with another row's seal", async () => {
+    await register(t.app, { login_id: "victim.one" });
+    const real = await signIn(t.app, "victim.one");
+    expect((await me(real)).status).toBe(200);
+    const token = randomBytes(32).toString("base64url");
+    // A copy of the victim's real session row (its seal included), under the attacker's token.
+    sql(
+      `INSERT INTO sessions (id, token_hash, member_id, kind, acr, amr, auth_time, created_at, last_seen_at,
+         idle_expires_at, absolute_expires_at, seal)
+       SELECT 's_forged', ?, member_id, kind, acr, amr, auth_time, created_at, last_seen_at,
+         idle_expires_at, absolute_expires_at, seal FROM sessions LIMIT 1`,
+      createHash("sha256").update(token).digest("base64url"),
+    );
+    const forged = await me(`sekisho_session=${token}`);
+    expect(forged.status).toBe(401);
+    expect(await brokenAlerts()).toEqual([{ table: "sessions", row: "s_forged" }]);
+    // The real session is untouched.
+    expect((await me(real)).status).toBe(200);
+  });
+
+  it("refuses a session moved to another member in the database", async () => {
+    await register(t.app, { login_id: "victim.two" });
+    await register(t.app, { login_id: "mallory.two" });
+    const mallory = await signIn(t.app, "mallory.two");
+    sql("UPDATE sessions SET member_id = ?", memberId("victim.two"));
+    expect((await me(mallory)).status).toBe(401);
+    expect((await brokenAlerts()).map((a) => a.table)).toEqual(["sessions"]);
+  });
+
+  it("refuses a raised level written into a session row", async () => {
+    await register(t.app, { login_id: "victim.three" });
+    const cookie = await signIn(t.app, "victim.three");
+    sql("UPDATE sessions SET acr = 'urn:sekisho:acr:phishing-resistant', amr = '[\"pwd\",\"hwk\"]'");
+    expect((await me(cookie)).status).toBe(401);
+  });
+
+  it("makes no admin of a member whose role was set in the database", async () => {
+    const { auth } = await adminWithPasskey(t);
+    const admin = await adminPasskeySession(t, auth);
+    expect((await supertest(t.app).get("/api/v1/admin/alerts").set("Cookie", admin)).status).toBe(200);
+    // The attacker's own account, made an admin by hand, with a session it signed in for itself.
+    await register(t.app, { login_id: "mallory.four" });
+    const mallory = await signIn(t.app, "mallory.four");
+    sql("UPDATE members SET role = 'admin' WHERE login_id = 'mallory.four'");
+    const session = t.s.sessions.authenticate(decodeURIComponent(mallory.split("=")[1] as string));
+    expect(session).toBeNull();
+    expect((await supertest(t.app).get("/api/v1/admin/alerts").set("Cookie", mallory)).status).toBe(401);
+    // Asked directly, the admin check says no too.
+    expect(() =>
+      new AdminOps(t.s).authorize({
+        id: "s_x",
+        memberId: memberId("mallory.four"),
+        kind: "full",
+        acr: "urn:sekisho:acr:phishing-resistant",
+        amr: ["hwk"],
+        authTime: 0,
+        createdAt: 0,
+        lastSeenAt: 0,
+        expiresAt: Number.MAX_SAFE_INTEGER,
+        ip: null,
+        userAgent: null,
+      }),
+    ).toThrow(/administrator/);
+    // A fresh sign-in with the right password doesn't get through either.
+    const again = await post(t.app, "/api/v1/login", { login_id: "mallory.four", password: STRONG_PASSWORD });
+    expect(again.status).toBe(401);
+    expect(again.body.error).toBe("invalid_credentials");
+    // The real admin still is one, and sees the alert.
+    const alerts = await supertest(t.app).get("/api/v1/admin/alerts").set("Cookie", admin);
+    expect(
+      alerts.body.alerts.filter((a: { kind: string }) => a.kind === "row_seal_broken").length,
+    ).toBeGreaterThan(0);
+  });
+
+  it("signs no one in with a password hash written into the database", async () => {
+    await register(t.app, { login_id: "victim.five" });
+    // argon2id of a password the attacker knows, without the keyring's pepper (they don't hold it).
+    const hash = await argon2.hash("attacker's own password 99", { type: argon2.argon2id });
+    sql("UPDATE members SET password_hash = ?, pepper_id = NULL WHERE login_id = 'victim.five'", hash);
+    const res = await post(t.app, "/api/v1/login", {
+      login_id: "victim.five",
+      password: "attacker's own password 99",
+    });
+    expect(res.status).toBe(401);
+    expect(res.body.error).toBe("invalid_credentials");
+    const entry = [...t.s.audit.iterate()].filter((e) => e.action === "login.password").at(-1);
+    expect(entry).toMatchObject({ outcome: "failure", reason: "row_seal_broken" });
+    expect(await brokenAlerts()).toEqual([{ table: "members", row: memberId("victim.five") }]);
+  });
+
+  it("doesn't re-seal a tampered member row when the member next changes something legitimately", async () => {
+    await register(t.app, { login_id: "mallory.six" });
+    const cookie = await signIn(t.app, "mallory.six");
+    sql("UPDATE members SET mfa_required = 1 WHERE login_id = 'mallory.six'");
+    // The member support's disable (a sealed column) is refused, and the row stays as it was.
+    const id = memberId("mallory.six");
+    expect(() =>
+      t.s.support.setStatus(id, "disabled", { ip: null, requestId: null, adminId: "a", reason: "ticket" }),
+    ).toThrow(/integrity/);
+    const seal = t.s.db.$client.prepare("SELECT status, seal FROM members WHERE id = ?").get(id);
+    expect(seal).toMatchObject({ status: "active" });
+    expect((await me(cookie)).status).toBe(401);
+  });
+
+  it("refuses the attacker's passkey moved onto another member's account", async () => {
+    await register(t.app, { login_id: "victim.seven" });
+    await register(t.app, { login_id: "mallory.seven" });
+    const auth = new SoftAuthenticator();
+    const own = await signIn(t.app, "mallory.seven");
+    const options = await post(t.app, "/api/v1/me/passkeys/options", {}, own);
+    expect(
+      (
+        await post(
+          t.app,
+          "/api/v1/me/passkeys",
+          { response: auth.register(options.body, { origin: ORIGIN }) },
+          own,
+        )
+      ).status,
+    ).toBe(201);
+    sql("UPDATE webauthn_credentials SET member_id = ?", memberId("victim.seven"));
+    // Passwordless, without a user handle that would name the attacker's own account.
+    auth.userHandle = null;
+    const request = await post(t.app, "/api/v1/login/webauthn/options", {});
+    const res = await post(t.app, "/api/v1/login/webauthn", {
+      response: auth.assert(request.body, { origin: ORIGIN }),
+    });
+    expect(res.status).toBe(401);
+    expect((await brokenAlerts()).map((a) => a.table)).toEqual(["webauthn_credentials"]);
+  });
+
+  it("refuses a password-reset link written into the database", async () => {
+    await register(t.app, { login_id: "victim.eight" });
+    const token = randomBytes(32).toString("base64url");
+    const now = t.clock.now().getTime();
+    sql(
+      `INSERT INTO member_tokens (token_hash, purpose, member_id, email_bidx, created_at, expires_at)
+       VALUES (?, 'reset_password', ?, (SELECT email_bidx FROM profiles WHERE member_id = ?), ?, ?)`,
+      createHash("sha256").update(token).digest("base64url"),
+      memberId("victim.eight"),
+      memberId("victim.eight"),
+      now,
+      now + 600_000,
+    );
+    const res = await post(t.app, "/api/v1/recovery/password/reset", {
+      token,
+      password: "attacker's own password 99",
+    });
+    expect(res.status).toBeGreaterThanOrEqual(400);
+    expect(res.status).toBeLessThan(500);
+    expect(
+      (await post(t.app, "/api/v1/login", { login_id: "victim.eight", password: STRONG_PASSWORD })).status,
+    ).toBe(200);
+    expect((await brokenAlerts()).map((a) => a.table)).toEqual(["member_tokens"]);
+  });
+
+  it("seals the rows written before seals existed once, at the upgrade, and never a row unsealed later", async () => {
+    await register(t.app, { login_id: "old.member" });
+    const cookie = await signIn(t.app, "old.member");
+    expect(sealsPending(t.s.db)).toBe(false);
+    // As a database from before migration 0019 would be: no seals, no `seals.enabled` entry.
+    for (const table of ["members", "sessions", "webauthn_credentials", "member_tokens"])
+      sql(`UPDATE ${table} SET seal = NULL`);
+    expect((await me(cookie)).status).toBe(401);
+    expect(sealRowsAfterUpgrade(t.s.db, t.s.seals, t.s.audit)).toBeGreaterThanOrEqual(2);
+    expect((await me(cookie)).status).toBe(200);
+    expect([...t.s.audit.iterate()].filter((e) => e.action === "seals.enabled")).toHaveLength(1);
+    // Later, an unsealed row is the attacker's: a start doesn't seal it (nothing is pending)…
+    sql("UPDATE members SET role = 'admin', seal = NULL WHERE login_id = 'old.member'");
+    expect(sealsPending(t.s.db)).toBe(false);
+    expect((await me(cookie)).status).toBe(401);
+    // …and dropping the column (and 0019's record) to have a start seal it again is refused.
+    sql("ALTER TABLE members DROP COLUMN seal");
+    expect(sealsPending(t.s.db)).toBe(true);
+    sql("ALTER TABLE members ADD seal text");
+    expect(() => sealRowsAfterUpgrade(t.s.db, t.s.seals, t.s.audit)).toThrow(/removed/);
+    expect(
+      t.s.db.$client.prepare("SELECT seal FROM members WHERE login_id = 'old.member'").pluck().get(),
+    ).toBeNull();
+  });
+
+  it("an upgraded database's rows are sealed by the first `sekisho` run, which then finds none broken", async () => {
+    await register(t.app, { login_id: "before.upgrade" });
+    const cookie = await signIn(t.app, "before.upgrade");
+    // The database as the version before row seals left it: no seal columns, 0019 not applied.
+    for (const table of ["members", "sessions", "webauthn_credentials", "member_tokens"])
+      sql(`ALTER TABLE ${table} DROP COLUMN seal`);
+    sql("DELETE FROM __drizzle_migrations WHERE created_at = (SELECT max(created_at) FROM __drizzle_migrations)");
+    const check = runCli(t, ["seals", "check", "--json"]);
+    expect(check.stderr).not.toMatch(/Error/);
+    expect(JSON.parse(check.stdout)).toEqual({ ok: true, broken: [] });
+    expect(check.status).toBe(0);
+    expect((await me(cookie)).status).toBe(200);
+    const enabled = [...t.s.audit.iterate()].filter((e) => e.action === "seals.enabled");
+    expect(enabled.map((e) => JSON.parse(e.details))).toEqual([
+      { sealed: { members: 1, sessions: 1, webauthn_credentials: 0, member_tokens: 1 } },
+    ]);
+    // A row changed afterwards is what `seals check` finds, and `seals accept` takes it as it is,
+    // with a new password required.
+    sql("UPDATE members SET role = 'admin' WHERE login_id = 'before.upgrade'");
+    const found = runCli(t, ["seals", "check", "--json"]);
+    expect(found.status).toBe(1);
+    expect(JSON.parse(found.stdout).broken).toEqual([
+      { table: "members", row: memberId("before.upgrade"), member_id: memberId("before.upgrade") },
+    ]);
+    sql("UPDATE members SET role = 'member' WHERE login_id = 'before.upgrade'");
+    sql("UPDATE sessions SET member_id = member_id || ''"); // unchanged: still sealed
+    const accepted = runCli(t, [
+      "seals",
+      "accept",
+      "before.upgrade",
+      "--reason",
+      "ticket 9: role put back",
+      "--json",
+    ]);
+    expect(accepted.status).toBe(0);
+    expect(JSON.parse(accepted.stdout)).toMatchObject({
+      role: "member",
+      status: "active",
+      sessions_revoked: 1,
+    });
+    expect(runCli(t, ["seals", "check"]).status).toBe(0);
+    const again = await post(t.app, "/api/v1/login", {
+      login_id: "before.upgrade",
+      password: STRONG_PASSWORD,
+    });
+    expect(again.body.error ?? again.body.status).toBe("password_reset_required");
+  });
+});
