@@ -20,7 +20,7 @@ import { openKeyring } from "./vault/bootstrap.js";
 import { Keyring, type KeyringStore, writeKeyringFile } from "./vault/keyring.js";
 import { assertKeyringFits } from "./vault/keyring-check.js";
 import { rotateKeys } from "./vault/rotation.js";
-import { acceptMemberRow, brokenSeals, sealRowsAfterUpgrade, sealsPending } from "./vault/seal-rows.js";
+import { acceptMemberRow, assertSealsNotRemoved, brokenSeals, sealRowsOnce } from "./vault/seal-rows.js";
 import { RowSeals } from "./vault/seals.js";
 
 /**
@@ -41,11 +41,11 @@ function open(): Context {
   const keys = openKeyring(config, systemClock, logger);
   const db = openDatabase(config.dbFile);
   assertKeyringFits(db, keys.get(), config.keyringFile); // before migrating: nothing is written
-  const upgradeSeals = sealsPending(db);
+  assertSealsNotRemoved(db);
   migrateDatabase(db);
   const audit = new AuditLog({ db, keys, clock: systemClock });
   // Rows from before row seals existed are sealed, once, by whichever starts first (server or CLI).
-  if (upgradeSeals) sealRowsAfterUpgrade(db, new RowSeals({ keys }), audit);
+  sealRowsOnce(db, new RowSeals({ keys }), audit, { markEmpty: false });
   return { config, db, keys, audit };
 }
 
@@ -904,7 +904,8 @@ export function buildCli(): Command {
         if (opts.json) out(JSON.stringify({ member_id: member.id, ...result, oidc_rows_revoked: siteRows }));
         else
           out(
-            `${member.loginId} (${member.id}) sealed as ${result.role}, ${result.status}; a new password is required ` +
+            `${member.loginId} (${member.id}) sealed as role ${result.role}, status ${result.status}, sub ${result.sub}, ` +
+              `mfa_required ${result.mfa_required}, email_verified ${result.email_verified}; a new password is required ` +
               `(the member uses "forgot password"); ${result.sessions_revoked} session(s) ended, ` +
               `${siteRows} member-site row(s) revoked; deleted: ${JSON.stringify(result.deleted)}`,
           );

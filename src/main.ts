@@ -11,7 +11,7 @@ import { removePidFile, writePidFile } from "./ops/pid-file.js";
 import { buildServices } from "./services.js";
 import { openKeyring } from "./vault/bootstrap.js";
 import { assertKeyringFits } from "./vault/keyring-check.js";
-import { sealRowsAfterUpgrade, sealsPending } from "./vault/seal-rows.js";
+import { assertSealsNotRemoved, sealRowsOnce } from "./vault/seal-rows.js";
 
 /** The only side effects: config → keys → database → migrate → app → listen. */
 async function main(): Promise<void> {
@@ -25,17 +25,19 @@ async function main(): Promise<void> {
   // write a single entry or row under keys the rest can't be read with (checked before migrating:
   // nothing at all is written then).
   assertKeyringFits(db, keys.get(), config.keyringFile);
-  const upgradeSeals = sealsPending(db);
+  assertSealsNotRemoved(db);
   migrateDatabase(db);
   // WAL checkpoints (and their fsync) run on a worker thread, not inside a request's commit.
   const checkpointer = startCheckpointer(db, logger);
   const services = buildServices({ config, db, clock, keys, logger, processMetrics: true });
   // Rows from before member-level revocation existed learn whose they are (once; cheap after).
   // Rows from before row seals existed are sealed, once (src/vault/seal-rows.ts).
-  if (upgradeSeals) {
-    const sealed = sealRowsAfterUpgrade(db, services.seals, services.audit);
-    logger.info({ rows: sealed }, "row seals on: rows written before them sealed");
-  }
+  const sealed = sealRowsOnce(db, services.seals, services.audit, { markEmpty: true });
+  if (sealed !== null)
+    logger.warn(
+      { rows: sealed },
+      "row seals turned on: every row found without a seal was sealed as it is (expected once, at the upgrade to them)",
+    );
   const backfilled = services.oidcStore.backfillAccountIds();
   if (backfilled > 0) logger.info({ rows: backfilled }, "OIDC rows linked to their members");
   if (config.adminAcr !== "urn:sekisho:acr:phishing-resistant") {

@@ -204,11 +204,11 @@ export function buildServices(deps: {
   const factors = new Factors(
     db,
     new TotpService({ db, keys, clock, issuer: config.totpIssuer }),
-    new RecoveryCodes({ db, clock }),
+    new RecoveryCodes({ db, clock, seals }),
     new Passkeys({ db, clock, rp: config.webauthn, seals }),
   );
-  const mfaTokens = new MfaTokens({ db, clock });
-  const devices = new DeviceRegistry({ db, clock });
+  const mfaTokens = new MfaTokens({ db, clock, seals });
+  const devices = new DeviceRegistry({ db, clock, seals });
   const pow = new ProofOfWork({ clock, maxNumber: guard.policy.challengeMaxNumber });
   const legacyPasswords = new LegacyPasswords({ db, keys, clock });
   const signIn = new PasswordSignIn({
@@ -288,6 +288,7 @@ export function buildServices(deps: {
   });
   const memberTokens = new MemberTokens({ db, clock, seals });
   const emails = new EmailAddresses({
+    seals,
     db,
     keys,
     vault,

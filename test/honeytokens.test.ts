@@ -149,6 +149,9 @@ describe("honeytokens: decoy members that raise the alarm when touched", () => {
       .set("Cookie", second);
     expect(JSON.stringify(others.body)).toContain("honeytoken_touched");
     expect(seen.details.decoy_member_id).toBe("[hidden]");
+    // Nor the request or address that touched it, which the audit view would answer with the
+    // entry naming the decoy.
+    expect(seen.details).toMatchObject({ request_id: "[hidden]", ip: "[hidden]" });
     expect(JSON.stringify(others.body)).not.toContain(decoyId);
     expect((await supertest(t.app).get("/admin/alerts").set("Cookie", second)).text).not.toContain(decoyId);
     expect((await ack(second, 999_999)).status).toBe(404);

@@ -54,6 +54,41 @@ describe("password sign-in", () => {
     expect(strip(unknown.headers)).toEqual(strip(wrong.headers));
   });
 
+  it("a password set while the old one is being verified wins: the old one signs nothing in, and stays replaced", async () => {
+    // Support sets a new password (a reset would do the same) after the sign-in read the member's
+    // hash and before argon2 answered: the old password, right a moment ago, must not get a session.
+    const id = t.s.db.$client
+      .prepare("SELECT id FROM members WHERE login_id = 'hanako'")
+      .pluck()
+      .get() as string;
+    const verify = t.s.hasher.verify.bind(t.s.hasher);
+    const spy = vi.spyOn(t.s.hasher, "verify").mockImplementationOnce(async (stored, password, opts) => {
+      const right = await verify(stored, password, opts);
+      await t.s.support.setPassword(id, "a brand new password 77", {
+        adminId: null,
+        reason: "ticket 5",
+        ip: null,
+        requestId: null,
+      });
+      return right;
+    });
+    try {
+      const res = await post(t.app, "/api/v1/login", { login_id: "hanako", password: STRONG_PASSWORD });
+      expect(res.status).toBe(401);
+      expect(res.body.error).toBe("invalid_credentials");
+      expect(res.headers["set-cookie"]).toBeUndefined();
+    } finally {
+      spy.mockRestore();
+    }
+    expect(
+      (await post(t.app, "/api/v1/login", { login_id: "hanako", password: STRONG_PASSWORD })).status,
+    ).toBe(401);
+    expect(
+      (await post(t.app, "/api/v1/login", { login_id: "hanako", password: "a brand new password 77" }))
+        .status,
+    ).toBe(200);
+  });
+
   it("an unknown login ID costs an argon2 verify like a wrong password", async () => {
     const verify = vi.spyOn(t.s.hasher, "verify");
     await post(t.app, "/api/v1/login", { login_id: "no.such.member", password: "whatever it is here" });

@@ -1036,6 +1036,45 @@ describe("OIDC code flow with a real relying party (openid-client)", () => {
     expect(new URL((await first.follow(same.url, issuer)).url).searchParams.get("code")).toBeTruthy();
   });
 
+  it("a member-site token doesn't follow its sub when it is moved to another member's row in the database", async () => {
+    // Attack (database write, no keyring): give a victim's row the sub of one's own token, to read
+    // the victim's claims through it (userinfo, the service API).
+    const jar = new Jar();
+    await signInThroughApi(jar);
+    const tokens = await codeTokens(jar);
+    const sub = tokens.claims()?.sub as string;
+    await t.s.registrations.register(
+      {
+        loginId: "oidc.victim",
+        password: STRONG_PASSWORD,
+        profile: { name: "被害 花子", email: "hanako@example.jp" },
+      },
+      { ip: null, requestId: null },
+    );
+    const sql = (q: string, ...a: unknown[]) => t.s.db.$client.prepare(q).run(...a);
+    const victimSub = t.s.db.$client
+      .prepare("SELECT sub FROM members WHERE login_id = 'oidc.victim'")
+      .pluck()
+      .get();
+    sql("UPDATE members SET sub = 'moved-away' WHERE login_id = 'oidc.member'");
+    sql("UPDATE members SET sub = ? WHERE login_id = 'oidc.victim'", sub);
+    try {
+      await expect(oidc.fetchUserInfo(config, tokens.access_token, sub)).rejects.toBeTruthy();
+      await expect(oidc.refreshTokenGrant(config, tokens.refresh_token as string)).rejects.toBeTruthy();
+    } finally {
+      sql("UPDATE members SET sub = ? WHERE login_id = 'oidc.victim'", victimSub);
+      sql("UPDATE members SET sub = ? WHERE login_id = 'oidc.member'", sub);
+    }
+    expect(
+      t.s.alerts
+        .list()
+        .some(
+          (a) =>
+            a.kind === "row_seal_broken" && (JSON.parse(a.details) as { table: string }).table === "members",
+        ),
+    ).toBe(true);
+  });
+
   it("client_credentials works only for a client registered with it", async () => {
     // Attack: a member site's ordinary credentials used for a machine token it was never given.
     const refused = await oidc.clientCredentialsGrant(config, { scope: "openid" }).catch((e: unknown) => e);

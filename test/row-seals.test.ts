@@ -3,7 +3,7 @@ import argon2 from "argon2";
 import supertest from "supertest";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { AdminOps } from "../src/admin/admin-ops.js";
-import { sealRowsAfterUpgrade, sealsPending } from "../src/vault/seal-rows.js";
+import { assertSealsNotRemoved, sealRowsOnce } from "../src/vault/seal-rows.js";
 import { adminPasskeySession, adminWithPasskey } from "./support/admin.js";
 import { makeApp, ORIGIN, post, register, STRONG_PASSWORD, signIn, type TestApp } from "./support/app.js";
 import { runCli } from "./support/cli.js";
@@ -14,6 +14,16 @@ import { SoftAuthenticator } from "./support/soft-authenticator.js";
  * elsewhere on the host, a restored copy, an insider with the file). Each test writes what such a
  * person would, straight into SQLite, and tries to use it through the API.
  */
+const SEALED = [
+  "members",
+  "sessions",
+  "webauthn_credentials",
+  "member_tokens",
+  "mfa_tokens",
+  "recovery_codes",
+  "devices",
+];
+
 describe("row seals: rows written without the keyring count for nothing", () => {
   let t: TestApp;
   beforeEach(() => {
@@ -190,38 +200,85 @@ describe("row seals: rows written without the keyring count for nothing", () => 
     expect((await brokenAlerts()).map((a) => a.table)).toEqual(["member_tokens"]);
   });
 
-  it("seals the rows written before seals existed once, at the upgrade, and never a row unsealed later", async () => {
+  it("seals the rows written before seals existed once (also after a start that died before sealing), and never a row unsealed later", async () => {
     await register(t.app, { login_id: "old.member" });
     const cookie = await signIn(t.app, "old.member");
-    expect(sealsPending(t.s.db)).toBe(false);
-    // As a database from before migration 0019 would be: no seals, no `seals.enabled` entry.
-    for (const table of ["members", "sessions", "webauthn_credentials", "member_tokens"])
-      sql(`UPDATE ${table} SET seal = NULL`);
+    // As a database from before migration 0019 would be once migrated (or one whose upgrading
+    // start died between migrating and sealing): no seals, no `seals.enabled` entry.
+    for (const table of SEALED) sql(`UPDATE ${table} SET seal = NULL`);
     expect((await me(cookie)).status).toBe(401);
-    expect(sealRowsAfterUpgrade(t.s.db, t.s.seals, t.s.audit)).toBeGreaterThanOrEqual(2);
+    expect(sealRowsOnce(t.s.db, t.s.seals, t.s.audit, { markEmpty: false })).toBeGreaterThanOrEqual(2);
     expect((await me(cookie)).status).toBe(200);
     expect([...t.s.audit.iterate()].filter((e) => e.action === "seals.enabled")).toHaveLength(1);
-    // Later, an unsealed row is the attacker's: a start doesn't seal it (nothing is pending)…
+    // Later, an unsealed row is the attacker's: no start seals it…
     sql("UPDATE members SET role = 'admin', seal = NULL WHERE login_id = 'old.member'");
-    expect(sealsPending(t.s.db)).toBe(false);
+    expect(sealRowsOnce(t.s.db, t.s.seals, t.s.audit, { markEmpty: true })).toBeNull();
     expect((await me(cookie)).status).toBe(401);
-    // …and dropping the column (and 0019's record) to have a start seal it again is refused.
-    sql("ALTER TABLE members DROP COLUMN seal");
-    expect(sealsPending(t.s.db)).toBe(true);
-    sql("ALTER TABLE members ADD seal text");
-    expect(() => sealRowsAfterUpgrade(t.s.db, t.s.seals, t.s.audit)).toThrow(/removed/);
     expect(
       t.s.db.$client.prepare("SELECT seal FROM members WHERE login_id = 'old.member'").pluck().get(),
     ).toBeNull();
+    // …and dropping the column (and 0019's record) to have a start seal it again is refused.
+    sql("ALTER TABLE members DROP COLUMN seal");
+    expect(() => assertSealsNotRemoved(t.s.db)).toThrow(/removed/);
+  });
+
+  it("refuses a second step and a recovery code written into the database (no password needed otherwise)", async () => {
+    await register(t.app, { login_id: "victim.nine" });
+    const victim = memberId("victim.nine");
+    // Attack: a pending second step for the victim (as if their password had been right), and a
+    // recovery code of the attacker's, both inserted as the service would have hashed them.
+    const token = randomBytes(32).toString("base64url");
+    const code = "abcdefghjkmnpqrs";
+    const now = t.clock.now().getTime();
+    sql(
+      "INSERT INTO mfa_tokens (token_hash, member_id, created_at, expires_at) VALUES (?, ?, ?, ?)",
+      createHash("sha256").update(token).digest("base64url"),
+      victim,
+      now,
+      now + 300_000,
+    );
+    sql(
+      "INSERT INTO recovery_codes (member_id, code_hash, created_at) VALUES (?, ?, ?)",
+      victim,
+      createHash("sha256").update(`sekisho-recovery-code\u0000${code}`).digest("base64url"),
+      now,
+    );
+    const res = await post(t.app, "/api/v1/login/recovery-code", { mfa_token: token, code });
+    expect(res.status).toBe(401);
+    expect(res.headers["set-cookie"]).toBeUndefined();
+    expect((await brokenAlerts()).map((a) => a.table)).toEqual(["mfa_tokens"]);
+    // The attacker's code alone, in a real second step of the victim's (had they the password):
+    // no such code.
+    expect(t.s.factors.recovery.consume(victim, code)).toBe(false);
+    expect((await brokenAlerts()).map((a) => a.table)).toEqual(["recovery_codes", "mfa_tokens"]);
+  });
+
+  it("a trusted device written into the database is no trusted device", async () => {
+    await register(t.app, { login_id: "victim.ten" });
+    const victim = memberId("victim.ten");
+    const token = randomBytes(32).toString("base64url");
+    const now = t.clock.now().getTime();
+    sql(
+      `INSERT INTO devices (id, member_id, token_hash, created_at, last_seen_at, expires_at)
+       VALUES ('d_forgedAAAAAAAAAAAAAA', ?, ?, ?, ?, ?)`,
+      victim,
+      createHash("sha256").update(token).digest("base64url"),
+      now,
+      now,
+      now + 86_400_000,
+    );
+    expect(t.s.devices.recognise(token, victim)).toBeNull();
+    expect(t.s.devices.isLiveFor(token, "victim.ten")).toBe(false);
   });
 
   it("an upgraded database's rows are sealed by the first `sekisho` run, which then finds none broken", async () => {
     await register(t.app, { login_id: "before.upgrade" });
     const cookie = await signIn(t.app, "before.upgrade");
     // The database as the version before row seals left it: no seal columns, 0019 not applied.
-    for (const table of ["members", "sessions", "webauthn_credentials", "member_tokens"])
-      sql(`ALTER TABLE ${table} DROP COLUMN seal`);
-    sql("DELETE FROM __drizzle_migrations WHERE created_at = (SELECT max(created_at) FROM __drizzle_migrations)");
+    for (const table of SEALED) sql(`ALTER TABLE ${table} DROP COLUMN seal`);
+    sql(
+      "DELETE FROM __drizzle_migrations WHERE created_at = (SELECT max(created_at) FROM __drizzle_migrations)",
+    );
     const check = runCli(t, ["seals", "check", "--json"]);
     expect(check.stderr).not.toMatch(/Error/);
     expect(JSON.parse(check.stdout)).toEqual({ ok: true, broken: [] });
@@ -229,7 +286,17 @@ describe("row seals: rows written without the keyring count for nothing", () => 
     expect((await me(cookie)).status).toBe(200);
     const enabled = [...t.s.audit.iterate()].filter((e) => e.action === "seals.enabled");
     expect(enabled.map((e) => JSON.parse(e.details))).toEqual([
-      { sealed: { members: 1, sessions: 1, webauthn_credentials: 0, member_tokens: 1 } },
+      {
+        sealed: {
+          members: 1,
+          sessions: 1,
+          webauthn_credentials: 0,
+          member_tokens: 1,
+          mfa_tokens: 0,
+          recovery_codes: 0,
+          devices: 0,
+        },
+      },
     ]);
     // A row changed afterwards is what `seals check` finds, and `seals accept` takes it as it is,
     // with a new password required.
@@ -240,7 +307,6 @@ describe("row seals: rows written without the keyring count for nothing", () => 
       { table: "members", row: memberId("before.upgrade"), member_id: memberId("before.upgrade") },
     ]);
     sql("UPDATE members SET role = 'member' WHERE login_id = 'before.upgrade'");
-    sql("UPDATE sessions SET member_id = member_id || ''"); // unchanged: still sealed
     const accepted = runCli(t, [
       "seals",
       "accept",

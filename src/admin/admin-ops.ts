@@ -45,8 +45,9 @@ function namesAdmin(details: string, adminId: string): boolean {
  */
 function forAdmins(kind: string, details: Record<string, unknown>): Record<string, unknown> {
   if (kind !== "honeytoken_touched" || !("decoy_member_id" in details)) return details;
-  const { decoy_member_id: _, ...rest } = details;
-  return { ...rest, decoy_member_id: "[hidden]" };
+  // Nor the request or the address that touched it: the audit view, asked for that request id or
+  // address, would show the entry naming the decoy (a failed sign-in with its member id).
+  return { ...details, decoy_member_id: "[hidden]", request_id: "[hidden]", ip: "[hidden]" };
 }
 
 /** What the admin audit view filters by (all given ones must match). */
@@ -163,8 +164,10 @@ export class AdminOps {
    * budget it exceeded): an admin whose session was stolen must not learn from the console that it
    * was seen, or which members are decoys. Other admins and the webhook get them.
    */
-  alerts(c: AdminCtx, limit = 200) {
-    const rows = this.s.alerts.list(limit).filter((a) => !namesAdmin(a.details, c.admin.memberId));
+  alerts(c: AdminCtx, limit = 200, openCriticalMax = 1_000) {
+    const rows = this.s.alerts
+      .list(limit, openCriticalMax)
+      .filter((a) => !namesAdmin(a.details, c.admin.memberId));
     this.record(c, "admin.alerts_viewed", { details: { count: rows.length } });
     return rows.map((a) => ({
       id: a.id,

@@ -174,6 +174,7 @@ export class Decoys {
         }
         const id = this.#honeytokens.newId();
         const sub = newSubject();
+        const emailVerified = randomInt(10) < 7;
         inTransaction(this.#db, () => {
           this.#db
             .insert(members)
@@ -188,13 +189,14 @@ export class Decoys {
               createdAt,
               updatedAt: createdAt,
               passwordChangedAt: createdAt,
-              emailVerified: randomInt(10) < 7,
+              emailVerified,
               locale: randomInt(10) === 0 ? "en" : "ja",
               seal: newMemberSeal(this.#seals, {
                 id,
                 sub,
                 passwordHash: password.hash,
                 pepperId: password.pepperId,
+                emailVerified,
               }),
             })
             .run();

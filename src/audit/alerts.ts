@@ -69,9 +69,9 @@ export class Alerts {
    * The newest `limit` alerts, and with them every critical alert not yet acknowledged (up to
    * 1,000), however many newer ones there are: a flood of lesser alerts (anyone can have
    * `account_protected` raised for login IDs of their choosing) must not push a critical one out of
-   * sight before someone has handled it. Newest first.
+   * sight before someone has handled it (at most `openCriticalMax` of them). Newest first.
    */
-  list(limit = 100) {
+  list(limit = 100, openCriticalMax = 1_000) {
     const newest = this.#db.select().from(alerts).orderBy(desc(alerts.id)).limit(limit).all();
     const oldest = newest.at(-1)?.id;
     if (oldest === undefined || newest.length < limit) return newest;
@@ -80,7 +80,7 @@ export class Alerts {
       .from(alerts)
       .where(and(lt(alerts.id, oldest), eq(alerts.severity, "critical"), isNull(alerts.acknowledgedAt)))
       .orderBy(desc(alerts.id))
-      .limit(1_000)
+      .limit(openCriticalMax)
       .all();
     return [...newest, ...open];
   }

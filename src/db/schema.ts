@@ -218,6 +218,8 @@ export const recoveryCodes = sqliteTable(
     codeHash: text("code_hash").notNull().unique(),
     createdAt: integer("created_at").notNull(),
     usedAt: integer("used_at"),
+    /** Row seal over the member and the code's hash (src/vault/seals.ts). */
+    seal: text("seal"),
   },
   (t) => [index("recovery_codes_member").on(t.memberId)],
 );
@@ -289,6 +291,8 @@ export const mfaTokens = sqliteTable(
     expiresAt: integer("expires_at").notNull(),
     failures: integer("failures").notNull().default(0),
     consumedAt: integer("consumed_at"),
+    /** Row seal over the token hash, member and expiry (src/vault/seals.ts). */
+    seal: text("seal"),
   },
   (t) => [index("mfa_tokens_expiry").on(t.expiresAt)],
 );
@@ -310,6 +314,8 @@ export const devices = sqliteTable(
     expiresAt: integer("expires_at").notNull(),
     revokedAt: integer("revoked_at"),
     userAgent: text("user_agent"),
+    /** Row seal over the id, member, token hash and expiry (src/vault/seals.ts). */
+    seal: text("seal"),
   },
   (t) => [index("devices_member").on(t.memberId)],
 );

@@ -4,6 +4,7 @@ import type { Clock } from "../clock.js";
 import type { Db } from "../db/connection.js";
 import { recoveryCodes } from "../db/schema.js";
 import { randomBytesPooled } from "../vault/random.js";
+import { type RowSeals, recoveryCodeSealValues } from "../vault/seals.js";
 
 /**
  * Recovery codes: ten one-time codes, shown once, for a member who lost their authenticator.
@@ -43,10 +44,12 @@ const hashCode = (normalised: string) =>
 export class RecoveryCodes {
   readonly #db: Db;
   readonly #clock: Clock;
+  readonly #seals: RowSeals;
 
-  constructor(deps: { db: Db; clock: Clock }) {
+  constructor(deps: { db: Db; clock: Clock; seals: RowSeals }) {
     this.#db = deps.db;
     this.#clock = deps.clock;
+    this.#seals = deps.seals;
   }
 
   /** A fresh set; every earlier code (used or not) stops working. Call inside a transaction. */
@@ -56,7 +59,17 @@ export class RecoveryCodes {
     this.#db.delete(recoveryCodes).where(eq(recoveryCodes.memberId, memberId)).run();
     this.#db
       .insert(recoveryCodes)
-      .values(codes.map((c) => ({ memberId, codeHash: hashCode(c.replace(/-/g, "")), createdAt: now })))
+      .values(
+        codes.map((c) => {
+          const codeHash = hashCode(c.replace(/-/g, ""));
+          return {
+            memberId,
+            codeHash,
+            createdAt: now,
+            seal: this.#seals.seal("recovery_codes", recoveryCodeSealValues({ memberId, codeHash })),
+          };
+        }),
+      )
       .run();
     return codes;
   }
@@ -65,17 +78,28 @@ export class RecoveryCodes {
   consume(memberId: string, input: string): boolean {
     const normalised = normaliseRecoveryCode(input);
     if (!normalised) return false;
+    const codeHash = hashCode(normalised);
+    const row = this.#db
+      .select({ id: recoveryCodes.id, seal: recoveryCodes.seal })
+      .from(recoveryCodes)
+      .where(and(eq(recoveryCodes.memberId, memberId), eq(recoveryCodes.codeHash, codeHash)))
+      .get();
+    // A code written into the database without the keyring is no code (src/vault/seals.ts).
+    if (
+      !row ||
+      !this.#seals.holds(
+        "recovery_codes",
+        recoveryCodeSealValues({ memberId, codeHash }),
+        row.seal,
+        String(row.id),
+      )
+    )
+      return false;
     return (
       this.#db
         .update(recoveryCodes)
         .set({ usedAt: this.#clock.now().getTime() })
-        .where(
-          and(
-            eq(recoveryCodes.memberId, memberId),
-            eq(recoveryCodes.codeHash, hashCode(normalised)),
-            isNull(recoveryCodes.usedAt),
-          ),
-        )
+        .where(and(eq(recoveryCodes.id, row.id), isNull(recoveryCodes.usedAt)))
         .run().changes === 1
     );
   }

@@ -348,7 +348,7 @@ export function alertsTable(lang: Lang, alerts: AlertView[]): string {
           : "",
       ].join("");
       const req =
-        typeof d.request_id === "string"
+        typeof d.request_id === "string" && d.request_id !== "[hidden]"
           ? ` <a href="/admin/audit?request_id=${e(encodeURIComponent(d.request_id))}">request</a>`
           : "";
       return `<tr><td>${e(when(lang, a.at))}</td><td>${e(ALERT_KIND[a.kind]?.[lang] ?? a.kind)} <code class="small">${e(a.kind)}</code></td><td class="${e(a.severity)}">${e(SEVERITY[a.severity]?.[lang] ?? a.severity)}</td><td><code class="small">${e(JSON.stringify(d))}</code>${link}${req}</td><td class="nowrap">${

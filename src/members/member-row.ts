@@ -14,13 +14,20 @@ export const sealedMemberColumns = {
   pepperId: members.pepperId,
   mfaRequired: members.mfaRequired,
   passwordResetRequired: members.passwordResetRequired,
+  emailVerified: members.emailVerified,
   seal: members.seal,
 };
 
 type SealedSet = Partial<
   Pick<
     typeof members.$inferInsert,
-    "role" | "status" | "passwordHash" | "pepperId" | "mfaRequired" | "passwordResetRequired"
+    | "role"
+    | "status"
+    | "passwordHash"
+    | "pepperId"
+    | "mfaRequired"
+    | "passwordResetRequired"
+    | "emailVerified"
   >
 >;
 type MemberSet = SealedSet & Partial<Omit<typeof members.$inferInsert, "id" | "sub" | "seal">>;
@@ -65,6 +72,7 @@ export function newMemberSeal(
     pepperId?: string | null;
     mfaRequired?: boolean;
     passwordResetRequired?: boolean;
+    emailVerified?: boolean;
   },
 ): string {
   return seals.seal(
@@ -78,6 +86,7 @@ export function newMemberSeal(
       pepperId: row.pepperId ?? null,
       mfaRequired: row.mfaRequired ?? false,
       passwordResetRequired: row.passwordResetRequired ?? false,
+      emailVerified: row.emailVerified ?? false,
     }),
   );
 }

@@ -11,6 +11,7 @@ import { ApiError, StartupError } from "../errors.js";
 import { pageHeaders } from "../http/hosted.js";
 import { errorPage, escapeHtml, LOGOUT_CONFIRMED, langOf, loggedOutPage, logoutPage } from "../http/pages.js";
 import { requestIds } from "../logger.js";
+import { sealedMemberColumns } from "../members/member-row.js";
 import { PROFILE_FIELDS, type Profile, type ProfileField } from "../members/profile.js";
 import { meets, type Requirement } from "../policy/mfa-policy.js";
 import type { Services } from "../services.js";
@@ -18,6 +19,7 @@ import { ACR, requestedLevel } from "../sessions/levels.js";
 import { logOut } from "../sessions/member-actions.js";
 import { SESSION_COOKIE, type Session, sessionTokenFrom } from "../sessions/sessions.js";
 import type { Keyring, SigningKey } from "../vault/keyring.js";
+import { memberSealValues } from "../vault/seals.js";
 import type { OidcStore } from "./adapter.js";
 import { Clients } from "./clients.js";
 
@@ -120,15 +122,10 @@ export function createOidc(s: Services, opts: { clientIp: (req: IncomingMessage)
     );
   }
 
-  // Only what findAccount uses (not the password hash and the rest, on every token request).
+  // What findAccount uses, and the columns of the member's seal (checked on every token request).
   const memberBySub = lazyPrepared(() =>
     s.db
-      .select({
-        id: members.id,
-        status: members.status,
-        loginId: members.loginId,
-        emailVerified: members.emailVerified,
-      })
+      .select({ ...sealedMemberColumns, loginId: members.loginId })
       .from(members)
       .where(eq(members.sub, sql.placeholder("sub")))
       .prepare(),
@@ -333,6 +330,9 @@ export function createOidc(s: Services, opts: { clientIp: (req: IncomingMessage)
     findAccount: async (ctx, sub) => {
       const member = memberBySub().get({ sub });
       if (member?.status !== "active") return undefined;
+      // A sub moved to another member's row in the database (to get their claims on a token of
+      // one's own) finds no one (src/vault/seals.ts).
+      if (!s.seals.holds("members", memberSealValues(member), member.seal, member.id)) return undefined;
       return {
         accountId: sub,
         claims: async (use, scope) => {

@@ -5,11 +5,13 @@ import { members } from "../db/schema.js";
 import { ApiError } from "../errors.js";
 import type { Mailer } from "../mail/outbox.js";
 import { type Locale, maskEmail } from "../mail/templates.js";
+import { updateMember } from "../members/member-row.js";
 import type { ProfileVault } from "../members/profile.js";
 import type { Session } from "../sessions/sessions.js";
 import type { LoginGuard } from "../throttle/engine.js";
 import { decryptField, encryptField, type FieldContext } from "../vault/fields.js";
 import type { KeyringStore } from "../vault/keyring.js";
+import type { RowSeals } from "../vault/seals.js";
 import { type MemberToken, type MemberTokens, TOKEN_TTL_MS } from "./tokens.js";
 
 export interface Ctx {
@@ -52,8 +54,10 @@ export class EmailAddresses {
   readonly #guard: LoginGuard;
   readonly #issuer: string;
   readonly #requireStrongRecent: (session: Session) => void;
+  readonly #seals: RowSeals;
 
   constructor(deps: {
+    seals: RowSeals;
     db: Db;
     keys: KeyringStore;
     vault: ProfileVault;
@@ -73,6 +77,7 @@ export class EmailAddresses {
     this.#guard = deps.guard;
     this.#issuer = deps.issuer;
     this.#requireStrongRecent = deps.requireStrongRecent;
+    this.#seals = deps.seals;
   }
 
   link(token: string): string {
@@ -259,7 +264,7 @@ export class EmailAddresses {
       if (row.emailIndex === null || row.emailIndex !== this.#vault.currentEmailIndex(row.memberId))
         throw invalidToken();
       if (!this.#tokens.consume(row.tokenHash)) throw invalidToken();
-      this.#db.update(members).set({ emailVerified: true }).where(eq(members.id, row.memberId)).run();
+      updateMember(this.#db, this.#seals, row.memberId, { emailVerified: true });
       this.#audit.append({
         action: "email.verified",
         outcome: "success",
@@ -280,7 +285,7 @@ export class EmailAddresses {
     inTransaction(this.#db, () => {
       if (!this.#tokens.consume(row.tokenHash)) throw invalidToken();
       this.#vault.updateFields(m.id, { email: newEmail });
-      this.#db.update(members).set({ emailVerified: true }).where(eq(members.id, m.id)).run();
+      updateMember(this.#db, this.#seals, m.id, { emailVerified: true });
       // Links mailed to the old address open nothing any more: its verification links, and its
       // reset links (the member may be changing address because the old mailbox is lost).
       this.#tokens.voidAll(m.id, "verify_email", "reset_password");

@@ -3,6 +3,7 @@ import type { Clock } from "../clock.js";
 import { type Db, lazyPrepared } from "../db/connection.js";
 import { devices } from "../db/schema.js";
 import { randomBytesPooled } from "../vault/random.js";
+import { deviceSealValues, type RowSeals } from "../vault/seals.js";
 import { cookieValue, hashToken } from "./sessions.js";
 
 /**
@@ -16,6 +17,14 @@ export const DEVICE_TTL_MS = 365 * 24 * 3_600_000;
 
 export const deviceTokenFrom = (cookieHeader: string | undefined) => cookieValue(cookieHeader, DEVICE_COOKIE);
 
+interface SealedDevice {
+  id: string;
+  memberId: string;
+  tokenHash: string;
+  expiresAt: number;
+  seal: string | null;
+}
+
 export interface Device {
   id: string;
   createdAt: number;
@@ -26,17 +35,25 @@ export interface Device {
 export class DeviceRegistry {
   readonly #db: Db;
   readonly #clock: Clock;
+  readonly #seals: RowSeals;
 
-  constructor(deps: { db: Db; clock: Clock }) {
+  constructor(deps: { db: Db; clock: Clock; seals: RowSeals }) {
     this.#db = deps.db;
     this.#clock = deps.clock;
+    this.#seals = deps.seals;
+  }
+
+  /** Whether a device row's seal holds (one written without the keyring is no device). */
+  #sealed(row: { id: string; memberId: string; tokenHash: string; expiresAt: number; seal: string | null }) {
+    return this.#seals.holds("devices", deviceSealValues(row), row.seal, row.id);
   }
 
   /** The live device of this member that the token names, or null (another member's device counts as none). */
   recognise(token: string | null, memberId: string): Device | null {
     if (!token || !/^[A-Za-z0-9_-]{43}$/.test(token)) return null;
     const row = this.#byToken().get(hashToken(token), memberId, this.#clock.now().getTime());
-    return row ?? null;
+    if (!row || !this.#sealed(row)) return null;
+    return { id: row.id, createdAt: row.createdAt, lastSeenAt: row.lastSeenAt, userAgent: row.userAgent };
   }
 
   /**
@@ -46,20 +63,23 @@ export class DeviceRegistry {
    */
   isLiveFor(token: string | null, loginId: string): boolean {
     if (!token || !/^[A-Za-z0-9_-]{43}$/.test(token)) return false;
-    return this.#liveFor().get(hashToken(token), loginId, this.#clock.now().getTime()) !== undefined;
+    const row = this.#liveFor().get(hashToken(token), loginId, this.#clock.now().getTime());
+    return row !== undefined && this.#sealed(row);
   }
 
   readonly #liveFor = lazyPrepared(() =>
-    this.#db.$client.prepare<[string, string, number], { one: number }>(
-      `SELECT 1 AS one FROM devices d JOIN members m ON m.id = d.member_id
+    this.#db.$client.prepare<[string, string, number], SealedDevice>(
+      `SELECT d.id, d.member_id AS memberId, d.token_hash AS tokenHash, d.expires_at AS expiresAt, d.seal
+         FROM devices d JOIN members m ON m.id = d.member_id
        WHERE d.token_hash = ? AND m.login_id = ? AND d.revoked_at IS NULL AND d.expires_at > ?`,
     ),
   );
 
   // Prepared once: it runs on every sign-in of a known member and every second step.
   readonly #byToken = lazyPrepared(() =>
-    this.#db.$client.prepare<[string, string, number], Device>(
-      `SELECT id, created_at AS createdAt, last_seen_at AS lastSeenAt, user_agent AS userAgent FROM devices
+    this.#db.$client.prepare<[string, string, number], Device & SealedDevice>(
+      `SELECT id, created_at AS createdAt, last_seen_at AS lastSeenAt, user_agent AS userAgent,
+              member_id AS memberId, token_hash AS tokenHash, expires_at AS expiresAt, seal FROM devices
        WHERE token_hash = ? AND member_id = ? AND revoked_at IS NULL AND expires_at > ?`,
     ),
   );
@@ -77,16 +97,15 @@ export class DeviceRegistry {
     const now = this.#clock.now().getTime();
     const token = randomBytesPooled(32).toString("base64url");
     const id = `d_${randomBytesPooled(12).toString("base64url")}`;
+    const sealed = { id, memberId, tokenHash: hashToken(token), expiresAt: now + DEVICE_TTL_MS };
     this.#db
       .insert(devices)
       .values({
-        id,
-        memberId,
-        tokenHash: hashToken(token),
+        ...sealed,
         createdAt: now,
         lastSeenAt: now,
-        expiresAt: now + DEVICE_TTL_MS,
         userAgent: userAgent ? userAgent.slice(0, 256) : null,
+        seal: this.#seals.seal("devices", deviceSealValues(sealed)),
       })
       .run();
     return { token, id };

@@ -3,6 +3,7 @@ import type { Clock } from "../clock.js";
 import type { Db } from "../db/connection.js";
 import { mfaTokens } from "../db/schema.js";
 import { randomBytesPooled } from "../vault/random.js";
+import { mfaTokenSealValues, type RowSeals } from "../vault/seals.js";
 import { hashToken } from "./sessions.js";
 
 /**
@@ -23,19 +24,22 @@ export interface PendingMfa {
 export class MfaTokens {
   readonly #db: Db;
   readonly #clock: Clock;
+  readonly #seals: RowSeals;
 
-  constructor(deps: { db: Db; clock: Clock }) {
+  constructor(deps: { db: Db; clock: Clock; seals: RowSeals }) {
     this.#db = deps.db;
     this.#clock = deps.clock;
+    this.#seals = deps.seals;
   }
 
   /** Call inside the sign-in transaction. */
   issue(memberId: string): string {
     const token = randomBytesPooled(32).toString("base64url");
     const now = this.#clock.now().getTime();
+    const row = { tokenHash: hashToken(token), memberId, expiresAt: now + MFA_TOKEN_TTL_MS };
     this.#db
       .insert(mfaTokens)
-      .values({ tokenHash: hashToken(token), memberId, createdAt: now, expiresAt: now + MFA_TOKEN_TTL_MS })
+      .values({ ...row, createdAt: now, seal: this.#seals.seal("mfa_tokens", mfaTokenSealValues(row)) })
       .run();
     return token;
   }
@@ -50,6 +54,10 @@ export class MfaTokens {
       .get();
     if (!row || row.consumedAt !== null || row.expiresAt <= this.#clock.now().getTime()) return null;
     if (row.failures >= MFA_TOKEN_MAX_FAILURES) return null;
+    // Written into the database without the keyring (a second step for someone else's account,
+    // skipping their password): no such step (src/vault/seals.ts).
+    if (!this.#seals.holds("mfa_tokens", mfaTokenSealValues(row), row.seal, row.tokenHash.slice(0, 12)))
+      return null;
     return { tokenHash: row.tokenHash, memberId: row.memberId, failures: row.failures };
   }
 

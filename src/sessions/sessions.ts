@@ -4,6 +4,8 @@ import { and, desc, eq, gt, isNull, ne, sql } from "drizzle-orm";
 import type { Clock } from "../clock.js";
 import { type Db, lazyPrepared } from "../db/connection.js";
 import { members, sessions } from "../db/schema.js";
+import { ApiError } from "../errors.js";
+import { sealedMemberColumns } from "../members/member-row.js";
 import { randomBytesPooled } from "../vault/random.js";
 import { memberSealValues, type RowSeals, sessionSealValues } from "../vault/seals.js";
 import type { Acr, Amr } from "./levels.js";
@@ -92,6 +94,11 @@ export class SessionService {
     ip: string | null;
     userAgent: string | null;
   }): { token: string; session: Session } {
+    // Whatever proved who this is (a password, a second step, a passkey), a member row changed
+    // in the database without the keyring gets no session (src/vault/seals.ts).
+    const member = this.#member().get({ id: input.memberId });
+    if (!member || !this.#seals.holds("members", memberSealValues(member), member.seal, member.id))
+      throw new ApiError(401, "invalid_credentials", "This account can't be signed in to now.");
     const now = this.#clock.now().getTime();
     const token = randomBytesPooled(32).toString("base64url");
     const row: SessionRow = {
@@ -143,6 +150,14 @@ export class SessionService {
     return toSession(row);
   }
 
+  readonly #member = lazyPrepared(() =>
+    this.#db
+      .select(sealedMemberColumns)
+      .from(members)
+      .where(eq(members.id, sql.placeholder("id")))
+      .prepare(),
+  );
+
   // Prepared once: both run on every sign-in or every authenticated request.
   readonly #insert = lazyPrepared(() =>
     this.#db.$client.prepare(
@@ -156,17 +171,7 @@ export class SessionService {
     this.#db
       .select({
         session: sessions,
-        member: {
-          id: members.id,
-          sub: members.sub,
-          role: members.role,
-          status: members.status,
-          passwordHash: members.passwordHash,
-          pepperId: members.pepperId,
-          mfaRequired: members.mfaRequired,
-          passwordResetRequired: members.passwordResetRequired,
-          seal: members.seal,
-        },
+        member: sealedMemberColumns,
       })
       .from(sessions)
       .innerJoin(members, eq(members.id, sessions.memberId))

@@ -1,4 +1,4 @@
-import { eq, sql } from "drizzle-orm";
+import { eq, isNull, sql } from "drizzle-orm";
 import type { Honeytokens } from "../audit/honeytokens.js";
 import type { AuditLog } from "../audit/log.js";
 import type { Clock } from "../clock.js";
@@ -276,6 +276,7 @@ export class PasswordSignIn {
           mfaRequired: boolean;
           role: "member" | "admin";
           sub: string;
+          emailVerified: boolean;
           seal: string | null;
         }
       | undefined,
@@ -374,12 +375,28 @@ export class PasswordSignIn {
     // attacker who has the password fresh guesses at the code.
     settle(enrolled ? "neither" : "success");
     return inTransaction(this.#db, (): SignInResult => {
+      // The password was checked against the hash read before argon2 ran (tens of milliseconds,
+      // or a wait in the queue): a reset or change that landed meanwhile wins. The old password
+      // signs nothing in, and its new hash doesn't undo the change.
+      const now = this.#db
+        .select({ passwordHash: members.passwordHash })
+        .from(members)
+        .where(eq(members.id, member.id))
+        .get();
+      if (now?.passwordHash !== member.passwordHash)
+        throw new ApiError(401, "invalid_credentials", "The login ID or password is incorrect.");
       if (rehashed) {
-        updateMember(this.#db, this.#seals, member.id, {
-          passwordHash: rehashed.hash,
-          pepperId: rehashed.pepperId,
-        });
-        if (legacy) this.#legacy?.delete(member.id);
+        // (A compare-and-swap all the same.)
+        const swapped = updateMember(
+          this.#db,
+          this.#seals,
+          member.id,
+          { passwordHash: rehashed.hash, pepperId: rehashed.pepperId },
+          member.passwordHash === null
+            ? isNull(members.passwordHash)
+            : eq(members.passwordHash, member.passwordHash),
+        );
+        if (swapped === 1 && legacy) this.#legacy?.delete(member.id);
       }
       if (enrolled) {
         // The password was right; the second step is due. No session yet, not even a limited one.
@@ -460,6 +477,7 @@ export class PasswordSignIn {
         mfaRequired: members.mfaRequired,
         role: members.role,
         sub: members.sub,
+        emailVerified: members.emailVerified,
         seal: members.seal,
       })
       .from(members)

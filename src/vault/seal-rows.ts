@@ -2,10 +2,13 @@ import type { AuditLog } from "../audit/log.js";
 import { type Db, inTransaction } from "../db/connection.js";
 import { StartupError } from "../errors.js";
 import {
+  deviceSealValues,
   memberSealValues,
   memberTokenSealValues,
+  mfaTokenSealValues,
   passkeySealValues,
   type RowSeals,
+  recoveryCodeSealValues,
   type SealedTable,
   type SealValue,
   sessionSealValues,
@@ -25,6 +28,7 @@ const TABLES: Record<SealedTable, { key: string; values: (r: Record<string, unkn
         pepperId: r.pepper_id as string | null,
         mfaRequired: r.mfa_required as number,
         passwordResetRequired: r.password_reset_required as number,
+        emailVerified: r.email_verified as number,
       }),
   },
   sessions: {
@@ -62,53 +66,86 @@ const TABLES: Record<SealedTable, { key: string; values: (r: Record<string, unkn
         expiresAt: r.expires_at as number,
       }),
   },
+  mfa_tokens: {
+    key: "token_hash",
+    values: (r) =>
+      mfaTokenSealValues({
+        tokenHash: r.token_hash as string,
+        memberId: r.member_id as string,
+        expiresAt: r.expires_at as number,
+      }),
+  },
+  recovery_codes: {
+    key: "id",
+    values: (r) =>
+      recoveryCodeSealValues({ memberId: r.member_id as string, codeHash: r.code_hash as string }),
+  },
+  devices: {
+    key: "id",
+    values: (r) =>
+      deviceSealValues({
+        id: r.id as string,
+        memberId: r.member_id as string,
+        tokenHash: r.token_hash as string,
+        expiresAt: r.expires_at as number,
+      }),
+  },
 };
 
 /** The sealed values of a raw row (snake_case columns, as SQLite returns them) of a sealed table. */
 export const rowSealValues = (table: SealedTable, row: Record<string, unknown>): SealValue[] =>
   TABLES[table].values(row);
 
+const sealsOn = (db: Db) =>
+  db.$client.prepare("SELECT 1 FROM audit_log WHERE action = 'seals.enabled' LIMIT 1").get() !== undefined;
+
 /**
- * Whether this database predates row seals (migration 0019 not applied yet: members exist without
- * a `seal` column). Asked before migrating; if so, `sealRowsAfterUpgrade` runs after.
+ * Refuse a database whose seal columns were removed after seals were turned on (asked before
+ * migrating): someone with the file dropped them, and the migration's record, so that the next
+ * start would seal the rows they wrote. Nothing is written then.
  */
-export function sealsPending(db: Db): boolean {
-  const columns = db.$client
-    .prepare("SELECT name FROM pragma_table_info('members')")
-    .pluck()
-    .all() as string[];
-  return columns.length > 0 && !columns.includes("seal");
+export function assertSealsNotRemoved(db: Db): void {
+  const tables = db.$client.prepare("SELECT name FROM sqlite_master WHERE type = 'table'").pluck().all();
+  if (!tables.includes("audit_log") || !tables.includes("members")) return;
+  const columns = db.$client.prepare("SELECT name FROM pragma_table_info('members')").pluck().all() as string[];
+  if (!columns.includes("seal") && sealsOn(db))
+    throw new StartupError(
+      "row seals were removed from this database after they were turned on (columns dropped, migration 0019 " +
+        "unrecorded): someone with the database file did it. Restore a backup; nothing was written.",
+    );
 }
 
 /**
- * Seal the rows written before seals existed, once: at the start (server or CLI) that applied
- * migration 0019 to a database with rows, in one transaction that also appends `seals.enabled`
- * to the audit log. From then on a row without a seal is one written by someone without the
- * keyring, and nothing seals it. Someone who drops the columns and the migration's record to have
- * their rows sealed by the next start is refused: `seals.enabled` is already in the log (which they
- * can't edit unnoticed). Returns how many rows were sealed.
+ * Turn row seals on, once: seal every row without a seal and append `seals.enabled` (with the
+ * counts) to the audit log, in one transaction, unless that entry is already there. So the rows of
+ * a database from before migration 0019 are sealed by the first start after it (server or CLI),
+ * and a start that died between migrating and sealing is made good by the next. From the entry on,
+ * a row without a seal is one written by someone without the keyring, and nothing seals it (the
+ * entry is in the log, which they can't edit unnoticed). The server also appends the entry on a
+ * new, empty database (`markEmpty`); a CLI command doesn't, so that it adds no entry of its own.
+ * Returns how many rows were sealed (null: seals were on already).
  */
-export function sealRowsAfterUpgrade(db: Db, seals: RowSeals, audit: AuditLog): number {
+export function sealRowsOnce(
+  db: Db,
+  seals: RowSeals,
+  audit: AuditLog,
+  opts: { markEmpty: boolean },
+): number | null {
   const client = db.$client;
-  if (client.prepare("SELECT 1 FROM audit_log WHERE action = 'seals.enabled' LIMIT 1").get())
-    throw new StartupError(
-      "row seals were removed from this database after they were turned on (columns dropped, migration 0019 " +
-        "unrecorded): someone with the database file did it. Restore a backup; nothing was sealed.",
-    );
+  if (sealsOn(db)) return null;
   return inTransaction(db, () => {
+    if (sealsOn(db)) return null; // (another process, starting at the same moment, did it)
     const sealed: Record<string, number> = {};
     let total = 0;
     for (const [table, { key, values }] of Object.entries(TABLES)) {
-      const rows = client.prepare(`SELECT * FROM ${table} WHERE seal IS NULL`).all() as Record<
-        string,
-        unknown
-      >[];
+      const rows = client.prepare(`SELECT * FROM ${table} WHERE seal IS NULL`).all() as Record<string, unknown>[];
       const update = client.prepare(`UPDATE ${table} SET seal = ? WHERE ${key} = ?`);
       for (const row of rows) update.run(seals.seal(table as SealedTable, values(row)), row[key]);
       sealed[table] = rows.length;
       total += rows.length;
     }
-    audit.append({ action: "seals.enabled", outcome: "info", actorType: "system", details: { sealed } });
+    if (total > 0 || opts.markEmpty)
+      audit.append({ action: "seals.enabled", outcome: "info", actorType: "system", details: { sealed } });
     return total;
   });
 }
@@ -159,7 +196,15 @@ export function acceptMemberRow(
   memberId: string,
   reason: string,
   now: number,
-): { role: string; status: string; deleted: Record<string, number>; sessions_revoked: number } {
+): {
+  sub: string;
+  role: string;
+  status: string;
+  mfa_required: boolean;
+  email_verified: boolean;
+  deleted: Record<string, number>;
+  sessions_revoked: number;
+} {
   return inTransaction(db, () => {
     const client = db.$client;
     const row = client.prepare("SELECT * FROM members WHERE id = ?").get(memberId) as
@@ -171,7 +216,14 @@ export function acceptMemberRow(
       .prepare("UPDATE members SET password_reset_required = 1, seal = ? WHERE id = ?")
       .run(seals.seal("members", TABLES.members.values(accepted)), memberId);
     const deleted: Record<string, number> = {};
-    for (const table of ["sessions", "webauthn_credentials", "member_tokens"] as const) {
+    for (const table of [
+      "sessions",
+      "webauthn_credentials",
+      "member_tokens",
+      "mfa_tokens",
+      "recovery_codes",
+      "devices",
+    ] as const) {
       const { key, values } = TABLES[table];
       const remove = client.prepare(`DELETE FROM ${table} WHERE ${key} = ?`);
       let n = 0;
@@ -188,8 +240,11 @@ export function acceptMemberRow(
       )
       .run(now, memberId).changes;
     const result = {
+      sub: row.sub as string,
       role: row.role as string,
       status: row.status as string,
+      mfa_required: Boolean(row.mfa_required),
+      email_verified: Boolean(row.email_verified),
       deleted,
       sessions_revoked: sessionsRevoked,
     };

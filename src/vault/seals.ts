@@ -16,12 +16,23 @@ import type { KeyringStore } from "./keyring.js";
  *
  * What is sealed, table by table (columns that change in use — last seen, counters, revocation —
  * are not: see docs/threat-model.md):
- * - members: id, sub, role, status, password hash and pepper, mfa_required, password_reset_required
+ * - members: id, sub, role, status, password hash and pepper, mfa_required, password_reset_required,
+ *   email_verified (member sites may link accounts by a verified address)
  * - sessions: id, token hash, member, kind, acr, amr, auth time, absolute expiry
  * - webauthn_credentials: id, member, credential ID, public key
  * - member_tokens: token hash, member, purpose, bound address index, expiry
+ * - mfa_tokens (the step between password and second factor): token hash, member, expiry
+ * - recovery_codes: member, code hash
+ * - devices (trusted browsers): id, member, token hash, expiry
  */
-export type SealedTable = "members" | "sessions" | "webauthn_credentials" | "member_tokens";
+export type SealedTable =
+  | "members"
+  | "sessions"
+  | "webauthn_credentials"
+  | "member_tokens"
+  | "mfa_tokens"
+  | "recovery_codes"
+  | "devices";
 export type SealValue = string | number | boolean | null;
 
 const VERSION = "s1";
@@ -77,6 +88,7 @@ export function memberSealValues(m: {
   pepperId: string | null;
   mfaRequired: boolean | number;
   passwordResetRequired: boolean | number;
+  emailVerified: boolean | number;
 }): SealValue[] {
   return [
     m.id,
@@ -87,6 +99,7 @@ export function memberSealValues(m: {
     m.pepperId,
     Boolean(m.mfaRequired),
     Boolean(m.passwordResetRequired),
+    Boolean(m.emailVerified),
   ];
 }
 
@@ -123,4 +136,28 @@ export function memberTokenSealValues(t: {
   expiresAt: number;
 }): SealValue[] {
   return [t.tokenHash, t.memberId, t.purpose, t.emailIndex, t.expiresAt];
+}
+
+/** The sealed values of a pending second step (mfa_token). */
+export function mfaTokenSealValues(t: {
+  tokenHash: string;
+  memberId: string;
+  expiresAt: number;
+}): SealValue[] {
+  return [t.tokenHash, t.memberId, t.expiresAt];
+}
+
+/** The sealed values of a recovery code. */
+export function recoveryCodeSealValues(c: { memberId: string; codeHash: string }): SealValue[] {
+  return [c.memberId, c.codeHash];
+}
+
+/** The sealed values of a trusted device. */
+export function deviceSealValues(d: {
+  id: string;
+  memberId: string;
+  tokenHash: string;
+  expiresAt: number;
+}): SealValue[] {
+  return [d.id, d.memberId, d.tokenHash, d.expiresAt];
 }

@@ -163,7 +163,8 @@ export function adminConsoleRoutes(s: Services): Router {
       200,
       dashboardPage(lang(req), {
         underAttack: s.guard.underAttack(),
-        alerts: ops.alerts(c, 10),
+        // The newest ten, and up to ten older critical ones nobody has handled yet.
+        alerts: ops.alerts(c, 10, 10),
         adoption,
         policyMode: adoption.policy.mode,
       }),

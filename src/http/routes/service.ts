@@ -6,6 +6,7 @@ import { ApiError } from "../../errors.js";
 import { PROFILE_FIELDS } from "../../members/profile.js";
 import { type Oidc, SCOPE_FIELDS } from "../../oidc/provider.js";
 import type { Services } from "../../services.js";
+import { memberSealValues } from "../../vault/seals.js";
 import { locals } from "../middleware.js";
 
 const subParam = z.string().regex(/^[A-Za-z0-9_-]{22}$/);
@@ -45,7 +46,11 @@ export function serviceRoutes(s: Services, oidc: Oidc): Router {
     const member = sub.success
       ? s.db.select().from(members).where(eq(members.sub, sub.data)).get()
       : undefined;
-    if (member?.status !== "active") throw new ApiError(404, "not_found", "No such member.");
+    if (
+      member?.status !== "active" ||
+      !s.seals.holds("members", memberSealValues(member), member.seal, member.id)
+    )
+      throw new ApiError(404, "not_found", "No such member.");
     const l = locals(res);
     // A decoy never signs in to a site, so no site holds a grant of theirs: a site asking for one
     // by its sub (from a stolen list, a guess) raises the alarm here, answered as any stranger.
