@@ -1,7 +1,4 @@
-ALTER TABLE `devices` ADD `seal` text;--> statement-breakpoint
 ALTER TABLE `member_tokens` ADD `seal` text;--> statement-breakpoint
 ALTER TABLE `members` ADD `seal` text;--> statement-breakpoint
-ALTER TABLE `mfa_tokens` ADD `seal` text;--> statement-breakpoint
-ALTER TABLE `recovery_codes` ADD `seal` text;--> statement-breakpoint
 ALTER TABLE `sessions` ADD `seal` text;--> statement-breakpoint
 ALTER TABLE `webauthn_credentials` ADD `seal` text;

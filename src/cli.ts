@@ -239,7 +239,12 @@ export function buildCli(): Command {
             throw new StartupError(`unknown --grant ${g} (only client_credentials)`);
         }
         const ctx = open();
-        const created = new Clients({ db: ctx.db, clock: systemClock, audit: ctx.audit }).add({
+        const created = new Clients({
+          db: ctx.db,
+          clock: systemClock,
+          audit: ctx.audit,
+          seals: new RowSeals({ keys: ctx.keys }),
+        }).add({
           name: opts.name,
           redirectUris: opts.redirectUri,
           public: !!opts.public,
@@ -265,7 +270,13 @@ export function buildCli(): Command {
       },
     );
 
-  const clientsOf = (ctx: Context) => new Clients({ db: ctx.db, clock: systemClock, audit: ctx.audit });
+  const clientsOf = (ctx: Context) =>
+    new Clients({
+      db: ctx.db,
+      clock: systemClock,
+      audit: ctx.audit,
+      seals: new RowSeals({ keys: ctx.keys }),
+    });
   const printClient = (c: ClientSummary) => {
     out(`${c.client_id}  ${c.name}`);
     out(
@@ -575,6 +586,8 @@ export function buildCli(): Command {
           const devicesEnded = ctx.db.$client
             .prepare("UPDATE devices SET revoked_at = ? WHERE revoked_at IS NULL")
             .run(now).changes;
+          // Second steps still pending end too.
+          ctx.db.$client.prepare("UPDATE mfa_tokens SET consumed_at = ? WHERE consumed_at IS NULL").run(now);
           const siteRows = opts.siteTokens
             ? ctx.db.$client
                 .prepare(

@@ -141,7 +141,7 @@ describe("admin member support and PII read budgets", () => {
   });
 
   it("a member site past its budget gets no profile claims and an alert, until an admin approves it", async () => {
-    const client = new Clients({ db: t.s.db, clock: t.clock, audit: t.s.audit }).add({
+    const client = new Clients({ db: t.s.db, clock: t.clock, audit: t.s.audit, seals: t.s.seals }).add({
       name: "site",
       redirectUris: ["https://site.example/cb"],
     });

@@ -16,18 +16,31 @@ describe("client metadata kept in memory", () => {
     const t = makeApp();
     vi.useFakeTimers({ toFake: ["performance"] });
     try {
-      const clients = new Clients({ db: t.s.db, clock: t.clock, audit: t.s.audit });
+      const clients = new Clients({ db: t.s.db, clock: t.clock, audit: t.s.audit, seals: t.s.seals });
       const { clientId } = clients.add({ name: "site", redirectUris: ["https://shop.example.jp/cb"] });
       expect(clients.metadata(clientId)?.redirect_uris).toEqual(["https://shop.example.jp/cb"]);
       expect(clients.metadata("c_made_up")).toBeUndefined();
-      // Another process (an operator's tool) changes the client's redirect URIs.
+      // Another process (the operator's command) changes the client's redirect URIs.
+      const run = runCli(t, [
+        "clients",
+        "update",
+        clientId,
+        "--add-redirect-uri",
+        "https://new.example.jp/cb",
+        "--remove-redirect-uri",
+        "https://shop.example.jp/cb",
+      ]);
+      expect(run.status, run.stderr).toBe(0);
+      vi.advanceTimersByTime(10);
+      expect(clients.metadata(clientId)?.redirect_uris).toEqual(["https://new.example.jp/cb"]);
+      // Changed behind the service's back without the keyring (src/vault/seals.ts): no client.
       const other = new Database(t.s.config.dbFile);
       other
         .prepare("UPDATE oidc_clients SET redirect_uris = ? WHERE client_id = ?")
-        .run(JSON.stringify(["https://new.example.jp/cb"]), clientId);
+        .run(JSON.stringify(["https://evil.example/cb"]), clientId);
       other.close();
       vi.advanceTimersByTime(10);
-      expect(clients.metadata(clientId)?.redirect_uris).toEqual(["https://new.example.jp/cb"]);
+      expect(clients.metadata(clientId)).toBeUndefined();
     } finally {
       vi.useRealTimers();
       t.close();
@@ -273,7 +286,7 @@ describe("a member site's lifecycle: list, update, rotate-secret, remove", () =>
       const run = update("--add-redirect-uri", "http://shop.example.jp/cb");
       expect(run.status).toBe(1);
       expect(run.stderr).toMatch(/^sekisho: redirect URI http:\/\/shop.example.jp\/cb must be https/m);
-      const clients = new Clients({ db: t.s.db, clock: t.clock, audit: t.s.audit });
+      const clients = new Clients({ db: t.s.db, clock: t.clock, audit: t.s.audit, seals: t.s.seals });
       for (const [changes, message] of [
         [{ removeRedirectUris: ["https://shop.example.jp/new-cb"] }, /at least one redirect URI/],
         [{ removeRedirectUris: ["https://shop.example.jp/other"] }, /is not registered/],

@@ -28,7 +28,7 @@ describe("form lane", () => {
     plain = createApp(t.s, { formLane: false });
     lane = t.app.locals.formLane as FormLane;
     expect((await register(t.app, { login_id: "form.member" })).status).toBe(201);
-    const client = new Clients({ db: t.s.db, clock: t.clock, audit: t.s.audit }).add({
+    const client = new Clients({ db: t.s.db, clock: t.clock, audit: t.s.audit, seals: t.s.seals }).add({
       name: "フォーム会員サイト",
       redirectUris: [REDIRECT],
     });

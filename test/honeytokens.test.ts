@@ -153,6 +153,11 @@ describe("honeytokens: decoy members that raise the alarm when touched", () => {
     // entry naming the decoy.
     expect(seen.details).toMatchObject({ request_id: "[hidden]", ip: "[hidden]" });
     expect(JSON.stringify(others.body)).not.toContain(decoyId);
+    // The entry's own request id and address columns too.
+    const raised = others.body.entries.find(
+      (e: { reason: string }) => e.reason === "honeytoken_touched",
+    );
+    expect(raised).toMatchObject({ request_id: "[hidden]", ip: "[hidden]" });
     expect((await supertest(t.app).get("/admin/alerts").set("Cookie", second)).text).not.toContain(decoyId);
     expect((await ack(second, 999_999)).status).toBe(404);
     // A support action whose mail reads a decoy's address (a required new password, an MFA reset)
@@ -176,7 +181,7 @@ describe("honeytokens: decoy members that raise the alarm when touched", () => {
   });
 
   it("a member site reading a decoy's claims, or anyone asking recovery for a decoy's address, raises an alert; no mail goes to a decoy", async () => {
-    const client = new Clients({ db: t.s.db, clock: t.clock, audit: t.s.audit }).add({
+    const client = new Clients({ db: t.s.db, clock: t.clock, audit: t.s.audit, seals: t.s.seals }).add({
       name: "site",
       redirectUris: ["https://site.example/cb"],
     });

@@ -272,7 +272,7 @@ describe("consent page (F9)", () => {
     const listening = await listenWithMember("consent.member");
     try {
       const { t, issuer } = listening;
-      const site = new Clients({ db: t.s.db, clock: t.clock, audit: t.s.audit }).add({
+      const site = new Clients({ db: t.s.db, clock: t.clock, audit: t.s.audit, seals: t.s.seals }).add({
         name: "Partner shop",
         redirectUris: ["http://127.0.0.1:9/callback"],
         firstParty: false,

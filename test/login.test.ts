@@ -64,6 +64,7 @@ describe("password sign-in", () => {
     const verify = t.s.hasher.verify.bind(t.s.hasher);
     const spy = vi.spyOn(t.s.hasher, "verify").mockImplementationOnce(async (stored, password, opts) => {
       const right = await verify(stored, password, opts);
+      t.clock.advance(60_000); // (support acts a minute after the member registered)
       await t.s.support.setPassword(id, "a brand new password 77", {
         adminId: null,
         reason: "ticket 5",
@@ -86,6 +87,55 @@ describe("password sign-in", () => {
     expect(
       (await post(t.app, "/api/v1/login", { login_id: "hanako", password: "a brand new password 77" }))
         .status,
+    ).toBe(200);
+  });
+
+  it("a new password required while the old one is being verified gets no session", async () => {
+    const id = t.s.db.$client
+      .prepare("SELECT id FROM members WHERE login_id = 'hanako'")
+      .pluck()
+      .get() as string;
+    const verify = t.s.hasher.verify.bind(t.s.hasher);
+    const spy = vi.spyOn(t.s.hasher, "verify").mockImplementationOnce(async (stored, password, opts) => {
+      const right = await verify(stored, password, opts);
+      t.s.recovery.requireNewPassword(id, {
+        adminId: "m_support",
+        reason: "ticket 6",
+        ip: null,
+        requestId: null,
+      });
+      return right;
+    });
+    try {
+      const res = await post(t.app, "/api/v1/login", { login_id: "hanako", password: STRONG_PASSWORD });
+      expect(res.status).toBe(401);
+      expect(res.headers["set-cookie"]).toBeUndefined();
+    } finally {
+      spy.mockRestore();
+    }
+  });
+
+  it("two right-password sign-ins of one member at once, when a rehash is due, both succeed", async () => {
+    // A rehash (new pepper, new argon2 parameters) by the one that finishes first changes the hash
+    // under the other: not a new password.
+    const rehash = vi.spyOn(t.s.hasher, "needsRehash").mockReturnValue(true);
+    const verify = t.s.hasher.verify.bind(t.s.hasher);
+    let inner = 0;
+    const spy = vi.spyOn(t.s.hasher, "verify").mockImplementationOnce(async (stored, password, opts) => {
+      const right = await verify(stored, password, opts);
+      inner = (await post(t.app, "/api/v1/login", { login_id: "hanako", password: STRONG_PASSWORD })).status;
+      return right;
+    });
+    try {
+      const outer = await post(t.app, "/api/v1/login", { login_id: "hanako", password: STRONG_PASSWORD });
+      expect(inner).toBe(200);
+      expect(outer.status).toBe(200);
+    } finally {
+      spy.mockRestore();
+      rehash.mockRestore();
+    }
+    expect(
+      (await post(t.app, "/api/v1/login", { login_id: "hanako", password: STRONG_PASSWORD })).status,
     ).toBe(200);
   });
 

@@ -346,7 +346,7 @@ describe("MFA policy per member site, in OIDC", () => {
 
   it("a site requiring MFA gets no code for a password-only member; after adding TOTP, an ID token with acr mfa", async () => {
     const { t, issuer } = listening;
-    const client = new Clients({ db: t.s.db, clock: t.clock, audit: t.s.audit }).add({
+    const client = new Clients({ db: t.s.db, clock: t.clock, audit: t.s.audit, seals: t.s.seals }).add({
       name: "strict site",
       redirectUris: [REDIRECT],
     });

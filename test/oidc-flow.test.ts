@@ -20,7 +20,7 @@ describe("OIDC code flow with a real relying party (openid-client)", () => {
   beforeAll(async () => {
     listening = await listenWithMember("oidc.member");
     ({ t, issuer } = listening);
-    client = new Clients({ db: t.s.db, clock: t.clock, audit: t.s.audit }).add({
+    client = new Clients({ db: t.s.db, clock: t.clock, audit: t.s.audit, seals: t.s.seals }).add({
       name: "カーナビ会員サイト",
       redirectUris: [REDIRECT],
     });
@@ -38,7 +38,9 @@ describe("OIDC code flow with a real relying party (openid-client)", () => {
 
   /** Register another member site and discover the provider for it. */
   async function newClient(input: Parameters<Clients["add"]>[0]) {
-    const created = new Clients({ db: t.s.db, clock: t.clock, audit: t.s.audit }).add(input);
+    const created = new Clients({ db: t.s.db, clock: t.clock, audit: t.s.audit, seals: t.s.seals }).add(
+      input,
+    );
     const cfg = await oidc.discovery(
       new URL(issuer),
       created.clientId,
@@ -826,7 +828,7 @@ describe("OIDC code flow with a real relying party (openid-client)", () => {
   });
 
   it("accepts client_secret_post for a client registered with it, and refuses a wrong secret", async () => {
-    const post = new Clients({ db: t.s.db, clock: t.clock, audit: t.s.audit }).add({
+    const post = new Clients({ db: t.s.db, clock: t.clock, audit: t.s.audit, seals: t.s.seals }).add({
       name: "Post site",
       redirectUris: [REDIRECT],
       authMethod: "client_secret_post",

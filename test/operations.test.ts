@@ -95,7 +95,7 @@ describe("metrics", () => {
     const cookie = await signIn(t.app, "pii.member");
     await supertest(t.app).get("/api/v1/me").set("Cookie", cookie);
     t.s.alerts.raise("under_attack", "critical", { test: true });
-    const backend = new Clients({ db: t.s.db, clock: t.clock, audit: t.s.audit }).add({
+    const backend = new Clients({ db: t.s.db, clock: t.clock, audit: t.s.audit, seals: t.s.seals }).add({
       name: "backend",
       redirectUris: ["https://site.example/cb"],
       grants: ["client_credentials"],

@@ -23,7 +23,7 @@ describe("provider lane", () => {
     t = makeApp(env);
     plain = createApp(t.s, { providerLane: false });
     lane = t.app.locals.providerLane as ProviderLane;
-    client = new Clients({ db: t.s.db, clock: t.clock, audit: t.s.audit }).add({
+    client = new Clients({ db: t.s.db, clock: t.clock, audit: t.s.audit, seals: t.s.seals }).add({
       name: "lane site",
       redirectUris: ["http://127.0.0.1:9/cb"],
     });

@@ -1213,7 +1213,7 @@ describe("recovery and OIDC: a reset revokes member sites' tokens; verification 
 
   it("email_verified follows verification, and a reset kills refresh tokens", async () => {
     const { t, issuer } = listening;
-    const client = new Clients({ db: t.s.db, clock: t.clock, audit: t.s.audit }).add({
+    const client = new Clients({ db: t.s.db, clock: t.clock, audit: t.s.audit, seals: t.s.seals }).add({
       name: "会員サイト",
       redirectUris: [REDIRECT],
     });

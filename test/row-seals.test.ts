@@ -1,8 +1,10 @@
 import { createHash, randomBytes } from "node:crypto";
 import argon2 from "argon2";
+import Database from "better-sqlite3";
 import supertest from "supertest";
-import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
 import { AdminOps } from "../src/admin/admin-ops.js";
+import { Clients } from "../src/oidc/clients.js";
 import { assertSealsNotRemoved, sealRowsOnce } from "../src/vault/seal-rows.js";
 import { adminPasskeySession, adminWithPasskey } from "./support/admin.js";
 import { makeApp, ORIGIN, post, register, STRONG_PASSWORD, signIn, type TestApp } from "./support/app.js";
@@ -22,6 +24,7 @@ const SEALED = [
   "mfa_tokens",
   "recovery_codes",
   "devices",
+  "oidc_clients",
 ];
 
 describe("row seals: rows written without the keyring count for nothing", () => {
@@ -200,6 +203,58 @@ describe("row seals: rows written without the keyring count for nothing", () => 
     expect((await brokenAlerts()).map((a) => a.table)).toEqual(["member_tokens"]);
   });
 
+  it("a member site's redirect address or secret written into the database makes no client", async () => {
+    const site = new Clients({ db: t.s.db, clock: t.clock, audit: t.s.audit, seals: t.s.seals }).add({
+      name: "shop",
+      redirectUris: ["https://shop.example.jp/cb"],
+      grants: ["client_credentials"],
+      scope: "openid",
+    });
+    const token = (secret: string) =>
+      supertest(t.app)
+        .post("/oidc/token")
+        .auth(site.clientId, secret)
+        .type("form")
+        .send({ grant_type: "client_credentials" });
+    expect((await token(site.clientSecret as string)).status).toBe(200);
+    // Attack: send the site's codes to one's own address, and use a secret of one's own. Written
+    // from another connection (another process), as the service's client cache would notice.
+    const evil = "attacker's own secret, 43 characters long...";
+    vi.useFakeTimers({ toFake: ["performance"] });
+    try {
+      const other = new Database(t.s.config.dbFile);
+      other
+        .prepare("UPDATE oidc_clients SET redirect_uris = ?, secret_hash = ? WHERE client_id = ?")
+        .run(
+          JSON.stringify(["https://evil.example/cb"]),
+          createHash("sha256").update(evil, "utf8").digest("base64url"),
+          site.clientId,
+        );
+      other.close();
+      vi.advanceTimersByTime(10);
+    } finally {
+      vi.useRealTimers();
+    }
+    const auth = await supertest(t.app).get(
+      `/oidc/auth?${new URLSearchParams({
+        client_id: site.clientId,
+        redirect_uri: "https://evil.example/cb",
+        response_type: "code",
+        scope: "openid",
+        code_challenge: "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM",
+        code_challenge_method: "S256",
+      })}`,
+    );
+    expect(auth.status).toBe(400);
+    expect(auth.headers.location).toBeUndefined();
+    expect((await token(evil)).status).toBe(401);
+    expect((await brokenAlerts()).map((a) => a.table)).toContain("oidc_clients");
+    // The remedy: remove it (a changed one is refused) and register the site again.
+    expect(runCli(t, ["clients", "update", site.clientId, "--name", "x"]).status).not.toBe(0);
+    const removed = runCli(t, ["clients", "remove", site.clientId]);
+    expect(removed.status, removed.stderr).toBe(0);
+  });
+
   it("seals the rows written before seals existed once (also after a start that died before sealing), and never a row unsealed later", async () => {
     await register(t.app, { login_id: "old.member" });
     const cookie = await signIn(t.app, "old.member");
@@ -217,7 +272,25 @@ describe("row seals: rows written without the keyring count for nothing", () => 
     expect(
       t.s.db.$client.prepare("SELECT seal FROM members WHERE login_id = 'old.member'").pluck().get(),
     ).toBeNull();
-    // …and dropping the column (and 0019's record) to have a start seal it again is refused.
+    // …not when the `seals.enabled` entry is edited away either: other rows still have seals…
+    t.s.db.$client.exec(
+      "DROP TRIGGER audit_log_no_update; UPDATE audit_log SET action = 'seals.enab1ed' WHERE action = 'seals.enabled'",
+    );
+    t.s.audit.ensureAppendOnly();
+    expect(sealRowsOnce(t.s.db, t.s.seals, t.s.audit, { markEmpty: false })).toBe(0);
+    expect(
+      t.s.db.$client.prepare("SELECT seal FROM members WHERE login_id = 'old.member'").pluck().get(),
+    ).toBeNull();
+    // …and with every seal removed as well, the edited log doesn't verify: nothing is sealed.
+    for (const table of SEALED) sql(`UPDATE ${table} SET seal = NULL`);
+    expect(() => sealRowsOnce(t.s.db, t.s.seals, t.s.audit, { markEmpty: true })).toThrow(/doesn't verify/);
+    expect(t.s.db.$client.prepare("SELECT count(*) FROM members WHERE seal IS NOT NULL").pluck().get()).toBe(
+      0,
+    );
+    // Dropping the column (and 0019's record) to have a start seal it again is refused.
+    t.s.db.$client.exec(
+      "DROP TRIGGER audit_log_no_update; UPDATE audit_log SET action = 'seals.enabled' WHERE action = 'seals.enab1ed'",
+    );
     sql("ALTER TABLE members DROP COLUMN seal");
     expect(() => assertSealsNotRemoved(t.s.db)).toThrow(/removed/);
   });
@@ -274,10 +347,11 @@ describe("row seals: rows written without the keyring count for nothing", () => 
   it("an upgraded database's rows are sealed by the first `sekisho` run, which then finds none broken", async () => {
     await register(t.app, { login_id: "before.upgrade" });
     const cookie = await signIn(t.app, "before.upgrade");
-    // The database as the version before row seals left it: no seal columns, 0019 not applied.
+    // The database as the version before row seals left it: no seal columns, neither 0019 nor
+    // 0020 (the migrations that added them) applied.
     for (const table of SEALED) sql(`ALTER TABLE ${table} DROP COLUMN seal`);
     sql(
-      "DELETE FROM __drizzle_migrations WHERE created_at = (SELECT max(created_at) FROM __drizzle_migrations)",
+      "DELETE FROM __drizzle_migrations WHERE created_at IN (SELECT created_at FROM __drizzle_migrations ORDER BY created_at DESC LIMIT 2)",
     );
     const check = runCli(t, ["seals", "check", "--json"]);
     expect(check.stderr).not.toMatch(/Error/);
@@ -295,6 +369,7 @@ describe("row seals: rows written without the keyring count for nothing", () => 
           mfa_tokens: 0,
           recovery_codes: 0,
           devices: 0,
+          oidc_clients: 0,
         },
       },
     ]);

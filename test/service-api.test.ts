@@ -22,7 +22,7 @@ describe("service API for member-site backends: GET /api/v1/members/:sub", () =>
 
   async function backend(scope: string, tokenScope = "members:read") {
     const { t, issuer } = listening;
-    const client = new Clients({ db: t.s.db, clock: t.clock, audit: t.s.audit }).add({
+    const client = new Clients({ db: t.s.db, clock: t.clock, audit: t.s.audit, seals: t.s.seals }).add({
       name: `backend ${scope}`,
       redirectUris: ["https://site.example/cb"],
       grants: ["client_credentials"],
@@ -90,6 +90,39 @@ describe("service API for member-site backends: GET /api/v1/members/:sub", () =>
     expect(listening.t.s.alerts.list().some((a) => a.kind === "pii_budget_exceeded")).toBe(true);
     // Refused from then on, for members read before too.
     expect((await get(sub)).status).toBe(429);
+  });
+
+  it("a grant moved to another member's sub in the database reads nothing", async () => {
+    // Attack (database write): the site's backend holds a grant of its own account; pointing the
+    // grant row's plain account_id at a victim would lend it the victim's profile.
+    const { get, grantTo } = await backend("openid members:read email");
+    const { memberId } = await listening.t.s.registrations.register(
+      { loginId: "service.own", password: STRONG_PASSWORD, profile: PROFILE },
+      { ip: null, requestId: null },
+    );
+    const db = listening.t.s.db.$client;
+    const own = db.prepare("SELECT sub FROM members WHERE id = ?").pluck().get(memberId) as string;
+    const victim = await listening.t.s.registrations.register(
+      {
+        loginId: "service.victim",
+        password: STRONG_PASSWORD,
+        profile: { ...PROFILE, email: "victim@example.jp" },
+      },
+      { ip: null, requestId: null },
+    );
+    const victimSub = db
+      .prepare("SELECT sub FROM members WHERE id = ?")
+      .pluck()
+      .get(victim.memberId) as string;
+    await grantTo("openid email", own);
+    expect((await get(victimSub)).status).toBe(404);
+    db.prepare("UPDATE oidc_payloads SET account_id = ? WHERE account_id = ? AND model = 'Grant'").run(
+      victimSub,
+      own,
+    );
+    const res = await get(victimSub);
+    expect(res.status).toBe(404);
+    expect(await res.text()).not.toContain("victim@example.jp");
   });
 
   it("a member site refreshing one member's tokens more often than its budget keeps its claims; ID tokens decrypt nothing", async () => {

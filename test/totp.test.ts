@@ -241,6 +241,22 @@ describe("TOTP enrolment and sign-in", () => {
     expect(res.body.error).toBe("invalid_mfa_token");
   });
 
+  it("a second step begun with the old password ends when support requires a new one", async () => {
+    // Attack: someone with the member's (leaked) password and phone keeps a second step open
+    // across the support action meant to shut them out.
+    const token = await passwordStep();
+    const id = t.s.db.$client.prepare("SELECT id FROM members WHERE login_id = 'taro.mfa'").pluck().get();
+    t.s.recovery.requireNewPassword(id as string, {
+      adminId: "m_support",
+      reason: "leaked password",
+      ip: null,
+      requestId: null,
+    });
+    const res = await post(t.app, "/api/v1/login/totp", { mfa_token: token, code: code() });
+    expect(res.status).toBe(401);
+    expect(res.headers["set-cookie"]).toBeUndefined();
+  });
+
   it("wrong codes count in the sign-in throttle with wrong passwords", async () => {
     const token = await passwordStep();
     for (let j = 0; j < 5; j++) await post(t.app, "/api/v1/login/totp", { mfa_token: token, code: "000000" });

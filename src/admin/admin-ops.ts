@@ -50,6 +50,9 @@ function forAdmins(kind: string, details: Record<string, unknown>): Record<strin
   return { ...details, decoy_member_id: "[hidden]", request_id: "[hidden]", ip: "[hidden]" };
 }
 
+const decoyAlert = (e: { action: string; reason: string | null }) =>
+  e.action === "alert.raised" && e.reason === "honeytoken_touched";
+
 /** What the admin audit view filters by (all given ones must match). */
 export interface AuditFilter {
   memberId?: string | undefined;
@@ -360,8 +363,10 @@ export class AdminOps {
       actor_id: e.actorId,
       member_id: e.memberId,
       reason: e.reason,
-      ip: e.ip,
-      request_id: e.requestId,
+      // A decoy alert's entry keeps the touching request's id and address: asked for them, this
+      // view would show the entry naming the decoy (see forAdmins).
+      ip: decoyAlert(e) ? "[hidden]" : e.ip,
+      request_id: decoyAlert(e) ? "[hidden]" : e.requestId,
       details:
         e.action === "alert.raised"
           ? forAdmins(e.reason ?? "", JSON.parse(e.details) as Record<string, unknown>)

@@ -187,6 +187,8 @@ export const oidcClients = sqliteTable("oidc_clients", {
   firstParty: integer("first_party", { mode: "boolean" }).notNull().default(true),
   logoUri: text("logo_uri"),
   createdAt: integer("created_at").notNull(),
+  /** Row seal over every column but created_at (src/vault/seals.ts). */
+  seal: text("seal"),
 });
 
 /**

@@ -766,9 +766,12 @@ export class OidcStore {
     let scopes: Set<string> | null = null;
     for (const row of rows) {
       const grant = this.#live("Grant", "", row) as
-        | { clientId?: string; openid?: { scope?: string } }
+        | { clientId?: string; accountId?: string; openid?: { scope?: string } }
         | undefined;
-      if (grant?.clientId !== clientId) continue;
+      // The member a grant is of is the one its (encrypted, bound) payload names: the plain
+      // account_id column, moved to another member in the database, would lend that member's
+      // profile to a site they never signed in to.
+      if (grant?.clientId !== clientId || grant.accountId !== sub) continue;
       scopes ??= new Set();
       for (const sc of String(grant.openid?.scope ?? "").split(" ")) if (sc) scopes.add(sc);
     }

@@ -6,6 +6,7 @@ import type { Clock } from "../clock.js";
 import { type Db, inTransaction, lazyPrepared, othersCommits } from "../db/connection.js";
 import { oidcClients } from "../db/schema.js";
 import { InputError } from "../errors.js";
+import { clientSealValues, type RowSeals } from "../vault/seals.js";
 
 /**
  * Member sites. A confidential client gets a 256-bit random secret, shown once and stored as its
@@ -130,11 +131,27 @@ export class Clients {
   readonly #db: Db;
   readonly #clock: Clock;
   readonly #audit: AuditLog;
+  readonly #seals: RowSeals;
 
-  constructor(deps: { db: Db; clock: Clock; audit: AuditLog }) {
+  constructor(deps: { db: Db; clock: Clock; audit: AuditLog; seals: RowSeals }) {
     this.#db = deps.db;
     this.#clock = deps.clock;
     this.#audit = deps.audit;
+    this.#seals = deps.seals;
+  }
+
+  /**
+   * Write a client's row (new, or changed) with its seal: a site's redirect addresses, secret
+   * hashes or grants written into the database without the keyring make no client
+   * (src/vault/seals.ts). A change checks the row's current seal first, so a tampered row is not
+   * sealed by the next legitimate change.
+   */
+  #sealed<T extends Parameters<typeof clientSealValues>[0]>(row: T): T & { seal: string } {
+    return { ...row, seal: this.#seals.seal("oidc_clients", clientSealValues(row)) };
+  }
+
+  #holds(row: typeof oidcClients.$inferSelect): boolean {
+    return this.#seals.holds("oidc_clients", clientSealValues(row), row.seal, row.clientId);
   }
 
   // Prepared once: oidc-provider looks the client up on every token and authorization request.
@@ -167,16 +184,20 @@ export class Clients {
       this.#db
         .insert(oidcClients)
         .values({
-          clientId,
-          name: input.name,
-          secretHash: clientSecret ? hashSecret(clientSecret) : null,
-          tokenAuthMethod: clientSecret ? (input.authMethod ?? "client_secret_basic") : "none",
-          redirectUris: JSON.stringify(input.redirectUris),
-          postLogoutRedirectUris: JSON.stringify(input.postLogoutRedirectUris ?? []),
-          grantTypes: JSON.stringify(grantTypes),
-          scope: input.scope ?? defaultScopeFor(grantTypes),
-          firstParty: input.firstParty ?? true,
-          logoUri: input.logoUri ?? null,
+          ...this.#sealed({
+            clientId,
+            name: input.name,
+            secretHash: clientSecret ? hashSecret(clientSecret) : null,
+            previousSecretHash: null,
+            previousSecretUntil: null,
+            tokenAuthMethod: clientSecret ? (input.authMethod ?? "client_secret_basic") : "none",
+            redirectUris: JSON.stringify(input.redirectUris),
+            postLogoutRedirectUris: JSON.stringify(input.postLogoutRedirectUris ?? []),
+            grantTypes: JSON.stringify(grantTypes),
+            scope: input.scope ?? defaultScopeFor(grantTypes),
+            firstParty: input.firstParty ?? true,
+            logoUri: input.logoUri ?? null,
+          }),
           createdAt: this.#clock.now().getTime(),
         })
         .run();
@@ -215,9 +236,13 @@ export class Clients {
     }));
   }
 
-  #row(clientId: string) {
+  #row(clientId: string, opts: { sealed: boolean } = { sealed: true }) {
     const row = this.#byId().get({ clientId });
     if (!row) throw new InputError(`no client ${clientId}`);
+    if (opts.sealed && !this.#holds(row))
+      throw new InputError(
+        `${clientId}'s row was changed in the database without the keyring (its seal doesn't hold): remove it and register the site again`,
+      );
     return row;
   }
 
@@ -269,7 +294,12 @@ export class Clients {
       };
       const changed = (Object.keys(next) as Array<keyof typeof next>).filter((k) => next[k] !== row[k]);
       if (changed.length === 0) return;
-      this.#db.update(oidcClients).set(next).where(eq(oidcClients.clientId, clientId)).run();
+      const { seal } = this.#sealed({ ...row, ...next });
+      this.#db
+        .update(oidcClients)
+        .set({ ...next, seal })
+        .where(eq(oidcClients.clientId, clientId))
+        .run();
       this.#audit.append({
         action: "client.updated",
         outcome: "success",
@@ -306,13 +336,14 @@ export class Clients {
     inTransaction(this.#db, () => {
       const row = this.#row(clientId);
       if (!row.secretHash) throw new InputError(`${clientId} is a public client: it has no secret`);
+      const next = {
+        secretHash: hashSecret(clientSecret),
+        previousSecretHash: until === null ? null : row.secretHash,
+        previousSecretUntil: until,
+      };
       this.#db
         .update(oidcClients)
-        .set({
-          secretHash: hashSecret(clientSecret),
-          previousSecretHash: until === null ? null : row.secretHash,
-          previousSecretUntil: until,
-        })
+        .set(this.#sealed({ ...row, ...next }))
         .where(eq(oidcClients.clientId, clientId))
         .run();
       // A leak's tokens go with it (the site mints new ones with the new secret); kept while the
@@ -341,7 +372,8 @@ export class Clients {
   remove(clientId: string, revokeGrants: (clientId: string) => number): { revoked: number } {
     let revoked = 0;
     inTransaction(this.#db, () => {
-      const row = this.#row(clientId);
+      // (Whether its seal holds or not: removing is what a tampered row calls for.)
+      const row = this.#row(clientId, { sealed: false });
       revoked = revokeGrants(clientId);
       this.#db.delete(oidcClients).where(eq(oidcClients.clientId, clientId)).run();
       this.#audit.append({
@@ -398,7 +430,7 @@ export class Clients {
 
   #read(clientId: string): ClientMetadata | undefined {
     const row = this.#byId().get({ clientId });
-    if (!row) return undefined;
+    if (!row || !this.#holds(row)) return undefined;
     if (row.previousSecretHash && row.previousSecretUntil !== null)
       this.#previous.set(clientId, { hash: row.previousSecretHash, until: row.previousSecretUntil });
     else this.#previous.delete(clientId);

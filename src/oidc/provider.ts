@@ -114,7 +114,7 @@ export function signingPlan(
  */
 export function createOidc(s: Services, opts: { clientIp: (req: IncomingMessage) => string }): Oidc {
   const store = s.oidcStore;
-  const clients = new Clients({ db: s.db, clock: s.clock, audit: s.audit });
+  const clients = new Clients({ db: s.db, clock: s.clock, audit: s.audit, seals: s.seals });
   const keyring = s.keys.get();
   if (!keyring.signingKeys.some((k) => k.active)) {
     throw new StartupError(

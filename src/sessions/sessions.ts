@@ -207,9 +207,15 @@ export class SessionService {
     return result.changes > 0;
   }
 
-  /** Revoke every live session of a member (password change, admin action); returns how many. */
-  /** Revoke every live session of the member, except `keepId` when given. */
+  /**
+   * Revoke every live session of the member, except `keepId` when given (password change, reset,
+   * support's actions); returns how many. Second steps still pending (a right password, the
+   * factor not yet given) end too: the password they began with may be the reason for this.
+   */
   revokeAll(memberId: string, reason: string, keepId?: string): number {
+    this.#db.$client
+      .prepare("UPDATE mfa_tokens SET consumed_at = ? WHERE member_id = ? AND consumed_at IS NULL")
+      .run(this.#clock.now().getTime(), memberId);
     return this.#db
       .update(sessions)
       .set({ revokedAt: this.#clock.now().getTime(), revokeReason: reason })

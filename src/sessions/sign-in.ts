@@ -277,6 +277,7 @@ export class PasswordSignIn {
           role: "member" | "admin";
           sub: string;
           emailVerified: boolean;
+          passwordChangedAt: number | null;
           seal: string | null;
         }
       | undefined,
@@ -375,18 +376,29 @@ export class PasswordSignIn {
     // attacker who has the password fresh guesses at the code.
     settle(enrolled ? "neither" : "success");
     return inTransaction(this.#db, (): SignInResult => {
-      // The password was checked against the hash read before argon2 ran (tens of milliseconds,
-      // or a wait in the queue): a reset or change that landed meanwhile wins. The old password
-      // signs nothing in, and its new hash doesn't undo the change.
+      // The password was checked against the row read before argon2 ran (tens of milliseconds,
+      // or a wait in the queue): a new password set meanwhile (change, reset, support), a new one
+      // required, or the member disabled, wins. The old password signs nothing in, and its new
+      // hash doesn't undo the change. (Another sign-in's rehash changes only the hash: not that.)
       const now = this.#db
-        .select({ passwordHash: members.passwordHash })
+        .select({
+          passwordChangedAt: members.passwordChangedAt,
+          passwordResetRequired: members.passwordResetRequired,
+          status: members.status,
+        })
         .from(members)
         .where(eq(members.id, member.id))
         .get();
-      if (now?.passwordHash !== member.passwordHash)
+      if (
+        !now ||
+        now.passwordChangedAt !== member.passwordChangedAt ||
+        now.passwordResetRequired ||
+        now.status !== "active"
+      )
         throw new ApiError(401, "invalid_credentials", "The login ID or password is incorrect.");
       if (rehashed) {
-        // (A compare-and-swap all the same.)
+        // A compare-and-swap on the hash verified: another sign-in's rehash may have come first
+        // (then this one is not written, and a legacy hash is already gone).
         const swapped = updateMember(
           this.#db,
           this.#seals,
@@ -478,6 +490,7 @@ export class PasswordSignIn {
         role: members.role,
         sub: members.sub,
         emailVerified: members.emailVerified,
+        passwordChangedAt: members.passwordChangedAt,
         seal: members.seal,
       })
       .from(members)

@@ -43,10 +43,8 @@ export function keyringGaps(db: Db, keyring: Keyring): string[] {
     const columns = client.prepare("SELECT name FROM pragma_table_info('members')").pluck().all() as string[];
     if (columns.includes("seal")) {
       const sealed = client
-        .prepare(
-          `SELECT id, sub, role, status, password_hash, pepper_id, mfa_required, password_reset_required, seal
-             FROM members WHERE seal IS NOT NULL ORDER BY rowid DESC LIMIT 5`,
-        )
+        // Every column: the seal's list is rowSealValues' to know, not this query's.
+        .prepare("SELECT * FROM members WHERE seal IS NOT NULL ORDER BY rowid DESC LIMIT 5")
         .all() as Record<string, unknown>[];
       const holds = sealed.some(
         (r) => r.seal === sealUnder(keyring.blindIndexKey, "members", rowSealValues("members", r)),

@@ -2,6 +2,7 @@ import type { AuditLog } from "../audit/log.js";
 import { type Db, inTransaction } from "../db/connection.js";
 import { StartupError } from "../errors.js";
 import {
+  clientSealValues,
   deviceSealValues,
   memberSealValues,
   memberTokenSealValues,
@@ -80,6 +81,24 @@ const TABLES: Record<SealedTable, { key: string; values: (r: Record<string, unkn
     values: (r) =>
       recoveryCodeSealValues({ memberId: r.member_id as string, codeHash: r.code_hash as string }),
   },
+  oidc_clients: {
+    key: "client_id",
+    values: (r) =>
+      clientSealValues({
+        clientId: r.client_id as string,
+        name: r.name as string,
+        secretHash: r.secret_hash as string | null,
+        previousSecretHash: r.previous_secret_hash as string | null,
+        previousSecretUntil: r.previous_secret_until as number | null,
+        tokenAuthMethod: r.token_auth_method as string,
+        redirectUris: r.redirect_uris as string,
+        postLogoutRedirectUris: r.post_logout_redirect_uris as string,
+        grantTypes: r.grant_types as string,
+        scope: r.scope as string,
+        firstParty: r.first_party as number,
+        logoUri: r.logo_uri as string | null,
+      }),
+  },
   devices: {
     key: "id",
     values: (r) =>
@@ -107,7 +126,10 @@ const sealsOn = (db: Db) =>
 export function assertSealsNotRemoved(db: Db): void {
   const tables = db.$client.prepare("SELECT name FROM sqlite_master WHERE type = 'table'").pluck().all();
   if (!tables.includes("audit_log") || !tables.includes("members")) return;
-  const columns = db.$client.prepare("SELECT name FROM pragma_table_info('members')").pluck().all() as string[];
+  const columns = db.$client
+    .prepare("SELECT name FROM pragma_table_info('members')")
+    .pluck()
+    .all() as string[];
   if (!columns.includes("seal") && sealsOn(db))
     throw new StartupError(
       "row seals were removed from this database after they were turned on (columns dropped, migration 0019 " +
@@ -117,7 +139,8 @@ export function assertSealsNotRemoved(db: Db): void {
 
 /**
  * Turn row seals on, once: seal every row without a seal and append `seals.enabled` (with the
- * counts) to the audit log, in one transaction, unless that entry is already there. So the rows of
+ * counts) to the audit log, in one transaction, unless that entry is already there — and only on
+ * a database where no row has a seal yet and whose audit log verifies (else it refuses). So the rows of
  * a database from before migration 0019 are sealed by the first start after it (server or CLI),
  * and a start that died between migrating and sealing is made good by the next. From the entry on,
  * a row without a seal is one written by someone without the keyring, and nothing seals it (the
@@ -136,9 +159,36 @@ export function sealRowsOnce(
   return inTransaction(db, () => {
     if (sealsOn(db)) return null; // (another process, starting at the same moment, did it)
     const sealed: Record<string, number> = {};
+    // A database where any row has a seal had seals on already (a CLI command on a new database
+    // seals what it writes without the entry; or someone edited or removed the entry): its rows
+    // without a seal were written without the keyring and stay unsealed.
+    const alreadyOn = Object.keys(TABLES).some(
+      (table) => client.prepare(`SELECT 1 FROM ${table} WHERE seal IS NOT NULL LIMIT 1`).get() !== undefined,
+    );
+    if (alreadyOn) {
+      if (opts.markEmpty)
+        audit.append({
+          action: "seals.enabled",
+          outcome: "info",
+          actorType: "system",
+          details: { sealed, already_on: true },
+        });
+      return 0;
+    }
+    // Otherwise every row is sealed as it stands: only from a log that still verifies (an edited
+    // one may be hiding why there is no entry).
+    const chain = audit.verify();
+    if (!chain.ok)
+      throw new StartupError(
+        `row seals are not on yet, and the audit log doesn't verify (${chain.firstBad?.problem ?? "broken"} at #${chain.firstBad?.seq}): ` +
+          "rows written by someone with the database file would be sealed as theirs. Investigate (sekisho audit verify), restore a backup; nothing was sealed.",
+      );
     let total = 0;
     for (const [table, { key, values }] of Object.entries(TABLES)) {
-      const rows = client.prepare(`SELECT * FROM ${table} WHERE seal IS NULL`).all() as Record<string, unknown>[];
+      const rows = client.prepare(`SELECT * FROM ${table} WHERE seal IS NULL`).all() as Record<
+        string,
+        unknown
+      >[];
       const update = client.prepare(`UPDATE ${table} SET seal = ? WHERE ${key} = ?`);
       for (const row of rows) update.run(seals.seal(table as SealedTable, values(row)), row[key]);
       sealed[table] = rows.length;
@@ -158,18 +208,15 @@ export interface BrokenRow {
 }
 
 /** Every row whose seal doesn't hold, in every sealed table (`sekisho seals check`). */
-export function brokenSeals(db: Db, seals: RowSeals, memberId?: string): BrokenRow[] {
+export function brokenSeals(db: Db, seals: RowSeals): BrokenRow[] {
   const broken: BrokenRow[] = [];
   for (const [table, { key, values }] of Object.entries(TABLES) as [
     SealedTable,
     (typeof TABLES)[SealedTable],
   ][]) {
+    // The member a row is of (none for a member site's row).
     const owner = table === "members" ? "id" : "member_id";
-    const rows = (
-      memberId === undefined
-        ? db.$client.prepare(`SELECT * FROM ${table}`).all()
-        : db.$client.prepare(`SELECT * FROM ${table} WHERE ${owner} = ?`).all(memberId)
-    ) as Record<string, unknown>[];
+    const rows = db.$client.prepare(`SELECT * FROM ${table}`).all() as Record<string, unknown>[];
     for (const row of rows) {
       if (row.seal === seals.seal(table, values(row))) continue;
       const id = String(row[key]);

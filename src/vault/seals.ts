@@ -24,6 +24,8 @@ import type { KeyringStore } from "./keyring.js";
  * - mfa_tokens (the step between password and second factor): token hash, member, expiry
  * - recovery_codes: member, code hash
  * - devices (trusted browsers): id, member, token hash, expiry
+ * - oidc_clients (member sites): every column but created_at (secrets' hashes, redirect and
+ *   logout addresses, grant types, scopes, first-party flag, name and logo)
  */
 export type SealedTable =
   | "members"
@@ -32,7 +34,8 @@ export type SealedTable =
   | "member_tokens"
   | "mfa_tokens"
   | "recovery_codes"
-  | "devices";
+  | "devices"
+  | "oidc_clients";
 export type SealValue = string | number | boolean | null;
 
 const VERSION = "s1";
@@ -160,4 +163,35 @@ export function deviceSealValues(d: {
   expiresAt: number;
 }): SealValue[] {
   return [d.id, d.memberId, d.tokenHash, d.expiresAt];
+}
+
+/** The sealed values of a member site (OIDC client). */
+export function clientSealValues(c: {
+  clientId: string;
+  name: string;
+  secretHash: string | null;
+  previousSecretHash: string | null;
+  previousSecretUntil: number | null;
+  tokenAuthMethod: string;
+  redirectUris: string;
+  postLogoutRedirectUris: string;
+  grantTypes: string;
+  scope: string;
+  firstParty: boolean | number;
+  logoUri: string | null;
+}): SealValue[] {
+  return [
+    c.clientId,
+    c.name,
+    c.secretHash,
+    c.previousSecretHash,
+    c.previousSecretUntil,
+    c.tokenAuthMethod,
+    c.redirectUris,
+    c.postLogoutRedirectUris,
+    c.grantTypes,
+    c.scope,
+    Boolean(c.firstParty),
+    c.logoUri,
+  ];
 }

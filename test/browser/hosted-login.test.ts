@@ -32,7 +32,7 @@ describe.skipIf(!available && !process.env.CI)("hosted sign-in in a real browser
     rp = http.createServer();
     await new Promise<void>((r) => rp.listen(0, "127.0.0.1", r));
     rpUrl = `http://127.0.0.1:${(rp.address() as AddressInfo).port}`;
-    const client = new Clients({ db: t.s.db, clock: t.clock, audit: t.s.audit }).add({
+    const client = new Clients({ db: t.s.db, clock: t.clock, audit: t.s.audit, seals: t.s.seals }).add({
       name: "カーナビ会員サイト",
       redirectUris: [`${rpUrl}/callback`],
       postLogoutRedirectUris: [`${rpUrl}/bye`],

@@ -48,7 +48,7 @@ export async function listenWithMember(
  */
 export async function memberSiteWithRefreshToken(listening: ListeningApp, sub: string, scope: string) {
   const { t, issuer } = listening;
-  const site = new Clients({ db: t.s.db, clock: t.clock, audit: t.s.audit }).add({
+  const site = new Clients({ db: t.s.db, clock: t.clock, audit: t.s.audit, seals: t.s.seals }).add({
     name: "site",
     redirectUris: ["https://site.example/cb"],
   });

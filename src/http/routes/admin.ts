@@ -228,7 +228,7 @@ export function adminRoutes(s: Services): Router {
   function knownClient(raw: unknown): string {
     const id = clientIdParam.safeParse(raw);
     const meta = id.success
-      ? new Clients({ db: s.db, clock: s.clock, audit: s.audit }).metadata(id.data)
+      ? new Clients({ db: s.db, clock: s.clock, audit: s.audit, seals: s.seals }).metadata(id.data)
       : undefined;
     if (!id.success || !meta) throw new ApiError(404, "not_found", "No such client.");
     return id.data;
