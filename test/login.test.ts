@@ -20,6 +20,21 @@ describe("password sign-in", () => {
   });
   afterEach(() => t.close());
 
+  const hanakoId = () =>
+    t.s.db.$client.prepare("SELECT id FROM members WHERE login_id = 'hanako'").pluck().get() as string;
+  /**
+   * The next sign-in's argon2 verification runs for real; `meanwhile` runs after it answered,
+   * before the sign-in goes on (what another request can do in that time). Restore when done.
+   */
+  const whileVerifying = (meanwhile: () => unknown) => {
+    const verify = t.s.hasher.verify.bind(t.s.hasher);
+    return vi.spyOn(t.s.hasher, "verify").mockImplementationOnce(async (stored, password, opts) => {
+      const right = await verify(stored, password, opts);
+      await meanwhile();
+      return right;
+    });
+  };
+
   it("signs in and sets an HttpOnly, SameSite=Lax session cookie", async () => {
     const res = await post(t.app, "/api/v1/login", { login_id: "hanako", password: STRONG_PASSWORD });
     expect(res.status).toBe(200);
@@ -57,21 +72,14 @@ describe("password sign-in", () => {
   it("a password set while the old one is being verified wins: the old one signs nothing in, and stays replaced", async () => {
     // Support sets a new password (a reset would do the same) after the sign-in read the member's
     // hash and before argon2 answered: the old password, right a moment ago, must not get a session.
-    const id = t.s.db.$client
-      .prepare("SELECT id FROM members WHERE login_id = 'hanako'")
-      .pluck()
-      .get() as string;
-    const verify = t.s.hasher.verify.bind(t.s.hasher);
-    const spy = vi.spyOn(t.s.hasher, "verify").mockImplementationOnce(async (stored, password, opts) => {
-      const right = await verify(stored, password, opts);
+    const spy = whileVerifying(async () => {
       t.clock.advance(60_000); // (support acts a minute after the member registered)
-      await t.s.support.setPassword(id, "a brand new password 77", {
+      await t.s.support.setPassword(hanakoId(), "a brand new password 77", {
         adminId: null,
         reason: "ticket 5",
         ip: null,
         requestId: null,
       });
-      return right;
     });
     try {
       const res = await post(t.app, "/api/v1/login", { login_id: "hanako", password: STRONG_PASSWORD });
@@ -91,21 +99,14 @@ describe("password sign-in", () => {
   });
 
   it("a new password required while the old one is being verified gets no session", async () => {
-    const id = t.s.db.$client
-      .prepare("SELECT id FROM members WHERE login_id = 'hanako'")
-      .pluck()
-      .get() as string;
-    const verify = t.s.hasher.verify.bind(t.s.hasher);
-    const spy = vi.spyOn(t.s.hasher, "verify").mockImplementationOnce(async (stored, password, opts) => {
-      const right = await verify(stored, password, opts);
-      t.s.recovery.requireNewPassword(id, {
+    const spy = whileVerifying(() =>
+      t.s.recovery.requireNewPassword(hanakoId(), {
         adminId: "m_support",
         reason: "ticket 6",
         ip: null,
         requestId: null,
-      });
-      return right;
-    });
+      }),
+    );
     try {
       const res = await post(t.app, "/api/v1/login", { login_id: "hanako", password: STRONG_PASSWORD });
       expect(res.status).toBe(401);
@@ -119,12 +120,9 @@ describe("password sign-in", () => {
     // A rehash (new pepper, new argon2 parameters) by the one that finishes first changes the hash
     // under the other: not a new password.
     const rehash = vi.spyOn(t.s.hasher, "needsRehash").mockReturnValue(true);
-    const verify = t.s.hasher.verify.bind(t.s.hasher);
     let inner = 0;
-    const spy = vi.spyOn(t.s.hasher, "verify").mockImplementationOnce(async (stored, password, opts) => {
-      const right = await verify(stored, password, opts);
+    const spy = whileVerifying(async () => {
       inner = (await post(t.app, "/api/v1/login", { login_id: "hanako", password: STRONG_PASSWORD })).status;
-      return right;
     });
     try {
       const outer = await post(t.app, "/api/v1/login", { login_id: "hanako", password: STRONG_PASSWORD });

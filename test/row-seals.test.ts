@@ -5,7 +5,7 @@ import supertest from "supertest";
 import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
 import { AdminOps } from "../src/admin/admin-ops.js";
 import { Clients } from "../src/oidc/clients.js";
-import { assertSealsNotRemoved, sealRowsOnce } from "../src/vault/seal-rows.js";
+import { assertSealsNotRemoved, SEALED_TABLES, sealRowsOnce } from "../src/vault/seal-rows.js";
 import { adminPasskeySession, adminWithPasskey } from "./support/admin.js";
 import { makeApp, ORIGIN, post, register, STRONG_PASSWORD, signIn, type TestApp } from "./support/app.js";
 import { runCli } from "./support/cli.js";
@@ -16,16 +16,7 @@ import { SoftAuthenticator } from "./support/soft-authenticator.js";
  * elsewhere on the host, a restored copy, an insider with the file). Each test writes what such a
  * person would, straight into SQLite, and tries to use it through the API.
  */
-const SEALED = [
-  "members",
-  "sessions",
-  "webauthn_credentials",
-  "member_tokens",
-  "mfa_tokens",
-  "recovery_codes",
-  "devices",
-  "oidc_clients",
-];
+const SEALED = SEALED_TABLES;
 
 describe("row seals: rows written without the keyring count for nothing", () => {
   let t: TestApp;

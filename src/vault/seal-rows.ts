@@ -1,5 +1,8 @@
+import { getTableColumns } from "drizzle-orm";
+import type { SQLiteTable } from "drizzle-orm/sqlite-core";
 import type { AuditLog } from "../audit/log.js";
 import { type Db, inTransaction } from "../db/connection.js";
+import * as schema from "../db/schema.js";
 import { StartupError } from "../errors.js";
 import {
   clientSealValues,
@@ -15,105 +18,39 @@ import {
   sessionSealValues,
 } from "./seals.js";
 
-/** Each sealed table: its key column, and its sealed values from a raw row (snake_case columns). */
-const TABLES: Record<SealedTable, { key: string; values: (r: Record<string, unknown>) => SealValue[] }> = {
-  members: {
-    key: "id",
-    values: (r) =>
-      memberSealValues({
-        id: r.id as string,
-        sub: r.sub as string,
-        role: r.role as string,
-        status: r.status as string,
-        passwordHash: r.password_hash as string | null,
-        pepperId: r.pepper_id as string | null,
-        mfaRequired: r.mfa_required as number,
-        passwordResetRequired: r.password_reset_required as number,
-        emailVerified: r.email_verified as number,
-      }),
-  },
-  sessions: {
-    key: "id",
-    values: (r) =>
-      sessionSealValues({
-        id: r.id as string,
-        tokenHash: r.token_hash as string,
-        memberId: r.member_id as string,
-        kind: r.kind as string,
-        acr: r.acr as string,
-        amr: r.amr as string,
-        authTime: r.auth_time as number,
-        absoluteExpiresAt: r.absolute_expires_at as number,
-      }),
-  },
-  webauthn_credentials: {
-    key: "id",
-    values: (r) =>
-      passkeySealValues({
-        id: r.id as string,
-        memberId: r.member_id as string,
-        credentialId: r.credential_id as string,
-        publicKey: r.public_key as string,
-      }),
-  },
-  member_tokens: {
-    key: "token_hash",
-    values: (r) =>
-      memberTokenSealValues({
-        tokenHash: r.token_hash as string,
-        memberId: r.member_id as string,
-        purpose: r.purpose as string,
-        emailIndex: r.email_bidx as string | null,
-        expiresAt: r.expires_at as number,
-      }),
-  },
-  mfa_tokens: {
-    key: "token_hash",
-    values: (r) =>
-      mfaTokenSealValues({
-        tokenHash: r.token_hash as string,
-        memberId: r.member_id as string,
-        expiresAt: r.expires_at as number,
-      }),
-  },
-  recovery_codes: {
-    key: "id",
-    values: (r) =>
-      recoveryCodeSealValues({ memberId: r.member_id as string, codeHash: r.code_hash as string }),
-  },
-  oidc_clients: {
-    key: "client_id",
-    values: (r) =>
-      clientSealValues({
-        clientId: r.client_id as string,
-        name: r.name as string,
-        secretHash: r.secret_hash as string | null,
-        previousSecretHash: r.previous_secret_hash as string | null,
-        previousSecretUntil: r.previous_secret_until as number | null,
-        tokenAuthMethod: r.token_auth_method as string,
-        redirectUris: r.redirect_uris as string,
-        postLogoutRedirectUris: r.post_logout_redirect_uris as string,
-        grantTypes: r.grant_types as string,
-        scope: r.scope as string,
-        firstParty: r.first_party as number,
-        logoUri: r.logo_uri as string | null,
-      }),
-  },
-  devices: {
-    key: "id",
-    values: (r) =>
-      deviceSealValues({
-        id: r.id as string,
-        memberId: r.member_id as string,
-        tokenHash: r.token_hash as string,
-        expiresAt: r.expires_at as number,
-      }),
-  },
+/**
+ * A raw row (SQLite's snake_case columns) as drizzle would give it (the schema's property names),
+ * so that the typed seal functions of src/vault/seals.ts read it.
+ */
+function asModel(table: SQLiteTable, raw: Record<string, unknown>): never {
+  const row: Record<string, unknown> = {};
+  for (const [property, column] of Object.entries(getTableColumns(table))) row[property] = raw[column.name];
+  return row as never;
+}
+
+/** Each sealed table: its schema, its key column, and the seal function of its rows. */
+const TABLES: Record<SealedTable, { schema: SQLiteTable; key: string; seal: (row: never) => SealValue[] }> = {
+  members: { schema: schema.members, key: "id", seal: memberSealValues },
+  sessions: { schema: schema.sessions, key: "id", seal: sessionSealValues },
+  webauthn_credentials: { schema: schema.webauthnCredentials, key: "id", seal: passkeySealValues },
+  member_tokens: { schema: schema.memberTokens, key: "token_hash", seal: memberTokenSealValues },
+  mfa_tokens: { schema: schema.mfaTokens, key: "token_hash", seal: mfaTokenSealValues },
+  recovery_codes: { schema: schema.recoveryCodes, key: "id", seal: recoveryCodeSealValues },
+  oidc_clients: { schema: schema.oidcClients, key: "client_id", seal: clientSealValues },
+  devices: { schema: schema.devices, key: "id", seal: deviceSealValues },
 };
 
+/** The sealed tables' names. */
+export const SEALED_TABLES = Object.keys(TABLES) as SealedTable[];
+
+/** The sealed values of a raw row of a sealed table. */
+function valuesOf(table: SealedTable, raw: Record<string, unknown>): SealValue[] {
+  const { schema: t, seal } = TABLES[table];
+  return seal(asModel(t, raw));
+}
+
 /** The sealed values of a raw row (snake_case columns, as SQLite returns them) of a sealed table. */
-export const rowSealValues = (table: SealedTable, row: Record<string, unknown>): SealValue[] =>
-  TABLES[table].values(row);
+export const rowSealValues = valuesOf;
 
 const sealsOn = (db: Db) =>
   db.$client.prepare("SELECT 1 FROM audit_log WHERE action = 'seals.enabled' LIMIT 1").get() !== undefined;
@@ -162,7 +99,7 @@ export function sealRowsOnce(
     // A database where any row has a seal had seals on already (a CLI command on a new database
     // seals what it writes without the entry; or someone edited or removed the entry): its rows
     // without a seal were written without the keyring and stay unsealed.
-    const alreadyOn = Object.keys(TABLES).some(
+    const alreadyOn = SEALED_TABLES.some(
       (table) => client.prepare(`SELECT 1 FROM ${table} WHERE seal IS NOT NULL LIMIT 1`).get() !== undefined,
     );
     if (alreadyOn) {
@@ -184,13 +121,14 @@ export function sealRowsOnce(
           "rows written by someone with the database file would be sealed as theirs. Investigate (sekisho audit verify), restore a backup; nothing was sealed.",
       );
     let total = 0;
-    for (const [table, { key, values }] of Object.entries(TABLES)) {
+    for (const table of SEALED_TABLES) {
+      const { key } = TABLES[table];
       const rows = client.prepare(`SELECT * FROM ${table} WHERE seal IS NULL`).all() as Record<
         string,
         unknown
       >[];
       const update = client.prepare(`UPDATE ${table} SET seal = ? WHERE ${key} = ?`);
-      for (const row of rows) update.run(seals.seal(table as SealedTable, values(row)), row[key]);
+      for (const row of rows) update.run(seals.seal(table, valuesOf(table, row)), row[key]);
       sealed[table] = rows.length;
       total += rows.length;
     }
@@ -210,19 +148,18 @@ export interface BrokenRow {
 /** Every row whose seal doesn't hold, in every sealed table (`sekisho seals check`). */
 export function brokenSeals(db: Db, seals: RowSeals): BrokenRow[] {
   const broken: BrokenRow[] = [];
-  for (const [table, { key, values }] of Object.entries(TABLES) as [
-    SealedTable,
-    (typeof TABLES)[SealedTable],
-  ][]) {
+  for (const table of SEALED_TABLES) {
+    const { key } = TABLES[table];
     // The member a row is of (none for a member site's row).
     const owner = table === "members" ? "id" : "member_id";
     const rows = db.$client.prepare(`SELECT * FROM ${table}`).all() as Record<string, unknown>[];
     for (const row of rows) {
-      if (row.seal === seals.seal(table, values(row))) continue;
+      if (row.seal === seals.seal(table, valuesOf(table, row))) continue;
       const id = String(row[key]);
       broken.push({
         table,
-        row: table === "member_tokens" ? id.slice(0, 12) : id,
+        // A token hash only by its start (as the alert names it).
+        row: key === "token_hash" ? id.slice(0, 12) : id,
         member_id: (row[owner] as string | null) ?? null,
       });
     }
@@ -261,7 +198,7 @@ export function acceptMemberRow(
     const accepted = { ...row, password_reset_required: 1 };
     client
       .prepare("UPDATE members SET password_reset_required = 1, seal = ? WHERE id = ?")
-      .run(seals.seal("members", TABLES.members.values(accepted)), memberId);
+      .run(seals.seal("members", valuesOf("members", accepted)), memberId);
     const deleted: Record<string, number> = {};
     for (const table of [
       "sessions",
@@ -271,14 +208,14 @@ export function acceptMemberRow(
       "recovery_codes",
       "devices",
     ] as const) {
-      const { key, values } = TABLES[table];
+      const { key } = TABLES[table];
       const remove = client.prepare(`DELETE FROM ${table} WHERE ${key} = ?`);
       let n = 0;
       for (const r of client.prepare(`SELECT * FROM ${table} WHERE member_id = ?`).all(memberId) as Record<
         string,
         unknown
       >[])
-        if (r.seal !== seals.seal(table, values(r))) n += remove.run(r[key]).changes;
+        if (r.seal !== seals.seal(table, valuesOf(table, r))) n += remove.run(r[key]).changes;
       deleted[table] = n;
     }
     const sessionsRevoked = client
