@@ -33,11 +33,12 @@ async function main(): Promise<void> {
   // Rows from before member-level revocation existed learn whose they are (once; cheap after).
   // Rows from before row seals existed are sealed, once (src/vault/seal-rows.ts).
   const sealed = sealRowsOnce(db, services.seals, services.audit, { markEmpty: true });
-  if (sealed !== null)
+  if (sealed !== null && sealed > 0)
     logger.warn(
       { rows: sealed },
       "row seals turned on: every row found without a seal was sealed as it is (expected once, at the upgrade to them)",
     );
+  else if (sealed !== null) logger.info("row seals turned on");
   const backfilled = services.oidcStore.backfillAccountIds();
   if (backfilled > 0) logger.info({ rows: backfilled }, "OIDC rows linked to their members");
   if (config.adminAcr !== "urn:sekisho:acr:phishing-resistant") {
