@@ -907,13 +907,10 @@ export function buildCli(): Command {
       const { ctx, services } = openServices();
       try {
         const member = memberNamed(ctx, who);
-        const result = acceptMemberRow(ctx.db, services.seals, ctx.audit, member.id, opts.reason, Date.now());
-        const sub = ctx.db
-          .select({ sub: members.sub })
-          .from(members)
-          .where(eq(members.id, member.id))
-          .get()?.sub;
-        const siteRows = sub ? services.oidcStore.revokeAccount(sub) : 0;
+        const result = acceptMemberRow(ctx.db, services.seals, ctx.audit, member.id, opts.reason, (id, why) =>
+          services.sessions.revokeAll(id, why),
+        );
+        const siteRows = services.oidcStore.revokeAccount(result.sub);
         if (opts.json) out(JSON.stringify({ member_id: member.id, ...result, oidc_rows_revoked: siteRows }));
         else
           out(

@@ -179,7 +179,8 @@ export function acceptMemberRow(
   audit: AuditLog,
   memberId: string,
   reason: string,
-  now: number,
+  /** SessionService.revokeAll: every session ends, and every second step still pending. */
+  revokeSessions: (memberId: string, reason: string) => number,
 ): {
   sub: string;
   role: string;
@@ -218,11 +219,7 @@ export function acceptMemberRow(
         if (r.seal !== seals.seal(table, valuesOf(table, r))) n += remove.run(r[key]).changes;
       deleted[table] = n;
     }
-    const sessionsRevoked = client
-      .prepare(
-        "UPDATE sessions SET revoked_at = ?, revoke_reason = 'member_resealed' WHERE member_id = ? AND revoked_at IS NULL",
-      )
-      .run(now, memberId).changes;
+    const sessionsRevoked = revokeSessions(memberId, "member_resealed");
     const result = {
       sub: row.sub as string,
       role: row.role as string,
