@@ -42,16 +42,18 @@ const CLIENT_SECRET = "bench-secret-0123456789abcdefghijklmnopqrstuvwxyz";
 interface Ready {
   port: number;
   refreshTokens: string[];
+  /** The client the grants are issued to (Sekisho registers its own, sealed, with a new id). */
+  client: { id: string; secret: string };
 }
 
 // ---------------------------------------------------------------- server side (child process)
 
-async function seed(provider: Provider, accountId: string): Promise<string[]> {
-  const client = await provider.Client.find(CLIENT_ID);
+async function seed(provider: Provider, accountId: string, clientId = CLIENT_ID): Promise<string[]> {
+  const client = await provider.Client.find(clientId);
   if (!client) throw new Error("bench client missing");
   const tokens: string[] = [];
   for (let i = 0; i < GRANTS; i++) {
-    const grant = new provider.Grant({ clientId: CLIENT_ID, accountId });
+    const grant = new provider.Grant({ clientId, accountId });
     grant.addOIDCScope("openid");
     const grantId = await grant.save();
     const rt = new provider.RefreshToken({
@@ -166,6 +168,7 @@ async function serveBare(durable = false): Promise<Ready> {
   return {
     port: (server.address() as AddressInfo).port,
     refreshTokens: await seed(provider, "bare-account"),
+    client: { id: CLIENT_ID, secret: CLIENT_SECRET },
   };
 }
 
@@ -177,8 +180,8 @@ async function serveSekisho(): Promise<Ready> {
   const { createLogger } = await import("../src/logger.js");
   const { buildServices } = await import("../src/services.js");
   const { Keyring, KeyringStore, writeKeyringFile } = await import("../src/vault/keyring.js");
-  const { hashSecret } = await import("../src/oidc/clients.js");
-  const { oidcClients, members } = await import("../src/db/schema.js");
+  const { Clients } = await import("../src/oidc/clients.js");
+  const { members } = await import("../src/db/schema.js");
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), "sekisho-oidc-bench-"));
   process.on("exit", () => fs.rmSync(dir, { recursive: true, force: true }));
   const config = loadConfig({
@@ -216,18 +219,14 @@ async function serveSekisho(): Promise<Ready> {
     .from(members)
     .all()
     .find((m) => m.id === reg.memberId)?.sub as string;
-  db.insert(oidcClients)
-    .values({
-      clientId: CLIENT_ID,
-      name: "bench",
-      secretHash: hashSecret(CLIENT_SECRET),
-      redirectUris: JSON.stringify(["http://127.0.0.1:9/cb"]),
-      grantTypes: JSON.stringify(["authorization_code", "refresh_token"]),
-      scope: "openid",
-      firstParty: true,
-      createdAt: Date.now(),
-    })
-    .run();
+  // Registered as `sekisho clients add` does: the row is sealed, and one written by hand isn't served.
+  const created = new Clients({ db, clock: systemClock, audit: s.audit, seals: s.seals }).add({
+    name: "bench",
+    redirectUris: ["http://127.0.0.1:9/cb"],
+    scope: "openid",
+    firstParty: true,
+  });
+  const client = { id: created.clientId, secret: created.clientSecret as string };
   const app = createApp(s);
   const oidcForDirect = app.locals.oidc as { provider: Provider };
   const server = http.createServer(process.env.BENCH_DIRECT ? oidcForDirect.provider.callback() : app);
@@ -238,7 +237,11 @@ async function serveSekisho(): Promise<Ready> {
       console.error("sekisho:", err.error_detail),
     );
   }
-  return { port: (server.address() as AddressInfo).port, refreshTokens: await seed(oidc.provider, sub) };
+  return {
+    port: (server.address() as AddressInfo).port,
+    refreshTokens: await seed(oidc.provider, sub, client.id),
+    client,
+  };
 }
 
 async function serveExpressJson(): Promise<Ready> {
@@ -249,10 +252,13 @@ async function serveExpressJson(): Promise<Ready> {
   });
   const server = http.createServer(app);
   await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
-  return { port: (server.address() as AddressInfo).port, refreshTokens: [] };
+  return { port: (server.address() as AddressInfo).port, refreshTokens: [], client: { id: "", secret: "" } };
 }
 
 // ---------------------------------------------------------------- load side
+
+/** Every server started, stopped when the run ends however it ends (none is left running). */
+const children: ChildProcess[] = [];
 
 function start(
   kind: string,
@@ -271,6 +277,7 @@ function start(
       stdio: ["ignore", "pipe", "inherit"],
     },
   );
+  children.push(child);
   return new Promise((resolve, reject) => {
     let out = "";
     child.stdout?.on("data", (chunk: Buffer) => {
@@ -334,7 +341,7 @@ async function refreshLoad(
   current: string[],
 ) {
   const before = await cpuOf(server.child.pid, "main thread");
-  const result = await refreshRate(server.ready.port, tokenPath, current);
+  const result = await refreshRate(server.ready, tokenPath, current);
   const after = await cpuOf(server.child.pid, "main thread");
   const seconds = (after.at - before.at) / 1000;
   const cpuUsPerGrant =
@@ -344,8 +351,8 @@ async function refreshLoad(
   return { ...result, cpuUsPerGrant };
 }
 
-async function refreshRate(port: number, tokenPath: string, current: string[]) {
-  const basic = `Basic ${Buffer.from(`${CLIENT_ID}:${CLIENT_SECRET}`).toString("base64")}`;
+async function refreshRate({ port, client }: Ready, tokenPath: string, current: string[]) {
+  const basic = `Basic ${Buffer.from(`${client.id}:${client.secret}`).toString("base64")}`;
   let next = 0;
   return measure(async () => {
     // Take the next grant round-robin, so each request rotates a different grant (many-grant workload).
@@ -371,11 +378,8 @@ async function refreshRate(port: number, tokenPath: string, current: string[]) {
 }
 
 async function main(): Promise<number> {
-  const bare = await start("bare");
-  const durable = await start("durable");
-  const sekisho = await start("sekisho");
-  const children = [bare.child, durable.child, sekisho.child];
   try {
+    const [bare, durable, sekisho] = await Promise.all([start("bare"), start("durable"), start("sekisho")]);
     process.stdout.write(
       `oidc bench: ${CLIENTS} clients, ${SECONDS} s per measurement, ${GRANTS} grants each\n`,
     );
@@ -432,7 +436,6 @@ async function main(): Promise<number> {
     const jwks = await request(sekisho.ready.port, "GET", "/oidc/jwks");
     const plainDiscovery = await start("json", { BENCH_JSON: discovery.body });
     const plainJwks = await start("json", { BENCH_JSON: jwks.body });
-    children.push(plainDiscovery.child, plainJwks.child);
     const get = (port: number, p: string) =>
       measure(async () => (await request(port, "GET", p)).status === 200);
     const sekDisc = await get(sekisho.ready.port, "/.well-known/openid-configuration");
