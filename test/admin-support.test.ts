@@ -592,6 +592,21 @@ describe("admin member support and PII read budgets", () => {
     const bad = await get("/api/v1/admin/audit?since=yesterday");
     expect(bad.status).toBe(400);
     expect(bad.body.error_description).toContain("Check: since");
+    // A day or time that doesn't exist is refused, not rolled over to another window.
+    for (const when of [
+      "2026-02-30T00:00Z",
+      "2026-13-01T00:00Z",
+      "2026-12-05T24:00Z",
+      "2026-12-05T09:60Z",
+      "2026-12-05T09:00+25:00",
+    ]) {
+      const wrong = await get(`/api/v1/admin/audit?since=${encodeURIComponent(when)}`);
+      expect(wrong.status, when).toBe(400);
+      expect(wrong.body.error_description).toContain("Check: since");
+    }
+    expect(
+      (await get(`/api/v1/admin/audit?until=${encodeURIComponent("2028-02-29T23:59:59.999+09:00")}`)).status,
+    ).toBe(200);
     expect((await get("/api/v1/admin/audit?action=%25")).status).toBe(400);
     expect((await get("/api/v1/admin/audit?action=login%25")).status).toBe(400);
     // The console's filters do the same.

@@ -32,8 +32,28 @@ const viewQuery = z.object({ reason: reasonText });
 const isoTime = z
   .string()
   .regex(/^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d{1,3})?)?(Z|[+-]\d{2}:\d{2})$/)
+  // A day or time that doesn't exist is refused, not rolled over (Date.parse reads 2026-02-30 as
+  // 2 March): a window an investigator mistyped must not quietly show another one.
+  .refine(realTime, "not a date and time that exists")
   .transform((v) => Date.parse(v))
   .pipe(z.number().int().min(0));
+
+function realTime(v: string): boolean {
+  const [y, mo, d, h, mi, sec = 0] = (v.match(/\d+/g) ?? []).map(Number) as number[];
+  if (y === undefined || mo === undefined || d === undefined || h === undefined || mi === undefined)
+    return false;
+  const day = new Date(Date.UTC(y, mo - 1, d));
+  const zone = /([+-])(\d{2}):(\d{2})$/.exec(v);
+  return (
+    day.getUTCFullYear() === y &&
+    day.getUTCMonth() === mo - 1 &&
+    day.getUTCDate() === d &&
+    h <= 23 &&
+    mi <= 59 &&
+    sec <= 59 &&
+    (!zone || (Number(zone[2]) <= 14 && Number(zone[3]) <= 59))
+  );
+}
 
 export const auditQuery = z
   .object({
