@@ -266,6 +266,13 @@ describe("OIDC code flow with a real relying party (openid-client)", () => {
     await expect(oidc.refreshTokenGrant(config, rotated.refresh_token as string)).rejects.toMatchObject({
       error: "invalid_grant",
     });
+    // The discovery document too has one spelling (the others skipped its cache and headers).
+    for (const path of ["/.well-known/openid-configuration/", "/.well-known/OpenID-Configuration"]) {
+      const res = await fetch(`${issuer}${path}`);
+      expect(res.status, path).toBe(404);
+      expect(((await res.json()) as { error: string }).error).toBe("not_found");
+    }
+    expect((await fetch(`${issuer}/.well-known/openid-configuration`)).status).toBe(200);
   });
 
   it("two requests with one refresh token at once: the grant is revoked for both and it is recorded as reuse", async () => {

@@ -122,9 +122,12 @@ export function createApp(
   // doubled slashes (`/oidc/token/`, `/oidc/token/INTROSPECTION`): our rules keyed on the path
   // (reuse detection, no-store, unauthorized_client) would not see them. Only the spelling the
   // discovery document gives reaches the provider; the others are unknown endpoints.
-  const routes = new Set<string>(Object.values(OIDC_ROUTES));
+  const routes = new Set<string>([...Object.values(OIDC_ROUTES), "/.well-known/openid-configuration"]);
   const misspelt = (path: string) => {
-    const plain = path.toLowerCase().replace(/\/{2,}/g, "/").replace(/\/+$/, "");
+    const plain = path
+      .toLowerCase()
+      .replace(/\/{2,}/g, "/")
+      .replace(/\/+$/, "");
     return plain !== path && routes.has(plain);
   };
   const isProviderPath = (path: string) =>
