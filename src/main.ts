@@ -9,6 +9,7 @@ import { startMetricsServer } from "./http/metrics-routes.js";
 import { createLogger } from "./logger.js";
 import { removePidFile, writePidFile } from "./ops/pid-file.js";
 import { buildServices } from "./services.js";
+import { restoreThrottleState, saveThrottleState } from "./throttle/carry-over.js";
 import { openKeyring } from "./vault/bootstrap.js";
 import { assertKeyringFits } from "./vault/keyring-check.js";
 import { assertSealsNotRemoved, sealRowsOnce } from "./vault/seal-rows.js";
@@ -92,6 +93,18 @@ async function main(): Promise<void> {
     }
   }, 5 * 60_000);
   anchor.unref();
+  // What the login-anomaly engine had learnt when the server last stopped (src/throttle/carry-over.ts).
+  const carried = restoreThrottleState({ db, keys, guard: services.guard });
+  if (carried && "error" in carried)
+    logger.warn(
+      { err: carried.error },
+      "throttle counters of the last stop could not be read: starting without them",
+    );
+  else if (carried)
+    logger.info(
+      { keys: carried.taken, saved_at: new Date(carried.savedAt).toISOString() },
+      "throttle counters carried over from the last stop",
+    );
   await services.hasher.warm();
   services.mailer.start();
   services.alertHooks?.start();
@@ -162,6 +175,12 @@ async function main(): Promise<void> {
         .catch((err: unknown) => logger.error({ err }, "while finishing mail"))
         .finally(async () => {
           services.oidcStore.flush();
+          try {
+            const kept = saveThrottleState({ db, keys, clock, guard: services.guard });
+            logger.info({ keys: kept }, "throttle counters kept for the next start");
+          } catch (err) {
+            logger.error({ err }, "throttle counters could not be kept");
+          }
           await checkpointer.stop().catch(() => {});
           db.$client.close();
           removePidFile(config.dataDir);

@@ -335,6 +335,49 @@ describe("graceful stop", () => {
       fs.rmSync(server.dir, { recursive: true, force: true });
     }
   }, 60_000);
+  it("a graceful restart carries the throttle's counters over: failures before it still protect the account after it", async () => {
+    // A low protection threshold, and no hourly slow-down, so a few failures show it.
+    const policy = JSON.stringify({ accountProtect: 4, accountSlow: 1000, ipLoginSlow: 1000 });
+    const first = await startServer({ SEKISHO_TRUST_PROXY: "loopback", SEKISHO_THROTTLE_POLICY: policy });
+    const same = {
+      SEKISHO_TRUST_PROXY: "loopback",
+      SEKISHO_THROTTLE_POLICY: policy,
+      SEKISHO_DATA_DIR: first.env.SEKISHO_DATA_DIR as string,
+      SEKISHO_KEYRING_FILE: first.env.SEKISHO_KEYRING_FILE as string,
+    };
+    let second: Awaited<ReturnType<typeof startServer>> | undefined;
+    const login = (url: string, ip: string, password: string) =>
+      fetch(`${url}/api/v1/login`, {
+        method: "POST",
+        headers: { "Content-Type": "application/json", "X-Forwarded-For": ip },
+        body: JSON.stringify({ login_id: "carried.member", password }),
+      }).then(async (r) => ({ status: r.status, body: (await r.json()) as { error?: string } }));
+    try {
+      const reg = await fetch(`${first.url}/api/v1/registrations`, {
+        method: "POST",
+        headers: { "Content-Type": "application/json", "X-Forwarded-For": "198.51.100.1" },
+        body: JSON.stringify({ login_id: "carried.member", password: STRONG_PASSWORD, profile: PROFILE }),
+      });
+      expect(reg.status).toBe(201);
+      for (let i = 0; i < 3; i++)
+        expect((await login(first.url, `203.0.113.${i}`, `wrong guess ${i}`)).status).toBe(401);
+      first.proc.kill("SIGTERM");
+      expect(await first.exited).toEqual({ code: 0, signal: null });
+      expect(first.output.join("")).toContain("throttle counters kept for the next start");
+
+      second = await startServer(same);
+      expect(second.output.join("")).toContain("throttle counters carried over from the last stop");
+      // The fourth failure of the day, the first after the restart, protects the account.
+      expect((await login(second.url, "203.0.113.3", "wrong guess 3")).status).toBe(401);
+      const after = await login(second.url, "203.0.113.4", STRONG_PASSWORD);
+      // (An account protection is answered as the contract's throttling answer.)
+      expect(after).toMatchObject({ status: 429, body: { error: "too_many_attempts" } });
+    } finally {
+      for (const s of [first, second]) if (s && s.proc.exitCode === null) s.proc.kill("SIGKILL");
+      fs.rmSync(first.dir, { recursive: true, force: true });
+      if (second) fs.rmSync(second.dir, { recursive: true, force: true });
+    }
+  }, 60_000);
   it("SIGTERM right after a recovery request: the reset mail is sent before the process exits", async () => {
     const server = await startServer();
     const outbox = path.join(server.env.SEKISHO_DATA_DIR as string, "outbox");

@@ -1,4 +1,6 @@
 import { createHash, randomBytes } from "node:crypto";
+import fs from "node:fs";
+import path from "node:path";
 import argon2 from "argon2";
 import Database from "better-sqlite3";
 import supertest from "supertest";
@@ -339,11 +341,15 @@ describe("row seals: rows written without the keyring count for nothing", () => 
     await register(t.app, { login_id: "before.upgrade" });
     const cookie = await signIn(t.app, "before.upgrade");
     // The database as the version before row seals left it: no seal columns, neither 0019 nor
-    // 0020 (the migrations that added them) applied.
+    // 0020 (the migrations that added them) applied, nor any later one (each undone here).
     for (const table of SEALED) sql(`ALTER TABLE ${table} DROP COLUMN seal`);
-    sql(
-      "DELETE FROM __drizzle_migrations WHERE created_at IN (SELECT created_at FROM __drizzle_migrations ORDER BY created_at DESC LIMIT 2)",
-    );
+    sql("DROP TABLE throttle_state"); // 0021
+    const journal = JSON.parse(
+      fs.readFileSync(path.join(import.meta.dirname, "..", "drizzle", "meta", "_journal.json"), "utf8"),
+    ) as { entries: Array<{ tag: string; when: number }> };
+    const sealsCame = journal.entries.find((e) => e.tag === "0019_row_seals")?.when as number;
+    expect(journal.entries.at(-1)?.tag, "undo the newer migrations above").toBe("0021_throttle_carry_over");
+    sql("DELETE FROM __drizzle_migrations WHERE created_at >= ?", sealsCame);
     const check = runCli(t, ["seals", "check", "--json"]);
     expect(check.stderr).not.toMatch(/Error/);
     expect(JSON.parse(check.stdout)).toEqual({ ok: true, broken: [] });

@@ -7,6 +7,7 @@ import supertest from "supertest";
 import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
 import { Alerts } from "../src/audit/alerts.js";
 import { auditLog } from "../src/db/schema.js";
+import { restoreThrottleState, saveThrottleState } from "../src/throttle/carry-over.js";
 import { MemoryCounterStore } from "../src/throttle/counters.js";
 import { type Attempt, LoginGuard } from "../src/throttle/engine.js";
 import { subnetOf } from "../src/throttle/network.js";
@@ -297,6 +298,72 @@ describe("login-anomaly engine (LoginGuard)", () => {
     for (let i = 0; i < 30; i++) guard.settle(attempt({ ip: `198.51.100.${i}` }), "failure");
     t.clock.advance(48 * 3_600_000); // (the day window has slid past the failures too)
     expect(guard.assess(attempt({ ip: "203.0.113.54" })).action).toBe("allow");
+  });
+
+  it("a graceful restart doesn't reset the counters: a slow attacker's failures still count after it, and a member's address is still known", () => {
+    // Attack: spread failures over a day so that none of them slows anything, and wait for a
+    // deploy to get a fresh day's allowance.
+    const HOME = "198.51.100.7";
+    const home = attempt({ ip: HOME, password: "right password" });
+    expect(guard.assess(home).action).toBe("allow");
+    guard.settle(home, "success");
+    for (let i = 0; i < 29; i++) {
+      t.clock.advance(30 * 60_000); // two an hour: below the hour's slow-down
+      guard.settle(attempt({ ip: `203.0.113.${i}`, password: `guess ${i}` }), "failure");
+    }
+    expect(guard.assess(attempt({ ip: "203.0.113.100" })).action).toBe("allow");
+    const saved = saveThrottleState({ db: t.s.db, keys: t.s.keys, clock: t.clock, guard });
+    expect(saved).toBeGreaterThan(0);
+    // Nothing in the stored row reads as a login ID or an address.
+    const raw = t.s.db.$client.prepare("SELECT state FROM throttle_state").pluck().get() as string;
+    for (const plain of ["victim", "203.0.113", HOME, "198.51.100"]) expect(raw).not.toContain(plain);
+
+    t.clock.advance(60_000);
+    const restarted = restartedGuard();
+    const carried = restoreThrottleState({ db: t.s.db, keys: t.s.keys, guard: restarted });
+    expect(carried).toMatchObject({ taken: saved });
+    // Taken once: the row is gone.
+    expect(t.s.db.$client.prepare("SELECT count(*) FROM throttle_state").pluck().get()).toBe(0);
+    // The thirtieth failure of the day protects the account, as it would have without the restart.
+    restarted.settle(attempt({ ip: "203.0.113.101", password: "guess 30" }), "failure");
+    expect(restarted.assess(attempt({ ip: "203.0.113.102", challengeSolved: true })).action).toBe("protect");
+    // ...and the member's own address is still known: from home they get in (past the day's
+    // failures, after a proof-of-work, as everyone).
+    const fromHome = attempt({ ip: HOME, password: "right password", challengeSolved: true });
+    expect(restarted.assess(fromHome).action).toBe("allow");
+    expect(restarted.fromKnownAddress(HOME, "victim", { queue: "door" })).toBe(true);
+  });
+
+  it("a carried-over state that was changed in the database is dropped, and the engine starts empty", () => {
+    for (let i = 0; i < 29; i++) guard.settle(attempt({ ip: `203.0.113.${i}` }), "failure");
+    saveThrottleState({ db: t.s.db, keys: t.s.keys, clock: t.clock, guard });
+    // Attack: someone with the database edits the row (to clear an address's record, say).
+    const raw = t.s.db.$client.prepare("SELECT state FROM throttle_state").pluck().get() as string;
+    const flipped = `${raw.slice(0, -6)}${raw.at(-6) === "A" ? "B" : "A"}${raw.slice(-5)}`;
+    t.s.db.$client.prepare("UPDATE throttle_state SET state = ?").run(flipped);
+    const restarted = restartedGuard();
+    expect(restoreThrottleState({ db: t.s.db, keys: t.s.keys, guard: restarted })).toMatchObject({
+      error: expect.any(String),
+    });
+    expect(restarted.trackedKeys).toBe(0);
+    expect(t.s.db.$client.prepare("SELECT count(*) FROM throttle_state").pluck().get()).toBe(0);
+  });
+
+  it("carries over at most the most recently used keys of each store, least recent first", () => {
+    const store = new MemoryCounterStore([60_000, 3_600_000], 10);
+    for (let i = 0; i < 8; i++) store.add(`k${i}`, i + 1, 1_000 + i);
+    store.add("k0", 1, 2_000); // k0 is now the most recently used
+    const dump = store.dump(3, 2_000);
+    expect(dump.keys).toEqual(["k6", "k7", "k0"]);
+    const next = new MemoryCounterStore([60_000, 3_600_000], 10);
+    expect(next.load(dump)).toBe(3);
+    expect(next.peek("k7", 2_000)).toEqual(store.peek("k7", 2_000));
+    expect(next.peek("k0", 2_000)).toEqual([2, 2]);
+    expect(next.peek("k1", 2_000)).toEqual([0, 0]);
+    // Other windows (a changed policy): nothing is taken.
+    expect(new MemoryCounterStore([60_000], 10).load(dump)).toBe(0);
+    // Keys whose windows have emptied are left out.
+    expect(store.dump(10, 10 * 3_600_000).keys).toEqual([]);
   });
 
   it("keeps no expired protections in memory: many protected login IDs are swept out once they expire", () => {

@@ -506,3 +506,15 @@ export const legacyPasswords = sqliteTable(
   },
   (t) => [index("legacy_passwords_weak").on(t.weak, t.wrapped)],
 );
+
+/**
+ * What the login-anomaly engine had learnt when the server last stopped (src/throttle/carry-over.ts):
+ * one row, written at a graceful stop, taken over (and deleted) at the next start, so a restart
+ * doesn't hand a slow attacker fresh counters. Encrypted by the vault (it holds typed login IDs
+ * and addresses).
+ */
+export const throttleState = sqliteTable("throttle_state", {
+  id: integer("id").primaryKey(),
+  savedAt: integer("saved_at").notNull(),
+  state: text("state").notNull(),
+});

@@ -139,4 +139,52 @@ export class MemoryCounterStore implements CounterStore {
     this.#lru.delete(key);
     this.#free.push(slot);
   }
+
+  /**
+   * What the store holds, to carry over a restart (src/throttle/carry-over.ts): at most `max`
+   * keys, the most recently used ones, least recent first (the order `load` keeps), each with its
+   * numbers; keys whose windows have all emptied are left out.
+   */
+  dump(max: number, now: number): CounterDump {
+    const keys: string[] = [];
+    const rows: Float64Array[] = [];
+    for (const [key, slot] of this.#lru.entries()) {
+      if (keys.length >= max) break;
+      const o = slot * this.#stride;
+      this.#roll(o, now);
+      if (this.#estimate(o, now).every((n) => n <= 0)) continue;
+      keys.push(key);
+      rows.push(this.#data.slice(o, o + this.#stride));
+    }
+    keys.reverse();
+    rows.reverse();
+    const values = new Float64Array(keys.length * this.#stride);
+    for (let i = 0; i < rows.length; i++) values.set(rows[i] as Float64Array, i * this.#stride);
+    return { windows: [...this.#windows], keys, values };
+  }
+
+  /**
+   * Take over what `dump` gave (before this store has seen anything: a key it already holds is
+   * overwritten). Nothing is taken when the windows differ (the policy changed). Returns how many
+   * keys were taken.
+   */
+  load(dump: CounterDump): number {
+    if (dump.windows.length !== this.#windows.length || dump.windows.some((w, i) => w !== this.#windows[i]))
+      return 0;
+    if (dump.values.length !== dump.keys.length * this.#stride) return 0;
+    dump.keys.forEach((key, i) => {
+      const slot = this.#lru.get(key) ?? this.#slot();
+      this.#data.set(dump.values.subarray(i * this.#stride, (i + 1) * this.#stride), slot * this.#stride);
+      this.#lru.set(key, slot);
+    });
+    return dump.keys.length;
+  }
+}
+
+/** A counter store's keys and numbers (see MemoryCounterStore.dump). */
+export interface CounterDump {
+  windows: number[];
+  keys: string[];
+  /** [start, count, previous count] per window, per key, in the keys' order. */
+  values: Float64Array;
 }

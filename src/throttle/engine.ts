@@ -5,7 +5,7 @@ import type { Alerts } from "../audit/alerts.js";
 import type { Clock } from "../clock.js";
 import { type Db, othersCommits } from "../db/connection.js";
 import { accountProtections, networkBlocks } from "../db/schema.js";
-import { type CounterStore, MemoryCounterStore } from "./counters.js";
+import { type CounterDump, type CounterStore, MemoryCounterStore } from "./counters.js";
 import { addressOf, subnetOf } from "./network.js";
 
 /**
@@ -169,6 +169,18 @@ const KNOWN_ADDRESS_MS = 30 * 24 * 3_600_000;
 const FIRST_PER_LOGIN = 5;
 const FIRST_PER_ADDRESS = 20;
 
+/** What LoginGuard.carryOver gives and takeOver takes. */
+export interface EngineState {
+  /** When it was taken (ms). */
+  at: number;
+  stores: Record<string, CounterDump>;
+  known: Array<[string, number]>;
+  baseline: number;
+  minute: number;
+  minuteFailures: number;
+  underAttackUntil: number;
+}
+
 export class LoginGuard {
   /** Told every decision (metrics): the kind of attempt and what was decided, with its reasons. */
   observer: ((kind: string, decision: Decision) => void) | null = null;
@@ -258,6 +270,52 @@ export class LoginGuard {
     };
     this.#global = new MemoryCounterStore([GLOBAL_WINDOW], 1);
     this.#mailGlobal = new MemoryCounterStore([GLOBAL_WINDOW], 1);
+  }
+
+  /**
+   * What the engine has learnt, to carry over a restart (src/throttle/carry-over.ts): the failure
+   * counters (at most `maxPerStore` keys each, the most recently used), the addresses members
+   * signed in from, and the service-wide baseline. Not the spraying fingerprints: they are keyed
+   * by a key that exists only in memory (and so mean nothing to the next process).
+   */
+  carryOver(maxPerStore: number): EngineState {
+    const now = this.#clock.now().getTime();
+    const stores: Record<string, CounterDump> = {};
+    for (const [name, store] of this.#namedStores())
+      if (store instanceof MemoryCounterStore) stores[name] = store.dump(maxPerStore, now);
+    const known: Array<[string, number]> = [];
+    for (const [key, at] of this.#known.entries()) {
+      if (known.length >= maxPerStore) break;
+      if (now - at < KNOWN_ADDRESS_MS) known.push([key, at]);
+    }
+    return {
+      at: now,
+      stores,
+      known: known.reverse(),
+      baseline: this.#baseline,
+      minute: this.#minute,
+      minuteFailures: this.#minuteFailures,
+      underAttackUntil: this.underAttackUntil,
+    };
+  }
+
+  /** Take over what `carryOver` gave, before this engine decides anything. Returns how many keys. */
+  takeOver(state: EngineState): number {
+    let taken = 0;
+    for (const [name, store] of this.#namedStores()) {
+      const dump = state.stores[name];
+      if (dump && store instanceof MemoryCounterStore) taken += store.load(dump);
+    }
+    for (const [key, at] of state.known) this.#known.set(key, at);
+    this.#baseline = state.baseline;
+    this.#minute = state.minute;
+    this.#minuteFailures = state.minuteFailures;
+    this.underAttackUntil = Math.max(this.underAttackUntil, state.underAttackUntil);
+    return taken + state.known.length;
+  }
+
+  #namedStores(): Array<[string, CounterStore]> {
+    return [...Object.entries(this.#counters), ["global", this.#global], ["mailGlobal", this.#mailGlobal]];
   }
 
   get trackedKeys(): number {

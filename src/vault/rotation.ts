@@ -9,6 +9,7 @@ import { legacyPasswordContext } from "../members/legacy-passwords.js";
 import { fieldContext, PROFILE_COLUMN, PROFILE_FIELDS, type ProfileField } from "../members/profile.js";
 import { payloadContext } from "../oidc/adapter.js";
 import { newEmailContext } from "../recovery/email.js";
+import { throttleStateContext } from "../throttle/carry-over.js";
 import { decryptField, encryptField, type FieldContext } from "./fields.js";
 import type { KeyringStore, VersionedKey } from "./keyring.js";
 
@@ -198,6 +199,9 @@ const SEALED: readonly Sealed[] = [
     context: (r) => payloadContext(r.model as string, r.id_hash as string),
   },
   { table: "outbox", column: "message", keys: ["id"], context: (r) => outboxContext(r.id as string) },
+  // Written at a graceful stop, taken at the next start: a rotation while the server is stopped
+  // keeps it readable.
+  { table: "throttle_state", column: "state", keys: ["id"], context: () => throttleStateContext },
   {
     table: "member_tokens",
     column: "new_email",
