@@ -170,6 +170,28 @@ describe("tamper-evident audit log", () => {
     expect(t.s.audit.verify().ok).toBe(true);
   });
 
+  it("a cut is noticed even when the server's next entry is written inside another transaction (a sign-in), reusing the cut seq", async () => {
+    // What the server wrote last, in a transaction of its own.
+    const last = t.s.audit.append({ action: "pii.read", outcome: "success", actorType: "admin" });
+    const outside = new Database(t.s.db.$client.name);
+    outside.exec(`DROP TRIGGER audit_log_no_delete; DELETE FROM audit_log WHERE seq >= ${last};
+      UPDATE sqlite_sequence SET seq = ${last - 1} WHERE name = 'audit_log';`);
+    outside.close();
+    t.s.audit.ensureAppendOnly();
+    // A member signs in: the session and its entry in one transaction; the entry takes the cut seq.
+    await signIn(t.app, "audit.member");
+    expect(t.s.db.$client.prepare("SELECT max(seq) FROM audit_log").pluck().get()).toBeGreaterThanOrEqual(
+      last,
+    );
+    // The next entry of the server's own still finds its last one gone.
+    t.s.audit.append({ action: "test.marker", outcome: "info", actorType: "system" });
+    const alert = t.s.db.$client
+      .prepare("SELECT details FROM alerts WHERE kind = 'audit_truncated'")
+      .pluck()
+      .get() as string | undefined;
+    expect(JSON.parse(alert ?? "null")).toMatchObject({ missing_from_seq: last });
+  });
+
   it("ordinary work, with entries written inside other transactions, raises no truncation alarm", async () => {
     const fresh = makeApp();
     try {

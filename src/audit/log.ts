@@ -169,12 +169,14 @@ export class AuditLog {
         const last = head.get() as { seq: number; mac: string } | undefined;
         let cut: { expected: { seq: number; mac: string }; head: number | null } | null = null;
         if (outermost) {
-          const t = this.#tentative;
-          if (t && macAt.get(t.seq) === t.mac) this.#last = t;
-          this.#tentative = null;
-          // Our last entry must still be there as we wrote it (other processes only add after it).
+          // Our last committed entry must still be there as we wrote it (other processes only add
+          // after it). Checked before a tentative entry is taken as the new last one: after a cut,
+          // an entry written inside a sign-in's transaction takes the cut seq, and would hide it.
           const mine = this.#last;
+          const t = this.#tentative;
+          this.#tentative = null;
           if (mine && macAt.get(mine.seq) !== mine.mac) cut = { expected: mine, head: last?.seq ?? null };
+          else if (t && macAt.get(t.seq) === t.mac) this.#last = t;
         }
         const entry: Omit<AuditEntry, "mac"> = {
           ...partial,
