@@ -90,6 +90,28 @@ describe("member PII at rest", () => {
     }
   });
 
+  it("a ciphertext's length doesn't tell the value: every gender, and names of different lengths, encrypt to one length", async () => {
+    // Attack: with the file alone, tell members apart by the lengths of their ciphertexts
+    // (AES-GCM adds a fixed amount: "male" and "female" would differ by two).
+    const people = [
+      { gender: "male", name: "李 明" },
+      { gender: "female", name: "山田 花子" },
+      { gender: "other", name: "Alexandria Montgomery" },
+      { gender: "prefer_not_to_say", name: "Bo" },
+    ] as const;
+    for (const [i, p] of people.entries())
+      await register(t.app, { login_id: `length.${i}`, profile: { ...PROFILE, ...p } });
+    const rows = t.s.db.select().from(profiles).all();
+    expect(new Set(rows.map((r) => r.gender?.length)).size).toBe(1);
+    expect(new Set(rows.map((r) => r.name?.length)).size).toBe(1);
+    // ...and each value reads back exactly as it was given.
+    for (const [i, p] of people.entries()) {
+      const cookie = await signIn(t.app, `length.${i}`);
+      const me = await supertest(t.app).get("/api/v1/me").set("Cookie", cookie);
+      expect(me.body.profile).toMatchObject({ gender: p.gender, name: p.name, email: PROFILE.email });
+    }
+  });
+
   it("two members with the same name and e-mail get different ciphertexts", async () => {
     const a = await register(t.app, { login_id: "member.one" });
     const b = await register(t.app, { login_id: "member.two" });

@@ -44,6 +44,27 @@ export const fieldContext = (memberId: string, field: ProfileField) => ({
   rowId: memberId,
 });
 
+/**
+ * Profile values are padded before encryption to a multiple of PAD_BYTES (UTF-8), at least one:
+ * AES-GCM's ciphertext is as long as its plaintext, so unpadded the file alone would tell every
+ * member's gender ("male" and "female" differ by two) and how long each name, address and e-mail
+ * is. Now it tells only the 32-byte class of a value (a long address from a short one) and whether
+ * it is there. The padding is NUL, which no profile value may hold (validation refuses control
+ * characters); values stored before padding read back as they are.
+ */
+const PAD_BYTES = 32;
+
+function padded(value: string): string {
+  const n = Buffer.byteLength(value, "utf8");
+  return value + "\u0000".repeat(Math.max(PAD_BYTES, Math.ceil(n / PAD_BYTES) * PAD_BYTES) - n);
+}
+
+function unpadded(value: string): string {
+  let end = value.length;
+  while (end > 0 && value.charCodeAt(end - 1) === 0) end--;
+  return end === value.length ? value : value.slice(0, end);
+}
+
 /** Why a profile is being read; recorded with every decryption. */
 export interface PiiAccess {
   actorType: "member" | "admin" | "client" | "system" | "operator";
@@ -110,7 +131,7 @@ export class ProfileVault {
       (row as Record<string, unknown>)[PROFILE_COLUMN[field]] =
         value === undefined || value === ""
           ? null
-          : encryptField(this.#keys, fieldContext(memberId, field), value);
+          : encryptField(this.#keys, fieldContext(memberId, field), padded(value));
     }
     return row;
   }
@@ -129,7 +150,7 @@ export class ProfileVault {
       for (const field of PROFILE_FIELDS) {
         const stored = row?.[PROFILE_COLUMN[field]];
         if (typeof stored === "string")
-          current[field] = decryptField(this.#keys, fieldContext(memberId, field), stored);
+          current[field] = unpadded(decryptField(this.#keys, fieldContext(memberId, field), stored));
       }
       const next = this.encryptRow(memberId, { ...current, ...changes });
       this.#db
@@ -146,7 +167,7 @@ export class ProfileVault {
       (set as Record<string, unknown>)[PROFILE_COLUMN[field]] =
         value === undefined || value === ""
           ? null
-          : encryptField(this.#keys, fieldContext(memberId, field), value, active);
+          : encryptField(this.#keys, fieldContext(memberId, field), padded(value), active);
     }
     if ("email" in changes) set.emailIndex = changes.email ? this.emailIndex(changes.email) : null;
     this.#db.update(profiles).set(set).where(eq(profiles.memberId, memberId)).run();
@@ -244,7 +265,7 @@ export class ProfileVault {
         const stored = row[PROFILE_COLUMN[field]];
         if (typeof stored !== "string") continue;
         try {
-          profile[field] = decryptField(this.#keys, fieldContext(row.memberId, field), stored);
+          profile[field] = unpadded(decryptField(this.#keys, fieldContext(row.memberId, field), stored));
           present.push(field);
         } catch (err) {
           if (err instanceof DecryptionError) this.#decryptFailed(row.memberId, field, access, err);
