@@ -394,6 +394,12 @@ describe("login-anomaly engine (LoginGuard)", () => {
     expect(
       guard.assess(attempt({ ip: "203.0.113.9", loginId: "member998", password: "something else" })).action,
     ).toBe("allow");
+    // Attack: the same password in full-width or mixed-width letters (verified as the same password,
+    // after NFKC) is the same sprayed password, not a fresh one.
+    for (const variant of ["Ｓｕｍｍｅｒ２０２６！", "Sｕmmer2026!", "Summer２０２６!"]) {
+      const v = guard.assess(attempt({ ip: "203.0.113.9", loginId: "member997", password: variant }));
+      expect(v.reasons, variant).toContain("password_spraying");
+    }
     // The fingerprint is never stored: no audit entry or alert holds the password or its HMAC.
     const stored = JSON.stringify([t.s.db.select().from(auditLog).all(), t.s.alerts.list()]);
     expect(stored).not.toContain("Summer2026");

@@ -5,6 +5,7 @@ import type { Alerts } from "../audit/alerts.js";
 import type { Clock } from "../clock.js";
 import { type Db, othersCommits } from "../db/connection.js";
 import { accountProtections, networkBlocks } from "../db/schema.js";
+import { normalisePassword } from "../passwords/rules.js";
 import { type CounterDump, type CounterStore, MemoryCounterStore } from "./counters.js";
 import { addressOf, subnetOf } from "./network.js";
 
@@ -334,7 +335,12 @@ export class LoginGuard {
       this.#fpKey = randomBytes(32);
       this.#fpKeyDay = day;
     }
-    return createHmac("sha256", this.#fpKey).update(password, "utf8").digest("base64url").slice(0, 22);
+    // Of the password as it is verified (NFKC): its full-width and other compatibility spellings
+    // are the same password, and must not each get their own allowance of accounts.
+    return createHmac("sha256", this.#fpKey)
+      .update(normalisePassword(password), "utf8")
+      .digest("base64url")
+      .slice(0, 22);
   }
 
   #keys(a: Attempt): Keys {
