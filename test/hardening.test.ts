@@ -287,6 +287,81 @@ describe("HTTP hardening", () => {
     expect(crlf.address).toBe("東京都千代田区\n千代田1-1");
   });
 
+  it("refuses bytes that aren't UTF-8 in a JSON body, a query string or a form, instead of storing U+FFFD", async () => {
+    // Attack: a byte that isn't UTF-8 became U+FFFD and passed validation ("Ta\uFFFDro" stored,
+    // or %FF%FF%FF as the three-character reason of an audited PII read), where the same text sent
+    // as a lone-surrogate escape is refused. The bytes go over a real socket, as they were written.
+    const server = t.app.listen(0, "127.0.0.1");
+    await once(server, "listening");
+    const port = (server.address() as net.AddressInfo).port;
+    const raw = (path: string, type: string, bytes: Buffer) =>
+      new Promise<{ status: number; type: string; body: string }>((resolve, reject) => {
+        const req = http.request(
+          {
+            host: "127.0.0.1",
+            port,
+            method: "POST",
+            path,
+            headers: { "content-type": type, origin: ORIGIN },
+          },
+          (res) => {
+            let body = "";
+            res.setEncoding("utf8");
+            res.on("data", (c: string) => {
+              body += c;
+            });
+            res.on("end", () =>
+              resolve({ status: res.statusCode ?? 0, type: String(res.headers["content-type"]), body }),
+            );
+          },
+        );
+        req.on("error", reject);
+        req.end(bytes);
+      });
+    try {
+      const json = JSON.stringify({
+        login_id: "bytes.member",
+        password: STRONG_PASSWORD,
+        profile: { ...PROFILE, name: "Ta#ro" },
+      });
+      const reg = await raw(
+        "/api/v1/registrations",
+        "application/json",
+        Buffer.concat(
+          json
+            .split("#")
+            .flatMap((part, i) => (i ? [Buffer.from([0xff]), Buffer.from(part)] : [Buffer.from(part)])),
+        ),
+      );
+      expect(reg.status, reg.body).toBe(400);
+      expect(JSON.parse(reg.body)).toMatchObject({
+        error: "invalid_request",
+        error_description: expect.stringMatching(/UTF-8/),
+      });
+      expect(
+        t.s.db.$client.prepare("SELECT count(*) FROM members WHERE login_id = 'bytes.member'").pluck().get(),
+      ).toBe(0);
+      // A hosted page's form.
+      const form = await raw(
+        "/recovery/password",
+        "application/x-www-form-urlencoded",
+        Buffer.from("login_id=%FF%FEabc"),
+      );
+      expect(form.status).toBe(400);
+      expect(form.type).toMatch(/html/);
+    } finally {
+      server.close();
+    }
+    // A query string (an admin's reason, say): refused before any route looks at it.
+    const query = await supertest(t.app).get(
+      "/api/v1/admin/members/m_AAAAAAAAAAAAAAAAAAAAAA?reason=%FF%FF%FF",
+    );
+    expect(query.status).toBe(400);
+    expect(query.body.error).toBe("invalid_request");
+    // ...and well-formed percent-encoding of real text still reads (the same route, unauthenticated).
+    expect((await supertest(t.app).get(`/api/v1/me?x=${encodeURIComponent("理由")}`)).status).toBe(401);
+  });
+
   it("refuses a future birth date and an impossible one", async () => {
     for (const birth_date of ["2999-01-01", "2001-02-30", "1850-01-01", "01/02/2000"]) {
       const res = await register(t.app, { profile: { ...PROFILE, birth_date } });

@@ -119,6 +119,11 @@ describe("sign-in lane", () => {
       const res = await sameAnswer({ body });
       expect(res.status, body).toBe(400);
     }
+    // Bytes that aren't UTF-8 are refused by both, not read as U+FFFD (src/http/utf8.ts).
+    const notUtf8 = Buffer.from('{"login_id":"lane.member","password":"correct horse \xff"}', "latin1");
+    const refused = await sameAnswer({ body: notUtf8 });
+    expect(refused.status).toBe(400);
+    expect(refused.body.error_description).toMatch(/not valid UTF-8/);
     // Not JSON at all is refused before express's router: both count it under route "other".
     const other = async () => {
       const scrape = (await supertest(t.app).get("/metrics")).text;

@@ -184,6 +184,19 @@ describe("TOTP enrolment and sign-in", () => {
     );
   });
 
+  it("takes a code typed in full-width digits or with a space, as every other input is folded, and still only once", async () => {
+    const fullWidth = (c: string) => c.replace(/\d/g, (d) => String.fromCharCode(0xff10 + Number(d)));
+    const c = code();
+    const res = await post(t.app, "/api/v1/login/totp", {
+      mfa_token: await passwordStep(),
+      code: `${fullWidth(c.slice(0, 3))}\u3000${fullWidth(c.slice(3))}`,
+    });
+    expect(res.status).toBe(200);
+    // Its ASCII spelling is the same code: a replay.
+    const again = await post(t.app, "/api/v1/login/totp", { mfa_token: await passwordStep(), code: c });
+    expect(again.body.error).toBe("invalid_code");
+  });
+
   it("rejects a replayed TOTP code within its window", async () => {
     // Attack: a code seen over the member's shoulder (or phished) is used a second time.
     const c = code();

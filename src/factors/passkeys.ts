@@ -14,6 +14,7 @@ import { z } from "zod";
 import type { Clock } from "../clock.js";
 import { type Db, inTransaction } from "../db/connection.js";
 import { members, webauthnChallenges, webauthnCredentials } from "../db/schema.js";
+import { text } from "../validation.js";
 import { randomBytesPooled } from "../vault/random.js";
 import { passkeySealValues, type RowSeals } from "../vault/seals.js";
 
@@ -137,13 +138,16 @@ function challengeOf(clientDataJSON: string): string | null {
   }
 }
 
-/** Member-given labels: trimmed, no control characters, at most 64 characters. */
+/**
+ * Member-given labels, by the rules of every other text field (src/validation.ts: well-formed,
+ * no control or bidi characters, invisible ones taken out, NFC, something visible), trimmed, at
+ * most 64 characters; null when it breaks them.
+ */
+const passkeyName = text(PASSKEY_NAME_MAX, { min: 1 });
+
 export function cleanPasskeyName(name: string): string | null {
-  const n = name
-    .normalize("NFC")
-    .replace(/[\p{Cc}\p{Cf}\u2028\u2029]/gu, "")
-    .trim();
-  return n.length >= 1 && [...n].length <= PASSKEY_NAME_MAX ? n : null;
+  const r = passkeyName.safeParse(name);
+  return r.success ? r.data.trim() : null;
 }
 
 export class Passkeys {

@@ -24,6 +24,12 @@ const PENDING_TTL_MS = 15 * 60_000;
 export const totpCode = /^\d{6}$/;
 
 /**
+ * A code as the member typed it, folded as every other input is (NFKC: full-width digits from a
+ * Japanese keyboard's input mode are the same digits) and without white space ("123 456").
+ */
+export const typedCode = (code: string): string => code.normalize("NFKC").replace(/\s/g, "");
+
+/**
  * One TOTP check: the code for a time step after `afterStep`, within ±1 step of `epochSeconds`.
  * Returns the matched step, or null. Exposed (with digits and algorithm) for the RFC 6238
  * known-answer test; the service below always uses SHA-1 and 6 digits.
@@ -111,7 +117,8 @@ export class TotpService {
    * secret). Compare-and-swap on the exact pending ciphertext: a restarted enrolment in between
    * makes this one fail rather than activate a secret the member's app no longer shows.
    */
-  activate(memberId: string, code: string): boolean {
+  activate(memberId: string, typed: string): boolean {
+    const code = typedCode(typed);
     const row = this.#db.select().from(totpFactors).where(eq(totpFactors.memberId, memberId)).get();
     if (!row?.pendingSecret || row.pendingCreatedAt === null) return false;
     if (this.#clock.now().getTime() - row.pendingCreatedAt > PENDING_TTL_MS) return false;
@@ -159,7 +166,8 @@ export class TotpService {
   }
 
   /** Check a sign-in code against the active secret; accepted at most once per time step. */
-  verify(memberId: string, code: string): boolean {
+  verify(memberId: string, typed: string): boolean {
+    const code = typedCode(typed);
     if (!totpCode.test(code)) return false;
     const row = this.#db
       .select({ secret: totpFactors.secret, lastStep: totpFactors.lastStep })

@@ -40,6 +40,7 @@ import { secondFactorRoutes } from "./routes/second-factor.js";
 import { serviceRoutes } from "./routes/service.js";
 import { signInLane } from "./sign-in-lane.js";
 import { StrangerQueue, waitTurn } from "./stranger-queue.js";
+import { assertUtf8Body, utf8Query } from "./utf8.js";
 
 /** The JSON API's body limit (bytes), for the body parser and the sign-in lane alike. */
 const BODY_LIMIT = 64 * 1024;
@@ -171,8 +172,14 @@ export function createApp(
   const api = express.Router();
   api.use(noStore);
   api.use(originGuard(s.config.issuerOrigin));
+  api.use(utf8Query);
   api.use(
-    express.json({ limit: BODY_LIMIT, strict: true, type: ["application/json", "application/*+json"] }),
+    express.json({
+      limit: BODY_LIMIT,
+      strict: true,
+      type: ["application/json", "application/*+json"],
+      verify: (_req, _res, buf) => assertUtf8Body(buf),
+    }),
   );
   api.use(sessionLoader(s.sessions));
   api.post("/login", expressTurn);
@@ -186,6 +193,7 @@ export function createApp(
   api.use(notFound());
   app.use("/api/v1", api);
 
+  app.use(utf8Query);
   app.use(assetRoutes());
   app.use(rememberLang(s.config.secureCookies));
   app.use(accountRoutes(s));

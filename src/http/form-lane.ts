@@ -25,6 +25,7 @@ import { type Lang, type LoginError, langOf } from "./pages.js";
 import type { InteractionDetails } from "./routes/interactions.js";
 import type { SignInLane } from "./sign-in-lane.js";
 import { hadTurn, type StrangerQueue, serverBusy } from "./stranger-queue.js";
+import { assertUtf8Form } from "./utf8.js";
 
 /**
  * The form lane: `POST /interaction/:uid/login`, the hosted sign-in form, checked by the throttle
@@ -88,7 +89,7 @@ export function formLane(deps: {
 }): FormLane {
   const stats = { answered: 0, passedOn: 0 };
   // express's own form parser (the one `hostedForm` puts before the route), run on the request here.
-  const parseForm = express.urlencoded({ extended: false, limit: FORM_LIMIT });
+  const parseForm = express.urlencoded({ extended: false, limit: FORM_LIMIT, verify: assertUtf8Form });
 
   function takes(req: IncomingMessage): boolean {
     if (req.method !== "POST") return false;

@@ -7,6 +7,7 @@ import express, { type Request, type Response, Router } from "express";
 import type { ApiError } from "../errors.js";
 import { fromOwnOrigin } from "./middleware.js";
 import { errorPage, LANG_COOKIE, type Lang, langOf } from "./pages.js";
+import { assertUtf8Form } from "./utf8.js";
 
 /** The language of a page request (see langOf). */
 export function reqLang(req: Request): Lang {
@@ -75,7 +76,7 @@ export function hostedForm(issuerOrigin: string) {
         .type("html")
         .send(errorPage(reqLang(req), "forbidden_origin", "Cross-origin requests are not allowed."));
     },
-    express.urlencoded({ extended: false, limit: "8kb" }),
+    express.urlencoded({ extended: false, limit: "8kb", verify: assertUtf8Form }),
   ];
 }
 

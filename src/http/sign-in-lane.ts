@@ -1,3 +1,4 @@
+import { isUtf8 } from "node:buffer";
 import type { IncomingMessage, ServerResponse } from "node:http";
 import type { Logger } from "pino";
 import type { ApiError } from "../errors.js";
@@ -19,6 +20,7 @@ import {
 } from "./middleware.js";
 import { loginBody } from "./routes/members.js";
 import { hadTurn, type StrangerQueue, serverBusy } from "./stranger-queue.js";
+import { NotUtf8 } from "./utf8.js";
 
 /**
  * The sign-in lane: `POST /api/v1/login`, the request an attacker sends by the thousand, checked
@@ -127,10 +129,14 @@ export function signInLane(deps: {
       answer(req, res, context(), asApiError({ type: "entity.too.large", status: 413 }), "other");
     };
     const onEnd = () => {
+      const bytes = Buffer.concat(chunks);
+      // As express's JSON parser checks it (src/http/utf8.ts).
+      if (!isUtf8(bytes)) {
+        answer(req, res, context(), new NotUtf8("body"), "other");
+        return;
+      }
       // As body-parser reads it: a byte-order mark dropped, an empty body an empty object.
-      const text = Buffer.concat(chunks)
-        .toString("utf8")
-        .replace(/^\uFEFF/, "");
+      const text = bytes.toString("utf8").replace(/^\uFEFF/, "");
       chunks.length = 0; // not kept while the attempt waits its turn
       const r = context();
       let body: unknown;
