@@ -132,6 +132,10 @@ async function main(): Promise<void> {
     );
   });
   answerClientErrors(server);
+  // The whole request (headers and body: at most 64 KiB) must arrive within 30 s, the headers
+  // within 20 s (Node's defaults, 300 s and 60 s, let slow senders hold connections for minutes).
+  server.requestTimeout = 30_000;
+  server.headersTimeout = 20_000;
   server.on("error", (err) => {
     logger.fatal({ err }, "server error");
     process.exit(1);

@@ -4,6 +4,7 @@ import net from "node:net";
 import supertest from "supertest";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { members } from "../src/db/schema.js";
+import { answerClientErrors } from "../src/http/client-errors.js";
 import {
   makeApp,
   ORIGIN,
@@ -100,6 +101,59 @@ describe("HTTP hardening", () => {
     expect(res.status).toBe(413);
     expect(res.body.error).toBe("payload_too_large");
     expect(t.s.db.select().from(members).all().length).toBe(before);
+  });
+
+  it("answers a body declared over the limit with 413 at once, without waiting for it to arrive", async () => {
+    // Attack: declare gigabytes, send a byte now and then: the body parser read (and threw away)
+    // the whole declared body before answering, so each such connection was held for minutes.
+    const server = t.app.listen(0, "127.0.0.1");
+    await once(server, "listening");
+    const port = (server.address() as net.AddressInfo).port;
+    try {
+      for (const [path, type] of [
+        ["/api/v1/registrations", "application/json"],
+        ["/api/v1/login", "application/json"],
+        ["/recovery/password", "application/x-www-form-urlencoded"],
+      ] as const) {
+        const socket = net.connect(port, "127.0.0.1");
+        let answer = "";
+        socket.on("data", (c: Buffer) => {
+          answer += c.toString();
+        });
+        socket.write(
+          `POST ${path} HTTP/1.1\r\nHost: 127.0.0.1\r\nOrigin: ${ORIGIN}\r\nContent-Type: ${type}\r\nContent-Length: 99999999999\r\n\r\n{`,
+        );
+        // Nothing more is sent: the answer must come anyway, and the connection close.
+        await once(socket, "close");
+        expect(answer, path).toMatch(/^HTTP\/1\.1 413 /);
+        expect(answer.toLowerCase()).toContain("connection: close");
+      }
+    } finally {
+      server.close();
+    }
+  });
+
+  it("a request that doesn't arrive within the request timeout is answered 408, not as malformed HTTP", async () => {
+    // The same clientError handler as the server's (src/main.ts), on a server with a short timeout.
+    const server = http.createServer({ requestTimeout: 300, connectionsCheckingInterval: 50 }, t.app);
+    answerClientErrors(server);
+    server.listen(0, "127.0.0.1");
+    await once(server, "listening");
+    try {
+      const socket = net.connect((server.address() as net.AddressInfo).port, "127.0.0.1");
+      let answer = "";
+      socket.on("data", (c: Buffer) => {
+        answer += c.toString();
+      });
+      socket.write(
+        `POST /api/v1/registrations HTTP/1.1\r\nHost: 127.0.0.1\r\nOrigin: ${ORIGIN}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{`,
+      );
+      await once(socket, "close");
+      expect(answer).toMatch(/^HTTP\/1\.1 408 /);
+      expect(answer).toContain('"error":"invalid_request"');
+    } finally {
+      server.close();
+    }
   });
 
   it("answers malformed JSON, wrong types and missing fields with 400 invalid_request", async () => {

@@ -14,6 +14,7 @@ import {
   applyHeaders,
   asApiError,
   clientIpOf,
+  declaredBodyLimit,
   errorHandler,
   locals,
   noStore,
@@ -173,6 +174,7 @@ export function createApp(
   api.use(noStore);
   api.use(originGuard(s.config.issuerOrigin));
   api.use(utf8Query);
+  api.use(declaredBodyLimit(BODY_LIMIT));
   api.use(
     express.json({
       limit: BODY_LIMIT,

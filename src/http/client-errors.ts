@@ -13,12 +13,17 @@ export function answerClientErrors(server: Server): void {
       return;
     }
     const tooLarge = err.code === "HPE_HEADER_OVERFLOW";
-    const status = tooLarge ? 431 : 400;
+    // Not all of the request came within the server's request timeout (a body trickled in, or
+    // promised and never sent): a timeout, not a malformed request.
+    const timedOut = err.code === "ERR_HTTP_REQUEST_TIMEOUT" || err.code === "ERR_HTTP_HEADERS_TIMEOUT";
+    const status = tooLarge ? 431 : timedOut ? 408 : 400;
     const body = JSON.stringify({
       error: "invalid_request",
       error_description: tooLarge
         ? "The request's URL or headers are too large (at most 16 KB together)."
-        : "The request is not well-formed HTTP.",
+        : timedOut
+          ? "The request did not arrive in time."
+          : "The request is not well-formed HTTP.",
     });
     socket.end(
       `HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\nContent-Type: application/json; charset=utf-8\r\n` +

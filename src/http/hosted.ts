@@ -5,7 +5,7 @@ import path from "node:path";
 import { fileURLToPath } from "node:url";
 import express, { type Request, type Response, Router } from "express";
 import type { ApiError } from "../errors.js";
-import { fromOwnOrigin } from "./middleware.js";
+import { declaredBodyLimit, fromOwnOrigin } from "./middleware.js";
 import { errorPage, LANG_COOKIE, type Lang, langOf } from "./pages.js";
 import { assertUtf8Form } from "./utf8.js";
 
@@ -76,6 +76,7 @@ export function hostedForm(issuerOrigin: string) {
         .type("html")
         .send(errorPage(reqLang(req), "forbidden_origin", "Cross-origin requests are not allowed."));
     },
+    declaredBodyLimit(8 * 1024),
     express.urlencoded({ extended: false, limit: "8kb", verify: assertUtf8Form }),
   ];
 }

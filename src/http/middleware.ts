@@ -355,3 +355,21 @@ function sendApiError(res: ServerResponse, api: ApiError, requestId: string): vo
   res.setHeader("Content-Length", Buffer.byteLength(json));
   res.end(json);
 }
+
+/**
+ * A body declared larger than `limit` is refused at once (413 payload_too_large, the connection
+ * closed after the answer), before anything reads it: the body parsers would read and discard all
+ * of it first, so a request declaring gigabytes held its connection until the server's request
+ * timeout and then got a misleading 400.
+ */
+export function declaredBodyLimit(limit: number) {
+  return (req: Request, res: Response, next: NextFunction): void => {
+    const declared = Number(req.headers["content-length"]);
+    if (!(declared > limit)) {
+      next();
+      return;
+    }
+    res.setHeader("Connection", "close");
+    next(Object.assign(new Error("request entity too large"), { type: "entity.too.large", status: 413 }));
+  };
+}
