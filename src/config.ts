@@ -87,6 +87,7 @@ const schema = z
       ipLoginSlow: z.number().int().min(1),
       accountSlow: z.number().int().min(1),
       accountProtect: z.number().int().min(1).max(100),
+      secondFactorNotice: z.number().int().min(1).max(100),
       protectMinutes: z
         .number()
         .int()

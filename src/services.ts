@@ -197,6 +197,22 @@ export function buildServices(deps: {
       notices.send(memberId, "account_protected", {});
       return memberId;
     },
+    // Someone who knows the password keeps failing the second step: the member is told to change it.
+    onSecondFactorGuessing: (loginId) => {
+      const memberId = db.$client.prepare("SELECT id FROM members WHERE login_id = ?").pluck().get(loginId) as
+        | string
+        | undefined;
+      if (!memberId) return undefined;
+      audit.append({
+        action: "account.second_factor_guessing",
+        outcome: "info",
+        actorType: "system",
+        memberId,
+        reason: "second_factor_failures_day",
+      });
+      notices.send(memberId, "second_factor_guessing", {});
+      return memberId;
+    },
     policy: config.throttle,
     backlog: () => hashQueue.waitingAttempts,
     reconsider: () => hashQueue.reconsider(),

@@ -1,5 +1,7 @@
 import { generateSync } from "otplib";
+import supertest from "supertest";
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from "vitest";
+import { localTime } from "../src/http/pages.js";
 import {
   makeApp,
   PROFILE,
@@ -11,7 +13,6 @@ import {
   type TestApp,
 } from "./support/app.js";
 import { TestSmtp } from "./support/smtp.js";
-import { localTime } from "../src/http/pages.js";
 
 /** Security notices to members, delivered through a real SMTP server on loopback. */
 describe("security notices by mail", () => {
@@ -24,7 +25,12 @@ describe("security notices by mail", () => {
     t = makeApp({
       SEKISHO_SMTP_URL: smtp.url,
       SEKISHO_TRUST_PROXY: "loopback",
-      SEKISHO_THROTTLE_POLICY: JSON.stringify({ accountProtect: 3, accountSlow: 100, ipLoginSlow: 100 }),
+      SEKISHO_THROTTLE_POLICY: JSON.stringify({
+        accountProtect: 3,
+        accountSlow: 100,
+        ipLoginSlow: 100,
+        secondFactorNotice: 3,
+      }),
     });
     await register(t.app, { login_id: "taro.notice" });
   });
@@ -81,6 +87,41 @@ describe("security notices by mail", () => {
       }).set("X-Forwarded-For", `198.51.100.${i + 1}`);
     }
     expect(await subjects()).toContain("不正なサインインの試みを検知しました — Sekisho");
+  });
+
+  it("tells the member, once, when someone who knows their password keeps failing the second step", async () => {
+    const cookie = await signIn(t.app, "taro.notice");
+    const secret = (await post(t.app, "/api/v1/me/totp", {}, cookie)).body.secret as string;
+    const now = () => Math.floor(t.clock.now().getTime() / 1000);
+    expect(
+      (await post(t.app, "/api/v1/me/totp/verify", { code: generateSync({ secret, epoch: now() }) }, cookie))
+        .status,
+    ).toBe(200);
+    // The attacker has the password, not the authenticator: wrong codes from new addresses.
+    const wrongCode = () =>
+      String((Number(generateSync({ secret, epoch: now() })) + 1) % 1_000_000).padStart(6, "0");
+    for (let i = 0; i < 5; i++) {
+      const ip = `203.0.113.${i + 1}`;
+      const step = await post(t.app, "/api/v1/login", {
+        login_id: "taro.notice",
+        password: STRONG_PASSWORD,
+      }).set("X-Forwarded-For", ip);
+      if (step.body.status !== "mfa_required") break; // (refused past the day's ceiling)
+      const res = await post(t.app, "/api/v1/login/totp", {
+        mfa_token: step.body.mfa_token,
+        code: wrongCode(),
+      }).set("X-Forwarded-For", ip);
+      expect(res.status).not.toBe(200);
+    }
+    const told = (await subjects()).filter((s) =>
+      s.startsWith("パスワードが他人に知られている可能性があります"),
+    );
+    expect(told).toHaveLength(1);
+    const events = await supertest(t.app).get("/api/v1/me/events").set("Cookie", cookie);
+    expect(events.body.events.map((e: { type: string }) => e.type)).toContain(
+      "account.second_factor_guessing",
+    );
+    expect(t.s.alerts.list().map((a) => a.kind)).toContain("second_factor_guessing");
   });
 });
 

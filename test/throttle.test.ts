@@ -497,6 +497,41 @@ describe("login-anomaly engine (LoginGuard)", () => {
     expect(guard.assess(attempt()).action).toBe("allow");
   });
 
+  it("someone who knows the password can't shut the member's password reset with wrong codes of their own", () => {
+    // Attack: ten wrong sign-in codes an hour from anywhere slow the account's second step; the
+    // reset's second step was judged on the same count, so the member's reset got 429 everywhere.
+    const code = (over: Partial<Attempt>) => attempt({ kind: "second_factor", password: undefined, ...over });
+    for (let i = 0; i < 10; i++) fail(code({ ip: `198.51.100.${i}` }));
+    expect(guard.assess(code({ ip: "203.0.113.7" })).reasons).toContain("account_second_factor_failures");
+    // The member, with the mailed link, from an address of their own.
+    expect(guard.assess(code({ ip: "203.0.113.7", reset: true })).action).toBe("allow");
+    // ...and a reset link's holder guessing codes slows resets, not the member's sign-in.
+    for (let i = 0; i < 10; i++)
+      fail(code({ ip: `192.0.2.${50 + i}`, loginId: "other.victim", reset: true }));
+    expect(guard.assess(code({ ip: "203.0.113.8", loginId: "other.victim", reset: true })).action).toBe(
+      "slow",
+    );
+    expect(guard.assess(code({ ip: "203.0.113.8", loginId: "other.victim" })).action).toBe("allow");
+  });
+
+  it("wrong second-step codes have a day's ceiling too (30, not 240 at ten an hour), except where the member signed in from", () => {
+    const HOME = "198.51.100.200";
+    const home = attempt({ ip: HOME });
+    guard.assess(home);
+    guard.settle(home, "success");
+    const code = (ip: string) => attempt({ ip, kind: "second_factor", password: undefined });
+    for (let i = 0; i < 30; i++) {
+      t.clock.advance(20 * 60_000); // three an hour: under the hour's limit
+      expect(fail(code(`203.0.113.${i}`)).action, String(i)).toBe("allow");
+    }
+    const next = guard.assess(code("203.0.113.200"));
+    expect(next.action).toBe("slow");
+    expect(next.reasons).toContain("account_second_factor_failures_day");
+    expect(guard.assess(code(HOME)).action).toBe("allow");
+    // Told once, at the tenth.
+    expect(t.s.alerts.list().filter((a) => a.kind === "second_factor_guessing")).toHaveLength(1);
+  });
+
   it("a member without a trusted device is kept out for at most an hour, not day after day", () => {
     // Attack: fail 30 times, then once an hour, to keep a password-only member protected forever.
     for (let i = 0; i < 30; i++) guard.settle(attempt({ ip: `198.51.100.${i}` }), "failure");

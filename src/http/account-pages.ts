@@ -222,6 +222,10 @@ export const EVENT_LABEL: Record<string, { ja: string; en: string }> = {
     ja: "不正なサインインの試みが続いたため、新しい端末からのパスワードでのサインインを一時停止",
     en: "Password sign-in from new devices paused after repeated failed attempts",
   },
+  "account.second_factor_guessing": {
+    ja: "2段階認証の失敗が続いています（パスワードが他人に知られている可能性）",
+    en: "Repeated failed two-step verifications (someone may know your password)",
+  },
   "session.step_up": { ja: "追加の本人確認", en: "Extra verification (step-up)" },
   "session.logout": { ja: "サインアウト", en: "Signed out" },
   "session.revoked": { ja: "セッションを終了", en: "Session ended" },

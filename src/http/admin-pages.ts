@@ -273,6 +273,10 @@ const ALERT_KIND: Record<string, { ja: string; en: string }> = {
   password_spraying: { ja: "パスワードスプレー攻撃", en: "Password spraying" },
   hash_backlog: { ja: "パスワード照合の待ち行列が過大", en: "Password checks backed up" },
   account_protected: { ja: "アカウント保護の開始", en: "Account protected" },
+  second_factor_guessing: {
+    ja: "2段階認証の推測（パスワード漏えいの疑い）",
+    en: "Second step guessed at (password known?)",
+  },
   network_blocked: { ja: "ネットワークの遮断", en: "Network blocked" },
   honeytoken_touched: { ja: "おとり会員へのアクセス", en: "Decoy member touched" },
   pii_budget_exceeded: { ja: "個人情報の閲覧上限超過", en: "PII read budget exceeded" },

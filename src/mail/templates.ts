@@ -16,6 +16,7 @@ export type SecurityNoticeKind =
   | "passkey_removed"
   | "recovery_codes_generated"
   | "account_protected"
+  | "second_factor_guessing"
   | "passkey_clone_suspected";
 
 const NOTICE_TEXT: Record<
@@ -63,6 +64,16 @@ const NOTICE_TEXT: Record<
     what: {
       ja: "あなたのパスキーが複製された疑いがあるため、そのパスキーを停止し、すべての端末と会員サイトからサインアウトし、手続き中のメールアドレス変更やパスワード再設定を取り消しました。別の方法でサインインし、アカウントページで停止したパスキーと、心当たりのないパスキーや認証アプリを削除してください。",
       en: "One of your passkeys may have been copied. We suspended it, signed you out everywhere (member sites included) and cancelled any pending change of e-mail address or password reset. Sign in another way, and on your account page remove the suspended passkey and any passkey or authenticator app you don't recognise.",
+    },
+  },
+  second_factor_guessing: {
+    subject: {
+      ja: "パスワードが他人に知られている可能性があります",
+      en: "Someone may know your password",
+    },
+    what: {
+      ja: "あなたのアカウントで、正しいパスワードの入力に続く2段階認証の失敗が繰り返されています。2段階認証がアカウントを守っていますが、パスワードは他人に知られている可能性があります。",
+      en: "There have been repeated failed two-step verifications on your account, each after the right password. Two-step verification is keeping your account safe, but someone else may know your password.",
     },
   },
   account_protected: {
@@ -203,11 +214,15 @@ function parts(locale: Locale, m: MailTemplate): Parts {
           text.what[locale],
           facts.join("\n"),
           ja ? "ご自身の操作であれば、対応は不要です。" : "If this was you, there is nothing to do.",
-          m.kind === "account_protected"
+          m.kind === "second_factor_guessing"
             ? ja
-              ? "ご自身の操作でない場合、パスワードが推測されようとしている可能性があります。推測されにくいパスワードに変更し、パスキーか認証アプリを設定してください。"
-              : "If it wasn't you, someone may be guessing your password: change it to one that is hard to guess, and add a passkey or an authenticator app."
-            : SECURE_NOW[locale],
+              ? "ご自身の操作でない場合は、すぐにパスワードを変更してください（他のサイトと同じパスワードを使っている場合は、そちらも変更してください）。"
+              : "If it wasn't you, change your password now (and on any other site where you use the same one)."
+            : m.kind === "account_protected"
+              ? ja
+                ? "ご自身の操作でない場合、パスワードが推測されようとしている可能性があります。推測されにくいパスワードに変更し、パスキーか認証アプリを設定してください。"
+                : "If it wasn't you, someone may be guessing your password: change it to one that is hard to guess, and add a passkey or an authenticator app."
+              : SECURE_NOW[locale],
         ],
       };
     }

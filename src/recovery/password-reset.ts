@@ -486,8 +486,8 @@ export class PasswordRecovery {
   }
 
   /**
-   * The reset's second step. Wrong codes count in the sign-in throttle (per address and account)
-   * and against the link (five and it dies). Passing returns a proof, good for ten minutes, that
+   * The reset's second step. Wrong codes count in the sign-in throttle (per address, and per
+   * account apart from sign-ins' second steps) and against the link (five and it dies). Passing returns a proof, good for ten minutes, that
    * only the browser that passed holds: the link alone (from a mailbox, or a shared computer's
    * history) sets no password.
    */
@@ -503,6 +503,8 @@ export class PasswordRecovery {
       loginId,
       trustedDevice: this.#devices.recognise(ctx.deviceToken ?? null, row.memberId) !== null,
       kind: "second_factor",
+      // Counted apart from sign-ins' second steps (see Attempt.reset).
+      reset: true,
     };
     const decision = this.#guard.assess(attempt);
     if (decision.action !== "allow") {

@@ -26,6 +26,7 @@ export const MEMBER_EVENT_ACTIONS = [
   "login.new_device",
   "login.throttled",
   "account.protected",
+  "account.second_factor_guessing",
   "session.step_up",
   "session.logout",
   "session.revoked",

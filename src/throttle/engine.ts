@@ -56,6 +56,12 @@ export interface Attempt {
   password?: string;
   /** The request carried a valid, unspent proof-of-work solution for this login ID. */
   challengeSolved?: boolean;
+  /**
+   * A password reset's second step (a mailed link's): its wrong codes are counted apart from
+   * sign-ins' second steps, so someone who knows the password can't shut the member's reset with
+   * wrong codes of their own (nor a reset link's holder the member's sign-in).
+   */
+  reset?: boolean;
   /** The login ID is nobody's: the attempt can only fail (a password attempt's lookup says so). */
   unknownAccount?: boolean;
 }
@@ -78,6 +84,13 @@ export interface ThrottlePolicy {
   accountSlow: number;
   /** …and protect the account past `accountProtect` a day (NIST SP 800-63B: at most 100). */
   accountProtect: number;
+  /**
+   * Wrong second-step codes a day (from untrusted devices) at which the member is told someone
+   * who knows their password is trying (once, when the day's count reaches it); past
+   * `accountProtect` a day, second steps from untrusted devices at addresses the member didn't
+   * sign in from are refused until the count falls.
+   */
+  secondFactorNotice: number;
   protectMinutes: number;
   /** Distinct login IDs one password may fail on in a day before it counts as spraying. */
   sprayAccounts: number;
@@ -122,6 +135,7 @@ export const DEFAULT_POLICY: ThrottlePolicy = {
   ipLoginSlow: 5,
   accountSlow: 10,
   accountProtect: 30,
+  secondFactorNotice: 10,
   protectMinutes: 60,
   sprayAccounts: 20,
   attackFloorPerMinute: 10,
@@ -200,6 +214,8 @@ export class LoginGuard {
     trusted: CounterStore;
     /** Wrong second-step codes from untrusted devices, by login ID. */
     mfa: CounterStore;
+    /** Wrong codes at password resets' second steps, by login ID (see Attempt.reset). */
+    rmfa: CounterStore;
   };
   /** Per login ID: attempts admitted and not settled yet (single flight: parallel attempts count). */
   readonly #inFlight = new Map<string, number>();
@@ -223,6 +239,10 @@ export class LoginGuard {
   readonly #loginKey: (loginId: string) => string;
   /** Told of each new protection; answers the member's id when the login ID is a member's. */
   readonly #onProtect: ((loginId: string, until: number) => string | undefined) | undefined;
+  /** Told when an account's wrong second-step codes reach the day's notice threshold. */
+  readonly #onSecondFactorGuessing: ((loginId: string) => string | undefined) | undefined;
+  /** When each login ID's second-step guessing was last told (once a day at most). */
+  readonly #secondFactorTold = new LRUCache<string, number>({ max: 100_000 });
   readonly #refusals = new LRUCache<string, { at: number; repeats: number }>({ max: 50_000 });
   #refusalSecond = -1;
   #refusalsThisSecond = 0;
@@ -236,6 +256,11 @@ export class LoginGuard {
     loginKey: (loginId: string) => string;
     /** Called when an account becomes protected (to tell the member, if the ID is a member's). */
     onProtect?: (loginId: string, until: number) => string | undefined;
+    /**
+     * Called when someone keeps failing an account's second step (to tell the member); answers
+     * the member's id when the login ID is a member's.
+     */
+    onSecondFactorGuessing?: (loginId: string) => string | undefined;
     policy?: Partial<ThrottlePolicy>;
     /** A counter store factory (one store per kind of key); default: in memory, LRU-bounded. */
     store?: () => CounterStore;
@@ -258,6 +283,7 @@ export class LoginGuard {
     this.#alerts = deps.alerts;
     this.#loginKey = deps.loginKey;
     this.#onProtect = deps.onProtect;
+    this.#onSecondFactorGuessing = deps.onSecondFactorGuessing;
     this.policy = { ...DEFAULT_POLICY, ...deps.policy };
     const store = () => deps.store?.() ?? new MemoryCounterStore(WINDOWS, this.policy.maxKeys);
     this.#counters = {
@@ -268,6 +294,7 @@ export class LoginGuard {
       rate: store(),
       trusted: store(),
       mfa: store(),
+      rmfa: store(),
     };
     this.#global = new MemoryCounterStore([GLOBAL_WINDOW], 1);
     this.#mailGlobal = new MemoryCounterStore([GLOBAL_WINDOW], 1);
@@ -321,7 +348,16 @@ export class LoginGuard {
 
   get trackedKeys(): number {
     const c = this.#counters;
-    return c.ip.size + c.net.size + c.ipl.size + c.acct.size + c.rate.size + c.trusted.size + c.mfa.size;
+    return (
+      c.ip.size +
+      c.net.size +
+      c.ipl.size +
+      c.acct.size +
+      c.rate.size +
+      c.trusted.size +
+      c.mfa.size +
+      c.rmfa.size
+    );
   }
 
   /**
@@ -444,10 +480,17 @@ export class LoginGuard {
       check(c.net, k.net, TEN_MIN, this.policy.netSlow, "network_failures");
       if (k.ipLogin && k.account) {
         check(c.ipl, k.ipLogin, TEN_MIN, this.policy.ipLoginSlow, "ip_login_failures");
-        if (a.kind === "second_factor") {
+        if (a.kind === "second_factor" && a.reset) {
+          // A reset's second step: only wrong codes at resets (whoever holds a link) slow it.
+          check(c.rmfa, k.account, HOUR, this.policy.accountSlow, "account_second_factor_failures");
+        } else if (a.kind === "second_factor") {
           // Wrong codes, from whoever knows the password (only they get this far), slow the
           // account's second step; wrong passwords don't, or they would lock the member out of it.
           check(c.mfa, k.account, HOUR, this.policy.accountSlow, "account_second_factor_failures");
+          // A day's ceiling, so guessing doesn't go on at the hourly rate for ever; not where the
+          // member signed in from lately (they were told, and get in from there).
+          if (!this.#knownAddress(k, now))
+            check(c.mfa, k.account, DAY, this.policy.accountProtect, "account_second_factor_failures_day");
         } else if (!this.#knownAddress(k, now)) {
           // An account tried from many addresses is slowed for every untrusted device, except at
           // an address the member signed in from lately: one failure whenever the hour's window
@@ -601,7 +644,16 @@ export class LoginGuard {
     const ip = c.ip.add(k.ip, 1, now);
     const net = c.net.add(k.net, 1, now);
     if (k.ipLogin) c.ipl.add(k.ipLogin, 1, now);
-    if (k.account && !trusted && a.kind === "second_factor") c.mfa.add(k.account, 1, now);
+    if (k.account && !trusted && a.kind === "second_factor") {
+      if (a.reset) c.rmfa.add(k.account, 1, now);
+      else {
+        const before = c.mfa.peek(k.account, now)[DAY] as number;
+        const after = c.mfa.add(k.account, 1, now)[DAY] as number;
+        // Someone who knows the password is guessing the second step: the member should change it.
+        if (before < this.policy.secondFactorNotice && after >= this.policy.secondFactorNotice)
+          this.#secondFactorGuessed(k.account, now);
+      }
+    }
     if (k.account && !trusted) {
       const before = c.acct.peek(k.account, now)[DAY] as number;
       const after = c.acct.add(k.account, 1, now)[DAY] as number;
@@ -865,6 +917,29 @@ export class LoginGuard {
     const { blocks } = this.#activeRows(now);
     if (blocks.size === 0) return undefined;
     return LoginGuard.#live(blocks, networks[0], now) ?? LoginGuard.#live(blocks, networks[1], now);
+  }
+
+  /**
+   * Wrong second-step codes reached the day's notice threshold: only someone who knows the
+   * password gets that far, so the member is told (to change it) and admins are alerted. Once a
+   * day at most per account (the day's count is a sliding estimate that can cross it again).
+   */
+  #secondFactorGuessed(loginId: string, now: number): void {
+    const last = this.#secondFactorTold.get(loginId);
+    if (last !== undefined && now - last < DAY_MS) return;
+    this.#secondFactorTold.set(loginId, now);
+    const memberId = this.#onSecondFactorGuessing?.(loginId);
+    const loginKey = this.loginKey(loginId);
+    this.#alerts.raise(
+      "second_factor_guessing",
+      "warning",
+      {
+        login_key: loginKey,
+        failures_today: this.policy.secondFactorNotice,
+        ...(memberId ? { member_id: memberId } : {}),
+      },
+      `mfa:${loginKey}`,
+    );
   }
 
   #protect(loginId: string, now: number): void {
