@@ -145,6 +145,29 @@ describe("TOTP enrolment and sign-in", () => {
     expect(t.logs.join("")).not.toContain(secret);
   });
 
+  it("turning on a first factor ends the member's other sessions (one taken with a phished password), not this one", async () => {
+    const other = makeApp();
+    try {
+      await register(other.app, { login_id: "moving.to.mfa" });
+      const mine = await signIn(other.app, "moving.to.mfa");
+      // Attack: the password was phished; the attacker signed in before the member turned on MFA.
+      const attacker = await signIn(other.app, "moving.to.mfa");
+      const me = (c: string) => supertest(other.app).get("/api/v1/me").set("Cookie", c);
+      expect((await me(attacker)).status).toBe(200);
+      const begin = await post(other.app, "/api/v1/me/totp", {}, mine);
+      const s = begin.body.secret as string;
+      const epoch = Math.floor(other.clock.now().getTime() / 1000);
+      expect(
+        (await post(other.app, "/api/v1/me/totp/verify", { code: generateSync({ secret: s, epoch }) }, mine))
+          .status,
+      ).toBe(200);
+      expect((await me(attacker)).status).toBe(401);
+      expect((await me(mine)).status).toBe(200);
+    } finally {
+      other.close();
+    }
+  });
+
   it("a pending enrolment is not a factor until verified, and a wrong code doesn't activate it", async () => {
     const other = makeApp();
     try {

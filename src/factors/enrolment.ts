@@ -248,6 +248,15 @@ export class FactorEnrolment {
     });
   }
 
+  /**
+   * A member's first factor ends their other sessions: one taken with a phished password must not
+   * go on (at `acr` password, for up to its absolute lifetime) once the member has moved to two
+   * steps. This browser's session stays. Returns how many ended.
+   */
+  #endOthers(session: Session): number {
+    return this.#sessions?.revokeAll(session.memberId, "first_factor_enrolled", session.id) ?? 0;
+  }
+
   beginTotp(session: Session): { secret: string; otpauthUri: string } {
     this.#allowed(session, "totp");
     this.requireStrongRecent(session);
@@ -266,13 +275,18 @@ export class FactorEnrolment {
     this.#allowed(session, "totp"); // again: the policy may have changed since the enrolment began
     this.requireStrongRecent(session);
     const replaced = this.#factors.totp.enabled(session.memberId);
+    const first = !this.#factors.enrolled(session.memberId);
     return inTransaction(this.#db, () => {
       if (!this.#factors.totp.activate(session.memberId, code.replace(/\s/g, ""))) return null;
+      const ended = first ? this.#endOthers(session) : 0;
       // The "new recovery codes, the old ones no longer work" mail only when there were old ones:
       // a first factor's codes come with the factor's own notice.
       const hadCodes = this.#factors.recovery.remaining(session.memberId) > 0;
       const fresh = this.#factors.recovery.replace(session.memberId);
-      this.#event(session, ctx, "factor.totp_added", { replaced });
+      this.#event(session, ctx, "factor.totp_added", {
+        replaced,
+        ...(ended ? { other_sessions_ended: ended } : {}),
+      });
       this.#event(
         session,
         ctx,
@@ -346,6 +360,7 @@ export class FactorEnrolment {
     ctx: ActionContext,
   ): Promise<{ id: string; recoveryCodes: string[] | null; proved: PasskeyProof }> {
     this.requireStrongRecent(session);
+    const first = !this.#factors.enrolled(session.memberId);
     const result = await this.#factors.passkeys.register(session.memberId, session.id, response, name);
     if (!result.ok) {
       if (result.reason === "credential_exists")
@@ -355,7 +370,11 @@ export class FactorEnrolment {
       });
     }
     return inTransaction(this.#db, () => {
-      this.#event(session, ctx, "factor.passkey_added", { passkey_id: result.passkeyId });
+      const ended = first ? this.#endOthers(session) : 0;
+      this.#event(session, ctx, "factor.passkey_added", {
+        passkey_id: result.passkeyId,
+        ...(ended ? { other_sessions_ended: ended } : {}),
+      });
       let codes: string[] | null = null;
       if (this.#factors.recovery.remaining(session.memberId) === 0) {
         codes = this.#factors.recovery.replace(session.memberId);
