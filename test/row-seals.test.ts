@@ -76,6 +76,36 @@ describe("row seals: rows written without the keyring count for nothing", () => 
     expect((await me(cookie)).status).toBe(401);
   });
 
+  it("an admin whose factors were deleted in the database can't enrol new ones with the password alone, until an operator resets them", async () => {
+    await adminWithPasskey(t);
+    // Attack: someone with the database and the admin's password deletes the admin's factors, to
+    // get the limited session that enrols a passkey of their own (which opens the admin API).
+    sql("DELETE FROM webauthn_credentials WHERE member_id = ?", memberId("ops.admin"));
+    sql("DELETE FROM recovery_codes WHERE member_id = ?", memberId("ops.admin"));
+    // ...and takes the audit entry of the passkey's enrolment out, so that the admin's
+    // registration looks like the last word on their factors (it leaves a gap in the chain).
+    sql("DROP TRIGGER audit_log_no_delete");
+    sql(
+      "DELETE FROM audit_log WHERE member_id = ? AND action = 'factor.passkey_added'",
+      memberId("ops.admin"),
+    );
+    t.s.audit.ensureAppendOnly();
+    const res = await post(t.app, "/api/v1/login", { login_id: "ops.admin", password: STRONG_PASSWORD });
+    expect(res.status).toBe(401);
+    expect(res.body.error).toBe("invalid_credentials");
+    expect(res.headers["set-cookie"]).toBeUndefined();
+    expect((await brokenAlerts()).map((a) => a.table)).toEqual(["webauthn_credentials"]);
+    // The remedy: the operator's reset (audited, under the keyring); then the admin enrols anew.
+    t.s.support.resetMfa(memberId("ops.admin"), {
+      adminId: null,
+      reason: "ticket 9",
+      ip: null,
+      requestId: null,
+    });
+    const again = await post(t.app, "/api/v1/login", { login_id: "ops.admin", password: STRONG_PASSWORD });
+    expect(again.body.status).toBe("mfa_enrollment_required");
+  });
+
   it("makes no admin of a member whose role was set in the database", async () => {
     const { auth } = await adminWithPasskey(t);
     const admin = await adminPasskeySession(t, auth);

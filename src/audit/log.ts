@@ -322,25 +322,70 @@ export class AuditLog {
     const rows = this.#db.$client
       .prepare("SELECT * FROM audit_log WHERE seq > ? ORDER BY seq")
       .iterate(afterSeq) as Iterable<Record<string, unknown>>;
-    for (const r of rows) {
-      yield {
-        seq: r.seq as number,
-        at: r.at as number,
-        action: r.action as string,
-        outcome: r.outcome as Outcome,
-        actorType: r.actor_type as string,
-        actorId: (r.actor_id as string | null) ?? null,
-        memberId: (r.member_id as string | null) ?? null,
-        reason: (r.reason as string | null) ?? null,
-        ip: (r.ip as string | null) ?? null,
-        requestId: (r.request_id as string | null) ?? null,
-        details: r.details as string,
-        keyId: r.key_id as string,
-        prevMac: r.prev_mac as string,
-        mac: r.mac as string,
-      };
-    }
+    for (const r of rows) yield entryOf(r);
   }
+
+  /**
+   * Whether a member may rightly have no second factor: the newest entry about their factors is
+   * their registration or an operator's MFA reset (no factor added or removed since), its MAC
+   * holds under the keyring, and no entry after it is missing. Factor rows aren't sealed, so an
+   * admin found without factors otherwise had them deleted in the database, by someone who then
+   * only needs the admin's password to enrol a passkey of their own (see PasswordSignIn). Entries
+   * can't be made without the keyring, and taking the newer ones out leaves a gap (checked here)
+   * or a cut tail (which the running server notices at its next entry).
+   */
+  factorsMayBeAbsent(memberId: string): boolean {
+    const client = this.#db.$client;
+    const r = client
+      .prepare(
+        `SELECT * FROM audit_log WHERE member_id = ? AND action IN (${FACTOR_ACTIONS.map(() => "?").join(", ")})
+          ORDER BY seq DESC LIMIT 1`,
+      )
+      .get(memberId, ...FACTOR_ACTIONS) as Record<string, unknown> | undefined;
+    if (!r) return false;
+    const entry = entryOf(r);
+    if (!FACTORS_CLEARED.has(entry.action)) return false;
+    const key = this.#keys.get().auditKey(entry.keyId);
+    if (!key) return false;
+    const { mac, ...rest } = entry;
+    const expected = Buffer.from(macOf(key.key, rest));
+    const actual = Buffer.from(mac);
+    if (expected.length !== actual.length || !timingSafeEqual(expected, actual)) return false;
+    const after = client.prepare("SELECT count(*) AS n, max(seq) AS top FROM audit_log WHERE seq >= ?").get(
+      entry.seq,
+    ) as { n: number; top: number };
+    return after.n === after.top - entry.seq + 1;
+  }
+}
+
+/** Entries that leave a member without second factors, rightly. */
+const FACTORS_CLEARED = new Set(["member.registered", "mfa.reset_by_admin"]);
+/** Entries about a member's second factors (see AuditLog.factorsMayBeAbsent). */
+const FACTOR_ACTIONS = [
+  ...FACTORS_CLEARED,
+  "factor.totp_added",
+  "factor.totp_removed",
+  "factor.passkey_added",
+  "factor.passkey_removed",
+];
+
+function entryOf(r: Record<string, unknown>): AuditEntry {
+  return {
+    seq: r.seq as number,
+    at: r.at as number,
+    action: r.action as string,
+    outcome: r.outcome as Outcome,
+    actorType: r.actor_type as string,
+    actorId: (r.actor_id as string | null) ?? null,
+    memberId: (r.member_id as string | null) ?? null,
+    reason: (r.reason as string | null) ?? null,
+    ip: (r.ip as string | null) ?? null,
+    requestId: (r.request_id as string | null) ?? null,
+    details: r.details as string,
+    keyId: r.key_id as string,
+    prevMac: r.prev_mac as string,
+    mac: r.mac as string,
+  };
 }
 
 /** `s` with lone surrogates replaced by U+FFFD (what it reads back as is then what was chained). */

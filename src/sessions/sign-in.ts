@@ -371,6 +371,14 @@ export class PasswordSignIn {
     const methods = methodsOf(factors).filter(
       (m) => codesCount || factors.passkeys === 0 || m === "webauthn",
     );
+    // An admin without second factors must have been left so by their creation or an operator's
+    // `admins reset-mfa` (AuditLog.factorsMayBeAbsent). Otherwise their factor rows were deleted
+    // in the database, and the password alone must not let whoever did it enrol a passkey of their
+    // own and so become an admin: refused as any failure, and alerted as a broken row.
+    if (!enrolled && member.role === "admin" && !this.#audit.factorsMayBeAbsent(member.id)) {
+      this.#seals.onBroken?.("webauthn_credentials", member.id);
+      return fail("factors_missing", member.id);
+    }
     // A right password clears the counts only when it completes the sign-in: with a second
     // factor due they stay until that passes too — otherwise each password step would buy an
     // attacker who has the password fresh guesses at the code.
