@@ -64,6 +64,22 @@ describe("HTTP hardening", () => {
     expect(userinfo.headers["cache-control"]).toBe("no-store");
   });
 
+  it("HEAD on the admin and service APIs and the admin console is an unknown method: no audited read that answers nothing", async () => {
+    // Attack (or accident): HEAD runs the GET handler, so an admin's HEAD did the audited,
+    // budget-counted PII read of a member and threw the answer away.
+    for (const path of [
+      "/api/v1/admin/members/m_AAAAAAAAAAAAAAAAAAAAAA?reason=looking",
+      "/api/v1/members/some-sub",
+      "/admin/members/m_AAAAAAAAAAAAAAAAAAAAAA?reason=looking",
+      "/API/V1/ADMIN/alerts",
+    ]) {
+      const res = await supertest(t.app).head(path).set("Cookie", cookie);
+      expect(res.status, path).toBe(404);
+    }
+    // Elsewhere HEAD is as GET.
+    expect((await supertest(t.app).head("/healthz")).status).toBe(200);
+  });
+
   it("answers OPTIONS outside the provider's endpoints with the contract's 404, not express's Allow list", async () => {
     for (const path of ["/api/v1/login", "/api/v1/me", "/healthz"]) {
       const res = await supertest(t.app).options(path).set("Origin", "https://rp.example");

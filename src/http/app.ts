@@ -139,6 +139,17 @@ export function createApp(
   // express answers OPTIONS on its own routes by itself (200, text/plain, the Allow list). Nothing
   // of ours takes OPTIONS (no CORS outside the provider's endpoints, whose preflights go to it), so
   // it gets the contract's 404 for an unknown method, as JSON or, on our pages, as a page.
+  // HEAD runs a GET's handler and drops the body: on the admin API and console and the service
+  // API that is an audited, budgeted read of a member's data that answers nothing. Nothing there
+  // is for HEAD, so it is an unknown method (404), as OPTIONS below.
+  app.use((req, _res, next) => {
+    if (req.method !== "HEAD") return next();
+    const p = req.path.toLowerCase();
+    const reads = ["/api/v1/admin", "/api/v1/members", "/admin"].some(
+      (x) => p === x || p.startsWith(`${x}/`),
+    );
+    next(reads ? new ApiError(404, "not_found", "No such endpoint.") : undefined);
+  });
   app.use((req, res, next) => {
     if (req.method !== "OPTIONS" || isProviderPath(req.path)) return next();
     // The API's answers are never stored, this one included (the router's noStore comes later).
