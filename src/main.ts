@@ -170,6 +170,14 @@ async function main(): Promise<void> {
     metricsServer?.close();
     server.close(() => {
       clearTimeout(deadline);
+      // Kept first, before the mail is finished (a slow mail server could outlast the container's
+      // stop timeout): no request is in flight now, so nothing more is learnt.
+      try {
+        const kept = saveThrottleState({ db, keys, clock, guard: services.guard });
+        logger.info({ keys: kept }, "throttle counters kept for the next start");
+      } catch (err) {
+        logger.error({ err }, "throttle counters could not be kept");
+      }
       void services.recovery
         .settled()
         // Recovery mail waits for the outbox's periodic run: send what is due now, before stopping
@@ -179,12 +187,6 @@ async function main(): Promise<void> {
         .catch((err: unknown) => logger.error({ err }, "while finishing mail"))
         .finally(async () => {
           services.oidcStore.flush();
-          try {
-            const kept = saveThrottleState({ db, keys, clock, guard: services.guard });
-            logger.info({ keys: kept }, "throttle counters kept for the next start");
-          } catch (err) {
-            logger.error({ err }, "throttle counters could not be kept");
-          }
           await checkpointer.stop().catch(() => {});
           db.$client.close();
           removePidFile(config.dataDir);

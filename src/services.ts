@@ -301,6 +301,7 @@ export function buildServices(deps: {
     policy,
     sessions,
     alerts,
+    revokeSites: (sub) => oidcStore.revokeAccount(sub),
   });
   const memberTokens = new MemberTokens({ db, clock, seals });
   const emails = new EmailAddresses({

@@ -192,6 +192,25 @@ describe("tamper-evident audit log", () => {
     expect(JSON.parse(alert ?? "null")).toMatchObject({ missing_from_seq: last });
   });
 
+  it("a cut of entries written inside sign-ins' transactions is noticed when the next such transaction commits", async () => {
+    // Attack (from a review): cut the last sign-in's entries and let the next sign-in's entry take
+    // the seq: only entries of the server's own transactions were checked, so nothing was seen.
+    t.s.audit.append({ action: "test.marker", outcome: "info", actorType: "system" });
+    await signIn(t.app, "audit.member");
+    const cutFrom = t.s.db.$client.prepare("SELECT max(seq) FROM audit_log").pluck().get() as number;
+    const outside = new Database(t.s.db.$client.name);
+    outside.exec(`DROP TRIGGER audit_log_no_delete; DELETE FROM audit_log WHERE seq >= ${cutFrom};
+      UPDATE sqlite_sequence SET seq = ${cutFrom - 1} WHERE name = 'audit_log';`);
+    outside.close();
+    t.s.audit.ensureAppendOnly();
+    await signIn(t.app, "audit.member");
+    const alert = t.s.db.$client
+      .prepare("SELECT details FROM alerts WHERE kind = 'audit_truncated'")
+      .pluck()
+      .get() as string | undefined;
+    expect(JSON.parse(alert ?? "null")).toMatchObject({ missing_from_seq: cutFrom });
+  });
+
   it("ordinary work, with entries written inside other transactions, raises no truncation alarm", async () => {
     const fresh = makeApp();
     try {

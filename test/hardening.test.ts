@@ -412,13 +412,22 @@ describe("HTTP hardening", () => {
         t.s.db.$client.prepare("SELECT count(*) FROM members WHERE login_id = 'bytes.member'").pluck().get(),
       ).toBe(0);
       // A hosted page's form.
-      const form = await raw(
+      for (const body of [
+        Buffer.from("login_id=%FF%FEabc"),
+        Buffer.from([...Buffer.from("login_id=ab"), 0xff]),
+      ]) {
+        const form = await raw("/recovery/password", "application/x-www-form-urlencoded", body);
+        expect(form.status, body.toString("latin1")).toBe(400);
+        expect(form.type).toMatch(/html/);
+        expect(form.body).toMatch(/UTF-8/);
+      }
+      // A literal UTF-8 form value and a percent-encoded one are fine.
+      const fine = await raw(
         "/recovery/password",
         "application/x-www-form-urlencoded",
-        Buffer.from("login_id=%FF%FEabc"),
+        Buffer.from(`login_id=${encodeURIComponent("たろう")}&x=a+b`),
       );
-      expect(form.status).toBe(400);
-      expect(form.type).toMatch(/html/);
+      expect(fine.body).not.toMatch(/UTF-8/);
     } finally {
       server.close();
     }

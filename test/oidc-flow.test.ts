@@ -178,6 +178,25 @@ describe("OIDC code flow with a real relying party (openid-client)", () => {
     });
   });
 
+  it("a member's first factor ends member sites' tokens taken before it (with a phished password, say)", async () => {
+    const jar = new Jar();
+    await signInThroughApi(jar);
+    const before = await codeTokens(jar);
+    // The member turns on an authenticator app.
+    const api = (path: string, body: unknown) =>
+      jar.fetch(`${issuer}${path}`, {
+        method: "POST",
+        headers: { "content-type": "application/json", origin: issuer },
+        body: JSON.stringify(body),
+      });
+    const secret = ((await (await api("/api/v1/me/totp", {})).json()) as { secret: string }).secret;
+    const code = generateSync({ secret, epoch: Math.floor(t.clock.now().getTime() / 1000) });
+    expect((await api("/api/v1/me/totp/verify", { code })).status).toBe(200);
+    await expect(oidc.refreshTokenGrant(config, before.refresh_token as string)).rejects.toMatchObject({
+      error: "invalid_grant",
+    });
+  });
+
   it("after a site revokes an access token, the member can sign in to that site again from the same browser", async () => {
     const jar = new Jar();
     await signInThroughApi(jar);

@@ -3,8 +3,8 @@ import { eq } from "drizzle-orm";
 import supertest from "supertest";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { keyRotations, profiles, totpFactors } from "../src/db/schema.js";
-import { PROFILE_FIELDS, ProfileVault } from "../src/members/profile.js";
-import { keyIdOf } from "../src/vault/fields.js";
+import { fieldContext, PROFILE_FIELDS, ProfileVault } from "../src/members/profile.js";
+import { encryptField, keyIdOf } from "../src/vault/fields.js";
 import { Keyring, KeyringStore } from "../src/vault/keyring.js";
 import { rotateKeys } from "../src/vault/rotation.js";
 import { makeApp, PROFILE, register, signIn, type TestApp } from "./support/app.js";
@@ -139,7 +139,26 @@ describe("key rotation", () => {
   it("re-encrypts every row under the new key; all rows decrypt and new writes use the new key", async () => {
     const oldKey = t.s.keys.get().activeDataKey().id;
     const others = otherSealed();
+    // Two values as written before profile values were padded: their lengths told them apart.
+    const unpaddedGender = (id: string, gender: string) =>
+      t.s.db
+        .update(profiles)
+        .set({ gender: encryptField(t.s.keys, fieldContext(id, "gender"), gender) })
+        .where(eq(profiles.memberId, id))
+        .run();
+    unpaddedGender(ids[0] as string, "female");
+    unpaddedGender(ids[1] as string, "male");
+    const genderLength = (id: string) =>
+      t.s.db.select().from(profiles).where(eq(profiles.memberId, id)).get()?.gender?.length;
+    expect(genderLength(ids[0] as string)).not.toBe(genderLength(ids[1] as string));
     const result = await rotate({ batchSize: 3 });
+    // Rotation pads them on its way.
+    expect(genderLength(ids[0] as string)).toBe(genderLength(ids[1] as string));
+    const genders = t.s.vault.readMany(ids.slice(0, 2), ["gender"], system);
+    expect([genders.get(ids[0] as string)?.gender, genders.get(ids[1] as string)?.gender]).toEqual([
+      "female",
+      "male",
+    ]);
     expect(result).toMatchObject({ resumed: false, rowsDone: 7 + others });
     expect(result.newKeyId).not.toBe(oldKey);
     expect(new Set(rowKeys())).toEqual(new Set([result.newKeyId]));

@@ -95,6 +95,34 @@ describe("row seals: rows written without the keyring count for nothing", () => 
     expect(res.body.error).toBe("invalid_credentials");
     expect(res.headers["set-cookie"]).toBeUndefined();
     expect((await brokenAlerts()).map((a) => a.table)).toEqual(["webauthn_credentials"]);
+    // Variants (from a review): the enrolment's entry moved to another member, or its action
+    // renamed, instead of deleted; no gap then, but the chain after the admin's registration no
+    // longer holds.
+    for (const edit of [
+      "UPDATE audit_log SET member_id = 'm_nobody' WHERE member_id = ? AND action = 'factor.passkey_added'",
+      "UPDATE audit_log SET action = 'factor.passkey_renamed' WHERE member_id = ? AND action = 'factor.passkey_added'",
+    ]) {
+      const other = makeApp();
+      try {
+        await adminWithPasskey(other);
+        const id = other.s.db.$client
+          .prepare("SELECT id FROM members WHERE login_id = 'ops.admin'")
+          .pluck()
+          .get();
+        other.s.db.$client.prepare("DELETE FROM webauthn_credentials WHERE member_id = ?").run(id);
+        other.s.db.$client.prepare("DELETE FROM recovery_codes WHERE member_id = ?").run(id);
+        other.s.db.$client.exec("DROP TRIGGER audit_log_no_update");
+        other.s.db.$client.prepare(edit).run(id);
+        other.s.audit.ensureAppendOnly();
+        const login = await post(other.app, "/api/v1/login", {
+          login_id: "ops.admin",
+          password: STRONG_PASSWORD,
+        });
+        expect(login.status, edit).toBe(401);
+      } finally {
+        other.close();
+      }
+    }
     // The remedy: the operator's reset (audited, under the keyring); then the admin enrols anew.
     t.s.support.resetMfa(memberId("ops.admin"), {
       adminId: null,

@@ -512,6 +512,14 @@ describe("login-anomaly engine (LoginGuard)", () => {
       "slow",
     );
     expect(guard.assess(code({ ip: "203.0.113.8", loginId: "other.victim" })).action).toBe("allow");
+    // The reset's lane has a day's ceiling too (a passed reset step is the whole account).
+    for (let i = 0; i < 30; i++) {
+      t.clock.advance(20 * 60_000);
+      fail(code({ ip: `192.0.2.${100 + i}`, loginId: "third.victim", reset: true }));
+    }
+    expect(guard.assess(code({ ip: "192.0.2.200", loginId: "third.victim", reset: true })).reasons).toContain(
+      "account_second_factor_failures_day",
+    );
   });
 
   it("wrong second-step codes have a day's ceiling too (30, not 240 at ten an hour), except where the member signed in from", () => {
@@ -530,6 +538,18 @@ describe("login-anomaly engine (LoginGuard)", () => {
     expect(guard.assess(code(HOME)).action).toBe("allow");
     // Told once, at the tenth.
     expect(t.s.alerts.list().filter((a) => a.kind === "second_factor_guessing")).toHaveLength(1);
+    // A passkey can't be guessed: wrong codes don't keep the member's passkey out.
+    expect(guard.assess({ ...code("203.0.113.201"), passkey: true }).action).toBe("allow");
+    // An admin's unlock lifts it, and so does a new password (the codes were the old one's holder's).
+    expect(guard.lift("victim")).toBe(false); // (no protection row: only counts)
+    expect(guard.assess(code("203.0.113.202")).action).toBe("allow");
+    for (let i = 0; i < 30; i++) {
+      t.clock.advance(20 * 60_000);
+      fail(code(`203.0.113.${100 + i}`));
+    }
+    expect(guard.assess(code("203.0.113.203")).action).toBe("slow");
+    guard.credentialsChanged("victim");
+    expect(guard.assess(code("203.0.113.203")).action).toBe("allow");
   });
 
   it("a member without a trusted device is kept out for at most an hour, not day after day", () => {

@@ -1,6 +1,6 @@
 import { createHmac, timingSafeEqual } from "node:crypto";
 import type { Clock } from "../clock.js";
-import type { Db } from "../db/connection.js";
+import { type Db, lazyPrepared, onCommit } from "../db/connection.js";
 import type { KeyringStore } from "../vault/keyring.js";
 
 /**
@@ -109,6 +109,38 @@ export class AuditLog {
     this.#db = deps.db;
     this.#keys = deps.keys;
     this.#clock = deps.clock;
+    // An entry written inside a caller's transaction is known to be on disk once that commits:
+    // checked then (not only at this process's next entry of its own), so a cut of it is seen
+    // even when the next entries are all written inside other transactions (sign-ins).
+    onCommit(this.#db, () => {
+      if (!this.#tentative) return;
+      const head = this.#db.$client.prepare("SELECT max(seq) FROM audit_log").pluck().get() as number | null;
+      const cut = this.#settleTail(head);
+      if (!cut) return;
+      // Said once: from here on the log as it now stands is what this process checks.
+      const now = this.head();
+      this.#last = now;
+      this.onTruncated?.(cut);
+    });
+  }
+
+  readonly #macAt = lazyPrepared(() =>
+    this.#db.$client.prepare("SELECT mac FROM audit_log WHERE seq = ?").pluck(),
+  );
+
+  /**
+   * Our last committed entry must still be there as we wrote it (other processes only add after
+   * it); then the tentative one, if it is there, is committed and becomes the last. Checked in
+   * that order: after a cut, an entry written inside a sign-in's transaction takes the cut seq,
+   * and would hide it. Returns the cut, if any (`head`: the newest seq found).
+   */
+  #settleTail(head: number | null): { expected: { seq: number; mac: string }; head: number | null } | null {
+    const mine = this.#last;
+    const t = this.#tentative;
+    this.#tentative = null;
+    if (mine && this.#macAt().get(mine.seq) !== mine.mac) return { expected: mine, head };
+    if (t && this.#macAt().get(t.seq) === t.mac) this.#last = t;
+    return null;
   }
 
   /**
@@ -158,7 +190,6 @@ export class AuditLog {
     if (!this.#appendTx) {
       const client = this.#db.$client;
       const head = client.prepare("SELECT seq, mac FROM audit_log ORDER BY seq DESC LIMIT 1");
-      const macAt = client.prepare("SELECT mac FROM audit_log WHERE seq = ?").pluck();
       const insert = client.prepare(
         `INSERT INTO audit_log (seq, at, action, outcome, actor_type, actor_id, member_id, reason, ip,
            request_id, details, key_id, prev_mac, mac)
@@ -168,16 +199,7 @@ export class AuditLog {
       const tx = client.transaction((partial: PartialEntry, k: Buffer, outermost: boolean) => {
         const last = head.get() as { seq: number; mac: string } | undefined;
         let cut: { expected: { seq: number; mac: string }; head: number | null } | null = null;
-        if (outermost) {
-          // Our last committed entry must still be there as we wrote it (other processes only add
-          // after it). Checked before a tentative entry is taken as the new last one: after a cut,
-          // an entry written inside a sign-in's transaction takes the cut seq, and would hide it.
-          const mine = this.#last;
-          const t = this.#tentative;
-          this.#tentative = null;
-          if (mine && macAt.get(mine.seq) !== mine.mac) cut = { expected: mine, head: last?.seq ?? null };
-          else if (t && macAt.get(t.seq) === t.mac) this.#last = t;
-        }
+        if (outermost) cut = this.#settleTail(last?.seq ?? null);
         const entry: Omit<AuditEntry, "mac"> = {
           ...partial,
           seq: (last?.seq ?? 0) + 1,
@@ -327,12 +349,14 @@ export class AuditLog {
 
   /**
    * Whether a member may rightly have no second factor: the newest entry about their factors is
-   * their registration or an operator's MFA reset (no factor added or removed since), its MAC
-   * holds under the keyring, and no entry after it is missing. Factor rows aren't sealed, so an
-   * admin found without factors otherwise had them deleted in the database, by someone who then
-   * only needs the admin's password to enrol a passkey of their own (see PasswordSignIn). Entries
-   * can't be made without the keyring, and taking the newer ones out leaves a gap (checked here)
-   * or a cut tail (which the running server notices at its next entry).
+   * their registration or an operator's MFA reset (no factor added or removed since), and the
+   * chain from it to the head is whole — every entry after it there, chained and under its MAC, the
+   * head where SQLite's sequence and this process's own last entry say it is — within
+   * FACTORLESS_WALK entries. Factor rows aren't sealed, so an admin found without factors otherwise
+   * had them deleted in the database, by someone who then only needs the admin's password to enrol
+   * a passkey of their own (see PasswordSignIn). Entries can't be made without the keyring; taking
+   * the newer ones out, or moving them to another member, breaks the walk. (Cutting the tail and
+   * editing SQLite's sequence too is what the database alone can't show: see threat-model.md.)
    */
   factorsMayBeAbsent(memberId: string): boolean {
     const client = this.#db.$client;
@@ -343,20 +367,42 @@ export class AuditLog {
       )
       .get(memberId, ...FACTOR_ACTIONS) as Record<string, unknown> | undefined;
     if (!r) return false;
-    const entry = entryOf(r);
-    if (!FACTORS_CLEARED.has(entry.action)) return false;
-    const key = this.#keys.get().auditKey(entry.keyId);
-    if (!key) return false;
-    const { mac, ...rest } = entry;
-    const expected = Buffer.from(macOf(key.key, rest));
-    const actual = Buffer.from(mac);
-    if (expected.length !== actual.length || !timingSafeEqual(expected, actual)) return false;
-    const after = client.prepare("SELECT count(*) AS n, max(seq) AS top FROM audit_log WHERE seq >= ?").get(
-      entry.seq,
-    ) as { n: number; top: number };
-    return after.n === after.top - entry.seq + 1;
+    const found = entryOf(r);
+    if (!FACTORS_CLEARED.has(found.action)) return false;
+    const keyring = this.#keys.get();
+    const holds = (e: AuditEntry) => {
+      const key = keyring.auditKey(e.keyId);
+      if (!key) return false;
+      const { mac, ...rest } = e;
+      const expected = Buffer.from(macOf(key.key, rest));
+      const actual = Buffer.from(mac);
+      return expected.length === actual.length && timingSafeEqual(expected, actual);
+    };
+    if (!holds(found)) return false;
+    let prev = found.mac;
+    let next = found.seq + 1;
+    for (const e of this.iterate(found.seq)) {
+      if (next - found.seq > FACTORLESS_WALK) return false;
+      if (e.seq !== next || e.prevMac !== prev || !holds(e)) return false;
+      prev = e.mac;
+      next++;
+    }
+    const head = next - 1;
+    const highest = client
+      .prepare("SELECT seq FROM sqlite_sequence WHERE name = 'audit_log'")
+      .pluck()
+      .get() as number | undefined;
+    if (highest !== undefined && highest > head) return false;
+    const mine = this.#last;
+    return !mine || (mine.seq <= head && this.#macAt().get(mine.seq) === mine.mac);
   }
 }
+
+/**
+ * At most this many entries between an admin's creation (or MFA reset) and their first factor:
+ * past it the walk above is not done (it runs synchronously) and the admin is reset again.
+ */
+const FACTORLESS_WALK = 200_000;
 
 /** Entries that leave a member without second factors, rightly. */
 const FACTORS_CLEARED = new Set(["member.registered", "mfa.reset_by_admin"]);

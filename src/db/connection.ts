@@ -35,9 +35,26 @@ export function migrateDatabase(db: Db): void {
   migrate(db, { migrationsFolder: MIGRATIONS_DIR });
 }
 
+/** Told after each outermost transaction of inTransaction commits (see onCommit). */
+const commitListeners = new WeakMap<object, Array<() => void>>();
+
+/**
+ * Have `listener` called after every outermost `inTransaction` on `db` commits (not after a
+ * rollback, nor a nested one's savepoint). The audit log learns this way that its entries
+ * written inside a caller's transaction are on disk.
+ */
+export function onCommit(db: Db, listener: () => void): void {
+  const listeners = commitListeners.get(db.$client) ?? [];
+  listeners.push(listener);
+  commitListeners.set(db.$client, listeners);
+}
+
 /** Run fn in one `BEGIN IMMEDIATE` transaction: all of it lands, or none of it. */
 export function inTransaction<T>(db: Db, fn: () => T): T {
-  return db.$client.transaction(fn).immediate();
+  const outermost = !db.$client.inTransaction;
+  const result = db.$client.transaction(fn).immediate();
+  if (outermost) for (const listener of commitListeners.get(db.$client) ?? []) listener();
+  return result;
 }
 
 /**

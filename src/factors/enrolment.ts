@@ -51,6 +51,8 @@ export class FactorEnrolment {
   readonly #policy: MfaPolicies | undefined;
   readonly #alerts: Alerts | undefined;
   readonly #sessions: SessionService | undefined;
+  /** Ends a member's member-site grants and tokens (OidcStore.revokeAccount), by their sub. */
+  readonly #revokeSites: ((sub: string) => number) | undefined;
 
   constructor(deps: {
     db: Db;
@@ -62,7 +64,9 @@ export class FactorEnrolment {
     policy?: MfaPolicies;
     alerts?: Alerts;
     sessions?: SessionService;
+    revokeSites?: (sub: string) => number;
   }) {
+    this.#revokeSites = deps.revokeSites;
     this.#notices = deps.notices;
     this.#policy = deps.policy;
     this.#alerts = deps.alerts;
@@ -249,11 +253,18 @@ export class FactorEnrolment {
   }
 
   /**
-   * A member's first factor ends their other sessions: one taken with a phished password must not
-   * go on (at `acr` password, for up to its absolute lifetime) once the member has moved to two
-   * steps. This browser's session stays. Returns how many ended.
+   * A member's first factor ends their other sessions and their member-site grants and tokens:
+   * access taken with a phished password must not go on (at `acr` password: a session for up to
+   * its absolute lifetime, a site's refresh token for much longer) once the member has moved to
+   * two steps. This browser's session stays. Returns how many sessions ended.
    */
   #endOthers(session: Session): number {
+    const sub = this.#db
+      .select({ sub: members.sub })
+      .from(members)
+      .where(eq(members.id, session.memberId))
+      .get()?.sub;
+    if (sub) this.#revokeSites?.(sub);
     return this.#sessions?.revokeAll(session.memberId, "first_factor_enrolled", session.id) ?? 0;
   }
 

@@ -206,7 +206,9 @@ export function createApp(
   api.use(notFound());
   app.use("/api/v1", api);
 
-  app.use(utf8Query);
+  // Our pages' query strings (the admin console's reasons and filters); the provider's endpoints
+  // answer malformed requests themselves.
+  app.use(PAGE_PREFIXES, utf8Query);
   app.use(assetRoutes());
   app.use(rememberLang(s.config.secureCookies));
   app.use(accountRoutes(s));

@@ -34,14 +34,17 @@ export function percentUtf8(encoded: string): boolean {
   return true;
 }
 
-/** For express.urlencoded: a form body whose percent-encoding isn't UTF-8. */
+/** For express.urlencoded: a form body whose bytes, or whose percent-escapes, aren't UTF-8. */
 export function assertUtf8Form(_req: IncomingMessage, _res: ServerResponse, buf: Buffer): void {
-  if (!percentUtf8(buf.toString("latin1"))) throw new NotUtf8("form");
+  if (!isUtf8(buf) || !percentUtf8(buf.toString("latin1"))) throw new NotUtf8("form");
 }
 
-/** Middleware: a query string whose percent-encoding isn't UTF-8 is refused. */
+/**
+ * Middleware: a query string whose percent-encoding isn't UTF-8 (or isn't percent-encoding: a
+ * bare `%` must be sent as `%25`) is refused.
+ */
 export function utf8Query(req: Request, _res: Response, next: NextFunction): void {
   const url = req.originalUrl;
   const q = url.indexOf("?");
-  next(q >= 0 && !percentUtf8(url.slice(q + 1)) ? new NotUtf8("query string") : undefined);
+  next(q >= 0 && !percentUtf8(url.slice(q + 1)) ? new NotUtf8("query string (percent-encoded)") : undefined);
 }

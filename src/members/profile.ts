@@ -54,12 +54,12 @@ export const fieldContext = (memberId: string, field: ProfileField) => ({
  */
 const PAD_BYTES = 32;
 
-function padded(value: string): string {
+export function padded(value: string): string {
   const n = Buffer.byteLength(value, "utf8");
   return value + "\u0000".repeat(Math.max(PAD_BYTES, Math.ceil(n / PAD_BYTES) * PAD_BYTES) - n);
 }
 
-function unpadded(value: string): string {
+export function unpadded(value: string): string {
   let end = value.length;
   while (end > 0 && value.charCodeAt(end - 1) === 0) end--;
   return end === value.length ? value : value.slice(0, end);

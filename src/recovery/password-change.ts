@@ -166,6 +166,8 @@ export class PasswordChange {
         // Links someone may have started with the old password die with it.
         this.#tokens.voidAll(m.id, "reset_password", "change_email");
         const sessions = this.#sessions.revokeAll(m.id, "password_changed", session.id);
+        // Wrong second-step codes counted so far were someone's who knew the old password.
+        this.#guard.credentialsChanged(m.loginId);
         const grants = this.#oidc.revokeAccount(m.sub);
         // Other trusted devices too: a device cookie copied with the old password must not keep
         // its freedom from the throttle (the device the change was made on stays trusted).

@@ -505,6 +505,7 @@ export class PasswordRecovery {
       kind: "second_factor",
       // Counted apart from sign-ins' second steps (see Attempt.reset).
       reset: true,
+      ...(proof.method === "webauthn" ? { passkey: true } : {}),
     };
     const decision = this.#guard.assess(attempt);
     if (decision.action !== "allow") {
@@ -629,6 +630,8 @@ export class PasswordRecovery {
         ...(verified ? { emailVerified: true } : {}),
       });
       const sessions = this.#sessions.revokeAll(row.memberId, "password_reset");
+      // Wrong codes counted so far were someone's with the old password (or an old link).
+      this.#guard.credentialsChanged(loginId);
       const grants = this.#oidc.revokeAccount(member.sub);
       const devices = this.#devices.revokeAllExcept(row.memberId, keep?.id ?? null);
       // Every other link dies too: other resets, and an e-mail change someone with the old

@@ -147,12 +147,13 @@ export class SecondFactorSignIn {
    * Ask the login-anomaly engine (the same counters as the password step: wrong codes count with
    * wrong passwords, per address and per account; the member's own device is trusted).
    */
-  #admit(ctx: FactorContext, memberId: string | null, kind: Attempt["kind"]): Attempt {
+  #admit(ctx: FactorContext, memberId: string | null, kind: Attempt["kind"], passkey: boolean): Attempt {
     const attempt: Attempt = {
       ip: ctx.ip,
       loginId: memberId ? this.#loginIdOf(memberId) : null,
       trustedDevice: memberId ? this.#devices.recognise(ctx.deviceToken, memberId) !== null : false,
       kind,
+      ...(passkey ? { passkey: true } : {}),
     };
     const decision = this.#guard.assess(attempt);
     if (decision.action === "allow") return attempt;
@@ -236,7 +237,12 @@ export class SecondFactorSignIn {
         "Send the mfa_token from the password step, or sign in first.",
       );
     }
-    const attempt = this.#admit(ctx, memberId, memberId ? "second_factor" : "passkey");
+    const attempt = this.#admit(
+      ctx,
+      memberId,
+      memberId ? "second_factor" : "passkey",
+      proof.method === "webauthn",
+    );
     let settled = false;
     const settle = (outcome: "success" | "failure" | "neither") => {
       if (!settled) this.#guard.settle(attempt, outcome);

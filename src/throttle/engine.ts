@@ -62,6 +62,11 @@ export interface Attempt {
    * wrong codes of their own (nor a reset link's holder the member's sign-in).
    */
   reset?: boolean;
+  /**
+   * A second step proved with a passkey: it can't be guessed, so the account's counts of wrong
+   * codes (which someone who knows the password can run up) don't refuse it.
+   */
+  passkey?: boolean;
   /** The login ID is nobody's: the attempt can only fail (a password attempt's lookup says so). */
   unknownAccount?: boolean;
 }
@@ -480,9 +485,14 @@ export class LoginGuard {
       check(c.net, k.net, TEN_MIN, this.policy.netSlow, "network_failures");
       if (k.ipLogin && k.account) {
         check(c.ipl, k.ipLogin, TEN_MIN, this.policy.ipLoginSlow, "ip_login_failures");
-        if (a.kind === "second_factor" && a.reset) {
-          // A reset's second step: only wrong codes at resets (whoever holds a link) slow it.
+        if (a.kind === "second_factor" && a.passkey) {
+          // A passkey can't be guessed: wrong codes, anyone's, don't keep it out.
+        } else if (a.kind === "second_factor" && a.reset) {
+          // A reset's second step: only wrong codes at resets (whoever holds a link) slow it, and
+          // have a day's ceiling too (a passed reset step is the whole account).
           check(c.rmfa, k.account, HOUR, this.policy.accountSlow, "account_second_factor_failures");
+          if (!this.#knownAddress(k, now))
+            check(c.rmfa, k.account, DAY, this.policy.accountProtect, "account_second_factor_failures_day");
         } else if (a.kind === "second_factor") {
           // Wrong codes, from whoever knows the password (only they get this far), slow the
           // account's second step; wrong passwords don't, or they would lock the member out of it.
@@ -609,8 +619,10 @@ export class LoginGuard {
     this.#hold(`network_failures|${k.net}`, delta);
     if (k.ipLogin) this.#hold(`ip_login_failures|${k.ipLogin}`, delta);
     if (k.account) this.#hold(`account_failures|${k.account}`, delta);
-    if (a?.kind === "second_factor" && k.account)
+    if (a?.kind === "second_factor" && k.account) {
       this.#hold(`account_second_factor_failures|${k.account}`, delta);
+      this.#hold(`account_second_factor_failures_day|${k.account}`, delta);
+    }
   }
 
   /**
@@ -1003,10 +1015,20 @@ export class LoginGuard {
   }
 
   /** Lift an account's protection and the counters behind it (admin action; member unlock). */
+  /**
+   * The account's password was changed or reset: the wrong second-step codes counted so far were
+   * someone's who knew the old one, and must not keep the member out from new addresses now.
+   */
+  credentialsChanged(loginId: string): void {
+    this.#counters.mfa.delete(loginId);
+    this.#counters.rmfa.delete(loginId);
+  }
+
   lift(loginId: string): boolean {
     const now = this.#clock.now().getTime();
     const key = this.loginKey(loginId);
     this.#counters.acct.delete(loginId);
+    this.credentialsChanged(loginId);
     this.#activeRows(now).protections.delete(key);
     return (
       this.#db

@@ -6,7 +6,14 @@ import { keyRotations, profiles, totpFactors } from "../db/schema.js";
 import { reencryptTotpRow, TotpService } from "../factors/totp.js";
 import { outboxContext } from "../mail/outbox.js";
 import { legacyPasswordContext } from "../members/legacy-passwords.js";
-import { fieldContext, PROFILE_COLUMN, PROFILE_FIELDS, type ProfileField } from "../members/profile.js";
+import {
+  fieldContext,
+  PROFILE_COLUMN,
+  PROFILE_FIELDS,
+  type ProfileField,
+  padded,
+  unpadded,
+} from "../members/profile.js";
 import { payloadContext } from "../oidc/adapter.js";
 import { newEmailContext } from "../recovery/email.js";
 import { throttleStateContext } from "../throttle/carry-over.js";
@@ -334,7 +341,8 @@ function reencryptRow(
     } catch (err) {
       throw new RowDecryptionFailed(row.memberId, field, err);
     }
-    update[PROFILE_COLUMN[field]] = encryptField(keys, ctx, plaintext, key);
+    // Padded as it goes (values written before padding existed get it here).
+    update[PROFILE_COLUMN[field]] = encryptField(keys, ctx, padded(unpadded(plaintext)), key);
   }
   db.update(profiles)
     .set(update)
