@@ -20,6 +20,7 @@ import { TotpService } from "./factors/totp.js";
 import { SecurityNotices } from "./mail/notices.js";
 import { Mailer } from "./mail/outbox.js";
 import { FileSender, type MailSender, SmtpSender } from "./mail/sender.js";
+import type { SecurityNoticeKind } from "./mail/templates.js";
 import { LegacyImport } from "./members/import.js";
 import { LegacyPasswords } from "./members/legacy-passwords.js";
 import { ProfileVault } from "./members/profile.js";
@@ -175,44 +176,50 @@ export function buildServices(deps: {
     idleMs: config.sessionIdleMs,
     absoluteMs: config.sessionAbsoluteMs,
   });
+  /**
+   * What the login-anomaly engine saw about a login ID, told its member (if it is one): an entry
+   * among their security events and a notice by mail. Returns the member's id.
+   */
+  const tellMember = (
+    loginId: string,
+    action: string,
+    reason: string,
+    notice: SecurityNoticeKind,
+    details?: Record<string, unknown>,
+  ): string | undefined => {
+    const memberId = db.$client.prepare("SELECT id FROM members WHERE login_id = ?").pluck().get(loginId) as
+      | string
+      | undefined;
+    if (!memberId) return undefined;
+    audit.append({
+      action,
+      outcome: "info",
+      actorType: "system",
+      memberId,
+      reason,
+      ...(details ? { details } : {}),
+    });
+    notices.send(memberId, notice, {});
+    return memberId;
+  };
   const guard = new LoginGuard({
     db,
     clock,
     alerts,
     loginKey: (loginId) => blindIndex(keys, "login_key", loginId),
     // The member (if the login ID is one) sees the protection among their security events.
-    onProtect: (loginId, until) => {
-      const memberId = db.$client.prepare("SELECT id FROM members WHERE login_id = ?").pluck().get(loginId) as
-        | string
-        | undefined;
-      if (!memberId) return undefined;
-      audit.append({
-        action: "account.protected",
-        outcome: "info",
-        actorType: "system",
-        memberId,
-        reason: "account_failures_day",
-        details: { until: new Date(until).toISOString() },
-      });
-      notices.send(memberId, "account_protected", {});
-      return memberId;
-    },
+    onProtect: (loginId, until) =>
+      tellMember(loginId, "account.protected", "account_failures_day", "account_protected", {
+        until: new Date(until).toISOString(),
+      }),
     // Someone who knows the password keeps failing the second step: the member is told to change it.
-    onSecondFactorGuessing: (loginId) => {
-      const memberId = db.$client.prepare("SELECT id FROM members WHERE login_id = ?").pluck().get(loginId) as
-        | string
-        | undefined;
-      if (!memberId) return undefined;
-      audit.append({
-        action: "account.second_factor_guessing",
-        outcome: "info",
-        actorType: "system",
-        memberId,
-        reason: "second_factor_failures_day",
-      });
-      notices.send(memberId, "second_factor_guessing", {});
-      return memberId;
-    },
+    onSecondFactorGuessing: (loginId) =>
+      tellMember(
+        loginId,
+        "account.second_factor_guessing",
+        "second_factor_failures_day",
+        "second_factor_guessing",
+      ),
     policy: config.throttle,
     backlog: () => hashQueue.waitingAttempts,
     reconsider: () => hashQueue.reconsider(),

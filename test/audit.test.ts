@@ -170,14 +170,25 @@ describe("tamper-evident audit log", () => {
     expect(t.s.audit.verify().ok).toBe(true);
   });
 
+  /** Cut the log from `seq` on from another connection, cover the tracks, put the triggers back. */
+  const cutTail = (seq: number) => {
+    const outside = new Database(t.s.db.$client.name);
+    outside.exec(`DROP TRIGGER audit_log_no_delete; DELETE FROM audit_log WHERE seq >= ${seq};
+      UPDATE sqlite_sequence SET seq = ${seq - 1} WHERE name = 'audit_log';`);
+    outside.close();
+    t.s.audit.ensureAppendOnly();
+  };
+  const truncatedAlert = () =>
+    JSON.parse(
+      (t.s.db.$client.prepare("SELECT details FROM alerts WHERE kind = 'audit_truncated'").pluck().get() as
+        | string
+        | undefined) ?? "null",
+    ) as Record<string, unknown> | null;
+
   it("a cut is noticed even when the server's next entry is written inside another transaction (a sign-in), reusing the cut seq", async () => {
     // What the server wrote last, in a transaction of its own.
     const last = t.s.audit.append({ action: "pii.read", outcome: "success", actorType: "admin" });
-    const outside = new Database(t.s.db.$client.name);
-    outside.exec(`DROP TRIGGER audit_log_no_delete; DELETE FROM audit_log WHERE seq >= ${last};
-      UPDATE sqlite_sequence SET seq = ${last - 1} WHERE name = 'audit_log';`);
-    outside.close();
-    t.s.audit.ensureAppendOnly();
+    cutTail(last);
     // A member signs in: the session and its entry in one transaction; the entry takes the cut seq.
     await signIn(t.app, "audit.member");
     expect(t.s.db.$client.prepare("SELECT max(seq) FROM audit_log").pluck().get()).toBeGreaterThanOrEqual(
@@ -185,11 +196,7 @@ describe("tamper-evident audit log", () => {
     );
     // The next entry of the server's own still finds its last one gone.
     t.s.audit.append({ action: "test.marker", outcome: "info", actorType: "system" });
-    const alert = t.s.db.$client
-      .prepare("SELECT details FROM alerts WHERE kind = 'audit_truncated'")
-      .pluck()
-      .get() as string | undefined;
-    expect(JSON.parse(alert ?? "null")).toMatchObject({ missing_from_seq: last });
+    expect(truncatedAlert()).toMatchObject({ missing_from_seq: last });
   });
 
   it("a cut of entries written inside sign-ins' transactions is noticed when the next such transaction commits", async () => {
@@ -198,17 +205,9 @@ describe("tamper-evident audit log", () => {
     t.s.audit.append({ action: "test.marker", outcome: "info", actorType: "system" });
     await signIn(t.app, "audit.member");
     const cutFrom = t.s.db.$client.prepare("SELECT max(seq) FROM audit_log").pluck().get() as number;
-    const outside = new Database(t.s.db.$client.name);
-    outside.exec(`DROP TRIGGER audit_log_no_delete; DELETE FROM audit_log WHERE seq >= ${cutFrom};
-      UPDATE sqlite_sequence SET seq = ${cutFrom - 1} WHERE name = 'audit_log';`);
-    outside.close();
-    t.s.audit.ensureAppendOnly();
+    cutTail(cutFrom);
     await signIn(t.app, "audit.member");
-    const alert = t.s.db.$client
-      .prepare("SELECT details FROM alerts WHERE kind = 'audit_truncated'")
-      .pluck()
-      .get() as string | undefined;
-    expect(JSON.parse(alert ?? "null")).toMatchObject({ missing_from_seq: cutFrom });
+    expect(truncatedAlert()).toMatchObject({ missing_from_seq: cutFrom });
   });
 
   it("ordinary work, with entries written inside other transactions, raises no truncation alarm", async () => {
