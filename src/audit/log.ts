@@ -1,7 +1,7 @@
 import { createHmac, timingSafeEqual } from "node:crypto";
 import type { Clock } from "../clock.js";
 import { type Db, lazyPrepared, onCommit } from "../db/connection.js";
-import type { KeyringStore } from "../vault/keyring.js";
+import type { Keyring, KeyringStore } from "../vault/keyring.js";
 
 /**
  * The tamper-evident audit log.
@@ -116,13 +116,11 @@ export class AuditLog {
       if (!this.#tentative) return;
       // Never an error for the caller: its transaction has committed already.
       try {
-        const head = this.#db.$client.prepare("SELECT max(seq) FROM audit_log").pluck().get() as
-          | number
-          | null;
-        const cut = this.#settleTail(head);
+        const head = this.head();
+        const cut = this.#settleTail(head?.seq ?? null);
         if (!cut) return;
         // Said once: from here on the log as it now stands is what this process checks.
-        this.#last = this.head();
+        this.#last = head;
         // Told once the caller's work is done (it raises an alert, itself a write).
         setImmediate(() => this.onTruncated?.(cut));
       } catch {
@@ -283,44 +281,12 @@ export class AuditLog {
     // Read before the walk: entries the server appends while it walks (a live log grows) raise the
     // highest seq ever used past the head the walk ends on, which must not look like a cut. One
     // read before can only be at or below the walk's own end, unless entries were cut.
-    const highest = this.#db.$client
-      .prepare("SELECT seq FROM sqlite_sequence WHERE name = 'audit_log'")
-      .pluck()
-      .get() as number | undefined;
+    const highest = this.#highestSeq();
     const hadMembers =
       (this.#db.$client.prepare("SELECT 1 FROM members LIMIT 1").get() as unknown) !== undefined;
-    let expectedSeq = 1;
-    let prev = GENESIS;
-    let entries = 0;
-    let head: VerifyResult["head"] = null;
-    for (const row of this.iterate(0)) {
-      const bad = (problem: string): VerifyResult => ({
-        ok: false,
-        entries,
-        head,
-        firstBad: { seq: row.seq, problem },
-      });
-      if (row.seq !== expectedSeq) {
-        return bad(
-          row.seq > expectedSeq
-            ? `entries ${expectedSeq}..${row.seq - 1} are missing`
-            : `out of order (expected ${expectedSeq})`,
-        );
-      }
-      if (row.prevMac !== prev) return bad("does not chain to the entry before it");
-      const key = keyring.auditKey(row.keyId);
-      if (!key) return bad(`unknown audit key ${row.keyId}`);
-      const { mac, ...rest } = row;
-      const expected = Buffer.from(macOf(key.key, rest));
-      const actual = Buffer.from(mac);
-      if (expected.length !== actual.length || !timingSafeEqual(expected, actual)) {
-        return bad("content does not match its MAC (edited)");
-      }
-      entries++;
-      prev = mac;
-      expectedSeq++;
-      head = { seq: row.seq, mac };
-    }
+    const walked = this.#walk(null, keyring);
+    const { entries, head } = walked;
+    if (walked.firstBad) return { ok: false, entries, head, firstBad: walked.firstBad };
     // A cut-off tail leaves a chain that verifies; SQLite's AUTOINCREMENT record of the highest
     // seq ever used does not shrink with it (unless edited too), and a log emptied outright leaves
     // members without a single entry about them (both read before the walk, above).
@@ -344,6 +310,54 @@ export class AuditLog {
       };
     }
     return { ok: true, entries, head };
+  }
+
+  /**
+   * Walk the chain from the entry after `from` (null: from the first) to the head, as long as each
+   * entry is at the next seq, chains to the one before and holds under its MAC; at most `limit`
+   * entries. Returns how many held, the last that did, and the first that didn't (or `limited`).
+   */
+  #walk(
+    from: { seq: number; mac: string } | null,
+    keyring: Keyring,
+    limit = Number.POSITIVE_INFINITY,
+  ): {
+    entries: number;
+    head: { seq: number; mac: string } | null;
+    firstBad?: { seq: number; problem: string };
+    limited?: true;
+  } {
+    let expectedSeq = (from?.seq ?? 0) + 1;
+    let prev = from?.mac ?? GENESIS;
+    let entries = 0;
+    let head = from;
+    for (const row of this.iterate(from?.seq ?? 0)) {
+      if (entries >= limit) return { entries, head, limited: true };
+      const bad = (problem: string) => ({ entries, head, firstBad: { seq: row.seq, problem } });
+      if (row.seq !== expectedSeq) {
+        return bad(
+          row.seq > expectedSeq
+            ? `entries ${expectedSeq}..${row.seq - 1} are missing`
+            : `out of order (expected ${expectedSeq})`,
+        );
+      }
+      if (row.prevMac !== prev) return bad("does not chain to the entry before it");
+      if (!keyring.auditKey(row.keyId)) return bad(`unknown audit key ${row.keyId}`);
+      if (!macHolds(keyring, row)) return bad("content does not match its MAC (edited)");
+      entries++;
+      prev = row.mac;
+      expectedSeq++;
+      head = { seq: row.seq, mac: row.mac };
+    }
+    return { entries, head };
+  }
+
+  /** SQLite's record of the highest seq ever used (AUTOINCREMENT): it doesn't shrink with a cut. */
+  #highestSeq(): number | undefined {
+    return this.#db.$client
+      .prepare("SELECT seq FROM sqlite_sequence WHERE name = 'audit_log'")
+      .pluck()
+      .get() as number | undefined;
   }
 
   /** Entries after `afterSeq`, oldest first, as they are stored (for `audit export`). */
@@ -377,32 +391,25 @@ export class AuditLog {
     const found = entryOf(r);
     if (!FACTORS_CLEARED.has(found.action)) return false;
     const keyring = this.#keys.get();
-    const holds = (e: AuditEntry) => {
-      const key = keyring.auditKey(e.keyId);
-      if (!key) return false;
-      const { mac, ...rest } = e;
-      const expected = Buffer.from(macOf(key.key, rest));
-      const actual = Buffer.from(mac);
-      return expected.length === actual.length && timingSafeEqual(expected, actual);
-    };
-    if (!holds(found)) return false;
-    let prev = found.mac;
-    let next = found.seq + 1;
-    for (const e of this.iterate(found.seq)) {
-      if (next - found.seq > FACTORLESS_WALK) return false;
-      if (e.seq !== next || e.prevMac !== prev || !holds(e)) return false;
-      prev = e.mac;
-      next++;
-    }
-    const head = next - 1;
-    const highest = client
-      .prepare("SELECT seq FROM sqlite_sequence WHERE name = 'audit_log'")
-      .pluck()
-      .get() as number | undefined;
+    if (!macHolds(keyring, found)) return false;
+    const walked = this.#walk(found, keyring, FACTORLESS_WALK);
+    if (walked.firstBad || walked.limited) return false;
+    const head = walked.head?.seq ?? found.seq;
+    const highest = this.#highestSeq();
     if (highest !== undefined && highest > head) return false;
     const mine = this.#last;
     return !mine || (mine.seq <= head && this.#macAt().get(mine.seq) === mine.mac);
   }
+}
+
+/** Whether an entry holds under its MAC (with the audit key it names, if the keyring has it). */
+function macHolds(keyring: Keyring, e: AuditEntry): boolean {
+  const key = keyring.auditKey(e.keyId);
+  if (!key) return false;
+  const { mac, ...rest } = e;
+  const expected = Buffer.from(macOf(key.key, rest));
+  const actual = Buffer.from(mac);
+  return expected.length === actual.length && timingSafeEqual(expected, actual);
 }
 
 /**

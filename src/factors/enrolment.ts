@@ -80,6 +80,7 @@ export class FactorEnrolment {
 
   member(session: Session): {
     id: string;
+    sub: string;
     loginId: string;
     role: "member" | "admin";
     createdAt: number;
@@ -88,6 +89,7 @@ export class FactorEnrolment {
     const m = this.#db
       .select({
         id: members.id,
+        sub: members.sub,
         loginId: members.loginId,
         role: members.role,
         createdAt: members.createdAt,
@@ -259,12 +261,7 @@ export class FactorEnrolment {
    * two steps. This browser's session stays. Returns how many sessions ended.
    */
   #endOthers(session: Session): number {
-    const sub = this.#db
-      .select({ sub: members.sub })
-      .from(members)
-      .where(eq(members.id, session.memberId))
-      .get()?.sub;
-    if (sub) this.#revokeSites?.(sub);
+    this.#revokeSites?.(this.member(session).sub);
     return this.#sessions?.revokeAll(session.memberId, "first_factor_enrolled", session.id) ?? 0;
   }
 

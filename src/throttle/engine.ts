@@ -191,8 +191,6 @@ const FIRST_PER_ADDRESS = 20;
 
 /** What LoginGuard.carryOver gives and takeOver takes. */
 export interface EngineState {
-  /** When it was taken (ms). */
-  at: number;
   stores: Record<string, CounterDump>;
   known: Array<[string, number]>;
   baseline: number;
@@ -322,7 +320,6 @@ export class LoginGuard {
       if (now - at < KNOWN_ADDRESS_MS) known.push([key, at]);
     }
     return {
-      at: now,
       stores,
       known: known.reverse(),
       baseline: this.#baseline,
@@ -353,16 +350,7 @@ export class LoginGuard {
 
   get trackedKeys(): number {
     const c = this.#counters;
-    return (
-      c.ip.size +
-      c.net.size +
-      c.ipl.size +
-      c.acct.size +
-      c.rate.size +
-      c.trusted.size +
-      c.mfa.size +
-      c.rmfa.size
-    );
+    return Object.values(c).reduce((n, store) => n + store.size, 0);
   }
 
   /**
@@ -485,22 +473,19 @@ export class LoginGuard {
       check(c.net, k.net, TEN_MIN, this.policy.netSlow, "network_failures");
       if (k.ipLogin && k.account) {
         check(c.ipl, k.ipLogin, TEN_MIN, this.policy.ipLoginSlow, "ip_login_failures");
-        if (a.kind === "second_factor" && a.passkey) {
-          // A passkey can't be guessed: wrong codes, anyone's, don't keep it out.
-        } else if (a.kind === "second_factor" && a.reset) {
-          // A reset's second step: only wrong codes at resets (whoever holds a link) slow it, and
-          // have a day's ceiling too (a passed reset step is the whole account).
-          check(c.rmfa, k.account, HOUR, this.policy.accountSlow, "account_second_factor_failures");
-          if (!this.#knownAddress(k, now))
-            check(c.rmfa, k.account, DAY, this.policy.accountProtect, "account_second_factor_failures_day");
-        } else if (a.kind === "second_factor") {
+        if (a.kind === "second_factor") {
           // Wrong codes, from whoever knows the password (only they get this far), slow the
           // account's second step; wrong passwords don't, or they would lock the member out of it.
-          check(c.mfa, k.account, HOUR, this.policy.accountSlow, "account_second_factor_failures");
-          // A day's ceiling, so guessing doesn't go on at the hourly rate for ever; not where the
-          // member signed in from lately (they were told, and get in from there).
-          if (!this.#knownAddress(k, now))
-            check(c.mfa, k.account, DAY, this.policy.accountProtect, "account_second_factor_failures_day");
+          // A reset's second step is judged on resets' wrong codes only (whoever holds a link), a
+          // sign-in's on sign-ins'. A day's ceiling too, so guessing doesn't go on at the hourly
+          // rate for ever; not where the member signed in from lately. A passkey can't be guessed:
+          // wrong codes, anyone's, don't keep it out.
+          const codes = a.reset ? c.rmfa : c.mfa;
+          if (!a.passkey) {
+            check(codes, k.account, HOUR, this.policy.accountSlow, "account_second_factor_failures");
+            if (!this.#knownAddress(k, now))
+              check(codes, k.account, DAY, this.policy.accountProtect, "account_second_factor_failures_day");
+          }
         } else if (!this.#knownAddress(k, now)) {
           // An account tried from many addresses is slowed for every untrusted device, except at
           // an address the member signed in from lately: one failure whenever the hour's window
